@@ -1,0 +1,127 @@
+//! The crate's single error type.
+//!
+//! Library code returns [`Result`]; only the command-line front end turns an [`Error`] into a
+//! message and an exit code. Every variant carries enough context to act on: which field or
+//! quantity, the sizes involved, and for numerical failures the iteration count and residual.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in `bilevel`.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Error {
+    /// Two sizes that must agree do not.
+    #[error("dimension mismatch in {what}: expected {expected}, found {found}")]
+    DimensionMismatch {
+        /// The quantity whose size is wrong (a field name where there is one).
+        what: String,
+        /// The size implied by the rest of the problem.
+        expected: String,
+        /// The size given.
+        found: String,
+    },
+    /// The spacing parameter β must be finite and strictly positive (Def. 1).
+    #[error("invalid beta {beta}: the spacing parameter must be finite and > 0")]
+    InvalidBeta {
+        /// The offending value.
+        beta: f64,
+    },
+    /// β is outside the range where a construction is defined (e.g. the centered surrogate).
+    #[error("beta {beta} out of range for {what}: {reason}")]
+    BetaOutOfRange {
+        /// The offending value.
+        beta: f64,
+        /// What needed it.
+        what: String,
+        /// Why, with the admissible range.
+        reason: String,
+    },
+    /// NaN or ±∞ in input data.
+    #[error("non-finite value in {what}")]
+    NonFinite {
+        /// The field or quantity that holds it.
+        what: String,
+    },
+    /// A matrix that must be symmetric positive definite is not.
+    #[error("{what} is not symmetric positive definite: {reason}")]
+    NotPositiveDefinite {
+        /// The matrix.
+        what: String,
+        /// Which property failed.
+        reason: String,
+    },
+    /// An iterative solver stopped before meeting its tolerance.
+    #[error("{solver} did not converge after {iterations} iterations (residual {residual:.3e})")]
+    NotConverged {
+        /// Solver name.
+        solver: String,
+        /// Iterations performed.
+        iterations: usize,
+        /// Final residual (solver-specific norm, documented by the solver).
+        residual: f64,
+    },
+    /// The constraints admit no point.
+    #[error("infeasible problem: {0}")]
+    Infeasible(String),
+    /// The objective is unbounded below on the feasible set.
+    #[error("unbounded problem: {0}")]
+    Unbounded(String),
+    /// A linear system that must be solved is singular (e.g. LICQ fails).
+    #[error("singular system: {0}")]
+    Singular(String),
+    /// Any other invalid argument, with the field it concerns.
+    #[error("invalid input in {field}: {reason}")]
+    InvalidInput {
+        /// The field or argument.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A data file is missing or malformed.
+    #[error("bad data file {path}: {reason}")]
+    BadData {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong and what to do.
+        reason: String,
+    },
+}
+
+/// Shorthand for `std::result::Result<T, bilevel::Error>`.
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// Shorthand for [`Error::DimensionMismatch`].
+    pub fn dim(what: impl Into<String>, expected: impl ToString, found: impl ToString) -> Self {
+        Error::DimensionMismatch {
+            what: what.into(),
+            expected: expected.to_string(),
+            found: found.to_string(),
+        }
+    }
+
+    /// Shorthand for [`Error::InvalidInput`].
+    pub fn input(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::InvalidInput {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Checks that β is finite and strictly positive.
+pub fn check_beta(beta: f64) -> Result<()> {
+    if beta.is_finite() && beta > 0.0 {
+        Ok(())
+    } else {
+        Err(Error::InvalidBeta { beta })
+    }
+}
+
+/// Checks that every entry of `values` is finite.
+pub fn check_finite<'a>(what: &str, values: impl IntoIterator<Item = &'a f64>) -> Result<()> {
+    if values.into_iter().all(|v| v.is_finite()) {
+        Ok(())
+    } else {
+        Err(Error::NonFinite { what: what.into() })
+    }
+}

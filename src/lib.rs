@@ -1,0 +1,45 @@
+//! # bilevel
+//!
+//! Bilevel and deeply nested optimization programs, after C. Zach, *Bilevel Programs Meet Deep
+//! Learning* (see `../shared/paper`). The crate computes
+//! * contrastive surrogates `L^β(θ)` of `L(θ) = ℓ(z*)`, `z* = argmin_z E(z; θ)` (Def. 1, Def. 2),
+//! * their exact `β → 0⁺` limits through constrained argmin layers, with one-sided derivatives
+//!   at weakly active constraints (Props. 1-2, Cor. 1), and
+//! * numerical checks of the paper's claims ([`verify`]).
+//!
+//! ```
+//! use bilevel::prelude::*;
+//! use nalgebra::{dvector, DVector};
+//!
+//! // Example 1: ReLU layer z* = [W x]₊, linear loss gᵀz, one unit exactly at its kink.
+//! let x = dvector![1.0, 2.0];
+//! let layer = ProxProblem::dense_layer(Activation::Relu, 2, &x)?;
+//! let theta = dvector![0.5, 0.25, 0.0, 0.0]; // W = [[0.5, 0.25], [0, 0]]: (Wx)_2 = 0
+//! let program = Bilevel::new(layer, Loss::Linear { g: dvector![1.0, -3.0] })?;
+//! let limit = program.limit(&theta)?;
+//! // Unit 2 sits at the kink with g_2 < 0: the one-sided derivative is [−g_2]₊ = 3.
+//! assert_eq!(limit.direction.z_dot, dvector![-1.0, 3.0]);
+//! assert_eq!(limit.z_star.activity[1], Activity::Weak);
+//! # Ok::<(), bilevel::Error>(())
+//! ```
+
+pub mod error;
+pub mod linalg;
+pub mod problem;
+pub mod prox;
+pub mod solve;
+pub mod surrogate;
+
+pub use error::{Error, Result};
+
+/// The types most programs need.
+pub mod prelude {
+    pub use crate::error::{Error, Result};
+    pub use crate::problem::{
+        Direction, InnerProblem, InnerSolution, LinearConstraints, LogCoshProblem, Loss,
+        ProxProblem, QuadraticProblem,
+    };
+    pub use crate::prox::{Activation, Branch};
+    pub use crate::solve::qp::{Activity, Clarabel, QpBackend, Tolerances};
+    pub use crate::surrogate::{Band, Bilevel, Centered, LimitDerivative, Surrogate};
+}

@@ -1,0 +1,244 @@
+//! The problem side: outer losses `ℓ`, inner energies `E(z; θ)` with linear constraints, and
+//! the solutions inner solvers return.
+//!
+//! A bilevel program (Eq. 2) is `L(θ) = ℓ(z*)`, `z* = argmin_z E(z; θ)`. Everything in
+//! [`crate::surrogate`] works through the [`InnerProblem`] trait; three problem classes
+//! implement it:
+//! * [`QuadraticProblem`]: `E = ½zᵀQz − zᵀ(Bθ + c)` s.t. `Az ≥ b`, `A_eq z = b_eq` (QP backend);
+//! * [`ProxProblem`]: `E = ½‖z − (Bθ + c)‖² + F(z)` with `F` from an [`Activation`]
+//!   (closed-form proximal maps; Example 1 is the ReLU case);
+//! * [`LogCoshProblem`]: a smooth, non-quadratic, unconstrained energy solved with `argmin`.
+//!
+//! [`Activation`]: crate::prox::Activation
+
+mod prox_layer;
+mod quadratic;
+mod smooth;
+
+pub use prox_layer::ProxProblem;
+pub use quadratic::QuadraticProblem;
+pub use smooth::LogCoshProblem;
+
+use nalgebra::{DMatrix, DVector};
+
+use crate::error::{check_finite, Error, Result};
+use crate::prox::Branch;
+use crate::solve::qp::Activity;
+
+/// Outer loss `ℓ(z)`. Both kinds are isotropic quadratics,
+/// `ℓ(z) = (κ/2)‖z‖² − hᵀz + const`, which is what lets every inner solver absorb `β ℓ`
+/// exactly: linear (`κ = 0`, `h = −g`) and squared error (`κ = 1`, `h = t`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Loss {
+    /// `ℓ(z) = gᵀz` (Example 1).
+    Linear {
+        /// The gradient `g`.
+        g: DVector<f64>,
+    },
+    /// `ℓ(z) = ½‖z − t‖²`.
+    Squared {
+        /// The target `t`.
+        target: DVector<f64>,
+    },
+}
+
+impl Loss {
+    /// Dimension of `z`.
+    pub fn dim(&self) -> usize {
+        match self {
+            Loss::Linear { g } => g.len(),
+            Loss::Squared { target } => target.len(),
+        }
+    }
+
+    /// Checks finiteness and the dimension `n`.
+    pub fn validate(&self, n: usize) -> Result<()> {
+        let (name, v) = match self {
+            Loss::Linear { g } => ("loss.g", g),
+            Loss::Squared { target } => ("loss.target", target),
+        };
+        if v.len() != n {
+            return Err(Error::dim(name, n, v.len()));
+        }
+        check_finite(name, v.iter())
+    }
+
+    /// `ℓ(z)`.
+    pub fn value(&self, z: &DVector<f64>) -> f64 {
+        match self {
+            Loss::Linear { g } => g.dot(z),
+            Loss::Squared { target } => 0.5 * (z - target).norm_squared(),
+        }
+    }
+
+    /// `ℓ'(z)`.
+    pub fn gradient(&self, z: &DVector<f64>) -> DVector<f64> {
+        match self {
+            Loss::Linear { g } => g.clone(),
+            Loss::Squared { target } => z - target,
+        }
+    }
+
+    /// `κ`: the Hessian is `κ I`, and `κ` is the Lipschitz constant `L''` of `ℓ'`.
+    pub fn curvature(&self) -> f64 {
+        match self {
+            Loss::Linear { .. } => 0.0,
+            Loss::Squared { .. } => 1.0,
+        }
+    }
+
+    /// `h` in `ℓ(z) = (κ/2)‖z‖² − hᵀz + const`.
+    pub fn linear_term(&self) -> DVector<f64> {
+        match self {
+            Loss::Linear { g } => -g,
+            Loss::Squared { target } => target.clone(),
+        }
+    }
+
+    /// The tangent `ℓ̄(z; z*) = ℓ(z*) + (z − z*)ᵀℓ'(z*)` of Eq. 36, as a linear loss (the
+    /// constant is dropped; add `ℓ(z*) − z*ᵀℓ'(z*)` to values).
+    pub fn tangent(&self, z_star: &DVector<f64>) -> Loss {
+        Loss::Linear {
+            g: self.gradient(z_star),
+        }
+    }
+}
+
+/// Linear constraints `A z ≥ b`, `A_eq z = b_eq` that do not depend on `θ`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinearConstraints {
+    /// Inequality rows, `m × n`.
+    pub a: DMatrix<f64>,
+    /// Inequality right-hand side.
+    pub b: DVector<f64>,
+    /// Equality rows, `k × n`.
+    pub a_eq: DMatrix<f64>,
+    /// Equality right-hand side.
+    pub b_eq: DVector<f64>,
+}
+
+impl LinearConstraints {
+    /// No constraints on `n` variables.
+    pub fn none(n: usize) -> Self {
+        Self {
+            a: DMatrix::zeros(0, n),
+            b: DVector::zeros(0),
+            a_eq: DMatrix::zeros(0, n),
+            b_eq: DVector::zeros(0),
+        }
+    }
+
+    /// Number of inequalities.
+    pub fn m(&self) -> usize {
+        self.b.len()
+    }
+
+    /// Checks shapes against `n` variables and finiteness, naming the fields `A`, `b`, `A_eq`,
+    /// `b_eq`.
+    pub fn validate(&self, n: usize) -> Result<()> {
+        if self.a.ncols() != n {
+            return Err(Error::dim("A (columns)", n, self.a.ncols()));
+        }
+        if self.a.nrows() != self.b.len() {
+            return Err(Error::dim("b", self.a.nrows(), self.b.len()));
+        }
+        if self.a_eq.ncols() != n {
+            return Err(Error::dim("A_eq (columns)", n, self.a_eq.ncols()));
+        }
+        if self.a_eq.nrows() != self.b_eq.len() {
+            return Err(Error::dim("b_eq", self.a_eq.nrows(), self.b_eq.len()));
+        }
+        check_finite("A", self.a.iter())?;
+        check_finite("b", self.b.iter())?;
+        check_finite("A_eq", self.a_eq.iter())?;
+        check_finite("b_eq", self.b_eq.iter())
+    }
+}
+
+/// How an inner solve went.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SolveStatus {
+    /// Which solver ran (`"closed form"`, `"clarabel"`, `"osqp"`, `"argmin L-BFGS + Newton"`).
+    pub solver: &'static str,
+    /// Iterations (0 for closed forms).
+    pub iterations: usize,
+    /// ∞-norm of the KKT residual at the returned point.
+    pub residual: f64,
+}
+
+/// A solution of `argmin_z β ℓ(z) + E(z; θ)` with multipliers and diagnostics.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct InnerSolution {
+    /// The minimizer.
+    pub z: DVector<f64>,
+    /// Inequality multipliers `λ ≥ 0` (input order; empty without inequalities).
+    pub multipliers: DVector<f64>,
+    /// Equality multipliers.
+    pub multipliers_eq: DVector<f64>,
+    /// Classification of each inequality at `z`.
+    pub activity: Vec<Activity>,
+    /// Solver, iterations and residual.
+    pub status: SolveStatus,
+}
+
+/// A limit derivative `ż = dẑ_β/dβ |_{β=0⁺}` with everything needed to trust it.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct Direction {
+    /// `ż`.
+    pub z_dot: DVector<f64>,
+    /// Branch taken by each weakly active inequality (`None` for the others).
+    pub branches: Vec<Option<Branch>>,
+    /// Condition estimate of the reduced system that determined `ż`.
+    pub condition: f64,
+    /// ∞-norm KKT residual of the direction problem (Eq. 17).
+    pub residual: f64,
+    /// Which result produced it (`"Prop. 1"`, `"Prop. 2 closed form"`, `"Prop. 2 QP (clarabel)"`).
+    pub method: String,
+}
+
+/// An inner problem `min_z E(z; θ)` with linear constraints independent of `θ`.
+///
+/// Requirements: `E(·; θ)` strictly convex with a twice differentiable smooth part, so the
+/// minimizer is unique (Eq. 2) and Props. 1-2 apply.
+pub trait InnerProblem {
+    /// Dimension of `z`.
+    fn dim(&self) -> usize;
+    /// Dimension of `θ`.
+    fn n_params(&self) -> usize;
+    /// `E(z; θ)` (the smooth part; constraints are separate).
+    fn energy(&self, z: &DVector<f64>, theta: &DVector<f64>) -> f64;
+    /// `∂_θ E(z; θ)`.
+    fn grad_theta(&self, z: &DVector<f64>, theta: &DVector<f64>) -> DVector<f64>;
+    /// `(∂²E/∂θ∂z) dz`, the mixed second derivative applied to `dz` (Eq. 9, Eq. 19).
+    fn cross_jvp(&self, z: &DVector<f64>, theta: &DVector<f64>, dz: &DVector<f64>)
+        -> DVector<f64>;
+    /// `∂²E/∂z²` at `z` (the matrix `A` of Eq. 15 for linear constraints).
+    fn hessian(&self, z: &DVector<f64>, theta: &DVector<f64>) -> DMatrix<f64>;
+    /// The constraints.
+    fn constraints(&self) -> &LinearConstraints;
+    /// A strong-convexity modulus `ν > 0` of `E(·; θ)` valid for every `θ`, if known (Prop. 3).
+    fn strong_convexity(&self) -> Option<f64>;
+    /// `argmin_z β ℓ(z) + E(z; θ)` (Eq. 6). `β = 0` gives `z*`; negative `β` is used by the
+    /// centered surrogate and requires `E − |β| ℓ` to stay strongly convex (callers check).
+    fn solve(&self, theta: &DVector<f64>, loss: &Loss, beta: f64) -> Result<InnerSolution>;
+    /// A closed-form limit derivative, when the problem has one (separable layers). `None`
+    /// means: use the generic Prop. 2 QP.
+    fn closed_form_direction(
+        &self,
+        _theta: &DVector<f64>,
+        _z_star: &InnerSolution,
+        _c: &DVector<f64>,
+    ) -> Option<Result<Direction>> {
+        None
+    }
+
+    /// Checks the length and finiteness of `θ`.
+    fn check_theta(&self, theta: &DVector<f64>) -> Result<()> {
+        if theta.len() != self.n_params() {
+            return Err(Error::dim("theta", self.n_params(), theta.len()));
+        }
+        check_finite("theta", theta.iter())
+    }
+}

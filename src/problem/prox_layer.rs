@@ -1,0 +1,289 @@
+use nalgebra::{DMatrix, DVector};
+
+use super::{Direction, InnerProblem, InnerSolution, LinearConstraints, Loss, SolveStatus};
+use crate::error::{check_finite, Error, Result};
+use crate::prox::{box_unit_limit, Activation};
+use crate::solve::qp::{Activity, Tolerances};
+
+/// A proximal layer `E(z; θ) = ½‖z − u(θ)‖² + F(z)` with `u(θ) = Bθ + c` and `F` the proximal
+/// potential of an [`Activation`] (box family: the indicator of the box; softmax: negative
+/// entropy on the simplex). Solved in closed form by the activation's proximal map:
+/// `argmin β ℓ + E = prox_{τF}((u + βh)/(1 + βκ))` with `τ = 1/(1 + βκ)` for
+/// `ℓ = (κ/2)‖z‖² − hᵀz`.
+///
+/// Example 1 is the ReLU case with `θ = vec(W)` (row-major), `u = W x`, i.e. `B = I ⊗ xᵀ`
+/// (see [`ProxProblem::dense_layer`]).
+///
+/// Constraint rows, in order: the lower bounds `z_j ≥ lo` of all units with finite `lo`, then the
+/// upper bounds `−z_j ≥ −hi` of all units with finite `hi`; softmax has the single equality
+/// `1ᵀz = 1` (positivity is implied by the entropy).
+#[derive(Debug, Clone)]
+pub struct ProxProblem {
+    activation: Activation,
+    b: DMatrix<f64>,
+    c: DVector<f64>,
+    constraints: LinearConstraints,
+    /// For each unit, the row of its lower and upper bound constraint.
+    rows: Vec<(Option<usize>, Option<usize>)>,
+    tol: Tolerances,
+}
+
+impl ProxProblem {
+    /// `u(θ) = Bθ + c`.
+    ///
+    /// # Errors
+    /// Shapes (`B` rows vs `c`), non-finite data, invalid box bounds.
+    pub fn new(activation: Activation, b: DMatrix<f64>, c: DVector<f64>) -> Result<Self> {
+        activation.validate()?;
+        let n = c.len();
+        if b.nrows() != n {
+            return Err(Error::dim("B (rows)", n, b.nrows()));
+        }
+        check_finite("B", b.iter())?;
+        check_finite("c", c.iter())?;
+        let mut rows = vec![(None, None); n];
+        let constraints = match activation.bounds() {
+            Some((lo, hi)) => {
+                let mut a_rows: Vec<(usize, f64, f64)> = Vec::new(); // (unit, coefficient, rhs)
+                if lo.is_finite() {
+                    for (j, r) in rows.iter_mut().enumerate() {
+                        r.0 = Some(a_rows.len());
+                        a_rows.push((j, 1.0, lo));
+                    }
+                }
+                if hi.is_finite() {
+                    for (j, r) in rows.iter_mut().enumerate() {
+                        r.1 = Some(a_rows.len());
+                        a_rows.push((j, -1.0, -hi));
+                    }
+                }
+                let mut a = DMatrix::zeros(a_rows.len(), n);
+                let mut rhs = DVector::zeros(a_rows.len());
+                for (i, &(j, coef, r)) in a_rows.iter().enumerate() {
+                    a[(i, j)] = coef;
+                    rhs[i] = r;
+                }
+                LinearConstraints {
+                    a,
+                    b: rhs,
+                    ..LinearConstraints::none(n)
+                }
+            }
+            None => LinearConstraints {
+                a_eq: DMatrix::from_element(1, n, 1.0),
+                b_eq: DVector::from_element(1, 1.0),
+                ..LinearConstraints::none(n)
+            },
+        };
+        Ok(Self {
+            activation,
+            b,
+            c,
+            constraints,
+            rows,
+            tol: Tolerances::default(),
+        })
+    }
+
+    /// A dense layer `u = W x` with `θ = vec(W)` in row-major order (`W` is `n × x.len()`), so
+    /// `∂_θ E = −vec((z − Wx) xᵀ)` and the Cor. 1 gradient is `−vec(ż xᵀ)`.
+    pub fn dense_layer(activation: Activation, n: usize, x: &DVector<f64>) -> Result<Self> {
+        let m = x.len();
+        let b = DMatrix::from_fn(n, n * m, |i, k| if k / m == i { x[k % m] } else { 0.0 });
+        Self::new(activation, b, DVector::zeros(n))
+    }
+
+    /// Uses other activity tolerances (ties `|u_j − lo| ≤ tol.multiplier · scale` count as weakly
+    /// active; the default `1e-9` relative matches the QP path).
+    pub fn with_tolerances(mut self, tol: Tolerances) -> Self {
+        self.tol = tol;
+        self
+    }
+
+    /// The activation.
+    pub fn activation(&self) -> Activation {
+        self.activation
+    }
+
+    /// `u(θ) = Bθ + c`.
+    pub fn pre_activation(&self, theta: &DVector<f64>) -> DVector<f64> {
+        &self.b * theta + &self.c
+    }
+
+    fn tie(&self, v: &DVector<f64>) -> f64 {
+        self.tol.multiplier * (1.0 + 2.0 * v.amax())
+    }
+}
+
+impl InnerProblem for ProxProblem {
+    fn dim(&self) -> usize {
+        self.c.len()
+    }
+
+    fn n_params(&self) -> usize {
+        self.b.ncols()
+    }
+
+    fn energy(&self, z: &DVector<f64>, theta: &DVector<f64>) -> f64 {
+        let quad = 0.5 * (z - self.pre_activation(theta)).norm_squared();
+        match self.activation {
+            Activation::Softmax => quad + self.activation.potential(z.as_slice()),
+            _ => quad,
+        }
+    }
+
+    fn grad_theta(&self, z: &DVector<f64>, theta: &DVector<f64>) -> DVector<f64> {
+        -(self.b.tr_mul(&(z - self.pre_activation(theta))))
+    }
+
+    fn cross_jvp(&self, _z: &DVector<f64>, _theta: &DVector<f64>, dz: &DVector<f64>) -> DVector<f64> {
+        -(self.b.tr_mul(dz))
+    }
+
+    fn hessian(&self, z: &DVector<f64>, _theta: &DVector<f64>) -> DMatrix<f64> {
+        match self.activation {
+            Activation::Softmax => DMatrix::from_diagonal(&z.map(|v| 1.0 + 1.0 / v)),
+            _ => DMatrix::identity(z.len(), z.len()),
+        }
+    }
+
+    fn constraints(&self) -> &LinearConstraints {
+        &self.constraints
+    }
+
+    /// `ν = 1` for the box family; `ν = 2` for softmax (`I + diag(1/z) ⪰ 2I` on the simplex).
+    fn strong_convexity(&self) -> Option<f64> {
+        Some(match self.activation {
+            Activation::Softmax => 2.0,
+            _ => 1.0,
+        })
+    }
+
+    fn solve(&self, theta: &DVector<f64>, loss: &Loss, beta: f64) -> Result<InnerSolution> {
+        self.check_theta(theta)?;
+        loss.validate(self.dim())?;
+        if !beta.is_finite() {
+            return Err(Error::InvalidBeta { beta });
+        }
+        let scale = 1.0 + beta * loss.curvature();
+        if scale <= 0.0 {
+            return Err(Error::Unbounded(format!(
+                "1 + beta * loss curvature = {scale} <= 0: the loss-augmented energy is not convex"
+            )));
+        }
+        let v = (self.pre_activation(theta) + loss.linear_term() * beta) / scale;
+        let mut z = DVector::zeros(v.len());
+        self.activation.prox(v.as_slice(), 1.0 / scale, z.as_mut_slice());
+        let m = self.constraints.m();
+        let mut multipliers = DVector::zeros(m);
+        let mut activity = vec![Activity::Inactive; m];
+        let mut multipliers_eq = DVector::zeros(self.constraints.b_eq.len());
+        let mut residual = 0.0;
+        match self.activation.bounds() {
+            Some((lo, hi)) => {
+                let tie = self.tie(&v);
+                for (j, &(lo_row, hi_row)) in self.rows.iter().enumerate() {
+                    // Stationarity: scale (z − v) − λ_lo + λ_hi = 0.
+                    if let Some(r) = lo_row {
+                        if v[j] <= lo + tie {
+                            multipliers[r] = (scale * (z[j] - v[j])).max(0.0);
+                            activity[r] = if v[j] < lo - tie {
+                                Activity::Strong
+                            } else {
+                                Activity::Weak
+                            };
+                        }
+                    }
+                    if let Some(r) = hi_row {
+                        if v[j] >= hi - tie {
+                            multipliers[r] = (scale * (v[j] - z[j])).max(0.0);
+                            activity[r] = if v[j] > hi + tie {
+                                Activity::Strong
+                            } else {
+                                Activity::Weak
+                            };
+                        }
+                    }
+                }
+            }
+            None => {
+                // ∇f_j = scale (z_j − v_j) + log z_j + 1 = λ_eq for every j.
+                let grads: Vec<f64> = (0..z.len())
+                    .map(|j| scale * (z[j] - v[j]) + z[j].ln() + 1.0)
+                    .collect();
+                let mean = grads.iter().sum::<f64>() / grads.len().max(1) as f64;
+                if !grads.is_empty() {
+                    multipliers_eq[0] = mean;
+                }
+                residual = grads.iter().fold(0.0f64, |r, g| r.max((g - mean).abs()));
+                residual = residual.max((z.sum() - 1.0).abs());
+            }
+        }
+        Ok(InnerSolution {
+            z,
+            multipliers,
+            multipliers_eq,
+            activity,
+            status: SolveStatus {
+                solver: "closed form",
+                iterations: 0,
+                residual,
+            },
+        })
+    }
+
+    /// Box family: unit-wise projection of `−c` onto the tangent cone ([`box_unit_limit`]).
+    /// Softmax: `ż = −(D − D11ᵀD / 1ᵀD1) c` with `D = diag(z/(1+z)) = A⁻¹` (Prop. 2 with the
+    /// strongly active simplex equality).
+    fn closed_form_direction(
+        &self,
+        theta: &DVector<f64>,
+        z_star: &InnerSolution,
+        c: &DVector<f64>,
+    ) -> Option<Result<Direction>> {
+        let n = self.dim();
+        if c.len() != n {
+            return Some(Err(Error::dim("loss gradient", n, c.len())));
+        }
+        let u = self.pre_activation(theta);
+        let mut branches = vec![None; self.constraints.m()];
+        let (z_dot, condition, method) = match self.activation.bounds() {
+            Some((lo, hi)) => {
+                let tie = self.tie(&u);
+                let mut z_dot = DVector::zeros(n);
+                for j in 0..n {
+                    let (d, act, branch) = box_unit_limit(u[j], lo, hi, c[j], tie);
+                    z_dot[j] = d;
+                    if act == Activity::Weak {
+                        let at_lo = (u[j] - lo).abs() <= tie;
+                        let row = if at_lo { self.rows[j].0 } else { self.rows[j].1 };
+                        if let Some(r) = row {
+                            branches[r] = branch;
+                        }
+                    }
+                }
+                let method = if self.constraints.m() == 0 {
+                    "Prop. 1 closed form"
+                } else {
+                    "Prop. 2 closed form (box)"
+                };
+                (z_dot, 1.0, method)
+            }
+            None => {
+                let z = &z_star.z;
+                let d = z.map(|v| v / (1.0 + v));
+                let dc = d.component_mul(c);
+                let z_dot = -(&dc - &d * (dc.sum() / d.sum()));
+                let cond = d.max() / d.min();
+                (z_dot, cond, "Prop. 2 closed form (simplex)")
+            }
+        };
+        Some(Ok(Direction {
+            z_dot,
+            branches,
+            condition,
+            residual: 0.0,
+            method: method.into(),
+        }))
+    }
+}

@@ -1,0 +1,388 @@
+//! Convex potentials, their conjugates and proximal maps: one definition of each activation.
+//!
+//! Every activation `f` here is the gradient of a convex conjugate, `f = ∇G*`, of a potential
+//! `G` (Section 3.2.2, Eq. 31-32), so that
+//! ```text
+//!     f(u) = argmin_z  G(z) − zᵀu          (Fenchel form)
+//!          = argmin_z  ½‖z − u‖² + F(z)    (proximal form, for the box family: G = ½‖·‖² + F)
+//! ```
+//! | activation | `G(z)` | `G*(u)` | `f(u)` |
+//! |---|---|---|---|
+//! | identity | `½‖z‖²` | `½‖u‖²` | `u` |
+//! | ReLU | `½‖z‖² + ι_{≥0}(z)` | `½‖[u]₊‖²` | `[u]₊` |
+//! | hard sigmoid | `½‖z‖² + ι_{[0,1]ⁿ}(z)` | `Σ u_j c_j − ½c_j²`, `c = clamp(u,0,1)` | `clamp(u,0,1)` |
+//! | hard tanh | `½‖z‖² + ι_{[−1,1]ⁿ}(z)` | as above on `[−1,1]` | `clamp(u,−1,1)` |
+//! | box `[lo,hi]` | `½‖z‖² + ι_{[lo,hi]ⁿ}(z)` | as above | `clamp(u,lo,hi)` |
+//! | softmax | `Σ z_j log z_j + ι_Δ(z)` | `log Σ e^{u_j}` | `softmax(u)` |
+//!
+//! The box family's proximal energy `½‖z − u‖² + ι_C(z)` has the same minimizer as its Fenchel
+//! energy; softmax's proximal energy `½‖z − u‖² + τ Σ z_j log z_j` (on the simplex) is a
+//! different map, computed by [`Activation::prox`] with a scalar root solve.
+//!
+//! The map functions are generic over the scalar (`f32` for training, `f64` for verification).
+
+use nalgebra::RealField;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::solve::qp::Activity;
+
+/// A unit-wise (or, for softmax, vector-wise) activation defined by a convex potential.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Activation {
+    /// `f(u) = u`, `G = ½‖z‖²`.
+    Identity,
+    /// `f(u) = [u]₊`, `G = ½‖z‖² + ι_{≥0}` (Example 1, Eq. 50).
+    Relu,
+    /// `f(u) = clamp(u, 0, 1)`, `G = ½‖z‖² + ι_{[0,1]ⁿ}`.
+    HardSigmoid,
+    /// `f(u) = clamp(u, −1, 1)`, `G = ½‖z‖² + ι_{[−1,1]ⁿ}`.
+    HardTanh,
+    /// `f(u) = clamp(u, lo, hi)` for `lo < hi` (either may be infinite).
+    Box {
+        /// Lower bound.
+        lo: f64,
+        /// Upper bound.
+        hi: f64,
+    },
+    /// `f(u) = softmax(u)`, `G = Σ z log z + ι_Δ` (end of Section 3.2.2).
+    Softmax,
+}
+
+/// One-sided branch taken by a weakly active constraint under the limit derivative (Prop. 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Branch {
+    /// `B_i ż = 0`: the constraint stays active for small β > 0.
+    Stays,
+    /// `B_i ż > 0`: the constraint becomes inactive for small β > 0.
+    Leaves,
+}
+
+fn cast<T: RealField + Copy>(v: f64) -> T {
+    nalgebra::convert(v)
+}
+
+impl Activation {
+    /// Checks the parameters (`lo < hi`, no NaN).
+    pub fn validate(&self) -> Result<()> {
+        if let Activation::Box { lo, hi } = *self {
+            if lo.is_nan() || hi.is_nan() || lo >= hi || lo == f64::INFINITY || hi == f64::NEG_INFINITY
+            {
+                return Err(Error::input(
+                    "activation.box",
+                    format!("need lo < hi with finite lo or hi, got [{lo}, {hi}]"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The box `[lo, hi]` of the box family, `None` for softmax. Identity is `(−∞, ∞)`.
+    pub fn bounds(&self) -> Option<(f64, f64)> {
+        match *self {
+            Activation::Identity => Some((f64::NEG_INFINITY, f64::INFINITY)),
+            Activation::Relu => Some((0.0, f64::INFINITY)),
+            Activation::HardSigmoid => Some((0.0, 1.0)),
+            Activation::HardTanh => Some((-1.0, 1.0)),
+            Activation::Box { lo, hi } => Some((lo, hi)),
+            Activation::Softmax => None,
+        }
+    }
+
+    /// `f(u) = ∇G*(u) = argmin_z G(z) − zᵀu`, written into `out`.
+    pub fn activate<T: RealField + Copy>(&self, u: &[T], out: &mut [T]) {
+        match self.bounds() {
+            Some((lo, hi)) => {
+                let (lo, hi) = (cast::<T>(lo), cast::<T>(hi));
+                for (o, &v) in out.iter_mut().zip(u) {
+                    *o = clamp(v, lo, hi);
+                }
+            }
+            None => softmax(u, out),
+        }
+    }
+
+    /// The potential `G(z)` (`+∞` outside its domain).
+    pub fn potential<T: RealField + Copy>(&self, z: &[T]) -> T {
+        match self.bounds() {
+            Some((lo, hi)) => {
+                let (lo, hi) = (cast::<T>(lo), cast::<T>(hi));
+                let mut s = T::zero();
+                for &v in z {
+                    if v < lo || v > hi {
+                        return cast(f64::INFINITY);
+                    }
+                    s += v * v;
+                }
+                s * cast(0.5)
+            }
+            None => {
+                let mut sum = T::zero();
+                let mut s = T::zero();
+                for &v in z {
+                    if v < T::zero() {
+                        return cast(f64::INFINITY);
+                    }
+                    sum += v;
+                    if v > T::zero() {
+                        s += v * v.ln();
+                    }
+                }
+                if (sum - T::one()).abs() > cast(1e-9) {
+                    return cast(f64::INFINITY);
+                }
+                s
+            }
+        }
+    }
+
+    /// The convex conjugate `G*(u) = sup_z zᵀu − G(z)`.
+    pub fn conjugate<T: RealField + Copy>(&self, u: &[T]) -> T {
+        match self.bounds() {
+            Some((lo, hi)) => {
+                let (lo, hi) = (cast::<T>(lo), cast::<T>(hi));
+                let half: T = cast(0.5);
+                u.iter().fold(T::zero(), |s, &v| {
+                    let c = clamp(v, lo, hi);
+                    s + v * c - half * c * c
+                })
+            }
+            None => log_sum_exp(u),
+        }
+    }
+
+    /// Proximal map `argmin_z ½‖z − u‖² + τ F(z)` of the proximal energy's potential `F`
+    /// (box family: `F = ι_C`, the projection, independent of `τ`; softmax: `F` = negative
+    /// entropy on the simplex, solved by a safeguarded Newton iteration on the simplex
+    /// multiplier to full precision).
+    pub fn prox<T: RealField + Copy>(&self, u: &[T], tau: T, out: &mut [T]) {
+        match self.bounds() {
+            Some(_) => self.activate(u, out),
+            None => entropy_prox(u, tau, out),
+        }
+    }
+}
+
+fn clamp<T: RealField + Copy>(v: T, lo: T, hi: T) -> T {
+    if v < lo {
+        lo
+    } else if v > hi {
+        hi
+    } else {
+        v
+    }
+}
+
+/// `log Σ_j e^{u_j}`, computed stably.
+pub fn log_sum_exp<T: RealField + Copy>(u: &[T]) -> T {
+    let max = u.iter().copied().fold(cast::<T>(f64::NEG_INFINITY), |a, b| a.max(b));
+    if !max.is_finite() {
+        return max;
+    }
+    let s = u.iter().fold(T::zero(), |s, &v| s + (v - max).exp());
+    max + s.ln()
+}
+
+/// `softmax(u)_j = e^{u_j} / Σ_k e^{u_k}`, computed stably.
+pub fn softmax<T: RealField + Copy>(u: &[T], out: &mut [T]) {
+    let max = u.iter().copied().fold(cast::<T>(f64::NEG_INFINITY), |a, b| a.max(b));
+    let mut s = T::zero();
+    for (o, &v) in out.iter_mut().zip(u) {
+        *o = (v - max).exp();
+        s += *o;
+    }
+    for o in out.iter_mut() {
+        *o /= s;
+    }
+}
+
+/// Solves `z + τ log z = a` for `z > 0` (Newton in `y = log z` from the right of the root,
+/// where the map is convex and increasing, so the iteration is monotone).
+fn solve_z_plus_tau_log_z<T: RealField + Copy>(a: T, tau: T) -> T {
+    let one = T::one();
+    let mut y = if a > T::zero() { (a + one).ln() } else { T::zero() };
+    if a / tau > y {
+        y = a / tau;
+    }
+    for _ in 0..200 {
+        let e = y.exp();
+        let h = e + tau * y - a;
+        let step = h / (e + tau);
+        y -= step;
+        if step.abs() <= cast::<T>(4.0) * T::default_epsilon() * (one + y.abs()) {
+            break;
+        }
+    }
+    y.exp()
+}
+
+/// `argmin_{z ∈ Δ} ½‖z − u‖² + τ Σ z_j log z_j`: `z_j` solves `z_j + τ log z_j = u_j − τ − ν`
+/// with the simplex multiplier `ν` chosen so that `Σ z_j = 1` (bisection-safeguarded Newton).
+fn entropy_prox<T: RealField + Copy>(u: &[T], tau: T, out: &mut [T]) {
+    let n = u.len();
+    if n == 0 {
+        return;
+    }
+    let inv_n = T::one() / cast::<T>(n as f64);
+    let a_star = inv_n + tau * inv_n.ln(); // z(a_star) = 1/n
+    let umax = u.iter().copied().fold(u[0], |a, b| a.max(b));
+    let umin = u.iter().copied().fold(u[0], |a, b| a.min(b));
+    // At ν_hi every z_j ≤ 1/n (sum ≤ 1); at ν_lo every z_j ≥ 1/n (sum ≥ 1).
+    let (mut lo, mut hi) = (umin - tau - a_star, umax - tau - a_star);
+    let mut nu = (lo + hi) * cast(0.5);
+    for _ in 0..200 {
+        let mut sum = T::zero();
+        let mut dsum = T::zero();
+        for (o, &uj) in out.iter_mut().zip(u) {
+            let z = solve_z_plus_tau_log_z(uj - tau - nu, tau);
+            *o = z;
+            sum += z;
+            dsum += z / (z + tau);
+        }
+        let f = sum - T::one();
+        if f.abs() <= cast::<T>(8.0) * T::default_epsilon() {
+            break;
+        }
+        if f > T::zero() {
+            lo = nu;
+        } else {
+            hi = nu;
+        }
+        let newton = nu + f / dsum;
+        nu = if newton > lo && newton < hi {
+            newton
+        } else {
+            (lo + hi) * cast(0.5)
+        };
+        if hi - lo <= T::default_epsilon() * (T::one() + nu.abs()) {
+            break;
+        }
+    }
+    let s: T = out.iter().fold(T::zero(), |s, &v| s + v);
+    for o in out.iter_mut() {
+        *o /= s;
+    }
+}
+
+/// Closed-form limit derivative of one box-constrained unit (Prop. 2 with a diagonal,
+/// unit Hessian and at most one active bound):
+/// the projection of `−c` onto the tangent cone of `[lo, hi]` at `z`, given `u` where
+/// `z = clamp(u)`, with the classification of the active bound.
+///
+/// * `lo < u < hi`: inactive, `ż = −c`;
+/// * `u < lo` (multiplier `lo − u > 0`) or `u > hi`: strongly active, `ż = 0`;
+/// * `u = lo` (weakly active): `ż = [−c]₊`, branch `Leaves` when `−c > 0`;
+/// * `u = hi` (weakly active): `ż = −[c]₊`... i.e. `min(−c, 0)`, branch `Leaves` when `−c < 0`.
+///
+/// "`u = lo`" means `|u − lo| ≤ tie` (pass `0.0` for exact ties).
+pub fn box_unit_limit(u: f64, lo: f64, hi: f64, c: f64, tie: f64) -> (f64, Activity, Option<Branch>) {
+    let d = -c;
+    let at = |b: f64| b.is_finite() && (u - b).abs() <= tie;
+    if at(lo) {
+        if d > 0.0 {
+            (d, Activity::Weak, Some(Branch::Leaves))
+        } else {
+            (0.0, Activity::Weak, Some(Branch::Stays))
+        }
+    } else if at(hi) {
+        if d < 0.0 {
+            (d, Activity::Weak, Some(Branch::Leaves))
+        } else {
+            (0.0, Activity::Weak, Some(Branch::Stays))
+        }
+    } else if u < lo || u > hi {
+        (0.0, Activity::Strong, None)
+    } else {
+        (d, Activity::Inactive, None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use approx::assert_relative_eq;
+
+    #[test]
+    fn fenchel_young_equality_holds_at_the_activation() {
+        // G(f(u)) + G*(u) = f(u)ᵀu for every activation (equality case of Fenchel-Young).
+        let u = [0.7, -1.3, 0.0, 2.5, 0.4];
+        for act in [
+            Activation::Identity,
+            Activation::Relu,
+            Activation::HardSigmoid,
+            Activation::HardTanh,
+            Activation::Box { lo: -0.5, hi: 2.0 },
+            Activation::Softmax,
+        ] {
+            let mut z = [0.0; 5];
+            act.activate(&u, &mut z);
+            let lhs = act.potential(&z) + act.conjugate(&u);
+            let rhs: f64 = z.iter().zip(&u).map(|(a, b)| a * b).sum();
+            // Rounding of a handful of O(1) terms: 1e-14 is generous.
+            assert_relative_eq!(lhs, rhs, epsilon = 1e-14, max_relative = 1e-14);
+        }
+    }
+
+    #[test]
+    fn activation_is_argmin_of_fenchel_energy() {
+        // G(f(u)) − f(u)ᵀu ≤ G(z) − zᵀu at random feasible perturbations.
+        let u = [0.3, -0.2, 1.7];
+        for act in [Activation::Relu, Activation::HardTanh, Activation::Softmax] {
+            let mut z = [0.0; 3];
+            act.activate(&u, &mut z);
+            let e = |z: &[f64]| act.potential(z) - z.iter().zip(&u).map(|(a, b)| a * b).sum::<f64>();
+            let e0 = e(&z);
+            for k in 0..20 {
+                let t = 0.01 * (k as f64 - 10.0);
+                let mut w = [z[0] + t, z[1] - 0.5 * t, z[2] - 0.5 * t];
+                if matches!(act, Activation::Softmax) {
+                    // stay on the simplex
+                    w = [z[0] + t * z[0], z[1] - t * z[0] * 0.5, z[2] - t * z[0] * 0.5];
+                }
+                assert!(e(&w) >= e0 - 1e-14);
+            }
+        }
+    }
+
+    #[test]
+    fn entropy_prox_satisfies_its_optimality_condition() {
+        // z_j − u_j + τ(log z_j + 1) + ν = 0 for one ν, Σ z = 1.
+        let u = [0.5, -2.0, 3.0, 0.1];
+        for tau in [0.1, 1.0, 10.0] {
+            let mut z = [0.0; 4];
+            Activation::Softmax.prox(&u, tau, &mut z);
+            assert_relative_eq!(z.iter().sum::<f64>(), 1.0, epsilon = 1e-14);
+            let nus: Vec<f64> = (0..4).map(|j| u[j] - z[j] - tau * (z[j].ln() + 1.0)).collect();
+            for nu in &nus {
+                assert_relative_eq!(*nu, nus[0], epsilon = 1e-12);
+            }
+        }
+    }
+
+    #[test]
+    fn f32_and_f64_paths_agree() {
+        let u64 = [0.3, -0.2, 1.7, 0.9];
+        let u32: Vec<f32> = u64.iter().map(|&v| v as f32).collect();
+        for act in [Activation::Relu, Activation::HardSigmoid, Activation::Softmax] {
+            let mut a = [0.0f64; 4];
+            let mut b = [0.0f32; 4];
+            act.activate(&u64, &mut a);
+            act.activate(&u32, &mut b);
+            for (x, y) in a.iter().zip(&b) {
+                assert_relative_eq!(*x, *y as f64, epsilon = 1e-6);
+            }
+        }
+    }
+
+    #[test]
+    fn box_limit_at_ties_is_one_sided() {
+        // ẑ_β = [u − βc]₊ at u = 0: derivative [−c]₊.
+        assert_eq!(box_unit_limit(0.0, 0.0, f64::INFINITY, -2.0, 0.0).0, 2.0);
+        assert_eq!(box_unit_limit(0.0, 0.0, f64::INFINITY, 2.0, 0.0).0, 0.0);
+        assert_eq!(box_unit_limit(1.0, 0.0, 1.0, -2.0, 0.0).0, 0.0);
+        assert_eq!(box_unit_limit(1.0, 0.0, 1.0, 2.0, 0.0).0, -2.0);
+        assert_eq!(box_unit_limit(-1.0, 0.0, 1.0, 2.0, 0.0).1, Activity::Strong);
+    }
+}

@@ -1,0 +1,560 @@
+//! Convex quadratic programs behind one small trait, with an exact active-set refinement.
+//!
+//! A [`Qp`] is
+//! ```text
+//!     min_x ½ xᵀP x + qᵀx   s.t.  A x ≥ b,   A_eq x = b_eq,
+//! ```
+//! with multipliers defined by the Lagrangian `½xᵀPx + qᵀx − λᵀ(Ax − b) − λ_eqᵀ(A_eq x − b_eq)`,
+//! so stationarity reads `P x + q − Aᵀλ − A_eqᵀλ_eq = 0` and `λ ≥ 0`.
+//!
+//! A [`QpBackend`] (Clarabel, always built; OSQP behind the `osqp` feature) returns an
+//! approximate primal-dual point. [`solve_exact`] then identifies the active set from it,
+//! solves the equality-constrained KKT system on that set exactly (LU plus iterative
+//! refinement), repairs the set if a sign condition fails (a few primal-dual active-set steps),
+//! and classifies every inequality as strongly active, weakly active or inactive. This is
+//! what makes derivatives exact whichever backend ran: interior-point and ADMM solvers both
+//! leave `O(√tol)` ambiguity on weakly active constraints (slack and multiplier both tiny),
+//! which the exact solve removes.
+
+use nalgebra::{DMatrix, DVector};
+
+use crate::error::{check_finite, Error, Result};
+use crate::linalg::{select_rows, solve_kkt, vstack};
+
+/// A convex QP `min ½xᵀPx + qᵀx  s.t.  A x ≥ b, A_eq x = b_eq` (see the module docs).
+#[derive(Debug, Clone)]
+pub struct Qp {
+    /// Symmetric positive (semi)definite `n × n` Hessian.
+    pub p: DMatrix<f64>,
+    /// Linear term, length `n`.
+    pub q: DVector<f64>,
+    /// Inequality rows (`m × n`), `A x ≥ b`.
+    pub a: DMatrix<f64>,
+    /// Inequality right-hand side, length `m`.
+    pub b: DVector<f64>,
+    /// Equality rows (`k × n`).
+    pub a_eq: DMatrix<f64>,
+    /// Equality right-hand side, length `k`.
+    pub b_eq: DVector<f64>,
+}
+
+impl Qp {
+    /// Number of variables.
+    pub fn n(&self) -> usize {
+        self.p.nrows()
+    }
+
+    /// Checks shapes and finiteness.
+    pub fn validate(&self) -> Result<()> {
+        let n = self.n();
+        if self.p.ncols() != n {
+            return Err(Error::dim("P", format!("{n} x {n}"), format!("{n} x {}", self.p.ncols())));
+        }
+        if self.q.len() != n {
+            return Err(Error::dim("q", n, self.q.len()));
+        }
+        if self.a.ncols() != n || self.a.nrows() != self.b.len() {
+            return Err(Error::dim(
+                "A, b",
+                format!("{} x {n}", self.b.len()),
+                format!("{} x {}", self.a.nrows(), self.a.ncols()),
+            ));
+        }
+        if self.a_eq.ncols() != n || self.a_eq.nrows() != self.b_eq.len() {
+            return Err(Error::dim(
+                "A_eq, b_eq",
+                format!("{} x {n}", self.b_eq.len()),
+                format!("{} x {}", self.a_eq.nrows(), self.a_eq.ncols()),
+            ));
+        }
+        check_finite("P", self.p.iter())?;
+        check_finite("q", self.q.iter())?;
+        check_finite("A", self.a.iter())?;
+        check_finite("b", self.b.iter())?;
+        check_finite("A_eq", self.a_eq.iter())?;
+        check_finite("b_eq", self.b_eq.iter())
+    }
+}
+
+/// What a backend returns: an approximate primal-dual point.
+#[derive(Debug, Clone)]
+pub struct QpRaw {
+    /// Primal point.
+    pub x: DVector<f64>,
+    /// Inequality multipliers (`≥ 0` up to the backend's accuracy).
+    pub lambda: DVector<f64>,
+    /// Equality multipliers.
+    pub lambda_eq: DVector<f64>,
+    /// Backend iterations.
+    pub iterations: usize,
+    /// `true` when the backend reported reduced accuracy (`AlmostSolved`, `SolvedInaccurate`).
+    pub reduced_accuracy: bool,
+}
+
+/// A QP solver. Implementations map their own status codes to [`Error`]s:
+/// primal infeasible → [`Error::Infeasible`], dual infeasible → [`Error::Unbounded`],
+/// iteration limit / numerical trouble → [`Error::NotConverged`].
+pub trait QpBackend: Send + Sync {
+    /// Short name used in diagnostics (`"clarabel"`, `"osqp"`).
+    fn name(&self) -> &'static str;
+    /// Solves `qp` approximately.
+    fn solve(&self, qp: &Qp) -> Result<QpRaw>;
+}
+
+/// Settings of the [`Clarabel`] backend (interior point).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ClarabelSettings {
+    /// Iteration limit (default 200).
+    pub max_iter: u32,
+    /// Absolute and relative duality-gap and feasibility tolerance (default `1e-10`).
+    pub tol: f64,
+}
+
+impl Default for ClarabelSettings {
+    fn default() -> Self {
+        Self {
+            max_iter: 200,
+            tol: 1e-10,
+        }
+    }
+}
+
+/// Clarabel, a pure-Rust interior-point solver: the default backend.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Clarabel {
+    /// Solver settings.
+    pub settings: ClarabelSettings,
+}
+
+fn dense_to_clarabel(m: &DMatrix<f64>, upper_only: bool) -> clarabel::algebra::CscMatrix<f64> {
+    let (rows, cols) = m.shape();
+    let mut colptr = Vec::with_capacity(cols + 1);
+    let mut rowval = Vec::new();
+    let mut nzval = Vec::new();
+    colptr.push(0);
+    for j in 0..cols {
+        let last = if upper_only { (j + 1).min(rows) } else { rows };
+        for i in 0..last {
+            let v = m[(i, j)];
+            if v != 0.0 {
+                rowval.push(i);
+                nzval.push(v);
+            }
+        }
+        colptr.push(rowval.len());
+    }
+    clarabel::algebra::CscMatrix::new(rows, cols, colptr, rowval, nzval)
+}
+
+impl QpBackend for Clarabel {
+    fn name(&self) -> &'static str {
+        "clarabel"
+    }
+
+    fn solve(&self, qp: &Qp) -> Result<QpRaw> {
+        use clarabel::solver::{
+            DefaultSettings, DefaultSolver, IPSolver, SolverStatus, SupportedConeT,
+        };
+        qp.validate()?;
+        let n = qp.n();
+        let (m, k) = (qp.b.len(), qp.b_eq.len());
+        // Clarabel form: A_c x + s = b_c, s ∈ K, with K = {0}^k × R_+^m.
+        // Equalities: A_eq x + s = b_eq, s = 0. Inequalities: −A x + s = −b, s = Ax − b ≥ 0.
+        let a_c = vstack(&qp.a_eq, &(-&qp.a));
+        let mut b_c: Vec<f64> = qp.b_eq.iter().copied().collect();
+        b_c.extend(qp.b.iter().map(|v| -v));
+        let mut cones = Vec::new();
+        if k > 0 {
+            cones.push(SupportedConeT::ZeroConeT(k));
+        }
+        if m > 0 {
+            cones.push(SupportedConeT::NonnegativeConeT(m));
+        }
+        let t = self.settings.tol;
+        let settings = DefaultSettings {
+            max_iter: self.settings.max_iter,
+            verbose: false,
+            tol_gap_abs: t,
+            tol_gap_rel: t,
+            tol_feas: t,
+            tol_ktratio: 1e-8,
+            presolve_enable: false,
+            ..DefaultSettings::default()
+        };
+        let p = dense_to_clarabel(&qp.p, true);
+        let a = dense_to_clarabel(&a_c, false);
+        let q: Vec<f64> = qp.q.iter().copied().collect();
+        let mut solver = DefaultSolver::new(&p, &q, &a, &b_c, &cones, settings)
+            .map_err(|e| Error::input("QP", format!("clarabel rejected the problem: {e:?}")))?;
+        solver.solve();
+        let sol = &solver.solution;
+        let iterations = sol.iterations as usize;
+        let reduced_accuracy = match sol.status {
+            SolverStatus::Solved => false,
+            SolverStatus::AlmostSolved => true,
+            SolverStatus::PrimalInfeasible | SolverStatus::AlmostPrimalInfeasible => {
+                return Err(Error::Infeasible(
+                    "the constraints A x >= b, A_eq x = b_eq admit no point (clarabel certificate)"
+                        .into(),
+                ))
+            }
+            SolverStatus::DualInfeasible | SolverStatus::AlmostDualInfeasible => {
+                return Err(Error::Unbounded(
+                    "the QP objective is unbounded below on the feasible set (clarabel certificate)"
+                        .into(),
+                ))
+            }
+            other => {
+                return Err(Error::NotConverged {
+                    solver: format!("clarabel ({other:?})"),
+                    iterations,
+                    residual: sol.r_prim.max(sol.r_dual),
+                })
+            }
+        };
+        let x = DVector::from_column_slice(&sol.x);
+        let lambda_eq = DVector::from_iterator(k, sol.z[..k].iter().map(|v| -v));
+        let lambda = DVector::from_column_slice(&sol.z[k..k + m]);
+        debug_assert_eq!(x.len(), n);
+        Ok(QpRaw {
+            x,
+            lambda,
+            lambda_eq,
+            iterations,
+            reduced_accuracy,
+        })
+    }
+}
+
+/// Settings of the [`Osqp`] backend (ADMM with solution polishing).
+#[cfg(feature = "osqp")]
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OsqpSettings {
+    /// Iteration limit (default 100 000).
+    pub max_iter: u32,
+    /// Absolute and relative tolerance (default `1e-9`).
+    pub eps: f64,
+}
+
+#[cfg(feature = "osqp")]
+impl Default for OsqpSettings {
+    fn default() -> Self {
+        Self {
+            max_iter: 100_000,
+            eps: 1e-9,
+        }
+    }
+}
+
+/// OSQP (ADMM) with polishing enabled: the opt-in second backend (`--features osqp`).
+///
+/// ADMM alone is of low accuracy; [`solve_exact`] makes derivatives exact anyway.
+#[cfg(feature = "osqp")]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Osqp {
+    /// Solver settings.
+    pub settings: OsqpSettings,
+}
+
+#[cfg(feature = "osqp")]
+impl QpBackend for Osqp {
+    fn name(&self) -> &'static str {
+        "osqp"
+    }
+
+    fn solve(&self, qp: &Qp) -> Result<QpRaw> {
+        use osqp::{CscMatrix, Problem, Settings, Status};
+        qp.validate()?;
+        let n = qp.n();
+        let (m, k) = (qp.b.len(), qp.b_eq.len());
+        // OSQP form: l ≤ A_o x ≤ u. Rows: equalities (l = u = b_eq), then inequalities
+        // (l = b, u = +∞). OSQP's y is positive at upper bounds, so λ = −y.
+        let a_o = vstack(&qp.a_eq, &qp.a);
+        let mut l: Vec<f64> = qp.b_eq.iter().copied().collect();
+        let mut u = l.clone();
+        l.extend(qp.b.iter().copied());
+        u.extend(std::iter::repeat_n(f64::INFINITY, m));
+        let p = CscMatrix::from_column_iter_dense(n, n, qp.p.iter().copied()).into_upper_tri();
+        let a = CscMatrix::from_column_iter_dense(m + k, n, a_o.iter().copied());
+        let settings = Settings::default()
+            .verbose(false)
+            .polish(true)
+            .eps_abs(self.settings.eps)
+            .eps_rel(self.settings.eps)
+            .max_iter(self.settings.max_iter);
+        let q: Vec<f64> = qp.q.iter().copied().collect();
+        let mut prob = Problem::new(p, &q, a, &l, &u, &settings)
+            .map_err(|e| Error::input("QP", format!("osqp rejected the problem: {e:?}")))?;
+        let status = prob.solve();
+        let iterations = status.iter() as usize;
+        let (sol, reduced_accuracy) = match status {
+            Status::Solved(s) => (s, false),
+            Status::SolvedInaccurate(s) => (s, true),
+            Status::PrimalInfeasible(_) | Status::PrimalInfeasibleInaccurate(_) => {
+                return Err(Error::Infeasible(
+                    "the constraints A x >= b, A_eq x = b_eq admit no point (osqp certificate)"
+                        .into(),
+                ))
+            }
+            Status::DualInfeasible(_) | Status::DualInfeasibleInaccurate(_) => {
+                return Err(Error::Unbounded(
+                    "the QP objective is unbounded below on the feasible set (osqp certificate)"
+                        .into(),
+                ))
+            }
+            Status::MaxIterationsReached(s) | Status::TimeLimitReached(s) => {
+                return Err(Error::NotConverged {
+                    solver: "osqp".into(),
+                    iterations,
+                    residual: s.pri_res().max(s.dua_res()),
+                })
+            }
+            _ => {
+                return Err(Error::NotConverged {
+                    solver: "osqp (non-convex or failed)".into(),
+                    iterations,
+                    residual: f64::NAN,
+                })
+            }
+        };
+        let y = sol.y();
+        Ok(QpRaw {
+            x: DVector::from_column_slice(sol.x()),
+            lambda_eq: DVector::from_iterator(k, y[..k].iter().map(|v| -v)),
+            lambda: DVector::from_iterator(m, y[k..].iter().map(|v| -v)),
+            iterations,
+            reduced_accuracy,
+        })
+    }
+}
+
+/// Tolerances used to decide activity after the exact solve. Both are relative: the feasibility
+/// tolerance is scaled by `1 + max|b|`, the multiplier tolerance by `1 + max|q| + max|P|·max|x|`.
+///
+/// After the exact KKT solve the computed slacks and multipliers are accurate to about
+/// `cond · 1e-16`, so the defaults (`1e-9`) separate exact zeros from true non-zeros on
+/// problems with condition numbers up to about `1e6`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Tolerances {
+    /// A slack `a_iᵀx − b_i` at or below this (relative) is active. Default `1e-9`.
+    pub feasibility: f64,
+    /// An active constraint whose multiplier is above this (relative) is strongly active,
+    /// otherwise weakly active. Default `1e-9`.
+    pub multiplier: f64,
+}
+
+impl Default for Tolerances {
+    fn default() -> Self {
+        Self {
+            feasibility: 1e-9,
+            multiplier: 1e-9,
+        }
+    }
+}
+
+/// How an inequality constraint stands at a solution (Prop. 2's classification).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activity {
+    /// Active with a positive multiplier.
+    Strong,
+    /// Active with a zero multiplier (the degenerate case of Prop. 2).
+    Weak,
+    /// Not active (positive slack).
+    Inactive,
+}
+
+impl Activity {
+    /// The label used in JSON and tables: `strong`, `weak`, `inactive`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Activity::Strong => "strong",
+            Activity::Weak => "weak",
+            Activity::Inactive => "inactive",
+        }
+    }
+}
+
+/// An exactly refined QP solution with its diagnostics.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct ExactQp {
+    /// Primal solution.
+    pub x: DVector<f64>,
+    /// Inequality multipliers, exactly 0 off the working set.
+    pub lambda: DVector<f64>,
+    /// Equality multipliers.
+    pub lambda_eq: DVector<f64>,
+    /// Slacks `A x − b`.
+    pub slack: DVector<f64>,
+    /// Classification of each inequality.
+    pub activity: Vec<Activity>,
+    /// The working set the exact KKT solve used (`true`: treated as equality).
+    pub working: Vec<bool>,
+    /// Condition estimate of the final KKT matrix.
+    pub condition: f64,
+    /// ∞-norm KKT residual (stationarity, feasibility, complementarity) of the returned point.
+    pub residual: f64,
+    /// Backend name.
+    pub backend: &'static str,
+    /// Backend iterations plus active-set repairs.
+    pub iterations: usize,
+    /// Active-set changes the repair loop needed after the backend's identification.
+    pub repairs: usize,
+    /// The backend reported reduced accuracy (the exact solve still succeeded).
+    pub reduced_accuracy: bool,
+}
+
+/// Solves `qp` with `backend`, then refines exactly (see the module docs).
+///
+/// # Errors
+/// The backend's errors; [`Error::Singular`] when the KKT system on the identified active set is
+/// singular (LICQ fails); [`Error::NotConverged`] when the active-set repair does not settle.
+pub fn solve_exact(backend: &dyn QpBackend, qp: &Qp, tol: &Tolerances) -> Result<ExactQp> {
+    let raw = backend.solve(qp)?;
+    let m = qp.b.len();
+    // Identification: an interior-point or ADMM point has, for each inequality, either a small
+    // slack or a small multiplier; the larger of the two tells which side of complementarity the
+    // exact solution is on (ties are weakly active and either choice is exact).
+    let slack0 = &qp.a * &raw.x - &qp.b;
+    let mut working: Vec<bool> = (0..m).map(|i| slack0[i] < raw.lambda[i]).collect();
+    refine(qp, tol, &mut working, backend.name(), raw.iterations, raw.reduced_accuracy)
+}
+
+/// The exact part of [`solve_exact`], starting from a given working set (also used by the
+/// brute-force references in tests).
+pub fn refine(
+    qp: &Qp,
+    tol: &Tolerances,
+    working: &mut [bool],
+    backend: &'static str,
+    backend_iterations: usize,
+    reduced_accuracy: bool,
+) -> Result<ExactQp> {
+    let n = qp.n();
+    let m = qp.b.len();
+    let k = qp.b_eq.len();
+    let tol_p = tol.feasibility * (1.0 + qp.b.amax().max(qp.b_eq.amax()));
+    let max_repairs = 2 * m + 10;
+    let mut repairs = 0;
+    loop {
+        let rows: Vec<usize> = (0..m).filter(|&i| working[i]).collect();
+        let a_w = vstack(&select_rows(&qp.a, &rows), &qp.a_eq);
+        let mut rhs_c = DVector::zeros(rows.len() + k);
+        for (r, &i) in rows.iter().enumerate() {
+            rhs_c[r] = qp.b[i];
+        }
+        rhs_c.rows_mut(rows.len(), k).copy_from(&qp.b_eq);
+        let kkt = solve_kkt(&qp.p, &a_w, &(-&qp.q), &rhs_c)?;
+        let x = kkt.x;
+        let mut lambda = DVector::zeros(m);
+        for (r, &i) in rows.iter().enumerate() {
+            lambda[i] = -kkt.nu[r];
+        }
+        let lambda_eq = -kkt.nu.rows(rows.len(), k);
+        let slack = &qp.a * &x - &qp.b;
+        let tol_d = tol.multiplier * (1.0 + qp.q.amax() + qp.p.amax() * x.amax());
+
+        // Most violated primal constraint outside the working set, then most negative
+        // multiplier inside it.
+        let worst_primal = (0..m)
+            .filter(|&i| !working[i] && slack[i] < -tol_p)
+            .min_by(|&i, &j| slack[i].total_cmp(&slack[j]));
+        let worst_dual = (0..m)
+            .filter(|&i| working[i] && lambda[i] < -tol_d)
+            .min_by(|&i, &j| lambda[i].total_cmp(&lambda[j]));
+        if let Some(i) = worst_primal.or(worst_dual) {
+            if repairs >= max_repairs {
+                return Err(Error::NotConverged {
+                    solver: format!("{backend} + active-set refinement"),
+                    iterations: repairs,
+                    residual: (-slack.min()).max(-lambda.min()).max(0.0),
+                });
+            }
+            working[i] = !working[i];
+            repairs += 1;
+            continue;
+        }
+
+        let activity: Vec<Activity> = (0..m)
+            .map(|i| {
+                if working[i] {
+                    if lambda[i] > tol_d {
+                        Activity::Strong
+                    } else {
+                        Activity::Weak
+                    }
+                } else if slack[i] <= tol_p {
+                    Activity::Weak
+                } else {
+                    Activity::Inactive
+                }
+            })
+            .collect();
+        let stationarity =
+            &qp.p * &x + &qp.q - qp.a.transpose() * &lambda - qp.a_eq.transpose() * &lambda_eq;
+        let eq_res = if k > 0 {
+            (&qp.a_eq * &x - &qp.b_eq).amax()
+        } else {
+            0.0
+        };
+        let mut residual = stationarity.amax().max(eq_res);
+        for i in 0..m {
+            residual = residual
+                .max((-slack[i]).max(0.0))
+                .max((-lambda[i]).max(0.0))
+                .max((lambda[i] * slack[i]).abs());
+        }
+        debug_assert_eq!(x.len(), n);
+        return Ok(ExactQp {
+            x,
+            lambda,
+            lambda_eq,
+            slack,
+            activity,
+            working: working.to_vec(),
+            condition: kkt.condition,
+            residual,
+            backend,
+            iterations: backend_iterations + repairs,
+            repairs,
+            reduced_accuracy,
+        });
+    }
+}
+
+/// Brute-force reference: enumerates all `2^m` working sets and returns the unique one whose
+/// exact KKT point is primal and dual feasible. Only for small `m` (tests and `verify`).
+///
+/// # Errors
+/// [`Error::InvalidInput`] for `m > 20`; [`Error::Infeasible`] when no working set satisfies
+/// the KKT conditions.
+pub fn solve_by_enumeration(qp: &Qp, tol: &Tolerances) -> Result<DVector<f64>> {
+    let m = qp.b.len();
+    if m > 20 {
+        return Err(Error::input("A", "enumeration is limited to 20 inequalities"));
+    }
+    let tol_p = tol.feasibility * (1.0 + qp.b.amax().max(qp.b_eq.amax()));
+    for mask in 0u32..(1u32 << m) {
+        let rows: Vec<usize> = (0..m).filter(|&i| mask & (1 << i) != 0).collect();
+        let a_w = vstack(&select_rows(&qp.a, &rows), &qp.a_eq);
+        let mut rhs_c = DVector::zeros(rows.len() + qp.b_eq.len());
+        for (r, &i) in rows.iter().enumerate() {
+            rhs_c[r] = qp.b[i];
+        }
+        rhs_c
+            .rows_mut(rows.len(), qp.b_eq.len())
+            .copy_from(&qp.b_eq);
+        let Ok(kkt) = solve_kkt(&qp.p, &a_w, &(-&qp.q), &rhs_c) else {
+            continue;
+        };
+        let tol_d = tol.multiplier * (1.0 + qp.q.amax() + qp.p.amax() * kkt.x.amax());
+        let slack = &qp.a * &kkt.x - &qp.b;
+        let primal_ok = (0..m).all(|i| slack[i] >= -tol_p);
+        let dual_ok = rows.iter().enumerate().all(|(r, _)| -kkt.nu[r] >= -tol_d);
+        if primal_ok && dual_ok {
+            return Ok(kkt.x);
+        }
+    }
+    Err(Error::Infeasible("no working set satisfies the KKT conditions".into()))
+}

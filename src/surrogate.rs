@@ -1,0 +1,387 @@
+//! Section 2: contrastive surrogates for bilevel programs and their exact `β → 0⁺` limits.
+//!
+//! For `L(θ) = ℓ(z*)`, `z* = argmin_z E(z; θ)` (Eq. 2), a [`Bilevel`] gives
+//! * the contrastive surrogate of Def. 1 (Eq. 5)
+//!   `L^β(θ) = ℓ(ẑ_β) + (E(ẑ_β; θ) − E(z*; θ))/β` with `ẑ_β = argmin_z βℓ(z) + E(z; θ)` (Eq. 6)
+//!   and its θ-gradient `(1/β) ∂_θ(E(ẑ_β; θ) − E(z*; θ))` (Eq. 10) — [`Bilevel::surrogate`];
+//! * the linearized surrogate of Def. 2 (Eq. 36-37), `ℓ` replaced by its tangent at `z*` —
+//!   [`Bilevel::linearized`];
+//! * the exact limit `ż = dẑ_β/dβ|_{β=0⁺}`: Prop. 1 (`−H⁻¹ℓ'(z*)`) for smooth problems, Prop. 2
+//!   (the QP of Eq. 17, with weakly active constraints) otherwise, and the θ-gradient of Cor. 1 /
+//!   Eq. 9, `(∂²E/∂θ∂z) ż` — [`Bilevel::limit`];
+//! * the centered surrogate gradient (beyond the paper) — [`Bilevel::centered`];
+//! * the band of Prop. 3 — [`Bilevel::band`].
+//!
+//! Sign convention: every gradient here is the gradient of the quantity being *minimized*
+//! (`L`, `L^β`), so a descent step is `θ ← θ − η·grad` (Eq. 10).
+//!
+//! # Where the code departs from the printed paper
+//! * **Eq. 12 at ties.** For Example 1 (`ẑ_β = [θx − βg]₊`) at `(θx)_j = 0` the one-sided limit of
+//!   Eq. 11 is `[−g_j]₊`: it is `−g_j` when `g_j < 0` and `0` when `g_j ≥ 0`. The printed case
+//!   split of Eq. 12 assigns these the other way round (`D_jj = −1` for `g_j ≥ 0`). We follow
+//!   Eq. 11 and Prop. 2 (the tangent-cone projection of `−g`), i.e.
+//!   `D_jj = −1` iff `(θx)_j > 0 ∨ ((θx)_j = 0 ∧ g_j < 0)`.
+//! * **Eq. 13's sign.** With `E = ½‖z − θx‖²`, `∂²E/∂θ∂z · ż = −ż xᵀ`, so by Eq. 9 / Eq. 19 the
+//!   gradient of `L` is `−D g xᵀ` (for `(θx)_j > 0` this is `g_j x`, the back-propagation
+//!   gradient of `gᵀ[θx]₊`). Eq. 13 as printed drops the minus sign.
+
+use std::sync::Arc;
+
+use nalgebra::DVector;
+
+use crate::error::{check_beta, Error, Result};
+use crate::linalg::{select_rows, solve_kkt, vstack};
+use crate::problem::{Direction, InnerProblem, InnerSolution, LinearConstraints, Loss};
+use crate::prox::Branch;
+use crate::solve::qp::{solve_exact, Activity, Clarabel, Qp, QpBackend, Tolerances};
+
+/// A bilevel program `L(θ) = ℓ(z*)`, `z* = argmin_z E(z; θ)` (Eq. 2).
+pub struct Bilevel<P: InnerProblem> {
+    /// The inner problem `E`.
+    pub inner: P,
+    /// The outer loss `ℓ`.
+    pub loss: Loss,
+    backend: Arc<dyn QpBackend>,
+    tol: Tolerances,
+}
+
+/// A finite-β surrogate (Def. 1 or Def. 2) with its solutions.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct Surrogate {
+    /// The spacing parameter.
+    pub beta: f64,
+    /// `z*` (free solution).
+    pub z_star: InnerSolution,
+    /// `ẑ_β` (clamped solution; for Def. 2 with the tangent loss).
+    pub z_hat: InnerSolution,
+    /// `L^β(θ)` (Eq. 5 or Eq. 37).
+    pub value: f64,
+    /// `(1/β) ∂_θ(E(ẑ_β; θ) − E(z*; θ))` (Eq. 10).
+    pub grad_theta: DVector<f64>,
+}
+
+/// The centered surrogate gradient `(1/2β) ∂_θ(E(ẑ_β; θ) − E(ẑ_{−β}; θ))`.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct Centered {
+    /// The spacing parameter.
+    pub beta: f64,
+    /// `ẑ_β`.
+    pub z_plus: InnerSolution,
+    /// `ẑ_{−β} = argmin_z −βℓ(z) + E(z; θ)`.
+    pub z_minus: InnerSolution,
+    /// The centered gradient.
+    pub grad_theta: DVector<f64>,
+}
+
+/// The exact `β → 0⁺` limit (Props. 1-2, Cor. 1) with its diagnostics.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct LimitDerivative {
+    /// `z*` with multipliers and the strong / weak / inactive classification.
+    pub z_star: InnerSolution,
+    /// `L(θ) = ℓ(z*)`.
+    pub loss: f64,
+    /// `ż = dẑ_β/dβ|_{β=0⁺}` with branches, condition estimate and residual.
+    pub direction: Direction,
+    /// `dL/dθ` in the one-sided sense of Cor. 1: `(∂²E/∂θ∂z) ż`.
+    pub grad_theta: DVector<f64>,
+}
+
+/// Prop. 3's band `L^β ≤ L ≤ L^β + β/(2ν)‖ℓ'(z*)‖²`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Band {
+    /// `L^β(θ)`.
+    pub lower: f64,
+    /// `L(θ)`.
+    pub loss: f64,
+    /// `L^β(θ) + β/(2ν)‖ℓ'(z*)‖²`.
+    pub upper: f64,
+    /// The strong-convexity modulus used.
+    pub nu: f64,
+}
+
+impl<P: InnerProblem> Bilevel<P> {
+    /// Pairs an inner problem with an outer loss (dimensions checked).
+    ///
+    /// # Errors
+    /// [`Error::DimensionMismatch`] / [`Error::NonFinite`] for the loss.
+    pub fn new(inner: P, loss: Loss) -> Result<Self> {
+        loss.validate(inner.dim())?;
+        Ok(Self {
+            inner,
+            loss,
+            backend: Arc::new(Clarabel::default()),
+            tol: Tolerances::default(),
+        })
+    }
+
+    /// The QP backend used for the Prop. 2 direction QP (Eq. 17).
+    pub fn with_backend(mut self, backend: Arc<dyn QpBackend>) -> Self {
+        self.backend = backend;
+        self
+    }
+
+    /// Activity tolerances for the Prop. 2 direction QP.
+    pub fn with_tolerances(mut self, tol: Tolerances) -> Self {
+        self.tol = tol;
+        self
+    }
+
+    /// `z* = argmin_z E(z; θ)`.
+    pub fn solve_free(&self, theta: &DVector<f64>) -> Result<InnerSolution> {
+        self.inner.solve(theta, &self.loss, 0.0)
+    }
+
+    /// `L(θ) = ℓ(z*)` (Eq. 2).
+    pub fn loss_value(&self, theta: &DVector<f64>) -> Result<f64> {
+        Ok(self.loss.value(&self.solve_free(theta)?.z))
+    }
+
+    /// Def. 1: `L^β(θ)` (Eq. 5), `ẑ_β`, `z*` and the gradient of Eq. 10.
+    ///
+    /// # Errors
+    /// [`Error::InvalidBeta`] for `β ≤ 0` or non-finite; the inner solver's errors.
+    pub fn surrogate(&self, theta: &DVector<f64>, beta: f64) -> Result<Surrogate> {
+        check_beta(beta)?;
+        let z_star = self.solve_free(theta)?;
+        self.surrogate_with(theta, beta, z_star)
+    }
+
+    /// [`Bilevel::surrogate`] with a known `z*` (saves one inner solve per β).
+    pub fn surrogate_with(
+        &self,
+        theta: &DVector<f64>,
+        beta: f64,
+        z_star: InnerSolution,
+    ) -> Result<Surrogate> {
+        check_beta(beta)?;
+        let z_hat = self.inner.solve(theta, &self.loss, beta)?;
+        let value = self.loss.value(&z_hat.z) + self.energy_gap(theta, &z_hat, &z_star) / beta;
+        let grad_theta = self.grad_gap(theta, &z_hat, &z_star) / beta;
+        Ok(Surrogate {
+            beta,
+            z_star,
+            z_hat,
+            value,
+            grad_theta,
+        })
+    }
+
+    /// Def. 2: the linearized surrogate (Eq. 37) with `ℓ̄(z; z*) = ℓ(z*) + (z − z*)ᵀℓ'(z*)`
+    /// (Eq. 36). The gradient is Eq. 10 applied to Eq. 37 with the tangent point `z*` held fixed
+    /// (the convention of Prop. 6 and Remark 2): `(1/β) ∂_θ(E(ẑ; θ) − E(z*; θ))`,
+    /// `ẑ = argmin_z βℓ'(z*)ᵀz + E(z; θ)`.
+    pub fn linearized(&self, theta: &DVector<f64>, beta: f64) -> Result<Surrogate> {
+        check_beta(beta)?;
+        let z_star = self.solve_free(theta)?;
+        self.linearized_with(theta, beta, z_star)
+    }
+
+    /// [`Bilevel::linearized`] with a known `z*`.
+    pub fn linearized_with(
+        &self,
+        theta: &DVector<f64>,
+        beta: f64,
+        z_star: InnerSolution,
+    ) -> Result<Surrogate> {
+        check_beta(beta)?;
+        let tangent = self.loss.tangent(&z_star.z);
+        let z_hat = self.inner.solve(theta, &tangent, beta)?;
+        let l_bar = self.loss.value(&z_star.z) + tangent.value(&(&z_hat.z - &z_star.z));
+        let value = l_bar + self.energy_gap(theta, &z_hat, &z_star) / beta;
+        let grad_theta = self.grad_gap(theta, &z_hat, &z_star) / beta;
+        Ok(Surrogate {
+            beta,
+            z_star,
+            z_hat,
+            value,
+            grad_theta,
+        })
+    }
+
+    /// The centered surrogate gradient `(1/2β) ∂_θ(E(ẑ_β; θ) − E(ẑ_{−β}; θ))`,
+    /// `ẑ_{−β} = argmin_z −βℓ(z) + E(z; θ)` (beyond the paper).
+    ///
+    /// Where it is defined its bias against the limit gradient is `O(β²)` instead of Def. 1's
+    /// `O(β)` (it is a central difference of `β ↦ ∂_θE(ẑ_β)`). It is defined when `−βℓ + E` is
+    /// still strongly convex: always for a linear `ℓ`; for an `ℓ` whose gradient is
+    /// `L''`-Lipschitz and a `ν`-strongly convex `E`, for `β < ν / L''`.
+    ///
+    /// At a weakly active constraint `β ↦ ẑ_β` has a kink at 0, so this gradient tends to the
+    /// *average* of the two one-sided derivatives instead of choosing the branch of Prop. 2;
+    /// use [`Bilevel::limit`] there.
+    ///
+    /// # Errors
+    /// [`Error::BetaOutOfRange`] outside the range above (or when `ν` is unknown and `ℓ` is not
+    /// linear); [`Error::InvalidBeta`] for `β ≤ 0`.
+    pub fn centered(&self, theta: &DVector<f64>, beta: f64) -> Result<Centered> {
+        check_beta(beta)?;
+        let curvature = self.loss.curvature();
+        if curvature > 0.0 {
+            match self.inner.strong_convexity() {
+                Some(nu) if beta * curvature < nu => {}
+                Some(nu) => {
+                    return Err(Error::BetaOutOfRange {
+                        beta,
+                        what: "the centered surrogate".into(),
+                        reason: format!(
+                            "need beta < nu / L'' = {} (nu = {nu}, L'' = {curvature}); \
+                             -beta*loss + E is not strongly convex otherwise",
+                            nu / curvature
+                        ),
+                    })
+                }
+                None => {
+                    return Err(Error::BetaOutOfRange {
+                        beta,
+                        what: "the centered surrogate".into(),
+                        reason: "strong convexity of E is unknown and the loss is not linear"
+                            .into(),
+                    })
+                }
+            }
+        }
+        let z_plus = self.inner.solve(theta, &self.loss, beta)?;
+        let z_minus = self.inner.solve(theta, &self.loss, -beta)?;
+        let grad_theta = self.grad_gap(theta, &z_plus, &z_minus) / (2.0 * beta);
+        Ok(Centered {
+            beta,
+            z_plus,
+            z_minus,
+            grad_theta,
+        })
+    }
+
+    /// The exact limit derivative `ż` (Prop. 1 / Prop. 2) and the θ-gradient of Cor. 1.
+    ///
+    /// Closed forms are used where the inner problem has one (separable layers); otherwise the
+    /// direction QP of Eq. 17 is solved with the QP backend and refined exactly
+    /// ([`prop2_direction`]).
+    pub fn limit(&self, theta: &DVector<f64>) -> Result<LimitDerivative> {
+        let z_star = self.solve_free(theta)?;
+        self.limit_with(theta, z_star)
+    }
+
+    /// [`Bilevel::limit`] with a known `z*`.
+    pub fn limit_with(&self, theta: &DVector<f64>, z_star: InnerSolution) -> Result<LimitDerivative> {
+        let c = self.loss.gradient(&z_star.z);
+        let direction = match self.inner.closed_form_direction(theta, &z_star, &c) {
+            Some(d) => d?,
+            None => prop2_direction(
+                &self.inner.hessian(&z_star.z, theta),
+                &c,
+                self.inner.constraints(),
+                &z_star.activity,
+                self.backend.as_ref(),
+                &self.tol,
+            )?,
+        };
+        let grad_theta = self.inner.cross_jvp(&z_star.z, theta, &direction.z_dot);
+        Ok(LimitDerivative {
+            loss: self.loss.value(&z_star.z),
+            z_star,
+            direction,
+            grad_theta,
+        })
+    }
+
+    /// Prop. 3: `L^β ≤ L ≤ L^β + β/(2ν)‖ℓ'(z*)‖²` for convex `ℓ` (both loss kinds are) and a
+    /// `ν`-strongly convex `E`. `None` when the inner problem does not know `ν`.
+    pub fn band(&self, theta: &DVector<f64>, beta: f64) -> Result<Option<Band>> {
+        let s = self.surrogate(theta, beta)?;
+        Ok(self.band_of(&s))
+    }
+
+    /// Prop. 3's band from an already computed Def. 1 surrogate.
+    pub fn band_of(&self, s: &Surrogate) -> Option<Band> {
+        let nu = self.inner.strong_convexity()?;
+        let g = self.loss.gradient(&s.z_star.z);
+        Some(Band {
+            lower: s.value,
+            loss: self.loss.value(&s.z_star.z),
+            upper: s.value + s.beta / (2.0 * nu) * g.norm_squared(),
+            nu,
+        })
+    }
+
+    fn energy_gap(&self, theta: &DVector<f64>, a: &InnerSolution, b: &InnerSolution) -> f64 {
+        self.inner.energy(&a.z, theta) - self.inner.energy(&b.z, theta)
+    }
+
+    fn grad_gap(&self, theta: &DVector<f64>, a: &InnerSolution, b: &InnerSolution) -> DVector<f64> {
+        self.inner.grad_theta(&a.z, theta) - self.inner.grad_theta(&b.z, theta)
+    }
+}
+
+/// Prop. 2: `ż` solves the strictly convex QP of Eq. 17,
+/// ```text
+///     min ½ żᵀA ż + cᵀż   s.t.  B_i ż ≥ 0 (i weakly active),  B_i ż = 0 (i strongly active),
+/// ```
+/// with `A = ∂²E/∂z²(z*)` (linear constraints have no curvature term), `c = ℓ'(z*)` and `B` the
+/// constraint Jacobian; equality constraints count as strongly active, inactive ones are dropped.
+/// Without weak constraints this is one KKT solve (Prop. 1 when nothing is active). With weak
+/// ones the QP goes to `backend` and is refined exactly ([`solve_exact`]); each weak constraint
+/// then reports its branch: [`Branch::Stays`] (`B_i ż = 0`) or [`Branch::Leaves`] (`B_i ż > 0`).
+pub fn prop2_direction(
+    a: &nalgebra::DMatrix<f64>,
+    c: &DVector<f64>,
+    constraints: &LinearConstraints,
+    activity: &[Activity],
+    backend: &dyn QpBackend,
+    tol: &Tolerances,
+) -> Result<Direction> {
+    let n = c.len();
+    if activity.len() != constraints.m() {
+        return Err(Error::dim("activity", constraints.m(), activity.len()));
+    }
+    let strong: Vec<usize> = (0..activity.len())
+        .filter(|&i| activity[i] == Activity::Strong)
+        .collect();
+    let weak: Vec<usize> = (0..activity.len())
+        .filter(|&i| activity[i] == Activity::Weak)
+        .collect();
+    let eq_rows = vstack(&select_rows(&constraints.a, &strong), &constraints.a_eq);
+    let mut branches = vec![None; activity.len()];
+    if weak.is_empty() {
+        let kkt = solve_kkt(a, &eq_rows, &(-c), &DVector::zeros(eq_rows.nrows()))?;
+        let method = if eq_rows.nrows() == 0 {
+            "Prop. 1"
+        } else {
+            "Prop. 2 (no weakly active constraint: one KKT solve)"
+        };
+        return Ok(Direction {
+            z_dot: kkt.x,
+            branches,
+            condition: kkt.condition,
+            residual: kkt.residual,
+            method: method.into(),
+        });
+    }
+    let b_weak = select_rows(&constraints.a, &weak);
+    let qp = Qp {
+        p: a.clone(),
+        q: c.clone(),
+        a: b_weak,
+        b: DVector::zeros(weak.len()),
+        a_eq: eq_rows.clone(),
+        b_eq: DVector::zeros(eq_rows.nrows()),
+    };
+    let sol = solve_exact(backend, &qp, tol)?;
+    for (r, &i) in weak.iter().enumerate() {
+        branches[i] = Some(if sol.working[r] || sol.slack[r] <= 0.0 {
+            Branch::Stays
+        } else {
+            Branch::Leaves
+        });
+    }
+    debug_assert_eq!(sol.x.len(), n);
+    Ok(Direction {
+        z_dot: sol.x,
+        branches,
+        condition: sol.condition,
+        residual: sol.residual,
+        method: format!("Prop. 2 QP ({}) + exact KKT", sol.backend),
+    })
+}
