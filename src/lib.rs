@@ -29,6 +29,7 @@ pub mod problem;
 pub mod prox;
 pub mod solve;
 pub mod surrogate;
+pub mod verify;
 
 pub use error::{Error, Result};
 

@@ -68,7 +68,11 @@ impl Activation {
     /// Checks the parameters (`lo < hi`, no NaN).
     pub fn validate(&self) -> Result<()> {
         if let Activation::Box { lo, hi } = *self {
-            if lo.is_nan() || hi.is_nan() || lo >= hi || lo == f64::INFINITY || hi == f64::NEG_INFINITY
+            if lo.is_nan()
+                || hi.is_nan()
+                || lo >= hi
+                || lo == f64::INFINITY
+                || hi == f64::NEG_INFINITY
             {
                 return Err(Error::input(
                     "activation.box",
@@ -177,7 +181,10 @@ fn clamp<T: RealField + Copy>(v: T, lo: T, hi: T) -> T {
 
 /// `log Σ_j e^{u_j}`, computed stably.
 pub fn log_sum_exp<T: RealField + Copy>(u: &[T]) -> T {
-    let max = u.iter().copied().fold(cast::<T>(f64::NEG_INFINITY), |a, b| a.max(b));
+    let max = u
+        .iter()
+        .copied()
+        .fold(cast::<T>(f64::NEG_INFINITY), |a, b| a.max(b));
     if !max.is_finite() {
         return max;
     }
@@ -187,7 +194,10 @@ pub fn log_sum_exp<T: RealField + Copy>(u: &[T]) -> T {
 
 /// `softmax(u)_j = e^{u_j} / Σ_k e^{u_k}`, computed stably.
 pub fn softmax<T: RealField + Copy>(u: &[T], out: &mut [T]) {
-    let max = u.iter().copied().fold(cast::<T>(f64::NEG_INFINITY), |a, b| a.max(b));
+    let max = u
+        .iter()
+        .copied()
+        .fold(cast::<T>(f64::NEG_INFINITY), |a, b| a.max(b));
     let mut s = T::zero();
     for (o, &v) in out.iter_mut().zip(u) {
         *o = (v - max).exp();
@@ -202,7 +212,11 @@ pub fn softmax<T: RealField + Copy>(u: &[T], out: &mut [T]) {
 /// where the map is convex and increasing, so the iteration is monotone).
 fn solve_z_plus_tau_log_z<T: RealField + Copy>(a: T, tau: T) -> T {
     let one = T::one();
-    let mut y = if a > T::zero() { (a + one).ln() } else { T::zero() };
+    let mut y = if a > T::zero() {
+        (a + one).ln()
+    } else {
+        T::zero()
+    };
     if a / tau > y {
         y = a / tau;
     }
@@ -277,7 +291,13 @@ fn entropy_prox<T: RealField + Copy>(u: &[T], tau: T, out: &mut [T]) {
 /// * `u = hi` (weakly active): `ż = −[c]₊`... i.e. `min(−c, 0)`, branch `Leaves` when `−c < 0`.
 ///
 /// "`u = lo`" means `|u − lo| ≤ tie` (pass `0.0` for exact ties).
-pub fn box_unit_limit(u: f64, lo: f64, hi: f64, c: f64, tie: f64) -> (f64, Activity, Option<Branch>) {
+pub fn box_unit_limit(
+    u: f64,
+    lo: f64,
+    hi: f64,
+    c: f64,
+    tie: f64,
+) -> (f64, Activity, Option<Branch>) {
     let d = -c;
     let at = |b: f64| b.is_finite() && (u - b).abs() <= tie;
     if at(lo) {
@@ -332,14 +352,19 @@ mod tests {
         for act in [Activation::Relu, Activation::HardTanh, Activation::Softmax] {
             let mut z = [0.0; 3];
             act.activate(&u, &mut z);
-            let e = |z: &[f64]| act.potential(z) - z.iter().zip(&u).map(|(a, b)| a * b).sum::<f64>();
+            let e =
+                |z: &[f64]| act.potential(z) - z.iter().zip(&u).map(|(a, b)| a * b).sum::<f64>();
             let e0 = e(&z);
             for k in 0..20 {
                 let t = 0.01 * (k as f64 - 10.0);
                 let mut w = [z[0] + t, z[1] - 0.5 * t, z[2] - 0.5 * t];
                 if matches!(act, Activation::Softmax) {
                     // stay on the simplex
-                    w = [z[0] + t * z[0], z[1] - t * z[0] * 0.5, z[2] - t * z[0] * 0.5];
+                    w = [
+                        z[0] + t * z[0],
+                        z[1] - t * z[0] * 0.5,
+                        z[2] - t * z[0] * 0.5,
+                    ];
                 }
                 assert!(e(&w) >= e0 - 1e-14);
             }
@@ -354,7 +379,9 @@ mod tests {
             let mut z = [0.0; 4];
             Activation::Softmax.prox(&u, tau, &mut z);
             assert_relative_eq!(z.iter().sum::<f64>(), 1.0, epsilon = 1e-14);
-            let nus: Vec<f64> = (0..4).map(|j| u[j] - z[j] - tau * (z[j].ln() + 1.0)).collect();
+            let nus: Vec<f64> = (0..4)
+                .map(|j| u[j] - z[j] - tau * (z[j].ln() + 1.0))
+                .collect();
             for nu in &nus {
                 assert_relative_eq!(*nu, nus[0], epsilon = 1e-12);
             }
@@ -365,7 +392,11 @@ mod tests {
     fn f32_and_f64_paths_agree() {
         let u64 = [0.3, -0.2, 1.7, 0.9];
         let u32: Vec<f32> = u64.iter().map(|&v| v as f32).collect();
-        for act in [Activation::Relu, Activation::HardSigmoid, Activation::Softmax] {
+        for act in [
+            Activation::Relu,
+            Activation::HardSigmoid,
+            Activation::Softmax,
+        ] {
             let mut a = [0.0f64; 4];
             let mut b = [0.0f32; 4];
             act.activate(&u64, &mut a);

@@ -265,7 +265,11 @@ impl<P: InnerProblem> Bilevel<P> {
     }
 
     /// [`Bilevel::limit`] with a known `z*`.
-    pub fn limit_with(&self, theta: &DVector<f64>, z_star: InnerSolution) -> Result<LimitDerivative> {
+    pub fn limit_with(
+        &self,
+        theta: &DVector<f64>,
+        z_star: InnerSolution,
+    ) -> Result<LimitDerivative> {
         let c = self.loss.gradient(&z_star.z);
         let direction = match self.inner.closed_form_direction(theta, &z_star, &c) {
             Some(d) => d?,

@@ -212,8 +212,7 @@ pub trait InnerProblem {
     /// `∂_θ E(z; θ)`.
     fn grad_theta(&self, z: &DVector<f64>, theta: &DVector<f64>) -> DVector<f64>;
     /// `(∂²E/∂θ∂z) dz`, the mixed second derivative applied to `dz` (Eq. 9, Eq. 19).
-    fn cross_jvp(&self, z: &DVector<f64>, theta: &DVector<f64>, dz: &DVector<f64>)
-        -> DVector<f64>;
+    fn cross_jvp(&self, z: &DVector<f64>, theta: &DVector<f64>, dz: &DVector<f64>) -> DVector<f64>;
     /// `∂²E/∂z²` at `z` (the matrix `A` of Eq. 15 for linear constraints).
     fn hessian(&self, z: &DVector<f64>, theta: &DVector<f64>) -> DMatrix<f64>;
     /// The constraints.

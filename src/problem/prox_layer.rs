@@ -136,7 +136,12 @@ impl InnerProblem for ProxProblem {
         -(self.b.tr_mul(&(z - self.pre_activation(theta))))
     }
 
-    fn cross_jvp(&self, _z: &DVector<f64>, _theta: &DVector<f64>, dz: &DVector<f64>) -> DVector<f64> {
+    fn cross_jvp(
+        &self,
+        _z: &DVector<f64>,
+        _theta: &DVector<f64>,
+        dz: &DVector<f64>,
+    ) -> DVector<f64> {
         -(self.b.tr_mul(dz))
     }
 
@@ -173,7 +178,8 @@ impl InnerProblem for ProxProblem {
         }
         let v = (self.pre_activation(theta) + loss.linear_term() * beta) / scale;
         let mut z = DVector::zeros(v.len());
-        self.activation.prox(v.as_slice(), 1.0 / scale, z.as_mut_slice());
+        self.activation
+            .prox(v.as_slice(), 1.0 / scale, z.as_mut_slice());
         let m = self.constraints.m();
         let mut multipliers = DVector::zeros(m);
         let mut activity = vec![Activity::Inactive; m];
@@ -256,7 +262,11 @@ impl InnerProblem for ProxProblem {
                     z_dot[j] = d;
                     if act == Activity::Weak {
                         let at_lo = (u[j] - lo).abs() <= tie;
-                        let row = if at_lo { self.rows[j].0 } else { self.rows[j].1 };
+                        let row = if at_lo {
+                            self.rows[j].0
+                        } else {
+                            self.rows[j].1
+                        };
                         if let Some(r) = row {
                             branches[r] = branch;
                         }

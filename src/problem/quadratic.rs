@@ -148,7 +148,12 @@ impl InnerProblem for QuadraticProblem {
         -(self.b.tr_mul(z))
     }
 
-    fn cross_jvp(&self, _z: &DVector<f64>, _theta: &DVector<f64>, dz: &DVector<f64>) -> DVector<f64> {
+    fn cross_jvp(
+        &self,
+        _z: &DVector<f64>,
+        _theta: &DVector<f64>,
+        dz: &DVector<f64>,
+    ) -> DVector<f64> {
         -(self.b.tr_mul(dz))
     }
 
@@ -177,7 +182,11 @@ impl InnerProblem for QuadraticProblem {
                 self.nu
             )));
         }
-        let sol = solve_exact(self.backend.as_ref(), &self.qp(theta, loss, beta), &self.tol)?;
+        let sol = solve_exact(
+            self.backend.as_ref(),
+            &self.qp(theta, loss, beta),
+            &self.tol,
+        )?;
         Ok(InnerSolution {
             z: sol.x,
             multipliers: sol.lambda,

@@ -63,7 +63,8 @@ struct Augmented<'a> {
 
 impl SmoothObjective for Augmented<'_> {
     fn value(&self, z: &DVector<f64>) -> f64 {
-        0.5 * z.dot(&(self.q * z)) + z.iter().map(|&v| log_cosh(v)).sum::<f64>()
+        0.5 * z.dot(&(self.q * z))
+            + z.iter().map(|&v| log_cosh(v)).sum::<f64>()
             + 0.5 * self.kappa * z.norm_squared()
             - self.r.dot(z)
     }
@@ -102,7 +103,12 @@ impl InnerProblem for LogCoshProblem {
         -(self.b.tr_mul(z))
     }
 
-    fn cross_jvp(&self, _z: &DVector<f64>, _theta: &DVector<f64>, dz: &DVector<f64>) -> DVector<f64> {
+    fn cross_jvp(
+        &self,
+        _z: &DVector<f64>,
+        _theta: &DVector<f64>,
+        dz: &DVector<f64>,
+    ) -> DVector<f64> {
         -(self.b.tr_mul(dz))
     }
 

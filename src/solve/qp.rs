@@ -48,7 +48,11 @@ impl Qp {
     pub fn validate(&self) -> Result<()> {
         let n = self.n();
         if self.p.ncols() != n {
-            return Err(Error::dim("P", format!("{n} x {n}"), format!("{n} x {}", self.p.ncols())));
+            return Err(Error::dim(
+                "P",
+                format!("{n} x {n}"),
+                format!("{n} x {}", self.p.ncols()),
+            ));
         }
         if self.q.len() != n {
             return Err(Error::dim("q", n, self.q.len()));
@@ -273,7 +277,8 @@ impl QpBackend for Osqp {
         let mut l: Vec<f64> = qp.b_eq.iter().copied().collect();
         let mut u = l.clone();
         l.extend(qp.b.iter().copied());
-        u.extend(std::iter::repeat_n(f64::INFINITY, m));
+        // OSQP_INFTY: larger values count as no bound.
+        u.extend(std::iter::repeat_n(1e30, m));
         let p = CscMatrix::from_column_iter_dense(n, n, qp.p.iter().copied()).into_upper_tri();
         let a = CscMatrix::from_column_iter_dense(m + k, n, a_o.iter().copied());
         let settings = Settings::default()
@@ -418,7 +423,14 @@ pub fn solve_exact(backend: &dyn QpBackend, qp: &Qp, tol: &Tolerances) -> Result
     // exact solution is on (ties are weakly active and either choice is exact).
     let slack0 = &qp.a * &raw.x - &qp.b;
     let mut working: Vec<bool> = (0..m).map(|i| slack0[i] < raw.lambda[i]).collect();
-    refine(qp, tol, &mut working, backend.name(), raw.iterations, raw.reduced_accuracy)
+    refine(
+        qp,
+        tol,
+        &mut working,
+        backend.name(),
+        raw.iterations,
+        raw.reduced_accuracy,
+    )
 }
 
 /// The exact part of [`solve_exact`], starting from a given working set (also used by the
@@ -532,7 +544,10 @@ pub fn refine(
 pub fn solve_by_enumeration(qp: &Qp, tol: &Tolerances) -> Result<DVector<f64>> {
     let m = qp.b.len();
     if m > 20 {
-        return Err(Error::input("A", "enumeration is limited to 20 inequalities"));
+        return Err(Error::input(
+            "A",
+            "enumeration is limited to 20 inequalities",
+        ));
     }
     let tol_p = tol.feasibility * (1.0 + qp.b.amax().max(qp.b_eq.amax()));
     for mask in 0u32..(1u32 << m) {
@@ -556,5 +571,7 @@ pub fn solve_by_enumeration(qp: &Qp, tol: &Tolerances) -> Result<DVector<f64>> {
             return Ok(kkt.x);
         }
     }
-    Err(Error::Infeasible("no working set satisfies the KKT conditions".into()))
+    Err(Error::Infeasible(
+        "no working set satisfies the KKT conditions".into(),
+    ))
 }

@@ -1,0 +1,3 @@
+//! Numerical checks of the paper's claims (`bilevel verify`).
+
+pub mod instances;

@@ -1,0 +1,220 @@
+//! Section 2 surrogates: Def. 1 / Def. 2 gradients against finite differences of their own
+//! values, Prop. 1 and Cor. 1 on a smooth non-quadratic energy (argmin), convergence rates of the
+//! finite-β and centered gradients, and Prop. 3's band as a property over random problems.
+
+use approx::assert_relative_eq;
+use bilevel::prelude::*;
+use bilevel::verify::instances::{constructed_qp, matrix, rng, spd, vector};
+use nalgebra::{DMatrix, DVector};
+use proptest::prelude::*;
+
+fn logcosh(seed: u64, n: usize, p: usize) -> (LogCoshProblem, DVector<f64>) {
+    let mut r = rng(seed);
+    let q = spd(&mut r, n, 0.3);
+    let b = matrix(&mut r, n, p);
+    let c = vector(&mut r, n);
+    (LogCoshProblem::new(q, b, c).unwrap(), vector(&mut r, p))
+}
+
+fn central<F: Fn(&DVector<f64>) -> f64>(f: F, theta: &DVector<f64>, h: f64) -> DVector<f64> {
+    DVector::from_fn(theta.len(), |j, _| {
+        let mut tp = theta.clone();
+        let mut tm = theta.clone();
+        tp[j] += h;
+        tm[j] -= h;
+        (f(&tp) - f(&tm)) / (2.0 * h)
+    })
+}
+
+#[test]
+fn def1_gradient_is_the_gradient_of_the_surrogate_value() {
+    // For finite β, L^β is a loss in its own right and Eq. 10 is its exact gradient (envelope
+    // theorem on both minimizations of Eq. 5).
+    let (p, theta) = logcosh(1, 6, 3);
+    let target = vector(&mut rng(2), 6);
+    let program = Bilevel::new(p, Loss::Squared { target }).unwrap();
+    for beta in [1.0, 0.1, 0.01] {
+        let s = program.surrogate(&theta, beta).unwrap();
+        let fd = central(|t| program.surrogate(t, beta).unwrap().value, &theta, 1e-4);
+        // central difference O(h²) plus solver accuracy 1e-13/h: 1e-7 relative is ample.
+        assert_relative_eq!(s.grad_theta, fd, epsilon = 1e-7, max_relative = 1e-6);
+    }
+    use Activity::{Inactive, Strong, Weak};
+    let inst = constructed_qp(&mut rng(3), 7, 3, 1, &[Strong, Weak, Inactive, Strong]);
+    let qp = QuadraticProblem::new(inst.q, inst.b, inst.c, inst.constraints).unwrap();
+    let program = Bilevel::new(
+        qp,
+        Loss::Squared {
+            target: vector(&mut rng(4), 7),
+        },
+    )
+    .unwrap();
+    let theta = inst.theta + vector(&mut rng(5), 3) * 0.1; // move off the degenerate point
+    for beta in [1.0, 0.1] {
+        let s = program.surrogate(&theta, beta).unwrap();
+        let fd = central(|t| program.surrogate(t, beta).unwrap().value, &theta, 1e-5);
+        assert_relative_eq!(s.grad_theta, fd, epsilon = 1e-7, max_relative = 1e-6);
+    }
+}
+
+#[test]
+fn def2_gradient_is_the_gradient_of_the_linearized_value_with_the_tangent_fixed() {
+    let (p, theta) = logcosh(6, 5, 2);
+    let target = vector(&mut rng(7), 5);
+    let program = Bilevel::new(p, Loss::Squared { target }).unwrap();
+    let beta = 0.5;
+    let s = program.linearized(&theta, beta).unwrap();
+    let z0 = s.z_star.z.clone();
+    let tangent = program.loss.tangent(&z0);
+    let l0 = program.loss.value(&z0);
+    // Eq. 37 with ℓ̄(·; z0) frozen, evaluated from scratch at θ'.
+    let value = |t: &DVector<f64>| {
+        let zs = program.inner.solve(t, &program.loss, 0.0).unwrap().z;
+        let zh = program.inner.solve(t, &tangent, beta).unwrap().z;
+        l0 + tangent.value(&(&zh - &z0))
+            + (program.inner.energy(&zh, t) - program.inner.energy(&zs, t)) / beta
+    };
+    assert_relative_eq!(s.value, value(&theta), epsilon = 1e-12);
+    let fd = central(value, &theta, 1e-4);
+    assert_relative_eq!(s.grad_theta, fd, epsilon = 1e-7, max_relative = 1e-6);
+}
+
+#[test]
+fn prop1_and_cor1_on_a_smooth_non_quadratic_energy() {
+    let (p, theta) = logcosh(8, 6, 3);
+    let target = vector(&mut rng(9), 6);
+    let program = Bilevel::new(
+        p,
+        Loss::Squared {
+            target: target.clone(),
+        },
+    )
+    .unwrap();
+    let limit = program.limit(&theta).unwrap();
+    assert_eq!(limit.direction.method, "Prop. 1");
+    // Reference 1: −H⁻¹ℓ'(z*) by an independent Cholesky solve.
+    let z = &limit.z_star.z;
+    let h = program.inner.hessian(z, &theta);
+    let expected = -h.cholesky().unwrap().solve(&(z - &target));
+    assert_relative_eq!(
+        limit.direction.z_dot,
+        expected,
+        epsilon = 1e-12,
+        max_relative = 1e-10
+    );
+    // Reference 2: central difference of β ↦ ẑ_β (smooth here), O(β²).
+    let beta = 1e-4;
+    let zp = program.inner.solve(&theta, &program.loss, beta).unwrap().z;
+    let zm = program.inner.solve(&theta, &program.loss, -beta).unwrap().z;
+    assert_relative_eq!(
+        limit.direction.z_dot,
+        (zp - zm) / (2.0 * beta),
+        epsilon = 1e-7
+    );
+    // Cor. 1 against central differences of L(θ).
+    let fd = central(|t| program.loss_value(t).unwrap(), &theta, 1e-5);
+    assert_relative_eq!(limit.grad_theta, fd, epsilon = 1e-8, max_relative = 1e-7);
+}
+
+/// Least-squares slope of log(err) against log(β).
+fn slope(betas: &[f64], errs: &[f64]) -> f64 {
+    let xs: Vec<f64> = betas.iter().map(|b| b.ln()).collect();
+    let ys: Vec<f64> = errs.iter().map(|e| e.ln()).collect();
+    let n = xs.len() as f64;
+    let (mx, my) = (xs.iter().sum::<f64>() / n, ys.iter().sum::<f64>() / n);
+    let cov: f64 = xs.iter().zip(&ys).map(|(x, y)| (x - mx) * (y - my)).sum();
+    let var: f64 = xs.iter().map(|x| (x - mx) * (x - mx)).sum();
+    cov / var
+}
+
+#[test]
+fn finite_beta_gradients_converge_at_rate_one_and_centered_at_rate_two() {
+    let (p, theta) = logcosh(10, 6, 3);
+    let target = vector(&mut rng(11), 6);
+    let program = Bilevel::new(p, Loss::Squared { target }).unwrap();
+    let exact = program.limit(&theta).unwrap().grad_theta;
+    let betas = [1e-1, 3e-2, 1e-2, 3e-3, 1e-3];
+    let one: Vec<f64> = betas
+        .iter()
+        .map(|&b| (program.surrogate(&theta, b).unwrap().grad_theta - &exact).norm())
+        .collect();
+    let two: Vec<f64> = betas
+        .iter()
+        .map(|&b| (program.centered(&theta, b).unwrap().grad_theta - &exact).norm())
+        .collect();
+    let (s1, s2) = (slope(&betas, &one), slope(&betas, &two));
+    assert!((s1 - 1.0).abs() < 0.1, "Def. 1 rate {s1}");
+    assert!((s2 - 2.0).abs() < 0.15, "centered rate {s2}");
+    assert!(two[4] < one[4] * 1e-2);
+}
+
+#[test]
+fn centered_surrogate_range_and_its_average_at_weak_constraints() {
+    // Squared loss (L'' = 1) and ν = λ_min(Q): defined only for β < ν.
+    let (p, theta) = logcosh(12, 4, 2);
+    let nu = p.strong_convexity().unwrap();
+    let program = Bilevel::new(
+        p,
+        Loss::Squared {
+            target: DVector::zeros(4),
+        },
+    )
+    .unwrap();
+    assert!(program.centered(&theta, 0.5 * nu).is_ok());
+    assert!(matches!(
+        program.centered(&theta, 1.01 * nu),
+        Err(Error::BetaOutOfRange { .. })
+    ));
+    // ReLU exactly at the kink: the centered quotient is the average of the two one-sided
+    // derivatives, ([−g]₊ − [g]₊)/2 = −g/2, not Prop. 2's branch [−g]₊.
+    let layer =
+        ProxProblem::new(Activation::Relu, DMatrix::identity(2, 2), DVector::zeros(2)).unwrap();
+    let g = nalgebra::dvector![1.5, -2.0];
+    let program = Bilevel::new(layer, Loss::Linear { g: g.clone() }).unwrap();
+    let u = DVector::zeros(2);
+    let centered = program.centered(&u, 1e-3).unwrap();
+    // grad = −Bᵀ(ẑ_β − ẑ_{−β})/(2β) = g/2 here (B = I)
+    assert_relative_eq!(centered.grad_theta, &g * 0.5, epsilon = 1e-12);
+    let limit = program.limit(&u).unwrap();
+    assert_relative_eq!(
+        limit.grad_theta,
+        nalgebra::dvector![0.0, -2.0],
+        epsilon = 1e-15
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Prop. 3 on random strongly convex problems (constrained QPs with squared loss) for β on a
+    /// grid, together with L^β ≤ L, ẑ_β → z* and finite-β → limit consistency.
+    #[test]
+    fn prop3_band_and_convergence(seed in 0u64..10_000, n in 3usize..8, weak in 0usize..3) {
+        use Activity::{Inactive, Strong, Weak};
+        let mut labels = vec![Strong, Inactive];
+        labels.extend(std::iter::repeat_n(Weak, weak));
+        let inst = constructed_qp(&mut rng(seed), n, 2, 0, &labels);
+        let target = vector(&mut rng(seed + 1), n) * 2.0;
+        let qp = QuadraticProblem::new(inst.q, inst.b, inst.c, inst.constraints).unwrap();
+        let program = Bilevel::new(qp, Loss::Squared { target }).unwrap();
+        let limit = program.limit(&inst.theta).unwrap();
+        let loss = limit.loss;
+        let mut prev = f64::INFINITY;
+        for beta in [10.0, 1.0, 0.1, 1e-2, 1e-3, 1e-4] {
+            let s = program.surrogate(&inst.theta, beta).unwrap();
+            let band = program.band_of(&s).unwrap();
+            // rounding slack: E(ẑ) − E(z*) is a difference of O(1) numbers divided by β.
+            let slack = 1e-12 * (1.0 + loss.abs()) / beta;
+            prop_assert!(band.lower <= loss + slack, "L^beta {} > L {}", band.lower, loss);
+            prop_assert!(loss <= band.upper + slack, "L {} > upper {}", loss, band.upper);
+            let dist = (&s.z_hat.z - &limit.z_star.z).norm();
+            prop_assert!(dist <= prev * 1.0001 + 1e-12, "z_hat does not approach z*");
+            prev = dist;
+            if beta <= 1e-3 {
+                // ‖(ẑ_β − z*)/β − ż‖ = O(β) (in fact 0 once the active set has settled).
+                let err = (&s.grad_theta - &limit.grad_theta).norm();
+                prop_assert!(err <= 100.0 * beta * (1.0 + limit.grad_theta.norm()), "err {err} at beta {beta}");
+            }
+        }
+    }
+}
