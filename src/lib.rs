@@ -23,6 +23,7 @@
 //! # Ok::<(), bilevel::Error>(())
 //! ```
 
+pub mod derive;
 pub mod error;
 pub mod linalg;
 pub mod problem;

@@ -333,7 +333,8 @@ impl QpBackend for Osqp {
     }
 }
 
-/// Tolerances used to decide activity after the exact solve. Both are relative: the feasibility
+/// Tolerances used to *classify* constraints after the exact solve (the solve itself enforces
+/// the sign conditions to rounding level, see [`refine`]). Both are relative: the feasibility
 /// tolerance is scaled by `1 + max|b|`, the multiplier tolerance by `1 + max|q| + max|P|·max|x|`.
 ///
 /// After the exact KKT solve the computed slacks and multipliers are accurate to about
@@ -467,13 +468,20 @@ pub fn refine(
         let slack = &qp.a * &x - &qp.b;
         let tol_d = tol.multiplier * (1.0 + qp.q.amax() + qp.p.amax() * x.amax());
 
+        // The repair demands sign conditions up to what the KKT solve's rounding explains
+        // (`64 ε · cond · scale`), not up to the classification tolerances: a point that violates
+        // a constraint by 1e-9 is not the exact solution, and finite differences at small β see
+        // the difference.
+        let rounding = 64.0 * f64::EPSILON * kkt.condition.max(1.0);
+        let rep_p = rounding * (1.0 + qp.b.amax().max(qp.b_eq.amax()) + qp.a.amax() * x.amax());
+        let rep_d = rounding * (1.0 + qp.q.amax() + qp.p.amax() * x.amax());
         // Most violated primal constraint outside the working set, then most negative
         // multiplier inside it.
         let worst_primal = (0..m)
-            .filter(|&i| !working[i] && slack[i] < -tol_p)
+            .filter(|&i| !working[i] && slack[i] < -rep_p)
             .min_by(|&i, &j| slack[i].total_cmp(&slack[j]));
         let worst_dual = (0..m)
-            .filter(|&i| working[i] && lambda[i] < -tol_d)
+            .filter(|&i| working[i] && lambda[i] < -rep_d)
             .min_by(|&i, &j| lambda[i].total_cmp(&lambda[j]));
         if let Some(i) = worst_primal.or(worst_dual) {
             if repairs >= max_repairs {

@@ -141,7 +141,7 @@ pub fn minimize<F: SmoothObjective>(
         }
     }
     let residual = grad.amax();
-    if !(residual <= tol) {
+    if residual.is_nan() || residual > tol {
         return Err(Error::NotConverged {
             solver: "argmin L-BFGS + Newton".into(),
             iterations,

@@ -1,0 +1,334 @@
+//! `bilevel derive`: derivatives of the standard constrained quadratic layer, JSON in, JSON out.
+//!
+//! Input (matrices are arrays of rows):
+//! ```json
+//! {"Q": [[..]], "c": [..], "B": [[..]], "theta": [..], "A": [[..]], "b": [..],
+//!  "A_eq": [[..]], "b_eq": [..], "loss": {"kind": "linear", "g": [..]}, "betas": [..]}
+//! ```
+//! describes `E(z; θ) = ½zᵀQz − zᵀ(Bθ + c)` s.t. `Az ≥ b`, `A_eq z = b_eq` and `ℓ(z) = gᵀz`
+//! (`{"kind": "squared", "target": [..]}` for `ℓ = ½‖z − t‖²`). `B` defaults to `n × 0`,
+//! `theta` to zeros, the constraints to none, `betas` to `[]`. Unknown fields are rejected.
+//!
+//! Output: `z_star`, `multipliers`, `multipliers_eq`, `constraints` (`strong` / `weak` /
+//! `inactive` per inequality), `condition` (of the system that determined `ż`), `loss` (`L(θ)`),
+//! `z_dot` (`dẑ/dβ` at `0⁺`, Prop. 1/2), `grad_theta` (Cor. 1), and per β a `surrogates` entry
+//! with `z_hat`, `value` and `grad_theta` (Def. 1), `linearized_value` and
+//! `linearized_grad_theta` (Def. 2), and Prop. 3's `bound_lower` / `bound_upper`. Diagnostics
+//! beyond that contract: `branches` (per inequality: `stays` / `leaves` for weakly active ones,
+//! `null` otherwise), `method`, `residual` (KKT residual of `z*` and of the direction QP), `solver`.
+
+use nalgebra::{DMatrix, DVector};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{check_beta, Error, Result};
+use crate::problem::{LinearConstraints, Loss, QuadraticProblem};
+use crate::prox::Branch;
+use crate::surrogate::Bilevel;
+
+/// The loss of a derive problem.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum LossSpec {
+    /// `ℓ(z) = gᵀz`.
+    Linear {
+        /// `g`.
+        g: Vec<f64>,
+    },
+    /// `ℓ(z) = ½‖z − t‖²`.
+    Squared {
+        /// `t`.
+        target: Vec<f64>,
+    },
+}
+
+/// The input of `bilevel derive` (see the module docs).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(non_snake_case)]
+pub struct DeriveInput {
+    /// `Q`, `n × n` symmetric positive definite.
+    pub Q: Vec<Vec<f64>>,
+    /// `c`, length `n`.
+    pub c: Vec<f64>,
+    /// `B`, `n × p`.
+    pub B: Option<Vec<Vec<f64>>>,
+    /// `θ`, length `p`.
+    pub theta: Option<Vec<f64>>,
+    /// `A`, `m × n`.
+    pub A: Option<Vec<Vec<f64>>>,
+    /// `b`, length `m`.
+    pub b: Option<Vec<f64>>,
+    /// `A_eq`, `k × n`.
+    pub A_eq: Option<Vec<Vec<f64>>>,
+    /// `b_eq`, length `k`.
+    pub b_eq: Option<Vec<f64>>,
+    /// The loss.
+    pub loss: LossSpec,
+    /// Spacing parameters for the finite-β surrogates.
+    pub betas: Option<Vec<f64>>,
+}
+
+/// One finite-β entry of the output.
+#[derive(Debug, Clone, Serialize)]
+pub struct SurrogateOut {
+    /// β.
+    pub beta: f64,
+    /// `ẑ_β` (Eq. 6).
+    pub z_hat: Vec<f64>,
+    /// `L^β(θ)` (Eq. 5).
+    pub value: f64,
+    /// Eq. 10.
+    pub grad_theta: Vec<f64>,
+    /// Eq. 37.
+    pub linearized_value: f64,
+    /// Def. 2's gradient.
+    pub linearized_grad_theta: Vec<f64>,
+    /// Prop. 3 lower bound (`L^β`).
+    pub bound_lower: Option<f64>,
+    /// Prop. 3 upper bound.
+    pub bound_upper: Option<f64>,
+}
+
+/// The output of `bilevel derive` (see the module docs).
+#[derive(Debug, Clone, Serialize)]
+pub struct DeriveOutput {
+    /// `z*`.
+    pub z_star: Vec<f64>,
+    /// Inequality multipliers.
+    pub multipliers: Vec<f64>,
+    /// Equality multipliers.
+    pub multipliers_eq: Vec<f64>,
+    /// `strong` / `weak` / `inactive` per inequality.
+    pub constraints: Vec<&'static str>,
+    /// Branch per inequality (weakly active only).
+    pub branches: Vec<Option<Branch>>,
+    /// Condition estimate of the system that determined `ż`.
+    pub condition: f64,
+    /// `L(θ)`.
+    pub loss: f64,
+    /// `dẑ/dβ` at `0⁺`.
+    pub z_dot: Vec<f64>,
+    /// Cor. 1 gradient.
+    pub grad_theta: Vec<f64>,
+    /// Which result produced `ż`.
+    pub method: String,
+    /// Max of the KKT residuals of `z*` and of the direction problem.
+    pub residual: f64,
+    /// QP backend.
+    pub solver: &'static str,
+    /// One entry per β.
+    pub surrogates: Vec<SurrogateOut>,
+}
+
+fn matrix(field: &str, rows: &[Vec<f64>], cols: Option<usize>) -> Result<DMatrix<f64>> {
+    let ncols = cols.unwrap_or_else(|| rows.first().map_or(0, Vec::len));
+    for (i, row) in rows.iter().enumerate() {
+        if row.len() != ncols {
+            return Err(Error::dim(
+                format!("{field}[{i}] (row length)"),
+                ncols,
+                row.len(),
+            ));
+        }
+    }
+    Ok(DMatrix::from_fn(rows.len(), ncols, |i, j| rows[i][j]))
+}
+
+fn pair(
+    (mname, m): (&str, &Option<Vec<Vec<f64>>>),
+    (vname, v): (&str, &Option<Vec<f64>>),
+    n: usize,
+) -> Result<(DMatrix<f64>, DVector<f64>)> {
+    match (m, v) {
+        (None, None) => Ok((DMatrix::zeros(0, n), DVector::zeros(0))),
+        (Some(_), None) => Err(Error::input(
+            vname,
+            format!("missing (required with {mname})"),
+        )),
+        (None, Some(_)) => Err(Error::input(
+            mname,
+            format!("missing (required with {vname})"),
+        )),
+        (Some(m), Some(v)) => {
+            let a = matrix(mname, m, Some(n))?;
+            if v.len() != a.nrows() {
+                return Err(Error::dim(vname, a.nrows(), v.len()));
+            }
+            Ok((a, DVector::from_column_slice(v)))
+        }
+    }
+}
+
+/// Parses and validates a derive problem.
+///
+/// # Errors
+/// [`Error::InvalidInput`] for malformed JSON (the message names the field serde saw), and the
+/// validation errors of [`QuadraticProblem::new`], each naming its field.
+pub fn parse(text: &str) -> Result<(Bilevel<QuadraticProblem>, DVector<f64>, Vec<f64>)> {
+    let input: DeriveInput =
+        serde_json::from_str(text).map_err(|e| Error::input("problem JSON", e.to_string()))?;
+    let n = input.Q.len();
+    let q = matrix("Q", &input.Q, Some(n))?;
+    if input.c.len() != n {
+        return Err(Error::dim("c", n, input.c.len()));
+    }
+    let b = match &input.B {
+        Some(rows) => {
+            if rows.len() != n {
+                return Err(Error::dim("B (rows)", n, rows.len()));
+            }
+            matrix("B", rows, None)?
+        }
+        None => DMatrix::zeros(n, 0),
+    };
+    let p = b.ncols();
+    let theta = match &input.theta {
+        Some(t) if t.len() != p => return Err(Error::dim("theta", p, t.len())),
+        Some(t) => DVector::from_column_slice(t),
+        None => DVector::zeros(p),
+    };
+    crate::error::check_finite("theta", theta.iter())?;
+    let (a, bv) = pair(("A", &input.A), ("b", &input.b), n)?;
+    let (a_eq, b_eq) = pair(("A_eq", &input.A_eq), ("b_eq", &input.b_eq), n)?;
+    let constraints = LinearConstraints {
+        a,
+        b: bv,
+        a_eq,
+        b_eq,
+    };
+    let inner = QuadraticProblem::new(q, b, DVector::from_column_slice(&input.c), constraints)?;
+    let loss = match input.loss {
+        LossSpec::Linear { g } => Loss::Linear {
+            g: DVector::from_vec(g),
+        },
+        LossSpec::Squared { target } => Loss::Squared {
+            target: DVector::from_vec(target),
+        },
+    };
+    let betas = input.betas.unwrap_or_default();
+    for (i, &beta) in betas.iter().enumerate() {
+        check_beta(beta).map_err(|_| {
+            Error::input(
+                format!("betas[{i}]"),
+                format!("{beta} is not finite and > 0"),
+            )
+        })?;
+    }
+    Ok((Bilevel::new(inner, loss)?, theta, betas))
+}
+
+/// Runs a derive problem given as JSON text.
+pub fn derive(text: &str) -> Result<DeriveOutput> {
+    let (program, theta, betas) = parse(text)?;
+    let limit = program.limit(&theta)?;
+    let to_vec = |v: &DVector<f64>| v.iter().copied().collect::<Vec<f64>>();
+    let mut surrogates = Vec::with_capacity(betas.len());
+    for &beta in &betas {
+        let s = program.surrogate_with(&theta, beta, limit.z_star.clone())?;
+        let lin = program.linearized_with(&theta, beta, limit.z_star.clone())?;
+        let band = program.band_of(&s);
+        surrogates.push(SurrogateOut {
+            beta,
+            z_hat: to_vec(&s.z_hat.z),
+            value: s.value,
+            grad_theta: to_vec(&s.grad_theta),
+            linearized_value: lin.value,
+            linearized_grad_theta: to_vec(&lin.grad_theta),
+            bound_lower: band.map(|b| b.lower),
+            bound_upper: band.map(|b| b.upper),
+        });
+    }
+    Ok(DeriveOutput {
+        z_star: to_vec(&limit.z_star.z),
+        multipliers: to_vec(&limit.z_star.multipliers),
+        multipliers_eq: to_vec(&limit.z_star.multipliers_eq),
+        constraints: limit.z_star.activity.iter().map(|a| a.label()).collect(),
+        branches: limit.direction.branches.clone(),
+        condition: limit.direction.condition,
+        loss: limit.loss,
+        z_dot: to_vec(&limit.direction.z_dot),
+        grad_theta: to_vec(&limit.grad_theta),
+        method: limit.direction.method.clone(),
+        residual: limit.z_star.status.residual.max(limit.direction.residual),
+        solver: program.inner.backend().name(),
+        surrogates,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relu_as_qp_at_a_tie() {
+        // E = ½‖z‖² − zᵀθ, z ≥ 0, θ = (1, 0): the second unit is weakly active.
+        let out = derive(
+            r#"{"Q": [[1,0],[0,1]], "c": [0,0], "B": [[1,0],[0,1]], "theta": [1, 0],
+                "A": [[1,0],[0,1]], "b": [0,0], "loss": {"kind":"linear","g":[2,-3]},
+                "betas": [0.5]}"#,
+        )
+        .unwrap();
+        assert_eq!(out.constraints, vec!["inactive", "weak"]);
+        assert_eq!(out.branches, vec![None, Some(Branch::Leaves)]);
+        assert!((out.z_dot[0] + 2.0).abs() < 1e-12 && (out.z_dot[1] - 3.0).abs() < 1e-12);
+        // grad = −Bᵀż
+        assert!((out.grad_theta[0] - 2.0).abs() < 1e-12 && (out.grad_theta[1] + 3.0).abs() < 1e-12);
+        assert_eq!(out.surrogates.len(), 1);
+    }
+
+    #[test]
+    fn bad_input_names_the_field() {
+        let cases = [
+            (
+                r#"{"Q": [[1]], "c": [0], "loss": {"kind":"linear","g":[1]}, "betas": [0]}"#,
+                "betas[0]",
+            ),
+            (
+                r#"{"Q": [[1,2],[2,1]], "c": [0,0], "loss": {"kind":"linear","g":[1,1]}}"#,
+                "Q",
+            ),
+            (
+                r#"{"Q": [[1,0.5],[0,1]], "c": [0,0], "loss": {"kind":"linear","g":[1,1]}}"#,
+                "Q",
+            ),
+            (
+                r#"{"Q": [[1]], "c": [0,1], "loss": {"kind":"linear","g":[1]}}"#,
+                "c",
+            ),
+            (
+                r#"{"Q": [[1]], "c": [0], "A": [[1]], "loss": {"kind":"linear","g":[1]}}"#,
+                "b",
+            ),
+            (
+                r#"{"Q": [[1]], "c": [0], "loss": {"kind":"linear","g":[1,2]}}"#,
+                "loss.g",
+            ),
+            (
+                r#"{"Q": [[1]], "c": [0], "loss": {"kind":"cubic","g":[1]}}"#,
+                "cubic",
+            ),
+            (r#"{"Q": [[1]], "c": [0]}"#, "loss"),
+            (
+                r#"{"Q": [[1]], "c": [0], "loss": {"kind":"linear","g":[1]}, "extra": 1}"#,
+                "extra",
+            ),
+            (
+                r#"{"Q": [[1]], "c": [0], "A": [[1],[-1]], "b": [1, 0], "loss": {"kind":"linear","g":[1]}}"#,
+                "infeasible",
+            ),
+            (
+                r#"{"Q": [[1]], "c": [1e999], "loss": {"kind":"linear","g":[1]}}"#,
+                "JSON",
+            ),
+            (
+                r#"{"Q": [[1, 0], [0]], "c": [0, 0], "loss": {"kind":"linear","g":[1, 1]}}"#,
+                "Q[1]",
+            ),
+        ];
+        for (json, field) in cases {
+            let err = derive(json).unwrap_err().to_string();
+            assert!(err.contains(field), "{json}: {err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
+    }
+}
