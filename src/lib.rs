@@ -45,3 +45,8 @@ pub mod prelude {
     pub use crate::solve::qp::{Activity, Clarabel, QpBackend, Tolerances};
     pub use crate::surrogate::{Band, Bilevel, Centered, LimitDerivative, Surrogate};
 }
+
+/// The README's code compiles and runs as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

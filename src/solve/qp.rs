@@ -183,6 +183,10 @@ impl QpBackend for Clarabel {
             tol_feas: t,
             tol_ktratio: 1e-8,
             presolve_enable: false,
+            // Measured on dense problems: QDLDL is faster up to a KKT size of a few hundred,
+            // faer's supernodal LDLᵀ beyond (n = 1000, m = 500: 2.4 s against 11.4 s).
+            direct_solve_method: if n + m + k >= 500 { "faer" } else { "qdldl" }.into(),
+            max_threads: 1,
             ..DefaultSettings::default()
         };
         let p = dense_to_clarabel(&qp.p, true);
@@ -417,8 +421,13 @@ pub struct ExactQp {
 /// The backend's errors; [`Error::Singular`] when the KKT system on the identified active set is
 /// singular (LICQ fails); [`Error::NotConverged`] when the active-set repair does not settle.
 pub fn solve_exact(backend: &dyn QpBackend, qp: &Qp, tol: &Tolerances) -> Result<ExactQp> {
-    let raw = backend.solve(qp)?;
     let m = qp.b.len();
+    if m == 0 {
+        // Equalities only: one KKT solve is the exact answer; no backend needed.
+        qp.validate()?;
+        return refine(qp, tol, &mut [], "direct KKT (no inequalities)", 0, false);
+    }
+    let raw = backend.solve(qp)?;
     // Identification: an interior-point or ADMM point has, for each inequality, either a small
     // slack or a small multiplier; the larger of the two tells which side of complementarity the
     // exact solution is on (ties are weakly active and either choice is exact).

@@ -1,0 +1,120 @@
+//! Limit derivatives (Prop. 1, Prop. 2) against the finite-difference gradient of `L(θ)`
+//! (`2p` inner solves), for `n ∈ {10, 100, 1000}` and `p = 4` parameters.
+//!
+//! Groups:
+//! * `prop1-quadratic`: unconstrained quadratic (`Q` dense SPD), limit = one Cholesky-free KKT
+//!   solve after the inner solve;
+//! * `prop2-qp`: constrained QP with `n/2` inequalities, a third of them weakly active
+//!   (constructed), limit = Eq. 17 QP (Clarabel) + exact KKT; `n = 1000` is skipped for the
+//!   finite-difference side (8 dense interior-point solves per iteration);
+//! * `prop2-relu`: ReLU layer with ties (closed form).
+//!
+//! Run: `cargo bench --bench limit`. Each reports `limit` and `finite-differences`; their ratio
+//! is the speed-up of the exact derivative.
+
+use std::hint::black_box;
+
+use bilevel::prelude::*;
+use bilevel::verify::instances::{constructed_qp, matrix, rng, spd, vector};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use nalgebra::DVector;
+
+fn fd_gradient<P: InnerProblem>(program: &Bilevel<P>, theta: &DVector<f64>) -> DVector<f64> {
+    let h = 1e-6;
+    DVector::from_fn(theta.len(), |j, _| {
+        let mut tp = theta.clone();
+        let mut tm = theta.clone();
+        tp[j] += h;
+        tm[j] -= h;
+        (program.loss_value(&tp).unwrap() - program.loss_value(&tm).unwrap()) / (2.0 * h)
+    })
+}
+
+fn prop1(c: &mut Criterion) {
+    let mut group = c.benchmark_group("prop1-quadratic");
+    group.sample_size(10);
+    for n in [10usize, 100, 1000] {
+        let mut r = rng(n as u64);
+        let inner = QuadraticProblem::new(
+            spd(&mut r, n, 0.3),
+            matrix(&mut r, n, 4),
+            vector(&mut r, n),
+            LinearConstraints::none(n),
+        )
+        .unwrap();
+        let program = Bilevel::new(
+            inner,
+            Loss::Squared {
+                target: vector(&mut r, n),
+            },
+        )
+        .unwrap();
+        let theta = vector(&mut r, 4);
+        group.bench_with_input(BenchmarkId::new("limit", n), &n, |b, _| {
+            b.iter(|| black_box(program.limit(&theta).unwrap().grad_theta))
+        });
+        group.bench_with_input(BenchmarkId::new("finite-differences", n), &n, |b, _| {
+            b.iter(|| black_box(fd_gradient(&program, &theta)))
+        });
+    }
+    group.finish();
+}
+
+fn prop2_qp(c: &mut Criterion) {
+    use Activity::{Inactive, Strong, Weak};
+    let mut group = c.benchmark_group("prop2-qp");
+    group.sample_size(10);
+    for n in [10usize, 100, 1000] {
+        let labels: Vec<Activity> = (0..n / 2)
+            .map(|i| [Strong, Weak, Inactive][i % 3])
+            .collect();
+        let inst = constructed_qp(&mut rng(n as u64), n, 4, 0, &labels);
+        let inner = QuadraticProblem::new(inst.q, inst.b, inst.c, inst.constraints).unwrap();
+        let program = Bilevel::new(
+            inner,
+            Loss::Linear {
+                g: vector(&mut rng(1), n),
+            },
+        )
+        .unwrap();
+        group.bench_with_input(BenchmarkId::new("limit", n), &n, |b, _| {
+            b.iter(|| black_box(program.limit(&inst.theta).unwrap().grad_theta))
+        });
+        if n <= 100 {
+            group.bench_with_input(BenchmarkId::new("finite-differences", n), &n, |b, _| {
+                b.iter(|| black_box(fd_gradient(&program, &inst.theta)))
+            });
+        }
+    }
+    group.finish();
+}
+
+fn prop2_relu(c: &mut Criterion) {
+    let mut group = c.benchmark_group("prop2-relu");
+    for n in [10usize, 100, 1000] {
+        let mut r = rng(n as u64);
+        let mut u = vector(&mut r, n);
+        for j in (0..n).step_by(5) {
+            u[j] = 0.0; // ties
+        }
+        let layer = ProxProblem::new(Activation::Relu, matrix(&mut r, n, 4), u).unwrap();
+        let program = Bilevel::new(
+            layer,
+            Loss::Linear {
+                g: vector(&mut r, n),
+            },
+        )
+        .unwrap();
+        let theta = DVector::zeros(4);
+        group.bench_with_input(BenchmarkId::new("limit", n), &n, |b, _| {
+            b.iter(|| black_box(program.limit(&theta).unwrap().grad_theta))
+        });
+        group.bench_with_input(BenchmarkId::new("finite-differences", n), &n, |b, _| {
+            b.iter(|| black_box(fd_gradient(&program, &theta)))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, prop1, prop2_qp, prop2_relu);
+criterion_main!(benches);

@@ -1,0 +1,187 @@
+//! The command line as other tools use it: `verify --json` and the `derive` JSON contract,
+//! including accuracy on constructed problems and one-line errors on bad input.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use bilevel::prelude::*;
+use bilevel::verify::instances::{constructed_qp, rng, vector};
+use nalgebra::DVector;
+use serde_json::{json, Value};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_bilevel"))
+}
+
+fn derive(input: &str) -> (i32, String, String) {
+    let mut child = bin()
+        .args(["derive", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+fn rows(m: &nalgebra::DMatrix<f64>) -> Value {
+    json!((0..m.nrows())
+        .map(|i| m.row(i).iter().copied().collect::<Vec<_>>())
+        .collect::<Vec<_>>())
+}
+
+fn vec_of(v: &Value) -> DVector<f64> {
+    DVector::from_iterator(
+        v.as_array().unwrap().len(),
+        v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()),
+    )
+}
+
+#[test]
+fn verify_json_passes_and_has_the_documented_shape() {
+    let out = bin()
+        .args(["verify", "--json", "--seed", "3"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let checks = v["checks"].as_array().unwrap();
+    assert!(checks.len() >= 15);
+    for c in checks {
+        for key in [
+            "id",
+            "claim",
+            "description",
+            "measured",
+            "tolerance",
+            "passed",
+        ] {
+            assert!(c.get(key).is_some(), "missing {key}");
+        }
+    }
+    for claim in [
+        "Def. 1",
+        "Def. 2",
+        "Prop. 1",
+        "Prop. 2",
+        "Prop. 3",
+        "Example 1",
+        "Cor. 1",
+    ] {
+        assert!(
+            checks.iter().any(|c| c["claim"] == claim),
+            "no row for {claim}"
+        );
+    }
+    assert_eq!(v["failed"], 0);
+    assert_eq!(v["passed"].as_u64().unwrap() as usize, checks.len());
+}
+
+#[test]
+fn derive_is_accurate_on_constructed_problems_with_weak_constraints() {
+    use Activity::{Inactive, Strong, Weak};
+    let labels = [Strong, Weak, Inactive, Weak, Strong];
+    for seed in 0..5 {
+        let inst = constructed_qp(&mut rng(seed), 7, 3, 1, &labels);
+        let g = vector(&mut rng(50 + seed), 7);
+        let input = json!({
+            "Q": rows(&inst.q), "c": inst.c.as_slice(), "B": rows(&inst.b),
+            "theta": inst.theta.as_slice(), "A": rows(&inst.constraints.a),
+            "b": inst.constraints.b.as_slice(), "A_eq": rows(&inst.constraints.a_eq),
+            "b_eq": inst.constraints.b_eq.as_slice(),
+            "loss": {"kind": "linear", "g": g.as_slice()}, "betas": [0.1, 1e-3]
+        });
+        let (code, stdout, stderr) = derive(&input.to_string());
+        assert_eq!(code, 0, "{stderr}");
+        let out: Value = serde_json::from_str(&stdout).unwrap();
+        // Against the construction: relative 1e-6 is the contract.
+        let rel = |a: &DVector<f64>, b: &DVector<f64>| (a - b).amax() / b.amax().max(1.0);
+        assert!(rel(&vec_of(&out["z_star"]), &inst.z_star) < 1e-6);
+        assert!(rel(&vec_of(&out["multipliers"]), &inst.lambda) < 1e-6);
+        assert!(rel(&vec_of(&out["multipliers_eq"]), &inst.lambda_eq) < 1e-6);
+        let labels_out: Vec<&str> = out["constraints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(labels_out, ["strong", "weak", "inactive", "weak", "strong"]);
+        assert!(
+            (out["loss"].as_f64().unwrap() - g.dot(&inst.z_star)).abs()
+                < 1e-6 * (1.0 + g.dot(&inst.z_star).abs())
+        );
+        // ż against the one-sided quotient of the β = 1e-3 surrogate entry (exact for a QP once
+        // the active set has settled; β = 1e-3 is small enough on these instances).
+        let s = &out["surrogates"][1];
+        let z_hat = vec_of(&s["z_hat"]);
+        let quotient = (&z_hat - &inst.z_star) / 1e-3;
+        assert!(
+            rel(&vec_of(&out["z_dot"]), &quotient) < 1e-5,
+            "{}",
+            rel(&vec_of(&out["z_dot"]), &quotient)
+        );
+        // grad_theta = −Bᵀż, and the surrogate gradient −Bᵀ(ẑ − z*)/β.
+        let grad = vec_of(&out["grad_theta"]);
+        assert!(rel(&grad, &-(inst.b.transpose() * vec_of(&out["z_dot"]))) < 1e-9);
+        assert!(
+            rel(
+                &vec_of(&s["grad_theta"]),
+                &-(inst.b.transpose() * &quotient)
+            ) < 1e-6
+        );
+        // Prop. 3 band around L.
+        let l = out["loss"].as_f64().unwrap();
+        for s in out["surrogates"].as_array().unwrap() {
+            assert!(s["bound_lower"].as_f64().unwrap() <= l + 1e-9);
+            assert!(s["bound_upper"].as_f64().unwrap() >= l - 1e-9);
+        }
+    }
+}
+
+#[test]
+fn derive_rejects_bad_input_with_one_line_naming_the_field() {
+    let cases = [
+        ("{not json", "JSON"),
+        (
+            r#"{"Q": [[1, 0], [0, -1]], "c": [0, 0], "loss": {"kind": "linear", "g": [1, 1]}}"#,
+            "Q",
+        ),
+        (
+            r#"{"Q": [[1]], "c": [0], "loss": {"kind": "squared", "target": [1]}, "betas": [-1]}"#,
+            "betas[0]",
+        ),
+        (
+            r#"{"Q": [[1]], "c": [0], "B": [[1, 2]], "theta": [1], "loss": {"kind": "linear", "g": [1]}}"#,
+            "theta",
+        ),
+        (
+            r#"{"Q": [[1]], "c": [0], "A": [[1], [-1]], "b": [1, 0], "loss": {"kind": "linear", "g": [1]}}"#,
+            "infeasible",
+        ),
+    ];
+    for (input, field) in cases {
+        let (code, stdout, stderr) = derive(input);
+        assert_ne!(code, 0);
+        assert!(stdout.is_empty());
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(field), "{input}: {stderr}");
+        assert!(!stderr.contains("panicked"));
+    }
+    let out = bin()
+        .args(["derive", "/nonexistent.json"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.json"));
+}
