@@ -23,6 +23,8 @@
 //! # Ok::<(), bilevel::Error>(())
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod derive;
 pub mod error;
 pub mod linalg;

@@ -74,7 +74,7 @@ impl QuadraticProblem {
         })
     }
 
-    /// Uses another QP backend (e.g. [`crate::solve::qp::Osqp`] with the `osqp` feature).
+    /// Uses another QP backend (e.g. `bilevel::solve::qp::Osqp` with the `osqp` feature).
     pub fn with_backend(mut self, backend: Arc<dyn QpBackend>) -> Self {
         self.backend = backend;
         self
