@@ -156,17 +156,7 @@ impl<P: InnerProblem> Bilevel<P> {
         beta: f64,
         z_star: InnerSolution,
     ) -> Result<Surrogate> {
-        check_beta(beta)?;
-        let z_hat = self.inner.solve(theta, &self.loss, beta)?;
-        let value = self.loss.value(&z_hat.z) + self.energy_gap(theta, &z_hat, &z_star) / beta;
-        let grad_theta = self.grad_gap(theta, &z_hat, &z_star) / beta;
-        Ok(Surrogate {
-            beta,
-            z_star,
-            z_hat,
-            value,
-            grad_theta,
-        })
+        self.contrastive(theta, beta, z_star, &self.loss, |z| self.loss.value(z))
     }
 
     /// Def. 2: the linearized surrogate (Eq. 37) with `ℓ̄(z; z*) = ℓ(z*) + (z − z*)ᵀℓ'(z*)`
@@ -186,18 +176,11 @@ impl<P: InnerProblem> Bilevel<P> {
         beta: f64,
         z_star: InnerSolution,
     ) -> Result<Surrogate> {
-        check_beta(beta)?;
         let tangent = self.loss.tangent(&z_star.z);
-        let z_hat = self.inner.solve(theta, &tangent, beta)?;
-        let l_bar = self.loss.value(&z_star.z) + tangent.value(&(&z_hat.z - &z_star.z));
-        let value = l_bar + self.energy_gap(theta, &z_hat, &z_star) / beta;
-        let grad_theta = self.grad_gap(theta, &z_hat, &z_star) / beta;
-        Ok(Surrogate {
-            beta,
-            z_star,
-            z_hat,
-            value,
-            grad_theta,
+        let (l0, z0) = (self.loss.value(&z_star.z), z_star.z.clone());
+        // ℓ̄(z; z*) = ℓ(z*) + (z − z*)ᵀℓ'(z*)  (Eq. 36)
+        self.contrastive(theta, beta, z_star, &tangent, |z| {
+            l0 + tangent.value(&(z - &z0))
         })
     }
 
@@ -307,6 +290,29 @@ impl<P: InnerProblem> Bilevel<P> {
             loss: self.loss.value(&s.z_star.z),
             upper: s.value + s.beta / (2.0 * nu) * g.norm_squared(),
             nu,
+        })
+    }
+
+    /// `min_z {ℓ_c(z) + E/β} − min_z E/β` evaluated at `ẑ = argmin βℓ_c + E` with the outer value
+    /// `outer(ẑ)`, and its θ-gradient (Eq. 5 and Eq. 10 for `ℓ_c = ℓ`, Eq. 37 for its tangent).
+    fn contrastive(
+        &self,
+        theta: &DVector<f64>,
+        beta: f64,
+        z_star: InnerSolution,
+        clamped_loss: &Loss,
+        outer: impl Fn(&DVector<f64>) -> f64,
+    ) -> Result<Surrogate> {
+        check_beta(beta)?;
+        let z_hat = self.inner.solve(theta, clamped_loss, beta)?;
+        let value = outer(&z_hat.z) + self.energy_gap(theta, &z_hat, &z_star) / beta;
+        let grad_theta = self.grad_gap(theta, &z_hat, &z_star) / beta;
+        Ok(Surrogate {
+            beta,
+            z_star,
+            z_hat,
+            value,
+            grad_theta,
         })
     }
 

@@ -116,16 +116,7 @@ fn prop1_and_cor1_on_a_smooth_non_quadratic_energy() {
     assert_relative_eq!(limit.grad_theta, fd, epsilon = 1e-8, max_relative = 1e-7);
 }
 
-/// Least-squares slope of log(err) against log(β).
-fn slope(betas: &[f64], errs: &[f64]) -> f64 {
-    let xs: Vec<f64> = betas.iter().map(|b| b.ln()).collect();
-    let ys: Vec<f64> = errs.iter().map(|e| e.ln()).collect();
-    let n = xs.len() as f64;
-    let (mx, my) = (xs.iter().sum::<f64>() / n, ys.iter().sum::<f64>() / n);
-    let cov: f64 = xs.iter().zip(&ys).map(|(x, y)| (x - mx) * (y - my)).sum();
-    let var: f64 = xs.iter().map(|x| (x - mx) * (x - mx)).sum();
-    cov / var
-}
+use bilevel::verify::fitted_slope as slope;
 
 #[test]
 fn finite_beta_gradients_converge_at_rate_one_and_centered_at_rate_two() {

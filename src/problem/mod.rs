@@ -104,6 +104,43 @@ impl Loss {
     }
 }
 
+/// Validates an affine parametrization `u(θ) = Bθ + c` of `n` variables (fields `B`, `c`).
+pub(crate) fn check_affine(n: usize, b: &DMatrix<f64>, c: &DVector<f64>) -> Result<()> {
+    if b.nrows() != n {
+        return Err(Error::dim("B (rows)", n, b.nrows()));
+    }
+    if c.len() != n {
+        return Err(Error::dim("c", n, c.len()));
+    }
+    check_finite("B", b.iter())?;
+    check_finite("c", c.iter())
+}
+
+/// The checks every `solve(θ, ℓ, β)` starts with: `θ` and `ℓ` well formed, `β` finite, and
+/// `βℓ + E` still strongly convex (`βκ > −ν`, which matters for the negative β of the centered
+/// surrogate).
+pub(crate) fn check_augmented<P: InnerProblem + ?Sized>(
+    p: &P,
+    theta: &DVector<f64>,
+    loss: &Loss,
+    beta: f64,
+) -> Result<()> {
+    p.check_theta(theta)?;
+    loss.validate(p.dim())?;
+    if !beta.is_finite() {
+        return Err(Error::InvalidBeta { beta });
+    }
+    let kappa = beta * loss.curvature();
+    if let Some(nu) = p.strong_convexity() {
+        if kappa <= -nu {
+            return Err(Error::Unbounded(format!(
+                "beta * loss curvature = {kappa} makes beta*loss + E non-convex (nu = {nu})"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Linear constraints `A z ≥ b`, `A_eq z = b_eq` that do not depend on `θ`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LinearConstraints {

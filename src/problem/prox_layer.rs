@@ -1,7 +1,10 @@
 use nalgebra::{DMatrix, DVector};
 
-use super::{Direction, InnerProblem, InnerSolution, LinearConstraints, Loss, SolveStatus};
-use crate::error::{check_finite, Error, Result};
+use super::{
+    check_affine, check_augmented, Direction, InnerProblem, InnerSolution, LinearConstraints, Loss,
+    SolveStatus,
+};
+use crate::error::{Error, Result};
 use crate::prox::{box_unit_limit, Activation};
 use crate::solve::qp::{Activity, Tolerances};
 
@@ -36,11 +39,7 @@ impl ProxProblem {
     pub fn new(activation: Activation, b: DMatrix<f64>, c: DVector<f64>) -> Result<Self> {
         activation.validate()?;
         let n = c.len();
-        if b.nrows() != n {
-            return Err(Error::dim("B (rows)", n, b.nrows()));
-        }
-        check_finite("B", b.iter())?;
-        check_finite("c", c.iter())?;
+        check_affine(n, &b, &c)?;
         let mut rows = vec![(None, None); n];
         let constraints = match activation.bounds() {
             Some((lo, hi)) => {
@@ -165,11 +164,7 @@ impl InnerProblem for ProxProblem {
     }
 
     fn solve(&self, theta: &DVector<f64>, loss: &Loss, beta: f64) -> Result<InnerSolution> {
-        self.check_theta(theta)?;
-        loss.validate(self.dim())?;
-        if !beta.is_finite() {
-            return Err(Error::InvalidBeta { beta });
-        }
+        check_augmented(self, theta, loss, beta)?;
         let scale = 1.0 + beta * loss.curvature();
         if scale <= 0.0 {
             return Err(Error::Unbounded(format!(

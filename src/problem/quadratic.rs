@@ -2,8 +2,11 @@ use std::sync::Arc;
 
 use nalgebra::{DMatrix, DVector};
 
-use super::{InnerProblem, InnerSolution, LinearConstraints, Loss, SolveStatus};
-use crate::error::{check_finite, Error, Result};
+use super::{
+    check_affine, check_augmented, InnerProblem, InnerSolution, LinearConstraints, Loss,
+    SolveStatus,
+};
+use crate::error::Result;
 use crate::linalg::check_spd;
 use crate::solve::qp::{solve_exact, Clarabel, Qp, QpBackend, Tolerances};
 
@@ -54,14 +57,7 @@ impl QuadraticProblem {
     ) -> Result<Self> {
         let n = q.nrows();
         let nu = check_spd("Q", &q)?;
-        if b.nrows() != n {
-            return Err(Error::dim("B (rows)", n, b.nrows()));
-        }
-        if c.len() != n {
-            return Err(Error::dim("c", n, c.len()));
-        }
-        check_finite("B", b.iter())?;
-        check_finite("c", c.iter())?;
+        check_affine(n, &b, &c)?;
         constraints.validate(n)?;
         Ok(Self {
             q,
@@ -170,18 +166,7 @@ impl InnerProblem for QuadraticProblem {
     }
 
     fn solve(&self, theta: &DVector<f64>, loss: &Loss, beta: f64) -> Result<InnerSolution> {
-        self.check_theta(theta)?;
-        loss.validate(self.dim())?;
-        if !beta.is_finite() {
-            return Err(Error::InvalidBeta { beta });
-        }
-        if beta * loss.curvature() <= -self.nu {
-            return Err(Error::Unbounded(format!(
-                "beta * loss curvature = {} makes the QP non-convex (nu = {})",
-                beta * loss.curvature(),
-                self.nu
-            )));
-        }
+        check_augmented(self, theta, loss, beta)?;
         let sol = solve_exact(
             self.backend.as_ref(),
             &self.qp(theta, loss, beta),

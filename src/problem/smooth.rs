@@ -1,7 +1,10 @@
 use nalgebra::{DMatrix, DVector};
 
-use super::{InnerProblem, InnerSolution, LinearConstraints, Loss, SolveStatus};
-use crate::error::{check_finite, Error, Result};
+use super::{
+    check_affine, check_augmented, InnerProblem, InnerSolution, LinearConstraints, Loss,
+    SolveStatus,
+};
+use crate::error::Result;
 use crate::linalg::check_spd;
 use crate::solve::smooth::{minimize, SmoothObjective, SmoothSettings};
 
@@ -35,14 +38,7 @@ impl LogCoshProblem {
     pub fn new(q: DMatrix<f64>, b: DMatrix<f64>, c: DVector<f64>) -> Result<Self> {
         let n = q.nrows();
         let nu = check_spd("Q", &q)?;
-        if b.nrows() != n {
-            return Err(Error::dim("B (rows)", n, b.nrows()));
-        }
-        if c.len() != n {
-            return Err(Error::dim("c", n, c.len()));
-        }
-        check_finite("B", b.iter())?;
-        check_finite("c", c.iter())?;
+        check_affine(n, &b, &c)?;
         Ok(Self {
             q,
             b,
@@ -130,18 +126,8 @@ impl InnerProblem for LogCoshProblem {
     }
 
     fn solve(&self, theta: &DVector<f64>, loss: &Loss, beta: f64) -> Result<InnerSolution> {
-        self.check_theta(theta)?;
-        loss.validate(self.dim())?;
-        if !beta.is_finite() {
-            return Err(Error::InvalidBeta { beta });
-        }
+        check_augmented(self, theta, loss, beta)?;
         let kappa = beta * loss.curvature();
-        if kappa <= -self.nu {
-            return Err(Error::Unbounded(format!(
-                "beta * loss curvature = {kappa} makes the energy non-convex (nu = {})",
-                self.nu
-            )));
-        }
         let obj = Augmented {
             q: &self.q,
             kappa,
