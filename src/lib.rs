@@ -28,6 +28,7 @@
 pub mod derive;
 pub mod error;
 pub mod linalg;
+pub mod nested;
 pub mod problem;
 pub mod prox;
 pub mod solve;

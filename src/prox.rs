@@ -169,6 +169,71 @@ impl Activation {
     }
 }
 
+impl Activation {
+    /// Back-propagation's derivative `f'(u)` (element-wise, box family only): `1` on the open
+    /// interval `(lo, hi)`, `0` outside *and at the kinks* — the convention of deep-learning
+    /// frameworks (`relu'(0) = 0`), which Prop. 2 replaces by a one-sided derivative.
+    ///
+    /// # Panics
+    /// For softmax, whose derivative is not element-wise (callers validate layers first).
+    pub fn derivative<T: RealField + Copy>(&self, u: &[T], out: &mut [T]) {
+        let (lo, hi) = self
+            .bounds()
+            .expect("element-wise derivative of a box-family activation");
+        let (lo, hi) = (cast::<T>(lo), cast::<T>(hi));
+        for (o, &v) in out.iter_mut().zip(u) {
+            *o = if v > lo && v < hi {
+                T::one()
+            } else {
+                T::zero()
+            };
+        }
+    }
+
+    /// The one-sided difference quotient `D_β f(u)[e] = (f(u) − f(u − βe)) / β` (the error
+    /// signal `(z* − z̄)/β` of Fenchel back-propagation, Eq. 51; it tends to the Prop. 2
+    /// derivative as `β → 0⁺`).
+    ///
+    /// Computed without cancellation for the box family: where `u` and `u − βe` lie in the same
+    /// linear piece the result is exactly `e` (inside) or `0` (both clamped to the same bound);
+    /// only a crossing of a kink needs the quotient. So for small β it equals back-propagation
+    /// exactly away from the kinks. Softmax uses the plain quotient (column of `u` at a time).
+    pub fn difference_quotient<T: RealField + Copy>(
+        &self,
+        u: &[T],
+        e: &[T],
+        beta: T,
+        out: &mut [T],
+    ) {
+        match self.bounds() {
+            Some((lo, hi)) => {
+                let (lo, hi) = (cast::<T>(lo), cast::<T>(hi));
+                for ((o, &x), &ej) in out.iter_mut().zip(u).zip(e) {
+                    let y = x - beta * ej;
+                    let inside = |v: T| v > lo && v < hi;
+                    *o = if inside(x) && inside(y) {
+                        ej
+                    } else if (x <= lo && y <= lo) || (x >= hi && y >= hi) {
+                        T::zero()
+                    } else {
+                        (clamp(x, lo, hi) - clamp(y, lo, hi)) / beta
+                    };
+                }
+            }
+            None => {
+                let n = u.len();
+                let shifted: Vec<T> = u.iter().zip(e).map(|(&x, &ej)| x - beta * ej).collect();
+                let mut fu = vec![T::zero(); n];
+                softmax(u, &mut fu);
+                softmax(&shifted, out);
+                for (o, &a) in out.iter_mut().zip(&fu) {
+                    *o = (a - *o) / beta;
+                }
+            }
+        }
+    }
+}
+
 fn clamp<T: RealField + Copy>(v: T, lo: T, hi: T) -> T {
     if v < lo {
         lo

@@ -542,6 +542,8 @@ pub fn run(seed: u64) -> Report {
         0.15,
     );
 
+    nested_checks(&mut t, s);
+
     let checks = t.0;
     let passed = checks.iter().filter(|c| c.passed).count();
     let failed = checks.len() - passed;
@@ -550,4 +552,71 @@ pub fn run(seed: u64) -> Report {
         passed,
         failed,
     }
+}
+
+/// Sections 3-4 rows (this slice: Prop. 7).
+fn nested_checks(t: &mut Table, s: u64) {
+    use crate::nested::linearized::{gradient, Gradients, Workspace};
+    use crate::nested::{EnergyKind, Layer, Network, OutputLoss};
+    let mut r = rng(s + 500);
+    let widths = [5usize, 4, 3, 2];
+    let net = Network {
+        layers: widths
+            .windows(2)
+            .enumerate()
+            .map(|(k, w)| Layer {
+                w: matrix(&mut r, w[1], w[0]),
+                b: vector(&mut r, w[1]) * 0.1,
+                activation: if k == 2 {
+                    Activation::Identity
+                } else {
+                    Activation::Relu
+                },
+            })
+            .collect(),
+    };
+    let x = matrix(&mut r, 5, 8);
+    let target = DMatrix::from_fn(2, 8, |i, j| if (i + j) % 2 == 0 { 1.0 } else { 0.0 });
+    let loss = OutputLoss::SoftmaxCrossEntropy;
+    let grad = |kind: EnergyKind, betas: &[f64]| -> Result<Gradients<f64>> {
+        let mut ws = Workspace::new(&net, 8);
+        let mut g = Gradients::zeros(&net);
+        gradient(&net, kind, betas, loss, &x, &target, &mut ws, &mut g)?;
+        Ok(g)
+    };
+    let flat = |g: &Gradients<f64>| -> DVector<f64> {
+        DVector::from_iterator(
+            g.w.iter().map(|m| m.len()).sum::<usize>(),
+            g.w.iter().flat_map(|m| m.iter().copied()),
+        )
+    };
+    // Independent chain rule: central differences of the network loss in every weight.
+    let chain = (|| -> Result<DVector<f64>> {
+        let mut out = Vec::new();
+        for k in 0..3 {
+            for idx in 0..net.layers[k].w.len() {
+                let h = 1e-6;
+                let mut p = net.clone();
+                p.layers[k].w[idx] += h;
+                let mut m = net.clone();
+                m.layers[k].w[idx] -= h;
+                out.push((p.loss(loss, &x, &target)? - m.loss(loss, &x, &target)?) / (2.0 * h));
+            }
+        }
+        Ok(DVector::from_vec(out))
+    })();
+    t.add_result(
+        "prop7-penalizer-bp",
+        "Prop. 7",
+        "penalizer energies, unequal betas (0.3, 2, 1e-3): Remark 2 gradient vs central differences of the loss, ReLU 5-4-3-2, softmax cross-entropy, batch 8".into(),
+        chain.clone().and_then(|c| Ok(rel_err(&flat(&grad(EnergyKind::Penalizer, &[0.3, 2.0, 1e-3])?), &c))),
+        1e-6,
+    );
+    t.add_result(
+        "prop7-fenbp-limit",
+        "Prop. 7",
+        "Fenchel BP (Eq. 51, Eq. 53) at beta = 1e-4 vs the chain rule (same network)".into(),
+        chain.and_then(|c| Ok(rel_err(&flat(&grad(EnergyKind::Fenchel, &[1e-4; 3])?), &c))),
+        1e-6,
+    );
 }

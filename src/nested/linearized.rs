@@ -1,0 +1,248 @@
+//! Prop. 7: the linearized local contrastive surrogate — a closed-form forward pass `z_k*`
+//! (Eq. 41) and backward pass `z̄_k` (Eq. 43) — with the weight gradient of Remark 2 (Eq. 53).
+//!
+//! The backward pass is carried as error signals `δ_k = (z_k* − z̄_k)/β_k` (batch columns):
+//! * top layer: `z̄_L = argmin_z ℓ̄(z; z_L*) + E_L(z, z_{L−1}*)/β_L`;
+//! * hidden layers: `z̄_k = argmin_z (1/β_{k+1}) Ē_{k+1}(z̄_{k+1}, z; z_k*) + E_k(z, z_{k−1}*)/β_k`;
+//! * gradient (Remark 2): `∂L̄/∂W_k = (1/β_k) ∂_W Ẽ_k(z̄_k, z_{k−1}*)` — only the `Ẽ` term, never
+//!   the linearization term; the rejected alternative is Eq. 52.
+//!
+//! **Penalizer energies** (`½‖z_k − f(a_k)‖²`, Section 4.1): `z̄_L = z_L* − β_L ℓ'` and Eq. 46-47,
+//! `ε_k = z̄_k − z_k* = (β_k/β_{k+1}) f_k'(z_k*)ᵀ ε_{k+1}`. In `δ` form the ratios cancel:
+//! `δ_L = ℓ'`, `δ_k = W_{k+1}ᵀ(f'(a_{k+1}) ⊙ δ_{k+1})`, and the Remark 2 gradient
+//! `(f'(a_k) ⊙ δ_k) z_{k−1}ᵀ` is back-propagation *for every* β (with `f'` = 0 at kinks, the
+//! frameworks' convention). The `ε_k = −β_k δ_k` themselves scale with `β_k`: used unnormalized
+//! as an update (as in predictive coding, Eq. 47) they give layer `k` a step scaled by `β_k`,
+//! a descent but not steepest-descent direction unless all `β_k` are equal — the paper's remark.
+//!
+//! **Fenchel energies** (`G_k(z) − zᵀa_k`, Section 4.2) give **Fenchel back-propagation**
+//! (Eq. 49-51): `z̄_L = f_L(a_L − β_L ℓ')`, `z̄_k = f_k(a_k + (β_k/β_{k+1}) W_{k+1}ᵀ(z̄_{k+1} − z_{k+1}*))`,
+//! i.e. `δ_k = D_{β_k} f_k(a_k)[W_{k+1}ᵀ δ_{k+1}]` with the one-sided quotient
+//! [`Activation::difference_quotient`], and the Eq. 53 gradient `δ_k z_{k−1}*ᵀ`. For ReLU and
+//! equal β this is the Appendix C rule `(z − relu(x − β·dy))/β`. **Proximal energies**
+//! (`½‖z − a‖² + F(z)`) differ from Fenchel ones by `½‖a‖²`, which `Ẽ_k` cancels: Prop. 7 gives
+//! the same passes for both.
+//!
+//! Nothing allocates after [`Workspace::new`] except softmax layers' quotient.
+
+use nalgebra::{DMatrix, DVector, RealField};
+
+use super::{EnergyKind, Network, OutputLoss};
+use crate::error::{Error, Result};
+use crate::prox::Activation;
+
+/// Pre-allocated buffers for one batch size.
+#[derive(Debug, Clone)]
+pub struct Workspace<T: RealField + Copy> {
+    /// Pre-activations `a_k = W_k z_{k−1} + b_k`.
+    pub a: Vec<DMatrix<T>>,
+    /// Forward solutions `z_k*` (Eq. 41).
+    pub z: Vec<DMatrix<T>>,
+    /// The signal whose product with `z_{k−1}*ᵀ` is the `W_k` gradient: `(z_k* − z̄_k)/β_k` for
+    /// Fenchel and proximal energies; `f'(a_k) ⊙ (z_k* − z̄_k)/β_k` for penalizer energies.
+    pub delta: Vec<DMatrix<T>>,
+    /// Incoming signals `e_k` (top: `ℓ'(z_L*)`; else `W_{k+1}ᵀ δ_{k+1}`).
+    pub e: Vec<DMatrix<T>>,
+    /// Element-wise derivative scratch (penalizer energies).
+    scratch: Vec<DMatrix<T>>,
+    /// Transposed layer inputs `z_{k−1}ᵀ` (`B × n_{k−1}`) and weights `W_kᵀ`: products then run
+    /// through `gemm` on contiguous operands. (A strided transposed view fed to nalgebra's
+    /// `gemm` read out of bounds here — see the closing note — so we copy, `O(nB)` per layer.)
+    input_t: Vec<DMatrix<T>>,
+    w_t: Vec<DMatrix<T>>,
+}
+
+impl<T: RealField + Copy> Workspace<T> {
+    /// Buffers for `net` and batches of `batch` columns.
+    pub fn new(net: &Network<T>, batch: usize) -> Self {
+        let mats = || -> Vec<DMatrix<T>> {
+            net.widths()
+                .into_iter()
+                .map(|n| DMatrix::zeros(n, batch))
+                .collect()
+        };
+        Self {
+            a: mats(),
+            z: mats(),
+            delta: mats(),
+            e: mats(),
+            scratch: mats(),
+            input_t: net
+                .layers
+                .iter()
+                .map(|l| DMatrix::zeros(batch, l.w.ncols()))
+                .collect(),
+            w_t: net
+                .layers
+                .iter()
+                .map(|l| DMatrix::zeros(l.w.ncols(), l.w.nrows()))
+                .collect(),
+        }
+    }
+
+    /// The batch size the buffers hold.
+    pub fn batch(&self) -> usize {
+        self.z.first().map_or(0, |z| z.ncols())
+    }
+
+    /// `z̄_k` of Eq. 43 after [`gradient`] ran with `kind` (allocates; for checks, not the
+    /// training path): `z_k* − β_k δ_k` (Fenchel, proximal) or `z_k* − β_k e_k` (penalizer).
+    pub fn z_bar(&self, kind: EnergyKind, k: usize, beta: T) -> DMatrix<T> {
+        let signal = match kind {
+            EnergyKind::Penalizer => &self.e[k],
+            _ => &self.delta[k],
+        };
+        &self.z[k] - signal * beta
+    }
+}
+
+/// Parameter gradients, one entry per layer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gradients<T: RealField + Copy> {
+    /// `∂/∂W_k`.
+    pub w: Vec<DMatrix<T>>,
+    /// `∂/∂b_k`.
+    pub b: Vec<DVector<T>>,
+}
+
+impl<T: RealField + Copy> Gradients<T> {
+    /// Zero gradients shaped like `net`.
+    pub fn zeros(net: &Network<T>) -> Self {
+        Self {
+            w: net
+                .layers
+                .iter()
+                .map(|l| DMatrix::zeros(l.w.nrows(), l.w.ncols()))
+                .collect(),
+            b: net
+                .layers
+                .iter()
+                .map(|l| DVector::zeros(l.b.len()))
+                .collect(),
+        }
+    }
+}
+
+/// Forward pass (Eq. 41): `a_k = W_k z_{k−1} + b_k`, `z_k* = f_k(a_k)`, for all energy kinds.
+pub fn forward<T: RealField + Copy>(
+    net: &Network<T>,
+    x: &DMatrix<T>,
+    ws: &mut Workspace<T>,
+) -> Result<()> {
+    if x.nrows() != net.input_dim() || x.ncols() != ws.batch() {
+        return Err(Error::dim(
+            "x",
+            format!("{} x {}", net.input_dim(), ws.batch()),
+            format!("{} x {}", x.nrows(), x.ncols()),
+        ));
+    }
+    for (k, layer) in net.layers.iter().enumerate() {
+        let (before, after) = ws.z.split_at_mut(k);
+        let input = if k == 0 { x } else { &before[k - 1] };
+        let a = &mut ws.a[k];
+        a.gemm(T::one(), &layer.w, input, T::zero());
+        for mut col in a.column_iter_mut() {
+            col += &layer.b;
+        }
+        let z = &mut after[0];
+        if layer.activation == Activation::Softmax {
+            for j in 0..a.ncols() {
+                layer
+                    .activation
+                    .activate(a.column(j).as_slice(), z.column_mut(j).as_mut_slice());
+            }
+        } else {
+            layer.activation.activate(a.as_slice(), z.as_mut_slice());
+        }
+    }
+    Ok(())
+}
+
+/// Checks a β vector: one finite, positive entry per layer.
+pub fn check_betas<T: RealField + Copy>(betas: &[T], layers: usize) -> Result<()> {
+    if betas.len() != layers {
+        return Err(Error::dim("betas", layers, betas.len()));
+    }
+    for &b in betas {
+        if !(b.is_finite() && b > T::zero()) {
+            let v: f64 = nalgebra::try_convert(b).unwrap_or(f64::NAN);
+            return Err(Error::InvalidBeta { beta: v });
+        }
+    }
+    Ok(())
+}
+
+/// Forward and Prop. 7 backward pass on one batch; writes the Remark 2 (Eq. 53) gradient into
+/// `grads` and returns the batch-mean loss `ℓ(z_L*)`.
+///
+/// # Errors
+/// Shapes (`x`, `target`, `betas`, the network), non-positive or non-finite β, softmax with
+/// penalizer energies.
+#[allow(clippy::too_many_arguments)]
+pub fn gradient<T: RealField + Copy>(
+    net: &Network<T>,
+    kind: EnergyKind,
+    betas: &[T],
+    loss: OutputLoss,
+    x: &DMatrix<T>,
+    target: &DMatrix<T>,
+    ws: &mut Workspace<T>,
+    grads: &mut Gradients<T>,
+) -> Result<T> {
+    net.validate(kind)?;
+    check_betas(betas, net.layers.len())?;
+    forward(net, x, ws)?;
+    let top = net.layers.len() - 1;
+    if target.shape() != ws.z[top].shape() {
+        return Err(Error::dim(
+            "target",
+            format!("{} x {}", ws.z[top].nrows(), ws.z[top].ncols()),
+            format!("{} x {}", target.nrows(), target.ncols()),
+        ));
+    }
+    let value = loss.value_and_gradient(&ws.z[top], target, &mut ws.e[top]);
+    for k in (0..=top).rev() {
+        let act = net.layers[k].activation;
+        let (a, e, delta) = (&ws.a[k], &ws.e[k], &mut ws.delta[k]);
+        match kind {
+            EnergyKind::Penalizer => {
+                // δ-form of Eq. 46-47 with the Remark 2 gradient: (f'(a) ⊙ δ) z_{k−1}ᵀ. We store
+                // f'(a) ⊙ e in `delta` directly (the pre-activation signal).
+                let d = &mut ws.scratch[k];
+                act.derivative(a.as_slice(), d.as_mut_slice());
+                delta.copy_from(e);
+                delta.component_mul_assign(d);
+            }
+            EnergyKind::Fenchel | EnergyKind::Proximal => {
+                if act == Activation::Softmax {
+                    for j in 0..a.ncols() {
+                        act.difference_quotient(
+                            a.column(j).as_slice(),
+                            e.column(j).as_slice(),
+                            betas[k],
+                            delta.column_mut(j).as_mut_slice(),
+                        );
+                    }
+                } else {
+                    act.difference_quotient(
+                        a.as_slice(),
+                        e.as_slice(),
+                        betas[k],
+                        delta.as_mut_slice(),
+                    );
+                }
+            }
+        }
+        let input = if k == 0 { x } else { &ws.z[k - 1] };
+        input.transpose_to(&mut ws.input_t[k]);
+        grads.w[k].gemm(T::one(), &ws.delta[k], &ws.input_t[k], T::zero());
+        for (i, gb) in grads.b[k].iter_mut().enumerate() {
+            *gb = ws.delta[k].row(i).sum();
+        }
+        if k > 0 {
+            net.layers[k].w.transpose_to(&mut ws.w_t[k]);
+            ws.e[k - 1].gemm(T::one(), &ws.w_t[k], &ws.delta[k], T::zero());
+        }
+    }
+    Ok(value)
+}

@@ -1,0 +1,166 @@
+//! Sections 3-4: deeply nested programs (Eq. 21) built from layer energies.
+//!
+//! A layered network `z_0 = x`, `z_k* = argmin_{z_k} E_k(z_k, z_{k−1}*; θ_k)`, `k = 1..L`, with
+//! `a_k = W_k z_{k−1} + b_k` and one of three layer energies (Table 1's `E_k` column):
+//! * [`EnergyKind::Penalizer`]: `½‖z_k − f_k(a_k)‖²` (MAC, predictive coding, back-propagation);
+//! * [`EnergyKind::Fenchel`]: `G_k(z_k) − z_kᵀa_k` with `∇G_k* = f_k` (Eq. 31; LPOM, Fenchel BP);
+//! * [`EnergyKind::Proximal`]: `½‖z_k − a_k‖² + F_k(z_k)` (convex CHL).
+//!
+//! All three have the same forward pass `z_k* = f_k(a_k)`. This slice implements the linearized
+//! local contrastive reformulation of Prop. 7 ([`linearized`]); the global (Prop. 4) and local
+//! (Prop. 5) contrastive objectives come next.
+//!
+//! **Batches are matrix columns**: `x` is `n_0 × B`, every `z_k` is `n_k × B`. The outer loss is
+//! the batch *mean* of the per-sample loss (so gradients carry a factor `1/B`). For Fenchel-type
+//! passes this matters beyond scaling: the error quotient is not linear in the signal, and
+//! `D_β f(a)[e/B] = D_{β/B} f(a)[e] / B`, so a batch-mean loss acts on each sample like `β/B`
+//! (a summed loss would act like `β`).
+
+pub mod linearized;
+
+use nalgebra::{DMatrix, DVector, RealField};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::prox::Activation;
+
+/// The layer energy kind (Table 1's `E_k` column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EnergyKind {
+    /// `½‖z_k − f_k(W z_{k−1} + b)‖²`.
+    Penalizer,
+    /// `G_k(z_k) − z_kᵀ(W z_{k−1} + b)`, `∇G_k* = f_k` (Eq. 31).
+    Fenchel,
+    /// `½‖z_k − (W z_{k−1} + b)‖² + F_k(z_k)`.
+    Proximal,
+}
+
+/// One layer `z_k = f_k(W z_{k−1} + b)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Layer<T: RealField + Copy> {
+    /// `W`, `n_k × n_{k−1}` (the paper's `W_{k−1}`).
+    pub w: DMatrix<T>,
+    /// `b`, length `n_k`.
+    pub b: DVector<T>,
+    /// The activation `f_k`.
+    pub activation: Activation,
+}
+
+/// A feed-forward network of [`Layer`]s.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Network<T: RealField + Copy> {
+    /// Layers `1..L`.
+    pub layers: Vec<Layer<T>>,
+}
+
+/// The outer loss on `z_L`, averaged over the batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputLoss {
+    /// `ℓ(z) = ½‖z − t‖²` per sample.
+    Squared,
+    /// `ℓ(z) = −Σ_j t_j log softmax(z)_j` per sample (`z_L` are logits, `t` one-hot or a
+    /// distribution).
+    SoftmaxCrossEntropy,
+}
+
+impl OutputLoss {
+    /// Batch-mean loss and its gradient `∂ℓ/∂z_L` (including the `1/B`), written into `grad`.
+    pub fn value_and_gradient<T: RealField + Copy>(
+        &self,
+        z: &DMatrix<T>,
+        target: &DMatrix<T>,
+        grad: &mut DMatrix<T>,
+    ) -> T {
+        let batch: T = nalgebra::convert(z.ncols() as f64);
+        let mut total = T::zero();
+        match self {
+            OutputLoss::Squared => {
+                for ((g, &zi), &ti) in grad.iter_mut().zip(z.iter()).zip(target.iter()) {
+                    let d = zi - ti;
+                    total += d * d;
+                    *g = d / batch;
+                }
+                total *= nalgebra::convert(0.5);
+            }
+            OutputLoss::SoftmaxCrossEntropy => {
+                for j in 0..z.ncols() {
+                    let col = z.column(j);
+                    let lse = crate::prox::log_sum_exp(col.as_slice());
+                    for i in 0..z.nrows() {
+                        let t = target[(i, j)];
+                        total -= t * (col[i] - lse);
+                        grad[(i, j)] = ((col[i] - lse).exp() * target.column(j).sum() - t) / batch;
+                    }
+                }
+            }
+        }
+        total / batch
+    }
+}
+
+impl<T: RealField + Copy> Network<T> {
+    /// Checks that consecutive shapes agree, entries are finite and softmax appears only where
+    /// allowed (not with penalizer energies, whose back-propagation needs an element-wise `f'`).
+    pub fn validate(&self, kind: EnergyKind) -> Result<()> {
+        if self.layers.is_empty() {
+            return Err(Error::input("network", "no layers"));
+        }
+        for (k, layer) in self.layers.iter().enumerate() {
+            layer.activation.validate()?;
+            if layer.b.len() != layer.w.nrows() {
+                return Err(Error::dim(
+                    format!("layers[{k}].b"),
+                    layer.w.nrows(),
+                    layer.b.len(),
+                ));
+            }
+            if k > 0 && layer.w.ncols() != self.layers[k - 1].w.nrows() {
+                return Err(Error::dim(
+                    format!("layers[{k}].w (columns)"),
+                    self.layers[k - 1].w.nrows(),
+                    layer.w.ncols(),
+                ));
+            }
+            if !layer.w.iter().chain(layer.b.iter()).all(|v| v.is_finite()) {
+                return Err(Error::NonFinite {
+                    what: format!("layers[{k}]"),
+                });
+            }
+            if kind == EnergyKind::Penalizer && layer.activation == Activation::Softmax {
+                return Err(Error::input(
+                    format!("layers[{k}].activation"),
+                    "softmax is only available as a Fenchel layer (Section 3.2.2)",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The batch-mean loss `ℓ(z_L*)` of the forward pass (allocates a workspace; for checks).
+    pub fn loss(&self, loss: OutputLoss, x: &DMatrix<T>, target: &DMatrix<T>) -> Result<T> {
+        let mut ws = linearized::Workspace::new(self, x.ncols());
+        linearized::forward(self, x, &mut ws)?;
+        let top = &ws.z[self.layers.len() - 1];
+        if target.shape() != top.shape() {
+            return Err(Error::dim(
+                "target",
+                format!("{:?}", top.shape()),
+                format!("{:?}", target.shape()),
+            ));
+        }
+        let mut g = top.clone();
+        Ok(loss.value_and_gradient(top, target, &mut g))
+    }
+
+    /// Input dimension `n_0`.
+    pub fn input_dim(&self) -> usize {
+        self.layers.first().map_or(0, |l| l.w.ncols())
+    }
+
+    /// Layer widths `n_1..n_L`.
+    pub fn widths(&self) -> Vec<usize> {
+        self.layers.iter().map(|l| l.w.nrows()).collect()
+    }
+}
