@@ -6,9 +6,11 @@
 //! * [`EnergyKind::Fenchel`]: `G_k(z_k) − z_kᵀa_k` with `∇G_k* = f_k` (Eq. 31; LPOM, Fenchel BP);
 //! * [`EnergyKind::Proximal`]: `½‖z_k − a_k‖² + F_k(z_k)` (convex CHL).
 //!
-//! All three have the same forward pass `z_k* = f_k(a_k)`. This slice implements the linearized
-//! local contrastive reformulation of Prop. 7 ([`linearized`]); the global (Prop. 4) and local
-//! (Prop. 5) contrastive objectives come next.
+//! All three have the same forward pass `z_k* = f_k(a_k)`. Implemented so far: the linearized
+//! local contrastive reformulation of Prop. 7 ([`linearized`]: back-propagation, Fenchel BP) and
+//! the local contrastive objective of Prop. 5 ([`local`]: MAC / predictive coding, LPOM). The
+//! global contrastive objective of Prop. 4 (CHL, convex CHL) and the `Method` taxonomy of
+//! Table 1 come next.
 //!
 //! **Batches are matrix columns**: `x` is `n_0 × B`, every `z_k` is `n_k × B`. The outer loss is
 //! the batch *mean* of the per-sample loss (so gradients carry a factor `1/B`). For Fenchel-type
@@ -17,6 +19,7 @@
 //! (a summed loss would act like `β`).
 
 pub mod linearized;
+pub mod local;
 
 use nalgebra::{DMatrix, DVector, RealField};
 use serde::{Deserialize, Serialize};

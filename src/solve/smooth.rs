@@ -95,49 +95,59 @@ pub fn minimize<F: SmoothObjective>(
 ) -> Result<SmoothSolution> {
     let g0 = f.gradient(z0).amax();
     let tol = settings.tol_grad * (1.0 + g0);
-    let linesearch = MoreThuenteLineSearch::new();
-    let solver = LBFGS::new(linesearch, settings.memory)
-        .with_tolerance_grad(1e-6 * (1.0 + g0))
-        .map_err(|e| Error::input("smooth solver settings", e.to_string()))?;
-    let start: Vec<f64> = z0.iter().copied().collect();
     let mut iterations = 0;
     let mut z = z0.clone();
-    if g0 > tol {
+    let mut grad = f.gradient(&z);
+    // Rounds of L-BFGS then Newton: on piecewise-smooth objectives (ReLU networks) a Newton step
+    // computed on one piece can be rejected at a kink; L-BFGS then moves on from there.
+    for _round in 0..4 {
+        if grad.amax() <= tol {
+            break;
+        }
+        let linesearch: MoreThuenteLineSearch<Vec<f64>, Vec<f64>, f64> =
+            MoreThuenteLineSearch::new();
+        let solver = LBFGS::new(linesearch, settings.memory)
+            .with_tolerance_grad(1e-6 * (1.0 + g0))
+            .map_err(|e| Error::input("smooth solver settings", e.to_string()))?;
+        let start: Vec<f64> = z.iter().copied().collect();
         let res = Executor::new(Adapter(f), solver)
             .configure(|state| state.param(start).max_iters(settings.max_iter))
             .run();
         // A line-search failure close to the optimum is not fatal: Newton finishes the job.
         if let Ok(res) = res {
-            iterations = res.state().get_iter() as usize;
+            iterations += res.state().get_iter() as usize;
             if let Some(best) = res.state().get_best_param() {
-                z = DVector::from_column_slice(best);
+                let cand = DVector::from_column_slice(best);
+                if f.value(&cand) <= f.value(&z) {
+                    z = cand;
+                }
             }
         }
-    }
-    let mut grad = f.gradient(&z);
-    for _ in 0..settings.newton_steps {
-        if grad.amax() <= tol {
-            break;
-        }
-        let Some(step) = f.hessian(&z).cholesky().map(|ch| ch.solve(&grad)) else {
-            break;
-        };
-        let mut t = 1.0;
-        let fz = f.value(&z);
-        let mut accepted = false;
-        for _ in 0..30 {
-            let cand = &z - &step * t;
-            if f.value(&cand) <= fz + 1e-15 * fz.abs().max(1.0) {
-                z = cand;
-                accepted = true;
+        grad = f.gradient(&z);
+        for _ in 0..settings.newton_steps {
+            if grad.amax() <= tol {
                 break;
             }
-            t *= 0.5;
-        }
-        iterations += 1;
-        grad = f.gradient(&z);
-        if !accepted {
-            break;
+            let Some(step) = f.hessian(&z).cholesky().map(|ch| ch.solve(&grad)) else {
+                break;
+            };
+            let mut t = 1.0;
+            let fz = f.value(&z);
+            let mut accepted = false;
+            for _ in 0..30 {
+                let cand = &z - &step * t;
+                if f.value(&cand) <= fz + 1e-15 * fz.abs().max(1.0) {
+                    z = cand;
+                    accepted = true;
+                    break;
+                }
+                t *= 0.5;
+            }
+            iterations += 1;
+            grad = f.gradient(&z);
+            if !accepted {
+                break;
+            }
         }
     }
     let residual = grad.amax();
