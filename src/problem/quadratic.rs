@@ -47,7 +47,7 @@ impl QuadraticProblem {
     /// Builds and validates the problem (shapes, finiteness, `Q` symmetric positive definite).
     ///
     /// # Errors
-    /// [`Error::DimensionMismatch`], [`Error::NonFinite`], [`Error::NotPositiveDefinite`], each
+    /// [`crate::Error::DimensionMismatch`], [`crate::Error::NonFinite`], [`crate::Error::NotPositiveDefinite`], each
     /// naming the field (`Q`, `B`, `c`, `A`, `b`, `A_eq`, `b_eq`).
     pub fn new(
         q: DMatrix<f64>,
