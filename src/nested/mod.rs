@@ -8,9 +8,9 @@
 //!
 //! All three have the same forward pass `z_k* = f_k(a_k)`. Implemented so far: the linearized
 //! local contrastive reformulation of Prop. 7 ([`linearized`]: back-propagation, Fenchel BP) and
-//! the local contrastive objective of Prop. 5 ([`local`]: MAC / predictive coding, LPOM). The
-//! global contrastive objective of Prop. 4 (CHL, convex CHL) and the `Method` taxonomy of
-//! Table 1 come next.
+//! the local contrastive objective of Prop. 5 ([`local`]: MAC / predictive coding, LPOM), and the
+//! global contrastive objective of Prop. 4 for proximal energies ([`global`]: convex CHL). CHL
+//! (Fenchel energies, block-coordinate descent) and the `Method` taxonomy of Table 1 come next.
 //!
 //! **Batches are matrix columns**: `x` is `n_0 × B`, every `z_k` is `n_k × B`. The outer loss is
 //! the batch *mean* of the per-sample loss (so gradients carry a factor `1/B`). For Fenchel-type
@@ -18,6 +18,7 @@
 //! `D_β f(a)[e/B] = D_{β/B} f(a)[e] / B`, so a batch-mean loss acts on each sample like `β/B`
 //! (a summed loss would act like `β`).
 
+pub mod global;
 pub mod linearized;
 pub mod local;
 
