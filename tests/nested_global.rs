@@ -4,36 +4,17 @@
 
 use bilevel::nested::global::global_contrastive;
 use bilevel::nested::linearized::{gradient, Gradients, Workspace};
-use bilevel::nested::{EnergyKind, Layer, Network, OutputLoss};
+use bilevel::nested::{EnergyKind, Network, OutputLoss};
 use bilevel::prelude::Activation;
-use bilevel::verify::instances::{matrix, rng, vector};
+use bilevel::verify::instances::{matrix, rng};
 
 fn setup() -> (Network<f64>, nalgebra::DMatrix<f64>, nalgebra::DMatrix<f64>) {
-    let mut r = rng(31);
-    let widths = [4usize, 4, 3, 2];
-    let net = Network {
-        layers: widths
-            .windows(2)
-            .enumerate()
-            .map(|(k, w)| Layer {
-                w: matrix(&mut r, w[1], w[0]),
-                b: vector(&mut r, w[1]) * 0.1,
-                activation: if k == 2 {
-                    Activation::Identity
-                } else {
-                    Activation::Relu
-                },
-            })
-            .collect(),
-    };
+    let net = bilevel::verify::instances::network(&mut rng(31), &[4, 4, 3, 2], Activation::Relu);
     (net, matrix(&mut rng(32), 4, 3), matrix(&mut rng(33), 2, 3))
 }
 
 fn flat(g: &Gradients<f64>) -> Vec<f64> {
-    g.w.iter()
-        .flat_map(|m| m.iter().copied())
-        .chain(g.b.iter().flat_map(|b| b.iter().copied()))
-        .collect()
+    g.flatten().iter().copied().collect()
 }
 
 fn rel(a: &[f64], b: &[f64]) -> f64 {

@@ -6,25 +6,11 @@ use approx::assert_relative_eq;
 use bilevel::nested::linearized::{gradient, Gradients, Workspace};
 use bilevel::nested::{EnergyKind, Layer, Network, OutputLoss};
 use bilevel::prelude::Activation;
-use bilevel::verify::instances::{matrix, rng, vector};
+use bilevel::verify::instances::{matrix, rng};
 use nalgebra::DMatrix;
 
 fn net(seed: u64, widths: &[usize], hidden: Activation) -> Network<f64> {
-    let mut r = rng(seed);
-    let layers = widths
-        .windows(2)
-        .enumerate()
-        .map(|(k, w)| Layer {
-            w: matrix(&mut r, w[1], w[0]),
-            b: vector(&mut r, w[1]) * 0.1,
-            activation: if k + 2 == widths.len() {
-                Activation::Identity
-            } else {
-                hidden
-            },
-        })
-        .collect();
-    Network { layers }
+    bilevel::verify::instances::network(&mut rng(seed), widths, hidden)
 }
 
 fn one_hot(labels: &[usize], classes: usize) -> DMatrix<f64> {

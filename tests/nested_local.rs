@@ -5,35 +5,17 @@
 
 use bilevel::nested::linearized::{gradient, Gradients, Workspace};
 use bilevel::nested::local::local_contrastive;
-use bilevel::nested::{EnergyKind, Layer, Network, OutputLoss};
+use bilevel::nested::{EnergyKind, Network, OutputLoss};
 use bilevel::prelude::Activation;
-use bilevel::verify::instances::{matrix, rng, vector};
+use bilevel::verify::instances::{matrix, rng};
 use nalgebra::DMatrix;
 
 fn net(seed: u64, widths: &[usize]) -> Network<f64> {
-    let mut r = rng(seed);
-    Network {
-        layers: widths
-            .windows(2)
-            .enumerate()
-            .map(|(k, w)| Layer {
-                w: matrix(&mut r, w[1], w[0]),
-                b: vector(&mut r, w[1]) * 0.1,
-                activation: if k + 2 == widths.len() {
-                    Activation::Identity
-                } else {
-                    Activation::Relu
-                },
-            })
-            .collect(),
-    }
+    bilevel::verify::instances::network(&mut rng(seed), widths, Activation::Relu)
 }
 
 fn flat(g: &Gradients<f64>) -> Vec<f64> {
-    g.w.iter()
-        .flat_map(|m| m.iter().copied())
-        .chain(g.b.iter().flat_map(|b| b.iter().copied()))
-        .collect()
+    g.flatten().iter().copied().collect()
 }
 
 fn rel(a: &[f64], b: &[f64]) -> f64 {

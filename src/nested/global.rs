@@ -63,16 +63,7 @@ pub fn global_contrastive(
     check_betas(betas, net.layers.len())?;
     let widths = net.widths();
     let top = widths.len() - 1;
-    if x.nrows() != net.input_dim() {
-        return Err(Error::dim("x (rows)", net.input_dim(), x.nrows()));
-    }
-    if target.nrows() != widths[top] || target.ncols() != x.ncols() {
-        return Err(Error::dim(
-            "target",
-            format!("{} x {}", widths[top], x.ncols()),
-            format!("{} x {}", target.nrows(), target.ncols()),
-        ));
-    }
+    net.check_batch(x, target)?;
     let bounds: Vec<(f64, f64)> = net
         .layers
         .iter()

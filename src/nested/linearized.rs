@@ -106,6 +106,15 @@ pub struct Gradients<T: RealField + Copy> {
 }
 
 impl<T: RealField + Copy> Gradients<T> {
+    /// All entries in one vector: every `W_k` (column-major), then every `b_k`.
+    pub fn flatten(&self) -> DVector<T> {
+        let w = self.w.iter().flat_map(|m| m.iter().copied());
+        let b = self.b.iter().flat_map(|v| v.iter().copied());
+        let n = self.w.iter().map(|m| m.len()).sum::<usize>()
+            + self.b.iter().map(|v| v.len()).sum::<usize>();
+        DVector::from_iterator(n, w.chain(b))
+    }
+
     /// Zero gradients shaped like `net`.
     pub fn zeros(net: &Network<T>) -> Self {
         Self {

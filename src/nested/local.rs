@@ -209,18 +209,9 @@ pub fn local_contrastive(
     {
         return Err(Error::input("activation", "the local contrastive solvers support box-family activations only (use a softmax cross-entropy loss on identity outputs)"));
     }
-    if x.nrows() != net.input_dim() {
-        return Err(Error::dim("x (rows)", net.input_dim(), x.nrows()));
-    }
+    net.check_batch(x, target)?;
     let widths = net.widths();
     let top = widths.len() - 1;
-    if target.nrows() != widths[top] || target.ncols() != x.ncols() {
-        return Err(Error::dim(
-            "target",
-            format!("{} x {}", widths[top], x.ncols()),
-            format!("{} x {}", target.nrows(), target.ncols()),
-        ));
-    }
     let batch = x.ncols();
     let w = 1.0 / batch as f64;
     let mut offsets = vec![0; widths.len()];

@@ -158,6 +158,22 @@ impl<T: RealField + Copy> Network<T> {
         Ok(loss.value_and_gradient(top, target, &mut g))
     }
 
+    /// Checks a batch: `x` is `n_0 × B` and `target` is `n_L × B`.
+    pub fn check_batch(&self, x: &DMatrix<T>, target: &DMatrix<T>) -> Result<()> {
+        if x.nrows() != self.input_dim() {
+            return Err(Error::dim("x (rows)", self.input_dim(), x.nrows()));
+        }
+        let top = self.layers.last().map_or(0, |l| l.w.nrows());
+        if target.shape() != (top, x.ncols()) {
+            return Err(Error::dim(
+                "target",
+                format!("{top} x {}", x.ncols()),
+                format!("{} x {}", target.nrows(), target.ncols()),
+            ));
+        }
+        Ok(())
+    }
+
     /// Input dimension `n_0`.
     pub fn input_dim(&self) -> usize {
         self.layers.first().map_or(0, |l| l.w.ncols())

@@ -9,7 +9,9 @@ use nalgebra::{DMatrix, DVector};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::nested::{Layer, Network};
 use crate::problem::LinearConstraints;
+use crate::prox::Activation;
 use crate::solve::qp::Activity;
 
 /// A seeded generator (`StdRng`, reproducible for a given seed and crate version).
@@ -106,5 +108,26 @@ pub fn constructed_qp(
         lambda,
         lambda_eq,
         labels: labels.to_vec(),
+    }
+}
+
+/// A network with the given widths: `hidden` activations, an identity output layer, weights
+/// uniform in `[-1, 1]` and biases uniform in `[-0.1, 0.1]`.
+pub fn network(rng: &mut StdRng, widths: &[usize], hidden: Activation) -> Network<f64> {
+    let last = widths.len().saturating_sub(2);
+    Network {
+        layers: widths
+            .windows(2)
+            .enumerate()
+            .map(|(k, w)| Layer {
+                w: matrix(rng, w[1], w[0]),
+                b: vector(rng, w[1]) * 0.1,
+                activation: if k == last {
+                    Activation::Identity
+                } else {
+                    hidden
+                },
+            })
+            .collect(),
     }
 }

@@ -557,24 +557,9 @@ pub fn run(seed: u64) -> Report {
 /// Sections 3-4 rows (this slice: Prop. 7).
 fn nested_checks(t: &mut Table, s: u64) {
     use crate::nested::linearized::{gradient, Gradients, Workspace};
-    use crate::nested::{EnergyKind, Layer, Network, OutputLoss};
+    use crate::nested::{EnergyKind, OutputLoss};
     let mut r = rng(s + 500);
-    let widths = [5usize, 4, 3, 2];
-    let net = Network {
-        layers: widths
-            .windows(2)
-            .enumerate()
-            .map(|(k, w)| Layer {
-                w: matrix(&mut r, w[1], w[0]),
-                b: vector(&mut r, w[1]) * 0.1,
-                activation: if k == 2 {
-                    Activation::Identity
-                } else {
-                    Activation::Relu
-                },
-            })
-            .collect(),
-    };
+    let net = instances::network(&mut r, &[5, 4, 3, 2], Activation::Relu);
     let x = matrix(&mut r, 5, 8);
     let target = DMatrix::from_fn(2, 8, |i, j| if (i + j) % 2 == 0 { 1.0 } else { 0.0 });
     let loss = OutputLoss::SoftmaxCrossEntropy;
@@ -585,10 +570,9 @@ fn nested_checks(t: &mut Table, s: u64) {
         Ok(g)
     };
     let flat = |g: &Gradients<f64>| -> DVector<f64> {
-        DVector::from_iterator(
-            g.w.iter().map(|m| m.len()).sum::<usize>(),
-            g.w.iter().flat_map(|m| m.iter().copied()),
-        )
+        // weights only: the chain-rule reference below differentiates the weights
+        let n: usize = g.w.iter().map(|m| m.len()).sum();
+        g.flatten().rows(0, n).into_owned()
     };
     // Independent chain rule: central differences of the network loss in every weight.
     let chain = (|| -> Result<DVector<f64>> {
