@@ -118,3 +118,94 @@ fn convex_chl_tends_to_back_propagation_cor2() {
         .collect();
     assert!(errs[2] < 1e-2 && errs[2] < errs[0], "{errs:?}");
 }
+
+#[test]
+fn chl_gradient_matches_finite_differences_and_tends_to_back_propagation() {
+    let (net, x, t) = setup();
+    for loss in [OutputLoss::Squared, OutputLoss::SoftmaxCrossEntropy] {
+        let t = if loss == OutputLoss::Squared {
+            t.clone()
+        } else {
+            nalgebra::DMatrix::from_fn(2, 3, |i, j| ((i + j) % 2) as f64)
+        };
+        // Finite β: the surrogate's own finite differences (β = 0.1 keeps the energy bounded).
+        let betas = [0.1; 3];
+        let sol = global_contrastive(&net, EnergyKind::Fenchel, &betas, loss, &x, &t).unwrap();
+        let g = flat(&sol.grad);
+        let h = 1e-6;
+        let mut fd = Vec::new();
+        for k in 0..3 {
+            for idx in 0..net.layers[k].w.len() {
+                let mut p = net.clone();
+                p.layers[k].w[idx] += h;
+                let mut m = net.clone();
+                m.layers[k].w[idx] -= h;
+                let vp = global_contrastive(&p, EnergyKind::Fenchel, &betas, loss, &x, &t)
+                    .unwrap()
+                    .value;
+                let vm = global_contrastive(&m, EnergyKind::Fenchel, &betas, loss, &x, &t)
+                    .unwrap()
+                    .value;
+                fd.push((vp - vm) / (2.0 * h));
+            }
+        }
+        assert!(
+            rel(&g[..fd.len()], &fd) < 1e-5,
+            "{loss:?}: {}",
+            rel(&g[..fd.len()], &fd)
+        );
+        // Cor. 2.
+        let mut ws = Workspace::new(&net, 3);
+        let mut gb = Gradients::zeros(&net);
+        gradient(
+            &net,
+            EnergyKind::Penalizer,
+            &[1.0; 3],
+            loss,
+            &x,
+            &t,
+            &mut ws,
+            &mut gb,
+        )
+        .unwrap();
+        let bp = flat(&gb);
+        let errs: Vec<f64> = [1e-1, 1e-2, 1e-3]
+            .iter()
+            .map(|&b| {
+                rel(
+                    &flat(
+                        &global_contrastive(&net, EnergyKind::Fenchel, &[b; 3], loss, &x, &t)
+                            .unwrap()
+                            .grad,
+                    ),
+                    &bp,
+                )
+            })
+            .collect();
+        assert!(errs[2] < 1e-2 && errs[2] < errs[0], "{loss:?}: {errs:?}");
+    }
+}
+
+#[test]
+fn chl_reports_an_unbounded_energy_as_an_error() {
+    let (mut net, x, t) = setup();
+    for l in &mut net.layers {
+        l.w *= 4.0;
+    }
+    let err = global_contrastive(
+        &net,
+        EnergyKind::Fenchel,
+        &[5.0; 3],
+        OutputLoss::Squared,
+        &x,
+        &t,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            bilevel::Error::Unbounded(_) | bilevel::Error::NotConverged { .. }
+        ),
+        "{err}"
+    );
+}

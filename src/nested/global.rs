@@ -4,10 +4,16 @@
 //! ```
 //! with the gradient `∂_θ(ℰ^β(ẑ) − ℰ^β(ž))` at the clamped (`ẑ`) and free (`ž`) minimizers.
 //!
-//! This slice covers **convex CHL**: proximal energies `½‖z_k − W_k z_{k−1} − b_k‖² + ι_C(z_k)`
-//! with box-family activations and the squared loss, where both phases are convex QPs (one per
-//! sample; samples decouple). They are solved with the crate's QP backend and refined exactly
-//! ([`crate::solve::qp::solve_exact`]).
+//! * **Convex CHL**: proximal energies `½‖z_k − W_k z_{k−1} − b_k‖² + ι_C(z_k)` with box-family
+//!   activations and the squared loss: both phases are convex QPs (one per sample; samples
+//!   decouple), solved with the crate's QP backend and refined exactly
+//!   ([`crate::solve::qp::solve_exact`]).
+//! * **CHL**: Fenchel energies `G_k(z_k) − z_kᵀ(W_k z_{k−1} + b_k)`, layer-wise convex. Both phases
+//!   by block-coordinate descent from the forward pass; each block has the closed form
+//!   `z_k = f_k(a_k + β_k W_{k+1}ᵀ z_{k+1})` (the top block adds the loss). The joint energy is
+//!   bilinear in adjacent layers and can be unbounded below for large β (roughly
+//!   `β_k ‖W_{k+1}‖² ≥ 1`): divergence is reported as [`Error::Unbounded`], a stall as
+//!   [`Error::NotConverged`].
 //!
 //! Scaling: the objective is multiplied by `Π_l β_l`, so layer `k` carries the weight
 //! `Π_{l<k} β_l` and the loss `Π_l β_l` — `O(1)` for the bottom layer instead of `β^{−L}`.
@@ -36,15 +42,18 @@ pub struct GlobalSolution {
     pub value: f64,
     /// `∂_θ(ℰ^β(ẑ) − ℰ^β(ž))`.
     pub grad: Gradients<f64>,
-    /// Largest KKT residual over the (scaled) QPs.
+    /// Largest KKT residual over the (scaled) QPs (convex CHL), or the last block-coordinate
+    /// sweep's largest change (CHL).
     pub residual: f64,
 }
 
-/// Convex CHL on one batch (see the module docs).
+/// The global contrastive objective on one batch: convex CHL for proximal energies, CHL for
+/// Fenchel energies (see the module docs).
 ///
 /// # Errors
-/// Energies other than [`EnergyKind::Proximal`], softmax layers or a loss other than squared
-/// error (not QPs: later slices), shapes, invalid β, and the QP backend's errors.
+/// Penalizer energies (their free energy is minimized by the forward pass: use
+/// [`super::local`]), softmax layers, convex CHL with a loss other than squared error (not a QP),
+/// shapes, invalid β, the QP backend's errors, and for CHL divergence or non-convergence.
 pub fn global_contrastive(
     net: &Network<f64>,
     kind: EnergyKind,
@@ -53,12 +62,24 @@ pub fn global_contrastive(
     x: &DMatrix<f64>,
     target: &DMatrix<f64>,
 ) -> Result<GlobalSolution> {
-    if kind != EnergyKind::Proximal || loss != OutputLoss::Squared {
-        return Err(Error::input(
+    match kind {
+        EnergyKind::Proximal if loss == OutputLoss::Squared => convex_chl(net, betas, x, target),
+        EnergyKind::Proximal => Err(Error::input("loss", "convex CHL is a QP only with the squared loss")),
+        EnergyKind::Fenchel => chl(net, betas, loss, x, target),
+        EnergyKind::Penalizer => Err(Error::input(
             "energy",
-            "the global contrastive solver covers proximal energies with squared loss (convex CHL) so far",
-        ));
+            "penalizer energies: the free phase is the forward pass (Section 3.2.1); use the local contrastive solver",
+        )),
     }
+}
+
+fn convex_chl(
+    net: &Network<f64>,
+    betas: &[f64],
+    x: &DMatrix<f64>,
+    target: &DMatrix<f64>,
+) -> Result<GlobalSolution> {
+    let kind = EnergyKind::Proximal;
     net.validate(kind)?;
     check_betas(betas, net.layers.len())?;
     let widths = net.widths();
@@ -206,3 +227,190 @@ pub fn global_contrastive(
 }
 
 use std::ops::{AddAssign, SubAssign};
+
+/// Scaled layer weights `s_k = Π_{l<k} β_l` (layer `k`, 0-based) and `s_L = Π_l β_l` (loss).
+fn scaled_weights(betas: &[f64]) -> Vec<f64> {
+    let mut s = vec![1.0; betas.len() + 1];
+    for k in 1..=betas.len() {
+        s[k] = s[k - 1] * betas[k - 1];
+    }
+    s
+}
+
+/// One phase of CHL by block-coordinate descent; `loss_weight` is the top layer's relative loss
+/// weight `β_L / B` (0 for the free phase).
+fn chl_phase(
+    net: &Network<f64>,
+    betas: &[f64],
+    loss: OutputLoss,
+    x: &DMatrix<f64>,
+    target: &DMatrix<f64>,
+    loss_weight: f64,
+    z: &mut [DMatrix<f64>],
+) -> Result<(usize, f64)> {
+    let top = net.layers.len() - 1;
+    let pre = |z: &[DMatrix<f64>], k: usize| -> DMatrix<f64> {
+        let input = if k == 0 { x } else { &z[k - 1] };
+        let mut a = &net.layers[k].w * input;
+        for mut c in a.column_iter_mut() {
+            c += &net.layers[k].b;
+        }
+        a
+    };
+    for sweep in 1..=20_000 {
+        let mut change = 0.0f64;
+        let mut size = 1.0f64;
+        for k in 0..=top {
+            let layer = &net.layers[k];
+            let mut u = pre(z, k);
+            if k < top {
+                u += net.layers[k + 1].w.transpose() * &z[k + 1] * betas[k];
+            }
+            let mut new = u.clone();
+            if k == top && loss_weight > 0.0 {
+                match loss {
+                    // min G(z) − zᵀu + w ½‖z − t‖²  ⇒  z = f((u + w t)/(1 + w)) for the box family.
+                    OutputLoss::Squared => {
+                        let v = (&u + target * loss_weight) / (1.0 + loss_weight);
+                        layer.activation.activate(v.as_slice(), new.as_mut_slice());
+                    }
+                    // identity output: z − u + w (softmax(z) − t) = 0, Newton per column.
+                    OutputLoss::SoftmaxCrossEntropy => {
+                        if layer.activation != crate::prox::Activation::Identity {
+                            return Err(Error::input(
+                                "activation",
+                                "CHL with cross-entropy needs an identity output layer",
+                            ));
+                        }
+                        for j in 0..u.ncols() {
+                            let (uj, tj) =
+                                (u.column(j).into_owned(), target.column(j).into_owned());
+                            let mut zj = z[k].column(j).into_owned();
+                            for _ in 0..50 {
+                                let lse = crate::prox::log_sum_exp(zj.as_slice());
+                                let p = zj.map(|v| (v - lse).exp());
+                                let g = &zj - &uj + (&p * tj.sum() - &tj) * loss_weight;
+                                if g.amax() <= 1e-15 * (1.0 + uj.amax()) {
+                                    break;
+                                }
+                                let h = DMatrix::identity(p.len(), p.len())
+                                    + (DMatrix::from_diagonal(&p) - &p * p.transpose())
+                                        * (loss_weight * tj.sum());
+                                match h.cholesky() {
+                                    Some(ch) => zj -= ch.solve(&g),
+                                    None => return Err(Error::Singular("CHL output block".into())),
+                                }
+                            }
+                            new.column_mut(j).copy_from(&zj);
+                        }
+                    }
+                }
+            } else if layer.activation == crate::prox::Activation::Softmax {
+                return Err(Error::input(
+                    "activation",
+                    "softmax layers are not supported by CHL yet",
+                ));
+            } else {
+                layer.activation.activate(u.as_slice(), new.as_mut_slice());
+            }
+            change = change.max((&new - &z[k]).amax());
+            size = size.max(new.amax());
+            z[k] = new;
+        }
+        if !size.is_finite() || size > 1e12 {
+            return Err(Error::Unbounded(format!(
+                "CHL block-coordinate descent diverged (|z| = {size:.3e} after {sweep} sweeps): the global energy is unbounded below for these beta"
+            )));
+        }
+        if change <= 1e-15 * size {
+            return Ok((sweep, change));
+        }
+    }
+    Err(Error::NotConverged {
+        solver: "CHL block-coordinate descent".into(),
+        iterations: 20_000,
+        residual: f64::NAN,
+    })
+}
+
+/// CHL (Fenchel energies) by block-coordinate descent, see the module docs.
+fn chl(
+    net: &Network<f64>,
+    betas: &[f64],
+    loss: OutputLoss,
+    x: &DMatrix<f64>,
+    target: &DMatrix<f64>,
+) -> Result<GlobalSolution> {
+    net.validate(EnergyKind::Fenchel)?;
+    check_betas(betas, net.layers.len())?;
+    net.check_batch(x, target)?;
+    let top = net.layers.len() - 1;
+    let batch = x.ncols();
+    // Forward pass as the starting point of both phases.
+    let mut forward: Vec<DMatrix<f64>> = Vec::with_capacity(top + 1);
+    for (k, layer) in net.layers.iter().enumerate() {
+        let input = if k == 0 { x } else { &forward[k - 1] };
+        let mut a = &layer.w * input;
+        for mut c in a.column_iter_mut() {
+            c += &layer.b;
+        }
+        let mut z = a.clone();
+        for j in 0..a.ncols() {
+            layer
+                .activation
+                .activate(a.column(j).as_slice(), z.column_mut(j).as_mut_slice());
+        }
+        forward.push(z);
+    }
+    let mut free = forward.clone();
+    let mut clamped = forward;
+    let w_top = betas[top] / batch as f64;
+    let (_, r_free) = chl_phase(net, betas, loss, x, target, 0.0, &mut free)?;
+    let (_, r_clamped) = chl_phase(net, betas, loss, x, target, w_top, &mut clamped)?;
+    let s = scaled_weights(betas);
+    let prod = s[top + 1];
+    // Scaled energies Σ s_k (G(z_k) − z_kᵀa_k) and the gradient c_k(ž_k ž_{k−1}ᵀ − ẑ_k ẑ_{k−1}ᵀ).
+    let energy = |z: &[DMatrix<f64>]| -> f64 {
+        let mut e = 0.0;
+        for (k, layer) in net.layers.iter().enumerate() {
+            let input = if k == 0 { x } else { &z[k - 1] };
+            let mut a = &layer.w * input;
+            for mut c in a.column_iter_mut() {
+                c += &layer.b;
+            }
+            for j in 0..a.ncols() {
+                let zj = z[k].column(j);
+                e += s[k] * (layer.activation.potential(zj.as_slice()) - zj.dot(&a.column(j)));
+            }
+        }
+        e
+    };
+    let mut loss_grad = clamped[top].clone();
+    let loss_value = loss.value_and_gradient(&clamped[top], target, &mut loss_grad);
+    let value = loss_value + (energy(&clamped) - energy(&free)) / prod;
+    let mut grad = Gradients::zeros(net);
+    for k in 0..=top {
+        let ck = s[k] / prod;
+        let (ic, inf) = if k == 0 {
+            (x, x)
+        } else {
+            (&clamped[k - 1], &free[k - 1])
+        };
+        // ẑ_k ẑ_{k−1}ᵀ − ž_k ž_{k−1}ᵀ = (ẑ_k − ž_k) ẑ_{k−1}ᵀ + ž_k (ẑ_{k−1} − ž_{k−1})ᵀ
+        let dz = &clamped[k] - &free[k];
+        let mut outer = &dz * ic.transpose();
+        if k > 0 {
+            outer += &free[k] * (ic - inf).transpose();
+        }
+        grad.w[k] = -outer * ck;
+        grad.b[k] = -dz.column_sum() * ck;
+    }
+    // Residual: the last sweep's largest change (a fixed point of the block updates).
+    Ok(GlobalSolution {
+        clamped,
+        free,
+        value,
+        grad,
+        residual: r_free.max(r_clamped),
+    })
+}

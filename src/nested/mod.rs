@@ -9,8 +9,8 @@
 //! All three have the same forward pass `z_k* = f_k(a_k)`. Implemented so far: the linearized
 //! local contrastive reformulation of Prop. 7 ([`linearized`]: back-propagation, Fenchel BP) and
 //! the local contrastive objective of Prop. 5 ([`local`]: MAC / predictive coding, LPOM), and the
-//! global contrastive objective of Prop. 4 for proximal energies ([`global`]: convex CHL). CHL
-//! (Fenchel energies, block-coordinate descent) and the `Method` taxonomy of Table 1 come next.
+//! global contrastive objective of Prop. 4 ([`global`]: convex CHL with proximal energies, CHL
+//! with Fenchel energies). The `Method` taxonomy of Table 1 and `bilevel taxonomy` come next.
 //!
 //! **Batches are matrix columns**: `x` is `n_0 × B`, every `z_k` is `n_k × B`. The outer loss is
 //! the batch *mean* of the per-sample loss (so gradients carry a factor `1/B`). For Fenchel-type
