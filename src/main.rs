@@ -31,6 +31,16 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Print Table 1 as built from the method definitions, with each method's gradient error
+    /// against back-propagation and its time on a fixed small network.
+    Taxonomy {
+        /// The common spacing parameter β.
+        #[arg(long, default_value_t = 1e-3)]
+        beta: f64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Derivatives of E(z; θ) = ½zᵀQz − zᵀ(Bθ + c) s.t. Az ≥ b, A_eq z = b_eq, as JSON on stdout.
     Derive {
         /// Problem file (JSON; `-` reads stdin). See `bilevel::derive` for the format.
@@ -42,6 +52,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Verify { json, seed } => verify(json, seed),
+        Command::Taxonomy { beta, json } => match taxonomy(beta, json) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(msg) => {
+                eprintln!("error: {msg}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Derive { problem } => match derive(&problem) {
             Ok(out) => {
                 println!("{out}");
@@ -98,4 +115,55 @@ fn verify(json: bool, seed: u64) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+fn taxonomy(beta: f64, json: bool) -> Result<(), String> {
+    use bilevel::nested::method::taxonomy;
+    use bilevel::nested::OutputLoss;
+    use bilevel::prox::Activation;
+    use bilevel::verify::instances::{matrix, network, rng};
+    bilevel::error::check_beta(beta).map_err(|e| e.to_string())?;
+    // Fixed network: 5-4-3-2, ReLU hidden layers, identity output, squared loss (so that convex
+    // CHL is a QP), batch of 8.
+    let mut r = rng(2024);
+    let net = network(&mut r, &[5, 4, 3, 2], Activation::Relu);
+    let x = matrix(&mut r, 5, 8);
+    let t = matrix(&mut r, 2, 8);
+    let rows = taxonomy(&net, beta, OutputLoss::Squared, &x, &t).map_err(|e| e.to_string())?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?
+        );
+        return Ok(());
+    }
+    println!(
+        "Table 1 (network 5-4-3-2 ReLU, squared loss, batch 8, beta = {beta:e} for every layer)"
+    );
+    println!(
+        "{:<18} {:<10} {:<9} {:<10} {:<38} {:>14} {:>12}",
+        "method", "E_k", "unravel", "linearized", "inference", "rel.err vs BP", "s/gradient"
+    );
+    for row in rows {
+        let err = match (row.rel_error_vs_bp, &row.error) {
+            (Some(e), _) => format!("{e:.2e}"),
+            (None, Some(msg)) => format!("error: {msg}"),
+            _ => String::new(),
+        };
+        println!(
+            "{:<18} {:<10} {:<9} {:<10} {:<38} {:>14} {:>12.2e}",
+            row.method,
+            format!("{:?}", row.energy).to_lowercase(),
+            if matches!(row.direction, bilevel::nested::method::Unravel::BottomUp) {
+                "bottom-up"
+            } else {
+                "top-down"
+            },
+            if row.linearized { "yes" } else { "no" },
+            row.inference,
+            err,
+            row.seconds
+        );
+    }
+    Ok(())
 }

@@ -185,3 +185,35 @@ fn derive_rejects_bad_input_with_one_line_naming_the_field() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.json"));
 }
+
+#[test]
+fn taxonomy_lists_every_table1_row_close_to_back_propagation() {
+    let out = bin().args(["taxonomy", "--json"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = rows.as_array().unwrap();
+    let names: Vec<&str> = rows.iter().map(|r| r["method"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "CHL",
+            "convex CHL",
+            "LPOM",
+            "MAC",
+            "BP",
+            "predictive coding",
+            "Fenchel BP"
+        ]
+    );
+    for r in rows {
+        // At β = 1e-3 every method is within its O(β) bias of back-propagation (Cor. 2).
+        let e = r["rel_error_vs_bp"].as_f64().unwrap_or(f64::NAN);
+        assert!(e < 1e-2, "{}: {e}", r["method"]);
+    }
+    let bad = bin().args(["taxonomy", "--beta", "-1"]).output().unwrap();
+    assert!(!bad.status.success());
+}

@@ -10,7 +10,8 @@
 //! local contrastive reformulation of Prop. 7 ([`linearized`]: back-propagation, Fenchel BP) and
 //! the local contrastive objective of Prop. 5 ([`local`]: MAC / predictive coding, LPOM), and the
 //! global contrastive objective of Prop. 4 ([`global`]: convex CHL with proximal energies, CHL
-//! with Fenchel energies). The `Method` taxonomy of Table 1 and `bilevel taxonomy` come next.
+//! with Fenchel energies), and Table 1 as data ([`method`]: each row a choice of energy,
+//! direction and linearization; `bilevel taxonomy` prints it with measured errors).
 //!
 //! **Batches are matrix columns**: `x` is `n_0 × B`, every `z_k` is `n_k × B`. The outer loss is
 //! the batch *mean* of the per-sample loss (so gradients carry a factor `1/B`). For Fenchel-type
@@ -21,6 +22,7 @@
 pub mod global;
 pub mod linearized;
 pub mod local;
+pub mod method;
 
 use nalgebra::{DMatrix, DVector, RealField};
 use serde::{Deserialize, Serialize};
