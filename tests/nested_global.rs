@@ -1,187 +1,76 @@
-//! Prop. 4 (global contrastive, bottom-up) for convex CHL: the gradient of L_GC^β matches its own
-//! finite differences, tends to back-propagation as β → 0 (Cor. 2), and the clamped optimum is
-//! never below the free one (Eq. 24 with ℓ ≥ 0).
+//! Prop. 4 (global contrastive, bottom-up): convex CHL and CHL gradients match finite
+//! differences of their own values, tend to back-propagation as β → 0 (Cor. 2), the clamped
+//! optimum is never below the free one (Eq. 24 with ℓ ≥ 0), and an unbounded CHL energy is an
+//! error.
+
+mod common;
 
 use bilevel::nested::global::global_contrastive;
-use bilevel::nested::linearized::{gradient, Gradients, Workspace};
 use bilevel::nested::{EnergyKind, Network, OutputLoss};
 use bilevel::prelude::Activation;
-use bilevel::verify::instances::{matrix, rng};
+use bilevel::verify::instances::{matrix, network, rng};
+use common::{bp, fd_weights, flat, rel};
+use nalgebra::DMatrix;
 
-fn setup() -> (Network<f64>, nalgebra::DMatrix<f64>, nalgebra::DMatrix<f64>) {
-    let net = bilevel::verify::instances::network(&mut rng(31), &[4, 4, 3, 2], Activation::Relu);
+fn setup() -> (Network<f64>, DMatrix<f64>, DMatrix<f64>) {
+    let net = network(&mut rng(31), &[4, 4, 3, 2], Activation::Relu);
     (net, matrix(&mut rng(32), 4, 3), matrix(&mut rng(33), 2, 3))
 }
 
-fn flat(g: &Gradients<f64>) -> Vec<f64> {
-    g.flatten().iter().copied().collect()
+fn ce_target() -> DMatrix<f64> {
+    DMatrix::from_fn(2, 3, |i, j| ((i + j) % 2) as f64)
 }
 
-fn rel(a: &[f64], b: &[f64]) -> f64 {
-    let num = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max);
-    num / b.iter().map(|v| v.abs()).fold(1e-12, f64::max)
-}
-
-#[test]
-fn convex_chl_gradient_matches_finite_differences_of_its_value() {
+/// Own-value finite differences and Cor. 2 for one (energy, loss) pair; returns the errors at
+/// β = 1e-1, 1e-2, 1e-3.
+fn check(kind: EnergyKind, loss: OutputLoss, beta_fd: f64, tol_fd: f64) -> Vec<f64> {
     let (net, x, t) = setup();
-    let betas = [0.5; 3];
-    let sol = global_contrastive(
-        &net,
-        EnergyKind::Proximal,
-        &betas,
-        OutputLoss::Squared,
-        &x,
-        &t,
-    )
-    .unwrap();
+    let t = if loss == OutputLoss::Squared {
+        t
+    } else {
+        ce_target()
+    };
+    let betas = [beta_fd; 3];
+    let sol = global_contrastive(&net, kind, &betas, loss, &x, &t).unwrap();
+    assert!(sol.value >= 0.0, "clamped optimum below the free one");
+    let fd = fd_weights(&net, 1e-6, |n| {
+        global_contrastive(n, kind, &betas, loss, &x, &t)
+            .unwrap()
+            .value
+    });
     let g = flat(&sol.grad);
-    let h = 1e-5;
-    let mut fd = Vec::new();
-    for k in 0..3 {
-        for idx in 0..net.layers[k].w.len() {
-            let mut p = net.clone();
-            p.layers[k].w[idx] += h;
-            let mut m = net.clone();
-            m.layers[k].w[idx] -= h;
-            let vp = global_contrastive(
-                &p,
-                EnergyKind::Proximal,
-                &betas,
-                OutputLoss::Squared,
-                &x,
-                &t,
-            )
-            .unwrap()
-            .value;
-            let vm = global_contrastive(
-                &m,
-                EnergyKind::Proximal,
-                &betas,
-                OutputLoss::Squared,
-                &x,
-                &t,
-            )
-            .unwrap()
-            .value;
-            fd.push((vp - vm) / (2.0 * h));
-        }
-    }
     assert!(
-        rel(&g[..fd.len()], &fd) < 1e-6,
-        "{}",
+        rel(&g[..fd.len()], &fd) < tol_fd,
+        "{kind:?} {loss:?}: {}",
         rel(&g[..fd.len()], &fd)
     );
-    assert!(sol.value >= 0.0);
-}
-
-#[test]
-fn convex_chl_tends_to_back_propagation_cor2() {
-    let (net, x, t) = setup();
-    let mut ws = Workspace::new(&net, 3);
-    let mut g = Gradients::zeros(&net);
-    gradient(
-        &net,
-        EnergyKind::Penalizer,
-        &[1.0; 3],
-        OutputLoss::Squared,
-        &x,
-        &t,
-        &mut ws,
-        &mut g,
-    )
-    .unwrap();
-    let bp = flat(&g);
-    let errs: Vec<f64> = [1e-1, 1e-2, 1e-3]
+    let reference = bp(&net, loss, &x, &t);
+    [1e-1, 1e-2, 1e-3]
         .iter()
         .map(|&b| {
             rel(
                 &flat(
-                    &global_contrastive(
-                        &net,
-                        EnergyKind::Proximal,
-                        &[b; 3],
-                        OutputLoss::Squared,
-                        &x,
-                        &t,
-                    )
-                    .unwrap()
-                    .grad,
+                    &global_contrastive(&net, kind, &[b; 3], loss, &x, &t)
+                        .unwrap()
+                        .grad,
                 ),
-                &bp,
+                &reference,
             )
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn convex_chl_gradient_and_cor2() {
+    let errs = check(EnergyKind::Proximal, OutputLoss::Squared, 0.5, 1e-6);
     assert!(errs[2] < 1e-2 && errs[2] < errs[0], "{errs:?}");
 }
 
 #[test]
-fn chl_gradient_matches_finite_differences_and_tends_to_back_propagation() {
-    let (net, x, t) = setup();
+fn chl_gradient_and_cor2() {
+    // β = 0.1 keeps the bilinear energy bounded for the finite-difference check.
     for loss in [OutputLoss::Squared, OutputLoss::SoftmaxCrossEntropy] {
-        let t = if loss == OutputLoss::Squared {
-            t.clone()
-        } else {
-            nalgebra::DMatrix::from_fn(2, 3, |i, j| ((i + j) % 2) as f64)
-        };
-        // Finite β: the surrogate's own finite differences (β = 0.1 keeps the energy bounded).
-        let betas = [0.1; 3];
-        let sol = global_contrastive(&net, EnergyKind::Fenchel, &betas, loss, &x, &t).unwrap();
-        let g = flat(&sol.grad);
-        let h = 1e-6;
-        let mut fd = Vec::new();
-        for k in 0..3 {
-            for idx in 0..net.layers[k].w.len() {
-                let mut p = net.clone();
-                p.layers[k].w[idx] += h;
-                let mut m = net.clone();
-                m.layers[k].w[idx] -= h;
-                let vp = global_contrastive(&p, EnergyKind::Fenchel, &betas, loss, &x, &t)
-                    .unwrap()
-                    .value;
-                let vm = global_contrastive(&m, EnergyKind::Fenchel, &betas, loss, &x, &t)
-                    .unwrap()
-                    .value;
-                fd.push((vp - vm) / (2.0 * h));
-            }
-        }
-        assert!(
-            rel(&g[..fd.len()], &fd) < 1e-5,
-            "{loss:?}: {}",
-            rel(&g[..fd.len()], &fd)
-        );
-        // Cor. 2.
-        let mut ws = Workspace::new(&net, 3);
-        let mut gb = Gradients::zeros(&net);
-        gradient(
-            &net,
-            EnergyKind::Penalizer,
-            &[1.0; 3],
-            loss,
-            &x,
-            &t,
-            &mut ws,
-            &mut gb,
-        )
-        .unwrap();
-        let bp = flat(&gb);
-        let errs: Vec<f64> = [1e-1, 1e-2, 1e-3]
-            .iter()
-            .map(|&b| {
-                rel(
-                    &flat(
-                        &global_contrastive(&net, EnergyKind::Fenchel, &[b; 3], loss, &x, &t)
-                            .unwrap()
-                            .grad,
-                    ),
-                    &bp,
-                )
-            })
-            .collect();
+        let errs = check(EnergyKind::Fenchel, loss, 0.1, 1e-5);
         assert!(errs[2] < 1e-2 && errs[2] < errs[0], "{loss:?}: {errs:?}");
     }
 }
@@ -208,4 +97,27 @@ fn chl_reports_an_unbounded_energy_as_an_error() {
         ),
         "{err}"
     );
+}
+
+#[test]
+fn unsupported_combinations_are_errors() {
+    let (net, x, t) = setup();
+    assert!(global_contrastive(
+        &net,
+        EnergyKind::Proximal,
+        &[0.1; 3],
+        OutputLoss::SoftmaxCrossEntropy,
+        &x,
+        &ce_target()
+    )
+    .is_err());
+    assert!(global_contrastive(
+        &net,
+        EnergyKind::Penalizer,
+        &[0.1; 3],
+        OutputLoss::Squared,
+        &x,
+        &t
+    )
+    .is_err());
 }

@@ -3,45 +3,17 @@
 //! its own right and its gradient must match its own finite differences; as β → 0 the gradient
 //! tends to back-propagation's (Cor. 2); and L_LC^β ≤ L (Eq. 29: the forward pass has Ẽ = 0).
 
-use bilevel::nested::linearized::{gradient, Gradients, Workspace};
+mod common;
+
 use bilevel::nested::local::local_contrastive;
 use bilevel::nested::{EnergyKind, Network, OutputLoss};
 use bilevel::prelude::Activation;
 use bilevel::verify::instances::{matrix, rng};
+use common::{bp, fd_weights, flat, rel};
 use nalgebra::DMatrix;
 
 fn net(seed: u64, widths: &[usize]) -> Network<f64> {
     bilevel::verify::instances::network(&mut rng(seed), widths, Activation::Relu)
-}
-
-fn flat(g: &Gradients<f64>) -> Vec<f64> {
-    g.flatten().iter().copied().collect()
-}
-
-fn rel(a: &[f64], b: &[f64]) -> f64 {
-    let num = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max);
-    num / b.iter().map(|v| v.abs()).fold(1e-12, f64::max)
-}
-
-fn bp(n: &Network<f64>, loss: OutputLoss, x: &DMatrix<f64>, t: &DMatrix<f64>) -> Vec<f64> {
-    let mut ws = Workspace::new(n, x.ncols());
-    let mut g = Gradients::zeros(n);
-    gradient(
-        n,
-        EnergyKind::Penalizer,
-        &vec![1.0; n.layers.len()],
-        loss,
-        x,
-        t,
-        &mut ws,
-        &mut g,
-    )
-    .unwrap();
-    flat(&g)
 }
 
 fn setup() -> (Network<f64>, DMatrix<f64>, DMatrix<f64>) {
@@ -58,23 +30,11 @@ fn local_gradients_match_finite_differences_of_their_own_value() {
         let betas = [0.5, 0.5, 0.5];
         let sol = local_contrastive(&n, kind, &betas, OutputLoss::Squared, &x, &t).unwrap();
         let g = flat(&sol.grad);
-        let h = 1e-5;
-        let mut fd = Vec::new();
-        for k in 0..3 {
-            for idx in 0..n.layers[k].w.len() {
-                let mut p = n.clone();
-                p.layers[k].w[idx] += h;
-                let mut m = n.clone();
-                m.layers[k].w[idx] -= h;
-                let vp = local_contrastive(&p, kind, &betas, OutputLoss::Squared, &x, &t)
-                    .unwrap()
-                    .value;
-                let vm = local_contrastive(&m, kind, &betas, OutputLoss::Squared, &x, &t)
-                    .unwrap()
-                    .value;
-                fd.push((vp - vm) / (2.0 * h));
-            }
-        }
+        let fd = fd_weights(&n, 1e-5, |m| {
+            local_contrastive(m, kind, &betas, OutputLoss::Squared, &x, &t)
+                .unwrap()
+                .value
+        });
         let gw = &g[..fd.len()];
         // Envelope theorem at an accurate minimizer; central differences O(h²) ≈ 1e-10.
         assert!(rel(gw, &fd) < 1e-6, "{kind:?}: {}", rel(gw, &fd));
