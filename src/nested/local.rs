@@ -274,10 +274,7 @@ pub fn local_contrastive(
     for k in 0..=top {
         let layer = &net.layers[k];
         let input = if k == 0 { x.clone() } else { z[k - 1].clone() };
-        let mut a = &layer.w * &input;
-        for mut c in a.column_iter_mut() {
-            c += &layer.b;
-        }
+        let a = layer.affine(&input);
         let mut fa = a.clone();
         layer.activation.activate(a.as_slice(), fa.as_mut_slice());
         let signal = match kind {

@@ -106,6 +106,18 @@ impl OutputLoss {
     }
 }
 
+impl<T: RealField + Copy> Layer<T> {
+    /// `a = W z + b` for a batch `z` (columns), allocated (verification solvers; the training
+    /// path writes into a [`linearized::Workspace`]).
+    pub fn affine(&self, z: &DMatrix<T>) -> DMatrix<T> {
+        let mut a = &self.w * z;
+        for mut c in a.column_iter_mut() {
+            c += &self.b;
+        }
+        a
+    }
+}
+
 impl<T: RealField + Copy> Network<T> {
     /// Checks that consecutive shapes agree, entries are finite and softmax appears only where
     /// allowed (not with penalizer energies, whose back-propagation needs an element-wise `f'`).
