@@ -84,6 +84,14 @@ pub enum Error {
         /// What is wrong and what to do.
         reason: String,
     },
+    /// Writing an output file (log, checkpoint, plot) failed.
+    #[error("cannot write {path}: {reason}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's reason.
+        reason: String,
+    },
 }
 
 /// Shorthand for `std::result::Result<T, bilevel::Error>`.
@@ -104,6 +112,16 @@ impl Error {
         Error::InvalidInput {
             field: field.into(),
             reason: reason.into(),
+        }
+    }
+}
+
+impl Error {
+    /// Shorthand for [`Error::Io`].
+    pub fn io(path: &std::path::Path, e: impl std::fmt::Display) -> Self {
+        Error::Io {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
         }
     }
 }

@@ -25,10 +25,13 @@
 
 #![warn(missing_docs)]
 
+pub mod data;
 pub mod derive;
 pub mod error;
 pub mod linalg;
 pub mod nested;
+pub mod nn;
+pub mod plot;
 pub mod problem;
 pub mod prox;
 pub mod solve;

@@ -1,10 +1,12 @@
-//! The `bilevel` command line: `verify` (checks of the paper's claims) and `derive`
-//! (derivatives of a constrained quadratic layer, JSON in and out).
+//! The `bilevel` command line: `verify` (checks of the paper's claims), `taxonomy` (Table 1),
+//! `derive` (derivatives of a constrained quadratic layer, JSON in and out), and the MNIST
+//! client: `train`, `plot`, `reproduce fig1`, `bench train`.
 //!
 //! Exit codes: 0 success; 1 a check failed or the input was rejected (one-line message on
 //! stderr); 2 usage errors (from clap).
 
-use std::io::Read;
+use std::io::{IsTerminal, Read};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -46,6 +48,111 @@ enum Command {
         /// Problem file (JSON; `-` reads stdin). See `bilevel::derive` for the format.
         problem: String,
     },
+    /// Train the paper's MNIST MLP (784-256-128-64-10) with back-propagation or Fenchel BP.
+    Train(TrainArgs),
+    /// Plot training (solid) and test (dashed) error curves of CSV logs, like Fig. 1.
+    Plot {
+        /// CSV logs written by `bilevel train --log`.
+        #[arg(required = true)]
+        runs: Vec<PathBuf>,
+        /// Output file, `.svg` or `.png`.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Panel title.
+        #[arg(long, default_value = "MNIST, 784-256-128-64-10")]
+        title: String,
+    },
+    /// Reproduce a figure of the paper.
+    Reproduce {
+        #[command(subcommand)]
+        what: Reproduce,
+    },
+    /// Speed measurements.
+    Bench {
+        #[command(subcommand)]
+        what: Bench,
+    },
+}
+
+#[derive(Subcommand)]
+enum Reproduce {
+    /// Fig. 1: the seven configurations (Glorot: BP, FenBP β = 0.01, 1, 1000; negative init:
+    /// BP, FenBP β = 1, 1000), their CSVs, both panels and a table next to the paper's numbers.
+    Fig1 {
+        /// MNIST directory (default: $BILEVEL_DATA, then ./data/mnist).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Epochs per configuration.
+        #[arg(long, default_value_t = 50)]
+        epochs: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Time training epochs of BP and Fenchel BP (f32, batch 50) against the matrix products
+    /// alone, in one process.
+    Train {
+        /// MNIST directory (default: $BILEVEL_DATA, then ./data/mnist; synthetic images if
+        /// absent).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Epochs timed per rule (the best is reported).
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+        /// β of Fenchel BP.
+        #[arg(long, default_value_t = 1.0)]
+        beta: f32,
+    },
+}
+
+#[derive(clap::Args)]
+struct TrainArgs {
+    /// `bp` (back-propagation) or `fenbp` (Fenchel back-propagation).
+    #[arg(long, default_value = "bp")]
+    method: String,
+    /// β of Fenchel BP (every layer; default 1).
+    #[arg(long)]
+    beta: Option<f32>,
+    /// `glorot` or `negative` (first layer −|Glorot|).
+    #[arg(long, default_value = "glorot")]
+    init: String,
+    /// Epochs.
+    #[arg(long, default_value_t = 50)]
+    epochs: usize,
+    /// Batch size.
+    #[arg(long, default_value_t = 50)]
+    batch: usize,
+    /// Adam's learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f32,
+    /// Seed of the initialization (and of --shuffle).
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// MNIST directory (default: $BILEVEL_DATA, then ./data/mnist).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// CSV log, one row per epoch.
+    #[arg(long)]
+    log: Option<PathBuf>,
+    /// Directory for a checkpoint after every epoch.
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// Continue from the checkpoint in --checkpoint DIR.
+    #[arg(long)]
+    resume: bool,
+    /// Shuffle the training images every epoch (the paper uses file order).
+    #[arg(long)]
+    shuffle: bool,
+    /// Also report the exact training error over all training images after each epoch.
+    #[arg(long)]
+    exact_train_error: bool,
+    /// Train on the first N training images.
+    #[arg(long, default_value_t = 50_000)]
+    train_size: usize,
 }
 
 fn main() -> ExitCode {
@@ -69,7 +176,185 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Train(args) => report(train(args)),
+        Command::Plot {
+            runs,
+            output,
+            title,
+        } => report(plot(&runs, &output, title)),
+        Command::Reproduce {
+            what: Reproduce::Fig1 { data, out, epochs },
+        } => report(reproduce_fig1(data, &out, epochs)),
+        Command::Bench {
+            what:
+                Bench::Train {
+                    data,
+                    repeats,
+                    beta,
+                },
+        } => report(bench_train(data, repeats, beta)),
     }
+}
+
+/// Prints a library error as one line and maps it to exit code 1.
+fn report(r: bilevel::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Progress: an indicatif bar on a terminal, one line per epoch always.
+struct Progress {
+    bar: indicatif::ProgressBar,
+    epochs: usize,
+}
+
+impl Progress {
+    /// A line above the bar (or plainly, when there is no bar).
+    fn line(&self, text: String) {
+        if self.bar.is_hidden() {
+            println!("{text}");
+        } else {
+            self.bar.println(text);
+        }
+    }
+
+    fn new() -> Self {
+        let bar = if std::io::stdout().is_terminal() {
+            let bar = indicatif::ProgressBar::new(0);
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "{prefix} [{bar:30}] {pos}/{len} loss {msg} ETA {eta}",
+            ) {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        Self { bar, epochs: 0 }
+    }
+}
+
+impl bilevel::nn::Observer for Progress {
+    fn begin(&mut self, label: &str, epochs: usize) {
+        self.epochs = epochs;
+        self.line(format!("== {label}"));
+    }
+
+    fn step(&mut self, epoch: usize, step: usize, steps: usize, loss: f64) {
+        if step == 1 {
+            self.bar.reset();
+            self.bar.set_length(steps as u64);
+            self.bar
+                .set_prefix(format!("epoch {epoch}/{}", self.epochs));
+        }
+        // The message allocates: refresh it every 50 steps only.
+        if step % 50 == 0 || step == steps {
+            self.bar.set_message(format!("{loss:.4}"));
+        }
+        self.bar.set_position(step as u64);
+    }
+
+    fn epoch(&mut self, r: &bilevel::nn::EpochRecord, resumed: bool) {
+        let exact = r
+            .exact_train_error_pct
+            .map_or(String::new(), |v| format!(", exact train error {v:.2} %"));
+        self.line(format!(
+            "epoch {:>3}{}: loss {:.4}, train error {:.2} % (running{exact}), test error {:.2} %, {:.2} s",
+            r.epoch,
+            if resumed { " (from checkpoint)" } else { "" },
+            r.train_loss,
+            r.train_error_pct,
+            r.test_error_pct,
+            r.seconds
+        ));
+        if !self.bar.is_hidden() {
+            self.bar.set_position(0);
+        }
+    }
+}
+
+fn load_mnist(data: Option<PathBuf>) -> bilevel::Result<bilevel::data::Mnist> {
+    let dir = bilevel::data::resolve_dir(data.as_deref());
+    bilevel::data::Mnist::load(&dir)
+}
+
+fn train(a: TrainArgs) -> bilevel::Result<()> {
+    use bilevel::nn::{AdamSettings, Init, Outputs, Rule, TrainConfig};
+    let config = TrainConfig {
+        rule: Rule::parse(&a.method, a.beta)?,
+        init: Init::parse(&a.init)?,
+        epochs: a.epochs,
+        batch: a.batch,
+        adam: AdamSettings {
+            lr: a.lr,
+            ..AdamSettings::default()
+        },
+        seed: a.seed,
+        train_size: a.train_size,
+        shuffle: a.shuffle,
+        exact_train_error: a.exact_train_error,
+        ..TrainConfig::default()
+    };
+    config.validate()?;
+    let data = load_mnist(a.data)?;
+    let outputs = Outputs {
+        log: a.log,
+        checkpoint: a.checkpoint,
+        resume: a.resume,
+    };
+    let mut progress = Progress::new();
+    bilevel::nn::run(config, &data, &outputs, &mut progress)?;
+    progress.bar.finish_and_clear();
+    Ok(())
+}
+
+fn plot(runs: &[PathBuf], output: &std::path::Path, title: String) -> bilevel::Result<()> {
+    let runs = runs
+        .iter()
+        .map(|p| bilevel::nn::log::read(p))
+        .collect::<bilevel::Result<Vec<_>>>()?;
+    bilevel::plot::draw(output, &[bilevel::plot::Panel { title, runs }])?;
+    println!("wrote {}", output.display());
+    Ok(())
+}
+
+fn reproduce_fig1(
+    data: Option<PathBuf>,
+    out: &std::path::Path,
+    epochs: usize,
+) -> bilevel::Result<()> {
+    if epochs == 0 {
+        return Err(bilevel::Error::input("--epochs", "must be at least 1"));
+    }
+    let data = load_mnist(data)?;
+    let mut progress = Progress::new();
+    let results = bilevel::nn::reproduce::fig1(&data, out, epochs, &mut progress)?;
+    progress.bar.finish_and_clear();
+    print!("{}", bilevel::nn::reproduce::table(&results, epochs));
+    println!(
+        "wrote {}/fig1.svg, fig1.png, fig1.md and one CSV per configuration",
+        out.display()
+    );
+    Ok(())
+}
+
+fn bench_train(data: Option<PathBuf>, repeats: usize, beta: f32) -> bilevel::Result<()> {
+    let dir = bilevel::data::resolve_dir(data.as_deref());
+    let mnist = match bilevel::data::Mnist::load(&dir) {
+        Ok(m) => m,
+        Err(e) => {
+            println!("({e}; timing on synthetic images instead)");
+            bilevel::nn::bench::synthetic(50_000, 1_000, 7)
+        }
+    };
+    let r = bilevel::nn::bench::epochs(&mnist, repeats.max(1), beta)?;
+    println!("{r}");
+    Ok(())
 }
 
 fn derive(path: &str) -> Result<String, String> {

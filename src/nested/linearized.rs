@@ -27,6 +27,8 @@
 
 use nalgebra::{DMatrix, DVector, RealField};
 
+use crate::linalg::Gemm;
+
 use super::{EnergyKind, Network, OutputLoss};
 use crate::error::{Error, Result};
 use crate::prox::Activation;
@@ -45,11 +47,6 @@ pub struct Workspace<T: RealField + Copy> {
     pub e: Vec<DMatrix<T>>,
     /// Element-wise derivative scratch (penalizer energies).
     scratch: Vec<DMatrix<T>>,
-    /// Transposed layer inputs `z_{k−1}ᵀ` (`B × n_{k−1}`) and weights `W_kᵀ`: products then run
-    /// through `gemm` on contiguous operands. (A strided transposed view fed to nalgebra's
-    /// `gemm` read out of bounds here — see the closing note — so we copy, `O(nB)` per layer.)
-    input_t: Vec<DMatrix<T>>,
-    w_t: Vec<DMatrix<T>>,
 }
 
 impl<T: RealField + Copy> Workspace<T> {
@@ -67,16 +64,6 @@ impl<T: RealField + Copy> Workspace<T> {
             delta: mats(),
             e: mats(),
             scratch: mats(),
-            input_t: net
-                .layers
-                .iter()
-                .map(|l| DMatrix::zeros(batch, l.w.ncols()))
-                .collect(),
-            w_t: net
-                .layers
-                .iter()
-                .map(|l| DMatrix::zeros(l.w.ncols(), l.w.nrows()))
-                .collect(),
         }
     }
 
@@ -133,11 +120,7 @@ impl<T: RealField + Copy> Gradients<T> {
 }
 
 /// Forward pass (Eq. 41): `a_k = W_k z_{k−1} + b_k`, `z_k* = f_k(a_k)`, for all energy kinds.
-pub fn forward<T: RealField + Copy>(
-    net: &Network<T>,
-    x: &DMatrix<T>,
-    ws: &mut Workspace<T>,
-) -> Result<()> {
+pub fn forward<T: Gemm>(net: &Network<T>, x: &DMatrix<T>, ws: &mut Workspace<T>) -> Result<()> {
     if x.nrows() != net.input_dim() || x.ncols() != ws.batch() {
         return Err(Error::dim(
             "x",
@@ -149,7 +132,7 @@ pub fn forward<T: RealField + Copy>(
         let (before, after) = ws.z.split_at_mut(k);
         let input = if k == 0 { x } else { &before[k - 1] };
         let a = &mut ws.a[k];
-        a.gemm(T::one(), &layer.w, input, T::zero());
+        T::gemm_into(a, &layer.w, false, input, false);
         for mut col in a.column_iter_mut() {
             col += &layer.b;
         }
@@ -186,9 +169,10 @@ pub fn check_betas<T: RealField + Copy>(betas: &[T], layers: usize) -> Result<()
 ///
 /// # Errors
 /// Shapes (`x`, `target`, `betas`, the network), non-positive or non-finite β, softmax with
-/// penalizer energies.
+/// penalizer energies, a non-finite loss (which is how non-finite weights or inputs show: the
+/// weights are not scanned on every call, see [`Network::check_structure`]).
 #[allow(clippy::too_many_arguments)]
-pub fn gradient<T: RealField + Copy>(
+pub fn gradient<T: Gemm>(
     net: &Network<T>,
     kind: EnergyKind,
     betas: &[T],
@@ -198,7 +182,7 @@ pub fn gradient<T: RealField + Copy>(
     ws: &mut Workspace<T>,
     grads: &mut Gradients<T>,
 ) -> Result<T> {
-    net.validate(kind)?;
+    net.check_structure(kind)?;
     check_betas(betas, net.layers.len())?;
     forward(net, x, ws)?;
     let top = net.layers.len() - 1;
@@ -210,6 +194,11 @@ pub fn gradient<T: RealField + Copy>(
         ));
     }
     let value = loss.value_and_gradient(&ws.z[top], target, &mut ws.e[top]);
+    if !value.is_finite() {
+        return Err(Error::NonFinite {
+            what: "loss of the forward pass (non-finite weights, inputs or targets?)".into(),
+        });
+    }
     for k in (0..=top).rev() {
         let act = net.layers[k].activation;
         let (a, e, delta) = (&ws.a[k], &ws.e[k], &mut ws.delta[k]);
@@ -243,14 +232,20 @@ pub fn gradient<T: RealField + Copy>(
             }
         }
         let input = if k == 0 { x } else { &ws.z[k - 1] };
-        input.transpose_to(&mut ws.input_t[k]);
-        grads.w[k].gemm(T::one(), &ws.delta[k], &ws.input_t[k], T::zero());
-        for (i, gb) in grads.b[k].iter_mut().enumerate() {
-            *gb = ws.delta[k].row(i).sum();
+        T::gemm_into(&mut grads.w[k], &ws.delta[k], false, input, true);
+        // Row sums, accumulated column by column (contiguous; same order of additions).
+        grads.b[k].fill(T::zero());
+        for col in ws.delta[k].column_iter() {
+            grads.b[k] += col;
         }
         if k > 0 {
-            net.layers[k].w.transpose_to(&mut ws.w_t[k]);
-            ws.e[k - 1].gemm(T::one(), &ws.w_t[k], &ws.delta[k], T::zero());
+            T::gemm_into(
+                &mut ws.e[k - 1],
+                &net.layers[k].w,
+                true,
+                &ws.delta[k],
+                false,
+            );
         }
     }
     Ok(value)

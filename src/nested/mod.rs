@@ -91,13 +91,29 @@ impl OutputLoss {
                 total *= nalgebra::convert(0.5);
             }
             OutputLoss::SoftmaxCrossEntropy => {
-                for j in 0..z.ncols() {
-                    let col = z.column(j);
-                    let lse = crate::prox::log_sum_exp(col.as_slice());
-                    for i in 0..z.nrows() {
-                        let t = target[(i, j)];
-                        total -= t * (col[i] - lse);
-                        grad[(i, j)] = ((col[i] - lse).exp() * target.column(j).sum() - t) / batch;
+                // Per column: one exp per entry (stored in `grad`), then
+                // ℓ = Σt·(lse − z) and ∂ℓ/∂z = softmax(z)·Σt − t. Terms e^(z−max) < e^(−87)
+                // (below the smallest normal f32) are taken as 0: they change the sum (≥ 1)
+                // by less than 1e-36, and libm's exp takes a slow path on underflow, which
+                // confident networks hit for most of the ten classes.
+                let cutoff: T = nalgebra::convert(-87.0);
+                for ((zc, tc), mut gc) in z
+                    .column_iter()
+                    .zip(target.column_iter())
+                    .zip(grad.column_iter_mut())
+                {
+                    let max = zc.iter().copied().fold(zc[0], |a, b| a.max(b));
+                    let mut sum = T::zero();
+                    for (g, &v) in gc.iter_mut().zip(zc.iter()) {
+                        let d = v - max;
+                        *g = if d > cutoff { d.exp() } else { T::zero() };
+                        sum += *g;
+                    }
+                    let lse = max + sum.ln();
+                    let tsum = tc.sum();
+                    for ((g, &v), &t) in gc.iter_mut().zip(zc.iter()).zip(tc.iter()) {
+                        total += t * (lse - v);
+                        *g = (*g / sum * tsum - t) / batch;
                     }
                 }
             }
@@ -122,6 +138,22 @@ impl<T: RealField + Copy> Network<T> {
     /// Checks that consecutive shapes agree, entries are finite and softmax appears only where
     /// allowed (not with penalizer energies, whose back-propagation needs an element-wise `f'`).
     pub fn validate(&self, kind: EnergyKind) -> Result<()> {
+        self.check_structure(kind)?;
+        for (k, layer) in self.layers.iter().enumerate() {
+            if !layer.w.iter().chain(layer.b.iter()).all(|v| v.is_finite()) {
+                return Err(Error::NonFinite {
+                    what: format!("layers[{k}]"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Network::validate`] without the scan of every weight for finiteness: shapes,
+    /// activation parameters and the softmax rule only (`O(L)`, used on the training path, which
+    /// instead checks that the loss is finite — a non-finite weight reaches the loss, because
+    /// every activation here propagates NaN).
+    pub fn check_structure(&self, kind: EnergyKind) -> Result<()> {
         if self.layers.is_empty() {
             return Err(Error::input("network", "no layers"));
         }
@@ -141,11 +173,6 @@ impl<T: RealField + Copy> Network<T> {
                     layer.w.ncols(),
                 ));
             }
-            if !layer.w.iter().chain(layer.b.iter()).all(|v| v.is_finite()) {
-                return Err(Error::NonFinite {
-                    what: format!("layers[{k}]"),
-                });
-            }
             if kind == EnergyKind::Penalizer && layer.activation == Activation::Softmax {
                 return Err(Error::input(
                     format!("layers[{k}].activation"),
@@ -154,22 +181,6 @@ impl<T: RealField + Copy> Network<T> {
             }
         }
         Ok(())
-    }
-
-    /// The batch-mean loss `ℓ(z_L*)` of the forward pass (allocates a workspace; for checks).
-    pub fn loss(&self, loss: OutputLoss, x: &DMatrix<T>, target: &DMatrix<T>) -> Result<T> {
-        let mut ws = linearized::Workspace::new(self, x.ncols());
-        linearized::forward(self, x, &mut ws)?;
-        let top = &ws.z[self.layers.len() - 1];
-        if target.shape() != top.shape() {
-            return Err(Error::dim(
-                "target",
-                format!("{:?}", top.shape()),
-                format!("{:?}", target.shape()),
-            ));
-        }
-        let mut g = top.clone();
-        Ok(loss.value_and_gradient(top, target, &mut g))
     }
 
     /// Checks a batch: `x` is `n_0 × B` and `target` is `n_L × B`.
@@ -196,5 +207,23 @@ impl<T: RealField + Copy> Network<T> {
     /// Layer widths `n_1..n_L`.
     pub fn widths(&self) -> Vec<usize> {
         self.layers.iter().map(|l| l.w.nrows()).collect()
+    }
+}
+
+impl<T: crate::linalg::Gemm> Network<T> {
+    /// The batch-mean loss `ℓ(z_L*)` of the forward pass (allocates a workspace; for checks).
+    pub fn loss(&self, loss: OutputLoss, x: &DMatrix<T>, target: &DMatrix<T>) -> Result<T> {
+        let mut ws = linearized::Workspace::new(self, x.ncols());
+        linearized::forward(self, x, &mut ws)?;
+        let top = &ws.z[self.layers.len() - 1];
+        if target.shape() != top.shape() {
+            return Err(Error::dim(
+                "target",
+                format!("{:?}", top.shape()),
+                format!("{:?}", target.shape()),
+            ));
+        }
+        let mut g = top.clone();
+        Ok(loss.value_and_gradient(top, target, &mut g))
     }
 }

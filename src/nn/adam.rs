@@ -1,0 +1,182 @@
+//! Adam (Kingma & Ba), in the form of Flux's `ADAM` used by the paper's Appendix C code.
+
+use serde::{Deserialize, Serialize};
+
+use crate::nested::linearized::Gradients;
+use crate::nested::Network;
+
+/// Adam's hyper-parameters; [`Default`] is Flux's `ADAM(0.001)`: `β₁ = 0.9`, `β₂ = 0.999`,
+/// `ε = 1e-8`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct AdamSettings {
+    /// Learning rate `η`.
+    pub lr: f32,
+    /// First-moment decay `β₁`.
+    pub beta1: f32,
+    /// Second-moment decay `β₂`.
+    pub beta2: f32,
+    /// `ε`, added to `√v̂`.
+    pub eps: f32,
+}
+
+impl Default for AdamSettings {
+    fn default() -> Self {
+        Self {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+        }
+    }
+}
+
+/// Adam's state: step count and the moment estimates, shaped like the network.
+///
+/// Step `t` (from 1), per parameter `θ` with gradient `g`:
+/// `m ← β₁m + (1−β₁)g`, `v ← β₂v + (1−β₂)g²`,
+/// `θ ← θ − η · (m/(1−β₁ᵗ)) / (√(v/(1−β₂ᵗ)) + ε)` (Flux's `ADAM`), evaluated as
+/// `θ ← θ − α·m/(√v + ε̂)`, `α = η√(1−β₂ᵗ)/(1−β₁ᵗ)`, `ε̂ = ε√(1−β₂ᵗ)` — the same number up to
+/// rounding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Adam {
+    /// Hyper-parameters.
+    pub settings: AdamSettings,
+    /// Steps taken.
+    pub t: u64,
+    /// First moments `m`.
+    pub m: Gradients<f32>,
+    /// Second moments `v`.
+    pub v: Gradients<f32>,
+}
+
+impl Adam {
+    /// Zero moments shaped like `net`.
+    pub fn new(net: &Network<f32>, settings: AdamSettings) -> Self {
+        Self {
+            settings,
+            t: 0,
+            m: Gradients::zeros(net),
+            v: Gradients::zeros(net),
+        }
+    }
+
+    /// One step on every parameter of `net` with the gradient `g` (shapes as built by
+    /// [`Adam::new`] for this network). No allocation.
+    pub fn step(&mut self, net: &mut Network<f32>, g: &Gradients<f32>) {
+        self.t += 1;
+        let s = self.settings;
+        // Bias corrections in f64 (β₂ᵗ loses digits in f32 after ~10⁴ steps), folded into
+        // two scalars: η·(m/c₁)/(√(v/c₂) + ε) = α·m/(√v + ε̂) with α = η√c₂/c₁, ε̂ = ε√c₂
+        // (Kingma & Ba's "more efficient" ordering: one division and one square root per
+        // parameter instead of three divisions).
+        let t = i32::try_from(self.t).unwrap_or(i32::MAX);
+        let c1 = 1.0 - f64::from(s.beta1).powi(t);
+        let c2 = 1.0 - f64::from(s.beta2).powi(t);
+        let alpha = (f64::from(s.lr) * c2.sqrt() / c1) as f32;
+        let eps_hat = (f64::from(s.eps) * c2.sqrt()) as f32;
+        for (k, layer) in net.layers.iter_mut().enumerate() {
+            update(
+                layer.w.as_mut_slice(),
+                g.w[k].as_slice(),
+                self.m.w[k].as_mut_slice(),
+                self.v.w[k].as_mut_slice(),
+                s,
+                alpha,
+                eps_hat,
+            );
+            update(
+                layer.b.as_mut_slice(),
+                g.b[k].as_slice(),
+                self.m.b[k].as_mut_slice(),
+                self.v.b[k].as_mut_slice(),
+                s,
+                alpha,
+                eps_hat,
+            );
+        }
+    }
+}
+
+/// The element-wise update, compiled for the widest vector instructions the CPU has (AVX-512,
+/// AVX2, else the SSE2 baseline). The arithmetic is the same IEEE operations in every variant
+/// (Rust never contracts `a·b + c` into an FMA), so the result is bit-identical whichever runs.
+/// Measured on the paper's MLP (235k parameters): SSE2 0.20 ms per step, compute-bound.
+fn update(
+    theta: &mut [f32],
+    g: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    s: AdamSettings,
+    alpha: f32,
+    eps_hat: f32,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F (checked just above).
+            unsafe { update_avx512(theta, g, m, v, s, alpha, eps_hat) };
+            return;
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            unsafe { update_avx2(theta, g, m, v, s, alpha, eps_hat) };
+            return;
+        }
+    }
+    update_scalar(theta, g, m, v, s, alpha, eps_hat);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn update_avx512(
+    theta: &mut [f32],
+    g: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    s: AdamSettings,
+    alpha: f32,
+    eps_hat: f32,
+) {
+    update_scalar(theta, g, m, v, s, alpha, eps_hat);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn update_avx2(
+    theta: &mut [f32],
+    g: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    s: AdamSettings,
+    alpha: f32,
+    eps_hat: f32,
+) {
+    update_scalar(theta, g, m, v, s, alpha, eps_hat);
+}
+
+/// The loop itself (inlined into each instruction-set variant).
+#[inline(always)]
+fn update_scalar(
+    theta: &mut [f32],
+    g: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    s: AdamSettings,
+    alpha: f32,
+    eps_hat: f32,
+) {
+    let (b1, b2) = (s.beta1, s.beta2);
+    // Moments that decay below the smallest normal f32 are flushed to zero: subnormal
+    // arithmetic costs ~100 cycles per operation on x86 (it made Adam 70 % of an MNIST epoch:
+    // border pixels get a gradient rarely, then their moments decay geometrically), and such
+    // values cannot move a weight (their update is below half an ulp of any weight ≥ 1e-17).
+    // Likewise gradients below √(smallest normal) ≈ 1.1e-19, whose square would be subnormal.
+    let flush = |x: f32| if x.abs() < f32::MIN_POSITIVE { 0.0 } else { x };
+    const TINY_GRADIENT: f32 = 1.1e-19;
+    for (((p, &gi), mi), vi) in theta.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+        let gi = if gi.abs() < TINY_GRADIENT { 0.0 } else { gi };
+        *mi = flush(b1 * *mi + (1.0 - b1) * gi);
+        *vi = flush(b2 * *vi + (1.0 - b2) * (gi * gi));
+        *p -= alpha * *mi / (vi.sqrt() + eps_hat);
+    }
+}

@@ -1,0 +1,150 @@
+//! The per-epoch CSV log, and reading it back for plots.
+//!
+//! Columns: `epoch,train_loss,train_error_pct,test_error_pct,seconds` (`seconds`: wall time of
+//! the epoch's training steps, evaluation excluded), then `exact_train_error_pct` (empty unless
+//! `--exact-train-error`) and the run's settings `method,beta,init,seed,batch,lr` on every row,
+//! so that a CSV alone names its curve.
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+
+use super::{EpochRecord, Init, Rule, TrainConfig};
+use crate::error::{Error, Result};
+
+/// The header line.
+pub const HEADER: &str = "epoch,train_loss,train_error_pct,test_error_pct,seconds,\
+                          exact_train_error_pct,method,beta,init,seed,batch,lr";
+
+/// One CSV row (no newline).
+pub fn row(r: &EpochRecord, c: &TrainConfig) -> String {
+    let beta = match c.rule {
+        Rule::Bp => String::new(),
+        Rule::FenBp { beta } => beta.to_string(),
+    };
+    format!(
+        "{},{:.6},{:.4},{:.4},{:.4},{},{},{},{},{},{},{}",
+        r.epoch,
+        r.train_loss,
+        r.train_error_pct,
+        r.test_error_pct,
+        r.seconds,
+        r.exact_train_error_pct
+            .map_or(String::new(), |v| format!("{v:.4}")),
+        c.rule.method(),
+        beta,
+        c.init.name(),
+        c.seed,
+        c.batch,
+        c.adam.lr
+    )
+}
+
+/// Writes the header and `history` to `path` (replacing it): the start of a run, or of a
+/// resumed run (its earlier epochs come from the checkpoint).
+///
+/// # Errors
+/// [`Error::Io`].
+pub fn create(path: &Path, history: &[EpochRecord], c: &TrainConfig) -> Result<()> {
+    let mut text = format!("{HEADER}\n");
+    for r in history {
+        text.push_str(&row(r, c));
+        text.push('\n');
+    }
+    fs::write(path, text).map_err(|e| Error::io(path, e))
+}
+
+/// Appends one row.
+///
+/// # Errors
+/// [`Error::Io`].
+pub fn append(path: &Path, r: &EpochRecord, c: &TrainConfig) -> Result<()> {
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    writeln!(f, "{}", row(r, c)).map_err(|e| Error::io(path, e))
+}
+
+/// A run read back from its CSV.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Run {
+    /// Legend label from the settings columns ("BP", "FenBP β=1000 (negative init)").
+    pub label: String,
+    /// `(epoch, train_error_pct, test_error_pct)` per row.
+    pub points: Vec<(usize, f64, f64)>,
+    /// Mean of the `seconds` column.
+    pub mean_seconds: f64,
+}
+
+/// Reads a CSV written by [`create`]/[`append`].
+///
+/// # Errors
+/// [`Error::BadData`] for a missing file, a wrong header or a malformed row.
+pub fn read(path: &Path) -> Result<Run> {
+    let bad = |reason: String| Error::BadData {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let text = fs::read_to_string(path).map_err(|e| {
+        bad(format!(
+            "cannot read it ({e}); pass a CSV written by `bilevel train --log`"
+        ))
+    })?;
+    let mut lines = text.lines();
+    let header = lines.next().unwrap_or_default();
+    let required = "epoch,train_loss,train_error_pct,test_error_pct,seconds";
+    if !header.starts_with(required) {
+        return Err(bad(format!("the header must start with `{required}`")));
+    }
+    let names: Vec<&str> = header.split(',').collect();
+    let col = |name: &str| names.iter().position(|n| *n == name);
+    let (mut points, mut seconds, mut label) = (Vec::new(), 0.0, None);
+    for (i, line) in lines.enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let f: Vec<&str> = line.split(',').collect();
+        let num = |j: usize| -> Result<f64> {
+            f.get(j)
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .ok_or_else(|| {
+                    bad(format!(
+                        "row {}: column {} is not a number",
+                        i + 2,
+                        names[j]
+                    ))
+                })
+        };
+        points.push((num(0)? as usize, num(2)?, num(3)?));
+        seconds += num(4)?;
+        if label.is_none() {
+            let get = |name: &str| col(name).and_then(|j| f.get(j)).map(|s| s.trim());
+            label = Some(match (get("method"), get("beta"), get("init")) {
+                (Some(m), beta, init) => {
+                    let rule = match (m, beta.and_then(|b| b.parse::<f32>().ok())) {
+                        ("fenbp", Some(beta)) => Rule::FenBp { beta },
+                        _ => Rule::Bp,
+                    };
+                    let init = init
+                        .and_then(|s| Init::parse(s).ok())
+                        .unwrap_or(Init::Glorot);
+                    TrainConfig {
+                        rule,
+                        init,
+                        ..TrainConfig::default()
+                    }
+                    .label()
+                }
+                _ => path
+                    .file_stem()
+                    .map_or_else(|| "run".into(), |s| s.to_string_lossy().into_owned()),
+            });
+        }
+    }
+    if points.is_empty() {
+        return Err(bad("no epochs in the file".into()));
+    }
+    Ok(Run {
+        label: label.unwrap_or_default(),
+        mean_seconds: seconds / points.len() as f64,
+        points,
+    })
+}

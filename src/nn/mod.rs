@@ -1,0 +1,650 @@
+//! The MNIST client: the paper's Fig. 1 experiment (Discussion and the Julia program of
+//! Appendix C) — an MLP trained with back-propagation or Fenchel back-propagation.
+//!
+//! Both rules are the crate's Prop. 7 pass ([`linearized::gradient`]), not a separate copy:
+//! * [`Rule::Bp`]: penalizer energies `½‖z_k − f(a_k)‖²`, whose Prop. 7 pass with the Remark 2
+//!   gradient is exact back-propagation for every β (Eq. 46-47);
+//! * [`Rule::FenBp`]: Fenchel energies, the pass of Eq. 49-51 with the Eq. 53 gradient. On each
+//!   ReLU the signal is the one-sided quotient `(relu(a) − relu(a − β·e))/β` — the Appendix C
+//!   pullback `(z − relu(x − β·dy))/β` — computed case by case so that it is exactly `e`
+//!   where both arguments are positive ([`crate::prox::Activation::difference_quotient`]).
+//!
+//! The loss is softmax cross-entropy averaged over the batch, as Flux's `crossentropy`; so `e`
+//! carries the factor `1/B` and a batch-mean loss acts on each sample like `β/B`.
+//!
+//! **Initialization** ([`Init`]): Glorot uniform `U(−a, a)`, `a = √(6/(n_in + n_out))`, zero
+//! biases, for every layer; `negative` replaces the *first* layer's weights by `−|U(−a, a)|`
+//! (the Julia code's `glorot_neg_uniform`, which it passes to the first `Dense` only; the other
+//! layers keep Flux's default Glorot init). With pixels in `[0, 1]`, every first-layer
+//! pre-activation is then `≤ 0`: all ReLUs are off, back-propagation's gradient of the first
+//! layer is exactly zero and the network can only learn the class prior (88.65 % test error),
+//! while Fenchel BP with large β still passes a signal `(relu(a − β e))/β` through the kink.
+//!
+//! Samples are matrix columns. The training step allocates nothing: buffers are built once per
+//! batch size in [`Trainer::new`].
+
+pub mod adam;
+pub mod bench;
+pub mod checkpoint;
+pub mod log;
+pub mod reproduce;
+
+use std::time::Instant;
+
+use nalgebra::{DMatrix, DVector};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::data::{Mnist, Split};
+use crate::error::{Error, Result};
+use crate::nested::linearized::{self, Gradients, Workspace};
+use crate::nested::{EnergyKind, Layer, Network, OutputLoss};
+use crate::prox::Activation;
+
+pub use adam::{Adam, AdamSettings};
+
+/// The paper's MLP: 784-256-128-64-10.
+pub const PAPER_WIDTHS: [usize; 5] = [784, 256, 128, 64, 10];
+
+/// The training rule: a choice of layer energy in the Prop. 7 pass.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "method", rename_all = "lowercase")]
+pub enum Rule {
+    /// Back-propagation (penalizer energies).
+    Bp,
+    /// Fenchel back-propagation with `β_k = β` for every layer (Fenchel energies).
+    FenBp {
+        /// `β > 0`.
+        beta: f32,
+    },
+}
+
+impl Rule {
+    /// The layer energy of the Prop. 7 pass.
+    pub fn energy(self) -> EnergyKind {
+        match self {
+            Rule::Bp => EnergyKind::Penalizer,
+            Rule::FenBp { .. } => EnergyKind::Fenchel,
+        }
+    }
+
+    /// β of every layer (back-propagation does not depend on it; 1 is used).
+    pub fn beta(self) -> f32 {
+        match self {
+            Rule::Bp => 1.0,
+            Rule::FenBp { beta } => beta,
+        }
+    }
+
+    /// `bp` or `fenbp`.
+    pub fn method(self) -> &'static str {
+        match self {
+            Rule::Bp => "bp",
+            Rule::FenBp { .. } => "fenbp",
+        }
+    }
+
+    /// "BP" or "FenBP β=…", for legends.
+    pub fn label(self) -> String {
+        match self {
+            Rule::Bp => "BP".into(),
+            Rule::FenBp { beta } => format!("FenBP β={beta}"),
+        }
+    }
+
+    /// Builds a rule from the CLI's `--method` and `--beta`.
+    ///
+    /// # Errors
+    /// An unknown method; a non-positive or non-finite β; a β given with `bp`.
+    pub fn parse(method: &str, beta: Option<f32>) -> Result<Self> {
+        let rule = match (method, beta) {
+            ("bp", None) => Rule::Bp,
+            ("bp", Some(_)) => {
+                return Err(Error::input(
+                    "--beta",
+                    "back-propagation takes no β (use --method fenbp)",
+                ))
+            }
+            ("fenbp", b) => Rule::FenBp {
+                beta: b.unwrap_or(1.0),
+            },
+            (m, _) => {
+                return Err(Error::input(
+                    "--method",
+                    format!("unknown method `{m}` (expected bp or fenbp)"),
+                ))
+            }
+        };
+        rule.validate()?;
+        Ok(rule)
+    }
+
+    /// Checks β.
+    ///
+    /// # Errors
+    /// [`Error::InvalidBeta`] for a non-positive or non-finite β.
+    pub fn validate(self) -> Result<()> {
+        crate::error::check_beta(f64::from(self.beta()))
+    }
+}
+
+/// Weight initialization (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Init {
+    /// Glorot uniform everywhere, zero biases.
+    Glorot,
+    /// First layer `−|Glorot uniform|`, the others Glorot uniform; zero biases.
+    Negative,
+}
+
+impl Init {
+    /// `glorot` or `negative`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Init::Glorot => "glorot",
+            Init::Negative => "negative",
+        }
+    }
+
+    /// Parses `glorot` or `negative`.
+    ///
+    /// # Errors
+    /// Anything else.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "glorot" => Ok(Init::Glorot),
+            "negative" => Ok(Init::Negative),
+            _ => Err(Error::input(
+                "--init",
+                format!("unknown init `{s}` (expected glorot or negative)"),
+            )),
+        }
+    }
+}
+
+/// Glorot (Xavier) uniform `rows × cols`: entries `U(−a, a)`, `a = √(6/(rows + cols))`
+/// (Flux: `(rand − 0.5)·√(24/(n_in + n_out))`).
+pub fn glorot_uniform(rng: &mut StdRng, rows: usize, cols: usize) -> DMatrix<f32> {
+    let a = (6.0 / (rows + cols) as f64).sqrt() as f32;
+    DMatrix::from_fn(rows, cols, |_, _| rng.random_range(-a..a))
+}
+
+/// The MLP `widths[0] → … → widths[L]`: ReLU hidden layers, identity output (logits, for the
+/// softmax cross-entropy loss), initialized per [`Init`].
+///
+/// # Errors
+/// Fewer than two widths or a zero width.
+pub fn mlp(widths: &[usize], init: Init, rng: &mut StdRng) -> Result<Network<f32>> {
+    if widths.len() < 2 || widths.contains(&0) {
+        return Err(Error::input(
+            "widths",
+            format!("need at least two positive widths, got {widths:?}"),
+        ));
+    }
+    let last = widths.len() - 2;
+    let layers = widths
+        .windows(2)
+        .enumerate()
+        .map(|(k, w)| {
+            let mut weights = glorot_uniform(rng, w[1], w[0]);
+            if k == 0 && init == Init::Negative {
+                weights.apply(|v| *v = -v.abs());
+            }
+            Layer {
+                w: weights,
+                b: DVector::zeros(w[1]),
+                activation: if k == last {
+                    Activation::Identity
+                } else {
+                    Activation::Relu
+                },
+            }
+        })
+        .collect();
+    Ok(Network { layers })
+}
+
+/// Settings of a training run; [`Default`] is the paper's (Fig. 1, Appendix C).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// BP or Fenchel BP.
+    pub rule: Rule,
+    /// Weight initialization.
+    pub init: Init,
+    /// Layer widths (input first).
+    pub widths: Vec<usize>,
+    /// Epochs to train in total.
+    pub epochs: usize,
+    /// Batch size (the last batch of an epoch is smaller if it does not divide `train_size`).
+    pub batch: usize,
+    /// Adam settings (learning rate 1e-3).
+    pub adam: AdamSettings,
+    /// Seed of the initialization (and of the shuffling).
+    pub seed: u64,
+    /// Train on the first `train_size` training images (50,000: the rest is not used).
+    pub train_size: usize,
+    /// Shuffle the training images every epoch (the paper does not: file order).
+    pub shuffle: bool,
+    /// Also compute the exact training error over all `train_size` images after each epoch.
+    pub exact_train_error: bool,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            rule: Rule::Bp,
+            init: Init::Glorot,
+            widths: PAPER_WIDTHS.to_vec(),
+            epochs: 50,
+            batch: 50,
+            adam: AdamSettings::default(),
+            seed: 42,
+            train_size: 50_000,
+            shuffle: false,
+            exact_train_error: false,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Checks the settings.
+    ///
+    /// # Errors
+    /// Zero batch, epochs or training size; invalid β; a learning rate that is not positive
+    /// and finite; widths that do not make a network.
+    pub fn validate(&self) -> Result<()> {
+        self.rule.validate()?;
+        if self.batch == 0 {
+            return Err(Error::input("--batch", "must be at least 1"));
+        }
+        if self.train_size == 0 {
+            return Err(Error::input("train_size", "must be at least 1"));
+        }
+        if !(self.adam.lr.is_finite() && self.adam.lr > 0.0) {
+            return Err(Error::input("--lr", "must be positive and finite"));
+        }
+        if self.widths.len() < 2 || self.widths.contains(&0) {
+            return Err(Error::input("widths", "need at least two positive widths"));
+        }
+        Ok(())
+    }
+
+    /// Settings that must agree for a checkpoint to be resumed (everything except `epochs`
+    /// and `exact_train_error`).
+    pub fn same_run(&self, other: &Self) -> bool {
+        let strip = |c: &Self| Self {
+            epochs: 0,
+            exact_train_error: false,
+            ..c.clone()
+        };
+        strip(self) == strip(other)
+    }
+
+    /// A legend label: "BP", "FenBP β=1000 (negative init)".
+    pub fn label(&self) -> String {
+        match self.init {
+            Init::Glorot => self.rule.label(),
+            Init::Negative => format!("{} (negative init)", self.rule.label()),
+        }
+    }
+}
+
+/// What one epoch measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    /// Epoch number, from 1.
+    pub epoch: usize,
+    /// Mean training loss over the epoch's batches (before each update), per sample.
+    pub train_loss: f64,
+    /// Running training error in % (each batch scored before its update, as the Julia code).
+    pub train_error_pct: f64,
+    /// Test error in % on the test split after the epoch.
+    pub test_error_pct: f64,
+    /// Wall time of the epoch's training steps (evaluation excluded).
+    pub seconds: f64,
+    /// Exact training error in % after the epoch (if requested).
+    pub exact_train_error_pct: Option<f64>,
+}
+
+/// Buffers for one batch size.
+#[derive(Debug, Clone)]
+struct Buffers {
+    ws: Workspace<f32>,
+    x: DMatrix<f32>,
+    y: DMatrix<f32>,
+}
+
+impl Buffers {
+    fn new(net: &Network<f32>, batch: usize) -> Self {
+        let top = net.layers.last().map_or(0, |l| l.w.nrows());
+        Self {
+            ws: Workspace::new(net, batch),
+            x: DMatrix::zeros(net.input_dim(), batch),
+            y: DMatrix::zeros(top, batch),
+        }
+    }
+}
+
+/// Samples per evaluation chunk.
+const EVAL_CHUNK: usize = 1000;
+
+/// A training run: network, optimizer, history and all buffers.
+#[derive(Debug, Clone)]
+pub struct Trainer {
+    /// The settings.
+    pub config: TrainConfig,
+    /// The network being trained.
+    pub net: Network<f32>,
+    /// Adam's state.
+    pub adam: Adam,
+    /// One record per completed epoch.
+    pub history: Vec<EpochRecord>,
+    grads: Gradients<f32>,
+    full: Buffers,
+    rest: Option<Buffers>,
+    eval: Option<Buffers>,
+    betas: Vec<f32>,
+    order: Vec<usize>,
+}
+
+impl Trainer {
+    /// A fresh run: the network initialized from `config.seed`.
+    ///
+    /// # Errors
+    /// Invalid settings ([`TrainConfig::validate`]).
+    pub fn new(config: TrainConfig) -> Result<Self> {
+        config.validate()?;
+        let mut rng = StdRng::seed_from_u64(config.seed);
+        let net = mlp(&config.widths, config.init, &mut rng)?;
+        Self::from_parts(config, net, None, Vec::new())
+    }
+
+    /// A run from a given network and optimizer state (resuming, or a custom network).
+    ///
+    /// # Errors
+    /// Invalid settings; a network whose widths differ from `config.widths` or that is not
+    /// valid for the rule's energy.
+    pub fn from_parts(
+        config: TrainConfig,
+        net: Network<f32>,
+        adam: Option<Adam>,
+        history: Vec<EpochRecord>,
+    ) -> Result<Self> {
+        config.validate()?;
+        net.validate(config.rule.energy())?;
+        let mut widths = vec![net.input_dim()];
+        widths.extend(net.widths());
+        if widths != config.widths {
+            return Err(Error::dim(
+                "network widths",
+                format!("{:?}", config.widths),
+                format!("{widths:?}"),
+            ));
+        }
+        let adam = adam.unwrap_or_else(|| Adam::new(&net, config.adam));
+        let rest = config.train_size % config.batch;
+        Ok(Self {
+            grads: Gradients::zeros(&net),
+            full: Buffers::new(&net, config.batch.min(config.train_size)),
+            rest: (rest > 0 && config.train_size > config.batch).then(|| Buffers::new(&net, rest)),
+            eval: None,
+            betas: vec![config.rule.beta(); net.layers.len()],
+            order: (0..config.train_size).collect(),
+            config,
+            net,
+            adam,
+            history,
+        })
+    }
+
+    /// Completed epochs.
+    pub fn epoch(&self) -> usize {
+        self.history.len()
+    }
+
+    /// One Adam step on the images `indices` of `data` (Prop. 7 gradient, then Adam). Returns
+    /// the batch-mean loss before the update and how many images the network classified
+    /// correctly before the update. Allocates nothing when `indices.len()` is the configured
+    /// batch size (or the remainder size).
+    ///
+    /// # Errors
+    /// An index out of range; a non-finite loss (diverged training).
+    pub fn step(&mut self, data: &Split, indices: &[usize]) -> Result<(f32, usize)> {
+        let buf = if indices.len() == self.full.x.ncols() {
+            &mut self.full
+        } else {
+            match &mut self.rest {
+                Some(r) if r.x.ncols() == indices.len() => r,
+                other => other.insert(Buffers::new(&self.net, indices.len())),
+            }
+        };
+        data.batch_into(indices, &mut buf.x, &mut buf.y)?;
+        let loss = linearized::gradient(
+            &self.net,
+            self.config.rule.energy(),
+            &self.betas,
+            OutputLoss::SoftmaxCrossEntropy,
+            &buf.x,
+            &buf.y,
+            &mut buf.ws,
+            &mut self.grads,
+        )?;
+        let top = self.net.layers.len() - 1;
+        let correct = count_correct(&buf.ws.z[top], &buf.y);
+        self.adam.step(&mut self.net, &self.grads);
+        Ok((loss, correct))
+    }
+
+    /// The training order of epoch `epoch` (from 1): file order, or a permutation seeded by
+    /// `(seed, epoch)` with `shuffle` — so a resumed run sees the same batches.
+    fn prepare_order(&mut self, epoch: usize) {
+        for (i, o) in self.order.iter_mut().enumerate() {
+            *o = i;
+        }
+        if self.config.shuffle {
+            let mix = self.config.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            self.order.shuffle(&mut StdRng::seed_from_u64(mix));
+        }
+    }
+
+    /// Trains one epoch on `data.train` and evaluates on `data.test`; `progress(step, steps,
+    /// running_loss)` is called after every step. Appends and returns the epoch's record.
+    ///
+    /// # Errors
+    /// Fewer than `train_size` training images; a non-finite loss.
+    pub fn train_epoch(
+        &mut self,
+        data: &Mnist,
+        progress: &mut dyn FnMut(usize, usize, f64),
+    ) -> Result<EpochRecord> {
+        let n = self.config.train_size;
+        if data.train.len() < n {
+            return Err(Error::input(
+                "data",
+                format!("{} training images, the run needs {n}", data.train.len()),
+            ));
+        }
+        if data.train.dim != self.net.input_dim() || data.test.dim != self.net.input_dim() {
+            return Err(Error::dim(
+                "image size",
+                self.net.input_dim(),
+                data.train.dim,
+            ));
+        }
+        let epoch = self.epoch() + 1;
+        self.prepare_order(epoch);
+        let order = std::mem::take(&mut self.order);
+        let steps = n.div_ceil(self.config.batch);
+        let (mut loss_sum, mut correct) = (0.0f64, 0usize);
+        let start = Instant::now();
+        let result = (|| {
+            for (s, chunk) in order.chunks(self.config.batch).enumerate() {
+                let (loss, c) = self.step(&data.train, chunk)?;
+                loss_sum += f64::from(loss) * chunk.len() as f64;
+                correct += c;
+                progress(
+                    s + 1,
+                    steps,
+                    loss_sum / ((s * self.config.batch + chunk.len()) as f64),
+                );
+            }
+            Ok::<(), Error>(())
+        })();
+        self.order = order;
+        result?;
+        let seconds = start.elapsed().as_secs_f64();
+        if !self
+            .net
+            .layers
+            .iter()
+            .all(|l| l.w.iter().chain(l.b.iter()).all(|v| v.is_finite()))
+        {
+            return Err(Error::NonFinite {
+                what: format!("network weights after epoch {epoch} (training diverged)"),
+            });
+        }
+        let test_error_pct = self.error_pct(&data.test, data.test.len())?;
+        let exact_train_error_pct = if self.config.exact_train_error {
+            Some(self.error_pct(&data.train, n)?)
+        } else {
+            None
+        };
+        let record = EpochRecord {
+            epoch,
+            train_loss: loss_sum / n as f64,
+            train_error_pct: 100.0 * (1.0 - correct as f64 / n as f64),
+            test_error_pct,
+            seconds,
+            exact_train_error_pct,
+        };
+        self.history.push(record.clone());
+        Ok(record)
+    }
+
+    /// Classification error in % of the current network on the first `count` images of
+    /// `split` (forward passes in chunks of 1000; buffers allocated once).
+    ///
+    /// # Errors
+    /// `count` larger than the split; a wrong image size.
+    pub fn error_pct(&mut self, split: &Split, count: usize) -> Result<f64> {
+        if count == 0 || count > split.len() {
+            return Err(Error::input(
+                "count",
+                format!("{count} of {} images", split.len()),
+            ));
+        }
+        let mut wrong = 0usize;
+        let mut indices: Vec<usize> = Vec::with_capacity(EVAL_CHUNK);
+        let mut start = 0;
+        while start < count {
+            let len = EVAL_CHUNK.min(count - start);
+            let buf = match &mut self.eval {
+                Some(b) if b.x.ncols() == len => b,
+                other => other.insert(Buffers::new(&self.net, len)),
+            };
+            indices.clear();
+            indices.extend(start..start + len);
+            split.batch_into(&indices, &mut buf.x, &mut buf.y)?;
+            linearized::forward(&self.net, &buf.x, &mut buf.ws)?;
+            let top = self.net.layers.len() - 1;
+            if !buf.ws.z[top].iter().all(|v| v.is_finite()) {
+                return Err(Error::NonFinite {
+                    what: "network outputs during evaluation".into(),
+                });
+            }
+            wrong += len - count_correct(&buf.ws.z[top], &buf.y);
+            start += len;
+        }
+        Ok(100.0 * wrong as f64 / count as f64)
+    }
+}
+
+/// Columns whose largest output (first on ties, as Flux's `onecold`) is the one-hot target.
+pub fn count_correct(outputs: &DMatrix<f32>, onehot: &DMatrix<f32>) -> usize {
+    outputs
+        .column_iter()
+        .zip(onehot.column_iter())
+        .filter(|(o, t)| {
+            let argmax = |c: &nalgebra::DVectorView<f32>| {
+                let mut best = 0;
+                for i in 1..c.len() {
+                    if c[i] > c[best] {
+                        best = i;
+                    }
+                }
+                best
+            };
+            let (o, t) = (o.as_view(), t.as_view());
+            argmax(&o) == argmax(&t)
+        })
+        .count()
+}
+
+/// Where a run writes its files.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outputs {
+    /// The CSV log ([`log`]).
+    pub log: Option<std::path::PathBuf>,
+    /// The checkpoint directory ([`checkpoint`]), written after every epoch.
+    pub checkpoint: Option<std::path::PathBuf>,
+    /// Continue from the checkpoint if one exists (requires `checkpoint`).
+    pub resume: bool,
+}
+
+/// Receives progress from [`run`].
+pub trait Observer {
+    /// Before the first epoch of a run with this legend label and `epochs` epochs in total.
+    fn begin(&mut self, _label: &str, _epochs: usize) {}
+    /// After every step of epoch `epoch`: `step` of `steps`, running mean loss.
+    fn step(&mut self, _epoch: usize, _step: usize, _steps: usize, _loss: f64) {}
+    /// After every epoch (also the ones restored from a checkpoint, with `resumed`).
+    fn epoch(&mut self, _record: &EpochRecord, _resumed: bool) {}
+}
+
+/// An observer that ignores everything.
+impl Observer for () {}
+
+/// Trains for `config.epochs` epochs (from a checkpoint if `outputs.resume`), writing the log
+/// and the checkpoint after every epoch. Returns the trainer.
+///
+/// # Errors
+/// Settings, data, a diverged run, file errors; `resume` without `checkpoint`.
+pub fn run(
+    config: TrainConfig,
+    data: &Mnist,
+    outputs: &Outputs,
+    observer: &mut dyn Observer,
+) -> Result<Trainer> {
+    let mut trainer = match (&outputs.checkpoint, outputs.resume) {
+        (None, true) => {
+            return Err(Error::input(
+                "--resume",
+                "needs --checkpoint DIR to resume from",
+            ))
+        }
+        (Some(dir), true) if checkpoint::exists(dir) => checkpoint::load(dir, config)?,
+        _ => Trainer::new(config)?,
+    };
+    observer.begin(&trainer.config.label(), trainer.config.epochs);
+    for r in &trainer.history {
+        observer.epoch(r, true);
+    }
+    if let Some(path) = &outputs.log {
+        log::create(path, &trainer.history, &trainer.config)?;
+    }
+    while trainer.epoch() < trainer.config.epochs {
+        let epoch = trainer.epoch() + 1;
+        let record = trainer.train_epoch(data, &mut |s, n, l| observer.step(epoch, s, n, l))?;
+        if let Some(path) = &outputs.log {
+            log::append(path, &record, &trainer.config)?;
+        }
+        if let Some(dir) = &outputs.checkpoint {
+            checkpoint::save(dir, &trainer)?;
+        }
+        observer.epoch(&record, false);
+    }
+    Ok(trainer)
+}
