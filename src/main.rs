@@ -106,6 +106,10 @@ enum Bench {
         /// β of Fenchel BP.
         #[arg(long, default_value_t = 1.0)]
         beta: f32,
+        /// Also time the same step in JAX (jit, CPU) with this Python interpreter, which must
+        /// have `jax` installed (runs `benches/jax_train_step.py`).
+        #[arg(long)]
+        jax: Option<PathBuf>,
     },
 }
 
@@ -191,8 +195,9 @@ fn main() -> ExitCode {
                     data,
                     repeats,
                     beta,
+                    jax,
                 },
-        } => report(bench_train(data, repeats, beta)),
+        } => report(bench_train(data, repeats, beta, jax)),
     }
 }
 
@@ -343,7 +348,12 @@ fn reproduce_fig1(
     Ok(())
 }
 
-fn bench_train(data: Option<PathBuf>, repeats: usize, beta: f32) -> bilevel::Result<()> {
+fn bench_train(
+    data: Option<PathBuf>,
+    repeats: usize,
+    beta: f32,
+    jax: Option<PathBuf>,
+) -> bilevel::Result<()> {
     let dir = bilevel::data::resolve_dir(data.as_deref());
     let mnist = match bilevel::data::Mnist::load(&dir) {
         Ok(m) => m,
@@ -354,6 +364,48 @@ fn bench_train(data: Option<PathBuf>, repeats: usize, beta: f32) -> bilevel::Res
     };
     let r = bilevel::nn::bench::epochs(&mnist, repeats.max(1), beta)?;
     println!("{r}");
+    if let Some(python) = jax {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/jax_train_step.py");
+        let out = std::process::Command::new(&python)
+            .args([
+                script,
+                "--repeats",
+                &repeats.max(1).to_string(),
+                "--beta",
+                &beta.to_string(),
+            ])
+            .output()
+            .map_err(|e| {
+                bilevel::Error::input("--jax", format!("cannot run {}: {e}", python.display()))
+            })?;
+        if !out.status.success() {
+            return Err(bilevel::Error::input(
+                "--jax",
+                format!(
+                    "{script} failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            ));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .map_err(|e| bilevel::Error::input("--jax", format!("unexpected output ({e})")))?;
+        let (jbp, jfen) = (
+            v["bp"].as_f64().unwrap_or(f64::NAN),
+            v["fenbp"].as_f64().unwrap_or(f64::NAN),
+        );
+        println!(
+            "JAX {} (jit, CPU), same step, same process tree:",
+            v["jax"].as_str().unwrap_or("?")
+        );
+        println!(
+            "  back-propagation       {jbp:.3} s  (bilevel is {:.2}x faster)",
+            jbp / r.bp
+        );
+        println!(
+            "  Fenchel BP (beta={beta})    {jfen:.3} s  (bilevel is {:.2}x faster)",
+            jfen / r.fenbp
+        );
+    }
     Ok(())
 }
 

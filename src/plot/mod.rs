@@ -103,18 +103,23 @@ fn render<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, panels: &[Panel]) -
             .x_desc("epoch   (solid: training error, dashed: test error)")
             .y_desc("error (%)")
             .label_style(("sans-serif", 14))
+            .x_label_formatter(&|v| format!("{v:.0}"))
+            .y_label_formatter(&|v| format!("{v}"))
             .draw()?;
         for (i, run) in panel.runs.iter().enumerate() {
             let color = COLORS[i % COLORS.len()];
+            // Earlier runs are drawn wider, so that identical curves (BP and Fenchel BP stuck at
+            // the class prior with the negative init) stay visible under later ones.
+            let width = if i == 0 { 4 } else { 2 };
             let train = run.points.iter().map(|p| (p.0 as f64, p.1.max(FLOOR)));
             let test = run.points.iter().map(|p| (p.0 as f64, p.2.max(FLOOR)));
             chart
-                .draw_series(LineSeries::new(train, color.stroke_width(2)))?
+                .draw_series(LineSeries::new(train, color.stroke_width(width)))?
                 .label(run.label.clone())
                 .legend(move |(x, y)| {
                     PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
                 });
-            chart.draw_series(DashedLineSeries::new(test, 6, 4, color.stroke_width(2)))?;
+            chart.draw_series(DashedLineSeries::new(test, 6, 4, color.stroke_width(width)))?;
         }
         chart
             .configure_series_labels()

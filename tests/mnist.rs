@@ -1,0 +1,578 @@
+//! The MNIST client: IDX reader, initializations, Adam, training, checkpoints, logs, plots.
+//!
+//! Tests marked "needs MNIST" read the real data from `$BILEVEL_DATA` (set by `.ci/run`); when
+//! the variable is unset they print a note and return.
+
+use std::path::{Path, PathBuf};
+
+use approx::assert_relative_eq;
+use bilevel::data::{read_idx, write_idx, Mnist, Split, FILES};
+use bilevel::nested::linearized::{gradient, Gradients, Workspace};
+use bilevel::nested::{EnergyKind, Layer, Network, OutputLoss};
+use bilevel::nn::{self, log, Adam, AdamSettings, Init, Outputs, Rule, TrainConfig, Trainer};
+use bilevel::prox::Activation;
+use bilevel::Error;
+use nalgebra::{dmatrix, dvector, DMatrix};
+use rand::SeedableRng;
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("bilevel-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn mnist() -> Option<Mnist> {
+    match std::env::var_os("BILEVEL_DATA") {
+        Some(dir) => Some(Mnist::load(Path::new(&dir)).expect("BILEVEL_DATA holds MNIST")),
+        None => {
+            eprintln!("BILEVEL_DATA is not set: skipping a test that needs MNIST");
+            None
+        }
+    }
+}
+
+/// A small fake MNIST (n training, m test images of 4x4 pixels) written as IDX files.
+fn write_fake(dir: &Path, n: usize, m: usize, gzip: bool) {
+    let ext = if gzip { ".gz" } else { "" };
+    let img = |k: usize| {
+        (0..k * 16)
+            .map(|i| (i * 37 % 256) as u8)
+            .collect::<Vec<_>>()
+    };
+    let lab = |k: usize| (0..k).map(|i| (i % 10) as u8).collect::<Vec<_>>();
+    write_idx(
+        &dir.join(format!("{}{ext}", FILES[0])),
+        &[n, 4, 4],
+        &img(n),
+        gzip,
+    )
+    .unwrap();
+    write_idx(&dir.join(format!("{}{ext}", FILES[1])), &[n], &lab(n), gzip).unwrap();
+    write_idx(
+        &dir.join(format!("{}{ext}", FILES[2])),
+        &[m, 4, 4],
+        &img(m),
+        gzip,
+    )
+    .unwrap();
+    write_idx(&dir.join(format!("{}{ext}", FILES[3])), &[m], &lab(m), gzip).unwrap();
+}
+
+fn bad_data_reason(r: bilevel::Result<impl std::fmt::Debug>) -> (PathBuf, String) {
+    match r {
+        Err(Error::BadData { path, reason }) => (path, reason),
+        other => panic!("expected BadData, got {other:?}"),
+    }
+}
+
+#[test]
+fn idx_round_trip_plain_and_gzipped() {
+    let dir = tmp("idx");
+    let data: Vec<u8> = (0..2 * 3 * 5).map(|i| (i * 11) as u8).collect();
+    for gzip in [false, true] {
+        let p = dir.join(format!("a{gzip}"));
+        write_idx(&p, &[2, 3, 5], &data, gzip).unwrap();
+        let idx = read_idx(&p, 3).unwrap();
+        assert_eq!(idx.dims, vec![2, 3, 5]);
+        assert_eq!(idx.data, data);
+    }
+    write_fake(&dir, 30, 20, true);
+    let m = Mnist::load(&dir).unwrap();
+    assert_eq!((m.train.len(), m.test.len(), m.train.dim), (30, 20, 16));
+    let mut x = DMatrix::zeros(16, 2);
+    let mut y = DMatrix::zeros(10, 2);
+    m.train.batch_into(&[3, 0], &mut x, &mut y).unwrap();
+    for i in 0..16 {
+        assert_eq!(x[(i, 0)], f32::from(m.train.image(3)[i]) / 255.0);
+    }
+    assert_eq!(y.column(0).iter().sum::<f32>(), 1.0);
+    assert_eq!(y[(3, 0)], 1.0);
+    assert_eq!(y[(0, 1)], 1.0);
+    assert!(m
+        .train
+        .batch_into(
+            &[30],
+            &mut DMatrix::zeros(16, 1),
+            &mut DMatrix::zeros(10, 1)
+        )
+        .is_err());
+}
+
+#[test]
+fn every_malformed_file_is_a_clear_error() {
+    // Missing directory.
+    let (path, reason) = bad_data_reason(Mnist::load(Path::new("/nonexistent/mnist")));
+    assert!(
+        path.ends_with("mnist")
+            && reason.contains("no such directory")
+            && reason.contains("--data")
+    );
+
+    // Missing file.
+    let dir = tmp("missing");
+    write_fake(&dir, 10, 10, false);
+    std::fs::remove_file(dir.join(FILES[3])).unwrap();
+    let (path, reason) = bad_data_reason(Mnist::load(&dir));
+    assert!(path.to_string_lossy().contains(FILES[3]), "{path:?}");
+    assert!(
+        reason.contains("missing") && reason.contains("yann.lecun.com"),
+        "{reason}"
+    );
+
+    // Wrong magic number: a label file where the images should be.
+    let dir = tmp("magic");
+    write_fake(&dir, 10, 10, false);
+    std::fs::copy(dir.join(FILES[1]), dir.join(FILES[0])).unwrap();
+    let (path, reason) = bad_data_reason(Mnist::load(&dir));
+    assert!(path.ends_with(FILES[0]));
+    assert!(reason.contains("wrong magic number 0x00000801"), "{reason}");
+
+    // Truncated plain file, truncated gzip stream, too short for a header.
+    for gzip in [false, true] {
+        let dir = tmp(&format!("trunc{gzip}"));
+        write_fake(&dir, 10, 10, gzip);
+        let name = format!("{}{}", FILES[2], if gzip { ".gz" } else { "" });
+        let bytes = std::fs::read(dir.join(&name)).unwrap();
+        std::fs::write(dir.join(&name), &bytes[..bytes.len() - 7]).unwrap();
+        let (path, reason) = bad_data_reason(Mnist::load(&dir));
+        assert!(path.ends_with(&name));
+        assert!(reason.contains("truncated"), "{reason}");
+    }
+    let dir = tmp("short");
+    write_fake(&dir, 10, 10, false);
+    std::fs::write(dir.join(FILES[1]), [0u8, 0]).unwrap();
+    let (_, reason) = bad_data_reason(Mnist::load(&dir));
+    assert!(reason.contains("shorter than an IDX header"), "{reason}");
+
+    // Image and label counts disagree.
+    let dir = tmp("counts");
+    write_fake(&dir, 10, 10, false);
+    write_idx(&dir.join(FILES[1]), &[9], &[1; 9], false).unwrap();
+    let (path, reason) = bad_data_reason(Mnist::load(&dir));
+    assert!(path.ends_with(FILES[1]));
+    assert!(
+        reason.contains("9 labels") && reason.contains("10 images"),
+        "{reason}"
+    );
+
+    // A label that is not a digit.
+    let dir = tmp("label");
+    write_fake(&dir, 10, 10, false);
+    write_idx(
+        &dir.join(FILES[3]),
+        &[10],
+        &[0, 1, 2, 3, 4, 12, 6, 7, 8, 9],
+        false,
+    )
+    .unwrap();
+    let (_, reason) = bad_data_reason(Mnist::load(&dir));
+    assert!(reason.contains("label 12 at index 5"), "{reason}");
+}
+
+#[test]
+fn initializations_have_the_right_ranges_and_signs() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+    let widths = nn::PAPER_WIDTHS;
+    for init in [Init::Glorot, Init::Negative] {
+        let net = nn::mlp(&widths, init, &mut rng).unwrap();
+        for (k, l) in net.layers.iter().enumerate() {
+            let a = (6.0 / (widths[k] + widths[k + 1]) as f32).sqrt();
+            assert!(
+                l.w.iter().all(|v| v.abs() <= a),
+                "layer {k} exceeds the Glorot bound"
+            );
+            assert!(l.b.iter().all(|&v| v == 0.0));
+            let (neg, n) = (l.w.iter().filter(|&&v| v < 0.0).count(), l.w.len());
+            if k == 0 && init == Init::Negative {
+                assert_eq!(neg, n, "negative init: every first-layer weight ≤ 0");
+            } else {
+                // Symmetric: about half negative (5 standard deviations of a fair coin).
+                let sd = (n as f64 / 4.0).sqrt();
+                assert!(
+                    (neg as f64 - n as f64 / 2.0).abs() < 5.0 * sd + 1.0,
+                    "layer {k}: {neg}/{n}"
+                );
+            }
+            // Uniform on [−a, a]: mean |w| = a/2.
+            let mean_abs = l.w.iter().map(|v| v.abs()).sum::<f32>() / n as f32;
+            assert_relative_eq!(mean_abs, a / 2.0, max_relative = 0.1);
+        }
+        let acts: Vec<_> = net.layers.iter().map(|l| l.activation).collect();
+        assert_eq!(
+            acts,
+            [
+                Activation::Relu,
+                Activation::Relu,
+                Activation::Relu,
+                Activation::Identity
+            ]
+        );
+    }
+}
+
+#[test]
+fn adam_matches_a_hand_computed_two_step_example() {
+    let mut net = Network {
+        layers: vec![Layer {
+            w: dmatrix![0.5f32, -1.0],
+            b: dvector![0.25f32],
+            activation: Activation::Identity,
+        }],
+    };
+    let settings = AdamSettings::default();
+    let mut adam = Adam::new(&net, settings);
+    let g1 = [0.1, -0.2, 0.3];
+    let g2 = [-0.05, -0.2, 0.0];
+    let mut theta = [0.5f64, -1.0, 0.25];
+    let (mut m, mut v) = ([0.0f64; 3], [0.0f64; 3]);
+    for (t, g) in [g1, g2].iter().enumerate() {
+        let grads = Gradients {
+            w: vec![dmatrix![g[0] as f32, g[1] as f32]],
+            b: vec![dvector![g[2] as f32]],
+        };
+        adam.step(&mut net, &grads);
+        // By hand, Kingma & Ba / Flux: m̂ = m/(1−β₁ᵗ), v̂ = v/(1−β₂ᵗ), θ −= η m̂/(√v̂ + ε).
+        let t = t as i32 + 1;
+        for i in 0..3 {
+            m[i] = 0.9 * m[i] + 0.1 * g[i];
+            v[i] = 0.999 * v[i] + 0.001 * g[i] * g[i];
+            let mh = m[i] / (1.0 - 0.9f64.powi(t));
+            let vh = v[i] / (1.0 - 0.999f64.powi(t));
+            theta[i] -= 1e-3 * mh / (vh.sqrt() + 1e-8);
+        }
+    }
+    // First step: every parameter with g ≠ 0 moves by η·sign(g) exactly (m̂/√v̂ = ±1).
+    let got = [
+        net.layers[0].w[(0, 0)],
+        net.layers[0].w[(0, 1)],
+        net.layers[0].b[0],
+    ];
+    for i in 0..3 {
+        assert_relative_eq!(f64::from(got[i]), theta[i], max_relative = 1e-6);
+    }
+    assert_eq!(adam.t, 2);
+    // The bias had g = 0.3 then 0: θ = 0.25 − 1e-3 − 1e-3·(0.03/0.19)/(√(0.00009/0.001999)) …
+    assert!((f64::from(got[2]) - 0.25).abs() > 1e-3);
+}
+
+#[test]
+fn fenbp_gradient_on_mnist_follows_the_julia_rule_in_f32() {
+    // The paper's network and a real batch; Julia's pullback computed independently in f64.
+    let Some(data) = mnist() else { return };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+    let net = nn::mlp(&nn::PAPER_WIDTHS, Init::Glorot, &mut rng).unwrap();
+    let idx: Vec<usize> = (0..50).collect();
+    let (mut x, mut y) = (DMatrix::zeros(784, 50), DMatrix::zeros(10, 50));
+    data.train.batch_into(&idx, &mut x, &mut y).unwrap();
+    let mut ws = Workspace::new(&net, 50);
+    let mut g = Gradients::zeros(&net);
+    let mut bp = Gradients::zeros(&net);
+    gradient(
+        &net,
+        EnergyKind::Penalizer,
+        &[1.0; 4],
+        OutputLoss::SoftmaxCrossEntropy,
+        &x,
+        &y,
+        &mut ws,
+        &mut bp,
+    )
+    .unwrap();
+    for beta in [1e-3f32, 0.01, 1.0, 1000.0] {
+        gradient(
+            &net,
+            EnergyKind::Fenchel,
+            &[beta; 4],
+            OutputLoss::SoftmaxCrossEntropy,
+            &x,
+            &y,
+            &mut ws,
+            &mut g,
+        )
+        .unwrap();
+        // Julia in f64 from the same forward pass.
+        let a: Vec<DMatrix<f64>> = ws.a.iter().map(|m| m.clone().cast()).collect();
+        let z: Vec<DMatrix<f64>> = ws.z.iter().map(|m| m.clone().cast()).collect();
+        let mut dy = {
+            let mut gtop = z[3].clone();
+            OutputLoss::SoftmaxCrossEntropy.value_and_gradient(&z[3], &y.clone().cast(), &mut gtop);
+            gtop
+        };
+        let b = f64::from(beta);
+        for k in (0..4).rev() {
+            let pre = if k == 3 {
+                dy.clone()
+            } else {
+                DMatrix::from_fn(a[k].nrows(), 50, |i, j| {
+                    (a[k][(i, j)].max(0.0) - (a[k][(i, j)] - b * dy[(i, j)]).max(0.0)) / b
+                })
+            };
+            let input: DMatrix<f64> = if k == 0 {
+                x.clone().cast()
+            } else {
+                z[k - 1].clone()
+            };
+            let julia = &pre * input.transpose();
+            let ours: DMatrix<f64> = g.w[k].clone().cast();
+            let scale = julia.amax().max(1e-12);
+            assert!(
+                (ours - &julia).amax() / scale < 1e-4,
+                "layer {k}, beta {beta}"
+            );
+            dy = net.layers[k].w.clone().cast::<f64>().transpose() * pre;
+        }
+        // Small β: away from the kinks the quotient is exactly BP's signal.
+        if beta <= 0.01 {
+            let diff = (g.flatten() - bp.flatten()).amax() / bp.flatten().amax();
+            assert!(diff < 1e-3, "beta {beta}: {diff}");
+        }
+    }
+}
+
+fn small_config(rule: Rule, init: Init, epochs: usize) -> TrainConfig {
+    TrainConfig {
+        rule,
+        init,
+        epochs,
+        train_size: 300,
+        ..TrainConfig::default()
+    }
+}
+
+/// Only the test split's first 500 images, to keep evaluation short.
+fn small_data(m: &Mnist) -> Mnist {
+    Mnist {
+        train: m.train.clone().truncate(300),
+        test: m.test.clone().truncate(500),
+    }
+}
+
+#[test]
+fn a_short_run_lowers_the_loss() {
+    let Some(data) = mnist() else { return };
+    let data = small_data(&data);
+    for rule in [
+        Rule::Bp,
+        Rule::FenBp { beta: 0.01 },
+        Rule::FenBp { beta: 1.0 },
+    ] {
+        let t = nn::run(
+            small_config(rule, Init::Glorot, 3),
+            &data,
+            &Outputs::default(),
+            &mut (),
+        )
+        .unwrap();
+        let h = &t.history;
+        assert!(h[2].train_loss < 0.7 * h[0].train_loss, "{rule:?}: {h:?}");
+        assert!(h[2].test_error_pct < 40.0, "{rule:?}: {h:?}");
+    }
+}
+
+#[test]
+fn negative_init_freezes_bp_but_not_fenbp_with_large_beta() {
+    let Some(data) = mnist() else { return };
+    let data = small_data(&data);
+    let first = |t: &Trainer| t.net.layers[0].w.clone();
+    let fresh = Trainer::new(small_config(Rule::Bp, Init::Negative, 1)).unwrap();
+    let w0 = first(&fresh);
+    let bp = nn::run(
+        small_config(Rule::Bp, Init::Negative, 1),
+        &data,
+        &Outputs::default(),
+        &mut (),
+    )
+    .unwrap();
+    assert_eq!(
+        first(&bp),
+        w0,
+        "BP: the first layer's gradient is exactly zero"
+    );
+    let fen = nn::run(
+        small_config(Rule::FenBp { beta: 1000.0 }, Init::Negative, 1),
+        &data,
+        &Outputs::default(),
+        &mut (),
+    )
+    .unwrap();
+    let moved = (first(&fen) - &w0).amax();
+    assert!(moved > 1e-4, "FenBP β=1000 moves the first layer: {moved}");
+}
+
+#[test]
+fn resume_reproduces_the_uninterrupted_run() {
+    let Some(data) = mnist() else { return };
+    let data = small_data(&data);
+    let dir = tmp("resume");
+    for shuffle in [false, true] {
+        let config = |epochs| TrainConfig {
+            shuffle,
+            ..small_config(Rule::FenBp { beta: 1.0 }, Init::Glorot, epochs)
+        };
+        let whole = nn::run(config(3), &data, &Outputs::default(), &mut ()).unwrap();
+        let ck = dir.join(format!("ck{shuffle}"));
+        let log_path = dir.join(format!("run{shuffle}.csv"));
+        let out = Outputs {
+            log: Some(log_path.clone()),
+            checkpoint: Some(ck.clone()),
+            resume: true,
+        };
+        nn::run(config(1), &data, &out, &mut ()).unwrap();
+        let resumed = nn::run(config(3), &data, &out, &mut ()).unwrap();
+        assert_eq!(resumed.net, whole.net, "shuffle {shuffle}");
+        assert_eq!(resumed.adam, whole.adam);
+        let strip = |h: &[nn::EpochRecord]| {
+            h.iter()
+                .map(|r| (r.train_loss, r.train_error_pct, r.test_error_pct))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(strip(&resumed.history), strip(&whole.history));
+        let run = log::read(&log_path).unwrap();
+        assert_eq!(run.points.len(), 3);
+        assert_eq!(run.label, "FenBP β=1");
+        assert!((run.points[2].2 - whole.history[2].test_error_pct).abs() < 1e-3);
+    }
+    // Other settings: refused with a message naming the checkpoint's settings.
+    let out = Outputs {
+        log: None,
+        checkpoint: Some(dir.join("ckfalse")),
+        resume: true,
+    };
+    match nn::run(
+        small_config(Rule::Bp, Init::Glorot, 3),
+        &data,
+        &out,
+        &mut (),
+    ) {
+        Err(Error::InvalidInput { field, reason }) => {
+            assert_eq!(field, "--resume");
+            assert!(reason.contains("FenBP β=1"), "{reason}");
+        }
+        other => panic!("expected a refusal, got {:?}", other.map(|t| t.history)),
+    }
+    // A corrupt checkpoint is bad data, not a panic.
+    let ck = dir.join("ckfalse").join("checkpoint.bin");
+    let bytes = std::fs::read(&ck).unwrap();
+    std::fs::write(&ck, &bytes[..bytes.len() / 2]).unwrap();
+    let out = Outputs {
+        log: None,
+        checkpoint: Some(dir.join("ckfalse")),
+        resume: true,
+    };
+    assert!(matches!(
+        nn::run(
+            small_config(Rule::FenBp { beta: 1.0 }, Init::Glorot, 3),
+            &data,
+            &out,
+            &mut ()
+        ),
+        Err(Error::BadData { .. })
+    ));
+}
+
+#[test]
+fn bad_settings_are_errors() {
+    assert!(matches!(
+        Rule::parse("fenbp", Some(0.0)),
+        Err(Error::InvalidBeta { .. })
+    ));
+    assert!(matches!(
+        Rule::parse("fenbp", Some(f32::NAN)),
+        Err(Error::InvalidBeta { .. })
+    ));
+    assert!(Rule::parse("bp", Some(1.0)).is_err());
+    assert!(Rule::parse("sgd", None).is_err());
+    assert!(Init::parse("zeros").is_err());
+    let bad = TrainConfig {
+        batch: 0,
+        ..TrainConfig::default()
+    };
+    assert!(Trainer::new(bad).is_err());
+    let out = Outputs {
+        resume: true,
+        ..Outputs::default()
+    };
+    let fake = Mnist {
+        train: Split {
+            pixels: vec![],
+            labels: vec![],
+            dim: 784,
+        },
+        test: Split {
+            pixels: vec![],
+            labels: vec![],
+            dim: 784,
+        },
+    };
+    assert!(matches!(
+        nn::run(TrainConfig::default(), &fake, &out, &mut ()),
+        Err(Error::InvalidInput { .. })
+    ));
+    // Too few training images for the configured run.
+    assert!(nn::run(TrainConfig::default(), &fake, &Outputs::default(), &mut ()).is_err());
+}
+
+#[test]
+fn uneven_last_batch_and_ties_in_the_argmax() {
+    let dir = tmp("uneven");
+    write_fake(&dir, 23, 7, false);
+    let data = Mnist::load(&dir).unwrap();
+    let config = TrainConfig {
+        widths: vec![16, 8, 10],
+        batch: 5,
+        train_size: 23,
+        epochs: 2,
+        ..TrainConfig::default()
+    };
+    let t = nn::run(config, &data, &Outputs::default(), &mut ()).unwrap();
+    assert_eq!(
+        t.adam.t, 10,
+        "5 steps per epoch: four of 5 images, one of 3"
+    );
+    // Flux's onecold takes the first maximum.
+    let out = dmatrix![1.0f32, 0.0; 1.0, 0.0; 0.0, 0.0];
+    let first = dmatrix![1.0f32, 1.0; 0.0, 0.0; 0.0, 0.0];
+    assert_eq!(nn::count_correct(&out, &first), 2);
+}
+
+#[test]
+fn plots_render_to_svg_and_png_without_system_fonts() {
+    let dir = tmp("plot");
+    let config = TrainConfig {
+        rule: Rule::FenBp { beta: 1000.0 },
+        init: Init::Negative,
+        ..TrainConfig::default()
+    };
+    let records: Vec<nn::EpochRecord> = (1..=4)
+        .map(|e| nn::EpochRecord {
+            epoch: e,
+            train_loss: 1.0 / e as f64,
+            train_error_pct: 10.0 / e as f64,
+            test_error_pct: 12.0 / e as f64,
+            seconds: 0.7,
+            exact_train_error_pct: None,
+        })
+        .collect();
+    let csv = dir.join("run.csv");
+    log::create(&csv, &records, &config).unwrap();
+    let run = log::read(&csv).unwrap();
+    assert_eq!(run.label, "FenBP β=1000 (negative init)");
+    assert_eq!(run.points[1], (2, 5.0, 6.0));
+    let panel = bilevel::plot::Panel {
+        title: "test".into(),
+        runs: vec![run],
+    };
+    for name in ["f.svg", "f.png"] {
+        let p = dir.join(name);
+        bilevel::plot::draw(&p, std::slice::from_ref(&panel)).unwrap();
+        assert!(std::fs::metadata(&p).unwrap().len() > 1000);
+    }
+    let svg = std::fs::read_to_string(dir.join("f.svg")).unwrap();
+    assert!(svg.contains("FenBP β=1000 (negative init)"));
+    assert!(bilevel::plot::draw(&dir.join("f.pdf"), &[panel]).is_err());
+    assert!(matches!(
+        log::read(&dir.join("missing.csv")),
+        Err(Error::BadData { .. })
+    ));
+}
