@@ -17,7 +17,12 @@ use rand::SeedableRng;
 
 fn main() -> bilevel::Result<()> {
     let mut args = std::env::args().skip(1);
-    let dir = resolve_dir(args.next().map(PathBuf::from).as_deref());
+    let dir = resolve_dir(
+        args.next()
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+            .as_deref(),
+    );
     let epochs: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(5);
     let data = Mnist::load(&dir)?;
 

@@ -119,7 +119,7 @@ struct TrainArgs {
     #[arg(long, default_value = "bp")]
     method: String,
     /// β of Fenchel BP (every layer; default 1).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     beta: Option<f32>,
     /// `glorot` or `negative` (first layer −|Glorot|).
     #[arg(long, default_value = "glorot")]
@@ -306,12 +306,13 @@ fn train(a: TrainArgs) -> bilevel::Result<()> {
         ..TrainConfig::default()
     };
     config.validate()?;
-    let data = load_mnist(a.data)?;
     let outputs = Outputs {
         log: a.log,
         checkpoint: a.checkpoint,
         resume: a.resume,
     };
+    outputs.validate()?;
+    let data = load_mnist(a.data)?;
     let mut progress = Progress::new();
     bilevel::nn::run(config, &data, &outputs, &mut progress)?;
     progress.bar.finish_and_clear();

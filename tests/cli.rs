@@ -217,3 +217,57 @@ fn taxonomy_lists_every_table1_row_close_to_back_propagation() {
     let bad = bin().args(["taxonomy", "--beta", "-1"]).output().unwrap();
     assert!(!bad.status.success());
 }
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = bin()
+        .args(args)
+        .env_remove("BILEVEL_DATA")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn train_and_plot_reject_bad_input_with_one_line() {
+    for (args, needle) in [
+        (
+            vec!["train", "--data", "/nonexistent/mnist"],
+            "/nonexistent/mnist: no such directory",
+        ),
+        (
+            vec!["train", "--method", "fenbp", "--beta", "-1"],
+            "invalid beta -1",
+        ),
+        (
+            vec!["train", "--method", "fenbp", "--beta", "0"],
+            "invalid beta 0",
+        ),
+        (vec!["train", "--method", "sgd"], "unknown method `sgd`"),
+        (vec!["train", "--init", "zeros"], "unknown init `zeros`"),
+        (vec!["train", "--resume"], "needs --checkpoint DIR"),
+        (vec!["train", "--batch", "0"], "--batch"),
+        (
+            vec!["plot", "/nonexistent.csv", "-o", "x.svg"],
+            "/nonexistent.csv",
+        ),
+    ] {
+        let (code, _, err) = run(&args);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(
+            err.starts_with("error: ") && err.contains(needle),
+            "{args:?}: {err}"
+        );
+    }
+    // Without --data and BILEVEL_DATA: the default ./data/mnist, and how to get the files.
+    let (code, _, err) = run(&["train", "--epochs", "1"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("data/mnist") && err.contains("BILEVEL_DATA"),
+        "{err}"
+    );
+}

@@ -594,6 +594,22 @@ pub struct Outputs {
     pub resume: bool,
 }
 
+impl Outputs {
+    /// Checks that `resume` comes with a checkpoint directory.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for `resume` without `checkpoint`.
+    pub fn validate(&self) -> Result<()> {
+        if self.resume && self.checkpoint.is_none() {
+            return Err(Error::input(
+                "--resume",
+                "needs --checkpoint DIR to resume from",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Receives progress from [`run`].
 pub trait Observer {
     /// Before the first epoch of a run with this legend label and `epochs` epochs in total.
