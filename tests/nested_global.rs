@@ -126,3 +126,45 @@ fn unsupported_combinations_are_errors() {
     )
     .is_err());
 }
+
+#[test]
+fn batched_convex_chl_agrees_with_the_per_sample_qps() {
+    use bilevel::nested::global::convex_chl_batched;
+    for (seed, act) in [
+        (41, Activation::Relu),
+        (42, Activation::HardTanh),
+        (43, Activation::HardSigmoid),
+    ] {
+        let net = network(&mut rng(seed), &[5, 6, 4, 3], act);
+        let x = matrix(&mut rng(seed + 100), 5, 7);
+        let t = matrix(&mut rng(seed + 200), 3, 7);
+        for beta in [0.3, 0.1, 1e-2, 1e-3, 1e-4] {
+            let betas = [beta; 3];
+            let qp = global_contrastive(
+                &net,
+                EnergyKind::Proximal,
+                &betas,
+                OutputLoss::Squared,
+                &x,
+                &t,
+            )
+            .unwrap();
+            let fast = convex_chl_batched(&net, &betas, &x, &t, 100_000).unwrap();
+            let (gq, gf) = (flat(&qp.grad), flat(&fast.grad));
+            assert!(
+                rel(&gf, &gq) < 1e-8,
+                "{act:?} beta {beta}: gradient {}",
+                rel(&gf, &gq)
+            );
+            assert!(
+                (fast.value - qp.value).abs() <= 1e-9 * qp.value.abs().max(1e-12),
+                "{act:?} beta {beta}: value {} vs {}",
+                fast.value,
+                qp.value
+            );
+            for k in 0..3 {
+                assert!((&fast.free[k] - &qp.free[k]).amax() < 1e-12);
+            }
+        }
+    }
+}

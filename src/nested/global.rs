@@ -155,7 +155,6 @@ fn convex_chl(
     let mut clamped: Vec<DMatrix<f64>> = widths.iter().map(|&w| DMatrix::zeros(w, batch)).collect();
     let mut free = clamped.clone();
     let mut diffs = clamped.clone();
-    let mut value = 0.0;
     let mut residual = 0.0f64;
     let loss_w = prod / batch as f64;
     for j in 0..batch {
@@ -217,12 +216,6 @@ fn convex_chl(
         );
         let diff = crate::linalg::solve_kkt(&clamped_qp.p, &select_rows(&a, &rows), &r1, &r2)?;
         let d = diff.x;
-        // Value (Eq. 22) without the difference of two O(1) objectives:
-        // [½dᵀPd + λ̌ᵀA d]/Πβ + ½‖ẑ_L − t‖²/B.
-        let lin = (&a * &d).dot(&zf.lambda);
-        value += (0.5 * d.dot(&(&p * &d)) + lin) / prod
-            + 0.5 * (zf.x.rows(ot, nt) + d.rows(ot, nt) - target.column(j)).norm_squared()
-                / batch as f64;
         for k in 0..=top {
             free[k]
                 .column_mut(j)
@@ -235,29 +228,7 @@ fn convex_chl(
                 .copy_from(&(zf.x.rows(offsets[k], widths[k]) + d.rows(offsets[k], widths[k])));
         }
     }
-    // Gradient c_k [ř_k ž_{k−1}ᵀ − r̂_k ẑ_{k−1}ᵀ] (r = z_k − W_k z_{k−1} − b_k, c_k = s_k/Πβ),
-    // from d: r̂ = ř + Δr with Δr_k = d_k − W_k d_{k−1}, so the bracket is
-    // −ř_k d_{k−1}ᵀ − Δr_k ẑ_{k−1}ᵀ (no difference of nearly equal terms).
-    let mut grad = Gradients::zeros(net);
-    for k in 0..=top {
-        let layer = &net.layers[k];
-        let ck = s[k] / prod;
-        let (r_free, dr, input_c) = if k == 0 {
-            (&free[0] - layer.affine(x), diffs[0].clone(), x.clone())
-        } else {
-            (
-                &free[k] - layer.affine(&free[k - 1]),
-                &diffs[k] - &layer.w * &diffs[k - 1],
-                clamped[k - 1].clone(),
-            )
-        };
-        let mut bracket = -(&dr * input_c.transpose());
-        if k > 0 {
-            bracket -= &r_free * diffs[k - 1].transpose();
-        }
-        grad.w[k] = bracket * ck;
-        grad.b[k] = -dr.column_sum() * ck;
-    }
+    let (value, grad) = proximal_value_and_gradient(net, &s, x, target, &free, &diffs);
     Ok(GlobalSolution {
         clamped,
         free,
@@ -265,6 +236,240 @@ fn convex_chl(
         grad,
         residual,
     })
+}
+
+/// Value and gradient of convex CHL from the free solution `ž` and the difference `d = ẑ − ž`
+/// (layer weights `s_k = Π_{l<k} β_l`, `s_L = Π β`), shared by the per-sample QP and the
+/// batched solver. With `r_k = z_k − W_k z_{k−1} − b_k` and `Δr_k = d_k − W_k d_{k−1}`:
+/// * value: `Σ_k s_k(řᵀΔr_k + ½‖Δr_k‖²)/Πβ + mean ½‖ẑ_L − t‖²` (Eq. 22, the free energy's
+///   `½‖ř‖²` terms cancel analytically, not numerically);
+/// * gradient: `c_k[ř_k ž_{k−1}ᵀ − r̂_k ẑ_{k−1}ᵀ] = −c_k[ř_k d_{k−1}ᵀ + Δr_k ẑ_{k−1}ᵀ]`,
+///   `c_k = s_k/Πβ`.
+fn proximal_value_and_gradient(
+    net: &Network<f64>,
+    s: &[f64],
+    x: &DMatrix<f64>,
+    target: &DMatrix<f64>,
+    free: &[DMatrix<f64>],
+    d: &[DMatrix<f64>],
+) -> (f64, Gradients<f64>) {
+    let top = net.layers.len() - 1;
+    let prod = s[top + 1];
+    let batch = x.ncols() as f64;
+    let mut grad = Gradients::zeros(net);
+    let mut value = 0.5 * (&free[top] + &d[top] - target).norm_squared() / batch;
+    for (k, layer) in net.layers.iter().enumerate() {
+        let ck = s[k] / prod;
+        let (r_free, dr) = if k == 0 {
+            (&free[0] - layer.affine(x), d[0].clone())
+        } else {
+            (
+                &free[k] - layer.affine(&free[k - 1]),
+                &d[k] - &layer.w * &d[k - 1],
+            )
+        };
+        value += ck * (r_free.dot(&dr) + 0.5 * dr.norm_squared());
+        let input_c = if k == 0 {
+            x.clone()
+        } else {
+            &free[k - 1] + &d[k - 1]
+        };
+        let mut bracket = -(&dr * input_c.transpose());
+        if k > 0 {
+            bracket -= &r_free * d[k - 1].transpose();
+        }
+        grad.w[k] = bracket * ck;
+        grad.b[k] = -dr.column_sum() * ck;
+    }
+    (value, grad)
+}
+
+/// Convex CHL (proximal energies, box-family activations, squared loss) for the whole batch at
+/// once, without a QP solver: block-coordinate projected gradient over layers on matrices whose
+/// columns are the samples (every step is a batched matrix product).
+///
+/// Free phase from the forward pass; clamped phase on `d = ẑ − ž` from `d = 0`. Block `k`
+/// (objective divided by `s_k`): `½‖z_k − W_k z_{k−1} − b_k‖² + (β_k/2)‖z_{k+1} − W_{k+1} z_k − b_{k+1}‖²`
+/// over the box, by projected gradient with step `1/(1 + β_k‖W_{k+1}‖₂²)`; the top block
+/// (`½‖z − a_L‖² + (β_L/B)½‖z − t‖²` in the clamped phase) is separable and closed-form. In the
+/// clamped phase the free gradient is snapped to exact stationarity (zero off the bounds) and
+/// every step is an increment `clamp(ž + v) − ž` formed without cancellation, so `d` keeps its
+/// relative accuracy for small β, as in [`global_contrastive`]. Layers couple with strength
+/// about `β_k‖W‖²`: the method is fast for small β and slow (reported as
+/// [`Error::NotConverged`]) when that product approaches 1.
+///
+/// # Errors
+/// As [`global_contrastive`] for proximal energies; [`Error::NotConverged`] after `max_sweeps`.
+pub fn convex_chl_batched(
+    net: &Network<f64>,
+    betas: &[f64],
+    x: &DMatrix<f64>,
+    target: &DMatrix<f64>,
+    max_sweeps: usize,
+) -> Result<GlobalSolution> {
+    net.validate(EnergyKind::Proximal)?;
+    check_betas(betas, net.layers.len())?;
+    net.check_batch(x, target)?;
+    if net.layers.iter().any(|l| l.activation.bounds().is_none()) {
+        return Err(Error::input("activation", "softmax is not a QP layer"));
+    }
+    let top = net.layers.len() - 1;
+    let batch = x.ncols();
+    let s = scaled_weights(betas);
+    // Step sizes 1/(1 + β_k‖W_{k+1}‖₂²) (power iteration, with 10 % margin: it converges from
+    // below).
+    let steps: Vec<f64> = (0..=top)
+        .map(|k| {
+            if k == top {
+                1.0
+            } else {
+                1.0 / (1.0 + 1.1 * betas[k] * spectral_norm_sq(&net.layers[k + 1].w))
+            }
+        })
+        .collect();
+    let clamp = |k: usize, v: &DMatrix<f64>| -> DMatrix<f64> {
+        let mut out = v.clone();
+        net.layers[k]
+            .activation
+            .activate(v.as_slice(), out.as_mut_slice());
+        out
+    };
+    let input = |z: &[DMatrix<f64>], k: usize| -> DMatrix<f64> {
+        net.layers[k].affine(if k == 0 { x } else { &z[k - 1] })
+    };
+    // Free phase.
+    let mut ws = super::linearized::Workspace::new(net, batch);
+    super::linearized::forward(net, x, &mut ws)?;
+    let mut free = ws.z;
+    let mut sweeps = 0;
+    loop {
+        sweeps += 1;
+        let (mut change, mut size) = (0.0f64, 1.0f64);
+        for k in 0..=top {
+            let a = input(&free, k);
+            let new = if k == top {
+                clamp(k, &a)
+            } else {
+                let r_up = &free[k + 1] - input(&free, k + 1);
+                let g = &free[k] - &a - net.layers[k + 1].w.transpose() * r_up * betas[k];
+                clamp(k, &(&free[k] - g * steps[k]))
+            };
+            change = change.max((&new - &free[k]).amax());
+            size = size.max(new.amax());
+            free[k] = new;
+        }
+        if change <= 1e-15 * size {
+            break;
+        }
+        if sweeps >= max_sweeps || !change.is_finite() {
+            return Err(Error::NotConverged {
+                solver: "convex CHL batched block-coordinate descent (free phase)".into(),
+                iterations: sweeps,
+                residual: change,
+            });
+        }
+    }
+    // Exact stationarity of the free phase: g0_k = ř_k − β_k W_{k+1}ᵀ ř_{k+1} vanishes off the
+    // bounds; on a bound it is the (scaled) multiplier.
+    let r_free: Vec<DMatrix<f64>> = (0..=top).map(|k| &free[k] - input(&free, k)).collect();
+    let g0: Vec<DMatrix<f64>> = (0..=top)
+        .map(|k| {
+            let mut g = r_free[k].clone();
+            if k < top {
+                g -= net.layers[k + 1].w.transpose() * &r_free[k + 1] * betas[k];
+            }
+            let (lo, hi) = net.layers[k]
+                .activation
+                .bounds()
+                .unwrap_or((f64::NEG_INFINITY, f64::INFINITY));
+            for (gi, &zi) in g.iter_mut().zip(free[k].iter()) {
+                if zi > lo && zi < hi {
+                    *gi = 0.0;
+                }
+            }
+            g
+        })
+        .collect();
+    // Clamped phase on d.
+    let w = betas[top] / batch as f64;
+    let increment = |k: usize, base: &DMatrix<f64>, v: &DMatrix<f64>| -> DMatrix<f64> {
+        // clamp(base + v) − clamp(base) = −D_1 f(base)[−v]
+        let neg = -v;
+        let mut out = DMatrix::zeros(v.nrows(), v.ncols());
+        net.layers[k].activation.difference_quotient(
+            base.as_slice(),
+            neg.as_slice(),
+            1.0,
+            out.as_mut_slice(),
+        );
+        -out
+    };
+    let a_top_free = input(&free, top);
+    let mut d: Vec<DMatrix<f64>> = free
+        .iter()
+        .map(|z| DMatrix::zeros(z.nrows(), z.ncols()))
+        .collect();
+    let mut clamped_sweeps = 0;
+    loop {
+        clamped_sweeps += 1;
+        let (mut change, mut size) = (0.0f64, 0.0f64);
+        for k in 0..=top {
+            let below = if k == 0 {
+                DMatrix::zeros(d[0].nrows(), batch)
+            } else {
+                &net.layers[k].w * &d[k - 1]
+            };
+            let new = if k == top {
+                // z = clamp((â + w t)/(1 + w)), â = ǎ + W d_{L−1}
+                let v = (&below + (target - &a_top_free) * w) / (1.0 + w);
+                increment(k, &a_top_free, &v)
+            } else {
+                let dr_up = &d[k + 1] - &net.layers[k + 1].w * &d[k];
+                let grad =
+                    &g0[k] + &d[k] - &below - net.layers[k + 1].w.transpose() * dr_up * betas[k];
+                let v = &d[k] - grad * steps[k];
+                increment(k, &free[k], &v)
+            };
+            change = change.max((&new - &d[k]).amax());
+            size = size.max(new.amax());
+            d[k] = new;
+        }
+        if change <= 1e-15 * size || size == 0.0 {
+            break;
+        }
+        if clamped_sweeps >= max_sweeps || !change.is_finite() {
+            return Err(Error::NotConverged {
+                solver: "convex CHL batched block-coordinate descent (clamped phase)".into(),
+                iterations: clamped_sweeps,
+                residual: change,
+            });
+        }
+    }
+    let (value, grad) = proximal_value_and_gradient(net, &s, x, target, &free, &d);
+    let clamped = free.iter().zip(&d).map(|(z, dz)| z + dz).collect();
+    Ok(GlobalSolution {
+        clamped,
+        free,
+        value,
+        grad,
+        residual: 0.0,
+    })
+}
+
+/// `‖W‖₂²` by 100 steps of power iteration on `WᵀW` (a lower estimate converging from below).
+pub(crate) fn spectral_norm_sq(w: &DMatrix<f64>) -> f64 {
+    let wtw = w.transpose() * w;
+    let mut v = DVector::from_element(wtw.nrows(), 1.0).normalize();
+    let mut lambda = 0.0;
+    for _ in 0..100 {
+        let u = &wtw * &v;
+        lambda = u.norm();
+        if lambda == 0.0 {
+            break;
+        }
+        v = u / lambda;
+    }
+    lambda
 }
 
 use std::ops::{AddAssign, SubAssign};

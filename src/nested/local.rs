@@ -336,21 +336,8 @@ fn lpom_sample(
     let spectral_sq: Vec<f64> = net
         .layers
         .iter()
-        .map(|l| {
-            let wtw = l.w.transpose() * &l.w;
-            let mut v = DVector::from_element(wtw.nrows(), 1.0).normalize();
-            let mut lambda = 0.0;
-            for _ in 0..100 {
-                let u = &wtw * &v;
-                lambda = u.norm();
-                if lambda == 0.0 {
-                    break;
-                }
-                v = u / lambda;
-            }
-            // Power iteration approaches from below: a 5 % margin keeps the step safe.
-            1.05 * lambda
-        })
+        // Power iteration approaches from below: a 5 % margin keeps the step safe.
+        .map(|l| 1.05 * super::global::spectral_norm_sq(&l.w))
         .collect();
     let mut iterations = 0;
     let mut change = f64::INFINITY;

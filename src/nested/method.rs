@@ -84,7 +84,7 @@ impl Method {
     pub fn inference(self) -> &'static str {
         match self.choices() {
             (_, _, true) => "closed form (forward + backward pass)",
-            (EnergyKind::Proximal, Unravel::BottomUp, _) => "convex (QP per sample)",
+            (EnergyKind::Proximal, Unravel::BottomUp, _) => "convex (batched BCD; QP per sample)",
             (EnergyKind::Fenchel, Unravel::BottomUp, _) => "layer-wise convex (two phases)",
             (EnergyKind::Fenchel, Unravel::TopDown, _) => "block-convex (BCD)",
             _ => "non-convex (L-BFGS + Newton)",
@@ -129,6 +129,23 @@ impl Method {
                     target,
                 )?
                 .grad)
+            }
+            // Convex CHL: the batched solver (matrix products over the whole batch), and the
+            // per-sample QPs where it does not converge (strong layer coupling, β‖W‖² ≳ 1).
+            (EnergyKind::Proximal, Unravel::BottomUp, false) if loss == OutputLoss::Squared => {
+                match global::convex_chl_batched(net, betas, x, target, 20_000) {
+                    Ok(sol) => Ok(sol.grad),
+                    Err(Error::NotConverged { .. }) => Ok(global::global_contrastive(
+                        net,
+                        EnergyKind::Proximal,
+                        betas,
+                        loss,
+                        x,
+                        target,
+                    )?
+                    .grad),
+                    Err(e) => Err(e),
+                }
             }
             (kind, Unravel::BottomUp, false) => {
                 Ok(global::global_contrastive(net, kind, betas, loss, x, target)?.grad)
