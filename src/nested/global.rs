@@ -8,7 +8,8 @@
 //!   activations and the squared loss: both phases are convex QPs (one per sample; samples
 //!   decouple), solved with the crate's QP backend and refined exactly
 //!   ([`crate::solve::qp::solve_exact`]).
-//! * **CHL**: Fenchel energies `G_k(z_k) − z_kᵀ(W_k z_{k−1} + b_k)`, layer-wise convex. Both phases
+//! * **CHL**: Fenchel energies `G_k(z_k) − z_kᵀ(W_k z_{k−1} + b_k)`, layer-wise convex, with
+//!   box-family layers or softmax layers (`G` = negative entropy, Section 3.2.2). Both phases
 //!   by block-coordinate descent from the forward pass; each block has the closed form
 //!   `z_k = f_k(a_k + β_k W_{k+1}ᵀ z_{k+1})` (the top block adds the loss). The joint energy is
 //!   bilinear in adjacent layers and can be unbounded below for large β (roughly
@@ -59,7 +60,8 @@ pub struct GlobalSolution {
 ///
 /// # Errors
 /// Penalizer energies (their free energy is minimized by the forward pass: use
-/// [`super::local`]), softmax layers, convex CHL with a loss other than squared error (not a QP),
+/// [`super::local`]), softmax layers in convex CHL (not a QP), convex CHL with a loss other than
+/// squared error (not a QP), softmax output layers with cross-entropy (which expects logits),
 /// shapes, invalid β, the QP backend's errors, and for CHL divergence or non-convergence.
 pub fn global_contrastive(
     net: &Network<f64>,
@@ -483,76 +485,23 @@ fn scaled_weights(betas: &[f64]) -> Vec<f64> {
     s
 }
 
-/// One phase of CHL by block-coordinate descent; `loss_weight` is the top layer's relative loss
-/// weight `β_L / B` (0 for the free phase).
-fn chl_phase(
+/// The free phase of CHL by block-coordinate descent from `z` (the forward pass): each block
+/// has the closed form `z_k = f_k(a_k + β_k W_{k+1}ᵀ z_{k+1})` (column-wise for softmax).
+fn chl_free_phase(
     net: &Network<f64>,
     betas: &[f64],
-    loss: OutputLoss,
     x: &DMatrix<f64>,
-    target: &DMatrix<f64>,
-    loss_weight: f64,
     z: &mut [DMatrix<f64>],
 ) -> Result<(usize, f64)> {
     let top = net.layers.len() - 1;
-    let pre =
-        |z: &[DMatrix<f64>], k: usize| net.layers[k].affine(if k == 0 { x } else { &z[k - 1] });
     for sweep in 1..=20_000 {
-        let mut change = 0.0f64;
-        let mut size = 1.0f64;
+        let (mut change, mut size) = (0.0f64, 1.0f64);
         for k in 0..=top {
-            let layer = &net.layers[k];
-            let mut u = pre(z, k);
+            let mut u = net.layers[k].affine(if k == 0 { x } else { &z[k - 1] });
             if k < top {
                 u += net.layers[k + 1].w.transpose() * &z[k + 1] * betas[k];
             }
-            let mut new = u.clone();
-            if k == top && loss_weight > 0.0 {
-                match loss {
-                    // min G(z) − zᵀu + w ½‖z − t‖²  ⇒  z = f((u + w t)/(1 + w)) for the box family.
-                    OutputLoss::Squared => {
-                        let v = (&u + target * loss_weight) / (1.0 + loss_weight);
-                        layer.activation.activate(v.as_slice(), new.as_mut_slice());
-                    }
-                    // identity output: z − u + w (softmax(z) − t) = 0, Newton per column.
-                    OutputLoss::SoftmaxCrossEntropy => {
-                        if layer.activation != crate::prox::Activation::Identity {
-                            return Err(Error::input(
-                                "activation",
-                                "CHL with cross-entropy needs an identity output layer",
-                            ));
-                        }
-                        for j in 0..u.ncols() {
-                            let (uj, tj) =
-                                (u.column(j).into_owned(), target.column(j).into_owned());
-                            let mut zj = z[k].column(j).into_owned();
-                            for _ in 0..50 {
-                                let lse = crate::prox::log_sum_exp(zj.as_slice());
-                                let p = zj.map(|v| (v - lse).exp());
-                                let g = &zj - &uj + (&p * tj.sum() - &tj) * loss_weight;
-                                if g.amax() <= 1e-15 * (1.0 + uj.amax()) {
-                                    break;
-                                }
-                                let h = DMatrix::identity(p.len(), p.len())
-                                    + (DMatrix::from_diagonal(&p) - &p * p.transpose())
-                                        * (loss_weight * tj.sum());
-                                match h.cholesky() {
-                                    Some(ch) => zj -= ch.solve(&g),
-                                    None => return Err(Error::Singular("CHL output block".into())),
-                                }
-                            }
-                            new.column_mut(j).copy_from(&zj);
-                        }
-                    }
-                }
-            } else if layer.activation == crate::prox::Activation::Softmax {
-                return Err(Error::input(
-                    "activation",
-                    "softmax layers are not supported by CHL yet",
-                ));
-            } else {
-                layer.activation.activate(u.as_slice(), new.as_mut_slice());
-            }
+            let new = super::activate_columns(net.layers[k].activation, &u);
             change = change.max((&new - &z[k]).amax());
             size = size.max(new.amax());
             z[k] = new;
@@ -567,10 +516,27 @@ fn chl_phase(
         }
     }
     Err(Error::NotConverged {
-        solver: "CHL block-coordinate descent".into(),
+        solver: "CHL block-coordinate descent (free phase)".into(),
         iterations: 20_000,
         residual: f64::NAN,
     })
+}
+
+/// `softmax(u + Δu) − softmax(u)` per column without cancellation: with `p = softmax(u)`,
+/// `c = log1p(Σ p_i expm1(Δu_i))`, the difference is `p_i expm1(Δu_i − c)`.
+fn softmax_increment(u: &DMatrix<f64>, du: &DMatrix<f64>) -> DMatrix<f64> {
+    let p = super::activate_columns(crate::prox::Activation::Softmax, u);
+    let mut out = DMatrix::zeros(u.nrows(), u.ncols());
+    for j in 0..u.ncols() {
+        let c = (0..u.nrows())
+            .map(|i| p[(i, j)] * du[(i, j)].exp_m1())
+            .sum::<f64>()
+            .ln_1p();
+        for i in 0..u.nrows() {
+            out[(i, j)] = p[(i, j)] * (du[(i, j)] - c).exp_m1();
+        }
+    }
+    out
 }
 
 /// The clamped phase of CHL as block-coordinate descent on `d = ẑ − ž`, from `d = 0`, given the
@@ -616,7 +582,12 @@ fn chl_difference(
             }
             let u = &u_free[k];
             let mut new = DMatrix::zeros(u.nrows(), u.ncols());
+            let softmax = layer.activation == crate::prox::Activation::Softmax;
             let increment = |shift: &DMatrix<f64>, out: &mut DMatrix<f64>| {
+                if softmax {
+                    *out = softmax_increment(u, shift);
+                    return;
+                }
                 // f(u + shift) − f(u) = −D_1 f(u)[−shift]
                 let neg = -shift;
                 layer.activation.difference_quotient(
@@ -629,6 +600,25 @@ fn chl_difference(
             };
             if k == top && loss_weight > 0.0 {
                 match loss {
+                    // Softmax output, squared loss on the probabilities: ẑ = p ⊙ e^ρ with
+                    // ρ = Δu − w(ẑ − t) − c (stationarity of G(z) − zᵀû + w½‖z − t‖² on the
+                    // simplex, minus the free one), c normalizing Σẑ = 1. A fixed point with
+                    // contraction factor ≤ w; every quantity is formed as a difference-free
+                    // expression in Δu, w and expm1.
+                    OutputLoss::Squared if softmax => {
+                        let p = super::activate_columns(layer.activation, u);
+                        let mut dd = d[k].clone();
+                        for _ in 0..1000 {
+                            let g = &du - (&p + &dd - target) * loss_weight;
+                            let next = softmax_increment(u, &g);
+                            let step = (&next - &dd).amax();
+                            dd = next;
+                            if step <= 1e-16 * dd.amax() {
+                                break;
+                            }
+                        }
+                        new = dd;
+                    }
                     OutputLoss::Squared => {
                         let shift = (&du + (target - u) * loss_weight) / (1.0 + loss_weight);
                         increment(&shift, &mut new);
@@ -637,7 +627,7 @@ fn chl_difference(
                         if layer.activation != crate::prox::Activation::Identity {
                             return Err(Error::input(
                                 "activation",
-                                "CHL with cross-entropy needs an identity output layer",
+                                "CHL with cross-entropy needs an identity output layer (logits)",
                             ));
                         }
                         for j in 0..u.ncols() {
@@ -704,7 +694,7 @@ fn chl(
     let mut ws = super::linearized::Workspace::new(net, batch);
     super::linearized::forward(net, x, &mut ws)?;
     let mut free = ws.z;
-    let (_, r_free) = chl_phase(net, betas, loss, x, target, 0.0, &mut free)?;
+    let (_, r_free) = chl_free_phase(net, betas, x, &mut free)?;
     let w_top = betas[top] / batch as f64;
     let mut d: Vec<DMatrix<f64>> = free
         .iter()
@@ -714,18 +704,30 @@ fn chl(
     let clamped: Vec<DMatrix<f64>> = free.iter().zip(&d).map(|(z, dz)| z + dz).collect();
     let s = scaled_weights(betas);
     let prod = s[top + 1];
-    // Energy difference per layer from d (box family, G = ½‖z‖² on the box):
-    // ΔE_k = žᵀd + ½‖d‖² − dᵀâ_k − žᵀW_k d_{k−1}.
+    // Energy difference per layer from d: ΔE_k = ΔG_k − dᵀâ_k − žᵀW_k d_{k−1} with
+    // ΔG = žᵀd + ½‖d‖² (box family, G = ½‖z‖² on the box) or Σ d log ž + ẑ log1p(d/ž)
+    // (softmax, G = Σ z log z): products with d, never a difference of O(1) energies.
     let mut delta_energy = 0.0;
     for (k, layer) in net.layers.iter().enumerate() {
-        if layer.activation.bounds().is_none() {
-            return Err(Error::input(
-                "activation",
-                "softmax layers are not supported by CHL yet",
-            ));
-        }
         let a_hat = layer.affine(if k == 0 { x } else { &clamped[k - 1] });
-        let mut e = free[k].dot(&d[k]) + 0.5 * d[k].norm_squared() - d[k].dot(&a_hat);
+        let delta_g = if layer.activation == crate::prox::Activation::Softmax {
+            free[k]
+                .iter()
+                .zip(d[k].iter())
+                .map(|(&z, &dz)| {
+                    if z > 0.0 {
+                        dz * z.ln() + (z + dz) * (dz / z).ln_1p()
+                    } else if dz > 0.0 {
+                        dz * dz.ln() // 0 log 0 = 0
+                    } else {
+                        0.0
+                    }
+                })
+                .sum::<f64>()
+        } else {
+            free[k].dot(&d[k]) + 0.5 * d[k].norm_squared()
+        };
+        let mut e = delta_g - d[k].dot(&a_hat);
         if k > 0 {
             e -= free[k].dot(&(&layer.w * &d[k - 1]));
         }

@@ -14,7 +14,9 @@
 //!   `∂_{W_k} = −(1/β_k)(f'(a_k) ⊙ (ẑ_k − f(a_k))) ẑ_{k−1}ᵀ`.
 //! * **Fenchel** energies give LPOM (Eq. 34): `Ẽ_k = G(z_k) − z_kᵀa_k + G*(a_k)`, block-convex.
 //!   Minimized by block-coordinate descent over layers, each block the convex problem of Eq. 35
-//!   solved by accelerated projected gradient (box-family activations). Gradient:
+//!   solved by accelerated proximal gradient (FISTA with restarts): projection for box-family
+//!   activations, the entropy prox for softmax layers (`G = Σ z log z`, `G* = log Σ e^u`, the
+//!   soft-arg-max layer of Section 3.2.2 that the original LPOM cannot express). Gradient:
 //!   `∂_{W_k} = (1/β_k)(f(a_k) − ẑ_k) ẑ_{k−1}ᵀ`.
 //!
 //! The batch loss is the mean over samples, as everywhere in [`crate::nested`].
@@ -191,7 +193,8 @@ use std::ops::{AddAssign, SubAssign};
 /// minimizer, the value and the θ-gradient.
 ///
 /// # Errors
-/// Shapes, invalid β, softmax layers (not supported by the local solvers yet), non-convergence.
+/// Shapes, invalid β, softmax layers with penalizer energies (MAC needs an element-wise `f'`;
+/// softmax is an LPOM layer), non-convergence.
 pub fn local_contrastive(
     net: &Network<f64>,
     kind: EnergyKind,
@@ -202,12 +205,16 @@ pub fn local_contrastive(
 ) -> Result<LocalSolution> {
     net.validate(kind)?;
     check_betas(betas, net.layers.len())?;
-    if net
-        .layers
-        .iter()
-        .any(|l| l.activation == Activation::Softmax)
+    if kind == EnergyKind::Penalizer
+        && net
+            .layers
+            .iter()
+            .any(|l| l.activation == Activation::Softmax)
     {
-        return Err(Error::input("activation", "the local contrastive solvers support box-family activations only (use a softmax cross-entropy loss on identity outputs)"));
+        return Err(Error::input(
+            "activation",
+            "MAC supports box-family activations only; softmax is a Fenchel (LPOM) layer",
+        ));
     }
     net.check_batch(x, target)?;
     let widths = net.widths();
@@ -275,8 +282,7 @@ pub fn local_contrastive(
         let layer = &net.layers[k];
         let input = if k == 0 { x.clone() } else { z[k - 1].clone() };
         let a = layer.affine(&input);
-        let mut fa = a.clone();
-        layer.activation.activate(a.as_slice(), fa.as_mut_slice());
+        let fa = super::activate_columns(layer.activation, &a);
         let signal = match kind {
             EnergyKind::Penalizer => {
                 let mut d = a.clone();
@@ -345,19 +351,35 @@ fn lpom_sample(
         change = 0.0f64;
         for k in 0..=top {
             let l = &net.layers[k];
-            let (lo, hi) = l.activation.bounds().expect("box family");
+            // Box family: G = ½‖z‖² + ι_box is split as a smooth ½‖z‖²/β_k plus a projection.
+            // Softmax (negative entropy on the simplex, end of Section 3.2.2): G/β_k is the
+            // prox part of a proximal-gradient (FISTA) step, with the entropy prox.
+            let softmax = l.activation.bounds().is_none();
             let a_k = affine(net, k, &block(&v, prev(k)));
             let next = (k < top).then(|| (&net.layers[k + 1], block(&v, k + 1)));
-            // Lipschitz constant of the block gradient (scaled by 1/w).
-            let mut lip = 1.0 / betas[k];
+            // Lipschitz constant of the block's smooth part (scaled by 1/w); softmax and the
+            // box family are both 1-Lipschitz maps f = ∇G*.
+            let mut lip = if softmax { 0.0 } else { 1.0 / betas[k] };
             if next.is_some() {
                 lip += spectral_sq[k + 1] / betas[k + 1];
             }
             if k == top {
                 lip += 1.0;
             }
+            let lip = lip.max(1.0 / betas[k]);
+            let step = |y: &DVector<f64>, g: DVector<f64>| -> DVector<f64> {
+                let v = y - g / lip;
+                let mut out = v.clone();
+                l.activation
+                    .prox(v.as_slice(), 1.0 / (betas[k] * lip), out.as_mut_slice());
+                out
+            };
             let grad = |z: &DVector<f64>| -> DVector<f64> {
-                let mut g = (z - &a_k) / betas[k];
+                let mut g = if softmax {
+                    -&a_k / betas[k]
+                } else {
+                    (z - &a_k) / betas[k]
+                };
                 if let Some((ln, zn)) = &next {
                     let an = &ln.w * z + &ln.b;
                     g += ln.w.transpose() * (act(ln.activation, &an) - zn) / betas[k + 1];
@@ -367,12 +389,12 @@ fn lpom_sample(
                 }
                 g
             };
-            let project = |z: DVector<f64>| z.map(|c| c.clamp(lo, hi));
             let z0 = block(&v, k);
             let (mut z, mut y, mut tk) = (z0.clone(), z0.clone(), 1.0f64);
             for _ in 0..10_000 {
                 iterations += 1;
-                let z_new = project(&y - grad(&y) / lip);
+                // Box family: prox = projection (independent of τ).
+                let z_new = step(&y, grad(&y));
                 let t_new = (1.0 + (1.0 + 4.0 * tk * tk).sqrt()) / 2.0;
                 let step = (&z_new - &z).amax();
                 // Gradient-mapping restart keeps FISTA monotone enough on this strongly convex block.

@@ -30,6 +30,20 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::prox::Activation;
 
+/// `f(u)` applied to every column of `u` (softmax couples the entries of a column; the box
+/// family is element-wise). Allocates; for the verification solvers.
+pub fn activate_columns<T: RealField + Copy>(act: Activation, u: &DMatrix<T>) -> DMatrix<T> {
+    let mut out = u.clone();
+    if act == Activation::Softmax {
+        for (uc, mut oc) in u.column_iter().zip(out.column_iter_mut()) {
+            act.activate(uc.as_slice(), oc.as_mut_slice());
+        }
+    } else {
+        act.activate(u.as_slice(), out.as_mut_slice());
+    }
+    out
+}
+
 /// The layer energy kind (Table 1's `E_k` column).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
