@@ -21,13 +21,14 @@
 //!
 //! The batch loss is the mean over samples, as everywhere in [`crate::nested`].
 //!
-//! # Known limitation (MAC)
+//! # Kinks (MAC)
 //! The penalizer objective is non-smooth where a ReLU pre-activation crosses 0. At a *convex*
-//! kink (a unit whose target `z_k` is negative) the minimizer can sit exactly on the kink; the
-//! gradient then never vanishes and the solver reports [`Error::NotConverged`] with its residual
-//! instead of a number. This happens for larger β (seen at β ≥ 1e-2 on random 5-4-3-2 ReLU
-//! networks); for small β the minimizer stays on the forward pass's linear pieces. An
-//! active-set treatment of the kinks is the planned fix.
+//! kink (a unit whose target `z_k` is below the bound) the minimizer can sit exactly on the kink
+//! (seen for β ≥ 1e-2 on random 5-4-3-2 ReLU networks); the gradient then never vanishes and the
+//! smooth solver stalls. It is finished by an active-set method on the pieces (exact for the
+//! piecewise-quadratic squared-loss objective, Newton for cross-entropy) that holds such units on
+//! their kink and returns their multipliers `ν = ∂J/∂a`, which enter the gradient in place of
+//! `f'(a)·(…)`. The gradient at kinks matches the surrogate's own finite differences to 1e-9.
 
 use nalgebra::{DMatrix, DVector};
 
@@ -35,7 +36,7 @@ use super::linearized::{check_betas, Gradients};
 use super::{EnergyKind, Network, OutputLoss};
 use crate::error::{Error, Result};
 use crate::prox::Activation;
-use crate::solve::smooth::{minimize, SmoothObjective, SmoothSettings};
+use crate::solve::smooth::{minimize_best, SmoothObjective, SmoothSettings};
 
 /// The minimizer of Eq. 28 for one batch, with the surrogate value and diagnostics.
 #[derive(Debug, Clone)]
@@ -187,6 +188,250 @@ impl SmoothObjective for Penalizer<'_> {
     }
 }
 
+/// Which linear piece of a box-family activation a unit uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Piece {
+    Lo,
+    In,
+    Hi,
+}
+
+/// Result of [`kink_active_set`].
+struct KinkSolution {
+    z: DVector<f64>,
+    /// `(layer, unit, ν)` of every unit whose minimizer sits on a kink, `ν = ∂J/∂a` there.
+    kinks: Vec<(usize, usize, f64)>,
+    iterations: usize,
+    residual: f64,
+}
+
+impl Penalizer<'_> {
+    /// Value, gradient and Hessian of the objective with every unit's piece fixed (`pieces[k][i]`
+    /// for layers `k ≥ 1`; layer 0's input is the constant `x`). Quadratic in `z` for the squared
+    /// loss.
+    fn model(&self, v: &DVector<f64>, pieces: &[Vec<Piece>]) -> (DVector<f64>, DMatrix<f64>) {
+        let top = self.net.layers.len() - 1;
+        let n = v.len();
+        let (_, lg, lh) = sample_loss(self.loss, &self.split(v, top).into_owned(), &self.t, self.w);
+        let mut g = DVector::zeros(n);
+        let mut h = DMatrix::zeros(n, n);
+        let o = self.offsets[top];
+        g.rows_mut(o, lg.len()).add_assign(&lg);
+        h.view_mut((o, o), lh.shape()).add_assign(&lh);
+        for (k, (layer, piece)) in self.net.layers.iter().zip(pieces).enumerate() {
+            let c = self.w / self.betas[k];
+            let a = affine(self.net, k, &self.input(v, k));
+            let (lo, hi) = layer
+                .activation
+                .bounds()
+                .unwrap_or((f64::NEG_INFINITY, f64::INFINITY));
+            let (fa, d) = if k == 0 {
+                (act(layer.activation, &a), DVector::zeros(a.len()))
+            } else {
+                let fa = DVector::from_fn(a.len(), |i, _| match piece[i] {
+                    Piece::Lo => lo,
+                    Piece::In => a[i],
+                    Piece::Hi => hi,
+                });
+                let d =
+                    DVector::from_fn(a.len(), |i, _| f64::from(u8::from(piece[i] == Piece::In)));
+                (fa, d)
+            };
+            let r = (self.split(v, k) - fa) * c;
+            let ok = self.offsets[k];
+            g.rows_mut(ok, r.len()).add_assign(&r);
+            for i in 0..r.len() {
+                h[(ok + i, ok + i)] += c;
+            }
+            if k > 0 {
+                let dw = DMatrix::from_diagonal(&d) * &layer.w;
+                let op = self.offsets[k - 1];
+                let np = layer.w.ncols();
+                g.rows_mut(op, np).sub_assign(&(dw.transpose() * &r));
+                h.view_mut((op, op), (np, np))
+                    .add_assign(&(dw.transpose() * &dw * c));
+                h.view_mut((ok, op), (r.len(), np)).sub_assign(&(&dw * c));
+                h.view_mut((op, ok), (np, r.len()))
+                    .sub_assign(&(dw.transpose() * c));
+            }
+        }
+        (g, h)
+    }
+}
+
+/// MAC at kinks: a primal active-set method on the pieces of the (piecewise-quadratic for the
+/// squared loss) penalizer objective, from the point where the smooth solver stalled.
+///
+/// A unit `i` of layer `k ≥ 1` whose pre-activation sits on a bound `c ∈ {lo, hi}` with its
+/// target beyond it (`z < lo`, or `z > hi`) is a *convex* kink: there `J = J_off + ψ(a)`, `ψ`
+/// convex with `∂ψ(c) = [0, (lo − z)·w/β]` (resp. `[(hi − z)·w/β, 0]`). Such units are held at
+/// `a_{k,i}(z_{k−1}) = c` (equality constraints), the others use the piece their `a` lies on,
+/// and each piece is solved by Newton on the equality-constrained KKT system (one step for the
+/// squared loss). Optimal when every kink multiplier `ν = ∂J/∂a` lies in `∂ψ(c)` and every other
+/// unit stays on its piece; otherwise the worst offender changes piece (a released kink moves
+/// to the side its multiplier points to; a unit leaving its piece across a convex kink becomes a
+/// kink). The multipliers are the gradient's `∂J/∂a` at the kinks (the value function is smooth
+/// there when `ν` is interior).
+fn kink_active_set(obj: &Penalizer<'_>, mut v: DVector<f64>) -> Result<KinkSolution> {
+    let net = obj.net;
+    let top = net.layers.len() - 1;
+    let bounds: Vec<(f64, f64)> = net
+        .layers
+        .iter()
+        .map(|l| {
+            l.activation
+                .bounds()
+                .unwrap_or((f64::NEG_INFINITY, f64::INFINITY))
+        })
+        .collect();
+    let pre = |v: &DVector<f64>, k: usize| affine(net, k, &obj.input(v, k));
+    let scale = 1.0 + v.amax();
+    let tol_kink = 1e-7 * scale;
+    // Initial pieces and kinks from the stalled point.
+    let mut pieces: Vec<Vec<Piece>> = vec![Vec::new(); top + 1];
+    let mut kinks: Vec<(usize, usize, Piece)> = Vec::new();
+    for k in 1..=top {
+        let a = pre(&v, k);
+        let (lo, hi) = bounds[k];
+        pieces[k] = (0..a.len())
+            .map(|i| {
+                let z = obj.split(&v, k)[i];
+                if (a[i] - lo).abs() <= tol_kink && z < lo {
+                    kinks.push((k, i, Piece::Lo));
+                    Piece::Lo
+                } else if (a[i] - hi).abs() <= tol_kink && z > hi {
+                    kinks.push((k, i, Piece::Hi));
+                    Piece::Hi
+                } else if a[i] <= lo {
+                    Piece::Lo
+                } else if a[i] >= hi {
+                    Piece::Hi
+                } else {
+                    Piece::In
+                }
+            })
+            .collect();
+    }
+    let mut iterations = 0;
+    for _ in 0..(4 * v.len() + 20) {
+        // Newton on the current pieces with the kink equalities a_{k,i} = bound.
+        let n = v.len();
+        let mut nu = DVector::zeros(kinks.len());
+        for _ in 0..50 {
+            iterations += 1;
+            let (g, h) = obj.model(&v, &pieces);
+            let mut c = DMatrix::zeros(kinks.len(), n);
+            let mut rhs = DVector::zeros(kinks.len());
+            for (r, &(k, i, piece)) in kinks.iter().enumerate() {
+                let op = obj.offsets[k - 1];
+                c.view_mut((r, op), (1, net.layers[k].w.ncols()))
+                    .copy_from(&net.layers[k].w.row(i));
+                let bound = if piece == Piece::Lo {
+                    bounds[k].0
+                } else {
+                    bounds[k].1
+                };
+                rhs[r] = bound - pre(&v, k)[i];
+            }
+            let kkt = crate::linalg::solve_kkt(&h, &c, &(-&g), &rhs)?;
+            v += &kkt.x;
+            nu = kkt.nu;
+            if kkt.x.amax() <= 1e-15 * (1.0 + v.amax()) {
+                break;
+            }
+        }
+        // Worst kink multiplier outside ∂ψ, then worst unit off its piece.
+        let mut worst: Option<(f64, usize, Option<Piece>)> = None;
+        for (r, &(k, i, piece)) in kinks.iter().enumerate() {
+            let z = obj.split(&v, k)[i];
+            let cw = obj.w / obj.betas[k];
+            let (lo_end, hi_end, off_side, on_side) = match piece {
+                Piece::Lo => (0.0, (bounds[k].0 - z) * cw, Piece::Lo, Piece::In),
+                _ => ((bounds[k].1 - z) * cw, 0.0, Piece::In, Piece::Hi),
+            };
+            let tol = 1e-10 * (1.0 + lo_end.abs() + hi_end.abs());
+            let (violation, side) = if nu[r] < lo_end - tol {
+                (lo_end - nu[r], off_side)
+            } else if nu[r] > hi_end + tol {
+                (nu[r] - hi_end, on_side)
+            } else {
+                continue;
+            };
+            if worst.is_none_or(|(w, _, _)| violation > w) {
+                worst = Some((violation, r, Some(side)));
+            }
+        }
+        if let Some((_, r, Some(side))) = worst {
+            let (k, i, _) = kinks.remove(r);
+            pieces[k][i] = side;
+            continue;
+        }
+        let mut moved = false;
+        for k in 1..=top {
+            let a = pre(&v, k);
+            let (lo, hi) = bounds[k];
+            for i in 0..a.len() {
+                if kinks.iter().any(|&(kk, ii, _)| kk == k && ii == i) {
+                    continue;
+                }
+                let z = obj.split(&v, k)[i];
+                let tol = 1e-12 * scale;
+                let (left, right) = match pieces[k][i] {
+                    Piece::Lo => (a[i] > lo + tol, false),
+                    Piece::In => (a[i] < lo - tol, a[i] > hi + tol),
+                    Piece::Hi => (false, a[i] < hi - tol),
+                };
+                if !(left || right) {
+                    continue;
+                }
+                moved = true;
+                // Crossing a convex kink: hold the unit there; otherwise take the new piece.
+                let crossing_lo = (pieces[k][i] == Piece::Lo) != (a[i] <= lo);
+                if crossing_lo && z < lo {
+                    kinks.push((k, i, Piece::Lo));
+                    pieces[k][i] = Piece::Lo;
+                } else if !crossing_lo && z > hi {
+                    kinks.push((k, i, Piece::Hi));
+                    pieces[k][i] = Piece::Hi;
+                } else {
+                    pieces[k][i] = if a[i] <= lo {
+                        Piece::Lo
+                    } else if a[i] >= hi {
+                        Piece::Hi
+                    } else {
+                        Piece::In
+                    };
+                }
+            }
+        }
+        if !moved {
+            let (g, _) = obj.model(&v, &pieces);
+            let mut c = DMatrix::zeros(kinks.len(), v.len());
+            for (r, &(k, i, _)) in kinks.iter().enumerate() {
+                let op = obj.offsets[k - 1];
+                c.view_mut((r, op), (1, net.layers[k].w.ncols()))
+                    .copy_from(&net.layers[k].w.row(i));
+            }
+            let residual = (g + c.transpose() * &nu).amax();
+            return Ok(KinkSolution {
+                z: v,
+                kinks: kinks
+                    .iter()
+                    .zip(nu.iter())
+                    .map(|(&(k, i, _), &n)| (k, i, n))
+                    .collect(),
+                iterations,
+                residual,
+            });
+        }
+    }
+    Err(Error::NotConverged {
+        solver: "MAC kink active set".into(),
+        iterations,
+        residual: f64::NAN,
+    })
+}
+
 use std::ops::{AddAssign, SubAssign};
 
 /// Minimizes Eq. 28 for the batch (`x`: `n_0 × B`, `target`: `n_L × B`) and returns the
@@ -229,6 +474,15 @@ pub fn local_contrastive(
     let mut z: Vec<DMatrix<f64>> = widths.iter().map(|&n| DMatrix::zeros(n, batch)).collect();
     let mut grad = Gradients::zeros(net);
     let (mut value, mut iterations, mut residual) = (0.0, 0, 0.0f64);
+    // ∂J/∂a_{k,i} of units whose minimizer sits on a kink (the constraint multipliers).
+    let mut kink_signal: Vec<DMatrix<f64>> =
+        widths.iter().map(|&n| DMatrix::zeros(n, batch)).collect();
+    // 0 at those units: their `f'` is the constrained piece's, 0 (not the rounding-level side
+    // of the kink the final `a` happens to be on).
+    let mut kink_mask: Vec<DMatrix<f64>> = widths
+        .iter()
+        .map(|&n| DMatrix::from_element(n, batch, 1.0))
+        .collect();
     for j in 0..batch {
         let xj = x.column(j).into_owned();
         let tj = target.column(j).into_owned();
@@ -260,9 +514,26 @@ pub fn local_contrastive(
                     newton_steps: 30,
                     ..SmoothSettings::default()
                 };
-                let s = minimize(&obj, &start, &settings)?;
-                value += obj.value(&s.z) / scale;
-                (s.z, s.iterations, s.residual)
+                let (s, converged) = minimize_best(&obj, &start, &settings);
+                // At a convex kink the smooth solver stalls: finish with the active-set method
+                // on the pieces (exact for this piecewise-quadratic objective), which also
+                // yields the kink multipliers the gradient needs.
+                let (zs, its, res) = if converged {
+                    (s.z, s.iterations, s.residual)
+                } else {
+                    let polished = kink_active_set(&obj, s.z)?;
+                    for &(k, i, nu) in &polished.kinks {
+                        kink_signal[k][(i, j)] = nu / scale;
+                        kink_mask[k][(i, j)] = 0.0;
+                    }
+                    (
+                        polished.z,
+                        s.iterations + polished.iterations,
+                        polished.residual,
+                    )
+                };
+                value += obj.value(&zs) / scale;
+                (zs, its, res)
             }
             EnergyKind::Fenchel | EnergyKind::Proximal => {
                 let (s, its, res, v) = lpom_sample(net, betas, loss, &xj, &tj, w, &offsets, start)?;
@@ -287,7 +558,8 @@ pub fn local_contrastive(
             EnergyKind::Penalizer => {
                 let mut d = a.clone();
                 layer.activation.derivative(a.as_slice(), d.as_mut_slice());
-                -(d.component_mul(&(&z[k] - &fa))) * (w / betas[k])
+                d.component_mul_assign(&kink_mask[k]);
+                -(d.component_mul(&(&z[k] - &fa))) * (w / betas[k]) + &kink_signal[k]
             }
             _ => (&fa - &z[k]) * (w / betas[k]),
         };

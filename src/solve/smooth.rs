@@ -93,6 +93,25 @@ pub fn minimize<F: SmoothObjective>(
     z0: &DVector<f64>,
     settings: &SmoothSettings,
 ) -> Result<SmoothSolution> {
+    let (sol, converged) = minimize_best(f, z0, settings);
+    if converged {
+        Ok(sol)
+    } else {
+        Err(Error::NotConverged {
+            solver: "argmin L-BFGS + Newton".into(),
+            iterations: sol.iterations,
+            residual: sol.residual,
+        })
+    }
+}
+
+/// [`minimize`] that returns the best point found and whether the gradient tolerance was met
+/// (for callers that finish the job themselves, e.g. at kinks of piecewise-smooth objectives).
+pub fn minimize_best<F: SmoothObjective>(
+    f: &F,
+    z0: &DVector<f64>,
+    settings: &SmoothSettings,
+) -> (SmoothSolution, bool) {
     let g0 = f.gradient(z0).amax();
     let tol = settings.tol_grad * (1.0 + g0);
     let mut iterations = 0;
@@ -106,9 +125,12 @@ pub fn minimize<F: SmoothObjective>(
         }
         let linesearch: MoreThuenteLineSearch<Vec<f64>, Vec<f64>, f64> =
             MoreThuenteLineSearch::new();
-        let solver = LBFGS::new(linesearch, settings.memory)
-            .with_tolerance_grad(1e-6 * (1.0 + g0))
-            .map_err(|e| Error::input("smooth solver settings", e.to_string()))?;
+        // (Fails only for a non-finite tolerance, i.e. a non-finite gradient: not converged.)
+        let Ok(solver) =
+            LBFGS::new(linesearch, settings.memory).with_tolerance_grad(1e-6 * (1.0 + g0))
+        else {
+            break;
+        };
         let start: Vec<f64> = z.iter().copied().collect();
         let res = Executor::new(Adapter(f), solver)
             .configure(|state| state.param(start).max_iters(settings.max_iter))
@@ -151,16 +173,13 @@ pub fn minimize<F: SmoothObjective>(
         }
     }
     let residual = grad.amax();
-    if residual.is_nan() || residual > tol {
-        return Err(Error::NotConverged {
-            solver: "argmin L-BFGS + Newton".into(),
+    let converged = !residual.is_nan() && residual <= tol;
+    (
+        SmoothSolution {
+            z,
             iterations,
             residual,
-        });
-    }
-    Ok(SmoothSolution {
-        z,
-        iterations,
-        residual,
-    })
+        },
+        converged,
+    )
 }

@@ -596,50 +596,11 @@ fn nested_checks(t: &mut Table, s: u64) {
         chain.clone().and_then(|c| Ok(rel_err(&flat(&grad(EnergyKind::Penalizer, &[0.3, 2.0, 1e-3])?), &c))),
         1e-6,
     );
-    // Cor. 2 for the local (Prop. 5) methods: gradients → chain rule as β → 0.
-    // MAC's objective is non-smooth at ReLU kinks, and for larger β its minimizer can sit on a
-    // (convex) kink where the gradient-based solver reports non-convergence; its rows use β small
-    // enough that ẑ stays on the forward pass's linear pieces (see the nested::local docs).
-    for (kind, id, name, betas) in [
-        (
-            EnergyKind::Penalizer,
-            "cor2-mac",
-            "MAC / predictive coding (Prop. 5, penalizer, argmin)",
-            [1e-3, 1e-4, 1e-5, 1e-6],
-        ),
-        (
-            EnergyKind::Fenchel,
-            "cor2-lpom",
-            "LPOM (Prop. 5, Fenchel, block-coordinate descent)",
-            [1e-1, 1e-2, 1e-3, 1e-4],
-        ),
-    ] {
-        let errs = chain.clone().and_then(|c| {
-            betas
-                .iter()
-                .map(|&b| {
-                    let sol = crate::nested::local::local_contrastive(
-                        &net, kind, &[b; 3], loss, &x, &target,
-                    )?;
-                    Ok(rel_err(&flat(&sol.grad), &c))
-                })
-                .collect::<Result<Vec<f64>>>()
-        });
-        let text = match &errs {
-            Ok(e) => format!(
-                "{name}: relative gradient error vs chain rule at beta {:.0e}..{:.0e}: {:.1e} {:.1e} {:.1e} {:.1e} (fitted rate {:.2})",
-                betas[0], betas[3], e[0], e[1], e[2], e[3], fitted_slope(&betas, e)
-            ),
-            Err(_) => name.to_string(),
-        };
-        t.add_result(
-            id,
-            "Cor. 2",
-            text,
-            errs.map(|e| e[3]),
-            1e-3 * betas[3] / 1e-4,
-        );
-    }
+    // Cor. 2: every non-linearized method's gradient → the chain rule as β → 0, at
+    // β = 1, 1e-1, …, 1e-4 (β = 1 is outside the asymptotic regime and may legitimately fail:
+    // CHL's bilinear energy is unbounded there; it is reported, not checked). The rate is fitted
+    // over 1e-1..1e-4; the check is the error at 1e-4. The O(β) constant varies between instances
+    // (0.07 to 3.6 over seeds 0-25), hence the tolerance 1e-3 at β = 1e-4.
     // Convex CHL (Prop. 4, proximal energies, QP per sample) on the same network, squared loss.
     let target_sq = matrix(&mut rng(s + 501), 2, 8);
     let chain_sq = (|| -> Result<DVector<f64>> {
@@ -657,57 +618,59 @@ fn nested_checks(t: &mut Table, s: u64) {
         )?;
         Ok(flat(&g))
     })();
-    let gc_betas = [1e-1, 1e-2, 1e-3, 1e-4];
-    let errs = chain_sq.and_then(|c| {
-        gc_betas
+    let cor2_betas = [1.0, 1e-1, 1e-2, 1e-3, 1e-4];
+    let rows: [(&str, &str, EnergyKind, bool, bool); 4] = [
+        ("cor2-mac", "MAC / predictive coding (Prop. 5, penalizer, argmin L-BFGS + Newton + kink active set)", EnergyKind::Penalizer, false, false),
+        ("cor2-lpom", "LPOM (Prop. 5, Fenchel, block-coordinate descent)", EnergyKind::Fenchel, false, false),
+        ("cor2-convex-chl", "convex CHL (Prop. 4, proximal, batched solver / QP per sample, d = z^ - z~ solved for)", EnergyKind::Proximal, true, true),
+        ("cor2-chl", "CHL (Prop. 4, Fenchel, block-coordinate descent on d = z^ - z~)", EnergyKind::Fenchel, true, false),
+    ];
+    for (id, name, kind, global, squared) in rows {
+        let (lossk, targetk, reference) = if squared {
+            (OutputLoss::Squared, &target_sq, &chain_sq)
+        } else {
+            (loss, &target, &chain)
+        };
+        let per_beta: Vec<Result<f64>> = cor2_betas
             .iter()
             .map(|&b| {
-                let sol = crate::nested::global::global_contrastive(
-                    &net,
-                    EnergyKind::Proximal,
-                    &[b; 3],
-                    OutputLoss::Squared,
-                    &x,
-                    &target_sq,
-                )?;
-                Ok(rel_err(&flat(&sol.grad), &c))
+                let c = reference.clone()?;
+                let g = if global {
+                    let method = if kind == EnergyKind::Proximal {
+                        crate::nested::method::Method::ConvexChl
+                    } else {
+                        crate::nested::method::Method::Chl
+                    };
+                    method.gradient(&net, &[b; 3], lossk, &x, targetk)?
+                } else {
+                    crate::nested::local::local_contrastive(
+                        &net, kind, &[b; 3], lossk, &x, targetk,
+                    )?
+                    .grad
+                };
+                Ok(rel_err(&flat(&g), &c))
             })
-            .collect::<Result<Vec<f64>>>()
-    });
-    let text = match &errs {
-        Ok(e) => format!(
-            "convex CHL (Prop. 4, proximal energies, QP per sample, d = z^ - z~ solved for): relative gradient error vs chain rule at beta 1e-1..1e-4: {:.1e} {:.1e} {:.1e} {:.1e} (fitted rate {:.2}; checked at 1e-4)",
-            e[0], e[1], e[2], e[3], fitted_slope(&gc_betas, e)
-        ),
-        Err(_) => "convex CHL (Prop. 4)".to_string(),
-    };
-    // The O(β) constant varies between instances (0.07 to 3.6 over seeds 0-25): the check is the
-    // error at 1e-4 plus the rate printed in the description.
-    t.add_result("cor2-convex-chl", "Cor. 2", text, errs.map(|e| e[3]), 1e-3);
-    let chl_errs = chain.clone().and_then(|c| {
-        gc_betas
+            .collect();
+        let shown: Vec<String> = per_beta
             .iter()
-            .map(|&b| {
-                let sol = crate::nested::global::global_contrastive(
-                    &net,
-                    EnergyKind::Fenchel,
-                    &[b; 3],
-                    loss,
-                    &x,
-                    &target,
-                )?;
-                Ok(rel_err(&flat(&sol.grad), &c))
+            .map(|r| match r {
+                Ok(e) => format!("{e:.1e}"),
+                Err(crate::Error::Unbounded(_)) => "unbounded".into(),
+                Err(_) => "error".into(),
             })
-            .collect::<Result<Vec<f64>>>()
-    });
-    let text = match &chl_errs {
-        Ok(e) => format!(
-            "CHL (Prop. 4, Fenchel energies, block-coordinate descent on d = z^ - z~), softmax cross-entropy: relative gradient error vs chain rule at beta 1e-1..1e-4: {:.1e} {:.1e} {:.1e} {:.1e} (fitted rate {:.2}; checked at 1e-4)",
-            e[0], e[1], e[2], e[3], fitted_slope(&gc_betas, e)
-        ),
-        Err(_) => "CHL (Prop. 4)".to_string(),
-    };
-    t.add_result("cor2-chl", "Cor. 2", text, chl_errs.map(|e| e[3]), 1e-3);
+            .collect();
+        let asymptotic: Result<Vec<f64>> = per_beta[1..].iter().cloned().collect();
+        let text = format!(
+            "{name}, {} loss: relative gradient error vs chain rule at beta 1, 1e-1, 1e-2, 1e-3, 1e-4: {}{}",
+            if squared { "squared" } else { "cross-entropy" },
+            shown.join(" "),
+            match &asymptotic {
+                Ok(e) => format!(" (fitted rate over 1e-1..1e-4: {:.2}; checked at 1e-4)", fitted_slope(&cor2_betas[1..], e)),
+                Err(_) => String::new(),
+            }
+        );
+        t.add_result(id, "Cor. 2", text, asymptotic.map(|e| e[3]), 1e-3);
+    }
     t.add_result(
         "eq29-local-below-loss",
         "Eq. 29",
