@@ -116,5 +116,11 @@ fn prop2_relu(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, prop1, prop2_qp, prop2_relu);
+// No HTML plots: plotters is built with `ab_glyph` (no system fonts) for `bilevel plot`, and
+// criterion's plots would need a registered font.
+criterion_group! {
+    name = benches;
+    config = Criterion::default().without_plots();
+    targets = prop1, prop2_qp, prop2_relu
+}
 criterion_main!(benches);

@@ -37,5 +37,11 @@ fn methods(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, methods);
+// No HTML plots: plotters is built with `ab_glyph` (no system fonts) for `bilevel plot`, and
+// criterion's plots would need a registered font.
+criterion_group! {
+    name = benches;
+    config = Criterion::default().without_plots();
+    targets = methods
+}
 criterion_main!(benches);

@@ -35,5 +35,11 @@ fn steps(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, steps);
+// No HTML plots: plotters is built with `ab_glyph` (no system fonts) for `bilevel plot`, and
+// criterion's plots would need a registered font.
+criterion_group! {
+    name = benches;
+    config = Criterion::default().without_plots();
+    targets = steps
+}
 criterion_main!(benches);

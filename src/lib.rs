@@ -5,6 +5,10 @@
 //! * contrastive surrogates `L^β(θ)` of `L(θ) = ℓ(z*)`, `z* = argmin_z E(z; θ)` (Def. 1, Def. 2),
 //! * their exact `β → 0⁺` limits through constrained argmin layers, with one-sided derivatives
 //!   at weakly active constraints (Props. 1-2, Cor. 1), and
+//! * deeply nested programs (Sections 3-4, [`nested`]): every method of the paper's Table 1 —
+//!   CHL, convex CHL, LPOM, MAC, predictive coding, back-propagation, Fenchel back-propagation —
+//!   from one set of layer energies,
+//! * an MNIST training client reproducing the paper's Fig. 1 ([`nn`], [`data`], [`plot`]), and
 //! * numerical checks of the paper's claims ([`verify`]).
 //!
 //! ```

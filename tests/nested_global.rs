@@ -173,54 +173,22 @@ fn batched_convex_chl_agrees_with_the_per_sample_qps() {
 /// on the probabilities, and as a hidden layer.
 #[test]
 fn chl_with_softmax_layers() {
-    let mut top = network(&mut rng(44), &[4, 5, 3], Activation::Relu);
-    top.layers[1].activation = Activation::Softmax;
-    let mut hidden = network(&mut rng(45), &[4, 5, 4, 2], Activation::Relu);
-    hidden.layers[1].activation = Activation::Softmax;
-    hidden.layers[2].activation = Activation::Identity;
-    let x = matrix(&mut rng(46), 4, 3);
-    for (n, t) in [
-        (
-            top,
-            DMatrix::from_fn(3, 3, |i, j| ((i + j) % 3 == 0) as u8 as f64),
-        ),
-        (hidden, matrix(&mut rng(47), 2, 3)),
-    ] {
+    let (nets, x) = common::softmax_nets(44);
+    for (n, t) in nets {
         let l = n.layers.len();
-        let betas = vec![0.1; l];
-        let sol = global_contrastive(&n, EnergyKind::Fenchel, &betas, OutputLoss::Squared, &x, &t)
-            .unwrap();
-        assert!(sol.value >= 0.0);
-        let fd = fd_weights(&n, 1e-6, |m| {
-            global_contrastive(m, EnergyKind::Fenchel, &betas, OutputLoss::Squared, &x, &t)
-                .unwrap()
-                .value
-        });
-        let g = flat(&sol.grad);
-        assert!(
-            rel(&g[..fd.len()], &fd) < 1e-5,
-            "{}",
-            rel(&g[..fd.len()], &fd)
-        );
-        let chain = fd_weights(&n, 1e-6, |m| m.loss(OutputLoss::Squared, &x, &t).unwrap());
-        let errs: Vec<f64> = [1e-1, 1e-2, 1e-3, 1e-4]
-            .iter()
-            .map(|&b| {
-                let g = flat(
-                    &global_contrastive(
-                        &n,
-                        EnergyKind::Fenchel,
-                        &vec![b; l],
-                        OutputLoss::Squared,
-                        &x,
-                        &t,
-                    )
-                    .unwrap()
-                    .grad,
-                );
-                rel(&g[..chain.len()], &chain)
-            })
-            .collect();
+        let errs =
+            common::own_fd_and_cor2(&n, &x, &t, 0.1, 1e-5, &[1e-1, 1e-2, 1e-3, 1e-4], |m, b| {
+                let sol = global_contrastive(
+                    m,
+                    EnergyKind::Fenchel,
+                    &vec![b; l],
+                    OutputLoss::Squared,
+                    &x,
+                    &t,
+                )
+                .unwrap();
+                (sol.value, sol.grad)
+            });
         for w in errs.windows(2) {
             assert!(w[1] < 0.2 * w[0], "{errs:?}");
         }

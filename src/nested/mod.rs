@@ -6,12 +6,12 @@
 //! * [`EnergyKind::Fenchel`]: `G_k(z_k) − z_kᵀa_k` with `∇G_k* = f_k` (Eq. 31; LPOM, Fenchel BP);
 //! * [`EnergyKind::Proximal`]: `½‖z_k − a_k‖² + F_k(z_k)` (convex CHL).
 //!
-//! All three have the same forward pass `z_k* = f_k(a_k)`. Implemented so far: the linearized
-//! local contrastive reformulation of Prop. 7 ([`linearized`]: back-propagation, Fenchel BP) and
-//! the local contrastive objective of Prop. 5 ([`local`]: MAC / predictive coding, LPOM), and the
-//! global contrastive objective of Prop. 4 ([`global`]: convex CHL with proximal energies, CHL
-//! with Fenchel energies), and Table 1 as data ([`method`]: each row a choice of energy,
-//! direction and linearization; `bilevel taxonomy` prints it with measured errors).
+//! All three have the same forward pass `z_k* = f_k(a_k)`. The reformulations: the linearized
+//! local contrastive objective of Prop. 7 ([`linearized`]: back-propagation, Fenchel BP), the
+//! local contrastive objective of Prop. 5 ([`local`]: MAC / predictive coding, LPOM), the global
+//! contrastive objective of Prop. 4 ([`global`]: convex CHL with proximal energies, CHL with
+//! Fenchel energies), and Table 1 as data ([`method`]: each row a choice of energy, direction
+//! and linearization; `bilevel taxonomy` prints it with measured errors).
 //!
 //! **Batches are matrix columns**: `x` is `n_0 × B`, every `z_k` is `n_k × B`. The outer loss is
 //! the batch *mean* of the per-sample loss (so gradients carry a factor `1/B`). For Fenchel-type

@@ -53,3 +53,57 @@ pub fn fd_weights(net: &Network<f64>, h: f64, value: impl Fn(&Network<f64>) -> f
     }
     fd
 }
+
+/// A network and the target of its batch.
+pub type NetAndTarget = (Network<f64>, DMatrix<f64>);
+
+/// Checks a surrogate with squared loss on `(net, x, t)`: its gradient at `beta_fd` against
+/// its own central differences (relative `tol_fd`), its value against the loss (`≤` for local,
+/// `≥ 0` always); returns the relative gradient errors against the chain rule (central
+/// differences of the network loss) at each of `betas`. `solve(net, β) = (value, gradient)`.
+pub fn own_fd_and_cor2(
+    net: &Network<f64>,
+    x: &DMatrix<f64>,
+    t: &DMatrix<f64>,
+    beta_fd: f64,
+    tol_fd: f64,
+    betas: &[f64],
+    solve: impl Fn(&Network<f64>, f64) -> (f64, Gradients<f64>),
+) -> Vec<f64> {
+    let (value, grad) = solve(net, beta_fd);
+    assert!(value >= 0.0);
+    let fd = fd_weights(net, 1e-6, |m| solve(m, beta_fd).0);
+    let g = flat(&grad);
+    let e = rel(&g[..fd.len()], &fd);
+    assert!(e < tol_fd, "own finite differences: {e}");
+    let chain = fd_weights(net, 1e-6, |m| m.loss(OutputLoss::Squared, x, t).unwrap());
+    betas
+        .iter()
+        .map(|&b| {
+            let g = flat(&solve(net, b).1);
+            rel(&g[..chain.len()], &chain)
+        })
+        .collect()
+}
+
+/// Two networks with a softmax Fenchel layer (negative entropy): as the output (3 classes, a
+/// one-hot-like target on the probabilities) and as a hidden layer (identity output), with a
+/// batch `x` of 3 samples. For the LPOM and CHL softmax tests.
+pub fn softmax_nets(seed: u64) -> (Vec<NetAndTarget>, DMatrix<f64>) {
+    use bilevel::prelude::Activation;
+    use bilevel::verify::instances::{matrix, network, rng};
+    let mut top = network(&mut rng(seed), &[4, 5, 3], Activation::Relu);
+    top.layers[1].activation = Activation::Softmax;
+    let mut hidden = network(&mut rng(seed + 1), &[4, 5, 4, 2], Activation::Relu);
+    hidden.layers[1].activation = Activation::Softmax;
+    hidden.layers[2].activation = Activation::Identity;
+    let x = matrix(&mut rng(seed + 2), 4, 3);
+    let nets = vec![
+        (
+            top,
+            DMatrix::from_fn(3, 3, |i, j| ((i + j) % 3 == 0) as u8 as f64),
+        ),
+        (hidden, matrix(&mut rng(seed + 3), 2, 3)),
+    ];
+    (nets, x)
+}
