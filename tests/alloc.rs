@@ -1,0 +1,63 @@
+//! The training step allocates nothing: a counting global allocator around `Trainer::step` (the
+//! Prop. 7 gradient in f32, Adam, batch copy-in) after one warm-up step.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bilevel::nn::bench::synthetic;
+use bilevel::nn::{Rule, TrainConfig, Trainer};
+
+struct Counting;
+
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards to the system allocator; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+#[test]
+fn training_steps_do_not_allocate() {
+    let data = synthetic(200, 10, 1);
+    for rule in [Rule::Bp, Rule::FenBp { beta: 1.0 }] {
+        let mut t = Trainer::new(TrainConfig {
+            rule,
+            train_size: 200,
+            ..TrainConfig::default()
+        })
+        .unwrap();
+        let idx: Vec<usize> = (0..50).collect();
+        t.step(&data.train, &idx).unwrap(); // warm-up (lazy statics, CPU feature detection)
+        let before = ALLOCATIONS.load(Ordering::Relaxed);
+        for s in 0..4 {
+            let batch: Vec<usize> = (50 * s..50 * s + 50).collect();
+            let counted = ALLOCATIONS.load(Ordering::Relaxed);
+            t.step(&data.train, &batch).unwrap();
+            assert_eq!(
+                ALLOCATIONS.load(Ordering::Relaxed),
+                counted,
+                "{rule:?}: step {s} allocated"
+            );
+        }
+        assert!(
+            ALLOCATIONS.load(Ordering::Relaxed) >= before + 4,
+            "the batch vectors are counted"
+        );
+    }
+}
