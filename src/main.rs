@@ -24,7 +24,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Check the paper's Section 2 claims numerically on seeded random instances.
+    /// Check the paper's claims (Sections 2-4, Appendix C) numerically on seeded random instances.
     Verify {
         /// Print JSON instead of a table.
         #[arg(long)]
