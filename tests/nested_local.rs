@@ -149,3 +149,43 @@ fn mac_at_kinks_matches_its_own_finite_differences() {
         }
     }
 }
+
+/// LPOM runs the whole batch at once; samples must not interact: each column of ẑ equals the
+/// solve of that sample alone, and the batch gradient is the mean of the per-sample ones.
+#[test]
+fn batched_lpom_equals_per_sample_solves() {
+    let n = net(28, &[4, 5, 3, 2]);
+    let x = matrix(&mut rng(29), 4, 5);
+    let t = matrix(&mut rng(30), 2, 5);
+    for beta in [1.0, 0.1, 1e-3] {
+        let all = local_contrastive(
+            &n,
+            EnergyKind::Fenchel,
+            &[beta; 3],
+            OutputLoss::Squared,
+            &x,
+            &t,
+        )
+        .unwrap();
+        let mut mean = vec![0.0; flat(&all.grad).len()];
+        for j in 0..5 {
+            let one = local_contrastive(
+                &n,
+                EnergyKind::Fenchel,
+                &[beta; 3],
+                OutputLoss::Squared,
+                &x.columns(j, 1).into_owned(),
+                &t.columns(j, 1).into_owned(),
+            )
+            .unwrap();
+            for k in 0..3 {
+                let d = (&all.z[k].column(j) - &one.z[k].column(0)).amax();
+                assert!(d < 1e-12, "beta {beta}, sample {j}, layer {k}: {d}");
+            }
+            for (m, g) in mean.iter_mut().zip(flat(&one.grad)) {
+                *m += g / 5.0;
+            }
+        }
+        assert!(rel(&flat(&all.grad), &mean) < 1e-10, "beta {beta}");
+    }
+}

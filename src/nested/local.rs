@@ -13,8 +13,9 @@
 //!   and squared loss), see [`crate::solve::smooth`]. Gradient:
 //!   `∂_{W_k} = −(1/β_k)(f'(a_k) ⊙ (ẑ_k − f(a_k))) ẑ_{k−1}ᵀ`.
 //! * **Fenchel** energies give LPOM (Eq. 34): `Ẽ_k = G(z_k) − z_kᵀa_k + G*(a_k)`, block-convex.
-//!   Minimized by block-coordinate descent over layers, each block the convex problem of Eq. 35
-//!   solved by accelerated proximal gradient (FISTA with restarts): projection for box-family
+//!   Minimized on the whole batch at once (samples as columns) by block-coordinate descent over
+//!   layers, each block the convex problem of Eq. 35 solved by accelerated proximal gradient
+//!   (FISTA with a restart per sample): projection for box-family
 //!   activations, the entropy prox for softmax layers (`G = Σ z log z`, `G* = log Σ e^u`, the
 //!   soft-arg-max layer of Section 3.2.2 that the original LPOM cannot express). Gradient:
 //!   `∂_{W_k} = (1/β_k)(f(a_k) − ẑ_k) ẑ_{k−1}ᵀ`.
@@ -483,7 +484,18 @@ pub fn local_contrastive(
         .iter()
         .map(|&n| DMatrix::from_element(n, batch, 1.0))
         .collect();
-    for j in 0..batch {
+    if kind != EnergyKind::Penalizer {
+        // LPOM: the whole batch at once (samples decouple; every block step is a matrix
+        // product over the batch).
+        let mut ws = super::linearized::Workspace::new(net, batch);
+        super::linearized::forward(net, x, &mut ws)?;
+        let (zs, its, res, v) = lpom_batched(net, betas, loss, x, target, ws.z)?;
+        z = zs;
+        iterations = its;
+        residual = res;
+        value = v;
+    }
+    for j in (0..batch).filter(|_| kind == EnergyKind::Penalizer) {
         let xj = x.column(j).into_owned();
         let tj = target.column(j).into_owned();
         // Start from the forward pass (Eq. 29: Ẽ = 0 there).
@@ -535,11 +547,7 @@ pub fn local_contrastive(
                 value += obj.value(&zs) / scale;
                 (zs, its, res)
             }
-            EnergyKind::Fenchel | EnergyKind::Proximal => {
-                let (s, its, res, v) = lpom_sample(net, betas, loss, &xj, &tj, w, &offsets, start)?;
-                value += v;
-                (s, its, res)
-            }
+            EnergyKind::Fenchel | EnergyKind::Proximal => unreachable!("LPOM runs batched above"),
         };
         iterations += its;
         residual = residual.max(res);
@@ -575,118 +583,141 @@ pub fn local_contrastive(
     })
 }
 
-/// LPOM for one sample: block-coordinate descent over layers, each block (Eq. 35) by FISTA with
-/// projection onto the activation's box. Returns `(ẑ, iterations, residual, value)`.
-#[allow(clippy::too_many_arguments)]
-fn lpom_sample(
+/// LPOM on the whole batch (samples as columns; they decouple): block-coordinate descent over
+/// layers, each block the convex problem of Eq. 35 solved by FISTA with a gradient-mapping
+/// restart per sample — projection for the box family, the entropy prox for softmax layers.
+/// Returns `(ẑ, FISTA iterations, last sweep's change, L_LC^β)`.
+fn lpom_batched(
     net: &Network<f64>,
     betas: &[f64],
     loss: OutputLoss,
-    x: &DVector<f64>,
-    t: &DVector<f64>,
-    w: f64,
-    offsets: &[usize],
-    mut v: DVector<f64>,
-) -> Result<(DVector<f64>, usize, f64, f64)> {
+    x: &DMatrix<f64>,
+    t: &DMatrix<f64>,
+    mut z: Vec<DMatrix<f64>>,
+) -> Result<(Vec<DMatrix<f64>>, usize, f64, f64)> {
     let top = net.layers.len() - 1;
-    let block = |v: &DVector<f64>, k: usize| -> DVector<f64> {
-        if k == usize::MAX {
-            x.clone()
-        } else {
-            v.rows(offsets[k], net.layers[k].w.nrows()).into_owned()
-        }
+    let batch = x.ncols();
+    let input = |z: &[DMatrix<f64>], k: usize| -> DMatrix<f64> {
+        net.layers[k].affine(if k == 0 { x } else { &z[k - 1] })
     };
-    let prev = |k: usize| if k == 0 { usize::MAX } else { k - 1 };
-    // Objective of one sample (Eq. 34), weighted by w = 1/B.
-    let objective = |v: &DVector<f64>| -> f64 {
-        let mut s = sample_loss(loss, &block(v, top), t, w).0;
+    // Objective (Eq. 34) averaged over the batch.
+    let objective = |z: &[DMatrix<f64>]| -> f64 {
+        let mut s = 0.0;
+        for j in 0..batch {
+            let zt = z[top].column(j).into_owned();
+            s += sample_loss(loss, &zt, &t.column(j).into_owned(), 1.0).0;
+        }
         for (k, (l, beta)) in net.layers.iter().zip(betas).enumerate() {
-            let a = affine(net, k, &block(v, prev(k)));
-            let zk = block(v, k);
-            s += w / beta
-                * (l.activation.potential(zk.as_slice()) - zk.dot(&a)
-                    + l.activation.conjugate(a.as_slice()));
+            let a = input(z, k);
+            for j in 0..batch {
+                let (zk, ak) = (z[k].column(j), a.column(j));
+                s += (l.activation.potential(zk.as_slice()) - zk.dot(&ak)
+                    + l.activation.conjugate(ak.as_slice()))
+                    / beta;
+            }
         }
-        s
+        s / batch as f64
     };
-    // ‖W_k‖₂² by power iteration on WᵀW (the Frobenius norm overestimates the Lipschitz
-    // constant by up to the layer width and made FISTA crawl on 784-wide layers).
+    // ‖W_k‖₂² by power iteration (the Frobenius norm overestimates the Lipschitz constant by up
+    // to the layer width and made FISTA crawl on 784-wide layers); it approaches from below, so
+    // a 5 % margin keeps the step safe.
     let spectral_sq: Vec<f64> = net
         .layers
         .iter()
-        // Power iteration approaches from below: a 5 % margin keeps the step safe.
         .map(|l| 1.05 * super::global::spectral_norm_sq(&l.w))
         .collect();
+    let loss_gradient = |zz: &DMatrix<f64>| -> DMatrix<f64> {
+        let mut g = zz.clone();
+        for j in 0..batch {
+            let gj = sample_loss(
+                loss,
+                &zz.column(j).into_owned(),
+                &t.column(j).into_owned(),
+                1.0,
+            )
+            .1;
+            g.column_mut(j).copy_from(&gj);
+        }
+        g
+    };
     let mut iterations = 0;
     let mut change = f64::INFINITY;
     for _sweep in 0..500 {
         change = 0.0f64;
         for k in 0..=top {
             let l = &net.layers[k];
-            // Box family: G = ½‖z‖² + ι_box is split as a smooth ½‖z‖²/β_k plus a projection.
-            // Softmax (negative entropy on the simplex, end of Section 3.2.2): G/β_k is the
-            // prox part of a proximal-gradient (FISTA) step, with the entropy prox.
+            // Box family: G = ½‖z‖² + ι_box, split as a smooth ½‖z‖²/β_k plus a projection.
+            // Softmax (negative entropy on the simplex, end of Section 3.2.2): G/β_k is the prox
+            // part, with the entropy prox.
             let softmax = l.activation.bounds().is_none();
-            let a_k = affine(net, k, &block(&v, prev(k)));
-            let next = (k < top).then(|| (&net.layers[k + 1], block(&v, k + 1)));
-            // Lipschitz constant of the block's smooth part (scaled by 1/w); softmax and the
-            // box family are both 1-Lipschitz maps f = ∇G*.
+            let a_k = input(&z, k);
+            // Lipschitz constant of the block's smooth part; softmax and the box family are
+            // both 1-Lipschitz maps f = ∇G*.
             let mut lip = if softmax { 0.0 } else { 1.0 / betas[k] };
-            if next.is_some() {
+            if k < top {
                 lip += spectral_sq[k + 1] / betas[k + 1];
             }
             if k == top {
                 lip += 1.0;
             }
             let lip = lip.max(1.0 / betas[k]);
-            let step = |y: &DVector<f64>, g: DVector<f64>| -> DVector<f64> {
-                let v = y - g / lip;
-                let mut out = v.clone();
-                l.activation
-                    .prox(v.as_slice(), 1.0 / (betas[k] * lip), out.as_mut_slice());
-                out
-            };
-            let grad = |z: &DVector<f64>| -> DVector<f64> {
+            let grad = |zz: &DMatrix<f64>| -> DMatrix<f64> {
                 let mut g = if softmax {
                     -&a_k / betas[k]
                 } else {
-                    (z - &a_k) / betas[k]
+                    (zz - &a_k) / betas[k]
                 };
-                if let Some((ln, zn)) = &next {
-                    let an = &ln.w * z + &ln.b;
-                    g += ln.w.transpose() * (act(ln.activation, &an) - zn) / betas[k + 1];
+                if k < top {
+                    let ln = &net.layers[k + 1];
+                    let fa = super::activate_columns(ln.activation, &ln.affine(zz));
+                    g += ln.w.transpose() * (fa - &z[k + 1]) / betas[k + 1];
                 }
                 if k == top {
-                    g += sample_loss(loss, z, t, 1.0).1;
+                    g += loss_gradient(zz);
                 }
                 g
             };
-            let z0 = block(&v, k);
-            let (mut z, mut y, mut tk) = (z0.clone(), z0.clone(), 1.0f64);
+            let step = |y: &DMatrix<f64>| -> DMatrix<f64> {
+                let v = y - grad(y) / lip;
+                let mut out = v.clone();
+                for (vc, mut oc) in v.column_iter().zip(out.column_iter_mut()) {
+                    l.activation
+                        .prox(vc.as_slice(), 1.0 / (betas[k] * lip), oc.as_mut_slice());
+                }
+                out
+            };
+            let z0 = z[k].clone();
+            let (mut zc, mut y) = (z0.clone(), z0.clone());
+            let mut tk = vec![1.0f64; batch];
             for _ in 0..10_000 {
                 iterations += 1;
-                // Box family: prox = projection (independent of τ).
-                let z_new = step(&y, grad(&y));
-                let t_new = (1.0 + (1.0 + 4.0 * tk * tk).sqrt()) / 2.0;
-                let step = (&z_new - &z).amax();
-                // Gradient-mapping restart keeps FISTA monotone enough on this strongly convex block.
-                let restart = (&y - &z_new).dot(&(&z_new - &z)) > 0.0;
-                y = if restart {
-                    z_new.clone()
-                } else {
-                    &z_new + (&z_new - &z) * ((tk - 1.0) / t_new)
-                };
-                tk = if restart { 1.0 } else { t_new };
-                z = z_new;
-                if step <= 1e-15 * (1.0 + z.amax()) {
+                let z_new = step(&y);
+                let size = (&z_new - &zc).amax();
+                for j in 0..batch {
+                    let t_new = (1.0 + (1.0 + 4.0 * tk[j] * tk[j]).sqrt()) / 2.0;
+                    let (zn, zo) = (z_new.column(j), zc.column(j));
+                    // Gradient-mapping restart keeps FISTA monotone enough on this strongly
+                    // convex block.
+                    let restart = (y.column(j) - zn).dot(&(zn - zo)) > 0.0;
+                    let yj = if restart {
+                        zn.into_owned()
+                    } else {
+                        zn + (zn - zo) * ((tk[j] - 1.0) / t_new)
+                    };
+                    y.column_mut(j).copy_from(&yj);
+                    tk[j] = if restart { 1.0 } else { t_new };
+                }
+                zc = z_new;
+                if size <= 1e-15 * (1.0 + zc.amax()) {
                     break;
                 }
             }
-            change = change.max((&z - &z0).amax());
-            v.rows_mut(offsets[k], z.len()).copy_from(&z);
+            change = change.max((&zc - &z0).amax());
+            z[k] = zc;
         }
         if change <= 1e-14 {
-            return Ok((v.clone(), iterations, change, objective(&v)));
+            let value = objective(&z);
+            return Ok((z, iterations, change, value));
         }
     }
     Err(Error::NotConverged {
