@@ -693,8 +693,8 @@ fn lpom_batched(
                 iterations += 1;
                 let z_new = step(&y);
                 let size = (&z_new - &zc).amax();
-                for j in 0..batch {
-                    let t_new = (1.0 + (1.0 + 4.0 * tk[j] * tk[j]).sqrt()) / 2.0;
+                for (j, tj) in tk.iter_mut().enumerate() {
+                    let t_new = (1.0 + (1.0 + 4.0 * *tj * *tj).sqrt()) / 2.0;
                     let (zn, zo) = (z_new.column(j), zc.column(j));
                     // Gradient-mapping restart keeps FISTA monotone enough on this strongly
                     // convex block.
@@ -702,10 +702,10 @@ fn lpom_batched(
                     let yj = if restart {
                         zn.into_owned()
                     } else {
-                        zn + (zn - zo) * ((tk[j] - 1.0) / t_new)
+                        zn + (zn - zo) * ((*tj - 1.0) / t_new)
                     };
                     y.column_mut(j).copy_from(&yj);
-                    tk[j] = if restart { 1.0 } else { t_new };
+                    *tj = if restart { 1.0 } else { t_new };
                 }
                 zc = z_new;
                 if size <= 1e-15 * (1.0 + zc.amax()) {
