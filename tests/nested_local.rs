@@ -179,7 +179,7 @@ fn batched_lpom_equals_per_sample_solves() {
             )
             .unwrap();
             for k in 0..3 {
-                let d = (&all.z[k].column(j) - &one.z[k].column(0)).amax();
+                let d = (all.z[k].column(j) - one.z[k].column(0)).amax();
                 assert!(d < 1e-12, "beta {beta}, sample {j}, layer {k}: {d}");
             }
             for (m, g) in mean.iter_mut().zip(flat(&one.grad)) {
