@@ -329,13 +329,7 @@ pub fn convex_chl_batched(
             }
         })
         .collect();
-    let clamp = |k: usize, v: &DMatrix<f64>| -> DMatrix<f64> {
-        let mut out = v.clone();
-        net.layers[k]
-            .activation
-            .activate(v.as_slice(), out.as_mut_slice());
-        out
-    };
+    let clamp = |k: usize, v: &DMatrix<f64>| super::activate_columns(net.layers[k].activation, v);
     let input = |z: &[DMatrix<f64>], k: usize| -> DMatrix<f64> {
         net.layers[k].affine(if k == 0 { x } else { &z[k - 1] })
     };

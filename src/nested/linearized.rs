@@ -136,16 +136,7 @@ pub fn forward<T: Gemm>(net: &Network<T>, x: &DMatrix<T>, ws: &mut Workspace<T>)
         for mut col in a.column_iter_mut() {
             col += &layer.b;
         }
-        let z = &mut after[0];
-        if layer.activation == Activation::Softmax {
-            for j in 0..a.ncols() {
-                layer
-                    .activation
-                    .activate(a.column(j).as_slice(), z.column_mut(j).as_mut_slice());
-            }
-        } else {
-            layer.activation.activate(a.as_slice(), z.as_mut_slice());
-        }
+        super::activate_columns_into(layer.activation, a, &mut after[0]);
     }
     Ok(())
 }

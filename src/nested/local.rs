@@ -65,12 +65,6 @@ fn act(a: Activation, u: &DVector<f64>) -> DVector<f64> {
     out
 }
 
-fn deriv(a: Activation, u: &DVector<f64>) -> DVector<f64> {
-    let mut out = u.clone();
-    a.derivative(u.as_slice(), out.as_mut_slice());
-    out
-}
-
 /// Per-sample loss value, gradient and Hessian, scaled by `w = 1/B`.
 fn sample_loss(
     loss: OutputLoss,
@@ -138,54 +132,12 @@ impl SmoothObjective for Penalizer<'_> {
     }
 
     fn gradient(&self, v: &DVector<f64>) -> DVector<f64> {
-        let top = self.net.layers.len() - 1;
-        let mut g = DVector::zeros(v.len());
-        let lg = sample_loss(self.loss, &self.split(v, top).into_owned(), &self.t, self.w).1;
-        g.rows_mut(self.offsets[top], lg.len()).add_assign(&lg);
-        for k in 0..=top {
-            let layer = &self.net.layers[k];
-            let a = affine(self.net, k, &self.input(v, k));
-            let r = (self.split(v, k) - act(layer.activation, &a)) * (self.w / self.betas[k]);
-            g.rows_mut(self.offsets[k], r.len()).add_assign(&r);
-            if k > 0 {
-                let back = layer.w.transpose() * deriv(layer.activation, &a).component_mul(&r);
-                g.rows_mut(self.offsets[k - 1], back.len())
-                    .sub_assign(&back);
-            }
-        }
-        g
+        self.gradient_on(v, &self.pieces_at(v))
     }
 
     /// Exact on each linear piece of the activations (their second derivative vanishes there).
     fn hessian(&self, v: &DVector<f64>) -> DMatrix<f64> {
-        let top = self.net.layers.len() - 1;
-        let n = v.len();
-        let mut h = DMatrix::zeros(n, n);
-        let lh = sample_loss(self.loss, &self.split(v, top).into_owned(), &self.t, self.w).2;
-        let o = self.offsets[top];
-        h.view_mut((o, o), lh.shape()).add_assign(&lh);
-        for k in 0..=top {
-            let layer = &self.net.layers[k];
-            let c = self.w / self.betas[k];
-            let nk = layer.w.nrows();
-            // r_k = z_k − D W z_{k−1} − const: ∂r/∂z_k = I, ∂r/∂z_{k−1} = −D W.
-            let ok = self.offsets[k];
-            for i in 0..nk {
-                h[(ok + i, ok + i)] += c;
-            }
-            if k > 0 {
-                let a = affine(self.net, k, &self.input(v, k));
-                let dw = DMatrix::from_diagonal(&deriv(layer.activation, &a)) * &layer.w;
-                let op = self.offsets[k - 1];
-                let np = layer.w.ncols();
-                h.view_mut((op, op), (np, np))
-                    .add_assign(&(dw.transpose() * &dw * c));
-                h.view_mut((ok, op), (nk, np)).sub_assign(&(&dw * c));
-                h.view_mut((op, ok), (np, nk))
-                    .sub_assign(&(dw.transpose() * c));
-            }
-        }
-        h
+        self.hessian_on(v, &self.pieces_at(v))
     }
 }
 
@@ -207,56 +159,106 @@ struct KinkSolution {
 }
 
 impl Penalizer<'_> {
-    /// Value, gradient and Hessian of the objective with every unit's piece fixed (`pieces[k][i]`
-    /// for layers `k ≥ 1`; layer 0's input is the constant `x`). Quadratic in `z` for the squared
-    /// loss.
-    fn model(&self, v: &DVector<f64>, pieces: &[Vec<Piece>]) -> (DVector<f64>, DMatrix<f64>) {
-        let top = self.net.layers.len() - 1;
-        let n = v.len();
-        let (_, lg, lh) = sample_loss(self.loss, &self.split(v, top).into_owned(), &self.t, self.w);
-        let mut g = DVector::zeros(n);
-        let mut h = DMatrix::zeros(n, n);
-        let o = self.offsets[top];
-        g.rows_mut(o, lg.len()).add_assign(&lg);
-        h.view_mut((o, o), lh.shape()).add_assign(&lh);
-        for (k, (layer, piece)) in self.net.layers.iter().zip(pieces).enumerate() {
-            let c = self.w / self.betas[k];
-            let a = affine(self.net, k, &self.input(v, k));
+    /// The piece each unit of layers `k ≥ 1` is on at `v` (`a ≤ lo`, inside, `a ≥ hi`; at a
+    /// kink the clamped side, i.e. `f' = 0` as in [`Activation::derivative`]).
+    fn pieces_at(&self, v: &DVector<f64>) -> Vec<Vec<Piece>> {
+        let mut pieces = vec![Vec::new()];
+        for (k, layer) in self.net.layers.iter().enumerate().skip(1) {
             let (lo, hi) = layer
                 .activation
                 .bounds()
                 .unwrap_or((f64::NEG_INFINITY, f64::INFINITY));
-            let (fa, d) = if k == 0 {
-                (act(layer.activation, &a), DVector::zeros(a.len()))
-            } else {
-                let fa = DVector::from_fn(a.len(), |i, _| match piece[i] {
-                    Piece::Lo => lo,
-                    Piece::In => a[i],
-                    Piece::Hi => hi,
-                });
-                let d =
-                    DVector::from_fn(a.len(), |i, _| f64::from(u8::from(piece[i] == Piece::In)));
-                (fa, d)
-            };
-            let r = (self.split(v, k) - fa) * c;
+            let a = affine(self.net, k, &self.input(v, k));
+            pieces.push(
+                a.iter()
+                    .map(|&ai| {
+                        if ai <= lo {
+                            Piece::Lo
+                        } else if ai >= hi {
+                            Piece::Hi
+                        } else {
+                            Piece::In
+                        }
+                    })
+                    .collect(),
+            );
+        }
+        pieces
+    }
+
+    /// Layer `k`'s `f(a_k)` and `f'(a_k)` on the given pieces (layer 0: its input is the constant
+    /// `x`, so only `f(a_0)` matters).
+    fn layer_on(
+        &self,
+        v: &DVector<f64>,
+        k: usize,
+        piece: &[Piece],
+    ) -> (DVector<f64>, DVector<f64>) {
+        let layer = &self.net.layers[k];
+        let a = affine(self.net, k, &self.input(v, k));
+        if k == 0 {
+            return (act(layer.activation, &a), DVector::zeros(a.len()));
+        }
+        let (lo, hi) = layer
+            .activation
+            .bounds()
+            .unwrap_or((f64::NEG_INFINITY, f64::INFINITY));
+        let fa = DVector::from_fn(a.len(), |i, _| match piece[i] {
+            Piece::Lo => lo,
+            Piece::In => a[i],
+            Piece::Hi => hi,
+        });
+        let d = DVector::from_fn(a.len(), |i, _| f64::from(u8::from(piece[i] == Piece::In)));
+        (fa, d)
+    }
+
+    /// Gradient of the objective with every unit's piece fixed (`pieces[k]` for `k ≥ 1`).
+    fn gradient_on(&self, v: &DVector<f64>, pieces: &[Vec<Piece>]) -> DVector<f64> {
+        let top = self.net.layers.len() - 1;
+        let mut g = DVector::zeros(v.len());
+        let lg = sample_loss(self.loss, &self.split(v, top).into_owned(), &self.t, self.w).1;
+        g.rows_mut(self.offsets[top], lg.len()).add_assign(&lg);
+        for (k, (layer, piece)) in self.net.layers.iter().zip(pieces).enumerate() {
+            let (fa, d) = self.layer_on(v, k, piece);
+            let r = (self.split(v, k) - fa) * (self.w / self.betas[k]);
+            g.rows_mut(self.offsets[k], r.len()).add_assign(&r);
+            if k > 0 {
+                let back = layer.w.transpose() * d.component_mul(&r);
+                g.rows_mut(self.offsets[k - 1], back.len())
+                    .sub_assign(&back);
+            }
+        }
+        g
+    }
+
+    /// Hessian with every unit's piece fixed: `r_k = z_k − D W z_{k−1} − const`, so
+    /// `∂r/∂z_k = I`, `∂r/∂z_{k−1} = −D W`; quadratic in `z` for the squared loss.
+    fn hessian_on(&self, v: &DVector<f64>, pieces: &[Vec<Piece>]) -> DMatrix<f64> {
+        let top = self.net.layers.len() - 1;
+        let n = v.len();
+        let mut h = DMatrix::zeros(n, n);
+        let lh = sample_loss(self.loss, &self.split(v, top).into_owned(), &self.t, self.w).2;
+        let o = self.offsets[top];
+        h.view_mut((o, o), lh.shape()).add_assign(&lh);
+        for (k, (layer, piece)) in self.net.layers.iter().zip(pieces).enumerate() {
+            let c = self.w / self.betas[k];
+            let nk = layer.w.nrows();
             let ok = self.offsets[k];
-            g.rows_mut(ok, r.len()).add_assign(&r);
-            for i in 0..r.len() {
+            for i in 0..nk {
                 h[(ok + i, ok + i)] += c;
             }
             if k > 0 {
-                let dw = DMatrix::from_diagonal(&d) * &layer.w;
+                let dw = DMatrix::from_diagonal(&self.layer_on(v, k, piece).1) * &layer.w;
                 let op = self.offsets[k - 1];
                 let np = layer.w.ncols();
-                g.rows_mut(op, np).sub_assign(&(dw.transpose() * &r));
                 h.view_mut((op, op), (np, np))
                     .add_assign(&(dw.transpose() * &dw * c));
-                h.view_mut((ok, op), (r.len(), np)).sub_assign(&(&dw * c));
-                h.view_mut((op, ok), (np, r.len()))
+                h.view_mut((ok, op), (nk, np)).sub_assign(&(&dw * c));
+                h.view_mut((op, ok), (np, nk))
                     .sub_assign(&(dw.transpose() * c));
             }
         }
-        (g, h)
+        h
     }
 }
 
@@ -286,6 +288,15 @@ fn kink_active_set(obj: &Penalizer<'_>, mut v: DVector<f64>) -> Result<KinkSolut
         })
         .collect();
     let pre = |v: &DVector<f64>, k: usize| affine(net, k, &obj.input(v, k));
+    // ∂a_{k,i}/∂v of the held kinks: row i of W_k, in the block of z_{k−1}.
+    let kink_rows = |kinks: &[(usize, usize, Piece)], n: usize| -> DMatrix<f64> {
+        let mut c = DMatrix::zeros(kinks.len(), n);
+        for (r, &(k, i, _)) in kinks.iter().enumerate() {
+            c.view_mut((r, obj.offsets[k - 1]), (1, net.layers[k].w.ncols()))
+                .copy_from(&net.layers[k].w.row(i));
+        }
+        c
+    };
     let scale = 1.0 + v.amax();
     let tol_kink = 1e-7 * scale;
     // Initial pieces and kinks from the stalled point.
@@ -320,13 +331,10 @@ fn kink_active_set(obj: &Penalizer<'_>, mut v: DVector<f64>) -> Result<KinkSolut
         let mut nu = DVector::zeros(kinks.len());
         for _ in 0..50 {
             iterations += 1;
-            let (g, h) = obj.model(&v, &pieces);
-            let mut c = DMatrix::zeros(kinks.len(), n);
+            let (g, h) = (obj.gradient_on(&v, &pieces), obj.hessian_on(&v, &pieces));
+            let c = kink_rows(&kinks, n);
             let mut rhs = DVector::zeros(kinks.len());
             for (r, &(k, i, piece)) in kinks.iter().enumerate() {
-                let op = obj.offsets[k - 1];
-                c.view_mut((r, op), (1, net.layers[k].w.ncols()))
-                    .copy_from(&net.layers[k].w.row(i));
                 let bound = if piece == Piece::Lo {
                     bounds[k].0
                 } else {
@@ -406,14 +414,8 @@ fn kink_active_set(obj: &Penalizer<'_>, mut v: DVector<f64>) -> Result<KinkSolut
             }
         }
         if !moved {
-            let (g, _) = obj.model(&v, &pieces);
-            let mut c = DMatrix::zeros(kinks.len(), v.len());
-            for (r, &(k, i, _)) in kinks.iter().enumerate() {
-                let op = obj.offsets[k - 1];
-                c.view_mut((r, op), (1, net.layers[k].w.ncols()))
-                    .copy_from(&net.layers[k].w.row(i));
-            }
-            let residual = (g + c.transpose() * &nu).amax();
+            let g = obj.gradient_on(&v, &pieces);
+            let residual = (g + kink_rows(&kinks, v.len()).transpose() * &nu).amax();
             return Ok(KinkSolution {
                 z: v,
                 kinks: kinks

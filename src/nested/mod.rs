@@ -34,6 +34,16 @@ use crate::prox::Activation;
 /// family is element-wise). Allocates; for the verification solvers.
 pub fn activate_columns<T: RealField + Copy>(act: Activation, u: &DMatrix<T>) -> DMatrix<T> {
     let mut out = u.clone();
+    activate_columns_into(act, u, &mut out);
+    out
+}
+
+/// [`activate_columns`] into a buffer of the same shape (no allocation; the training path).
+pub fn activate_columns_into<T: RealField + Copy>(
+    act: Activation,
+    u: &DMatrix<T>,
+    out: &mut DMatrix<T>,
+) {
     if act == Activation::Softmax {
         for (uc, mut oc) in u.column_iter().zip(out.column_iter_mut()) {
             act.activate(uc.as_slice(), oc.as_mut_slice());
@@ -41,7 +51,6 @@ pub fn activate_columns<T: RealField + Copy>(act: Activation, u: &DMatrix<T>) ->
     } else {
         act.activate(u.as_slice(), out.as_mut_slice());
     }
-    out
 }
 
 /// The layer energy kind (Table 1's `E_k` column).
