@@ -6,8 +6,10 @@
 
 use std::path::PathBuf;
 
-/// Everything that can go wrong in `bilevel`.
+/// Everything that can go wrong in `bilevel`. New variants may be added in minor releases, so
+/// a `match` on it needs a wildcard arm.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// Two sizes that must agree do not.
     #[error("dimension mismatch in {what}: expected {expected}, found {found}")]

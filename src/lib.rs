@@ -1,7 +1,9 @@
 //! # bilevel
 //!
 //! Bilevel and deeply nested optimization programs, after C. Zach, *Bilevel Programs Meet Deep
-//! Learning* (see `../shared/paper`). The crate computes
+//! Learning: A Unifying View on Inference Learning Methods*, arXiv:2105.07231 (2021),
+//! <https://arxiv.org/abs/2105.07231>; equation numbers in these docs are the paper's. The crate
+//! computes
 //! * contrastive surrogates `L^β(θ)` of `L(θ) = ℓ(z*)`, `z* = argmin_z E(z; θ)` (Def. 1, Def. 2),
 //! * their exact `β → 0⁺` limits through constrained argmin layers, with one-sided derivatives
 //!   at weakly active constraints (Props. 1-2, Cor. 1), and
@@ -12,8 +14,8 @@
 //! * numerical checks of the paper's claims ([`verify`]).
 //!
 //! ```
+//! use bilevel::nalgebra::{self, dvector};
 //! use bilevel::prelude::*;
-//! use nalgebra::{dvector, DVector};
 //!
 //! // Example 1: ReLU layer z* = [W x]₊, linear loss gᵀz, one unit exactly at its kink.
 //! let x = dvector![1.0, 2.0];
@@ -43,6 +45,10 @@ pub mod surrogate;
 pub mod verify;
 
 pub use error::{Error, Result};
+/// The linear-algebra crate the API speaks (version 0.34): `DVector`, `DMatrix` in every
+/// signature are this crate's types. Use `bilevel::nalgebra` (or depend on `nalgebra = "0.34"`)
+/// so that your vectors are the same type; 0.35's are distinct and do not convert.
+pub use nalgebra;
 
 /// The types most programs need.
 pub mod prelude {
