@@ -277,6 +277,32 @@ mod tests {
     }
 
     #[test]
+    fn tiny_beta_keeps_prop3_band() {
+        // Regression (reliability issue, failure 3): at β = 1e-16 the value was the upper bound
+        // 0.7796 while L = 3. Exactly: ẑ = (1 − β/2, 1 − 2β), L^β = 3 − 2.25β.
+        for beta in [1e-2, 1e-8, 1e-16, 1e-300] {
+            let out = derive(&format!(
+                r#"{{"Q":[[2,0],[0,1]],"c":[2,1],"loss":{{"kind":"linear","g":[1,2]}},"betas":[{beta:e}]}}"#
+            ))
+            .unwrap();
+            let s = &out.surrogates[0];
+            let exact = 3.0 - 2.25 * beta;
+            assert!(
+                (s.value - exact).abs() <= 4.0 * f64::EPSILON,
+                "{beta}: {}",
+                s.value
+            );
+            assert!((s.linearized_value - exact).abs() <= 4.0 * f64::EPSILON);
+            let (lo, hi) = (s.bound_lower.unwrap(), s.bound_upper.unwrap());
+            assert!(
+                lo <= out.loss && out.loss <= hi,
+                "{beta}: {lo} {} {hi}",
+                out.loss
+            );
+        }
+    }
+
+    #[test]
     fn bad_input_names_the_field() {
         let cases = [
             (

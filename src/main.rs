@@ -258,7 +258,7 @@ impl bilevel::nn::Observer for Progress {
                 .set_prefix(format!("epoch {epoch}/{}", self.epochs));
         }
         // The message allocates: refresh it every 50 steps only.
-        if step % 50 == 0 || step == steps {
+        if step.is_multiple_of(50) || step == steps {
             self.bar.set_message(format!("{loss:.4}"));
         }
         self.bar.set_position(step as u64);

@@ -59,6 +59,9 @@ pub struct Surrogate {
     pub value: f64,
     /// `(1/β) ∂_θ(E(ẑ_β; θ) − E(z*; θ))` (Eq. 10).
     pub grad_theta: DVector<f64>,
+    /// `(ẑ_β − z*)/β`, solved for directly ([`InnerProblem::offset`]); tends to `ż` as
+    /// `β → 0⁺`.
+    pub rate: DVector<f64>,
 }
 
 /// The centered surrogate gradient `(1/2β) ∂_θ(E(ẑ_β; θ) − E(ẑ_{−β}; θ))`.
@@ -156,7 +159,9 @@ impl<P: InnerProblem> Bilevel<P> {
         beta: f64,
         z_star: InnerSolution,
     ) -> Result<Surrogate> {
-        self.contrastive(theta, beta, z_star, &self.loss, |z| self.loss.value(z))
+        self.contrastive(theta, beta, z_star, &self.loss, |z, s, f| {
+            self.loss.value_offset(z, s, f)
+        })
     }
 
     /// Def. 2: the linearized surrogate (Eq. 37) with `ℓ̄(z; z*) = ℓ(z*) + (z − z*)ᵀℓ'(z*)`
@@ -177,10 +182,9 @@ impl<P: InnerProblem> Bilevel<P> {
         z_star: InnerSolution,
     ) -> Result<Surrogate> {
         let tangent = self.loss.tangent(&z_star.z);
-        let (l0, z0) = (self.loss.value(&z_star.z), z_star.z.clone());
-        // ℓ̄(z; z*) = ℓ(z*) + (z − z*)ᵀℓ'(z*)  (Eq. 36)
-        self.contrastive(theta, beta, z_star, &tangent, |z| {
-            l0 + tangent.value(&(z - &z0))
+        // ℓ̄(z* + βf; z*) = ℓ(z*) + β fᵀℓ'(z*)  (Eq. 36)
+        self.contrastive(theta, beta, z_star, &tangent, |z, s, f| {
+            self.loss.value(z) + s * tangent.value(f)
         })
     }
 
@@ -226,14 +230,16 @@ impl<P: InnerProblem> Bilevel<P> {
                 }
             }
         }
-        let z_plus = self.inner.solve(theta, &self.loss, beta)?;
-        let z_minus = self.inner.solve(theta, &self.loss, -beta)?;
-        let grad_theta = self.grad_gap(theta, &z_plus, &z_minus) / (2.0 * beta);
+        // Both offsets from z*: (∂_θE(ẑ_β) − ∂_θE(ẑ_{−β}))/(2β) = (G₊ − G₋)/2 with
+        // G± = (∂_θE(ẑ_{±β}) − ∂_θE(z*))/β, each free of cancellation.
+        let z_star = self.solve_free(theta)?;
+        let plus = self.inner.offset(theta, &self.loss, beta, &z_star)?;
+        let minus = self.inner.offset(theta, &self.loss, -beta, &z_star)?;
         Ok(Centered {
             beta,
-            z_plus,
-            z_minus,
-            grad_theta,
+            z_plus: plus.z_hat,
+            z_minus: minus.z_hat,
+            grad_theta: (plus.grad_theta_gap - minus.grad_theta_gap) / 2.0,
         })
     }
 
@@ -293,35 +299,30 @@ impl<P: InnerProblem> Bilevel<P> {
         })
     }
 
-    /// `min_z {ℓ_c(z) + E/β} − min_z E/β` evaluated at `ẑ = argmin βℓ_c + E` with the outer value
-    /// `outer(ẑ)`, and its θ-gradient (Eq. 5 and Eq. 10 for `ℓ_c = ℓ`, Eq. 37 for its tangent).
+    /// `min_z {ℓ_c(z) + E/β} − min_z E/β` evaluated at `ẑ = argmin βℓ_c + E`, with the outer
+    /// value at `ẑ` given by `outer(z*, β, f)` for `ẑ = z* + βf`, and its θ-gradient (Eq. 5 and
+    /// Eq. 10 for `ℓ_c = ℓ`, Eq. 37 for its tangent). Everything comes from the offset
+    /// `f = (ẑ − z*)/β` ([`InnerProblem::offset`]), so no `O(β)` quantity is formed by
+    /// subtracting two `O(1)` ones.
     fn contrastive(
         &self,
         theta: &DVector<f64>,
         beta: f64,
         z_star: InnerSolution,
         clamped_loss: &Loss,
-        outer: impl Fn(&DVector<f64>) -> f64,
+        outer: impl Fn(&DVector<f64>, f64, &DVector<f64>) -> f64,
     ) -> Result<Surrogate> {
         check_beta(beta)?;
-        let z_hat = self.inner.solve(theta, clamped_loss, beta)?;
-        let value = outer(&z_hat.z) + self.energy_gap(theta, &z_hat, &z_star) / beta;
-        let grad_theta = self.grad_gap(theta, &z_hat, &z_star) / beta;
+        let off = self.inner.offset(theta, clamped_loss, beta, &z_star)?;
+        let value = outer(&z_star.z, beta, &off.rate) + off.energy_gap;
         Ok(Surrogate {
             beta,
             z_star,
-            z_hat,
+            z_hat: off.z_hat,
             value,
-            grad_theta,
+            grad_theta: off.grad_theta_gap,
+            rate: off.rate,
         })
-    }
-
-    fn energy_gap(&self, theta: &DVector<f64>, a: &InnerSolution, b: &InnerSolution) -> f64 {
-        self.inner.energy(&a.z, theta) - self.inner.energy(&b.z, theta)
-    }
-
-    fn grad_gap(&self, theta: &DVector<f64>, a: &InnerSolution, b: &InnerSolution) -> DVector<f64> {
-        self.inner.grad_theta(&a.z, theta) - self.inner.grad_theta(&b.z, theta)
     }
 }
 

@@ -270,7 +270,9 @@ fn adam_matches_a_hand_computed_two_step_example() {
 #[test]
 fn fenbp_gradient_on_mnist_follows_the_julia_rule_in_f32() {
     // The paper's network and a real batch; Julia's pullback computed independently in f64.
-    let Some(data) = mnist("fenbp_gradient_on_mnist_follows_the_julia_rule_in_f32") else { return };
+    let Some(data) = mnist("fenbp_gradient_on_mnist_follows_the_julia_rule_in_f32") else {
+        return;
+    };
     let mut rng = rand::rngs::StdRng::seed_from_u64(42);
     let net = nn::mlp(&nn::PAPER_WIDTHS, Init::Glorot, &mut rng).unwrap();
     let idx: Vec<usize> = (0..50).collect();
@@ -361,7 +363,9 @@ fn small_data(m: &Mnist) -> Mnist {
 
 #[test]
 fn a_short_run_lowers_the_loss() {
-    let Some(data) = mnist("a_short_run_lowers_the_loss") else { return };
+    let Some(data) = mnist("a_short_run_lowers_the_loss") else {
+        return;
+    };
     let data = small_data(&data);
     for rule in [
         Rule::Bp,
@@ -383,7 +387,9 @@ fn a_short_run_lowers_the_loss() {
 
 #[test]
 fn negative_init_freezes_bp_but_not_fenbp_with_large_beta() {
-    let Some(data) = mnist("negative_init_freezes_bp_but_not_fenbp_with_large_beta") else { return };
+    let Some(data) = mnist("negative_init_freezes_bp_but_not_fenbp_with_large_beta") else {
+        return;
+    };
     let data = small_data(&data);
     let first = |t: &Trainer| t.net.layers[0].w.clone();
     let fresh = Trainer::new(small_config(Rule::Bp, Init::Negative, 1)).unwrap();
@@ -413,7 +419,9 @@ fn negative_init_freezes_bp_but_not_fenbp_with_large_beta() {
 
 #[test]
 fn resume_reproduces_the_uninterrupted_run() {
-    let Some(data) = mnist("resume_reproduces_the_uninterrupted_run") else { return };
+    let Some(data) = mnist("resume_reproduces_the_uninterrupted_run") else {
+        return;
+    };
     let data = small_data(&data);
     let dir = tmp("resume");
     for shuffle in [false, true] {

@@ -95,6 +95,13 @@ impl Loss {
         }
     }
 
+    /// `ℓ(z + s·f)` from `ℓ(z)` and the offset, `ℓ(z) + s ℓ'(z)ᵀf + (κ/2) s² ‖f‖²` (exact for
+    /// both kinds). Keeps the `O(s)` change of the value when `s·f` is below the rounding of `z`.
+    pub fn value_offset(&self, z: &DVector<f64>, s: f64, f: &DVector<f64>) -> f64 {
+        let first = self.gradient(z).dot(f);
+        self.value(z) + s * (first + 0.5 * self.curvature() * s * f.norm_squared())
+    }
+
     /// The tangent `ℓ̄(z; z*) = ℓ(z*) + (z − z*)ᵀℓ'(z*)` of Eq. 36, as a linear loss (the
     /// constant is dropped; add `ℓ(z*) − z*ᵀℓ'(z*)` to values).
     pub fn tangent(&self, z_star: &DVector<f64>) -> Loss {
@@ -139,6 +146,15 @@ pub(crate) fn check_augmented<P: InnerProblem + ?Sized>(
         }
     }
     Ok(())
+}
+
+/// β of an offset solve: finite and non-zero (its sign selects `ẑ_β` or `ẑ_{−|β|}`).
+pub(crate) fn check_offset_beta(beta: f64) -> Result<()> {
+    if beta.is_finite() && beta != 0.0 {
+        Ok(())
+    } else {
+        Err(Error::InvalidBeta { beta })
+    }
 }
 
 /// Linear constraints `A z ≥ b`, `A_eq z = b_eq` that do not depend on `θ`.
@@ -219,6 +235,28 @@ pub struct InnerSolution {
     pub status: SolveStatus,
 }
 
+/// The loss-augmented solution `ẑ_β = argmin_z βℓ(z) + E(z; θ)` (Eq. 6) told by its offset from
+/// `z*`, with the two differences Def. 1 needs, all divided by `|β|`:
+/// ```text
+///     f = (ẑ_β − z*)/|β|,   (E(ẑ_β; θ) − E(z*; θ))/|β|,   (∂_θE(ẑ_β; θ) − ∂_θE(z*; θ))/|β|.
+/// ```
+/// Solving for the offset directly (its data are `O(1)` however small β is) keeps every digit
+/// that subtracting two separately solved points would cancel: Eq. 5 and Eq. 10 divide an
+/// `O(β)` difference by β, so `ẑ_β − z*` formed in floating point loses `log₁₀(1/β)` digits.
+/// As `β → 0⁺`, `f → ż` (Props. 1-2).
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct Offset {
+    /// `ẑ_β` (equal to `z* + |β| f` up to rounding), with its multipliers and status.
+    pub z_hat: InnerSolution,
+    /// `f = (ẑ_β − z*)/|β|`.
+    pub rate: DVector<f64>,
+    /// `(E(ẑ_β; θ) − E(z*; θ))/|β|`.
+    pub energy_gap: f64,
+    /// `(∂_θE(ẑ_β; θ) − ∂_θE(z*; θ))/|β|`.
+    pub grad_theta_gap: DVector<f64>,
+}
+
 /// A limit derivative `ż = dẑ_β/dβ |_{β=0⁺}` with everything needed to trust it.
 #[derive(Debug, Clone)]
 #[must_use]
@@ -268,6 +306,31 @@ pub trait InnerProblem {
         _c: &DVector<f64>,
     ) -> Option<Result<Direction>> {
         None
+    }
+
+    /// `ẑ_β` and its offset from `z*` ([`Offset`]); `β` may be negative (the centered
+    /// surrogate), `z_star` must be this problem's solution at the same `θ` and `β = 0`.
+    ///
+    /// The default solves for `ẑ_β` and subtracts, which loses `log₁₀(1/|β|)` digits to
+    /// cancellation; the problem classes of this crate override it with an offset solve that is
+    /// exact to rounding for every `β` (see each implementation).
+    fn offset(
+        &self,
+        theta: &DVector<f64>,
+        loss: &Loss,
+        beta: f64,
+        z_star: &InnerSolution,
+    ) -> Result<Offset> {
+        check_offset_beta(beta)?;
+        let z_hat = self.solve(theta, loss, beta)?;
+        let s = beta.abs();
+        Ok(Offset {
+            rate: (&z_hat.z - &z_star.z) / s,
+            energy_gap: (self.energy(&z_hat.z, theta) - self.energy(&z_star.z, theta)) / s,
+            grad_theta_gap: (self.grad_theta(&z_hat.z, theta) - self.grad_theta(&z_star.z, theta))
+                / s,
+            z_hat,
+        })
     }
 
     /// Checks the length and finiteness of `θ`.

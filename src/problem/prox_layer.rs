@@ -1,8 +1,8 @@
 use nalgebra::{DMatrix, DVector};
 
 use super::{
-    check_affine, check_augmented, Direction, InnerProblem, InnerSolution, LinearConstraints, Loss,
-    SolveStatus,
+    check_affine, check_augmented, check_offset_beta, Direction, InnerProblem, InnerSolution,
+    LinearConstraints, Loss, Offset, SolveStatus,
 };
 use crate::error::{Error, Result};
 use crate::prox::{box_unit_limit, Activation};
@@ -230,6 +230,69 @@ impl InnerProblem for ProxProblem {
                 iterations: 0,
                 residual,
             },
+        })
+    }
+
+    /// Box family: the offset in closed form. `ẑ_β = clamp((u + βh)/(1 + βκ))` moves the
+    /// argument by `β w`, `w = (h − κu)/(1 + βκ)`, so unit by unit `f_j = (clamp(u_j + βw_j) −
+    /// clamp(u_j))/|β|` is `sign(β) w_j` where both points are inside the box, `0` where both are
+    /// clamped to the same bound, and the explicit quotient only across a kink; then
+    /// `(E(ẑ) − E(z*))/|β| = (z* − u)ᵀf + (|β|/2)‖f‖²` and the θ-gap is `−Bᵀf`. Softmax uses the
+    /// default (solve and subtract).
+    fn offset(
+        &self,
+        theta: &DVector<f64>,
+        loss: &Loss,
+        beta: f64,
+        z_star: &InnerSolution,
+    ) -> Result<Offset> {
+        let Some((lo, hi)) = self.activation.bounds() else {
+            let z_hat = self.solve(theta, loss, beta)?;
+            let s = beta.abs();
+            return Ok(Offset {
+                rate: (&z_hat.z - &z_star.z) / s,
+                energy_gap: (self.energy(&z_hat.z, theta) - self.energy(&z_star.z, theta)) / s,
+                grad_theta_gap: self.cross_jvp(&z_star.z, theta, &((&z_hat.z - &z_star.z) / s)),
+                z_hat,
+            });
+        };
+        check_offset_beta(beta)?;
+        let z_hat = self.solve(theta, loss, beta)?;
+        let s = beta.abs();
+        let u = self.pre_activation(theta);
+        let kappa = loss.curvature();
+        let h = loss.linear_term();
+        let inside = |x: f64| x >= lo && x <= hi;
+        let rate = DVector::from_fn(u.len(), |j, _| {
+            let w = (h[j] - kappa * u[j]) / (1.0 + beta * kappa);
+            let step = beta * w;
+            let moved = u[j] + step;
+            // `clamp(u + step) − clamp(u)`, each case written so that nothing of the size of
+            // `u` is subtracted from something of the size of `step`.
+            let d = if inside(u[j]) && inside(moved) {
+                return beta.signum() * w;
+            } else if (u[j] <= lo && moved <= lo) || (u[j] >= hi && moved >= hi) {
+                0.0
+            } else if u[j] < lo {
+                ((u[j] - lo) + step).min(hi - lo)
+            } else if u[j] > hi {
+                ((u[j] - hi) + step).max(lo - hi)
+            } else if moved > hi {
+                hi - u[j]
+            } else {
+                lo - u[j]
+            };
+            d / s
+        });
+        let offset_from_u = &z_star.z - &u;
+        Ok(Offset {
+            energy_gap: offset_from_u.dot(&rate) + 0.5 * s * rate.norm_squared(),
+            grad_theta_gap: self.cross_jvp(&z_star.z, theta, &rate),
+            z_hat: InnerSolution {
+                z: &z_star.z + &rate * s,
+                ..z_hat
+            },
+            rate,
         })
     }
 

@@ -3,12 +3,14 @@ use std::sync::Arc;
 use nalgebra::{DMatrix, DVector};
 
 use super::{
-    check_affine, check_augmented, InnerProblem, InnerSolution, LinearConstraints, Loss,
-    SolveStatus,
+    check_affine, check_augmented, check_offset_beta, InnerProblem, InnerSolution,
+    LinearConstraints, Loss, Offset, SolveStatus,
 };
 use crate::error::Result;
 use crate::linalg::check_spd;
-use crate::solve::qp::{solve_exact, Clarabel, Qp, QpBackend, Tolerances};
+use crate::solve::qp::{
+    solve_exact, solve_offset, Activity, Clarabel, OffsetQp, Qp, QpBackend, Tolerances,
+};
 
 /// The standard constrained quadratic layer
 /// ```text
@@ -181,6 +183,131 @@ impl InnerProblem for QuadraticProblem {
                 solver: sol.backend,
                 iterations: sol.iterations,
                 residual: sol.residual,
+            },
+        })
+    }
+
+    /// The offset solve of [`OffsetQp`]: `f = (ẑ_β − z*)/|β|` solves
+    /// `(Q + βκI) f + sign(β) ℓ'(z*) − Aᵀμ − A_eqᵀμ_eq = 0` with the rows active at `z*`
+    /// (strongly or weakly) starting on the working set at `A_i f = 0`, so its data are `O(1)`
+    /// for every β. Then `(E(ẑ) − E(z*))/|β| = Σ_{i left} λ*_i a_iᵀf + (|β|/2) fᵀQf` (by
+    /// stationarity at `z*`, `∇E(z*) = Aᵀλ* + A_eqᵀλ*_eq`, and `a_iᵀf = 0` on rows that stay)
+    /// and `(∂_θE(ẑ) − ∂_θE(z*))/|β| = −Bᵀf`. When the active-set iteration does not settle
+    /// from there (β large enough to change many rows), it restarts from the working set of a
+    /// backend solve of `ẑ_β`.
+    fn offset(
+        &self,
+        theta: &DVector<f64>,
+        loss: &Loss,
+        beta: f64,
+        z_star: &InnerSolution,
+    ) -> Result<Offset> {
+        check_augmented(self, theta, loss, beta)?;
+        check_offset_beta(beta)?;
+        let n = self.dim();
+        let cons = &self.constraints;
+        let m = cons.m();
+        if z_star.z.len() != n || z_star.multipliers.len() != m || z_star.activity.len() != m {
+            return Err(crate::Error::dim("z_star", n, z_star.z.len()));
+        }
+        let s = beta.abs();
+        let kappa = beta * loss.curvature();
+        let mut p = self.q.clone();
+        for i in 0..n {
+            p[(i, i)] += kappa;
+        }
+        let active: Vec<bool> = z_star
+            .activity
+            .iter()
+            .map(|&a| a != Activity::Inactive)
+            .collect();
+        let slack = &cons.a * &z_star.z - &cons.b;
+        let problem = OffsetQp {
+            p,
+            g: loss.gradient(&z_star.z) * beta.signum(),
+            a: cons.a.clone(),
+            a_eq: cons.a_eq.clone(),
+            t: DVector::from_fn(m, |i, _| {
+                if active[i] {
+                    0.0
+                } else {
+                    slack[i].max(0.0) / s
+                }
+            }),
+            m: z_star.multipliers.map(|l| l.max(0.0) / s),
+        };
+        let mut working = active.clone();
+        let sol = match solve_offset(&problem, &mut working) {
+            Ok(sol) => sol,
+            Err(_) => {
+                let qp = self.qp(theta, loss, beta);
+                let mut working = solve_exact(self.backend.as_ref(), &qp, &self.tol)?.working;
+                solve_offset(&problem, &mut working)?
+            }
+        };
+        let f = sol.f;
+        // λ̂ = λ* + |β| μ on the working set, 0 off it.
+        let lambda = DVector::from_fn(m, |i, _| {
+            if sol.working[i] {
+                z_star.multipliers[i] + s * sol.mu[i]
+            } else {
+                0.0
+            }
+        });
+        let lambda_eq = &z_star.multipliers_eq + &sol.mu_eq * s;
+        let af = &cons.a * &f;
+        let slack_hat = DVector::from_fn(m, |i, _| {
+            if active[i] {
+                s * af[i]
+            } else {
+                slack[i] + s * af[i]
+            }
+        });
+        let energy_gap = (0..m)
+            .filter(|&i| !sol.working[i] && z_star.multipliers[i] > 0.0)
+            .map(|i| z_star.multipliers[i] * af[i])
+            .sum::<f64>()
+            + 0.5 * s * f.dot(&(&self.q * &f));
+        let z = &z_star.z + &f * s;
+        // Classification as in `solve_exact`, on the scales of the loss-augmented QP.
+        let qp_scale_q = (&self.b * theta + &self.c - loss.linear_term() * beta).amax();
+        let tol_p = self.tol.feasibility * (1.0 + cons.b.amax().max(cons.b_eq.amax()));
+        let tol_d = self.tol.multiplier * (1.0 + qp_scale_q + problem.p.amax() * z.amax());
+        let activity = (0..m)
+            .map(
+                |i| match (sol.working[i], lambda[i] > tol_d, slack_hat[i] <= tol_p) {
+                    (true, true, _) => Activity::Strong,
+                    (true, false, _) | (false, _, true) => Activity::Weak,
+                    (false, _, false) => Activity::Inactive,
+                },
+            )
+            .collect();
+        let complementarity = (0..m)
+            .map(|i| {
+                (lambda[i] * slack_hat[i])
+                    .abs()
+                    .max(-slack_hat[i])
+                    .max(-lambda[i])
+            })
+            .fold(0.0, f64::max);
+        Ok(Offset {
+            grad_theta_gap: self.cross_jvp(&z_star.z, theta, &f),
+            rate: f,
+            energy_gap,
+            z_hat: InnerSolution {
+                z,
+                multipliers: lambda,
+                multipliers_eq: lambda_eq,
+                activity,
+                status: SolveStatus {
+                    solver: "offset active set from z*",
+                    iterations: sol.repairs,
+                    residual: z_star
+                        .status
+                        .residual
+                        .max(s * sol.residual)
+                        .max(complementarity),
+                },
             },
         })
     }
