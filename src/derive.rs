@@ -20,7 +20,7 @@
 use nalgebra::{DMatrix, DVector};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{check_beta, Error, Result};
+use crate::error::{check_beta, check_computed, Error, Result};
 use crate::problem::{LinearConstraints, Loss, QuadraticProblem};
 use crate::prox::Branch;
 use crate::surrogate::Bilevel;
@@ -168,6 +168,12 @@ pub fn parse(text: &str) -> Result<(Bilevel<QuadraticProblem>, DVector<f64>, Vec
     let input: DeriveInput =
         serde_json::from_str(text).map_err(|e| Error::input("problem JSON", e.to_string()))?;
     let n = input.Q.len();
+    if n == 0 {
+        return Err(Error::input(
+            "Q",
+            "empty: the problem needs at least one variable",
+        ));
+    }
     let q = matrix("Q", &input.Q, Some(n))?;
     if input.c.len() != n {
         return Err(Error::dim("c", n, input.c.len()));
@@ -238,7 +244,7 @@ pub fn derive(text: &str) -> Result<DeriveOutput> {
             bound_upper: band.map(|b| b.upper),
         });
     }
-    Ok(DeriveOutput {
+    let out = DeriveOutput {
         z_star: to_vec(&limit.z_star.z),
         multipliers: to_vec(&limit.z_star.multipliers),
         multipliers_eq: to_vec(&limit.z_star.multipliers_eq),
@@ -252,7 +258,35 @@ pub fn derive(text: &str) -> Result<DeriveOutput> {
         residual: limit.z_star.status.residual.max(limit.direction.residual),
         solver: program.inner.backend().name(),
         surrogates,
-    })
+    };
+    out.check_finite()?;
+    Ok(out)
+}
+
+impl DeriveOutput {
+    /// Every number of the output is finite, or [`Error::Overflow`] names the first that is
+    /// not: the JSON contract never carries `null` for a number.
+    pub fn check_finite(&self) -> Result<()> {
+        check_computed("z_star", &self.z_star)?;
+        check_computed("multipliers", &self.multipliers)?;
+        check_computed("multipliers_eq", &self.multipliers_eq)?;
+        check_computed("condition", [&self.condition])?;
+        check_computed("loss", [&self.loss])?;
+        check_computed("z_dot", &self.z_dot)?;
+        check_computed("grad_theta", &self.grad_theta)?;
+        check_computed("residual", [&self.residual])?;
+        for (i, s) in self.surrogates.iter().enumerate() {
+            let at = |field: &str| format!("surrogates[{i}].{field} (beta {:e})", s.beta);
+            check_computed(&at("z_hat"), &s.z_hat)?;
+            check_computed(&at("value"), [&s.value])?;
+            check_computed(&at("grad_theta"), &s.grad_theta)?;
+            check_computed(&at("linearized_value"), [&s.linearized_value])?;
+            check_computed(&at("linearized_grad_theta"), &s.linearized_grad_theta)?;
+            check_computed(&at("bound_lower"), s.bound_lower.iter())?;
+            check_computed(&at("bound_upper"), s.bound_upper.iter())?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

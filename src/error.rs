@@ -43,6 +43,13 @@ pub enum Error {
         /// The field or quantity that holds it.
         what: String,
     },
+    /// A computed quantity is not representable in `f64` (the data's scale is too large, or
+    /// too small, for the formula). Reported instead of printing `inf` or `NaN` as a result.
+    #[error("{what} overflowed f64 (the problem's scale is out of range; rescale the data)")]
+    Overflow {
+        /// The quantity.
+        what: String,
+    },
     /// A matrix that must be symmetric positive definite is not.
     #[error("{what} is not symmetric positive definite: {reason}")]
     NotPositiveDefinite {
@@ -134,6 +141,15 @@ pub fn check_beta(beta: f64) -> Result<()> {
         Ok(())
     } else {
         Err(Error::InvalidBeta { beta })
+    }
+}
+
+/// Checks that every entry of a *computed* `values` is finite ([`Error::Overflow`] otherwise).
+pub fn check_computed<'a>(what: &str, values: impl IntoIterator<Item = &'a f64>) -> Result<()> {
+    if values.into_iter().all(|v| v.is_finite()) {
+        Ok(())
+    } else {
+        Err(Error::Overflow { what: what.into() })
     }
 }
 

@@ -35,6 +35,15 @@ pub fn solve_kkt(
 ) -> Result<KktSolution> {
     let n = p.nrows();
     let m = a.nrows();
+    if n + m == 0 {
+        // No unknowns: the empty solution, exactly.
+        return Ok(KktSolution {
+            x: DVector::zeros(0),
+            nu: DVector::zeros(0),
+            condition: 1.0,
+            residual: 0.0,
+        });
+    }
     let mut k = DMatrix::<f64>::zeros(n + m, n + m);
     k.view_mut((0, 0), (n, n)).copy_from(p);
     if m > 0 {
@@ -97,7 +106,13 @@ pub fn condition_estimate(
             let Some(w) = apply(&v) else {
                 return f64::INFINITY;
             };
-            let norm = w.norm();
+            // ‖w‖ without overflow or underflow of the squares (entries near 1e±200 are fine).
+            let big = w.amax();
+            let norm = if big > 0.0 && big.is_finite() {
+                big * (&w / big).norm()
+            } else {
+                big
+            };
             if !norm.is_finite() {
                 return f64::INFINITY;
             }

@@ -159,8 +159,47 @@ struct TrainArgs {
     train_size: usize,
 }
 
+/// `println!` for the program's output: a closed pipe (`| head`) ends the program quietly with
+/// exit 0, as Unix filters do; any other write failure (a full disk, `> /dev/full`) is a
+/// one-line error and exit 1. Never a panic.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            stdout_failed(e)
+        }
+    }};
+}
+
+/// `print!` with the same handling as [`out!`].
+macro_rules! out_raw {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = write!(std::io::stdout().lock(), $($arg)*) {
+            stdout_failed(e)
+        }
+    }};
+}
+
+/// Ends the program after standard output failed (see [`out!`]).
+fn stdout_failed(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("error: cannot write to standard output: {e}");
+    std::process::exit(1);
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let code = run(Cli::parse());
+    // Buffered output that has not reached the pipe or file yet fails here, if at all.
+    if let Err(e) = std::io::Write::flush(&mut std::io::stdout()) {
+        stdout_failed(e);
+    }
+    code
+}
+
+fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Verify { json, seed } => verify(json, seed),
         Command::Taxonomy { beta, json } => match taxonomy(beta, json) {
@@ -172,7 +211,7 @@ fn main() -> ExitCode {
         },
         Command::Derive { problem } => match derive(&problem) {
             Ok(out) => {
-                println!("{out}");
+                out!("{out}");
                 ExitCode::SUCCESS
             }
             Err(msg) => {
@@ -222,7 +261,7 @@ impl Progress {
     /// A line above the bar (or plainly, when there is no bar).
     fn line(&self, text: String) {
         if self.bar.is_hidden() {
-            println!("{text}");
+            out!("{text}");
         } else {
             self.bar.println(text);
         }
@@ -325,7 +364,7 @@ fn plot(runs: &[PathBuf], output: &std::path::Path, title: String) -> bilevel::R
         .map(|p| bilevel::nn::log::read(p))
         .collect::<bilevel::Result<Vec<_>>>()?;
     bilevel::plot::draw(output, &[bilevel::plot::Panel { title, runs }])?;
-    println!("wrote {}", output.display());
+    out!("wrote {}", output.display());
     Ok(())
 }
 
@@ -341,8 +380,8 @@ fn reproduce_fig1(
     let mut progress = Progress::new();
     let results = bilevel::nn::reproduce::fig1(&data, out, epochs, &mut progress)?;
     progress.bar.finish_and_clear();
-    print!("{}", bilevel::nn::reproduce::table(&results, epochs));
-    println!(
+    out_raw!("{}", bilevel::nn::reproduce::table(&results, epochs));
+    out!(
         "wrote {}/fig1.svg, fig1.png, fig1.md and one CSV per configuration",
         out.display()
     );
@@ -359,12 +398,12 @@ fn bench_train(
     let mnist = match bilevel::data::Mnist::load(&dir) {
         Ok(m) => m,
         Err(e) => {
-            println!("({e}; timing on synthetic images instead)");
+            out!("({e}; timing on synthetic images instead)");
             bilevel::nn::bench::synthetic(50_000, 1_000, 7)
         }
     };
     let r = bilevel::nn::bench::epochs(&mnist, repeats.max(1), beta)?;
-    println!("{r}");
+    out!("{r}");
     if let Some(python) = jax {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/jax_train_step.py");
         let out = std::process::Command::new(&python)
@@ -394,15 +433,15 @@ fn bench_train(
             v["bp"].as_f64().unwrap_or(f64::NAN),
             v["fenbp"].as_f64().unwrap_or(f64::NAN),
         );
-        println!(
+        out!(
             "JAX {} (jit, CPU), same step, same process tree:",
             v["jax"].as_str().unwrap_or("?")
         );
-        println!(
+        out!(
             "  back-propagation       {jbp:.3} s  (bilevel is {:.2}x faster)",
             jbp / r.bp
         );
-        println!(
+        out!(
             "  Fenchel BP (beta={beta})    {jfen:.3} s  (bilevel is {:.2}x faster)",
             jfen / r.fenbp
         );
@@ -426,17 +465,21 @@ fn derive(path: &str) -> Result<String, String> {
 fn verify(json: bool, seed: u64) -> ExitCode {
     let report = bilevel::verify::run(seed);
     if json {
-        println!(
+        out!(
             "{}",
             serde_json::to_string_pretty(&report).expect("report serializes")
         );
     } else {
-        println!(
+        out!(
             "{:<28} {:<22} {:>10} {:>9}  {:<4}  description",
-            "claim", "id", "measured", "tolerance", "ok"
+            "claim",
+            "id",
+            "measured",
+            "tolerance",
+            "ok"
         );
         for c in &report.checks {
-            println!(
+            out!(
                 "{:<28} {:<22} {:>10.2e} {:>9.1e}  {:<4}  {}",
                 c.claim,
                 c.id,
@@ -446,7 +489,7 @@ fn verify(json: bool, seed: u64) -> ExitCode {
                 c.description
             );
         }
-        println!("verify: {} passed, {} failed", report.passed, report.failed);
+        out!("verify: {} passed, {} failed", report.passed, report.failed);
     }
     if report.failed == 0 {
         ExitCode::SUCCESS
@@ -469,18 +512,22 @@ fn taxonomy(beta: f64, json: bool) -> Result<(), String> {
     let t = matrix(&mut r, 2, 8);
     let rows = taxonomy(&net, beta, OutputLoss::Squared, &x, &t).map_err(|e| e.to_string())?;
     if json {
-        println!(
+        out!(
             "{}",
             serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?
         );
         return Ok(());
     }
-    println!(
-        "Table 1 (network 5-4-3-2 ReLU, squared loss, batch 8, beta = {beta:e} for every layer)"
-    );
-    println!(
+    out!("Table 1 (network 5-4-3-2 ReLU, squared loss, batch 8, beta = {beta:e} for every layer)");
+    out!(
         "{:<18} {:<10} {:<9} {:<10} {:<38} {:>14} {:>12}",
-        "method", "E_k", "unravel", "linearized", "inference", "rel.err vs BP", "s/gradient"
+        "method",
+        "E_k",
+        "unravel",
+        "linearized",
+        "inference",
+        "rel.err vs BP",
+        "s/gradient"
     );
     for row in rows {
         let err = match (row.rel_error_vs_bp, &row.error) {
@@ -488,7 +535,7 @@ fn taxonomy(beta: f64, json: bool) -> Result<(), String> {
             (None, Some(msg)) => format!("error: {msg}"),
             _ => String::new(),
         };
-        println!(
+        out!(
             "{:<18} {:<10} {:<9} {:<10} {:<38} {:>14} {:>12.2e}",
             row.method,
             format!("{:?}", row.energy).to_lowercase(),

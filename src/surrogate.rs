@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use nalgebra::DVector;
 
-use crate::error::{check_beta, Error, Result};
+use crate::error::{check_beta, check_computed, Error, Result};
 use crate::linalg::{select_rows, solve_kkt, vstack};
 use crate::problem::{Direction, InnerProblem, InnerSolution, LinearConstraints, Loss};
 use crate::prox::Branch;
@@ -272,8 +272,12 @@ impl<P: InnerProblem> Bilevel<P> {
             )?,
         };
         let grad_theta = self.inner.cross_jvp(&z_star.z, theta, &direction.z_dot);
+        let loss = self.loss.value(&z_star.z);
+        check_computed("loss", [&loss])?;
+        check_computed("z_dot", direction.z_dot.iter())?;
+        check_computed("limit gradient", grad_theta.iter())?;
         Ok(LimitDerivative {
-            loss: self.loss.value(&z_star.z),
+            loss,
             z_star,
             direction,
             grad_theta,
@@ -315,6 +319,9 @@ impl<P: InnerProblem> Bilevel<P> {
         check_beta(beta)?;
         let off = self.inner.offset(theta, clamped_loss, beta, &z_star)?;
         let value = outer(&z_star.z, beta, &off.rate) + off.energy_gap;
+        check_computed("surrogate value", [&value])?;
+        check_computed("surrogate gradient", off.grad_theta_gap.iter())?;
+        check_computed("z_hat", off.z_hat.z.iter())?;
         Ok(Surrogate {
             beta,
             z_star,

@@ -271,3 +271,84 @@ fn train_and_plot_reject_bad_input_with_one_line() {
         "{err}"
     );
 }
+
+/// Reliability regressions (each was a panic or a `null` in successful output).
+#[test]
+fn empty_and_overflowing_problems_are_one_line_errors() {
+    let cases = [
+        (r#"{"Q":[],"c":[],"loss":{"kind":"linear","g":[]}}"#, "Q"),
+        (
+            r#"{"Q":[],"c":[],"loss":{"kind":"squared","target":[]}}"#,
+            "Q",
+        ),
+        (
+            r#"{"Q":[[1]],"c":[1.7976931348623157e308],"loss":{"kind":"squared","target":[0]}}"#,
+            "loss overflowed",
+        ),
+    ];
+    for (input, field) in cases {
+        let (code, out, err) = derive(input);
+        assert_eq!(code, 1, "{input}: {out}{err}");
+        assert!(out.is_empty() && err.contains(field), "{input}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
+#[test]
+fn a_successful_derive_prints_only_finite_numbers() {
+    // Q = 2e200: the condition estimate used to overflow to `null` (‖Kv‖² = inf).
+    for input in [
+        r#"{"Q":[[2e200]],"c":[1],"loss":{"kind":"linear","g":[1]},"betas":[1]}"#,
+        r#"{"Q":[[1]],"c":[1],"loss":{"kind":"linear","g":[1]},"betas":[1e308]}"#,
+    ] {
+        let (code, out, err) = derive(input);
+        assert_eq!(code, 0, "{input}: {err}");
+        assert!(!out.contains("null"), "{input}: {out}");
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert!(
+            (v["condition"].as_f64().unwrap() - 1.0).abs() < 1e-12,
+            "{out}"
+        );
+    }
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_closed_pipe_ends_quietly_and_a_full_disk_is_one_line() {
+    let dir = std::env::temp_dir().join(format!("bilevel-cli-pipe-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let problem = dir.join("p.json");
+    std::fs::write(
+        &problem,
+        r#"{"Q":[[1]],"c":[1],"loss":{"kind":"linear","g":[1]},"betas":[0.1]}"#,
+    )
+    .unwrap();
+    let problem = problem.to_str().unwrap();
+    for args in [vec!["derive", problem], vec!["verify"], vec!["taxonomy"]] {
+        // Broken pipe: the reading end is closed before the program writes.
+        let mut child = bin()
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        // A full device: one line, exit 1.
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let out = bin().args(&args).stdout(full).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains("No space left") && err.trim_end().lines().count() == 1,
+            "{args:?}: {err}"
+        );
+    }
+}

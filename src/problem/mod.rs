@@ -113,6 +113,12 @@ impl Loss {
 
 /// Validates an affine parametrization `u(θ) = Bθ + c` of `n` variables (fields `B`, `c`).
 pub(crate) fn check_affine(n: usize, b: &DMatrix<f64>, c: &DVector<f64>) -> Result<()> {
+    if n == 0 {
+        return Err(Error::input(
+            "c",
+            "the problem has no variables (n = 0); an inner problem needs at least one",
+        ));
+    }
     if b.nrows() != n {
         return Err(Error::dim("B (rows)", n, b.nrows()));
     }
