@@ -148,6 +148,9 @@ struct TrainArgs {
     /// Continue from the checkpoint in --checkpoint DIR.
     #[arg(long)]
     resume: bool,
+    /// Start afresh over an existing checkpoint in --checkpoint DIR (refused otherwise).
+    #[arg(long)]
+    overwrite: bool,
     /// Shuffle the training images every epoch (the paper uses file order).
     #[arg(long)]
     shuffle: bool,
@@ -349,6 +352,7 @@ fn train(a: TrainArgs) -> bilevel::Result<()> {
         log: a.log,
         checkpoint: a.checkpoint,
         resume: a.resume,
+        overwrite: a.overwrite,
     };
     outputs.validate()?;
     let data = load_mnist(a.data)?;

@@ -436,6 +436,7 @@ fn resume_reproduces_the_uninterrupted_run() {
             log: Some(log_path.clone()),
             checkpoint: Some(ck.clone()),
             resume: true,
+            overwrite: false,
         };
         nn::run(config(1), &data, &out, &mut ()).unwrap();
         let resumed = nn::run(config(3), &data, &out, &mut ()).unwrap();
@@ -457,6 +458,7 @@ fn resume_reproduces_the_uninterrupted_run() {
         log: None,
         checkpoint: Some(dir.join("ckfalse")),
         resume: true,
+        overwrite: false,
     };
     match nn::run(
         small_config(Rule::Bp, Init::Glorot, 3),
@@ -478,6 +480,7 @@ fn resume_reproduces_the_uninterrupted_run() {
         log: None,
         checkpoint: Some(dir.join("ckfalse")),
         resume: true,
+        overwrite: false,
     };
     assert!(matches!(
         nn::run(
@@ -510,6 +513,7 @@ fn bad_settings_are_errors() {
     assert!(Trainer::new(bad).is_err());
     let out = Outputs {
         resume: true,
+        overwrite: false,
         ..Outputs::default()
     };
     let fake = Mnist {
@@ -594,4 +598,216 @@ fn plots_render_to_svg_and_png_without_system_fonts() {
         log::read(&dir.join("missing.csv")),
         Err(Error::BadData { .. })
     ));
+}
+
+/// A two-epoch checkpoint of a tiny network on fake 4x4 images (no MNIST needed).
+fn tiny_checkpoint(name: &str) -> (Mnist, TrainConfig, PathBuf) {
+    let dir = tmp(name);
+    write_fake(&dir, 60, 20, false);
+    let data = Mnist::load(&dir).unwrap();
+    let config = TrainConfig {
+        widths: vec![16, 8, 10],
+        train_size: 60,
+        batch: 20,
+        epochs: 2,
+        ..TrainConfig::default()
+    };
+    let out = Outputs {
+        checkpoint: Some(dir.join("ck")),
+        ..Outputs::default()
+    };
+    nn::run(config.clone(), &data, &out, &mut ()).unwrap();
+    (data, config, dir.join("ck"))
+}
+
+fn resume(data: &Mnist, config: &TrainConfig, ck: &Path) -> Result<nn::Trainer, Error> {
+    let out = Outputs {
+        checkpoint: Some(ck.to_path_buf()),
+        resume: true,
+        ..Outputs::default()
+    };
+    nn::run(
+        TrainConfig {
+            epochs: 3,
+            ..config.clone()
+        },
+        data,
+        &out,
+        &mut (),
+    )
+}
+
+#[test]
+fn every_corrupted_checkpoint_is_refused() {
+    let (data, config, ck) = tiny_checkpoint("corrupt");
+    let file = ck.join("checkpoint.bin");
+    let good = std::fs::read(&file).unwrap();
+    assert!(resume(&data, &config, &ck).is_ok());
+    std::fs::write(&file, &good).unwrap();
+    // Every single-bit flip, at a spread of positions over header, tensors and checksum.
+    let positions: Vec<usize> = (0..good.len())
+        .step_by(good.len() / 97 + 1)
+        .chain([good.len() - 1])
+        .collect();
+    for &at in &positions {
+        for bit in [0, 3, 7] {
+            let mut bytes = good.clone();
+            bytes[at] ^= 1 << bit;
+            std::fs::write(&file, &bytes).unwrap();
+            match resume(&data, &config, &ck) {
+                Err(Error::BadData { .. }) => {}
+                // A flip inside the settings JSON may turn them into other valid settings.
+                Err(Error::InvalidInput { field, .. }) if field == "--resume" => {}
+                other => panic!(
+                    "flip at byte {at} bit {bit}: {:?}",
+                    other.map(|t| t.epoch())
+                ),
+            }
+        }
+    }
+    // Truncated, extended, and header edits with a recomputed checksum (the invariants).
+    let reseal = |body: &[u8]| {
+        let mut b = body.to_vec();
+        b.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+        b
+    };
+    let body = &good[..good.len() - 4];
+    let text = String::from_utf8_lossy(body).into_owned();
+    let header_end = body
+        .iter()
+        .enumerate()
+        .filter(|(_, &c)| c == b'\n')
+        .nth(1)
+        .unwrap()
+        .0;
+    let header = std::str::from_utf8(&body[..header_end]).unwrap();
+    assert!(text.contains("\"adam_t\":6"), "{header}");
+    let edits: Vec<(&str, String)> = vec![
+        ("adam_t", header.replace("\"adam_t\":6", "\"adam_t\":7")),
+        ("history emptied", {
+            let start = header.find("\"history\":[").unwrap() + "\"history\":[".len();
+            let end = header[start..].find("],\"shapes\"").unwrap() + start;
+            format!("{}{}", &header[..start], &header[end..])
+                .replace("\"adam_t\":6", "\"adam_t\":0")
+        }),
+        ("history repeated", {
+            let start = header.find("\"history\":[").unwrap() + "\"history\":[".len();
+            let end = header[start..].find("],\"shapes\"").unwrap() + start;
+            let h = &header[start..end];
+            format!("{}{h},{h}{}", &header[..start], &header[end..])
+                .replace("\"adam_t\":6", "\"adam_t\":12")
+        }),
+    ];
+    for (what, edited) in edits {
+        assert_ne!(edited, header, "{what}: the edit changed nothing");
+        let mut b = edited.into_bytes();
+        b.extend_from_slice(&body[header_end..]);
+        std::fs::write(&file, reseal(&b)).unwrap();
+        assert!(
+            matches!(resume(&data, &config, &ck), Err(Error::BadData { .. })),
+            "{what}"
+        );
+    }
+    for bytes in [
+        &good[..good.len() - 1],
+        &good[..good.len() / 2],
+        &[good.as_slice(), &[0u8]].concat()[..],
+    ] {
+        std::fs::write(&file, bytes).unwrap();
+        assert!(matches!(
+            resume(&data, &config, &ck),
+            Err(Error::BadData { .. })
+        ));
+    }
+}
+
+#[test]
+fn a_run_never_replaces_a_checkpoint_without_being_asked() {
+    let (data, config, ck) = tiny_checkpoint("overwrite");
+    let before = std::fs::read(ck.join("checkpoint.bin")).unwrap();
+    let out = Outputs {
+        checkpoint: Some(ck.clone()),
+        ..Outputs::default()
+    };
+    let one = TrainConfig {
+        epochs: 1,
+        ..config.clone()
+    };
+    match nn::run(one.clone(), &data, &out, &mut ()) {
+        Err(Error::InvalidInput { reason, .. }) => {
+            assert!(reason.contains("--overwrite"), "{reason}")
+        }
+        other => panic!("expected a refusal, got {:?}", other.map(|t| t.epoch())),
+    }
+    assert_eq!(std::fs::read(ck.join("checkpoint.bin")).unwrap(), before);
+    let out = Outputs {
+        overwrite: true,
+        ..out
+    };
+    assert_eq!(nn::run(one, &data, &out, &mut ()).unwrap().epoch(), 1);
+    assert_ne!(std::fs::read(ck.join("checkpoint.bin")).unwrap(), before);
+}
+
+#[test]
+fn sizes_are_checked_against_the_data_before_allocating() {
+    let dir = tmp("sizes");
+    write_fake(&dir, 60, 20, false);
+    let data = Mnist::load(&dir).unwrap();
+    let base = TrainConfig {
+        widths: vec![16, 8, 10],
+        train_size: 60,
+        batch: 20,
+        epochs: 1,
+        ..TrainConfig::default()
+    };
+    // 10^12 images would be an 8 TB order vector, usize::MAX a capacity overflow.
+    for train_size in [1_000_000_000_000usize, usize::MAX, 61] {
+        let config = TrainConfig {
+            train_size,
+            ..base.clone()
+        };
+        match nn::run(config, &data, &Outputs::default(), &mut ()) {
+            Err(Error::InvalidInput { field, reason }) => {
+                assert_eq!(field, "train_size");
+                assert!(reason.contains("60 training images"), "{reason}");
+            }
+            other => panic!("{train_size}: {:?}", other.map(|t| t.epoch())),
+        }
+    }
+    let config = TrainConfig {
+        batch: usize::MAX,
+        ..base.clone()
+    };
+    assert!(matches!(
+        nn::run(config, &data, &Outputs::default(), &mut ()),
+        Err(Error::InvalidInput { .. })
+    ));
+    // An empty test split is refused before training, not after an epoch.
+    let empty = Mnist {
+        train: data.train.clone(),
+        test: data.test.clone().truncate(0),
+    };
+    assert!(matches!(
+        nn::run(base.clone(), &empty, &Outputs::default(), &mut ()),
+        Err(Error::InvalidInput { .. })
+    ));
+    // An unwritable checkpoint directory fails before the first epoch.
+    let blocker = dir.join("file");
+    std::fs::write(&blocker, b"x").unwrap();
+    let out = Outputs {
+        checkpoint: Some(blocker.join("ck")),
+        ..Outputs::default()
+    };
+    let mut epochs = 0;
+    struct Count<'a>(&'a mut usize);
+    impl nn::Observer for Count<'_> {
+        fn epoch(&mut self, _: &nn::EpochRecord, _: bool) {
+            *self.0 += 1;
+        }
+    }
+    assert!(matches!(
+        nn::run(base, &data, &out, &mut Count(&mut epochs)),
+        Err(Error::Io { .. })
+    ));
+    assert_eq!(epochs, 0);
 }

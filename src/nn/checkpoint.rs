@@ -1,14 +1,21 @@
 //! Checkpoints: the network, Adam's state and the epoch history after each epoch.
 //!
-//! One file `DIR/checkpoint.bin`: a line `BILEVEL-CHECKPOINT 1`, a line of JSON (settings,
+//! One file `DIR/checkpoint.bin`: a line `BILEVEL-CHECKPOINT 2`, a line of JSON (settings,
 //! step count, history, tensor shapes), then every tensor as little-endian `f32` — the weights
 //! and biases layer by layer (`W_1, b_1, W_2, …`, column-major), then Adam's `m`, then `v`, in
-//! the same order. It is written to `checkpoint.bin.tmp` and renamed, so a crash leaves the
-//! previous complete epoch. The data order of every epoch is a function of `(seed, epoch)`, so
-//! resuming reproduces the uninterrupted run bit for bit.
+//! the same order — and last the CRC-32 (IEEE, little-endian) of every byte before it. It is
+//! written to `checkpoint.bin.tmp` and renamed, so a crash leaves the previous complete epoch.
+//! The data order of every epoch is a function of `(seed, epoch)`, so resuming reproduces the
+//! uninterrupted run bit for bit.
+//!
+//! Loading checks the checksum (any flipped bit, truncation or appended byte is refused), then
+//! the header's invariants: epochs numbered `1, 2, …`, Adam's step count equal to the steps
+//! those epochs took, finite records in range, finite tensors with `v ≥ 0`, and zero moments
+//! before the first step. Format 1
+//! (no checksum) is refused with a message: it cannot be verified.
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -18,7 +25,8 @@ use crate::error::{Error, Result};
 use crate::nested::linearized::Gradients;
 use crate::nested::Network;
 
-const MAGIC: &str = "BILEVEL-CHECKPOINT 1";
+const MAGIC: &str = "BILEVEL-CHECKPOINT 2";
+const MAGIC_V1: &str = "BILEVEL-CHECKPOINT 1";
 
 /// The file name inside the checkpoint directory.
 pub const FILE: &str = "checkpoint.bin";
@@ -70,15 +78,18 @@ pub fn save(dir: &Path, trainer: &Trainer) -> Result<()> {
     };
     let tmp = dir.join(format!("{FILE}.tmp"));
     let io = |e: std::io::Error| Error::io(&tmp, e);
-    let mut out = std::io::BufWriter::new(fs::File::create(&tmp).map_err(io)?);
     let json = serde_json::to_string(&header).map_err(|e| Error::io(&tmp, e))?;
-    writeln!(out, "{MAGIC}\n{json}").map_err(io)?;
+    let mut bytes = format!("{MAGIC}\n{json}\n").into_bytes();
     for t in tensors(&trainer.net, &trainer.adam.m, &trainer.adam.v) {
         for v in t {
-            out.write_all(&v.to_le_bytes()).map_err(io)?;
+            bytes.extend_from_slice(&v.to_le_bytes());
         }
     }
-    let file = out.into_inner().map_err(|e| Error::io(&tmp, e.error()))?;
+    let crc = crc32fast::hash(&bytes);
+    bytes.extend_from_slice(&crc.to_le_bytes());
+    let mut out = fs::File::create(&tmp).map_err(io)?;
+    out.write_all(&bytes).map_err(io)?;
+    let file = out;
     file.sync_all().map_err(io)?;
     let dst = path(dir);
     fs::rename(&tmp, &dst).map_err(|e| Error::io(&dst, e))
@@ -101,24 +112,39 @@ pub fn load(dir: &Path, config: TrainConfig) -> Result<Trainer> {
         path: file.clone(),
         reason,
     };
-    let mut r = BufReader::new(fs::File::open(&file).map_err(|e| {
+    let bytes = fs::read(&file).map_err(|e| {
         bad(format!(
-            "cannot open it ({e}); run without --resume to start afresh"
+            "cannot read it ({e}); run without --resume to start afresh"
         ))
-    })?);
-    let mut line = String::new();
-    r.read_line(&mut line)
-        .map_err(|e| bad(format!("cannot read it ({e})")))?;
-    if line.trim_end() != MAGIC {
+    })?;
+    if bytes.starts_with(MAGIC_V1.as_bytes()) {
+        return Err(bad(
+            "format 1 (written by an older bilevel, without a checksum) cannot be verified; \
+             start afresh with --overwrite"
+                .into(),
+        ));
+    }
+    if !bytes.starts_with(format!("{MAGIC}\n").as_bytes()) {
         return Err(bad(format!(
             "not a bilevel checkpoint (first line should be `{MAGIC}`)"
         )));
     }
-    line.clear();
+    let (body, crc) = bytes.split_at(bytes.len().saturating_sub(4));
+    let stored = u32::from_le_bytes(crc.try_into().unwrap_or([0; 4]));
+    if crc32fast::hash(body) != stored {
+        return Err(bad(
+            "checksum mismatch: the file is corrupted or truncated (the previous epoch's file \
+             is gone; start afresh with --overwrite)"
+                .into(),
+        ));
+    }
+    let mut r = &body[MAGIC.len() + 1..];
+    let mut line = String::new();
     r.read_line(&mut line)
         .map_err(|e| bad(format!("cannot read its header ({e})")))?;
     let header: Header =
         serde_json::from_str(&line).map_err(|e| bad(format!("malformed header ({e})")))?;
+    check_header(&header, &config).map_err(bad)?;
     if !header.config.same_run(&config) {
         return Err(Error::input(
             "--resume",
@@ -149,9 +175,7 @@ pub fn load(dir: &Path, config: TrainConfig) -> Result<Trainer> {
     }
     let mut adam = Adam::new(&net, config.adam);
     adam.t = header.adam_t;
-    let mut buf = Vec::new();
-    r.read_to_end(&mut buf)
-        .map_err(|e| bad(format!("cannot read its tensors ({e})")))?;
+    let buf = r;
     let needed: usize = tensors(&net, &adam.m, &adam.v)
         .iter()
         .map(|t| t.len())
@@ -182,5 +206,55 @@ pub fn load(dir: &Path, config: TrainConfig) -> Result<Trainer> {
             fill(b.as_mut_slice());
         }
     }
+    let finite = |t: &[f32]| t.iter().all(|v| v.is_finite());
+    let tensors_ok = tensors(&net, &adam.m, &adam.v).into_iter().all(finite)
+        && adam.v.w.iter().all(|t| t.iter().all(|&v| v >= 0.0))
+        && adam.v.b.iter().all(|t| t.iter().all(|&v| v >= 0.0));
+    // Before the first step Adam's moments are exactly zero.
+    let fresh = header.adam_t > 0
+        || tensors(&net, &adam.m, &adam.v)
+            .into_iter()
+            .skip(2 * net.layers.len())
+            .all(|t| t.iter().all(|&v| v == 0.0));
+    if !tensors_ok || !fresh {
+        return Err(bad(
+            "non-finite weights or moments, a negative second moment, or moments without \
+             a step"
+                .into(),
+        ));
+    }
     Trainer::from_parts(config, net, Some(adam), header.history)
+}
+
+/// The header's invariants (see the module docs); the reason when one fails.
+fn check_header(h: &Header, config: &TrainConfig) -> std::result::Result<(), String> {
+    for (i, r) in h.history.iter().enumerate() {
+        if r.epoch != i + 1 {
+            return Err(format!(
+                "history entry {} is epoch {} (epochs must be numbered 1, 2, ...)",
+                i + 1,
+                r.epoch
+            ));
+        }
+        let pct = |v: f64| (0.0..=100.0).contains(&v);
+        let in_range = r.train_loss.is_finite()
+            && r.train_loss >= 0.0
+            && pct(r.train_error_pct)
+            && pct(r.test_error_pct)
+            && r.seconds.is_finite()
+            && r.seconds >= 0.0
+            && r.exact_train_error_pct.is_none_or(pct);
+        if !in_range {
+            return Err(format!("epoch {} has values out of range", r.epoch));
+        }
+    }
+    let steps = config.train_size.div_ceil(config.batch) as u64;
+    if h.adam_t != steps * h.history.len() as u64 {
+        return Err(format!(
+            "Adam's step count {} does not match {} epochs of {steps} steps",
+            h.adam_t,
+            h.history.len()
+        ));
+    }
+    Ok(())
 }

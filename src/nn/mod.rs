@@ -130,6 +130,10 @@ impl Rule {
     }
 }
 
+/// The largest batch [`TrainConfig::validate`] accepts: the step's buffers are sized by it
+/// before any data is seen (2²⁰ columns of 784 `f32` pixels are 3.2 GB already).
+pub const MAX_BATCH: usize = 1 << 20;
+
 /// Weight initialization (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -257,8 +261,11 @@ impl TrainConfig {
     /// and finite; widths that do not make a network.
     pub fn validate(&self) -> Result<()> {
         self.rule.validate()?;
-        if self.batch == 0 {
-            return Err(Error::input("--batch", "must be at least 1"));
+        if self.batch == 0 || self.batch > MAX_BATCH {
+            return Err(Error::input(
+                "--batch",
+                format!("must be between 1 and {MAX_BATCH}"),
+            ));
         }
         if self.train_size == 0 {
             return Err(Error::input("train_size", "must be at least 1"));
@@ -268,6 +275,32 @@ impl TrainConfig {
         }
         if self.widths.len() < 2 || self.widths.contains(&0) {
             return Err(Error::input("widths", "need at least two positive widths"));
+        }
+        Ok(())
+    }
+
+    /// Checks the run against its data before anything is allocated for it: at least
+    /// `train_size` training images, a non-empty test split, and images of the input width.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming the mismatch.
+    pub fn check_data(&self, data: &Mnist) -> Result<()> {
+        let n = self.train_size;
+        if data.train.len() < n {
+            return Err(Error::input(
+                "train_size",
+                format!("{n} exceeds the {} training images", data.train.len()),
+            ));
+        }
+        if data.test.is_empty() {
+            return Err(Error::input(
+                "data",
+                "the test split is empty; the run reports the test error after every epoch",
+            ));
+        }
+        let dim = self.widths[0];
+        if data.train.dim != dim || data.test.dim != dim {
+            return Err(Error::dim("image size", dim, data.train.dim));
         }
         Ok(())
     }
@@ -392,7 +425,8 @@ impl Trainer {
             rest: (rest > 0 && config.train_size > config.batch).then(|| Buffers::new(&net, rest)),
             eval: None,
             betas: vec![config.rule.beta(); net.layers.len()],
-            order: (0..config.train_size).collect(),
+            // Filled by `prepare_order` once the data are known to hold `train_size` images.
+            order: Vec::new(),
             config,
             net,
             adam,
@@ -441,9 +475,9 @@ impl Trainer {
     /// The training order of epoch `epoch` (from 1): file order, or a permutation seeded by
     /// `(seed, epoch)` with `shuffle` — so a resumed run sees the same batches.
     fn prepare_order(&mut self, epoch: usize) {
-        for (i, o) in self.order.iter_mut().enumerate() {
-            *o = i;
-        }
+        // Allocates in the first epoch only (the capacity stays).
+        self.order.clear();
+        self.order.extend(0..self.config.train_size);
         if self.config.shuffle {
             let mix = self.config.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
             self.order.shuffle(&mut StdRng::seed_from_u64(mix));
@@ -461,19 +495,7 @@ impl Trainer {
         progress: &mut dyn FnMut(usize, usize, f64),
     ) -> Result<EpochRecord> {
         let n = self.config.train_size;
-        if data.train.len() < n {
-            return Err(Error::input(
-                "data",
-                format!("{} training images, the run needs {n}", data.train.len()),
-            ));
-        }
-        if data.train.dim != self.net.input_dim() || data.test.dim != self.net.input_dim() {
-            return Err(Error::dim(
-                "image size",
-                self.net.input_dim(),
-                data.train.dim,
-            ));
-        }
+        self.config.check_data(data)?;
         let epoch = self.epoch() + 1;
         self.prepare_order(epoch);
         let order = std::mem::take(&mut self.order);
@@ -592,6 +614,9 @@ pub struct Outputs {
     pub checkpoint: Option<std::path::PathBuf>,
     /// Continue from the checkpoint if one exists (requires `checkpoint`).
     pub resume: bool,
+    /// Start afresh over an existing checkpoint (without it, and without `resume`, an
+    /// existing checkpoint is never replaced).
+    pub overwrite: bool,
 }
 
 impl Outputs {
@@ -605,6 +630,39 @@ impl Outputs {
                 "--resume",
                 "needs --checkpoint DIR to resume from",
             ));
+        }
+        if self.resume && self.overwrite {
+            return Err(Error::input(
+                "--overwrite",
+                "contradicts --resume: choose to continue the checkpoint or to replace it",
+            ));
+        }
+        if let Some(dir) = &self.checkpoint {
+            if checkpoint::exists(dir) && !self.resume && !self.overwrite {
+                return Err(Error::input(
+                    "--checkpoint",
+                    format!(
+                        "{} already holds a checkpoint; pass --resume to continue it or \
+                         --overwrite to start afresh over it",
+                        dir.display()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates the checkpoint directory and proves it writable (a probe file, removed again),
+    /// so that a run cannot train an epoch and only then fail to save it.
+    ///
+    /// # Errors
+    /// [`Error::Io`] naming the directory.
+    pub fn prepare(&self) -> Result<()> {
+        if let Some(dir) = &self.checkpoint {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            let probe = dir.join(format!("{}.probe", checkpoint::FILE));
+            std::fs::write(&probe, b"").map_err(|e| Error::io(&probe, e))?;
+            std::fs::remove_file(&probe).map_err(|e| Error::io(&probe, e))?;
         }
         Ok(())
     }
@@ -634,6 +692,10 @@ pub fn run(
     outputs: &Outputs,
     observer: &mut dyn Observer,
 ) -> Result<Trainer> {
+    outputs.validate()?;
+    config.validate()?;
+    config.check_data(data)?;
+    outputs.prepare()?;
     let mut trainer = match (&outputs.checkpoint, outputs.resume) {
         (None, true) => {
             return Err(Error::input(

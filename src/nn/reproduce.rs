@@ -105,6 +105,7 @@ pub fn fig1(
             log: Some(out.join(format!("{}.csv", c.name))),
             checkpoint: Some(out.join("checkpoints").join(c.name)),
             resume: true,
+            overwrite: false,
         };
         let trainer = run(config, data, &outputs, observer)?;
         if trainer.history.is_empty() {
