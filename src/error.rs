@@ -28,7 +28,7 @@ pub enum Error {
         beta: f64,
     },
     /// β is outside the range where a construction is defined (e.g. the centered surrogate).
-    #[error("beta {beta} out of range for {what}: {reason}")]
+    #[error("beta {beta:e} out of range for {what}: {reason}")]
     BetaOutOfRange {
         /// The offending value.
         beta: f64,

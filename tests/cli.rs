@@ -352,3 +352,28 @@ fn a_closed_pipe_ends_quietly_and_a_full_disk_is_one_line() {
         );
     }
 }
+
+#[test]
+fn taxonomy_at_extreme_betas_prints_no_nan() {
+    for beta in ["1e308", "1e-300"] {
+        let out = bin()
+            .args(["taxonomy", "--beta", beta, "--json"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(!text.contains("NaN"), "{text}");
+        let rows: Value = serde_json::from_str(&text).unwrap();
+        for row in rows.as_array().unwrap() {
+            match (&row["rel_error_vs_bp"], &row["error"]) {
+                (Value::Number(e), Value::Null) => assert!(e.as_f64().unwrap().is_finite()),
+                (Value::Null, Value::String(msg)) => {
+                    // The β the user gave, never a product of it.
+                    assert!(msg.contains(&format!("beta {beta}")), "{msg}");
+                    assert!(msg.contains("out of range"), "{msg}");
+                }
+                other => panic!("{beta}: {other:?}"),
+            }
+        }
+    }
+}

@@ -105,6 +105,28 @@ impl Method {
         x: &DMatrix<f64>,
         target: &DMatrix<f64>,
     ) -> Result<Gradients<f64>> {
+        if !self.choices().2 {
+            check_beta_products(self.name(), betas)?;
+        }
+        let g = self.gradient_unchecked(net, betas, loss, x, target)?;
+        let finite = g.w.iter().all(|t| t.iter().all(|v| v.is_finite()))
+            && g.b.iter().all(|t| t.iter().all(|v| v.is_finite()));
+        if !finite {
+            return Err(Error::Overflow {
+                what: format!("the {} gradient", self.name()),
+            });
+        }
+        Ok(g)
+    }
+
+    fn gradient_unchecked(
+        self,
+        net: &Network<f64>,
+        betas: &[f64],
+        loss: OutputLoss,
+        x: &DMatrix<f64>,
+        target: &DMatrix<f64>,
+    ) -> Result<Gradients<f64>> {
         match self.choices() {
             (kind, Unravel::TopDown, true) => {
                 let mut ws = Workspace::new(net, x.ncols());
@@ -159,6 +181,35 @@ impl Method {
             )),
         }
     }
+}
+
+/// The non-linearized methods weigh layer `k` by products of the β's (`Π_{l<k} β_l` in Eq. 22,
+/// `1/Π_{l≥k} β_l` for predictive coding): every partial product and its reciprocal must be a
+/// normal `f64`, else [`Error::BetaOutOfRange`] (instead of an `inf` weight and a NaN gradient).
+fn check_beta_products(method: &str, betas: &[f64]) -> Result<()> {
+    for &b in betas {
+        crate::error::check_beta(b)?;
+    }
+    let ok = |p: f64| p.is_finite() && p >= f64::MIN_POSITIVE && (1.0 / p).is_finite();
+    let mut prefix = 1.0;
+    for (k, &b) in betas.iter().enumerate() {
+        prefix *= b;
+        let suffix: f64 = betas[k..].iter().product();
+        if !ok(prefix) || !ok(suffix) {
+            return Err(Error::BetaOutOfRange {
+                beta: b,
+                what: method.into(),
+                reason: format!(
+                    "its layer weights are products of the betas over layers and leave the f64 \
+                     range at layer {} ({} layers of equal beta: keep |log10 beta| < {:.0})",
+                    k + 1,
+                    betas.len(),
+                    (f64::MAX.log10() / betas.len() as f64).floor()
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// One measured row of `bilevel taxonomy`.
