@@ -102,6 +102,8 @@ pub struct DeriveOutput {
     pub constraints: Vec<&'static str>,
     /// Branch per inequality (weakly active only).
     pub branches: Vec<Option<Branch>>,
+    /// Active inequalities linearly dependent on the others (LICQ fails; multipliers 0).
+    pub dependent_constraints: Vec<usize>,
     /// Condition estimate of the system that determined `ż`.
     pub condition: f64,
     /// `L(θ)`.
@@ -250,6 +252,7 @@ pub fn derive(text: &str) -> Result<DeriveOutput> {
         multipliers_eq: to_vec(&limit.z_star.multipliers_eq),
         constraints: limit.z_star.activity.iter().map(|a| a.label()).collect(),
         branches: limit.direction.branches.clone(),
+        dependent_constraints: limit.z_star.status.dependent.clone(),
         condition: limit.direction.condition,
         loss: limit.loss,
         z_dot: to_vec(&limit.direction.z_dot),

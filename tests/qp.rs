@@ -336,3 +336,152 @@ fn dependent_active_constraints_give_a_singular_error_not_a_panic() {
         Err(e) => panic!("unexpected error {e}"),
     }
 }
+
+fn solve_free(p: &QuadraticProblem) -> Result<InnerSolution> {
+    p.solve(
+        &DVector::zeros(p.b().ncols()),
+        &Loss::Linear {
+            g: DVector::zeros(p.q().nrows()),
+        },
+        0.0,
+    )
+}
+
+fn scalar_problem(q: f64, c: f64, a: DMatrix<f64>, b: DVector<f64>) -> QuadraticProblem {
+    let cons = LinearConstraints {
+        a,
+        b,
+        ..LinearConstraints::none(1)
+    };
+    QuadraticProblem::new(dmatrix![q], DMatrix::zeros(1, 0), dvector![c], cons).unwrap()
+}
+
+#[test]
+fn badly_scaled_feasible_problems_are_never_called_infeasible_or_unbounded() {
+    // Reliability issue, failure 9: Clarabel called both of these infeasible / unbounded.
+    for backend in backends() {
+        // z ≥ 1e8 with the unconstrained minimizer at 0: z* = 1e8, λ = 1e8.
+        let p =
+            scalar_problem(1.0, 0.0, dmatrix![1.0], dvector![1e8]).with_backend(backend.clone());
+        let sol = solve_free(&p).unwrap();
+        assert_relative_eq!(sol.z[0], 1e8, max_relative = 1e-12);
+        assert_relative_eq!(sol.multipliers[0], 1e8, max_relative = 1e-12);
+        // 0.423 z ≥ −1e200 is inactive: z* = −0.834 / 0.739 (a strictly convex QP is bounded).
+        let p = scalar_problem(0.739, -0.834, dmatrix![0.423], dvector![-1e200])
+            .with_backend(backend.clone());
+        let sol = solve_free(&p).unwrap();
+        assert_relative_eq!(sol.z[0], -0.834 / 0.739, max_relative = 1e-14);
+        assert_eq!(sol.activity, vec![Inactive]);
+        // Badly scaled and truly infeasible: z ≥ 1e8 and z ≤ 1e7, with a verified certificate.
+        let p = scalar_problem(1.0, 0.0, dmatrix![1.0; -1.0], dvector![1e8, -1e7])
+            .with_backend(backend.clone());
+        match solve_free(&p) {
+            Err(Error::Infeasible(msg)) => assert!(!msg.is_empty()),
+            other => panic!("{}: {other:?}", backend.name()),
+        }
+    }
+}
+
+#[test]
+fn the_dual_active_set_method_agrees_with_enumeration_and_proves_infeasibility() {
+    use bilevel::solve::qp::{dual_active_set, refine};
+    for seed in 0..40 {
+        let mut r = rng(500 + seed);
+        let n = 5;
+        let k = (seed % 3) as usize;
+        let qp = Qp {
+            p: bilevel::verify::instances::spd(&mut r, n, 0.2),
+            q: vector(&mut r, n) * 3.0,
+            a: bilevel::verify::instances::matrix(&mut r, 7, n),
+            b: vector(&mut r, 7) * 0.5 - DVector::from_element(7, 0.5),
+            a_eq: bilevel::verify::instances::matrix(&mut r, k, n),
+            b_eq: vector(&mut r, k),
+        };
+        let tol = Tolerances::default();
+        let Ok(reference) = solve_by_enumeration(&qp, &tol) else {
+            // Random equalities can make the polytope empty (2 of these 40 seeds).
+            assert!(
+                matches!(dual_active_set(&qp), Err(Error::Infeasible(_))),
+                "seed {seed}"
+            );
+            continue;
+        };
+        let mut working = dual_active_set(&qp).unwrap();
+        let sol = refine(&qp, &tol, &mut working, "test", 0, false).unwrap();
+        assert_eq!(
+            sol.repairs, 0,
+            "seed {seed}: the method's working set is already exact"
+        );
+        assert_relative_eq!(sol.x, reference, epsilon = 1e-10, max_relative = 1e-10);
+        // Add a row that contradicts the solution's own constraints: a_0ᵀz ≥ b_0 and
+        // −a_0ᵀz ≥ −b_0 + 1 cannot both hold.
+        let mut bad = qp.clone();
+        bad.a = vstack(&qp.a, &(-qp.a.rows(0, 1).into_owned()));
+        bad.b = DVector::from_iterator(8, qp.b.iter().copied().chain([-qp.b[0] + 1.0]));
+        assert!(
+            matches!(dual_active_set(&bad), Err(Error::Infeasible(_))),
+            "seed {seed}"
+        );
+    }
+}
+
+#[test]
+fn dependent_and_zero_rows_are_solved_and_named() {
+    // Reliability issue, failure 10: z* and ż are unique (Q ≻ 0) even where LICQ fails.
+    let eye = DMatrix::<f64>::identity(2, 2);
+    let cases = [
+        // The same active row twice (strongly active: the minimizer is at z₁ = −1).
+        (
+            dmatrix![1.0, 0.0; 1.0, 0.0],
+            dvector![0.0, 0.0],
+            dvector![-1.0, 0.0],
+            vec![1],
+        ),
+        // A zero row 0ᵀz ≥ 0: always active, never binding.
+        (
+            dmatrix![0.0, 0.0],
+            dvector![0.0],
+            dvector![1.0, 0.0],
+            vec![0],
+        ),
+    ];
+    for (a, b, c, dependent) in cases {
+        let m = b.len();
+        let cons = LinearConstraints {
+            a: a.clone(),
+            b: b.clone(),
+            ..LinearConstraints::none(2)
+        };
+        for backend in backends() {
+            let p = QuadraticProblem::new(eye.clone(), eye.clone(), c.clone(), cons.clone())
+                .unwrap()
+                .with_backend(backend.clone());
+            let qp = p.qp(
+                &dvector![0.0, 0.0],
+                &Loss::Linear {
+                    g: dvector![0.0, 0.0],
+                },
+                0.0,
+            );
+            let reference = solve_by_enumeration(&qp, &Tolerances::default()).unwrap();
+            let program = Bilevel::new(
+                p,
+                Loss::Linear {
+                    g: dvector![1.0, 1.0],
+                },
+            )
+            .unwrap();
+            let limit = program.limit(&dvector![0.0, 0.0]).unwrap();
+            assert_relative_eq!(limit.z_star.z, reference, epsilon = 1e-12);
+            assert_eq!(limit.z_star.status.dependent, dependent, "{a}");
+            assert_eq!(limit.z_star.multipliers.len(), m);
+            // ẑ_β = clamp(c − β g) unit-wise: ż = −g where free, 0 where held at the bound.
+            let held = c[0] < 0.0;
+            let expected = dvector![if held { 0.0 } else { -1.0 }, -1.0];
+            assert_relative_eq!(limit.direction.z_dot, expected, epsilon = 1e-12);
+            // And the one-sided difference quotient agrees.
+            let s = program.surrogate(&dvector![0.0, 0.0], 1e-6).unwrap();
+            assert_relative_eq!(s.rate, expected, epsilon = 1e-9);
+        }
+    }
+}

@@ -223,6 +223,10 @@ pub struct SolveStatus {
     pub iterations: usize,
     /// ∞-norm of the KKT residual at the returned point.
     pub residual: f64,
+    /// Inequalities active at the solution whose rows are linearly dependent on the rows the
+    /// exact solve kept (LICQ fails there: duplicated or zero rows). The solution is still
+    /// unique; their multipliers are reported as 0, one independent row carrying the force.
+    pub dependent: Vec<usize>,
 }
 
 /// A solution of `argmin_z β ℓ(z) + E(z; θ)` with multipliers and diagnostics.

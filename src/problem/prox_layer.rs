@@ -229,6 +229,7 @@ impl InnerProblem for ProxProblem {
                 solver: "closed form",
                 iterations: 0,
                 residual,
+                dependent: Vec::new(),
             },
         })
     }

@@ -183,6 +183,7 @@ impl InnerProblem for QuadraticProblem {
                 solver: sol.backend,
                 iterations: sol.iterations,
                 residual: sol.residual,
+                dependent: sol.dependent,
             },
         })
     }
@@ -307,6 +308,7 @@ impl InnerProblem for QuadraticProblem {
                         .residual
                         .max(s * sol.residual)
                         .max(complementarity),
+                    dependent: z_star.status.dependent.clone(),
                 },
             },
         })

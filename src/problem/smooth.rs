@@ -143,6 +143,7 @@ impl InnerProblem for LogCoshProblem {
                 solver: "argmin L-BFGS + Newton",
                 iterations: sol.iterations,
                 residual: sol.residual,
+                dependent: Vec::new(),
             },
         })
     }

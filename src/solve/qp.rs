@@ -413,6 +413,12 @@ pub struct ExactQp {
     pub repairs: usize,
     /// The backend reported reduced accuracy (the exact solve still succeeded).
     pub reduced_accuracy: bool,
+    /// Active inequalities outside the working set whose rows lie in the span of the working
+    /// rows (duplicated or zero rows: LICQ fails there). Their multipliers are 0.
+    pub dependent: Vec<usize>,
+    /// When the backend failed or returned an unprovable verdict and the dual active-set
+    /// method ([`dual_active_set`]) found the solution instead: the backend's message.
+    pub fallback: Option<String>,
 }
 
 /// Solves `qp` with `backend`, then refines exactly (see the module docs).
@@ -427,20 +433,39 @@ pub fn solve_exact(backend: &dyn QpBackend, qp: &Qp, tol: &Tolerances) -> Result
         qp.validate()?;
         return refine(qp, tol, &mut [], "direct KKT (no inequalities)", 0, false);
     }
-    let raw = backend.solve(qp)?;
-    // Identification: an interior-point or ADMM point has, for each inequality, either a small
-    // slack or a small multiplier; the larger of the two tells which side of complementarity the
-    // exact solution is on (ties are weakly active and either choice is exact).
-    let slack0 = &qp.a * &raw.x - &qp.b;
-    let mut working: Vec<bool> = (0..m).map(|i| slack0[i] < raw.lambda[i]).collect();
-    refine(
-        qp,
-        tol,
-        &mut working,
-        backend.name(),
-        raw.iterations,
-        raw.reduced_accuracy,
-    )
+    let backend_result = backend.solve(qp).and_then(|raw| {
+        // Identification: an interior-point or ADMM point has, for each inequality, either a
+        // small slack or a small multiplier; the larger of the two tells which side of
+        // complementarity the exact solution is on (ties are weakly active and either choice is
+        // exact).
+        let slack0 = &qp.a * &raw.x - &qp.b;
+        let mut working: Vec<bool> = (0..m).map(|i| slack0[i] < raw.lambda[i]).collect();
+        refine(
+            qp,
+            tol,
+            &mut working,
+            backend.name(),
+            raw.iterations,
+            raw.reduced_accuracy,
+        )
+    });
+    match backend_result {
+        Ok(sol) => Ok(sol),
+        // A backend's verdict or failure is not taken on trust: badly scaled data make
+        // interior-point solvers report infeasible or unbounded problems that are neither (a
+        // strictly convex QP is never unbounded). The dual active-set method either finds the
+        // exact working set or proves infeasibility; if it cannot run (P only semidefinite), the
+        // backend's own answer stands.
+        Err(backend_error) => match dual_active_set(qp) {
+            Ok(mut working) => {
+                let mut sol = refine(qp, tol, &mut working, "dual active set", 0, false)?;
+                sol.fallback = Some(backend_error.to_string());
+                Ok(sol)
+            }
+            Err(Error::NotPositiveDefinite { .. }) => Err(backend_error),
+            Err(e) => Err(e),
+        },
+    }
 }
 
 /// The exact part of [`solve_exact`], starting from a given working set (also used by the
@@ -520,6 +545,7 @@ pub fn refine(
                 }
             })
             .collect();
+        let dependent = dependent_rows(&qp.a, &a_w, |i| !working[i] && slack[i] <= tol_p);
         let stationarity =
             &qp.p * &x + &qp.q - qp.a.transpose() * &lambda - qp.a_eq.transpose() * &lambda_eq;
         let eq_res = if k > 0 {
@@ -548,8 +574,122 @@ pub fn refine(
             iterations: backend_iterations + repairs,
             repairs,
             reduced_accuracy,
+            fallback: None,
+            dependent,
         });
     }
+}
+
+/// The dual active-set method of Goldfarb and Idnani (1983) for a *strictly* convex QP: the
+/// working set of the exact solution, or a verified infeasibility certificate. It is the
+/// fallback of [`solve_exact`] whenever a backend fails or returns a verdict it cannot prove.
+///
+/// Starting from the minimizer on the equality constraints (dual feasible, every inequality
+/// multiplier zero), each step adds the most violated inequality `p`, moving the primal point
+/// along `z` (which keeps the working set active) and the multipliers along `−r` (from the KKT
+/// system `[P, N; Nᵀ, 0][z; r] = [n_p; 0]` of the working normals `N`), and drops a working
+/// inequality whose multiplier reaches zero first. If `n_p` is a non-negative combination of the
+/// working inequality normals (`z = 0`, `r ≤ 0`), then `y = (1, −r)` is a Farkas certificate:
+/// `Σ y_i a_i = 0` with `Σ y_i b_i = b_p − a_pᵀx > 0`, so no point satisfies the constraints.
+/// Every step strictly increases the dual objective, so the method terminates (at most a few
+/// multiples of `m` steps in practice; capped at `10m + 20`). Dependent rows (LICQ failing) are
+/// never added: a row in the span of the working rows is satisfied when they are.
+///
+/// # Errors
+/// [`Error::Infeasible`] with the certificate; [`Error::NotPositiveDefinite`] when `P` is not
+/// (then nothing can be proved this way); [`Error::Singular`] for dependent equality rows;
+/// [`Error::NotConverged`] at the step cap.
+pub fn dual_active_set(qp: &Qp) -> Result<Vec<bool>> {
+    qp.validate()?;
+    let m = qp.b.len();
+    let chol =
+        qp.p.clone()
+            .cholesky()
+            .ok_or_else(|| Error::NotPositiveDefinite {
+                what: "P".into(),
+                reason: "the dual active-set method needs a strictly convex QP".into(),
+            })?;
+    let mut working = vec![false; m];
+    let mut lambda = DVector::<f64>::zeros(m);
+    let solve_on = |working: &[bool]| -> Result<DVector<f64>> {
+        let rows: Vec<usize> = (0..m).filter(|&i| working[i]).collect();
+        let a_w = vstack(&select_rows(&qp.a, &rows), &qp.a_eq);
+        let mut rhs = DVector::zeros(rows.len() + qp.b_eq.len());
+        for (j, &i) in rows.iter().enumerate() {
+            rhs[j] = qp.b[i];
+        }
+        rhs.rows_mut(rows.len(), qp.b_eq.len()).copy_from(&qp.b_eq);
+        Ok(solve_kkt(&qp.p, &a_w, &(-&qp.q), &rhs)?.x)
+    };
+    let mut x = solve_on(&working)?;
+    let scale = 1.0 + qp.b.amax().max(qp.b_eq.amax()) + qp.a.amax() * x.amax();
+    let tol = 64.0 * f64::EPSILON * scale;
+    let max_steps = 10 * m + 20;
+    for _ in 0..max_steps {
+        let slack = &qp.a * &x - &qp.b;
+        let Some(p) = (0..m)
+            .filter(|&i| !working[i] && slack[i] < -tol * (1.0 + qp.a.row(i).amax() * x.amax()))
+            .min_by(|&i, &j| slack[i].total_cmp(&slack[j]))
+        else {
+            return Ok(working);
+        };
+        let n_p = qp.a.row(p).transpose();
+        let full_ratio = n_p.dot(&chol.solve(&n_p)).max(f64::MIN_POSITIVE);
+        // Add p: partial steps (dropping blocking rows) until p is active.
+        loop {
+            let rows: Vec<usize> = (0..m).filter(|&i| working[i]).collect();
+            let a_w = vstack(&select_rows(&qp.a, &rows), &qp.a_eq);
+            let kkt = solve_kkt(&qp.p, &a_w, &n_p, &DVector::zeros(a_w.nrows()))?;
+            let z = kkt.x;
+            let r = kkt.nu;
+            let zn = z.dot(&n_p);
+            let s_p = qp.a.row(p).dot(&x.transpose()) - qp.b[p];
+            // Blocking working inequality: the first multiplier to reach zero along −r.
+            let block = rows
+                .iter()
+                .enumerate()
+                .filter(|&(j, _)| r[j] > 0.0)
+                .map(|(j, &i)| (lambda[i] / r[j], j, i))
+                .min_by(|a, b| a.0.total_cmp(&b.0));
+            let in_span = zn <= 1e-12 * full_ratio;
+            if in_span && block.is_none() {
+                return Err(Error::Infeasible(format!(
+                    "inequality {p} cannot be satisfied together with the {} working \
+                     constraints (verified Farkas certificate from the dual active-set method)",
+                    rows.len() + qp.b_eq.len()
+                )));
+            }
+            let t_full = if in_span { f64::INFINITY } else { -s_p / zn };
+            let (t, drop) = match block {
+                Some((t_dual, j, i)) if t_dual < t_full => (t_dual, Some((j, i))),
+                _ => (t_full, None),
+            };
+            if !in_span {
+                x += &z * t;
+            }
+            for (j, &i) in rows.iter().enumerate() {
+                lambda[i] -= t * r[j];
+            }
+            lambda[p] += t;
+            match drop {
+                Some((_, i)) => {
+                    working[i] = false;
+                    lambda[i] = 0.0;
+                }
+                None => {
+                    working[p] = true;
+                    // Recompute x on the new working set exactly (no drift over many steps).
+                    x = solve_on(&working)?;
+                    break;
+                }
+            }
+        }
+    }
+    Err(Error::NotConverged {
+        solver: "dual active-set method".into(),
+        iterations: max_steps,
+        residual: (-(&qp.a * &x - &qp.b).min()).max(0.0),
+    })
 }
 
 /// The offset problem of a QP whose solution at a base point is known: the rate
@@ -674,6 +814,34 @@ pub fn solve_offset(o: &OffsetQp, working: &mut [bool]) -> Result<OffsetSolution
             repairs,
         });
     }
+}
+
+/// The rows `i` of `a` with `candidate(i)` that lie in the row space of `a_w` (relative
+/// residual of the least-squares fit below `1e-10`; a zero row always does).
+fn dependent_rows(
+    a: &DMatrix<f64>,
+    a_w: &DMatrix<f64>,
+    candidate: impl Fn(usize) -> bool,
+) -> Vec<usize> {
+    let rows: Vec<usize> = (0..a.nrows()).filter(|&i| candidate(i)).collect();
+    if rows.is_empty() {
+        return rows;
+    }
+    let svd = (a_w.nrows() > 0).then(|| a_w.transpose().svd(true, true));
+    rows.into_iter()
+        .filter(|&i| {
+            let ai = a.row(i).transpose();
+            let norm = ai.norm();
+            if norm == 0.0 {
+                return true;
+            }
+            let Some(svd) = &svd else { return false };
+            let tol = 1e-12 * svd.singular_values.max();
+            svd.solve(&ai, tol)
+                .map(|y| (a_w.transpose() * y - &ai).norm() <= 1e-10 * norm)
+                .unwrap_or(false)
+        })
+        .collect()
 }
 
 /// Brute-force reference: enumerates all `2^m` working sets and returns the unique one whose
