@@ -60,32 +60,45 @@ fn bad(path: &Path, reason: impl Into<String>) -> Error {
 /// [`Error::BadData`] for a missing or unreadable file, a wrong magic number, a corrupt gzip
 /// stream, or a file shorter or longer than its header says.
 pub fn read_idx(path: &Path, expected_dims: u8) -> Result<Idx> {
-    let mut raw = Vec::new();
-    File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut raw))
-        .map_err(|e| bad(path, format!("cannot read it ({e}); {MNIST_HINT}")))?;
-    if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        MultiGzDecoder::new(raw.as_slice())
-            .read_to_end(&mut out)
-            .map_err(|e| {
-                bad(
-                    path,
-                    format!("corrupt or truncated gzip stream ({e}); download the file again"),
-                )
-            })?;
-        raw = out;
-    }
-    let header = |i: usize| -> Option<u32> {
-        raw.get(4 * i..4 * i + 4)
+    let unreadable = |e: std::io::Error| bad(path, format!("cannot read it ({e}); {MNIST_HINT}"));
+    let mut file = std::io::BufReader::new(File::open(path).map_err(unreadable)?);
+    let gzipped = std::io::BufRead::fill_buf(&mut file)
+        .map_err(unreadable)?
+        .starts_with(&[0x1f, 0x8b]);
+    // Streamed: the header fixes how many bytes to read, so neither a gzip stream that inflates
+    // to gigabytes nor a padded file is ever held in memory beyond the promised size + 1.
+    let mut src: Box<dyn Read> = if gzipped {
+        Box::new(MultiGzDecoder::new(file))
+    } else {
+        Box::new(file)
+    };
+    let read_err = |e: std::io::Error| {
+        if gzipped {
+            bad(
+                path,
+                format!("corrupt or truncated gzip stream ({e}); download the file again"),
+            )
+        } else {
+            unreadable(e)
+        }
+    };
+    let d = usize::from(expected_dims);
+    let mut header = Vec::with_capacity(4 * (d + 1));
+    (&mut src)
+        .take(4 * (d as u64 + 1))
+        .read_to_end(&mut header)
+        .map_err(read_err)?;
+    let word = |i: usize| -> Option<u32> {
+        header
+            .get(4 * i..4 * i + 4)
             .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     };
-    let found = header(0).ok_or_else(|| {
+    let found = word(0).ok_or_else(|| {
         bad(
             path,
             format!(
                 "truncated: {} bytes, shorter than an IDX header; download the file again",
-                raw.len()
+                header.len()
             ),
         )
     })?;
@@ -99,35 +112,35 @@ pub fn read_idx(path: &Path, expected_dims: u8) -> Result<Idx> {
             ),
         ));
     }
-    let d = usize::from(expected_dims);
     let mut dims = Vec::with_capacity(d);
     for i in 1..=d {
-        let n = header(i)
+        let n = word(i)
             .ok_or_else(|| bad(path, "truncated inside the header; download the file again"))?;
         dims.push(n as usize);
     }
-    let offset = 4 * (d + 1);
     let expected = dims
         .iter()
         .try_fold(1usize, |acc, &n| acc.checked_mul(n))
         .ok_or_else(|| bad(path, "header sizes overflow"))?;
-    let found_len = raw.len() - offset;
-    if found_len != expected {
-        let what = if found_len < expected {
-            "truncated"
+    let mut data = Vec::new();
+    src.take(expected as u64 + 1)
+        .read_to_end(&mut data)
+        .map_err(read_err)?;
+    if data.len() != expected {
+        let has = if data.len() < expected {
+            format!("truncated: the file has {}", data.len())
         } else {
-            "too long"
+            "too long: the file has more".to_string()
         };
         return Err(bad(
             path,
             format!(
-                "{what}: the header {dims:?} promises {expected} data bytes, the file has \
-                 {found_len}; download the file again"
+                "{has}, but the header {dims:?} promises {expected} data bytes; download the \
+                 file again"
             ),
         ));
     }
-    raw.drain(..offset);
-    Ok(Idx { dims, data: raw })
+    Ok(Idx { dims, data })
 }
 
 /// Writes an IDX file of unsigned bytes (gzipped if `gzip`); the inverse of [`read_idx`], used

@@ -811,3 +811,28 @@ fn sizes_are_checked_against_the_data_before_allocating() {
     ));
     assert_eq!(epochs, 0);
 }
+
+#[test]
+fn a_gzip_bomb_is_refused_after_the_promised_size() {
+    // Header: 10 images of 4x4 (160 bytes), then 200 MB of zeros (about 200 KB gzipped). The
+    // reader stops after 161 data bytes instead of inflating everything.
+    use std::io::Write;
+    let dir = tmp("bomb");
+    let path = dir.join(FILES[0]);
+    let mut gz = flate2::write::GzEncoder::new(
+        std::fs::File::create(&path).unwrap(),
+        flate2::Compression::best(),
+    );
+    gz.write_all(&[0, 0, 8, 3, 0, 0, 0, 10, 0, 0, 0, 4, 0, 0, 0, 4])
+        .unwrap();
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..200 {
+        gz.write_all(&zeros).unwrap();
+    }
+    gz.finish().unwrap();
+    assert!(std::fs::metadata(&path).unwrap().len() < 1 << 20);
+    match read_idx(&path, 3) {
+        Err(Error::BadData { reason, .. }) => assert!(reason.contains("too long"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+}
