@@ -60,14 +60,27 @@ fn bad(path: &Path, reason: impl Into<String>) -> Error {
 /// [`Error::BadData`] for a missing or unreadable file, a wrong magic number, a corrupt gzip
 /// stream, or a file shorter or longer than its header says.
 pub fn read_idx(path: &Path, expected_dims: u8) -> Result<Idx> {
+    let file =
+        File::open(path).map_err(|e| bad(path, format!("cannot read it ({e}); {MNIST_HINT}")))?;
+    read_idx_from(std::io::BufReader::new(file), path, expected_dims)
+}
+
+/// [`read_idx`] on any buffered reader; `path` only names the source in errors.
+///
+/// # Errors
+/// As [`read_idx`].
+pub fn read_idx_from(
+    mut file: impl std::io::BufRead,
+    path: &Path,
+    expected_dims: u8,
+) -> Result<Idx> {
     let unreadable = |e: std::io::Error| bad(path, format!("cannot read it ({e}); {MNIST_HINT}"));
-    let mut file = std::io::BufReader::new(File::open(path).map_err(unreadable)?);
     let gzipped = std::io::BufRead::fill_buf(&mut file)
         .map_err(unreadable)?
         .starts_with(&[0x1f, 0x8b]);
     // Streamed: the header fixes how many bytes to read, so neither a gzip stream that inflates
     // to gigabytes nor a padded file is ever held in memory beyond the promised size + 1.
-    let mut src: Box<dyn Read> = if gzipped {
+    let mut src: Box<dyn Read + '_> = if gzipped {
         Box::new(MultiGzDecoder::new(file))
     } else {
         Box::new(file)

@@ -18,15 +18,21 @@ pub struct KktSolution {
     pub residual: f64,
 }
 
-/// Solves the symmetric KKT system `[P Aᵀ; A 0] [x; ν] = [r; s]` by LU with one step of
-/// iterative refinement.
+/// Solves the symmetric KKT system `[P Aᵀ; A 0] [x; ν] = [r; s]` by the null-space method,
+/// with one step of iterative refinement.
 ///
 /// This is the exact "refinement" step used after a QP backend has identified an active set
 /// (Prop. 2 and the inner QP alike). `a` holds the active constraint rows (possibly zero rows).
 ///
+/// With the complete QR factorization `Aᵀ = [Q₁ Q₂] [R; 0]`, `x = x_p + Q₂ y` where
+/// `x_p = Q₁R⁻ᵀs` meets the constraints by itself, `(Q₂ᵀPQ₂) y = Q₂ᵀ(r − P x_p)`, and
+/// `ν = R⁻¹Q₁ᵀ(r − P x)`. Unlike an LU of `K`, this keeps `A x = s` accurate to the rounding of
+/// `A` and `s` whatever the size of `r` (a linear term of 1e64 against constraints of size 0.1
+/// made the LU's `x` wrong in every digit while its residual, relative to 1e64, looked fine).
+///
 /// # Errors
-/// [`Error::Singular`] when `K` is singular to working precision (typically: linearly dependent
-/// active constraints, so LICQ fails, or a singular `P` on the null space of `A`).
+/// [`Error::Singular`] when `K` is singular to working precision (linearly dependent active
+/// constraints, so LICQ fails, or a singular `P` on the null space of `A`).
 pub fn solve_kkt(
     p: &DMatrix<f64>,
     a: &DMatrix<f64>,
@@ -44,6 +50,15 @@ pub fn solve_kkt(
             residual: 0.0,
         });
     }
+    let singular = |why: &str| Error::Singular(format!("KKT matrix of size {}: {why}", n + m));
+    if m > n {
+        return Err(singular(
+            "more active constraints than variables (linearly dependent rows)",
+        ));
+    }
+    let factors = NullSpace::new(p, a).ok_or_else(|| {
+        singular("linearly dependent active constraints, or P singular on their null space")
+    })?;
     let mut k = DMatrix::<f64>::zeros(n + m, n + m);
     k.view_mut((0, 0), (n, n)).copy_from(p);
     if m > 0 {
@@ -53,24 +68,18 @@ pub fn solve_kkt(
     let mut rhs = DVector::<f64>::zeros(n + m);
     rhs.rows_mut(0, n).copy_from(r);
     rhs.rows_mut(n, m).copy_from(s);
-
-    let lu = k.clone().lu();
-    let mut sol = lu
-        .solve(&rhs)
-        .ok_or_else(|| Error::Singular(format!("KKT matrix of size {} is singular", n + m)))?;
-    // One step of iterative refinement: recovers the digits LU lost to pivot growth.
-    let res = &rhs - &k * &sol;
-    if let Some(corr) = lu.solve(&res) {
+    let mut sol = factors.solve(&rhs);
+    // One step of iterative refinement: recovers digits lost to the conditioning of R and of
+    // the reduced Hessian.
+    let corr = factors.solve(&(&rhs - &k * &sol));
+    if corr.iter().all(|v| v.is_finite()) {
         sol += corr;
     }
     let residual = (&rhs - &k * &sol).amax();
     if !sol.iter().all(|v| v.is_finite()) {
-        return Err(Error::Singular(format!(
-            "KKT matrix of size {} is numerically singular",
-            n + m
-        )));
+        return Err(singular("numerically singular"));
     }
-    let condition = condition_estimate(&k, |v| lu.solve(v));
+    let condition = condition_estimate(&k, |v| Some(factors.solve(v)));
     let scale = 1.0 + rhs.amax() + k.amax() * sol.amax();
     if condition > 1e14 || residual > 1e-8 * scale {
         return Err(Error::Singular(format!(
@@ -84,6 +93,82 @@ pub fn solve_kkt(
         condition,
         residual,
     })
+}
+
+/// The factors of the null-space method for `[P Aᵀ; A 0]` (see [`solve_kkt`]).
+struct NullSpace {
+    /// Complete orthogonal factor of `Aᵀ`: the first `m` columns span the rows of `A`.
+    q: DMatrix<f64>,
+    /// `R` of `Aᵀ = Q₁R` (`m × m`, upper triangular, non-singular).
+    r: DMatrix<f64>,
+    /// `P`.
+    p: DMatrix<f64>,
+    /// LU of the reduced Hessian `Q₂ᵀPQ₂`.
+    reduced: nalgebra::LU<f64, nalgebra::Dyn, nalgebra::Dyn>,
+    m: usize,
+}
+
+impl NullSpace {
+    /// `None` when `A` is rank deficient or the reduced Hessian singular.
+    fn new(p: &DMatrix<f64>, a: &DMatrix<f64>) -> Option<Self> {
+        let (n, m) = (p.nrows(), a.nrows());
+        // QR of [Aᵀ | I] gives a complete n × n orthogonal Q whose first m columns are those
+        // of the thin QR of Aᵀ.
+        let mut aug = DMatrix::<f64>::zeros(n, m + n);
+        aug.view_mut((0, 0), (n, m)).copy_from(&a.transpose());
+        aug.view_mut((0, m), (n, n)).fill_with_identity();
+        let qr = aug.qr();
+        let q = qr.q();
+        let r = qr.r().view((0, 0), (m, m)).into_owned();
+        let big = r.diagonal().amax().max(a.amax());
+        if (0..m).any(|i| r[(i, i)].abs() <= 1e-13 * big) {
+            return None;
+        }
+        let q2 = q.columns(m, n - m);
+        let reduced = (q2.transpose() * p * q2).lu();
+        if n > m && !reduced.is_invertible() {
+            return None;
+        }
+        Some(Self {
+            q,
+            r,
+            p: p.clone(),
+            reduced,
+            m,
+        })
+    }
+
+    /// `[x; ν]` for the right-hand side `[r; s]`.
+    fn solve(&self, rhs: &DVector<f64>) -> DVector<f64> {
+        let (n, m) = (self.p.nrows(), self.m);
+        let (r, s) = (rhs.rows(0, n), rhs.rows(n, m));
+        let q1 = self.q.columns(0, m);
+        let q2 = self.q.columns(m, n - m);
+        // x_p = Q₁ R⁻ᵀ s.
+        let w = self
+            .r
+            .transpose()
+            .solve_lower_triangular(&s.into_owned())
+            .unwrap_or_else(|| DVector::from_element(m, f64::NAN));
+        let xp = q1 * w;
+        // (nalgebra's LU cannot solve a 0 × 0 system: it slices out of bounds.)
+        let y = if n == m {
+            DVector::zeros(0)
+        } else {
+            self.reduced
+                .solve(&(q2.transpose() * (r - &self.p * &xp)))
+                .unwrap_or_else(|| DVector::from_element(n - m, f64::NAN))
+        };
+        let x = xp + q2 * y;
+        let nu = self
+            .r
+            .solve_upper_triangular(&(q1.transpose() * (r - &self.p * &x)))
+            .unwrap_or_else(|| DVector::from_element(m, f64::NAN));
+        let mut out = DVector::zeros(n + m);
+        out.rows_mut(0, n).copy_from(&x);
+        out.rows_mut(n, m).copy_from(&nu);
+        out
+    }
 }
 
 /// Estimates the 2-norm condition number `|λ|max / |λ|min` of a symmetric matrix by 40 steps of

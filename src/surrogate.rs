@@ -298,7 +298,7 @@ impl<P: InnerProblem> Bilevel<P> {
         Some(Band {
             lower: s.value,
             loss: self.loss.value(&s.z_star.z),
-            upper: s.value + s.beta / (2.0 * nu) * g.norm_squared(),
+            upper: s.value + band_width(s.beta, nu, &g),
             nu,
         })
     }
@@ -331,6 +331,17 @@ impl<P: InnerProblem> Bilevel<P> {
             rate: off.rate,
         })
     }
+}
+
+/// Prop. 3's width `β/(2ν)‖g‖²`, with `‖g‖²` formed as `s²‖g/s‖²` (`s = max|g_i|`) and the
+/// factors multiplied in an order that neither underflows nor overflows where the result is
+/// representable (`‖g‖²` alone underflows for `|g| ≈ 1e-160`).
+fn band_width(beta: f64, nu: f64, g: &DVector<f64>) -> f64 {
+    let s = g.amax();
+    if s == 0.0 {
+        return 0.0;
+    }
+    beta / (2.0 * nu) * s * s * (g / s).norm_squared()
 }
 
 /// Prop. 2: `ż` solves the strictly convex QP of Eq. 17,

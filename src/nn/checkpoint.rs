@@ -108,15 +108,22 @@ pub fn exists(dir: &Path) -> bool {
 /// the checkpoint was written by a run with other settings.
 pub fn load(dir: &Path, config: TrainConfig) -> Result<Trainer> {
     let file = path(dir);
-    let bad = |reason: String| Error::BadData {
+    let bytes = fs::read(&file).map_err(|e| Error::BadData {
         path: file.clone(),
+        reason: format!("cannot read it ({e}); run without --resume to start afresh"),
+    })?;
+    decode(&bytes, &file, config)
+}
+
+/// [`load`] on the bytes of a checkpoint file; `file` only names it in errors.
+///
+/// # Errors
+/// As [`load`].
+pub fn decode(bytes: &[u8], file: &Path, config: TrainConfig) -> Result<Trainer> {
+    let bad = |reason: String| Error::BadData {
+        path: file.to_path_buf(),
         reason,
     };
-    let bytes = fs::read(&file).map_err(|e| {
-        bad(format!(
-            "cannot read it ({e}); run without --resume to start afresh"
-        ))
-    })?;
     if bytes.starts_with(MAGIC_V1.as_bytes()) {
         return Err(bad(
             "format 1 (written by an older bilevel, without a checksum) cannot be verified; \
@@ -149,10 +156,10 @@ pub fn load(dir: &Path, config: TrainConfig) -> Result<Trainer> {
         return Err(Error::input(
             "--resume",
             format!(
-                "the checkpoint in {} was written by a run with other settings ({}, init {}, \
+                "the checkpoint {} was written by a run with other settings ({}, init {}, \
                  batch {}, lr {}, seed {}); pass the same settings or another --checkpoint \
                  directory",
-                dir.display(),
+                file.display(),
                 header.config.rule.label(),
                 header.config.init.name(),
                 header.config.batch,
