@@ -333,15 +333,42 @@ impl<P: InnerProblem> Bilevel<P> {
     }
 }
 
-/// Prop. 3's width `β/(2ν)‖g‖²`, with `‖g‖²` formed as `s²‖g/s‖²` (`s = max|g_i|`) and the
-/// factors multiplied in an order that neither underflows nor overflows where the result is
-/// representable (`‖g‖²` alone underflows for `|g| ≈ 1e-160`).
+/// Prop. 3's width `β/(2ν)‖g‖²`, computed without intermediate underflow or overflow wherever
+/// the result itself is representable (`‖g‖²` alone underflows for `|g| ≈ 1e-160`, `β/(2ν)`
+/// for a subnormal β and a large ν): `‖g‖² = s²‖g/s‖²` with `s = max|g_i|`, and the factors
+/// multiplied as binary mantissas and exponents ([`product`]).
 fn band_width(beta: f64, nu: f64, g: &DVector<f64>) -> f64 {
     let s = g.amax();
     if s == 0.0 {
         return 0.0;
     }
-    beta / (2.0 * nu) * s * s * (g / s).norm_squared()
+    product(&[beta, 0.5 / nu, s, s, (g / s).norm_squared()])
+}
+
+/// `Π x_i` of positive finite factors, exact up to one rounding per factor, with no
+/// intermediate overflow or underflow: each factor is split into a mantissa in `[1, 2)` and a
+/// binary exponent, mantissas are multiplied (at most `2^len`), exponents added, and the
+/// result is scaled once at the end.
+fn product(factors: &[f64]) -> f64 {
+    let mut mantissa = 1.0f64;
+    let mut exponent = 0i64;
+    for &x in factors {
+        if x == 0.0 || !x.is_finite() {
+            return factors.iter().product();
+        }
+        // Subnormals first become normal (×2^64), then bits give the exponent.
+        let (x, shift) = if x.abs() < f64::MIN_POSITIVE {
+            (x * 2f64.powi(64), -64)
+        } else {
+            (x, 0)
+        };
+        let e = ((x.to_bits() >> 52) & 0x7ff) as i64 - 1023;
+        mantissa *= x * 2f64.powi(-e as i32);
+        exponent += e + shift;
+    }
+    // 2^exponent in at most two steps, each within range where the result is.
+    let half = (exponent / 2) as i32;
+    mantissa * 2f64.powi(half) * 2f64.powi(exponent as i32 - half)
 }
 
 /// Prop. 2: `ż` solves the strictly convex QP of Eq. 17,
@@ -413,4 +440,36 @@ pub fn prop2_direction(
         residual: sol.residual,
         method: format!("Prop. 2 QP ({}) + exact KKT", sol.backend),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn product_has_no_intermediate_underflow_or_overflow() {
+        // Left to right, 1e-300 · 1e-300 underflows to 0 and 1e300 · 1e300 overflows.
+        let p = product(&[1e-300, 1e-300, 1e300, 1e300]);
+        assert!((p - 1.0).abs() < 4.0 * f64::EPSILON, "{p}");
+        // The smallest subnormal times 2^1074 in two factors: exactly 1.
+        assert_eq!(product(&[5e-324, 2f64.powi(1000), 2f64.powi(74)]), 1.0);
+        // A subnormal result, and honest underflow / overflow.
+        assert_eq!(
+            product(&[2f64.powi(-600), 2f64.powi(-470)]),
+            2f64.powi(-1070)
+        );
+        assert_eq!(product(&[1e-200, 1e-200]), 0.0);
+        assert_eq!(product(&[1e200, 1e200]), f64::INFINITY);
+        assert_eq!(product(&[3.0, 0.0, 1e300]), 0.0);
+    }
+
+    #[test]
+    fn band_width_survives_tiny_gradients_and_subnormal_beta() {
+        // β/(2ν)‖g‖² with ‖g‖² = 4e-320 (underflows alone) and with a subnormal β.
+        let w = band_width(2.0, 0.5, &DVector::from_element(4, 1e-160));
+        assert!((w / 8e-320 - 1.0).abs() < 1e-12, "{w}");
+        let w = band_width(5.4e-312, 1.15e164, &DVector::from_element(1, 1.15e164));
+        let exact = 5.4e-312 * 1.15e164 / 2.0; // ν = g, so β g² / (2ν) = β g / 2
+        assert!((w / exact - 1.0).abs() < 1e-12, "{w} {exact}");
+    }
 }
