@@ -16,6 +16,9 @@ pub struct KktSolution {
     pub condition: f64,
     /// ∞-norm of the residual `[r; s] − K [x; ν]` after refinement.
     pub residual: f64,
+    /// ∞-norms of the iterative-refinement correction of `x` and of `ν`: estimates of their
+    /// forward errors before refinement, so safe upper estimates after it.
+    pub error: (f64, f64),
 }
 
 /// Solves the symmetric KKT system `[P Aᵀ; A 0] [x; ν] = [r; s]` by the null-space method,
@@ -48,6 +51,7 @@ pub fn solve_kkt(
             nu: DVector::zeros(0),
             condition: 1.0,
             residual: 0.0,
+            error: (0.0, 0.0),
         });
     }
     let singular = |why: &str| Error::Singular(format!("KKT matrix of size {}: {why}", n + m));
@@ -72,7 +76,9 @@ pub fn solve_kkt(
     // One step of iterative refinement: recovers digits lost to the conditioning of R and of
     // the reduced Hessian.
     let corr = factors.solve(&(&rhs - &k * &sol));
+    let mut error = (f64::INFINITY, f64::INFINITY);
     if corr.iter().all(|v| v.is_finite()) {
+        error = (corr.rows(0, n).amax(), corr.rows(n, m).amax());
         sol += corr;
     }
     let residual = (&rhs - &k * &sol).amax();
@@ -92,6 +98,7 @@ pub fn solve_kkt(
         nu: sol.rows(n, m).into_owned(),
         condition,
         residual,
+        error,
     })
 }
 

@@ -502,17 +502,19 @@ pub fn refine(
         let slack = &qp.a * &x - &qp.b;
         let tol_d = tol.multiplier * (1.0 + qp.q.amax() + qp.p.amax() * x.amax());
 
-        // The repair demands sign conditions up to what the KKT solve's rounding explains
-        // (`64 ε · cond · scale`), not up to the classification tolerances: a point that violates
-        // a constraint by 1e-9 is not the exact solution, and finite differences at small β see
-        // the difference.
-        let rounding = 64.0 * f64::EPSILON * kkt.condition.max(1.0);
-        let rep_p = rounding * (1.0 + qp.b.amax().max(qp.b_eq.amax()) + qp.a.amax() * x.amax());
-        let rep_d = rounding * (1.0 + qp.q.amax() + qp.p.amax() * x.amax());
+        // The repair demands sign conditions up to what rounding explains, not up to the
+        // classification tolerances: a point that violates a constraint by 1e-9 is not the
+        // exact solution, and finite differences at small β see the difference. Rounding is
+        // measured per row (`slack_rounding`) with the KKT solve's own error estimate; a global
+        // `cond · ‖A‖‖x‖` bound once let a violation of 21 pass as rounding.
+        let rep_d =
+            64.0 * f64::EPSILON * (1.0 + qp.q.amax() + qp.p.amax() * x.amax()) + kkt.error.1;
         // Most violated primal constraint outside the working set, then most negative
         // multiplier inside it.
         let worst_primal = (0..m)
-            .filter(|&i| !working[i] && slack[i] < -rep_p)
+            .filter(|&i| {
+                !working[i] && slack[i] < -slack_rounding(&qp.a, i, qp.b[i], &x, kkt.error.0)
+            })
             .min_by(|&i, &j| slack[i].total_cmp(&slack[j]));
         let worst_dual = (0..m)
             .filter(|&i| working[i] && lambda[i] < -rep_d)
@@ -622,13 +624,11 @@ pub fn dual_active_set(qp: &Qp) -> Result<Vec<bool>> {
         Ok(solve_kkt(&qp.p, &a_w, &(-&qp.q), &rhs)?.x)
     };
     let mut x = solve_on(&working)?;
-    let scale = 1.0 + qp.b.amax().max(qp.b_eq.amax()) + qp.a.amax() * x.amax();
-    let tol = 64.0 * f64::EPSILON * scale;
     let max_steps = 10 * m + 20;
     for _ in 0..max_steps {
         let slack = &qp.a * &x - &qp.b;
         let Some(p) = (0..m)
-            .filter(|&i| !working[i] && slack[i] < -tol * (1.0 + qp.a.row(i).amax() * x.amax()))
+            .filter(|&i| !working[i] && slack[i] < -slack_rounding(&qp.a, i, qp.b[i], &x, 0.0))
             .min_by(|&i, &j| slack[i].total_cmp(&slack[j]))
         else {
             return Ok(working);
@@ -782,12 +782,12 @@ pub fn solve_offset(o: &OffsetQp, working: &mut [bool]) -> Result<OffsetSolution
         }
         let mu_eq = -kkt.nu.rows(rows.len(), k);
         let af = &o.a * &f;
-        let rounding = 64.0 * f64::EPSILON * kkt.condition.max(1.0);
-        let rep_p = rounding * (1.0 + o.a.amax() * f.amax());
-        let rep_d = rounding * (1.0 + r.amax() + o.p.amax() * f.amax());
+        let rep_d = 64.0 * f64::EPSILON * (1.0 + r.amax() + o.p.amax() * f.amax()) + kkt.error.1;
         // `t` and `m` may be +∞: such a row is never violated, which the comparisons give.
         let worst_primal = (0..m)
-            .filter(|&i| !working[i] && af[i] + o.t[i] < -rep_p)
+            .filter(|&i| {
+                !working[i] && af[i] + o.t[i] < -slack_rounding(&o.a, i, o.t[i], &f, kkt.error.0)
+            })
             .min_by(|&i, &j| (af[i] + o.t[i]).total_cmp(&(af[j] + o.t[j])));
         let worst_dual = (0..m)
             .filter(|&i| working[i] && mu[i] + o.m[i] < -rep_d)
@@ -814,6 +814,15 @@ pub fn solve_offset(o: &OffsetQp, working: &mut [bool]) -> Result<OffsetSolution
             repairs,
         });
     }
+}
+
+/// How far the computed slack `a_iᵀx − b_i` can be from its exact value by rounding alone:
+/// the rounding of the product and of `b_i` (`64 ε (|b_i| + Σ_j |a_ij x_j|)`) plus the effect
+/// of an error `err_x` (∞-norm) in `x` (`‖a_i‖₁ err_x`).
+fn slack_rounding(a: &DMatrix<f64>, i: usize, b_i: f64, x: &DVector<f64>, err_x: f64) -> f64 {
+    let row = a.row(i);
+    let product: f64 = row.iter().zip(x.iter()).map(|(a, x)| (a * x).abs()).sum();
+    64.0 * f64::EPSILON * (b_i.abs() + product) + row.lp_norm(1) * err_x
 }
 
 /// The rows `i` of `a` with `candidate(i)` that lie in the row space of `a_w` (relative

@@ -74,7 +74,9 @@ pub fn check(input: &str) -> Result<(), String> {
             return Err("a QP layer always has Prop. 3's band".into());
         };
         // L^β ≤ L ≤ L^β + β/(2ν)‖ℓ'‖², up to the rounding of the terms themselves.
-        let room = 1e-9 * (lo.abs() + hi.abs() + out.loss.abs() + (hi - lo).abs());
+        // Below f64::MIN_POSITIVE rounding is absolute (steps of 5e-324): a few steps of room.
+        let room = 1e-9 * (lo.abs() + hi.abs() + out.loss.abs() + (hi - lo).abs())
+            + 64.0 * f64::from_bits(1);
         if lo > out.loss + room || out.loss > hi + room {
             return Err(format!(
                 "Prop. 3 fails at beta {:e}: {lo} <= {} <= {hi}",
