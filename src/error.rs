@@ -50,6 +50,16 @@ pub enum Error {
         /// The quantity.
         what: String,
     },
+    /// A result could not be computed to the accuracy the crate promises: the data's scaling
+    /// (say, multipliers of 1e150 against constraint coefficients of 1) exceeds what `f64`
+    /// resolves. Reported instead of numbers that contradict each other.
+    #[error("{what} is inaccurate (relative residual {residual:.1e}): the problem's scaling exceeds f64 accuracy; rescale the data")]
+    Inaccurate {
+        /// The computation.
+        what: String,
+        /// The relative residual reached.
+        residual: f64,
+    },
     /// A matrix that must be symmetric positive definite is not.
     #[error("{what} is not symmetric positive definite: {reason}")]
     NotPositiveDefinite {

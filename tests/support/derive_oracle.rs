@@ -60,10 +60,12 @@ pub fn check(input: &str) -> Result<(), String> {
             stationarity.amax()
         ));
     }
-    if let Some(i) = (0..lambda.len()).find(|&i| lambda[i] < -1e-6 * force) {
+    // A multiplier is a force per unit of its row: compare λ_i ‖a_i‖∞ with the force scale.
+    let pull = |i: usize| lambda[i] * cons.a.row(i).amax();
+    if let Some(i) = (0..lambda.len()).find(|&i| pull(i) < -1e-6 * force) {
         return Err(format!("multiplier {i} is negative: {}", lambda[i]));
     }
-    if let Some(i) = (0..lambda.len()).find(|&i| lambda[i] > 1e-6 * force && slack[i] > tol_p) {
+    if let Some(i) = (0..lambda.len()).find(|&i| pull(i) > 1e-6 * force && slack[i] > tol_p) {
         return Err(format!(
             "complementarity fails at {i}: λ {} slack {}",
             lambda[i], slack[i]
