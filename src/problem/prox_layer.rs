@@ -109,6 +109,46 @@ impl ProxProblem {
         &self.b * theta + &self.c
     }
 
+    /// The softmax layer's offset: with `scale = 1 + βκ`, subtracting the stationarity
+    /// conditions of `ẑ` and `z*` gives `scale·f + log1p(|β|f/z*)/|β| = −sign(β) ℓ'(z*) + ν`
+    /// ([`entropy_offset`](crate::prox::entropy_offset)); by stationarity at `z*` and `Σf = 0`,
+    /// `(E(ẑ) − E(z*))/|β| = |β| (½‖f‖² + Σ_j f_j²/z*_j · H(|β| f_j / z*_j))` with `H` the
+    /// entropy's Bregman divergence over `x²`; the θ-gap is `−Bᵀf`.
+    fn softmax_offset(
+        &self,
+        theta: &DVector<f64>,
+        loss: &Loss,
+        beta: f64,
+        z_star: &InnerSolution,
+        z_hat: InnerSolution,
+    ) -> Offset {
+        let s = beta.abs();
+        let scale = 1.0 + beta * loss.curvature();
+        let c = loss.gradient(&z_star.z) * -beta.signum();
+        let mut rate = DVector::zeros(c.len());
+        crate::prox::entropy_offset(
+            z_star.z.as_slice(),
+            scale,
+            s,
+            c.as_slice(),
+            rate.as_mut_slice(),
+        );
+        let bregman: f64 = rate
+            .iter()
+            .zip(z_star.z.iter())
+            .map(|(&f, &z)| f * f / z * crate::prox::entropy_bregman_over_x2(s * f / z))
+            .sum();
+        Offset {
+            energy_gap: s * (0.5 * rate.norm_squared() + bregman),
+            grad_theta_gap: self.cross_jvp(&z_star.z, theta, &rate),
+            z_hat: InnerSolution {
+                z: &z_star.z + &rate * s,
+                ..z_hat
+            },
+            rate,
+        }
+    }
+
     fn tie(&self, v: &DVector<f64>) -> f64 {
         self.tol.multiplier * (1.0 + 2.0 * v.amax())
     }
@@ -238,8 +278,8 @@ impl InnerProblem for ProxProblem {
     /// argument by `β w`, `w = (h − κu)/(1 + βκ)`, so unit by unit `f_j = (clamp(u_j + βw_j) −
     /// clamp(u_j))/|β|` is `sign(β) w_j` where both points are inside the box, `0` where both are
     /// clamped to the same bound, and the explicit quotient only across a kink; then
-    /// `(E(ẑ) − E(z*))/|β| = (z* − u)ᵀf + (|β|/2)‖f‖²` and the θ-gap is `−Bᵀf`. Softmax uses the
-    /// default (solve and subtract).
+    /// `(E(ẑ) − E(z*))/|β| = (z* − u)ᵀf + (|β|/2)‖f‖²` and the θ-gap is `−Bᵀf`. Softmax:
+    /// [`entropy_offset`](crate::prox::entropy_offset) solves for `f` directly.
     fn offset(
         &self,
         theta: &DVector<f64>,
@@ -247,19 +287,12 @@ impl InnerProblem for ProxProblem {
         beta: f64,
         z_star: &InnerSolution,
     ) -> Result<Offset> {
-        let Some((lo, hi)) = self.activation.bounds() else {
-            let z_hat = self.solve(theta, loss, beta)?;
-            let s = beta.abs();
-            return Ok(Offset {
-                rate: (&z_hat.z - &z_star.z) / s,
-                energy_gap: (self.energy(&z_hat.z, theta) - self.energy(&z_star.z, theta)) / s,
-                grad_theta_gap: self.cross_jvp(&z_star.z, theta, &((&z_hat.z - &z_star.z) / s)),
-                z_hat,
-            });
-        };
         check_offset_beta(beta)?;
         let z_hat = self.solve(theta, loss, beta)?;
         let s = beta.abs();
+        let Some((lo, hi)) = self.activation.bounds() else {
+            return Ok(self.softmax_offset(theta, loss, beta, z_star, z_hat));
+        };
         let u = self.pre_activation(theta);
         let kappa = loss.curvature();
         let h = loss.linear_term();
