@@ -270,6 +270,8 @@ const BETAS: [f64; 12] = [
 #[test]
 fn def1_def2_and_centered_match_exact_arithmetic_at_every_beta() {
     let mut worst = 0.0f64;
+    // Per β: the worst relative error of (Def. 1 value, Def. 1 gradient, Def. 2, centered).
+    let mut table = [[0.0f64; 4]; BETAS.len()];
     for case in cases() {
         let (layer, loss) = exact_of(&case);
         // The weak case fixes the z* that makes row 1 weakly active: b₁ = z₁*.
@@ -305,7 +307,7 @@ fn def1_def2_and_centered_match_exact_arithmetic_at_every_beta() {
         let g_star = loss.gradient(&z_star);
         let tangent = ExactLoss::Linear(g_star.clone());
         let l_star = loss.value(&z_star);
-        for beta in BETAS {
+        for (row, beta) in BETAS.into_iter().enumerate() {
             let bq = q(beta);
             // Def. 1 (Eq. 5, Eq. 10).
             let z_hat = layer.solve(&loss, &bq);
@@ -368,7 +370,18 @@ fn def1_def2_and_centered_match_exact_arithmetic_at_every_beta() {
                 );
                 worst = worst.max(e);
             }
+            for (cell, e) in table[row].iter_mut().zip([ev, eg, lv.max(lg), ec]) {
+                *cell = cell.max(e);
+            }
         }
+    }
+    // The table of the closing note (`cargo test --release --test exact -- --nocapture`).
+    eprintln!("beta      Def.1 value  Def.1 grad  Def.2       centered");
+    for (beta, r) in BETAS.iter().zip(&table) {
+        eprintln!(
+            "{beta:<9e} {:<12.1e} {:<11.1e} {:<11.1e} {:.1e}",
+            r[0], r[1], r[2], r[3]
+        );
     }
     eprintln!("worst relative error against exact arithmetic: {worst:.2e}");
 }
