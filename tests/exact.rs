@@ -166,6 +166,12 @@ impl ExactLayer {
     }
 }
 
+/// `(∂_θE(a) − ∂_θE(b)) / d` exactly.
+fn grad_quotient(layer: &ExactLayer, a: &[Q], b: &[Q], d: &Q) -> Vec<Q> {
+    let (ga, gb) = (layer.grad_theta(a), layer.grad_theta(b));
+    ga.iter().zip(&gb).map(|(x, y)| (x - y) / d).collect()
+}
+
 /// `|computed − exact| / |exact|` (∞-norm for vectors), exactly, then rounded.
 fn rel(computed: &[f64], exact: &[Q]) -> f64 {
     let err = computed
@@ -312,12 +318,7 @@ fn def1_def2_and_centered_match_exact_arithmetic_at_every_beta() {
             // Def. 1 (Eq. 5, Eq. 10).
             let z_hat = layer.solve(&loss, &bq);
             let value = loss.value(&z_hat) + (layer.energy(&z_hat) - layer.energy(&z_star)) / &bq;
-            let grad: Vec<Q> = layer
-                .grad_theta(&z_hat)
-                .iter()
-                .zip(layer.grad_theta(&z_star))
-                .map(|(a, b)| (a - b) / &bq)
-                .collect();
+            let grad = grad_quotient(&layer, &z_hat, &z_star, &bq);
             let s = program.surrogate(&case.theta, beta).unwrap();
             let (ev, eg) = (
                 rel(&[s.value], std::slice::from_ref(&value)),
@@ -329,12 +330,7 @@ fn def1_def2_and_centered_match_exact_arithmetic_at_every_beta() {
             let lin_value = &l_star
                 + dot(&g_star, &diff)
                 + (layer.energy(&z_lin) - layer.energy(&z_star)) / &bq;
-            let lin_grad: Vec<Q> = layer
-                .grad_theta(&z_lin)
-                .iter()
-                .zip(layer.grad_theta(&z_star))
-                .map(|(a, b)| (a - b) / &bq)
-                .collect();
+            let lin_grad = grad_quotient(&layer, &z_lin, &z_star, &bq);
             let l = program.linearized(&case.theta, beta).unwrap();
             let (lv, lg) = (
                 rel(&[l.value], &[lin_value]),
@@ -345,12 +341,7 @@ fn def1_def2_and_centered_match_exact_arithmetic_at_every_beta() {
                 Ok(c) => {
                     let z_minus = layer.solve(&loss, &(-bq.clone()));
                     let two_beta = &bq * Q::from_integer(BigInt::from(2));
-                    let cg: Vec<Q> = layer
-                        .grad_theta(&z_hat)
-                        .iter()
-                        .zip(layer.grad_theta(&z_minus))
-                        .map(|(a, b)| (a - b) / &two_beta)
-                        .collect();
+                    let cg = grad_quotient(&layer, &z_hat, &z_minus, &two_beta);
                     rel(c.grad_theta.as_slice(), &cg)
                 }
                 Err(Error::BetaOutOfRange { .. }) => 0.0,

@@ -600,18 +600,23 @@ fn plots_render_to_svg_and_png_without_system_fonts() {
     ));
 }
 
-/// A two-epoch checkpoint of a tiny network on fake 4x4 images (no MNIST needed).
-fn tiny_checkpoint(name: &str) -> (Mnist, TrainConfig, PathBuf) {
-    let dir = tmp(name);
-    write_fake(&dir, 60, 20, false);
-    let data = Mnist::load(&dir).unwrap();
+/// 60 fake 4x4 training images (20 test) in `dir` and a 16-8-10 run of `epochs` epochs on them.
+fn tiny_run(dir: &Path, epochs: usize) -> (Mnist, TrainConfig) {
+    write_fake(dir, 60, 20, false);
     let config = TrainConfig {
         widths: vec![16, 8, 10],
         train_size: 60,
         batch: 20,
-        epochs: 2,
+        epochs,
         ..TrainConfig::default()
     };
+    (Mnist::load(dir).unwrap(), config)
+}
+
+/// A two-epoch checkpoint of a tiny network on fake 4x4 images (no MNIST needed).
+fn tiny_checkpoint(name: &str) -> (Mnist, TrainConfig, PathBuf) {
+    let dir = tmp(name);
+    let (data, config) = tiny_run(&dir, 2);
     let out = Outputs {
         checkpoint: Some(dir.join("ck")),
         ..Outputs::default()
@@ -751,15 +756,7 @@ fn a_run_never_replaces_a_checkpoint_without_being_asked() {
 #[test]
 fn sizes_are_checked_against_the_data_before_allocating() {
     let dir = tmp("sizes");
-    write_fake(&dir, 60, 20, false);
-    let data = Mnist::load(&dir).unwrap();
-    let base = TrainConfig {
-        widths: vec![16, 8, 10],
-        train_size: 60,
-        batch: 20,
-        epochs: 1,
-        ..TrainConfig::default()
-    };
+    let (data, base) = tiny_run(&dir, 1);
     // 10^12 images would be an 8 TB order vector, usize::MAX a capacity overflow.
     for train_size in [1_000_000_000_000usize, usize::MAX, 61] {
         let config = TrainConfig {

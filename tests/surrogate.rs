@@ -210,110 +210,88 @@ proptest! {
     }
 }
 
-/// The softmax layer's offset solve (negative-entropy Fenchel energy): against solve-and-subtract
-/// where that is still accurate, and against the exact limit (Prop. 2, closed form on the
-/// simplex) down to β = 1e-300, where subtracting returns 0 or noise.
-#[test]
-fn softmax_offsets_match_subtraction_at_moderate_beta_and_the_limit_at_tiny_beta() {
-    let x = DVector::from_vec(vec![0.7, -1.2, 0.4]);
-    let layer = ProxProblem::dense_layer(Activation::Softmax, 4, &x).unwrap();
-    let theta = vector(&mut rng(17), 12);
-    for loss in [
-        Loss::Linear {
-            g: DVector::from_vec(vec![1.0, -2.0, 0.5, 0.25]),
-        },
-        Loss::Squared {
-            target: DVector::from_vec(vec![0.1, 0.6, 0.2, 0.1]),
-        },
-    ] {
-        let program = Bilevel::new(layer.clone(), loss.clone()).unwrap();
-        let z_star = program.solve_free(&theta).unwrap();
-        for beta in [1.0, 1e-2, 1e-4] {
-            // Subtraction loses ~1e-16/β relative: still 1e-11 at β = 1e-4.
-            let s = program.surrogate(&theta, beta).unwrap();
-            let z_hat = layer.solve(&theta, &loss, beta).unwrap();
-            let naive_rate = (&z_hat.z - &z_star.z) / beta;
-            assert_relative_eq!(s.rate, naive_rate, epsilon = 1e-9, max_relative = 1e-8);
-            let gap = (layer.energy(&z_hat.z, &theta) - layer.energy(&z_star.z, &theta)) / beta;
-            let naive_value = loss.value(&z_hat.z) + gap;
-            assert_relative_eq!(s.value, naive_value, epsilon = 1e-9, max_relative = 1e-8);
-        }
-        let limit = program.limit(&theta).unwrap();
-        for beta in [1e-8, 1e-12, 1e-16, 1e-50, 1e-300] {
-            let s = program.surrogate(&theta, beta).unwrap();
-            // f(β) = ż + O(β) (bias ≈ 0.4 β here), plus rounding of the offset solve.
-            let tol = 1e-12 + beta;
-            assert_relative_eq!(
-                s.rate,
-                limit.direction.z_dot,
-                epsilon = tol,
-                max_relative = tol
-            );
-            assert_relative_eq!(
-                s.grad_theta,
-                limit.grad_theta,
-                epsilon = tol,
-                max_relative = tol
-            );
-            // Prop. 3 holds with its O(β) band resolved: L^β ≤ L.
-            let band = program.band_of(&s).unwrap();
-            assert!(
-                band.lower <= band.loss && band.loss <= band.upper + 1e-15,
-                "{beta}: {band:?}"
-            );
+/// An offset solve ([`InnerProblem::offset`]) against solve-and-subtract at the moderate
+/// `betas` (where subtraction still holds `accuracy`), and against the exact limit (Props.
+/// 1-2) down to β = 1e-300, where subtracting returns 0 or noise: `f(β) = ż + O(β)` with the
+/// bias below `bias · β`, plus `rounding`.
+struct OffsetCheck {
+    betas: [f64; 3],
+    accuracy: f64,
+    bias: f64,
+    rounding: f64,
+}
+
+impl OffsetCheck {
+    fn run<P: InnerProblem + Clone>(&self, inner: &P, theta: &DVector<f64>, losses: [Loss; 2]) {
+        for loss in losses {
+            let program = Bilevel::new(inner.clone(), loss.clone()).unwrap();
+            let z_star = program.solve_free(theta).unwrap();
+            for beta in self.betas {
+                let s = program.surrogate(theta, beta).unwrap();
+                let z_hat = inner.solve(theta, &loss, beta).unwrap();
+                let naive_rate = (&z_hat.z - &z_star.z) / beta;
+                let gap = (inner.energy(&z_hat.z, theta) - inner.energy(&z_star.z, theta)) / beta;
+                let tol = self.accuracy;
+                assert_relative_eq!(s.rate, naive_rate, epsilon = tol, max_relative = tol);
+                let naive_value = loss.value(&z_hat.z) + gap;
+                assert_relative_eq!(s.value, naive_value, epsilon = tol, max_relative = tol);
+            }
+            let limit = program.limit(theta).unwrap();
+            for beta in [1e-8, 1e-12, 1e-16, 1e-50, 1e-300] {
+                let s = program.surrogate(theta, beta).unwrap();
+                let tol = self.rounding + self.bias * beta;
+                let z_dot = &limit.direction.z_dot;
+                assert_relative_eq!(s.rate, z_dot, epsilon = tol, max_relative = tol);
+                let grad = &limit.grad_theta;
+                assert_relative_eq!(s.grad_theta, grad, epsilon = tol, max_relative = tol);
+                // Prop. 3 holds with its O(β) band resolved: L^β ≤ L.
+                let band = program.band_of(&s).unwrap();
+                assert!(
+                    band.lower <= band.loss && band.loss <= band.upper + 1e-15,
+                    "{beta}: {band:?}"
+                );
+            }
         }
     }
 }
 
-/// The log cosh energy's offset Newton solve, the same two ways as the softmax layer.
+/// The softmax layer's offset solve (negative-entropy Fenchel energy). Its prox is solved to
+/// full precision, so subtraction holds ~1e-16/β (1e-12 at β = 1e-4).
+#[test]
+fn softmax_offsets_match_subtraction_at_moderate_beta_and_the_limit_at_tiny_beta() {
+    let x = DVector::from_vec(vec![0.7, -1.2, 0.4]);
+    let layer = ProxProblem::dense_layer(Activation::Softmax, 4, &x).unwrap();
+    let check = OffsetCheck {
+        betas: [1.0, 1e-2, 1e-4],
+        accuracy: 1e-8,
+        bias: 1.0,
+        rounding: 1e-12,
+    };
+    let target = DVector::from_vec(vec![0.1, 0.6, 0.2, 0.1]);
+    let g = DVector::from_vec(vec![1.0, -2.0, 0.5, 0.25]);
+    check.run(
+        &layer,
+        &vector(&mut rng(17), 12),
+        [Loss::Linear { g }, Loss::Squared { target }],
+    );
+}
+
+/// The log cosh energy's offset Newton solve. argmin's solves are accurate to ~1e-12, so
+/// subtraction holds ~1e-12/β.
 #[test]
 fn logcosh_offsets_match_subtraction_at_moderate_beta_and_the_limit_at_tiny_beta() {
     let (inner, theta) = logcosh(31, 4, 3);
-    for loss in [
-        Loss::Linear {
-            g: DVector::from_vec(vec![1.0, -2.0, 0.5, 0.25]),
-        },
-        Loss::Squared {
-            target: DVector::from_vec(vec![0.1, 0.6, -0.2, 1.5]),
-        },
-    ] {
-        let program = Bilevel::new(inner.clone(), loss.clone()).unwrap();
-        let z_star = program.solve_free(&theta).unwrap();
-        for beta in [1.0, 1e-2, 1e-3] {
-            // argmin's solves are accurate to ~1e-12, so subtraction holds ~1e-12/β.
-            let s = program.surrogate(&theta, beta).unwrap();
-            let z_hat = inner.solve(&theta, &loss, beta).unwrap();
-            let naive_rate = (&z_hat.z - &z_star.z) / beta;
-            assert_relative_eq!(s.rate, naive_rate, epsilon = 1e-7, max_relative = 1e-7);
-            let gap = (inner.energy(&z_hat.z, &theta) - inner.energy(&z_star.z, &theta)) / beta;
-            assert_relative_eq!(
-                s.value,
-                loss.value(&z_hat.z) + gap,
-                epsilon = 1e-7,
-                max_relative = 1e-7
-            );
-        }
-        let limit = program.limit(&theta).unwrap();
-        for beta in [1e-8, 1e-12, 1e-16, 1e-50, 1e-300] {
-            let s = program.surrogate(&theta, beta).unwrap();
-            let tol = 1e-10 + 10.0 * beta;
-            assert_relative_eq!(
-                s.rate,
-                limit.direction.z_dot,
-                epsilon = tol,
-                max_relative = tol
-            );
-            assert_relative_eq!(
-                s.grad_theta,
-                limit.grad_theta,
-                epsilon = tol,
-                max_relative = tol
-            );
-            let band = program.band_of(&s).unwrap();
-            assert!(
-                band.lower <= band.loss && band.loss <= band.upper + 1e-15,
-                "{beta}: {band:?}"
-            );
-        }
-    }
+    let check = OffsetCheck {
+        betas: [1.0, 1e-2, 1e-3],
+        accuracy: 1e-7,
+        bias: 10.0,
+        rounding: 1e-10,
+    };
+    let target = DVector::from_vec(vec![0.1, 0.6, -0.2, 1.5]);
+    let g = DVector::from_vec(vec![1.0, -2.0, 0.5, 0.25]);
+    check.run(
+        &inner,
+        &theta,
+        [Loss::Linear { g }, Loss::Squared { target }],
+    );
 }
