@@ -511,9 +511,13 @@ pub fn refine(
             64.0 * f64::EPSILON * (1.0 + qp.q.amax() + qp.p.amax() * x.amax()) + kkt.error.1;
         // Most violated primal constraint outside the working set, then most negative
         // multiplier inside it.
+        // A violation beyond the feasibility tolerance is repaired even when the KKT solve's
+        // error estimate could explain it (ill-conditioned systems): the result must be
+        // feasible as documented, or the iteration ends in an error.
         let worst_primal = (0..m)
             .filter(|&i| {
-                !working[i] && slack[i] < -slack_rounding(&qp.a, i, qp.b[i], &x, kkt.error.0)
+                let bound = slack_rounding(&qp.a, i, qp.b[i], &x, kkt.error.0).min(tol_p);
+                !working[i] && slack[i] < -bound
             })
             .min_by(|&i, &j| slack[i].total_cmp(&slack[j]));
         let worst_dual = (0..m)
