@@ -226,37 +226,45 @@ pub fn condition_estimate(
     }
     // A fixed, non-symmetric-looking start vector avoids accidental orthogonality.
     let start = DVector::from_fn(n, |i, _| 1.0 + 0.1 * ((i * 7919) % 13) as f64);
-    let power = |apply: &dyn Fn(&DVector<f64>) -> Option<DVector<f64>>| -> f64 {
-        let mut v = start.normalize();
-        let mut lambda = 0.0;
-        for _ in 0..40 {
-            let Some(w) = apply(&v) else {
-                return f64::INFINITY;
-            };
-            // ‖w‖ without overflow or underflow of the squares (entries near 1e±200 are fine).
-            let big = w.amax();
-            let norm = if big > 0.0 && big.is_finite() {
-                big * (&w / big).norm()
-            } else {
-                big
-            };
-            if !norm.is_finite() {
-                return f64::INFINITY;
-            }
-            if norm == 0.0 {
-                return 0.0;
-            }
-            lambda = norm;
-            v = w / norm;
-        }
-        lambda
-    };
-    let big = power(&|v| Some(k * v));
-    let inv = power(&solve);
+    let big = power_iteration(&start, 40, |v| Some(k * v));
+    let inv = power_iteration(&start, 40, solve);
     if big == 0.0 {
         return f64::INFINITY;
     }
     big * inv
+}
+
+/// The largest eigenvalue magnitude `|λ|max` of a symmetric operator by `steps` steps of power
+/// iteration from `start` (an estimate from below). `apply` returning `None` or a non-finite
+/// vector gives `∞`; a zero image gives `0`. Norms are formed without overflow.
+pub fn power_iteration(
+    start: &DVector<f64>,
+    steps: usize,
+    apply: impl Fn(&DVector<f64>) -> Option<DVector<f64>>,
+) -> f64 {
+    let mut v = start.normalize();
+    let mut lambda = 0.0;
+    for _ in 0..steps {
+        let Some(w) = apply(&v) else {
+            return f64::INFINITY;
+        };
+        // ‖w‖ without overflow or underflow of the squares (entries near 1e±200 are fine).
+        let big = w.amax();
+        let norm = if big > 0.0 && big.is_finite() {
+            big * (&w / big).norm()
+        } else {
+            big
+        };
+        if !norm.is_finite() {
+            return f64::INFINITY;
+        }
+        if norm == 0.0 {
+            return 0.0;
+        }
+        lambda = norm;
+        v = w / norm;
+    }
+    lambda
 }
 
 /// Checks that `q` is symmetric (relative tolerance `1e-10` of its largest entry) and positive

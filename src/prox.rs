@@ -25,7 +25,6 @@ use nalgebra::RealField;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::solve::qp::Activity;
 
 /// A unit-wise (or, for softmax, vector-wise) activation defined by a convex potential.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -48,6 +47,29 @@ pub enum Activation {
     },
     /// `f(u) = softmax(u)`, `G = Σ z log z + ι_Δ` (end of Section 3.2.2).
     Softmax,
+}
+
+/// How an inequality constraint stands at a solution (Prop. 2's classification).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activity {
+    /// Active with a positive multiplier.
+    Strong,
+    /// Active with a zero multiplier (the degenerate case of Prop. 2).
+    Weak,
+    /// Not active (positive slack).
+    Inactive,
+}
+
+impl Activity {
+    /// The label used in JSON and tables: `strong`, `weak`, `inactive`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Activity::Strong => "strong",
+            Activity::Weak => "weak",
+            Activity::Inactive => "inactive",
+        }
+    }
 }
 
 /// One-sided branch taken by a weakly active constraint under the limit derivative (Prop. 2).

@@ -455,17 +455,8 @@ pub fn convex_chl_batched(
 /// `‖W‖₂²` by 100 steps of power iteration on `WᵀW` (a lower estimate converging from below).
 pub(crate) fn spectral_norm_sq(w: &DMatrix<f64>) -> f64 {
     let wtw = w.transpose() * w;
-    let mut v = DVector::from_element(wtw.nrows(), 1.0).normalize();
-    let mut lambda = 0.0;
-    for _ in 0..100 {
-        let u = &wtw * &v;
-        lambda = u.norm();
-        if lambda == 0.0 {
-            break;
-        }
-        v = u / lambda;
-    }
-    lambda
+    let ones = DVector::from_element(wtw.nrows(), 1.0);
+    crate::linalg::power_iteration(&ones, 100, |v| Some(&wtw * v))
 }
 
 use std::ops::{AddAssign, SubAssign};

@@ -362,28 +362,9 @@ impl Default for Tolerances {
     }
 }
 
-/// How an inequality constraint stands at a solution (Prop. 2's classification).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Activity {
-    /// Active with a positive multiplier.
-    Strong,
-    /// Active with a zero multiplier (the degenerate case of Prop. 2).
-    Weak,
-    /// Not active (positive slack).
-    Inactive,
-}
-
-impl Activity {
-    /// The label used in JSON and tables: `strong`, `weak`, `inactive`.
-    pub fn label(self) -> &'static str {
-        match self {
-            Activity::Strong => "strong",
-            Activity::Weak => "weak",
-            Activity::Inactive => "inactive",
-        }
-    }
-}
+/// The classification of inequalities (defined with the other Prop. 2 terms in [`crate::prox`],
+/// the bottom layer, so that nothing below `solve` imports it from here).
+pub use crate::prox::Activity;
 
 /// An exactly refined QP solution with its diagnostics.
 #[derive(Debug, Clone)]
