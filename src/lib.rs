@@ -31,17 +31,26 @@
 
 #![warn(missing_docs)]
 
-pub mod data;
-pub mod derive;
+// The mathematical core, built with `default-features = false`.
 pub mod error;
 pub mod linalg;
 pub mod nested;
-pub mod nn;
-pub mod plot;
 pub mod problem;
 pub mod prox;
 pub mod solve;
 pub mod surrogate;
+
+// The application (feature `app`, on by default): the MNIST client, the JSON contract of
+// `bilevel derive`, and the verify report.
+#[cfg(feature = "app")]
+pub mod data;
+#[cfg(feature = "app")]
+pub mod derive;
+#[cfg(feature = "app")]
+pub mod nn;
+#[cfg(feature = "app")]
+pub mod plot;
+#[cfg(feature = "app")]
 pub mod verify;
 
 pub use error::{Error, Result};

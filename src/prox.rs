@@ -22,13 +22,13 @@
 //! The map functions are generic over the scalar (`f32` for training, `f64` for verification).
 
 use nalgebra::RealField;
-use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
 /// A unit-wise (or, for softmax, vector-wise) activation defined by a convex potential.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "kind")]
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case", tag = "kind"))]
 pub enum Activation {
     /// `f(u) = u`, `G = ½‖z‖²`.
     Identity,
@@ -50,8 +50,9 @@ pub enum Activation {
 }
 
 /// How an inequality constraint stands at a solution (Prop. 2's classification).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "lowercase"))]
 pub enum Activity {
     /// Active with a positive multiplier.
     Strong,
@@ -73,8 +74,9 @@ impl Activity {
 }
 
 /// One-sided branch taken by a weakly active constraint under the limit derivative (Prop. 2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "lowercase"))]
 pub enum Branch {
     /// `B_i ż = 0`: the constraint stays active for small β > 0.
     Stays,

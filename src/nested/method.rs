@@ -4,15 +4,15 @@
 //! triple, not on the name.
 
 use nalgebra::DMatrix;
-use serde::Serialize;
 
 use super::linearized::{gradient, Gradients, Workspace};
 use super::{global, local, EnergyKind, Network, OutputLoss};
 use crate::error::{Error, Result};
 
 /// Direction of unravelling the nesting levels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "kebab-case"))]
 pub enum Unravel {
     /// Inside-out: the global contrastive objective (Prop. 4).
     BottomUp,
@@ -21,7 +21,8 @@ pub enum Unravel {
 }
 
 /// The rows of Table 1.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub enum Method {
     /// Contrastive Hebbian learning: Fenchel energies, bottom-up.
     Chl,
@@ -213,7 +214,8 @@ fn check_beta_products(method: &str, betas: &[f64]) -> Result<()> {
 }
 
 /// One measured row of `bilevel taxonomy`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct TaxonomyRow {
     /// The method.
     pub method: &'static str,

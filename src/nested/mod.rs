@@ -25,7 +25,6 @@ pub mod local;
 pub mod method;
 
 use nalgebra::{DMatrix, DVector, RealField};
-use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::prox::Activation;
@@ -54,8 +53,9 @@ pub fn activate_columns_into<T: RealField + Copy>(
 }
 
 /// The layer energy kind (Table 1's `E_k` column).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "lowercase"))]
 pub enum EnergyKind {
     /// `½‖z_k − f_k(W z_{k−1} + b)‖²`.
     Penalizer,
@@ -84,8 +84,9 @@ pub struct Network<T: RealField + Copy> {
 }
 
 /// The outer loss on `z_L`, averaged over the batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
 pub enum OutputLoss {
     /// `ℓ(z) = ½‖z − t‖²` per sample.
     Squared,
