@@ -9,7 +9,8 @@ use super::{
 use crate::error::Result;
 use crate::linalg::check_spd;
 use crate::solve::qp::{
-    solve_exact, solve_offset, Activity, Clarabel, OffsetQp, Qp, QpBackend, Tolerances,
+    classify, complementarity, solve_exact, solve_offset, Activity, Clarabel, OffsetQp,
+    OffsetSolution, Qp, QpBackend, Tolerances,
 };
 
 /// The standard constrained quadratic layer
@@ -129,6 +130,84 @@ impl QuadraticProblem {
     }
 }
 
+impl QuadraticProblem {
+    /// The [`OffsetQp`] of `ẑ_β` around `z*`: `P = Q + βκI`, `g = sign(β) ℓ'(z*)`, rows active
+    /// at `z*` (strongly or weakly) with `t_i = 0`, the others with `t_i = slack_i/|β|`, and
+    /// `m_i = λ*_i/|β|`.
+    fn offset_problem(&self, loss: &Loss, beta: f64, z_star: &InnerSolution) -> OffsetQp {
+        let s = beta.abs();
+        let mut p = self.q.clone();
+        for i in 0..p.nrows() {
+            p[(i, i)] += beta * loss.curvature();
+        }
+        let cons = &self.constraints;
+        let slack = &cons.a * &z_star.z - &cons.b;
+        let t = DVector::from_fn(cons.m(), |i, _| match z_star.activity[i] {
+            Activity::Inactive => slack[i].max(0.0) / s,
+            _ => 0.0,
+        });
+        OffsetQp {
+            p,
+            g: loss.gradient(&z_star.z) * beta.signum(),
+            a: cons.a.clone(),
+            a_eq: cons.a_eq.clone(),
+            t,
+            m: z_star.multipliers.map(|l| l.max(0.0) / s),
+        }
+    }
+
+    /// `ẑ_β = z* + |β| f` with `λ̂ = λ* + |β| μ` on the working set (0 off it), classified as
+    /// [`solve_exact`] classifies, on the scales of the loss-augmented QP.
+    #[allow(clippy::too_many_arguments)]
+    fn offset_solution(
+        &self,
+        theta: &DVector<f64>,
+        loss: &Loss,
+        beta: f64,
+        z_star: &InnerSolution,
+        problem: &OffsetQp,
+        sol: &OffsetSolution,
+        af: &DVector<f64>,
+    ) -> InnerSolution {
+        let (s, cons) = (beta.abs(), &self.constraints);
+        let m = cons.m();
+        let lambda = DVector::from_fn(m, |i, _| {
+            if sol.working[i] {
+                z_star.multipliers[i] + s * sol.mu[i]
+            } else {
+                0.0
+            }
+        });
+        // Rows active at z* have slack exactly 0 there (t_i = 0); the others their own.
+        let slack0 = &cons.a * &z_star.z - &cons.b;
+        let slack_hat = DVector::from_fn(m, |i, _| {
+            let base = if problem.t[i] == 0.0 { 0.0 } else { slack0[i] };
+            base + s * af[i]
+        });
+        let z = &z_star.z + &sol.f * s;
+        let scale_q = (&self.b * theta + &self.c - loss.linear_term() * beta).amax();
+        let tol_p = self.tol.feasibility * (1.0 + cons.b.amax().max(cons.b_eq.amax()));
+        let tol_d = self.tol.multiplier * (1.0 + scale_q + problem.p.amax() * z.amax());
+        let residual = z_star
+            .status
+            .residual
+            .max(s * sol.residual)
+            .max(complementarity(&lambda, &slack_hat));
+        InnerSolution {
+            z,
+            activity: classify(&sol.working, &lambda, &slack_hat, tol_p, tol_d),
+            multipliers: lambda,
+            multipliers_eq: &z_star.multipliers_eq + &sol.mu_eq * s,
+            status: SolveStatus {
+                solver: "offset active set from z*",
+                iterations: sol.repairs,
+                residual,
+                dependent: z_star.status.dependent.clone(),
+            },
+        }
+    }
+}
+
 impl InnerProblem for QuadraticProblem {
     fn dim(&self) -> usize {
         self.q.nrows()
@@ -205,39 +284,12 @@ impl InnerProblem for QuadraticProblem {
     ) -> Result<Offset> {
         check_augmented(self, theta, loss, beta)?;
         check_offset_beta(beta)?;
-        let n = self.dim();
-        let cons = &self.constraints;
-        let m = cons.m();
+        let (n, m) = (self.dim(), self.constraints.m());
         if z_star.z.len() != n || z_star.multipliers.len() != m || z_star.activity.len() != m {
             return Err(crate::Error::dim("z_star", n, z_star.z.len()));
         }
-        let s = beta.abs();
-        let kappa = beta * loss.curvature();
-        let mut p = self.q.clone();
-        for i in 0..n {
-            p[(i, i)] += kappa;
-        }
-        let active: Vec<bool> = z_star
-            .activity
-            .iter()
-            .map(|&a| a != Activity::Inactive)
-            .collect();
-        let slack = &cons.a * &z_star.z - &cons.b;
-        let problem = OffsetQp {
-            p,
-            g: loss.gradient(&z_star.z) * beta.signum(),
-            a: cons.a.clone(),
-            a_eq: cons.a_eq.clone(),
-            t: DVector::from_fn(m, |i, _| {
-                if active[i] {
-                    0.0
-                } else {
-                    slack[i].max(0.0) / s
-                }
-            }),
-            m: z_star.multipliers.map(|l| l.max(0.0) / s),
-        };
-        let mut working = active.clone();
+        let problem = self.offset_problem(loss, beta, z_star);
+        let mut working: Vec<bool> = problem.t.iter().map(|&t| t == 0.0).collect();
         let sol = match solve_offset(&problem, &mut working) {
             Ok(sol) => sol,
             Err(_) => {
@@ -246,71 +298,20 @@ impl InnerProblem for QuadraticProblem {
                 solve_offset(&problem, &mut working)?
             }
         };
-        let f = sol.f;
-        // λ̂ = λ* + |β| μ on the working set, 0 off it.
-        let lambda = DVector::from_fn(m, |i, _| {
-            if sol.working[i] {
-                z_star.multipliers[i] + s * sol.mu[i]
-            } else {
-                0.0
-            }
-        });
-        let lambda_eq = &z_star.multipliers_eq + &sol.mu_eq * s;
-        let af = &cons.a * &f;
-        let slack_hat = DVector::from_fn(m, |i, _| {
-            if active[i] {
-                s * af[i]
-            } else {
-                slack[i] + s * af[i]
-            }
-        });
+        let s = beta.abs();
+        let af = &self.constraints.a * &sol.f;
+        // Rows that held a multiplier at z* and left contribute λ*_i a_iᵀf; rows that stay
+        // have a_iᵀf = 0 exactly.
         let energy_gap = (0..m)
             .filter(|&i| !sol.working[i] && z_star.multipliers[i] > 0.0)
             .map(|i| z_star.multipliers[i] * af[i])
             .sum::<f64>()
-            + 0.5 * s * f.dot(&(&self.q * &f));
-        let z = &z_star.z + &f * s;
-        // Classification as in `solve_exact`, on the scales of the loss-augmented QP.
-        let qp_scale_q = (&self.b * theta + &self.c - loss.linear_term() * beta).amax();
-        let tol_p = self.tol.feasibility * (1.0 + cons.b.amax().max(cons.b_eq.amax()));
-        let tol_d = self.tol.multiplier * (1.0 + qp_scale_q + problem.p.amax() * z.amax());
-        let activity = (0..m)
-            .map(
-                |i| match (sol.working[i], lambda[i] > tol_d, slack_hat[i] <= tol_p) {
-                    (true, true, _) => Activity::Strong,
-                    (true, false, _) | (false, _, true) => Activity::Weak,
-                    (false, _, false) => Activity::Inactive,
-                },
-            )
-            .collect();
-        let complementarity = (0..m)
-            .map(|i| {
-                (lambda[i] * slack_hat[i])
-                    .abs()
-                    .max(-slack_hat[i])
-                    .max(-lambda[i])
-            })
-            .fold(0.0, f64::max);
+            + 0.5 * s * sol.f.dot(&(&self.q * &sol.f));
         Ok(Offset {
-            grad_theta_gap: self.cross_jvp(&z_star.z, theta, &f),
-            rate: f,
+            grad_theta_gap: self.cross_jvp(&z_star.z, theta, &sol.f),
             energy_gap,
-            z_hat: InnerSolution {
-                z,
-                multipliers: lambda,
-                multipliers_eq: lambda_eq,
-                activity,
-                status: SolveStatus {
-                    solver: "offset active set from z*",
-                    iterations: sol.repairs,
-                    residual: z_star
-                        .status
-                        .residual
-                        .max(s * sol.residual)
-                        .max(complementarity),
-                    dependent: z_star.status.dependent.clone(),
-                },
-            },
+            z_hat: self.offset_solution(theta, loss, beta, z_star, &problem, &sol, &af),
+            rate: sol.f,
         })
     }
 }

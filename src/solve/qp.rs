@@ -517,21 +517,7 @@ pub fn refine(
             continue;
         }
 
-        let activity: Vec<Activity> = (0..m)
-            .map(|i| {
-                if working[i] {
-                    if lambda[i] > tol_d {
-                        Activity::Strong
-                    } else {
-                        Activity::Weak
-                    }
-                } else if slack[i] <= tol_p {
-                    Activity::Weak
-                } else {
-                    Activity::Inactive
-                }
-            })
-            .collect();
+        let activity = classify(working, &lambda, &slack, tol_p, tol_d);
         let dependent = dependent_rows(&qp.a, &a_w, |i| !working[i] && slack[i] <= tol_p);
         let stationarity =
             &qp.p * &x + &qp.q - qp.a.transpose() * &lambda - qp.a_eq.transpose() * &lambda_eq;
@@ -540,13 +526,10 @@ pub fn refine(
         } else {
             0.0
         };
-        let mut residual = stationarity.amax().max(eq_res);
-        for i in 0..m {
-            residual = residual
-                .max((-slack[i]).max(0.0))
-                .max((-lambda[i]).max(0.0))
-                .max((lambda[i] * slack[i]).abs());
-        }
+        let residual = stationarity
+            .amax()
+            .max(eq_res)
+            .max(complementarity(&lambda, &slack));
         debug_assert_eq!(x.len(), n);
         return Ok(ExactQp {
             x,
@@ -799,6 +782,36 @@ pub fn solve_offset(o: &OffsetQp, working: &mut [bool]) -> Result<OffsetSolution
             repairs,
         });
     }
+}
+
+/// Prop. 2's classification of each inequality from the working set of an exact solve, its
+/// multipliers and slacks: working with `λ_i > tol_d` strongly active, other working rows and
+/// rows with slack `≤ tol_p` weakly active, the rest inactive.
+pub(crate) fn classify(
+    working: &[bool],
+    lambda: &DVector<f64>,
+    slack: &DVector<f64>,
+    tol_p: f64,
+    tol_d: f64,
+) -> Vec<Activity> {
+    (0..working.len())
+        .map(
+            |i| match (working[i], lambda[i] > tol_d, slack[i] <= tol_p) {
+                (true, true, _) => Activity::Strong,
+                (true, false, _) | (false, _, true) => Activity::Weak,
+                (false, _, false) => Activity::Inactive,
+            },
+        )
+        .collect()
+}
+
+/// The sign and complementarity part of the KKT residual: `max_i max(−s_i, −λ_i, |λ_i s_i|, 0)`.
+pub(crate) fn complementarity(lambda: &DVector<f64>, slack: &DVector<f64>) -> f64 {
+    lambda
+        .iter()
+        .zip(slack.iter())
+        .map(|(&l, &s)| (l * s).abs().max(-s).max(-l))
+        .fold(0.0, f64::max)
 }
 
 /// How far the computed slack `a_iᵀx − b_i` can be from its exact value by rounding alone:
