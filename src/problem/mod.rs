@@ -154,13 +154,32 @@ pub(crate) fn check_augmented<P: InnerProblem + ?Sized>(
     Ok(())
 }
 
-/// β of an offset solve: finite and non-zero (its sign selects `ẑ_β` or `ẑ_{−|β|}`).
-pub(crate) fn check_offset_beta(beta: f64) -> Result<()> {
-    if beta.is_finite() && beta != 0.0 {
-        Ok(())
-    } else {
-        Err(Error::InvalidBeta { beta })
+/// The checks every `offset(θ, ℓ, β, z*)` starts with: those of a loss-augmented solve
+/// ([`check_augmented`]), β non-zero (its sign selects `ẑ_β` or `ẑ_{−|β|}`), and `z*` shaped
+/// like a solution of `p` (point, multipliers and activity of the right lengths).
+pub(crate) fn check_offset<P: InnerProblem + ?Sized>(
+    p: &P,
+    theta: &DVector<f64>,
+    loss: &Loss,
+    beta: f64,
+    z_star: &InnerSolution,
+) -> Result<()> {
+    check_augmented(p, theta, loss, beta)?;
+    if beta == 0.0 {
+        return Err(Error::InvalidBeta { beta });
     }
+    let (n, m) = (p.dim(), p.constraints().m());
+    if z_star.z.len() != n {
+        return Err(Error::dim("z_star", n, z_star.z.len()));
+    }
+    if z_star.multipliers.len() != m || z_star.activity.len() != m {
+        return Err(Error::dim(
+            "z_star multipliers",
+            m,
+            z_star.multipliers.len(),
+        ));
+    }
+    Ok(())
 }
 
 /// Linear constraints `A z ≥ b`, `A_eq z = b_eq` that do not depend on `θ`.
@@ -331,7 +350,7 @@ pub trait InnerProblem {
         beta: f64,
         z_star: &InnerSolution,
     ) -> Result<Offset> {
-        check_offset_beta(beta)?;
+        check_offset(self, theta, loss, beta, z_star)?;
         let z_hat = self.solve(theta, loss, beta)?;
         let s = beta.abs();
         Ok(Offset {

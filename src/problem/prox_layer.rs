@@ -1,7 +1,7 @@
 use nalgebra::{DMatrix, DVector};
 
 use super::{
-    check_affine, check_augmented, check_offset_beta, Direction, InnerProblem, InnerSolution,
+    check_affine, check_augmented, check_offset, Direction, InnerProblem, InnerSolution,
     LinearConstraints, Loss, Offset, SolveStatus,
 };
 use crate::error::{Error, Result};
@@ -287,7 +287,7 @@ impl InnerProblem for ProxProblem {
         beta: f64,
         z_star: &InnerSolution,
     ) -> Result<Offset> {
-        check_offset_beta(beta)?;
+        check_offset(self, theta, loss, beta, z_star)?;
         let z_hat = self.solve(theta, loss, beta)?;
         let s = beta.abs();
         let Some((lo, hi)) = self.activation.bounds() else {

@@ -3,8 +3,8 @@ use std::sync::Arc;
 use nalgebra::{DMatrix, DVector};
 
 use super::{
-    check_affine, check_augmented, check_offset_beta, InnerProblem, InnerSolution,
-    LinearConstraints, Loss, Offset, SolveStatus,
+    check_affine, check_augmented, check_offset, InnerProblem, InnerSolution, LinearConstraints,
+    Loss, Offset, SolveStatus,
 };
 use crate::error::Result;
 use crate::linalg::check_spd;
@@ -282,12 +282,8 @@ impl InnerProblem for QuadraticProblem {
         beta: f64,
         z_star: &InnerSolution,
     ) -> Result<Offset> {
-        check_augmented(self, theta, loss, beta)?;
-        check_offset_beta(beta)?;
-        let (n, m) = (self.dim(), self.constraints.m());
-        if z_star.z.len() != n || z_star.multipliers.len() != m || z_star.activity.len() != m {
-            return Err(crate::Error::dim("z_star", n, z_star.z.len()));
-        }
+        check_offset(self, theta, loss, beta, z_star)?;
+        let m = self.constraints.m();
         let problem = self.offset_problem(loss, beta, z_star);
         let mut working: Vec<bool> = problem.t.iter().map(|&t| t == 0.0).collect();
         let sol = match solve_offset(&problem, &mut working) {

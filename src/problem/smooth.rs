@@ -1,8 +1,8 @@
 use nalgebra::{DMatrix, DVector};
 
 use super::{
-    check_affine, check_augmented, check_offset_beta, InnerProblem, InnerSolution,
-    LinearConstraints, Loss, Offset, SolveStatus,
+    check_affine, check_augmented, check_offset, InnerProblem, InnerSolution, LinearConstraints,
+    Loss, Offset, SolveStatus,
 };
 use crate::error::{Error, Result};
 use crate::linalg::check_spd;
@@ -169,12 +169,8 @@ impl InnerProblem for LogCoshProblem {
         beta: f64,
         z_star: &InnerSolution,
     ) -> Result<Offset> {
-        check_augmented(self, theta, loss, beta)?;
-        check_offset_beta(beta)?;
+        check_offset(self, theta, loss, beta, z_star)?;
         let n = self.dim();
-        if z_star.z.len() != n {
-            return Err(Error::dim("z_star", n, z_star.z.len()));
-        }
         let s = beta.abs();
         let kappa = beta * loss.curvature();
         let g = loss.gradient(&z_star.z) * beta.signum();
