@@ -7,7 +7,7 @@
 use std::hint::black_box;
 
 use bilevel::nested::method::Method;
-use bilevel::nested::OutputLoss;
+use bilevel::nested::{Batch, NestedSettings, OutputLoss};
 use bilevel::prelude::Activation;
 use bilevel::verify::instances::{matrix, network, rng};
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -27,9 +27,11 @@ fn methods(c: &mut Criterion) {
     for m in Method::ALL {
         group.bench_function(m.name(), |b| {
             b.iter(|| {
+                let problem = m.problem(&net, &[1e-2; 4], OutputLoss::Squared).unwrap();
+                let batch = Batch::new(&problem, &x, &t).unwrap();
                 black_box(
-                    m.gradient(&net, &[1e-2; 4], OutputLoss::Squared, &x, &t)
-                        .map(|g| g.flatten()),
+                    m.run(&problem, batch, &NestedSettings::default())
+                        .map(|r| r.value),
                 )
             })
         });

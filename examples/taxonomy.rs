@@ -6,7 +6,7 @@
 //! Run: `cargo run --release --example taxonomy`
 
 use bilevel::nested::method::Method;
-use bilevel::nested::OutputLoss;
+use bilevel::nested::{Batch, NestedReport, NestedSettings, OutputLoss};
 use bilevel::prelude::*;
 use bilevel::verify::instances::{matrix, network, rng};
 
@@ -18,9 +18,13 @@ fn main() -> Result<()> {
     let target = matrix(&mut r, 2, 8);
     let loss = OutputLoss::Squared;
 
-    let bp = Method::Bp
-        .gradient(&net, &[1.0; 3], loss, &x, &target)?
-        .flatten();
+    // Every row is one problem type, one batch, one settings struct and one report.
+    let run = |method: Method, beta: f64| -> Result<NestedReport> {
+        let problem = method.problem(&net, &[beta; 3], loss)?;
+        let batch = Batch::new(&problem, &x, &target)?;
+        method.run(&problem, batch, &NestedSettings::default())
+    };
+    let bp = run(Method::Bp, 1.0)?.grad.flatten();
     println!("relative gradient error against back-propagation, ‖∇ − ∇_BP‖∞ / ‖∇_BP‖∞:\n");
     println!(
         "{:<18} {:<30} {:>9} {:>9} {:>9} {:>9}",
@@ -29,8 +33,8 @@ fn main() -> Result<()> {
     for method in Method::ALL {
         let mut cells = Vec::new();
         for beta in [1.0, 0.1, 0.01, 0.001] {
-            cells.push(match method.gradient(&net, &[beta; 3], loss, &x, &target) {
-                Ok(g) => format!("{:.1e}", (g.flatten() - &bp).amax() / bp.amax()),
+            cells.push(match run(method, beta) {
+                Ok(report) => format!("{:.1e}", (report.grad.flatten() - &bp).amax() / bp.amax()),
                 // e.g. CHL's energy is unbounded below for large β: reported, not hidden.
                 Err(Error::Unbounded(_)) => "unbounded".into(),
                 Err(Error::NotConverged { .. }) => "no conv.".into(),
@@ -47,6 +51,21 @@ fn main() -> Result<()> {
             cells[2],
             cells[3]
         );
+    }
+    // The report says how each inner problem was solved and what the returned point is.
+    println!("\nat β = 0.01: solver, iterations, residual, optimum");
+    for method in Method::ALL {
+        if let Ok(r) = run(method, 0.01) {
+            let s = &r.status;
+            println!(
+                "  {:<18} {:<50} {:>7} {:>9.1e} {:?}",
+                method.name(),
+                s.solver,
+                s.iterations,
+                s.residual,
+                s.optimum
+            );
+        }
     }
     println!("\nBP is exact for every β; Fenchel BP equals it once β is below the distance of the");
     println!("pre-activations to the ReLU kink; all others approach it at rate O(β).");

@@ -5,8 +5,7 @@
 
 mod common;
 
-use bilevel::nested::global::global_contrastive;
-use bilevel::nested::{EnergyKind, Network, OutputLoss};
+use bilevel::nested::{Batch, EnergyKind, NestedProblem, NestedSettings, Network, OutputLoss};
 use bilevel::prelude::Activation;
 use bilevel::verify::instances::{matrix, network, rng};
 use common::{bp, fd_weights, flat, rel};
@@ -31,12 +30,10 @@ fn check(kind: EnergyKind, loss: OutputLoss, beta_fd: f64, tol_fd: f64) -> Vec<f
         ce_target()
     };
     let betas = [beta_fd; 3];
-    let sol = global_contrastive(&net, kind, &betas, loss, &x, &t).unwrap();
+    let sol = common::global(&net, kind, &betas, loss, &x, &t).unwrap();
     assert!(sol.value >= 0.0, "clamped optimum below the free one");
     let fd = fd_weights(&net, 1e-6, |n| {
-        global_contrastive(n, kind, &betas, loss, &x, &t)
-            .unwrap()
-            .value
+        common::global(n, kind, &betas, loss, &x, &t).unwrap().value
     });
     let g = flat(&sol.grad);
     assert!(
@@ -50,7 +47,7 @@ fn check(kind: EnergyKind, loss: OutputLoss, beta_fd: f64, tol_fd: f64) -> Vec<f
         .map(|&b| {
             rel(
                 &flat(
-                    &global_contrastive(&net, kind, &[b; 3], loss, &x, &t)
+                    &common::global(&net, kind, &[b; 3], loss, &x, &t)
                         .unwrap()
                         .grad,
                 ),
@@ -86,7 +83,7 @@ fn chl_reports_an_unbounded_energy_as_an_error() {
     for l in &mut net.layers {
         l.w *= 4.0;
     }
-    let err = global_contrastive(
+    let err = common::global(
         &net,
         EnergyKind::Fenchel,
         &[5.0; 3],
@@ -107,7 +104,7 @@ fn chl_reports_an_unbounded_energy_as_an_error() {
 #[test]
 fn unsupported_combinations_are_errors() {
     let (net, x, t) = setup();
-    assert!(global_contrastive(
+    assert!(common::global(
         &net,
         EnergyKind::Proximal,
         &[0.1; 3],
@@ -116,7 +113,7 @@ fn unsupported_combinations_are_errors() {
         &ce_target()
     )
     .is_err());
-    assert!(global_contrastive(
+    assert!(common::global(
         &net,
         EnergyKind::Penalizer,
         &[0.1; 3],
@@ -140,7 +137,7 @@ fn batched_convex_chl_agrees_with_the_per_sample_qps() {
         let t = matrix(&mut rng(seed + 200), 3, 7);
         for beta in [0.3, 0.1, 1e-2, 1e-3, 1e-4] {
             let betas = [beta; 3];
-            let qp = global_contrastive(
+            let qp = common::global(
                 &net,
                 EnergyKind::Proximal,
                 &betas,
@@ -149,7 +146,15 @@ fn batched_convex_chl_agrees_with_the_per_sample_qps() {
                 &t,
             )
             .unwrap();
-            let fast = convex_chl_batched(&net, &betas, &x, &t, 100_000).unwrap();
+            let problem =
+                NestedProblem::new(&net, EnergyKind::Proximal, &betas, OutputLoss::Squared)
+                    .unwrap();
+            let batch = Batch::new(&problem, &x, &t).unwrap();
+            let settings = NestedSettings {
+                max_sweeps: 100_000,
+                ..NestedSettings::default()
+            };
+            let fast = convex_chl_batched(&problem, batch, &settings).unwrap();
             let (gq, gf) = (flat(&qp.grad), flat(&fast.grad));
             assert!(
                 rel(&gf, &gq) < 1e-8,
@@ -178,7 +183,7 @@ fn chl_with_softmax_layers() {
         let l = n.layers.len();
         let errs =
             common::own_fd_and_cor2(&n, &x, &t, 0.1, 1e-5, &[1e-1, 1e-2, 1e-3, 1e-4], |m, b| {
-                let sol = global_contrastive(
+                let sol = common::global(
                     m,
                     EnergyKind::Fenchel,
                     &vec![b; l],

@@ -5,7 +5,6 @@
 
 mod common;
 
-use bilevel::nested::local::local_contrastive;
 use bilevel::nested::{EnergyKind, Network, OutputLoss};
 use bilevel::prelude::Activation;
 use bilevel::verify::instances::{matrix, rng};
@@ -28,10 +27,10 @@ fn local_gradients_match_finite_differences_of_their_own_value() {
     let (n, x, t) = setup();
     for kind in [EnergyKind::Penalizer, EnergyKind::Fenchel] {
         let betas = [0.5, 0.5, 0.5];
-        let sol = local_contrastive(&n, kind, &betas, OutputLoss::Squared, &x, &t).unwrap();
+        let sol = common::local(&n, kind, &betas, OutputLoss::Squared, &x, &t).unwrap();
         let g = flat(&sol.grad);
         let fd = fd_weights(&n, 1e-5, |m| {
-            local_contrastive(m, kind, &betas, OutputLoss::Squared, &x, &t)
+            common::local(m, kind, &betas, OutputLoss::Squared, &x, &t)
                 .unwrap()
                 .value
         });
@@ -56,11 +55,7 @@ fn local_gradients_tend_to_back_propagation_cor2() {
                 .iter()
                 .map(|&b| {
                     rel(
-                        &flat(
-                            &local_contrastive(&n, kind, &[b; 3], loss, &x, &t)
-                                .unwrap()
-                                .grad,
-                        ),
+                        &flat(&common::local(&n, kind, &[b; 3], loss, &x, &t).unwrap().grad),
                         &reference,
                     )
                 })
@@ -78,7 +73,7 @@ fn local_value_is_below_the_loss_eq29() {
     let l = n.loss(OutputLoss::Squared, &x, &t).unwrap();
     for kind in [EnergyKind::Penalizer, EnergyKind::Fenchel] {
         for beta in [10.0, 1.0, 0.1] {
-            let v = local_contrastive(&n, kind, &[beta; 3], OutputLoss::Squared, &x, &t)
+            let v = common::local(&n, kind, &[beta; 3], OutputLoss::Squared, &x, &t)
                 .unwrap()
                 .value;
             assert!(v <= l + 1e-12, "{kind:?} β={beta}: {v} > {l}");
@@ -95,7 +90,7 @@ fn lpom_with_softmax_layers() {
         let l = n.layers.len();
         let loss = n.loss(OutputLoss::Squared, &x, &t).unwrap();
         let errs = common::own_fd_and_cor2(&n, &x, &t, 0.5, 1e-6, &[1e-1, 1e-2, 1e-3], |m, b| {
-            let sol = local_contrastive(
+            let sol = common::local(
                 m,
                 EnergyKind::Fenchel,
                 &vec![b; l],
@@ -107,7 +102,7 @@ fn lpom_with_softmax_layers() {
             (sol.value, sol.grad)
         });
         // Eq. 29: the local surrogate never exceeds the loss.
-        let v = local_contrastive(
+        let v = common::local(
             &n,
             EnergyKind::Fenchel,
             &vec![0.5; l],
@@ -136,9 +131,9 @@ fn mac_at_kinks_matches_its_own_finite_differences() {
     for loss in [OutputLoss::SoftmaxCrossEntropy, OutputLoss::Squared] {
         for beta in [1.0, 0.3, 0.1, 1e-2] {
             let betas = [beta; 3];
-            let sol = local_contrastive(&n, EnergyKind::Penalizer, &betas, loss, &x, &t).unwrap();
+            let sol = common::local(&n, EnergyKind::Penalizer, &betas, loss, &x, &t).unwrap();
             let fd = fd_weights(&n, 1e-6, |m| {
-                local_contrastive(m, EnergyKind::Penalizer, &betas, loss, &x, &t)
+                common::local(m, EnergyKind::Penalizer, &betas, loss, &x, &t)
                     .unwrap()
                     .value
             });
@@ -158,7 +153,7 @@ fn batched_lpom_equals_per_sample_solves() {
     let x = matrix(&mut rng(29), 4, 5);
     let t = matrix(&mut rng(30), 2, 5);
     for beta in [1.0, 0.1, 1e-3] {
-        let all = local_contrastive(
+        let all = common::local(
             &n,
             EnergyKind::Fenchel,
             &[beta; 3],
@@ -169,7 +164,7 @@ fn batched_lpom_equals_per_sample_solves() {
         .unwrap();
         let mut mean = vec![0.0; flat(&all.grad).len()];
         for j in 0..5 {
-            let one = local_contrastive(
+            let one = common::local(
                 &n,
                 EnergyKind::Fenchel,
                 &[beta; 3],
@@ -179,7 +174,7 @@ fn batched_lpom_equals_per_sample_solves() {
             )
             .unwrap();
             for k in 0..3 {
-                let d = (all.z[k].column(j) - one.z[k].column(0)).amax();
+                let d = (all.clamped[k].column(j) - one.clamped[k].column(0)).amax();
                 assert!(d < 1e-12, "beta {beta}, sample {j}, layer {k}: {d}");
             }
             for (m, g) in mean.iter_mut().zip(flat(&one.grad)) {

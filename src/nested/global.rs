@@ -27,181 +27,196 @@
 //! working set, whose right-hand side is `O(w)`; CHL: block-coordinate descent on `d` with the
 //! cancellation-free increments `f(ǔ + Δu) − f(ǔ)` of [`crate::prox::Activation::difference_quotient`]
 //! — and the gradient `c_k[ř_k ž_{k−1}ᵀ − r̂_k ẑ_{k−1}ᵀ]` and value are rewritten as products
-//! with `d`. On the network of `bilevel verify`, convex CHL's relative error against
+//! with `d`. Entry points: [`contrastive`] and [`convex_chl_batched`], both returning a
+//! [`NestedReport`]. On the network of `bilevel verify`, convex CHL's relative error against
 //! back-propagation is 7.4e-3, 7.5e-4, 7.5e-5, 7.5e-6 at β = 1e-1 … 1e-4: the O(β) bias only.
 
-use nalgebra::{DMatrix, DVector};
+use std::ops::SubAssign;
 
-use super::linearized::{check_betas, Gradients};
-use super::{EnergyKind, Network, OutputLoss};
+use nalgebra::{DMatrix, DVector, DVectorView};
+
+use super::linearized::Gradients;
+use super::local::forward_pass;
+use super::{
+    activate_columns, Batch, EnergyKind, NestedProblem, NestedReport, NestedSettings, NestedStatus,
+    Network, Optimum, OutputLoss,
+};
 use crate::error::{Error, Result};
 use crate::linalg::select_rows;
-use crate::solve::qp::{solve_exact, Clarabel, Qp, QpBackend, Tolerances};
+use crate::problem::LinearConstraints;
+use crate::prox::Activation;
+use crate::solve::qp::{solve_exact, Clarabel, ExactQp, Qp, QpBackend, Tolerances};
 
-/// Clamped and free minimizers of Eq. 24 with the surrogate value and gradient.
-#[derive(Debug, Clone)]
-#[must_use]
-pub struct GlobalSolution {
-    /// Clamped solution `ẑ_1..ẑ_L` (`n_k × B`).
-    pub clamped: Vec<DMatrix<f64>>,
-    /// Free solution `ž_1..ž_L`.
-    pub free: Vec<DMatrix<f64>>,
-    /// `L_GC^β(θ)` (Eq. 22; the batch loss is the mean over samples).
-    pub value: f64,
-    /// `∂_θ(ℰ^β(ẑ) − ℰ^β(ž))`.
-    pub grad: Gradients<f64>,
-    /// Largest KKT residual over the (scaled) QPs (convex CHL), or the last block-coordinate
-    /// sweep's largest change (CHL).
-    pub residual: f64,
-}
-
-/// The global contrastive objective on one batch: convex CHL for proximal energies, CHL for
-/// Fenchel energies (see the module docs).
+/// The global contrastive objective on one batch: convex CHL (per-sample QPs) for proximal
+/// energies, CHL for Fenchel energies (see the module docs). `clamped` and `free` of the report
+/// are `ẑ` and `ž`.
 ///
 /// # Errors
 /// Penalizer energies (their free energy is minimized by the forward pass: use
 /// [`super::local`]), softmax layers in convex CHL (not a QP), convex CHL with a loss other than
 /// squared error (not a QP), softmax output layers with cross-entropy (which expects logits),
-/// shapes, invalid β, the QP backend's errors, and for CHL divergence or non-convergence.
-pub fn global_contrastive(
-    net: &Network<f64>,
-    kind: EnergyKind,
-    betas: &[f64],
-    loss: OutputLoss,
-    x: &DMatrix<f64>,
-    target: &DMatrix<f64>,
-) -> Result<GlobalSolution> {
-    match kind {
-        EnergyKind::Proximal if loss == OutputLoss::Squared => convex_chl(net, betas, x, target),
-        EnergyKind::Proximal => Err(Error::input("loss", "convex CHL is a QP only with the squared loss")),
-        EnergyKind::Fenchel => chl(net, betas, loss, x, target),
-        EnergyKind::Penalizer => Err(Error::input(
+/// an invalid problem, batch or settings, the QP backend's errors, and for CHL divergence or
+/// non-convergence.
+pub fn contrastive(
+    problem: &NestedProblem<'_>,
+    batch: Batch<'_>,
+    settings: &NestedSettings,
+) -> Result<NestedReport> {
+    problem.check()?;
+    settings.validate()?;
+    let batch = Batch::new(problem, batch.x, batch.target)?;
+    match (problem.energy, problem.loss) {
+        (EnergyKind::Proximal, OutputLoss::Squared) => convex_chl(problem, batch),
+        (EnergyKind::Proximal, _) => Err(Error::input(
+            "loss",
+            "convex CHL is a QP only with the squared loss",
+        )),
+        (EnergyKind::Fenchel, _) => chl(problem, batch, settings),
+        (EnergyKind::Penalizer, _) => Err(Error::input(
             "energy",
             "penalizer energies: the free phase is the forward pass (Section 3.2.1); use the local contrastive solver",
         )),
     }
 }
 
-fn convex_chl(
-    net: &Network<f64>,
-    betas: &[f64],
-    x: &DMatrix<f64>,
-    target: &DMatrix<f64>,
-) -> Result<GlobalSolution> {
-    let kind = EnergyKind::Proximal;
-    net.validate(kind)?;
-    check_betas(betas, net.layers.len())?;
-    let widths = net.widths();
-    let top = widths.len() - 1;
-    net.check_batch(x, target)?;
-    let bounds: Vec<(f64, f64)> = net
-        .layers
+/// Scaled layer weights `s_k = Π_{l<k} β_l` (layer `k`, 0-based) and `s_L = Π_l β_l` (loss).
+fn scaled_weights(betas: &[f64]) -> Vec<f64> {
+    let mut s = vec![1.0; betas.len() + 1];
+    for k in 1..=betas.len() {
+        s[k] = s[k - 1] * betas[k - 1];
+    }
+    s
+}
+
+/// `‖W‖₂²` by `steps` steps of power iteration on `WᵀW` (a lower estimate converging from
+/// below).
+pub(crate) fn spectral_norm_sq(w: &DMatrix<f64>, steps: usize) -> f64 {
+    let wtw = w.transpose() * w;
+    let ones = DVector::from_element(wtw.nrows(), 1.0);
+    crate::linalg::power_iteration(&ones, steps, |v| Some(&wtw * v))
+}
+
+/// Each layer's box `(lo, hi)`.
+///
+/// # Errors
+/// A softmax layer (not a QP layer).
+fn box_bounds(net: &Network<f64>) -> Result<Vec<(f64, f64)>> {
+    net.layers
         .iter()
         .map(|l| {
             l.activation
                 .bounds()
                 .ok_or_else(|| Error::input("activation", "softmax is not a QP layer"))
         })
-        .collect::<Result<_>>()?;
-    let batch = x.ncols();
-    let mut offsets = vec![0; widths.len()];
-    for k in 1..widths.len() {
-        offsets[k] = offsets[k - 1] + widths[k - 1];
-    }
-    let n: usize = widths.iter().sum();
-    // Scaled weights: s_k = Π_{l<k} β_l for layer k, s_{L+1} = Π_l β_l for the loss.
-    let mut s = vec![1.0; widths.len() + 1];
-    for k in 1..=widths.len() {
-        s[k] = s[k - 1] * betas[k - 1];
-    }
-    let prod = s[widths.len()];
+        .collect()
+}
 
-    // P and the x-independent part of q are shared by all samples.
-    let mut p = DMatrix::zeros(n, n);
-    for k in 0..=top {
-        let (ok, nk) = (offsets[k], widths[k]);
-        for i in 0..nk {
-            p[(ok + i, ok + i)] += s[k];
+// ---------------------------------------------------------------------------------------------
+// Convex CHL as per-sample QPs
+
+/// Convex CHL's free-phase QP in the stacked variable `(z_1; …; z_L)`, scaled by `Π β`:
+/// `P = Σ_k s_k J_kᵀJ_k` (block-tridiagonal) and the box rows are shared by all samples; only
+/// the linear term depends on `x`. The clamped phase adds `w = Π β / B` times the loss.
+struct ProximalQp {
+    widths: Vec<usize>,
+    offsets: Vec<usize>,
+    s: Vec<f64>,
+    p: DMatrix<f64>,
+    boxes: LinearConstraints,
+}
+
+impl ProximalQp {
+    fn new(problem: &NestedProblem<'_>) -> Result<Self> {
+        let net = problem.net;
+        let bounds = box_bounds(net)?;
+        let widths = net.widths();
+        let mut offsets = vec![0; widths.len()];
+        for k in 1..widths.len() {
+            offsets[k] = offsets[k - 1] + widths[k - 1];
         }
-        if k > 0 {
-            let w = &net.layers[k].w;
-            let (op, np) = (offsets[k - 1], widths[k - 1]);
-            p.view_mut((op, op), (np, np))
-                .add_assign(&(w.transpose() * w * s[k]));
-            p.view_mut((ok, op), (nk, np)).sub_assign(&(w * s[k]));
-            p.view_mut((op, ok), (np, nk))
-                .sub_assign(&(w.transpose() * s[k]));
+        let n: usize = widths.iter().sum();
+        let s = scaled_weights(&problem.betas);
+        let mut p = DMatrix::zeros(n, n);
+        for (k, layer) in net.layers.iter().enumerate() {
+            let m = (k > 0).then_some(&layer.w);
+            super::add_residual_hessian(&mut p, &offsets, (k, widths[k]), m, s[k]);
         }
+        let per_unit: Vec<(f64, f64)> = widths
+            .iter()
+            .zip(&bounds)
+            .flat_map(|(&nk, &b)| std::iter::repeat_n(b, nk))
+            .collect();
+        let (boxes, _) = LinearConstraints::boxes(&per_unit);
+        Ok(Self {
+            widths,
+            offsets,
+            s,
+            p,
+            boxes,
+        })
     }
-    // Box rows.
-    let mut rows: Vec<(usize, f64, f64)> = Vec::new();
-    for k in 0..=top {
-        let (lo, hi) = bounds[k];
-        for i in 0..widths[k] {
-            if lo.is_finite() {
-                rows.push((offsets[k] + i, 1.0, lo));
-            }
-            if hi.is_finite() {
-                rows.push((offsets[k] + i, -1.0, -hi));
-            }
-        }
+
+    fn block<'a>(&self, v: &'a DVector<f64>, k: usize) -> DVectorView<'a, f64> {
+        v.rows(self.offsets[k], self.widths[k])
     }
-    let mut a = DMatrix::zeros(rows.len(), n);
-    let mut b = DVector::zeros(rows.len());
-    for (r, &(j, coef, rhs)) in rows.iter().enumerate() {
-        a[(r, j)] = coef;
-        b[r] = rhs;
-    }
-    let backend = Clarabel::default();
-    let tol = Tolerances::default();
-    let mut clamped: Vec<DMatrix<f64>> = widths.iter().map(|&w| DMatrix::zeros(w, batch)).collect();
-    let mut free = clamped.clone();
-    let mut diffs = clamped.clone();
-    let mut residual = 0.0f64;
-    let loss_w = prod / batch as f64;
-    for j in 0..batch {
-        // Linear term: −Σ_k s_k J_kᵀ const_k, const_1 = W_1 x + b_1, const_k = b_k.
+
+    /// The free QP of one sample: linear term `−Σ_k s_k J_kᵀ const_k` with
+    /// `const_1 = W_1 x + b_1`, `const_k = b_k`.
+    fn free_qp(&self, net: &Network<f64>, x: DVectorView<'_, f64>) -> Qp {
+        let n = self.p.nrows();
         let mut q = DVector::zeros(n);
-        for k in 0..=top {
-            let layer = &net.layers[k];
+        for (k, layer) in net.layers.iter().enumerate() {
             let c = if k == 0 {
-                &layer.w * x.column(j) + &layer.b
+                &layer.w * x + &layer.b
             } else {
                 layer.b.clone()
             };
-            q.rows_mut(offsets[k], widths[k]).sub_assign(&(&c * s[k]));
+            q.rows_mut(self.offsets[k], self.widths[k])
+                .sub_assign(&(&c * self.s[k]));
             if k > 0 {
-                let back = layer.w.transpose() * &c * s[k];
-                q.rows_mut(offsets[k - 1], widths[k - 1]).add_assign(&back);
+                let back = layer.w.transpose() * &c * self.s[k];
+                q.rows_mut(self.offsets[k - 1], self.widths[k - 1])
+                    .add_assign(&back);
             }
         }
-        let free_qp = Qp {
-            p: p.clone(),
-            q: q.clone(),
-            a: a.clone(),
-            b: b.clone(),
+        Qp {
+            p: self.p.clone(),
+            q,
+            a: self.boxes.a.clone(),
+            b: self.boxes.b.clone(),
             a_eq: DMatrix::zeros(0, n),
             b_eq: DVector::zeros(0),
-        };
-        let mut clamped_qp = free_qp.clone();
-        let (ot, nt) = (offsets[top], widths[top]);
-        for i in 0..nt {
-            clamped_qp.p[(ot + i, ot + i)] += loss_w;
         }
-        clamped_qp
-            .q
-            .rows_mut(ot, nt)
-            .sub_assign(&(target.column(j) * loss_w));
+    }
+
+    /// Both phases of one sample: the free solution `ž` and `d = ẑ − ž` from the difference of
+    /// the two KKT systems on the clamped working set Ŵ,
+    /// `(P + wE) d + A_Ŵᵀ ν = −wE(ž − t) − Σ_{i∈W̌∖Ŵ} a_iᵀ λ̌_i`, `a_i d = b_i − a_i ž (i ∈ Ŵ)`,
+    /// whose right-hand side is `O(w)`: `d` comes out with relative, not absolute, accuracy.
+    fn sample(
+        &self,
+        net: &Network<f64>,
+        x: DVectorView<'_, f64>,
+        t: DVectorView<'_, f64>,
+        w: f64,
+    ) -> Result<(ExactQp, DVector<f64>, ExactQp)> {
+        let backend = Clarabel::default();
+        let tol = Tolerances::default();
+        let free_qp = self.free_qp(net, x);
+        let mut clamped_qp = free_qp.clone();
+        let top = self.widths.len() - 1;
+        let (ot, nt) = (self.offsets[top], self.widths[top]);
+        for i in 0..nt {
+            clamped_qp.p[(ot + i, ot + i)] += w;
+        }
+        clamped_qp.q.rows_mut(ot, nt).sub_assign(&(t * w));
         let zf = solve_exact(&backend as &dyn QpBackend, &free_qp, &tol)?;
         let zc = solve_exact(&backend as &dyn QpBackend, &clamped_qp, &tol)?;
-        residual = residual.max(zf.residual).max(zc.residual);
-        // d = ẑ − ž from the difference of the two KKT systems on the clamped working set Ŵ:
-        // (P + wE) d + A_Ŵᵀ ν = −wE(ž − t) − Σ_{i∈W̌∖Ŵ} a_iᵀ λ̌_i,  a_i d = b_i − a_i ž (i ∈ Ŵ),
-        // whose right-hand side is O(w): d comes out with relative, not absolute, accuracy.
+        let a = &self.boxes.a;
         let rows: Vec<usize> = (0..a.nrows()).filter(|&i| zc.working[i]).collect();
-        let mut r1 = DVector::zeros(n);
+        let mut r1 = DVector::zeros(self.p.nrows());
         for i in 0..nt {
-            r1[ot + i] = -loss_w * (zf.x[ot + i] - target[(i, j)]);
+            r1[ot + i] = -w * (zf.x[ot + i] - t[i]);
         }
         for i in (0..a.nrows()).filter(|&i| zf.working[i] && !zc.working[i]) {
             r1 -= a.row(i).transpose() * zf.lambda[i];
@@ -212,31 +227,53 @@ fn convex_chl(
                 if zf.working[i] {
                     0.0
                 } else {
-                    b[i] - a.row(i).dot(&zf.x.transpose())
+                    self.boxes.b[i] - a.row(i).dot(&zf.x.transpose())
                 }
             }),
         );
-        let diff = crate::linalg::solve_kkt(&clamped_qp.p, &select_rows(&a, &rows), &r1, &r2)?;
-        let d = diff.x;
-        for k in 0..=top {
-            free[k]
-                .column_mut(j)
-                .copy_from(&zf.x.rows(offsets[k], widths[k]));
-            diffs[k]
-                .column_mut(j)
-                .copy_from(&d.rows(offsets[k], widths[k]));
-            clamped[k]
-                .column_mut(j)
-                .copy_from(&(zf.x.rows(offsets[k], widths[k]) + d.rows(offsets[k], widths[k])));
+        let diff = crate::linalg::solve_kkt(&clamped_qp.p, &select_rows(a, &rows), &r1, &r2)?;
+        Ok((zf, diff.x, zc))
+    }
+}
+
+/// Convex CHL by two exact QPs per sample (samples decouple) and the difference of their KKT
+/// systems.
+fn convex_chl(problem: &NestedProblem<'_>, batch: Batch<'_>) -> Result<NestedReport> {
+    let qp = ProximalQp::new(problem)?;
+    let b = batch.len();
+    let zeros =
+        || -> Vec<DMatrix<f64>> { qp.widths.iter().map(|&n| DMatrix::zeros(n, b)).collect() };
+    let (mut free, mut d) = (zeros(), zeros());
+    let (mut iterations, mut residual) = (0, 0.0f64);
+    let mut fallback = None;
+    let w = qp.s[qp.widths.len()] / b as f64;
+    for j in 0..b {
+        let (zf, dj, zc) = qp.sample(problem.net, batch.x.column(j), batch.target.column(j), w)?;
+        iterations += zf.iterations + zc.iterations;
+        residual = residual.max(zf.residual).max(zc.residual);
+        fallback = fallback.or(zf.fallback.clone()).or(zc.fallback.clone());
+        for k in 0..qp.widths.len() {
+            free[k].column_mut(j).copy_from(&qp.block(&zf.x, k));
+            d[k].column_mut(j).copy_from(&qp.block(&dj, k));
         }
     }
-    let (value, grad) = proximal_value_and_gradient(net, &s, x, target, &free, &diffs);
-    Ok(GlobalSolution {
-        clamped,
-        free,
+    let (value, grad) = proximal_value_and_gradient(problem.net, &qp.s, batch, &free, &d);
+    let clamped = free.iter().zip(&d).map(|(z, dz)| z + dz).collect();
+    Ok(NestedReport {
         value,
         grad,
-        residual,
+        clamped,
+        free,
+        status: NestedStatus {
+            solver: "convex CHL: exact QP per sample",
+            iterations,
+            residual,
+            optimum: Optimum::Global,
+            fallback: fallback.map(|reason| super::Fallback {
+                from: "the QP backend (the dual active-set method finished)",
+                reason,
+            }),
+        },
     })
 }
 
@@ -250,16 +287,15 @@ fn convex_chl(
 fn proximal_value_and_gradient(
     net: &Network<f64>,
     s: &[f64],
-    x: &DMatrix<f64>,
-    target: &DMatrix<f64>,
+    batch: Batch<'_>,
     free: &[DMatrix<f64>],
     d: &[DMatrix<f64>],
 ) -> (f64, Gradients<f64>) {
+    let (x, target) = (batch.x, batch.target);
     let top = net.layers.len() - 1;
     let prod = s[top + 1];
-    let batch = x.ncols() as f64;
     let mut grad = Gradients::zeros(net);
-    let mut value = 0.5 * (&free[top] + &d[top] - target).norm_squared() / batch;
+    let mut value = 0.5 * (&free[top] + &d[top] - target).norm_squared() / batch.len() as f64;
     for (k, layer) in net.layers.iter().enumerate() {
         let ck = s[k] / prod;
         let (r_free, dr) = if k == 0 {
@@ -286,6 +322,9 @@ fn proximal_value_and_gradient(
     (value, grad)
 }
 
+// ---------------------------------------------------------------------------------------------
+// Convex CHL batched
+
 /// Convex CHL (proximal energies, box-family activations, squared loss) for the whole batch at
 /// once, without a QP solver: block-coordinate projected gradient over layers on matrices whose
 /// columns are the samples (every step is a batched matrix product).
@@ -296,68 +335,104 @@ fn proximal_value_and_gradient(
 /// (`½‖z − a_L‖² + (β_L/B)½‖z − t‖²` in the clamped phase) is separable and closed-form. In the
 /// clamped phase the free gradient is snapped to exact stationarity (zero off the bounds) and
 /// every step is an increment `clamp(ž + v) − ž` formed without cancellation, so `d` keeps its
-/// relative accuracy for small β, as in [`global_contrastive`]. Layers couple with strength
-/// about `β_k‖W‖²`: the method is fast for small β and slow (reported as
-/// [`Error::NotConverged`]) when that product approaches 1.
+/// relative accuracy for small β, as in [`contrastive`]. Layers couple with strength about
+/// `β_k‖W‖²`: the method is fast for small β and slow (reported as [`Error::NotConverged`]
+/// after `settings.max_sweeps`) when that product approaches 1.
 ///
 /// # Errors
-/// As [`global_contrastive`] for proximal energies; [`Error::NotConverged`] after `max_sweeps`.
+/// As [`contrastive`] for proximal energies; [`Error::NotConverged`].
 pub fn convex_chl_batched(
-    net: &Network<f64>,
-    betas: &[f64],
-    x: &DMatrix<f64>,
-    target: &DMatrix<f64>,
-    max_sweeps: usize,
-) -> Result<GlobalSolution> {
-    net.validate(EnergyKind::Proximal)?;
-    check_betas(betas, net.layers.len())?;
-    net.check_batch(x, target)?;
-    if net.layers.iter().any(|l| l.activation.bounds().is_none()) {
-        return Err(Error::input("activation", "softmax is not a QP layer"));
+    problem: &NestedProblem<'_>,
+    batch: Batch<'_>,
+    settings: &NestedSettings,
+) -> Result<NestedReport> {
+    problem.check()?;
+    settings.validate()?;
+    let batch = Batch::new(problem, batch.x, batch.target)?;
+    if problem.energy != EnergyKind::Proximal || problem.loss != OutputLoss::Squared {
+        return Err(Error::input(
+            "problem",
+            "the batched convex CHL solver needs proximal energies and the squared loss",
+        ));
     }
-    let top = net.layers.len() - 1;
-    let batch = x.ncols();
-    let s = scaled_weights(betas);
-    // Step sizes 1/(1 + β_k‖W_{k+1}‖₂²) (power iteration, with 10 % margin: it converges from
+    box_bounds(problem.net)?;
+    let (net, betas, top) = (problem.net, &problem.betas, problem.top());
+    // Step sizes 1/(1 + β_k‖W_{k+1}‖₂²) (power iteration, with a margin: it converges from
     // below).
     let steps: Vec<f64> = (0..=top)
         .map(|k| {
             if k == top {
                 1.0
             } else {
-                1.0 / (1.0 + 1.1 * betas[k] * spectral_norm_sq(&net.layers[k + 1].w))
+                let norm = spectral_norm_sq(&net.layers[k + 1].w, settings.power_iterations);
+                1.0 / (1.0 + settings.lipschitz_margin * betas[k] * norm)
             }
         })
         .collect();
-    let clamp = |k: usize, v: &DMatrix<f64>| super::activate_columns(net.layers[k].activation, v);
-    let input = |z: &[DMatrix<f64>], k: usize| -> DMatrix<f64> {
-        net.layers[k].affine(if k == 0 { x } else { &z[k - 1] })
-    };
-    // Free phase.
-    let mut ws = super::linearized::Workspace::new(net, batch);
-    super::linearized::forward(net, x, &mut ws)?;
-    let mut free = ws.z;
+    let mut free = forward_pass(net, batch.x)?;
+    let (free_sweeps, free_change) =
+        batched_free_phase(problem, batch, &steps, &mut free, settings)?;
+    let (d, clamped_sweeps, clamped_change) =
+        batched_clamped_phase(problem, batch, &steps, &free, settings)?;
+    let s = scaled_weights(betas);
+    let (value, grad) = proximal_value_and_gradient(net, &s, batch, &free, &d);
+    let clamped = free.iter().zip(&d).map(|(z, dz)| z + dz).collect();
+    Ok(NestedReport {
+        value,
+        grad,
+        clamped,
+        free,
+        status: NestedStatus {
+            solver: "convex CHL: batched block-coordinate projected gradient",
+            iterations: free_sweeps + clamped_sweeps,
+            residual: free_change.max(clamped_change),
+            optimum: Optimum::Global,
+            fallback: None,
+        },
+    })
+}
+
+/// `a_k = W_k z_{k−1} + b_k` of a batch (`z_0 = x`).
+fn pre_activation(
+    net: &Network<f64>,
+    x: &DMatrix<f64>,
+    z: &[DMatrix<f64>],
+    k: usize,
+) -> DMatrix<f64> {
+    net.layers[k].affine(if k == 0 { x } else { &z[k - 1] })
+}
+
+/// The free phase of the batched solver, in place from the forward pass; returns the sweeps and
+/// the last sweep's largest change.
+fn batched_free_phase(
+    problem: &NestedProblem<'_>,
+    batch: Batch<'_>,
+    steps: &[f64],
+    free: &mut [DMatrix<f64>],
+    settings: &NestedSettings,
+) -> Result<(usize, f64)> {
+    let (net, betas, top) = (problem.net, &problem.betas, problem.top());
     let mut sweeps = 0;
     loop {
         sweeps += 1;
         let (mut change, mut size) = (0.0f64, 1.0f64);
         for k in 0..=top {
-            let a = input(&free, k);
+            let a = pre_activation(net, batch.x, free, k);
             let new = if k == top {
-                clamp(k, &a)
+                activate_columns(net.layers[k].activation, &a)
             } else {
-                let r_up = &free[k + 1] - input(&free, k + 1);
+                let r_up = &free[k + 1] - pre_activation(net, batch.x, free, k + 1);
                 let g = &free[k] - &a - net.layers[k + 1].w.transpose() * r_up * betas[k];
-                clamp(k, &(&free[k] - g * steps[k]))
+                activate_columns(net.layers[k].activation, &(&free[k] - g * steps[k]))
             };
             change = change.max((&new - &free[k]).amax());
             size = size.max(new.amax());
             free[k] = new;
         }
-        if change <= 1e-15 * size {
-            break;
+        if change <= settings.tol_step * size {
+            return Ok((sweeps, change));
         }
-        if sweeps >= max_sweeps || !change.is_finite() {
+        if sweeps >= settings.max_sweeps || !change.is_finite() {
             return Err(Error::NotConverged {
                 solver: "convex CHL batched block-coordinate descent (free phase)".into(),
                 iterations: sweeps,
@@ -365,9 +440,33 @@ pub fn convex_chl_batched(
             });
         }
     }
+}
+
+/// `f(base + v) − f(base)` for a box-family layer without cancellation (exactly `v` inside the
+/// box, exactly 0 on a bound): `−D_1 f(base)[−v]`.
+fn box_increment(act: Activation, base: &DMatrix<f64>, v: &DMatrix<f64>) -> DMatrix<f64> {
+    let neg = -v;
+    let mut out = DMatrix::zeros(v.nrows(), v.ncols());
+    act.difference_quotient(base.as_slice(), neg.as_slice(), 1.0, out.as_mut_slice());
+    -out
+}
+
+/// The clamped phase of the batched solver on `d = ẑ − ž` from `d = 0`; returns `d`, the sweeps
+/// and the last sweep's largest change.
+fn batched_clamped_phase(
+    problem: &NestedProblem<'_>,
+    batch: Batch<'_>,
+    steps: &[f64],
+    free: &[DMatrix<f64>],
+    settings: &NestedSettings,
+) -> Result<(Vec<DMatrix<f64>>, usize, f64)> {
+    let (net, betas, top) = (problem.net, &problem.betas, problem.top());
+    let (x, target) = (batch.x, batch.target);
     // Exact stationarity of the free phase: g0_k = ř_k − β_k W_{k+1}ᵀ ř_{k+1} vanishes off the
     // bounds; on a bound it is the (scaled) multiplier.
-    let r_free: Vec<DMatrix<f64>> = (0..=top).map(|k| &free[k] - input(&free, k)).collect();
+    let r_free: Vec<DMatrix<f64>> = (0..=top)
+        .map(|k| &free[k] - pre_activation(net, x, free, k))
+        .collect();
     let g0: Vec<DMatrix<f64>> = (0..=top)
         .map(|k| {
             let mut g = r_free[k].clone();
@@ -386,316 +485,118 @@ pub fn convex_chl_batched(
             g
         })
         .collect();
-    // Clamped phase on d.
-    let w = betas[top] / batch as f64;
-    let increment = |k: usize, base: &DMatrix<f64>, v: &DMatrix<f64>| -> DMatrix<f64> {
-        // clamp(base + v) − clamp(base) = −D_1 f(base)[−v]
-        let neg = -v;
-        let mut out = DMatrix::zeros(v.nrows(), v.ncols());
-        net.layers[k].activation.difference_quotient(
-            base.as_slice(),
-            neg.as_slice(),
-            1.0,
-            out.as_mut_slice(),
-        );
-        -out
-    };
-    let a_top_free = input(&free, top);
+    let w = betas[top] / batch.len() as f64;
+    let a_top_free = pre_activation(net, x, free, top);
     let mut d: Vec<DMatrix<f64>> = free
         .iter()
         .map(|z| DMatrix::zeros(z.nrows(), z.ncols()))
         .collect();
-    let mut clamped_sweeps = 0;
+    let mut sweeps = 0;
     loop {
-        clamped_sweeps += 1;
+        sweeps += 1;
         let (mut change, mut size) = (0.0f64, 0.0f64);
         for k in 0..=top {
+            let act = net.layers[k].activation;
             let below = if k == 0 {
-                DMatrix::zeros(d[0].nrows(), batch)
+                DMatrix::zeros(d[0].nrows(), batch.len())
             } else {
                 &net.layers[k].w * &d[k - 1]
             };
             let new = if k == top {
                 // z = clamp((â + w t)/(1 + w)), â = ǎ + W d_{L−1}
                 let v = (&below + (target - &a_top_free) * w) / (1.0 + w);
-                increment(k, &a_top_free, &v)
+                box_increment(act, &a_top_free, &v)
             } else {
                 let dr_up = &d[k + 1] - &net.layers[k + 1].w * &d[k];
                 let grad =
                     &g0[k] + &d[k] - &below - net.layers[k + 1].w.transpose() * dr_up * betas[k];
-                let v = &d[k] - grad * steps[k];
-                increment(k, &free[k], &v)
+                box_increment(act, &free[k], &(&d[k] - grad * steps[k]))
             };
             change = change.max((&new - &d[k]).amax());
             size = size.max(new.amax());
             d[k] = new;
         }
-        if change <= 1e-15 * size || size == 0.0 {
-            break;
+        if change <= settings.tol_step * size || size == 0.0 {
+            return Ok((d, sweeps, change));
         }
-        if clamped_sweeps >= max_sweeps || !change.is_finite() {
+        if sweeps >= settings.max_sweeps || !change.is_finite() {
             return Err(Error::NotConverged {
                 solver: "convex CHL batched block-coordinate descent (clamped phase)".into(),
-                iterations: clamped_sweeps,
+                iterations: sweeps,
                 residual: change,
             });
         }
     }
-    let (value, grad) = proximal_value_and_gradient(net, &s, x, target, &free, &d);
-    let clamped = free.iter().zip(&d).map(|(z, dz)| z + dz).collect();
-    Ok(GlobalSolution {
-        clamped,
-        free,
-        value,
-        grad,
-        residual: 0.0,
-    })
 }
 
-/// `‖W‖₂²` by 100 steps of power iteration on `WᵀW` (a lower estimate converging from below).
-pub(crate) fn spectral_norm_sq(w: &DMatrix<f64>) -> f64 {
-    let wtw = w.transpose() * w;
-    let ones = DVector::from_element(wtw.nrows(), 1.0);
-    crate::linalg::power_iteration(&ones, 100, |v| Some(&wtw * v))
-}
+// ---------------------------------------------------------------------------------------------
+// CHL (Fenchel energies)
 
-use std::ops::{AddAssign, SubAssign};
-
-/// Scaled layer weights `s_k = Π_{l<k} β_l` (layer `k`, 0-based) and `s_L = Π_l β_l` (loss).
-fn scaled_weights(betas: &[f64]) -> Vec<f64> {
-    let mut s = vec![1.0; betas.len() + 1];
-    for k in 1..=betas.len() {
-        s[k] = s[k - 1] * betas[k - 1];
-    }
-    s
-}
-
-/// The free phase of CHL by block-coordinate descent from `z` (the forward pass): each block
-/// has the closed form `z_k = f_k(a_k + β_k W_{k+1}ᵀ z_{k+1})` (column-wise for softmax).
-fn chl_free_phase(
-    net: &Network<f64>,
-    betas: &[f64],
-    x: &DMatrix<f64>,
-    z: &mut [DMatrix<f64>],
-) -> Result<(usize, f64)> {
-    let top = net.layers.len() - 1;
-    for sweep in 1..=20_000 {
-        let (mut change, mut size) = (0.0f64, 1.0f64);
-        for k in 0..=top {
-            let mut u = net.layers[k].affine(if k == 0 { x } else { &z[k - 1] });
-            if k < top {
-                u += net.layers[k + 1].w.transpose() * &z[k + 1] * betas[k];
-            }
-            let new = super::activate_columns(net.layers[k].activation, &u);
-            change = change.max((&new - &z[k]).amax());
-            size = size.max(new.amax());
-            z[k] = new;
-        }
-        if !size.is_finite() || size > 1e12 {
-            return Err(Error::Unbounded(format!(
-                "CHL block-coordinate descent diverged (|z| = {size:.3e} after {sweep} sweeps): the global energy is unbounded below for these beta"
-            )));
-        }
-        if change <= 1e-15 * size {
-            return Ok((sweep, change));
-        }
-    }
-    Err(Error::NotConverged {
-        solver: "CHL block-coordinate descent (free phase)".into(),
-        iterations: 20_000,
-        residual: f64::NAN,
-    })
-}
-
-/// `softmax(u + Δu) − softmax(u)` per column without cancellation: with `p = softmax(u)`,
-/// `c = log1p(Σ p_i expm1(Δu_i))`, the difference is `p_i expm1(Δu_i − c)`.
-fn softmax_increment(u: &DMatrix<f64>, du: &DMatrix<f64>) -> DMatrix<f64> {
-    let p = super::activate_columns(crate::prox::Activation::Softmax, u);
-    let mut out = DMatrix::zeros(u.nrows(), u.ncols());
-    for j in 0..u.ncols() {
-        let c = (0..u.nrows())
-            .map(|i| p[(i, j)] * du[(i, j)].exp_m1())
-            .sum::<f64>()
-            .ln_1p();
-        for i in 0..u.nrows() {
-            out[(i, j)] = p[(i, j)] * (du[(i, j)] - c).exp_m1();
-        }
-    }
-    out
-}
-
-/// The clamped phase of CHL as block-coordinate descent on `d = ẑ − ž`, from `d = 0`, given the
-/// converged free solution `ž`. Block `k`'s closed form `ẑ_k = f_k(ǔ_k + Δu_k)` with
-/// `ǔ_k = a_k(ž_{k−1}) + β_k W_{k+1}ᵀ ž_{k+1}` and `Δu_k = W_k d_{k−1} + β_k W_{k+1}ᵀ d_{k+1}` becomes
-/// `d_k = f_k(ǔ_k + Δu_k) − f_k(ǔ_k)`, evaluated without cancellation (exactly `Δu_k` inside the
-/// box, exactly 0 on a bound; a subtraction only where a kink is crossed). The top block adds the
-/// loss with weight `w = β_L/B`: squared error `d_L = f(ǔ + (Δu + w(t − ǔ))/(1 + w)) − f(ǔ)`;
-/// cross-entropy (identity output, `ž_L = ǔ_L`) solves `d − Δu + w(softmax(ž_L + d)Σt − t) = 0`
-/// by Newton.
-#[allow(clippy::too_many_arguments)]
-fn chl_difference(
-    net: &Network<f64>,
-    betas: &[f64],
-    loss: OutputLoss,
-    x: &DMatrix<f64>,
-    target: &DMatrix<f64>,
-    loss_weight: f64,
-    free: &[DMatrix<f64>],
-    d: &mut [DMatrix<f64>],
-) -> Result<(usize, f64)> {
-    let top = net.layers.len() - 1;
-    let u_free: Vec<DMatrix<f64>> = (0..=top)
-        .map(|k| {
-            let mut u = net.layers[k].affine(if k == 0 { x } else { &free[k - 1] });
-            if k < top {
-                u += net.layers[k + 1].w.transpose() * &free[k + 1] * betas[k];
-            }
-            u
-        })
-        .collect();
-    for sweep in 1..=20_000 {
-        let (mut change, mut size) = (0.0f64, 0.0f64);
-        for k in 0..=top {
-            let layer = &net.layers[k];
-            let mut du = if k == 0 {
-                DMatrix::zeros(layer.w.nrows(), x.ncols())
-            } else {
-                &layer.w * &d[k - 1]
-            };
-            if k < top {
-                du += net.layers[k + 1].w.transpose() * &d[k + 1] * betas[k];
-            }
-            let u = &u_free[k];
-            let mut new = DMatrix::zeros(u.nrows(), u.ncols());
-            let softmax = layer.activation == crate::prox::Activation::Softmax;
-            let increment = |shift: &DMatrix<f64>, out: &mut DMatrix<f64>| {
-                if softmax {
-                    *out = softmax_increment(u, shift);
-                    return;
-                }
-                // f(u + shift) − f(u) = −D_1 f(u)[−shift]
-                let neg = -shift;
-                layer.activation.difference_quotient(
-                    u.as_slice(),
-                    neg.as_slice(),
-                    1.0,
-                    out.as_mut_slice(),
-                );
-                out.neg_mut();
-            };
-            if k == top && loss_weight > 0.0 {
-                match loss {
-                    // Softmax output, squared loss on the probabilities: ẑ = p ⊙ e^ρ with
-                    // ρ = Δu − w(ẑ − t) − c (stationarity of G(z) − zᵀû + w½‖z − t‖² on the
-                    // simplex, minus the free one), c normalizing Σẑ = 1. A fixed point with
-                    // contraction factor ≤ w; every quantity is formed as a difference-free
-                    // expression in Δu, w and expm1.
-                    OutputLoss::Squared if softmax => {
-                        let p = super::activate_columns(layer.activation, u);
-                        let mut dd = d[k].clone();
-                        for _ in 0..1000 {
-                            let g = &du - (&p + &dd - target) * loss_weight;
-                            let next = softmax_increment(u, &g);
-                            let step = (&next - &dd).amax();
-                            dd = next;
-                            if step <= 1e-16 * dd.amax() {
-                                break;
-                            }
-                        }
-                        new = dd;
-                    }
-                    OutputLoss::Squared => {
-                        let shift = (&du + (target - u) * loss_weight) / (1.0 + loss_weight);
-                        increment(&shift, &mut new);
-                    }
-                    OutputLoss::SoftmaxCrossEntropy => {
-                        if layer.activation != crate::prox::Activation::Identity {
-                            return Err(Error::input(
-                                "activation",
-                                "CHL with cross-entropy needs an identity output layer (logits)",
-                            ));
-                        }
-                        for j in 0..u.ncols() {
-                            let (zj, tj) = (free[k].column(j), target.column(j).into_owned());
-                            let duj = du.column(j).into_owned();
-                            let mut dj = d[k].column(j).into_owned();
-                            for _ in 0..50 {
-                                let v = zj + &dj;
-                                let lse = crate::prox::log_sum_exp(v.as_slice());
-                                let p = v.map(|e| (e - lse).exp());
-                                let g = &dj - &duj + (&p * tj.sum() - &tj) * loss_weight;
-                                if g.amax() <= 1e-15 * (duj.amax() + dj.amax()) {
-                                    break;
-                                }
-                                let h = DMatrix::identity(p.len(), p.len())
-                                    + (DMatrix::from_diagonal(&p) - &p * p.transpose())
-                                        * (loss_weight * tj.sum());
-                                match h.cholesky() {
-                                    Some(ch) => dj -= ch.solve(&g),
-                                    None => return Err(Error::Singular("CHL output block".into())),
-                                }
-                            }
-                            new.column_mut(j).copy_from(&dj);
-                        }
-                    }
-                }
-            } else {
-                increment(&du, &mut new);
-            }
-            change = change.max((&new - &d[k]).amax());
-            size = size.max(new.amax());
-            d[k] = new;
-        }
-        if !size.is_finite() || size > 1e12 {
-            return Err(Error::Unbounded(format!(
-                "CHL block-coordinate descent diverged (|z^ - z~| = {size:.3e} after {sweep} sweeps): the global energy is unbounded below for these beta"
-            )));
-        }
-        if change <= 1e-15 * size || size == 0.0 {
-            return Ok((sweep, change));
-        }
-    }
-    Err(Error::NotConverged {
-        solver: "CHL block-coordinate descent (clamped phase)".into(),
-        iterations: 20_000,
-        residual: f64::NAN,
-    })
-}
-
-/// CHL (Fenchel energies) by block-coordinate descent, see the module docs.
+/// CHL by block-coordinate descent, see the module docs.
 fn chl(
-    net: &Network<f64>,
-    betas: &[f64],
-    loss: OutputLoss,
-    x: &DMatrix<f64>,
-    target: &DMatrix<f64>,
-) -> Result<GlobalSolution> {
-    net.validate(EnergyKind::Fenchel)?;
-    check_betas(betas, net.layers.len())?;
-    net.check_batch(x, target)?;
-    let top = net.layers.len() - 1;
-    let batch = x.ncols();
-    // Forward pass as the starting point of both phases.
-    let mut ws = super::linearized::Workspace::new(net, batch);
-    super::linearized::forward(net, x, &mut ws)?;
-    let mut free = ws.z;
-    let (_, r_free) = chl_free_phase(net, betas, x, &mut free)?;
-    let w_top = betas[top] / batch as f64;
+    problem: &NestedProblem<'_>,
+    batch: Batch<'_>,
+    settings: &NestedSettings,
+) -> Result<NestedReport> {
+    let (net, top) = (problem.net, problem.top());
+    // The forward pass is the starting point of both phases.
+    let mut free = forward_pass(net, batch.x)?;
+    let (free_sweeps, r_free) = chl_free_phase(problem, batch.x, &mut free, settings)?;
     let mut d: Vec<DMatrix<f64>> = free
         .iter()
         .map(|z| DMatrix::zeros(z.nrows(), z.ncols()))
         .collect();
-    let (_, r_clamped) = chl_difference(net, betas, loss, x, target, w_top, &free, &mut d)?;
+    let (clamped_sweeps, r_clamped) = chl_difference(problem, batch, &free, &mut d, settings)?;
     let clamped: Vec<DMatrix<f64>> = free.iter().zip(&d).map(|(z, dz)| z + dz).collect();
-    let s = scaled_weights(betas);
+    let s = scaled_weights(&problem.betas);
     let prod = s[top + 1];
-    // Energy difference per layer from d: ΔE_k = ΔG_k − dᵀâ_k − žᵀW_k d_{k−1} with
-    // ΔG = žᵀd + ½‖d‖² (box family, G = ½‖z‖² on the box) or Σ d log ž + ẑ log1p(d/ž)
-    // (softmax, G = Σ z log z): products with d, never a difference of O(1) energies.
-    let mut delta_energy = 0.0;
+    let mut loss_grad = clamped[top].clone();
+    let loss_value = problem
+        .loss
+        .value_and_gradient(&clamped[top], batch.target, &mut loss_grad);
+    let value = loss_value + chl_energy_difference(net, &s, batch.x, &free, &clamped, &d) / prod;
+    let mut grad = Gradients::zeros(net);
+    for k in 0..=top {
+        let ck = s[k] / prod;
+        // ẑ_k ẑ_{k−1}ᵀ − ž_k ž_{k−1}ᵀ = d_k ẑ_{k−1}ᵀ + ž_k d_{k−1}ᵀ
+        let input = if k == 0 { batch.x } else { &clamped[k - 1] };
+        let mut outer = &d[k] * input.transpose();
+        if k > 0 {
+            outer += &free[k] * d[k - 1].transpose();
+        }
+        grad.w[k] = -outer * ck;
+        grad.b[k] = -d[k].column_sum() * ck;
+    }
+    Ok(NestedReport {
+        value,
+        grad,
+        clamped,
+        free,
+        status: NestedStatus {
+            solver: "CHL: block-coordinate descent, closed-form blocks",
+            iterations: free_sweeps + clamped_sweeps,
+            residual: r_free.max(r_clamped),
+            optimum: Optimum::Stationary,
+            fallback: None,
+        },
+    })
+}
+
+/// `Σ_k s_k ΔE_k` from `d`: `ΔE_k = ΔG_k − dᵀâ_k − žᵀW_k d_{k−1}` with `ΔG = žᵀd + ½‖d‖²` (box
+/// family, `G = ½‖z‖²` on the box) or `Σ d log ž + ẑ log1p(d/ž)` (softmax, `G = Σ z log z`):
+/// products with `d`, never a difference of `O(1)` energies.
+fn chl_energy_difference(
+    net: &Network<f64>,
+    s: &[f64],
+    x: &DMatrix<f64>,
+    free: &[DMatrix<f64>],
+    clamped: &[DMatrix<f64>],
+    d: &[DMatrix<f64>],
+) -> f64 {
+    let mut total = 0.0;
     for (k, layer) in net.layers.iter().enumerate() {
-        let a_hat = layer.affine(if k == 0 { x } else { &clamped[k - 1] });
-        let delta_g = if layer.activation == crate::prox::Activation::Softmax {
+        let a_hat = pre_activation(net, x, clamped, k);
+        let delta_g = if layer.activation == Activation::Softmax {
             free[k]
                 .iter()
                 .zip(d[k].iter())
@@ -716,29 +617,247 @@ fn chl(
         if k > 0 {
             e -= free[k].dot(&(&layer.w * &d[k - 1]));
         }
-        delta_energy += s[k] * e;
+        total += s[k] * e;
     }
-    let mut loss_grad = clamped[top].clone();
-    let loss_value = loss.value_and_gradient(&clamped[top], target, &mut loss_grad);
-    let value = loss_value + delta_energy / prod;
-    let mut grad = Gradients::zeros(net);
-    for k in 0..=top {
-        let ck = s[k] / prod;
-        // ẑ_k ẑ_{k−1}ᵀ − ž_k ž_{k−1}ᵀ = d_k ẑ_{k−1}ᵀ + ž_k d_{k−1}ᵀ
-        let input = if k == 0 { x } else { &clamped[k - 1] };
-        let mut outer = &d[k] * input.transpose();
-        if k > 0 {
-            outer += &free[k] * d[k - 1].transpose();
+    total
+}
+
+/// The free phase of CHL by block-coordinate descent from `z` (the forward pass): each block
+/// has the closed form `z_k = f_k(a_k + β_k W_{k+1}ᵀ z_{k+1})` (column-wise for softmax).
+/// Returns the sweeps and the last sweep's largest change.
+fn chl_free_phase(
+    problem: &NestedProblem<'_>,
+    x: &DMatrix<f64>,
+    z: &mut [DMatrix<f64>],
+    settings: &NestedSettings,
+) -> Result<(usize, f64)> {
+    let (net, betas, top) = (problem.net, &problem.betas, problem.top());
+    let mut change = f64::INFINITY;
+    for sweep in 1..=settings.max_sweeps {
+        let mut size = 1.0f64;
+        change = 0.0;
+        for k in 0..=top {
+            let mut u = pre_activation(net, x, z, k);
+            if k < top {
+                u += net.layers[k + 1].w.transpose() * &z[k + 1] * betas[k];
+            }
+            let new = activate_columns(net.layers[k].activation, &u);
+            change = change.max((&new - &z[k]).amax());
+            size = size.max(new.amax());
+            z[k] = new;
         }
-        grad.w[k] = -outer * ck;
-        grad.b[k] = -d[k].column_sum() * ck;
+        check_divergence(size, settings, sweep, "|z|")?;
+        if change <= settings.tol_step * size {
+            return Ok((sweep, change));
+        }
     }
-    // Residual: the last sweep's largest change (a fixed point of the block updates).
-    Ok(GlobalSolution {
-        clamped,
-        free,
-        value,
-        grad,
-        residual: r_free.max(r_clamped),
+    Err(Error::NotConverged {
+        solver: "CHL block-coordinate descent (free phase)".into(),
+        iterations: settings.max_sweeps,
+        residual: change,
     })
 }
+
+/// [`Error::Unbounded`] once the iterates pass the divergence threshold: CHL's energy is
+/// bilinear in adjacent layers and unbounded below for large β.
+fn check_divergence(size: f64, settings: &NestedSettings, sweep: usize, what: &str) -> Result<()> {
+    if !size.is_finite() || size > settings.divergence {
+        return Err(Error::Unbounded(format!(
+            "CHL block-coordinate descent diverged ({what} = {size:.3e} after {sweep} sweeps): the global energy is unbounded below for these beta"
+        )));
+    }
+    Ok(())
+}
+
+/// `softmax(u + Δu) − softmax(u)` per column without cancellation: with `p = softmax(u)`,
+/// `c = log1p(Σ p_i expm1(Δu_i))`, the difference is `p_i expm1(Δu_i − c)`.
+fn softmax_increment(u: &DMatrix<f64>, du: &DMatrix<f64>) -> DMatrix<f64> {
+    let p = activate_columns(Activation::Softmax, u);
+    let mut out = DMatrix::zeros(u.nrows(), u.ncols());
+    for j in 0..u.ncols() {
+        let c = (0..u.nrows())
+            .map(|i| p[(i, j)] * du[(i, j)].exp_m1())
+            .sum::<f64>()
+            .ln_1p();
+        for i in 0..u.nrows() {
+            out[(i, j)] = p[(i, j)] * (du[(i, j)] - c).exp_m1();
+        }
+    }
+    out
+}
+
+/// `f(u + shift) − f(u)` without cancellation, for any activation.
+fn increment(act: Activation, u: &DMatrix<f64>, shift: &DMatrix<f64>) -> DMatrix<f64> {
+    if act == Activation::Softmax {
+        softmax_increment(u, shift)
+    } else {
+        box_increment(act, u, shift)
+    }
+}
+
+/// The clamped phase of CHL as block-coordinate descent on `d = ẑ − ž`, from `d = 0`, given the
+/// converged free solution `ž`. Block `k`'s closed form `ẑ_k = f_k(ǔ_k + Δu_k)` with
+/// `ǔ_k = a_k(ž_{k−1}) + β_k W_{k+1}ᵀ ž_{k+1}` and `Δu_k = W_k d_{k−1} + β_k W_{k+1}ᵀ d_{k+1}` becomes
+/// `d_k = f_k(ǔ_k + Δu_k) − f_k(ǔ_k)`, evaluated without cancellation (exactly `Δu_k` inside the
+/// box, exactly 0 on a bound; a subtraction only where a kink is crossed). The top block adds the
+/// loss with weight `w = β_L/B`, see [`chl_top_block`]. Returns the sweeps and the last sweep's
+/// largest change.
+fn chl_difference(
+    problem: &NestedProblem<'_>,
+    batch: Batch<'_>,
+    free: &[DMatrix<f64>],
+    d: &mut [DMatrix<f64>],
+    settings: &NestedSettings,
+) -> Result<(usize, f64)> {
+    let (net, betas, top) = (problem.net, &problem.betas, problem.top());
+    let x = batch.x;
+    let u_free: Vec<DMatrix<f64>> = (0..=top)
+        .map(|k| {
+            let mut u = pre_activation(net, x, free, k);
+            if k < top {
+                u += net.layers[k + 1].w.transpose() * &free[k + 1] * betas[k];
+            }
+            u
+        })
+        .collect();
+    let w = betas[top] / batch.len() as f64;
+    let mut change = f64::INFINITY;
+    for sweep in 1..=settings.max_sweeps {
+        let mut size = 0.0f64;
+        change = 0.0;
+        for k in 0..=top {
+            let layer = &net.layers[k];
+            let mut du = if k == 0 {
+                DMatrix::zeros(layer.w.nrows(), x.ncols())
+            } else {
+                &layer.w * &d[k - 1]
+            };
+            if k < top {
+                du += net.layers[k + 1].w.transpose() * &d[k + 1] * betas[k];
+            }
+            let new = if k == top {
+                chl_top_block(
+                    problem, batch, &u_free[k], &free[k], &du, &d[k], w, settings,
+                )?
+            } else {
+                increment(layer.activation, &u_free[k], &du)
+            };
+            change = change.max((&new - &d[k]).amax());
+            size = size.max(new.amax());
+            d[k] = new;
+        }
+        check_divergence(size, settings, sweep, "|z^ - z~|")?;
+        if change <= settings.tol_step * size || size == 0.0 {
+            return Ok((sweep, change));
+        }
+    }
+    Err(Error::NotConverged {
+        solver: "CHL block-coordinate descent (clamped phase)".into(),
+        iterations: settings.max_sweeps,
+        residual: change,
+    })
+}
+
+/// CHL's top block in the clamped phase, `d_L` given `Δu_L`, with the loss weight `w = β_L/B`:
+/// * squared loss, box family: `d_L = f(ǔ + (Δu + w(t − ǔ))/(1 + w)) − f(ǔ)`;
+/// * squared loss, softmax output: the fixed point of [`softmax_squared_top`];
+/// * cross-entropy (identity output, `ž_L = ǔ_L`): Newton on
+///   `d − Δu + w(softmax(ž_L + d)Σt − t) = 0` per sample.
+#[allow(clippy::too_many_arguments)]
+fn chl_top_block(
+    problem: &NestedProblem<'_>,
+    batch: Batch<'_>,
+    u: &DMatrix<f64>,
+    free: &DMatrix<f64>,
+    du: &DMatrix<f64>,
+    d: &DMatrix<f64>,
+    w: f64,
+    settings: &NestedSettings,
+) -> Result<DMatrix<f64>> {
+    let act = problem.net.layers[problem.top()].activation;
+    let target = batch.target;
+    match problem.loss {
+        OutputLoss::Squared if act == Activation::Softmax => {
+            Ok(softmax_squared_top(u, du, d, target, w, settings))
+        }
+        OutputLoss::Squared => {
+            let shift = (du + (target - u) * w) / (1.0 + w);
+            Ok(box_increment(act, u, &shift))
+        }
+        OutputLoss::SoftmaxCrossEntropy => {
+            if act != Activation::Identity {
+                return Err(Error::input(
+                    "activation",
+                    "CHL with cross-entropy needs an identity output layer (logits)",
+                ));
+            }
+            let mut new = d.clone();
+            for j in 0..u.ncols() {
+                let dj = cross_entropy_top(
+                    free.column(j),
+                    target.column(j),
+                    du.column(j),
+                    d.column(j).into_owned(),
+                    w,
+                    settings,
+                )?;
+                new.column_mut(j).copy_from(&dj);
+            }
+            Ok(new)
+        }
+    }
+}
+
+/// Softmax output under the squared loss on the probabilities: `ẑ = p ⊙ e^ρ` with
+/// `ρ = Δu − w(ẑ − t) − c` (stationarity of `G(z) − zᵀû + w½‖z − t‖²` on the simplex, minus the
+/// free one), `c` normalizing `Σẑ = 1`. A fixed point with contraction factor `≤ w`; every
+/// quantity is formed as a difference-free expression in `Δu`, `w` and `expm1`.
+fn softmax_squared_top(
+    u: &DMatrix<f64>,
+    du: &DMatrix<f64>,
+    d: &DMatrix<f64>,
+    target: &DMatrix<f64>,
+    w: f64,
+    settings: &NestedSettings,
+) -> DMatrix<f64> {
+    let p = activate_columns(Activation::Softmax, u);
+    let mut dd = d.clone();
+    for _ in 0..settings.fixed_point_max_steps {
+        let g = du - (&p + &dd - target) * w;
+        let next = softmax_increment(u, &g);
+        let step = (&next - &dd).amax();
+        dd = next;
+        if step <= settings.fixed_point_tol * dd.amax() {
+            break;
+        }
+    }
+    dd
+}
+
+/// One sample of the cross-entropy top block: Newton on `d − Δu + w(softmax(ž + d)Σt − t) = 0`,
+/// whose Jacobian `I + wΣt(diag p − ppᵀ)` is positive definite.
+fn cross_entropy_top(
+    z: DVectorView<'_, f64>,
+    t: DVectorView<'_, f64>,
+    du: DVectorView<'_, f64>,
+    mut dj: DVector<f64>,
+    w: f64,
+    settings: &NestedSettings,
+) -> Result<DVector<f64>> {
+    let (t, du) = (t.into_owned(), du.into_owned());
+    for _ in 0..settings.newton_max_steps {
+        let (_, lg, lh) = OutputLoss::SoftmaxCrossEntropy.sample(&(z + &dj), &t, w);
+        let g = &dj - &du + lg;
+        if g.amax() <= settings.tol_step * (du.amax() + dj.amax()) {
+            break;
+        }
+        let h = DMatrix::identity(dj.len(), dj.len()) + lh;
+        match h.cholesky() {
+            Some(ch) => dj -= ch.solve(&g),
+            None => return Err(Error::Singular("CHL output block".into())),
+        }
+    }
+    Ok(dj)
+}
+
+use std::ops::AddAssign;

@@ -20,7 +20,8 @@
 //!   soft-arg-max layer of Section 3.2.2 that the original LPOM cannot express). Gradient:
 //!   `∂_{W_k} = (1/β_k)(f(a_k) − ẑ_k) ẑ_{k−1}ᵀ`.
 //!
-//! The batch loss is the mean over samples, as everywhere in [`crate::nested`].
+//! The batch loss is the mean over samples, as everywhere in [`crate::nested`]. Entry point:
+//! [`contrastive`], which returns a [`NestedReport`].
 //!
 //! # Kinks (MAC)
 //! The penalizer objective is non-smooth where a ReLU pre-activation crosses 0. At a *convex*
@@ -31,70 +32,73 @@
 //! their kink and returns their multipliers `ν = ∂J/∂a`, which enter the gradient in place of
 //! `f'(a)·(…)`. The gradient at kinks matches the surrogate's own finite differences to 1e-9.
 
+use std::ops::{AddAssign, SubAssign};
+
 use nalgebra::{DMatrix, DVector};
 
-use super::linearized::{check_betas, Gradients};
-use super::{EnergyKind, Network, OutputLoss};
+use super::linearized::{Gradients, Workspace};
+use super::{
+    activate_columns, Batch, EnergyKind, NestedProblem, NestedReport, NestedSettings, NestedStatus,
+    Network, Optimum, OutputLoss,
+};
 use crate::error::{Error, Result};
-use crate::prox::Activation;
 use crate::solve::smooth::{minimize_best, SmoothObjective, SmoothSettings};
 
-/// The minimizer of Eq. 28 for one batch, with the surrogate value and diagnostics.
-#[derive(Debug, Clone)]
-#[must_use]
-pub struct LocalSolution {
-    /// `ẑ_1..ẑ_L` (`n_k × B`).
-    pub z: Vec<DMatrix<f64>>,
-    /// `L_LC^β(θ)` (batch mean of the per-sample objective).
-    pub value: f64,
-    /// The θ-gradient.
-    pub grad: Gradients<f64>,
-    /// Iterations summed over samples (L-BFGS + Newton, or BCD sweeps × inner steps).
-    pub iterations: usize,
-    /// Largest final optimality residual over samples.
-    pub residual: f64,
-}
-
-fn affine(net: &Network<f64>, k: usize, input: &DVector<f64>) -> DVector<f64> {
-    &net.layers[k].w * input + &net.layers[k].b
-}
-
-fn act(a: Activation, u: &DVector<f64>) -> DVector<f64> {
-    let mut out = u.clone();
-    a.activate(u.as_slice(), out.as_mut_slice());
-    out
-}
-
-/// Per-sample loss value, gradient and Hessian, scaled by `w = 1/B`.
-fn sample_loss(
-    loss: OutputLoss,
-    z: &DVector<f64>,
-    t: &DVector<f64>,
-    w: f64,
-) -> (f64, DVector<f64>, DMatrix<f64>) {
-    match loss {
-        OutputLoss::Squared => (
-            w * 0.5 * (z - t).norm_squared(),
-            (z - t) * w,
-            DMatrix::identity(z.len(), z.len()) * w,
-        ),
-        OutputLoss::SoftmaxCrossEntropy => {
-            let lse = crate::prox::log_sum_exp(z.as_slice());
-            let p = z.map(|v| (v - lse).exp());
-            let mass = t.sum();
-            let value = -t
-                .iter()
-                .zip(z.iter())
-                .map(|(ti, zi)| ti * (zi - lse))
-                .sum::<f64>();
-            let hess = (DMatrix::from_diagonal(&p) - &p * p.transpose()) * (w * mass);
-            (w * value, (&p * mass - t) * w, hess)
-        }
+/// Minimizes Eq. 28 for the batch and returns the value, the envelope-theorem θ-gradient, the
+/// minimizer `ẑ` (as `clamped`; `free` is the forward pass, Eq. 29) and the status: MAC for
+/// penalizer energies, LPOM for Fenchel or proximal ones (which differ by `½‖a‖²`, cancelled in
+/// `Ẽ_k`).
+///
+/// # Errors
+/// An invalid problem, batch or settings; non-convergence; the linear-algebra errors of the
+/// active-set method at kinks.
+pub fn contrastive(
+    problem: &NestedProblem<'_>,
+    batch: Batch<'_>,
+    settings: &NestedSettings,
+) -> Result<NestedReport> {
+    problem.check()?;
+    settings.validate()?;
+    let batch = Batch::new(problem, batch.x, batch.target)?;
+    match problem.energy {
+        EnergyKind::Penalizer => mac(problem, batch, settings),
+        EnergyKind::Fenchel | EnergyKind::Proximal => lpom(problem, batch, settings),
     }
 }
 
+/// The forward pass `z_k* = f_k(a_k)` of the batch (Eq. 29: the free minimizer of `Ẽ`).
+pub(crate) fn forward_pass(net: &Network<f64>, x: &DMatrix<f64>) -> Result<Vec<DMatrix<f64>>> {
+    let mut ws = Workspace::new(net, x.ncols());
+    super::linearized::forward(net, x, &mut ws)?;
+    Ok(ws.z)
+}
+
+/// Eq. 28's θ-gradient by the envelope theorem, `Σ_k (1/β_k) ∂_θ Ẽ_k(ẑ_k, ẑ_{k−1})`, from each
+/// layer's pre-activation signal `s_k = ∂/∂a_k` of the batch-mean `Ẽ_k/β_k` at `ẑ`:
+/// `∂/∂W_k = s_k ẑ_{k−1}ᵀ`, `∂/∂b_k = s_k 1`. `signal(k, a_k, f(a_k))` returns `s_k`.
+fn envelope_gradient(
+    net: &Network<f64>,
+    x: &DMatrix<f64>,
+    z: &[DMatrix<f64>],
+    mut signal: impl FnMut(usize, &DMatrix<f64>, &DMatrix<f64>) -> DMatrix<f64>,
+) -> Gradients<f64> {
+    let mut grad = Gradients::zeros(net);
+    for (k, layer) in net.layers.iter().enumerate() {
+        let input = if k == 0 { x } else { &z[k - 1] };
+        let a = layer.affine(input);
+        let fa = activate_columns(layer.activation, &a);
+        let s = signal(k, &a, &fa);
+        grad.w[k] = &s * input.transpose();
+        grad.b[k] = s.column_sum();
+    }
+    grad
+}
+
+// ---------------------------------------------------------------------------------------------
+// MAC / predictive coding (penalizer energies)
+
 /// The penalizer (MAC / predictive coding) objective of one sample in the stacked variable
-/// `(z_1; …; z_L)`.
+/// `(z_1; …; z_L)`, scaled by `w` (`1/B` times the objective scale).
 struct Penalizer<'a> {
     net: &'a Network<f64>,
     betas: &'a [f64],
@@ -102,43 +106,7 @@ struct Penalizer<'a> {
     x: DVector<f64>,
     t: DVector<f64>,
     w: f64,
-    offsets: Vec<usize>,
-}
-
-impl Penalizer<'_> {
-    fn split<'b>(&self, v: &'b DVector<f64>, k: usize) -> nalgebra::DVectorView<'b, f64> {
-        v.rows(self.offsets[k], self.net.layers[k].w.nrows())
-    }
-
-    fn input(&self, v: &DVector<f64>, k: usize) -> DVector<f64> {
-        if k == 0 {
-            self.x.clone()
-        } else {
-            self.split(v, k - 1).into_owned()
-        }
-    }
-}
-
-impl SmoothObjective for Penalizer<'_> {
-    fn value(&self, v: &DVector<f64>) -> f64 {
-        let top = self.net.layers.len() - 1;
-        let mut s = sample_loss(self.loss, &self.split(v, top).into_owned(), &self.t, self.w).0;
-        for k in 0..=top {
-            let a = affine(self.net, k, &self.input(v, k));
-            let r = self.split(v, k) - act(self.net.layers[k].activation, &a);
-            s += self.w * 0.5 * r.norm_squared() / self.betas[k];
-        }
-        s
-    }
-
-    fn gradient(&self, v: &DVector<f64>) -> DVector<f64> {
-        self.gradient_on(v, &self.pieces_at(v))
-    }
-
-    /// Exact on each linear piece of the activations (their second derivative vanishes there).
-    fn hessian(&self, v: &DVector<f64>) -> DMatrix<f64> {
-        self.hessian_on(v, &self.pieces_at(v))
-    }
+    offsets: &'a [usize],
 }
 
 /// Which linear piece of a box-family activation a unit uses.
@@ -149,60 +117,84 @@ enum Piece {
     Hi,
 }
 
-/// Result of [`kink_active_set`].
-struct KinkSolution {
-    z: DVector<f64>,
-    /// `(layer, unit, ν)` of every unit whose minimizer sits on a kink, `ν = ∂J/∂a` there.
-    kinks: Vec<(usize, usize, f64)>,
-    iterations: usize,
-    residual: f64,
+impl Piece {
+    /// The piece of pre-activation `a` for bounds `(lo, hi)`; at a kink the clamped side
+    /// (`f' = 0`, as [`crate::prox::Activation::derivative`]).
+    fn of(a: f64, (lo, hi): (f64, f64)) -> Piece {
+        if a <= lo {
+            Piece::Lo
+        } else if a >= hi {
+            Piece::Hi
+        } else {
+            Piece::In
+        }
+    }
 }
 
 impl Penalizer<'_> {
-    /// The piece each unit of layers `k ≥ 1` is on at `v` (`a ≤ lo`, inside, `a ≥ hi`; at a
-    /// kink the clamped side, i.e. `f' = 0` as in [`Activation::derivative`]).
+    fn split<'b>(&self, v: &'b DVector<f64>, k: usize) -> nalgebra::DVectorView<'b, f64> {
+        v.rows(self.offsets[k], self.net.layers[k].w.nrows())
+    }
+
+    /// `a_k = W_k z_{k−1} + b_k` at the stacked point `v` (`z_0 = x`).
+    fn pre(&self, v: &DVector<f64>, k: usize) -> DVector<f64> {
+        let layer = &self.net.layers[k];
+        if k == 0 {
+            &layer.w * &self.x + &layer.b
+        } else {
+            &layer.w * self.split(v, k - 1) + &layer.b
+        }
+    }
+
+    /// Layer `k`'s activation bounds (`±∞` for the identity).
+    fn bounds(&self, k: usize) -> (f64, f64) {
+        self.net.layers[k]
+            .activation
+            .bounds()
+            .unwrap_or((f64::NEG_INFINITY, f64::INFINITY))
+    }
+
+    fn top(&self) -> usize {
+        self.net.layers.len() - 1
+    }
+
+    /// The loss term's value, gradient and Hessian at `v`.
+    fn loss_at(&self, v: &DVector<f64>) -> (f64, DVector<f64>, DMatrix<f64>) {
+        let z = self.split(v, self.top()).into_owned();
+        self.loss.sample(&z, &self.t, self.w)
+    }
+
+    /// The piece each unit of layers `k ≥ 1` is on at `v` (layer 0's input is the constant `x`,
+    /// so its pieces never enter a derivative).
     fn pieces_at(&self, v: &DVector<f64>) -> Vec<Vec<Piece>> {
         let mut pieces = vec![Vec::new()];
-        for (k, layer) in self.net.layers.iter().enumerate().skip(1) {
-            let (lo, hi) = layer
-                .activation
-                .bounds()
-                .unwrap_or((f64::NEG_INFINITY, f64::INFINITY));
-            let a = affine(self.net, k, &self.input(v, k));
+        for k in 1..=self.top() {
+            let bounds = self.bounds(k);
             pieces.push(
-                a.iter()
-                    .map(|&ai| {
-                        if ai <= lo {
-                            Piece::Lo
-                        } else if ai >= hi {
-                            Piece::Hi
-                        } else {
-                            Piece::In
-                        }
-                    })
+                self.pre(v, k)
+                    .iter()
+                    .map(|&a| Piece::of(a, bounds))
                     .collect(),
             );
         }
         pieces
     }
 
-    /// Layer `k`'s `f(a_k)` and `f'(a_k)` on the given pieces (layer 0: its input is the constant
-    /// `x`, so only `f(a_0)` matters).
+    /// Layer `k`'s `f(a_k)` and `f'(a_k)` on the given pieces (layer 0: `f(a_0)` only).
     fn layer_on(
         &self,
         v: &DVector<f64>,
         k: usize,
         piece: &[Piece],
     ) -> (DVector<f64>, DVector<f64>) {
-        let layer = &self.net.layers[k];
-        let a = affine(self.net, k, &self.input(v, k));
+        let a = self.pre(v, k);
         if k == 0 {
-            return (act(layer.activation, &a), DVector::zeros(a.len()));
+            let mut fa = a.clone();
+            let act = self.net.layers[0].activation;
+            act.activate(a.as_slice(), fa.as_mut_slice());
+            return (fa, DVector::zeros(a.len()));
         }
-        let (lo, hi) = layer
-            .activation
-            .bounds()
-            .unwrap_or((f64::NEG_INFINITY, f64::INFINITY));
+        let (lo, hi) = self.bounds(k);
         let fa = DVector::from_fn(a.len(), |i, _| match piece[i] {
             Piece::Lo => lo,
             Piece::In => a[i],
@@ -214,9 +206,9 @@ impl Penalizer<'_> {
 
     /// Gradient of the objective with every unit's piece fixed (`pieces[k]` for `k ≥ 1`).
     fn gradient_on(&self, v: &DVector<f64>, pieces: &[Vec<Piece>]) -> DVector<f64> {
-        let top = self.net.layers.len() - 1;
+        let top = self.top();
         let mut g = DVector::zeros(v.len());
-        let lg = sample_loss(self.loss, &self.split(v, top).into_owned(), &self.t, self.w).1;
+        let lg = self.loss_at(v).1;
         g.rows_mut(self.offsets[top], lg.len()).add_assign(&lg);
         for (k, (layer, piece)) in self.net.layers.iter().zip(pieces).enumerate() {
             let (fa, d) = self.layer_on(v, k, piece);
@@ -234,32 +226,171 @@ impl Penalizer<'_> {
     /// Hessian with every unit's piece fixed: `r_k = z_k − D W z_{k−1} − const`, so
     /// `∂r/∂z_k = I`, `∂r/∂z_{k−1} = −D W`; quadratic in `z` for the squared loss.
     fn hessian_on(&self, v: &DVector<f64>, pieces: &[Vec<Piece>]) -> DMatrix<f64> {
-        let top = self.net.layers.len() - 1;
+        let top = self.top();
         let n = v.len();
         let mut h = DMatrix::zeros(n, n);
-        let lh = sample_loss(self.loss, &self.split(v, top).into_owned(), &self.t, self.w).2;
+        let lh = self.loss_at(v).2;
         let o = self.offsets[top];
         h.view_mut((o, o), lh.shape()).add_assign(&lh);
         for (k, (layer, piece)) in self.net.layers.iter().zip(pieces).enumerate() {
             let c = self.w / self.betas[k];
-            let nk = layer.w.nrows();
-            let ok = self.offsets[k];
-            for i in 0..nk {
-                h[(ok + i, ok + i)] += c;
-            }
-            if k > 0 {
-                let dw = DMatrix::from_diagonal(&self.layer_on(v, k, piece).1) * &layer.w;
-                let op = self.offsets[k - 1];
-                let np = layer.w.ncols();
-                h.view_mut((op, op), (np, np))
-                    .add_assign(&(dw.transpose() * &dw * c));
-                h.view_mut((ok, op), (nk, np)).sub_assign(&(&dw * c));
-                h.view_mut((op, ok), (np, nk))
-                    .sub_assign(&(dw.transpose() * c));
-            }
+            let dw =
+                (k > 0).then(|| DMatrix::from_diagonal(&self.layer_on(v, k, piece).1) * &layer.w);
+            super::add_residual_hessian(&mut h, self.offsets, (k, layer.w.nrows()), dw.as_ref(), c);
         }
         h
     }
+}
+
+impl SmoothObjective for Penalizer<'_> {
+    fn value(&self, v: &DVector<f64>) -> f64 {
+        let mut s = self.loss_at(v).0;
+        for (k, layer) in self.net.layers.iter().enumerate() {
+            let a = self.pre(v, k);
+            let mut fa = a.clone();
+            layer.activation.activate(a.as_slice(), fa.as_mut_slice());
+            s += self.w * 0.5 * (self.split(v, k) - fa).norm_squared() / self.betas[k];
+        }
+        s
+    }
+
+    fn gradient(&self, v: &DVector<f64>) -> DVector<f64> {
+        self.gradient_on(v, &self.pieces_at(v))
+    }
+
+    /// Exact on each linear piece of the activations (their second derivative vanishes there).
+    fn hessian(&self, v: &DVector<f64>) -> DMatrix<f64> {
+        self.hessian_on(v, &self.pieces_at(v))
+    }
+}
+
+/// One sample's minimizer of the penalizer objective.
+struct SampleSolution {
+    z: DVector<f64>,
+    /// `(layer, unit, ν)` of every unit whose minimizer sits on a kink, `ν = ∂J/∂a` there.
+    kinks: Vec<(usize, usize, f64)>,
+    iterations: usize,
+    /// Stationarity norm (with the kink multipliers).
+    residual: f64,
+}
+
+/// MAC / predictive coding: per sample (samples decouple), L-BFGS + Newton from the forward pass,
+/// finished by [`kink_active_set`] where the smooth solver stalls at a convex kink.
+fn mac(
+    problem: &NestedProblem<'_>,
+    batch: Batch<'_>,
+    settings: &NestedSettings,
+) -> Result<NestedReport> {
+    let net = problem.net;
+    let widths = net.widths();
+    let mut offsets = vec![0; widths.len()];
+    for k in 1..widths.len() {
+        offsets[k] = offsets[k - 1] + widths[k - 1];
+    }
+    let total: usize = widths.iter().sum();
+    let b = batch.len();
+    let w = 1.0 / b as f64;
+    // The objective is scaled by min β so that the penalties have O(1) weights and the loss
+    // O(β): the gradient then has an O(1) rounding floor, which makes β down to 1e-4 (and
+    // below) solvable to full precision in f64.
+    let scale = problem.betas.iter().copied().fold(f64::INFINITY, f64::min);
+    let free = forward_pass(net, batch.x)?;
+    let mut clamped = free.clone();
+    // ∂J/∂a_{k,i} of units whose minimizer sits on a kink (the constraint multipliers), and a
+    // mask that is 0 there: their `f'` is the constrained piece's, 0 (not the rounding-level
+    // side of the kink the final `a` happens to be on).
+    let mut kink_signal: Vec<DMatrix<f64>> = widths.iter().map(|&n| DMatrix::zeros(n, b)).collect();
+    let mut kink_mask: Vec<DMatrix<f64>> = widths
+        .iter()
+        .map(|&n| DMatrix::from_element(n, b, 1.0))
+        .collect();
+    let (mut value, mut iterations, mut residual) = (0.0, 0, 0.0f64);
+    for j in 0..b {
+        let obj = Penalizer {
+            net,
+            betas: &problem.betas,
+            loss: problem.loss,
+            x: batch.x.column(j).into_owned(),
+            t: batch.target.column(j).into_owned(),
+            w: w * scale,
+            offsets: &offsets,
+        };
+        let mut start = DVector::zeros(total);
+        for (k, z) in free.iter().enumerate() {
+            start
+                .rows_mut(offsets[k], widths[k])
+                .copy_from(&z.column(j));
+        }
+        let sol = mac_sample(&obj, start, settings)?;
+        for &(k, i, nu) in &sol.kinks {
+            kink_signal[k][(i, j)] = nu / scale;
+            kink_mask[k][(i, j)] = 0.0;
+        }
+        value += obj.value(&sol.z) / scale;
+        iterations += sol.iterations;
+        residual = residual.max(sol.residual);
+        for (k, z) in clamped.iter_mut().enumerate() {
+            z.column_mut(j)
+                .copy_from(&sol.z.rows(offsets[k], widths[k]));
+        }
+    }
+    let grad = envelope_gradient(net, batch.x, &clamped, |k, a, fa| {
+        let mut d = a.clone();
+        net.layers[k]
+            .activation
+            .derivative(a.as_slice(), d.as_mut_slice());
+        d.component_mul_assign(&kink_mask[k]);
+        -(d.component_mul(&(&clamped[k] - fa))) * (w / problem.betas[k]) + &kink_signal[k]
+    });
+    Ok(NestedReport {
+        value,
+        grad,
+        clamped,
+        free,
+        status: NestedStatus {
+            solver: "MAC: L-BFGS + Newton per sample, active set at kinks",
+            iterations,
+            residual,
+            optimum: Optimum::Local,
+            fallback: None,
+        },
+    })
+}
+
+/// One MAC sample: the smooth solver, and at a convex kink (where it stalls) the active-set
+/// method on the pieces (exact for this piecewise-quadratic objective), which also yields the
+/// kink multipliers the gradient needs.
+fn mac_sample(
+    obj: &Penalizer<'_>,
+    start: DVector<f64>,
+    settings: &NestedSettings,
+) -> Result<SampleSolution> {
+    let smooth = SmoothSettings {
+        tol_grad: settings.mac_tol_grad,
+        newton_steps: settings.mac_newton_steps,
+        ..SmoothSettings::default()
+    };
+    let (s, converged) = minimize_best(obj, &start, &smooth);
+    if converged {
+        return Ok(SampleSolution {
+            z: s.z,
+            kinks: Vec::new(),
+            iterations: s.iterations,
+            residual: s.residual,
+        });
+    }
+    let mut polished = kink_active_set(obj, s.z, settings)?;
+    polished.iterations += s.iterations;
+    Ok(polished)
+}
+
+/// A unit held on a kink: layer, unit, and the bound's side.
+type Kink = (usize, usize, Piece);
+
+/// The pieces of every unit of layers `k ≥ 1` and the units held on convex kinks.
+struct PieceState {
+    pieces: Vec<Vec<Piece>>,
+    kinks: Vec<Kink>,
 }
 
 /// MAC at kinks: a primal active-set method on the pieces of the (piecewise-quadratic for the
@@ -275,154 +406,30 @@ impl Penalizer<'_> {
 /// to the side its multiplier points to; a unit leaving its piece across a convex kink becomes a
 /// kink). The multipliers are the gradient's `∂J/∂a` at the kinks (the value function is smooth
 /// there when `ν` is interior).
-fn kink_active_set(obj: &Penalizer<'_>, mut v: DVector<f64>) -> Result<KinkSolution> {
-    let net = obj.net;
-    let top = net.layers.len() - 1;
-    let bounds: Vec<(f64, f64)> = net
-        .layers
-        .iter()
-        .map(|l| {
-            l.activation
-                .bounds()
-                .unwrap_or((f64::NEG_INFINITY, f64::INFINITY))
-        })
-        .collect();
-    let pre = |v: &DVector<f64>, k: usize| affine(net, k, &obj.input(v, k));
-    // ∂a_{k,i}/∂v of the held kinks: row i of W_k, in the block of z_{k−1}.
-    let kink_rows = |kinks: &[(usize, usize, Piece)], n: usize| -> DMatrix<f64> {
-        let mut c = DMatrix::zeros(kinks.len(), n);
-        for (r, &(k, i, _)) in kinks.iter().enumerate() {
-            c.view_mut((r, obj.offsets[k - 1]), (1, net.layers[k].w.ncols()))
-                .copy_from(&net.layers[k].w.row(i));
-        }
-        c
-    };
+fn kink_active_set(
+    obj: &Penalizer<'_>,
+    mut v: DVector<f64>,
+    settings: &NestedSettings,
+) -> Result<SampleSolution> {
     let scale = 1.0 + v.amax();
-    let tol_kink = 1e-7 * scale;
-    // Initial pieces and kinks from the stalled point.
-    let mut pieces: Vec<Vec<Piece>> = vec![Vec::new(); top + 1];
-    let mut kinks: Vec<(usize, usize, Piece)> = Vec::new();
-    for k in 1..=top {
-        let a = pre(&v, k);
-        let (lo, hi) = bounds[k];
-        pieces[k] = (0..a.len())
-            .map(|i| {
-                let z = obj.split(&v, k)[i];
-                if (a[i] - lo).abs() <= tol_kink && z < lo {
-                    kinks.push((k, i, Piece::Lo));
-                    Piece::Lo
-                } else if (a[i] - hi).abs() <= tol_kink && z > hi {
-                    kinks.push((k, i, Piece::Hi));
-                    Piece::Hi
-                } else if a[i] <= lo {
-                    Piece::Lo
-                } else if a[i] >= hi {
-                    Piece::Hi
-                } else {
-                    Piece::In
-                }
-            })
-            .collect();
-    }
+    let mut state = initial_pieces(obj, &v, settings.kink_tol * scale);
     let mut iterations = 0;
+    let mut residual = f64::INFINITY;
     for _ in 0..(4 * v.len() + 20) {
-        // Newton on the current pieces with the kink equalities a_{k,i} = bound.
-        let n = v.len();
-        let mut nu = DVector::zeros(kinks.len());
-        for _ in 0..50 {
-            iterations += 1;
-            let (g, h) = (obj.gradient_on(&v, &pieces), obj.hessian_on(&v, &pieces));
-            let c = kink_rows(&kinks, n);
-            let mut rhs = DVector::zeros(kinks.len());
-            for (r, &(k, i, piece)) in kinks.iter().enumerate() {
-                let bound = if piece == Piece::Lo {
-                    bounds[k].0
-                } else {
-                    bounds[k].1
-                };
-                rhs[r] = bound - pre(&v, k)[i];
-            }
-            let kkt = crate::linalg::solve_kkt(&h, &c, &(-&g), &rhs)?;
-            v += &kkt.x;
-            nu = kkt.nu;
-            if kkt.x.amax() <= 1e-15 * (1.0 + v.amax()) {
-                break;
-            }
-        }
-        // Worst kink multiplier outside ∂ψ, then worst unit off its piece.
-        let mut worst: Option<(f64, usize, Option<Piece>)> = None;
-        for (r, &(k, i, piece)) in kinks.iter().enumerate() {
-            let z = obj.split(&v, k)[i];
-            let cw = obj.w / obj.betas[k];
-            let (lo_end, hi_end, off_side, on_side) = match piece {
-                Piece::Lo => (0.0, (bounds[k].0 - z) * cw, Piece::Lo, Piece::In),
-                _ => ((bounds[k].1 - z) * cw, 0.0, Piece::In, Piece::Hi),
-            };
-            let tol = 1e-10 * (1.0 + lo_end.abs() + hi_end.abs());
-            let (violation, side) = if nu[r] < lo_end - tol {
-                (lo_end - nu[r], off_side)
-            } else if nu[r] > hi_end + tol {
-                (nu[r] - hi_end, on_side)
-            } else {
-                continue;
-            };
-            if worst.is_none_or(|(w, _, _)| violation > w) {
-                worst = Some((violation, r, Some(side)));
-            }
-        }
-        if let Some((_, r, Some(side))) = worst {
-            let (k, i, _) = kinks.remove(r);
-            pieces[k][i] = side;
+        let (nu, steps) = newton_on_pieces(obj, &mut v, &state, settings)?;
+        iterations += steps;
+        let g = obj.gradient_on(&v, &state.pieces);
+        residual = (g + kink_rows(obj, &state.kinks, v.len()).transpose() * &nu).amax();
+        if let Some((r, side)) = worst_kink(obj, &v, &state.kinks, &nu, settings) {
+            let (k, i, _) = state.kinks.remove(r);
+            state.pieces[k][i] = side;
             continue;
         }
-        let mut moved = false;
-        for k in 1..=top {
-            let a = pre(&v, k);
-            let (lo, hi) = bounds[k];
-            for i in 0..a.len() {
-                if kinks.iter().any(|&(kk, ii, _)| kk == k && ii == i) {
-                    continue;
-                }
-                let z = obj.split(&v, k)[i];
-                let tol = 1e-12 * scale;
-                let (left, right) = match pieces[k][i] {
-                    Piece::Lo => (a[i] > lo + tol, false),
-                    Piece::In => (a[i] < lo - tol, a[i] > hi + tol),
-                    Piece::Hi => (false, a[i] < hi - tol),
-                };
-                if !(left || right) {
-                    continue;
-                }
-                moved = true;
-                // Crossing a convex kink: hold the unit there; otherwise take the new piece.
-                let crossing_lo = (pieces[k][i] == Piece::Lo) != (a[i] <= lo);
-                if crossing_lo && z < lo {
-                    kinks.push((k, i, Piece::Lo));
-                    pieces[k][i] = Piece::Lo;
-                } else if !crossing_lo && z > hi {
-                    kinks.push((k, i, Piece::Hi));
-                    pieces[k][i] = Piece::Hi;
-                } else {
-                    pieces[k][i] = if a[i] <= lo {
-                        Piece::Lo
-                    } else if a[i] >= hi {
-                        Piece::Hi
-                    } else {
-                        Piece::In
-                    };
-                }
-            }
-        }
-        if !moved {
-            let g = obj.gradient_on(&v, &pieces);
-            let residual = (g + kink_rows(&kinks, v.len()).transpose() * &nu).amax();
-            return Ok(KinkSolution {
+        if !move_pieces(obj, &v, &mut state, settings.piece_tol * scale) {
+            let kinks = state.kinks.iter().zip(nu.iter());
+            return Ok(SampleSolution {
+                kinks: kinks.map(|(&(k, i, _), &n)| (k, i, n)).collect(),
                 z: v,
-                kinks: kinks
-                    .iter()
-                    .zip(nu.iter())
-                    .map(|(&(k, i, _), &n)| (k, i, n))
-                    .collect(),
                 iterations,
                 residual,
             });
@@ -431,295 +438,202 @@ fn kink_active_set(obj: &Penalizer<'_>, mut v: DVector<f64>) -> Result<KinkSolut
     Err(Error::NotConverged {
         solver: "MAC kink active set".into(),
         iterations,
-        residual: f64::NAN,
-    })
-}
-
-use std::ops::{AddAssign, SubAssign};
-
-/// Minimizes Eq. 28 for the batch (`x`: `n_0 × B`, `target`: `n_L × B`) and returns the
-/// minimizer, the value and the θ-gradient.
-///
-/// # Errors
-/// Shapes, invalid β, softmax layers with penalizer energies (MAC needs an element-wise `f'`;
-/// softmax is an LPOM layer), non-convergence.
-pub fn local_contrastive(
-    net: &Network<f64>,
-    kind: EnergyKind,
-    betas: &[f64],
-    loss: OutputLoss,
-    x: &DMatrix<f64>,
-    target: &DMatrix<f64>,
-) -> Result<LocalSolution> {
-    net.validate(kind)?;
-    check_betas(betas, net.layers.len())?;
-    if kind == EnergyKind::Penalizer
-        && net
-            .layers
-            .iter()
-            .any(|l| l.activation == Activation::Softmax)
-    {
-        return Err(Error::input(
-            "activation",
-            "MAC supports box-family activations only; softmax is a Fenchel (LPOM) layer",
-        ));
-    }
-    net.check_batch(x, target)?;
-    let widths = net.widths();
-    let top = widths.len() - 1;
-    let batch = x.ncols();
-    let w = 1.0 / batch as f64;
-    let mut offsets = vec![0; widths.len()];
-    for k in 1..widths.len() {
-        offsets[k] = offsets[k - 1] + widths[k - 1];
-    }
-    let total: usize = widths.iter().sum();
-    let mut z: Vec<DMatrix<f64>> = widths.iter().map(|&n| DMatrix::zeros(n, batch)).collect();
-    let mut grad = Gradients::zeros(net);
-    let (mut value, mut iterations, mut residual) = (0.0, 0, 0.0f64);
-    // ∂J/∂a_{k,i} of units whose minimizer sits on a kink (the constraint multipliers).
-    let mut kink_signal: Vec<DMatrix<f64>> =
-        widths.iter().map(|&n| DMatrix::zeros(n, batch)).collect();
-    // 0 at those units: their `f'` is the constrained piece's, 0 (not the rounding-level side
-    // of the kink the final `a` happens to be on).
-    let mut kink_mask: Vec<DMatrix<f64>> = widths
-        .iter()
-        .map(|&n| DMatrix::from_element(n, batch, 1.0))
-        .collect();
-    if kind != EnergyKind::Penalizer {
-        // LPOM: the whole batch at once (samples decouple; every block step is a matrix
-        // product over the batch).
-        let mut ws = super::linearized::Workspace::new(net, batch);
-        super::linearized::forward(net, x, &mut ws)?;
-        let (zs, its, res, v) = lpom_batched(net, betas, loss, x, target, ws.z)?;
-        z = zs;
-        iterations = its;
-        residual = res;
-        value = v;
-    }
-    for j in (0..batch).filter(|_| kind == EnergyKind::Penalizer) {
-        let xj = x.column(j).into_owned();
-        let tj = target.column(j).into_owned();
-        // Start from the forward pass (Eq. 29: Ẽ = 0 there).
-        let mut start = DVector::zeros(total);
-        let mut input = xj.clone();
-        for k in 0..=top {
-            let zk = act(net.layers[k].activation, &affine(net, k, &input));
-            start.rows_mut(offsets[k], widths[k]).copy_from(&zk);
-            input = zk;
-        }
-        let (sol, its, res) = match kind {
-            EnergyKind::Penalizer => {
-                // Scaled by min β so that the penalties have O(1) weights and the loss O(β): the
-                // gradient then has an O(1) rounding floor, which makes β down to 1e-4 (and
-                // below) solvable to full precision in f64.
-                let scale = betas.iter().copied().fold(f64::INFINITY, f64::min);
-                let obj = Penalizer {
-                    net,
-                    betas,
-                    loss,
-                    x: xj.clone(),
-                    t: tj.clone(),
-                    w: w * scale,
-                    offsets: offsets.clone(),
-                };
-                let settings = SmoothSettings {
-                    tol_grad: 1e-13,
-                    newton_steps: 30,
-                    ..SmoothSettings::default()
-                };
-                let (s, converged) = minimize_best(&obj, &start, &settings);
-                // At a convex kink the smooth solver stalls: finish with the active-set method
-                // on the pieces (exact for this piecewise-quadratic objective), which also
-                // yields the kink multipliers the gradient needs.
-                let (zs, its, res) = if converged {
-                    (s.z, s.iterations, s.residual)
-                } else {
-                    let polished = kink_active_set(&obj, s.z)?;
-                    for &(k, i, nu) in &polished.kinks {
-                        kink_signal[k][(i, j)] = nu / scale;
-                        kink_mask[k][(i, j)] = 0.0;
-                    }
-                    (
-                        polished.z,
-                        s.iterations + polished.iterations,
-                        polished.residual,
-                    )
-                };
-                value += obj.value(&zs) / scale;
-                (zs, its, res)
-            }
-            EnergyKind::Fenchel | EnergyKind::Proximal => unreachable!("LPOM runs batched above"),
-        };
-        iterations += its;
-        residual = residual.max(res);
-        for k in 0..=top {
-            z[k].column_mut(j)
-                .copy_from(&sol.rows(offsets[k], widths[k]));
-        }
-    }
-    // Envelope-theorem gradient at ẑ.
-    for k in 0..=top {
-        let layer = &net.layers[k];
-        let input = if k == 0 { x.clone() } else { z[k - 1].clone() };
-        let a = layer.affine(&input);
-        let fa = super::activate_columns(layer.activation, &a);
-        let signal = match kind {
-            EnergyKind::Penalizer => {
-                let mut d = a.clone();
-                layer.activation.derivative(a.as_slice(), d.as_mut_slice());
-                d.component_mul_assign(&kink_mask[k]);
-                -(d.component_mul(&(&z[k] - &fa))) * (w / betas[k]) + &kink_signal[k]
-            }
-            _ => (&fa - &z[k]) * (w / betas[k]),
-        };
-        grad.w[k] = &signal * input.transpose();
-        grad.b[k] = signal.column_sum();
-    }
-    Ok(LocalSolution {
-        z,
-        value,
-        grad,
-        iterations,
         residual,
     })
 }
 
-/// LPOM on the whole batch (samples as columns; they decouple): block-coordinate descent over
-/// layers, each block the convex problem of Eq. 35 solved by FISTA with a gradient-mapping
-/// restart per sample — projection for the box family, the entropy prox for softmax layers.
-/// Returns `(ẑ, FISTA iterations, last sweep's change, L_LC^β)`.
-fn lpom_batched(
-    net: &Network<f64>,
-    betas: &[f64],
-    loss: OutputLoss,
-    x: &DMatrix<f64>,
-    t: &DMatrix<f64>,
-    mut z: Vec<DMatrix<f64>>,
-) -> Result<(Vec<DMatrix<f64>>, usize, f64, f64)> {
-    let top = net.layers.len() - 1;
-    let batch = x.ncols();
-    let input = |z: &[DMatrix<f64>], k: usize| -> DMatrix<f64> {
-        net.layers[k].affine(if k == 0 { x } else { &z[k - 1] })
-    };
-    // Objective (Eq. 34) averaged over the batch.
-    let objective = |z: &[DMatrix<f64>]| -> f64 {
-        let mut s = 0.0;
-        for j in 0..batch {
-            let zt = z[top].column(j).into_owned();
-            s += sample_loss(loss, &zt, &t.column(j).into_owned(), 1.0).0;
+/// Pieces and kinks at the stalled point: a unit within `tol` of a bound with its target beyond
+/// it starts on the kink.
+fn initial_pieces(obj: &Penalizer<'_>, v: &DVector<f64>, tol: f64) -> PieceState {
+    let mut pieces: Vec<Vec<Piece>> = vec![Vec::new()];
+    let mut kinks = Vec::new();
+    for k in 1..=obj.top() {
+        let a = obj.pre(v, k);
+        let (lo, hi) = obj.bounds(k);
+        let z = obj.split(v, k);
+        let layer = (0..a.len())
+            .map(|i| {
+                if (a[i] - lo).abs() <= tol && z[i] < lo {
+                    kinks.push((k, i, Piece::Lo));
+                    Piece::Lo
+                } else if (a[i] - hi).abs() <= tol && z[i] > hi {
+                    kinks.push((k, i, Piece::Hi));
+                    Piece::Hi
+                } else {
+                    Piece::of(a[i], (lo, hi))
+                }
+            })
+            .collect();
+        pieces.push(layer);
+    }
+    PieceState { pieces, kinks }
+}
+
+/// `∂a_{k,i}/∂v` of the held kinks: row `i` of `W_k`, in the block of `z_{k−1}`.
+fn kink_rows(obj: &Penalizer<'_>, kinks: &[Kink], n: usize) -> DMatrix<f64> {
+    let mut c = DMatrix::zeros(kinks.len(), n);
+    for (r, &(k, i, _)) in kinks.iter().enumerate() {
+        let w = &obj.net.layers[k].w;
+        c.view_mut((r, obj.offsets[k - 1]), (1, w.ncols()))
+            .copy_from(&w.row(i));
+    }
+    c
+}
+
+/// Newton on the current pieces with the kink equalities `a_{k,i} = bound`; returns the kink
+/// multipliers and the number of steps.
+fn newton_on_pieces(
+    obj: &Penalizer<'_>,
+    v: &mut DVector<f64>,
+    state: &PieceState,
+    settings: &NestedSettings,
+) -> Result<(DVector<f64>, usize)> {
+    let c = kink_rows(obj, &state.kinks, v.len());
+    let mut nu = DVector::zeros(state.kinks.len());
+    for step in 1..=settings.newton_max_steps {
+        let g = obj.gradient_on(v, &state.pieces);
+        let h = obj.hessian_on(v, &state.pieces);
+        let rhs = DVector::from_iterator(
+            state.kinks.len(),
+            state.kinks.iter().map(|&(k, i, piece)| {
+                let (lo, hi) = obj.bounds(k);
+                let bound = if piece == Piece::Lo { lo } else { hi };
+                bound - obj.pre(v, k)[i]
+            }),
+        );
+        let kkt = crate::linalg::solve_kkt(&h, &c, &(-&g), &rhs)?;
+        *v += &kkt.x;
+        nu = kkt.nu;
+        if kkt.x.amax() <= settings.tol_step * (1.0 + v.amax()) {
+            return Ok((nu, step));
         }
-        for (k, (l, beta)) in net.layers.iter().zip(betas).enumerate() {
-            let a = input(z, k);
-            for j in 0..batch {
-                let (zk, ak) = (z[k].column(j), a.column(j));
-                s += (l.activation.potential(zk.as_slice()) - zk.dot(&ak)
-                    + l.activation.conjugate(ak.as_slice()))
-                    / beta;
+    }
+    Ok((nu, settings.newton_max_steps))
+}
+
+/// The kink whose multiplier lies farthest outside `∂ψ(c)`, with the side it is released to.
+fn worst_kink(
+    obj: &Penalizer<'_>,
+    v: &DVector<f64>,
+    kinks: &[Kink],
+    nu: &DVector<f64>,
+    settings: &NestedSettings,
+) -> Option<(usize, Piece)> {
+    let mut worst: Option<(f64, usize, Piece)> = None;
+    for (r, &(k, i, piece)) in kinks.iter().enumerate() {
+        let z = obj.split(v, k)[i];
+        let cw = obj.w / obj.betas[k];
+        let (lo, hi) = obj.bounds(k);
+        let (lo_end, hi_end, off_side, on_side) = match piece {
+            Piece::Lo => (0.0, (lo - z) * cw, Piece::Lo, Piece::In),
+            _ => ((hi - z) * cw, 0.0, Piece::In, Piece::Hi),
+        };
+        let tol = settings.kink_multiplier_tol * (1.0 + lo_end.abs() + hi_end.abs());
+        let (violation, side) = if nu[r] < lo_end - tol {
+            (lo_end - nu[r], off_side)
+        } else if nu[r] > hi_end + tol {
+            (nu[r] - hi_end, on_side)
+        } else {
+            continue;
+        };
+        if worst.is_none_or(|(w, _, _)| violation > w) {
+            worst = Some((violation, r, side));
+        }
+    }
+    worst.map(|(_, r, side)| (r, side))
+}
+
+/// Moves every free unit whose pre-activation left its piece by more than `tol` (crossing a
+/// convex kink: held there); returns whether any moved.
+fn move_pieces(obj: &Penalizer<'_>, v: &DVector<f64>, state: &mut PieceState, tol: f64) -> bool {
+    let mut moved = false;
+    for k in 1..=obj.top() {
+        let a = obj.pre(v, k);
+        let (lo, hi) = obj.bounds(k);
+        for i in 0..a.len() {
+            if state.kinks.iter().any(|&(kk, ii, _)| kk == k && ii == i) {
+                continue;
+            }
+            let z = obj.split(v, k)[i];
+            let piece = &mut state.pieces[k][i];
+            let left = match *piece {
+                Piece::Lo => a[i] > lo + tol,
+                Piece::In => a[i] < lo - tol || a[i] > hi + tol,
+                Piece::Hi => a[i] < hi - tol,
+            };
+            if !left {
+                continue;
+            }
+            moved = true;
+            let crossing_lo = (*piece == Piece::Lo) != (a[i] <= lo);
+            if crossing_lo && z < lo {
+                state.kinks.push((k, i, Piece::Lo));
+                *piece = Piece::Lo;
+            } else if !crossing_lo && z > hi {
+                state.kinks.push((k, i, Piece::Hi));
+                *piece = Piece::Hi;
+            } else {
+                *piece = Piece::of(a[i], (lo, hi));
             }
         }
-        s / batch as f64
-    };
+    }
+    moved
+}
+
+// ---------------------------------------------------------------------------------------------
+// LPOM (Fenchel energies)
+
+/// LPOM on the whole batch (samples as columns; they decouple): block-coordinate descent over
+/// layers from the forward pass, each block the convex problem of Eq. 35 solved by
+/// [`lpom_block`].
+fn lpom(
+    problem: &NestedProblem<'_>,
+    batch: Batch<'_>,
+    settings: &NestedSettings,
+) -> Result<NestedReport> {
+    let net = problem.net;
+    let free = forward_pass(net, batch.x)?;
+    let mut z = free.clone();
     // ‖W_k‖₂² by power iteration (the Frobenius norm overestimates the Lipschitz constant by up
-    // to the layer width and made FISTA crawl on 784-wide layers); it approaches from below, so
-    // a 5 % margin keeps the step safe.
+    // to the layer width and made FISTA crawl on 784-wide layers); it approaches from below,
+    // hence the margin.
     let spectral_sq: Vec<f64> = net
         .layers
         .iter()
-        .map(|l| 1.05 * super::global::spectral_norm_sq(&l.w))
+        .map(|l| {
+            settings.fista_lipschitz_margin
+                * super::global::spectral_norm_sq(&l.w, settings.power_iterations)
+        })
         .collect();
-    let loss_gradient = |zz: &DMatrix<f64>| -> DMatrix<f64> {
-        let mut g = zz.clone();
-        for j in 0..batch {
-            let gj = sample_loss(
-                loss,
-                &zz.column(j).into_owned(),
-                &t.column(j).into_owned(),
-                1.0,
-            )
-            .1;
-            g.column_mut(j).copy_from(&gj);
-        }
-        g
-    };
     let mut iterations = 0;
     let mut change = f64::INFINITY;
-    for _sweep in 0..500 {
+    for _sweep in 0..settings.lpom_max_sweeps {
         change = 0.0f64;
-        for k in 0..=top {
-            let l = &net.layers[k];
-            // Box family: G = ½‖z‖² + ι_box, split as a smooth ½‖z‖²/β_k plus a projection.
-            // Softmax (negative entropy on the simplex, end of Section 3.2.2): G/β_k is the prox
-            // part, with the entropy prox.
-            let softmax = l.activation.bounds().is_none();
-            let a_k = input(&z, k);
-            // Lipschitz constant of the block's smooth part; softmax and the box family are
-            // both 1-Lipschitz maps f = ∇G*.
-            let mut lip = if softmax { 0.0 } else { 1.0 / betas[k] };
-            if k < top {
-                lip += spectral_sq[k + 1] / betas[k + 1];
-            }
-            if k == top {
-                lip += 1.0;
-            }
-            let lip = lip.max(1.0 / betas[k]);
-            let grad = |zz: &DMatrix<f64>| -> DMatrix<f64> {
-                let mut g = if softmax {
-                    -&a_k / betas[k]
-                } else {
-                    (zz - &a_k) / betas[k]
-                };
-                if k < top {
-                    let ln = &net.layers[k + 1];
-                    let fa = super::activate_columns(ln.activation, &ln.affine(zz));
-                    g += ln.w.transpose() * (fa - &z[k + 1]) / betas[k + 1];
-                }
-                if k == top {
-                    g += loss_gradient(zz);
-                }
-                g
-            };
-            let step = |y: &DMatrix<f64>| -> DMatrix<f64> {
-                let v = y - grad(y) / lip;
-                let mut out = v.clone();
-                for (vc, mut oc) in v.column_iter().zip(out.column_iter_mut()) {
-                    l.activation
-                        .prox(vc.as_slice(), 1.0 / (betas[k] * lip), oc.as_mut_slice());
-                }
-                out
-            };
-            let z0 = z[k].clone();
-            let (mut zc, mut y) = (z0.clone(), z0.clone());
-            let mut tk = vec![1.0f64; batch];
-            for _ in 0..10_000 {
-                iterations += 1;
-                let z_new = step(&y);
-                let size = (&z_new - &zc).amax();
-                for (j, tj) in tk.iter_mut().enumerate() {
-                    let t_new = (1.0 + (1.0 + 4.0 * *tj * *tj).sqrt()) / 2.0;
-                    let (zn, zo) = (z_new.column(j), zc.column(j));
-                    // Gradient-mapping restart keeps FISTA monotone enough on this strongly
-                    // convex block.
-                    let restart = (y.column(j) - zn).dot(&(zn - zo)) > 0.0;
-                    let yj = if restart {
-                        zn.into_owned()
-                    } else {
-                        zn + (zn - zo) * ((*tj - 1.0) / t_new)
-                    };
-                    y.column_mut(j).copy_from(&yj);
-                    *tj = if restart { 1.0 } else { t_new };
-                }
-                zc = z_new;
-                if size <= 1e-15 * (1.0 + zc.amax()) {
-                    break;
-                }
-            }
-            change = change.max((&zc - &z0).amax());
-            z[k] = zc;
+        for k in 0..=problem.top() {
+            let (zk, steps) = lpom_block(problem, batch, &z, k, &spectral_sq, settings);
+            iterations += steps;
+            change = change.max((&zk - &z[k]).amax());
+            z[k] = zk;
         }
-        if change <= 1e-14 {
-            let value = objective(&z);
-            return Ok((z, iterations, change, value));
+        if change <= settings.lpom_tol_sweep {
+            let w = 1.0 / batch.len() as f64;
+            let value = lpom_objective(problem, batch, &z);
+            let grad = envelope_gradient(net, batch.x, &z, |k, _, fa| {
+                (fa - &z[k]) * (w / problem.betas[k])
+            });
+            return Ok(NestedReport {
+                value,
+                grad,
+                clamped: z,
+                free,
+                status: NestedStatus {
+                    solver: "LPOM: block-coordinate descent, FISTA blocks",
+                    iterations,
+                    residual: change,
+                    optimum: Optimum::Stationary,
+                    fallback: None,
+                },
+            });
         }
     }
     Err(Error::NotConverged {
@@ -727,4 +641,104 @@ fn lpom_batched(
         iterations,
         residual: change,
     })
+}
+
+/// The LPOM objective (Eq. 34) averaged over the batch.
+fn lpom_objective(problem: &NestedProblem<'_>, batch: Batch<'_>, z: &[DMatrix<f64>]) -> f64 {
+    let top = problem.top();
+    let mut grad = z[top].clone();
+    let b = batch.len() as f64;
+    let mut s = problem
+        .loss
+        .value_and_gradient(&z[top], batch.target, &mut grad)
+        * b;
+    for (k, (l, beta)) in problem.net.layers.iter().zip(&problem.betas).enumerate() {
+        let a = l.affine(if k == 0 { batch.x } else { &z[k - 1] });
+        for (zk, ak) in z[k].column_iter().zip(a.column_iter()) {
+            s += (l.activation.potential(zk.as_slice()) - zk.dot(&ak)
+                + l.activation.conjugate(ak.as_slice()))
+                / beta;
+        }
+    }
+    s / b
+}
+
+/// Block `k` of LPOM (Eq. 35) on the whole batch by FISTA with a gradient-mapping restart per
+/// sample: box family `G = ½‖z‖² + ι_box`, split as a smooth `½‖z‖²/β_k` plus a projection;
+/// softmax (negative entropy on the simplex, end of Section 3.2.2) with `G/β_k` as the prox
+/// part. Returns the block's minimizer and the number of steps.
+fn lpom_block(
+    problem: &NestedProblem<'_>,
+    batch: Batch<'_>,
+    z: &[DMatrix<f64>],
+    k: usize,
+    spectral_sq: &[f64],
+    settings: &NestedSettings,
+) -> (DMatrix<f64>, usize) {
+    let (net, betas, top) = (problem.net, &problem.betas, problem.top());
+    let l = &net.layers[k];
+    let softmax = l.activation.bounds().is_none();
+    let a_k = l.affine(if k == 0 { batch.x } else { &z[k - 1] });
+    // Lipschitz constant of the block's smooth part; softmax and the box family are both
+    // 1-Lipschitz maps f = ∇G*.
+    let mut lip = if softmax { 0.0 } else { 1.0 / betas[k] };
+    if k < top {
+        lip += spectral_sq[k + 1] / betas[k + 1];
+    } else {
+        lip += 1.0;
+    }
+    let lip = lip.max(1.0 / betas[k]);
+    let b = batch.len() as f64;
+    let grad = |zz: &DMatrix<f64>| -> DMatrix<f64> {
+        let mut g = if softmax {
+            -&a_k / betas[k]
+        } else {
+            (zz - &a_k) / betas[k]
+        };
+        if k < top {
+            let ln = &net.layers[k + 1];
+            let fa = activate_columns(ln.activation, &ln.affine(zz));
+            g += ln.w.transpose() * (fa - &z[k + 1]) / betas[k + 1];
+        } else {
+            // The per-sample loss gradient (the batch mean's times B).
+            let mut lg = zz.clone();
+            problem.loss.value_and_gradient(zz, batch.target, &mut lg);
+            g += lg * b;
+        }
+        g
+    };
+    let step = |y: &DMatrix<f64>| -> DMatrix<f64> {
+        let v = y - grad(y) / lip;
+        let mut out = v.clone();
+        for (vc, mut oc) in v.column_iter().zip(out.column_iter_mut()) {
+            l.activation
+                .prox(vc.as_slice(), 1.0 / (betas[k] * lip), oc.as_mut_slice());
+        }
+        out
+    };
+    let (mut zc, mut y) = (z[k].clone(), z[k].clone());
+    let mut tk = vec![1.0f64; batch.len()];
+    for steps in 1..=settings.fista_max_steps {
+        let z_new = step(&y);
+        let size = (&z_new - &zc).amax();
+        for (j, tj) in tk.iter_mut().enumerate() {
+            let t_new = (1.0 + (1.0 + 4.0 * *tj * *tj).sqrt()) / 2.0;
+            let (zn, zo) = (z_new.column(j), zc.column(j));
+            // Gradient-mapping restart keeps FISTA monotone enough on this strongly convex
+            // block.
+            let restart = (y.column(j) - zn).dot(&(zn - zo)) > 0.0;
+            let yj = if restart {
+                zn.into_owned()
+            } else {
+                zn + (zn - zo) * ((*tj - 1.0) / t_new)
+            };
+            y.column_mut(j).copy_from(&yj);
+            *tj = if restart { 1.0 } else { t_new };
+        }
+        zc = z_new;
+        if size <= settings.tol_step * (1.0 + zc.amax()) {
+            return (zc, steps);
+        }
+    }
+    (zc, settings.fista_max_steps)
 }

@@ -1,12 +1,15 @@
 //! Table 1 of the paper as data: every inference learning method is a choice of layer energy
 //! (`E_k` column), direction of unravelling the nesting (bottom-up: Prop. 4; top-down: Props. 5
-//! and 7) and whether the loss is linearized (Prop. 7). [`Method::gradient`] dispatches on that
-//! triple, not on the name.
+//! and 7) and whether the loss is linearized (Prop. 7). [`Method::run`] dispatches on that triple,
+//! not on the name, and returns one [`NestedReport`] for every row.
 
 use nalgebra::DMatrix;
 
 use super::linearized::{gradient, Gradients, Workspace};
-use super::{global, local, EnergyKind, Network, OutputLoss};
+use super::{
+    global, local, Batch, EnergyKind, Fallback, NestedProblem, NestedReport, NestedSettings,
+    NestedStatus, Network, Optimum, OutputLoss,
+};
 use crate::error::{Error, Result};
 
 /// Direction of unravelling the nesting levels.
@@ -92,96 +95,161 @@ impl Method {
         }
     }
 
-    /// The θ-gradient of the row's surrogate on one batch, with per-layer `betas`.
+    /// The row's problem on `net`: the row's energy (Table 1's `E_k` column) with per-layer
+    /// `betas` and the outer `loss`.
     ///
     /// # Errors
-    /// Those of the solver the row uses (see [`super::global`], [`super::local`],
-    /// [`super::linearized`]), and linearized bottom-up (not in Table 1: Appendix B shows it is
-    /// of no interest).
-    pub fn gradient(
+    /// As [`NestedProblem::new`].
+    pub fn problem<'a>(
         self,
-        net: &Network<f64>,
+        net: &'a Network<f64>,
         betas: &[f64],
         loss: OutputLoss,
-        x: &DMatrix<f64>,
-        target: &DMatrix<f64>,
-    ) -> Result<Gradients<f64>> {
-        if !self.choices().2 {
-            check_beta_products(self.name(), betas)?;
-        }
-        let g = self.gradient_unchecked(net, betas, loss, x, target)?;
-        let finite = g.w.iter().all(|t| t.iter().all(|v| v.is_finite()))
-            && g.b.iter().all(|t| t.iter().all(|v| v.is_finite()));
-        if !finite {
-            return Err(Error::Overflow {
-                what: format!("the {} gradient", self.name()),
-            });
-        }
-        Ok(g)
+    ) -> Result<NestedProblem<'a>> {
+        NestedProblem::new(net, self.choices().0, betas, loss)
     }
 
-    fn gradient_unchecked(
+    /// The row's surrogate on one batch: value, θ-gradient, inner solutions and status.
+    ///
+    /// # Example
+    /// ```
+    /// use bilevel::nalgebra::{dmatrix, dvector};
+    /// use bilevel::nested::method::Method;
+    /// use bilevel::nested::{Batch, Layer, NestedSettings, Network, OutputLoss};
+    /// use bilevel::prox::Activation;
+    ///
+    /// let net = Network {
+    ///     layers: vec![
+    ///         Layer { w: dmatrix![1.0, -0.5; 0.3, 0.8], b: dvector![0.1, -0.2], activation: Activation::Relu },
+    ///         Layer { w: dmatrix![0.7, -1.1], b: dvector![0.05], activation: Activation::Identity },
+    ///     ],
+    /// };
+    /// let (x, t) = (dmatrix![1.0; 0.5], dmatrix![0.2]);
+    /// let problem = Method::Lpom.problem(&net, &[1e-3, 1e-3], OutputLoss::Squared)?;
+    /// let batch = Batch::new(&problem, &x, &t)?;
+    /// let lpom = Method::Lpom.run(&problem, batch, &NestedSettings::default())?;
+    /// let bp_problem = Method::Bp.problem(&net, &[1e-3, 1e-3], OutputLoss::Squared)?;
+    /// let bp = Method::Bp.run(&bp_problem, batch, &NestedSettings::default())?;
+    /// // Cor. 2: the surrogate gradients approach back-propagation's as β → 0.
+    /// let gap = (lpom.grad.flatten() - bp.grad.flatten()).amax();
+    /// assert!(gap < 1e-2 * bp.grad.flatten().amax());
+    /// println!("{} iterations, residual {:.1e}", lpom.status.iterations, lpom.status.residual);
+    /// # Ok::<(), bilevel::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// A problem whose energy is not the row's, an invalid batch or settings, β products
+    /// outside the `f64` range (the non-linearized rows weigh layers by products of the β's),
+    /// a non-finite result, and those of the solver the row uses (see [`super::global`],
+    /// [`super::local`], [`super::linearized`]).
+    pub fn run(
         self,
-        net: &Network<f64>,
-        betas: &[f64],
-        loss: OutputLoss,
-        x: &DMatrix<f64>,
-        target: &DMatrix<f64>,
-    ) -> Result<Gradients<f64>> {
-        match self.choices() {
-            (kind, Unravel::TopDown, true) => {
-                let mut ws = Workspace::new(net, x.ncols());
-                let mut g = Gradients::zeros(net);
-                gradient(net, kind, betas, loss, x, target, &mut ws, &mut g)?;
-                Ok(g)
-            }
-            (EnergyKind::Penalizer, Unravel::BottomUp, false) => {
-                // The free energy is minimized (to 0) by the forward pass, so Eq. 22 is the local
-                // objective with weights 1/Π_{l≥k} β_l.
-                super::linearized::check_betas(betas, net.layers.len())?;
-                let mut cumulative = betas.to_vec();
-                for k in (0..cumulative.len().saturating_sub(1)).rev() {
-                    cumulative[k] *= cumulative[k + 1];
-                }
-                Ok(local::local_contrastive(
-                    net,
-                    EnergyKind::Penalizer,
-                    &cumulative,
-                    loss,
-                    x,
-                    target,
-                )?
-                .grad)
-            }
-            // Convex CHL: the batched solver (matrix products over the whole batch), and the
-            // per-sample QPs where it does not converge (strong layer coupling, β‖W‖² ≳ 1).
-            (EnergyKind::Proximal, Unravel::BottomUp, false) if loss == OutputLoss::Squared => {
-                match global::convex_chl_batched(net, betas, x, target, 20_000) {
-                    Ok(sol) => Ok(sol.grad),
-                    Err(Error::NotConverged { .. }) => Ok(global::global_contrastive(
-                        net,
-                        EnergyKind::Proximal,
-                        betas,
-                        loss,
-                        x,
-                        target,
-                    )?
-                    .grad),
-                    Err(e) => Err(e),
-                }
-            }
-            (kind, Unravel::BottomUp, false) => {
-                Ok(global::global_contrastive(net, kind, betas, loss, x, target)?.grad)
-            }
-            (kind, Unravel::TopDown, false) => {
-                Ok(local::local_contrastive(net, kind, betas, loss, x, target)?.grad)
-            }
-            (_, Unravel::BottomUp, true) => Err(Error::input(
-                "method",
-                "linearized bottom-up surrogates are not in Table 1 (Appendix B)",
-            )),
+        problem: &NestedProblem<'_>,
+        batch: Batch<'_>,
+        settings: &NestedSettings,
+    ) -> Result<NestedReport> {
+        let (energy, direction, linearized) = self.choices();
+        if problem.energy != energy {
+            return Err(Error::input(
+                "problem.energy",
+                format!(
+                    "{} uses {energy:?} energies, the problem has {:?} (build it with Method::problem)",
+                    self.name(),
+                    problem.energy
+                ),
+            ));
         }
+        problem.check()?;
+        settings.validate()?;
+        let batch = Batch::new(problem, batch.x, batch.target)?;
+        if !linearized {
+            check_beta_products(self.name(), &problem.betas)?;
+        }
+        let report = match (direction, linearized) {
+            (Unravel::TopDown, true) => linearized_report(problem, batch)?,
+            (Unravel::BottomUp, true) => {
+                return Err(Error::input(
+                    "method",
+                    "linearized bottom-up surrogates are not in Table 1 (Appendix B)",
+                ))
+            }
+            (Unravel::TopDown, false) => local::contrastive(problem, batch, settings)?,
+            (Unravel::BottomUp, false) => match energy {
+                // The free energy is minimized (to 0) by the forward pass, so Eq. 22 is the
+                // local objective with weights 1/Π_{l≥k} β_l.
+                EnergyKind::Penalizer => {
+                    let mut cumulative = problem.betas.clone();
+                    for k in (0..cumulative.len().saturating_sub(1)).rev() {
+                        cumulative[k] *= cumulative[k + 1];
+                    }
+                    let scaled = NestedProblem {
+                        betas: cumulative,
+                        ..problem.clone()
+                    };
+                    local::contrastive(&scaled, batch, settings)?
+                }
+                EnergyKind::Proximal if problem.loss == OutputLoss::Squared => {
+                    convex_chl(problem, batch, settings)?
+                }
+                _ => global::contrastive(problem, batch, settings)?,
+            },
+        };
+        report.check_finite(self.name())
     }
+}
+
+/// Convex CHL: the batched solver (matrix products over the whole batch), and the per-sample
+/// QPs where it does not converge (strong layer coupling, `β‖W‖² ≳ 1`), recorded as a
+/// [`Fallback`].
+fn convex_chl(
+    problem: &NestedProblem<'_>,
+    batch: Batch<'_>,
+    settings: &NestedSettings,
+) -> Result<NestedReport> {
+    match global::convex_chl_batched(problem, batch, settings) {
+        Err(e @ Error::NotConverged { .. }) => {
+            let mut report = global::contrastive(problem, batch, settings)?;
+            report.status.fallback = Some(Fallback {
+                from: "convex CHL: batched block-coordinate projected gradient",
+                reason: e.to_string(),
+            });
+            Ok(report)
+        }
+        other => other,
+    }
+}
+
+/// The linearized rows (Prop. 7): forward and backward pass in closed form.
+fn linearized_report(problem: &NestedProblem<'_>, batch: Batch<'_>) -> Result<NestedReport> {
+    let net = problem.net;
+    let mut ws = Workspace::new(net, batch.len());
+    let mut grad = Gradients::zeros(net);
+    let value = gradient(
+        net,
+        problem.energy,
+        &problem.betas,
+        problem.loss,
+        batch.x,
+        batch.target,
+        &mut ws,
+        &mut grad,
+    )?;
+    let clamped = (0..net.layers.len())
+        .map(|k| ws.z_bar(problem.energy, k, problem.betas[k]))
+        .collect();
+    Ok(NestedReport {
+        value,
+        grad,
+        clamped,
+        free: ws.z,
+        status: NestedStatus {
+            solver: "closed form (forward + backward pass)",
+            iterations: 0,
+            residual: 0.0,
+            optimum: Optimum::ClosedForm,
+            fallback: None,
+        },
+    })
 }
 
 /// The non-linearized methods weigh layer `k` by products of the β's (`Π_{l<k} β_l` in Eq. 22,
@@ -244,7 +312,13 @@ pub fn taxonomy(
     target: &DMatrix<f64>,
 ) -> Result<Vec<TaxonomyRow>> {
     let betas = vec![beta; net.layers.len()];
-    let reference = Method::Bp.gradient(net, &betas, loss, x, target)?.flatten();
+    let settings = NestedSettings::default();
+    let run = |m: Method| -> Result<Gradients<f64>> {
+        let problem = m.problem(net, &betas, loss)?;
+        let batch = Batch::new(&problem, x, target)?;
+        Ok(m.run(&problem, batch, &settings)?.grad)
+    };
+    let reference = run(Method::Bp)?.flatten();
     let scale = reference.amax().max(f64::MIN_POSITIVE);
     Ok(Method::ALL
         .iter()
@@ -252,9 +326,9 @@ pub fn taxonomy(
             let (energy, direction, linearized) = m.choices();
             let start = std::time::Instant::now();
             let mut reps = 0u32;
-            let mut result = m.gradient(net, &betas, loss, x, target);
+            let mut result = run(m);
             while result.is_ok() && start.elapsed().as_secs_f64() < 0.05 && reps < 1000 {
-                result = m.gradient(net, &betas, loss, x, target);
+                result = run(m);
                 reps += 1;
             }
             let seconds = start.elapsed().as_secs_f64() / f64::from(reps + 1);

@@ -23,6 +23,11 @@ pub mod global;
 pub mod linearized;
 pub mod local;
 pub mod method;
+mod problem;
+
+pub use problem::{
+    Batch, Fallback, NestedProblem, NestedReport, NestedSettings, NestedStatus, Optimum,
+};
 
 use nalgebra::{DMatrix, DVector, RealField};
 
@@ -49,6 +54,33 @@ pub fn activate_columns_into<T: RealField + Copy>(
         }
     } else {
         act.activate(u.as_slice(), out.as_mut_slice());
+    }
+}
+
+/// Adds `c·J_kᵀJ_k` to a Hessian `h` over the stacked layers `(z_1; …; z_L)` (layer `k` at
+/// `offsets[k]`, width `nk`): the Gauss–Newton block of `(c/2)‖r_k‖²` for a layer residual
+/// `r_k = z_k − M z_{k−1} − const`, with `J_k = [−M, I]` (`M = W_k`, or `D W_k` on a linear
+/// piece of the activation; `None` for the first layer, whose input is the constant `x`). The
+/// sum over layers is the block-tridiagonal Hessian of the proximal and penalizer objectives.
+pub(crate) fn add_residual_hessian(
+    h: &mut DMatrix<f64>,
+    offsets: &[usize],
+    (k, nk): (usize, usize),
+    m: Option<&DMatrix<f64>>,
+    c: f64,
+) {
+    use std::ops::{AddAssign, SubAssign};
+    let ok = offsets[k];
+    for i in 0..nk {
+        h[(ok + i, ok + i)] += c;
+    }
+    if let Some(m) = m {
+        let (op, np) = (offsets[k - 1], m.ncols());
+        h.view_mut((op, op), (np, np))
+            .add_assign(&(m.transpose() * m * c));
+        h.view_mut((ok, op), (nk, np)).sub_assign(&(m * c));
+        h.view_mut((op, ok), (np, nk))
+            .sub_assign(&(m.transpose() * c));
     }
 }
 
@@ -143,6 +175,36 @@ impl OutputLoss {
             }
         }
         total / batch
+    }
+
+    /// One sample's loss `w·ℓ(z; t)` with its gradient and Hessian (allocates; for the
+    /// verification solvers' per-sample Newton steps). Value and gradient are
+    /// [`OutputLoss::value_and_gradient`] on a one-column batch; the Hessian is `w·I` (squared)
+    /// or `w·Σt·(diag p − p pᵀ)` with `p = softmax(z)` (cross-entropy).
+    pub fn sample(
+        &self,
+        z: &DVector<f64>,
+        t: &DVector<f64>,
+        w: f64,
+    ) -> (f64, DVector<f64>, DMatrix<f64>) {
+        let n = z.len();
+        let zm = DMatrix::from_column_slice(n, 1, z.as_slice());
+        let tm = DMatrix::from_column_slice(n, 1, t.as_slice());
+        let mut g = DMatrix::zeros(n, 1);
+        let value = self.value_and_gradient(&zm, &tm, &mut g);
+        let hessian = match self {
+            OutputLoss::Squared => DMatrix::identity(n, n),
+            OutputLoss::SoftmaxCrossEntropy => {
+                let lse = crate::prox::log_sum_exp(z.as_slice());
+                let p = z.map(|v| (v - lse).exp());
+                (DMatrix::from_diagonal(&p) - &p * p.transpose()) * t.sum()
+            }
+        };
+        (
+            w * value,
+            DVector::from_column_slice(g.as_slice()) * w,
+            hessian * w,
+        )
     }
 }
 

@@ -182,6 +182,10 @@ pub(crate) fn check_offset<P: InnerProblem + ?Sized>(
     Ok(())
 }
 
+/// The rows of a variable's lower and upper bound in [`LinearConstraints::boxes`] (`None`: no
+/// such bound).
+pub type BoundRows = (Option<usize>, Option<usize>);
+
 /// Linear constraints `A z ≥ b`, `A_eq z = b_eq` that do not depend on `θ`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LinearConstraints {
@@ -204,6 +208,39 @@ impl LinearConstraints {
             a_eq: DMatrix::zeros(0, n),
             b_eq: DVector::zeros(0),
         }
+    }
+
+    /// The box `lo_j ≤ z_j ≤ hi_j` as rows `z_j ≥ lo_j` and `−z_j ≥ −hi_j` (infinite ends give
+    /// no row): first every finite lower bound in variable order, then every finite upper bound.
+    /// Also returns, per variable, the indices of its lower and upper rows.
+    pub fn boxes(bounds: &[(f64, f64)]) -> (Self, Vec<BoundRows>) {
+        let n = bounds.len();
+        let mut rows = vec![(None, None); n];
+        let mut entries: Vec<(usize, f64, f64)> = Vec::new(); // (variable, coefficient, rhs)
+        for (j, &(lo, _)) in bounds.iter().enumerate() {
+            if lo.is_finite() {
+                rows[j].0 = Some(entries.len());
+                entries.push((j, 1.0, lo));
+            }
+        }
+        for (j, &(_, hi)) in bounds.iter().enumerate() {
+            if hi.is_finite() {
+                rows[j].1 = Some(entries.len());
+                entries.push((j, -1.0, -hi));
+            }
+        }
+        let mut a = DMatrix::zeros(entries.len(), n);
+        let mut b = DVector::zeros(entries.len());
+        for (i, &(j, coef, rhs)) in entries.iter().enumerate() {
+            a[(i, j)] = coef;
+            b[i] = rhs;
+        }
+        let constraints = Self {
+            a,
+            b,
+            ..Self::none(n)
+        };
+        (constraints, rows)
     }
 
     /// Number of inequalities.

@@ -27,7 +27,7 @@ pub struct ProxProblem {
     c: DVector<f64>,
     constraints: LinearConstraints,
     /// For each unit, the row of its lower and upper bound constraint.
-    rows: Vec<(Option<usize>, Option<usize>)>,
+    rows: Vec<super::BoundRows>,
     tol: Tolerances,
 }
 
@@ -40,39 +40,16 @@ impl ProxProblem {
         activation.validate()?;
         let n = c.len();
         check_affine(n, &b, &c)?;
-        let mut rows = vec![(None, None); n];
-        let constraints = match activation.bounds() {
-            Some((lo, hi)) => {
-                let mut a_rows: Vec<(usize, f64, f64)> = Vec::new(); // (unit, coefficient, rhs)
-                if lo.is_finite() {
-                    for (j, r) in rows.iter_mut().enumerate() {
-                        r.0 = Some(a_rows.len());
-                        a_rows.push((j, 1.0, lo));
-                    }
-                }
-                if hi.is_finite() {
-                    for (j, r) in rows.iter_mut().enumerate() {
-                        r.1 = Some(a_rows.len());
-                        a_rows.push((j, -1.0, -hi));
-                    }
-                }
-                let mut a = DMatrix::zeros(a_rows.len(), n);
-                let mut rhs = DVector::zeros(a_rows.len());
-                for (i, &(j, coef, r)) in a_rows.iter().enumerate() {
-                    a[(i, j)] = coef;
-                    rhs[i] = r;
-                }
+        let (constraints, rows) = match activation.bounds() {
+            Some(bounds) => LinearConstraints::boxes(&vec![bounds; n]),
+            None => (
                 LinearConstraints {
-                    a,
-                    b: rhs,
+                    a_eq: DMatrix::from_element(1, n, 1.0),
+                    b_eq: DVector::from_element(1, 1.0),
                     ..LinearConstraints::none(n)
-                }
-            }
-            None => LinearConstraints {
-                a_eq: DMatrix::from_element(1, n, 1.0),
-                b_eq: DVector::from_element(1, 1.0),
-                ..LinearConstraints::none(n)
-            },
+                },
+                vec![(None, None); n],
+            ),
         };
         Ok(Self {
             activation,

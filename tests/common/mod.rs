@@ -2,8 +2,53 @@
 #![allow(dead_code)]
 
 use bilevel::nested::linearized::{gradient, Gradients, Workspace};
-use bilevel::nested::{EnergyKind, Network, OutputLoss};
+use bilevel::nested::method::Method;
+use bilevel::nested::{
+    Batch, EnergyKind, NestedProblem, NestedReport, NestedSettings, Network, OutputLoss,
+};
 use nalgebra::DMatrix;
+
+/// The global contrastive objective (Prop. 4) with default settings.
+pub fn global(
+    net: &Network<f64>,
+    kind: EnergyKind,
+    betas: &[f64],
+    loss: OutputLoss,
+    x: &DMatrix<f64>,
+    t: &DMatrix<f64>,
+) -> bilevel::Result<NestedReport> {
+    let problem = NestedProblem::new(net, kind, betas, loss)?;
+    let batch = Batch::new(&problem, x, t)?;
+    bilevel::nested::global::contrastive(&problem, batch, &NestedSettings::default())
+}
+
+/// The local contrastive objective (Prop. 5) with default settings.
+pub fn local(
+    net: &Network<f64>,
+    kind: EnergyKind,
+    betas: &[f64],
+    loss: OutputLoss,
+    x: &DMatrix<f64>,
+    t: &DMatrix<f64>,
+) -> bilevel::Result<NestedReport> {
+    let problem = NestedProblem::new(net, kind, betas, loss)?;
+    let batch = Batch::new(&problem, x, t)?;
+    bilevel::nested::local::contrastive(&problem, batch, &NestedSettings::default())
+}
+
+/// A Table 1 row's report with default settings.
+pub fn method(
+    m: Method,
+    net: &Network<f64>,
+    betas: &[f64],
+    loss: OutputLoss,
+    x: &DMatrix<f64>,
+    t: &DMatrix<f64>,
+) -> bilevel::Result<NestedReport> {
+    let problem = m.problem(net, betas, loss)?;
+    let batch = Batch::new(&problem, x, t)?;
+    m.run(&problem, batch, &NestedSettings::default())
+}
 
 /// All gradient entries (weights, then biases).
 pub fn flat(g: &Gradients<f64>) -> Vec<f64> {
