@@ -32,6 +32,10 @@ enum Command {
         /// Seed of the random instances.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Run only these rows (comma-separated ids, e.g. `prop4-composed,cor2-mac`; a group
+        /// of rows that share their instances runs whole).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
     },
     /// Print Table 1 as built from the method definitions, with each method's gradient error
     /// against back-propagation and its time on a fixed small network.
@@ -204,7 +208,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::Verify { json, seed } => verify(json, seed),
+        Command::Verify { json, seed, only } => verify(json, seed, &only),
         Command::Taxonomy { beta, json } => match taxonomy(beta, json) {
             Ok(()) => ExitCode::SUCCESS,
             Err(msg) => {
@@ -466,8 +470,17 @@ fn derive(path: &str) -> Result<String, String> {
     serde_json::to_string_pretty(&out).map_err(|e| e.to_string())
 }
 
-fn verify(json: bool, seed: u64) -> ExitCode {
-    let report = bilevel::verify::run(seed);
+fn verify(json: bool, seed: u64, only: &[String]) -> ExitCode {
+    let known = bilevel::verify::ids();
+    if let Some(bad) = only.iter().find(|id| !known.contains(&id.as_str())) {
+        eprintln!(
+            "error: unknown verify row `{bad}`; the rows are: {}",
+            known.join(", ")
+        );
+        return ExitCode::from(2);
+    }
+    let only: Vec<&str> = only.iter().map(String::as_str).collect();
+    let report = bilevel::verify::run_only(seed, &only);
     if json {
         out!(
             "{}",

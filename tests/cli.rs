@@ -377,3 +377,28 @@ fn taxonomy_at_extreme_betas_prints_no_nan() {
         }
     }
 }
+
+#[test]
+fn verify_runs_chosen_rows_and_names_the_rows_when_an_id_is_unknown() {
+    let (code, out, _) = run(&[
+        "verify",
+        "--json",
+        "--only",
+        "prop4-composed,prop5-composed",
+    ]);
+    assert_eq!(code, 0);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let ids: Vec<&str> = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["prop4-composed", "prop5-composed"]);
+    let (code, _, err) = run(&["verify", "--only", "prop6"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("unknown verify row `prop6`") && err.contains("prop4-composed"),
+        "{err}"
+    );
+}

@@ -42,7 +42,6 @@ use super::{
     Network, Optimum, OutputLoss,
 };
 use crate::error::{Error, Result};
-use crate::linalg::select_rows;
 use crate::problem::LinearConstraints;
 use crate::prox::Activation;
 use crate::solve::qp::{solve_exact, Clarabel, ExactQp, Qp, QpBackend, Tolerances};
@@ -190,7 +189,7 @@ impl ProximalQp {
     }
 
     /// Both phases of one sample: the free solution `ž` and `d = ẑ − ž` from the difference of
-    /// the two KKT systems on the clamped working set Ŵ,
+    /// the two KKT systems on the clamped working set Ŵ (bound rows: they fix coordinates),
     /// `(P + wE) d + A_Ŵᵀ ν = −wE(ž − t) − Σ_{i∈W̌∖Ŵ} a_iᵀ λ̌_i`, `a_i d = b_i − a_i ž (i ∈ Ŵ)`,
     /// whose right-hand side is `O(w)`: `d` comes out with relative, not absolute, accuracy.
     fn sample(
@@ -212,27 +211,46 @@ impl ProximalQp {
         clamped_qp.q.rows_mut(ot, nt).sub_assign(&(t * w));
         let zf = solve_exact(&backend as &dyn QpBackend, &free_qp, &tol)?;
         let zc = solve_exact(&backend as &dyn QpBackend, &clamped_qp, &tol)?;
+        // Every row is a bound `±z_j ≥ ±c`: the clamped working set fixes those coordinates of
+        // `d` exactly (`d_j = b_i − a_i ž` over `a_ij = ±1`), and the rest solve
+        // `(P + wE)_FF d_F = r1_F − (P + wE)_FA d_A` (no multipliers needed).
         let a = &self.boxes.a;
-        let rows: Vec<usize> = (0..a.nrows()).filter(|&i| zc.working[i]).collect();
-        let mut r1 = DVector::zeros(self.p.nrows());
+        let n = self.p.nrows();
+        let mut r1 = DVector::zeros(n);
         for i in 0..nt {
             r1[ot + i] = -w * (zf.x[ot + i] - t[i]);
         }
         for i in (0..a.nrows()).filter(|&i| zf.working[i] && !zc.working[i]) {
             r1 -= a.row(i).transpose() * zf.lambda[i];
         }
-        let r2 = DVector::from_iterator(
-            rows.len(),
-            rows.iter().map(|&i| {
-                if zf.working[i] {
-                    0.0
-                } else {
-                    self.boxes.b[i] - a.row(i).dot(&zf.x.transpose())
-                }
-            }),
-        );
-        let diff = crate::linalg::solve_kkt(&clamped_qp.p, &select_rows(a, &rows), &r1, &r2)?;
-        Ok((zf, diff.x, zc))
+        let mut d = DVector::zeros(n);
+        let mut fixed = vec![false; n];
+        for i in (0..a.nrows()).filter(|&i| zc.working[i]) {
+            let j = a.row(i).transpose().iamax();
+            d[j] = if zf.working[i] {
+                0.0
+            } else {
+                (self.boxes.b[i] - a.row(i).dot(&zf.x.transpose())) / a[(i, j)]
+            };
+            fixed[j] = true;
+        }
+        let free: Vec<usize> = (0..n).filter(|&j| !fixed[j]).collect();
+        let rhs = &r1 - &clamped_qp.p * &d;
+        let p_ff = DMatrix::from_fn(free.len(), free.len(), |i, j| {
+            clamped_qp.p[(free[i], free[j])]
+        });
+        let r_f = DVector::from_fn(free.len(), |i, _| rhs[free[i]]);
+        let d_f =
+            p_ff.cholesky()
+                .map(|ch| ch.solve(&r_f))
+                .ok_or_else(|| Error::NotPositiveDefinite {
+                    what: "convex CHL's clamped Hessian on the free coordinates".into(),
+                    reason: "Cholesky failed".into(),
+                })?;
+        for (i, &j) in free.iter().enumerate() {
+            d[j] = d_f[i];
+        }
+        Ok((zf, d, zc))
     }
 }
 

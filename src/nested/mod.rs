@@ -19,6 +19,7 @@
 //! `D_β f(a)[e/B] = D_{β/B} f(a)[e] / B`, so a batch-mean loss acts on each sample like `β/B`
 //! (a summed loss would act like `β`).
 
+pub mod compose;
 pub mod global;
 pub mod linearized;
 pub mod local;

@@ -125,6 +125,8 @@ const ENTRIES: &[Entry] = &[
     entry!("cor1-gradient-smooth", single::cor1_gradient_smooth),
     entry!(["cor1-rate", "centered-rate"], single::rates),
     entry!("prop7-penalizer-bp", nested::prop7_penalizer_bp),
+    entry!("prop4-composed", nested::prop4_composed(seed)),
+    entry!("prop5-composed", nested::prop5_composed(seed)),
     entry!("cor2-mac", nested::cor2_mac),
     entry!("cor2-lpom", nested::cor2_lpom),
     entry!("cor2-convex-chl", nested::cor2_convex_chl),
@@ -233,3 +235,32 @@ fn qp_program(inst: &ConstructedQp, loss: Loss) -> Result<Bilevel<QuadraticProbl
 use Activity::{Inactive, Strong, Weak};
 /// The activity pattern of the degenerate QPs: three weakly active rows.
 const DEGENERATE: [Activity; 7] = [Strong, Weak, Inactive, Weak, Strong, Inactive, Weak];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_row_runs_alone_under_its_own_id() {
+        let all = ids();
+        let mut unique = all.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), all.len(), "duplicate ids");
+        for id in [
+            "prop4-composed",
+            "eq29-fenchel-young-gap",
+            "def1-gradient-qp",
+        ] {
+            let report = run_only(0, &[id]);
+            assert_eq!(report.checks.len(), 1);
+            assert_eq!(report.checks[0].id, id);
+            assert!(report.checks[0].passed, "{:?}", report.checks[0]);
+        }
+        // A group runs whole: its rows share one set of instances.
+        let rates = run_only(0, &["cor1-rate"]);
+        let ids: Vec<&str> = rates.checks.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(ids, ["cor1-rate", "centered-rate"]);
+        assert!(run_only(0, &["no-such-row"]).checks.is_empty());
+    }
+}

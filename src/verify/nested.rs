@@ -471,3 +471,113 @@ pub(super) fn example1_generalized(inst: &NestedInstance) -> Check {
         1e-6,
     )
 }
+
+/// A network for the composed checks: widths `widths`, the identity everywhere except a ReLU at
+/// layer `relu`; biases of size 0.5 so that some ReLU units sit on their bound and some do not.
+fn composable_network(r: &mut rand::rngs::StdRng, widths: &[usize], relu: usize) -> Network<f64> {
+    let mut net = network(r, widths, Activation::Identity);
+    for (k, layer) in net.layers.iter_mut().enumerate() {
+        layer.b *= 5.0;
+        layer.activation = if k == relu {
+            Activation::Relu
+        } else {
+            Activation::Identity
+        };
+    }
+    net
+}
+
+/// Random spacings `β_k ∈ [0.1, 1]`.
+fn random_betas(r: &mut rand::rngs::StdRng, levels: usize) -> Vec<f64> {
+    vector(r, levels).iter().map(|v| 0.55 + 0.45 * v).collect()
+}
+
+/// `max(|a − b|) / max(1e-12, |b|)` for scalars and the bias gradient.
+fn rel_scalar(a: f64, b: f64) -> f64 {
+    (a - b).abs() / b.abs().max(1e-12)
+}
+
+/// `prop4-composed` (Prop. 4): Def. 1 applied recursively innermost-first
+/// ([`crate::nested::compose::bottom_up`], a Section 2 [`crate::surrogate::Bilevel`] over the
+/// composed top-level energy) gives the value and bias gradient of Eq. 22 as computed by
+/// [`crate::nested::global`] (convex CHL), on 2- and 3-level programs with random β vectors.
+pub(super) fn prop4_composed(s: u64) -> Check {
+    Check::measure(
+        "prop4-composed",
+        "Prop. 4",
+        "Def. 1 applied recursively innermost-first (Section 2 wrapper on the composed energy) vs Eq. 22 (nested convex CHL): max relative error of value and bias gradient, 2- and 3-level programs (identity hidden layers, ReLU top), 3 random beta vectors in [0.1, 1] each".into(),
+        (|| -> Result<f64> {
+            let mut worst = 0.0f64;
+            for (i, widths) in [&[4, 3, 3][..], &[4, 3, 3, 2][..]].iter().enumerate() {
+                for j in 0..3u64 {
+                    let mut r = rng(s + 1800 + 10 * i as u64 + j);
+                    let levels = widths.len() - 1;
+                    let net = composable_network(&mut r, widths, levels - 1);
+                    let (x, t) = (vector(&mut r, widths[0]), vector(&mut r, widths[levels]));
+                    let betas = random_betas(&mut r, levels);
+                    let problem = NestedProblem::new(&net, EnergyKind::Proximal, &betas, OutputLoss::Squared)?;
+                    let composed = crate::nested::compose::bottom_up(&problem, &x, &t)?;
+                    let def1 = composed.program.surrogate(&composed.theta, betas[levels - 1])?;
+                    let (xm, tm) = (DMatrix::from_column_slice(x.len(), 1, x.as_slice()), DMatrix::from_column_slice(t.len(), 1, t.as_slice()));
+                    let batch = Batch::new(&problem, &xm, &tm)?;
+                    let eq22 = crate::nested::global::contrastive(&problem, batch, &NestedSettings::default())?;
+                    let grad_b = DVector::from_iterator(composed.theta.len(), eq22.grad.b.iter().flat_map(|b| b.iter().copied()));
+                    worst = worst
+                        .max(rel_scalar(def1.value, eq22.value))
+                        .max((&def1.grad_theta - &grad_b).amax() / grad_b.amax().max(1e-12));
+                }
+            }
+            Ok(worst)
+        })(),
+        1e-8,
+    )
+}
+
+/// `prop5-composed` (Prop. 5): Def. 1 applied recursively outermost-first
+/// ([`crate::nested::compose::top_down`]: each level's surrogate is the next level's loss)
+/// gives the value of Eq. 28 and, by central differences in the biases, its gradient as
+/// computed by [`crate::nested::local`] (LPOM), on 2- and 3-level programs with random β
+/// vectors.
+pub(super) fn prop5_composed(s: u64) -> Check {
+    Check::measure(
+        "prop5-composed",
+        "Prop. 5",
+        "Def. 1 applied recursively outermost-first (each level's surrogate is the next level's loss) vs Eq. 28 (nested LPOM): max relative error of value and of bias gradient (central differences of the recursion), 2- and 3-level programs (ReLU first layer, identity above), 3 random beta vectors in [0.1, 1] each".into(),
+        (|| -> Result<f64> {
+            let mut worst = 0.0f64;
+            for (i, widths) in [&[4, 3, 3][..], &[4, 3, 3, 2][..]].iter().enumerate() {
+                for j in 0..3u64 {
+                    let mut r = rng(s + 1900 + 10 * i as u64 + j);
+                    let levels = widths.len() - 1;
+                    let net = composable_network(&mut r, widths, 0);
+                    let (x, t) = (vector(&mut r, widths[0]), vector(&mut r, widths[levels]));
+                    let betas = random_betas(&mut r, levels);
+                    let value = |n: &Network<f64>| -> Result<f64> {
+                        let problem = NestedProblem::new(n, EnergyKind::Fenchel, &betas, OutputLoss::Squared)?;
+                        crate::nested::compose::top_down(&problem, &x, &t)
+                    };
+                    let problem = NestedProblem::new(&net, EnergyKind::Fenchel, &betas, OutputLoss::Squared)?;
+                    let (xm, tm) = (DMatrix::from_column_slice(x.len(), 1, x.as_slice()), DMatrix::from_column_slice(t.len(), 1, t.as_slice()));
+                    let batch = Batch::new(&problem, &xm, &tm)?;
+                    let eq28 = local::contrastive(&problem, batch, &NestedSettings::default())?;
+                    worst = worst.max(rel_scalar(value(&net)?, eq28.value));
+                    let mut fd = Vec::new();
+                    for k in 0..levels {
+                        for u in 0..net.layers[k].b.len() {
+                            let h = 1e-6;
+                            let (mut p, mut m) = (net.clone(), net.clone());
+                            p.layers[k].b[u] += h;
+                            m.layers[k].b[u] -= h;
+                            fd.push((value(&p)? - value(&m)?) / (2.0 * h));
+                        }
+                    }
+                    let fd = DVector::from_vec(fd);
+                    let grad_b = DVector::from_iterator(fd.len(), eq28.grad.b.iter().flat_map(|b| b.iter().copied()));
+                    worst = worst.max((&fd - &grad_b).amax() / grad_b.amax().max(1e-12));
+                }
+            }
+            Ok(worst)
+        })(),
+        1e-8,
+    )
+}
