@@ -27,7 +27,8 @@ use crate::error::{Error, Result};
 /// Where to get the files, for error messages.
 pub const MNIST_HINT: &str = "get the four MNIST files (train-images-idx3-ubyte.gz, \
      train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) from \
-     https://yann.lecun.com/exdb/mnist/ or a mirror, and pass --data DIR or set BILEVEL_DATA";
+     https://yann.lecun.com/exdb/mnist/ or a mirror into this directory, or name another one \
+     (BILEVEL_DATA)";
 
 /// The environment variable naming the default data directory.
 pub const DATA_ENV: &str = "BILEVEL_DATA";

@@ -257,7 +257,7 @@ pub fn derive(text: &str) -> Result<DeriveOutput> {
         loss: limit.loss,
         z_dot: to_vec(&limit.direction.z_dot),
         grad_theta: to_vec(&limit.grad_theta),
-        method: limit.direction.method.clone(),
+        method: limit.direction.method.to_string(),
         residual: limit.z_star.status.residual.max(limit.direction.residual),
         solver: program.inner.backend().name(),
         surrogates,

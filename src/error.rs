@@ -110,7 +110,40 @@ pub enum Error {
         path: PathBuf,
         /// The operating system's reason.
         reason: String,
+        /// The operating system's error, when there is one (`std::error::Error::source`).
+        #[source]
+        source: Option<IoSource>,
     },
+}
+
+/// An operating-system error kept as the source of [`Error::Io`]: shared, so that [`Error`]
+/// stays `Clone`, and compared by kind and message, so that it stays `PartialEq`.
+#[derive(Debug, Clone)]
+pub struct IoSource(pub std::sync::Arc<std::io::Error>);
+
+impl IoSource {
+    /// The error's kind (`NotFound`, `PermissionDenied`, `StorageFull`, …).
+    pub fn kind(&self) -> std::io::ErrorKind {
+        self.0.kind()
+    }
+}
+
+impl PartialEq for IoSource {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.kind() == other.0.kind() && self.0.to_string() == other.0.to_string()
+    }
+}
+
+impl std::fmt::Display for IoSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for IoSource {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
 }
 
 /// Shorthand for `std::result::Result<T, bilevel::Error>`.
@@ -136,11 +169,21 @@ impl Error {
 }
 
 impl Error {
-    /// Shorthand for [`Error::Io`].
-    pub fn io(path: &std::path::Path, e: impl std::fmt::Display) -> Self {
+    /// [`Error::Io`] from the operating system's error, kept as the source.
+    pub fn io(path: &std::path::Path, e: std::io::Error) -> Self {
         Error::Io {
             path: path.to_path_buf(),
             reason: e.to_string(),
+            source: Some(IoSource(std::sync::Arc::new(e))),
+        }
+    }
+
+    /// [`Error::Io`] from another library's message (a drawing backend, say).
+    pub fn io_message(path: &std::path::Path, reason: impl std::fmt::Display) -> Self {
+        Error::Io {
+            path: path.to_path_buf(),
+            reason: reason.to_string(),
+            source: None,
         }
     }
 }

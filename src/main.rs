@@ -252,9 +252,43 @@ fn report(r: bilevel::Result<()>) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", for_cli(e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The library names the fields of its settings (`batch`, `adam.lr`, `resume`, …); the
+/// command line names its flags. Other errors pass through; a missing data directory gets the
+/// flag that chooses another one.
+fn for_cli(e: bilevel::Error) -> String {
+    const FLAGS: [(&str, &str); 10] = [
+        ("batch", "--batch"),
+        ("adam.lr", "--lr"),
+        ("init", "--init"),
+        ("method", "--method"),
+        ("beta", "--beta"),
+        ("epochs", "--epochs"),
+        ("resume", "--resume"),
+        ("overwrite", "--overwrite"),
+        ("checkpoint", "--checkpoint"),
+        ("train_size", "--train-size"),
+    ];
+    match e {
+        bilevel::Error::InvalidInput { field, reason } => {
+            let flag = FLAGS
+                .iter()
+                .find(|(f, _)| *f == field)
+                .map_or(field.as_str(), |(_, flag)| flag);
+            format!("invalid {flag}: {reason}")
+        }
+        bilevel::Error::BadData { path, reason } if reason.starts_with("no such directory") => {
+            format!(
+                "bad data file {}: {reason} (choose the directory with --data DIR)",
+                path.display()
+            )
+        }
+        other => other.to_string(),
     }
 }
 
@@ -336,8 +370,14 @@ fn load_mnist(data: Option<PathBuf>) -> bilevel::Result<bilevel::data::Mnist> {
 
 fn train(a: TrainArgs) -> bilevel::Result<()> {
     use bilevel::nn::{AdamSettings, Init, Outputs, Rule, TrainConfig};
+    if a.resume && a.checkpoint.is_none() {
+        return Err(bilevel::Error::input(
+            "--resume",
+            "needs --checkpoint DIR to resume from",
+        ));
+    }
     let config = TrainConfig {
-        rule: Rule::parse(&a.method, a.beta)?,
+        rule: Rule::from_name(&a.method, a.beta)?,
         init: Init::parse(&a.init)?,
         epochs: a.epochs,
         batch: a.batch,
@@ -382,7 +422,7 @@ fn reproduce_fig1(
     epochs: usize,
 ) -> bilevel::Result<()> {
     if epochs == 0 {
-        return Err(bilevel::Error::input("--epochs", "must be at least 1"));
+        return Err(bilevel::Error::input("epochs", "must be at least 1"));
     }
     let data = load_mnist(data)?;
     let mut progress = Progress::new();

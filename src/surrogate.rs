@@ -31,7 +31,9 @@ use nalgebra::DVector;
 
 use crate::error::{check_beta, check_computed, Error, Result};
 use crate::linalg::{select_rows, solve_kkt, vstack};
-use crate::problem::{Direction, InnerProblem, InnerSolution, LinearConstraints, Loss};
+use crate::problem::{
+    Direction, DirectionMethod, InnerProblem, InnerSolution, LinearConstraints, Loss,
+};
 use crate::prox::Branch;
 use crate::solve::qp::{solve_exact, Activity, Clarabel, Qp, QpBackend, Tolerances};
 
@@ -403,16 +405,16 @@ pub fn prop2_direction(
     if weak.is_empty() {
         let kkt = solve_kkt(a, &eq_rows, &(-c), &DVector::zeros(eq_rows.nrows()))?;
         let method = if eq_rows.nrows() == 0 {
-            "Prop. 1"
+            DirectionMethod::Prop1
         } else {
-            "Prop. 2 (no weakly active constraint: one KKT solve)"
+            DirectionMethod::Prop2Linear
         };
         return Ok(Direction {
             z_dot: kkt.x,
             branches,
             condition: kkt.condition,
             residual: kkt.residual,
-            method: method.into(),
+            method,
         });
     }
     let b_weak = select_rows(&constraints.a, &weak);
@@ -438,7 +440,9 @@ pub fn prop2_direction(
         branches,
         condition: sol.condition,
         residual: sol.residual,
-        method: format!("Prop. 2 QP ({}) + exact KKT", sol.backend),
+        method: DirectionMethod::Prop2Qp {
+            backend: sol.backend,
+        },
     })
 }
 

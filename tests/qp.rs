@@ -154,7 +154,10 @@ fn prop2_direction_matches_enumeration_and_one_sided_differences() {
                 -(inst.b.transpose() * z_dot),
                 epsilon = 1e-12
             );
-            assert!(limit.direction.method.contains("Prop. 2 QP"));
+            assert!(matches!(
+                limit.direction.method,
+                bilevel::problem::DirectionMethod::Prop2Qp { .. }
+            ));
         }
     }
     // The seeds exercise both one-sided branches.
@@ -217,7 +220,10 @@ fn unconstrained_quadratic_matches_closed_form() {
         epsilon = 1e-12,
         max_relative = 1e-12
     );
-    assert_eq!(limit.direction.method, "Prop. 1");
+    assert_eq!(
+        limit.direction.method,
+        bilevel::problem::DirectionMethod::Prop1
+    );
 }
 
 #[test]

@@ -91,7 +91,10 @@ fn prop1_and_cor1_on_a_smooth_non_quadratic_energy() {
     )
     .unwrap();
     let limit = program.limit(&theta).unwrap();
-    assert_eq!(limit.direction.method, "Prop. 1");
+    assert_eq!(
+        limit.direction.method,
+        bilevel::problem::DirectionMethod::Prop1
+    );
     // Reference 1: −H⁻¹ℓ'(z*) by an independent Cholesky solve.
     let z = &limit.z_star.z;
     let h = program.inner.hessian(z, &theta);

@@ -78,7 +78,7 @@ pub fn save(dir: &Path, trainer: &Trainer) -> Result<()> {
     };
     let tmp = dir.join(format!("{FILE}.tmp"));
     let io = |e: std::io::Error| Error::io(&tmp, e);
-    let json = serde_json::to_string(&header).map_err(|e| Error::io(&tmp, e))?;
+    let json = serde_json::to_string(&header).map_err(|e| Error::io_message(&tmp, e))?;
     let mut bytes = format!("{MAGIC}\n{json}\n").into_bytes();
     for t in tensors(&trainer.net, &trainer.adam.m, &trainer.adam.v) {
         for v in t {
@@ -110,7 +110,7 @@ pub fn load(dir: &Path, config: TrainConfig) -> Result<Trainer> {
     let file = path(dir);
     let bytes = fs::read(&file).map_err(|e| Error::BadData {
         path: file.clone(),
-        reason: format!("cannot read it ({e}); run without --resume to start afresh"),
+        reason: format!("cannot read it ({e}); start afresh instead of resuming"),
     })?;
     decode(&bytes, &file, config)
 }
@@ -127,7 +127,7 @@ pub fn decode(bytes: &[u8], file: &Path, config: TrainConfig) -> Result<Trainer>
     if bytes.starts_with(MAGIC_V1.as_bytes()) {
         return Err(bad(
             "format 1 (written by an older bilevel, without a checksum) cannot be verified; \
-             start afresh with --overwrite"
+             start afresh by overwriting it"
                 .into(),
         ));
     }
@@ -141,7 +141,7 @@ pub fn decode(bytes: &[u8], file: &Path, config: TrainConfig) -> Result<Trainer>
     if crc32fast::hash(body) != stored {
         return Err(bad(
             "checksum mismatch: the file is corrupted or truncated (the previous epoch's file \
-             is gone; start afresh with --overwrite)"
+             is gone; start afresh by overwriting it)"
                 .into(),
         ));
     }
@@ -154,10 +154,10 @@ pub fn decode(bytes: &[u8], file: &Path, config: TrainConfig) -> Result<Trainer>
     check_header(&header, &config).map_err(bad)?;
     if !header.config.same_run(&config) {
         return Err(Error::input(
-            "--resume",
+            "resume",
             format!(
                 "the checkpoint {} was written by a run with other settings ({}, init {}, \
-                 batch {}, lr {}, seed {}); pass the same settings or another --checkpoint \
+                 batch {}, lr {}, seed {}); use the same settings or another checkpoint \
                  directory",
                 file.display(),
                 header.config.rule.label(),
@@ -191,7 +191,7 @@ pub fn decode(bytes: &[u8], file: &Path, config: TrainConfig) -> Result<Trainer>
     if buf.len() != 4 * needed {
         return Err(bad(format!(
             "{} bytes of tensors, expected {} (truncated? the previous epoch's file is gone; \
-             start afresh without --resume)",
+             start afresh instead of resuming)",
             buf.len(),
             4 * needed
         )));

@@ -31,7 +31,7 @@ pub fn row(r: &EpochRecord, c: &TrainConfig) -> String {
         r.seconds,
         r.exact_train_error_pct
             .map_or(String::new(), |v| format!("{v:.4}")),
-        c.rule.method(),
+        c.rule.name(),
         beta,
         c.init.name(),
         c.seed,
@@ -88,7 +88,7 @@ pub fn read(path: &Path) -> Result<Run> {
     };
     let text = fs::read_to_string(path).map_err(|e| {
         bad(format!(
-            "cannot read it ({e}); pass a CSV written by `bilevel train --log`"
+            "cannot read it ({e}); pass a CSV log written by a training run"
         ))
     })?;
     let mut lines = text.lines();
@@ -147,4 +147,21 @@ pub fn read(path: &Path) -> Result<Run> {
         mean_seconds: seconds / points.len() as f64,
         points,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_write_keeps_the_operating_system_error_as_its_source() {
+        let path = Path::new("/nonexistent-bilevel-dir/run.csv");
+        let e = create(path, &[], &TrainConfig::default()).unwrap_err();
+        let source = std::error::Error::source(&e).expect("a source");
+        let io = source
+            .downcast_ref::<crate::error::IoSource>()
+            .expect("an IoSource");
+        assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
+        assert!(e.to_string().contains("/nonexistent-bilevel-dir/run.csv"), "{e}");
+    }
 }

@@ -40,6 +40,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::{Mnist, Split};
 use crate::error::{Error, Result};
 use crate::nested::linearized::{self, Gradients, Workspace};
+use crate::nested::method::Method;
 use crate::nested::{EnergyKind, Layer, Network, OutputLoss};
 use crate::prox::Activation;
 
@@ -62,12 +63,18 @@ pub enum Rule {
 }
 
 impl Rule {
-    /// The layer energy of the Prop. 7 pass.
-    pub fn energy(self) -> EnergyKind {
+    /// The row of Table 1 the rule trains with (back-propagation or Fenchel back-propagation:
+    /// the linearized rows, whose Prop. 7 pass is closed form).
+    pub fn method(self) -> Method {
         match self {
-            Rule::Bp => EnergyKind::Penalizer,
-            Rule::FenBp { .. } => EnergyKind::Fenchel,
+            Rule::Bp => Method::Bp,
+            Rule::FenBp { .. } => Method::FenchelBp,
         }
+    }
+
+    /// The layer energy of the Prop. 7 pass (the [`Rule::method`]'s `E_k` column).
+    pub fn energy(self) -> EnergyKind {
+        self.method().choices().0
     }
 
     /// β of every layer (back-propagation does not depend on it; 1 is used).
@@ -78,8 +85,8 @@ impl Rule {
         }
     }
 
-    /// `bp` or `fenbp`.
-    pub fn method(self) -> &'static str {
+    /// `bp` or `fenbp` (the logs' `method` column).
+    pub fn name(self) -> &'static str {
         match self {
             Rule::Bp => "bp",
             Rule::FenBp { .. } => "fenbp",
@@ -94,17 +101,19 @@ impl Rule {
         }
     }
 
-    /// Builds a rule from the CLI's `--method` and `--beta`.
+    /// The rule named `name` (`bp` or `fenbp`, as [`Rule::name`]) with an optional β
+    /// (Fenchel back-propagation's default is 1).
     ///
     /// # Errors
-    /// An unknown method; a non-positive or non-finite β; a β given with `bp`.
-    pub fn parse(method: &str, beta: Option<f32>) -> Result<Self> {
-        let rule = match (method, beta) {
+    /// An unknown name ([`Error::InvalidInput`] for `method`); a β given with `bp` (for
+    /// `beta`); a non-positive or non-finite β.
+    pub fn from_name(name: &str, beta: Option<f32>) -> Result<Self> {
+        let rule = match (name, beta) {
             ("bp", None) => Rule::Bp,
             ("bp", Some(_)) => {
                 return Err(Error::input(
-                    "--beta",
-                    "back-propagation takes no β (use --method fenbp)",
+                    "beta",
+                    "back-propagation takes no beta (Fenchel back-propagation, fenbp, does)",
                 ))
             }
             ("fenbp", b) => Rule::FenBp {
@@ -112,7 +121,7 @@ impl Rule {
             },
             (m, _) => {
                 return Err(Error::input(
-                    "--method",
+                    "method",
                     format!("unknown method `{m}` (expected bp or fenbp)"),
                 ))
             }
@@ -162,7 +171,7 @@ impl Init {
             "glorot" => Ok(Init::Glorot),
             "negative" => Ok(Init::Negative),
             _ => Err(Error::input(
-                "--init",
+                "init",
                 format!("unknown init `{s}` (expected glorot or negative)"),
             )),
         }
@@ -263,7 +272,7 @@ impl TrainConfig {
         self.rule.validate()?;
         if self.batch == 0 || self.batch > MAX_BATCH {
             return Err(Error::input(
-                "--batch",
+                "batch",
                 format!("must be between 1 and {MAX_BATCH}"),
             ));
         }
@@ -271,7 +280,7 @@ impl TrainConfig {
             return Err(Error::input("train_size", "must be at least 1"));
         }
         if !(self.adam.lr.is_finite() && self.adam.lr > 0.0) {
-            return Err(Error::input("--lr", "must be positive and finite"));
+            return Err(Error::input("adam.lr", "must be positive and finite"));
         }
         if self.widths.len() < 2 || self.widths.contains(&0) {
             return Err(Error::input("widths", "need at least two positive widths"));
@@ -627,23 +636,23 @@ impl Outputs {
     pub fn validate(&self) -> Result<()> {
         if self.resume && self.checkpoint.is_none() {
             return Err(Error::input(
-                "--resume",
-                "needs --checkpoint DIR to resume from",
+                "resume",
+                "needs a checkpoint directory to resume from",
             ));
         }
         if self.resume && self.overwrite {
             return Err(Error::input(
-                "--overwrite",
-                "contradicts --resume: choose to continue the checkpoint or to replace it",
+                "overwrite",
+                "contradicts resume: choose to continue the checkpoint or to replace it",
             ));
         }
         if let Some(dir) = &self.checkpoint {
             if checkpoint::exists(dir) && !self.resume && !self.overwrite {
                 return Err(Error::input(
-                    "--checkpoint",
+                    "checkpoint",
                     format!(
-                        "{} already holds a checkpoint; pass --resume to continue it or \
-                         --overwrite to start afresh over it",
+                        "{} already holds a checkpoint; resume it to continue, or overwrite \
+                         it to start afresh",
                         dir.display()
                     ),
                 ));
@@ -699,8 +708,8 @@ pub fn run(
     let mut trainer = match (&outputs.checkpoint, outputs.resume) {
         (None, true) => {
             return Err(Error::input(
-                "--resume",
-                "needs --checkpoint DIR to resume from",
+                "resume",
+                "needs a checkpoint directory to resume from",
             ))
         }
         (Some(dir), true) if checkpoint::exists(dir) => checkpoint::load(dir, config)?,

@@ -109,7 +109,7 @@ pub fn fig1(
         };
         let trainer = run(config, data, &outputs, observer)?;
         if trainer.history.is_empty() {
-            return Err(Error::input("--epochs", "must be at least 1"));
+            return Err(Error::input("epochs", "must be at least 1"));
         }
         results.push((c, trainer.history));
     }

@@ -63,13 +63,13 @@ pub fn draw(path: &Path, panels: &[Panel]) -> Result<()> {
     match ext.as_deref() {
         Some("svg") => {
             let root = SVGBackend::new(path, size).into_drawing_area();
-            render(&root, panels).map_err(|e| Error::io(path, e))?;
-            root.present().map_err(|e| Error::io(path, e))
+            render(&root, panels).map_err(|e| Error::io_message(path, e))?;
+            root.present().map_err(|e| Error::io_message(path, e))
         }
         Some("png") => {
             let root = BitMapBackend::new(path, size).into_drawing_area();
-            render(&root, panels).map_err(|e| Error::io(path, e))?;
-            root.present().map_err(|e| Error::io(path, e))
+            render(&root, panels).map_err(|e| Error::io_message(path, e))?;
+            root.present().map_err(|e| Error::io_message(path, e))
         }
         _ => Err(Error::input(
             "-o",

@@ -335,8 +335,49 @@ pub struct Direction {
     pub condition: f64,
     /// ∞-norm KKT residual of the direction problem (Eq. 17).
     pub residual: f64,
-    /// Which result produced it (`"Prop. 1"`, `"Prop. 2 closed form"`, `"Prop. 2 QP (clarabel)"`).
-    pub method: String,
+    /// Which result produced it.
+    pub method: DirectionMethod,
+}
+
+/// The result (and computation) a [`Direction`] comes from. `Display` gives the name the
+/// `derive` JSON reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+pub enum DirectionMethod {
+    /// No active constraint: Prop. 1, `ż = −(∇²_z E)⁻¹ ℓ'(z*)`, one linear solve.
+    Prop1,
+    /// Active constraints, none weakly active: Prop. 2's Eq. 17 reduces to one KKT solve on the
+    /// strongly active rows.
+    Prop2Linear,
+    /// Weakly active constraints: Eq. 17 as a QP, solved by the backend and refined exactly.
+    Prop2Qp {
+        /// The QP backend.
+        backend: &'static str,
+    },
+    /// A proximal layer with no unit on a bound: Prop. 1 in closed form.
+    Prop1ClosedForm,
+    /// A box layer (ReLU, hard sigmoid, hard tanh, box): Prop. 2 in closed form per unit.
+    BoxClosedForm,
+    /// A softmax layer: Prop. 2 in closed form on the simplex.
+    SimplexClosedForm,
+}
+
+impl std::fmt::Display for DirectionMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DirectionMethod::Prop1 => write!(f, "Prop. 1"),
+            DirectionMethod::Prop2Linear => {
+                write!(f, "Prop. 2 (no weakly active constraint: one KKT solve)")
+            }
+            DirectionMethod::Prop2Qp { backend } => {
+                write!(f, "Prop. 2 QP ({backend}) + exact KKT")
+            }
+            DirectionMethod::Prop1ClosedForm => write!(f, "Prop. 1 closed form"),
+            DirectionMethod::BoxClosedForm => write!(f, "Prop. 2 closed form (box)"),
+            DirectionMethod::SimplexClosedForm => write!(f, "Prop. 2 closed form (simplex)"),
+        }
+    }
 }
 
 /// An inner problem `min_z E(z; θ)` with linear constraints independent of `θ`.

@@ -1,8 +1,8 @@
 use nalgebra::{DMatrix, DVector};
 
 use super::{
-    check_affine, check_augmented, check_offset, Direction, InnerProblem, InnerSolution,
-    LinearConstraints, Loss, Offset, SolveStatus,
+    check_affine, check_augmented, check_offset, Direction, DirectionMethod, InnerProblem,
+    InnerSolution, LinearConstraints, Loss, Offset, SolveStatus,
 };
 use crate::error::{Error, Result};
 use crate::prox::{box_unit_limit, Activation};
@@ -342,9 +342,9 @@ impl InnerProblem for ProxProblem {
                     }
                 }
                 let method = if self.constraints.m() == 0 {
-                    "Prop. 1 closed form"
+                    DirectionMethod::Prop1ClosedForm
                 } else {
-                    "Prop. 2 closed form (box)"
+                    DirectionMethod::BoxClosedForm
                 };
                 (z_dot, 1.0, method)
             }
@@ -354,7 +354,7 @@ impl InnerProblem for ProxProblem {
                 let dc = d.component_mul(c);
                 let z_dot = -(&dc - &d * (dc.sum() / d.sum()));
                 let cond = d.max() / d.min();
-                (z_dot, cond, "Prop. 2 closed form (simplex)")
+                (z_dot, cond, DirectionMethod::SimplexClosedForm)
             }
         };
         Some(Ok(Direction {
@@ -362,7 +362,7 @@ impl InnerProblem for ProxProblem {
             branches,
             condition,
             residual: 0.0,
-            method: method.into(),
+            method,
         }))
     }
 }
