@@ -61,7 +61,7 @@ fn main() -> bilevel::Result<()> {
             )?;
             total_loss += f64::from(loss);
             correct += count_correct(&ws.z[3], &y);
-            opt.step(&mut net, &grads); // update!(opt, ps, gs)
+            opt.step(&mut net, &grads)?; // update!(opt, ps, gs)
         }
         // test accuracy, one forward pass over the 10,000 test images
         let all: Vec<usize> = (0..data.test.len()).collect();

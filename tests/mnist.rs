@@ -242,7 +242,7 @@ fn adam_matches_a_hand_computed_two_step_example() {
             w: vec![dmatrix![g[0] as f32, g[1] as f32]],
             b: vec![dvector![g[2] as f32]],
         };
-        adam.step(&mut net, &grads);
+        adam.step(&mut net, &grads).unwrap();
         // By hand, Kingma & Ba / Flux: m̂ = m/(1−β₁ᵗ), v̂ = v/(1−β₂ᵗ), θ −= η m̂/(√v̂ + ε).
         let t = t as i32 + 1;
         for i in 0..3 {

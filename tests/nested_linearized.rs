@@ -376,3 +376,43 @@ fn bad_shapes_and_betas_are_errors() {
     )
     .is_ok());
 }
+
+/// A workspace or gradients built for another network are an error, not a panic inside the
+/// matrix products.
+#[test]
+fn buffers_built_for_another_network_are_errors() {
+    use bilevel::nested::linearized::{gradient, Gradients, Workspace};
+    use bilevel::nested::{EnergyKind, OutputLoss};
+    let small = net(1, &[4, 3, 2], Activation::Relu);
+    let large = net(2, &[4, 5, 2], Activation::Relu);
+    let x = matrix(&mut rng(3), 4, 6);
+    let t = matrix(&mut rng(4), 2, 6);
+    let mut ws = Workspace::new(&small, 6);
+    let mut g = Gradients::zeros(&large);
+    let err = gradient(
+        &large,
+        EnergyKind::Penalizer,
+        &[1.0; 2],
+        OutputLoss::Squared,
+        &x,
+        &t,
+        &mut ws,
+        &mut g,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("workspace"), "{err}");
+    let mut ws = Workspace::new(&large, 6);
+    let mut g = Gradients::zeros(&small);
+    let err = gradient(
+        &large,
+        EnergyKind::Penalizer,
+        &[1.0; 2],
+        OutputLoss::Squared,
+        &x,
+        &t,
+        &mut ws,
+        &mut g,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("grads"), "{err}");
+}

@@ -72,6 +72,38 @@ impl<T: RealField + Copy> Workspace<T> {
         self.z.first().map_or(0, |z| z.ncols())
     }
 
+    /// Checks that the buffers were built for `net` (`O(L)`, no scan of the entries).
+    ///
+    /// # Errors
+    /// [`Error::DimensionMismatch`] naming the first buffer of the wrong shape.
+    pub fn check(&self, net: &Network<T>) -> Result<()> {
+        let batch = self.batch();
+        let fits = |bufs: &[DMatrix<T>]| {
+            bufs.len() == net.layers.len()
+                && bufs
+                    .iter()
+                    .zip(&net.layers)
+                    .all(|(m, l)| m.shape() == (l.w.nrows(), batch))
+        };
+        for (name, bufs) in [
+            ("workspace.a", &self.a),
+            ("workspace.z", &self.z),
+            ("workspace.delta", &self.delta),
+            ("workspace.e", &self.e),
+            ("workspace.scratch", &self.scratch),
+        ] {
+            if !fits(bufs) {
+                let found: Vec<(usize, usize)> = bufs.iter().map(|m| m.shape()).collect();
+                return Err(Error::dim(
+                    format!("{name} (built for another network?)"),
+                    format!("widths {:?} x batch {batch}", net.widths()),
+                    format!("{found:?}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// `z̄_k` of Eq. 43 after [`gradient`] ran with `kind` (allocates; for checks, not the
     /// training path): `z_k* − β_k δ_k` (Fenchel, proximal) or `z_k* − β_k e_k` (penalizer).
     pub fn z_bar(&self, kind: EnergyKind, k: usize, beta: T) -> DMatrix<T> {
@@ -102,6 +134,35 @@ impl<T: RealField + Copy> Gradients<T> {
         DVector::from_iterator(n, w.chain(b))
     }
 
+    /// Checks that the gradients are shaped like `net`'s parameters (`O(L)`).
+    ///
+    /// # Errors
+    /// [`Error::DimensionMismatch`] naming `what` and the first layer that differs.
+    pub fn check(&self, net: &Network<T>, what: &str) -> Result<()> {
+        if self.w.len() != net.layers.len() || self.b.len() != net.layers.len() {
+            return Err(Error::dim(
+                format!("{what} (layers)"),
+                net.layers.len(),
+                format!("{} weights, {} biases", self.w.len(), self.b.len()),
+            ));
+        }
+        for (k, (l, (w, b))) in net
+            .layers
+            .iter()
+            .zip(self.w.iter().zip(&self.b))
+            .enumerate()
+        {
+            if w.shape() != l.w.shape() || b.len() != l.b.len() {
+                return Err(Error::dim(
+                    format!("{what}[{k}]"),
+                    format!("{:?} and {}", l.w.shape(), l.b.len()),
+                    format!("{:?} and {}", w.shape(), b.len()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Zero gradients shaped like `net`.
     pub fn zeros(net: &Network<T>) -> Self {
         Self {
@@ -121,6 +182,7 @@ impl<T: RealField + Copy> Gradients<T> {
 
 /// Forward pass (Eq. 41): `a_k = W_k z_{k−1} + b_k`, `z_k* = f_k(a_k)`, for all energy kinds.
 pub fn forward<T: Gemm>(net: &Network<T>, x: &DMatrix<T>, ws: &mut Workspace<T>) -> Result<()> {
+    ws.check(net)?;
     if x.nrows() != net.input_dim() || x.ncols() != ws.batch() {
         return Err(Error::dim(
             "x",
@@ -159,7 +221,8 @@ pub fn check_betas<T: RealField + Copy>(betas: &[T], layers: usize) -> Result<()
 /// `grads` and returns the batch-mean loss `ℓ(z_L*)`.
 ///
 /// # Errors
-/// Shapes (`x`, `target`, `betas`, the network), non-positive or non-finite β, softmax with
+/// Shapes (`x`, `target`, `betas`, the network, a workspace or gradients built for another
+/// network), non-positive or non-finite β, softmax with
 /// penalizer energies, a non-finite loss (which is how non-finite weights or inputs show: the
 /// weights are not scanned on every call, see [`Network::check_structure`]).
 #[allow(clippy::too_many_arguments)]
@@ -175,6 +238,7 @@ pub fn gradient<T: Gemm>(
 ) -> Result<T> {
     net.check_structure(kind)?;
     check_betas(betas, net.layers.len())?;
+    grads.check(net, "grads")?;
     forward(net, x, ws)?;
     let top = net.layers.len() - 1;
     if target.shape() != ws.z[top].shape() {

@@ -60,9 +60,15 @@ impl Adam {
         }
     }
 
-    /// One step on every parameter of `net` with the gradient `g` (shapes as built by
-    /// [`Adam::new`] for this network). No allocation.
-    pub fn step(&mut self, net: &mut Network<f32>, g: &Gradients<f32>) {
+    /// One step on every parameter of `net` with the gradient `g`. No allocation.
+    ///
+    /// # Errors
+    /// [`crate::Error::DimensionMismatch`] when `g` or the moments are not shaped like `net`
+    /// (nothing is updated then).
+    pub fn step(&mut self, net: &mut Network<f32>, g: &Gradients<f32>) -> crate::Result<()> {
+        g.check(net, "gradient")?;
+        self.m.check(net, "adam.m")?;
+        self.v.check(net, "adam.v")?;
         self.t += 1;
         let s = self.settings;
         // Bias corrections in f64 (β₂ᵗ loses digits in f32 after ~10⁴ steps), folded into
@@ -100,6 +106,7 @@ impl Adam {
                 c,
             );
         }
+        Ok(())
     }
 }
 
@@ -175,5 +182,39 @@ fn update_scalar(t: Tensor<'_>, c: Coefs) {
         *mi = flush(b1 * *mi + (1.0 - b1) * gi);
         *vi = flush(b2 * *vi + (1.0 - b2) * (gi * gi));
         *p -= alpha * *mi / (vi.sqrt() + eps_hat);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nested::Layer;
+    use crate::prox::Activation;
+    use nalgebra::{DMatrix, DVector};
+
+    fn net(widths: &[usize]) -> Network<f32> {
+        Network {
+            layers: widths
+                .windows(2)
+                .map(|w| Layer {
+                    w: DMatrix::from_element(w[1], w[0], 0.5),
+                    b: DVector::from_element(w[1], 0.1),
+                    activation: Activation::Relu,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_gradient_of_another_shape_is_an_error_and_changes_nothing() {
+        let mut n = net(&[3, 2, 1]);
+        let mut adam = Adam::new(&n, AdamSettings::default());
+        let before = (n.clone(), adam.clone());
+        let wrong = Gradients::zeros(&net(&[3, 4, 1]));
+        assert!(adam.step(&mut n, &wrong).is_err());
+        assert_eq!((n.clone(), adam.clone()), before);
+        let right = Gradients::zeros(&n);
+        adam.step(&mut n, &right).unwrap();
+        assert_eq!(adam.t, 1);
     }
 }

@@ -162,6 +162,9 @@ mod tests {
             .downcast_ref::<crate::error::IoSource>()
             .expect("an IoSource");
         assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
-        assert!(e.to_string().contains("/nonexistent-bilevel-dir/run.csv"), "{e}");
+        assert!(
+            e.to_string().contains("/nonexistent-bilevel-dir/run.csv"),
+            "{e}"
+        );
     }
 }

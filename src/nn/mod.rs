@@ -477,7 +477,7 @@ impl Trainer {
         )?;
         let top = self.net.layers.len() - 1;
         let correct = count_correct(&buf.ws.z[top], &buf.y);
-        self.adam.step(&mut self.net, &self.grads);
+        self.adam.step(&mut self.net, &self.grads)?;
         Ok((loss, correct))
     }
 
