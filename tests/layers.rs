@@ -6,14 +6,8 @@ use approx::assert_relative_eq;
 use bilevel::prelude::*;
 use bilevel::surrogate::prop2_direction;
 use bilevel::verify::instances::{rng, vector};
+use bilevel::verify::reference::relu_quotient;
 use nalgebra::{dvector, DMatrix, DVector};
-
-/// Example 1's one-sided quotient `([u − βg]₊ − [u]₊)/β`, written out independently.
-fn relu_quotient(u: &DVector<f64>, g: &DVector<f64>, beta: f64) -> DVector<f64> {
-    DVector::from_fn(u.len(), |j, _| {
-        ((u[j] - beta * g[j]).max(0.0) - u[j].max(0.0)) / beta
-    })
-}
 
 #[test]
 fn example1_relu_one_sided_limit_including_ties() {

@@ -307,33 +307,38 @@ fn fenbp_gradient_on_mnist_follows_the_julia_rule_in_f32() {
         // Julia in f64 from the same forward pass.
         let a: Vec<DMatrix<f64>> = ws.a.iter().map(|m| m.clone().cast()).collect();
         let z: Vec<DMatrix<f64>> = ws.z.iter().map(|m| m.clone().cast()).collect();
-        let mut dy = {
+        let dy = {
             let mut gtop = z[3].clone();
             OutputLoss::SoftmaxCrossEntropy.value_and_gradient(&z[3], &y.clone().cast(), &mut gtop);
             gtop
         };
-        let b = f64::from(beta);
-        for k in (0..4).rev() {
-            let pre = if k == 3 {
-                dy.clone()
-            } else {
-                DMatrix::from_fn(a[k].nrows(), 50, |i, j| {
-                    (a[k][(i, j)].max(0.0) - (a[k][(i, j)] - b * dy[(i, j)]).max(0.0)) / b
+        let net64 = bilevel::nested::Network {
+            layers: net
+                .layers
+                .iter()
+                .map(|l| bilevel::nested::Layer {
+                    w: l.w.clone().cast(),
+                    b: l.b.clone().cast(),
+                    activation: l.activation,
                 })
-            };
-            let input: DMatrix<f64> = if k == 0 {
-                x.clone().cast()
-            } else {
-                z[k - 1].clone()
-            };
-            let julia = &pre * input.transpose();
+                .collect(),
+        };
+        let x64: DMatrix<f64> = x.clone().cast();
+        let julia = bilevel::verify::reference::appendix_c_gradient(
+            &net64,
+            &x64,
+            &a,
+            &z,
+            dy,
+            f64::from(beta),
+        );
+        for k in 0..4 {
             let ours: DMatrix<f64> = g.w[k].clone().cast();
-            let scale = julia.amax().max(1e-12);
+            let scale = julia.w[k].amax().max(1e-12);
             assert!(
-                (ours - &julia).amax() / scale < 1e-4,
+                (ours - &julia.w[k]).amax() / scale < 1e-4,
                 "layer {k}, beta {beta}"
             );
-            dy = net.layers[k].w.clone().cast::<f64>().transpose() * pre;
         }
         // Small β: away from the kinks the quotient is exactly BP's signal.
         if beta <= 0.01 {

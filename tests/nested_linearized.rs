@@ -47,25 +47,7 @@ fn fd_gradient(
         let mut g = z.clone();
         loss.value_and_gradient(&z, t, &mut g)
     };
-    let h = 1e-6;
-    let mut grads = Gradients::zeros(n);
-    for k in 0..n.layers.len() {
-        for idx in 0..n.layers[k].w.len() {
-            let mut p = n.clone();
-            p.layers[k].w[idx] += h;
-            let mut m = n.clone();
-            m.layers[k].w[idx] -= h;
-            grads.w[k][idx] = (value(&p) - value(&m)) / (2.0 * h);
-        }
-        for idx in 0..n.layers[k].b.len() {
-            let mut p = n.clone();
-            p.layers[k].b[idx] += h;
-            let mut m = n.clone();
-            m.layers[k].b[idx] -= h;
-            grads.b[k][idx] = (value(&p) - value(&m)) / (2.0 * h);
-        }
-    }
-    grads
+    bilevel::verify::reference::central_network(n, 1e-6, |n| Ok(value(n))).unwrap()
 }
 
 fn max_rel(a: &Gradients<f64>, b: &Gradients<f64>) -> f64 {
@@ -165,32 +147,18 @@ fn fenchel_bp_equals_the_appendix_c_rule_at_every_beta() {
             &x,
             &t,
         );
-        // Julia's rule, written out: dy flows down as in BP, but every ReLU pulls it back with
-        // (z − relu(x − β·dy))/β instead of relu'(x)·dy.
-        let mut dy = {
+        // Julia's rule, written out once in the test support: dy flows down as in BP, but every
+        // ReLU pulls it back with (z − relu(x − β·dy))/β instead of relu'(x)·dy.
+        let dy = {
             let z = &ws.z[2];
             let mut g = z.clone();
             OutputLoss::SoftmaxCrossEntropy.value_and_gradient(z, &t, &mut g);
             g // identity top layer: pre-activation gradient = dy
         };
-        for k in (0..3).rev() {
-            let input = if k == 0 {
-                x.clone()
-            } else {
-                ws.z[k - 1].clone()
-            };
-            let pre = if k == 2 {
-                dy.clone()
-            } else {
-                let a = &ws.a[k];
-                DMatrix::from_fn(a.nrows(), a.ncols(), |i, j| {
-                    (a[(i, j)].max(0.0) - (a[(i, j)] - beta * dy[(i, j)]).max(0.0)) / beta
-                })
-            };
-            let gw = &pre * input.transpose();
+        let julia = bilevel::verify::reference::appendix_c_gradient(&n, &x, &ws.a, &ws.z, dy, beta);
+        for k in 0..3 {
             // Both compute the same quotient; the library skips it where it is exactly dy or 0.
-            assert_relative_eq!(g.w[k], gw, epsilon = 1e-12, max_relative = 1e-9);
-            dy = n.layers[k].w.transpose() * &pre;
+            assert_relative_eq!(g.w[k], julia.w[k], epsilon = 1e-12, max_relative = 1e-9);
         }
     }
 }

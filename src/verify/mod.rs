@@ -8,6 +8,7 @@
 
 pub mod instances;
 mod nested;
+pub mod reference;
 mod single;
 
 use nalgebra::DVector;
@@ -19,6 +20,7 @@ use crate::solve::qp::Activity;
 use crate::surrogate::Bilevel;
 use instances::{matrix, rng, spd, vector, ConstructedQp};
 use nested::NestedInstance;
+use reference::central;
 
 /// One row of the verification table.
 #[derive(Debug, Clone, Serialize)]
@@ -180,22 +182,6 @@ pub fn run_only(seed: u64, ids: &[&str]) -> Report {
 /// `‖a − b‖∞ / max(1, ‖b‖∞)`.
 pub fn rel_err(a: &DVector<f64>, b: &DVector<f64>) -> f64 {
     (a - b).amax() / b.amax().max(1.0)
-}
-
-fn central(
-    f: impl Fn(&DVector<f64>) -> Result<f64>,
-    theta: &DVector<f64>,
-    h: f64,
-) -> Result<DVector<f64>> {
-    let mut g = DVector::zeros(theta.len());
-    for j in 0..theta.len() {
-        let mut tp = theta.clone();
-        let mut tm = theta.clone();
-        tp[j] += h;
-        tm[j] -= h;
-        g[j] = (f(&tp)? - f(&tm)?) / (2.0 * h);
-    }
-    Ok(g)
 }
 
 /// Least-squares slope of `log err` against `log β`.

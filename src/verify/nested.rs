@@ -5,6 +5,7 @@
 use nalgebra::{DMatrix, DVector};
 
 use super::instances::{matrix, network, rng, vector};
+use super::reference::{appendix_c_gradient, central_network};
 use super::{fitted_slope, rel_err, Check};
 use crate::error::Result;
 use crate::nested::linearized::{gradient, Gradients, Workspace};
@@ -57,19 +58,8 @@ impl NestedInstance {
     }
 
     fn central_differences(&self) -> Result<DVector<f64>> {
-        let (x, t) = (&self.x, &self.target);
-        let mut out = Vec::new();
-        for k in 0..3 {
-            for idx in 0..self.net.layers[k].w.len() {
-                let h = 1e-6;
-                let mut p = self.net.clone();
-                p.layers[k].w[idx] += h;
-                let mut m = self.net.clone();
-                m.layers[k].w[idx] -= h;
-                out.push((p.loss(LOSS, x, t)? - m.loss(LOSS, x, t)?) / (2.0 * h));
-            }
-        }
-        Ok(DVector::from_vec(out))
+        let g = central_network(&self.net, 1e-6, |n| n.loss(LOSS, &self.x, &self.target))?;
+        Ok(flat(&g))
     }
 
     fn target_for(&self, loss: OutputLoss) -> &DMatrix<f64> {
@@ -303,20 +293,7 @@ pub(super) fn appendix_c_rule(inst: &NestedInstance) -> Check {
                 let (g, ws) = inst.linearized_with(net, EnergyKind::Fenchel, &[beta; 3])?;
                 let mut dy = ws.z[2].clone();
                 LOSS.value_and_gradient(&ws.z[2], &inst.target, &mut dy);
-                let mut julia = Gradients::zeros(net);
-                for k in (0..3).rev() {
-                    let pre = if k == 2 {
-                        dy.clone()
-                    } else {
-                        let a = &ws.a[k];
-                        DMatrix::from_fn(a.nrows(), a.ncols(), |i, j| {
-                            (a[(i, j)].max(0.0) - (a[(i, j)] - beta * dy[(i, j)]).max(0.0)) / beta
-                        })
-                    };
-                    let input = if k == 0 { x.clone() } else { ws.z[k - 1].clone() };
-                    julia.w[k] = &pre * input.transpose();
-                    dy = net.layers[k].w.transpose() * &pre;
-                }
+                let julia = appendix_c_gradient(net, x, &ws.a, &ws.z, dy, beta);
                 worst = worst.max(rel_err(&flat(&g), &flat(&julia)));
             }
             Ok(worst)
@@ -561,17 +538,8 @@ pub(super) fn prop5_composed(s: u64) -> Check {
                     let batch = Batch::new(&problem, &xm, &tm)?;
                     let eq28 = local::contrastive(&problem, batch, &NestedSettings::default())?;
                     worst = worst.max(rel_scalar(value(&net)?, eq28.value));
-                    let mut fd = Vec::new();
-                    for k in 0..levels {
-                        for u in 0..net.layers[k].b.len() {
-                            let h = 1e-6;
-                            let (mut p, mut m) = (net.clone(), net.clone());
-                            p.layers[k].b[u] += h;
-                            m.layers[k].b[u] -= h;
-                            fd.push((value(&p)? - value(&m)?) / (2.0 * h));
-                        }
-                    }
-                    let fd = DVector::from_vec(fd);
+                    let fd = central_network(&net, 1e-6, value)?;
+                    let fd = DVector::from_iterator(eq28.grad.b.iter().map(|b| b.len()).sum(), fd.b.iter().flat_map(|b| b.iter().copied()));
                     let grad_b = DVector::from_iterator(fd.len(), eq28.grad.b.iter().flat_map(|b| b.iter().copied()));
                     worst = worst.max((&fd - &grad_b).amax() / grad_b.amax().max(1e-12));
                 }

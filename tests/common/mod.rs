@@ -86,17 +86,8 @@ pub fn bp(net: &Network<f64>, loss: OutputLoss, x: &DMatrix<f64>, t: &DMatrix<f6
 
 /// Central differences of `value` in every weight entry (biases excluded), step `h`.
 pub fn fd_weights(net: &Network<f64>, h: f64, value: impl Fn(&Network<f64>) -> f64) -> Vec<f64> {
-    let mut fd = Vec::new();
-    for k in 0..net.layers.len() {
-        for idx in 0..net.layers[k].w.len() {
-            let mut p = net.clone();
-            p.layers[k].w[idx] += h;
-            let mut m = net.clone();
-            m.layers[k].w[idx] -= h;
-            fd.push((value(&p) - value(&m)) / (2.0 * h));
-        }
-    }
-    fd
+    let g = bilevel::verify::reference::central_network(net, h, |n| Ok(value(n))).unwrap();
+    g.w.iter().flat_map(|m| m.iter().copied()).collect()
 }
 
 /// A network and the target of its batch.
