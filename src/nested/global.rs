@@ -78,15 +78,6 @@ pub fn contrastive(
     }
 }
 
-/// Scaled layer weights `s_k = Π_{l<k} β_l` (layer `k`, 0-based) and `s_L = Π_l β_l` (loss).
-fn scaled_weights(betas: &[f64]) -> Vec<f64> {
-    let mut s = vec![1.0; betas.len() + 1];
-    for k in 1..=betas.len() {
-        s[k] = s[k - 1] * betas[k - 1];
-    }
-    s
-}
-
 /// `‖W‖₂²` by `steps` steps of power iteration on `WᵀW` (a lower estimate converging from
 /// below).
 pub(crate) fn spectral_norm_sq(w: &DMatrix<f64>, steps: usize) -> f64 {
@@ -134,7 +125,7 @@ impl ProximalQp {
             offsets[k] = offsets[k - 1] + widths[k - 1];
         }
         let n: usize = widths.iter().sum();
-        let s = scaled_weights(&problem.betas);
+        let s = super::prefix_products(&problem.betas);
         let mut p = DMatrix::zeros(n, n);
         for (k, layer) in net.layers.iter().enumerate() {
             let m = (k > 0).then_some(&layer.w);
@@ -313,7 +304,9 @@ fn proximal_value_and_gradient(
     let top = net.layers.len() - 1;
     let prod = s[top + 1];
     let mut grad = Gradients::zeros(net);
-    let mut value = 0.5 * (&free[top] + &d[top] - target).norm_squared() / batch.len() as f64;
+    let clamped_top = &free[top] + &d[top];
+    let mut loss_grad = clamped_top.clone();
+    let mut value = OutputLoss::Squared.value_and_gradient(&clamped_top, target, &mut loss_grad);
     for (k, layer) in net.layers.iter().enumerate() {
         let ck = s[k] / prod;
         let (r_free, dr) = if k == 0 {
@@ -392,7 +385,7 @@ pub fn convex_chl_batched(
         batched_free_phase(problem, batch, &steps, &mut free, settings)?;
     let (d, clamped_sweeps, clamped_change) =
         batched_clamped_phase(problem, batch, &steps, &free, settings)?;
-    let s = scaled_weights(betas);
+    let s = super::prefix_products(betas);
     let (value, grad) = proximal_value_and_gradient(net, &s, batch, &free, &d);
     let clamped = free.iter().zip(&d).map(|(z, dz)| z + dz).collect();
     Ok(NestedReport {
@@ -566,7 +559,7 @@ fn chl(
         .collect();
     let (clamped_sweeps, r_clamped) = chl_difference(problem, batch, &free, &mut d, settings)?;
     let clamped: Vec<DMatrix<f64>> = free.iter().zip(&d).map(|(z, dz)| z + dz).collect();
-    let s = scaled_weights(&problem.betas);
+    let s = super::prefix_products(&problem.betas);
     let prod = s[top + 1];
     let mut loss_grad = clamped[top].clone();
     let loss_value = problem

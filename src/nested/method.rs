@@ -178,12 +178,8 @@ impl Method {
                 // The free energy is minimized (to 0) by the forward pass, so Eq. 22 is the
                 // local objective with weights 1/Π_{l≥k} β_l.
                 EnergyKind::Penalizer => {
-                    let mut cumulative = problem.betas.clone();
-                    for k in (0..cumulative.len().saturating_sub(1)).rev() {
-                        cumulative[k] *= cumulative[k + 1];
-                    }
                     let scaled = NestedProblem {
-                        betas: cumulative,
+                        betas: super::suffix_products(&problem.betas),
                         ..problem.clone()
                     };
                     local::contrastive(&scaled, batch, settings)?
@@ -260,11 +256,9 @@ fn check_beta_products(method: &str, betas: &[f64]) -> Result<()> {
         crate::error::check_beta(b)?;
     }
     let ok = |p: f64| p.is_finite() && p >= f64::MIN_POSITIVE && (1.0 / p).is_finite();
-    let mut prefix = 1.0;
+    let (prefix, suffix) = (super::prefix_products(betas), super::suffix_products(betas));
     for (k, &b) in betas.iter().enumerate() {
-        prefix *= b;
-        let suffix: f64 = betas[k..].iter().product();
-        if !ok(prefix) || !ok(suffix) {
+        if !ok(prefix[k + 1]) || !ok(suffix[k]) {
             return Err(Error::BetaOutOfRange {
                 beta: b,
                 what: method.into(),

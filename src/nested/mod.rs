@@ -58,6 +58,26 @@ pub fn activate_columns_into<T: RealField + Copy>(
     }
 }
 
+/// The layer weights of the non-linearized surrogates, written once: prefix products
+/// `s_k = Π_{l<k} β_l` for `k = 0..=L` (so `s_L = Π_l β_l`; Eq. 22 multiplied by `Π β` gives
+/// layer `k` the weight `s_k` and the loss `s_L`).
+pub(crate) fn prefix_products(betas: &[f64]) -> Vec<f64> {
+    let mut s = vec![1.0; betas.len() + 1];
+    for k in 1..=betas.len() {
+        s[k] = s[k - 1] * betas[k - 1];
+    }
+    s
+}
+
+/// Suffix products `Π_{l≥k} β_l` for `k = 0..L` (predictive coding's `μ_k⁻¹`, Section 3.2.1).
+pub(crate) fn suffix_products(betas: &[f64]) -> Vec<f64> {
+    let mut s = betas.to_vec();
+    for k in (0..s.len().saturating_sub(1)).rev() {
+        s[k] *= s[k + 1];
+    }
+    s
+}
+
 /// Adds `c·J_kᵀJ_k` to a Hessian `h` over the stacked layers `(z_1; …; z_L)` (layer `k` at
 /// `offsets[k]`, width `nk`): the Gauss–Newton block of `(c/2)‖r_k‖²` for a layer residual
 /// `r_k = z_k − M z_{k−1} − const`, with `J_k = [−M, I]` (`M = W_k`, or `D W_k` on a linear

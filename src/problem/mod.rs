@@ -11,13 +11,13 @@
 //!
 //! [`Activation`]: crate::prox::Activation
 
+mod logcosh;
 mod prox_layer;
 mod quadratic;
-mod smooth;
 
+pub use logcosh::LogCoshProblem;
 pub use prox_layer::ProxProblem;
 pub use quadratic::QuadraticProblem;
-pub use smooth::LogCoshProblem;
 
 use nalgebra::{DMatrix, DVector};
 
