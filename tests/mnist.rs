@@ -193,7 +193,7 @@ fn initializations_have_the_right_ranges_and_signs() {
                 l.w.iter().all(|v| v.abs() <= a),
                 "layer {k} exceeds the Glorot bound"
             );
-            assert!(l.b.iter().all(|&v| v == 0.0));
+            assert!(l.bias.iter().all(|&v| v == 0.0));
             let (neg, n) = (l.w.iter().filter(|&&v| v < 0.0).count(), l.w.len());
             if k == 0 && init == Init::Negative {
                 assert_eq!(neg, n, "negative init: every first-layer weight ≤ 0");
@@ -227,7 +227,7 @@ fn adam_matches_a_hand_computed_two_step_example() {
     let mut net = Network {
         layers: vec![Layer {
             w: dmatrix![0.5f32, -1.0],
-            b: dvector![0.25f32],
+            bias: dvector![0.25f32],
             activation: Activation::Identity,
         }],
     };
@@ -240,7 +240,7 @@ fn adam_matches_a_hand_computed_two_step_example() {
     for (t, g) in [g1, g2].iter().enumerate() {
         let grads = Gradients {
             w: vec![dmatrix![g[0] as f32, g[1] as f32]],
-            b: vec![dvector![g[2] as f32]],
+            bias: vec![dvector![g[2] as f32]],
         };
         adam.step(&mut net, &grads).unwrap();
         // By hand, Kingma & Ba / Flux: m̂ = m/(1−β₁ᵗ), v̂ = v/(1−β₂ᵗ), θ −= η m̂/(√v̂ + ε).
@@ -257,7 +257,7 @@ fn adam_matches_a_hand_computed_two_step_example() {
     let got = [
         net.layers[0].w[(0, 0)],
         net.layers[0].w[(0, 1)],
-        net.layers[0].b[0],
+        net.layers[0].bias[0],
     ];
     for i in 0..3 {
         assert_relative_eq!(f64::from(got[i]), theta[i], max_relative = 1e-6);
@@ -318,7 +318,7 @@ fn fenbp_gradient_on_mnist_follows_the_julia_rule_in_f32() {
                 .iter()
                 .map(|l| bilevel::nested::Layer {
                     w: l.w.clone().cast(),
-                    b: l.b.clone().cast(),
+                    bias: l.bias.clone().cast(),
                     activation: l.activation,
                 })
                 .collect(),

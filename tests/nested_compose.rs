@@ -13,7 +13,7 @@ use nalgebra::{DMatrix, DVector};
 fn net(seed: u64, widths: &[usize], relu: usize, bias: f64) -> Network<f64> {
     let mut n = network(&mut rng(seed), widths, Activation::Identity);
     for (k, l) in n.layers.iter_mut().enumerate() {
-        l.b *= bias;
+        l.bias *= bias;
         l.activation = if k == relu {
             Activation::Relu
         } else {
@@ -59,7 +59,12 @@ fn bottom_up_composition_is_eq22() {
             def1.value,
             eq22.value
         );
-        let grad_b: Vec<f64> = eq22.grad.b.iter().flat_map(|b| b.iter().copied()).collect();
+        let grad_b: Vec<f64> = eq22
+            .grad
+            .bias
+            .iter()
+            .flat_map(|b| b.iter().copied())
+            .collect();
         assert!(common::rel(def1.grad_theta.as_slice(), &grad_b) < 1e-10);
     }
 }
@@ -139,7 +144,7 @@ fn shapes_the_composition_cannot_express_are_errors() {
 #[test]
 fn convex_chl_with_every_top_unit_clamped_in_both_phases() {
     let mut n = net(9, &[3, 4, 3], 1, 1.0);
-    n.layers[1].b.fill(-50.0);
+    n.layers[1].bias.fill(-50.0);
     let (x, t) = (vector(&mut rng(10), 3), vector(&mut rng(11), 3));
     let sol = common::global(
         &n,

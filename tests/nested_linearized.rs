@@ -35,7 +35,7 @@ fn fd_gradient(
         for l in &n.layers {
             let mut a = &l.w * &z;
             for mut c in a.column_iter_mut() {
-                c += &l.b;
+                c += &l.bias;
             }
             let mut out = a.clone();
             for j in 0..a.ncols() {
@@ -56,8 +56,8 @@ fn max_rel(a: &Gradients<f64>, b: &Gradients<f64>) -> f64 {
     for k in 0..a.w.len() {
         num = num
             .max((&a.w[k] - &b.w[k]).amax())
-            .max((&a.b[k] - &b.b[k]).amax());
-        den = den.max(b.w[k].amax()).max(b.b[k].amax());
+            .max((&a.bias[k] - &b.bias[k]).amax());
+        den = den.max(b.w[k].amax()).max(b.bias[k].amax());
     }
     num / den
 }
@@ -187,7 +187,7 @@ fn batched_gradient_is_the_mean_of_per_sample_gradients() {
             .0;
             for k in 0..2 {
                 mean.w[k] += &g.w[k] / 5.0;
-                mean.b[k] += &g.b[k] / 5.0;
+                mean.bias[k] += &g.bias[k] / 5.0;
             }
         }
         // Same sums in another order: rounding only.
@@ -201,7 +201,7 @@ fn fenchel_error_signal_tends_to_the_one_sided_derivative_at_ties() {
     // One hidden ReLU layer whose first unit has a_1 = 0 exactly (zero weights and bias).
     let mut n = net(11, &[3, 3, 2], Activation::Relu);
     n.layers[0].w.row_mut(0).fill(0.0);
-    n.layers[0].b[0] = 0.0;
+    n.layers[0].bias[0] = 0.0;
     let x = matrix(&mut rng(12), 3, 4);
     let t = matrix(&mut rng(13), 2, 4);
     let (_, ws) = run(
@@ -245,7 +245,7 @@ fn f32_training_path_agrees_with_f64() {
             .iter()
             .map(|l| Layer {
                 w: l.w.clone().cast::<f32>(),
-                b: l.b.clone().cast::<f32>(),
+                bias: l.bias.clone().cast::<f32>(),
                 activation: l.activation,
             })
             .collect(),

@@ -44,7 +44,7 @@ fn stacked_biases(problem: &NestedProblem<'_>) -> DVector<f64> {
         .net
         .layers
         .iter()
-        .flat_map(|l| l.b.iter().copied())
+        .flat_map(|l| l.bias.iter().copied())
         .collect();
     DVector::from_vec(b)
 }
@@ -206,7 +206,7 @@ pub fn top_down(
         0.5 * target.norm_squared(),
     );
     for k in (1..layers.len()).rev() {
-        let (w, b, beta) = (&layers[k].w, &layers[k].b, problem.betas[k]);
+        let (w, b, beta) = (&layers[k].w, &layers[k].bias, problem.betas[k]);
         let n = &h + DMatrix::identity(h.nrows(), h.nrows()) / beta;
         let v = &g + b / beta;
         let mut rhs = DMatrix::zeros(n.nrows(), w.ncols() + 1);
@@ -221,7 +221,7 @@ pub fn top_down(
     }
     let first = &layers[0];
     let beta = problem.betas[0];
-    let a = &first.w * x + &first.b;
+    let a = &first.w * x + &first.bias;
     let dist_sq: f64 = a
         .iter()
         .map(|&ai| (ai - ai.clamp(bounds.0, bounds.1)).powi(2))

@@ -157,9 +157,9 @@ impl ProximalQp {
         let mut q = DVector::zeros(n);
         for (k, layer) in net.layers.iter().enumerate() {
             let c = if k == 0 {
-                &layer.w * x + &layer.b
+                &layer.w * x + &layer.bias
             } else {
-                layer.b.clone()
+                layer.bias.clone()
             };
             q.rows_mut(self.offsets[k], self.widths[k])
                 .sub_assign(&(&c * self.s[k]));
@@ -328,7 +328,7 @@ fn proximal_value_and_gradient(
             bracket -= &r_free * d[k - 1].transpose();
         }
         grad.w[k] = bracket * ck;
-        grad.b[k] = -dr.column_sum() * ck;
+        grad.bias[k] = -dr.column_sum() * ck;
     }
     (value, grad)
 }
@@ -576,7 +576,7 @@ fn chl(
             outer += &free[k] * d[k - 1].transpose();
         }
         grad.w[k] = -outer * ck;
-        grad.b[k] = -d[k].column_sum() * ck;
+        grad.bias[k] = -d[k].column_sum() * ck;
     }
     Ok(NestedReport {
         value,

@@ -120,17 +120,17 @@ impl<T: RealField + Copy> Workspace<T> {
 pub struct Gradients<T: RealField + Copy> {
     /// `∂/∂W_k`.
     pub w: Vec<DMatrix<T>>,
-    /// `∂/∂b_k`.
-    pub b: Vec<DVector<T>>,
+    /// `∂/∂b_k` (the biases).
+    pub bias: Vec<DVector<T>>,
 }
 
 impl<T: RealField + Copy> Gradients<T> {
     /// All entries in one vector: every `W_k` (column-major), then every `b_k`.
     pub fn flatten(&self) -> DVector<T> {
         let w = self.w.iter().flat_map(|m| m.iter().copied());
-        let b = self.b.iter().flat_map(|v| v.iter().copied());
+        let b = self.bias.iter().flat_map(|v| v.iter().copied());
         let n = self.w.iter().map(|m| m.len()).sum::<usize>()
-            + self.b.iter().map(|v| v.len()).sum::<usize>();
+            + self.bias.iter().map(|v| v.len()).sum::<usize>();
         DVector::from_iterator(n, w.chain(b))
     }
 
@@ -139,23 +139,23 @@ impl<T: RealField + Copy> Gradients<T> {
     /// # Errors
     /// [`Error::DimensionMismatch`] naming `what` and the first layer that differs.
     pub fn check(&self, net: &Network<T>, what: &str) -> Result<()> {
-        if self.w.len() != net.layers.len() || self.b.len() != net.layers.len() {
+        if self.w.len() != net.layers.len() || self.bias.len() != net.layers.len() {
             return Err(Error::dim(
                 format!("{what} (layers)"),
                 net.layers.len(),
-                format!("{} weights, {} biases", self.w.len(), self.b.len()),
+                format!("{} weights, {} biases", self.w.len(), self.bias.len()),
             ));
         }
         for (k, (l, (w, b))) in net
             .layers
             .iter()
-            .zip(self.w.iter().zip(&self.b))
+            .zip(self.w.iter().zip(&self.bias))
             .enumerate()
         {
-            if w.shape() != l.w.shape() || b.len() != l.b.len() {
+            if w.shape() != l.w.shape() || b.len() != l.bias.len() {
                 return Err(Error::dim(
                     format!("{what}[{k}]"),
-                    format!("{:?} and {}", l.w.shape(), l.b.len()),
+                    format!("{:?} and {}", l.w.shape(), l.bias.len()),
                     format!("{:?} and {}", w.shape(), b.len()),
                 ));
             }
@@ -171,10 +171,10 @@ impl<T: RealField + Copy> Gradients<T> {
                 .iter()
                 .map(|l| DMatrix::zeros(l.w.nrows(), l.w.ncols()))
                 .collect(),
-            b: net
+            bias: net
                 .layers
                 .iter()
-                .map(|l| DVector::zeros(l.b.len()))
+                .map(|l| DVector::zeros(l.bias.len()))
                 .collect(),
         }
     }
@@ -196,7 +196,7 @@ pub fn forward<T: Gemm>(net: &Network<T>, x: &DMatrix<T>, ws: &mut Workspace<T>)
         let a = &mut ws.a[k];
         T::gemm_into(a, &layer.w, false, input, false);
         for mut col in a.column_iter_mut() {
-            col += &layer.b;
+            col += &layer.bias;
         }
         super::activate_columns_into(layer.activation, a, &mut after[0]);
     }
@@ -289,9 +289,9 @@ pub fn gradient<T: Gemm>(
         let input = if k == 0 { x } else { &ws.z[k - 1] };
         T::gemm_into(&mut grads.w[k], &ws.delta[k], false, input, true);
         // Row sums, accumulated column by column (contiguous; same order of additions).
-        grads.b[k].fill(T::zero());
+        grads.bias[k].fill(T::zero());
         for col in ws.delta[k].column_iter() {
-            grads.b[k] += col;
+            grads.bias[k] += col;
         }
         if k > 0 {
             T::gemm_into(

@@ -89,7 +89,7 @@ fn envelope_gradient(
         let fa = activate_columns(layer.activation, &a);
         let s = signal(k, &a, &fa);
         grad.w[k] = &s * input.transpose();
-        grad.b[k] = s.column_sum();
+        grad.bias[k] = s.column_sum();
     }
     grad
 }
@@ -140,9 +140,9 @@ impl Penalizer<'_> {
     fn pre(&self, v: &DVector<f64>, k: usize) -> DVector<f64> {
         let layer = &self.net.layers[k];
         if k == 0 {
-            &layer.w * &self.x + &layer.b
+            &layer.w * &self.x + &layer.bias
         } else {
-            &layer.w * self.split(v, k - 1) + &layer.b
+            &layer.w * self.split(v, k - 1) + &layer.bias
         }
     }
 

@@ -120,8 +120,8 @@ impl Method {
     ///
     /// let net = Network {
     ///     layers: vec![
-    ///         Layer { w: dmatrix![1.0, -0.5; 0.3, 0.8], b: dvector![0.1, -0.2], activation: Activation::Relu },
-    ///         Layer { w: dmatrix![0.7, -1.1], b: dvector![0.05], activation: Activation::Identity },
+    ///         Layer { w: dmatrix![1.0, -0.5; 0.3, 0.8], bias: dvector![0.1, -0.2], activation: Activation::Relu },
+    ///         Layer { w: dmatrix![0.7, -1.1], bias: dvector![0.05], activation: Activation::Identity },
     ///     ],
     /// };
     /// let (x, t) = (dmatrix![1.0; 0.5], dmatrix![0.2]);

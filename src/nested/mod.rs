@@ -123,8 +123,8 @@ pub enum EnergyKind {
 pub struct Layer<T: RealField + Copy> {
     /// `W`, `n_k × n_{k−1}` (the paper's `W_{k−1}`).
     pub w: DMatrix<T>,
-    /// `b`, length `n_k`.
-    pub b: DVector<T>,
+    /// The bias `b`, length `n_k`.
+    pub bias: DVector<T>,
     /// The activation `f_k`.
     pub activation: Activation,
 }
@@ -235,7 +235,7 @@ impl<T: RealField + Copy> Layer<T> {
     pub fn affine(&self, z: &DMatrix<T>) -> DMatrix<T> {
         let mut a = &self.w * z;
         for mut c in a.column_iter_mut() {
-            c += &self.b;
+            c += &self.bias;
         }
         a
     }
@@ -247,7 +247,12 @@ impl<T: RealField + Copy> Network<T> {
     pub fn validate(&self, kind: EnergyKind) -> Result<()> {
         self.check_structure(kind)?;
         for (k, layer) in self.layers.iter().enumerate() {
-            if !layer.w.iter().chain(layer.b.iter()).all(|v| v.is_finite()) {
+            if !layer
+                .w
+                .iter()
+                .chain(layer.bias.iter())
+                .all(|v| v.is_finite())
+            {
                 return Err(Error::NonFinite {
                     what: format!("layers[{k}]"),
                 });
@@ -266,11 +271,11 @@ impl<T: RealField + Copy> Network<T> {
         }
         for (k, layer) in self.layers.iter().enumerate() {
             layer.activation.validate()?;
-            if layer.b.len() != layer.w.nrows() {
+            if layer.bias.len() != layer.w.nrows() {
                 return Err(Error::dim(
-                    format!("layers[{k}].b"),
+                    format!("layers[{k}].bias"),
                     layer.w.nrows(),
-                    layer.b.len(),
+                    layer.bias.len(),
                 ));
             }
             if k > 0 && layer.w.ncols() != self.layers[k - 1].w.nrows() {

@@ -320,7 +320,11 @@ impl NestedReport {
     pub fn check_finite(self, what: &str) -> Result<Self> {
         let finite = self.value.is_finite()
             && self.grad.w.iter().all(|t| t.iter().all(|v| v.is_finite()))
-            && self.grad.b.iter().all(|t| t.iter().all(|v| v.is_finite()));
+            && self
+                .grad
+                .bias
+                .iter()
+                .all(|t| t.iter().all(|v| v.is_finite()));
         if finite {
             Ok(self)
         } else {

@@ -98,10 +98,10 @@ impl Adam {
             );
             update(
                 Tensor {
-                    theta: layer.b.as_mut_slice(),
-                    g: g.b[k].as_slice(),
-                    m: self.m.b[k].as_mut_slice(),
-                    v: self.v.b[k].as_mut_slice(),
+                    theta: layer.bias.as_mut_slice(),
+                    g: g.bias[k].as_slice(),
+                    m: self.m.bias[k].as_mut_slice(),
+                    v: self.v.bias[k].as_mut_slice(),
                 },
                 c,
             );
@@ -198,7 +198,7 @@ mod tests {
                 .windows(2)
                 .map(|w| Layer {
                     w: DMatrix::from_element(w[1], w[0], 0.5),
-                    b: DVector::from_element(w[1], 0.1),
+                    bias: DVector::from_element(w[1], 0.1),
                     activation: Activation::Relu,
                 })
                 .collect(),

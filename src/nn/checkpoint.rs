@@ -53,10 +53,10 @@ fn tensors<'a>(
     let mut out = Vec::new();
     for l in &net.layers {
         out.push(l.w.as_slice());
-        out.push(l.b.as_slice());
+        out.push(l.bias.as_slice());
     }
     for g in [m, v] {
-        for (w, b) in g.w.iter().zip(&g.b) {
+        for (w, b) in g.w.iter().zip(&g.bias) {
             out.push(w.as_slice());
             out.push(b.as_slice());
         }
@@ -206,10 +206,10 @@ pub fn decode(bytes: &[u8], file: &Path, config: TrainConfig) -> Result<Trainer>
     };
     for l in &mut net.layers {
         fill(l.w.as_mut_slice());
-        fill(l.b.as_mut_slice());
+        fill(l.bias.as_mut_slice());
     }
     for g in [&mut adam.m, &mut adam.v] {
-        for (w, b) in g.w.iter_mut().zip(g.b.iter_mut()) {
+        for (w, b) in g.w.iter_mut().zip(g.bias.iter_mut()) {
             fill(w.as_mut_slice());
             fill(b.as_mut_slice());
         }
@@ -217,7 +217,7 @@ pub fn decode(bytes: &[u8], file: &Path, config: TrainConfig) -> Result<Trainer>
     let finite = |t: &[f32]| t.iter().all(|v| v.is_finite());
     let tensors_ok = tensors(&net, &adam.m, &adam.v).into_iter().all(finite)
         && adam.v.w.iter().all(|t| t.iter().all(|&v| v >= 0.0))
-        && adam.v.b.iter().all(|t| t.iter().all(|&v| v >= 0.0));
+        && adam.v.bias.iter().all(|t| t.iter().all(|&v| v >= 0.0));
     // Before the first step Adam's moments are exactly zero.
     let fresh = header.adam_t > 0
         || tensors(&net, &adam.m, &adam.v)

@@ -208,7 +208,7 @@ pub fn mlp(widths: &[usize], init: Init, rng: &mut StdRng) -> Result<Network<f32
             }
             Layer {
                 w: weights,
-                b: DVector::zeros(w[1]),
+                bias: DVector::zeros(w[1]),
                 activation: if k == last {
                     Activation::Identity
                 } else {
@@ -531,7 +531,7 @@ impl Trainer {
             .net
             .layers
             .iter()
-            .all(|l| l.w.iter().chain(l.b.iter()).all(|v| v.is_finite()))
+            .all(|l| l.w.iter().chain(l.bias.iter()).all(|v| v.is_finite()))
         {
             return Err(Error::NonFinite {
                 what: format!("network weights after epoch {epoch} (training diverged)"),

@@ -121,7 +121,7 @@ pub fn network(rng: &mut StdRng, widths: &[usize], hidden: Activation) -> Networ
             .enumerate()
             .map(|(k, w)| Layer {
                 w: matrix(rng, w[1], w[0]),
-                b: vector(rng, w[1]) * 0.1,
+                bias: vector(rng, w[1]) * 0.1,
                 activation: if k == last {
                     Activation::Identity
                 } else {

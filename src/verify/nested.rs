@@ -412,9 +412,9 @@ pub(super) fn example1_generalized(inst: &NestedInstance) -> Check {
     let example1 = (|| -> Result<(f64, usize)> {
         let mut tied = inst.net.clone();
         tied.layers[0].w.row_mut(0).fill(0.0);
-        tied.layers[0].b[0] = 0.0;
+        tied.layers[0].bias[0] = 0.0;
         tied.layers[1].w.row_mut(2).fill(0.0);
-        tied.layers[1].b[2] = 0.0;
+        tied.layers[1].bias[2] = 0.0;
         let (mut worst, mut ties) = (0.0f64, 0);
         for beta in [1e-6, 1e-8] {
             let (_, ws) = inst.linearized_with(&tied, EnergyKind::Fenchel, &[beta; 3])?;
@@ -454,7 +454,7 @@ pub(super) fn example1_generalized(inst: &NestedInstance) -> Check {
 fn composable_network(r: &mut rand::rngs::StdRng, widths: &[usize], relu: usize) -> Network<f64> {
     let mut net = network(r, widths, Activation::Identity);
     for (k, layer) in net.layers.iter_mut().enumerate() {
-        layer.b *= 5.0;
+        layer.bias *= 5.0;
         layer.activation = if k == relu {
             Activation::Relu
         } else {
@@ -498,7 +498,7 @@ pub(super) fn prop4_composed(s: u64) -> Check {
                     let (xm, tm) = (DMatrix::from_column_slice(x.len(), 1, x.as_slice()), DMatrix::from_column_slice(t.len(), 1, t.as_slice()));
                     let batch = Batch::new(&problem, &xm, &tm)?;
                     let eq22 = crate::nested::global::contrastive(&problem, batch, &NestedSettings::default())?;
-                    let grad_b = DVector::from_iterator(composed.theta.len(), eq22.grad.b.iter().flat_map(|b| b.iter().copied()));
+                    let grad_b = DVector::from_iterator(composed.theta.len(), eq22.grad.bias.iter().flat_map(|b| b.iter().copied()));
                     worst = worst
                         .max(rel_scalar(def1.value, eq22.value))
                         .max((&def1.grad_theta - &grad_b).amax() / grad_b.amax().max(1e-12));
@@ -539,8 +539,8 @@ pub(super) fn prop5_composed(s: u64) -> Check {
                     let eq28 = local::contrastive(&problem, batch, &NestedSettings::default())?;
                     worst = worst.max(rel_scalar(value(&net)?, eq28.value));
                     let fd = central_network(&net, 1e-6, value)?;
-                    let fd = DVector::from_iterator(eq28.grad.b.iter().map(|b| b.len()).sum(), fd.b.iter().flat_map(|b| b.iter().copied()));
-                    let grad_b = DVector::from_iterator(fd.len(), eq28.grad.b.iter().flat_map(|b| b.iter().copied()));
+                    let fd = DVector::from_iterator(eq28.grad.bias.iter().map(|b| b.len()).sum(), fd.bias.iter().flat_map(|b| b.iter().copied()));
+                    let grad_b = DVector::from_iterator(fd.len(), eq28.grad.bias.iter().flat_map(|b| b.iter().copied()));
                     worst = worst.max((&fd - &grad_b).amax() / grad_b.amax().max(1e-12));
                 }
             }

@@ -53,14 +53,14 @@ pub fn central_network(
             probe.layers[k].w[idx] = w0;
             grads.w[k][idx] = (plus - minus) / (2.0 * h);
         }
-        for idx in 0..net.layers[k].b.len() {
-            let b0 = net.layers[k].b[idx];
-            probe.layers[k].b[idx] = b0 + h;
+        for idx in 0..net.layers[k].bias.len() {
+            let b0 = net.layers[k].bias[idx];
+            probe.layers[k].bias[idx] = b0 + h;
             let plus = value(&probe)?;
-            probe.layers[k].b[idx] = b0 - h;
+            probe.layers[k].bias[idx] = b0 - h;
             let minus = value(&probe)?;
-            probe.layers[k].b[idx] = b0;
-            grads.b[k][idx] = (plus - minus) / (2.0 * h);
+            probe.layers[k].bias[idx] = b0;
+            grads.bias[k][idx] = (plus - minus) / (2.0 * h);
         }
     }
     Ok(grads)
@@ -92,7 +92,7 @@ pub fn appendix_c_gradient(
         };
         let input = if k == 0 { x } else { &z[k - 1] };
         grads.w[k] = &pre * input.transpose();
-        grads.b[k] = pre.column_sum();
+        grads.bias[k] = pre.column_sum();
         dy = net.layers[k].w.transpose() * &pre;
     }
     grads
