@@ -124,27 +124,7 @@ pub fn decode(bytes: &[u8], file: &Path, config: TrainConfig) -> Result<Trainer>
         path: file.to_path_buf(),
         reason,
     };
-    if bytes.starts_with(MAGIC_V1.as_bytes()) {
-        return Err(bad(
-            "format 1 (written by an older bilevel, without a checksum) cannot be verified; \
-             start afresh by overwriting it"
-                .into(),
-        ));
-    }
-    if !bytes.starts_with(format!("{MAGIC}\n").as_bytes()) {
-        return Err(bad(format!(
-            "not a bilevel checkpoint (first line should be `{MAGIC}`)"
-        )));
-    }
-    let (body, crc) = bytes.split_at(bytes.len().saturating_sub(4));
-    let stored = u32::from_le_bytes(crc.try_into().unwrap_or([0; 4]));
-    if crc32fast::hash(body) != stored {
-        return Err(bad(
-            "checksum mismatch: the file is corrupted or truncated (the previous epoch's file \
-             is gone; start afresh by overwriting it)"
-                .into(),
-        ));
-    }
+    let body = checked_body(bytes).map_err(bad)?;
     let mut r = &body[MAGIC.len() + 1..];
     let mut line = String::new();
     r.read_line(&mut line)
@@ -183,18 +163,52 @@ pub fn decode(bytes: &[u8], file: &Path, config: TrainConfig) -> Result<Trainer>
     }
     let mut adam = Adam::new(&net, config.adam);
     adam.t = header.adam_t;
-    let buf = r;
-    let needed: usize = tensors(&net, &adam.m, &adam.v)
-        .iter()
-        .map(|t| t.len())
-        .sum();
+    fill_tensors(r, &mut net, &mut adam).map_err(bad)?;
+    check_tensors(&net, &adam).map_err(bad)?;
+    Trainer::from_parts(config, net, Some(adam), header.history)
+}
+
+/// The file's body (magic line, header, tensors) once the format and the CRC-32 check out.
+fn checked_body(bytes: &[u8]) -> std::result::Result<&[u8], String> {
+    if bytes.starts_with(MAGIC_V1.as_bytes()) {
+        return Err(
+            "format 1 (written by an older bilevel, without a checksum) cannot be verified; \
+             start afresh by overwriting it"
+                .into(),
+        );
+    }
+    if !bytes.starts_with(format!("{MAGIC}\n").as_bytes()) {
+        return Err(format!(
+            "not a bilevel checkpoint (first line should be `{MAGIC}`)"
+        ));
+    }
+    let (body, crc) = bytes.split_at(bytes.len().saturating_sub(4));
+    let stored = u32::from_le_bytes(crc.try_into().unwrap_or([0; 4]));
+    if crc32fast::hash(body) != stored {
+        return Err(
+            "checksum mismatch: the file is corrupted or truncated (the previous epoch's file \
+             is gone; start afresh by overwriting it)"
+                .into(),
+        );
+    }
+    Ok(body)
+}
+
+/// Reads the weights, then Adam's first and second moments, layer by layer (`W` then `b`),
+/// little-endian `f32`, from `buf`, which must hold exactly that many.
+fn fill_tensors(
+    buf: &[u8],
+    net: &mut Network<f32>,
+    adam: &mut Adam,
+) -> std::result::Result<(), String> {
+    let needed: usize = tensors(net, &adam.m, &adam.v).iter().map(|t| t.len()).sum();
     if buf.len() != 4 * needed {
-        return Err(bad(format!(
+        return Err(format!(
             "{} bytes of tensors, expected {} (truncated? the previous epoch's file is gone; \
              start afresh instead of resuming)",
             buf.len(),
             4 * needed
-        )));
+        ));
     }
     let mut values = buf
         .chunks_exact(4)
@@ -214,24 +228,30 @@ pub fn decode(bytes: &[u8], file: &Path, config: TrainConfig) -> Result<Trainer>
             fill(b.as_mut_slice());
         }
     }
+    Ok(())
+}
+
+/// The tensors' invariants: finite, second moments non-negative, moments exactly zero before
+/// the first step.
+fn check_tensors(net: &Network<f32>, adam: &Adam) -> std::result::Result<(), String> {
     let finite = |t: &[f32]| t.iter().all(|v| v.is_finite());
-    let tensors_ok = tensors(&net, &adam.m, &adam.v).into_iter().all(finite)
+    let tensors_ok = tensors(net, &adam.m, &adam.v).into_iter().all(finite)
         && adam.v.w.iter().all(|t| t.iter().all(|&v| v >= 0.0))
         && adam.v.bias.iter().all(|t| t.iter().all(|&v| v >= 0.0));
-    // Before the first step Adam's moments are exactly zero.
-    let fresh = header.adam_t > 0
-        || tensors(&net, &adam.m, &adam.v)
+    let fresh = adam.t > 0
+        || tensors(net, &adam.m, &adam.v)
             .into_iter()
             .skip(2 * net.layers.len())
             .all(|t| t.iter().all(|&v| v == 0.0));
-    if !tensors_ok || !fresh {
-        return Err(bad(
+    if tensors_ok && fresh {
+        Ok(())
+    } else {
+        Err(
             "non-finite weights or moments, a negative second moment, or moments without \
              a step"
                 .into(),
-        ));
+        )
     }
-    Trainer::from_parts(config, net, Some(adam), header.history)
 }
 
 /// The header's invariants (see the module docs); the reason when one fails.
