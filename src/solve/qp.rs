@@ -459,13 +459,49 @@ pub fn refine(
     backend_iterations: usize,
     reduced_accuracy: bool,
 ) -> Result<ExactQp> {
-    let n = qp.n();
     let m = qp.b.len();
-    let k = qp.b_eq.len();
     let tol_p = tol.feasibility * (1.0 + qp.b.amax().max(qp.b_eq.amax()));
     let max_repairs = 2 * m + 10;
     let mut repairs = 0;
     loop {
+        let point = WorkingPoint::solve(qp, working)?;
+        let Some(i) = worst_violation(qp, working, &point, tol_p) else {
+            return Ok(point.into_exact(
+                qp,
+                tol,
+                working,
+                tol_p,
+                backend,
+                backend_iterations + repairs,
+                repairs,
+                reduced_accuracy,
+            ));
+        };
+        if repairs >= max_repairs {
+            return Err(Error::NotConverged {
+                solver: format!("{backend} + active-set refinement"),
+                iterations: repairs,
+                residual: (-point.slack.min()).max(-point.lambda.min()).max(0.0),
+            });
+        }
+        working[i] = !working[i];
+        repairs += 1;
+    }
+}
+
+/// The exact KKT point of a working set: the rows in it held as equalities.
+struct WorkingPoint {
+    kkt: crate::linalg::KktSolution,
+    /// The working rows, then the equality rows.
+    a_w: DMatrix<f64>,
+    lambda: DVector<f64>,
+    lambda_eq: DVector<f64>,
+    slack: DVector<f64>,
+}
+
+impl WorkingPoint {
+    fn solve(qp: &Qp, working: &[bool]) -> Result<Self> {
+        let (m, k) = (qp.b.len(), qp.b_eq.len());
         let rows: Vec<usize> = (0..m).filter(|&i| working[i]).collect();
         let a_w = vstack(&select_rows(&qp.a, &rows), &qp.a_eq);
         let mut rhs_c = DVector::zeros(rows.len() + k);
@@ -474,80 +510,92 @@ pub fn refine(
         }
         rhs_c.rows_mut(rows.len(), k).copy_from(&qp.b_eq);
         let kkt = solve_kkt(&qp.p, &a_w, &(-&qp.q), &rhs_c)?;
-        let x = kkt.x;
         let mut lambda = DVector::zeros(m);
         for (r, &i) in rows.iter().enumerate() {
             lambda[i] = -kkt.nu[r];
         }
         let lambda_eq = -kkt.nu.rows(rows.len(), k);
-        let slack = &qp.a * &x - &qp.b;
+        let slack = &qp.a * &kkt.x - &qp.b;
+        Ok(Self {
+            kkt,
+            a_w,
+            lambda,
+            lambda_eq,
+            slack,
+        })
+    }
+
+    /// The result once no repair is needed: classification, dependent rows, KKT residual.
+    #[allow(clippy::too_many_arguments)]
+    fn into_exact(
+        self,
+        qp: &Qp,
+        tol: &Tolerances,
+        working: &[bool],
+        tol_p: f64,
+        backend: &'static str,
+        iterations: usize,
+        repairs: usize,
+        reduced_accuracy: bool,
+    ) -> ExactQp {
+        let (x, lambda, slack) = (self.kkt.x, self.lambda, self.slack);
         let tol_d = tol.multiplier * (1.0 + qp.q.amax() + qp.p.amax() * x.amax());
-
-        // The repair demands sign conditions up to what rounding explains, not up to the
-        // classification tolerances: a point that violates a constraint by 1e-9 is not the
-        // exact solution, and finite differences at small β see the difference. Rounding is
-        // measured per row (`slack_rounding`) with the KKT solve's own error estimate; a global
-        // `cond · ‖A‖‖x‖` bound once let a violation of 21 pass as rounding.
-        let rep_d =
-            64.0 * f64::EPSILON * (1.0 + qp.q.amax() + qp.p.amax() * x.amax()) + kkt.error.1;
-        // Most violated primal constraint outside the working set, then most negative
-        // multiplier inside it.
-        // A violation beyond the feasibility tolerance is repaired even when the KKT solve's
-        // error estimate could explain it (ill-conditioned systems): the result must be
-        // feasible as documented, or the iteration ends in an error.
-        let worst_primal = (0..m)
-            .filter(|&i| {
-                let bound = slack_rounding(&qp.a, i, qp.b[i], &x, kkt.error.0).min(tol_p);
-                !working[i] && slack[i] < -bound
-            })
-            .min_by(|&i, &j| slack[i].total_cmp(&slack[j]));
-        let worst_dual = (0..m)
-            .filter(|&i| working[i] && lambda[i] < -rep_d)
-            .min_by(|&i, &j| lambda[i].total_cmp(&lambda[j]));
-        if let Some(i) = worst_primal.or(worst_dual) {
-            if repairs >= max_repairs {
-                return Err(Error::NotConverged {
-                    solver: format!("{backend} + active-set refinement"),
-                    iterations: repairs,
-                    residual: (-slack.min()).max(-lambda.min()).max(0.0),
-                });
-            }
-            working[i] = !working[i];
-            repairs += 1;
-            continue;
-        }
-
         let activity = classify(working, &lambda, &slack, tol_p, tol_d);
-        let dependent = dependent_rows(&qp.a, &a_w, |i| !working[i] && slack[i] <= tol_p);
+        let dependent = dependent_rows(&qp.a, &self.a_w, |i| !working[i] && slack[i] <= tol_p);
         let stationarity =
-            &qp.p * &x + &qp.q - qp.a.transpose() * &lambda - qp.a_eq.transpose() * &lambda_eq;
-        let eq_res = if k > 0 {
-            (&qp.a_eq * &x - &qp.b_eq).amax()
-        } else {
+            &qp.p * &x + &qp.q - qp.a.transpose() * &lambda - qp.a_eq.transpose() * &self.lambda_eq;
+        let eq_res = if qp.b_eq.is_empty() {
             0.0
+        } else {
+            (&qp.a_eq * &x - &qp.b_eq).amax()
         };
         let residual = stationarity
             .amax()
             .max(eq_res)
             .max(complementarity(&lambda, &slack));
-        debug_assert_eq!(x.len(), n);
-        return Ok(ExactQp {
+        ExactQp {
             x,
             lambda,
-            lambda_eq,
+            lambda_eq: self.lambda_eq,
             slack,
             activity,
             working: working.to_vec(),
-            condition: kkt.condition,
+            condition: self.kkt.condition,
             residual,
             backend,
-            iterations: backend_iterations + repairs,
+            iterations,
             repairs,
             reduced_accuracy,
             fallback: None,
             dependent,
-        });
+        }
     }
+}
+
+/// The row the repair loop flips next: the most violated constraint outside the working set,
+/// else the most negative multiplier inside it; `None` at the exact solution.
+///
+/// The repair demands sign conditions up to what rounding explains, not up to the
+/// classification tolerances: a point that violates a constraint by 1e-9 is not the exact
+/// solution, and finite differences at small β see the difference. Rounding is measured per
+/// row ([`slack_rounding`]) with the KKT solve's own error estimate; a global `cond · ‖A‖‖x‖`
+/// bound once let a violation of 21 pass as rounding. A violation beyond the feasibility
+/// tolerance is repaired even when that estimate could explain it (ill-conditioned systems):
+/// the result must be feasible as documented, or the iteration ends in an error.
+fn worst_violation(qp: &Qp, working: &[bool], point: &WorkingPoint, tol_p: f64) -> Option<usize> {
+    let (x, slack, lambda, error) = (&point.kkt.x, &point.slack, &point.lambda, point.kkt.error);
+    let m = qp.b.len();
+    let rep_d = 64.0 * f64::EPSILON * (1.0 + qp.q.amax() + qp.p.amax() * x.amax()) + error.1;
+    let worst_primal = (0..m)
+        .filter(|&i| {
+            let bound = slack_rounding(&qp.a, i, qp.b[i], x, error.0).min(tol_p);
+            !working[i] && slack[i] < -bound
+        })
+        .min_by(|&i, &j| slack[i].total_cmp(&slack[j]));
+    let worst_dual = (0..m)
+        .filter(|&i| working[i] && lambda[i] < -rep_d)
+        .min_by(|&i, &j| lambda[i].total_cmp(&lambda[j]));
+    worst_primal.or(worst_dual)
 }
 
 /// The dual active-set method of Goldfarb and Idnani (1983) for a *strictly* convex QP: the
