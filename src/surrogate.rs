@@ -1,9 +1,17 @@
 //! Section 2: contrastive surrogates for bilevel programs and their exact `β → 0⁺` limits.
 //!
 //! For `L(θ) = ℓ(z*)`, `z* = argmin_z E(z; θ)` (Eq. 2), a [`Bilevel`] gives
-//! * the contrastive surrogate of Def. 1 (Eq. 5)
-//!   `L^β(θ) = ℓ(ẑ_β) + (E(ẑ_β; θ) − E(z*; θ))/β` with `ẑ_β = argmin_z βℓ(z) + E(z; θ)` (Eq. 6)
-//!   and its θ-gradient `(1/β) ∂_θ(E(ẑ_β; θ) − E(z*; θ))` (Eq. 10) — [`Bilevel::surrogate`];
+//! * the contrastive surrogate of Def. 1 (Eq. 5, Eq. 6) and its θ-gradient (Eq. 10) —
+//!   [`Bilevel::surrogate`]:
+//!
+//!   <div class="math">
+//!
+//!   $$ L^\beta(\theta) = \ell(\hat z_\beta) + \frac{E(\hat z_\beta; \theta) - E(z^\star; \theta)}{\beta}, \quad
+//!   \hat z_\beta = \arg\min_z \beta \ell(z) + E(z; \theta), \quad
+//!   \nabla_\theta L^\beta = \frac{1}{\beta} \partial_\theta \big(E(\hat z_\beta; \theta) - E(z^\star; \theta)\big); $$
+//!
+//!   </div>
+//!
 //! * the linearized surrogate of Def. 2 (Eq. 36-37), `ℓ` replaced by its tangent at `z*` —
 //!   [`Bilevel::linearized`];
 //! * the exact limit `ż = dẑ_β/dβ|_{β=0⁺}`: Prop. 1 (`−H⁻¹ℓ'(z*)`) for smooth problems, Prop. 2
@@ -146,6 +154,27 @@ impl<P: InnerProblem> Bilevel<P> {
 
     /// Def. 1: `L^β(θ)` (Eq. 5), `ẑ_β`, `z*` and the gradient of Eq. 10.
     ///
+    /// # Example
+    /// ```
+    /// use bilevel::nalgebra::dvector;
+    /// use bilevel::prelude::*;
+    ///
+    /// // E(z; θ) = ½‖z‖² − zᵀθ on z ≥ 0, so z* = [θ]₊: a ReLU layer written as a QP.
+    /// let (boxes, _) = LinearConstraints::boxes(&[(0.0, f64::INFINITY); 2]);
+    /// let relu = QuadraticProblem::new(
+    ///     nalgebra::DMatrix::identity(2, 2), nalgebra::DMatrix::identity(2, 2), dvector![0.0, 0.0], boxes,
+    /// )?;
+    /// let program = Bilevel::new(relu, Loss::Squared { target: dvector![0.0, 0.5] })?;
+    /// let theta = dvector![1.0, -1.0];
+    /// let s = program.surrogate(&theta, 0.1)?;
+    /// // Here ẑ_β = [(θ + βt)/(1 + β)]₊, so Eq. 10 gives (1/(1 + β), 0).
+    /// assert!((s.grad_theta - dvector![1.0 / 1.1, 0.0]).amax() < 1e-12);
+    /// // Prop. 3: the surrogate never exceeds the loss.
+    /// assert!(s.value <= program.loss_value(&theta)?);
+    /// # use bilevel::nalgebra;
+    /// # Ok::<(), bilevel::Error>(())
+    /// ```
+    ///
     /// # Errors
     /// [`Error::InvalidBeta`] for `β ≤ 0` or non-finite; the inner solver's errors.
     pub fn surrogate(&self, theta: &DVector<f64>, beta: f64) -> Result<Surrogate> {
@@ -170,6 +199,28 @@ impl<P: InnerProblem> Bilevel<P> {
     /// (Eq. 36). The gradient is Eq. 10 applied to Eq. 37 with the tangent point `z*` held fixed
     /// (the convention of Prop. 6 and Remark 2): `(1/β) ∂_θ(E(ẑ; θ) − E(z*; θ))`,
     /// `ẑ = argmin_z βℓ'(z*)ᵀz + E(z; θ)`.
+    ///
+    /// # Example
+    /// ```
+    /// use bilevel::nalgebra::dvector;
+    /// use bilevel::prelude::*;
+    ///
+    /// // E(z; θ) = ½‖z‖² − zᵀθ on z ≥ 0, so z* = [θ]₊: a ReLU layer written as a QP.
+    /// let (boxes, _) = LinearConstraints::boxes(&[(0.0, f64::INFINITY); 2]);
+    /// let relu = QuadraticProblem::new(
+    ///     nalgebra::DMatrix::identity(2, 2), nalgebra::DMatrix::identity(2, 2), dvector![0.0, 0.0], boxes,
+    /// )?;
+    /// let program = Bilevel::new(relu, Loss::Squared { target: dvector![0.0, 0.5] })?;
+    /// let theta = dvector![1.0, -1.0];
+    /// // Def. 1 and Def. 2 share the β → 0⁺ limit (Props. 1-2 hold for both).
+    /// let (def1, def2) = (program.surrogate(&theta, 1e-6)?, program.linearized(&theta, 1e-6)?);
+    /// assert!((def1.grad_theta - def2.grad_theta).amax() < 1e-5);
+    /// # use bilevel::nalgebra;
+    /// # Ok::<(), bilevel::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Bilevel::surrogate`].
     pub fn linearized(&self, theta: &DVector<f64>, beta: f64) -> Result<Surrogate> {
         check_beta(beta)?;
         let z_star = self.solve_free(theta)?;
@@ -250,6 +301,31 @@ impl<P: InnerProblem> Bilevel<P> {
     /// Closed forms are used where the inner problem has one (separable layers); otherwise the
     /// direction QP of Eq. 17 is solved with the QP backend and refined exactly
     /// ([`prop2_direction`]).
+    ///
+    /// # Example
+    /// ```
+    /// use bilevel::nalgebra::dvector;
+    /// use bilevel::prelude::*;
+    ///
+    /// // E(z; θ) = ½‖z‖² − zᵀθ on z ≥ 0, so z* = [θ]₊: a ReLU layer written as a QP.
+    /// let (boxes, _) = LinearConstraints::boxes(&[(0.0, f64::INFINITY); 2]);
+    /// let relu = QuadraticProblem::new(
+    ///     nalgebra::DMatrix::identity(2, 2), nalgebra::DMatrix::identity(2, 2), dvector![0.0, 0.0], boxes,
+    /// )?;
+    /// let program = Bilevel::new(relu, Loss::Squared { target: dvector![0.0, 0.5] })?;
+    /// // θ_2 = 0: the second unit sits exactly on its bound with a zero multiplier (weakly
+    /// // active). The loss pulls it up (t_2 = 0.5 > 0), so the one-sided derivative leaves the
+    /// // bound (Prop. 2); with t_2 < 0 it would stay.
+    /// let limit = program.limit(&dvector![1.0, 0.0])?;
+    /// assert_eq!(limit.direction.branches[1], Some(Branch::Leaves));
+    /// assert!((limit.direction.z_dot - dvector![-1.0, 0.5]).amax() < 1e-12);
+    /// assert!((limit.grad_theta - dvector![1.0, -0.5]).amax() < 1e-12);
+    /// # use bilevel::nalgebra;
+    /// # Ok::<(), bilevel::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// The inner solver's and the direction QP's errors.
     pub fn limit(&self, theta: &DVector<f64>) -> Result<LimitDerivative> {
         let z_star = self.solve_free(theta)?;
         self.limit_with(theta, z_star)
@@ -374,9 +450,13 @@ fn product(factors: &[f64]) -> f64 {
 }
 
 /// Prop. 2: `ż` solves the strictly convex QP of Eq. 17,
-/// ```text
-///     min ½ żᵀA ż + cᵀż   s.t.  B_i ż ≥ 0 (i weakly active),  B_i ż = 0 (i strongly active),
-/// ```
+/// <div class="math">
+///
+/// $$ \min_{\dot z} \tfrac12 \dot z^\top A \dot z + c^\top \dot z \quad \text{s.t.} \quad
+/// B_i \dot z \ge 0 \;(i \text{ weakly active}), \quad B_i \dot z = 0 \;(i \text{ strongly active}), $$
+///
+/// </div>
+///
 /// with `A = ∂²E/∂z²(z*)` (linear constraints have no curvature term), `c = ℓ'(z*)` and `B` the
 /// constraint Jacobian; equality constraints count as strongly active, inactive ones are dropped.
 /// Without weak constraints this is one KKT solve (Prop. 1 when nothing is active). With weak

@@ -1,7 +1,11 @@
 //! Prop. 4: the global contrastive objective, bottom-up (Eq. 22-25),
-//! ```text
-//!     L_GC^β(θ) = min_z {ℓ(z_L) + ℰ^β(z)} − min_z ℰ^β(z),   ℰ^β = Σ_k E_k(z_k, z_{k−1}) / Π_{l=k}^{L} β_l,
-//! ```
+//! <div class="math">
+//!
+//! $$ L_{GC}^\beta(\theta) = \min_z \lbrace \ell(z_L) + \mathcal{E}^\beta(z) \rbrace - \min_z \mathcal{E}^\beta(z),
+//! \qquad \mathcal{E}^\beta(z) = \sum_{k=1}^{L} \frac{E_k(z_k, z_{k-1})}{\prod_{l=k}^{L} \beta_l}, $$
+//!
+//! </div>
+//!
 //! with the gradient `∂_θ(ℰ^β(ẑ) − ℰ^β(ž))` at the clamped (`ẑ`) and free (`ž`) minimizers.
 //!
 //! * **Convex CHL**: proximal energies `½‖z_k − W_k z_{k−1} − b_k‖² + ι_C(z_k)` with box-family

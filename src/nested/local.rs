@@ -1,8 +1,11 @@
 //! Prop. 5: the local (layer-wise) contrastive objective, top-down (Eq. 26-30),
-//! ```text
-//!     L_LC^β(θ) = min_{z_1..z_L} ℓ(z_L) + Σ_k (1/β_k) Ẽ_k(z_k, z_{k−1}),
-//!     Ẽ_k(z_k, z_{k−1}) = E_k(z_k, z_{k−1}) − min_{z'} E_k(z', z_{k−1})          (Eq. 27)
-//! ```
+//! <div class="math">
+//!
+//! $$ L_{LC}^\beta(\theta) = \min_{z_1, \dots, z_L} \ell(z_L) + \sum_{k=1}^{L} \frac{1}{\beta_k} \tilde E_k(z_k, z_{k-1}),
+//! \qquad \tilde E_k(z_k, z_{k-1}) = E_k(z_k, z_{k-1}) - \min_{z'} E_k(z', z_{k-1}) \quad \text{(Eq. 27)} $$
+//!
+//! </div>
+//!
 //! and its θ-gradient by the envelope theorem, `Σ_k (1/β_k) ∂_θ Ẽ_k(ẑ_k, ẑ_{k−1})` at the
 //! minimizer `ẑ` (with `z_0 = x` fixed).
 //!

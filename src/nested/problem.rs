@@ -27,6 +27,28 @@ impl<'a> NestedProblem<'a> {
     /// Checks the network (shapes, finite entries, softmax only with Fenchel or proximal
     /// energies) and `betas` (one finite positive value per layer).
     ///
+    /// # Example
+    /// ```
+    /// use bilevel::nalgebra::{dmatrix, dvector};
+    /// use bilevel::nested::{global, Batch, EnergyKind, Layer, NestedProblem, NestedSettings, Network, OutputLoss};
+    /// use bilevel::prox::Activation;
+    ///
+    /// let net = Network {
+    ///     layers: vec![
+    ///         Layer { w: dmatrix![1.0, -0.5; 0.3, 0.8], bias: dvector![0.1, -0.2], activation: Activation::Relu },
+    ///         Layer { w: dmatrix![0.7, -1.1], bias: dvector![0.05], activation: Activation::Identity },
+    ///     ],
+    /// };
+    /// // Convex CHL: proximal energies, global contrastive objective (Eq. 22).
+    /// let problem = NestedProblem::new(&net, EnergyKind::Proximal, &[0.5, 0.1], OutputLoss::Squared)?;
+    /// let (x, t) = (dmatrix![1.0, -1.0; 0.5, 2.0], dmatrix![0.2, -0.3]); // two samples
+    /// let report = global::contrastive(&problem, Batch::new(&problem, &x, &t)?, &NestedSettings::default())?;
+    /// assert!(report.value >= 0.0); // the clamped optimum is never below the free one
+    /// // One β per layer, each finite and positive.
+    /// assert!(NestedProblem::new(&net, EnergyKind::Proximal, &[0.5], OutputLoss::Squared).is_err());
+    /// # Ok::<(), bilevel::Error>(())
+    /// ```
+    ///
     /// # Errors
     /// [`Error::InvalidInput`], [`Error::DimensionMismatch`], [`Error::NonFinite`],
     /// [`Error::InvalidBeta`].

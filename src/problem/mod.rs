@@ -303,9 +303,13 @@ pub struct InnerSolution {
 
 /// The loss-augmented solution `ẑ_β = argmin_z βℓ(z) + E(z; θ)` (Eq. 6) told by its offset from
 /// `z*`, with the two differences Def. 1 needs, all divided by `|β|`:
-/// ```text
-///     f = (ẑ_β − z*)/|β|,   (E(ẑ_β; θ) − E(z*; θ))/|β|,   (∂_θE(ẑ_β; θ) − ∂_θE(z*; θ))/|β|.
-/// ```
+/// <div class="math">
+///
+/// $$ f = \frac{\hat z_\beta - z^\star}{|\beta|}, \qquad \frac{E(\hat z_\beta; \theta) - E(z^\star; \theta)}{|\beta|}, \qquad
+/// \frac{\partial_\theta E(\hat z_\beta; \theta) - \partial_\theta E(z^\star; \theta)}{|\beta|}. $$
+///
+/// </div>
+///
 /// Solving for the offset directly (its data are `O(1)` however small β is) keeps every digit
 /// that subtracting two separately solved points would cancel: Eq. 5 and Eq. 10 divide an
 /// `O(β)` difference by β, so `ẑ_β − z*` formed in floating point loses `log₁₀(1/β)` digits.

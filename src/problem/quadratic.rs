@@ -14,9 +14,12 @@ use crate::solve::qp::{
 };
 
 /// The standard constrained quadratic layer
-/// ```text
-///     E(z; θ) = ½ zᵀQz − zᵀ(Bθ + c)   s.t.  A z ≥ b,  A_eq z = b_eq,
-/// ```
+/// <div class="math">
+///
+/// $$ E(z; \theta) = \tfrac12 z^\top Q z - z^\top (B\theta + c) \quad \text{s.t.} \quad A z \ge b, \; A_{eq} z = b_{eq}, $$
+///
+/// </div>
+///
 /// with `Q` symmetric positive definite (so `E` is `ν`-strongly convex with `ν = λ_min(Q)`,
 /// Prop. 3). `∂_θ E = −Bᵀz`, so the mixed derivative is `−Bᵀ` (Cor. 1).
 ///
@@ -48,6 +51,29 @@ impl std::fmt::Debug for QuadraticProblem {
 
 impl QuadraticProblem {
     /// Builds and validates the problem (shapes, finiteness, `Q` symmetric positive definite).
+    ///
+    /// # Example
+    /// ```
+    /// use bilevel::nalgebra::{dmatrix, dvector};
+    /// use bilevel::prelude::*;
+    ///
+    /// // E(z; θ) = ½zᵀQz − zᵀ(Bθ + c) subject to z_1 + z_2 ≥ 1.
+    /// let constraints = LinearConstraints {
+    ///     a: dmatrix![1.0, 1.0],
+    ///     b: dvector![1.0],
+    ///     ..LinearConstraints::none(2)
+    /// };
+    /// let layer = QuadraticProblem::new(dmatrix![2.0, 0.0; 0.0, 1.0], dmatrix![1.0; 0.0], dvector![0.0, 0.0], constraints)?;
+    /// let program = Bilevel::new(layer, Loss::Linear { g: dvector![1.0, 0.0] })?;
+    /// let z = program.solve_free(&dvector![0.0])?;
+    /// // The constraint is active: z* = (1/3, 2/3) with multiplier 2/3.
+    /// assert!((z.z - dvector![1.0 / 3.0, 2.0 / 3.0]).amax() < 1e-12);
+    /// assert!((z.multipliers[0] - 2.0 / 3.0).abs() < 1e-12);
+    /// // A Q that is not positive definite is refused, naming the field.
+    /// let bad = QuadraticProblem::new(dmatrix![1.0, 0.0; 0.0, -1.0], dmatrix![1.0; 0.0], dvector![0.0, 0.0], LinearConstraints::none(2));
+    /// assert!(bad.unwrap_err().to_string().contains("Q"));
+    /// # Ok::<(), bilevel::Error>(())
+    /// ```
     ///
     /// # Errors
     /// [`crate::Error::DimensionMismatch`], [`crate::Error::NonFinite`], [`crate::Error::NotPositiveDefinite`], each

@@ -1,9 +1,12 @@
 //! Convex quadratic programs behind one small trait, with an exact active-set refinement.
 //!
 //! A [`Qp`] is
-//! ```text
-//!     min_x ½ xᵀP x + qᵀx   s.t.  A x ≥ b,   A_eq x = b_eq,
-//! ```
+//! <div class="math">
+//!
+//! $$ \min_x \tfrac12 x^\top P x + q^\top x \quad \text{s.t.} \quad A x \ge b, \; A_{eq} x = b_{eq}, $$
+//!
+//! </div>
+//!
 //! with multipliers defined by the Lagrangian `½xᵀPx + qᵀx − λᵀ(Ax − b) − λ_eqᵀ(A_eq x − b_eq)`,
 //! so stationarity reads `P x + q − Aᵀλ − A_eqᵀλ_eq = 0` and `λ ≥ 0`.
 //!
