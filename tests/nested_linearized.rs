@@ -355,32 +355,21 @@ fn buffers_built_for_another_network_are_errors() {
     let large = net(2, &[4, 5, 2], Activation::Relu);
     let x = matrix(&mut rng(3), 4, 6);
     let t = matrix(&mut rng(4), 2, 6);
-    let mut ws = Workspace::new(&small, 6);
-    let mut g = Gradients::zeros(&large);
-    let err = gradient(
-        &large,
-        EnergyKind::Penalizer,
-        &[1.0; 2],
-        OutputLoss::Squared,
-        &x,
-        &t,
-        &mut ws,
-        &mut g,
-    )
-    .unwrap_err();
-    assert!(err.to_string().contains("workspace"), "{err}");
-    let mut ws = Workspace::new(&large, 6);
-    let mut g = Gradients::zeros(&small);
-    let err = gradient(
-        &large,
-        EnergyKind::Penalizer,
-        &[1.0; 2],
-        OutputLoss::Squared,
-        &x,
-        &t,
-        &mut ws,
-        &mut g,
-    )
-    .unwrap_err();
-    assert!(err.to_string().contains("grads"), "{err}");
+    for (ws_net, grads_net, named) in [(&small, &large, "workspace"), (&large, &small, "grads")] {
+        let mut ws = Workspace::new(ws_net, 6);
+        let mut g = Gradients::zeros(grads_net);
+        let betas = [1.0; 2];
+        let err = gradient(
+            &large,
+            EnergyKind::Penalizer,
+            &betas,
+            OutputLoss::Squared,
+            &x,
+            &t,
+            &mut ws,
+            &mut g,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains(named), "{err}");
+    }
 }

@@ -65,9 +65,7 @@ pub fn contrastive(
     batch: Batch<'_>,
     settings: &NestedSettings,
 ) -> Result<NestedReport> {
-    problem.check()?;
-    settings.validate()?;
-    let batch = Batch::new(problem, batch.x, batch.target)?;
+    let batch = problem.prepare(batch, settings)?;
     match (problem.energy, problem.loss) {
         (EnergyKind::Proximal, OutputLoss::Squared) => convex_chl(problem, batch),
         (EnergyKind::Proximal, _) => Err(Error::input(
@@ -361,9 +359,7 @@ pub fn convex_chl_batched(
     batch: Batch<'_>,
     settings: &NestedSettings,
 ) -> Result<NestedReport> {
-    problem.check()?;
-    settings.validate()?;
-    let batch = Batch::new(problem, batch.x, batch.target)?;
+    let batch = problem.prepare(batch, settings)?;
     if problem.energy != EnergyKind::Proximal || problem.loss != OutputLoss::Squared {
         return Err(Error::input(
             "problem",

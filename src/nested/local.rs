@@ -60,9 +60,7 @@ pub fn contrastive(
     batch: Batch<'_>,
     settings: &NestedSettings,
 ) -> Result<NestedReport> {
-    problem.check()?;
-    settings.validate()?;
-    let batch = Batch::new(problem, batch.x, batch.target)?;
+    let batch = problem.prepare(batch, settings)?;
     match problem.energy {
         EnergyKind::Penalizer => mac(problem, batch, settings),
         EnergyKind::Fenchel | EnergyKind::Proximal => lpom(problem, batch, settings),

@@ -159,9 +159,7 @@ impl Method {
                 ),
             ));
         }
-        problem.check()?;
-        settings.validate()?;
-        let batch = Batch::new(problem, batch.x, batch.target)?;
+        let batch = problem.prepare(batch, settings)?;
         if !linearized {
             check_beta_products(self.name(), &problem.betas)?;
         }

@@ -77,6 +77,17 @@ impl<'a> NestedProblem<'a> {
         check_betas(&self.betas, self.net.layers.len())
     }
 
+    /// Every solver's first step: re-checks the problem, validates the settings and checks the
+    /// batch against the problem.
+    ///
+    /// # Errors
+    /// As [`NestedProblem::check`], [`NestedSettings::validate`] and [`Batch::new`].
+    pub fn prepare<'b>(&self, batch: Batch<'b>, settings: &NestedSettings) -> Result<Batch<'b>> {
+        self.check()?;
+        settings.validate()?;
+        Batch::new(self, batch.x, batch.target)
+    }
+
     /// Index of the top layer, `L − 1`.
     pub(crate) fn top(&self) -> usize {
         self.net.layers.len() - 1

@@ -8,6 +8,22 @@ use bilevel::nested::{
 };
 use nalgebra::DMatrix;
 
+/// The solver signature shared by `nested::global::contrastive` and `nested::local::contrastive`.
+type Solver = fn(&NestedProblem<'_>, Batch<'_>, &NestedSettings) -> bilevel::Result<NestedReport>;
+
+/// Runs `solver` on `(net, kind, betas, loss)` and the batch `(x, t)` with default settings.
+fn run_with(
+    solver: Solver,
+    net: &Network<f64>,
+    (kind, betas, loss): (EnergyKind, &[f64], OutputLoss),
+    x: &DMatrix<f64>,
+    t: &DMatrix<f64>,
+) -> bilevel::Result<NestedReport> {
+    let problem = NestedProblem::new(net, kind, betas, loss)?;
+    let batch = Batch::new(&problem, x, t)?;
+    solver(&problem, batch, &NestedSettings::default())
+}
+
 /// The global contrastive objective (Prop. 4) with default settings.
 pub fn global(
     net: &Network<f64>,
@@ -17,9 +33,13 @@ pub fn global(
     x: &DMatrix<f64>,
     t: &DMatrix<f64>,
 ) -> bilevel::Result<NestedReport> {
-    let problem = NestedProblem::new(net, kind, betas, loss)?;
-    let batch = Batch::new(&problem, x, t)?;
-    bilevel::nested::global::contrastive(&problem, batch, &NestedSettings::default())
+    run_with(
+        bilevel::nested::global::contrastive,
+        net,
+        (kind, betas, loss),
+        x,
+        t,
+    )
 }
 
 /// The local contrastive objective (Prop. 5) with default settings.
@@ -31,9 +51,13 @@ pub fn local(
     x: &DMatrix<f64>,
     t: &DMatrix<f64>,
 ) -> bilevel::Result<NestedReport> {
-    let problem = NestedProblem::new(net, kind, betas, loss)?;
-    let batch = Batch::new(&problem, x, t)?;
-    bilevel::nested::local::contrastive(&problem, batch, &NestedSettings::default())
+    run_with(
+        bilevel::nested::local::contrastive,
+        net,
+        (kind, betas, loss),
+        x,
+        t,
+    )
 }
 
 /// A Table 1 row's report with default settings.
