@@ -268,40 +268,34 @@ fn convex_chl(problem: &NestedProblem<'_>, batch: Batch<'_>) -> Result<NestedRep
             d[k].column_mut(j).copy_from(&qp.block(&dj, k));
         }
     }
-    let (value, grad) = proximal_value_and_gradient(problem.net, &qp.s, batch, &free, &d);
-    let clamped = free.iter().zip(&d).map(|(z, dz)| z + dz).collect();
-    Ok(NestedReport {
-        value,
-        grad,
-        clamped,
-        free,
-        status: NestedStatus {
-            solver: "convex CHL: exact QP per sample",
-            iterations,
-            residual,
-            optimum: Optimum::Global,
-            fallback: fallback.map(|reason| super::Fallback {
-                from: "the QP backend (the dual active-set method finished)",
-                reason,
-            }),
-        },
-    })
+    let status = NestedStatus {
+        solver: "convex CHL: exact QP per sample",
+        iterations,
+        residual,
+        optimum: Optimum::Global,
+        fallback: fallback.map(|reason| super::Fallback {
+            from: "the QP backend (the dual active-set method finished)",
+            reason,
+        }),
+    };
+    Ok(proximal_report(problem.net, &qp.s, batch, free, &d, status))
 }
 
-/// Value and gradient of convex CHL from the free solution `ž` and the difference `d = ẑ − ž`
-/// (layer weights `s_k = Π_{l<k} β_l`, `s_L = Π β`), shared by the per-sample QP and the
-/// batched solver. With `r_k = z_k − W_k z_{k−1} − b_k` and `Δr_k = d_k − W_k d_{k−1}`:
+/// Convex CHL's report from the free solution `ž` and the difference `d = ẑ − ž` (layer weights
+/// `s_k = Π_{l<k} β_l`, `s_L = Π β`), shared by the per-sample QP and the batched solver. With
+/// `r_k = z_k − W_k z_{k−1} − b_k` and `Δr_k = d_k − W_k d_{k−1}`:
 /// * value: `Σ_k s_k(řᵀΔr_k + ½‖Δr_k‖²)/Πβ + mean ½‖ẑ_L − t‖²` (Eq. 22, the free energy's
 ///   `½‖ř‖²` terms cancel analytically, not numerically);
 /// * gradient: `c_k[ř_k ž_{k−1}ᵀ − r̂_k ẑ_{k−1}ᵀ] = −c_k[ř_k d_{k−1}ᵀ + Δr_k ẑ_{k−1}ᵀ]`,
 ///   `c_k = s_k/Πβ`.
-fn proximal_value_and_gradient(
+fn proximal_report(
     net: &Network<f64>,
     s: &[f64],
     batch: Batch<'_>,
-    free: &[DMatrix<f64>],
+    free: Vec<DMatrix<f64>>,
     d: &[DMatrix<f64>],
-) -> (f64, Gradients<f64>) {
+    status: NestedStatus,
+) -> NestedReport {
     let (x, target) = (batch.x, batch.target);
     let top = net.layers.len() - 1;
     let prod = s[top + 1];
@@ -332,7 +326,14 @@ fn proximal_value_and_gradient(
         grad.w[k] = bracket * ck;
         grad.bias[k] = -dr.column_sum() * ck;
     }
-    (value, grad)
+    let clamped = free.iter().zip(d).map(|(z, dz)| z + dz).collect();
+    NestedReport {
+        value,
+        grad,
+        clamped,
+        free,
+        status,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -385,22 +386,15 @@ pub fn convex_chl_batched(
         batched_free_phase(problem, batch, &steps, &mut free, settings)?;
     let (d, clamped_sweeps, clamped_change) =
         batched_clamped_phase(problem, batch, &steps, &free, settings)?;
+    let status = NestedStatus {
+        solver: "convex CHL: batched block-coordinate projected gradient",
+        iterations: free_sweeps + clamped_sweeps,
+        residual: free_change.max(clamped_change),
+        optimum: Optimum::Global,
+        fallback: None,
+    };
     let s = super::prefix_products(betas);
-    let (value, grad) = proximal_value_and_gradient(net, &s, batch, &free, &d);
-    let clamped = free.iter().zip(&d).map(|(z, dz)| z + dz).collect();
-    Ok(NestedReport {
-        value,
-        grad,
-        clamped,
-        free,
-        status: NestedStatus {
-            solver: "convex CHL: batched block-coordinate projected gradient",
-            iterations: free_sweeps + clamped_sweeps,
-            residual: free_change.max(clamped_change),
-            optimum: Optimum::Global,
-            fallback: None,
-        },
-    })
+    Ok(proximal_report(net, &s, batch, free, &d, status))
 }
 
 /// `a_k = W_k z_{k−1} + b_k` of a batch (`z_0 = x`).
