@@ -24,7 +24,7 @@ fn methods(c: &mut Criterion) {
     let t = matrix(&mut r, 10, 50);
     let mut group = c.benchmark_group("gradient-784-256-128-64-10-batch50");
     group.sample_size(10);
-    for m in Method::ALL {
+    for m in Method::ALL.into_iter().chain(Method::EXTRAS) {
         group.bench_function(m.name(), |b| {
             b.iter(|| {
                 let problem = m.problem(&net, &[1e-2; 4], OutputLoss::Squared).unwrap();

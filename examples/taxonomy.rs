@@ -30,7 +30,7 @@ fn main() -> Result<()> {
         "{:<18} {:<30} {:>9} {:>9} {:>9} {:>9}",
         "method", "(E_k, unravel, linearized)", "β = 1", "0.1", "0.01", "0.001"
     );
-    for method in Method::ALL {
+    for method in Method::ALL.into_iter().chain(Method::EXTRAS) {
         let mut cells = Vec::new();
         for beta in [1.0, 0.1, 0.01, 0.001] {
             cells.push(match run(method, beta) {
@@ -54,7 +54,7 @@ fn main() -> Result<()> {
     }
     // The report says how each inner problem was solved and what the returned point is.
     println!("\nat β = 0.01: solver, iterations, residual, optimum");
-    for method in Method::ALL {
+    for method in Method::ALL.into_iter().chain(Method::EXTRAS) {
         if let Ok(r) = run(method, 0.01) {
             let s = &r.status;
             println!(

@@ -205,10 +205,28 @@ fn taxonomy_lists_every_table1_row_close_to_back_propagation() {
             "LPOM",
             "MAC",
             "BP",
-            "predictive coding",
+            "Fenchel BP",
+            "predictive coding"
+        ]
+    );
+    // The rows as the paper prints them; predictive coding's iterative form is an extra.
+    let printed: Vec<&str> = rows
+        .iter()
+        .filter_map(|r| r["table1"]["method"].as_str())
+        .collect();
+    assert_eq!(
+        printed,
+        [
+            "CHL",
+            "Convex CHL",
+            "FLN & LPOM",
+            "MAC",
+            "BP & PCN",
             "Fenchel BP"
         ]
     );
+    assert_eq!(rows[3]["table1"]["direction"], "Any");
+    assert!(rows[6]["table1"].is_null());
     for r in rows {
         // At β = 1e-3 every method is within its O(β) bias of back-propagation (Cor. 2).
         let e = r["rel_error_vs_bp"].as_f64().unwrap_or(f64::NAN);

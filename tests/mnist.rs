@@ -293,10 +293,11 @@ fn fenbp_gradient_on_mnist_follows_the_julia_rule_in_f32() {
     )
     .unwrap();
     for beta in [1e-3f32, 0.01, 1.0, 1000.0] {
+        // The Julia code's β acts on the batch-mean gradient: β/B per sample.
         gradient(
             &net,
             EnergyKind::Fenchel,
-            &[beta; 4],
+            &[beta / 50.0; 4],
             OutputLoss::SoftmaxCrossEntropy,
             &x,
             &y,

@@ -142,7 +142,7 @@ fn fenchel_bp_equals_the_appendix_c_rule_at_every_beta() {
         let (g, ws) = run(
             &n,
             EnergyKind::Fenchel,
-            &[beta; 3],
+            &[beta / 5.0; 3], // the Julia code's β acts on the batch-mean gradient: β/B per sample
             OutputLoss::SoftmaxCrossEntropy,
             &x,
             &t,
@@ -174,17 +174,8 @@ fn batched_gradient_is_the_mean_of_per_sample_gradients() {
         for j in 0..5 {
             let xs = x.columns(j, 1).into_owned();
             let ts = t.columns(j, 1).into_owned();
-            // The batch mean weights each sample's loss by 1/B, and D_β f(a)[e/B] =
-            // D_{β/B} f(a)[e]/B: a sample run alone needs β/B to see the same quotient.
-            let g = run(
-                &n,
-                kind,
-                &[0.5 / 5.0, 0.5 / 5.0],
-                OutputLoss::Squared,
-                &xs,
-                &ts,
-            )
-            .0;
+            // The batch convention: a batch is the mean of its samples run alone at the same β.
+            let g = run(&n, kind, &[0.5, 0.5], OutputLoss::Squared, &xs, &ts).0;
             for k in 0..2 {
                 mean.w[k] += &g.w[k] / 5.0;
                 mean.bias[k] += &g.bias[k] / 5.0;

@@ -257,7 +257,8 @@ fn convex_chl(problem: &NestedProblem<'_>, batch: Batch<'_>) -> Result<NestedRep
     let (mut free, mut d) = (zeros(), zeros());
     let (mut iterations, mut residual) = (0, 0.0f64);
     let mut fallback = None;
-    let w = qp.s[qp.widths.len()] / b as f64;
+    // Per-sample surrogates at β (the batch convention): the loss weight is Π β per sample.
+    let w = qp.s[qp.widths.len()];
     for j in 0..b {
         let (zf, dj, zc) = qp.sample(problem.net, batch.x.column(j), batch.target.column(j), w)?;
         iterations += zf.iterations + zc.iterations;
@@ -298,7 +299,8 @@ fn proximal_report(
 ) -> NestedReport {
     let (x, target) = (batch.x, batch.target);
     let top = net.layers.len() - 1;
-    let prod = s[top + 1];
+    // Mean over the batch (the batch convention): c_k carries the 1/B.
+    let prod = s[top + 1] * batch.len() as f64;
     let mut grad = Gradients::zeros(net);
     let clamped_top = &free[top] + &d[top];
     let mut loss_grad = clamped_top.clone();
@@ -346,7 +348,7 @@ fn proximal_report(
 /// Free phase from the forward pass; clamped phase on `d = ẑ − ž` from `d = 0`. Block `k`
 /// (objective divided by `s_k`): `½‖z_k − W_k z_{k−1} − b_k‖² + (β_k/2)‖z_{k+1} − W_{k+1} z_k − b_{k+1}‖²`
 /// over the box, by projected gradient with step `1/(1 + β_k‖W_{k+1}‖₂²)`; the top block
-/// (`½‖z − a_L‖² + (β_L/B)½‖z − t‖²` in the clamped phase) is separable and closed-form. In the
+/// (`½‖z − a_L‖² + β_L½‖z − t‖²` in the clamped phase) is separable and closed-form. In the
 /// clamped phase the free gradient is snapped to exact stationarity (zero off the bounds) and
 /// every step is an increment `clamp(ž + v) − ž` formed without cancellation, so `d` keeps its
 /// relative accuracy for small β, as in [`contrastive`]. Layers couple with strength about
@@ -490,7 +492,7 @@ fn batched_clamped_phase(
             g
         })
         .collect();
-    let w = betas[top] / batch.len() as f64;
+    let w = betas[top];
     let a_top_free = pre_activation(net, x, free, top);
     let mut d: Vec<DMatrix<f64>> = free
         .iter()
@@ -554,7 +556,8 @@ fn chl(
     let (clamped_sweeps, r_clamped) = chl_difference(problem, batch, &free, &mut d, settings)?;
     let clamped: Vec<DMatrix<f64>> = free.iter().zip(&d).map(|(z, dz)| z + dz).collect();
     let s = super::prefix_products(&problem.betas);
-    let prod = s[top + 1];
+    // Mean over the batch (the batch convention): the energy terms carry the 1/B.
+    let prod = s[top + 1] * batch.len() as f64;
     let mut loss_grad = clamped[top].clone();
     let loss_value = problem
         .loss
@@ -705,7 +708,7 @@ fn increment(act: Activation, u: &DMatrix<f64>, shift: &DMatrix<f64>) -> DMatrix
 /// `ǔ_k = a_k(ž_{k−1}) + β_k W_{k+1}ᵀ ž_{k+1}` and `Δu_k = W_k d_{k−1} + β_k W_{k+1}ᵀ d_{k+1}` becomes
 /// `d_k = f_k(ǔ_k + Δu_k) − f_k(ǔ_k)`, evaluated without cancellation (exactly `Δu_k` inside the
 /// box, exactly 0 on a bound; a subtraction only where a kink is crossed). The top block adds the
-/// loss with weight `w = β_L/B`, see [`chl_top_block`]. Returns the sweeps and the last sweep's
+/// loss with weight `w = β_L` (per sample), see [`chl_top_block`]. Returns the sweeps and the last sweep's
 /// largest change.
 fn chl_difference(
     problem: &NestedProblem<'_>,
@@ -725,7 +728,7 @@ fn chl_difference(
             u
         })
         .collect();
-    let w = betas[top] / batch.len() as f64;
+    let w = betas[top];
     let mut change = f64::INFINITY;
     for sweep in 1..=settings.max_sweeps {
         let mut size = 0.0f64;
@@ -763,7 +766,7 @@ fn chl_difference(
     })
 }
 
-/// CHL's top block in the clamped phase, `d_L` given `Δu_L`, with the loss weight `w = β_L/B`:
+/// CHL's top block in the clamped phase, `d_L` given `Δu_L`, with the loss weight `w = β_L` (per sample):
 /// * squared loss, box family: `d_L = f(ǔ + (Δu + w(t − ǔ))/(1 + w)) − f(ǔ)`;
 /// * squared loss, softmax output: the fixed point of [`softmax_squared_top`];
 /// * cross-entropy (identity output, `ž_L = ǔ_L`): Newton on

@@ -105,13 +105,15 @@ impl<T: RealField + Copy> Workspace<T> {
     }
 
     /// `z̄_k` of Eq. 43 after [`gradient`] ran with `kind` (allocates; for checks, not the
-    /// training path): `z_k* − β_k δ_k` (Fenchel, proximal) or `z_k* − β_k e_k` (penalizer).
+    /// training path), per sample: `z_k* − β_k B δ_k` (Fenchel, proximal) or `z_k* − β_k B e_k`
+    /// (penalizer) — the stored signals carry the batch mean's `1/B`.
     pub fn z_bar(&self, kind: EnergyKind, k: usize, beta: T) -> DMatrix<T> {
         let signal = match kind {
             EnergyKind::Penalizer => &self.e[k],
             _ => &self.delta[k],
         };
-        &self.z[k] - signal * beta
+        let batch: T = nalgebra::convert(self.batch() as f64);
+        &self.z[k] - signal * (beta * batch)
     }
 }
 
@@ -222,7 +224,8 @@ pub fn check_betas<T: RealField + Copy>(betas: &[T], layers: usize) -> Result<()
 ///
 /// # Errors
 /// Shapes (`x`, `target`, `betas`, the network, a workspace or gradients built for another
-/// network), non-positive or non-finite β, softmax with
+/// network), non-positive or non-finite β, β times the batch size beyond the floating-point
+/// range (Fenchel and proximal energies), softmax with
 /// penalizer energies, a non-finite loss (which is how non-finite weights or inputs show: the
 /// weights are not scanned on every call, see [`Network::check_structure`]).
 #[allow(clippy::too_many_arguments)]
@@ -254,8 +257,27 @@ pub fn gradient<T: Gemm>(
             what: "loss of the forward pass (non-finite weights, inputs or targets?)".into(),
         });
     }
+    // The batch convention (module docs of `crate::nested`): each sample at β_k. The signals
+    // carry the batch mean's 1/B, and D_β f(a)[B e]/B = D_{βB} f(a)[e].
+    let batch: T = nalgebra::convert(x.ncols() as f64);
+    if kind != EnergyKind::Penalizer {
+        for &b in betas {
+            if !(b * batch).is_finite() {
+                return Err(Error::BetaOutOfRange {
+                    beta: nalgebra::try_convert(b).unwrap_or(f64::NAN),
+                    what: "Fenchel back-propagation".into(),
+                    reason: format!(
+                        "beta times the batch size ({}) overflows: the quotient of the batch-mean \
+                         signal is taken at beta * B",
+                        x.ncols()
+                    ),
+                });
+            }
+        }
+    }
     for k in (0..=top).rev() {
         let act = net.layers[k].activation;
+        let quotient_beta = betas[k] * batch;
         let (a, e, delta) = (&ws.a[k], &ws.e[k], &mut ws.delta[k]);
         match kind {
             EnergyKind::Penalizer => {
@@ -272,7 +294,7 @@ pub fn gradient<T: Gemm>(
                         act.difference_quotient(
                             a.column(j).as_slice(),
                             e.column(j).as_slice(),
-                            betas[k],
+                            quotient_beta,
                             delta.column_mut(j).as_mut_slice(),
                         );
                     }
@@ -280,7 +302,7 @@ pub fn gradient<T: Gemm>(
                     act.difference_quotient(
                         a.as_slice(),
                         e.as_slice(),
-                        betas[k],
+                        quotient_beta,
                         delta.as_mut_slice(),
                     );
                 }

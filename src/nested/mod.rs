@@ -13,11 +13,15 @@
 //! Fenchel energies), and Table 1 as data ([`method`]: each row a choice of energy, direction
 //! and linearization; `bilevel taxonomy` prints it with measured errors).
 //!
-//! **Batches are matrix columns**: `x` is `n_0 × B`, every `z_k` is `n_k × B`. The outer loss is
-//! the batch *mean* of the per-sample loss (so gradients carry a factor `1/B`). For Fenchel-type
-//! passes this matters beyond scaling: the error quotient is not linear in the signal, and
-//! `D_β f(a)[e/B] = D_{β/B} f(a)[e] / B`, so a batch-mean loss acts on each sample like `β/B`
-//! (a summed loss would act like `β`).
+//! **Batches are matrix columns**: `x` is `n_0 × B`, every `z_k` is `n_k × B`. **One batch
+//! convention for every method**: the surrogate of a batch is the *mean of the per-sample
+//! surrogates at the same β*, `L^β_batch(θ) = (1/B) Σ_j L^β(θ; x_j, t_j)`, so value and
+//! gradient of a batch equal the mean of the per-sample runs (tested for every row of Table 1).
+//! This matters beyond scaling: the surrogates are not linear in the loss, e.g. the Fenchel
+//! quotient on a batch-mean signal `e/B` is `D_β f(a)[e] / B = D_{βB} f(a)[e/B]`. The paper's
+//! Fig. 1 and Appendix C code apply β to the batch-mean loss gradient, which is this
+//! convention's `β/B` per sample: the MNIST client maps its `--beta` that way
+//! ([`crate::nn::Rule`]).
 
 pub mod compose;
 pub mod global;

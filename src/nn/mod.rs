@@ -57,7 +57,9 @@ pub enum Rule {
     Bp,
     /// Fenchel back-propagation with `β_k = β` for every layer (Fenchel energies).
     FenBp {
-        /// `β > 0`.
+        /// `β > 0` as in the paper's Fig. 1 and Appendix C code, where it acts on the gradient
+        /// of the batch-mean loss: `β/B` per sample in the batch convention of
+        /// [`crate::nested`] (the trainer passes that on).
         beta: f32,
     },
 }
@@ -465,6 +467,10 @@ impl Trainer {
             }
         };
         data.batch_into(indices, &mut buf.x, &mut buf.y)?;
+        // The rule's β is the paper's (Fig. 1, Appendix C): it acts on the batch-mean loss
+        // gradient, i.e. β/B per sample in the library's batch convention (crate::nested).
+        let per_sample = self.config.rule.beta() / indices.len() as f32;
+        self.betas.fill(per_sample);
         let loss = linearized::gradient(
             &self.net,
             self.config.rule.energy(),

@@ -290,7 +290,9 @@ pub(super) fn appendix_c_rule(inst: &NestedInstance) -> Check {
         (|| -> Result<f64> {
             let mut worst = 0.0f64;
             for beta in [1e-3, 1e-2, 1.0, 1000.0] {
-                let (g, ws) = inst.linearized_with(net, EnergyKind::Fenchel, &[beta; 3])?;
+                // The Julia code's β acts on the batch-mean gradient: β/B per sample.
+                let per_sample = beta / x.ncols() as f64;
+                let (g, ws) = inst.linearized_with(net, EnergyKind::Fenchel, &[per_sample; 3])?;
                 let mut dy = ws.z[2].clone();
                 LOSS.value_and_gradient(&ws.z[2], &inst.target, &mut dy);
                 let julia = appendix_c_gradient(net, x, &ws.a, &ws.z, dy, beta);

@@ -71,6 +71,8 @@ pub fn central_network(
 /// `my_relu(x) = (relu(x) − relu(x − β·dy))/β` in place of `relu'(x)·dy`. Given the forward
 /// pass's pre-activations `a_k` and activations `z_k`, the input `x` and the loss gradient
 /// `dy` at the output, returns the weight gradients `(pullback_k) z_{k−1}ᵀ` (biases: row sums).
+/// `beta` is the Julia code's: it acts on the batch-mean `dy`, so it is `β/B` per sample in the
+/// batch convention of [`crate::nested`].
 pub fn appendix_c_gradient(
     net: &Network<f64>,
     x: &DMatrix<f64>,
