@@ -184,3 +184,37 @@ fn batched_lpom_equals_per_sample_solves() {
         assert!(rel(&flat(&all.grad), &mean) < 1e-10, "beta {beta}");
     }
 }
+
+/// MAC's objective is non-convex: with the second start (Prop. 7's clamped state) the value is
+/// never above the forward-pass start's, and on some 4-3-3-2 networks at β = 1 it is strictly
+/// below (a lower local minimum, hence a different gradient).
+#[test]
+fn mac_keeps_the_lower_of_two_local_minima() {
+    use bilevel::nested::{Batch, NestedProblem, NestedSettings};
+    let (mut lower, mut trials) = (0, 0);
+    for seed in 0..60 {
+        let n = net(300 + seed, &[4, 3, 3, 2]);
+        let x = matrix(&mut rng(400 + seed), 4, 1);
+        let t = matrix(&mut rng(500 + seed), 2, 1) * 3.0;
+        let problem =
+            NestedProblem::new(&n, EnergyKind::Penalizer, &[1.0; 3], OutputLoss::Squared).unwrap();
+        let batch = Batch::new(&problem, &x, &t).unwrap();
+        let one = NestedSettings {
+            mac_second_start: false,
+            ..NestedSettings::default()
+        };
+        let (Ok(a), Ok(b)) = (
+            bilevel::nested::local::contrastive(&problem, batch, &one),
+            bilevel::nested::local::contrastive(&problem, batch, &NestedSettings::default()),
+        ) else {
+            continue;
+        };
+        trials += 1;
+        assert!(b.value <= a.value, "seed {seed}: {} > {}", b.value, a.value);
+        if b.value < a.value * (1.0 - 1e-9) {
+            lower += 1;
+        }
+    }
+    println!("{lower} of {trials} instances reach a lower local minimum from the second start");
+    assert!(trials >= 50 && lower >= 1, "{lower} of {trials}");
+}

@@ -297,6 +297,12 @@ fn mac(
     let scale = problem.betas.iter().copied().fold(f64::INFINITY, f64::min);
     let free = forward_pass(net, batch.x)?;
     let mut clamped = free.clone();
+    // The second start: Prop. 7's clamped state z̄ (one linearized pass for the batch).
+    let second = if settings.mac_second_start {
+        Some(linearized_clamped_state(problem, batch)?)
+    } else {
+        None
+    };
     // ∂J/∂a_{k,i} of units whose minimizer sits on a kink (the constraint multipliers), and a
     // mask that is 0 there: their `f'` is the constrained piece's, 0 (not the rounding-level
     // side of the kink the final `a` happens to be on).
@@ -316,19 +322,28 @@ fn mac(
             w: w * scale,
             offsets: &offsets,
         };
-        let mut start = DVector::zeros(total);
-        for (k, z) in free.iter().enumerate() {
-            start
-                .rows_mut(offsets[k], widths[k])
-                .copy_from(&z.column(j));
+        let stack = |states: &[DMatrix<f64>]| {
+            let mut v = DVector::zeros(total);
+            for (k, z) in states.iter().enumerate() {
+                v.rows_mut(offsets[k], widths[k]).copy_from(&z.column(j));
+            }
+            v
+        };
+        let mut sol = mac_sample(&obj, stack(&free), settings)?;
+        iterations += sol.iterations;
+        if let Some(states) = &second {
+            // The objective is non-convex: keep the lower of the two local minima.
+            let other = mac_sample(&obj, stack(states), settings)?;
+            iterations += other.iterations;
+            if obj.value(&other.z) < obj.value(&sol.z) {
+                sol = other;
+            }
         }
-        let sol = mac_sample(&obj, start, settings)?;
         for &(k, i, nu) in &sol.kinks {
             kink_signal[k][(i, j)] = nu / scale;
             kink_mask[k][(i, j)] = 0.0;
         }
         value += obj.value(&sol.z) / scale;
-        iterations += sol.iterations;
         residual = residual.max(sol.residual);
         for (k, z) in clamped.iter_mut().enumerate() {
             z.column_mut(j)
@@ -349,13 +364,42 @@ fn mac(
         clamped,
         free,
         status: NestedStatus {
-            solver: "MAC: L-BFGS + Newton per sample, active set at kinks",
+            solver: if second.is_some() {
+                "MAC: L-BFGS + Newton per sample, active set at kinks, best of two starts"
+            } else {
+                "MAC: L-BFGS + Newton per sample, active set at kinks"
+            },
             iterations,
             residual,
             optimum: Optimum::Local,
             fallback: None,
         },
     })
+}
+
+/// Prop. 7's clamped state `z̄_k = z_k* − β_k B e_k` of the penalizer pass (Eq. 43, per sample),
+/// the second starting point of [`mac`]: the linearized problem's minimizer, on the side of the
+/// forward pass the loss pulls towards.
+fn linearized_clamped_state(
+    problem: &NestedProblem<'_>,
+    batch: Batch<'_>,
+) -> Result<Vec<DMatrix<f64>>> {
+    let net = problem.net;
+    let mut ws = Workspace::new(net, batch.len());
+    let mut g = Gradients::zeros(net);
+    super::linearized::gradient(
+        net,
+        EnergyKind::Penalizer,
+        &problem.betas,
+        problem.loss,
+        batch.x,
+        batch.target,
+        &mut ws,
+        &mut g,
+    )?;
+    Ok((0..net.layers.len())
+        .map(|k| ws.z_bar(EnergyKind::Penalizer, k, problem.betas[k]))
+        .collect())
 }
 
 /// One MAC sample: the smooth solver, and at a convex kink (where it stalls) the active-set
