@@ -218,3 +218,48 @@ fn mac_keeps_the_lower_of_two_local_minima() {
     println!("{lower} of {trials} instances reach a lower local minimum from the second start");
     assert!(trials >= 50 && lower >= 1, "{lower} of {trials}");
 }
+
+/// Predictive coding (Eq. 30 with weights 1/Π_{l≥k} β_l, up to 1e18 here) keeps its gradient as
+/// β → 0: O(β) against back-propagation down to β = 1e-6, and equal to the central differences
+/// of its own value at β = 1e-4 (it used to return a zero gradient at 1e-5, the solver stopping
+/// at the forward pass, and to disagree with its own value by 1e-5 at 1e-4). MAC likewise.
+#[test]
+fn predictive_coding_and_mac_keep_their_gradient_down_to_beta_1e_6() {
+    use bilevel::nested::method::Method;
+    let mut r = rng(7);
+    let n = bilevel::verify::instances::network(&mut r, &[5, 4, 3, 2], Activation::Relu);
+    let x = matrix(&mut r, 5, 8);
+    let t_sq = matrix(&mut r, 2, 8);
+    let t_ce = DMatrix::from_fn(2, 8, |i, j| ((i + j) % 2) as f64);
+    for (loss, t) in [
+        (OutputLoss::Squared, &t_sq),
+        (OutputLoss::SoftmaxCrossEntropy, &t_ce),
+    ] {
+        let reference = bp(&n, loss, &x, t);
+        for m in [Method::PredictiveCoding, Method::Mac] {
+            let errs: Vec<f64> = [1e-3, 1e-4, 1e-5, 1e-6]
+                .iter()
+                .map(|&b| {
+                    let g = common::method(m, &n, &[b; 3], loss, &x, t).unwrap().grad;
+                    rel(&flat(&g), &reference)
+                })
+                .collect();
+            for w in errs.windows(2) {
+                let ratio = w[1] / w[0];
+                assert!((0.05..0.2).contains(&ratio), "{m:?} {loss:?}: {errs:?}");
+            }
+            let g = common::method(m, &n, &[1e-4; 3], loss, &x, t).unwrap().grad;
+            let fd = fd_weights(&n, 1e-6, |nn| {
+                common::method(m, nn, &[1e-4; 3], loss, &x, t)
+                    .unwrap()
+                    .value
+            });
+            let gw = &flat(&g)[..fd.len()];
+            assert!(
+                rel(gw, &fd) < 1e-6,
+                "{m:?} {loss:?}: own differences {}",
+                rel(gw, &fd)
+            );
+        }
+    }
+}

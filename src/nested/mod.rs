@@ -202,6 +202,30 @@ impl OutputLoss {
         total / batch
     }
 
+    /// `(ℓ(z + σu; t) − ℓ(z; t))/σ` for one sample without cancellation, for any `σ > 0`
+    /// however small: squared loss `(z − t)ᵀu + (σ/2)‖u‖²`; cross-entropy
+    /// `Σt · log1p(Σ_i p_i expm1(σu_i))/σ − tᵀu` with `p = softmax(z)`.
+    pub fn sample_offset(
+        &self,
+        z: &DVector<f64>,
+        t: &DVector<f64>,
+        sigma: f64,
+        u: &DVector<f64>,
+    ) -> f64 {
+        match self {
+            OutputLoss::Squared => (z - t).dot(u) + 0.5 * sigma * u.norm_squared(),
+            OutputLoss::SoftmaxCrossEntropy => {
+                let lse = crate::prox::log_sum_exp(z.as_slice());
+                let growth: f64 = z
+                    .iter()
+                    .zip(u.iter())
+                    .map(|(&zi, &ui)| (zi - lse).exp() * (sigma * ui).exp_m1())
+                    .sum();
+                t.sum() * growth.ln_1p() / sigma - t.dot(u)
+            }
+        }
+    }
+
     /// One sample's loss `w·ℓ(z; t)` with its gradient and Hessian (allocates; for the
     /// verification solvers' per-sample Newton steps). Value and gradient are
     /// [`OutputLoss::value_and_gradient`] on a one-column batch; the Hessian is `w·I` (squared)

@@ -169,6 +169,11 @@ pub struct NestedSettings {
     /// forward pass alone was seen to end 0.2 % above the global minimum, with a gradient 19 %
     /// off).
     pub mac_second_start: bool,
+    /// MAC / predictive coding: when every layer's weight `σ_k` (β_k for MAC, `Π_{l≥k} β_l` for
+    /// predictive coding) is at most this, solve for the rates `(ẑ − z*)/σ` (exact however small
+    /// σ is) instead of the states (default `1e-3`; samples where the rate Newton does not
+    /// settle fall back to the states, reported as a [`Fallback`]).
+    pub mac_rate_below: f64,
     /// MAC at kinks: a pre-activation within this of a bound (relative to `1 + |z|∞`) starts on
     /// the kink (default `1e-7`).
     pub kink_tol: f64,
@@ -205,6 +210,7 @@ impl Default for NestedSettings {
             mac_tol_grad: 1e-13,
             mac_newton_steps: 30,
             mac_second_start: true,
+            mac_rate_below: 1e-3,
             kink_tol: 1e-7,
             kink_multiplier_tol: 1e-10,
             piece_tol: 1e-12,
@@ -262,6 +268,12 @@ impl NestedSettings {
             return Err(Error::input(
                 "settings.divergence",
                 format!("{} must be finite and > 1", self.divergence),
+            ));
+        }
+        if !(self.mac_rate_below.is_finite() && self.mac_rate_below >= 0.0) {
+            return Err(Error::input(
+                "settings.mac_rate_below",
+                format!("{} must be finite and >= 0", self.mac_rate_below),
             ));
         }
         let margins = [

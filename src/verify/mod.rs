@@ -130,6 +130,7 @@ const ENTRIES: &[Entry] = &[
     entry!("prop4-composed", nested::prop4_composed(seed)),
     entry!("prop5-composed", nested::prop5_composed(seed)),
     entry!("cor2-mac", nested::cor2_mac),
+    entry!("cor2-pc", nested::cor2_pc),
     entry!("cor2-lpom", nested::cor2_lpom),
     entry!("cor2-convex-chl", nested::cor2_convex_chl),
     entry!("cor2-chl", nested::cor2_chl),
