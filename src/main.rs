@@ -527,32 +527,72 @@ fn verify(json: bool, seed: u64, only: &[String]) -> ExitCode {
             serde_json::to_string_pretty(&report).expect("report serializes")
         );
     } else {
+        // One line per row (claim, id, what is measured, value, tolerance, verdict), then its
+        // description wrapped to the terminal width.
+        let width = terminal_width();
         out!(
-            "{:<28} {:<22} {:>10} {:>9}  {:<4}  description",
+            "{:<16} {:<22} {:<22} {:>9} {:>9}  ok",
             "claim",
             "id",
-            "measured",
-            "tolerance",
-            "ok"
+            "measured quantity",
+            "value",
+            "tolerance"
         );
         for c in &report.checks {
             out!(
-                "{:<28} {:<22} {:>10.2e} {:>9.1e}  {:<4}  {}",
+                "{:<16} {:<22} {:<22} {:>9.2e} {:>9.1e}  {}",
                 c.claim,
                 c.id,
+                c.quantity,
                 c.measured,
                 c.tolerance,
-                if c.passed { "pass" } else { "FAIL" },
-                c.description
+                if c.passed { "pass" } else { "FAIL" }
             );
+            for line in wrap(&c.description, width.saturating_sub(4).max(40)) {
+                out!("    {line}");
+            }
         }
-        out!("verify: {} passed, {} failed", report.passed, report.failed);
+        out!(
+            "verify: {} passed, {} failed (seed {}, bilevel {})",
+            report.passed,
+            report.failed,
+            report.seed,
+            report.version
+        );
     }
     if report.failed == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// `$COLUMNS` when set to a sensible number, else 100.
+fn terminal_width() -> usize {
+    std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.parse::<usize>().ok())
+        .filter(|&c| (40..=1000).contains(&c))
+        .unwrap_or(100)
+}
+
+/// Greedy word wrap to lines of at most `width` characters (a longer word gets its own line).
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    for word in text.split_whitespace() {
+        if !line.is_empty() && line.chars().count() + 1 + word.chars().count() > width {
+            lines.push(std::mem::take(&mut line));
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    if !line.is_empty() {
+        lines.push(line);
+    }
+    lines
 }
 
 fn taxonomy(beta: f64, json: bool) -> Result<(), String> {

@@ -420,3 +420,57 @@ fn verify_runs_chosen_rows_and_names_the_rows_when_an_id_is_unknown() {
         "{err}"
     );
 }
+
+/// `verify` reads as a report: rows in the paper's order, each with the quantity it measures,
+/// lines within 100 columns, and the JSON records the seed and the crate version.
+#[test]
+fn verify_is_readable_in_paper_order_and_records_its_seed() {
+    let out = bin()
+        .args(["verify", "--json", "--seed", "5"])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["seed"], 5);
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    let checks = v["checks"].as_array().unwrap();
+    let quantities = [
+        "relative error",
+        "absolute error",
+        "|rate - expected rate|",
+        "count",
+        "bound violation",
+    ];
+    for c in checks {
+        assert!(quantities.contains(&c["quantity"].as_str().unwrap()), "{c}");
+    }
+    // Paper order: the section of each claim never goes back.
+    let section = |claim: &str| -> u32 {
+        let claim = claim
+            .split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ");
+        match claim.as_str() {
+            "Def. 1" | "Prop. 1" | "Prop. 2" | "Example 1" | "Cor. 1" | "Centered (extra)"
+            | "Prop. 3" => 2,
+            "Prop. 4" | "Prop. 5" | "Eq. 29" | "Section 3.2.2" => 3,
+            "Def. 2" | "Prop. 7" | "Remark 2" => 4,
+            "Cor. 2" => 5,
+            "Appendix C" => 6,
+            other => panic!("unplaced claim {other}"),
+        }
+    };
+    let sections: Vec<u32> = checks
+        .iter()
+        .map(|c| section(c["claim"].as_str().unwrap()))
+        .collect();
+    assert!(sections.windows(2).all(|w| w[0] <= w[1]), "{sections:?}");
+    let text = bin()
+        .args(["verify"])
+        .env_remove("COLUMNS")
+        .output()
+        .unwrap();
+    let text = String::from_utf8(text.stdout).unwrap();
+    let longest = text.lines().map(|l| l.chars().count()).max().unwrap();
+    assert!(longest <= 100, "a line of {longest} characters");
+}

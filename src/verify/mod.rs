@@ -31,7 +31,9 @@ pub struct Check {
     pub claim: String,
     /// The instance and what is compared with what.
     pub description: String,
-    /// The measured error (relative unless the description says otherwise).
+    /// What `measured` is, with its unit (see [`quantity`]).
+    pub quantity: &'static str,
+    /// The measured value.
     pub measured: f64,
     /// The largest error that passes.
     pub tolerance: f64,
@@ -42,6 +44,10 @@ pub struct Check {
 /// All checks of one run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    /// The seed the instances were drawn from.
+    pub seed: u64,
+    /// The crate version that ran the checks.
+    pub version: &'static str,
     /// The rows.
     pub checks: Vec<Check>,
     /// Number passed.
@@ -59,6 +65,7 @@ impl Check {
             Err(e) => (format!("{description} — error: {e}"), f64::NAN),
         };
         Self {
+            quantity: quantity(id),
             id: id.into(),
             claim: claim.into(),
             description,
@@ -102,12 +109,26 @@ macro_rules! entry {
     };
 }
 
-/// Every check, in the order of the report.
+/// What a row's `measured` is, with its unit: one of "relative error" (`‖a − b‖∞ / max(1, ‖b‖∞)`
+/// unless the description names another scale), "absolute error", "|rate − expected rate|"
+/// (fitted log-log slope), "count" or "bound violation" (how far an inequality of the paper
+/// fails, absolute; 0 when it holds).
+pub fn quantity(id: &str) -> &'static str {
+    match id {
+        "prop2-classification" => "count",
+        "cor1-rate" | "centered-rate" => "|rate - expected rate|",
+        "prop3-band" | "eq29-local-below-loss" | "eq29-fenchel-young-gap" => "bound violation",
+        "softmax-fenchel-young" | "example1-generalized" => "absolute error",
+        _ => "relative error",
+    }
+}
+
+/// Every check, in the paper's order (Section 2: Def. 1, Props. 1-2, Example 1, Cor. 1 and the
+/// rates, Prop. 3; Section 3: Props. 4-5, Eq. 29, Section 3.2.2; Section 4: Def. 2, Prop. 7,
+/// Remark 2; Section 5: Cor. 2; Appendix C).
 const ENTRIES: &[Entry] = &[
     entry!("def1-gradient-qp", single::def1_gradient_qp),
     entry!("def1-gradient-smooth", single::def1_gradient_smooth),
-    entry!("def2-gradient", single::def2_gradient),
-    entry!("def2-limit", single::def2_limit),
     entry!("prop1-closed-form", single::prop1_closed_form),
     entry!("prop1-differences", single::prop1_differences),
     entry!(
@@ -121,31 +142,33 @@ const ENTRIES: &[Entry] = &[
     entry!("prop2-softmax", single::prop2_softmax),
     #[cfg(feature = "osqp")]
     entry!("prop2-backends", single::prop2_backends),
-    entry!("prop3-band", single::prop3_band),
     entry!("example1-ties", single::example1_ties),
+    entry!("example1-generalized", nested::example1_generalized),
     entry!("cor1-gradient-qp", single::cor1_gradient_qp),
     entry!("cor1-gradient-smooth", single::cor1_gradient_smooth),
     entry!(["cor1-rate", "centered-rate"], single::rates),
-    entry!("prop7-penalizer-bp", nested::prop7_penalizer_bp),
+    entry!("prop3-band", single::prop3_band),
     entry!("prop4-composed", nested::prop4_composed(seed)),
     entry!("prop5-composed", nested::prop5_composed(seed)),
-    entry!("cor2-mac", nested::cor2_mac),
-    entry!("cor2-pc", nested::cor2_pc),
-    entry!("cor2-lpom", nested::cor2_lpom),
-    entry!("cor2-convex-chl", nested::cor2_convex_chl),
-    entry!("cor2-chl", nested::cor2_chl),
     entry!("eq29-local-below-loss", nested::eq29_local_below_loss),
     entry!(
         "eq29-fenchel-young-gap",
         nested::eq29_fenchel_young_gap(seed)
     ),
-    entry!("appendix-c-rule", nested::appendix_c_rule),
+    entry!("softmax-fenchel-young", nested::softmax_fenchel_young(seed)),
+    entry!("def2-gradient", single::def2_gradient),
+    entry!("def2-limit", single::def2_limit),
+    entry!("prop7-penalizer-bp", nested::prop7_penalizer_bp),
+    entry!("prop7-fenbp-limit", nested::prop7_fenbp_limit),
+    entry!("remark2-eq53", nested::remark2_eq53),
+    entry!("cor2-chl", nested::cor2_chl),
+    entry!("cor2-convex-chl", nested::cor2_convex_chl),
+    entry!("cor2-lpom", nested::cor2_lpom),
+    entry!("cor2-mac", nested::cor2_mac),
     entry!("cor2-bp", nested::cor2_bp),
     entry!("cor2-fenbp", nested::cor2_fenbp),
-    entry!("remark2-eq53", nested::remark2_eq53),
-    entry!("softmax-fenchel-young", nested::softmax_fenchel_young(seed)),
-    entry!("prop7-fenbp-limit", nested::prop7_fenbp_limit),
-    entry!("example1-generalized", nested::example1_generalized),
+    entry!("cor2-pc", nested::cor2_pc),
+    entry!("appendix-c-rule", nested::appendix_c_rule),
 ];
 
 /// The ids of every row, in report order.
@@ -174,6 +197,8 @@ pub fn run_only(seed: u64, ids: &[&str]) -> Report {
     let passed = checks.iter().filter(|c| c.passed).count();
     let failed = checks.len() - passed;
     Report {
+        seed,
+        version: env!("CARGO_PKG_VERSION"),
         checks,
         passed,
         failed,

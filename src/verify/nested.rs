@@ -496,7 +496,7 @@ pub(super) fn example1_generalized(inst: &NestedInstance) -> Check {
     })();
     Check::measure(
         "example1-generalized",
-        "Example 1 / Prop. 2",
+        "Example 1",
         match &example1 {
             Ok((_, ties)) => format!("(zbar_k - z_k*)/beta_k (Fenchel BP signal) vs the one-sided derivative (-e where a > 0, 0 where a < 0, [-e]+ at ties) in both hidden ReLU layers, beta 1e-6 and 1e-8, {ties} unit-samples exactly at a tie"),
             Err(_) => "Example 1 generalized".into(),

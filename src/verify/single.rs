@@ -442,7 +442,7 @@ pub(super) fn rates(s: u64) -> Vec<Check> {
         ),
         Check::measure(
             "centered-rate",
-            "Centered (beyond the paper)",
+            "Centered (extra)",
             format!(
                 "centered gradient -> limit at rate O(beta^2): |fitted slope - 2| (slope {:.3}), same instance",
                 s2.as_ref().copied().unwrap_or(f64::NAN)
