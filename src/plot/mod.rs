@@ -1,5 +1,6 @@
 //! Fig. 1-style plots: training error (solid) and test error (dashed) per epoch, one colour per
-//! run, log-scale error axis (errors below 0.01 % are drawn at 0.01 %).
+//! run, log-scale error axis (errors below 0.01 % are drawn at 0.01 %), integer epoch ticks,
+//! markers on short runs, and the legend in a strip under each chart (never over a curve).
 //!
 //! SVG or PNG by the file extension. Text uses a bundled DejaVu Sans (Bitstream Vera license,
 //! `src/plot/DejaVuSans-LICENSE.txt`) through plotters' `ab_glyph` backend, so plotting works on
@@ -85,49 +86,109 @@ fn render<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, panels: &[Panel]) -
     root.fill(&WHITE)?;
     let areas = root.split_evenly((1, panels.len()));
     for (area, panel) in areas.iter().zip(panels) {
-        let epochs = panel
-            .runs
+        // The legend gets its own strip under the chart (two entries per row), so it never
+        // covers a curve.
+        let rows = panel.runs.len().div_ceil(2) as u32;
+        let (_, height) = area.dim_in_pixel();
+        let (chart_area, legend_area) =
+            area.split_vertically(height.saturating_sub(12 + 22 * rows));
+        draw_chart(&chart_area, panel)?;
+        draw_legend(&legend_area, panel)?;
+    }
+    Ok(())
+}
+
+/// The chart: integer epochs on the x axis (one tick per epoch up to 10 epochs, never a repeated
+/// label), markers on every point of runs up to 20 epochs (a one-epoch run is a dot and a cross,
+/// not an empty axis), log-scale error.
+fn draw_chart<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &Panel) -> DrawResult<DB> {
+    let epochs = panel
+        .runs
+        .iter()
+        .flat_map(|r| r.points.iter().map(|p| p.0 as u32))
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    let mut chart = ChartBuilder::on(area)
+        .caption(&panel.title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(55)
+        .build_cartesian_2d(0u32..epochs + 1, (FLOOR..100.0).log_scale())?;
+    chart
+        .configure_mesh()
+        .x_desc(if epochs <= 20 {
+            "epoch   (solid, dots: training error; dashed, crosses: test error)"
+        } else {
+            "epoch   (solid: training error, dashed: test error)"
+        })
+        .y_desc("error (%)")
+        .label_style(("sans-serif", 14))
+        .x_labels((epochs as usize + 2).min(12))
+        .x_label_formatter(&|v| {
+            if *v == 0 || *v > epochs {
+                String::new()
+            } else {
+                v.to_string()
+            }
+        })
+        .y_label_formatter(&|v| format!("{v}"))
+        .draw()?;
+    for (i, run) in panel.runs.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        // Earlier runs are drawn wider, so that identical curves (BP and Fenchel BP stuck at the
+        // class prior with the negative init) stay visible under later ones.
+        let width = if i == 0 { 4 } else { 2 };
+        let train: Vec<(u32, f64)> = run
+            .points
             .iter()
-            .flat_map(|r| r.points.iter().map(|p| p.0))
-            .max()
-            .unwrap_or(1)
-            .max(2);
-        let mut chart = ChartBuilder::on(area)
-            .caption(&panel.title, ("sans-serif", 20))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(55)
-            .build_cartesian_2d(1.0..epochs as f64, (FLOOR..100.0).log_scale())?;
-        chart
-            .configure_mesh()
-            .x_desc("epoch   (solid: training error, dashed: test error)")
-            .y_desc("error (%)")
-            .label_style(("sans-serif", 14))
-            .x_label_formatter(&|v| format!("{v:.0}"))
-            .y_label_formatter(&|v| format!("{v}"))
-            .draw()?;
-        for (i, run) in panel.runs.iter().enumerate() {
-            let color = COLORS[i % COLORS.len()];
-            // Earlier runs are drawn wider, so that identical curves (BP and Fenchel BP stuck at
-            // the class prior with the negative init) stay visible under later ones.
-            let width = if i == 0 { 4 } else { 2 };
-            let train = run.points.iter().map(|p| (p.0 as f64, p.1.max(FLOOR)));
-            let test = run.points.iter().map(|p| (p.0 as f64, p.2.max(FLOOR)));
-            chart
-                .draw_series(LineSeries::new(train, color.stroke_width(width)))?
-                .label(run.label.clone())
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-                });
-            chart.draw_series(DashedLineSeries::new(test, 6, 4, color.stroke_width(width)))?;
+            .map(|p| (p.0 as u32, p.1.max(FLOOR)))
+            .collect();
+        let test: Vec<(u32, f64)> = run
+            .points
+            .iter()
+            .map(|p| (p.0 as u32, p.2.max(FLOOR)))
+            .collect();
+        chart.draw_series(LineSeries::new(
+            train.iter().copied(),
+            color.stroke_width(width),
+        ))?;
+        chart.draw_series(DashedLineSeries::new(
+            test.iter().copied(),
+            6,
+            4,
+            color.stroke_width(width),
+        ))?;
+        // Markers where they can be told apart (short runs; a one-epoch run is only markers).
+        if epochs <= 20 {
+            chart.draw_series(train.iter().map(|&p| Circle::new(p, 4, color.filled())))?;
+            chart.draw_series(
+                test.iter()
+                    .map(|&p| Cross::new(p, 5, color.stroke_width(2))),
+            )?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .label_font(("sans-serif", 14))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()?;
+    }
+    Ok(())
+}
+
+/// The legend strip: a short line and the run's label, two runs per row.
+fn draw_legend<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &Panel) -> DrawResult<DB> {
+    let (width, _) = area.dim_in_pixel();
+    let column = (width as i32 - 40) / 2;
+    for (i, run) in panel.runs.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let x = 40 + (i as i32 % 2) * column;
+        let y = 6 + (i as i32 / 2) * 22;
+        area.draw(&PathElement::new(
+            vec![(x, y + 8), (x + 24, y + 8)],
+            color.stroke_width(3),
+        ))?;
+        area.draw(&Circle::new((x + 12, y + 8), 4, color.filled()))?;
+        area.draw(&Text::new(
+            run.label.clone(),
+            (x + 32, y),
+            ("sans-serif", 14),
+        ))?;
     }
     Ok(())
 }

@@ -1,0 +1,101 @@
+//! Plots of short runs show something: markers (a one-epoch run is not an empty axis), unique
+//! integer epoch ticks, and the legend outside the data area. Checked on the SVG output.
+
+use bilevel::nn::log::Run;
+use bilevel::plot::{draw, Panel};
+
+fn run(label: &str, epochs: usize, offset: f64) -> Run {
+    Run {
+        label: label.into(),
+        points: (1..=epochs)
+            .map(|e| (e, 10.0 / e as f64 + offset, 12.0 / e as f64 + offset))
+            .collect(),
+        mean_seconds: 1.0,
+    }
+}
+
+/// Every `<text …>content</text>` of an SVG with its `y` attribute.
+fn texts(svg: &str) -> Vec<(f64, String)> {
+    svg.split("<text")
+        .skip(1)
+        .filter_map(|t| {
+            let y = t.split("y=\"").nth(1)?.split('"').next()?.parse().ok()?;
+            let content = t
+                .split('>')
+                .nth(1)?
+                .split("</text")
+                .next()?
+                .trim()
+                .to_string();
+            Some((y, content))
+        })
+        .collect()
+}
+
+fn svg_of(epochs: usize) -> String {
+    let dir = std::env::temp_dir().join(format!("bilevel-plot-{}-{epochs}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("p.svg");
+    let panel = Panel {
+        title: format!("{epochs} epochs"),
+        runs: vec![run("BP", epochs, 0.0), run("FenBP β=1", epochs, 0.5)],
+    };
+    draw(&path, &[panel]).unwrap();
+    let svg = std::fs::read_to_string(&path).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    svg
+}
+
+#[test]
+fn short_runs_have_markers_unique_integer_ticks_and_a_legend_off_the_data() {
+    for epochs in [1, 2, 3, 7] {
+        let svg = svg_of(epochs);
+        // One dot per run and epoch (the training error); crosses are paths.
+        assert!(
+            svg.matches("<circle").count() >= 2 * epochs,
+            "{epochs}: markers missing"
+        );
+        let texts = texts(&svg);
+        let axis_y = texts
+            .iter()
+            .find(|(_, t)| t.starts_with("epoch"))
+            .map(|(y, _)| *y)
+            .expect("x axis label");
+        // Tick labels: the numbers printed just above the axis label.
+        let ticks: Vec<&String> = texts
+            .iter()
+            .filter(|(y, t)| *y < axis_y && *y > axis_y - 40.0 && t.parse::<f64>().is_ok())
+            .map(|(_, t)| t)
+            .collect();
+        let mut unique: Vec<&String> = ticks.clone();
+        unique.dedup();
+        assert_eq!(
+            unique.len(),
+            ticks.len(),
+            "{epochs}: repeated ticks {ticks:?}"
+        );
+        for t in &ticks {
+            let v: f64 = t.parse().unwrap();
+            assert!(
+                v.fract() == 0.0 && (1.0..=epochs as f64).contains(&v),
+                "{epochs}: tick {t}"
+            );
+        }
+        assert_eq!(
+            ticks.len(),
+            epochs,
+            "{epochs}: one tick per epoch, got {ticks:?}"
+        );
+        // The legend's labels sit below the axis label: outside the data area.
+        for label in ["BP", "FenBP β=1"] {
+            let (y, _) = texts
+                .iter()
+                .find(|(_, t)| t == label)
+                .expect("legend entry");
+            assert!(
+                *y > axis_y,
+                "{epochs}: legend entry {label} at y {y} inside the chart"
+            );
+        }
+    }
+}
