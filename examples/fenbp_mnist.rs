@@ -15,7 +15,18 @@ use bilevel::nn::{count_correct, mlp, Adam, AdamSettings, Init};
 use nalgebra::DMatrix;
 use rand::SeedableRng;
 
-fn main() -> bilevel::Result<()> {
+/// Errors are printed as sentences (`error: …`), not as Rust debug output.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> bilevel::Result<()> {
     let mut args = std::env::args().skip(1);
     let dir = resolve_dir(
         args.next()

@@ -10,7 +10,18 @@
 use bilevel::prelude::*;
 use nalgebra::{dvector, DMatrix, DVector};
 
-fn main() -> Result<()> {
+/// Errors are printed as sentences (`error: …`), not as Rust debug output.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
     let x = dvector![1.0, -0.5, 2.0];
     // Rows 2 and 4 of W are zero, so (Wx)_2 = (Wx)_4 = 0: ties.
     #[rustfmt::skip]

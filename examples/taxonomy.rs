@@ -10,7 +10,18 @@ use bilevel::nested::{Batch, NestedReport, NestedSettings, OutputLoss};
 use bilevel::prelude::*;
 use bilevel::verify::instances::{matrix, network, rng};
 
-fn main() -> Result<()> {
+/// Errors are printed as sentences (`error: …`), not as Rust debug output.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
     // A 5-4-3-2 network with ReLU hidden layers and a batch of 8 samples (columns).
     let mut r = rng(7);
     let net = network(&mut r, &[5, 4, 3, 2], Activation::Relu);
@@ -58,12 +69,12 @@ fn main() -> Result<()> {
         if let Ok(r) = run(method, 0.01) {
             let s = &r.status;
             println!(
-                "  {:<18} {:<50} {:>7} {:>9.1e} {:?}",
+                "  {:<18} {:<50} {:>7} {:>9.1e} {}",
                 method.name(),
                 s.solver,
                 s.iterations,
                 s.residual,
-                s.optimum
+                s.optimum.label()
             );
         }
     }

@@ -10,7 +10,18 @@
 use bilevel::prelude::*;
 use nalgebra::{dmatrix, dvector, DMatrix};
 
-fn main() -> Result<()> {
+/// Errors are printed as sentences (`error: …`), not as Rust debug output.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
     let constraints = LinearConstraints {
         a: dmatrix![-1.0, -1.0; 1.0, 0.0],
         b: dvector![-1.0, 0.0],
@@ -38,9 +49,9 @@ fn main() -> Result<()> {
         );
         for i in 0..2 {
             println!(
-                "   constraint {i}: {:<8} branch {:?}",
+                "   constraint {i}: {:<8} branch: {}",
                 limit.z_star.activity[i].label(),
-                limit.direction.branches[i]
+                limit.direction.branches[i].map_or("(not weakly active)", |b| b.label())
             );
         }
         println!(

@@ -13,8 +13,9 @@
 //! `inactive` per inequality), `condition` (of the system that determined `ż`), `loss` (`L(θ)`),
 //! `z_dot` (`dẑ/dβ` at `0⁺`, Prop. 1/2), `grad_theta` (Cor. 1), and per β a `surrogates` entry
 //! with `z_hat`, `value` and `grad_theta` (Def. 1), `linearized_value` and
-//! `linearized_grad_theta` (Def. 2), and Prop. 3's `bound_lower` / `bound_upper`. Diagnostics
-//! beyond that contract: `branches` (per inequality: `stays` / `leaves` for weakly active ones,
+//! `linearized_grad_theta` (Def. 2), and Prop. 3's `bound_lower` / `bound_upper` with the
+//! `bound_nu` (ν) they used. Diagnostics beyond that contract: `branches` (per inequality:
+//! `stays` / `leaves` for weakly active ones,
 //! `null` otherwise), `method`, `residual` (KKT residual of `z*` and of the direction QP), `solver`.
 
 use nalgebra::{DMatrix, DVector};
@@ -87,6 +88,8 @@ pub struct SurrogateOut {
     pub bound_lower: Option<f64>,
     /// Prop. 3 upper bound.
     pub bound_upper: Option<f64>,
+    /// The strong-convexity constant `ν = λ_min(Q)` the Prop. 3 band used.
+    pub bound_nu: Option<f64>,
 }
 
 /// The output of `bilevel derive` (see the module docs).
@@ -191,6 +194,17 @@ pub fn parse(text: &str) -> Result<(Bilevel<QuadraticProblem>, DVector<f64>, Vec
     };
     let p = b.ncols();
     let theta = match &input.theta {
+        Some(t) if input.B.is_none() && !t.is_empty() => {
+            return Err(Error::input(
+                "B",
+                format!(
+                    "missing: theta has {} entries, but E(z; theta) depends on theta only through \
+                     B theta; give B ({n} x {})",
+                    t.len(),
+                    t.len()
+                ),
+            ))
+        }
         Some(t) if t.len() != p => return Err(Error::dim("theta", p, t.len())),
         Some(t) => DVector::from_column_slice(t),
         None => DVector::zeros(p),
@@ -244,6 +258,7 @@ pub fn derive(text: &str) -> Result<DeriveOutput> {
             linearized_grad_theta: to_vec(&lin.grad_theta),
             bound_lower: band.map(|b| b.lower),
             bound_upper: band.map(|b| b.upper),
+            bound_nu: band.map(|b| b.nu),
         });
     }
     let out = DeriveOutput {
@@ -287,6 +302,7 @@ impl DeriveOutput {
             check_computed(&at("linearized_grad_theta"), &s.linearized_grad_theta)?;
             check_computed(&at("bound_lower"), s.bound_lower.iter())?;
             check_computed(&at("bound_upper"), s.bound_upper.iter())?;
+            check_computed(&at("bound_nu"), s.bound_nu.iter())?;
         }
         Ok(())
     }

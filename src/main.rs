@@ -59,8 +59,8 @@ enum Command {
         /// CSV logs written by `bilevel train --log`.
         #[arg(required = true)]
         runs: Vec<PathBuf>,
-        /// Output file, `.svg` or `.png`.
-        #[arg(short, long)]
+        /// Output file, `.svg` or `.png` (`--out` is the same flag, as in `reproduce`).
+        #[arg(short, long, visible_alias = "out")]
         output: PathBuf,
         /// Panel title.
         #[arg(long, default_value = "MNIST, 784-256-128-64-10")]
@@ -86,8 +86,8 @@ enum Reproduce {
         /// MNIST directory (default: $BILEVEL_DATA, then ./data/mnist).
         #[arg(long)]
         data: Option<PathBuf>,
-        /// Output directory.
-        #[arg(long)]
+        /// Output directory (`--output` is the same flag, as in `plot`).
+        #[arg(long, visible_alias = "output")]
         out: PathBuf,
         /// Epochs per configuration.
         #[arg(long, default_value_t = 50)]
@@ -262,7 +262,8 @@ fn report(r: bilevel::Result<()>) -> ExitCode {
 /// command line names its flags. Other errors pass through; a missing data directory gets the
 /// flag that chooses another one.
 fn for_cli(e: bilevel::Error) -> String {
-    const FLAGS: [(&str, &str); 10] = [
+    const FLAGS: [(&str, &str); 11] = [
+        ("output", "--output"),
         ("batch", "--batch"),
         ("adam.lr", "--lr"),
         ("init", "--init"),

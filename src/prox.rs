@@ -84,6 +84,16 @@ pub enum Branch {
     Leaves,
 }
 
+impl Branch {
+    /// `stays` or `leaves` (as in JSON and tables).
+    pub fn label(self) -> &'static str {
+        match self {
+            Branch::Stays => "stays",
+            Branch::Leaves => "leaves",
+        }
+    }
+}
+
 fn cast<T: RealField + Copy>(v: f64) -> T {
     nalgebra::convert(v)
 }

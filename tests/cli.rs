@@ -474,3 +474,20 @@ fn verify_is_readable_in_paper_order_and_records_its_seed() {
     let longest = text.lines().map(|l| l.chars().count()).max().unwrap();
     assert!(longest <= 100, "a line of {longest} characters");
 }
+
+/// Small `derive` contract items: a θ without `B` names `B` as missing, and the Prop. 3 band
+/// reports the ν it used (`λ_min(Q)`).
+#[test]
+fn derive_names_a_missing_b_and_reports_the_band_constant() {
+    let (code, _, err) = derive(
+        r#"{"Q": [[2,0],[0,1]], "c": [0,0], "theta": [1.0], "loss": {"kind": "linear", "g": [1, 0]}}"#,
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("B") && err.contains("missing"), "{err}");
+    let (code, out, err) = derive(
+        r#"{"Q": [[2,0],[0,1]], "c": [0,0], "B": [[1],[0]], "theta": [1.0], "loss": {"kind": "squared", "target": [0, 1]}, "betas": [0.1]}"#,
+    );
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert!((v["surrogates"][0]["bound_nu"].as_f64().unwrap() - 1.0).abs() < 1e-12);
+}

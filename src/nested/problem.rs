@@ -310,6 +310,19 @@ pub enum Optimum {
     Local,
 }
 
+impl Optimum {
+    /// What the point is, in words: `closed form`, `global minimum`, `stationary point`,
+    /// `local minimum`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Optimum::ClosedForm => "closed form",
+            Optimum::Global => "global minimum",
+            Optimum::Stationary => "stationary point",
+            Optimum::Local => "local minimum",
+        }
+    }
+}
+
 /// A solver the method switched to because its first choice failed.
 #[derive(Debug, Clone, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]

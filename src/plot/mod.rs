@@ -73,7 +73,7 @@ pub fn draw(path: &Path, panels: &[Panel]) -> Result<()> {
             root.present().map_err(|e| Error::io_message(path, e))
         }
         _ => Err(Error::input(
-            "-o",
+            "output",
             format!("{}: the output must end in .svg or .png", path.display()),
         )),
     }
