@@ -205,6 +205,22 @@ pub fn forward<T: Gemm>(net: &Network<T>, x: &DMatrix<T>, ws: &mut Workspace<T>)
     Ok(())
 }
 
+/// The Fenchel quotient of a batch-mean signal is taken at `β_k B`: it must stay finite.
+fn check_quotient_range<T: RealField + Copy>(betas: &[T], batch: usize) -> Result<()> {
+    let b: T = nalgebra::convert(batch as f64);
+    match betas.iter().find(|&&beta| !(beta * b).is_finite()) {
+        None => Ok(()),
+        Some(&beta) => Err(Error::BetaOutOfRange {
+            beta: nalgebra::try_convert(beta).unwrap_or(f64::NAN),
+            what: "Fenchel back-propagation".into(),
+            reason: format!(
+                "beta times the batch size ({batch}) overflows: the quotient of the batch-mean \
+                 signal is taken at beta * B"
+            ),
+        }),
+    }
+}
+
 /// Checks a β vector: one finite, positive entry per layer.
 pub fn check_betas<T: RealField + Copy>(betas: &[T], layers: usize) -> Result<()> {
     if betas.len() != layers {
@@ -261,19 +277,7 @@ pub fn gradient<T: Gemm>(
     // carry the batch mean's 1/B, and D_β f(a)[B e]/B = D_{βB} f(a)[e].
     let batch: T = nalgebra::convert(x.ncols() as f64);
     if kind != EnergyKind::Penalizer {
-        for &b in betas {
-            if !(b * batch).is_finite() {
-                return Err(Error::BetaOutOfRange {
-                    beta: nalgebra::try_convert(b).unwrap_or(f64::NAN),
-                    what: "Fenchel back-propagation".into(),
-                    reason: format!(
-                        "beta times the batch size ({}) overflows: the quotient of the batch-mean \
-                         signal is taken at beta * B",
-                        x.ncols()
-                    ),
-                });
-            }
-        }
+        check_quotient_range(betas, x.ncols())?;
     }
     for k in (0..=top).rev() {
         let act = net.layers[k].activation;

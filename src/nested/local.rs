@@ -283,37 +283,10 @@ fn mac(
     settings: &NestedSettings,
 ) -> Result<NestedReport> {
     let net = problem.net;
-    let widths = net.widths();
-    let mut offsets = vec![0; widths.len()];
-    for k in 1..widths.len() {
-        offsets[k] = offsets[k - 1] + widths[k - 1];
-    }
-    let total: usize = widths.iter().sum();
     let b = batch.len();
-    let w = 1.0 / b as f64;
-    // The objective is scaled by min β so that the penalties have O(1) weights and the loss
-    // O(β): the gradient then has an O(1) rounding floor, which makes β down to 1e-4 (and
-    // below) solvable to full precision in f64.
-    let scale = problem.betas.iter().copied().fold(f64::INFINITY, f64::min);
     let free = forward_pass(net, batch.x)?;
-    let mut clamped = free.clone();
-    // The second start: Prop. 7's clamped state z̄ (one linearized pass for the batch).
-    let second = if settings.mac_second_start {
-        Some(linearized_clamped_state(problem, batch)?)
-    } else {
-        None
-    };
-    // ∂J/∂a_{k,i} of units whose minimizer sits on a kink (the constraint multipliers), and a
-    // mask that is 0 there: their `f'` is the constrained piece's, 0 (not the rounding-level
-    // side of the kink the final `a` happens to be on).
-    let mut kink_signal: Vec<DMatrix<f64>> = widths.iter().map(|&n| DMatrix::zeros(n, b)).collect();
-    let mut kink_mask: Vec<DMatrix<f64>> = widths
-        .iter()
-        .map(|&n| DMatrix::from_element(n, b, 1.0))
-        .collect();
-    let (mut value, mut iterations, mut residual) = (0.0, 0, 0.0f64);
-    let sigmas = &problem.betas;
-    let use_rates = sigmas.iter().all(|&s| s <= settings.mac_rate_below);
+    let mut cols = MacColumns::new(&free);
+    let use_rates = problem.betas.iter().all(|&s| s <= settings.mac_rate_below);
     let a_star: Vec<DMatrix<f64>> = if use_rates {
         (0..net.layers.len())
             .map(|k| net.layers[k].affine(if k == 0 { batch.x } else { &free[k - 1] }))
@@ -321,81 +294,43 @@ fn mac(
     } else {
         Vec::new()
     };
+    // The second start of the state formulation: Prop. 7's clamped state z̄ (one linearized
+    // pass for the batch).
+    let second = if settings.mac_second_start {
+        Some(linearized_clamped_state(problem, batch)?)
+    } else {
+        None
+    };
     let (mut rate_samples, mut fallbacks) = (0usize, 0usize);
     for j in 0..b {
-        let t_j = batch.target.column(j).into_owned();
         if use_rates {
-            let col = |m: &[DMatrix<f64>]| -> Vec<DVector<f64>> {
-                m.iter().map(|z| z.column(j).into_owned()).collect()
-            };
-            let (zs, as_) = (col(&free), col(&a_star));
-            if let Some(rs) = rate_sample(net, sigmas, (problem.loss, &t_j), &zs, &as_, settings) {
-                let top = net.layers.len() - 1;
-                value += w * (problem.loss.sample(&zs[top], &t_j, 1.0).0 + sigmas[top] * rs.gap);
-                iterations += rs.iterations;
-                residual = residual.max(rs.residual);
-                for k in 0..net.layers.len() {
-                    clamped[k]
-                        .column_mut(j)
-                        .copy_from(&(&zs[k] + &rs.u[k] * sigmas[k]));
-                    // The envelope signal −f'(â_k) ⊙ r_k/σ_k = −f'(â_k) ⊙ ρ_k, no cancellation.
-                    kink_mask[k].column_mut(j).fill(0.0);
-                    kink_signal[k]
-                        .column_mut(j)
-                        .copy_from(&(-rs.slope[k].component_mul(&rs.rho[k]) * w));
-                }
+            if rate_column(&mut cols, j, problem, batch, (&free, &a_star), settings) {
                 rate_samples += 1;
                 continue;
             }
             fallbacks += 1;
         }
-        let obj = Penalizer {
-            net,
-            betas: &problem.betas,
-            loss: problem.loss,
-            x: batch.x.column(j).into_owned(),
-            t: t_j,
-            w: w * scale,
-            offsets: &offsets,
-        };
-        let stack = |states: &[DMatrix<f64>]| {
-            let mut v = DVector::zeros(total);
-            for (k, z) in states.iter().enumerate() {
-                v.rows_mut(offsets[k], widths[k]).copy_from(&z.column(j));
-            }
-            v
-        };
-        let mut sol = mac_sample(&obj, stack(&free), settings)?;
-        iterations += sol.iterations;
-        if let Some(states) = &second {
-            // The objective is non-convex: keep the lower of the two local minima.
-            let other = mac_sample(&obj, stack(states), settings)?;
-            iterations += other.iterations;
-            if obj.value(&other.z) < obj.value(&sol.z) {
-                sol = other;
-            }
-        }
-        for &(k, i, nu) in &sol.kinks {
-            kink_signal[k][(i, j)] = nu / scale;
-            kink_mask[k][(i, j)] = 0.0;
-        }
-        value += obj.value(&sol.z) / scale;
-        residual = residual.max(sol.residual);
-        for (k, z) in clamped.iter_mut().enumerate() {
-            z.column_mut(j)
-                .copy_from(&sol.z.rows(offsets[k], widths[k]));
-        }
+        state_column(
+            &mut cols,
+            j,
+            problem,
+            batch,
+            (&free, second.as_deref()),
+            settings,
+        )?;
     }
+    let w = 1.0 / b as f64;
+    let clamped = cols.clamped;
     let grad = envelope_gradient(net, batch.x, &clamped, |k, a, fa| {
         let mut d = a.clone();
         net.layers[k]
             .activation
             .derivative(a.as_slice(), d.as_mut_slice());
-        d.component_mul_assign(&kink_mask[k]);
-        -(d.component_mul(&(&clamped[k] - fa))) * (w / problem.betas[k]) + &kink_signal[k]
+        d.component_mul_assign(&cols.mask[k]);
+        -(d.component_mul(&(&clamped[k] - fa))) * (w / problem.betas[k]) + &cols.signal[k]
     });
     Ok(NestedReport {
-        value,
+        value: cols.value,
         grad,
         clamped,
         free,
@@ -407,8 +342,8 @@ fn mac(
             } else {
                 "MAC: L-BFGS + Newton per sample, active set at kinks"
             },
-            iterations,
-            residual,
+            iterations: cols.iterations,
+            residual: cols.residual,
             optimum: Optimum::Local,
             fallback: (fallbacks > 0).then(|| super::Fallback {
                 from: "MAC: semi-smooth Newton on the rates",
@@ -418,6 +353,130 @@ fn mac(
             }),
         },
     })
+}
+
+/// What [`mac`]'s per-sample solves fill in: the minimizer's columns, the value, counters, and
+/// the envelope signal where it is not `−f'(a) ⊙ r/β` — at kinks (the constraint multipliers
+/// `∂J/∂a`, with `f'` masked to the constrained piece's 0 rather than the rounding-level side of
+/// the kink the final `a` is on) and for rate-solved samples (`−f'(â) ⊙ ρ`, no cancellation).
+struct MacColumns {
+    clamped: Vec<DMatrix<f64>>,
+    signal: Vec<DMatrix<f64>>,
+    mask: Vec<DMatrix<f64>>,
+    value: f64,
+    iterations: usize,
+    residual: f64,
+}
+
+impl MacColumns {
+    fn new(free: &[DMatrix<f64>]) -> Self {
+        Self {
+            clamped: free.to_vec(),
+            signal: free
+                .iter()
+                .map(|z| DMatrix::zeros(z.nrows(), z.ncols()))
+                .collect(),
+            mask: free
+                .iter()
+                .map(|z| DMatrix::from_element(z.nrows(), z.ncols(), 1.0))
+                .collect(),
+            value: 0.0,
+            iterations: 0,
+            residual: 0.0,
+        }
+    }
+}
+
+/// Sample `j` solved for the rates ([`rate_sample`]); `false` when Newton did not settle.
+fn rate_column(
+    cols: &mut MacColumns,
+    j: usize,
+    problem: &NestedProblem<'_>,
+    batch: Batch<'_>,
+    (free, a_star): (&[DMatrix<f64>], &[DMatrix<f64>]),
+    settings: &NestedSettings,
+) -> bool {
+    let (net, sigmas) = (problem.net, &problem.betas);
+    let w = 1.0 / batch.len() as f64;
+    let t = batch.target.column(j).into_owned();
+    let col = |m: &[DMatrix<f64>]| -> Vec<DVector<f64>> {
+        m.iter().map(|z| z.column(j).into_owned()).collect()
+    };
+    let (zs, as_) = (col(free), col(a_star));
+    let Some(rs) = rate_sample(net, sigmas, (problem.loss, &t), &zs, &as_, settings) else {
+        return false;
+    };
+    let top = net.layers.len() - 1;
+    cols.value += w * (problem.loss.sample(&zs[top], &t, 1.0).0 + sigmas[top] * rs.gap);
+    cols.iterations += rs.iterations;
+    cols.residual = cols.residual.max(rs.residual);
+    for k in 0..=top {
+        cols.clamped[k]
+            .column_mut(j)
+            .copy_from(&(&zs[k] + &rs.u[k] * sigmas[k]));
+        cols.mask[k].column_mut(j).fill(0.0);
+        cols.signal[k]
+            .column_mut(j)
+            .copy_from(&(-rs.slope[k].component_mul(&rs.rho[k]) * w));
+    }
+    true
+}
+
+/// Sample `j` solved for the states ([`mac_sample`]) from the forward pass and, when given, a
+/// second start, keeping the lower local minimum (the objective is non-convex).
+fn state_column(
+    cols: &mut MacColumns,
+    j: usize,
+    problem: &NestedProblem<'_>,
+    batch: Batch<'_>,
+    (free, second): (&[DMatrix<f64>], Option<&[DMatrix<f64>]>),
+    settings: &NestedSettings,
+) -> Result<()> {
+    let net = problem.net;
+    let widths = net.widths();
+    let mut offsets = vec![0; widths.len()];
+    for k in 1..widths.len() {
+        offsets[k] = offsets[k - 1] + widths[k - 1];
+    }
+    // The objective is scaled by min β so that the penalties have O(1) weights and the loss
+    // O(β): the gradient then has an O(1) rounding floor.
+    let scale = problem.betas.iter().copied().fold(f64::INFINITY, f64::min);
+    let obj = Penalizer {
+        net,
+        betas: &problem.betas,
+        loss: problem.loss,
+        x: batch.x.column(j).into_owned(),
+        t: batch.target.column(j).into_owned(),
+        w: (1.0 / batch.len() as f64) * scale,
+        offsets: &offsets,
+    };
+    let stack = |states: &[DMatrix<f64>]| {
+        let mut v = DVector::zeros(widths.iter().sum());
+        for (k, z) in states.iter().enumerate() {
+            v.rows_mut(offsets[k], widths[k]).copy_from(&z.column(j));
+        }
+        v
+    };
+    let mut sol = mac_sample(&obj, stack(free), settings)?;
+    cols.iterations += sol.iterations;
+    if let Some(states) = second {
+        let other = mac_sample(&obj, stack(states), settings)?;
+        cols.iterations += other.iterations;
+        if obj.value(&other.z) < obj.value(&sol.z) {
+            sol = other;
+        }
+    }
+    for &(k, i, nu) in &sol.kinks {
+        cols.signal[k][(i, j)] = nu / scale;
+        cols.mask[k][(i, j)] = 0.0;
+    }
+    cols.value += obj.value(&sol.z) / scale;
+    cols.residual = cols.residual.max(sol.residual);
+    for (k, z) in cols.clamped.iter_mut().enumerate() {
+        z.column_mut(j)
+            .copy_from(&sol.z.rows(offsets[k], widths[k]));
+    }
+    Ok(())
 }
 
 /// Prop. 7's clamped state `z̄_k = z_k* − β_k B e_k` of the penalizer pass (Eq. 43, per sample),
