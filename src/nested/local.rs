@@ -949,7 +949,7 @@ fn rate_sample(
         {
             let gap = loss.sample_offset(&z_star[top], t, sigmas[top], &u[top])
                 + (0..=top)
-                    .map(|k| 0.5 * sigmas[k] / sigmas[top] * rho[k].norm_squared())
+                    .map(|k| sigmas[k] / sigmas[top] * (0.5 * rho[k].norm_squared()))
                     .sum::<f64>();
             return Some(RateSample {
                 u,

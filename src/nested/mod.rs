@@ -213,7 +213,7 @@ impl OutputLoss {
         u: &DVector<f64>,
     ) -> f64 {
         match self {
-            OutputLoss::Squared => (z - t).dot(u) + 0.5 * sigma * u.norm_squared(),
+            OutputLoss::Squared => (z - t).dot(u) + sigma * (0.5 * u.norm_squared()),
             OutputLoss::SoftmaxCrossEntropy => {
                 let lse = crate::prox::log_sum_exp(z.as_slice());
                 let growth: f64 = z

@@ -99,7 +99,8 @@ impl Loss {
     /// both kinds). Keeps the `O(s)` change of the value when `s·f` is below the rounding of `z`.
     pub fn value_offset(&self, z: &DVector<f64>, s: f64, f: &DVector<f64>) -> f64 {
         let first = self.gradient(z).dot(f);
-        self.value(z) + s * (first + 0.5 * self.curvature() * s * f.norm_squared())
+        // `s` multiplies last: halving a subnormal `s` first would round away its last bit.
+        self.value(z) + s * (first + s * (0.5 * self.curvature() * f.norm_squared()))
     }
 
     /// The tangent `ℓ̄(z; z*) = ℓ(z*) + (z − z*)ᵀℓ'(z*)` of Eq. 36, as a linear loss (the

@@ -297,7 +297,7 @@ impl InnerProblem for ProxProblem {
         });
         let offset_from_u = &z_star.z - &u;
         Ok(Offset {
-            energy_gap: offset_from_u.dot(&rate) + 0.5 * s * rate.norm_squared(),
+            energy_gap: offset_from_u.dot(&rate) + s * (0.5 * rate.norm_squared()),
             grad_theta_gap: self.cross_jvp(&z_star.z, theta, &rate),
             z_hat: InnerSolution {
                 z: &z_star.z + &rate * s,

@@ -328,7 +328,7 @@ impl InnerProblem for QuadraticProblem {
             .filter(|&i| !sol.working[i] && z_star.multipliers[i] > 0.0)
             .map(|i| z_star.multipliers[i] * af[i])
             .sum::<f64>()
-            + 0.5 * s * sol.f.dot(&(&self.q * &sol.f));
+            + s * (0.5 * sol.f.dot(&(&self.q * &sol.f)));
         Ok(Offset {
             grad_theta_gap: self.cross_jvp(&z_star.z, theta, &sol.f),
             energy_gap,
