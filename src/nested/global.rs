@@ -122,10 +122,7 @@ impl ProximalQp {
         let net = problem.net;
         let bounds = box_bounds(net)?;
         let widths = net.widths();
-        let mut offsets = vec![0; widths.len()];
-        for k in 1..widths.len() {
-            offsets[k] = offsets[k - 1] + widths[k - 1];
-        }
+        let offsets = net.offsets();
         let n: usize = widths.iter().sum();
         let s = super::prefix_products(&problem.betas);
         let mut p = DMatrix::zeros(n, n);

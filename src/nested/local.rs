@@ -434,10 +434,7 @@ fn state_column(
 ) -> Result<()> {
     let net = problem.net;
     let widths = net.widths();
-    let mut offsets = vec![0; widths.len()];
-    for k in 1..widths.len() {
-        offsets[k] = offsets[k - 1] + widths[k - 1];
-    }
+    let offsets = net.offsets();
     // The objective is scaled by min β so that the penalties have O(1) weights and the loss
     // O(β): the gradient then has an O(1) rounding floor.
     let scale = problem.betas.iter().copied().fold(f64::INFINITY, f64::min);
@@ -932,10 +929,7 @@ fn rate_sample(
 ) -> Option<RateSample> {
     let top = net.layers.len() - 1;
     let widths = net.widths();
-    let mut offsets = vec![0; widths.len()];
-    for k in 1..widths.len() {
-        offsets[k] = offsets[k - 1] + widths[k - 1];
-    }
+    let offsets = net.offsets();
     let mut u: Vec<DVector<f64>> = widths.iter().map(|&n| DVector::zeros(n)).collect();
     let mut last_step = f64::INFINITY;
     for iteration in 0..=settings.newton_max_steps {

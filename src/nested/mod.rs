@@ -348,6 +348,18 @@ impl<T: RealField + Copy> Network<T> {
     pub fn widths(&self) -> Vec<usize> {
         self.layers.iter().map(|l| l.w.nrows()).collect()
     }
+
+    /// Where `z_k` starts in the stacked variable `(z_1; …; z_L)`: `Σ_{l<k} n_l`.
+    pub(crate) fn offsets(&self) -> Vec<usize> {
+        self.layers
+            .iter()
+            .scan(0, |start, l| {
+                let here = *start;
+                *start += l.w.nrows();
+                Some(here)
+            })
+            .collect()
+    }
 }
 
 impl<T: crate::linalg::Gemm> Network<T> {
