@@ -176,6 +176,13 @@ proptest! {
 
     /// Prop. 3 on random strongly convex problems (constrained QPs with squared loss) for β on a
     /// grid, together with L^β ≤ L, ẑ_β → z* and finite-β → limit consistency.
+    ///
+    /// ẑ_β → z* is checked through what is a theorem at every β: comparing the optimality of
+    /// ẑ_β₁ and ẑ_β₂ gives (β₁ − β₂)(ℓ(ẑ_β₁) − ℓ(ẑ_β₂)) ≤ 0, so the loss ℓ(ẑ_β) rises and the
+    /// energy gap E(ẑ_β) − E(z*) falls as β decreases, and strong convexity bounds the distance,
+    /// ½ λ_min(Q) ‖ẑ_β − z*‖² ≤ E(ẑ_β) − E(z*). The Euclidean distance itself need not fall
+    /// monotonically once constraints bend the path (seed 910, n = 4, one weak row: 1.6924 at
+    /// β = 10, 1.6966 at β = 1).
     #[test]
     fn prop3_band_and_convergence(seed in 0u64..10_000, n in 3usize..8, weak in 0usize..3) {
         use Activity::{Inactive, Strong, Weak};
@@ -183,11 +190,15 @@ proptest! {
         labels.extend(std::iter::repeat_n(Weak, weak));
         let inst = constructed_qp(&mut rng(seed), n, 2, 0, &labels);
         let target = vector(&mut rng(seed + 1), n) * 2.0;
+        let lambda_min = inst.q.clone().symmetric_eigenvalues().min();
         let qp = QuadraticProblem::new(inst.q, inst.b, inst.c, inst.constraints).unwrap();
-        let program = Bilevel::new(qp, Loss::Squared { target }).unwrap();
+        let program = Bilevel::new(qp, Loss::Squared { target: target.clone() }).unwrap();
         let limit = program.limit(&inst.theta).unwrap();
         let loss = limit.loss;
-        let mut prev = f64::INFINITY;
+        let energy = |z: &DVector<f64>| program.inner.energy(z, &inst.theta);
+        let loss_at = |z: &DVector<f64>| 0.5 * (z - &target).norm_squared();
+        let e_star = energy(&limit.z_star.z);
+        let (mut prev_gap, mut prev_loss) = (f64::INFINITY, f64::NEG_INFINITY);
         for beta in [10.0, 1.0, 0.1, 1e-2, 1e-3, 1e-4] {
             let s = program.surrogate(&inst.theta, beta).unwrap();
             let band = program.band_of(&s).unwrap();
@@ -195,9 +206,17 @@ proptest! {
             let slack = 1e-12 * (1.0 + loss.abs()) / beta;
             prop_assert!(band.lower <= loss + slack, "L^beta {} > L {}", band.lower, loss);
             prop_assert!(loss <= band.upper + slack, "L {} > upper {}", loss, band.upper);
+            let gap = energy(&s.z_hat.z) - e_star;
+            let l_hat = loss_at(&s.z_hat.z);
+            let round = 1e-12 * (1.0 + e_star.abs() + loss.abs());
+            prop_assert!(gap <= prev_gap + round, "energy gap rose: {gap} after {prev_gap}");
+            prop_assert!(l_hat >= prev_loss - round, "loss fell: {l_hat} after {prev_loss}");
             let dist = (&s.z_hat.z - &limit.z_star.z).norm();
-            prop_assert!(dist <= prev * 1.0001 + 1e-12, "z_hat does not approach z*");
-            prev = dist;
+            prop_assert!(
+                0.5 * lambda_min * dist * dist <= gap.max(0.0) + round,
+                "distance {dist} beyond the strong-convexity bound of gap {gap}"
+            );
+            (prev_gap, prev_loss) = (gap, l_hat);
             if beta <= 1e-3 {
                 // ‖(ẑ_β − z*)/β − ż‖ = O(β) (in fact 0 once the active set has settled).
                 let err = (&s.grad_theta - &limit.grad_theta).norm();
