@@ -25,6 +25,7 @@
 
 pub mod compose;
 pub mod global;
+pub mod inference;
 pub mod linearized;
 pub mod local;
 pub mod method;

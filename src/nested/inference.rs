@@ -1,0 +1,519 @@
+//! Batched iterative inference for the top-down rows of Table 1 that are not closed form —
+//! MAC, predictive coding and LPOM (Prop. 5) — as a fixed point of Prop. 7's pass: the training
+//! path (f32) and its check (f64), one generic definition.
+//!
+//! **The fixed point.** Write the states of the local contrastive objective (Eq. 28) through an
+//! error signal `λ_k` per layer, `ẑ_k = z_k(λ_k; â_k)` with `â_k = W_k ẑ_{k−1} + b_k`:
+//! * penalizer energies (MAC, predictive coding, Eq. 30): `ẑ_k = f(â_k) − σ_k λ_k`, `σ_k = β_k`
+//!   for MAC and `Π_{l≥k} β_l` for predictive coding (the weights `μ_k⁻¹` of Section 3.2.1);
+//! * Fenchel energies (LPOM, Eq. 34): `ẑ_k = f(â_k − β_k λ_k)`, `σ_k = β_k`.
+//!
+//! Setting the `ẑ_k`-gradient of Eq. 28 to zero gives, layer by layer from the top,
+//! `λ_L = ℓ'(ẑ_L)` and `λ_{k−1} = W_kᵀ q_k(λ_k)` with the pre-activation signal
+//! `q_k = f'(â_k) ⊙ λ_k` (penalizer; Eq. 46-47) or `q_k = D_{β_k} f(â_k)[λ_k]`
+//! (Fenchel; the one-sided quotient of Eq. 51). That is Prop. 7's backward pass taken at the
+//! states `ẑ` instead of the forward pass `z*`: **one sweep from `λ = 0` is back-propagation or
+//! Fenchel back-propagation** (Props. 5 and 7 meet here), and iterating the sweep — forward with
+//! the current `λ`, backward for the next — converges to the minimizer of Eq. 28 whenever the
+//! map is a contraction, which it is for small `β` (its Lipschitz constant is `O(σ‖W‖²ℓ'')`).
+//! The envelope gradient at the states is `∂/∂W_k = q_k ẑ_{k−1}ᵀ`, `∂/∂b_k = q_k 1`: no
+//! difference of two states is ever formed, so nothing cancels in `f32` however small `β` is.
+//!
+//! Each sweep costs the products of layers `2..L` only (`â_1 = W_1 x + b_1` does not depend on
+//! `λ`): on the 784-256-128-64-10 MLP a sweep is about a sixth of a back-propagation step.
+//! Nothing allocates after [`InferenceWorkspace::new`].
+//!
+//! **Status.** The residual is the fixed-point residual `max |Φ(λ) − λ|` of the stationarity
+//! conditions, per sample (the batch mean's `1/B` taken out), in units of `ℓ'`; the sweep stops
+//! when it falls below `tol · (1 + max |λ|)` or after `max_sweeps` (reported, not an error: an
+//! unconverged state still gives the envelope gradient of where it stopped, as predictive coding
+//! with a fixed number of inference steps does). If the residual grows, the step is damped
+//! (halved when it does not fall by 1 %, down to `min_damping`).
+//!
+//! **Kinks.** Where the penalizer minimizer holds a ReLU pre-activation exactly on its kink (a
+//! convex kink, see [`super::local`]) the map, with back-propagation's `f'(0) = 0`, has no fixed
+//! point: the sweeps stall with an `O(1)` residual and say so (`converged = false`); the damped
+//! iterate stays near the minimizer (3e-5 relative in value on the case in the tests). The
+//! per-sample active-set method of [`super::local`] is the exact answer there. The f64
+//! per-sample solvers of [`super::local`] are the
+//! reference this is tested against (`tests/nested_inference.rs`).
+//!
+//! The batch convention is [`crate::nested`]'s: every sample at the same `β`; the signals carry
+//! the batch mean's `1/B`, so the states use `σ_k B` and the quotients `β_k B`.
+
+use nalgebra::{DMatrix, RealField};
+
+use super::linearized::{check_betas, Gradients};
+use super::{EnergyKind, Network, OutputLoss};
+use crate::error::{Error, Result};
+use crate::linalg::Gemm;
+use crate::nested::method::Method;
+
+/// Budget and tolerance of the inference sweeps.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct InferenceSettings {
+    /// Most backward sweeps per batch (`T`, the number of inference steps; ≥ 1).
+    pub max_sweeps: usize,
+    /// Stop when the fixed-point residual is below `tol · (1 + max |λ|)` (≥ 0; 0 runs all
+    /// `max_sweeps`).
+    pub tol: f64,
+    /// Smallest damping of the update `λ ← λ + η(Φ(λ) − λ)` (`η` starts at 1 and halves when the
+    /// residual grows), in `(0, 1]`.
+    pub min_damping: f64,
+}
+
+impl Default for InferenceSettings {
+    /// 20 sweeps (the upper end of what predictive-coding libraries use), `tol = 1e-4`.
+    fn default() -> Self {
+        Self {
+            max_sweeps: 20,
+            tol: 1e-4,
+            min_damping: 1.0 / 64.0,
+        }
+    }
+}
+
+impl InferenceSettings {
+    /// Checks the fields.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming the field.
+    pub fn validate(&self) -> Result<()> {
+        if self.max_sweeps == 0 {
+            return Err(Error::input("max_sweeps", "must be at least 1"));
+        }
+        if !(self.tol.is_finite() && self.tol >= 0.0) {
+            return Err(Error::input("tol", "must be finite and non-negative"));
+        }
+        if !(self.min_damping > 0.0 && self.min_damping <= 1.0) {
+            return Err(Error::input("min_damping", "must be in (0, 1]"));
+        }
+        Ok(())
+    }
+}
+
+/// What one batch's inference did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct InferenceReport<T> {
+    /// The surrogate's batch-mean value `L^β` at the states (Eq. 28).
+    pub value: T,
+    /// The batch-mean loss `ℓ(z_L*)` of the forward pass.
+    pub forward_loss: T,
+    /// Backward sweeps run.
+    pub sweeps: usize,
+    /// The fixed-point residual at the last sweep (module docs).
+    pub residual: T,
+    /// Whether the residual reached the tolerance.
+    pub converged: bool,
+    /// The damping `η` of the last update.
+    pub damping: T,
+}
+
+/// Buffers for one network and batch size.
+#[derive(Debug, Clone)]
+pub struct InferenceWorkspace<T: RealField + Copy> {
+    /// Pre-activations `â_k` at the states.
+    pub a: Vec<DMatrix<T>>,
+    /// The states `ẑ_k`.
+    pub z: Vec<DMatrix<T>>,
+    /// The signals `λ_k` defining the states (batch-mean scaled).
+    pub lambda: Vec<DMatrix<T>>,
+    /// The forward pass's output `z_L*` (before any sweep).
+    pub forward_top: DMatrix<T>,
+    next: Vec<DMatrix<T>>,
+    q: Vec<DMatrix<T>>,
+    sigma: Vec<T>,
+}
+
+impl<T: RealField + Copy> InferenceWorkspace<T> {
+    /// Buffers for `net` and batches of `batch` columns.
+    pub fn new(net: &Network<T>, batch: usize) -> Self {
+        let mats = || -> Vec<DMatrix<T>> {
+            net.widths()
+                .into_iter()
+                .map(|n| DMatrix::zeros(n, batch))
+                .collect()
+        };
+        let top = net.layers.last().map_or(0, |l| l.w.nrows());
+        Self {
+            a: mats(),
+            z: mats(),
+            lambda: mats(),
+            forward_top: DMatrix::zeros(top, batch),
+            next: mats(),
+            q: mats(),
+            sigma: vec![T::zero(); net.layers.len()],
+        }
+    }
+
+    /// The batch size the buffers hold.
+    pub fn batch(&self) -> usize {
+        self.forward_top.ncols()
+    }
+
+    fn check(&self, net: &Network<T>) -> Result<()> {
+        let batch = self.batch();
+        let fits = self.a.len() == net.layers.len()
+            && net.layers.iter().enumerate().all(|(k, l)| {
+                let shape = (l.w.nrows(), batch);
+                [&self.a, &self.z, &self.lambda, &self.next, &self.q]
+                    .iter()
+                    .all(|bufs| bufs[k].shape() == shape)
+            });
+        if fits {
+            Ok(())
+        } else {
+            Err(Error::dim(
+                "inference workspace (built for another network?)",
+                format!("widths {:?} x batch {batch}", net.widths()),
+                format!("{:?}", self.a.iter().map(|m| m.shape()).collect::<Vec<_>>()),
+            ))
+        }
+    }
+}
+
+/// The energy and the state weights `σ_k` of a top-down non-linearized row.
+fn energy_of(method: Method) -> Result<EnergyKind> {
+    match method {
+        Method::Mac | Method::PredictiveCoding => Ok(EnergyKind::Penalizer),
+        Method::Lpom => Ok(EnergyKind::Fenchel),
+        other => Err(Error::input(
+            "method",
+            format!(
+                "{} is not solved by the top-down fixed point (MAC, predictive coding and LPOM are)",
+                other.name()
+            ),
+        )),
+    }
+}
+
+/// Runs the inference sweeps of `method` (MAC, predictive coding or LPOM) on one batch, writes
+/// the envelope gradient of the surrogate (Eq. 28, batch mean) into `grads` and returns the
+/// report. `betas` are per sample (the batch convention of [`crate::nested`]).
+///
+/// ```
+/// use bilevel::nested::inference::{self, InferenceSettings, InferenceWorkspace};
+/// use bilevel::nested::linearized::Gradients;
+/// use bilevel::nested::method::Method;
+/// use bilevel::nested::{Layer, Network, OutputLoss};
+/// use bilevel::prox::Activation;
+/// use nalgebra::{dmatrix, dvector};
+///
+/// let net = Network {
+///     layers: vec![
+///         Layer { w: dmatrix![1.0, -0.5; 0.3, 0.8], bias: dvector![0.1, 0.0], activation: Activation::Relu },
+///         Layer { w: dmatrix![0.7, -1.2], bias: dvector![0.0], activation: Activation::Identity },
+///     ],
+/// };
+/// let (x, t) = (dmatrix![1.0; 0.5], dmatrix![0.2]);
+/// let mut ws = InferenceWorkspace::new(&net, 1);
+/// let mut grads = Gradients::zeros(&net);
+/// let settings = InferenceSettings { max_sweeps: 100, tol: 1e-14, ..Default::default() };
+/// let report = inference::gradient(
+///     &net, Method::Mac, &[1e-3, 1e-3], OutputLoss::Squared, &x, &t, &settings, &mut ws, &mut grads,
+/// )?;
+/// assert!(report.converged && report.sweeps < 10);
+/// // O(β) from back-propagation (Cor. 2): z₁ = relu(0.85, 0.7), ℓ' = 0.7·0.85 − 1.2·0.7 − 0.2.
+/// let e: f64 = 0.7 * 0.85 - 1.2 * 0.7 - 0.2;
+/// assert!((grads.w[1][(0, 0)] - e * 0.85).abs() < 1e-3);
+/// # Ok::<(), bilevel::Error>(())
+/// ```
+///
+/// # Errors
+/// A method other than the three; shapes (`x`, `target`, `betas`, a workspace or gradients for
+/// another network); invalid β or settings; softmax layers (the sweeps take box-family
+/// activations); a non-finite loss or state (diverged inference).
+#[allow(clippy::too_many_arguments)]
+pub fn gradient<T: Gemm>(
+    net: &Network<T>,
+    method: Method,
+    betas: &[T],
+    loss: OutputLoss,
+    x: &DMatrix<T>,
+    target: &DMatrix<T>,
+    settings: &InferenceSettings,
+    ws: &mut InferenceWorkspace<T>,
+    grads: &mut Gradients<T>,
+) -> Result<InferenceReport<T>> {
+    let kind = energy_of(method)?;
+    settings.validate()?;
+    net.check_structure(kind)?;
+    if let Some(k) = net
+        .layers
+        .iter()
+        .position(|l| l.activation.bounds().is_none())
+    {
+        return Err(Error::input(
+            "network",
+            format!("layer {k} is softmax: the inference sweeps take box-family activations"),
+        ));
+    }
+    check_betas(betas, net.layers.len())?;
+    grads.check(net, "grads")?;
+    ws.check(net)?;
+    check_batch(net, x, target, ws.batch())?;
+    state_weights(method, betas, ws);
+    ws.lambda.iter_mut().for_each(|l| l.fill(T::zero()));
+    first_layer(net, x, ws);
+    forward(net, kind, ws);
+    let top = net.layers.len() - 1;
+    ws.forward_top.copy_from(&ws.z[top]);
+    let forward_loss = loss.value_and_gradient(&ws.z[top], target, &mut ws.next[top]);
+    finite(
+        forward_loss,
+        "loss of the forward pass (non-finite weights or inputs?)",
+    )?;
+    let batch: T = nalgebra::convert(ws.batch() as f64);
+    let tol: T = nalgebra::convert(settings.tol);
+    let min_damping: T = nalgebra::convert(settings.min_damping);
+    let (mut eta, mut last, mut sweeps, mut converged) = (T::one(), T::zero(), 0, false);
+    let mut residual = T::zero();
+    while sweeps < settings.max_sweeps {
+        if sweeps > 0 {
+            forward(net, kind, ws);
+            let value = loss.value_and_gradient(&ws.z[top], target, &mut ws.next[top]);
+            finite(value, "loss at the inference states (diverged inference)")?;
+        }
+        backward(net, kind, betas, batch, ws);
+        sweeps += 1;
+        let (change, size) = update(ws, eta);
+        residual = change * batch;
+        if sweeps > 1 && residual > last * nalgebra::convert(0.99) && eta > min_damping {
+            eta *= nalgebra::convert(0.5);
+        }
+        last = residual;
+        if residual <= tol * (T::one() + size * batch) {
+            converged = true;
+            break;
+        }
+    }
+    forward(net, kind, ws);
+    let value = surrogate_value(net, kind, loss, target, betas, batch, ws);
+    finite(
+        value,
+        "surrogate value at the inference states (diverged inference)",
+    )?;
+    envelope_gradient(net, kind, betas, batch, x, ws, grads);
+    Ok(InferenceReport {
+        value,
+        forward_loss,
+        sweeps,
+        residual,
+        converged,
+        damping: eta,
+    })
+}
+
+fn finite<T: RealField + Copy>(v: T, what: &str) -> Result<()> {
+    if v.is_finite() {
+        Ok(())
+    } else {
+        Err(Error::NonFinite { what: what.into() })
+    }
+}
+
+fn check_batch<T: RealField + Copy>(
+    net: &Network<T>,
+    x: &DMatrix<T>,
+    target: &DMatrix<T>,
+    batch: usize,
+) -> Result<()> {
+    if x.shape() != (net.input_dim(), batch) {
+        return Err(Error::dim(
+            "x",
+            format!("{} x {batch}", net.input_dim()),
+            format!("{} x {}", x.nrows(), x.ncols()),
+        ));
+    }
+    let out = net.layers.last().map_or(0, |l| l.w.nrows());
+    if target.shape() != (out, batch) {
+        return Err(Error::dim(
+            "target",
+            format!("{out} x {batch}"),
+            format!("{} x {}", target.nrows(), target.ncols()),
+        ));
+    }
+    Ok(())
+}
+
+/// `σ_k`: `β_k` (MAC, LPOM) or `Π_{l≥k} β_l` (predictive coding, Section 3.2.1).
+fn state_weights<T: RealField + Copy>(method: Method, betas: &[T], ws: &mut InferenceWorkspace<T>) {
+    ws.sigma.copy_from_slice(betas);
+    if method == Method::PredictiveCoding {
+        for k in (0..betas.len().saturating_sub(1)).rev() {
+            let next = ws.sigma[k + 1];
+            ws.sigma[k] *= next;
+        }
+    }
+}
+
+/// `â_1 = W_1 x + b_1`, the one product the sweeps never repeat.
+fn first_layer<T: Gemm>(net: &Network<T>, x: &DMatrix<T>, ws: &mut InferenceWorkspace<T>) {
+    T::gemm_into(&mut ws.a[0], &net.layers[0].w, false, x, false);
+    add_bias(&mut ws.a[0], &net.layers[0].bias);
+}
+
+fn add_bias<T: RealField + Copy>(a: &mut DMatrix<T>, bias: &nalgebra::DVector<T>) {
+    for mut col in a.column_iter_mut() {
+        col += bias;
+    }
+}
+
+/// The states at the current `λ`: `â_k = W_k ẑ_{k−1} + b_k` for `k ≥ 2` (`â_1` is fixed), then
+/// `ẑ_k = f(â_k) − σ_k B λ_k` (penalizer) or `f(â_k − σ_k B λ_k)` (Fenchel).
+fn forward<T: Gemm>(net: &Network<T>, kind: EnergyKind, ws: &mut InferenceWorkspace<T>) {
+    let batch: T = nalgebra::convert(ws.batch() as f64);
+    for (k, layer) in net.layers.iter().enumerate() {
+        if k > 0 {
+            T::gemm_into(&mut ws.a[k], &layer.w, false, &ws.z[k - 1], false);
+            add_bias(&mut ws.a[k], &layer.bias);
+        }
+        let (lo, hi) = bounds::<T>(layer.activation);
+        let s = ws.sigma[k] * batch;
+        let (a, lambda, z) = (&ws.a[k], &ws.lambda[k], &mut ws.z[k]);
+        for ((zi, &ai), &li) in z.iter_mut().zip(a.iter()).zip(lambda.iter()) {
+            *zi = match kind {
+                EnergyKind::Penalizer => clamp(ai, lo, hi) - s * li,
+                _ => clamp(ai - s * li, lo, hi),
+            };
+        }
+    }
+}
+
+fn bounds<T: RealField + Copy>(act: crate::prox::Activation) -> (T, T) {
+    let (lo, hi) = act.bounds().unwrap_or((f64::NEG_INFINITY, f64::INFINITY));
+    (nalgebra::convert(lo), nalgebra::convert(hi))
+}
+
+fn clamp<T: RealField + Copy>(v: T, lo: T, hi: T) -> T {
+    v.max(lo).min(hi)
+}
+
+/// The pre-activation signal `q_k` of `λ` at `â_k` (module docs) into `q`.
+fn signal<T: RealField + Copy>(
+    kind: EnergyKind,
+    act: crate::prox::Activation,
+    quotient_beta: T,
+    a: &DMatrix<T>,
+    lambda: &DMatrix<T>,
+    q: &mut DMatrix<T>,
+) {
+    match kind {
+        EnergyKind::Penalizer => {
+            act.derivative(a.as_slice(), q.as_mut_slice());
+            q.component_mul_assign(lambda);
+        }
+        _ => act.difference_quotient(
+            a.as_slice(),
+            lambda.as_slice(),
+            quotient_beta,
+            q.as_mut_slice(),
+        ),
+    }
+}
+
+/// One backward sweep at the current states into `next` (`next[L]` already holds `ℓ'(ẑ_L)`):
+/// `next_{k−1} = W_kᵀ q_k(next_k)`.
+fn backward<T: Gemm>(
+    net: &Network<T>,
+    kind: EnergyKind,
+    betas: &[T],
+    batch: T,
+    ws: &mut InferenceWorkspace<T>,
+) {
+    for k in (1..net.layers.len()).rev() {
+        let act = net.layers[k].activation;
+        let (lower, upper) = ws.next.split_at_mut(k);
+        signal(
+            kind,
+            act,
+            betas[k] * batch,
+            &ws.a[k],
+            &upper[0],
+            &mut ws.q[k],
+        );
+        T::gemm_into(&mut lower[k - 1], &net.layers[k].w, true, &ws.q[k], false);
+    }
+}
+
+/// `λ ← λ + η(next − λ)`; returns `max |next − λ|` and `max |next|`.
+fn update<T: RealField + Copy>(ws: &mut InferenceWorkspace<T>, eta: T) -> (T, T) {
+    let (mut change, mut size) = (T::zero(), T::zero());
+    for (lambda, next) in ws.lambda.iter_mut().zip(&ws.next) {
+        for (l, &n) in lambda.iter_mut().zip(next.iter()) {
+            let d = n - *l;
+            change = change.max(d.abs());
+            size = size.max(n.abs());
+            *l += eta * d;
+        }
+    }
+    (change, size)
+}
+
+/// Eq. 28 averaged over the batch at the current states: `ℓ(ẑ_L) + Σ_k Ẽ_k/σ_k` with
+/// `Ẽ_k/σ_k = (σ_k/2)‖ρ‖²` per sample for penalizer energies (`ρ = Bλ`) and, per unit,
+/// `(β/2)Q² + Q(â − f(â))` for Fenchel ones (`Q = (f(â) − ẑ)/β`, the Bregman gap of `G`).
+fn surrogate_value<T: Gemm>(
+    net: &Network<T>,
+    kind: EnergyKind,
+    loss: OutputLoss,
+    target: &DMatrix<T>,
+    betas: &[T],
+    batch: T,
+    ws: &mut InferenceWorkspace<T>,
+) -> T {
+    let top = net.layers.len() - 1;
+    let mut value = loss.value_and_gradient(&ws.z[top], target, &mut ws.next[top]);
+    let half: T = nalgebra::convert(0.5);
+    for (k, layer) in net.layers.iter().enumerate() {
+        let s = ws.sigma[k] * batch;
+        match kind {
+            EnergyKind::Penalizer => value += half * s * ws.lambda[k].norm_squared(),
+            _ => {
+                let act = layer.activation;
+                signal(
+                    kind,
+                    act,
+                    betas[k] * batch,
+                    &ws.a[k],
+                    &ws.lambda[k],
+                    &mut ws.q[k],
+                );
+                let (lo, hi) = bounds::<T>(act);
+                for (&q, &a) in ws.q[k].iter().zip(ws.a[k].iter()) {
+                    value += half * s * q * q + q * (a - clamp(a, lo, hi));
+                }
+            }
+        }
+    }
+    value
+}
+
+/// The envelope gradient at the states: `∂/∂W_k = q_k(λ_k) ẑ_{k−1}ᵀ`, `∂/∂b_k = q_k 1`.
+fn envelope_gradient<T: Gemm>(
+    net: &Network<T>,
+    kind: EnergyKind,
+    betas: &[T],
+    batch: T,
+    x: &DMatrix<T>,
+    ws: &mut InferenceWorkspace<T>,
+    grads: &mut Gradients<T>,
+) {
+    for (k, layer) in net.layers.iter().enumerate() {
+        signal(
+            kind,
+            layer.activation,
+            betas[k] * batch,
+            &ws.a[k],
+            &ws.lambda[k],
+            &mut ws.q[k],
+        );
+        let input = if k == 0 { x } else { &ws.z[k - 1] };
+        T::gemm_into(&mut grads.w[k], &ws.q[k], false, input, true);
+        grads.bias[k].fill(T::zero());
+        for col in ws.q[k].column_iter() {
+            grads.bias[k] += col;
+        }
+    }
+}
