@@ -1,5 +1,6 @@
 //! The training step allocates nothing: a counting global allocator around `Trainer::step` (the
-//! Prop. 7 gradient in f32, Adam, batch copy-in) after one warm-up step.
+//! Prop. 7 gradient in f32 or the inference sweeps of MAC, predictive coding and LPOM, Adam,
+//! batch copy-in) after one warm-up step.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -35,7 +36,14 @@ static GLOBAL: Counting = Counting;
 #[test]
 fn training_steps_do_not_allocate() {
     let data = synthetic(200, 10, 1);
-    for rule in [Rule::Bp, Rule::FenBp { beta: 1.0 }] {
+    let sweeps = 20;
+    for rule in [
+        Rule::Bp,
+        Rule::FenBp { beta: 1.0 },
+        Rule::Mac { beta: 1.0, sweeps },
+        Rule::Pc { beta: 1.0, sweeps },
+        Rule::Lpom { beta: 1.0, sweeps },
+    ] {
         let mut t = Trainer::new(TrainConfig {
             rule,
             train_size: 200,

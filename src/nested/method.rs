@@ -129,6 +129,28 @@ impl Method {
         }
     }
 
+    /// The command-line name (`bilevel train --method`, `bilevel reproduce table1`): `chl`,
+    /// `convex-chl`, `lpom`, `mac`, `bp`, `fenbp`, `pc`.
+    pub fn cli_name(self) -> &'static str {
+        match self {
+            Method::Chl => "chl",
+            Method::ConvexChl => "convex-chl",
+            Method::Lpom => "lpom",
+            Method::Mac => "mac",
+            Method::Bp => "bp",
+            Method::FenchelBp => "fenbp",
+            Method::PredictiveCoding => "pc",
+        }
+    }
+
+    /// The method whose [`Method::cli_name`] is `name`.
+    pub fn from_cli_name(name: &str) -> Option<Method> {
+        Method::ALL
+            .into_iter()
+            .chain(Method::EXTRAS)
+            .find(|m| m.cli_name() == name)
+    }
+
     /// `(E_k, direction, linearized)`: the row's defining choices.
     pub fn choices(self) -> (EnergyKind, Unravel, bool) {
         use EnergyKind::*;

@@ -1,6 +1,8 @@
-//! `bilevel bench train`: wall time of training epochs (1000 steps of batch 50, f32) for
-//! back-propagation and Fenchel BP, next to the same epoch's matrix products alone, in one
-//! process (interleaved repeats, best of each).
+//! `bilevel bench train`: wall time of training epochs (1000 steps of batch 50, f32) for each
+//! rule — back-propagation first, the baseline — next to the same epoch's matrix products
+//! alone, in one process (interleaved repeats, best of each), with each rule's gradient at the
+//! initial network compared with back-propagation's (cosine and relative distance: the `O(β)`
+//! bias of Cor. 2, plus what the inference budget leaves).
 
 use std::fmt;
 use std::time::Instant;
@@ -12,39 +14,90 @@ use crate::data::{Mnist, Split};
 use crate::error::Result;
 use crate::linalg::Gemm;
 
-/// Seconds per epoch (best of the repeats).
+/// One rule's measurements.
 #[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RuleTime {
+    /// The rule.
+    pub rule: Rule,
+    /// Seconds per epoch (best of the repeats).
+    pub seconds: f64,
+    /// Mean inference sweeps per batch in the timed epochs (iterative rules).
+    pub mean_sweeps: Option<f64>,
+    /// Batches of the last timed epoch whose inference did not reach its tolerance.
+    pub unconverged: Option<usize>,
+    /// Cosine between the rule's gradient and back-propagation's on the first batch, at the
+    /// initial network.
+    pub cosine_to_bp: f64,
+    /// `‖g − g_BP‖ / ‖g_BP‖` on the same batch.
+    pub rel_error_vs_bp: f64,
+}
+
+/// Seconds per epoch of every rule and of the products alone.
+#[derive(Debug, Clone, PartialEq)]
 pub struct EpochTimes {
     /// Training steps per epoch.
     pub steps: usize,
-    /// Back-propagation.
-    pub bp: f64,
-    /// Fenchel BP.
-    pub fenbp: f64,
-    /// β of the Fenchel BP run.
-    pub beta: f32,
-    /// The forward and backward matrix products of the same steps, nothing else.
+    /// The rules, back-propagation first.
+    pub rules: Vec<RuleTime>,
+    /// The forward and backward matrix products of BP's steps, nothing else.
     pub products: f64,
+}
+
+impl EpochTimes {
+    /// Seconds per epoch of the rule named `name` ([`Rule::name`]).
+    pub fn seconds(&self, name: &str) -> Option<f64> {
+        self.rules
+            .iter()
+            .find(|r| r.rule.name() == name)
+            .map(|r| r.seconds)
+    }
 }
 
 impl fmt::Display for EpochTimes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "one epoch = {} steps of batch 50 (784-256-128-64-10, f32, one thread), best of the repeats:", self.steps)?;
-        writeln!(f, "  matrix products alone  {:.3} s", self.products)?;
         writeln!(
             f,
-            "  back-propagation       {:.3} s  ({:.2}x the products)",
-            self.bp,
-            self.bp / self.products
+            "one epoch = {} steps of batch 50 (784-256-128-64-10, f32, one thread), best of the repeats;",
+            self.steps
         )?;
-        write!(
+        writeln!(
             f,
-            "  Fenchel BP (beta={})    {:.3} s  ({:.2}x the products, {:+.1} % vs BP)",
-            self.beta,
-            self.fenbp,
-            self.fenbp / self.products,
-            100.0 * (self.fenbp / self.bp - 1.0)
-        )
+            "gradients compared with BP's on the first batch at the initial network"
+        )?;
+        let bp = self.rules.first().map_or(f64::NAN, |r| r.seconds);
+        writeln!(
+            f,
+            "  {:<22} {:>8} {:>8} {:>10} {:>7} {:>11} {:>10} {:>12}",
+            "rule",
+            "s/epoch",
+            "x BP",
+            "x products",
+            "sweeps",
+            "unconverged",
+            "cos to BP",
+            "rel.err"
+        )?;
+        writeln!(
+            f,
+            "  {:<22} {:>8.3} {:>8} {:>10.2}",
+            "matrix products alone", self.products, "", 1.0
+        )?;
+        for r in &self.rules {
+            let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+            writeln!(
+                f,
+                "  {:<22} {:>8.3} {:>8.2} {:>10.2} {:>7} {:>11} {:>10.6} {:>12.2e}",
+                r.rule.label(),
+                r.seconds,
+                r.seconds / bp,
+                r.seconds / self.products,
+                opt(r.mean_sweeps.map(|s| format!("{s:.1}"))),
+                opt(r.unconverged.map(|u| format!("{u}/{}", self.steps))),
+                r.cosine_to_bp,
+                r.rel_error_vs_bp
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -63,39 +116,80 @@ pub fn synthetic(train: usize, test: usize, seed: u64) -> Mnist {
     }
 }
 
-/// Times `repeats` epochs of each rule on `data` (paper settings, Glorot init, seed 42) and the
-/// products alone.
+/// Times `repeats` epochs of back-propagation and of each of `rules` on `data` (paper
+/// settings, Glorot init, seed 42) and the products alone.
 ///
 /// # Errors
 /// Data with fewer than 50,000 training images; training errors.
-pub fn epochs(data: &Mnist, repeats: usize, beta: f32) -> Result<EpochTimes> {
+pub fn epochs(data: &Mnist, repeats: usize, rules: &[Rule]) -> Result<EpochTimes> {
     let config = |rule| TrainConfig {
         rule,
         ..TrainConfig::default()
     };
-    let mut bp = Trainer::new(config(Rule::Bp))?;
-    let mut fen = Trainer::new(config(Rule::FenBp { beta }))?;
-    let (n, b) = (bp.config.train_size, bp.config.batch);
+    let mut all = vec![Rule::Bp];
+    all.extend(rules.iter().copied().filter(|&r| r != Rule::Bp));
+    let mut trainers = all
+        .iter()
+        .map(|&r| Trainer::new(config(r)))
+        .collect::<Result<Vec<_>>>()?;
+    let (n, b) = (trainers[0].config.train_size, trainers[0].config.batch);
     let steps = n.div_ceil(b);
+    let first: Vec<usize> = (0..b).collect();
+    let mut compared = Vec::with_capacity(all.len());
+    let mut reference = None;
+    for t in &mut trainers {
+        t.gradient(&data.train, &first)?;
+        let g: Vec<f64> = t.grads().flatten().iter().map(|&v| f64::from(v)).collect();
+        let r = reference.get_or_insert_with(|| g.clone());
+        compared.push(compare(&g, r));
+    }
     let indices: Vec<usize> = (0..n).collect();
-    let mut best = [f64::INFINITY; 3];
+    let mut best = vec![f64::INFINITY; all.len()];
+    let mut products = f64::INFINITY;
     for _ in 0..repeats {
-        for (i, t) in [&mut bp, &mut fen].into_iter().enumerate() {
+        for (i, t) in trainers.iter_mut().enumerate() {
             let start = Instant::now();
-            for chunk in indices.chunks(b) {
-                t.step(&data.train, chunk)?;
-            }
+            t.train_steps(&data.train, &indices)?;
             best[i] = best[i].min(start.elapsed().as_secs_f64());
         }
-        best[2] = best[2].min(products_epoch(&bp, steps));
+        products = products.min(products_epoch(&trainers[0], steps));
     }
+    let rules = all
+        .iter()
+        .zip(&trainers)
+        .zip(best.iter().zip(compared))
+        .map(
+            |((&rule, t), (&seconds, (cosine_to_bp, rel_error_vs_bp)))| {
+                let stats = t.sweep_stats();
+                RuleTime {
+                    rule,
+                    seconds,
+                    mean_sweeps: stats.map(|s| s.mean_sweeps),
+                    unconverged: stats.map(|s| s.unconverged),
+                    cosine_to_bp,
+                    rel_error_vs_bp,
+                }
+            },
+        )
+        .collect();
     Ok(EpochTimes {
         steps,
-        bp: best[0],
-        fenbp: best[1],
-        beta,
-        products: best[2],
+        rules,
+        products,
     })
+}
+
+/// Cosine and relative distance of `g` to `r`.
+fn compare(g: &[f64], r: &[f64]) -> (f64, f64) {
+    let dot: f64 = g.iter().zip(r).map(|(a, b)| a * b).sum();
+    let norm = |v: &[f64]| v.iter().map(|a| a * a).sum::<f64>().sqrt();
+    let diff: f64 = g
+        .iter()
+        .zip(r)
+        .map(|(a, b)| (a - b) * (a - b))
+        .sum::<f64>()
+        .sqrt();
+    (dot / (norm(g) * norm(r)), diff / norm(r))
 }
 
 /// The products of `steps` training steps: per layer `a = W z`, `∇W = δ zᵀ` and (above the

@@ -3,7 +3,9 @@
 //! Columns: `epoch,train_loss,train_error_pct,test_error_pct,seconds` (`seconds`: wall time of
 //! the epoch's training steps, evaluation excluded), then `exact_train_error_pct` (empty unless
 //! `--exact-train-error`) and the run's settings `method,beta,init,seed,batch,lr` on every row,
-//! so that a CSV alone names its curve.
+//! so that a CSV alone names its curve; for the iterative rules (MAC, predictive coding, LPOM)
+//! `sweeps` (the budget), `mean_sweeps` (per batch) and `unconverged` (batches whose inference
+//! did not reach its tolerance), empty otherwise.
 
 use std::fs;
 use std::io::Write;
@@ -14,16 +16,20 @@ use crate::error::{Error, Result};
 
 /// The header line.
 pub const HEADER: &str = "epoch,train_loss,train_error_pct,test_error_pct,seconds,\
-                          exact_train_error_pct,method,beta,init,seed,batch,lr";
+                          exact_train_error_pct,method,beta,init,seed,batch,lr,sweeps,mean_sweeps,unconverged";
 
 /// One CSV row (no newline).
 pub fn row(r: &EpochRecord, c: &TrainConfig) -> String {
     let beta = match c.rule {
         Rule::Bp => String::new(),
-        Rule::FenBp { beta } => beta.to_string(),
+        rule => rule.beta().to_string(),
     };
+    let budget = c.rule.sweeps().map_or(String::new(), |s| s.to_string());
+    let (mean, unconverged) = r.inference.map_or((String::new(), String::new()), |i| {
+        (format!("{:.2}", i.mean_sweeps), i.unconverged.to_string())
+    });
     format!(
-        "{},{:.6},{:.4},{:.4},{:.4},{},{},{},{},{},{},{}",
+        "{},{:.6},{:.4},{:.4},{:.4},{},{},{},{},{},{},{},{},{},{}",
         r.epoch,
         r.train_loss,
         r.train_error_pct,
@@ -36,7 +42,10 @@ pub fn row(r: &EpochRecord, c: &TrainConfig) -> String {
         c.init.name(),
         c.seed,
         c.batch,
-        c.adam.lr
+        c.adam.lr,
+        budget,
+        mean,
+        unconverged
     )
 }
 
@@ -119,10 +128,10 @@ pub fn read(path: &Path) -> Result<Run> {
             let get = |name: &str| col(name).and_then(|j| f.get(j)).map(|s| s.trim());
             label = Some(match (get("method"), get("beta"), get("init")) {
                 (Some(m), beta, init) => {
-                    let rule = match (m, beta.and_then(|b| b.parse::<f32>().ok())) {
-                        ("fenbp", Some(beta)) => Rule::FenBp { beta },
-                        _ => Rule::Bp,
-                    };
+                    let beta = beta.and_then(|b| b.parse::<f32>().ok());
+                    let sweeps = get("sweeps").and_then(|s| s.parse::<usize>().ok());
+                    let rule =
+                        Rule::from_name(m, beta.filter(|_| m != "bp"), sweeps).unwrap_or(Rule::Bp);
                     let init = init
                         .and_then(|s| Init::parse(s).ok())
                         .unwrap_or(Init::Glorot);

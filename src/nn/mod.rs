@@ -39,6 +39,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{Mnist, Split};
 use crate::error::{Error, Result};
+use crate::nested::inference::{self, InferenceSettings, InferenceWorkspace};
 use crate::nested::linearized::{self, Gradients, Workspace};
 use crate::nested::method::Method;
 use crate::nested::{EnergyKind, Layer, Network, OutputLoss};
@@ -49,7 +50,12 @@ pub use adam::{Adam, AdamSettings};
 /// The paper's MLP: 784-256-128-64-10.
 pub const PAPER_WIDTHS: [usize; 5] = [784, 256, 128, 64, 10];
 
-/// The training rule: a choice of layer energy in the Prop. 7 pass.
+/// The training rule: a row of Table 1 (or predictive coding) and its β.
+///
+/// Back-propagation and Fenchel back-propagation are Prop. 7's closed-form pass
+/// ([`linearized::gradient`]); MAC, predictive coding and LPOM run `sweeps` inference sweeps of
+/// the same pass to the minimizer of their local contrastive objective
+/// ([`inference::gradient`], Prop. 5).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "method", rename_all = "lowercase")]
 pub enum Rule {
@@ -62,19 +68,45 @@ pub enum Rule {
         /// [`crate::nested`] (the trainer passes that on).
         beta: f32,
     },
+    /// The method of auxiliary coordinates (penalizer energies, Eq. 30, `σ_k = β`).
+    Mac {
+        /// β on the batch-mean loss, as for [`Rule::FenBp`].
+        beta: f32,
+        /// Most inference sweeps per batch.
+        sweeps: usize,
+    },
+    /// Predictive coding with iterative inference (`σ_k = Π_{l≥k} β`, Section 3.2.1).
+    Pc {
+        /// β on the batch-mean loss, as for [`Rule::FenBp`].
+        beta: f32,
+        /// Most inference sweeps per batch.
+        sweeps: usize,
+    },
+    /// Lifted proximal operator machines (Fenchel energies, Eq. 34).
+    Lpom {
+        /// β on the batch-mean loss, as for [`Rule::FenBp`].
+        beta: f32,
+        /// Most inference sweeps per batch.
+        sweeps: usize,
+    },
 }
 
+/// The default number of inference sweeps ([`InferenceSettings::default`]).
+pub const DEFAULT_SWEEPS: usize = 20;
+
 impl Rule {
-    /// The row of Table 1 the rule trains with (back-propagation or Fenchel back-propagation:
-    /// the linearized rows, whose Prop. 7 pass is closed form).
+    /// The row of Table 1 the rule trains with.
     pub fn method(self) -> Method {
         match self {
             Rule::Bp => Method::Bp,
             Rule::FenBp { .. } => Method::FenchelBp,
+            Rule::Mac { .. } => Method::Mac,
+            Rule::Pc { .. } => Method::PredictiveCoding,
+            Rule::Lpom { .. } => Method::Lpom,
         }
     }
 
-    /// The layer energy of the Prop. 7 pass (the [`Rule::method`]'s `E_k` column).
+    /// The layer energy (the [`Rule::method`]'s `E_k` column).
     pub fn energy(self) -> EnergyKind {
         self.method().choices().0
     }
@@ -83,48 +115,80 @@ impl Rule {
     pub fn beta(self) -> f32 {
         match self {
             Rule::Bp => 1.0,
-            Rule::FenBp { beta } => beta,
+            Rule::FenBp { beta }
+            | Rule::Mac { beta, .. }
+            | Rule::Pc { beta, .. }
+            | Rule::Lpom { beta, .. } => beta,
         }
     }
 
-    /// `bp` or `fenbp` (the logs' `method` column).
-    pub fn name(self) -> &'static str {
+    /// The inference budget of the iterative rules; `None` for the closed-form ones.
+    pub fn sweeps(self) -> Option<usize> {
         match self {
-            Rule::Bp => "bp",
-            Rule::FenBp { .. } => "fenbp",
+            Rule::Bp | Rule::FenBp { .. } => None,
+            Rule::Mac { sweeps, .. } | Rule::Pc { sweeps, .. } | Rule::Lpom { sweeps, .. } => {
+                Some(sweeps)
+            }
         }
     }
 
-    /// "BP" or "FenBP β=…", for legends.
+    /// The command-line name ([`Method::cli_name`]; the logs' `method` column).
+    pub fn name(self) -> &'static str {
+        self.method().cli_name()
+    }
+
+    /// "BP", "FenBP β=…", "MAC β=… T=…", for legends.
     pub fn label(self) -> String {
         match self {
             Rule::Bp => "BP".into(),
             Rule::FenBp { beta } => format!("FenBP β={beta}"),
+            Rule::Mac { beta, sweeps } => format!("MAC β={beta} T={sweeps}"),
+            Rule::Pc { beta, sweeps } => format!("PC β={beta} T={sweeps}"),
+            Rule::Lpom { beta, sweeps } => format!("LPOM β={beta} T={sweeps}"),
         }
     }
 
-    /// The rule named `name` (`bp` or `fenbp`, as [`Rule::name`]) with an optional β
-    /// (Fenchel back-propagation's default is 1).
+    /// The rule named `name` ([`Rule::name`]: `bp`, `fenbp`, `mac`, `pc`, `lpom`) with an
+    /// optional β (default 1) and inference budget (default [`DEFAULT_SWEEPS`]).
     ///
     /// # Errors
-    /// An unknown name ([`Error::InvalidInput`] for `method`); a β given with `bp` (for
-    /// `beta`); a non-positive or non-finite β.
-    pub fn from_name(name: &str, beta: Option<f32>) -> Result<Self> {
-        let rule = match (name, beta) {
-            ("bp", None) => Rule::Bp,
-            ("bp", Some(_)) => {
-                return Err(Error::input(
-                    "beta",
-                    "back-propagation takes no beta (Fenchel back-propagation, fenbp, does)",
-                ))
-            }
-            ("fenbp", b) => Rule::FenBp {
-                beta: b.unwrap_or(1.0),
-            },
-            (m, _) => {
+    /// An unknown name, or a row of Table 1 the trainer does not run (CHL, convex CHL:
+    /// [`Error::InvalidInput`] for `method`); a β given with `bp` or sweeps with a closed-form
+    /// rule; a non-positive or non-finite β; zero sweeps.
+    pub fn from_name(name: &str, beta: Option<f32>, sweeps: Option<usize>) -> Result<Self> {
+        let method = Method::from_cli_name(name).ok_or_else(|| {
+            Error::input(
+                "method",
+                format!("unknown method `{name}` (expected bp, fenbp, mac, pc or lpom)"),
+            )
+        })?;
+        if method == Method::Bp && beta.is_some() {
+            return Err(Error::input(
+                "beta",
+                "back-propagation takes no beta (Fenchel back-propagation, fenbp, does)",
+            ));
+        }
+        let closed_form = matches!(method, Method::Bp | Method::FenchelBp);
+        if closed_form && sweeps.is_some() {
+            return Err(Error::input(
+                "sweeps",
+                format!("{name} is closed form (sweeps are for mac, pc and lpom)"),
+            ));
+        }
+        let (beta, sweeps) = (beta.unwrap_or(1.0), sweeps.unwrap_or(DEFAULT_SWEEPS));
+        let rule = match method {
+            Method::Bp => Rule::Bp,
+            Method::FenchelBp => Rule::FenBp { beta },
+            Method::Mac => Rule::Mac { beta, sweeps },
+            Method::PredictiveCoding => Rule::Pc { beta, sweeps },
+            Method::Lpom => Rule::Lpom { beta, sweeps },
+            Method::Chl | Method::ConvexChl => {
                 return Err(Error::input(
                     "method",
-                    format!("unknown method `{m}` (expected bp or fenbp)"),
+                    format!(
+                    "{} is not trained by `bilevel train` yet (bp, fenbp, mac, pc and lpom are)",
+                    method.name()
+                ),
                 ))
             }
         };
@@ -132,12 +196,24 @@ impl Rule {
         Ok(rule)
     }
 
-    /// Checks β.
+    /// Checks β and the sweeps.
     ///
     /// # Errors
-    /// [`Error::InvalidBeta`] for a non-positive or non-finite β.
+    /// [`Error::InvalidBeta`] for a non-positive or non-finite β; zero sweeps.
     pub fn validate(self) -> Result<()> {
-        crate::error::check_beta(f64::from(self.beta()))
+        crate::error::check_beta(f64::from(self.beta()))?;
+        if self.sweeps() == Some(0) {
+            return Err(Error::input("sweeps", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The inference settings of the iterative rules.
+    pub fn inference_settings(self) -> Option<InferenceSettings> {
+        self.sweeps().map(|max_sweeps| InferenceSettings {
+            max_sweeps,
+            ..InferenceSettings::default()
+        })
     }
 }
 
@@ -351,21 +427,65 @@ pub struct EpochRecord {
     pub seconds: f64,
     /// Exact training error in % after the epoch (if requested).
     pub exact_train_error_pct: Option<f64>,
+    /// What the inference sweeps did (MAC, predictive coding, LPOM).
+    #[serde(default)]
+    pub inference: Option<InferenceStats>,
 }
 
-/// Buffers for one batch size.
+/// The inference sweeps of one epoch ([`inference::gradient`]'s reports, summed over batches).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct InferenceStats {
+    /// Mean sweeps per batch.
+    pub mean_sweeps: f64,
+    /// Batches whose fixed-point residual did not reach the tolerance within the budget.
+    pub unconverged: usize,
+    /// The largest final fixed-point residual over the epoch's batches.
+    pub max_residual: f64,
+}
+
+/// Running sums behind [`InferenceStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct SweepTally {
+    batches: usize,
+    sweeps: usize,
+    unconverged: usize,
+    max_residual: f64,
+}
+
+impl SweepTally {
+    fn add(&mut self, r: &inference::InferenceReport<f32>) {
+        self.batches += 1;
+        self.sweeps += r.sweeps;
+        self.unconverged += usize::from(!r.converged);
+        self.max_residual = self.max_residual.max(f64::from(r.residual));
+    }
+
+    fn stats(&self) -> Option<InferenceStats> {
+        (self.batches > 0).then(|| InferenceStats {
+            mean_sweeps: self.sweeps as f64 / self.batches as f64,
+            unconverged: self.unconverged,
+            max_residual: self.max_residual,
+        })
+    }
+}
+
+/// Buffers for one batch size: the closed-form pass's, and the sweeps' for iterative rules.
 #[derive(Debug, Clone)]
 struct Buffers {
     ws: Workspace<f32>,
+    sweeps: Option<InferenceWorkspace<f32>>,
     x: DMatrix<f32>,
     y: DMatrix<f32>,
 }
 
 impl Buffers {
-    fn new(net: &Network<f32>, batch: usize) -> Self {
+    fn new(net: &Network<f32>, batch: usize, rule: Option<Rule>) -> Self {
         let top = net.layers.last().map_or(0, |l| l.w.nrows());
         Self {
             ws: Workspace::new(net, batch),
+            sweeps: rule
+                .and_then(Rule::sweeps)
+                .map(|_| InferenceWorkspace::new(net, batch)),
             x: DMatrix::zeros(net.input_dim(), batch),
             y: DMatrix::zeros(top, batch),
         }
@@ -392,6 +512,7 @@ pub struct Trainer {
     eval: Option<Buffers>,
     betas: Vec<f32>,
     order: Vec<usize>,
+    tally: SweepTally,
 }
 
 impl Trainer {
@@ -432,12 +553,14 @@ impl Trainer {
         let rest = config.train_size % config.batch;
         Ok(Self {
             grads: Gradients::zeros(&net),
-            full: Buffers::new(&net, config.batch.min(config.train_size)),
-            rest: (rest > 0 && config.train_size > config.batch).then(|| Buffers::new(&net, rest)),
+            full: Buffers::new(&net, config.batch.min(config.train_size), Some(config.rule)),
+            rest: (rest > 0 && config.train_size > config.batch)
+                .then(|| Buffers::new(&net, rest, Some(config.rule))),
             eval: None,
             betas: vec![config.rule.beta(); net.layers.len()],
             // Filled by `prepare_order` once the data are known to hold `train_size` images.
             order: Vec::new(),
+            tally: SweepTally::default(),
             config,
             net,
             adam,
@@ -450,20 +573,37 @@ impl Trainer {
         self.history.len()
     }
 
-    /// One Adam step on the images `indices` of `data` (Prop. 7 gradient, then Adam). Returns
-    /// the batch-mean loss before the update and how many images the network classified
-    /// correctly before the update. Allocates nothing when `indices.len()` is the configured
-    /// batch size (or the remainder size).
+    /// One Adam step on the images `indices` of `data`: [`Trainer::gradient`], then Adam.
+    /// Returns the batch-mean loss before the update and how many images the network
+    /// classified correctly before the update. Allocates nothing when `indices.len()` is the
+    /// configured batch size (or the remainder size).
     ///
     /// # Errors
     /// An index out of range; a non-finite loss (diverged training).
     pub fn step(&mut self, data: &Split, indices: &[usize]) -> Result<(f32, usize)> {
+        let (value, correct) = self.gradient(data, indices)?;
+        self.adam.step(&mut self.net, &self.grads)?;
+        Ok((value, correct))
+    }
+
+    /// The rule's gradient on the images `indices` of `data` into [`Trainer::grads`] (Prop. 7's
+    /// pass for BP and Fenchel BP, the inference sweeps for MAC, predictive coding and LPOM),
+    /// without updating the network. Returns the batch-mean loss of the forward pass and how
+    /// many images it classifies correctly.
+    ///
+    /// # Errors
+    /// As [`Trainer::step`].
+    pub fn gradient(&mut self, data: &Split, indices: &[usize]) -> Result<(f32, usize)> {
         let buf = if indices.len() == self.full.x.ncols() {
             &mut self.full
         } else {
             match &mut self.rest {
                 Some(r) if r.x.ncols() == indices.len() => r,
-                other => other.insert(Buffers::new(&self.net, indices.len())),
+                other => other.insert(Buffers::new(
+                    &self.net,
+                    indices.len(),
+                    Some(self.config.rule),
+                )),
             }
         };
         data.batch_into(indices, &mut buf.x, &mut buf.y)?;
@@ -471,20 +611,62 @@ impl Trainer {
         // gradient, i.e. β/B per sample in the library's batch convention (crate::nested).
         let per_sample = self.config.rule.beta() / indices.len() as f32;
         self.betas.fill(per_sample);
-        let loss = linearized::gradient(
-            &self.net,
-            self.config.rule.energy(),
-            &self.betas,
-            OutputLoss::SoftmaxCrossEntropy,
-            &buf.x,
-            &buf.y,
-            &mut buf.ws,
-            &mut self.grads,
-        )?;
-        let top = self.net.layers.len() - 1;
-        let correct = count_correct(&buf.ws.z[top], &buf.y);
-        self.adam.step(&mut self.net, &self.grads)?;
-        Ok((loss, correct))
+        let loss = OutputLoss::SoftmaxCrossEntropy;
+        match (self.config.rule.inference_settings(), &mut buf.sweeps) {
+            (Some(settings), Some(ws)) => {
+                let report = inference::gradient(
+                    &self.net,
+                    self.config.rule.method(),
+                    &self.betas,
+                    loss,
+                    &buf.x,
+                    &buf.y,
+                    &settings,
+                    ws,
+                    &mut self.grads,
+                )?;
+                self.tally.add(&report);
+                Ok((report.forward_loss, count_correct(&ws.forward_top, &buf.y)))
+            }
+            _ => {
+                let value = linearized::gradient(
+                    &self.net,
+                    self.config.rule.energy(),
+                    &self.betas,
+                    loss,
+                    &buf.x,
+                    &buf.y,
+                    &mut buf.ws,
+                    &mut self.grads,
+                )?;
+                let top = self.net.layers.len() - 1;
+                Ok((value, count_correct(&buf.ws.z[top], &buf.y)))
+            }
+        }
+    }
+
+    /// Steps over `indices` in batches (no evaluation, no history): the timed part of an epoch.
+    /// Resets the sweep statistics first ([`Trainer::sweep_stats`]).
+    ///
+    /// # Errors
+    /// As [`Trainer::step`].
+    pub fn train_steps(&mut self, data: &Split, indices: &[usize]) -> Result<()> {
+        self.tally = SweepTally::default();
+        for chunk in indices.chunks(self.config.batch) {
+            self.step(data, chunk)?;
+        }
+        Ok(())
+    }
+
+    /// The inference statistics since the last epoch (or [`Trainer::train_steps`]) began;
+    /// `None` for the closed-form rules.
+    pub fn sweep_stats(&self) -> Option<InferenceStats> {
+        self.tally.stats()
+    }
+
+    /// The gradient of the last [`Trainer::gradient`] or [`Trainer::step`].
+    pub fn grads(&self) -> &Gradients<f32> {
+        &self.grads
     }
 
     /// The training order of epoch `epoch` (from 1): file order, or a permutation seeded by
@@ -514,6 +696,7 @@ impl Trainer {
         let epoch = self.epoch() + 1;
         self.prepare_order(epoch);
         let order = std::mem::take(&mut self.order);
+        self.tally = SweepTally::default();
         let steps = n.div_ceil(self.config.batch);
         let (mut loss_sum, mut correct) = (0.0f64, 0usize);
         let start = Instant::now();
@@ -556,6 +739,7 @@ impl Trainer {
             test_error_pct,
             seconds,
             exact_train_error_pct,
+            inference: self.tally.stats(),
         };
         self.history.push(record.clone());
         Ok(record)
@@ -580,7 +764,7 @@ impl Trainer {
             let len = EVAL_CHUNK.min(count - start);
             let buf = match &mut self.eval {
                 Some(b) if b.x.ncols() == len => b,
-                other => other.insert(Buffers::new(&self.net, len)),
+                other => other.insert(Buffers::new(&self.net, len, None)),
             };
             indices.clear();
             indices.extend(start..start + len);
