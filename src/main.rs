@@ -107,13 +107,17 @@ enum Bench {
         /// Epochs timed per rule (the best is reported).
         #[arg(long, default_value_t = 3)]
         repeats: usize,
-        /// Methods timed besides bp (comma-separated: fenbp, mac, pc, lpom).
-        #[arg(long, value_delimiter = ',', default_value = "fenbp,mac,pc,lpom")]
+        /// Methods timed besides bp (comma-separated: fenbp, mac, pc, lpom, chl, convex-chl).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "fenbp,mac,pc,lpom,chl,convex-chl"
+        )]
         methods: Vec<String>,
         /// β of every method but bp, on the batch-mean loss.
         #[arg(long, default_value_t = 1.0)]
         beta: f32,
-        /// Most inference sweeps per batch (mac, pc, lpom; default 20).
+        /// Most inference sweeps per batch (per phase for chl, convex-chl; default 20).
         #[arg(long)]
         sweeps: Option<usize>,
         /// Also time the same step in JAX (jit, CPU) with this Python interpreter, which must
@@ -126,13 +130,14 @@ enum Bench {
 #[derive(clap::Args)]
 struct TrainArgs {
     /// `bp` (back-propagation), `fenbp` (Fenchel back-propagation), or by inference sweeps
-    /// `mac` (method of auxiliary coordinates), `pc` (predictive coding), `lpom`.
+    /// `mac` (method of auxiliary coordinates), `pc` (predictive coding), `lpom`, `chl`,
+    /// `convex-chl`.
     #[arg(long, default_value = "bp")]
     method: String,
     /// β of every layer on the batch-mean loss (all methods but bp; default 1).
     #[arg(long, allow_hyphen_values = true)]
     beta: Option<f32>,
-    /// Most inference sweeps per batch (mac, pc, lpom; default 20).
+    /// Most inference sweeps per batch (per phase for chl and convex-chl; default 20).
     #[arg(long)]
     sweeps: Option<usize>,
     /// `glorot` or `negative` (first layer −|Glorot|).

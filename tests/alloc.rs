@@ -1,5 +1,5 @@
 //! The training step allocates nothing: a counting global allocator around `Trainer::step` (the
-//! Prop. 7 gradient in f32 or the inference sweeps of MAC, predictive coding and LPOM, Adam,
+//! Prop. 7 gradient in f32 or the inference sweeps of the other Table 1 rows, Adam,
 //! batch copy-in) after one warm-up step.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -43,6 +43,8 @@ fn training_steps_do_not_allocate() {
         Rule::Mac { beta: 1.0, sweeps },
         Rule::Pc { beta: 1.0, sweeps },
         Rule::Lpom { beta: 1.0, sweeps },
+        Rule::Chl { beta: 1.0, sweeps },
+        Rule::ConvexChl { beta: 1.0, sweeps },
     ] {
         let mut t = Trainer::new(TrainConfig {
             rule,

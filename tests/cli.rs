@@ -277,8 +277,8 @@ fn train_and_plot_reject_bad_input_with_one_line() {
             "invalid --sweeps",
         ),
         (
-            vec!["train", "--method", "chl"],
-            "CHL is not trained by `bilevel train` yet",
+            vec!["train", "--method", "chl", "--beta", "0"],
+            "invalid beta 0",
         ),
         (
             vec!["plot", "/nonexistent.csv", "-o", "x.svg"],

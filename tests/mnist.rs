@@ -381,6 +381,8 @@ fn a_short_run_lowers_the_loss() {
         Rule::Mac { beta: 1.0, sweeps },
         Rule::Pc { beta: 1.0, sweeps },
         Rule::Lpom { beta: 1.0, sweeps },
+        Rule::Chl { beta: 1.0, sweeps },
+        Rule::ConvexChl { beta: 1.0, sweeps },
     ] {
         let t = nn::run(
             small_config(rule, Init::Glorot, 3),
@@ -537,9 +539,15 @@ fn bad_settings_are_errors() {
     ));
     assert!(Rule::from_name("bp", Some(1.0), None).is_err());
     assert!(Rule::from_name("sgd", None, None).is_err());
-    // Sweeps belong to the iterative rules; CHL is not trained (yet); zero sweeps is an error.
+    // Sweeps belong to the iterative rules; zero sweeps is an error.
     assert!(Rule::from_name("fenbp", None, Some(5)).is_err());
-    assert!(Rule::from_name("chl", None, None).is_err());
+    assert_eq!(
+        Rule::from_name("convex-chl", None, Some(3)).unwrap(),
+        Rule::ConvexChl {
+            beta: 1.0,
+            sweeps: 3
+        }
+    );
     assert!(Rule::from_name("mac", None, Some(0)).is_err());
     assert_eq!(
         Rule::from_name("pc", Some(2.0), Some(8)).unwrap(),

@@ -53,9 +53,10 @@ pub const PAPER_WIDTHS: [usize; 5] = [784, 256, 128, 64, 10];
 /// The training rule: a row of Table 1 (or predictive coding) and its β.
 ///
 /// Back-propagation and Fenchel back-propagation are Prop. 7's closed-form pass
-/// ([`linearized::gradient`]); MAC, predictive coding and LPOM run `sweeps` inference sweeps of
-/// the same pass to the minimizer of their local contrastive objective
-/// ([`inference::gradient`], Prop. 5).
+/// ([`linearized::gradient`]); MAC, predictive coding and LPOM run at most `sweeps` inference
+/// sweeps of the same pass to the minimizer of their local contrastive objective (Prop. 5),
+/// CHL and convex CHL at most `sweeps` per phase of their global one (Prop. 4)
+/// ([`inference::gradient`]).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "method", rename_all = "lowercase")]
 pub enum Rule {
@@ -89,6 +90,21 @@ pub enum Rule {
         /// Most inference sweeps per batch.
         sweeps: usize,
     },
+    /// Contrastive Hebbian learning (Fenchel energies, bottom-up, Prop. 4).
+    Chl {
+        /// β on the batch-mean loss, as for [`Rule::FenBp`].
+        beta: f32,
+        /// Most inference sweeps per phase and batch.
+        sweeps: usize,
+    },
+    /// Convex CHL (proximal energies, bottom-up, Prop. 4).
+    #[serde(rename = "convex-chl")]
+    ConvexChl {
+        /// β on the batch-mean loss, as for [`Rule::FenBp`].
+        beta: f32,
+        /// Most inference sweeps per phase and batch.
+        sweeps: usize,
+    },
 }
 
 /// The default number of inference sweeps ([`InferenceSettings::default`]).
@@ -103,6 +119,8 @@ impl Rule {
             Rule::Mac { .. } => Method::Mac,
             Rule::Pc { .. } => Method::PredictiveCoding,
             Rule::Lpom { .. } => Method::Lpom,
+            Rule::Chl { .. } => Method::Chl,
+            Rule::ConvexChl { .. } => Method::ConvexChl,
         }
     }
 
@@ -118,7 +136,9 @@ impl Rule {
             Rule::FenBp { beta }
             | Rule::Mac { beta, .. }
             | Rule::Pc { beta, .. }
-            | Rule::Lpom { beta, .. } => beta,
+            | Rule::Lpom { beta, .. }
+            | Rule::Chl { beta, .. }
+            | Rule::ConvexChl { beta, .. } => beta,
         }
     }
 
@@ -126,9 +146,11 @@ impl Rule {
     pub fn sweeps(self) -> Option<usize> {
         match self {
             Rule::Bp | Rule::FenBp { .. } => None,
-            Rule::Mac { sweeps, .. } | Rule::Pc { sweeps, .. } | Rule::Lpom { sweeps, .. } => {
-                Some(sweeps)
-            }
+            Rule::Mac { sweeps, .. }
+            | Rule::Pc { sweeps, .. }
+            | Rule::Lpom { sweeps, .. }
+            | Rule::Chl { sweeps, .. }
+            | Rule::ConvexChl { sweeps, .. } => Some(sweeps),
         }
     }
 
@@ -145,21 +167,25 @@ impl Rule {
             Rule::Mac { beta, sweeps } => format!("MAC β={beta} T={sweeps}"),
             Rule::Pc { beta, sweeps } => format!("PC β={beta} T={sweeps}"),
             Rule::Lpom { beta, sweeps } => format!("LPOM β={beta} T={sweeps}"),
+            Rule::Chl { beta, sweeps } => format!("CHL β={beta} T={sweeps}"),
+            Rule::ConvexChl { beta, sweeps } => format!("convex CHL β={beta} T={sweeps}"),
         }
     }
 
-    /// The rule named `name` ([`Rule::name`]: `bp`, `fenbp`, `mac`, `pc`, `lpom`) with an
-    /// optional β (default 1) and inference budget (default [`DEFAULT_SWEEPS`]).
+    /// The rule named `name` ([`Rule::name`]: `bp`, `fenbp`, `mac`, `pc`, `lpom`, `chl`,
+    /// `convex-chl`) with an optional β (default 1) and inference budget (default
+    /// [`DEFAULT_SWEEPS`]).
     ///
     /// # Errors
-    /// An unknown name, or a row of Table 1 the trainer does not run (CHL, convex CHL:
-    /// [`Error::InvalidInput`] for `method`); a β given with `bp` or sweeps with a closed-form
-    /// rule; a non-positive or non-finite β; zero sweeps.
+    /// An unknown name ([`Error::InvalidInput`] for `method`); a β given with `bp` or sweeps
+    /// with a closed-form rule; a non-positive or non-finite β; zero sweeps.
     pub fn from_name(name: &str, beta: Option<f32>, sweeps: Option<usize>) -> Result<Self> {
         let method = Method::from_cli_name(name).ok_or_else(|| {
             Error::input(
                 "method",
-                format!("unknown method `{name}` (expected bp, fenbp, mac, pc or lpom)"),
+                format!(
+                    "unknown method `{name}` (expected bp, fenbp, mac, pc, lpom, chl or convex-chl)"
+                ),
             )
         })?;
         if method == Method::Bp && beta.is_some() {
@@ -172,7 +198,7 @@ impl Rule {
         if closed_form && sweeps.is_some() {
             return Err(Error::input(
                 "sweeps",
-                format!("{name} is closed form (sweeps are for mac, pc and lpom)"),
+                format!("{name} is closed form (sweeps are for the other methods)"),
             ));
         }
         let (beta, sweeps) = (beta.unwrap_or(1.0), sweeps.unwrap_or(DEFAULT_SWEEPS));
@@ -182,15 +208,8 @@ impl Rule {
             Method::Mac => Rule::Mac { beta, sweeps },
             Method::PredictiveCoding => Rule::Pc { beta, sweeps },
             Method::Lpom => Rule::Lpom { beta, sweeps },
-            Method::Chl | Method::ConvexChl => {
-                return Err(Error::input(
-                    "method",
-                    format!(
-                    "{} is not trained by `bilevel train` yet (bp, fenbp, mac, pc and lpom are)",
-                    method.name()
-                ),
-                ))
-            }
+            Method::Chl => Rule::Chl { beta, sweeps },
+            Method::ConvexChl => Rule::ConvexChl { beta, sweeps },
         };
         rule.validate()?;
         Ok(rule)

@@ -1,6 +1,9 @@
-//! Batched iterative inference for the top-down rows of Table 1 that are not closed form —
-//! MAC, predictive coding and LPOM (Prop. 5) — as a fixed point of Prop. 7's pass: the training
-//! path (f32) and its check (f64), one generic definition.
+//! Batched iterative inference for the rows of Table 1 that are not closed form: the training
+//! path (f32) and its check (f64), one generic definition. The top-down rows — MAC, predictive
+//! coding and LPOM (Prop. 5) — are a fixed point of Prop. 7's pass (below); the bottom-up rows —
+//! CHL and convex CHL (Prop. 4) — a free phase and a clamped phase solved for the rates
+//! `(ẑ − ž)/Π β` ([`bottom_up`](self#bottom-up-rows)). Both run on the whole batch as matrices,
+//! from the forward pass, with the same sweep budget, acceleration and status.
 //!
 //! **The fixed point.** Write the states of the local contrastive objective (Eq. 28) through an
 //! error signal `λ_k` per layer, `ẑ_k = z_k(λ_k; â_k)` with `â_k = W_k ẑ_{k−1} + b_k`:
@@ -41,6 +44,18 @@
 //! per-sample solvers of [`super::local`] are the
 //! reference this is tested against (`tests/nested_inference.rs`).
 //!
+//! # Bottom-up rows
+//! Prop. 4's `L^β = ℓ(ẑ_L) + ℰ^β(ẑ) − ℰ^β(ž)`, `ℰ^β = Σ_k E_k/s_k`, `s_k = Π_{l≥k} β_l`. The
+//! free phase `ž` solves `z_k = f(a_k + β_k W_{k+1}ᵀ r_{k+1})` (`r = z` for Fenchel energies,
+//! `z − a` for proximal ones) by bottom-up Gauss–Seidel sweeps from the forward pass. The
+//! clamped phase is solved for the rates `u_k = (ẑ_k − ž_k)/s_k` — the phases differ by `O(s_k)`,
+//! so forming `ẑ − ž` would leave nothing of the first layer in `f32` — through
+//! `u_k = (f(ǔ_k + s_k v_k) − f(ǔ_k))/s_k`, `v_k = β_{k−1}W_k u_{k−1} + W_{k+1}ᵀρ_{k+1}` (top:
+//! `v_L = β_{L−1}W_L u_{L−1} − ℓ'(ẑ_L)`); value and gradient are products with the rates. The
+//! report's sweeps add both phases; its residual is the larger of the two. Divergence of CHL's
+//! free phase (its energy is bilinear in adjacent layers, unbounded below for large β) is
+//! [`Error::Unbounded`]. The f64 references are [`super::global`]'s.
+//!
 //! The batch convention is [`crate::nested`]'s: every sample at the same `β`; the signals carry
 //! the batch mean's `1/B`, so the states use `σ_k B` and the quotients `β_k B`.
 
@@ -50,7 +65,9 @@ use super::linearized::{check_betas, Gradients};
 use super::{EnergyKind, Network, OutputLoss};
 use crate::error::{Error, Result};
 use crate::linalg::Gemm;
-use crate::nested::method::Method;
+use crate::nested::method::{Method, Unravel};
+
+mod bottom_up;
 
 /// Budget and tolerance of the inference sweeps.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -129,11 +146,26 @@ pub struct InferenceWorkspace<T: RealField + Copy> {
     pub forward_top: DMatrix<T>,
     next: Vec<DMatrix<T>>,
     q: Vec<DMatrix<T>>,
-    prev_lambda: Vec<DMatrix<T>>,
+    memory: Memory<T>,
+    sigma: Vec<T>,
+    /// Bottom-up rows: the free phase's arguments `ǔ_k` of `f`.
+    arg: Vec<DMatrix<T>>,
+    /// Bottom-up rows: the clamped states `ẑ_k`, and scratch.
+    zhat: Vec<DMatrix<T>>,
+    /// Bottom-up rows: `[P_k, β Q_k]` and `[ẑ_{k−1}, u_{k−1}]` side by side (`n × 2B`), so
+    /// that each weight gradient is one product.
+    left: Vec<DMatrix<T>>,
+    right: Vec<DMatrix<T>>,
+    loss_grad: DMatrix<T>,
+}
+
+/// The previous sweep's state and residual, for Anderson acceleration.
+#[derive(Debug, Clone)]
+struct Memory<T: RealField + Copy> {
+    prev_state: Vec<DMatrix<T>>,
     prev_f: Vec<DMatrix<T>>,
     dots: Vec<T>,
     norms: Vec<T>,
-    sigma: Vec<T>,
 }
 
 impl<T: RealField + Copy> InferenceWorkspace<T> {
@@ -153,11 +185,26 @@ impl<T: RealField + Copy> InferenceWorkspace<T> {
             forward_top: DMatrix::zeros(top, batch),
             next: mats(),
             q: mats(),
-            prev_lambda: mats(),
-            prev_f: mats(),
-            dots: vec![T::zero(); batch],
-            norms: vec![T::zero(); batch],
+            memory: Memory {
+                prev_state: mats(),
+                prev_f: mats(),
+                dots: vec![T::zero(); batch],
+                norms: vec![T::zero(); batch],
+            },
             sigma: vec![T::zero(); net.layers.len()],
+            arg: mats(),
+            zhat: mats(),
+            left: net
+                .layers
+                .iter()
+                .map(|l| DMatrix::zeros(l.w.nrows(), 2 * batch))
+                .collect(),
+            right: net
+                .layers
+                .iter()
+                .map(|l| DMatrix::zeros(l.w.ncols(), 2 * batch))
+                .collect(),
+            loss_grad: DMatrix::zeros(top, batch),
         }
     }
 
@@ -187,15 +234,17 @@ impl<T: RealField + Copy> InferenceWorkspace<T> {
     }
 }
 
-/// The energy and the state weights `σ_k` of a top-down non-linearized row.
-fn energy_of(method: Method) -> Result<EnergyKind> {
+/// The energy and the direction of a non-linearized row.
+fn energy_of(method: Method) -> Result<(EnergyKind, Unravel)> {
     match method {
-        Method::Mac | Method::PredictiveCoding => Ok(EnergyKind::Penalizer),
-        Method::Lpom => Ok(EnergyKind::Fenchel),
+        Method::Mac | Method::PredictiveCoding | Method::Lpom | Method::Chl | Method::ConvexChl => {
+            let (energy, direction, _) = method.choices();
+            Ok((energy, direction))
+        }
         other => Err(Error::input(
             "method",
             format!(
-                "{} is not solved by the top-down fixed point (MAC, predictive coding and LPOM are)",
+                "{} is closed form (Prop. 7: use nested::linearized::gradient)",
                 other.name()
             ),
         )),
@@ -250,7 +299,7 @@ pub fn gradient<T: Gemm>(
     ws: &mut InferenceWorkspace<T>,
     grads: &mut Gradients<T>,
 ) -> Result<InferenceReport<T>> {
-    let kind = energy_of(method)?;
+    let (kind, direction) = energy_of(method)?;
     settings.validate()?;
     net.check_structure(kind)?;
     if let Some(k) = net
@@ -268,8 +317,41 @@ pub fn gradient<T: Gemm>(
     ws.check(net)?;
     check_batch(net, x, target, ws.batch())?;
     state_weights(method, betas, ws);
+    let problem = Sweeps {
+        net,
+        kind,
+        betas,
+        loss,
+        x,
+        target,
+        settings,
+    };
+    match (kind, direction) {
+        (EnergyKind::Penalizer, _) | (_, Unravel::TopDown) => top_down(&problem, ws, grads),
+        _ => bottom_up::run(&problem, ws, grads),
+    }
+}
+
+/// The data of one call, shared by both directions.
+struct Sweeps<'a, T: RealField + Copy> {
+    net: &'a Network<T>,
+    kind: EnergyKind,
+    betas: &'a [T],
+    loss: OutputLoss,
+    x: &'a DMatrix<T>,
+    target: &'a DMatrix<T>,
+    settings: &'a InferenceSettings,
+}
+
+/// The top-down rows (module docs): sweeps on `λ` from the forward pass.
+fn top_down<T: Gemm>(
+    p: &Sweeps<'_, T>,
+    ws: &mut InferenceWorkspace<T>,
+    grads: &mut Gradients<T>,
+) -> Result<InferenceReport<T>> {
+    let (net, kind, betas, loss, target) = (p.net, p.kind, p.betas, p.loss, p.target);
     ws.lambda.iter_mut().for_each(|l| l.fill(T::zero()));
-    first_layer(net, x, ws);
+    first_layer(net, p.x, ws);
     forward(net, kind, ws);
     let top = net.layers.len() - 1;
     ws.forward_top.copy_from(&ws.z[top]);
@@ -279,27 +361,15 @@ pub fn gradient<T: Gemm>(
         "loss of the forward pass (non-finite weights or inputs?)",
     )?;
     let batch: T = nalgebra::convert(ws.batch() as f64);
-    let tol: T = nalgebra::convert(settings.tol);
-    let min_damping: T = nalgebra::convert(settings.min_damping);
-    let (mut eta, mut last, mut sweeps, mut converged) = (T::one(), T::zero(), 0, false);
-    let mut residual = T::zero();
-    while sweeps < settings.max_sweeps {
-        if sweeps > 0 {
+    let mut fp = FixedPoint::new(p.settings);
+    while fp.sweeps < p.settings.max_sweeps {
+        if fp.sweeps > 0 {
             forward(net, kind, ws);
             let value = loss.value_and_gradient(&ws.z[top], target, &mut ws.next[top]);
             finite(value, "loss at the inference states (diverged inference)")?;
         }
         backward(net, kind, betas, batch, ws);
-        sweeps += 1;
-        let accelerate = settings.anderson && sweeps > 1 && eta == T::one();
-        let (change, size) = update(ws, eta, accelerate);
-        residual = change * batch;
-        if sweeps > 1 && residual > last * nalgebra::convert(0.99) && eta > min_damping {
-            eta *= nalgebra::convert(0.5);
-        }
-        last = residual;
-        if residual <= tol * (T::one() + size * batch) {
-            converged = true;
+        if fp.advance(&mut ws.lambda, &ws.next, &mut ws.memory, batch) {
             break;
         }
     }
@@ -309,15 +379,69 @@ pub fn gradient<T: Gemm>(
         value,
         "surrogate value at the inference states (diverged inference)",
     )?;
-    envelope_gradient(net, kind, betas, batch, x, ws, grads);
-    Ok(InferenceReport {
-        value,
-        forward_loss,
-        sweeps,
-        residual,
-        converged,
-        damping: eta,
-    })
+    envelope_gradient(net, kind, betas, batch, p.x, ws, grads);
+    Ok(fp.report(value, forward_loss))
+}
+
+/// The bookkeeping of one fixed-point iteration `state ← Φ(state)`.
+struct FixedPoint<T> {
+    eta: T,
+    last: T,
+    sweeps: usize,
+    residual: T,
+    converged: bool,
+    tol: T,
+    min_damping: T,
+    anderson: bool,
+}
+
+impl<T: RealField + Copy> FixedPoint<T> {
+    fn new(settings: &InferenceSettings) -> Self {
+        Self {
+            eta: T::one(),
+            last: T::zero(),
+            sweeps: 0,
+            residual: T::zero(),
+            converged: false,
+            tol: nalgebra::convert(settings.tol),
+            min_damping: nalgebra::convert(settings.min_damping),
+            anderson: settings.anderson,
+        }
+    }
+
+    /// Takes `next = Φ(state)`: updates `state` (Anderson while undamped, else the damped
+    /// step), halves the damping when the residual stops falling by 1 %, and returns whether
+    /// the residual (times `scale`, which makes it per sample) reached the tolerance.
+    fn advance(
+        &mut self,
+        state: &mut [DMatrix<T>],
+        next: &[DMatrix<T>],
+        memory: &mut Memory<T>,
+        scale: T,
+    ) -> bool {
+        self.sweeps += 1;
+        let accelerate = self.anderson && self.sweeps > 1 && self.eta == T::one();
+        let (change, size) = memory.update(state, next, self.eta, accelerate);
+        self.residual = change * scale;
+        let stalled = self.residual > self.last * nalgebra::convert(0.99);
+        if self.sweeps > 1 && stalled && self.eta > self.min_damping {
+            self.eta *= nalgebra::convert(0.5);
+        }
+        self.last = self.residual;
+        self.converged = self.residual <= self.tol * (T::one() + size * scale);
+        self.converged
+    }
+
+    fn report(&self, value: T, forward_loss: T) -> InferenceReport<T> {
+        InferenceReport {
+            value,
+            forward_loss,
+            sweeps: self.sweeps,
+            residual: self.residual,
+            converged: self.converged,
+            damping: self.eta,
+        }
+    }
 }
 
 fn finite<T: RealField + Copy>(v: T, what: &str) -> Result<()> {
@@ -352,10 +476,14 @@ fn check_batch<T: RealField + Copy>(
     Ok(())
 }
 
-/// `σ_k`: `β_k` (MAC, LPOM) or `Π_{l≥k} β_l` (predictive coding, Section 3.2.1).
+/// `σ_k`: `β_k` (MAC, LPOM) or `s_k = Π_{l≥k} β_l` (predictive coding, Section 3.2.1, and
+/// the layer weights `1/s_k` of Prop. 4's `ℰ^β`, Eq. 22).
 fn state_weights<T: RealField + Copy>(method: Method, betas: &[T], ws: &mut InferenceWorkspace<T>) {
     ws.sigma.copy_from_slice(betas);
-    if method == Method::PredictiveCoding {
+    if matches!(
+        method,
+        Method::PredictiveCoding | Method::Chl | Method::ConvexChl
+    ) {
         for k in (0..betas.len().saturating_sub(1)).rev() {
             let next = ws.sigma[k + 1];
             ws.sigma[k] *= next;
@@ -452,63 +580,68 @@ fn backward<T: Gemm>(
     }
 }
 
-/// The update of `λ` from the fixed-point residual `f = Φ(λ) − λ`, per sample (the samples'
-/// problems are independent): Anderson acceleration with memory one (type II, mixing `η`),
-/// `λ ← λ + ηf − γ(Δλ + ηΔf)` with `γ = ⟨Δf, f⟩/‖Δf‖²` from the previous sweep's differences,
-/// or the damped step `λ ← λ + ηf` on the first sweep and after a restart (`anderson` false).
-/// Returns `max |f|` and `max |Φ(λ)|`.
-fn update<T: RealField + Copy>(ws: &mut InferenceWorkspace<T>, eta: T, anderson: bool) -> (T, T) {
-    let (mut change, mut size) = (T::zero(), T::zero());
-    ws.dots.fill(T::zero());
-    ws.norms.fill(T::zero());
-    for (k, (lambda, next)) in ws.lambda.iter().zip(&ws.next).enumerate() {
-        let prev_f = &ws.prev_f[k];
-        for (j, ((lc, nc), pc)) in lambda
-            .column_iter()
-            .zip(next.column_iter())
-            .zip(prev_f.column_iter())
-            .enumerate()
-        {
-            let (mut dot, mut norm) = (T::zero(), T::zero());
-            for ((&l, &n), &p) in lc.iter().zip(nc.iter()).zip(pc.iter()) {
-                let f = n - l;
-                change = change.max(f.abs());
-                size = size.max(n.abs());
-                let df = f - p;
-                dot += df * f;
-                norm += df * df;
-            }
-            ws.dots[j] += dot;
-            ws.norms[j] += norm;
-        }
-    }
-    for (d, n) in ws.dots.iter_mut().zip(&ws.norms) {
-        *d = if anderson && *n > T::zero() {
-            *d / *n
-        } else {
-            T::zero()
-        };
-    }
-    for k in 0..ws.lambda.len() {
-        let (lambda, next) = (&mut ws.lambda[k], &ws.next[k]);
-        let (prev_l, prev_f) = (&mut ws.prev_lambda[k], &mut ws.prev_f[k]);
-        for (j, gamma) in ws.dots.iter().enumerate() {
-            let gamma = *gamma;
-            for i in 0..lambda.nrows() {
-                let (l, n) = (lambda[(i, j)], next[(i, j)]);
-                let f = n - l;
-                let step = if gamma == T::zero() {
-                    eta * f
-                } else {
-                    eta * f - gamma * ((l - prev_l[(i, j)]) + eta * (f - prev_f[(i, j)]))
-                };
-                prev_l[(i, j)] = l;
-                prev_f[(i, j)] = f;
-                lambda[(i, j)] = l + step;
+impl<T: RealField + Copy> Memory<T> {
+    /// The update of a state from its fixed-point residual `f = Φ(x) − x`, per sample (the
+    /// samples' problems are independent): Anderson acceleration with memory one (type II,
+    /// mixing `η`), `x ← x + ηf − γ(Δx + ηΔf)` with `γ = ⟨Δf, f⟩/‖Δf‖²` from the previous
+    /// sweep's differences, or the damped step `x ← x + ηf` (`anderson` false). Returns
+    /// `max |f|` and `max |Φ(x)|`.
+    fn update(
+        &mut self,
+        state: &mut [DMatrix<T>],
+        next: &[DMatrix<T>],
+        eta: T,
+        anderson: bool,
+    ) -> (T, T) {
+        let (mut change, mut size) = (T::zero(), T::zero());
+        self.dots.fill(T::zero());
+        self.norms.fill(T::zero());
+        for (k, (x, n)) in state.iter().zip(next).enumerate() {
+            for (j, ((xc, nc), pc)) in x
+                .column_iter()
+                .zip(n.column_iter())
+                .zip(self.prev_f[k].column_iter())
+                .enumerate()
+            {
+                let (mut dot, mut norm) = (T::zero(), T::zero());
+                for ((&xi, &ni), &pi) in xc.iter().zip(nc.iter()).zip(pc.iter()) {
+                    let f = ni - xi;
+                    change = change.max(f.abs());
+                    size = size.max(ni.abs());
+                    let df = f - pi;
+                    dot += df * f;
+                    norm += df * df;
+                }
+                self.dots[j] += dot;
+                self.norms[j] += norm;
             }
         }
+        for (d, n) in self.dots.iter_mut().zip(&self.norms) {
+            *d = if anderson && *n > T::zero() {
+                *d / *n
+            } else {
+                T::zero()
+            };
+        }
+        for (k, (x, n)) in state.iter_mut().zip(next).enumerate() {
+            let (prev_x, prev_f) = (&mut self.prev_state[k], &mut self.prev_f[k]);
+            for (j, &gamma) in self.dots.iter().enumerate() {
+                for i in 0..x.nrows() {
+                    let (xi, ni) = (x[(i, j)], n[(i, j)]);
+                    let f = ni - xi;
+                    let step = if gamma == T::zero() {
+                        eta * f
+                    } else {
+                        eta * f - gamma * ((xi - prev_x[(i, j)]) + eta * (f - prev_f[(i, j)]))
+                    };
+                    prev_x[(i, j)] = xi;
+                    prev_f[(i, j)] = f;
+                    x[(i, j)] = xi + step;
+                }
+            }
+        }
+        (change, size)
     }
-    (change, size)
 }
 
 /// Eq. 28 averaged over the batch at the current states: `ℓ(ẑ_L) + Σ_k Ẽ_k/σ_k` with

@@ -1,0 +1,363 @@
+//! The bottom-up rows — CHL (Fenchel energies) and convex CHL (proximal energies) — by sweeps:
+//! Prop. 4's global contrastive objective (Eq. 22-25),
+//! `L^β = ℓ(ẑ_L) + ℰ^β(ẑ) − ℰ^β(ž)`, `ℰ^β(z) = Σ_k E_k(z_k, z_{k−1})/s_k`, `s_k = Π_{l≥k} β_l`.
+//!
+//! **Free phase** `ž = argmin ℰ^β`: stationarity in `z_k` is
+//! `z_k = f(a_k + β_k W_{k+1}ᵀ r_{k+1})` with `a_k = W_k z_{k−1} + b_k` and `r_{k+1} = z_{k+1}`
+//! (Fenchel: `E_k = G(z_k) − z_kᵀa_k`) or `r_{k+1} = z_{k+1} − a_{k+1}` (proximal:
+//! `E_k = ½‖z_k − a_k‖² + ι_C(z_k)`), and `z_L = f(a_L)`; the sweep runs it bottom up
+//! (Gauss–Seidel: `a_k` from the new `z_{k−1}`) from the forward pass.
+//!
+//! **Clamped phase, solved for the difference.** The two phases differ by `O(s_k)` in layer
+//! `k` (`β⁴` in the first layer of a four-layer net: nothing would be left of it in `f32`), so the
+//! rates `u_k = (ẑ_k − ž_k)/s_k` are the unknowns. Subtracting the two stationarity conditions,
+//! `u_k = (f(ǔ_k + s_k v_k) − f(ǔ_k))/s_k` — a one-sided quotient at the free argument
+//! `ǔ_k`, exact on each linear piece — with
+//! `v_k = β_{k−1} W_k u_{k−1} + W_{k+1}ᵀ ρ_{k+1}` below the top and
+//! `v_L = β_{L−1} W_L u_{L−1} − ℓ'(ž_L + s_L u_L)`, where `ρ_k = u_k` (Fenchel) or
+//! `ρ_k = u_k − β_{k−1} W_k u_{k−1}` (proximal: `(r̂_k − ř_k)/s_k`).
+//!
+//! **Gradient and value** (envelope theorem on both minimizations), with `P_k = u_k`,
+//! `Q_k = ž_k` (Fenchel) or `P_k = ρ_k`, `Q_k = ř_k = ž_k − ǎ_k` (proximal):
+//! `∂/∂W_k = −(P_k ẑ_{k−1}ᵀ + β_{k−1} Q_k u_{k−1}ᵀ)`, `∂/∂b_k = −P_k 1`, and
+//! `(E_k(ẑ) − E_k(ž))/s_k = u_kᵀ(ž_k + s_k u_k/2 − â_k) − β_{k−1} ž_kᵀW_k u_{k−1}` (Fenchel)
+//! or `ρ_kᵀ(ř_k + s_k ρ_k/2)` (proximal): products with the rates, no difference of phases.
+//! The f64 references are [`crate::nested::global`]'s (per-sample QPs for convex CHL,
+//! block-coordinate descent on the difference for CHL).
+
+use nalgebra::{DMatrix, RealField};
+
+use super::{finite, first_layer, FixedPoint, InferenceReport, InferenceWorkspace, Sweeps};
+use crate::error::{Error, Result};
+use crate::linalg::Gemm;
+use crate::nested::linearized::Gradients;
+use crate::nested::EnergyKind;
+
+/// Free phase, then the rates, then value and gradient (module docs).
+pub(super) fn run<T: Gemm>(
+    p: &Sweeps<'_, T>,
+    ws: &mut InferenceWorkspace<T>,
+    grads: &mut Gradients<T>,
+) -> Result<InferenceReport<T>> {
+    let (net, loss, target) = (p.net, p.loss, p.target);
+    let top = net.layers.len() - 1;
+    first_layer(net, p.x, ws);
+    for k in 0..=top {
+        if k > 0 {
+            affine(net, k, &ws.z[k - 1], &mut ws.a[k]);
+        }
+        activate(net, k, &ws.a[k], &mut ws.z[k]);
+    }
+    ws.forward_top.copy_from(&ws.z[top]);
+    let forward_loss = loss.value_and_gradient(&ws.z[top], target, &mut ws.loss_grad);
+    finite(
+        forward_loss,
+        "loss of the forward pass (non-finite weights or inputs?)",
+    )?;
+    let mut free = FixedPoint::new(p.settings);
+    while free.sweeps < p.settings.max_sweeps {
+        free_sweep(p, ws);
+        check_bounded(&ws.next, free.sweeps)?;
+        if free.advance(&mut ws.z, &ws.next, &mut ws.memory, T::one()) {
+            break;
+        }
+    }
+    free_arguments(p, ws);
+    ws.lambda.iter_mut().for_each(|u| u.fill(T::zero()));
+    let mut clamped = FixedPoint::new(p.settings);
+    while clamped.sweeps < p.settings.max_sweeps {
+        rate_sweep(p, ws)?;
+        if clamped.advance(&mut ws.lambda, &ws.next, &mut ws.memory, T::one()) {
+            break;
+        }
+    }
+    let value = value_and_gradient(p, ws, grads);
+    finite(value, "surrogate value (diverged inference)")?;
+    let mut report = clamped.report(value, forward_loss);
+    report.sweeps += free.sweeps;
+    report.converged &= free.converged;
+    report.residual = report.residual.max(free.residual);
+    Ok(report)
+}
+
+/// `y += α x`.
+fn axpy<T: RealField + Copy>(y: &mut [T], alpha: T, x: &[T]) {
+    for (yi, &xi) in y.iter_mut().zip(x) {
+        *yi += alpha * xi;
+    }
+}
+
+/// `out = W_k z + b_k`.
+fn affine<T: Gemm>(
+    net: &crate::nested::Network<T>,
+    k: usize,
+    z: &DMatrix<T>,
+    out: &mut DMatrix<T>,
+) {
+    T::gemm_into(out, &net.layers[k].w, false, z, false);
+    for mut col in out.column_iter_mut() {
+        col += &net.layers[k].bias;
+    }
+}
+
+/// `out = f_k(u)` (box family).
+fn activate<T: RealField + Copy>(
+    net: &crate::nested::Network<T>,
+    k: usize,
+    u: &DMatrix<T>,
+    out: &mut DMatrix<T>,
+) {
+    net.layers[k]
+        .activation
+        .activate(u.as_slice(), out.as_mut_slice());
+}
+
+/// The joint energy of CHL is bilinear in adjacent layers and unbounded below for large β
+/// (roughly `β_k ‖W_{k+1}‖² ≥ 1`): states beyond `1e12` are divergence.
+fn check_bounded<T: RealField + Copy>(next: &[DMatrix<T>], sweep: usize) -> Result<()> {
+    let limit: T = nalgebra::convert(1e12);
+    for z in next {
+        if z.iter().any(|v| !v.is_finite() || v.abs() > limit) {
+            return Err(Error::Unbounded(format!(
+                "the free phase diverged at sweep {} (states beyond 1e12): the energy is \
+                 unbounded below for this beta and these weights",
+                sweep + 1
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `r_{k+1}` into `out`: `z_{k+1}` (Fenchel) or `z_{k+1} − a_{k+1}` (proximal).
+fn residual_above<T: RealField + Copy>(
+    kind: EnergyKind,
+    z: &DMatrix<T>,
+    a: &DMatrix<T>,
+    out: &mut DMatrix<T>,
+) {
+    out.copy_from(z);
+    if kind == EnergyKind::Proximal {
+        *out -= a;
+    }
+}
+
+/// One bottom-up Gauss–Seidel sweep of the free phase into `next`.
+fn free_sweep<T: Gemm>(p: &Sweeps<'_, T>, ws: &mut InferenceWorkspace<T>) {
+    let (net, top) = (p.net, p.net.layers.len() - 1);
+    for k in 0..=top {
+        if k > 0 {
+            affine(net, k, &ws.next[k - 1], &mut ws.a[k]);
+        }
+        free_argument(p, k, ws);
+        activate(net, k, &ws.arg[k], &mut ws.next[k]);
+    }
+}
+
+/// `ǔ_k = a_k + β_k W_{k+1}ᵀ r_{k+1}` from the current `z_{k+1}` and `a_{k+1}` (top: `a_L`).
+fn free_argument<T: Gemm>(p: &Sweeps<'_, T>, k: usize, ws: &mut InferenceWorkspace<T>) {
+    if k + 1 < p.net.layers.len() {
+        residual_above(p.kind, &ws.z[k + 1], &ws.a[k + 1], &mut ws.q[k + 1]);
+        T::gemm_into(
+            &mut ws.arg[k],
+            &p.net.layers[k + 1].w,
+            true,
+            &ws.q[k + 1],
+            false,
+        );
+        let beta = p.betas[k];
+        for (u, &a) in ws.arg[k].iter_mut().zip(ws.a[k].iter()) {
+            *u = a + beta * *u;
+        }
+    } else {
+        ws.arg[k].copy_from(&ws.a[k]);
+    }
+}
+
+/// `ǎ_k` and `ǔ_k` consistent with the final free states `ž`.
+fn free_arguments<T: Gemm>(p: &Sweeps<'_, T>, ws: &mut InferenceWorkspace<T>) {
+    let top = p.net.layers.len() - 1;
+    for k in 1..=top {
+        affine(p.net, k, &ws.z[k - 1], &mut ws.a[k]);
+    }
+    for k in 0..=top {
+        free_argument(p, k, ws);
+    }
+}
+
+/// One bottom-up Gauss–Seidel sweep of the rates `u` (in `lambda`) into `next`.
+fn rate_sweep<T: Gemm>(p: &Sweeps<'_, T>, ws: &mut InferenceWorkspace<T>) -> Result<()> {
+    let (net, top) = (p.net, p.net.layers.len() - 1);
+    let batch: T = nalgebra::convert(ws.batch() as f64);
+    clamped_state(ws, top);
+    let value = p
+        .loss
+        .value_and_gradient(&ws.zhat[top], p.target, &mut ws.loss_grad);
+    finite(value, "loss at the clamped states (diverged inference)")?;
+    for k in 0..=top {
+        // v_k: from above, W_{k+1}ᵀ ρ_{k+1} (ρ in zhat[k+1] as scratch), or −ℓ' at the top.
+        if k < top {
+            rate_residual(p, k + 1, ws);
+            T::gemm_into(
+                &mut ws.q[k],
+                &net.layers[k + 1].w,
+                true,
+                &ws.zhat[k + 1],
+                false,
+            );
+        } else {
+            ws.q[k].copy_from(&ws.loss_grad);
+            ws.q[k] *= -batch;
+        }
+        // … plus β_{k−1} W_k u_{k−1} from below, with this sweep's u_{k−1}.
+        if k > 0 {
+            T::gemm_into(
+                &mut ws.zhat[k],
+                &net.layers[k].w,
+                false,
+                &ws.next[k - 1],
+                false,
+            );
+            axpy(
+                ws.q[k].as_mut_slice(),
+                p.betas[k - 1],
+                ws.zhat[k].as_slice(),
+            );
+        }
+        // u_k = (f(ǔ + s v) − f(ǔ))/s = −D_s f(ǔ)[−v].
+        ws.q[k].neg_mut();
+        net.layers[k].activation.difference_quotient(
+            ws.arg[k].as_slice(),
+            ws.q[k].as_slice(),
+            ws.sigma[k],
+            ws.next[k].as_mut_slice(),
+        );
+        ws.next[k].neg_mut();
+    }
+    Ok(())
+}
+
+/// `ẑ_k = ž_k + s_k u_k` into `zhat[k]`.
+fn clamped_state<T: RealField + Copy>(ws: &mut InferenceWorkspace<T>, k: usize) {
+    ws.zhat[k].copy_from(&ws.z[k]);
+    axpy(
+        ws.zhat[k].as_mut_slice(),
+        ws.sigma[k],
+        ws.lambda[k].as_slice(),
+    );
+}
+
+/// `ρ_k` of the current rates into `zhat[k]` (scratch): `u_k` (Fenchel) or
+/// `u_k − β_{k−1} W_k u_{k−1}` (proximal).
+fn rate_residual<T: Gemm>(p: &Sweeps<'_, T>, k: usize, ws: &mut InferenceWorkspace<T>) {
+    if p.kind == EnergyKind::Proximal && k > 0 {
+        T::gemm_into(
+            &mut ws.zhat[k],
+            &p.net.layers[k].w,
+            false,
+            &ws.lambda[k - 1],
+            false,
+        );
+        let beta = p.betas[k - 1];
+        for (r, &u) in ws.zhat[k].iter_mut().zip(ws.lambda[k].iter()) {
+            *r = u - beta * *r;
+        }
+    } else {
+        ws.zhat[k].copy_from(&ws.lambda[k]);
+    }
+}
+
+/// The surrogate's batch-mean value and the envelope gradient (module docs) at the rates.
+fn value_and_gradient<T: Gemm>(
+    p: &Sweeps<'_, T>,
+    ws: &mut InferenceWorkspace<T>,
+    grads: &mut Gradients<T>,
+) -> T {
+    let (net, top) = (p.net, p.net.layers.len() - 1);
+    let batch: T = nalgebra::convert(ws.batch() as f64);
+    let b = ws.batch();
+    let scale = -T::one() / batch;
+    let half: T = nalgebra::convert(0.5);
+    let mut value = T::zero();
+    for k in (0..=top).rev() {
+        // P_k into q[k]; W_k u_{k−1} into arg[k] (ǔ_k is not needed any more).
+        if k > 0 {
+            T::gemm_into(
+                &mut ws.arg[k],
+                &net.layers[k].w,
+                false,
+                &ws.lambda[k - 1],
+                false,
+            );
+        }
+        ws.q[k].copy_from(&ws.lambda[k]);
+        let beta_below = if k > 0 { p.betas[k - 1] } else { T::zero() };
+        let s = ws.sigma[k];
+        for j in 0..b {
+            for i in 0..ws.q[k].nrows() {
+                let (u, zf, af) = (ws.lambda[k][(i, j)], ws.z[k][(i, j)], ws.a[k][(i, j)]);
+                let wu = if k > 0 { ws.arg[k][(i, j)] } else { T::zero() };
+                value += match p.kind {
+                    EnergyKind::Proximal => {
+                        let rho = u - beta_below * wu;
+                        ws.q[k][(i, j)] = rho;
+                        rho * ((zf - af) + half * s * rho)
+                    }
+                    _ => {
+                        // â_k = ǎ_k + s_{k−1} W_k u_{k−1}, s_{k−1} = β_{k−1} s_k.
+                        let a_hat = af + beta_below * s * wu;
+                        u * (zf + half * s * u - a_hat) - beta_below * zf * wu
+                    }
+                };
+            }
+        }
+        gradient_of_layer(p, k, ws, grads, scale);
+    }
+    clamped_state(ws, top);
+    value / batch
+        + p.loss
+            .value_and_gradient(&ws.zhat[top], p.target, &mut ws.loss_grad)
+}
+
+/// `∂/∂W_k = −(P_k ẑ_{k−1}ᵀ + β_{k−1} Q_k u_{k−1}ᵀ)/B` as one product of the side-by-side
+/// buffers, `∂/∂b_k = −P_k 1/B` (`P_k` in `q[k]`).
+fn gradient_of_layer<T: Gemm>(
+    p: &Sweeps<'_, T>,
+    k: usize,
+    ws: &mut InferenceWorkspace<T>,
+    grads: &mut Gradients<T>,
+    scale: T,
+) {
+    let b = ws.batch();
+    grads.bias[k].fill(T::zero());
+    for col in ws.q[k].column_iter() {
+        grads.bias[k] += col;
+    }
+    grads.bias[k] *= scale;
+    if k == 0 {
+        ws.q[0] *= scale;
+        T::gemm_into(&mut grads.w[0], &ws.q[0], false, p.x, true);
+        return;
+    }
+    let beta = p.betas[k - 1];
+    let (left, right) = (&mut ws.left[k], &mut ws.right[k]);
+    ws.q[k] *= scale;
+    left.columns_mut(0, b).copy_from(&ws.q[k]);
+    {
+        let mut q = left.columns_mut(b, b);
+        q.copy_from(&ws.z[k]);
+        if p.kind == EnergyKind::Proximal {
+            q -= &ws.a[k];
+        }
+        q *= beta * scale;
+    }
+    // ẑ_{k−1} = ž_{k−1} + s_{k−1} u_{k−1} (the first B columns: a contiguous slice).
+    right.columns_mut(0, b).copy_from(&ws.z[k - 1]);
+    let n = ws.z[k - 1].len();
+    axpy(
+        &mut right.as_mut_slice()[..n],
+        ws.sigma[k - 1],
+        ws.lambda[k - 1].as_slice(),
+    );
+    right.columns_mut(b, b).copy_from(&ws.lambda[k - 1]);
+    T::gemm_into(&mut grads.w[k], left, false, right, true);
+}
