@@ -184,7 +184,9 @@ fn free_arguments<T: Gemm>(p: &Sweeps<'_, T>, ws: &mut InferenceWorkspace<T>) {
     }
 }
 
-/// One bottom-up Gauss–Seidel sweep of the rates `u` (in `lambda`) into `next`.
+/// One top-down Gauss–Seidel sweep of the rates `u` (in `lambda`) into `next`: the coupling
+/// from above is `O(1)` and the one from below `O(β)`, so the top's signal reaches every layer
+/// in one sweep, as in back-propagation (and the rates converge in a few sweeps for small β).
 fn rate_sweep<T: Gemm>(p: &Sweeps<'_, T>, ws: &mut InferenceWorkspace<T>) -> Result<()> {
     let (net, top) = (p.net, p.net.layers.len() - 1);
     let batch: T = nalgebra::convert(ws.batch() as f64);
@@ -193,8 +195,9 @@ fn rate_sweep<T: Gemm>(p: &Sweeps<'_, T>, ws: &mut InferenceWorkspace<T>) -> Res
         .loss
         .value_and_gradient(&ws.zhat[top], p.target, &mut ws.loss_grad);
     finite(value, "loss at the clamped states (diverged inference)")?;
-    for k in 0..=top {
-        // v_k: from above, W_{k+1}ᵀ ρ_{k+1} (ρ in zhat[k+1] as scratch), or −ℓ' at the top.
+    for k in (0..=top).rev() {
+        // v_k: from above, W_{k+1}ᵀ ρ_{k+1} with this sweep's u_{k+1} (ρ in zhat[k+1] as
+        // scratch), or −ℓ' at the top …
         if k < top {
             rate_residual(p, k + 1, ws);
             T::gemm_into(
@@ -208,13 +211,13 @@ fn rate_sweep<T: Gemm>(p: &Sweeps<'_, T>, ws: &mut InferenceWorkspace<T>) -> Res
             ws.q[k].copy_from(&ws.loss_grad);
             ws.q[k] *= -batch;
         }
-        // … plus β_{k−1} W_k u_{k−1} from below, with this sweep's u_{k−1}.
+        // … plus β_{k−1} W_k u_{k−1} from below (the previous sweep's u_{k−1}).
         if k > 0 {
             T::gemm_into(
                 &mut ws.zhat[k],
                 &net.layers[k].w,
                 false,
-                &ws.next[k - 1],
+                &ws.lambda[k - 1],
                 false,
             );
             axpy(
@@ -246,8 +249,8 @@ fn clamped_state<T: RealField + Copy>(ws: &mut InferenceWorkspace<T>, k: usize) 
     );
 }
 
-/// `ρ_k` of the current rates into `zhat[k]` (scratch): `u_k` (Fenchel) or
-/// `u_k − β_{k−1} W_k u_{k−1}` (proximal).
+/// `ρ_k` into `zhat[k]` (scratch) from this sweep's `u_k` (in `next`) and the previous
+/// sweep's `u_{k−1}`: `u_k` (Fenchel) or `u_k − β_{k−1} W_k u_{k−1}` (proximal).
 fn rate_residual<T: Gemm>(p: &Sweeps<'_, T>, k: usize, ws: &mut InferenceWorkspace<T>) {
     if p.kind == EnergyKind::Proximal && k > 0 {
         T::gemm_into(
@@ -258,11 +261,11 @@ fn rate_residual<T: Gemm>(p: &Sweeps<'_, T>, k: usize, ws: &mut InferenceWorkspa
             false,
         );
         let beta = p.betas[k - 1];
-        for (r, &u) in ws.zhat[k].iter_mut().zip(ws.lambda[k].iter()) {
+        for (r, &u) in ws.zhat[k].iter_mut().zip(ws.next[k].iter()) {
             *r = u - beta * *r;
         }
     } else {
-        ws.zhat[k].copy_from(&ws.lambda[k]);
+        ws.zhat[k].copy_from(&ws.next[k]);
     }
 }
 

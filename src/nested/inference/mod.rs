@@ -47,7 +47,9 @@
 //! # Bottom-up rows
 //! Prop. 4's `L^β = ℓ(ẑ_L) + ℰ^β(ẑ) − ℰ^β(ž)`, `ℰ^β = Σ_k E_k/s_k`, `s_k = Π_{l≥k} β_l`. The
 //! free phase `ž` solves `z_k = f(a_k + β_k W_{k+1}ᵀ r_{k+1})` (`r = z` for Fenchel energies,
-//! `z − a` for proximal ones) by bottom-up Gauss–Seidel sweeps from the forward pass. The
+//! `z − a` for proximal ones) by bottom-up Gauss–Seidel sweeps from the forward pass (the
+//! coupling from below is the `O(1)` one there); the rates below by top-down sweeps (there the
+//! `O(1)` coupling comes from above: one sweep carries the loss to every layer). The
 //! clamped phase is solved for the rates `u_k = (ẑ_k − ž_k)/s_k` — the phases differ by `O(s_k)`,
 //! so forming `ẑ − ž` would leave nothing of the first layer in `f32` — through
 //! `u_k = (f(ǔ_k + s_k v_k) − f(ǔ_k))/s_k`, `v_k = β_{k−1}W_k u_{k−1} + W_{k+1}ᵀρ_{k+1}` (top:
