@@ -892,3 +892,78 @@ fn a_gzip_bomb_is_refused_after_the_promised_size() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn table1_trains_every_method_over_seeds_and_resumes() {
+    use bilevel::nn::table1::{self, Table1Settings};
+    let Some(data) = mnist("table1_trains_every_method_over_seeds_and_resumes") else {
+        return;
+    };
+    let data = Mnist {
+        train: data.train.clone().truncate(500),
+        test: data.test.clone().truncate(500),
+    };
+    let dir = tmp("table1");
+    let settings = Table1Settings {
+        epochs: 2,
+        seeds: 2,
+        sweeps: 10,
+        jobs: 2,
+        train_size: 500,
+        ..Table1Settings::default()
+    };
+    let lines = std::sync::Mutex::new(Vec::new());
+    let collect = |l: &str| lines.lock().unwrap().push(l.to_string());
+    let methods = table1::reproduce(&data, &dir, &settings, &collect).unwrap();
+    assert_eq!(methods.len(), 7);
+    assert_eq!(lines.lock().unwrap().len(), 7 * 2 * 2);
+    for m in &methods {
+        assert_eq!(m.runs.len(), 2);
+        assert!(m.runs.iter().all(|h| h.len() == 2));
+        // Two seeds are two different initial networks.
+        assert_ne!(m.runs[0][0].train_loss, m.runs[1][0].train_loss);
+        let (mean, sd) = m.final_test();
+        assert!(
+            mean > 0.0 && mean < 60.0 && sd >= 0.0,
+            "{:?}: {mean}",
+            m.rule
+        );
+        assert!(m.best_test().0 <= mean);
+        assert!(m.cosine_at_init.iter().all(|&c| c > 0.9 && c <= 1.0 + 1e-6));
+        match (m.rule.sweeps(), m.sweeps()) {
+            (None, None) => {}
+            (Some(budget), Some((mean, unconverged, batches))) => {
+                assert!(mean >= 1.0 && mean <= 2.0 * budget as f64);
+                assert_eq!(batches, 2 * 2 * 10);
+                assert!(unconverged <= batches);
+            }
+            other => panic!("{:?}: {other:?}", m.rule),
+        }
+    }
+    let md = std::fs::read_to_string(dir.join("table1.md")).unwrap();
+    assert_eq!(
+        md.lines()
+            .filter(|l| l.starts_with("| ") && l.contains(" β="))
+            .count(),
+        6
+    );
+    assert!(md.contains("| BP (BP & PCN) |"));
+    for f in [
+        "table1.svg",
+        "table1.png",
+        "chl_s42.csv",
+        "convex-chl_s43.csv",
+        "pc_s43.csv",
+    ] {
+        assert!(dir.join(f).is_file(), "{f}");
+    }
+    // A rerun continues from the checkpoints: the same records, nothing retrained.
+    lines.lock().unwrap().clear();
+    let again = table1::reproduce(&data, &dir, &settings, &collect).unwrap();
+    assert_eq!(again, methods);
+    assert!(lines
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|l| l.contains("from the checkpoint")));
+}

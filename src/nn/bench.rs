@@ -180,7 +180,7 @@ pub fn epochs(data: &Mnist, repeats: usize, rules: &[Rule]) -> Result<EpochTimes
 }
 
 /// Cosine and relative distance of `g` to `r`.
-fn compare(g: &[f64], r: &[f64]) -> (f64, f64) {
+pub(crate) fn compare(g: &[f64], r: &[f64]) -> (f64, f64) {
     let dot: f64 = g.iter().zip(r).map(|(a, b)| a * b).sum();
     let norm = |v: &[f64]| v.iter().map(|a| a * a).sum::<f64>().sqrt();
     let diff: f64 = g

@@ -28,6 +28,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod log;
 pub mod reproduce;
+pub mod table1;
 
 use std::time::Instant;
 
@@ -460,6 +461,9 @@ pub struct InferenceStats {
     pub unconverged: usize,
     /// The largest final fixed-point residual over the epoch's batches.
     pub max_residual: f64,
+    /// Batches in the epoch.
+    #[serde(default)]
+    pub batches: usize,
 }
 
 /// Running sums behind [`InferenceStats`].
@@ -484,6 +488,7 @@ impl SweepTally {
             mean_sweeps: self.sweeps as f64 / self.batches as f64,
             unconverged: self.unconverged,
             max_residual: self.max_residual,
+            batches: self.batches,
         })
     }
 }
