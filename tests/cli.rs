@@ -465,7 +465,7 @@ fn verify_is_readable_in_paper_order_and_records_its_seed() {
         match claim.as_str() {
             "Def. 1" | "Prop. 1" | "Prop. 2" | "Example 1" | "Cor. 1" | "Centered (extra)"
             | "Prop. 3" => 2,
-            "Prop. 4" | "Prop. 5" | "Eq. 29" | "Section 3.2.2" => 3,
+            "Prop. 4" | "Prop. 5" | "Props. 4-5" | "Eq. 29" | "Section 3.2.2" => 3,
             "Def. 2" | "Prop. 7" | "Remark 2" => 4,
             "Cor. 2" => 5,
             "Appendix C" => 6,

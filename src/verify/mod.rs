@@ -150,6 +150,7 @@ const ENTRIES: &[Entry] = &[
     entry!("prop3-band", single::prop3_band),
     entry!("prop4-composed", nested::prop4_composed(seed)),
     entry!("prop5-composed", nested::prop5_composed(seed)),
+    entry!("table1-sweeps", nested::table1_sweeps),
     entry!("eq29-local-below-loss", nested::eq29_local_below_loss),
     entry!(
         "eq29-fenchel-young-gap",
