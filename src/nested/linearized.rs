@@ -52,12 +52,7 @@ pub struct Workspace<T: RealField + Copy> {
 impl<T: RealField + Copy> Workspace<T> {
     /// Buffers for `net` and batches of `batch` columns.
     pub fn new(net: &Network<T>, batch: usize) -> Self {
-        let mats = || -> Vec<DMatrix<T>> {
-            net.widths()
-                .into_iter()
-                .map(|n| DMatrix::zeros(n, batch))
-                .collect()
-        };
+        let mats = || net.layer_buffers(batch);
         Self {
             a: mats(),
             z: mats(),

@@ -350,6 +350,14 @@ impl<T: RealField + Copy> Network<T> {
         self.layers.iter().map(|l| l.w.nrows()).collect()
     }
 
+    /// One zero `n_k × batch` matrix per layer: the batched solvers' buffers.
+    pub(crate) fn layer_buffers(&self, batch: usize) -> Vec<DMatrix<T>> {
+        self.layers
+            .iter()
+            .map(|l| DMatrix::zeros(l.w.nrows(), batch))
+            .collect()
+    }
+
     /// Where `z_k` starts in the stacked variable `(z_1; …; z_L)`: `Σ_{l<k} n_l`.
     pub(crate) fn offsets(&self) -> Vec<usize> {
         self.layers
