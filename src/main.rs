@@ -110,7 +110,7 @@ enum Reproduce {
         #[arg(long, default_value_t = 3)]
         seeds: usize,
         /// β of every method but BP, on the batch-mean loss.
-        #[arg(long, default_value_t = 1.0)]
+        #[arg(long, default_value_t = 0.1)]
         beta: f32,
         /// Most inference sweeps per batch (per phase for CHL and convex CHL).
         #[arg(long, default_value_t = 20)]

@@ -204,6 +204,26 @@ fn budget_and_bad_input_are_reported() {
     let (r, _) = sweeps(Method::Mac, &net, &[0.5; 3], loss, (&x, &t), &two);
     assert_eq!(r.sweeps, 2);
     assert!(!r.converged && r.residual > 0.0);
+    // Unconverged or not, the reported value bounds L^β from above and stays below the forward
+    // loss (Eq. 29): the best iterate is kept when the last one is worse.
+    let mut kept = 0;
+    for m in [Method::Mac, Method::PredictiveCoding, Method::Lpom] {
+        for beta in [0.5, 3.0, 30.0] {
+            for budget in [1, 2, 3, 7] {
+                let s = InferenceSettings {
+                    max_sweeps: budget,
+                    ..EXACT
+                };
+                let (r, _) = sweeps(m, &net, &[beta; 3], loss, (&x, &t), &s);
+                assert!(
+                    r.value <= r.forward_loss * (1.0 + 1e-12),
+                    "{m:?} {beta} {budget}"
+                );
+                kept += usize::from(r.best_iterate);
+            }
+        }
+    }
+    assert!(kept > 0, "no case exercised the best-iterate rule");
     let mut ws = InferenceWorkspace::new(&net, 3);
     let mut g = Gradients::zeros(&net);
     let bad = InferenceSettings {

@@ -30,7 +30,10 @@
 //! conditions, per sample (the batch mean's `1/B` taken out), in units of `ℓ'`; the sweep stops
 //! when it falls below `tol · (1 + max |λ|)` or after `max_sweeps` (reported, not an error: an
 //! unconverged state still gives the envelope gradient of where it stopped, as predictive coding
-//! with a fixed number of inference steps does). The sweeps are accelerated per sample (the
+//! with a fixed number of inference steps does; if an earlier iterate — or the forward pass —
+//! had a lower objective, that one is used, so the reported value always bounds `L^β` from
+//! above and never exceeds the forward loss, Eq. 29; the kink multipliers are then those of the
+//! last sweep). The sweeps are accelerated per sample (the
 //! samples' problems are independent) by Anderson's method with memory one, which handles the
 //! mix of slow and oscillating modes the plain iteration has at larger β (on MNIST, LPOM at the
 //! paper's β = 1: about 6 sweeps per batch on average instead of 11); when the residual stops
@@ -136,6 +139,9 @@ pub struct InferenceReport<T> {
     pub converged: bool,
     /// The damping `η` of the last update.
     pub damping: T,
+    /// Unconverged, the last iterate's objective was above the lowest seen (or above the
+    /// forward pass's): the states, value and gradient are those of the best iterate.
+    pub best_iterate: bool,
 }
 
 /// Buffers for one network and batch size.
@@ -153,6 +159,7 @@ pub struct InferenceWorkspace<T: RealField + Copy> {
     q: Vec<DMatrix<T>>,
     memory: Memory<T>,
     kinks: Kinks<T>,
+    best: Vec<DMatrix<T>>,
     sigma: Vec<T>,
     /// Bottom-up rows: the free phase's arguments `ǔ_k` of `f`.
     arg: Vec<DMatrix<T>>,
@@ -219,6 +226,7 @@ impl<T: RealField + Copy> InferenceWorkspace<T> {
                     .map(|l| vec![T::zero(); l.w.nrows()])
                     .collect(),
             },
+            best: mats(),
             sigma: vec![T::zero(); net.layers.len()],
             arg: mats(),
             zhat: mats(),
@@ -393,11 +401,19 @@ fn top_down<T: Gemm>(
     )?;
     let batch: T = nalgebra::convert(ws.batch() as f64);
     let mut fp = FixedPoint::new(p.settings);
+    // The lowest objective seen and its signals (λ = 0, the forward pass, to begin with).
+    let mut best = forward_loss;
+    ws.best.iter_mut().for_each(|l| l.fill(T::zero()));
     while fp.sweeps < p.settings.max_sweeps {
         if fp.sweeps > 0 {
             forward(net, kind, ws);
             let value = loss.value_and_gradient(&ws.z[top], target, &mut ws.next[top]);
             finite(value, "loss at the inference states (diverged inference)")?;
+            let objective = value + layer_terms(net, kind, betas, batch, ws);
+            if objective < best {
+                best = objective;
+                copy_all(&mut ws.best, &ws.lambda);
+            }
         }
         backward(net, kind, betas, batch, ws);
         if fp.advance(&mut ws.lambda, &ws.next, &mut ws.memory, batch) {
@@ -405,13 +421,29 @@ fn top_down<T: Gemm>(
         }
     }
     forward(net, kind, ws);
-    let value = surrogate_value(net, kind, loss, target, betas, batch, ws);
+    let mut value = surrogate_value(net, kind, loss, target, betas, batch, ws);
+    let mut report = fp.report(value, forward_loss);
+    if !fp.converged && (value.is_nan() || value > best) {
+        // Unconverged and worse than an earlier iterate (or than the forward pass): that one is
+        // the better upper bound of L^β and the point the gradient is taken at.
+        copy_all(&mut ws.lambda, &ws.best);
+        forward(net, kind, ws);
+        value = surrogate_value(net, kind, loss, target, betas, batch, ws);
+        report.value = value;
+        report.best_iterate = true;
+    }
     finite(
         value,
         "surrogate value at the inference states (diverged inference)",
     )?;
     envelope_gradient(net, kind, betas, batch, p.x, ws, grads);
-    Ok(fp.report(value, forward_loss))
+    Ok(report)
+}
+
+fn copy_all<T: RealField + Copy>(dst: &mut [DMatrix<T>], src: &[DMatrix<T>]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        d.copy_from(s);
+    }
 }
 
 /// The bookkeeping of one fixed-point iteration `state ← Φ(state)`.
@@ -474,6 +506,7 @@ impl<T: RealField + Copy> FixedPoint<T> {
             residual: self.residual,
             converged: self.converged,
             damping: self.eta,
+            best_iterate: false,
         }
     }
 }
@@ -766,7 +799,19 @@ fn surrogate_value<T: Gemm>(
     ws: &mut InferenceWorkspace<T>,
 ) -> T {
     let top = net.layers.len() - 1;
-    let mut value = loss.value_and_gradient(&ws.z[top], target, &mut ws.next[top]);
+    let value = loss.value_and_gradient(&ws.z[top], target, &mut ws.next[top]);
+    value + layer_terms(net, kind, betas, batch, ws)
+}
+
+/// `Σ_k Ẽ_k/σ_k` of [`surrogate_value`] (uses `q` as scratch).
+fn layer_terms<T: Gemm>(
+    net: &Network<T>,
+    kind: EnergyKind,
+    betas: &[T],
+    batch: T,
+    ws: &mut InferenceWorkspace<T>,
+) -> T {
+    let mut value = T::zero();
     let half: T = nalgebra::convert(0.5);
     for (k, layer) in net.layers.iter().enumerate() {
         let s = ws.sigma[k] * batch;
