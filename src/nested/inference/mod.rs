@@ -423,7 +423,7 @@ fn top_down<T: Gemm>(
     forward(net, kind, ws);
     let mut value = surrogate_value(net, kind, loss, target, betas, batch, ws);
     let mut report = fp.report(value, forward_loss);
-    if !fp.converged && (value.is_nan() || value > best) {
+    if !fp.converged && (!value.is_finite() || value > best) {
         // Unconverged and worse than an earlier iterate (or than the forward pass): that one is
         // the better upper bound of L^β and the point the gradient is taken at.
         copy_all(&mut ws.lambda, &ws.best);
