@@ -25,10 +25,10 @@ use nalgebra::DMatrix;
 use crate::error::{Error, Result};
 
 /// Where to get the files, for error messages.
-pub const MNIST_HINT: &str = "get the four MNIST files (train-images-idx3-ubyte.gz, \
-     train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) from \
-     https://yann.lecun.com/exdb/mnist/ or a mirror into this directory, or name another one \
-     (BILEVEL_DATA)";
+pub const MNIST_HINT: &str = "run `bilevel data fetch --dir DIR` to download and verify the \
+     four MNIST files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, \
+     t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz), put them into this directory by \
+     hand, or name another one (--data DIR or BILEVEL_DATA)";
 
 /// The environment variable naming the default data directory.
 pub const DATA_ENV: &str = "BILEVEL_DATA";

@@ -103,6 +103,16 @@ pub enum Error {
         /// What is wrong and what to do.
         reason: String,
     },
+    /// Every mirror failed for a file of `bilevel data fetch`.
+    #[error("could not download {file}: {} — put the four MNIST .gz files into {} by hand", attempts.join("; "), dir.display())]
+    Download {
+        /// The file.
+        file: String,
+        /// The directory it was meant for.
+        dir: PathBuf,
+        /// Each attempt, `URL: reason`.
+        attempts: Vec<String>,
+    },
     /// Writing an output file (log, checkpoint, plot) failed.
     #[error("cannot write {path}: {reason}")]
     Io {

@@ -46,6 +46,8 @@ pub mod surrogate;
 pub mod data;
 #[cfg(feature = "app")]
 pub mod derive;
+#[cfg(feature = "fetch")]
+pub mod fetch;
 #[cfg(feature = "app")]
 pub mod nn;
 #[cfg(feature = "app")]

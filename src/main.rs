@@ -76,6 +76,25 @@ enum Command {
         #[command(subcommand)]
         what: Bench,
     },
+    /// The MNIST data.
+    Data {
+        #[command(subcommand)]
+        what: Data,
+    },
+}
+
+#[derive(Subcommand)]
+enum Data {
+    /// Download the four MNIST files from public mirrors (torchvision's), verify each file's
+    /// SHA-256, and write it atomically; files already present and verified are kept.
+    Fetch {
+        /// Target directory (default: $BILEVEL_DATA, then ./data/mnist: where `train` looks).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Mirror base URLs tried in order, comma-separated (default: torchvision's).
+        #[arg(long, value_delimiter = ',')]
+        mirrors: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -271,6 +290,9 @@ fn run(cli: Cli) -> ExitCode {
             }
         },
         Command::Train(args) => report(train(args)),
+        Command::Data {
+            what: Data::Fetch { dir, mirrors },
+        } => report(data_fetch(dir, mirrors)),
         Command::Plot {
             runs,
             output,
@@ -437,6 +459,49 @@ impl bilevel::nn::Observer for Progress {
             self.bar.set_position(0);
         }
     }
+}
+
+fn data_fetch(dir: Option<PathBuf>, mirrors: Vec<String>) -> bilevel::Result<()> {
+    use bilevel::fetch::{fetch, FetchSettings};
+    let dir = bilevel::data::resolve_dir(dir.as_deref());
+    let mut settings = FetchSettings::default();
+    if !mirrors.is_empty() {
+        settings.mirrors = mirrors
+            .into_iter()
+            .map(|m| if m.ends_with('/') { m } else { format!("{m}/") })
+            .collect();
+    }
+    let bar = if std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new(0);
+        if let Ok(style) =
+            indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {bytes}/{total_bytes}")
+        {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let reports = fetch(&dir, &settings, &mut |name, done, total| {
+        bar.set_prefix(name.to_string());
+        bar.set_length(total.unwrap_or(done));
+        bar.set_position(done);
+    })?;
+    bar.finish_and_clear();
+    for r in reports {
+        for f in &r.failures {
+            out!("{}: failed at {f}", r.name);
+        }
+        match r.url {
+            Some(url) => out!("{}: downloaded from {url}, verified", r.name),
+            None => out!("{}: already present, verified", r.name),
+        }
+    }
+    out!(
+        "MNIST is in {} (train reads it with --data {0})",
+        dir.display()
+    );
+    Ok(())
 }
 
 fn load_mnist(data: Option<PathBuf>) -> bilevel::Result<bilevel::data::Mnist> {
