@@ -9,6 +9,13 @@
 //! (`{"kind": "squared", "target": [..]}` for `ℓ = ½‖z − t‖²`). `B` defaults to `n × 0`,
 //! `theta` to zeros, the constraints to none, `betas` to `[]`. Unknown fields are rejected.
 //!
+//! **A JVP instead of a loss**: `"direction": v` (length `p`, in place of `"loss"`) asks for
+//! the one-sided directional derivative of `z*` along `θ + t v`, `t → 0⁺`, returned as `jvp`
+//! (with the branch taken at each weakly active constraint in `branches`). It is computed as the
+//! Prop. 2 limit for the linear loss `g = −Bv` — a step `t v` in θ adds `−t (Bv)ᵀz` to `E` —
+//! so `z_dot` equals `jvp`, and `loss`, `grad_theta` and the surrogates refer to that `g`. At a
+//! tie the JVP is one-sided: `jvp(−v) ≠ −jvp(v)` in general (Prop. 2).
+//!
 //! Output: `z_star`, `multipliers`, `multipliers_eq`, `constraints` (`strong` / `weak` /
 //! `inactive` per inequality), `condition` (of the system that determined `ż`), `loss` (`L(θ)`),
 //! `z_dot` (`dẑ/dβ` at `0⁺`, Prop. 1/2), `grad_theta` (Cor. 1), and per β a `surrogates` entry
@@ -63,8 +70,10 @@ pub struct DeriveInput {
     pub A_eq: Option<Vec<Vec<f64>>>,
     /// `b_eq`, length `k`.
     pub b_eq: Option<Vec<f64>>,
-    /// The loss.
-    pub loss: LossSpec,
+    /// The loss (exactly one of `loss` and `direction`).
+    pub loss: Option<LossSpec>,
+    /// A θ-direction `v` for a JVP (module docs).
+    pub direction: Option<Vec<f64>>,
     /// Spacing parameters for the finite-β surrogates.
     pub betas: Option<Vec<f64>>,
 }
@@ -113,6 +122,9 @@ pub struct DeriveOutput {
     pub loss: f64,
     /// `dẑ/dβ` at `0⁺`.
     pub z_dot: Vec<f64>,
+    /// The one-sided JVP of `z*` along the input's `direction` (absent without one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jvp: Option<Vec<f64>>,
     /// Cor. 1 gradient.
     pub grad_theta: Vec<f64>,
     /// Which result produced `ż`.
@@ -170,6 +182,19 @@ fn pair(
 /// [`Error::InvalidInput`] for malformed JSON (the message names the field serde saw), and the
 /// validation errors of [`QuadraticProblem::new`], each naming its field.
 pub fn parse(text: &str) -> Result<(Bilevel<QuadraticProblem>, DVector<f64>, Vec<f64>)> {
+    parse_problem(text).map(|p| (p.program, p.theta, p.betas))
+}
+
+/// A parsed derive problem.
+struct Parsed {
+    program: Bilevel<QuadraticProblem>,
+    theta: DVector<f64>,
+    betas: Vec<f64>,
+    /// Whether the loss came from a `direction` (a JVP).
+    jvp: bool,
+}
+
+fn parse_problem(text: &str) -> Result<Parsed> {
     let input: DeriveInput =
         serde_json::from_str(text).map_err(|e| Error::input("problem JSON", e.to_string()))?;
     let n = input.Q.len();
@@ -218,15 +243,41 @@ pub fn parse(text: &str) -> Result<(Bilevel<QuadraticProblem>, DVector<f64>, Vec
         a_eq,
         b_eq,
     };
-    let inner = QuadraticProblem::new(q, b, DVector::from_column_slice(&input.c), constraints)?;
-    let loss = match input.loss {
-        LossSpec::Linear { g } => Loss::Linear {
+    let loss = match (input.loss, &input.direction) {
+        (Some(_), Some(_)) => {
+            return Err(Error::input(
+                "direction",
+                "give either loss (a gradient) or direction (a JVP), not both",
+            ))
+        }
+        (None, None) => {
+            return Err(Error::input(
+                "loss",
+                "missing (or give direction for a JVP of z* along theta + t v)",
+            ))
+        }
+        (None, Some(v)) => {
+            if input.B.is_none() {
+                return Err(Error::input(
+                    "B",
+                    "missing: a direction moves theta, which enters E only through B theta",
+                ));
+            }
+            if v.len() != p {
+                return Err(Error::dim("direction", p, v.len()));
+            }
+            let v = DVector::from_column_slice(v);
+            crate::error::check_finite("direction", v.iter())?;
+            Loss::Linear { g: -(&b * v) }
+        }
+        (Some(LossSpec::Linear { g }), None) => Loss::Linear {
             g: DVector::from_vec(g),
         },
-        LossSpec::Squared { target } => Loss::Squared {
+        (Some(LossSpec::Squared { target }), None) => Loss::Squared {
             target: DVector::from_vec(target),
         },
     };
+    let inner = QuadraticProblem::new(q, b, DVector::from_column_slice(&input.c), constraints)?;
     let betas = input.betas.unwrap_or_default();
     for (i, &beta) in betas.iter().enumerate() {
         check_beta(beta).map_err(|_| {
@@ -236,12 +287,22 @@ pub fn parse(text: &str) -> Result<(Bilevel<QuadraticProblem>, DVector<f64>, Vec
             )
         })?;
     }
-    Ok((Bilevel::new(inner, loss)?, theta, betas))
+    Ok(Parsed {
+        program: Bilevel::new(inner, loss)?,
+        theta,
+        betas,
+        jvp: input.direction.is_some(),
+    })
 }
 
 /// Runs a derive problem given as JSON text.
 pub fn derive(text: &str) -> Result<DeriveOutput> {
-    let (program, theta, betas) = parse(text)?;
+    let Parsed {
+        program,
+        theta,
+        betas,
+        jvp,
+    } = parse_problem(text)?;
     let limit = program.limit(&theta)?;
     let to_vec = |v: &DVector<f64>| v.iter().copied().collect::<Vec<f64>>();
     let mut surrogates = Vec::with_capacity(betas.len());
@@ -271,6 +332,7 @@ pub fn derive(text: &str) -> Result<DeriveOutput> {
         condition: limit.direction.condition,
         loss: limit.loss,
         z_dot: to_vec(&limit.direction.z_dot),
+        jvp: jvp.then(|| to_vec(&limit.direction.z_dot)),
         grad_theta: to_vec(&limit.grad_theta),
         method: limit.direction.method.to_string(),
         residual: limit.z_star.status.residual.max(limit.direction.residual),
@@ -291,6 +353,9 @@ impl DeriveOutput {
         check_computed("condition", [&self.condition])?;
         check_computed("loss", [&self.loss])?;
         check_computed("z_dot", &self.z_dot)?;
+        if let Some(jvp) = &self.jvp {
+            check_computed("jvp", jvp)?;
+        }
         check_computed("grad_theta", &self.grad_theta)?;
         check_computed("residual", [&self.residual])?;
         for (i, s) in self.surrogates.iter().enumerate() {
