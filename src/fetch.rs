@@ -152,8 +152,8 @@ fn fetch_one(
     settings: &FetchSettings,
     progress: Progress<'_>,
 ) -> Result<FileReport> {
+    let target = path_of(dir, e);
     let name = format!("{}.gz", e.name);
-    let target = dir.join(&name);
     let mut report = FileReport {
         name: name.clone(),
         url: None,
