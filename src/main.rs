@@ -155,7 +155,8 @@ enum Bench {
         /// Epochs timed per rule (the best is reported).
         #[arg(long, default_value_t = 3)]
         repeats: usize,
-        /// Methods timed besides bp (comma-separated: fenbp, mac, pc, lpom, chl, convex-chl).
+        /// Methods timed besides bp (comma-separated: fenbp, mac, pc, lpom, chl, convex-chl,
+        /// chl-centered, convex-chl-centered).
         #[arg(
             long,
             value_delimiter = ',',
@@ -179,7 +180,8 @@ enum Bench {
 struct TrainArgs {
     /// `bp` (back-propagation), `fenbp` (Fenchel back-propagation), or by inference sweeps
     /// `mac` (method of auxiliary coordinates), `pc` (predictive coding), `lpom`, `chl`,
-    /// `convex-chl`.
+    /// `convex-chl`, and the centered (±β, symmetric nudging) `chl-centered`,
+    /// `convex-chl-centered`.
     #[arg(long, default_value = "bp")]
     method: String,
     /// β of every layer on the batch-mean loss (all methods but bp; default 1).

@@ -43,8 +43,26 @@ fn training_steps_do_not_allocate() {
         Rule::Mac { beta: 1.0, sweeps },
         Rule::Pc { beta: 1.0, sweeps },
         Rule::Lpom { beta: 1.0, sweeps },
-        Rule::Chl { beta: 1.0, sweeps },
-        Rule::ConvexChl { beta: 1.0, sweeps },
+        Rule::Chl {
+            beta: 1.0,
+            sweeps,
+            centered: false,
+        },
+        Rule::ConvexChl {
+            beta: 1.0,
+            sweeps,
+            centered: false,
+        },
+        Rule::Chl {
+            beta: 0.1,
+            sweeps,
+            centered: true,
+        },
+        Rule::ConvexChl {
+            beta: 0.1,
+            sweeps,
+            centered: true,
+        },
     ] {
         let mut t = Trainer::new(TrainConfig {
             rule,

@@ -381,8 +381,26 @@ fn a_short_run_lowers_the_loss() {
         Rule::Mac { beta: 1.0, sweeps },
         Rule::Pc { beta: 1.0, sweeps },
         Rule::Lpom { beta: 1.0, sweeps },
-        Rule::Chl { beta: 1.0, sweeps },
-        Rule::ConvexChl { beta: 1.0, sweeps },
+        Rule::Chl {
+            beta: 1.0,
+            sweeps,
+            centered: false,
+        },
+        Rule::ConvexChl {
+            beta: 1.0,
+            sweeps,
+            centered: false,
+        },
+        Rule::Chl {
+            beta: 0.1,
+            sweeps,
+            centered: true,
+        },
+        Rule::ConvexChl {
+            beta: 0.1,
+            sweeps,
+            centered: true,
+        },
     ] {
         let t = nn::run(
             small_config(rule, Init::Glorot, 3),
@@ -545,9 +563,20 @@ fn bad_settings_are_errors() {
         Rule::from_name("convex-chl", None, Some(3)).unwrap(),
         Rule::ConvexChl {
             beta: 1.0,
-            sweeps: 3
+            sweeps: 3,
+            centered: false
         }
     );
+    let centered = Rule::from_name("chl-centered", Some(0.1), None).unwrap();
+    assert!(centered.centered() && centered.method() == bilevel::nested::method::Method::Chl);
+    assert_eq!(centered.name(), "chl-centered");
+    assert_eq!(
+        Rule::from_name(centered.name(), Some(0.1), None).unwrap(),
+        centered
+    );
+    // Centered variants exist for the bottom-up rows only.
+    assert!(Rule::from_name("mac-centered", None, None).is_err());
+    assert!(Rule::from_name("fenbp-centered", None, None).is_err());
     assert!(Rule::from_name("mac", None, Some(0)).is_err());
     assert_eq!(
         Rule::from_name("pc", Some(2.0), Some(8)).unwrap(),
@@ -915,8 +944,8 @@ fn table1_trains_every_method_over_seeds_and_resumes() {
     let lines = std::sync::Mutex::new(Vec::new());
     let collect = |l: &str| lines.lock().unwrap().push(l.to_string());
     let methods = table1::reproduce(&data, &dir, &settings, &collect).unwrap();
-    assert_eq!(methods.len(), 7);
-    assert_eq!(lines.lock().unwrap().len(), 7 * 2 * 2);
+    assert_eq!(methods.len(), 9);
+    assert_eq!(lines.lock().unwrap().len(), 9 * 2 * 2);
     for m in &methods {
         assert_eq!(m.runs.len(), 2);
         assert!(m.runs.iter().all(|h| h.len() == 2));
@@ -945,7 +974,7 @@ fn table1_trains_every_method_over_seeds_and_resumes() {
         md.lines()
             .filter(|l| l.starts_with("| ") && l.contains(" β="))
             .count(),
-        6
+        8
     );
     assert!(md.contains("| BP (BP & PCN) |"));
     for f in [
@@ -954,6 +983,7 @@ fn table1_trains_every_method_over_seeds_and_resumes() {
         "chl_s42.csv",
         "convex-chl_s43.csv",
         "pc_s43.csv",
+        "chl-centered_s42.csv",
     ] {
         assert!(dir.join(f).is_file(), "{f}");
     }

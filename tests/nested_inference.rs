@@ -305,3 +305,183 @@ fn at_a_convex_kink_the_held_units_reach_the_active_set_answer() {
     let (r, _) = sweeps(Method::Mac, &net, &[0.3; 3], loss, (&x, &t), &undamped);
     assert!(!r.converged && r.sweeps == EXACT.max_sweeps && r.residual > 1e-3);
 }
+
+// ---- The centered (±β) variant of the bottom-up rows -------------------------------------
+
+fn centered(
+    m: Method,
+    net: &Network<f64>,
+    betas: &[f64],
+    loss: OutputLoss,
+    (x, t): (&DMatrix<f64>, &DMatrix<f64>),
+) -> (inference::InferenceReport<f64>, Gradients<f64>) {
+    let mut ws = InferenceWorkspace::new(net, x.ncols());
+    let mut grads = Gradients::zeros(net);
+    let r = inference::centered_gradient(net, m, betas, loss, x, t, &EXACT, &mut ws, &mut grads)
+        .unwrap();
+    assert!(r.converged, "{m:?}: residual {}", r.residual);
+    (r, grads)
+}
+
+/// `J_γ(z) = Σ_k E_k(z_k, z_{k−1})/c_k + γ ½‖z_L − t‖²` for identity layers (`G = ½‖·‖²`),
+/// `c_k = Π_{k≤l<L} β_l`, with every state in one vector `z`.
+fn joint_energy(
+    net: &Network<f64>,
+    proximal: bool,
+    betas: &[f64],
+    gamma: f64,
+    (x, t): (&DMatrix<f64>, &DMatrix<f64>),
+    z: &nalgebra::DVector<f64>,
+) -> f64 {
+    let top = net.layers.len() - 1;
+    let (mut below, mut offset, mut total) = (x.column(0).into_owned(), 0, 0.0);
+    for (k, layer) in net.layers.iter().enumerate() {
+        let n = layer.w.nrows();
+        let zk = z.rows(offset, n).into_owned();
+        let a = &layer.w * &below + &layer.bias;
+        let energy = if proximal {
+            0.5 * (&zk - &a).norm_squared()
+        } else {
+            0.5 * zk.norm_squared() - zk.dot(&a)
+        };
+        total += energy / betas[k..top].iter().product::<f64>();
+        below = zk;
+        offset += n;
+    }
+    total + gamma * 0.5 * (below - t.column(0)).norm_squared()
+}
+
+/// `min_z J_γ` of the quadratic `J_γ`, its Hessian and gradient at 0 assembled from values
+/// (exact for a quadratic up to rounding).
+fn dense_minimum(f: impl Fn(&nalgebra::DVector<f64>) -> f64, n: usize) -> f64 {
+    let unit = |i: usize| nalgebra::DVector::from_fn(n, |j, _| f64::from(i == j));
+    let f0 = f(&nalgebra::DVector::zeros(n));
+    let g = nalgebra::DVector::from_fn(n, |i, _| 0.5 * (f(&unit(i)) - f(&-unit(i))));
+    let h = DMatrix::from_fn(n, n, |i, j| {
+        f(&(unit(i) + unit(j))) - f(&unit(i)) - f(&unit(j)) + f0
+    });
+    let chol = h
+        .cholesky()
+        .expect("the joint energy is strongly convex here");
+    f(&-chol.solve(&g))
+}
+
+#[test]
+fn centered_value_is_the_mean_of_the_exact_plus_and_minus_beta_surrogates() {
+    // Identity layers and the squared loss: both phases are unconstrained quadratics, so
+    // `L^{±β} = (min J_{±β_L} − min J_0)/(±β_L)` is a dense linear solve, independent of the
+    // sweeps (and of how the −β phase is solved for its rates). Unequal β_k: only β_L flips.
+    let net = network(&mut rng(41), &[4, 3, 3, 2], Activation::Identity);
+    let (x, t) = (matrix(&mut rng(42), 4, 1), matrix(&mut rng(43), 2, 1));
+    let n = 3 + 3 + 2;
+    for (m, proximal) in [(Method::Chl, false), (Method::ConvexChl, true)] {
+        for betas in [[0.1, 0.1, 0.1], [0.2, 0.15, 0.3]] {
+            let top = betas[2];
+            let min = |gamma: f64| {
+                dense_minimum(
+                    |z| joint_energy(&net, proximal, &betas, gamma, (&x, &t), z),
+                    n,
+                )
+            };
+            let (plus, minus) = ((min(top) - min(0.0)) / top, (min(-top) - min(0.0)) / -top);
+            let (r, _) = centered(m, &net, &betas, OutputLoss::Squared, (&x, &t));
+            let want = 0.5 * (plus + minus);
+            assert!(
+                (r.value - want).abs() < 1e-10 * want.abs(),
+                "{m:?} {betas:?}: {} vs {want}",
+                r.value
+            );
+            let (one, _) = sweeps(m, &net, &betas, OutputLoss::Squared, (&x, &t), &EXACT);
+            assert!((one.value - plus).abs() < 1e-10 * plus.abs(), "{m:?}");
+            // Def. 1's value is concave in β_L: L^{−β} ≥ ℓ(ž_L) ≥ L^β, and the gap is O(β_L).
+            assert!(minus > plus, "{m:?}: {minus} {plus}");
+        }
+    }
+}
+
+#[test]
+fn centered_gradient_reaches_its_limit_at_second_order_in_the_loss_beta() {
+    // With the inner β_k fixed, halving β_L halves the one-sided gradient's distance to the
+    // β_L → 0⁺ limit and quarters the centered one's: successive differences shrink by 2 and 4.
+    let cases = [
+        (Method::Chl, OutputLoss::Squared),
+        (Method::Chl, OutputLoss::SoftmaxCrossEntropy),
+        (Method::ConvexChl, OutputLoss::Squared),
+        (Method::ConvexChl, OutputLoss::SoftmaxCrossEntropy),
+    ];
+    for (m, loss) in cases {
+        let (net, x, t) = setup(4, loss);
+        let grad = |top: f64, c: bool| {
+            let betas = [0.2, 0.2, top];
+            let g = if c {
+                centered(m, &net, &betas, loss, (&x, &t)).1
+            } else {
+                sweeps(m, &net, &betas, loss, (&x, &t), &EXACT).1
+            };
+            nalgebra::DVector::from_vec(flat(&g))
+        };
+        for (c, want) in [(false, 2.0), (true, 4.0)] {
+            let (g1, g2, g3) = (grad(0.04, c), grad(0.02, c), grad(0.01, c));
+            let ratio = (&g1 - &g2).norm() / (&g2 - &g3).norm();
+            assert!(
+                (ratio / want - 1.0).abs() < 0.15,
+                "{m:?} {loss:?} centered {c}: ratio {ratio}"
+            );
+        }
+    }
+}
+
+#[test]
+fn centered_gradient_is_the_gradient_of_its_value_and_a_batch_mean() {
+    for loss in [OutputLoss::Squared, OutputLoss::SoftmaxCrossEntropy] {
+        let (net, x, t) = setup(3, loss);
+        for m in [Method::Chl, Method::ConvexChl] {
+            let betas = [0.2; 3];
+            let (r, g) = centered(m, &net, &betas, loss, (&x, &t));
+            let fd = common::fd_weights(&net, 1e-5, |n| {
+                centered(m, n, &betas, loss, (&x, &t)).0.value
+            });
+            let g = flat(&g);
+            let err = rel(&g[..fd.len()], &fd);
+            assert!(err < 1e-6, "{m:?} {loss:?}: {err:e}");
+            let mut mean = vec![0.0; g.len()];
+            let mut value = 0.0;
+            for j in 0..3 {
+                let (xj, tj) = (x.columns(j, 1).into_owned(), t.columns(j, 1).into_owned());
+                let (rj, gj) = centered(m, &net, &betas, loss, (&xj, &tj));
+                value += rj.value / 3.0;
+                for (s, v) in mean.iter_mut().zip(flat(&gj)) {
+                    *s += v / 3.0;
+                }
+            }
+            assert!(rel(&g, &mean) < 1e-12, "{m:?} {loss:?}");
+            assert!(
+                (r.value - value).abs() < 1e-12 * value.abs(),
+                "{m:?} {loss:?}"
+            );
+        }
+    }
+    // Defined for the bottom-up rows only.
+    let (net, x, t) = setup(2, OutputLoss::Squared);
+    let mut ws = InferenceWorkspace::new(&net, 2);
+    let mut g = Gradients::zeros(&net);
+    for m in [
+        Method::Mac,
+        Method::PredictiveCoding,
+        Method::Lpom,
+        Method::Bp,
+    ] {
+        let e = inference::centered_gradient(
+            &net,
+            m,
+            &[0.2; 3],
+            OutputLoss::Squared,
+            &x,
+            &t,
+            &EXACT,
+            &mut ws,
+            &mut g,
+        );
+        assert!(e.is_err(), "{m:?}");
+    }
+}

@@ -97,6 +97,9 @@ pub enum Rule {
         beta: f32,
         /// Most inference sweeps per phase and batch.
         sweeps: usize,
+        /// The centered (±β) variant ([`inference::centered_gradient`]).
+        #[serde(default)]
+        centered: bool,
     },
     /// Convex CHL (proximal energies, bottom-up, Prop. 4).
     #[serde(rename = "convex-chl")]
@@ -105,6 +108,9 @@ pub enum Rule {
         beta: f32,
         /// Most inference sweeps per phase and batch.
         sweeps: usize,
+        /// The centered (±β) variant ([`inference::centered_gradient`]).
+        #[serde(default)]
+        centered: bool,
     },
 }
 
@@ -155,9 +161,22 @@ impl Rule {
         }
     }
 
-    /// The command-line name ([`Method::cli_name`]; the logs' `method` column).
+    /// Whether the rule is a centered (±β) variant ([`inference::centered_gradient`]).
+    pub fn centered(self) -> bool {
+        matches!(
+            self,
+            Rule::Chl { centered: true, .. } | Rule::ConvexChl { centered: true, .. }
+        )
+    }
+
+    /// The command-line name ([`Method::cli_name`], with `-centered` for the centered
+    /// variants; the logs' `method` column).
     pub fn name(self) -> &'static str {
-        self.method().cli_name()
+        match self {
+            Rule::Chl { centered: true, .. } => "chl-centered",
+            Rule::ConvexChl { centered: true, .. } => "convex-chl-centered",
+            rule => rule.method().cli_name(),
+        }
     }
 
     /// "BP", "FenBP β=…", "MAC β=… T=…", for legends.
@@ -168,24 +187,40 @@ impl Rule {
             Rule::Mac { beta, sweeps } => format!("MAC β={beta} T={sweeps}"),
             Rule::Pc { beta, sweeps } => format!("PC β={beta} T={sweeps}"),
             Rule::Lpom { beta, sweeps } => format!("LPOM β={beta} T={sweeps}"),
-            Rule::Chl { beta, sweeps } => format!("CHL β={beta} T={sweeps}"),
-            Rule::ConvexChl { beta, sweeps } => format!("convex CHL β={beta} T={sweeps}"),
+            Rule::Chl {
+                beta,
+                sweeps,
+                centered,
+            } => format!("CHL{} β={beta} T={sweeps}", if centered { "±" } else { "" }),
+            Rule::ConvexChl {
+                beta,
+                sweeps,
+                centered,
+            } => format!(
+                "convex CHL{} β={beta} T={sweeps}",
+                if centered { "±" } else { "" }
+            ),
         }
     }
 
     /// The rule named `name` ([`Rule::name`]: `bp`, `fenbp`, `mac`, `pc`, `lpom`, `chl`,
-    /// `convex-chl`) with an optional β (default 1) and inference budget (default
-    /// [`DEFAULT_SWEEPS`]).
+    /// `convex-chl`, `chl-centered`, `convex-chl-centered`) with an optional β (default 1) and
+    /// inference budget (default [`DEFAULT_SWEEPS`]).
     ///
     /// # Errors
     /// An unknown name ([`Error::InvalidInput`] for `method`); a β given with `bp` or sweeps
     /// with a closed-form rule; a non-positive or non-finite β; zero sweeps.
     pub fn from_name(name: &str, beta: Option<f32>, sweeps: Option<usize>) -> Result<Self> {
-        let method = Method::from_cli_name(name).ok_or_else(|| {
+        let (base, centered) = match name.strip_suffix("-centered") {
+            Some(base @ ("chl" | "convex-chl")) => (base, true),
+            _ => (name, false),
+        };
+        let method = Method::from_cli_name(base).ok_or_else(|| {
             Error::input(
                 "method",
                 format!(
-                    "unknown method `{name}` (expected bp, fenbp, mac, pc, lpom, chl or convex-chl)"
+                    "unknown method `{name}` (expected bp, fenbp, mac, pc, lpom, chl, convex-chl, \
+                     chl-centered or convex-chl-centered)"
                 ),
             )
         })?;
@@ -209,8 +244,16 @@ impl Rule {
             Method::Mac => Rule::Mac { beta, sweeps },
             Method::PredictiveCoding => Rule::Pc { beta, sweeps },
             Method::Lpom => Rule::Lpom { beta, sweeps },
-            Method::Chl => Rule::Chl { beta, sweeps },
-            Method::ConvexChl => Rule::ConvexChl { beta, sweeps },
+            Method::Chl => Rule::Chl {
+                beta,
+                sweeps,
+                centered,
+            },
+            Method::ConvexChl => Rule::ConvexChl {
+                beta,
+                sweeps,
+                centered,
+            },
         };
         rule.validate()?;
         Ok(rule)
@@ -638,7 +681,12 @@ impl Trainer {
         let loss = OutputLoss::SoftmaxCrossEntropy;
         match (self.config.rule.inference_settings(), &mut buf.sweeps) {
             (Some(settings), Some(ws)) => {
-                let report = inference::gradient(
+                let run = if self.config.rule.centered() {
+                    inference::centered_gradient
+                } else {
+                    inference::gradient
+                };
+                let report = run(
                     &self.net,
                     self.config.rule.method(),
                     &self.betas,

@@ -116,7 +116,7 @@ macro_rules! entry {
 pub fn quantity(id: &str) -> &'static str {
     match id {
         "prop2-classification" => "count",
-        "cor1-rate" | "centered-rate" => "|rate - expected rate|",
+        "cor1-rate" | "centered-rate" | "table1-centered" => "|rate - expected rate|",
         "prop3-band" | "eq29-local-below-loss" | "eq29-fenchel-young-gap" => "bound violation",
         "softmax-fenchel-young" | "example1-generalized" => "absolute error",
         _ => "relative error",
@@ -151,6 +151,7 @@ const ENTRIES: &[Entry] = &[
     entry!("prop4-composed", nested::prop4_composed(seed)),
     entry!("prop5-composed", nested::prop5_composed(seed)),
     entry!("table1-sweeps", nested::table1_sweeps),
+    entry!("table1-centered", nested::table1_centered),
     entry!("eq29-local-below-loss", nested::eq29_local_below_loss),
     entry!(
         "eq29-fenchel-young-gap",

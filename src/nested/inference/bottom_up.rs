@@ -63,6 +63,41 @@ pub(super) fn run<T: Gemm>(
         }
     }
     free_arguments(p, ws);
+    let (value, clamped) = clamped_phase(p, ws, grads)?;
+    let mut report = clamped.report(value, forward_loss);
+    report.sweeps += free.sweeps;
+    report.converged &= free.converged;
+    report.residual = report.residual.max(free.residual);
+    if p.centered {
+        // The −β phase: only the loss's β changes sign, i.e. every s_k (module docs).
+        let mut mirrored = ws.mirrored.take().unwrap_or_else(|| Gradients::zeros(net));
+        ws.sigma.iter_mut().for_each(|s| *s = -*s);
+        free_arguments(p, ws);
+        let other = clamped_phase(p, ws, &mut mirrored);
+        ws.sigma.iter_mut().for_each(|s| *s = -*s);
+        let (other_value, other_phase) = other?;
+        let half: T = nalgebra::convert(0.5);
+        for (g, m) in grads.w.iter_mut().zip(&mirrored.w) {
+            g.zip_apply(m, |a, b| *a = half * (*a + b));
+        }
+        for (g, m) in grads.bias.iter_mut().zip(&mirrored.bias) {
+            g.zip_apply(m, |a, b| *a = half * (*a + b));
+        }
+        ws.mirrored = Some(mirrored);
+        report.value = half * (value + other_value);
+        report.sweeps += other_phase.sweeps;
+        report.converged &= other_phase.converged;
+        report.residual = report.residual.max(other_phase.residual);
+    }
+    Ok(report)
+}
+
+/// The rates by top-down sweeps from zero, then the value and gradient at them.
+fn clamped_phase<T: Gemm>(
+    p: &Sweeps<'_, T>,
+    ws: &mut InferenceWorkspace<T>,
+    grads: &mut Gradients<T>,
+) -> Result<(T, FixedPoint<T>)> {
     ws.lambda.iter_mut().for_each(|u| u.fill(T::zero()));
     let mut clamped = FixedPoint::new(p.settings);
     while clamped.sweeps < p.settings.max_sweeps {
@@ -73,11 +108,7 @@ pub(super) fn run<T: Gemm>(
     }
     let value = value_and_gradient(p, ws, grads);
     finite(value, "surrogate value (diverged inference)")?;
-    let mut report = clamped.report(value, forward_loss);
-    report.sweeps += free.sweeps;
-    report.converged &= free.converged;
-    report.residual = report.residual.max(free.residual);
-    Ok(report)
+    Ok((value, clamped))
 }
 
 /// `y += α x`.

@@ -171,6 +171,8 @@ pub struct InferenceWorkspace<T: RealField + Copy> {
     left: Vec<DMatrix<T>>,
     right: Vec<DMatrix<T>>,
     loss_grad: DMatrix<T>,
+    /// The centered variant's `−β` gradient (allocated by its first call).
+    mirrored: Option<Gradients<T>>,
 }
 
 /// Units held on a convex kink of a penalizer layer ("Kinks" in the module docs).
@@ -242,6 +244,7 @@ impl<T: RealField + Copy> InferenceWorkspace<T> {
                 .map(|l| DMatrix::zeros(l.w.ncols(), 2 * batch))
                 .collect(),
             loss_grad: DMatrix::zeros(top, batch),
+            mirrored: None,
         }
     }
 
@@ -288,9 +291,9 @@ fn energy_of(method: Method) -> Result<(EnergyKind, Unravel)> {
     }
 }
 
-/// Runs the inference sweeps of `method` (MAC, predictive coding or LPOM) on one batch, writes
-/// the envelope gradient of the surrogate (Eq. 28, batch mean) into `grads` and returns the
-/// report. `betas` are per sample (the batch convention of [`crate::nested`]).
+/// Runs the inference sweeps of `method` (MAC, predictive coding, LPOM: Eq. 28; CHL, convex
+/// CHL: Prop. 4) on one batch, writes the envelope gradient of the surrogate (batch mean) into
+/// `grads` and returns the report. `betas` are per sample (the batch convention of [`crate::nested`]).
 ///
 /// ```
 /// use bilevel::nested::inference::{self, InferenceSettings, InferenceWorkspace};
@@ -321,7 +324,7 @@ fn energy_of(method: Method) -> Result<(EnergyKind, Unravel)> {
 /// ```
 ///
 /// # Errors
-/// A method other than the three; shapes (`x`, `target`, `betas`, a workspace or gradients for
+/// A closed-form method (BP, Fenchel BP); shapes (`x`, `target`, `betas`, a workspace or gradients for
 /// another network); invalid β or settings; softmax layers (the sweeps take box-family
 /// activations); a non-finite loss or state (diverged inference).
 #[allow(clippy::too_many_arguments)]
@@ -336,8 +339,122 @@ pub fn gradient<T: Gemm>(
     ws: &mut InferenceWorkspace<T>,
     grads: &mut Gradients<T>,
 ) -> Result<InferenceReport<T>> {
-    let (kind, direction) = energy_of(method)?;
-    settings.validate()?;
+    let call = Call {
+        net,
+        method,
+        betas,
+        loss,
+        x,
+        target,
+        settings,
+    };
+    run(&call, false, ws, grads)
+}
+
+/// The centered (symmetric-nudging) variant of a bottom-up row (CHL, convex CHL): the mean of
+/// the surrogate of Prop. 4 (Eq. 22-25) at `+β_L` and at `−β_L` on the loss,
+/// `L_c = ½(L^β + L^{−β})`, `L^{−β} = ℓ(ẑ⁻_L) + ℰ^{−β}(ẑ⁻) − ℰ^{−β}(ž)`, where only the
+/// outermost `β_L` (the loss's) changes sign, so that every `s_k = Π_{l≥k} β_l` does and the
+/// free phase `ž` is shared. By Def. 1, `β_L L^β = min(ℰ' + β_Lℓ) − min ℰ'` with
+/// `ℰ' = β_L ℰ^β` independent of `β_L`: a smooth function of `β_L` whose odd powers cancel in
+/// the mean, so for fixed inner `β_k` the gradient reaches its `β_L → 0⁺` limit — the gradient
+/// of the loss at the free phase, `∂_θ ℓ(ž_L(θ))`, equilibrium propagation's target — at
+/// `O(β_L²)` instead of `O(β_L)` (beyond the paper; [`crate::surrogate::Bilevel::centered`]
+/// is the single-level counterpart). The inner `β_k` keep their `O(β_k)` distance to
+/// back-propagation (Cor. 2). The `−β` clamped phase is solved for its rates
+/// `(ẑ⁻ − ž)/(−s_k)` by the same top-down sweeps: one more clamped phase. The report's `value`
+/// is `L_c`, its sweeps add the three phases, its residual is the largest of them.
+///
+/// `L^{−β}` needs `ℰ' − β_Lℓ` bounded below near `ž`, which holds for small `β_L` (the loss's
+/// curvature is bounded: `½` for softmax cross-entropy, `1` for squared error).
+///
+/// ```
+/// use bilevel::nested::inference::{self, InferenceSettings, InferenceWorkspace};
+/// use bilevel::nested::linearized::Gradients;
+/// use bilevel::nested::method::Method;
+/// use bilevel::nested::{Layer, Network, OutputLoss};
+/// use bilevel::prox::Activation;
+/// use nalgebra::{dmatrix, dvector};
+///
+/// let net = Network {
+///     layers: vec![
+///         Layer { w: dmatrix![0.9, -0.4; 0.3, 0.8], bias: dvector![0.1, 0.2], activation: Activation::HardSigmoid },
+///         Layer { w: dmatrix![0.7, -1.2], bias: dvector![0.0], activation: Activation::Identity },
+///     ],
+/// };
+/// let (x, t) = (dmatrix![0.6; 0.2], dmatrix![0.9]);
+/// let settings = InferenceSettings { max_sweeps: 200, tol: 1e-15, ..Default::default() };
+/// let mut ws = InferenceWorkspace::new(&net, 1);
+/// let mut at = |beta_top: f64, centered: bool| -> Result<f64, bilevel::Error> {
+///     let mut g = Gradients::zeros(&net);
+///     let run = if centered { inference::centered_gradient } else { inference::gradient };
+///     run(&net, Method::Chl, &[0.3, beta_top], OutputLoss::Squared, &x, &t, &settings, &mut ws, &mut g)?;
+///     Ok(g.w[0][(0, 0)])
+/// };
+/// // Halving β_L halves the one-sided estimate's distance to the limit and quarters the centered one's.
+/// let one = (at(0.1, false)? - at(0.05, false)?) / (at(0.05, false)? - at(0.025, false)?);
+/// let two = (at(0.1, true)? - at(0.05, true)?) / (at(0.05, true)? - at(0.025, true)?);
+/// assert!((one - 2.0).abs() < 0.3 && (two - 4.0).abs() < 0.6, "{one} {two}");
+/// # Ok::<(), bilevel::Error>(())
+/// ```
+///
+/// # Errors
+/// As [`gradient`]; a top-down row (MAC, predictive coding, LPOM: their local objective,
+/// Eq. 28, is a minimization only for `β > 0`).
+#[allow(clippy::too_many_arguments)]
+pub fn centered_gradient<T: Gemm>(
+    net: &Network<T>,
+    method: Method,
+    betas: &[T],
+    loss: OutputLoss,
+    x: &DMatrix<T>,
+    target: &DMatrix<T>,
+    settings: &InferenceSettings,
+    ws: &mut InferenceWorkspace<T>,
+    grads: &mut Gradients<T>,
+) -> Result<InferenceReport<T>> {
+    if !matches!(method, Method::Chl | Method::ConvexChl) {
+        return Err(Error::input(
+            "method",
+            format!(
+                "the centered variant is defined for the bottom-up rows (CHL, convex CHL), not {}",
+                method.name()
+            ),
+        ));
+    }
+    let call = Call {
+        net,
+        method,
+        betas,
+        loss,
+        x,
+        target,
+        settings,
+    };
+    run(&call, true, ws, grads)
+}
+
+/// The arguments of [`gradient`] and [`centered_gradient`].
+struct Call<'a, T: RealField + Copy> {
+    net: &'a Network<T>,
+    method: Method,
+    betas: &'a [T],
+    loss: OutputLoss,
+    x: &'a DMatrix<T>,
+    target: &'a DMatrix<T>,
+    settings: &'a InferenceSettings,
+}
+
+/// Checks the call and runs its direction.
+fn run<T: Gemm>(
+    c: &Call<'_, T>,
+    centered: bool,
+    ws: &mut InferenceWorkspace<T>,
+    grads: &mut Gradients<T>,
+) -> Result<InferenceReport<T>> {
+    let net = c.net;
+    let (kind, direction) = energy_of(c.method)?;
+    c.settings.validate()?;
     net.check_structure(kind)?;
     if let Some(k) = net
         .layers
@@ -349,19 +466,20 @@ pub fn gradient<T: Gemm>(
             format!("layer {k} is softmax: the inference sweeps take box-family activations"),
         ));
     }
-    check_betas(betas, net.layers.len())?;
+    check_betas(c.betas, net.layers.len())?;
     grads.check(net, "grads")?;
     ws.check(net)?;
-    check_batch(net, x, target, ws.batch())?;
-    state_weights(method, betas, ws);
+    check_batch(net, c.x, c.target, ws.batch())?;
+    state_weights(c.method, c.betas, ws);
     let problem = Sweeps {
         net,
         kind,
-        betas,
-        loss,
-        x,
-        target,
-        settings,
+        betas: c.betas,
+        loss: c.loss,
+        x: c.x,
+        target: c.target,
+        settings: c.settings,
+        centered,
     };
     match (kind, direction) {
         (EnergyKind::Penalizer, _) | (_, Unravel::TopDown) => top_down(&problem, ws, grads),
@@ -378,6 +496,8 @@ struct Sweeps<'a, T: RealField + Copy> {
     x: &'a DMatrix<T>,
     target: &'a DMatrix<T>,
     settings: &'a InferenceSettings,
+    /// Bottom-up rows: add the `−β` clamped phase ([`centered_gradient`]).
+    centered: bool,
 }
 
 /// The top-down rows (module docs): sweeps on `λ` from the forward pass.
