@@ -5,8 +5,9 @@
 //! * `prop1-quadratic`: unconstrained quadratic (`Q` dense SPD), limit = one Cholesky-free KKT
 //!   solve after the inner solve;
 //! * `prop2-qp`: constrained QP with `n/2` inequalities, a third of them weakly active
-//!   (constructed), limit = Eq. 17 QP (Clarabel) + exact KKT; `n = 1000` is skipped for the
+//!   (constructed), limit = Eq. 17 QP (dense active set) + exact KKT; `n = 1000` is skipped for the
 //!   finite-difference side (8 dense interior-point solves per iteration);
+//! * `qp-layer`: the dense active-set path against Clarabel on the same layers (see the function);
 //! * `prop2-relu`: ReLU layer with ties (closed form).
 //!
 //! Run: `cargo bench --bench limit`. Each reports `limit` and `finite-differences`; their ratio
@@ -89,6 +90,59 @@ fn prop2_qp(c: &mut Criterion) {
     group.finish();
 }
 
+/// `qp-layer`: the QP layer's forward solve and one-sided derivative (`limit`) on the dense
+/// active-set method with its stored factorization against the same layer on Clarabel (+ the
+/// exact refinement), on the grid: random layers with `m = n/2` inequalities and
+/// `p = 4`, regular (`random`) and with a third of the rows weakly active (`weak`). The ratio
+/// of the two lines is the speed-up, measured in the same run.
+fn qp_layer(c: &mut Criterion) {
+    use std::sync::Arc;
+    use Activity::{Inactive, Strong, Weak};
+    let mut group = c.benchmark_group("qp-layer");
+    group.sample_size(10);
+    for n in [10usize, 50, 100, 200, 500] {
+        let m = n / 2;
+        let mut r = rng(n as u64 + 7);
+        let random = QuadraticProblem::new(
+            spd(&mut r, n, 0.3),
+            matrix(&mut r, n, 4),
+            vector(&mut r, n),
+            LinearConstraints {
+                a: matrix(&mut r, m, n),
+                b: vector(&mut r, m),
+                ..LinearConstraints::none(n)
+            },
+        )
+        .unwrap();
+        let theta = vector(&mut r, 4);
+        let labels: Vec<Activity> = (0..m).map(|i| [Strong, Weak, Inactive][i % 3]).collect();
+        let inst = constructed_qp(&mut rng(n as u64), n, 4, 0, &labels);
+        let weak = QuadraticProblem::new(inst.q, inst.b, inst.c, inst.constraints).unwrap();
+        let loss = Loss::Linear {
+            g: vector(&mut rng(1), n),
+        };
+        for (name, layer, at) in [("random", random, &theta), ("weak", weak, &inst.theta)] {
+            let dense = Bilevel::new(layer.clone(), loss.clone()).unwrap();
+            group.bench_with_input(BenchmarkId::new(format!("dense-{name}"), n), &n, |b, _| {
+                b.iter(|| black_box(dense.limit(at).unwrap().grad_theta))
+            });
+            if n <= 200 {
+                let ipm = Bilevel::new(
+                    layer.with_backend(Arc::new(Clarabel::default())),
+                    loss.clone(),
+                )
+                .unwrap();
+                group.bench_with_input(
+                    BenchmarkId::new(format!("clarabel-{name}"), n),
+                    &n,
+                    |b, _| b.iter(|| black_box(ipm.limit(at).unwrap().grad_theta)),
+                );
+            }
+        }
+    }
+    group.finish();
+}
+
 fn prop2_relu(c: &mut Criterion) {
     let mut group = c.benchmark_group("prop2-relu");
     for n in [10usize, 100, 1000] {
@@ -121,6 +175,6 @@ fn prop2_relu(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().without_plots();
-    targets = prop1, prop2_qp, prop2_relu
+    targets = prop1, prop2_qp, qp_layer, prop2_relu
 }
 criterion_main!(benches);

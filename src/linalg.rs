@@ -106,7 +106,7 @@ pub fn solve_kkt(
 /// block by block: stationarity against `|r| + |P||x| + |A||ν|`, and each constraint row against
 /// `|s_i| + ‖a_i‖₁ ‖x‖∞` on its own (a global scale once hid a row violated by its whole
 /// size: with multipliers of 1e153, the rounding of an orthogonal factor moves `x` by 1e119).
-fn check_kkt_accuracy(
+pub(crate) fn check_kkt_accuracy(
     p: &DMatrix<f64>,
     a: &DMatrix<f64>,
     r: &DVector<f64>,

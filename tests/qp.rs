@@ -1,6 +1,7 @@
 //! Constrained quadratic problems: solutions, multipliers and activity labels against the
 //! construction, the Prop. 2 direction against brute-force enumeration and one-sided finite
-//! differences, and API misuse. Every test runs on each available QP backend.
+//! differences, and API misuse. Every test runs on each available QP backend (the dense
+//! active-set method of the layer's stored factorization included).
 
 use std::sync::Arc;
 
@@ -13,7 +14,10 @@ use nalgebra::{dmatrix, dvector, DMatrix, DVector};
 
 fn backends() -> Vec<Arc<dyn QpBackend>> {
     #[allow(unused_mut)]
-    let mut v: Vec<Arc<dyn QpBackend>> = vec![Arc::new(Clarabel::default())];
+    let mut v: Vec<Arc<dyn QpBackend>> = vec![
+        Arc::new(Clarabel::default()),
+        Arc::new(bilevel::solve::dense::DenseActiveSet),
+    ];
     #[cfg(feature = "osqp")]
     v.push(Arc::new(bilevel::solve::qp::Osqp::default()));
     v

@@ -274,7 +274,8 @@ impl LinearConstraints {
 /// How an inner solve went.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SolveStatus {
-    /// Which solver ran (`"closed form"`, `"clarabel"`, `"osqp"`, `"argmin L-BFGS + Newton"`).
+    /// Which solver ran (`"closed form"`, `"dense active set"`, `"clarabel"`, `"osqp"`,
+    /// `"argmin L-BFGS + Newton"`).
     pub solver: &'static str,
     /// Iterations (0 for closed forms).
     pub iterations: usize,

@@ -1,4 +1,4 @@
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use nalgebra::{DMatrix, DVector};
 
@@ -8,9 +8,12 @@ use super::{
 };
 use crate::error::Result;
 use crate::linalg::check_spd;
+use crate::problem::{Direction, DirectionMethod};
+use crate::prox::Branch;
+use crate::solve::dense::{DenseActiveSet, DenseFactor};
 use crate::solve::qp::{
-    classify, complementarity, solve_exact, solve_offset, Activity, Clarabel, OffsetQp,
-    OffsetSolution, Qp, QpBackend, Tolerances,
+    classify, complementarity, solve_exact, solve_exact_dense, solve_offset, Activity, OffsetQp,
+    OffsetSolution, Qp, QpBackend, Tolerances, DENSE,
 };
 
 /// The standard constrained quadratic layer
@@ -24,7 +27,11 @@ use crate::solve::qp::{
 /// Prop. 3). `∂_θ E = −Bᵀz`, so the mixed derivative is `−Bᵀ` (Cor. 1).
 ///
 /// Loss-augmented solves `β ℓ + E` stay QPs: `P = Q + βκ I`, `q = −(Bθ + c) − βh` for
-/// `ℓ = (κ/2)‖z‖² − hᵀz`. They run on a [`QpBackend`] (Clarabel by default) and are refined
+/// `ℓ = (κ/2)‖z‖² − hᵀz`. By default they run on the dense dual active-set method with a
+/// factorization of `Q` and the rows kept for the layer's lifetime
+/// ([`crate::solve::dense`]: built on first use, `O(n³)` once, then `O(|W|³ + n²)` per solve;
+/// Prop. 2's direction problem, Eq. 17, reuses it), or on another [`QpBackend`]
+/// ([`QuadraticProblem::with_backend`]: Clarabel, OSQP); either way the answer is refined
 /// exactly ([`solve_exact`]).
 #[derive(Clone)]
 pub struct QuadraticProblem {
@@ -35,6 +42,8 @@ pub struct QuadraticProblem {
     nu: f64,
     backend: Arc<dyn QpBackend>,
     tol: Tolerances,
+    /// The factorization of `Q` and `[A; A_eq]` (dense backend; `None` if it failed).
+    factor: OnceLock<Option<Arc<DenseFactor>>>,
 }
 
 impl std::fmt::Debug for QuadraticProblem {
@@ -94,12 +103,15 @@ impl QuadraticProblem {
             c,
             constraints,
             nu,
-            backend: Arc::new(Clarabel::default()),
+            backend: Arc::new(DenseActiveSet),
             tol: Tolerances::default(),
+            factor: OnceLock::new(),
         })
     }
 
-    /// Uses another QP backend (e.g. `bilevel::solve::qp::Osqp` with the `osqp` feature).
+    /// Uses another QP backend (e.g. [`crate::solve::qp::Clarabel`], or
+    /// `bilevel::solve::qp::Osqp` with the `osqp` feature) instead of the dense active-set
+    /// method.
     pub fn with_backend(mut self, backend: Arc<dyn QpBackend>) -> Self {
         self.backend = backend;
         self
@@ -134,6 +146,34 @@ impl QuadraticProblem {
     /// `c`.
     pub fn c(&self) -> &DVector<f64> {
         &self.c
+    }
+
+    /// The stored factorization of `Q` and the rows, when the dense backend is in use.
+    fn factor(&self) -> Option<&DenseFactor> {
+        if self.backend.name() != DENSE {
+            return None;
+        }
+        self.factor
+            .get_or_init(|| {
+                DenseFactor::new(&self.q, &self.constraints.a, &self.constraints.a_eq)
+                    .ok()
+                    .map(Arc::new)
+            })
+            .as_deref()
+    }
+
+    /// Solves `qp` (this layer's rows) exactly: on the stored factorization when `P = Q`, on a
+    /// fresh one for another `P` (dense backend), or on the backend.
+    fn solve_qp(&self, qp: &Qp, curvature_added: bool) -> Result<crate::solve::qp::ExactQp> {
+        let rows: Vec<usize> = (0..self.constraints.m() + self.constraints.b_eq.len()).collect();
+        match self.factor() {
+            Some(f) if !curvature_added => solve_exact_dense(f, qp, &rows, &self.tol),
+            Some(_) => match DenseFactor::new(&qp.p, &qp.a, &qp.a_eq) {
+                Ok(f) => solve_exact_dense(&f, qp, &rows, &self.tol),
+                Err(_) => solve_exact(self.backend.as_ref(), qp, &self.tol),
+            },
+            None => solve_exact(self.backend.as_ref(), qp, &self.tol),
+        }
     }
 
     /// The QP `min β ℓ(z) + E(z; θ)` on the constraints.
@@ -272,13 +312,23 @@ impl InnerProblem for QuadraticProblem {
         Some(self.nu)
     }
 
+    /// Prop. 2's Eq. 17 on the stored factorization of `Q` (dense backend): the strongly
+    /// active and equality rows held, the weakly active ones as inequalities, the rest left
+    /// out — the same rows, so the same factor as `z*`'s solve.
+    fn closed_form_direction(
+        &self,
+        _theta: &DVector<f64>,
+        z_star: &InnerSolution,
+        c: &DVector<f64>,
+    ) -> Option<Result<Direction>> {
+        let factor = self.factor()?;
+        Some(dense_direction(self, factor, z_star, c))
+    }
+
     fn solve(&self, theta: &DVector<f64>, loss: &Loss, beta: f64) -> Result<InnerSolution> {
         check_augmented(self, theta, loss, beta)?;
-        let sol = solve_exact(
-            self.backend.as_ref(),
-            &self.qp(theta, loss, beta),
-            &self.tol,
-        )?;
+        let curvature_added = beta * loss.curvature() != 0.0;
+        let sol = self.solve_qp(&self.qp(theta, loss, beta), curvature_added)?;
         Ok(InnerSolution {
             z: sol.x,
             multipliers: sol.lambda,
@@ -316,7 +366,7 @@ impl InnerProblem for QuadraticProblem {
             Ok(sol) => sol,
             Err(_) => {
                 let qp = self.qp(theta, loss, beta);
-                let mut working = solve_exact(self.backend.as_ref(), &qp, &self.tol)?.working;
+                let mut working = self.solve_qp(&qp, beta * loss.curvature() != 0.0)?.working;
                 solve_offset(&problem, &mut working)?
             }
         };
@@ -336,4 +386,73 @@ impl InnerProblem for QuadraticProblem {
             rate: sol.f,
         })
     }
+}
+
+/// [`QuadraticProblem::closed_form_direction`]: Eq. 17 as a QP on the layer's own rows.
+fn dense_direction(
+    layer: &QuadraticProblem,
+    factor: &DenseFactor,
+    z_star: &InnerSolution,
+    c: &DVector<f64>,
+) -> Result<Direction> {
+    let (m, k) = (layer.constraints.m(), layer.constraints.b_eq.len());
+    if z_star.activity.len() != m {
+        return Err(crate::error::Error::dim(
+            "activity",
+            m,
+            z_star.activity.len(),
+        ));
+    }
+    let weak: Vec<usize> = (0..m)
+        .filter(|&i| z_star.activity[i] == Activity::Weak)
+        .collect();
+    let held: Vec<usize> = (0..m)
+        .filter(|&i| z_star.activity[i] == Activity::Strong)
+        .chain(m..m + k)
+        .collect();
+    let rows: Vec<usize> = weak.iter().chain(&held).copied().collect();
+    let stacked = |r: usize| {
+        if r < m {
+            layer.constraints.a.row(r).into_owned()
+        } else {
+            layer.constraints.a_eq.row(r - m).into_owned()
+        }
+    };
+    let n = layer.q.nrows();
+    let pick = |list: &[usize]| {
+        let mut out = DMatrix::zeros(list.len(), n);
+        for (j, &r) in list.iter().enumerate() {
+            out.row_mut(j).copy_from(&stacked(r));
+        }
+        out
+    };
+    let qp = Qp {
+        p: layer.q.clone(),
+        q: c.clone(),
+        a: pick(&weak),
+        b: DVector::zeros(weak.len()),
+        a_eq: pick(&held),
+        b_eq: DVector::zeros(held.len()),
+    };
+    let sol = solve_exact_dense(factor, &qp, &rows, &layer.tol)?;
+    let mut branches = vec![None; m];
+    for (j, &i) in weak.iter().enumerate() {
+        branches[i] = Some(if sol.working[j] || sol.slack[j] <= 0.0 {
+            Branch::Stays
+        } else {
+            Branch::Leaves
+        });
+    }
+    let method = match (weak.is_empty(), held.is_empty()) {
+        (false, _) => DirectionMethod::Prop2Qp { backend: DENSE },
+        (true, true) => DirectionMethod::Prop1,
+        (true, false) => DirectionMethod::Prop2Linear,
+    };
+    Ok(Direction {
+        z_dot: sol.x,
+        branches,
+        condition: sol.condition,
+        residual: sol.residual,
+        method,
+    })
 }

@@ -21,6 +21,7 @@
 
 use nalgebra::{DMatrix, DVector};
 
+use super::dense::{DenseFactor, Row};
 use crate::error::{check_finite, Error, Result};
 use crate::linalg::{select_rows, solve_kkt, vstack};
 
@@ -452,6 +453,63 @@ pub fn solve_exact(backend: &dyn QpBackend, qp: &Qp, tol: &Tolerances) -> Result
     }
 }
 
+/// [`solve_exact`] on a [`DenseFactor`] of the QP's `P` and of a superset of its rows: the
+/// dual active-set method finds the exact working set without an interior-point solve, and its
+/// factorization gives the KKT point, the refinement and the condition estimate (`O(|W|³ + n²)`
+/// per solve once the factor exists). `rows[j]` is the factor's row of the QP's stacked row `j`
+/// (`A`'s rows, then `A_eq`'s); the factor's other rows are left out. The point then passes
+/// the same sign and accuracy checks as [`refine`]'s; if one fails (rounding on an
+/// ill-conditioned problem), [`refine`] continues from the working set on the null-space KKT
+/// solve, and if the active-set method itself fails for anything but a proved infeasibility,
+/// [`solve_exact`] with Clarabel runs instead (reported in `fallback`).
+///
+/// # Errors
+/// [`Error::Infeasible`] with the certificate; `rows` of the wrong length or out of the
+/// factor's range; otherwise as [`solve_exact`].
+pub fn solve_exact_dense(
+    factor: &DenseFactor,
+    qp: &Qp,
+    rows: &[usize],
+    tol: &Tolerances,
+) -> Result<ExactQp> {
+    qp.validate()?;
+    let (m, k) = (qp.b.len(), qp.b_eq.len());
+    if rows.len() != m + k || rows.iter().any(|&r| r >= factor.rows()) {
+        return Err(Error::dim("rows (of the dense factor)", m + k, rows.len()));
+    }
+    let mut b = DVector::zeros(factor.rows());
+    let mut kinds = vec![Row::Off; factor.rows()];
+    for (j, &r) in rows.iter().enumerate() {
+        (b[r], kinds[r]) = if j < m {
+            (qp.b[j], Row::Inequality)
+        } else {
+            (qp.b_eq[j - m], Row::Equality)
+        };
+    }
+    let sol = match factor.solve(&qp.q, &b, &kinds) {
+        Ok(sol) => sol,
+        Err(e @ Error::Infeasible(_)) => return Err(e),
+        Err(e) => {
+            let mut sol = solve_exact(&Clarabel::default(), qp, tol)?;
+            sol.fallback = Some(format!("{DENSE}: {e}"));
+            return Ok(sol);
+        }
+    };
+    let mut working: Vec<bool> = rows[..m].iter().map(|&r| sol.working[r]).collect();
+    let tol_p = tol.feasibility * (1.0 + qp.b.amax().max(qp.b_eq.amax()));
+    let y = DVector::from_fn(m + k, |j, _| sol.y[rows[j]]);
+    let point = WorkingPoint::from_dense(qp, &sol.x, &y, &working, sol.error, || {
+        factor.condition(&sol.working)
+    });
+    if worst_violation(qp, &working, &point, tol_p).is_some() || !point.accurate(qp, &working) {
+        return refine(qp, tol, &mut working, DENSE, sol.steps, false);
+    }
+    Ok(point.into_exact(qp, tol, &working, tol_p, DENSE, sol.steps, 0, false))
+}
+
+/// The name [`solve_exact_dense`] reports as its backend.
+pub const DENSE: &str = "dense active set";
+
 /// The exact part of [`solve_exact`], starting from a given working set (also used by the
 /// brute-force references in tests).
 pub fn refine(
@@ -503,6 +561,66 @@ struct WorkingPoint {
 }
 
 impl WorkingPoint {
+    /// The point of a [`DenseFactor::solve`] (`y`: the QP's stacked multipliers), in this
+    /// struct's conventions.
+    fn from_dense(
+        qp: &Qp,
+        x: &DVector<f64>,
+        y: &DVector<f64>,
+        working: &[bool],
+        error: (f64, f64),
+        condition: impl FnOnce() -> f64,
+    ) -> Self {
+        let (m, k) = (qp.b.len(), qp.b_eq.len());
+        let rows: Vec<usize> = (0..m).filter(|&i| working[i]).collect();
+        let a_w = vstack(&select_rows(&qp.a, &rows), &qp.a_eq);
+        let lambda = y.rows(0, m).into_owned();
+        let lambda_eq = y.rows(m, k).into_owned();
+        let mut nu = DVector::zeros(rows.len() + k);
+        for (r, &i) in rows.iter().enumerate() {
+            nu[r] = -lambda[i];
+        }
+        nu.rows_mut(rows.len(), k).copy_from(&(-&lambda_eq));
+        let slack = &qp.a * x - &qp.b;
+        let stationarity =
+            &qp.p * x + &qp.q - qp.a.transpose() * &lambda - qp.a_eq.transpose() * &lambda_eq;
+        let mut residual = stationarity.amax();
+        for &i in &rows {
+            residual = residual.max(slack[i].abs());
+        }
+        if k > 0 {
+            residual = residual.max((&qp.a_eq * x - &qp.b_eq).amax());
+        }
+        Self {
+            kkt: crate::linalg::KktSolution {
+                x: x.clone(),
+                nu,
+                condition: condition(),
+                residual,
+                error,
+            },
+            a_w,
+            lambda,
+            lambda_eq,
+            slack,
+        }
+    }
+
+    /// The KKT system on the working set holds to the accuracy [`solve_kkt`] demands.
+    fn accurate(&self, qp: &Qp, working: &[bool]) -> bool {
+        let rows: Vec<usize> = (0..qp.b.len()).filter(|&i| working[i]).collect();
+        let (n, k, w) = (qp.n(), qp.b_eq.len(), self.kkt.nu.len());
+        let mut s = DVector::zeros(rows.len() + k);
+        for (r, &i) in rows.iter().enumerate() {
+            s[r] = qp.b[i];
+        }
+        s.rows_mut(rows.len(), k).copy_from(&qp.b_eq);
+        let mut sol = DVector::zeros(n + w);
+        sol.rows_mut(0, n).copy_from(&self.kkt.x);
+        sol.rows_mut(n, w).copy_from(&self.kkt.nu);
+        crate::linalg::check_kkt_accuracy(&qp.p, &self.a_w, &(-&qp.q), &s, &sol).is_ok()
+    }
+
     fn solve(qp: &Qp, working: &[bool]) -> Result<Self> {
         let (m, k) = (qp.b.len(), qp.b_eq.len());
         let rows: Vec<usize> = (0..m).filter(|&i| working[i]).collect();

@@ -1,0 +1,447 @@
+//! A dense, exact QP solver that keeps its factorization: the dual active-set method of
+//! Goldfarb and Idnani (1983) on the Schur complement of `P`.
+//!
+//! For the [`Qp`] `min ½xᵀPx + qᵀx` s.t. `C_i x ≥ b_i` (inequality rows) and `C_i x = b_i`
+//! (equality rows), with `P = LLᵀ` strictly convex and all rows stacked as `C = [A; A_eq]`,
+//! [`DenseFactor`] holds `L`, `V = L⁻¹Cᵀ` and the Gram matrix `G = VᵀV = C P⁻¹ Cᵀ`. Everything
+//! after that lives in the space of the multipliers `y`: with `w = L⁻¹q` and `h = b + Vᵀw`,
+//! the point of a multiplier vector is `x(y) = L⁻ᵀ(Vy − w)` and every row's slack is
+//! `C_i x(y) − b_i = (Gy − h)_i`. So the KKT point of a working set `W` (rows held as
+//! equalities) is one `|W| × |W|` solve `G_WW y_W = h_W`, and the dual active-set method —
+//! from the unconstrained minimizer, add the most violated row, move its multiplier up while the
+//! working rows stay active, drop a working inequality whose multiplier reaches zero first —
+//! costs `O(|W|³)` per step and no `O(n³)` work at all. The factorization depends on `P` and `C`
+//! only, so one serves every `q` and `b` (a layer at many `θ`, Prop. 2's direction problem on
+//! the same rows, a batch), and every subset of the rows (`Row::Off` leaves one out).
+//!
+//! The method's dual objective increases strictly at every step, so it terminates; a row that
+//! is a non-negative combination of the working rows and still violated is a Farkas certificate
+//! ([`Error::Infeasible`]). The final point is refined once on the full KKT residual; callers
+//! check it ([`super::qp::solve_exact`] falls back to the null-space solve if a sign or accuracy
+//! check fails).
+
+use nalgebra::{Cholesky, DMatrix, DVector, Dyn};
+
+use super::qp::{Qp, QpBackend, QpRaw, DENSE};
+use crate::error::{Error, Result};
+
+/// The dense dual active-set method as a [`QpBackend`] (it needs `P` positive definite). Its
+/// answer is already exact; [`super::qp::solve_exact`] confirms it. Problems that keep their
+/// data ([`crate::problem::QuadraticProblem`]) call [`super::qp::solve_exact_dense`] with a
+/// stored [`DenseFactor`] instead, which skips the factorization.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DenseActiveSet;
+
+impl QpBackend for DenseActiveSet {
+    fn name(&self) -> &'static str {
+        DENSE
+    }
+
+    fn solve(&self, qp: &Qp) -> Result<QpRaw> {
+        qp.validate()?;
+        let m = qp.b.len();
+        let sol = solve_qp(qp)?;
+        Ok(QpRaw {
+            x: sol.x,
+            lambda: sol.y.rows(0, m).into_owned(),
+            lambda_eq: sol.y.rows(m, qp.b_eq.len()).into_owned(),
+            iterations: sol.steps,
+            reduced_accuracy: false,
+        })
+    }
+}
+
+/// How a stacked row takes part in one solve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Row {
+    /// `C_i x ≥ b_i`.
+    Inequality,
+    /// `C_i x = b_i`.
+    Equality,
+    /// Left out of this solve.
+    Off,
+}
+
+/// `L`, `V = L⁻¹Cᵀ` and `G = VᵀV` for `P = LLᵀ` and the stacked rows `C` (module docs).
+#[derive(Debug, Clone)]
+pub struct DenseFactor {
+    p: DMatrix<f64>,
+    /// The stacked rows `C = [A; A_eq]`.
+    c: DMatrix<f64>,
+    chol: Cholesky<f64, Dyn>,
+    v: DMatrix<f64>,
+    gram: DMatrix<f64>,
+}
+
+/// The exact point of a working set, from [`DenseFactor::solve`].
+#[derive(Debug, Clone)]
+pub struct DenseSolution {
+    /// The primal point.
+    pub x: DVector<f64>,
+    /// Multipliers of every stacked row (`0` off the working set), in the convention of
+    /// [`Qp`]: `P x + q − Cᵀy = 0`.
+    pub y: DVector<f64>,
+    /// The working set (`true`: held as an equality).
+    pub working: Vec<bool>,
+    /// Steps of the active-set method (rows added or dropped).
+    pub steps: usize,
+    /// ∞-norms of the refinement's correction of `x` and of `y` (error estimates).
+    pub error: (f64, f64),
+}
+
+impl DenseFactor {
+    /// Factors `P` and the rows `[A; A_eq]`.
+    ///
+    /// # Errors
+    /// [`Error::NotPositiveDefinite`] when `P` is not (the method needs a strictly convex QP);
+    /// [`Error::DimensionMismatch`] for rows of another width.
+    pub fn new(p: &DMatrix<f64>, a: &DMatrix<f64>, a_eq: &DMatrix<f64>) -> Result<Self> {
+        let n = p.nrows();
+        for (name, rows) in [("A", a), ("A_eq", a_eq)] {
+            if rows.ncols() != n {
+                return Err(Error::dim(name, n, rows.ncols()));
+            }
+        }
+        let chol = p
+            .clone()
+            .cholesky()
+            .ok_or_else(|| Error::NotPositiveDefinite {
+                what: "P".into(),
+                reason: "the dense active-set solver needs a strictly convex QP".into(),
+            })?;
+        let (m, k) = (a.nrows(), a_eq.nrows());
+        let mut c = DMatrix::zeros(m + k, n);
+        c.rows_mut(0, m).copy_from(a);
+        c.rows_mut(m, k).copy_from(a_eq);
+        let mut v = c.transpose();
+        chol.l_dirty().solve_lower_triangular_mut(&mut v);
+        let gram = v.tr_mul(&v);
+        Ok(Self {
+            p: p.clone(),
+            c,
+            chol,
+            v,
+            gram,
+        })
+    }
+
+    /// Stacked rows.
+    pub fn rows(&self) -> usize {
+        self.v.ncols()
+    }
+
+    /// `min ½xᵀPx + qᵀx` on the rows as `kinds` says, with right-hand sides `b` (stacked like
+    /// the rows), by the dual active-set method (module docs).
+    ///
+    /// # Errors
+    /// [`Error::DimensionMismatch`]; [`Error::Infeasible`] with the certificate;
+    /// [`Error::Singular`] for dependent equality rows; [`Error::NotConverged`] at the step
+    /// cap `10r + 20` (rounding cycling).
+    pub fn solve(
+        &self,
+        q: &DVector<f64>,
+        b: &DVector<f64>,
+        kinds: &[Row],
+    ) -> Result<DenseSolution> {
+        let (n, r) = (self.v.nrows(), self.rows());
+        if q.len() != n {
+            return Err(Error::dim("q", n, q.len()));
+        }
+        if b.len() != r || kinds.len() != r {
+            return Err(Error::dim("b", r, b.len().min(kinds.len())));
+        }
+        let w = self.forward(q);
+        let h = b + self.v.tr_mul(&w);
+        let mut state = Dual::new(self, &h, kinds)?;
+        let max_steps = 10 * r + 20;
+        while let Some(p) = state.most_violated(kinds) {
+            state.add(p, kinds)?;
+            if state.steps > max_steps {
+                return Err(Error::NotConverged {
+                    solver: "dense dual active-set method".into(),
+                    iterations: state.steps,
+                    residual: -state.slack(p),
+                });
+            }
+        }
+        Ok(self.point(q, b, &w, state))
+    }
+
+    /// The 2-norm condition estimate of the KKT matrix `K = [P C_Wᵀ; C_W 0]` of a working
+    /// set ([`crate::linalg::condition_estimate`], through this factorization).
+    pub fn condition(&self, working: &[bool]) -> f64 {
+        let rows: Vec<usize> = (0..working.len()).filter(|&i| working[i]).collect();
+        let (n, k) = (self.p.nrows(), rows.len());
+        let g = DMatrix::from_fn(k, k, |a, b| self.gram[(rows[a], rows[b])]);
+        let chol = match (k, g.cholesky()) {
+            (0, _) => None,
+            (_, Some(c)) => Some(c),
+            (_, None) => return f64::INFINITY,
+        };
+        let mut kkt = DMatrix::zeros(n + k, n + k);
+        kkt.view_mut((0, 0), (n, n)).copy_from(&self.p);
+        for (j, &i) in rows.iter().enumerate() {
+            kkt.view_mut((n + j, 0), (1, n)).copy_from(&self.c.row(i));
+            kkt.view_mut((0, n + j), (n, 1))
+                .tr_copy_from(&self.c.row(i));
+        }
+        crate::linalg::condition_estimate(&kkt, |u| {
+            // P x + C_Wᵀν = r, C_W x = s: G_WW ν = V_Wᵀ L⁻¹ r − s, x = L⁻ᵀ(L⁻¹r − V_W ν).
+            let mut lr = self.forward(&u.rows(0, n).into_owned());
+            let rhs = DVector::from_fn(k, |j, _| self.v.column(rows[j]).dot(&lr) - u[n + j]);
+            let nu = chol.as_ref().map_or(DVector::zeros(0), |c| c.solve(&rhs));
+            for (j, &i) in rows.iter().enumerate() {
+                lr.axpy(-nu[j], &self.v.column(i), 1.0);
+            }
+            self.backward(&mut lr);
+            let mut out = DVector::zeros(n + k);
+            out.rows_mut(0, n).copy_from(&lr);
+            out.rows_mut(n, k).copy_from(&nu);
+            Some(out)
+        })
+    }
+
+    /// `L⁻¹ u`.
+    fn forward(&self, u: &DVector<f64>) -> DVector<f64> {
+        let mut out = u.clone();
+        self.chol.l_dirty().solve_lower_triangular_mut(&mut out);
+        out
+    }
+
+    /// `L⁻ᵀ u`.
+    fn backward(&self, u: &mut DVector<f64>) {
+        self.chol.l_dirty().tr_solve_lower_triangular_mut(u);
+    }
+
+    /// `x = L⁻ᵀ(V_W y_W − w)`, then one refinement step on the full KKT residual.
+    fn point(
+        &self,
+        q: &DVector<f64>,
+        b: &DVector<f64>,
+        w: &DVector<f64>,
+        s: Dual,
+    ) -> DenseSolution {
+        let working_rows = s.working.clone();
+        let mut y = DVector::zeros(self.rows());
+        for (j, &i) in working_rows.iter().enumerate() {
+            y[i] = s.y[j];
+        }
+        let mut x = &self.v * &y - w;
+        self.backward(&mut x);
+        // Residuals from P and C themselves: stationarity −(P x + q − Cᵀy) and the working
+        // rows' b_W − C_W x.
+        let r1 = -(&self.p * &x + q - self.c.tr_mul(&y));
+        let mut r2 = DVector::zeros(working_rows.len());
+        for (j, &i) in working_rows.iter().enumerate() {
+            r2[j] = b[i] - self.c.row(i).transpose().dot(&x);
+        }
+        // [P −C_Wᵀ; C_W 0][dx; dy] = [r1; r2]: G_WW dy = r2 − V_Wᵀ L⁻¹ r1, dx = L⁻ᵀ(L⁻¹r1 + V_W dy).
+        let l_r1 = self.forward(&r1);
+        let mut rhs = r2;
+        for (j, &i) in working_rows.iter().enumerate() {
+            rhs[j] -= self.v.column(i).dot(&l_r1);
+        }
+        let mut error = (f64::INFINITY, f64::INFINITY);
+        if let Some(chol) = &s.chol {
+            let dy = chol.solve(&rhs);
+            let mut dx = l_r1;
+            for (j, &i) in working_rows.iter().enumerate() {
+                dx.axpy(dy[j], &self.v.column(i), 1.0);
+            }
+            self.backward(&mut dx);
+            if dx.iter().chain(dy.iter()).all(|v| v.is_finite()) {
+                error = (dx.amax(), dy.amax());
+                x += dx;
+                for (j, &i) in working_rows.iter().enumerate() {
+                    y[i] += dy[j];
+                }
+            }
+        } else {
+            // No working rows: x = −P⁻¹q; refine with P alone.
+            let dx = self.chol.solve(&r1);
+            error = (dx.amax(), 0.0);
+            x += dx;
+        }
+        let mut working = vec![false; self.rows()];
+        for &i in &working_rows {
+            working[i] = true;
+        }
+        DenseSolution {
+            x,
+            y,
+            working,
+            steps: s.steps,
+            error,
+        }
+    }
+}
+
+/// The state of the dual active-set method: the working rows, their multipliers and the
+/// Cholesky factor of `G_WW`.
+struct Dual<'a> {
+    f: &'a DenseFactor,
+    h: &'a DVector<f64>,
+    /// Working rows, in the order added.
+    working: Vec<usize>,
+    /// Their multipliers.
+    y: DVector<f64>,
+    chol: Option<Cholesky<f64, Dyn>>,
+    steps: usize,
+}
+
+impl<'a> Dual<'a> {
+    /// The equality rows held, at the minimizer on them.
+    fn new(f: &'a DenseFactor, h: &'a DVector<f64>, kinds: &[Row]) -> Result<Self> {
+        let working: Vec<usize> = (0..kinds.len())
+            .filter(|&i| kinds[i] == Row::Equality)
+            .collect();
+        let mut s = Self {
+            f,
+            h,
+            working,
+            y: DVector::zeros(0),
+            chol: None,
+            steps: 0,
+        };
+        s.refactor().map_err(|_| {
+            Error::Singular("linearly dependent equality constraints (LICQ fails)".into())
+        })?;
+        Ok(s)
+    }
+
+    /// Cholesky of `G_WW` and `y_W = G_WW⁻¹ h_W` on the current working set.
+    fn refactor(&mut self) -> Result<()> {
+        let k = self.working.len();
+        if k == 0 {
+            self.chol = None;
+            self.y = DVector::zeros(0);
+            return Ok(());
+        }
+        let g = DMatrix::from_fn(k, k, |a, b| self.f.gram[(self.working[a], self.working[b])]);
+        let big = g.diagonal().amax();
+        let chol = g
+            .cholesky()
+            .filter(|c| {
+                let d = c.l_dirty().diagonal();
+                d.iter().all(|&v| v * v > 1e-13 * big)
+            })
+            .ok_or_else(|| Error::Singular("dependent working rows".into()))?;
+        let hw = DVector::from_fn(k, |a, _| self.h[self.working[a]]);
+        self.y = chol.solve(&hw);
+        self.chol = Some(chol);
+        Ok(())
+    }
+
+    /// `(G y − h)_i` at the current multipliers.
+    fn slack(&self, i: usize) -> f64 {
+        let mut s = -self.h[i];
+        for (j, &wj) in self.working.iter().enumerate() {
+            s += self.f.gram[(i, wj)] * self.y[j];
+        }
+        s
+    }
+
+    /// How far a computed slack can be off by rounding alone.
+    fn rounding(&self, i: usize) -> f64 {
+        let mut size = self.h[i].abs();
+        for (j, &wj) in self.working.iter().enumerate() {
+            size += (self.f.gram[(i, wj)] * self.y[j]).abs();
+        }
+        64.0 * f64::EPSILON * size
+    }
+
+    /// The most violated inequality outside the working set, if any.
+    fn most_violated(&self, kinds: &[Row]) -> Option<usize> {
+        let mut in_w = vec![false; kinds.len()];
+        for &i in &self.working {
+            in_w[i] = true;
+        }
+        (0..kinds.len())
+            .filter(|&i| kinds[i] == Row::Inequality && !in_w[i])
+            .map(|i| (i, self.slack(i)))
+            .filter(|&(i, s)| s < -self.rounding(i))
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(i, _)| i)
+    }
+
+    /// Adds row `p`: partial steps (dropping blocking inequalities) until it is active.
+    fn add(&mut self, p: usize, kinds: &[Row]) -> Result<()> {
+        let gpp = self.f.gram[(p, p)];
+        let mut yp = 0.0;
+        loop {
+            self.steps += 1;
+            let k = self.working.len();
+            // d = G_WW⁻¹ G_Wp: the working multipliers move by −t d when y_p moves by t.
+            let gwp = DVector::from_fn(k, |a, _| self.f.gram[(self.working[a], p)]);
+            let d = match &self.chol {
+                Some(c) => c.solve(&gwp),
+                None => DVector::zeros(0),
+            };
+            let schur = gpp - gwp.dot(&d);
+            let in_span = schur <= 1e-12 * gpp;
+            let slack_p = self.slack(p) + gpp * yp;
+            let block = (0..k)
+                .filter(|&j| kinds[self.working[j]] == Row::Inequality && d[j] > 0.0)
+                .map(|j| (self.y[j] / d[j], j))
+                .min_by(|a, b| a.0.total_cmp(&b.0));
+            if in_span && block.is_none() {
+                return Err(Error::Infeasible(format!(
+                    "inequality {p} cannot be satisfied together with the {k} working \
+                     constraints (Farkas certificate from the dense dual active-set method)"
+                )));
+            }
+            let t_full = if in_span {
+                f64::INFINITY
+            } else {
+                -slack_p / schur
+            };
+            match block {
+                Some((t, j)) if t < t_full => {
+                    // Drop working row j at its zero multiplier, keep p's partial multiplier.
+                    yp += t;
+                    self.working.remove(j);
+                    self.refactor()?;
+                    // Stationarity on W with y_p held: G_WW y_W = h_W − G_Wp y_p.
+                    self.resolve_with(p, yp);
+                }
+                _ => {
+                    self.working.push(p);
+                    return self.refactor();
+                }
+            }
+        }
+    }
+
+    /// `y_W` from `G_WW y_W = h_W − G_Wp y_p` (row `p` held at a partial multiplier).
+    fn resolve_with(&mut self, p: usize, yp: f64) {
+        let k = self.working.len();
+        let rhs = DVector::from_fn(k, |a, _| {
+            self.h[self.working[a]] - self.f.gram[(self.working[a], p)] * yp
+        });
+        if let Some(c) = &self.chol {
+            self.y = c.solve(&rhs);
+        }
+    }
+}
+
+/// [`DenseFactor::solve`] on a [`Qp`]'s own rows (inequalities, then equalities).
+///
+/// # Errors
+/// As [`DenseFactor::new`] and [`DenseFactor::solve`].
+pub fn solve_qp(qp: &Qp) -> Result<DenseSolution> {
+    let f = DenseFactor::new(&qp.p, &qp.a, &qp.a_eq)?;
+    let (m, k) = (qp.b.len(), qp.b_eq.len());
+    let mut b = DVector::zeros(m + k);
+    b.rows_mut(0, m).copy_from(&qp.b);
+    b.rows_mut(m, k).copy_from(&qp.b_eq);
+    let kinds: Vec<Row> = (0..m + k)
+        .map(|i| {
+            if i < m {
+                Row::Inequality
+            } else {
+                Row::Equality
+            }
+        })
+        .collect();
+    f.solve(&qp.q, &b, &kinds)
+}
