@@ -486,7 +486,16 @@ pub fn solve_exact_dense(
             (qp.b_eq[j - m], Row::Equality)
         };
     }
-    let sol = match factor.solve(&qp.q, &b, &kinds) {
+    let solved = factor.solve(&qp.q, &b, &kinds).and_then(|sol| {
+        if sol.x.iter().chain(sol.y.iter()).all(|v| v.is_finite()) {
+            Ok(sol)
+        } else {
+            Err(Error::NonFinite {
+                what: "the dense active-set point (data beyond its range)".into(),
+            })
+        }
+    });
+    let sol = match solved {
         Ok(sol) => sol,
         Err(e @ Error::Infeasible(_)) => return Err(e),
         Err(e) => {
