@@ -213,9 +213,11 @@ impl NullSpace {
     }
 }
 
-/// Estimates the 2-norm condition number `|λ|max / |λ|min` of a symmetric matrix by 40 steps of
-/// power iteration on `k` and on `k⁻¹` (through `solve`). Cheap (`O(n²)` per step) and accurate
-/// to a few percent, which is what a diagnostic needs.
+/// Estimates the 2-norm condition number `|λ|max / |λ|min` of a symmetric matrix by 16 steps
+/// of the Lanczos method (full reorthogonalization) on `k` and on `k⁻¹` (through `solve`):
+/// [`lanczos_extreme`]. Both factors are estimates from below, so the result is too; the
+/// extreme eigenvalues converge fastest under Lanczos (a few percent after 16 steps on the KKT
+/// matrices of this crate, exact when the size is at most 16), at `O(n²)` per step.
 pub fn condition_estimate(
     k: &DMatrix<f64>,
     solve: impl Fn(&DVector<f64>) -> Option<DVector<f64>>,
@@ -226,12 +228,124 @@ pub fn condition_estimate(
     }
     // A fixed, non-symmetric-looking start vector avoids accidental orthogonality.
     let start = DVector::from_fn(n, |i, _| 1.0 + 0.1 * ((i * 7919) % 13) as f64);
-    let big = power_iteration(&start, 40, |v| Some(k * v));
-    let inv = power_iteration(&start, 40, solve);
+    let big = lanczos_extreme(&start, CONDITION_STEPS, |v| Some(k * v));
+    let inv = lanczos_extreme(&start, CONDITION_STEPS, solve);
     if big == 0.0 {
         return f64::INFINITY;
     }
     big * inv
+}
+
+/// Lanczos steps per factor of [`condition_estimate`].
+const CONDITION_STEPS: usize = 16;
+
+/// The largest eigenvalue magnitude `|λ|max` of a symmetric operator: the largest Ritz value
+/// magnitude after `steps` steps of the Lanczos method from `start`, with full
+/// reorthogonalization (an estimate from below, exact once `steps` reaches the dimension).
+/// `apply` returning `None` or a non-finite vector gives `∞`; a zero operator gives `0`. Norms
+/// are formed without overflow.
+pub fn lanczos_extreme(
+    start: &DVector<f64>,
+    steps: usize,
+    apply: impl Fn(&DVector<f64>) -> Option<DVector<f64>>,
+) -> f64 {
+    let steps = steps.min(start.len()).max(1);
+    let mut basis: Vec<DVector<f64>> = Vec::with_capacity(steps);
+    let (mut alpha, mut beta): (Vec<f64>, Vec<f64>) =
+        (Vec::with_capacity(steps), Vec::with_capacity(steps));
+    let mut q = start.normalize();
+    for j in 0..steps {
+        let Some(mut w) = apply(&q) else {
+            return f64::INFINITY;
+        };
+        if !w.iter().all(|v| v.is_finite()) {
+            return f64::INFINITY;
+        }
+        let a = q.dot(&w);
+        w.axpy(-a, &q, 1.0);
+        if let (Some(prev), Some(&b)) = (basis.last(), beta.last()) {
+            w.axpy(-b, prev, 1.0);
+        }
+        basis.push(q);
+        alpha.push(a);
+        // One pass of full reorthogonalization: what is left of the lost orthogonality only
+        // duplicates converged Ritz values, which does not move the extreme one.
+        for v in &basis {
+            let c = v.dot(&w);
+            w.axpy(-c, v, 1.0);
+        }
+        let scale = w.amax();
+        let norm = if scale > 0.0 && scale.is_finite() {
+            scale * (&w / scale).norm()
+        } else {
+            scale
+        };
+        if !norm.is_finite() {
+            return f64::INFINITY;
+        }
+        let size = alpha
+            .iter()
+            .chain(&beta)
+            .fold(0.0f64, |m, v| m.max(v.abs()));
+        if j + 1 == steps || norm <= 1e-14 * size {
+            break;
+        }
+        beta.push(norm);
+        q = w / norm;
+    }
+    let (lo, hi) = tridiagonal_extremes(&alpha, &beta);
+    lo.abs().max(hi.abs())
+}
+
+/// The smallest and largest eigenvalues of the symmetric tridiagonal matrix with diagonal
+/// `alpha` and off-diagonal `beta` (entries beyond `beta`'s length are zero), by bisection on
+/// Sturm counts inside the Gershgorin interval, to `1e-10` of the largest magnitude.
+pub fn tridiagonal_extremes(alpha: &[f64], beta: &[f64]) -> (f64, f64) {
+    let n = alpha.len();
+    if n == 0 {
+        return (0.0, 0.0);
+    }
+    // β_{i−1} and β_i around row i (zero outside).
+    let off = |i: usize| beta.get(i).copied().filter(|_| i + 1 < n).unwrap_or(0.0);
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    for (i, &a) in alpha.iter().enumerate() {
+        let r = off(i).abs() + i.checked_sub(1).map_or(0.0, |j| off(j).abs());
+        lo = lo.min(a - r);
+        hi = hi.max(a + r);
+    }
+    // The number of eigenvalues below x (the negative pivots of T − xI).
+    let below = |x: f64| {
+        let (mut count, mut d) = (0, 1.0);
+        for (i, &a) in alpha.iter().enumerate() {
+            let b2 = i.checked_sub(1).map_or(0.0, |j| off(j) * off(j));
+            d = a - x - if i > 0 { b2 / d } else { 0.0 };
+            if d == 0.0 {
+                d = -f64::EPSILON * (hi - lo).abs().max(f64::MIN_POSITIVE);
+            }
+            count += usize::from(d < 0.0);
+        }
+        count
+    };
+    let bisect = |k: usize| {
+        // The (k+1)-th smallest eigenvalue.
+        let (mut a, mut b) = (lo, hi);
+        // To 1e-10 of the magnitude (plenty for a condition estimate; the Gershgorin width
+        // shrinks to it in about 40 halvings).
+        let size = lo.abs().max(hi.abs());
+        for _ in 0..200 {
+            let mid = 0.5 * (a + b);
+            if mid <= a || mid >= b || b - a <= 1e-10 * size {
+                break;
+            }
+            if below(mid) > k {
+                b = mid;
+            } else {
+                a = mid;
+            }
+        }
+        0.5 * (a + b)
+    };
+    (bisect(0), bisect(n - 1))
 }
 
 /// The largest eigenvalue magnitude `|λ|max` of a symmetric operator by `steps` steps of power

@@ -411,6 +411,59 @@ impl<P: InnerProblem> Bilevel<P> {
     }
 }
 
+impl<P: InnerProblem + Sync> Bilevel<P> {
+    /// [`Bilevel::limit`] for a batch of parameters on the same inner problem, on `threads`
+    /// threads (contiguous chunks of the batch; `1` runs on the caller's thread). Each item
+    /// has its own result with its own diagnostics (status, iterations, residual, branches), so
+    /// one failing item does not hide the others; the order is the batch's. A
+    /// [`crate::problem::QuadraticProblem`] on its default dense backend factors `Q` and its
+    /// rows once for the whole batch (and for later calls).
+    ///
+    /// ```
+    /// use bilevel::nalgebra::{dmatrix, dvector};
+    /// use bilevel::prelude::*;
+    ///
+    /// let constraints = LinearConstraints { a: dmatrix![1.0, 1.0], b: dvector![1.0], ..LinearConstraints::none(2) };
+    /// let layer = QuadraticProblem::new(dmatrix![2.0, 0.0; 0.0, 1.0], dmatrix![1.0; 0.0], dvector![0.0, 0.0], constraints)?;
+    /// let program = Bilevel::new(layer, Loss::Linear { g: dvector![1.0, 0.0] })?;
+    /// let thetas: Vec<_> = (0..8).map(|i| dvector![i as f64 - 4.0]).collect();
+    /// let batch = program.limit_batch(&thetas, 2)?;
+    /// for (theta, item) in thetas.iter().zip(&batch) {
+    ///     assert_eq!(item.as_ref().unwrap().grad_theta, program.limit(theta)?.grad_theta);
+    /// }
+    /// # Ok::<(), bilevel::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// `threads == 0` ([`Error::InvalidInput`]); each item's errors are [`Bilevel::limit`]'s.
+    pub fn limit_batch(
+        &self,
+        thetas: &[DVector<f64>],
+        threads: usize,
+    ) -> Result<Vec<Result<LimitDerivative>>> {
+        if threads == 0 {
+            return Err(Error::input("threads", "must be at least 1"));
+        }
+        let threads = threads.min(thetas.len()).max(1);
+        if threads == 1 {
+            return Ok(thetas.iter().map(|t| self.limit(t)).collect());
+        }
+        let chunk = thetas.len().div_ceil(threads);
+        let mut out = Vec::with_capacity(thetas.len());
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = thetas
+                .chunks(chunk)
+                .map(|c| scope.spawn(move || c.iter().map(|t| self.limit(t)).collect::<Vec<_>>()))
+                .collect();
+            for h in handles {
+                // A panic in a worker is a bug, not a user error: re-raise it as it was.
+                out.extend(h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
+            }
+        });
+        Ok(out)
+    }
+}
+
 /// Prop. 3's width `β/(2ν)‖g‖²`, computed without intermediate underflow or overflow wherever
 /// the result itself is representable (`‖g‖²` alone underflows for `|g| ≈ 1e-160`, `β/(2ν)`
 /// for a subnormal β and a large ν): `‖g‖² = s²‖g/s‖²` with `s = max|g_i|`, and the factors

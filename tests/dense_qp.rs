@@ -251,3 +251,101 @@ fn the_layer_and_its_prop2_direction_match_the_interior_point_path() {
         assert!((&a.grad_theta - &b.grad_theta).amax() < 1e-10 * (1.0 + b.grad_theta.amax()));
     }
 }
+
+#[test]
+fn condition_estimates_are_close_to_the_exact_condition_from_below() {
+    // Lanczos on K and K⁻¹ (16 steps each) against the eigenvalues of the KKT matrix
+    // [P Aᵀ; A 0] of random QPs: never above the exact 2-norm condition, within 5 % of it
+    // (exact up to rounding when the size is at most 16).
+    for seed in 0..12u64 {
+        let n = [3usize, 10, 12, 40, 120, 250][seed as usize % 6];
+        let m = n / 3;
+        let mut r = rng(300 + seed);
+        let p = spd(&mut r, n, 0.05 + 0.1 * seed as f64);
+        let a = matrix(&mut r, m, n);
+        let mut k = DMatrix::zeros(n + m, n + m);
+        k.view_mut((0, 0), (n, n)).copy_from(&p);
+        k.view_mut((n, 0), (m, n)).copy_from(&a);
+        k.view_mut((0, n), (n, m)).copy_from(&a.transpose());
+        let eig = k.clone().symmetric_eigenvalues();
+        let exact = eig.amax() / eig.iter().fold(f64::INFINITY, |s, v| s.min(v.abs()));
+        let lu = k.clone().lu();
+        let est = bilevel::linalg::condition_estimate(&k, |v| lu.solve(v));
+        assert!(est <= exact * (1.0 + 1e-9), "n {n}: {est} > {exact}");
+        let floor = if n + m <= 16 { 1.0 - 1e-9 } else { 0.95 };
+        assert!(est >= floor * exact, "n {n}: {est} vs {exact}");
+    }
+}
+
+#[test]
+fn tridiagonal_extremes_match_a_dense_eigensolver() {
+    use bilevel::linalg::tridiagonal_extremes;
+    for seed in 0..30u64 {
+        let n = 1 + seed as usize % 20;
+        let mut r = rng(500 + seed);
+        let alpha: Vec<f64> = vector(&mut r, n)
+            .iter()
+            .map(|v| v * 10f64.powi((seed % 7) as i32 - 3))
+            .collect();
+        let mut beta: Vec<f64> = vector(&mut r, n.saturating_sub(1))
+            .iter()
+            .copied()
+            .collect();
+        if seed % 5 == 0 && n > 2 {
+            beta[n / 2 - 1] = 0.0; // a split matrix
+        }
+        let t = DMatrix::from_fn(n, n, |i, j| match i.abs_diff(j) {
+            0 => alpha[i],
+            1 => beta[i.min(j)],
+            _ => 0.0,
+        });
+        let eig = t.symmetric_eigenvalues();
+        let (lo, hi) = tridiagonal_extremes(&alpha, &beta);
+        // The documented accuracy: 1e-10 of the Gershgorin interval's magnitude.
+        let scale = (0..n)
+            .map(|i| t.row(i).iter().map(|v| v.abs()).sum::<f64>())
+            .fold(1e-300, f64::max);
+        let (emin, emax) = (eig.min(), eig.max());
+        assert!(
+            (lo - emin).abs() <= 1e-10 * scale,
+            "seed {seed}: {lo} vs {emin}"
+        );
+        assert!(
+            (hi - emax).abs() <= 1e-10 * scale,
+            "seed {seed}: {hi} vs {emax}"
+        );
+    }
+}
+
+#[test]
+fn a_batch_is_its_items_in_order_on_any_number_of_threads() {
+    use Activity::{Inactive, Strong, Weak};
+    let labels: Vec<Activity> = (0..12).map(|i| [Strong, Weak, Inactive][i % 3]).collect();
+    let inst = constructed_qp(&mut rng(77), 30, 4, 1, &labels);
+    let layer = QuadraticProblem::new(inst.q, inst.b, inst.c, inst.constraints).unwrap();
+    let program = Bilevel::new(layer, Loss::Linear { g: vector(&mut rng(78), 30) }).unwrap();
+    let mut thetas: Vec<DVector<f64>> = (0..21).map(|i| vector(&mut rng(200 + i), 4)).collect();
+    thetas.push(inst.theta.clone()); // the constructed point: weakly active rows
+    thetas.insert(5, dvector![1.0, 2.0]); // wrong length: this item fails, the others do not
+    let single: Vec<_> = thetas.iter().map(|t| program.limit(t)).collect();
+    for threads in [1, 2, 3, 64] {
+        let batch = program.limit_batch(&thetas, threads).unwrap();
+        assert_eq!(batch.len(), thetas.len());
+        for (i, (b, s)) in batch.iter().zip(&single).enumerate() {
+            match (b, s) {
+                (Ok(b), Ok(s)) => {
+                    assert_eq!(b.grad_theta, s.grad_theta, "item {i}, {threads} threads");
+                    assert_eq!(b.direction.branches, s.direction.branches);
+                    assert_eq!(b.z_star.status.iterations, s.z_star.status.iterations);
+                }
+                (Err(b), Err(s)) => assert_eq!(b.to_string(), s.to_string()),
+                _ => panic!("item {i}: batch and single disagree on success"),
+            }
+        }
+        assert!(batch[5].is_err());
+        let last = batch.last().unwrap().as_ref().unwrap();
+        assert!(last.direction.branches.iter().any(Option::is_some));
+    }
+    assert!(program.limit_batch(&thetas, 0).is_err());
+    assert!(program.limit_batch(&[], 2).unwrap().is_empty());
+}

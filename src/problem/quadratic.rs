@@ -12,8 +12,8 @@ use crate::problem::{Direction, DirectionMethod};
 use crate::prox::Branch;
 use crate::solve::dense::{DenseActiveSet, DenseFactor};
 use crate::solve::qp::{
-    classify, complementarity, solve_exact, solve_exact_dense, solve_offset, Activity, OffsetQp,
-    OffsetSolution, Qp, QpBackend, Tolerances, DENSE,
+    classify, complementarity, dense_exact, solve_exact, solve_exact_dense, solve_offset, Activity,
+    OffsetQp, OffsetSolution, Qp, QpBackend, Tolerances, DENSE,
 };
 
 /// The standard constrained quadratic layer
@@ -165,11 +165,12 @@ impl QuadraticProblem {
     /// Solves `qp` (this layer's rows) exactly: on the stored factorization when `P = Q`, on a
     /// fresh one for another `P` (dense backend), or on the backend.
     fn solve_qp(&self, qp: &Qp, curvature_added: bool) -> Result<crate::solve::qp::ExactQp> {
+        // The solution's condition estimate is not reported (InnerSolution has none): skipped.
         let rows: Vec<usize> = (0..self.constraints.m() + self.constraints.b_eq.len()).collect();
         match self.factor() {
-            Some(f) if !curvature_added => solve_exact_dense(f, qp, &rows, &self.tol),
+            Some(f) if !curvature_added => dense_exact(f, qp, &rows, &self.tol, false),
             Some(_) => match DenseFactor::new(&qp.p, &qp.a, &qp.a_eq) {
-                Ok(f) => solve_exact_dense(&f, qp, &rows, &self.tol),
+                Ok(f) => dense_exact(&f, qp, &rows, &self.tol, false),
                 Err(_) => solve_exact(self.backend.as_ref(), qp, &self.tol),
             },
             None => solve_exact(self.backend.as_ref(), qp, &self.tol),

@@ -472,6 +472,18 @@ pub fn solve_exact_dense(
     rows: &[usize],
     tol: &Tolerances,
 ) -> Result<ExactQp> {
+    dense_exact(factor, qp, rows, tol, true)
+}
+
+/// [`solve_exact_dense`]; without `condition` the estimate is skipped (`ExactQp::condition`
+/// is then `NaN`: for callers that do not report it, such as a layer's forward solve).
+pub(crate) fn dense_exact(
+    factor: &DenseFactor,
+    qp: &Qp,
+    rows: &[usize],
+    tol: &Tolerances,
+    condition: bool,
+) -> Result<ExactQp> {
     qp.validate()?;
     let (m, k) = (qp.b.len(), qp.b_eq.len());
     if rows.len() != m + k || rows.iter().any(|&r| r >= factor.rows()) {
@@ -508,7 +520,11 @@ pub fn solve_exact_dense(
     let tol_p = tol.feasibility * (1.0 + qp.b.amax().max(qp.b_eq.amax()));
     let y = DVector::from_fn(m + k, |j, _| sol.y[rows[j]]);
     let point = WorkingPoint::from_dense(qp, &sol.x, &y, &working, sol.error, || {
-        factor.condition(&sol.working)
+        if condition {
+            factor.condition(&sol.working)
+        } else {
+            f64::NAN
+        }
     });
     if worst_violation(qp, &working, &point, tol_p).is_some() || !point.accurate(qp, &working) {
         return refine(qp, tol, &mut working, DENSE, sol.steps, false);
@@ -591,8 +607,7 @@ impl WorkingPoint {
         }
         nu.rows_mut(rows.len(), k).copy_from(&(-&lambda_eq));
         let slack = &qp.a * x - &qp.b;
-        let stationarity =
-            &qp.p * x + &qp.q - qp.a.transpose() * &lambda - qp.a_eq.transpose() * &lambda_eq;
+        let stationarity = &qp.p * x + &qp.q - qp.a.tr_mul(&lambda) - qp.a_eq.tr_mul(&lambda_eq);
         let mut residual = stationarity.amax();
         for &i in &rows {
             residual = residual.max(slack[i].abs());
@@ -673,7 +688,7 @@ impl WorkingPoint {
         let activity = classify(working, &lambda, &slack, tol_p, tol_d);
         let dependent = dependent_rows(&qp.a, &self.a_w, |i| !working[i] && slack[i] <= tol_p);
         let stationarity =
-            &qp.p * &x + &qp.q - qp.a.transpose() * &lambda - qp.a_eq.transpose() * &self.lambda_eq;
+            &qp.p * &x + &qp.q - qp.a.tr_mul(&lambda) - qp.a_eq.tr_mul(&self.lambda_eq);
         let eq_res = if qp.b_eq.is_empty() {
             0.0
         } else {
