@@ -323,7 +323,13 @@ fn a_batch_is_its_items_in_order_on_any_number_of_threads() {
     let labels: Vec<Activity> = (0..12).map(|i| [Strong, Weak, Inactive][i % 3]).collect();
     let inst = constructed_qp(&mut rng(77), 30, 4, 1, &labels);
     let layer = QuadraticProblem::new(inst.q, inst.b, inst.c, inst.constraints).unwrap();
-    let program = Bilevel::new(layer, Loss::Linear { g: vector(&mut rng(78), 30) }).unwrap();
+    let program = Bilevel::new(
+        layer,
+        Loss::Linear {
+            g: vector(&mut rng(78), 30),
+        },
+    )
+    .unwrap();
     let mut thetas: Vec<DVector<f64>> = (0..21).map(|i| vector(&mut rng(200 + i), 4)).collect();
     thetas.push(inst.theta.clone()); // the constructed point: weakly active rows
     thetas.insert(5, dvector![1.0, 2.0]); // wrong length: this item fails, the others do not

@@ -1,0 +1,143 @@
+"""The QP layer against its peers on the same instances, in one run.
+
+Runs `cargo bench --bench qp_peers` (bilevel's `limit`: forward solve + the one-sided
+derivative of the loss g^T z* with respect to theta, one thread; it writes each instance with
+its timing and gradient as JSON), then times on the very same data what proxsuite's QPLayer
+does per item (`proxsuite.proxqp.dense.QP` with the QPLayer's settings, `init`, `solve`,
+`compute_backward` with the QPLayer's backward settings; torch's tensor copies are left out,
+which favours proxsuite) and qpth's `QPFunction` if torch and qpth are importable, and prints
+the ratio table with each peer's gradient error against bilevel's exact one.
+
+    python3 -m pip install proxsuite numpy          # torch + qpth optional
+    python3 benches/peers/qp_layers.py [--sizes 10,50,100,200] [--instances DIR]
+
+The layer: E(z; theta) = 1/2 z^T Q z - z^T (B theta + c) s.t. A z >= b. In proxsuite's form
+H = Q, g = -(B theta + c), C = A, l = b, u = +inf, and dL/dtheta = -B^T dL/dg.
+"""
+
+import argparse
+import glob
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+
+def median_ms(fn, repeats):
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
+
+
+def proxsuite_item(inst):
+    import proxsuite
+
+    Q, B, c, A, b = (np.array(inst[k], dtype=float) for k in ("Q", "B", "c", "A", "b"))
+    theta, g = np.array(inst["theta"]), np.array(inst["g"])
+    n, m = Q.shape[0], A.shape[0]
+    lin = -(B @ theta + c)
+    upper = np.full(m, 1e20)
+    out = {}
+
+    def run():
+        qp = proxsuite.proxqp.dense.QP(n, 0, m)
+        # The settings proxsuite.torch.qplayer.QPFunction uses (eps = 1e-9 by default).
+        qp.settings.primal_infeasibility_solving = False
+        qp.settings.max_iter = 1000
+        qp.settings.max_iter_in = 100
+        qp.settings.default_rho = 5.0e-5
+        qp.settings.refactor_rho_threshold = 5.0e-5
+        qp.settings.eps_abs = 1e-9
+        qp.init(H=Q, g=lin, A=None, b=None, C=A, l=b, u=upper, rho=5.0e-5)
+        qp.solve()
+        rhs = np.zeros(n + m)
+        rhs[:n] = g
+        proxsuite.proxqp.dense.compute_backward(
+            qp=qp, loss_derivative=rhs, eps=1e-4, rho_backward=1e-6, mu_backward=1e-6
+        )
+        out["grad"] = -B.T @ np.array(qp.model.backward_data.dL_dg)
+
+    ms = median_ms(run, repeats(n))
+    return ms, out["grad"]
+
+
+def qpth_item(inst):
+    import torch
+    from qpth.qp import QPFunction
+
+    Q, B, c, A, b = (torch.tensor(inst[k], dtype=torch.float64) for k in ("Q", "B", "c", "A", "b"))
+    theta, g = torch.tensor(inst["theta"]), torch.tensor(inst["g"])
+    n = Q.shape[0]
+    out = {}
+
+    def run():
+        t = theta.clone().requires_grad_(True)
+        lin = -(B @ t + c)
+        # qpth: min 1/2 z^T Q z + p^T z s.t. G z <= h, A z = b (empty equality block).
+        z = QPFunction(verbose=-1)(Q, lin, -A, -b, torch.empty(0, n, dtype=torch.float64), torch.empty(0, dtype=torch.float64))
+        (z[0] @ g).backward()
+        out["grad"] = t.grad.numpy()
+
+    ms = median_ms(run, max(3, repeats(n) // 4))
+    return ms, out["grad"]
+
+
+def repeats(n):
+    return max(5, min(200, 2_000_000 // (n**3 // 4 + 1000)))
+
+
+def rel(a, b):
+    return float(np.max(np.abs(a - b)) / max(1.0, np.max(np.abs(b))))
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--sizes", default="10,50,100,200")
+    p.add_argument("--instances", help="use these JSON instances instead of running cargo")
+    args = p.parse_args()
+    here = os.path.dirname(os.path.abspath(__file__))
+    root = os.path.dirname(os.path.dirname(here))
+    out = args.instances or os.path.join(root, "target", "qp-peers")
+    if not args.instances:
+        subprocess.run(
+            ["cargo", "bench", "--bench", "qp_peers", "--", "--out", out, "--sizes", args.sizes],
+            cwd=root,
+            check=True,
+        )
+    peers = []
+    for name, fn, module in [("proxsuite", proxsuite_item, "proxsuite"), ("qpth", qpth_item, "qpth")]:
+        try:
+            __import__(module)
+            peers.append((name, fn))
+        except ImportError:
+            print(f"({name} not importable: skipped)", file=sys.stderr)
+    files = sorted(glob.glob(os.path.join(out, "*.json")), key=lambda f: (json.load(open(f))["n"], f))
+    header = f"{'n':>5} {'kind':>7} {'bilevel ms':>11}"
+    for name, _ in peers:
+        header += f" {name + ' ms':>13} {'ratio':>7} {'grad err':>9}"
+    print(header)
+    for f in files:
+        inst = json.load(open(f))
+        ours = np.array(inst["grad_theta"])
+        line = f"{inst['n']:>5} {inst['kind']:>7} {inst['limit_ms']:>11.4f}"
+        for name, fn in peers:
+            try:
+                ms, grad = fn(inst)
+                line += f" {ms:>13.4f} {inst['limit_ms'] / ms:>7.3f} {rel(grad, ours):>9.1e}"
+            except Exception as e:  # a peer failing on an instance is a result too
+                line += f" {'failed':>13} {'':>7} {type(e).__name__:>9}"
+        print(line, flush=True)
+    print("ratio = bilevel time / peer time (below 1: bilevel faster); grad err = the peer's")
+    print("max |dL/dtheta - exact| / max(1, |exact|), exact = bilevel's (one-sided at weak rows)")
+
+
+if __name__ == "__main__":
+    main()
