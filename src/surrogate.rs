@@ -39,6 +39,7 @@ use nalgebra::DVector;
 
 use crate::error::{check_beta, check_computed, Error, Result};
 use crate::linalg::{select_rows, solve_kkt, vstack};
+use crate::problem::scatter_multipliers;
 use crate::problem::{
     Direction, DirectionMethod, InnerProblem, InnerSolution, LinearConstraints, Loss,
 };
@@ -535,6 +536,7 @@ pub fn prop2_direction(
         .collect();
     let eq_rows = vstack(&select_rows(&constraints.a, &strong), &constraints.a_eq);
     let mut branches = vec![None; activity.len()];
+    let (m, k) = (constraints.m(), constraints.b_eq.len());
     if weak.is_empty() {
         let kkt = solve_kkt(a, &eq_rows, &(-c), &DVector::zeros(eq_rows.nrows()))?;
         let method = if eq_rows.nrows() == 0 {
@@ -542,9 +544,15 @@ pub fn prop2_direction(
         } else {
             DirectionMethod::Prop2Linear
         };
+        // Q ż + ℓ' + [A_S; A_eq]ᵀν = 0: the multipliers are −ν.
+        let held = -&kkt.nu;
+        let (multipliers, multipliers_eq) =
+            scatter_multipliers(m, k, &[], &DVector::zeros(0), &strong, &held);
         return Ok(Direction {
             z_dot: kkt.x,
             branches,
+            multipliers,
+            multipliers_eq,
             condition: kkt.condition,
             residual: kkt.residual,
             method,
@@ -568,9 +576,13 @@ pub fn prop2_direction(
         });
     }
     debug_assert_eq!(sol.x.len(), n);
+    let (multipliers, multipliers_eq) =
+        scatter_multipliers(m, k, &weak, &sol.lambda, &strong, &sol.lambda_eq);
     Ok(Direction {
         z_dot: sol.x,
         branches,
+        multipliers,
+        multipliers_eq,
         condition: sol.condition,
         residual: sol.residual,
         method: DirectionMethod::Prop2Qp {

@@ -17,7 +17,7 @@ mod quadratic;
 
 pub use logcosh::LogCoshProblem;
 pub use prox_layer::ProxProblem;
-pub use quadratic::QuadraticProblem;
+pub use quadratic::{LayerGradients, QuadraticProblem};
 
 use nalgebra::{DMatrix, DVector};
 
@@ -337,6 +337,13 @@ pub struct Direction {
     pub z_dot: DVector<f64>,
     /// Branch taken by each weakly active inequality (`None` for the others).
     pub branches: Vec<Option<Branch>>,
+    /// `μ_i = d λ̂_i/dβ |_{β=0⁺}` of each inequality of [`InnerProblem::constraints`] (the
+    /// multipliers of Eq. 17, in the sign convention of [`InnerSolution::multipliers`]; `0`
+    /// for inactive rows, `≥ 0` for weakly active ones). With `ż` they give the gradients with
+    /// respect to the constraint data ([`crate::problem::QuadraticProblem::data_gradients`]).
+    pub multipliers: DVector<f64>,
+    /// `μ_eq = d λ̂_eq/dβ |_{β=0⁺}` of the equality rows.
+    pub multipliers_eq: DVector<f64>,
     /// Condition estimate of the reduced system that determined `ż`.
     pub condition: f64,
     /// ∞-norm KKT residual of the direction problem (Eq. 17).
@@ -453,4 +460,26 @@ pub trait InnerProblem {
         }
         check_finite("theta", theta.iter())
     }
+}
+
+/// Eq. 17's multipliers back on the inner problem's rows: `weak_mu` of the weakly active rows
+/// `weak`, and `held_mu` of the held rows (the strongly active `strong`, then the `k`
+/// equalities); inactive rows get `0`.
+pub(crate) fn scatter_multipliers(
+    m: usize,
+    k: usize,
+    weak: &[usize],
+    weak_mu: &DVector<f64>,
+    strong: &[usize],
+    held_mu: &DVector<f64>,
+) -> (DVector<f64>, DVector<f64>) {
+    let mut mu = DVector::zeros(m);
+    for (r, &i) in weak.iter().enumerate() {
+        mu[i] = weak_mu[r];
+    }
+    for (r, &i) in strong.iter().enumerate() {
+        mu[i] = held_mu[r];
+    }
+    let mu_eq = held_mu.rows(strong.len(), k).into_owned();
+    (mu, mu_eq)
 }

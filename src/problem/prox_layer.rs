@@ -360,6 +360,8 @@ impl InnerProblem for ProxProblem {
         Some(Ok(Direction {
             z_dot,
             branches,
+            multipliers: DVector::zeros(self.constraints.m()),
+            multipliers_eq: DVector::zeros(self.constraints.b_eq.len()),
             condition,
             residual: 0.0,
             method,

@@ -8,6 +8,7 @@ use super::{
 };
 use crate::error::Result;
 use crate::linalg::check_spd;
+use crate::problem::scatter_multipliers;
 use crate::problem::{Direction, DirectionMethod};
 use crate::prox::Branch;
 use crate::solve::dense::{DenseActiveSet, DenseFactor};
@@ -389,6 +390,112 @@ impl InnerProblem for QuadraticProblem {
     }
 }
 
+/// The one-sided gradients of `L(data) = ℓ(z*)` with respect to every datum of a
+/// [`QuadraticProblem`] ([`QuadraticProblem::data_gradients`]), shaped like the data.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct LayerGradients {
+    /// `∂L/∂Q = ½(ż z*ᵀ + z* żᵀ)`.
+    pub q: DMatrix<f64>,
+    /// `∂L/∂B = −ż θᵀ`.
+    pub b: DMatrix<f64>,
+    /// `∂L/∂c = −ż`.
+    pub c: DVector<f64>,
+    /// `∂L/∂A = −(μ z*ᵀ + λ* żᵀ)`, `∂L/∂b = μ`, and the same for `A_eq`, `b_eq` with
+    /// `μ_eq`, `λ*_eq`.
+    pub constraints: LinearConstraints,
+}
+
+impl QuadraticProblem {
+    /// The gradients of `L = ℓ(z*)` with respect to `Q`, `B`, `c`, `A`, `b`, `A_eq`, `b_eq`
+    /// (not only `θ`), in the one-sided sense of Prop. 2, from `z*` and the limit direction.
+    ///
+    /// By the envelope theorem on Def. 1's contrastive surrogate
+    /// `L^β = (min_z{E + βℓ} − min_z E)/β` under the constraints, each is a difference of the
+    /// Lagrangian's partial derivatives at the two minimizers divided by `β`; with
+    /// `ẑ_β = z* + βż + o(β)` and `λ̂_β = λ* + βμ + o(β)` (`ż`, `μ`, `μ_eq`: Eq. 17's solution
+    /// and multipliers, [`Direction::multipliers`]) the limits are, for the Lagrangian
+    /// `½zᵀQz − zᵀ(Bθ + c) − λᵀ(Az − b) − λ_eqᵀ(A_eq z − b_eq)`,
+    /// `∂L/∂Q = ½(żz*ᵀ + z*żᵀ)`, `∂L/∂B = −żθᵀ`, `∂L/∂c = −ż` (so `dL/dθ = −Bᵀż`, Cor. 1),
+    /// `∂L/∂A = −(μz*ᵀ + λ*żᵀ)`, `∂L/∂b = μ`, `∂L/∂A_eq = −(μ_eq z*ᵀ + λ*_eq żᵀ)`,
+    /// `∂L/∂b_eq = μ_eq`. At weakly active rows they inherit the one-sidedness of `ż` and `μ`
+    /// (the branch each row took). For a symmetric perturbation of `Q` the directional
+    /// derivative is `⟨∂L/∂Q, ΔQ⟩`.
+    ///
+    /// ```
+    /// use bilevel::nalgebra::{dmatrix, dvector};
+    /// use bilevel::prelude::*;
+    ///
+    /// // min ½‖z‖² − z₁θ s.t. z₁ + z₂ ≥ 1, loss z₁: the constraint is active at θ = 0.
+    /// let constraints = LinearConstraints { a: dmatrix![1.0, 1.0], b: dvector![1.0], ..LinearConstraints::none(2) };
+    /// let layer = QuadraticProblem::new(dmatrix![1.0, 0.0; 0.0, 1.0], dmatrix![1.0; 0.0], dvector![0.0, 0.0], constraints)?;
+    /// let program = Bilevel::new(layer, Loss::Linear { g: dvector![1.0, 0.0] })?;
+    /// let theta = dvector![0.0];
+    /// let limit = program.limit(&theta)?;
+    /// let g = program.inner.data_gradients(&theta, &limit.z_star, &limit.direction)?;
+    /// // z* = (b/2, b/2): dL/db = ½.
+    /// assert!((g.constraints.b[0] - 0.5).abs() < 1e-12);
+    /// # Ok::<(), bilevel::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`crate::Error::DimensionMismatch`] when `theta`, `z_star` or `direction` do not fit
+    /// the layer.
+    pub fn data_gradients(
+        &self,
+        theta: &DVector<f64>,
+        z_star: &InnerSolution,
+        direction: &Direction,
+    ) -> Result<LayerGradients> {
+        let (n, m, k) = (
+            self.q.nrows(),
+            self.constraints.m(),
+            self.constraints.b_eq.len(),
+        );
+        let fits = [
+            ("theta", self.b.ncols(), theta.len()),
+            ("z_star", n, z_star.z.len()),
+            ("z_star multipliers", m, z_star.multipliers.len()),
+            (
+                "z_star equality multipliers",
+                k,
+                z_star.multipliers_eq.len(),
+            ),
+            ("z_dot", n, direction.z_dot.len()),
+            ("direction multipliers", m, direction.multipliers.len()),
+            (
+                "direction equality multipliers",
+                k,
+                direction.multipliers_eq.len(),
+            ),
+        ];
+        if let Some(&(what, want, got)) = fits.iter().find(|(_, w, g)| w != g) {
+            return Err(crate::error::Error::dim(what, want, got));
+        }
+        let (z, zd) = (&z_star.z, &direction.z_dot);
+        let outer = |u: &DVector<f64>, v: &DVector<f64>| u * v.transpose();
+        let q = (outer(zd, z) + outer(z, zd)) * 0.5;
+        let a = -(outer(&direction.multipliers, z) + outer(&z_star.multipliers, zd));
+        let a_eq = -(outer(&direction.multipliers_eq, z) + outer(&z_star.multipliers_eq, zd));
+        let grads = LayerGradients {
+            q,
+            b: -outer(zd, theta),
+            c: -zd,
+            constraints: LinearConstraints {
+                a,
+                b: direction.multipliers.clone(),
+                a_eq,
+                b_eq: direction.multipliers_eq.clone(),
+            },
+        };
+        crate::error::check_finite(
+            "layer gradients",
+            grads.q.iter().chain(grads.constraints.a.iter()),
+        )?;
+        Ok(grads)
+    }
+}
+
 /// [`QuadraticProblem::closed_form_direction`]: Eq. 17 as a QP on the layer's own rows.
 fn dense_direction(
     layer: &QuadraticProblem,
@@ -436,6 +543,9 @@ fn dense_direction(
         b_eq: DVector::zeros(held.len()),
     };
     let sol = solve_exact_dense(factor, &qp, &rows, &layer.tol)?;
+    let strong = &held[..held.len() - k];
+    let (multipliers, multipliers_eq) =
+        scatter_multipliers(m, k, &weak, &sol.lambda, strong, &sol.lambda_eq);
     let mut branches = vec![None; m];
     for (j, &i) in weak.iter().enumerate() {
         branches[i] = Some(if sol.working[j] || sol.slack[j] <= 0.0 {
@@ -452,6 +562,8 @@ fn dense_direction(
     Ok(Direction {
         z_dot: sol.x,
         branches,
+        multipliers,
+        multipliers_eq,
         condition: sol.condition,
         residual: sol.residual,
         method,
