@@ -7,7 +7,8 @@
 //! ```
 //! describes `E(z; θ) = ½zᵀQz − zᵀ(Bθ + c)` s.t. `Az ≥ b`, `A_eq z = b_eq` and `ℓ(z) = gᵀz`
 //! (`{"kind": "squared", "target": [..]}` for `ℓ = ½‖z − t‖²`). `B` defaults to `n × 0`,
-//! `theta` to zeros, the constraints to none, `betas` to `[]`. Unknown fields are rejected.
+//! `theta` to zeros, the constraints to none, `betas` to `[]`, `gradients` to `[]`. Unknown
+//! fields are rejected.
 //!
 //! **A JVP instead of a loss**: `"direction": v` (length `p`, in place of `"loss"`) asks for
 //! the one-sided directional derivative of `z*` along `θ + t v`, `t → 0⁺`, returned as `jvp`
@@ -15,6 +16,15 @@
 //! Prop. 2 limit for the linear loss `g = −Bv` — a step `t v` in θ adds `−t (Bv)ᵀz` to `E` —
 //! so `z_dot` equals `jvp`, and `loss`, `grad_theta` and the surrogates refer to that `g`. At a
 //! tie the JVP is one-sided: `jvp(−v) ≠ −jvp(v)` in general (Prop. 2).
+//!
+//! **A loss given by its gradient**: `{"kind": "gradient", "g": [..]}` is what a framework's
+//! backward pass has, `ℓ'(z*)` only. `z_dot` and `grad_theta` depend on nothing else (Prop. 2);
+//! `loss` is then `gᵀz*`, the surrogates are Def. 2's linearization (Eq. 36-37; `value` equals
+//! `linearized_value`), and the output says so in `loss_note`.
+//!
+//! **Gradients with respect to the data**: `"gradients": ["Q", "B", "c", "A", "b", "A_eq",
+//! "b_eq"]` (any subset) adds `grad_Q`, `grad_B`, … to the output, shaped like the data,
+//! one-sided at weakly active rows like `grad_theta` ([`QuadraticProblem::data_gradients`]).
 //!
 //! Output: `z_star`, `multipliers`, `multipliers_eq`, `constraints` (`strong` / `weak` /
 //! `inactive` per inequality), `condition` (of the system that determined `ż`), `loss` (`L(θ)`),
@@ -47,7 +57,17 @@ pub enum LossSpec {
         /// `t`.
         target: Vec<f64>,
     },
+    /// Only the loss gradient `ℓ'(z*) = g` is known (what a framework's backward pass has):
+    /// the limit derivatives are those of any loss with this gradient; the finite-β
+    /// surrogates are Def. 2's linearization (Eq. 36-37), and `loss` is `gᵀz*`.
+    Gradient {
+        /// `ℓ'(z*)`.
+        g: Vec<f64>,
+    },
 }
+
+/// The data `"gradients"` may ask for.
+const DATA: [&str; 7] = ["Q", "B", "c", "A", "b", "A_eq", "b_eq"];
 
 /// The input of `bilevel derive` (see the module docs).
 #[derive(Debug, Clone, Deserialize)]
@@ -76,6 +96,9 @@ pub struct DeriveInput {
     pub direction: Option<Vec<f64>>,
     /// Spacing parameters for the finite-β surrogates.
     pub betas: Option<Vec<f64>>,
+    /// Data to return the gradient of `L` for (any of `Q`, `B`, `c`, `A`, `b`, `A_eq`,
+    /// `b_eq`): `grad_Q`, … in the output.
+    pub gradients: Option<Vec<String>>,
 }
 
 /// One finite-β entry of the output.
@@ -135,7 +158,21 @@ pub struct DeriveOutput {
     pub solver: &'static str,
     /// One entry per β.
     pub surrogates: Vec<SurrogateOut>,
+    /// Said when the loss was given by its gradient only (`{"kind": "gradient"}`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss_note: Option<&'static str>,
+    /// The gradients of `L` asked for by `"gradients"`, by datum (`grad_Q`, `grad_B`, …;
+    /// matrices as arrays of rows), one-sided at weakly active rows
+    /// ([`QuadraticProblem::data_gradients`]).
+    #[serde(flatten)]
+    pub data_gradients: std::collections::BTreeMap<String, serde_json::Value>,
 }
+
+/// What `loss_note` says for a loss given by its gradient.
+pub const GRADIENT_LOSS_NOTE: &str =
+    "only the loss gradient g was given: loss is g^T z*, z_dot and \
+     grad_theta are those of every loss with this gradient at z*, and the surrogates are Def. 2's \
+     linearization (value = linearized_value)";
 
 fn matrix(field: &str, rows: &[Vec<f64>], cols: Option<usize>) -> Result<DMatrix<f64>> {
     let ncols = cols.unwrap_or_else(|| rows.first().map_or(0, Vec::len));
@@ -192,6 +229,10 @@ struct Parsed {
     betas: Vec<f64>,
     /// Whether the loss came from a `direction` (a JVP).
     jvp: bool,
+    /// Whether the loss was given by its gradient only.
+    gradient_loss: bool,
+    /// The data whose gradients were asked for.
+    gradients: Vec<String>,
 }
 
 fn parse_problem(text: &str) -> Result<Parsed> {
@@ -243,6 +284,19 @@ fn parse_problem(text: &str) -> Result<Parsed> {
         a_eq,
         b_eq,
     };
+    let gradient_loss = matches!(input.loss, Some(LossSpec::Gradient { .. }));
+    let gradients = input.gradients.clone().unwrap_or_default();
+    for (i, name) in gradients.iter().enumerate() {
+        if !DATA.contains(&name.as_str()) {
+            return Err(Error::input(
+                format!("gradients[{i}]"),
+                format!(
+                    "unknown datum `{name}` (expected any of {})",
+                    DATA.join(", ")
+                ),
+            ));
+        }
+    }
     let loss = match (input.loss, &input.direction) {
         (Some(_), Some(_)) => {
             return Err(Error::input(
@@ -276,6 +330,9 @@ fn parse_problem(text: &str) -> Result<Parsed> {
         (Some(LossSpec::Squared { target }), None) => Loss::Squared {
             target: DVector::from_vec(target),
         },
+        (Some(LossSpec::Gradient { g }), None) => Loss::Linear {
+            g: DVector::from_vec(g),
+        },
     };
     let inner = QuadraticProblem::new(q, b, DVector::from_column_slice(&input.c), constraints)?;
     let betas = input.betas.unwrap_or_default();
@@ -292,6 +349,8 @@ fn parse_problem(text: &str) -> Result<Parsed> {
         theta,
         betas,
         jvp: input.direction.is_some(),
+        gradient_loss,
+        gradients,
     })
 }
 
@@ -302,6 +361,8 @@ pub fn derive(text: &str) -> Result<DeriveOutput> {
         theta,
         betas,
         jvp,
+        gradient_loss,
+        gradients,
     } = parse_problem(text)?;
     let limit = program.limit(&theta)?;
     let to_vec = |v: &DVector<f64>| v.iter().copied().collect::<Vec<f64>>();
@@ -338,8 +399,46 @@ pub fn derive(text: &str) -> Result<DeriveOutput> {
         residual: limit.z_star.status.residual.max(limit.direction.residual),
         solver: program.inner.backend().name(),
         surrogates,
+        loss_note: gradient_loss.then_some(GRADIENT_LOSS_NOTE),
+        data_gradients: data_gradients(&program, &theta, &limit, &gradients)?,
     };
     out.check_finite()?;
+    Ok(out)
+}
+
+/// The `grad_*` entries asked for.
+fn data_gradients(
+    program: &Bilevel<QuadraticProblem>,
+    theta: &DVector<f64>,
+    limit: &crate::surrogate::LimitDerivative,
+    names: &[String],
+) -> Result<std::collections::BTreeMap<String, serde_json::Value>> {
+    let mut out = std::collections::BTreeMap::new();
+    if names.is_empty() {
+        return Ok(out);
+    }
+    let g = program
+        .inner
+        .data_gradients(theta, &limit.z_star, &limit.direction)?;
+    let rows = |m: &DMatrix<f64>| {
+        serde_json::json!(m
+            .row_iter()
+            .map(|r| r.iter().copied().collect::<Vec<f64>>())
+            .collect::<Vec<_>>())
+    };
+    let vector = |v: &DVector<f64>| serde_json::json!(v.iter().copied().collect::<Vec<f64>>());
+    for name in names {
+        let value = match name.as_str() {
+            "Q" => rows(&g.q),
+            "B" => rows(&g.b),
+            "c" => vector(&g.c),
+            "A" => rows(&g.constraints.a),
+            "b" => vector(&g.constraints.b),
+            "A_eq" => rows(&g.constraints.a_eq),
+            _ => vector(&g.constraints.b_eq),
+        };
+        out.insert(format!("grad_{name}"), value);
+    }
     Ok(out)
 }
 

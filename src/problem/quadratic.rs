@@ -488,10 +488,13 @@ impl QuadraticProblem {
                 b_eq: direction.multipliers_eq.clone(),
             },
         };
-        crate::error::check_finite(
-            "layer gradients",
-            grads.q.iter().chain(grads.constraints.a.iter()),
-        )?;
+        let every = grads.q.iter().chain(grads.b.iter()).chain(grads.c.iter());
+        let c = &grads.constraints;
+        let every = every
+            .chain(c.a.iter())
+            .chain(c.b.iter())
+            .chain(c.a_eq.iter());
+        crate::error::check_finite("layer gradients", every.chain(c.b_eq.iter()))?;
         Ok(grads)
     }
 }
