@@ -22,6 +22,10 @@
 //! `loss` is then `gᵀz*`, the surrogates are Def. 2's linearization (Eq. 36-37; `value` equals
 //! `linearized_value`), and the output says so in `loss_note`.
 //!
+//! **A batch**: `"theta": [[..], [..], …]` (a list of vectors) answers for each `θ` on the same
+//! layer — one factorization for all — with a JSON array of outputs in the same order, an item
+//! that fails being `{"error": message}` ([`derive_json`]).
+//!
 //! **Gradients with respect to the data**: `"gradients": ["Q", "B", "c", "A", "b", "A_eq",
 //! "b_eq"]` (any subset) adds `grad_Q`, `grad_B`, … to the output, shaped like the data,
 //! one-sided at weakly active rows like `grad_theta` ([`QuadraticProblem::data_gradients`]).
@@ -80,8 +84,8 @@ pub struct DeriveInput {
     pub c: Vec<f64>,
     /// `B`, `n × p`.
     pub B: Option<Vec<Vec<f64>>>,
-    /// `θ`, length `p`.
-    pub theta: Option<Vec<f64>>,
+    /// `θ`, length `p`, or a batch of them.
+    pub theta: Option<ThetaSpec>,
     /// `A`, `m × n`.
     pub A: Option<Vec<Vec<f64>>>,
     /// `b`, length `m`.
@@ -99,6 +103,16 @@ pub struct DeriveInput {
     /// Data to return the gradient of `L` for (any of `Q`, `B`, `c`, `A`, `b`, `A_eq`,
     /// `b_eq`): `grad_Q`, … in the output.
     pub gradients: Option<Vec<String>>,
+}
+
+/// `"theta"`: one parameter vector, or a list of them (a batch on the same layer).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ThetaSpec {
+    /// `θ`.
+    One(Vec<f64>),
+    /// One `θ` per item.
+    Batch(Vec<Vec<f64>>),
 }
 
 /// One finite-β entry of the output.
@@ -219,13 +233,24 @@ fn pair(
 /// [`Error::InvalidInput`] for malformed JSON (the message names the field serde saw), and the
 /// validation errors of [`QuadraticProblem::new`], each naming its field.
 pub fn parse(text: &str) -> Result<(Bilevel<QuadraticProblem>, DVector<f64>, Vec<f64>)> {
-    parse_problem(text).map(|p| (p.program, p.theta, p.betas))
+    let p = parse_problem(text)?;
+    if p.batch {
+        return Err(Error::input(
+            "theta",
+            "a batch (a list of vectors): use derive_json, which answers per item",
+        ));
+    }
+    let theta = p.thetas.into_iter().next().unwrap_or_default();
+    Ok((p.program, theta, p.betas))
 }
 
 /// A parsed derive problem.
 struct Parsed {
     program: Bilevel<QuadraticProblem>,
-    theta: DVector<f64>,
+    /// One θ, or the batch's.
+    thetas: Vec<DVector<f64>>,
+    /// Whether `theta` was a list of vectors.
+    batch: bool,
     betas: Vec<f64>,
     /// Whether the loss came from a `direction` (a JVP).
     jvp: bool,
@@ -233,6 +258,33 @@ struct Parsed {
     gradient_loss: bool,
     /// The data whose gradients were asked for.
     gradients: Vec<String>,
+}
+
+/// One `θ`, checked against `B`.
+fn theta_of(
+    t: &[f64],
+    field: &str,
+    p: usize,
+    b: &Option<Vec<Vec<f64>>>,
+    n: usize,
+) -> Result<DVector<f64>> {
+    if b.is_none() && !t.is_empty() {
+        return Err(Error::input(
+            "B",
+            format!(
+                "missing: {field} has {} entries, but E(z; theta) depends on theta only through \
+                 B theta; give B ({n} x {})",
+                t.len(),
+                t.len()
+            ),
+        ));
+    }
+    if t.len() != p {
+        return Err(Error::dim(field, p, t.len()));
+    }
+    let theta = DVector::from_column_slice(t);
+    crate::error::check_finite(field, theta.iter())?;
+    Ok(theta)
 }
 
 fn parse_problem(text: &str) -> Result<Parsed> {
@@ -259,23 +311,18 @@ fn parse_problem(text: &str) -> Result<Parsed> {
         None => DMatrix::zeros(n, 0),
     };
     let p = b.ncols();
-    let theta = match &input.theta {
-        Some(t) if input.B.is_none() && !t.is_empty() => {
-            return Err(Error::input(
-                "B",
-                format!(
-                    "missing: theta has {} entries, but E(z; theta) depends on theta only through \
-                     B theta; give B ({n} x {})",
-                    t.len(),
-                    t.len()
-                ),
-            ))
-        }
-        Some(t) if t.len() != p => return Err(Error::dim("theta", p, t.len())),
-        Some(t) => DVector::from_column_slice(t),
-        None => DVector::zeros(p),
+    let (thetas, batch) = match &input.theta {
+        None => (vec![DVector::zeros(p)], false),
+        Some(ThetaSpec::One(t)) => (vec![theta_of(t, "theta", p, &input.B, n)?], false),
+        Some(ThetaSpec::Batch(items)) => (
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, t)| theta_of(t, &format!("theta[{i}]"), p, &input.B, n))
+                .collect::<Result<Vec<_>>>()?,
+            true,
+        ),
     };
-    crate::error::check_finite("theta", theta.iter())?;
     let (a, bv) = pair(("A", &input.A), ("b", &input.b), n)?;
     let (a_eq, b_eq) = pair(("A_eq", &input.A_eq), ("b_eq", &input.b_eq), n)?;
     let constraints = LinearConstraints {
@@ -346,7 +393,8 @@ fn parse_problem(text: &str) -> Result<Parsed> {
     }
     Ok(Parsed {
         program: Bilevel::new(inner, loss)?,
-        theta,
+        thetas,
+        batch,
         betas,
         jvp: input.direction.is_some(),
         gradient_loss,
@@ -354,22 +402,68 @@ fn parse_problem(text: &str) -> Result<Parsed> {
     })
 }
 
-/// Runs a derive problem given as JSON text.
+/// Runs a derive problem given as JSON text (one `θ`).
+///
+/// # Errors
+/// As [`parse`]; a batch `theta` (use [`derive_json`]); the solvers' errors; a non-finite
+/// result ([`DeriveOutput::check_finite`]).
 pub fn derive(text: &str) -> Result<DeriveOutput> {
-    let Parsed {
-        program,
-        theta,
-        betas,
-        jvp,
-        gradient_loss,
-        gradients,
-    } = parse_problem(text)?;
-    let limit = program.limit(&theta)?;
+    let parsed = parse_problem(text)?;
+    if parsed.batch {
+        return Err(Error::input(
+            "theta",
+            "a batch (a list of vectors): use derive_json, which answers per item",
+        ));
+    }
+    let limit = parsed.program.limit(&parsed.thetas[0])?;
+    output(&parsed, &parsed.thetas[0], limit)
+}
+
+/// Runs a derive problem given as JSON text and returns the JSON answer: the
+/// [`DeriveOutput`] for one `θ`, or for a batch (`"theta"` a list of vectors) an array with
+/// one entry per item, in order — its output, or `{"error": message}` for an item that
+/// failed. The batch shares the layer's factorization ([`Bilevel::limit_batch`], on up to two
+/// threads; the answers do not depend on the thread count).
+///
+/// # Errors
+/// As [`parse`]; for one `θ`, as [`derive`]. A batch fails as a whole only on bad input.
+pub fn derive_json(text: &str) -> Result<serde_json::Value> {
+    let parsed = parse_problem(text)?;
+    let to_json = |out: DeriveOutput| {
+        serde_json::to_value(out).map_err(|e| Error::input("output", e.to_string()))
+    };
+    if !parsed.batch {
+        let limit = parsed.program.limit(&parsed.thetas[0])?;
+        return to_json(output(&parsed, &parsed.thetas[0], limit)?);
+    }
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(2));
+    let limits = parsed.program.limit_batch(&parsed.thetas, threads)?;
+    let items = parsed
+        .thetas
+        .iter()
+        .zip(limits)
+        .map(|(theta, limit)| {
+            limit
+                .and_then(|l| output(&parsed, theta, l))
+                .and_then(to_json)
+                .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }))
+        })
+        .collect();
+    Ok(serde_json::Value::Array(items))
+}
+
+/// The output for one `θ` from its limit derivative.
+fn output(
+    parsed: &Parsed,
+    theta: &DVector<f64>,
+    limit: crate::surrogate::LimitDerivative,
+) -> Result<DeriveOutput> {
+    let program = &parsed.program;
     let to_vec = |v: &DVector<f64>| v.iter().copied().collect::<Vec<f64>>();
-    let mut surrogates = Vec::with_capacity(betas.len());
-    for &beta in &betas {
-        let s = program.surrogate_with(&theta, beta, limit.z_star.clone())?;
-        let lin = program.linearized_with(&theta, beta, limit.z_star.clone())?;
+    let mut surrogates = Vec::with_capacity(parsed.betas.len());
+    for &beta in &parsed.betas {
+        let s = program.surrogate_with(theta, beta, limit.z_star.clone())?;
+        let lin = program.linearized_with(theta, beta, limit.z_star.clone())?;
         let band = program.band_of(&s);
         surrogates.push(SurrogateOut {
             beta,
@@ -393,14 +487,14 @@ pub fn derive(text: &str) -> Result<DeriveOutput> {
         condition: limit.direction.condition,
         loss: limit.loss,
         z_dot: to_vec(&limit.direction.z_dot),
-        jvp: jvp.then(|| to_vec(&limit.direction.z_dot)),
+        jvp: parsed.jvp.then(|| to_vec(&limit.direction.z_dot)),
         grad_theta: to_vec(&limit.grad_theta),
         method: limit.direction.method.to_string(),
         residual: limit.z_star.status.residual.max(limit.direction.residual),
         solver: program.inner.backend().name(),
         surrogates,
-        loss_note: gradient_loss.then_some(GRADIENT_LOSS_NOTE),
-        data_gradients: data_gradients(&program, &theta, &limit, &gradients)?,
+        loss_note: parsed.gradient_loss.then_some(GRADIENT_LOSS_NOTE),
+        data_gradients: data_gradients(program, theta, &limit, &parsed.gradients)?,
     };
     out.check_finite()?;
     Ok(out)

@@ -109,3 +109,34 @@ fn a_loss_given_by_its_gradient_is_every_loss_with_that_gradient() {
     let s = &by_gradient["surrogates"][0];
     assert_eq!(s["value"], s["linearized_value"]);
 }
+
+#[test]
+fn a_batch_of_thetas_is_answered_item_by_item() {
+    use bilevel::derive::derive_json;
+    let layer = LAYER.replace(r#""theta": [0, 0],"#, "");
+    let thetas = ["[0, 0]", "[1, -0.5]", "[-2, 3]", "[0.25, 0.25]"];
+    let batch = derive_json(&format!(
+        r#"{{{layer}, "theta": [{}], "loss": {{"kind":"linear","g":[1,-2,0.5]}}, "betas": [0.01], "gradients": ["b"]}}"#,
+        thetas.join(",")
+    ))
+    .unwrap();
+    let items = batch.as_array().unwrap();
+    assert_eq!(items.len(), thetas.len());
+    for (item, theta) in items.iter().zip(thetas) {
+        let single = derive_json(&format!(
+            r#"{{{layer}, "theta": {theta}, "loss": {{"kind":"linear","g":[1,-2,0.5]}}, "betas": [0.01], "gradients": ["b"]}}"#
+        ))
+        .unwrap();
+        assert_eq!(*item, single, "theta {theta}");
+        assert!(item.get("grad_b").is_some());
+    }
+    // The single-θ entry point refuses a batch; a bad item refuses the batch, naming it.
+    let e = derive(&format!(
+        r#"{{{layer}, "theta": [[0,0]], "loss": {{"kind":"linear","g":[1,0,0]}}}}"#
+    ));
+    assert!(e.unwrap_err().to_string().contains("derive_json"));
+    let e = derive_json(&format!(
+        r#"{{{layer}, "theta": [[0,0],[1]], "loss": {{"kind":"linear","g":[1,0,0]}}}}"#
+    ));
+    assert!(e.unwrap_err().to_string().contains("theta[1]"));
+}
