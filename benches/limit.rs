@@ -94,7 +94,8 @@ fn prop2_qp(c: &mut Criterion) {
 /// active-set method with its stored factorization against the same layer on Clarabel (+ the
 /// exact refinement), on the grid: random layers with `m = n/2` inequalities and
 /// `p = 4`, regular (`random`) and with a third of the rows weakly active (`weak`). The ratio
-/// of the two lines is the speed-up, measured in the same run.
+/// of the two lines is the speed-up, measured in the same run; `batch64` times
+/// `limit_batch` on 64 nearby θ (two threads) against 64 times the single item.
 fn qp_layer(c: &mut Criterion) {
     use std::sync::Arc;
     use Activity::{Inactive, Strong, Weak};
@@ -126,6 +127,15 @@ fn qp_layer(c: &mut Criterion) {
             group.bench_with_input(BenchmarkId::new(format!("dense-{name}"), n), &n, |b, _| {
                 b.iter(|| black_box(dense.limit(at).unwrap().grad_theta))
             });
+            // A batch of 64 nearby θ on the same layer, two threads.
+            let thetas: Vec<DVector<f64>> = (0..64)
+                .map(|i| at + vector(&mut rng(9000 + i), 4) * 0.1)
+                .collect();
+            group.bench_with_input(
+                BenchmarkId::new(format!("dense-{name}-batch64"), n),
+                &n,
+                |b, _| b.iter(|| black_box(dense.limit_batch(&thetas, 2).unwrap())),
+            );
             if n <= 200 {
                 let ipm = Bilevel::new(
                     layer.with_backend(Arc::new(Clarabel::default())),

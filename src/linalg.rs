@@ -330,7 +330,7 @@ pub fn tridiagonal_extremes(alpha: &[f64], beta: &[f64]) -> (f64, f64) {
         // The (k+1)-th smallest eigenvalue.
         let (mut a, mut b) = (lo, hi);
         // To 1e-10 of the magnitude (plenty for a condition estimate; the Gershgorin width
-        // shrinks to it in about 40 halvings).
+        // shrinks to it in about 35 halvings).
         let size = lo.abs().max(hi.abs());
         for _ in 0..200 {
             let mid = 0.5 * (a + b);
