@@ -1,6 +1,6 @@
 //! The QP layer side by side with its peers: times `Bilevel::limit` (forward solve + the
 //! one-sided derivative of a linear loss with respect to θ) on the random grid and
-//! writes each instance with its timing and gradient to JSON, for `benches/peers/qp_layers.py`
+//! writes each instance with its timing and gradients (θ and the layer's data) to JSON, for `benches/peers/qp_layers.py`
 //! to time proxsuite's QPLayer calls (and qpth, if installed) on the very same data and print
 //! the ratio table.
 //!
@@ -59,6 +59,10 @@ fn main() {
             )
             .expect("a valid program");
             let d = program.limit(&inst.theta).expect("the derivative");
+            let data = program
+                .inner
+                .data_gradients(&inst.theta, &d.z_star, &d.direction)
+                .expect("the data gradients");
             let repeats = (2_000_000 / (n * n * n / 4 + 1000)).clamp(5, 2000);
             let ms = median_ms(repeats, || {
                 let _ = std::hint::black_box(program.limit(&inst.theta).expect("the derivative"));
@@ -72,7 +76,7 @@ fn main() {
             println!("{n:>5} {kind:>7} {ms:>12.4} {batch:>18.3}");
             let weak = d.direction.branches.iter().filter(|b| b.is_some()).count();
             let json = format!(
-                "{{\"n\":{n},\"kind\":\"{kind}\",\"Q\":{},\"B\":{},\"c\":{},\"A\":{},\"b\":{},\"theta\":{},\"g\":{},\"grad_theta\":{},\"weak_rows\":{weak},\"limit_ms\":{ms},\"batch64_ms\":{batch}}}",
+                "{{\"n\":{n},\"kind\":\"{kind}\",\"Q\":{},\"B\":{},\"c\":{},\"A\":{},\"b\":{},\"theta\":{},\"g\":{},\"grad_theta\":{},\"grad_Q\":{},\"grad_c\":{},\"grad_A\":{},\"grad_b\":{},\"weak_rows\":{weak},\"limit_ms\":{ms},\"batch64_ms\":{batch}}}",
                 mat(&inst.q),
                 mat(&inst.b),
                 vec(&inst.c),
@@ -81,6 +85,10 @@ fn main() {
                 vec(&inst.theta),
                 vec(&inst.g),
                 vec(&d.grad_theta),
+                mat(&data.q),
+                vec(&data.c),
+                mat(&data.constraints.a),
+                vec(&data.constraints.b),
             );
             std::fs::write(out.join(format!("{kind}_{n}.json")), json).expect("writing JSON");
         }

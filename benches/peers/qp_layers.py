@@ -6,7 +6,8 @@ its timing and gradient as JSON), then times on the very same data what proxsuit
 does per item (`proxsuite.proxqp.dense.QP` with the QPLayer's settings, `init`, `solve`,
 `compute_backward` with the QPLayer's backward settings; torch's tensor copies are left out,
 which favours proxsuite) and qpth's `QPFunction` if torch and qpth are importable, and prints
-the ratio table with each peer's gradient error against bilevel's exact one.
+the ratio table with each peer's gradient error against bilevel's exact one, for θ and for the
+layer's data (Q, c, A, b) where the peer returns them.
 
     python3 -m pip install proxsuite numpy          # torch + qpth optional
     python3 benches/peers/qp_layers.py [--sizes 10,50,100,200] [--instances DIR]
@@ -63,10 +64,19 @@ def proxsuite_item(inst):
         proxsuite.proxqp.dense.compute_backward(
             qp=qp, loss_derivative=rhs, eps=1e-4, rho_backward=1e-6, mu_backward=1e-6
         )
-        out["grad"] = -B.T @ np.array(qp.model.backward_data.dL_dg)
+        bd = qp.model.backward_data
+        out["grad"] = -B.T @ np.array(bd.dL_dg)
+        # The data: H = Q (compared symmetrized), g = -(B theta + c), C = A, l = b.
+        dh = np.array(bd.dL_dH)
+        out["data"] = {
+            "Q": 0.5 * (dh + dh.T),
+            "c": -np.array(bd.dL_dg),
+            "A": np.array(bd.dL_dC),
+            "b": np.array(bd.dL_dl),
+        }
 
     ms = median_ms(run, repeats(n))
-    return ms, out["grad"]
+    return ms, out["grad"], out.get("data")
 
 
 def qpth_item(inst):
@@ -87,7 +97,7 @@ def qpth_item(inst):
         out["grad"] = t.grad.numpy()
 
     ms = median_ms(run, max(3, repeats(n) // 4))
-    return ms, out["grad"]
+    return ms, out["grad"], None
 
 
 def repeats(n):
@@ -122,7 +132,7 @@ def main():
     files = sorted(glob.glob(os.path.join(out, "*.json")), key=lambda f: (json.load(open(f))["n"], f))
     header = f"{'n':>5} {'kind':>7} {'bilevel ms':>11}"
     for name, _ in peers:
-        header += f" {name + ' ms':>13} {'ratio':>7} {'grad err':>9}"
+        header += f" {name + ' ms':>13} {'ratio':>7} {'grad err':>9} {'data err':>9}"
     print(header)
     for f in files:
         inst = json.load(open(f))
@@ -130,13 +140,19 @@ def main():
         line = f"{inst['n']:>5} {inst['kind']:>7} {inst['limit_ms']:>11.4f}"
         for name, fn in peers:
             try:
-                ms, grad = fn(inst)
+                ms, grad, data = fn(inst)
                 line += f" {ms:>13.4f} {inst['limit_ms'] / ms:>7.3f} {rel(grad, ours):>9.1e}"
+                if data is None:
+                    line += f" {'-':>9}"
+                else:
+                    worst = max(rel(data[k], np.array(inst["grad_" + k])) for k in data)
+                    line += f" {worst:>9.1e}"
             except Exception as e:  # a peer failing on an instance is a result too
                 line += f" {'failed':>13} {'':>7} {type(e).__name__:>9}"
         print(line, flush=True)
     print("ratio = bilevel time / peer time (below 1: bilevel faster); grad err = the peer's")
-    print("max |dL/dtheta - exact| / max(1, |exact|), exact = bilevel's (one-sided at weak rows)")
+    print("max |dL/dtheta - exact| / max(1, |exact|), exact = bilevel's (one-sided at weak rows);")
+    print("data err = the same for dL/dQ (symmetrized), dL/dc, dL/dA, dL/db, the worst of the four")
 
 
 if __name__ == "__main__":
