@@ -426,7 +426,7 @@ pub fn derive(text: &str) -> Result<DeriveOutput> {
 /// threads; the answers do not depend on the thread count).
 ///
 /// # Errors
-/// As [`parse`]; for one `θ`, as [`derive`]. A batch fails as a whole only on bad input.
+/// As [`parse`]; for one `θ`, as [`derive()`]. A batch fails as a whole only on bad input.
 pub fn derive_json(text: &str) -> Result<serde_json::Value> {
     let parsed = parse_problem(text)?;
     let to_json = |out: DeriveOutput| {
