@@ -43,7 +43,6 @@ use crate::problem::scatter_multipliers;
 use crate::problem::{
     Direction, DirectionMethod, InnerProblem, InnerSolution, LinearConstraints, Loss,
 };
-use crate::prox::Branch;
 use crate::solve::qp::{solve_exact, Activity, Clarabel, Qp, QpBackend, Tolerances};
 
 /// A bilevel program `L(θ) = ℓ(z*)`, `z* = argmin_z E(z; θ)` (Eq. 2).
@@ -535,7 +534,6 @@ pub fn prop2_direction(
         .filter(|&i| activity[i] == Activity::Weak)
         .collect();
     let eq_rows = vstack(&select_rows(&constraints.a, &strong), &constraints.a_eq);
-    let mut branches = vec![None; activity.len()];
     let (m, k) = (constraints.m(), constraints.b_eq.len());
     if weak.is_empty() {
         let kkt = solve_kkt(a, &eq_rows, &(-c), &DVector::zeros(eq_rows.nrows()))?;
@@ -550,7 +548,7 @@ pub fn prop2_direction(
             scatter_multipliers(m, k, &[], &DVector::zeros(0), &strong, &held);
         return Ok(Direction {
             z_dot: kkt.x,
-            branches,
+            branches: vec![None; m],
             multipliers,
             multipliers_eq,
             condition: kkt.condition,
@@ -568,27 +566,11 @@ pub fn prop2_direction(
         b_eq: DVector::zeros(eq_rows.nrows()),
     };
     let sol = solve_exact(backend, &qp, tol)?;
-    for (r, &i) in weak.iter().enumerate() {
-        branches[i] = Some(if sol.working[r] || sol.slack[r] <= 0.0 {
-            Branch::Stays
-        } else {
-            Branch::Leaves
-        });
-    }
     debug_assert_eq!(sol.x.len(), n);
-    let (multipliers, multipliers_eq) =
-        scatter_multipliers(m, k, &weak, &sol.lambda, &strong, &sol.lambda_eq);
-    Ok(Direction {
-        z_dot: sol.x,
-        branches,
-        multipliers,
-        multipliers_eq,
-        condition: sol.condition,
-        residual: sol.residual,
-        method: DirectionMethod::Prop2Qp {
-            backend: sol.backend,
-        },
-    })
+    let method = DirectionMethod::Prop2Qp {
+        backend: sol.backend,
+    };
+    Ok(Direction::from_eq17(sol, (m, k), &weak, &strong, method))
 }
 
 #[cfg(test)]

@@ -462,6 +462,41 @@ pub trait InnerProblem {
     }
 }
 
+impl Direction {
+    /// The direction from an exact solve of Eq. 17 as a QP whose inequality rows are the
+    /// weakly active rows `weak` and whose equality rows are the strongly active `strong`, then
+    /// the `k` equalities, of an inner problem with `m` inequalities: a weak row `Stays` when it
+    /// is held (or its slack is not positive), else it `Leaves`; the multipliers go back to the
+    /// inner problem's rows ([`Direction::multipliers`]).
+    pub(crate) fn from_eq17(
+        sol: crate::solve::qp::ExactQp,
+        (m, k): (usize, usize),
+        weak: &[usize],
+        strong: &[usize],
+        method: DirectionMethod,
+    ) -> Self {
+        let mut branches = vec![None; m];
+        for (r, &i) in weak.iter().enumerate() {
+            branches[i] = Some(if sol.working[r] || sol.slack[r] <= 0.0 {
+                Branch::Stays
+            } else {
+                Branch::Leaves
+            });
+        }
+        let (multipliers, multipliers_eq) =
+            scatter_multipliers(m, k, weak, &sol.lambda, strong, &sol.lambda_eq);
+        Direction {
+            z_dot: sol.x,
+            branches,
+            multipliers,
+            multipliers_eq,
+            condition: sol.condition,
+            residual: sol.residual,
+            method,
+        }
+    }
+}
+
 /// Eq. 17's multipliers back on the inner problem's rows: `weak_mu` of the weakly active rows
 /// `weak`, and `held_mu` of the held rows (the strongly active `strong`, then the `k`
 /// equalities); inactive rows get `0`.

@@ -8,9 +8,7 @@ use super::{
 };
 use crate::error::Result;
 use crate::linalg::check_spd;
-use crate::problem::scatter_multipliers;
 use crate::problem::{Direction, DirectionMethod};
-use crate::prox::Branch;
 use crate::solve::dense::{DenseActiveSet, DenseFactor};
 use crate::solve::qp::{
     classify, complementarity, dense_exact, solve_exact, solve_exact_dense, solve_offset, Activity,
@@ -546,29 +544,11 @@ fn dense_direction(
         b_eq: DVector::zeros(held.len()),
     };
     let sol = solve_exact_dense(factor, &qp, &rows, &layer.tol)?;
-    let strong = &held[..held.len() - k];
-    let (multipliers, multipliers_eq) =
-        scatter_multipliers(m, k, &weak, &sol.lambda, strong, &sol.lambda_eq);
-    let mut branches = vec![None; m];
-    for (j, &i) in weak.iter().enumerate() {
-        branches[i] = Some(if sol.working[j] || sol.slack[j] <= 0.0 {
-            Branch::Stays
-        } else {
-            Branch::Leaves
-        });
-    }
     let method = match (weak.is_empty(), held.is_empty()) {
         (false, _) => DirectionMethod::Prop2Qp { backend: DENSE },
         (true, true) => DirectionMethod::Prop1,
         (true, false) => DirectionMethod::Prop2Linear,
     };
-    Ok(Direction {
-        z_dot: sol.x,
-        branches,
-        multipliers,
-        multipliers_eq,
-        condition: sol.condition,
-        residual: sol.residual,
-        method,
-    })
+    let strong = &held[..held.len() - k];
+    Ok(Direction::from_eq17(sol, (m, k), &weak, strong, method))
 }
