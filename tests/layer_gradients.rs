@@ -190,3 +190,97 @@ fn gradients_of_the_wrong_shape_are_refused() {
         .data_gradients(&DVector::zeros(7), &limit.z_star, &limit.direction);
     assert!(e.unwrap_err().to_string().contains("theta"));
 }
+
+#[test]
+fn finite_beta_gradients_are_the_gradients_of_the_surrogate_value() {
+    // Away from weakly active rows L^β(data) is smooth: its gradient (the envelope formula of
+    // `surrogate_data_gradients`) must match fourth-order central differences of the value in
+    // every datum. (At a weakly active row of z*, L^β is only C¹ in the data; there the
+    // finite-β gradients are checked through their β → 0 limit below and in the test above.)
+    let labels = [
+        Strong, Inactive, Strong, Inactive, Strong, Inactive, Inactive,
+    ];
+    let weak_labels = [Strong, Weak, Inactive, Weak, Strong, Inactive, Weak];
+    for seed in 0..6 {
+        let inst = constructed_qp(&mut rng(300 + seed), 9, 3, 1, &labels);
+        for (loss, beta) in [
+            (
+                Loss::Linear {
+                    g: vector(&mut rng(400 + seed), 9),
+                },
+                0.5,
+            ),
+            (
+                Loss::Squared {
+                    target: vector(&mut rng(500 + seed), 9),
+                },
+                0.05,
+            ),
+        ] {
+            let program = Bilevel::new(
+                perturbed(&inst, 2, &DMatrix::zeros(9, 1), 0.0),
+                loss.clone(),
+            )
+            .unwrap();
+            let z_star = program.solve_free(&inst.theta).unwrap();
+            let offset = program
+                .inner
+                .offset(&inst.theta, &loss, beta, &z_star)
+                .unwrap();
+            let grads = program
+                .inner
+                .surrogate_data_gradients(&inst.theta, &z_star, &offset, beta)
+                .unwrap();
+            for (which, name) in NAMES.iter().enumerate() {
+                let delta = direction(&inst, which, 9000 + 10 * seed + which as u64);
+                let value = |h: f64| {
+                    let p = Bilevel::new(perturbed(&inst, which, &delta, h), loss.clone()).unwrap();
+                    p.surrogate(&inst.theta, beta).unwrap().value
+                };
+                // Fourth-order differences: the step stays far above the activity
+                // tolerances (1e-9) while the truncation error, O(h⁴), vanishes.
+                let h = 1e-4;
+                let fd = (8.0 * (value(h) - value(-h)) - (value(2.0 * h) - value(-2.0 * h)))
+                    / (12.0 * h);
+                let want = claimed(&grads, which, &delta);
+                assert!(
+                    (fd - want).abs() < 1e-8 * (1.0 + want.abs()),
+                    "seed {seed}, beta {beta}, d/d{name}: {fd} vs {want}"
+                );
+            }
+        }
+    }
+    // At β → 0 the finite-β gradients approach the limit ones (here β = 1e-6, linear loss),
+    // weakly active rows included.
+    let inst = constructed_qp(&mut rng(7), 9, 3, 1, &weak_labels);
+    let loss = Loss::Linear {
+        g: vector(&mut rng(8), 9),
+    };
+    let program = Bilevel::new(
+        perturbed(&inst, 2, &DMatrix::zeros(9, 1), 0.0),
+        loss.clone(),
+    )
+    .unwrap();
+    let limit = program.limit(&inst.theta).unwrap();
+    let at = program
+        .inner
+        .data_gradients(&inst.theta, &limit.z_star, &limit.direction)
+        .unwrap();
+    let offset = program
+        .inner
+        .offset(&inst.theta, &loss, 1e-6, &limit.z_star)
+        .unwrap();
+    let near = program
+        .inner
+        .surrogate_data_gradients(&inst.theta, &limit.z_star, &offset, 1e-6)
+        .unwrap();
+    assert!(
+        (&near.q - &at.q).amax() < 1e-5 && (&near.constraints.a - &at.constraints.a).amax() < 1e-5
+    );
+    assert!((&near.constraints.b - &at.constraints.b).amax() < 1e-9);
+    // β must be positive.
+    assert!(program
+        .inner
+        .surrogate_data_gradients(&inst.theta, &limit.z_star, &offset, 0.0)
+        .is_err());
+}

@@ -235,6 +235,9 @@ impl InnerProblem for LogCoshProblem {
         Ok(Offset {
             grad_theta_gap: self.cross_jvp(&z_star.z, theta, &f),
             energy_gap,
+            // No constraint rows.
+            multiplier_rate: DVector::zeros(z_star.multipliers.len()),
+            multiplier_rate_eq: DVector::zeros(z_star.multipliers_eq.len()),
             z_hat: InnerSolution {
                 z: &z_star.z + &f * s,
                 multipliers: DVector::zeros(0),

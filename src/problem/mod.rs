@@ -327,6 +327,10 @@ pub struct Offset {
     pub energy_gap: f64,
     /// `(∂_θE(ẑ_β; θ) − ∂_θE(z*; θ))/|β|`.
     pub grad_theta_gap: DVector<f64>,
+    /// `(λ̂_β − λ*)/|β|` of each inequality (the multipliers' rate, like `rate` for `z`).
+    pub multiplier_rate: DVector<f64>,
+    /// `(λ̂_{eq,β} − λ*_eq)/|β|`.
+    pub multiplier_rate_eq: DVector<f64>,
 }
 
 /// A limit derivative `ż = dẑ_β/dβ |_{β=0⁺}` with everything needed to trust it.
@@ -449,6 +453,8 @@ pub trait InnerProblem {
             energy_gap: (self.energy(&z_hat.z, theta) - self.energy(&z_star.z, theta)) / s,
             grad_theta_gap: (self.grad_theta(&z_hat.z, theta) - self.grad_theta(&z_star.z, theta))
                 / s,
+            multiplier_rate: (&z_hat.multipliers - &z_star.multipliers) / s,
+            multiplier_rate_eq: (&z_hat.multipliers_eq - &z_star.multipliers_eq) / s,
             z_hat,
         })
     }

@@ -118,6 +118,9 @@ impl ProxProblem {
         Offset {
             energy_gap: s * (0.5 * rate.norm_squared() + bregman),
             grad_theta_gap: self.cross_jvp(&z_star.z, theta, &rate),
+            // The box is in G, not in constraint rows.
+            multiplier_rate: DVector::zeros(z_star.multipliers.len()),
+            multiplier_rate_eq: DVector::zeros(z_star.multipliers_eq.len()),
             z_hat: InnerSolution {
                 z: &z_star.z + &rate * s,
                 ..z_hat
@@ -299,6 +302,9 @@ impl InnerProblem for ProxProblem {
         Ok(Offset {
             energy_gap: offset_from_u.dot(&rate) + s * (0.5 * rate.norm_squared()),
             grad_theta_gap: self.cross_jvp(&z_star.z, theta, &rate),
+            // The box is in G, not in constraint rows.
+            multiplier_rate: DVector::zeros(z_star.multipliers.len()),
+            multiplier_rate_eq: DVector::zeros(z_star.multipliers_eq.len()),
             z_hat: InnerSolution {
                 z: &z_star.z + &rate * s,
                 ..z_hat

@@ -383,6 +383,9 @@ impl InnerProblem for QuadraticProblem {
             grad_theta_gap: self.cross_jvp(&z_star.z, theta, &sol.f),
             energy_gap,
             z_hat: self.offset_solution(theta, loss, beta, z_star, &problem, &sol, &af),
+            // μ is the rate on every row: μ_i on the working set, −λ*_i/|β| off it.
+            multiplier_rate: sol.mu,
+            multiplier_rate_eq: sol.mu_eq,
             rate: sol.f,
         })
     }
@@ -445,6 +448,49 @@ impl QuadraticProblem {
         z_star: &InnerSolution,
         direction: &Direction,
     ) -> Result<LayerGradients> {
+        let rates = Rates {
+            z: &direction.z_dot,
+            multipliers: &direction.multipliers,
+            multipliers_eq: &direction.multipliers_eq,
+            beta: 0.0,
+        };
+        self.gradients_from(theta, z_star, &rates)
+    }
+
+    /// The gradients of Def. 1's surrogate `L^β` with respect to the layer's data at a finite
+    /// `β` (the finite-β counterpart of [`QuadraticProblem::data_gradients`], which is its
+    /// limit): by the envelope theorem, `[∂Lagr(ẑ_β, λ̂_β) − ∂Lagr(z*, λ*)]/β`, written with the
+    /// rates `f = (ẑ_β − z*)/β`, `μ = (λ̂_β − λ*)/β` of [`Offset`] so that nothing of size `β`
+    /// is formed by subtraction: `∂/∂Q = ½(fz*ᵀ + z*fᵀ) + (β/2)ffᵀ`, `∂/∂B = −fθᵀ`,
+    /// `∂/∂c = −f`, `∂/∂A = −(μz*ᵀ + λ*fᵀ + βμfᵀ)`, `∂/∂b = μ`, and the same for `A_eq`, `b_eq`.
+    ///
+    /// # Errors
+    /// As [`QuadraticProblem::data_gradients`]; `offset` from another problem.
+    pub fn surrogate_data_gradients(
+        &self,
+        theta: &DVector<f64>,
+        z_star: &InnerSolution,
+        offset: &Offset,
+        beta: f64,
+    ) -> Result<LayerGradients> {
+        crate::error::check_beta(beta)?;
+        let rates = Rates {
+            z: &offset.rate,
+            multipliers: &offset.multiplier_rate,
+            multipliers_eq: &offset.multiplier_rate_eq,
+            beta,
+        };
+        self.gradients_from(theta, z_star, &rates)
+    }
+
+    /// The one formula behind both (see [`QuadraticProblem::surrogate_data_gradients`]; the
+    /// limit is `β = 0` with the limit rates).
+    fn gradients_from(
+        &self,
+        theta: &DVector<f64>,
+        z_star: &InnerSolution,
+        r: &Rates<'_>,
+    ) -> Result<LayerGradients> {
         let (n, m, k) = (
             self.q.nrows(),
             self.constraints.m(),
@@ -459,31 +505,32 @@ impl QuadraticProblem {
                 k,
                 z_star.multipliers_eq.len(),
             ),
-            ("z_dot", n, direction.z_dot.len()),
-            ("direction multipliers", m, direction.multipliers.len()),
+            ("rate of z", n, r.z.len()),
+            ("rate of the multipliers", m, r.multipliers.len()),
             (
-                "direction equality multipliers",
+                "rate of the equality multipliers",
                 k,
-                direction.multipliers_eq.len(),
+                r.multipliers_eq.len(),
             ),
         ];
         if let Some(&(what, want, got)) = fits.iter().find(|(_, w, g)| w != g) {
             return Err(crate::error::Error::dim(what, want, got));
         }
-        let (z, zd) = (&z_star.z, &direction.z_dot);
+        let (z, f, s) = (&z_star.z, r.z, r.beta);
         let outer = |u: &DVector<f64>, v: &DVector<f64>| u * v.transpose();
-        let q = (outer(zd, z) + outer(z, zd)) * 0.5;
-        let a = -(outer(&direction.multipliers, z) + outer(&z_star.multipliers, zd));
-        let a_eq = -(outer(&direction.multipliers_eq, z) + outer(&z_star.multipliers_eq, zd));
+        let q = (outer(f, z) + outer(z, f)) * 0.5 + outer(f, f) * (0.5 * s);
+        let rows = |mu: &DVector<f64>, lambda: &DVector<f64>| {
+            -(outer(mu, z) + outer(lambda, f) + outer(mu, f) * s)
+        };
         let grads = LayerGradients {
             q,
-            b: -outer(zd, theta),
-            c: -zd,
+            b: -outer(f, theta),
+            c: -f,
             constraints: LinearConstraints {
-                a,
-                b: direction.multipliers.clone(),
-                a_eq,
-                b_eq: direction.multipliers_eq.clone(),
+                a: rows(r.multipliers, &z_star.multipliers),
+                b: r.multipliers.clone(),
+                a_eq: rows(r.multipliers_eq, &z_star.multipliers_eq),
+                b_eq: r.multipliers_eq.clone(),
             },
         };
         let every = grads.q.iter().chain(grads.b.iter()).chain(grads.c.iter());
@@ -495,6 +542,14 @@ impl QuadraticProblem {
         crate::error::check_finite("layer gradients", every.chain(c.b_eq.iter()))?;
         Ok(grads)
     }
+}
+
+/// The rates of `z` and the multipliers along `β` (at `β`, or their limits at `β = 0`).
+struct Rates<'a> {
+    z: &'a DVector<f64>,
+    multipliers: &'a DVector<f64>,
+    multipliers_eq: &'a DVector<f64>,
+    beta: f64,
 }
 
 /// [`QuadraticProblem::closed_form_direction`]: Eq. 17 as a QP on the layer's own rows.
