@@ -112,9 +112,10 @@ enum Reproduce {
         #[arg(long, default_value_t = 50)]
         epochs: usize,
     },
-    /// Table 1: every row (CHL, convex CHL, LPOM, MAC, BP, Fenchel BP) and predictive coding
-    /// trained on the Fig. 1 MLP under one protocol, over several seeds; writes table1.md, the
-    /// CSVs and table1.svg/png (about 10 minutes on two cores with the defaults).
+    /// Table 1: every row (CHL, convex CHL, LPOM, MAC, BP, Fenchel BP), predictive coding and
+    /// the centered CHL variants trained on the Fig. 1 MLP under one protocol, over several
+    /// seeds; writes table1.md, the CSVs and table1.svg/png (about 6 minutes on two cores with
+    /// the defaults).
     Table1 {
         /// MNIST directory (default: $BILEVEL_DATA, then ./data/mnist).
         #[arg(long)]
