@@ -514,7 +514,7 @@ fn product(factors: &[f64]) -> f64 {
 /// constraint Jacobian; equality constraints count as strongly active, inactive ones are dropped.
 /// Without weak constraints this is one KKT solve (Prop. 1 when nothing is active). With weak
 /// ones the QP goes to `backend` and is refined exactly ([`solve_exact`]); each weak constraint
-/// then reports its branch: [`Branch::Stays`] (`B_i ż = 0`) or [`Branch::Leaves`] (`B_i ż > 0`).
+/// then reports its branch: [`Branch::Stays`](crate::prox::Branch::Stays) (`B_i ż = 0`) or [`Branch::Leaves`](crate::prox::Branch::Leaves) (`B_i ż > 0`).
 pub fn prop2_direction(
     a: &nalgebra::DMatrix<f64>,
     c: &DVector<f64>,

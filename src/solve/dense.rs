@@ -17,8 +17,8 @@
 //! The method's dual objective increases strictly at every step, so it terminates; a row that
 //! is a non-negative combination of the working rows and still violated is a Farkas certificate
 //! ([`Error::Infeasible`]). The final point is refined once on the full KKT residual; callers
-//! check it ([`super::qp::solve_exact`] falls back to the null-space solve if a sign or accuracy
-//! check fails).
+//! check it ([`super::qp::solve_exact_dense`] continues on the null-space solve if a sign or
+//! accuracy check fails).
 
 use nalgebra::{Cholesky, DMatrix, DVector, Dyn};
 
