@@ -43,7 +43,7 @@ use nalgebra::{DMatrix, DVector};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{check_beta, check_computed, Error, Result};
-use crate::problem::{LinearConstraints, Loss, QuadraticProblem};
+use crate::problem::{InnerProblem, LinearConstraints, Loss, QuadraticProblem};
 use crate::prox::Branch;
 use crate::surrogate::Bilevel;
 
@@ -241,23 +241,68 @@ pub fn parse(text: &str) -> Result<(Bilevel<QuadraticProblem>, DVector<f64>, Vec
         ));
     }
     let theta = p.thetas.into_iter().next().unwrap_or_default();
-    Ok((p.program, theta, p.betas))
+    Ok((Bilevel::new(p.layer, p.loss)?, theta, p.request.betas))
+}
+
+/// What a derive call asks for besides `z*`, `ż` and `dL/dθ`, and how its loss was given: the
+/// part of the input that is not the layer, `θ` or the loss.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Request {
+    /// Spacing parameters for the finite-β entries (each finite and > 0).
+    pub betas: Vec<f64>,
+    /// Data whose gradients to return (`"Q"`, `"B"`, `"c"`, `"A"`, `"b"`, `"A_eq"`, `"b_eq"`).
+    pub gradients: Vec<String>,
+    /// The loss is `g = −Bv` for a θ-direction `v`: the output carries `jvp`.
+    pub jvp: bool,
+    /// The loss was given by its gradient only: the output carries `loss_note`.
+    pub gradient_loss: bool,
+}
+
+impl Request {
+    /// Checks every β (finite, > 0) and every datum name, naming the entry.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming `betas[i]` or `gradients[i]`.
+    pub fn validate(&self) -> Result<()> {
+        for (i, &beta) in self.betas.iter().enumerate() {
+            check_beta(beta).map_err(|_| {
+                Error::input(
+                    format!("betas[{i}]"),
+                    format!("{beta} is not finite and > 0"),
+                )
+            })?;
+        }
+        for (i, name) in self.gradients.iter().enumerate() {
+            if !DATA.contains(&name.as_str()) {
+                return Err(Error::input(
+                    format!("gradients[{i}]"),
+                    format!(
+                        "unknown datum `{name}` (expected any of {})",
+                        DATA.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A parsed derive problem.
 struct Parsed {
-    program: Bilevel<QuadraticProblem>,
+    layer: QuadraticProblem,
+    loss: Loss,
     /// One θ, or the batch's.
     thetas: Vec<DVector<f64>>,
     /// Whether `theta` was a list of vectors.
     batch: bool,
-    betas: Vec<f64>,
-    /// Whether the loss came from a `direction` (a JVP).
-    jvp: bool,
-    /// Whether the loss was given by its gradient only.
-    gradient_loss: bool,
-    /// The data whose gradients were asked for.
-    gradients: Vec<String>,
+    request: Request,
+}
+
+impl Parsed {
+    /// The program on the parsed layer (borrowed: its factorization serves every `θ`).
+    fn program(&self) -> Result<Bilevel<&QuadraticProblem>> {
+        Bilevel::new(&self.layer, self.loss.clone())
+    }
 }
 
 /// One `θ`, checked against `B`.
@@ -332,18 +377,6 @@ fn parse_problem(text: &str) -> Result<Parsed> {
         b_eq,
     };
     let gradient_loss = matches!(input.loss, Some(LossSpec::Gradient { .. }));
-    let gradients = input.gradients.clone().unwrap_or_default();
-    for (i, name) in gradients.iter().enumerate() {
-        if !DATA.contains(&name.as_str()) {
-            return Err(Error::input(
-                format!("gradients[{i}]"),
-                format!(
-                    "unknown datum `{name}` (expected any of {})",
-                    DATA.join(", ")
-                ),
-            ));
-        }
-    }
     let loss = match (input.loss, &input.direction) {
         (Some(_), Some(_)) => {
             return Err(Error::input(
@@ -381,24 +414,21 @@ fn parse_problem(text: &str) -> Result<Parsed> {
             g: DVector::from_vec(g),
         },
     };
-    let inner = QuadraticProblem::new(q, b, DVector::from_column_slice(&input.c), constraints)?;
-    let betas = input.betas.unwrap_or_default();
-    for (i, &beta) in betas.iter().enumerate() {
-        check_beta(beta).map_err(|_| {
-            Error::input(
-                format!("betas[{i}]"),
-                format!("{beta} is not finite and > 0"),
-            )
-        })?;
-    }
-    Ok(Parsed {
-        program: Bilevel::new(inner, loss)?,
-        thetas,
-        batch,
-        betas,
+    let layer = QuadraticProblem::new(q, b, DVector::from_column_slice(&input.c), constraints)?;
+    loss.validate(layer.dim())?;
+    let request = Request {
+        betas: input.betas.unwrap_or_default(),
+        gradients: input.gradients.unwrap_or_default(),
         jvp: input.direction.is_some(),
         gradient_loss,
-        gradients,
+    };
+    request.validate()?;
+    Ok(Parsed {
+        layer,
+        loss,
+        thetas,
+        batch,
+        request,
     })
 }
 
@@ -415,8 +445,7 @@ pub fn derive(text: &str) -> Result<DeriveOutput> {
             "a batch (a list of vectors): use derive_json, which answers per item",
         ));
     }
-    let limit = parsed.program.limit(&parsed.thetas[0])?;
-    output(&parsed, &parsed.thetas[0], limit)
+    derive_with(&parsed.program()?, &parsed.thetas[0], &parsed.request)
 }
 
 /// Runs a derive problem given as JSON text and returns the JSON answer: the
@@ -429,22 +458,22 @@ pub fn derive(text: &str) -> Result<DeriveOutput> {
 /// As [`parse`]; for one `θ`, as [`derive()`]. A batch fails as a whole only on bad input.
 pub fn derive_json(text: &str) -> Result<serde_json::Value> {
     let parsed = parse_problem(text)?;
+    let program = parsed.program()?;
     let to_json = |out: DeriveOutput| {
         serde_json::to_value(out).map_err(|e| Error::input("output", e.to_string()))
     };
     if !parsed.batch {
-        let limit = parsed.program.limit(&parsed.thetas[0])?;
-        return to_json(output(&parsed, &parsed.thetas[0], limit)?);
+        return to_json(derive_with(&program, &parsed.thetas[0], &parsed.request)?);
     }
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(2));
-    let limits = parsed.program.limit_batch(&parsed.thetas, threads)?;
+    let limits = program.limit_batch(&parsed.thetas, threads)?;
     let items = parsed
         .thetas
         .iter()
         .zip(limits)
         .map(|(theta, limit)| {
             limit
-                .and_then(|l| output(&parsed, theta, l))
+                .and_then(|l| output(&program, theta, l, &parsed.request))
                 .and_then(to_json)
                 .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }))
         })
@@ -452,16 +481,31 @@ pub fn derive_json(text: &str) -> Result<serde_json::Value> {
     Ok(serde_json::Value::Array(items))
 }
 
+/// The derive output for one `θ` on a layer paired with its loss (what [`derive()`] computes
+/// after parsing; the Python bindings call it with their own layer).
+///
+/// # Errors
+/// `request` invalid ([`Request::validate`]); the solvers' errors ([`Bilevel::limit`]); a
+/// non-finite result ([`DeriveOutput::check_finite`]).
+pub fn derive_with(
+    program: &Bilevel<&QuadraticProblem>,
+    theta: &DVector<f64>,
+    request: &Request,
+) -> Result<DeriveOutput> {
+    request.validate()?;
+    output(program, theta, program.limit(theta)?, request)
+}
+
 /// The output for one `θ` from its limit derivative.
-fn output(
-    parsed: &Parsed,
+pub fn output(
+    program: &Bilevel<&QuadraticProblem>,
     theta: &DVector<f64>,
     limit: crate::surrogate::LimitDerivative,
+    request: &Request,
 ) -> Result<DeriveOutput> {
-    let program = &parsed.program;
     let to_vec = |v: &DVector<f64>| v.iter().copied().collect::<Vec<f64>>();
-    let mut surrogates = Vec::with_capacity(parsed.betas.len());
-    for &beta in &parsed.betas {
+    let mut surrogates = Vec::with_capacity(request.betas.len());
+    for &beta in &request.betas {
         let s = program.surrogate_with(theta, beta, limit.z_star.clone())?;
         let lin = program.linearized_with(theta, beta, limit.z_star.clone())?;
         let band = program.band_of(&s);
@@ -487,14 +531,14 @@ fn output(
         condition: limit.direction.condition,
         loss: limit.loss,
         z_dot: to_vec(&limit.direction.z_dot),
-        jvp: parsed.jvp.then(|| to_vec(&limit.direction.z_dot)),
+        jvp: request.jvp.then(|| to_vec(&limit.direction.z_dot)),
         grad_theta: to_vec(&limit.grad_theta),
         method: limit.direction.method.to_string(),
         residual: limit.z_star.status.residual.max(limit.direction.residual),
         solver: program.inner.backend().name(),
         surrogates,
-        loss_note: parsed.gradient_loss.then_some(GRADIENT_LOSS_NOTE),
-        data_gradients: data_gradients(program, theta, &limit, &parsed.gradients)?,
+        loss_note: request.gradient_loss.then_some(GRADIENT_LOSS_NOTE),
+        data_gradients: data_gradients(program, theta, &limit, &request.gradients)?,
     };
     out.check_finite()?;
     Ok(out)
@@ -502,7 +546,7 @@ fn output(
 
 /// The `grad_*` entries asked for.
 fn data_gradients(
-    program: &Bilevel<QuadraticProblem>,
+    program: &Bilevel<&QuadraticProblem>,
     theta: &DVector<f64>,
     limit: &crate::surrogate::LimitDerivative,
     names: &[String],

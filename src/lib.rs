@@ -55,6 +55,10 @@ pub mod plot;
 #[cfg(feature = "app")]
 pub mod verify;
 
+// The Python extension module (feature `python`): bindings only, nothing public in Rust.
+#[cfg(feature = "python")]
+mod python;
+
 pub use error::{Error, Result};
 /// The linear-algebra crate the API speaks (version 0.34): `DVector`, `DMatrix` in every
 /// signature are this crate's types. Use `bilevel::nalgebra` (or depend on `nalgebra = "0.34"`)

@@ -468,6 +468,59 @@ pub trait InnerProblem {
     }
 }
 
+/// A borrowed inner problem is one too: `Bilevel::new(&layer, loss)` pairs a layer with a loss
+/// without copying its data or its stored factorization, so one layer serves many losses
+/// (`bilevel derive`, the Python bindings).
+impl<P: InnerProblem> InnerProblem for &P {
+    fn dim(&self) -> usize {
+        (**self).dim()
+    }
+    fn n_params(&self) -> usize {
+        (**self).n_params()
+    }
+    fn energy(&self, z: &DVector<f64>, theta: &DVector<f64>) -> f64 {
+        (**self).energy(z, theta)
+    }
+    fn grad_theta(&self, z: &DVector<f64>, theta: &DVector<f64>) -> DVector<f64> {
+        (**self).grad_theta(z, theta)
+    }
+    fn cross_jvp(&self, z: &DVector<f64>, theta: &DVector<f64>, dz: &DVector<f64>) -> DVector<f64> {
+        (**self).cross_jvp(z, theta, dz)
+    }
+    fn hessian(&self, z: &DVector<f64>, theta: &DVector<f64>) -> DMatrix<f64> {
+        (**self).hessian(z, theta)
+    }
+    fn constraints(&self) -> &LinearConstraints {
+        (**self).constraints()
+    }
+    fn strong_convexity(&self) -> Option<f64> {
+        (**self).strong_convexity()
+    }
+    fn solve(&self, theta: &DVector<f64>, loss: &Loss, beta: f64) -> Result<InnerSolution> {
+        (**self).solve(theta, loss, beta)
+    }
+    fn closed_form_direction(
+        &self,
+        theta: &DVector<f64>,
+        z_star: &InnerSolution,
+        c: &DVector<f64>,
+    ) -> Option<Result<Direction>> {
+        (**self).closed_form_direction(theta, z_star, c)
+    }
+    fn offset(
+        &self,
+        theta: &DVector<f64>,
+        loss: &Loss,
+        beta: f64,
+        z_star: &InnerSolution,
+    ) -> Result<Offset> {
+        (**self).offset(theta, loss, beta, z_star)
+    }
+    fn check_theta(&self, theta: &DVector<f64>) -> Result<()> {
+        (**self).check_theta(theta)
+    }
+}
+
 impl Direction {
     /// The direction from an exact solve of Eq. 17 as a QP whose inequality rows are the
     /// weakly active rows `weak` and whose equality rows are the strongly active `strong`, then

@@ -1,0 +1,28 @@
+"""bilevel: bilevel programs and their exact one-sided derivatives.
+
+Python bindings of the Rust crate ``bilevel`` (C. Zach, "Bilevel Programs Meet Deep Learning",
+arXiv 2105.07231). NumPy arrays in and out (float64; any array-like is converted), the GIL
+released around every solve, every Rust error raised as the class of :mod:`bilevel.errors` of
+the same name with the same message.
+
+- :class:`QuadraticLayer`: ``z*(θ) = argmin_z ½zᵀQz − zᵀ(Bθ + c)`` s.t. ``Az ≥ b``,
+  ``A_eq z = b_eq``, with ``solve``, ``derive`` (what ``bilevel derive`` returns), the one-sided
+  ``vjp`` and ``jvp`` of Prop. 2, and the finite-β ``surrogate`` of Defs. 1-2.
+- :func:`verify`: the checks of ``bilevel verify`` as a list of dicts.
+- :mod:`bilevel.jax` (needs JAX): the layer as a JAX function under ``jax.grad`` / ``jax.jit``.
+
+Example::
+
+    import numpy as np, bilevel
+    # ReLU as a QP: z* = max(θ, 0), here with a tie in the second unit.
+    layer = bilevel.QuadraticLayer(np.eye(2), np.zeros(2), B=np.eye(2), A=np.eye(2), b=np.zeros(2))
+    out = layer.derive([1.0, 0.0], [2.0, -3.0])
+    out["constraints"], out["branches"]   # ['inactive', 'weak'], [None, 'leaves']
+    out["grad_theta"]                      # array([ 2., -3.]): the unit leaves its bound
+"""
+
+from . import errors
+from ._bilevel import QuadraticLayer, __version__, verify, verify_ids
+from .errors import *  # noqa: F401,F403
+
+__all__ = ["QuadraticLayer", "verify", "verify_ids", "errors", "__version__"] + errors.__all__

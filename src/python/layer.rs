@@ -1,0 +1,725 @@
+//! `bilevel.QuadraticLayer`: the constrained quadratic layer of `bilevel derive`, held across
+//! calls (its factorization is computed once and serves every `θ`, loss and batch item).
+
+use nalgebra::{DMatrix, DVector};
+use numpy::{AllowTypeChange, PyArrayLikeDyn};
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList, PyString, PyTuple};
+
+use super::{detached, py_matrix, py_rows, py_slice, py_vector, to_pyerr};
+use crate::derive::{DeriveOutput, Request};
+use crate::error::{Error, Result};
+use crate::problem::{InnerProblem, InnerSolution, LinearConstraints, Loss, QuadraticProblem};
+use crate::surrogate::Bilevel;
+
+/// Every array argument: any array-like, converted to float64; its number of dimensions is
+/// checked here so that the error names the argument ([`vec_arg`], [`mat_arg`]).
+type Array<'py> = PyArrayLikeDyn<'py, f64, AllowTypeChange>;
+
+/// A 1-D argument, or a `DimensionMismatchError` naming it.
+fn vec_arg(name: &str, x: &Array<'_>) -> Result<DVector<f64>> {
+    let a = x.as_array();
+    if a.ndim() != 1 {
+        return Err(Error::dim(
+            name,
+            "a vector (1-D array)",
+            format!("shape {:?}", a.shape()),
+        ));
+    }
+    Ok(DVector::from_iterator(a.len(), a.iter().copied()))
+}
+
+/// A 2-D argument, or a `DimensionMismatchError` naming it.
+fn mat_arg(name: &str, x: &Array<'_>) -> Result<DMatrix<f64>> {
+    let a = x.as_array();
+    if a.ndim() != 2 {
+        return Err(Error::dim(
+            name,
+            "a matrix (2-D array)",
+            format!("shape {:?}", a.shape()),
+        ));
+    }
+    let (r, c) = (a.shape()[0], a.shape()[1]);
+    Ok(DMatrix::from_fn(r, c, |i, j| a[[i, j]]))
+}
+
+/// `QuadraticLayer(Q, c, B=None, A=None, b=None, A_eq=None, b_eq=None, *, backend="dense")`:
+/// the layer `z*(θ) = argmin_z ½zᵀQz − zᵀ(Bθ + c)` subject to `Az ≥ b`, `A_eq z = b_eq`
+/// (`Q` symmetric positive definite), with the exact one-sided derivatives of Prop. 2 of
+/// "Bilevel Programs Meet Deep Learning" (arXiv 2105.07231).
+///
+/// Every method takes `theta` of shape `(p,)`, or `(batch, p)` for a batch on the same layer
+/// (looped in Rust on `threads` threads, default: the machine's cores; the answers do not depend
+/// on the thread count). A batch raises the error of its first failing item, with the item's
+/// position in the exception's `index` attribute.
+#[pyclass(frozen, module = "bilevel", name = "QuadraticLayer")]
+pub struct QuadraticLayer {
+    layer: QuadraticProblem,
+}
+
+/// A `(A, b)` pair: both or neither.
+fn pair(
+    (mname, m): (&str, Option<Array<'_>>),
+    (vname, v): (&str, Option<Array<'_>>),
+    n: usize,
+) -> Result<(DMatrix<f64>, DVector<f64>)> {
+    match (m, v) {
+        (None, None) => Ok((DMatrix::zeros(0, n), DVector::zeros(0))),
+        (Some(_), None) => Err(Error::input(
+            vname,
+            format!("missing (required with {mname})"),
+        )),
+        (None, Some(_)) => Err(Error::input(
+            mname,
+            format!("missing (required with {vname})"),
+        )),
+        (Some(m), Some(v)) => Ok((mat_arg(mname, &m)?, vec_arg(vname, &v)?)),
+    }
+}
+
+/// `theta` as one vector or a batch of rows.
+enum Thetas {
+    One(DVector<f64>),
+    Batch(Vec<DVector<f64>>),
+}
+
+fn thetas(theta: &Array<'_>) -> Result<Thetas> {
+    let a = theta.as_array();
+    match a.ndim() {
+        1 => Ok(Thetas::One(DVector::from_iterator(
+            a.len(),
+            a.iter().copied(),
+        ))),
+        2 => Ok(Thetas::Batch(
+            a.outer_iter()
+                .map(|row| DVector::from_iterator(row.len(), row.iter().copied()))
+                .collect(),
+        )),
+        _ => Err(Error::dim(
+            "theta",
+            "shape (p,) or (batch, p)",
+            format!("shape {:?}", a.shape()),
+        )),
+    }
+}
+
+/// A per-item array (`g` of `vjp`, `v` of `jvp`) matching `theta`'s batch.
+fn items(name: &str, x: &Array<'_>, batch: Option<usize>) -> Result<Vec<DVector<f64>>> {
+    let a = x.as_array();
+    match (a.ndim(), batch) {
+        (1, None) => Ok(vec![DVector::from_iterator(a.len(), a.iter().copied())]),
+        (2, Some(k)) if a.shape()[0] == k => Ok(a
+            .outer_iter()
+            .map(|row| DVector::from_iterator(row.len(), row.iter().copied()))
+            .collect()),
+        (_, None) => Err(Error::dim(
+            name,
+            "a vector (one theta)",
+            format!("shape {:?}", a.shape()),
+        )),
+        (_, Some(k)) => Err(Error::dim(
+            name,
+            format!("shape ({k}, ·) (a batch of {k} thetas)"),
+            format!("shape {:?}", a.shape()),
+        )),
+    }
+}
+
+/// Runs `f` on every item, on up to `threads` threads (contiguous chunks, results in order);
+/// the first failing item's error with its index.
+fn par_items<T: Send>(
+    count: usize,
+    threads: usize,
+    f: impl Fn(usize) -> Result<T> + Sync,
+) -> std::result::Result<Vec<T>, (usize, Error)> {
+    let run = |range: std::ops::Range<usize>| {
+        range
+            .map(|i| f(i).map_err(|e| (i, e)))
+            .collect::<std::result::Result<Vec<T>, _>>()
+    };
+    let threads = threads.clamp(1, count.max(1));
+    if threads == 1 {
+        return run(0..count);
+    }
+    let chunk = count.div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..count)
+            .step_by(chunk)
+            .map(|start| {
+                let run = &run;
+                scope.spawn(move || run(start..(start + chunk).min(count)))
+            })
+            .collect();
+        let mut out = Vec::with_capacity(count);
+        for h in handles {
+            // A panic in a worker is a bug, not a user error: re-raise it as it was.
+            out.extend(h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))?);
+        }
+        Ok(out)
+    })
+}
+
+/// The exception of a batch item: its error, with `index` set.
+fn item_error(py: Python<'_>, (index, e): (usize, Error)) -> PyErr {
+    let err = to_pyerr(py, e);
+    // Setting an attribute on an exception instance cannot fail for the classes of
+    // `bilevel.errors`; for the fallback class it may, and the error is still raised.
+    let _ = err.value(py).setattr("index", index);
+    err
+}
+
+fn default_threads(threads: Option<usize>) -> PyResult<usize> {
+    match threads {
+        Some(0) => Err(pyo3::exceptions::PyValueError::new_err(
+            "threads: must be at least 1",
+        )),
+        Some(t) => Ok(t),
+        None => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
+    }
+}
+
+/// The loss argument: an array-like `g` (`ℓ(z) = gᵀz`), a pair `("linear" | "squared" |
+/// "gradient", vector)`, or a dict as in `bilevel derive` (`{"kind": "squared", "target": t}`).
+/// Returns the loss and whether it was given by its gradient only.
+fn loss_of(obj: &Bound<'_, PyAny>) -> PyResult<(Loss, bool)> {
+    let (kind, data): (String, Bound<'_, PyAny>) = if let Ok(d) = obj.cast::<PyDict>() {
+        let kind: String = d
+            .get_item("kind")?
+            .ok_or_else(|| PyTypeError::new_err("loss: a dict needs \"kind\""))?
+            .extract()?;
+        let key = if kind == "squared" { "target" } else { "g" };
+        let data = d
+            .get_item(key)?
+            .ok_or_else(|| PyTypeError::new_err(format!("loss: kind {kind:?} needs {key:?}")))?;
+        (kind, data)
+    } else if let Ok(t) = obj.cast::<PyTuple>() {
+        if t.len() != 2 || !t.get_item(0)?.is_instance_of::<PyString>() {
+            return Err(PyTypeError::new_err(
+                "loss: a tuple must be (kind, vector) with kind \"linear\", \"squared\" or \"gradient\"",
+            ));
+        }
+        (t.get_item(0)?.extract()?, t.get_item(1)?)
+    } else {
+        ("linear".to_string(), obj.clone())
+    };
+    let v: Array<'_> = data
+        .extract()
+        .map_err(|e| PyTypeError::new_err(format!("loss: expected a vector ({e})")))?;
+    let v = vec_arg("loss", &v).map_err(|e| to_pyerr(obj.py(), e))?;
+    match kind.as_str() {
+        "linear" => Ok((Loss::Linear { g: v }, false)),
+        "gradient" => Ok((Loss::Linear { g: v }, true)),
+        "squared" => Ok((Loss::Squared { target: v }, false)),
+        other => Err(to_pyerr(
+            obj.py(),
+            Error::input(
+                "loss.kind",
+                format!("unknown kind `{other}` (expected linear, squared or gradient)"),
+            ),
+        )),
+    }
+}
+
+impl QuadraticLayer {
+    /// The program of this layer and a loss (borrowing the layer and its factorization).
+    fn program(&self, loss: Loss) -> Result<Bilevel<&QuadraticProblem>> {
+        Bilevel::new(&self.layer, loss)
+    }
+
+    /// `jvp`'s loss for a θ-direction `v`: a step `t v` adds `−t (Bv)ᵀz` to `E`, so the JVP is
+    /// Prop. 2's `ż` for `g = −Bv`.
+    fn direction_loss(&self, v: &DVector<f64>) -> Result<Loss> {
+        if v.len() != self.layer.n_params() {
+            return Err(Error::dim("v", self.layer.n_params(), v.len()));
+        }
+        crate::error::check_finite("v", v.iter())?;
+        Ok(Loss::Linear {
+            g: -(self.layer.b() * v),
+        })
+    }
+
+    fn solution<'py>(&self, py: Python<'py>, s: &InnerSolution) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        d.set_item("z", py_vector(py, &s.z))?;
+        d.set_item("multipliers", py_vector(py, &s.multipliers))?;
+        d.set_item("multipliers_eq", py_vector(py, &s.multipliers_eq))?;
+        let labels: Vec<&str> = s.activity.iter().map(|a| a.label()).collect();
+        d.set_item("constraints", labels)?;
+        d.set_item("dependent_constraints", s.status.dependent.clone())?;
+        d.set_item("solver", s.status.solver)?;
+        d.set_item("iterations", s.status.iterations)?;
+        d.set_item("residual", s.status.residual)?;
+        Ok(d)
+    }
+
+    fn derive_dict<'py>(
+        &self,
+        py: Python<'py>,
+        out: &DeriveOutput,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        d.set_item("z_star", py_slice(py, &out.z_star))?;
+        d.set_item("multipliers", py_slice(py, &out.multipliers))?;
+        d.set_item("multipliers_eq", py_slice(py, &out.multipliers_eq))?;
+        d.set_item("constraints", out.constraints.clone())?;
+        let branches: Vec<Option<&str>> =
+            out.branches.iter().map(|b| b.map(|b| b.label())).collect();
+        d.set_item("branches", branches)?;
+        d.set_item("dependent_constraints", out.dependent_constraints.clone())?;
+        d.set_item("condition", out.condition)?;
+        d.set_item("loss", out.loss)?;
+        d.set_item("z_dot", py_slice(py, &out.z_dot))?;
+        if let Some(jvp) = &out.jvp {
+            d.set_item("jvp", py_slice(py, jvp))?;
+        }
+        d.set_item("grad_theta", py_slice(py, &out.grad_theta))?;
+        d.set_item("method", &out.method)?;
+        d.set_item("residual", out.residual)?;
+        d.set_item("solver", out.solver)?;
+        let surrogates = out
+            .surrogates
+            .iter()
+            .map(|s| {
+                let e = PyDict::new(py);
+                e.set_item("beta", s.beta)?;
+                e.set_item("z_hat", py_slice(py, &s.z_hat))?;
+                e.set_item("value", s.value)?;
+                e.set_item("grad_theta", py_slice(py, &s.grad_theta))?;
+                e.set_item("linearized_value", s.linearized_value)?;
+                e.set_item(
+                    "linearized_grad_theta",
+                    py_slice(py, &s.linearized_grad_theta),
+                )?;
+                e.set_item("bound_lower", s.bound_lower)?;
+                e.set_item("bound_upper", s.bound_upper)?;
+                e.set_item("bound_nu", s.bound_nu)?;
+                Ok(e)
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        d.set_item("surrogates", PyList::new(py, surrogates)?)?;
+        if let Some(note) = out.loss_note {
+            d.set_item("loss_note", note)?;
+        }
+        for (key, value) in &out.data_gradients {
+            let cols = match key.as_str() {
+                "grad_Q" | "grad_A" | "grad_A_eq" => Some(self.layer.dim()),
+                "grad_B" => Some(self.layer.n_params()),
+                _ => None,
+            };
+            let numbers = |v: &serde_json::Value| -> Vec<f64> {
+                v.as_array()
+                    .map(|a| a.iter().filter_map(serde_json::Value::as_f64).collect())
+                    .unwrap_or_default()
+            };
+            let rows = value.as_array().map(Vec::as_slice).unwrap_or_default();
+            match cols {
+                Some(cols) => {
+                    let rows: Vec<DVector<f64>> =
+                        rows.iter().map(|r| DVector::from_vec(numbers(r))).collect();
+                    d.set_item(key, py_rows(py, &rows, cols))?;
+                }
+                None => d.set_item(key, py_slice(py, &numbers(value)))?,
+            }
+        }
+        Ok(d)
+    }
+}
+
+#[pymethods]
+impl QuadraticLayer {
+    #[new]
+    #[pyo3(signature = (Q, c, B=None, A=None, b=None, A_eq=None, b_eq=None, *, backend="dense"))]
+    #[allow(non_snake_case, clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        Q: Array<'_>,
+        c: Array<'_>,
+        B: Option<Array<'_>>,
+        A: Option<Array<'_>>,
+        b: Option<Array<'_>>,
+        A_eq: Option<Array<'_>>,
+        b_eq: Option<Array<'_>>,
+        backend: &str,
+    ) -> PyResult<Self> {
+        let build = || -> Result<QuadraticProblem> {
+            let q = mat_arg("Q", &Q)?;
+            let n = q.nrows();
+            let bm = match &B {
+                Some(m) => mat_arg("B", m)?,
+                None => DMatrix::zeros(n, 0),
+            };
+            let (a, bv) = pair(("A", A), ("b", b), n)?;
+            let (a_eq, b_eq) = pair(("A_eq", A_eq), ("b_eq", b_eq), n)?;
+            let constraints = LinearConstraints {
+                a,
+                b: bv,
+                a_eq,
+                b_eq,
+            };
+            let layer = QuadraticProblem::new(q, bm, vec_arg("c", &c)?, constraints)?;
+            Ok(match backend {
+                "dense" => layer,
+                "clarabel" => {
+                    layer.with_backend(std::sync::Arc::new(crate::solve::qp::Clarabel::default()))
+                }
+                #[cfg(feature = "osqp")]
+                "osqp" => {
+                    layer.with_backend(std::sync::Arc::new(crate::solve::qp::Osqp::default()))
+                }
+                other => {
+                    return Err(Error::input(
+                        "backend",
+                        format!("unknown backend `{other}` (expected dense or clarabel)"),
+                    ))
+                }
+            })
+        };
+        let layer = build().map_err(|e| to_pyerr(py, e))?;
+        Ok(Self { layer })
+    }
+
+    /// `n`, the dimension of `z`.
+    #[getter]
+    fn n(&self) -> usize {
+        self.layer.dim()
+    }
+
+    /// `p`, the dimension of `θ`.
+    #[getter]
+    fn p(&self) -> usize {
+        self.layer.n_params()
+    }
+
+    /// The number of inequality rows `A z ≥ b`.
+    #[getter]
+    fn m(&self) -> usize {
+        self.layer.constraints().m()
+    }
+
+    /// The number of equality rows `A_eq z = b_eq`.
+    #[getter]
+    fn k(&self) -> usize {
+        self.layer.constraints().b_eq.len()
+    }
+
+    /// The QP backend's name.
+    #[getter]
+    fn backend(&self) -> &'static str {
+        self.layer.backend().name()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "QuadraticLayer(n={}, p={}, m={}, k={}, backend={:?})",
+            self.n(),
+            self.p(),
+            self.m(),
+            self.k(),
+            self.backend()
+        )
+    }
+
+    /// `solve(theta, *, threads=None)`: `z*(θ)` with its multipliers, the activity of every
+    /// inequality (`"strong"`, `"weak"`, `"inactive"`), the rows left out as linearly dependent,
+    /// and the solver, its iterations and the ∞-norm of the KKT residual. A dict, or a list of
+    /// dicts for a batch.
+    #[pyo3(signature = (theta, *, threads = None))]
+    fn solve<'py>(
+        &self,
+        py: Python<'py>,
+        theta: Array<'py>,
+        threads: Option<usize>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let threads = default_threads(threads)?;
+        let zero = Loss::Linear {
+            g: DVector::zeros(self.layer.dim()),
+        };
+        let program = self.program(zero).map_err(|e| to_pyerr(py, e))?;
+        match thetas(&theta).map_err(|e| to_pyerr(py, e))? {
+            Thetas::One(t) => {
+                let s = detached(py, || program.solve_free(&t))?;
+                Ok(self.solution(py, &s)?.into_any())
+            }
+            Thetas::Batch(ts) => {
+                let sols = py
+                    .detach(|| par_items(ts.len(), threads, |i| program.solve_free(&ts[i])))
+                    .map_err(|e| item_error(py, e))?;
+                let dicts = sols
+                    .iter()
+                    .map(|s| self.solution(py, s))
+                    .collect::<PyResult<Vec<_>>>()?;
+                Ok(PyList::new(py, dicts)?.into_any())
+            }
+        }
+    }
+
+    /// `derive(theta, loss=None, *, direction=None, betas=(), gradients=(), threads=None)`: what
+    /// `bilevel derive` returns, as a dict (vectors and matrices as NumPy arrays): `z_star`,
+    /// multipliers, `constraints`, `branches` (`"stays"` / `"leaves"` at each weakly active
+    /// row, else `None`), `condition`, `residual`, `method`, `solver`, `loss` (`L(θ)`), `z_dot`
+    /// (`dẑ/dβ` at `0⁺`, Props. 1-2), `grad_theta` (Cor. 1, one-sided at ties), per β a
+    /// `surrogates` entry (Def. 1, Def. 2, Prop. 3's band), and `grad_Q`, … for the data named
+    /// in `gradients`. `loss` is an array-like `g` (`ℓ = gᵀz`), `("squared", t)` (`ℓ = ½‖z −
+    /// t‖²`), `("gradient", g)` (only `ℓ'(z*)` known) or the CLI's dict; `direction=v` instead
+    /// asks for the one-sided JVP of `z*` along `v` (`jvp`). A list of dicts for a batch.
+    #[pyo3(signature = (theta, loss = None, *, direction = None, betas = Vec::new(), gradients = Vec::new(), threads = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn derive<'py>(
+        &self,
+        py: Python<'py>,
+        theta: Array<'py>,
+        loss: Option<Bound<'py, PyAny>>,
+        direction: Option<Array<'py>>,
+        betas: Vec<f64>,
+        gradients: Vec<String>,
+        threads: Option<usize>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let threads = default_threads(threads)?;
+        let (loss, gradient_loss, jvp) = match (loss, direction) {
+            (Some(_), Some(_)) => {
+                return Err(to_pyerr(
+                    py,
+                    Error::input(
+                        "direction",
+                        "give either loss (a gradient) or direction (a JVP), not both",
+                    ),
+                ))
+            }
+            (None, None) => {
+                return Err(to_pyerr(
+                    py,
+                    Error::input("loss", "missing (or give direction for a JVP of z*)"),
+                ))
+            }
+            (Some(l), None) => {
+                let (loss, gradient_loss) = loss_of(&l)?;
+                (loss, gradient_loss, false)
+            }
+            (None, Some(v)) => {
+                let loss = vec_arg("direction", &v)
+                    .and_then(|v| self.direction_loss(&v))
+                    .map_err(|e| to_pyerr(py, rename(e, "v", "direction")))?;
+                (loss, false, true)
+            }
+        };
+        let request = Request {
+            betas,
+            gradients,
+            jvp,
+            gradient_loss,
+        };
+        let program = self.program(loss).map_err(|e| to_pyerr(py, e))?;
+        match thetas(&theta).map_err(|e| to_pyerr(py, e))? {
+            Thetas::One(t) => {
+                let out = detached(py, || crate::derive::derive_with(&program, &t, &request))?;
+                Ok(self.derive_dict(py, &out)?.into_any())
+            }
+            Thetas::Batch(ts) => {
+                let outs = py
+                    .detach(|| {
+                        par_items(ts.len(), threads, |i| {
+                            crate::derive::derive_with(&program, &ts[i], &request)
+                        })
+                    })
+                    .map_err(|e| item_error(py, e))?;
+                let dicts = outs
+                    .iter()
+                    .map(|o| self.derive_dict(py, o))
+                    .collect::<PyResult<Vec<_>>>()?;
+                Ok(PyList::new(py, dicts)?.into_any())
+            }
+        }
+    }
+
+    /// `vjp(theta, g, *, threads=None)`: the one-sided gradient `dL/dθ` of `L(θ) = ⟨g, z*(θ)⟩`
+    /// (Prop. 2 and Cor. 1: `−Bᵀż` with `ż` the solution of Eq. 17), shape `(p,)`, or
+    /// `(batch, p)` for `theta` and `g` of shapes `(batch, p)` and `(batch, n)`.
+    ///
+    /// It is the derivative along the descent direction: where a constraint is weakly active
+    /// (`z*` on its boundary with a zero multiplier) `z*` has a kink, and the answer is the
+    /// derivative of the branch `ẑ_β` takes as `β → 0⁺`, so it is **not linear in `g`**:
+    /// `vjp(θ, −g) ≠ −vjp(θ, g)` in general. `derive` returns the same gradient with the
+    /// activity, branches, condition and residual.
+    #[pyo3(signature = (theta, g, *, threads = None))]
+    fn vjp<'py>(
+        &self,
+        py: Python<'py>,
+        theta: Array<'py>,
+        g: Array<'py>,
+        threads: Option<usize>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let threads = default_threads(threads)?;
+        let (ts, batch) = match thetas(&theta).map_err(|e| to_pyerr(py, e))? {
+            Thetas::One(t) => (vec![t], None),
+            Thetas::Batch(ts) => {
+                let k = ts.len();
+                (ts, Some(k))
+            }
+        };
+        let gs = items("g", &g, batch).map_err(|e| to_pyerr(py, e))?;
+        let grads = py
+            .detach(|| {
+                par_items(ts.len(), threads, |i| {
+                    let program = self.program(Loss::Linear { g: gs[i].clone() })?;
+                    Ok(program.limit(&ts[i])?.grad_theta)
+                })
+            })
+            .map_err(|e| match batch {
+                Some(_) => item_error(py, e),
+                None => to_pyerr(py, e.1),
+            })?;
+        Ok(match batch {
+            None => py_vector(py, &grads[0]).into_any(),
+            Some(_) => py_rows(py, &grads, self.layer.n_params()).into_any(),
+        })
+    }
+
+    /// `jvp(theta, v, *, threads=None)`: the one-sided directional derivative of `z*` along
+    /// `θ + t v`, `t → 0⁺` (Prop. 2 for `g = −Bv`: a step `t v` adds `−t (Bv)ᵀz` to `E`), shape
+    /// `(n,)`, or `(batch, n)` for `theta` and `v` of shape `(batch, p)`. At a weakly active
+    /// constraint it is one-sided: `jvp(θ, −v) ≠ −jvp(θ, v)` in general.
+    #[pyo3(signature = (theta, v, *, threads = None))]
+    fn jvp<'py>(
+        &self,
+        py: Python<'py>,
+        theta: Array<'py>,
+        v: Array<'py>,
+        threads: Option<usize>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let threads = default_threads(threads)?;
+        let (ts, batch) = match thetas(&theta).map_err(|e| to_pyerr(py, e))? {
+            Thetas::One(t) => (vec![t], None),
+            Thetas::Batch(ts) => {
+                let k = ts.len();
+                (ts, Some(k))
+            }
+        };
+        let vs = items("v", &v, batch).map_err(|e| to_pyerr(py, e))?;
+        let dz = py
+            .detach(|| {
+                par_items(ts.len(), threads, |i| {
+                    let program = self.program(self.direction_loss(&vs[i])?)?;
+                    Ok(program.limit(&ts[i])?.direction.z_dot)
+                })
+            })
+            .map_err(|e| match batch {
+                Some(_) => item_error(py, e),
+                None => to_pyerr(py, e.1),
+            })?;
+        Ok(match batch {
+            None => py_vector(py, &dz[0]).into_any(),
+            Some(_) => py_rows(py, &dz, self.layer.dim()).into_any(),
+        })
+    }
+
+    /// `surrogate(theta, loss, beta, kind="contrastive")`: a finite-β surrogate and its
+    /// gradient, as a dict. `"contrastive"`: Def. 1, `L^β = (1/β)(E(ẑ_β) + βℓ(ẑ_β) − E(z*))`
+    /// (Eq. 5) and Eq. 10's gradient, with Prop. 3's band `L^β ≤ L ≤ L^β + β/(2ν)‖ℓ'(z*)‖²`
+    /// (`bound_lower`, `bound_upper`, `bound_nu`); `"linearized"`: Def. 2 (Eq. 36-37);
+    /// `"centered"`: the mean of the `+β` and `−β` gradients (`O(β²)` from the limit where `z*`
+    /// is smooth; no value). `z_hat` is `ẑ_β` (`z_minus` is `ẑ_{−β}`), `rate` `(ẑ_β − z*)/β`.
+    #[pyo3(signature = (theta, loss, beta, kind = "contrastive"))]
+    fn surrogate<'py>(
+        &self,
+        py: Python<'py>,
+        theta: Array<'py>,
+        loss: Bound<'py, PyAny>,
+        beta: f64,
+        kind: &str,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let t = vec_arg("theta", &theta).map_err(|e| to_pyerr(py, e))?;
+        let (loss, _) = loss_of(&loss)?;
+        let program = self.program(loss).map_err(|e| to_pyerr(py, e))?;
+        let d = PyDict::new(py);
+        d.set_item("kind", kind)?;
+        d.set_item("beta", beta)?;
+        match kind {
+            "contrastive" | "linearized" => {
+                let (s, band) = detached(py, || {
+                    let s = if kind == "contrastive" {
+                        program.surrogate(&t, beta)?
+                    } else {
+                        program.linearized(&t, beta)?
+                    };
+                    let band = (kind == "contrastive")
+                        .then(|| program.band_of(&s))
+                        .flatten();
+                    Ok((s, band))
+                })?;
+                d.set_item("value", s.value)?;
+                d.set_item("grad_theta", py_vector(py, &s.grad_theta))?;
+                d.set_item("z_star", py_vector(py, &s.z_star.z))?;
+                d.set_item("z_hat", py_vector(py, &s.z_hat.z))?;
+                d.set_item("rate", py_vector(py, &s.rate))?;
+                d.set_item("bound_lower", band.map(|b| b.lower))?;
+                d.set_item("bound_upper", band.map(|b| b.upper))?;
+                d.set_item("bound_nu", band.map(|b| b.nu))?;
+                d.set_item(
+                    "residual",
+                    s.z_star.status.residual.max(s.z_hat.status.residual),
+                )?;
+            }
+            "centered" => {
+                let c = detached(py, || program.centered(&t, beta))?;
+                d.set_item("value", py.None())?;
+                d.set_item("grad_theta", py_vector(py, &c.grad_theta))?;
+                d.set_item("z_hat", py_vector(py, &c.z_plus.z))?;
+                d.set_item("z_minus", py_vector(py, &c.z_minus.z))?;
+                d.set_item(
+                    "residual",
+                    c.z_plus.status.residual.max(c.z_minus.status.residual),
+                )?;
+            }
+            other => {
+                return Err(to_pyerr(
+                    py,
+                    Error::input(
+                        "kind",
+                        format!(
+                            "unknown surrogate `{other}` (expected contrastive, linearized or centered)"
+                        ),
+                    ),
+                ))
+            }
+        }
+        Ok(d)
+    }
+
+    /// `Q`, `B`, `c` as NumPy arrays (copies).
+    #[getter]
+    #[allow(non_snake_case)]
+    fn Q<'py>(&self, py: Python<'py>) -> Bound<'py, numpy::PyArray2<f64>> {
+        py_matrix(py, self.layer.q())
+    }
+
+    #[getter]
+    #[allow(non_snake_case)]
+    fn B<'py>(&self, py: Python<'py>) -> Bound<'py, numpy::PyArray2<f64>> {
+        py_matrix(py, self.layer.b())
+    }
+
+    #[getter]
+    fn c<'py>(&self, py: Python<'py>) -> Bound<'py, numpy::PyArray1<f64>> {
+        py_vector(py, self.layer.c())
+    }
+}
+
+/// An error naming `from` renamed to name `to` (the Python argument's name).
+fn rename(e: Error, from: &str, to: &str) -> Error {
+    match e {
+        Error::DimensionMismatch {
+            what,
+            expected,
+            found,
+        } if what == from => Error::DimensionMismatch {
+            what: to.to_string(),
+            expected,
+            found,
+        },
+        Error::NonFinite { what } if what == from => Error::NonFinite {
+            what: to.to_string(),
+        },
+        e => e,
+    }
+}

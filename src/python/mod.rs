@@ -1,0 +1,207 @@
+//! The Python extension module `bilevel._bilevel` (feature `python`; PyO3 with the stable ABI,
+//! NumPy arrays in and out).
+//!
+//! The Python package `bilevel` (the `.py` files beside this one, `src/python/bilevel/`)
+//! re-exports what is defined here and adds the JAX adapters. Every function here converts its
+//! arguments (any array-like is accepted and converted to float64; a wrong number of dimensions
+//! is a `TypeError` naming the argument, a wrong size a `DimensionMismatchError` naming it),
+//! releases the GIL for the computation, and turns the crate's [`Error`] into the Python
+//! exception class of the same name (`bilevel.errors`) with the same message and its data as
+//! attributes. No panic crosses the boundary: PyO3 turns one into `PanicException`, and the
+//! library does not panic on user data.
+
+mod layer;
+
+use nalgebra::{DMatrix, DVector};
+use numpy::ndarray::Array2;
+use numpy::{IntoPyArray, PyArray1, PyArray2};
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+
+use crate::error::Error;
+
+/// The module `bilevel._bilevel`.
+#[pymodule]
+#[pyo3(name = "_bilevel")]
+fn bilevel_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_class::<layer::QuadraticLayer>()?;
+    m.add_function(wrap_pyfunction!(verify, m)?)?;
+    m.add_function(wrap_pyfunction!(verify_ids, m)?)?;
+    Ok(())
+}
+
+/// `verify(seed=0, ids=None)`: the checks of `bilevel verify` (every proposition against an
+/// independent computation) as a list of dicts with `id`, `claim`, `description`, `quantity`,
+/// `measured`, `tolerance`, `passed`, in the paper's order; `ids` selects rows (see
+/// `verify_ids()`).
+#[pyfunction]
+#[pyo3(signature = (seed = 0, ids = None))]
+fn verify<'py>(
+    py: Python<'py>,
+    seed: u64,
+    ids: Option<Vec<String>>,
+) -> PyResult<Bound<'py, PyList>> {
+    let ids = ids.unwrap_or_default();
+    let report = py.detach(|| {
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        crate::verify::run_only(seed, &ids)
+    });
+    let rows = report
+        .checks
+        .iter()
+        .map(|c| {
+            let d = PyDict::new(py);
+            d.set_item("id", &c.id)?;
+            d.set_item("claim", &c.claim)?;
+            d.set_item("description", &c.description)?;
+            d.set_item("quantity", c.quantity)?;
+            d.set_item("measured", c.measured)?;
+            d.set_item("tolerance", c.tolerance)?;
+            d.set_item("passed", c.passed)?;
+            Ok(d)
+        })
+        .collect::<PyResult<Vec<_>>>()?;
+    PyList::new(py, rows)
+}
+
+/// `verify_ids()`: the row identifiers `verify` knows, in the paper's order.
+#[pyfunction]
+fn verify_ids() -> Vec<&'static str> {
+    crate::verify::ids()
+}
+
+/// The Python exception for an [`Error`]: the class of `bilevel.errors` named after the variant,
+/// constructed with the same message, the variant's data as attributes.
+pub(crate) fn to_pyerr(py: Python<'_>, e: Error) -> PyErr {
+    let message = e.to_string();
+    let build = || -> PyResult<PyErr> {
+        let data = PyDict::new(py);
+        let class = match &e {
+            Error::DimensionMismatch {
+                what,
+                expected,
+                found,
+            } => {
+                data.set_item("what", what)?;
+                data.set_item("expected", expected)?;
+                data.set_item("found", found)?;
+                "DimensionMismatchError"
+            }
+            Error::InvalidBeta { beta } => {
+                data.set_item("beta", beta)?;
+                "InvalidBetaError"
+            }
+            Error::BetaOutOfRange { beta, what, reason } => {
+                data.set_item("beta", beta)?;
+                data.set_item("what", what)?;
+                data.set_item("reason", reason)?;
+                "BetaOutOfRangeError"
+            }
+            Error::NonFinite { what } => {
+                data.set_item("what", what)?;
+                "NonFiniteError"
+            }
+            Error::Overflow { what } => {
+                data.set_item("what", what)?;
+                "FloatOverflowError"
+            }
+            Error::Inaccurate { what, residual } => {
+                data.set_item("what", what)?;
+                data.set_item("residual", residual)?;
+                "InaccurateError"
+            }
+            Error::NotPositiveDefinite { what, reason } => {
+                data.set_item("what", what)?;
+                data.set_item("reason", reason)?;
+                "NotPositiveDefiniteError"
+            }
+            Error::NotConverged {
+                solver,
+                iterations,
+                residual,
+            } => {
+                data.set_item("solver", solver)?;
+                data.set_item("iterations", iterations)?;
+                data.set_item("residual", residual)?;
+                "NotConvergedError"
+            }
+            Error::Infeasible(reason) => {
+                data.set_item("reason", reason)?;
+                "InfeasibleError"
+            }
+            Error::Unbounded(reason) => {
+                data.set_item("reason", reason)?;
+                "UnboundedError"
+            }
+            Error::Singular(reason) => {
+                data.set_item("reason", reason)?;
+                "SingularError"
+            }
+            Error::InvalidInput { field, reason } => {
+                data.set_item("field", field)?;
+                data.set_item("reason", reason)?;
+                "InvalidInputError"
+            }
+            Error::BadData { path, reason } => {
+                data.set_item("path", path.display().to_string())?;
+                data.set_item("reason", reason)?;
+                "BadDataError"
+            }
+            Error::Download {
+                file,
+                dir,
+                attempts,
+            } => {
+                data.set_item("file", file)?;
+                data.set_item("dir", dir.display().to_string())?;
+                data.set_item("attempts", attempts.clone())?;
+                "DownloadError"
+            }
+            Error::Io { path, reason, .. } => {
+                data.set_item("path", path.display().to_string())?;
+                data.set_item("reason", reason)?;
+                "IoError"
+            }
+        };
+        let class = py.import("bilevel.errors")?.getattr(class)?;
+        let value = class.call((message.as_str(),), Some(&data))?;
+        Ok(PyErr::from_value(value))
+    };
+    // The package's error module is part of the wheel; should it be missing (a broken
+    // install), the message still arrives.
+    build().unwrap_or_else(|_| PyRuntimeError::new_err(message.clone()))
+}
+
+/// Runs `f` without the GIL and converts its error.
+pub(crate) fn detached<T: Send>(
+    py: Python<'_>,
+    f: impl Send + FnOnce() -> crate::Result<T>,
+) -> PyResult<T> {
+    py.detach(f).map_err(|e| to_pyerr(py, e))
+}
+
+/// A `DVector` as a new NumPy vector.
+pub(crate) fn py_vector<'py>(py: Python<'py>, v: &DVector<f64>) -> Bound<'py, PyArray1<f64>> {
+    v.as_slice().to_vec().into_pyarray(py)
+}
+
+/// A slice as a new NumPy vector.
+pub(crate) fn py_slice<'py>(py: Python<'py>, v: &[f64]) -> Bound<'py, PyArray1<f64>> {
+    v.to_vec().into_pyarray(py)
+}
+
+/// A `DMatrix` as a new NumPy matrix (C order).
+pub(crate) fn py_matrix<'py>(py: Python<'py>, m: &DMatrix<f64>) -> Bound<'py, PyArray2<f64>> {
+    Array2::from_shape_fn((m.nrows(), m.ncols()), |(i, j)| m[(i, j)]).into_pyarray(py)
+}
+
+/// Rows of equal length `cols` as a NumPy matrix (`rows` may be empty).
+pub(crate) fn py_rows<'py>(
+    py: Python<'py>,
+    rows: &[DVector<f64>],
+    cols: usize,
+) -> Bound<'py, PyArray2<f64>> {
+    Array2::from_shape_fn((rows.len(), cols), |(i, j)| rows[i][j]).into_pyarray(py)
+}

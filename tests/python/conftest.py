@@ -1,0 +1,64 @@
+"""Shared helpers of the Python tests: random layers built backwards from a known answer, and
+the command-line program `bilevel derive` as an independent front end to compare against."""
+
+import json
+import os
+import pathlib
+import subprocess
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def cli_path():
+    """The `bilevel` executable: $BILEVEL_CLI, else the release build of this checkout."""
+    path = pathlib.Path(os.environ.get("BILEVEL_CLI", ROOT / "target" / "release" / "bilevel"))
+    if not path.is_file():
+        pytest.fail(f"no bilevel executable at {path}: run `cargo build --release` or set BILEVEL_CLI")
+    return path
+
+
+def cli_derive(problem):
+    """`bilevel derive -` on a problem dict; the parsed JSON answer."""
+    text = json.dumps(problem)
+    done = subprocess.run([str(cli_path()), "derive", "-"], input=text, capture_output=True,
+                          text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def random_spd(rng, n):
+    m = rng.standard_normal((n, n))
+    return m @ m.T + n * np.eye(n)
+
+
+def constructed_layer(rng, n, p, m, k, labels):
+    """A layer whose solution at a random theta is known: `labels[i]` in {"strong", "weak",
+    "inactive"} fixes row i's activity (strong: multiplier in [0.5, 1.5]; weak: on the boundary
+    with multiplier 0; inactive: slack in [0.5, 1.5]). Returns (data dict, theta, z_star)."""
+    assert len(labels) == m
+    Q = random_spd(rng, n)
+    B = rng.standard_normal((n, p))
+    A = rng.standard_normal((m, n))
+    A_eq = rng.standard_normal((k, n))
+    z = rng.standard_normal(n)
+    theta = rng.standard_normal(p)
+    lam = np.array([rng.uniform(0.5, 1.5) if lab == "strong" else 0.0 for lab in labels])
+    slack = np.array([rng.uniform(0.5, 1.5) if lab == "inactive" else 0.0 for lab in labels])
+    mu = rng.standard_normal(k)
+    b = A @ z - slack
+    b_eq = A_eq @ z
+    # Stationarity: Q z − (B θ + c) − Aᵀλ − A_eqᵀμ = 0.
+    c = Q @ z - B @ theta - A.T @ lam - A_eq.T @ mu
+    data = {"Q": Q, "c": c, "B": B}
+    if m:
+        data.update(A=A, b=b)
+    if k:
+        data.update(A_eq=A_eq, b_eq=b_eq)
+    return data, theta, z
+
+
+def as_json(data):
+    return {key: np.asarray(value).tolist() for key, value in data.items()}
