@@ -228,10 +228,14 @@ impl Activation {
     /// signal `(z* − z̄)/β` of Fenchel back-propagation, Eq. 51; it tends to the Prop. 2
     /// derivative as `β → 0⁺`).
     ///
-    /// Computed without cancellation for the box family: where `u` and `u − βe` lie in the same
-    /// linear piece the result is exactly `e` (inside) or `0` (both clamped to the same bound);
-    /// only a crossing of a kink needs the quotient. So for small β it equals back-propagation
-    /// exactly away from the kinks. Softmax uses the plain quotient (column of `u` at a time).
+    /// Computed without cancellation for the box family. With `y = u − βe`, `f(u) − f(y)` is
+    /// `f(u) − u + βe` when `y` is inside the box, so the quotient is `(f(u) − u)/β + e`: exactly
+    /// `e` where `u` is inside too (back-propagation, for every β), and exact to rounding where
+    /// `u` sits on or beyond a bound — forming `y` first would round `βe` against the bound and
+    /// lose `log₁₀(|bound|/(β|e|))` digits. Where `y` is clamped the quotient is
+    /// `(f(u) − bound)/β`, a difference of two stored numbers. Which piece `u − βe` lies in is
+    /// decided by comparing `u − bound` with `βe`, so a step below the bound's rounding unit is
+    /// still seen to enter the box.
     pub fn difference_quotient<T: RealField + Copy>(
         &self,
         u: &[T],
@@ -242,14 +246,19 @@ impl Activation {
         match self.bounds() {
             Some((lo, hi)) => {
                 let (lo, hi) = (cast::<T>(lo), cast::<T>(hi));
-                // Both arguments clamped to the same bound give `(b − b)/β = 0` exactly, so
-                // only "both inside" needs its own case; written as a select so that it
-                // vectorizes (no data-dependent branch).
+                // Written as selects so that it vectorizes (no data-dependent branch).
                 for ((o, &x), &ej) in out.iter_mut().zip(u).zip(e) {
-                    let y = x - beta * ej;
-                    let inside = x > lo && x < hi && y > lo && y < hi;
-                    let quotient = (clamp(x, lo, hi) - clamp(y, lo, hi)) / beta;
-                    *o = if inside { ej } else { quotient };
+                    let step = beta * ej;
+                    let fx = clamp(x, lo, hi);
+                    // `lo < u − βe < hi`, decided without rounding `u − βe` (`u − bound` is
+                    // exact near the bound).
+                    let y_inside = x - lo > step && x - hi < step;
+                    let (numerator, rest) = if y_inside {
+                        (fx - x, ej)
+                    } else {
+                        (fx - clamp(x - step, lo, hi), T::zero())
+                    };
+                    *o = numerator / beta + rest;
                 }
             }
             None => {
@@ -535,6 +544,24 @@ pub fn box_unit_limit(
 mod tests {
     use super::*;
     use approx::assert_relative_eq;
+
+    #[test]
+    fn difference_quotient_is_exact_at_a_bound() {
+        // u on hard sigmoid's upper bound, the step u − βe moves inside: the quotient is e
+        // exactly for every β (forming u − βe first would round βe against 1: at β = 1e-9 the
+        // earlier formula kept 7 digits).
+        let e = [0.123_456_789, 1e-3];
+        for beta in [1e-3, 1e-9, 1e-14] {
+            let mut out = [0.0_f64; 2];
+            Activation::HardSigmoid.difference_quotient(&[1.0, 1.0], &e, beta, &mut out);
+            assert_eq!(out, e, "beta {beta}");
+            // u beyond the bound by 2β: (1 − u)/β + e = e − 2 to rounding.
+            let u = [1.0 + 2.0 * beta, 1.0 + 2.0 * beta];
+            Activation::HardSigmoid.difference_quotient(&u, &[3.0, 3.0], beta, &mut out);
+            let exact = ((1.0 - u[0]) / beta) + 3.0;
+            assert!((out[0] - exact).abs() <= 1e-15 * 3.0, "{} {exact}", out[0]);
+        }
+    }
 
     #[test]
     fn fenchel_young_equality_holds_at_the_activation() {

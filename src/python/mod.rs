@@ -11,6 +11,7 @@
 //! library does not panic on user data.
 
 mod layer;
+mod nested;
 
 use nalgebra::{DMatrix, DVector};
 use numpy::ndarray::Array2;
@@ -27,6 +28,8 @@ use crate::error::Error;
 fn bilevel_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<layer::QuadraticLayer>()?;
+    m.add_class::<nested::Activation>()?;
+    m.add_class::<nested::Network>()?;
     m.add_function(wrap_pyfunction!(verify, m)?)?;
     m.add_function(wrap_pyfunction!(verify_ids, m)?)?;
     Ok(())

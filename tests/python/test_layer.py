@@ -99,7 +99,7 @@ def test_one_sided_at_weakly_active_rows(seed):
     rng = np.random.default_rng(1000 + seed)
     n, p = 6, 3
     labels = ["weak", "weak", "strong", "inactive"]
-    data, theta, _, = constructed_layer(rng, n, p, len(labels), 0, labels)[:3]
+    data, theta, _ = constructed_layer(rng, n, p, len(labels), 0, labels)
     layer = bilevel.QuadraticLayer(**data)
     assert layer.solve(theta)["constraints"] == labels
     t = 1e-7

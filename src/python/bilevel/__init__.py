@@ -8,6 +8,10 @@ the same name with the same message.
 - :class:`QuadraticLayer`: ``z*(θ) = argmin_z ½zᵀQz − zᵀ(Bθ + c)`` s.t. ``Az ≥ b``,
   ``A_eq z = b_eq``, with ``solve``, ``derive`` (what ``bilevel derive`` returns), the one-sided
   ``vjp`` and ``jvp`` of Prop. 2, and the finite-β ``surrogate`` of Defs. 1-2.
+- :class:`Activation`: the closed-form layers (ReLU, hard sigmoid, hard tanh, box, softmax) with
+  their one-sided ``vjp`` (Prop. 2) and Fenchel-BP quotient ``fenchel_vjp`` (Eq. 51).
+- :class:`Network`: a feed-forward network read as the deeply nested program of Eq. 21, with
+  ``gradient(method, beta, x, target)`` for every row of Table 1 (value, gradients, status).
 - :func:`verify`: the checks of ``bilevel verify`` as a list of dicts.
 - :mod:`bilevel.jax` (needs JAX): the layer as a JAX function under ``jax.grad`` / ``jax.jit``.
 
@@ -22,7 +26,9 @@ Example::
 """
 
 from . import errors
-from ._bilevel import QuadraticLayer, __version__, verify, verify_ids
+from ._bilevel import Activation, Network, QuadraticLayer, __version__, verify, verify_ids
 from .errors import *  # noqa: F401,F403
 
-__all__ = ["QuadraticLayer", "verify", "verify_ids", "errors", "__version__"] + errors.__all__
+__all__ = [
+    "QuadraticLayer", "Activation", "Network", "verify", "verify_ids", "errors", "__version__",
+] + errors.__all__

@@ -1,0 +1,179 @@
+"""JAX adapters: the QP layer and the Fenchel-BP activations as JAX functions.
+
+Import this module only with JAX installed (``pip install jax``); ``import bilevel`` does not
+need it.
+
+- :func:`qp_layer` turns a :class:`bilevel.QuadraticLayer` into a function ``theta -> z*(theta)``
+  usable under ``jax.grad``, ``jax.jit`` and ``jax.vmap``. Its forward and backward passes run
+  on the host in Rust (``jax.pure_callback``); its backward pass is the one-sided derivative of
+  Prop. 2 (``mode="limit"``), or a finite-β contrastive surrogate gradient (Def. 1,
+  ``("contrastive", beta)``; ``("centered", beta)`` for the mean of ``+β`` and ``−β``).
+  Reverse mode only (``jax.custom_vjp``).
+- :func:`fenchel_relu`, :func:`fenchel_hard_sigmoid`, :func:`fenchel_hard_tanh`,
+  :func:`fenchel_box` and :func:`fenchel_softmax` are activations whose backward pass is the
+  Fenchel-BP rule ``(f(u) − f(u − β·g)) / β`` (Eq. 51, the paper's Appendix C) instead of the
+  chain rule: pure JAX, so they run wherever JAX runs (GPUs, many devices) and train the Fig. 1
+  MLP with any JAX optimizer.
+
+At a tie (a ReLU input exactly 0, a weakly active constraint) ``jax.nn.relu`` passes 0 whatever
+the cotangent; the one-sided derivative passes ``min(g, 0)`` — the branch the descent step
+takes. That rule is not linear in the cotangent, so these functions define reverse mode only.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._bilevel import QuadraticLayer
+
+__all__ = [
+    "qp_layer",
+    "fenchel_relu",
+    "fenchel_hard_sigmoid",
+    "fenchel_hard_tanh",
+    "fenchel_box",
+    "fenchel_softmax",
+]
+
+
+def _mode(mode):
+    if mode == "limit":
+        return "limit", None
+    if isinstance(mode, tuple) and len(mode) == 2 and mode[0] in ("contrastive", "centered"):
+        beta = float(mode[1])
+        if not (np.isfinite(beta) and beta > 0):
+            raise ValueError(f"mode: beta must be finite and > 0, got {mode[1]!r}")
+        return mode[0], beta
+    raise ValueError(
+        f"mode: expected \"limit\", (\"contrastive\", beta) or (\"centered\", beta), got {mode!r}")
+
+
+def qp_layer(Q, c, B, A=None, b=None, A_eq=None, b_eq=None, *, mode="limit", backend="dense"):
+    """The layer ``z*(θ) = argmin_z ½zᵀQz − zᵀ(Bθ + c)`` s.t. ``Az ≥ b``, ``A_eq z = b_eq`` as a
+    JAX function of ``theta`` (shape ``(p,)`` or ``(..., p)``; result ``(n,)`` or ``(..., n)``,
+    in ``theta``'s dtype; the Rust side computes in float64).
+
+    ``mode`` chooses the backward pass for a cotangent ``g``: ``"limit"`` (Prop. 2, one-sided at
+    weakly active rows: the gradient of ``⟨g, z*⟩`` along the descent direction),
+    ``("contrastive", beta)`` (Def. 1's gradient for ``ℓ(z) = gᵀz``: equilibrium propagation's
+    rule) or ``("centered", beta)``. The returned function carries the underlying
+    :class:`bilevel.QuadraticLayer` as ``.layer`` (for ``derive``: status, branches, residual).
+    """
+    layer = QuadraticLayer(Q, c, B, A, b, A_eq, b_eq, backend=backend)
+    kind, beta = _mode(mode)
+    n, p = layer.n, layer.p
+
+    def host_solve(theta):
+        t = np.asarray(theta, dtype=np.float64)
+        flat = t.reshape(-1, p)
+        z = np.stack([s["z"] for s in layer.solve(flat)]) if flat.shape[0] else np.zeros((0, n))
+        return z.reshape(t.shape[:-1] + (n,)).astype(theta.dtype)
+
+    def host_vjp(theta, g):
+        t = np.asarray(theta, dtype=np.float64)
+        flat_t = t.reshape(-1, p)
+        flat_g = np.asarray(g, dtype=np.float64).reshape(-1, n)
+        if flat_t.shape[0] == 0:
+            out = np.zeros((0, p))
+        elif kind == "limit":
+            out = layer.vjp(flat_t, flat_g)
+        else:
+            out = np.stack([layer.surrogate(ti, gi, beta, kind=kind)["grad_theta"]
+                            for ti, gi in zip(flat_t, flat_g)])
+        return out.reshape(t.shape).astype(theta.dtype)
+
+    def check(theta):
+        if theta.ndim == 0 or theta.shape[-1] != p:
+            raise ValueError(f"theta: expected shape (..., {p}), got {theta.shape}")
+
+    @jax.custom_vjp
+    def solve(theta):
+        check(theta)
+        shape = jax.ShapeDtypeStruct(theta.shape[:-1] + (n,), theta.dtype)
+        return jax.pure_callback(host_solve, shape, theta, vmap_method="broadcast_all")
+
+    def forward(theta):
+        return solve(theta), theta
+
+    def backward(theta, g):
+        shape = jax.ShapeDtypeStruct(theta.shape, theta.dtype)
+        return (jax.pure_callback(host_vjp, shape, theta, g, vmap_method="broadcast_all"),)
+
+    solve.defvjp(forward, backward)
+
+    def apply(theta):
+        theta = jnp.asarray(theta)
+        if not jnp.issubdtype(theta.dtype, jnp.floating):
+            theta = theta.astype(jnp.result_type(float))
+        return solve(theta)
+
+    apply.layer = layer
+    apply.__doc__ = f"z*(theta) of {layer!r}; backward: {mode!r}."
+    return apply
+
+
+def _fenchel_box(lo, hi, beta):
+    beta = float(beta)
+    if not (np.isfinite(beta) and beta > 0):
+        raise ValueError(f"beta must be finite and > 0, got {beta!r}")
+
+    @jax.custom_vjp
+    def f(u):
+        return jnp.clip(u, lo, hi)
+
+    def forward(u):
+        return jnp.clip(u, lo, hi), u
+
+    def backward(u, g):
+        # (f(u) − f(u − βg))/β, taken as g where both points are inside the box (no
+        # cancellation: exactly back-propagation there) — the rule of `Activation.fenchel_vjp`.
+        y = u - beta * g
+        inside = (u > lo) & (u < hi) & (y > lo) & (y < hi)
+        quotient = (jnp.clip(u, lo, hi) - jnp.clip(y, lo, hi)) / beta
+        return (jnp.where(inside, g, quotient),)
+
+    f.defvjp(forward, backward)
+    return f
+
+
+def fenchel_relu(beta):
+    """``relu`` whose backward pass is Fenchel BP's ``(relu(u) − relu(u − βg))/β`` (Eq. 51)."""
+    return _fenchel_box(0.0, np.inf, beta)
+
+
+def fenchel_hard_sigmoid(beta):
+    """``clip(u, 0, 1)`` with the Fenchel-BP backward pass."""
+    return _fenchel_box(0.0, 1.0, beta)
+
+
+def fenchel_hard_tanh(beta):
+    """``clip(u, −1, 1)`` with the Fenchel-BP backward pass."""
+    return _fenchel_box(-1.0, 1.0, beta)
+
+
+def fenchel_box(lo, hi, beta):
+    """``clip(u, lo, hi)`` with the Fenchel-BP backward pass (``lo < hi``)."""
+    if not lo < hi:
+        raise ValueError(f"need lo < hi, got [{lo}, {hi}]")
+    return _fenchel_box(float(lo), float(hi), beta)
+
+
+def fenchel_softmax(beta):
+    """``softmax`` over the last axis with the Fenchel-BP backward pass
+    ``(softmax(u) − softmax(u − βg))/β`` (``G`` the negative entropy on the simplex)."""
+    beta = float(beta)
+    if not (np.isfinite(beta) and beta > 0):
+        raise ValueError(f"beta must be finite and > 0, got {beta!r}")
+
+    @jax.custom_vjp
+    def f(u):
+        return jax.nn.softmax(u, axis=-1)
+
+    def forward(u):
+        return jax.nn.softmax(u, axis=-1), u
+
+    def backward(u, g):
+        return ((jax.nn.softmax(u, axis=-1) - jax.nn.softmax(u - beta * g, axis=-1)) / beta,)
+
+    f.defvjp(forward, backward)
+    return f

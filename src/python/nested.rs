@@ -1,0 +1,459 @@
+//! `bilevel.Activation` (the closed-form layers of `prox`) and `bilevel.Network` (the deeply
+//! nested programs of Sections 3-4 and every row of Table 1).
+//!
+//! Batches are **rows** here, as in NumPy and JAX: `x` is `(B, n_0)`, every `z_k` is
+//! `(B, n_k)`; weights are `(n_k, n_{k−1})` (`z_k = f_k(z_{k−1} W_kᵀ + b_k)`). The Rust side keeps
+//! samples in columns; the bindings transpose.
+
+use nalgebra::{DMatrix, DVector};
+use numpy::ndarray::{Array2, ArrayViewD, Axis};
+use numpy::{AllowTypeChange, IntoPyArray, PyArrayDyn, PyArrayLikeDyn};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList, PyString, PyTuple};
+
+use super::{detached, py_matrix, py_vector, to_pyerr};
+use crate::error::{Error, Result};
+use crate::nested::method::Method;
+use crate::nested::{Batch, Layer, NestedReport, NestedSettings, Network as Net, OutputLoss};
+use crate::prox::{box_unit_limit, Activation as Act};
+
+type Array<'py> = PyArrayLikeDyn<'py, f64, AllowTypeChange>;
+
+/// An activation from its Python name: `"identity"`, `"relu"`, `"hard_sigmoid"`,
+/// `"hard_tanh"`, `"softmax"`, or `("box", lo, hi)`.
+fn activation_of(obj: &Bound<'_, PyAny>) -> PyResult<Act> {
+    let py = obj.py();
+    if let Ok(t) = obj.cast::<PyTuple>() {
+        if t.len() == 3 && t.get_item(0)?.extract::<String>().ok().as_deref() == Some("box") {
+            let act = Act::Box {
+                lo: t.get_item(1)?.extract()?,
+                hi: t.get_item(2)?.extract()?,
+            };
+            act.validate().map_err(|e| to_pyerr(py, e))?;
+            return Ok(act);
+        }
+    }
+    let name: String = obj
+        .cast::<PyString>()
+        .map_err(|_| {
+            to_pyerr(
+                py,
+                Error::input(
+                    "activation",
+                    "expected a name (identity, relu, hard_sigmoid, hard_tanh, softmax) or \
+                     (\"box\", lo, hi)",
+                ),
+            )
+        })?
+        .to_string();
+    Ok(match name.as_str() {
+        "identity" => Act::Identity,
+        "relu" => Act::Relu,
+        "hard_sigmoid" => Act::HardSigmoid,
+        "hard_tanh" => Act::HardTanh,
+        "softmax" => Act::Softmax,
+        other => {
+            return Err(to_pyerr(
+                py,
+                Error::input(
+                    "activation",
+                    format!(
+                        "unknown activation `{other}` (expected identity, relu, hard_sigmoid, \
+                         hard_tanh, softmax or (\"box\", lo, hi))"
+                    ),
+                ),
+            ))
+        }
+    })
+}
+
+/// The Python name of an activation.
+fn activation_name(act: Act) -> String {
+    match act {
+        Act::Identity => "identity".into(),
+        Act::Relu => "relu".into(),
+        Act::HardSigmoid => "hard_sigmoid".into(),
+        Act::HardTanh => "hard_tanh".into(),
+        Act::Softmax => "softmax".into(),
+        Act::Box { lo, hi } => format!("(\"box\", {lo}, {hi})"),
+    }
+}
+
+/// Applies `f` to every row (last axis) of `u`, writing a new array of the same shape.
+fn rowwise<'py>(
+    py: Python<'py>,
+    name: &str,
+    u: &ArrayViewD<'_, f64>,
+    others: &[(&str, &ArrayViewD<'_, f64>)],
+    f: impl Fn(&[f64], &[&[f64]], &mut [f64]),
+) -> PyResult<Bound<'py, PyArrayDyn<f64>>> {
+    if u.ndim() == 0 {
+        return Err(to_pyerr(
+            py,
+            Error::dim(name, "an array with at least one axis", "a scalar"),
+        ));
+    }
+    for (other, v) in others {
+        if v.shape() != u.shape() {
+            return Err(to_pyerr(
+                py,
+                Error::dim(
+                    *other,
+                    format!("shape {:?} (as {name})", u.shape()),
+                    format!("shape {:?}", v.shape()),
+                ),
+            ));
+        }
+    }
+    let last = Axis(u.ndim() - 1);
+    let mut out = u.to_owned();
+    let us: Vec<Vec<f64>> = u.lanes(last).into_iter().map(|l| l.to_vec()).collect();
+    let vs: Vec<Vec<Vec<f64>>> = others
+        .iter()
+        .map(|(_, v)| v.lanes(last).into_iter().map(|l| l.to_vec()).collect())
+        .collect();
+    for (i, mut lane) in out.lanes_mut(last).into_iter().enumerate() {
+        let extra: Vec<&[f64]> = vs.iter().map(|v| v[i].as_slice()).collect();
+        let mut row = vec![0.0; lane.len()];
+        f(&us[i], &extra, &mut row);
+        for (o, r) in lane.iter_mut().zip(row) {
+            *o = r;
+        }
+    }
+    Ok(out.into_pyarray(py))
+}
+
+fn check_finite_array(py: Python<'_>, name: &str, u: &ArrayViewD<'_, f64>) -> PyResult<()> {
+    if u.iter().all(|v| v.is_finite()) {
+        Ok(())
+    } else {
+        Err(to_pyerr(py, Error::NonFinite { what: name.into() }))
+    }
+}
+
+/// `Activation(name)`: a closed-form layer `z = f(u) = argmin_z G(z) − zᵀu` (Section 3.2.2,
+/// Eq. 31-32) with `name` one of `"identity"`, `"relu"`, `"hard_sigmoid"` (`clamp(u, 0, 1)`),
+/// `"hard_tanh"` (`clamp(u, −1, 1)`), `"softmax"`, or `("box", lo, hi)`. Every method works on
+/// the last axis (softmax couples the units of a row; the box family is unit-wise).
+#[pyclass(frozen, module = "bilevel", name = "Activation")]
+pub struct Activation {
+    act: Act,
+}
+
+#[pymethods]
+impl Activation {
+    #[new]
+    fn new(name: Bound<'_, PyAny>) -> PyResult<Self> {
+        Ok(Self {
+            act: activation_of(&name)?,
+        })
+    }
+
+    fn __repr__(&self) -> String {
+        format!("Activation({})", activation_name(self.act))
+    }
+
+    /// `f(u)`.
+    fn __call__<'py>(
+        &self,
+        py: Python<'py>,
+        u: Array<'py>,
+    ) -> PyResult<Bound<'py, PyArrayDyn<f64>>> {
+        let u = u.as_array();
+        check_finite_array(py, "u", &u)?;
+        rowwise(py, "u", &u, &[], |u, _, out| self.act.activate(u, out))
+    }
+
+    /// `vjp(u, g)`: the one-sided gradient with respect to `u` of `L = ⟨g, f(u)⟩` (Prop. 2 and
+    /// Cor. 1 for the proximal layer `½‖z − u‖² + ι_C(z)`: `−ż` with `ż = d/dβ f(u − βg)` at
+    /// `0⁺`). Box family: `g` strictly inside the box, `0` beyond a bound, and at a bound (a
+    /// weakly active unit) `g` when the descent step `u − βg` moves into the box, else `0` —
+    /// e.g. ReLU at `u = 0` passes `min(g, 0)`, where frameworks pass `0`. Softmax (smooth):
+    /// `s ⊙ (g − ⟨s, g⟩)`. Not linear in `g` at ties.
+    fn vjp<'py>(
+        &self,
+        py: Python<'py>,
+        u: Array<'py>,
+        g: Array<'py>,
+    ) -> PyResult<Bound<'py, PyArrayDyn<f64>>> {
+        let (u, g) = (u.as_array(), g.as_array());
+        check_finite_array(py, "u", &u)?;
+        check_finite_array(py, "g", &g)?;
+        let act = self.act;
+        rowwise(py, "u", &u, &[("g", &g)], |u, e, out| match act.bounds() {
+            Some((lo, hi)) => {
+                for ((o, &uj), &gj) in out.iter_mut().zip(u).zip(e[0]) {
+                    *o = -box_unit_limit(uj, lo, hi, gj, 0.0).0;
+                }
+            }
+            None => {
+                act.activate(u, out);
+                let sg: f64 = out.iter().zip(e[0]).map(|(s, g)| s * g).sum();
+                for (o, &gj) in out.iter_mut().zip(e[0]) {
+                    *o *= gj - sg;
+                }
+            }
+        })
+    }
+
+    /// `fenchel_vjp(u, g, beta)`: Fenchel back-propagation's error signal, the one-sided
+    /// difference quotient `D_β f(u)[g] = (f(u) − f(u − βg)) / β` (Eq. 51; the rule of the
+    /// paper's Appendix C code). It tends to `vjp(u, g)` as `β → 0⁺`; for the box family it is
+    /// exactly `g` where `u` and `u − βg` are both inside the box.
+    fn fenchel_vjp<'py>(
+        &self,
+        py: Python<'py>,
+        u: Array<'py>,
+        g: Array<'py>,
+        beta: f64,
+    ) -> PyResult<Bound<'py, PyArrayDyn<f64>>> {
+        crate::error::check_beta(beta).map_err(|e| to_pyerr(py, e))?;
+        let (u, g) = (u.as_array(), g.as_array());
+        check_finite_array(py, "u", &u)?;
+        check_finite_array(py, "g", &g)?;
+        let act = self.act;
+        rowwise(py, "u", &u, &[("g", &g)], |u, e, out| {
+            act.difference_quotient(u, e[0], beta, out)
+        })
+    }
+
+    /// `derivative(u)`: back-propagation's `f'(u)` for the box family (`1` strictly inside,
+    /// `0` outside and at the kinks, the frameworks' convention that Prop. 2 replaces).
+    fn derivative<'py>(
+        &self,
+        py: Python<'py>,
+        u: Array<'py>,
+    ) -> PyResult<Bound<'py, PyArrayDyn<f64>>> {
+        if self.act.bounds().is_none() {
+            return Err(to_pyerr(
+                py,
+                Error::input(
+                    "activation",
+                    "softmax has no element-wise derivative: use vjp",
+                ),
+            ));
+        }
+        let u = u.as_array();
+        check_finite_array(py, "u", &u)?;
+        rowwise(py, "u", &u, &[], |u, _, out| self.act.derivative(u, out))
+    }
+}
+
+/// A 2-D argument as a `DMatrix`, or a `DimensionMismatchError` naming it.
+fn mat(name: &str, x: &Array<'_>) -> Result<DMatrix<f64>> {
+    let a = x.as_array();
+    if a.ndim() != 2 {
+        return Err(Error::dim(
+            name,
+            "a matrix (2-D array)",
+            format!("shape {:?}", a.shape()),
+        ));
+    }
+    Ok(DMatrix::from_fn(a.shape()[0], a.shape()[1], |i, j| {
+        a[[i, j]]
+    }))
+}
+
+/// A batch given as rows `(B, n)`, as the Rust side's columns `n × B`.
+fn columns(name: &str, x: &Array<'_>) -> Result<DMatrix<f64>> {
+    Ok(mat(name, x)?.transpose())
+}
+
+/// Rows `(B, n)` from columns `n × B`.
+fn rows_of<'py>(py: Python<'py>, m: &DMatrix<f64>) -> Bound<'py, numpy::PyArray2<f64>> {
+    Array2::from_shape_fn((m.ncols(), m.nrows()), |(i, j)| m[(j, i)]).into_pyarray(py)
+}
+
+/// `Network(weights, biases, activations)`: the feed-forward network `z_0 = x`,
+/// `z_k = f_k(z_{k−1} W_kᵀ + b_k)`, read as the deeply nested program of Eq. 21 with the
+/// layer energy each method of Table 1 chooses. `weights[k]` is `(n_k, n_{k−1})`, `biases[k]`
+/// `(n_k,)`, `activations[k]` a name as for [`Activation`].
+#[pyclass(frozen, module = "bilevel", name = "Network")]
+pub struct Network {
+    net: Net<f64>,
+}
+
+#[pymethods]
+impl Network {
+    #[new]
+    fn new(
+        py: Python<'_>,
+        weights: Vec<Array<'_>>,
+        biases: Vec<Array<'_>>,
+        activations: Vec<Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        if weights.is_empty() || biases.len() != weights.len() || activations.len() != weights.len()
+        {
+            return Err(to_pyerr(
+                py,
+                Error::input(
+                    "weights",
+                    format!(
+                        "need one weight matrix, bias and activation per layer (at least one \
+                         layer): got {} weights, {} biases, {} activations",
+                        weights.len(),
+                        biases.len(),
+                        activations.len()
+                    ),
+                ),
+            ));
+        }
+        let mut layers = Vec::with_capacity(weights.len());
+        for (k, ((w, b), a)) in weights.iter().zip(&biases).zip(&activations).enumerate() {
+            let w = mat(&format!("weights[{k}]"), w).map_err(|e| to_pyerr(py, e))?;
+            let b = b.as_array();
+            if b.ndim() != 1 {
+                return Err(to_pyerr(
+                    py,
+                    Error::dim(
+                        format!("biases[{k}]"),
+                        "a vector (1-D array)",
+                        format!("shape {:?}", b.shape()),
+                    ),
+                ));
+            }
+            layers.push(Layer {
+                w,
+                bias: DVector::from_iterator(b.len(), b.iter().copied()),
+                activation: activation_of(a)?,
+            });
+        }
+        let net = Net { layers };
+        // Shapes and finite entries; the energy-specific check (softmax needs Fenchel or
+        // proximal energies) runs with the method.
+        net.validate(crate::nested::EnergyKind::Fenchel)
+            .map_err(|e| to_pyerr(py, e))?;
+        Ok(Self { net })
+    }
+
+    fn __repr__(&self) -> String {
+        let acts: Vec<String> = self
+            .net
+            .layers
+            .iter()
+            .map(|l| activation_name(l.activation))
+            .collect();
+        format!(
+            "Network(widths={:?}, activations=[{}])",
+            self.widths(),
+            acts.join(", ")
+        )
+    }
+
+    /// `[n_0, n_1, …, n_L]`.
+    #[getter]
+    fn widths(&self) -> Vec<usize> {
+        let mut w = vec![self.net.input_dim()];
+        w.extend(self.net.widths());
+        w
+    }
+
+    /// `forward(x)`: the forward pass `[z_1, …, z_L]`, each `(B, n_k)`, for `x` of shape
+    /// `(B, n_0)` (every method's free solution top-down).
+    fn forward<'py>(&self, py: Python<'py>, x: Array<'py>) -> PyResult<Bound<'py, PyList>> {
+        let x = columns("x", &x).map_err(|e| to_pyerr(py, e))?;
+        if x.nrows() != self.net.input_dim() {
+            return Err(to_pyerr(
+                py,
+                Error::dim("x (columns)", self.net.input_dim(), x.nrows()),
+            ));
+        }
+        let zs = py.detach(|| {
+            let mut z = x;
+            let mut out = Vec::with_capacity(self.net.layers.len());
+            for layer in &self.net.layers {
+                let a = layer.affine(&z);
+                z = crate::nested::activate_columns(layer.activation, &a);
+                out.push(z.clone());
+            }
+            out
+        });
+        PyList::new(py, zs.iter().map(|z| rows_of(py, z)))
+    }
+
+    /// `gradient(method, beta, x, target, loss="squared")`: the surrogate of one Table 1 row on
+    /// the batch `(x, target)` (rows are samples; the batch surrogate is the mean of the
+    /// per-sample surrogates at the same β), as a dict: `value`, `grad_weights` and
+    /// `grad_biases` (shaped like the parameters), `clamped` and `free` (the inner solutions
+    /// `ẑ_k`, `ž_k`, each `(B, n_k)`), and `status` (`solver`, `iterations`, `residual`,
+    /// `optimum`, `fallback`). `method` is one of `"chl"`, `"convex-chl"`, `"lpom"`, `"mac"`,
+    /// `"bp"`, `"fenbp"`, `"pc"`; `beta` one value for every layer or one per layer; `loss`
+    /// `"squared"` (`½‖z_L − t‖²`) or `"softmax_cross_entropy"` (`z_L` are logits).
+    #[pyo3(signature = (method, beta, x, target, loss = "squared"))]
+    fn gradient<'py>(
+        &self,
+        py: Python<'py>,
+        method: &str,
+        beta: Bound<'py, PyAny>,
+        x: Array<'py>,
+        target: Array<'py>,
+        loss: &str,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let m = Method::from_cli_name(method).ok_or_else(|| {
+            to_pyerr(
+                py,
+                Error::input(
+                    "method",
+                    format!(
+                        "unknown method `{method}` (expected chl, convex-chl, lpom, mac, bp, \
+                         fenbp or pc)"
+                    ),
+                ),
+            )
+        })?;
+        let layers = self.net.layers.len();
+        let betas: Vec<f64> = match beta.extract::<f64>() {
+            Ok(b) => vec![b; layers],
+            Err(_) => beta.extract()?,
+        };
+        let loss = match loss {
+            "squared" => OutputLoss::Squared,
+            "softmax_cross_entropy" => OutputLoss::SoftmaxCrossEntropy,
+            other => {
+                return Err(to_pyerr(
+                    py,
+                    Error::input(
+                        "loss",
+                        format!(
+                            "unknown loss `{other}` (expected squared or softmax_cross_entropy)"
+                        ),
+                    ),
+                ))
+            }
+        };
+        let x = columns("x", &x).map_err(|e| to_pyerr(py, e))?;
+        let target = columns("target", &target).map_err(|e| to_pyerr(py, e))?;
+        let report: NestedReport = detached(py, || {
+            let problem = m.problem(&self.net, &betas, loss)?;
+            let batch = Batch::new(&problem, &x, &target)?;
+            m.run(&problem, batch, &NestedSettings::default())
+        })?;
+        let d = PyDict::new(py);
+        d.set_item("method", m.cli_name())?;
+        d.set_item("value", report.value)?;
+        let gw: Vec<_> = report.grad.w.iter().map(|w| py_matrix(py, w)).collect();
+        let gb: Vec<_> = report.grad.bias.iter().map(|b| py_vector(py, b)).collect();
+        d.set_item("grad_weights", PyList::new(py, gw)?)?;
+        d.set_item("grad_biases", PyList::new(py, gb)?)?;
+        let clamped: Vec<_> = report.clamped.iter().map(|z| rows_of(py, z)).collect();
+        let free: Vec<_> = report.free.iter().map(|z| rows_of(py, z)).collect();
+        d.set_item("clamped", PyList::new(py, clamped)?)?;
+        d.set_item("free", PyList::new(py, free)?)?;
+        let s = PyDict::new(py);
+        s.set_item("solver", report.status.solver)?;
+        s.set_item("iterations", report.status.iterations)?;
+        s.set_item("residual", report.status.residual)?;
+        s.set_item("optimum", report.status.optimum.label())?;
+        match &report.status.fallback {
+            Some(f) => {
+                let fd = PyDict::new(py);
+                fd.set_item("from", f.from)?;
+                fd.set_item("reason", &f.reason)?;
+                s.set_item("fallback", fd)?;
+            }
+            None => s.set_item("fallback", py.None())?,
+        }
+        d.set_item("status", s)?;
+        Ok(d)
+    }
+}

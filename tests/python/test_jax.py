@@ -1,0 +1,138 @@
+"""The JAX adapters under jax.grad, jax.jit and jax.vmap, against the NumPy API and the Rust
+Prop. 7 gradients; and the tie where jax.nn.relu and the one-sided derivative part ways."""
+
+import os
+
+import numpy as np
+import pytest
+
+if os.environ.get("BILEVEL_REQUIRE_JAX"):
+    import jax  # CI: a missing JAX is a failure, not a skip
+else:
+    jax = pytest.importorskip("jax", reason="the JAX adapters need `pip install jax`")
+jax.config.update("jax_enable_x64", True)
+import jax.numpy as jnp  # noqa: E402
+
+import bilevel  # noqa: E402
+import bilevel.jax as bj  # noqa: E402
+from conftest import constructed_layer  # noqa: E402
+
+
+def relu_qp():
+    eye = np.eye(2)
+    return dict(Q=eye, c=np.zeros(2), B=eye, A=eye, b=np.zeros(2))
+
+
+def test_qp_layer_grad_jit_vmap_agree_with_the_numpy_api():
+    rng = np.random.default_rng(0)
+    data, theta, z = constructed_layer(rng, 6, 3, 4, 1, ["strong", "weak", "inactive", "weak"])
+    f = bj.qp_layer(**data)
+    layer = bilevel.QuadraticLayer(**data)
+    g = rng.standard_normal(6)
+    np.testing.assert_allclose(f(theta), z, atol=1e-10)
+    loss = lambda t: jnp.dot(jnp.asarray(g), f(t))
+    expected = layer.vjp(theta, g)
+    np.testing.assert_array_equal(jax.grad(loss)(theta), expected)
+    np.testing.assert_array_equal(jax.jit(jax.grad(loss))(theta), expected)
+    thetas = theta + 0.1 * rng.standard_normal((5, 3))
+    batched = jax.vmap(jax.grad(loss))(thetas)
+    np.testing.assert_allclose(batched, layer.vjp(thetas, np.tile(g, (5, 1))), atol=1e-12)
+    np.testing.assert_allclose(jax.vmap(f)(thetas), f(thetas), atol=1e-12)
+    assert f.layer.n == 6
+
+
+def test_the_tie_jax_relu_drops_and_the_qp_layer_keeps():
+    f = bj.qp_layer(**relu_qp())
+    theta = jnp.array([1.0, 0.0])
+    g = jnp.array([2.0, -3.0])
+    # Descending L = 2z₁ − 3z₂ raises θ₂: the unit leaves its bound and passes −3 on.
+    np.testing.assert_array_equal(jax.grad(lambda t: g @ f(t))(theta), [2.0, -3.0])
+    # jax.nn.relu passes 0 at the tie whatever the loss: descent stalls on that unit.
+    np.testing.assert_array_equal(jax.grad(lambda t: g @ jax.nn.relu(t))(theta), [2.0, 0.0])
+    # The other loss direction: the unit stays, both agree.
+    np.testing.assert_array_equal(jax.grad(lambda t: -g @ f(t))(theta), [-2.0, 0.0])
+    # And the Fenchel-BP ReLU takes the same branch as the limit, for every β.
+    r = bj.fenchel_relu(0.1)
+    np.testing.assert_allclose(jax.grad(lambda t: g @ r(t))(theta), [2.0, -3.0])
+
+
+def test_contrastive_and_centered_modes_and_their_limit():
+    rng = np.random.default_rng(1)
+    data, theta, _ = constructed_layer(rng, 5, 2, 3, 0, ["strong", "inactive", "inactive"])
+    layer = bilevel.QuadraticLayer(**data)
+    g = rng.standard_normal(5)
+    limit = layer.vjp(theta, g)
+    errors = {}
+    for kind in ("contrastive", "centered"):
+        errors[kind] = []
+        for beta in (1e-2, 1e-3):
+            f = bj.qp_layer(**data, mode=(kind, beta))
+            grad = jax.grad(lambda t: jnp.dot(jnp.asarray(g), f(t)))(theta)
+            np.testing.assert_array_equal(
+                grad, layer.surrogate(theta, g, beta, kind=kind)["grad_theta"])
+            errors[kind].append(np.linalg.norm(grad - limit))
+    # A QP layer away from ties is piecewise linear: for a linear loss both surrogates are
+    # exact for small β (the piece does not change).
+    assert max(errors["contrastive"] + errors["centered"]) < 1e-9
+    with pytest.raises(ValueError):
+        bj.qp_layer(**data, mode=("contrastive", -1.0))
+
+
+def test_float32_theta_gives_float32_results():
+    f = bj.qp_layer(**relu_qp())
+    z = f(jnp.array([1.0, -1.0], dtype=jnp.float32))
+    assert z.dtype == jnp.float32
+    np.testing.assert_array_equal(z, [1.0, 0.0])
+
+
+@pytest.mark.parametrize("name, maker", [
+    ("relu", lambda b: bj.fenchel_relu(b)),
+    ("hard_sigmoid", lambda b: bj.fenchel_hard_sigmoid(b)),
+    ("hard_tanh", lambda b: bj.fenchel_hard_tanh(b)),
+    (("box", -0.5, 2.0), lambda b: bj.fenchel_box(-0.5, 2.0, b)),
+    ("softmax", lambda b: bj.fenchel_softmax(b)),
+])
+def test_fenchel_activations_equal_the_rust_quotient(name, maker):
+    act = bilevel.Activation(name)
+    rng = np.random.default_rng(2)
+    u = rng.standard_normal((4, 5)) * 1.5
+    u[:, 0] = 0.0  # ties for ReLU and hard sigmoid
+    u[:, 1] = 1.0
+    g = rng.standard_normal((4, 5))
+    for beta in (1e-3, 0.5):
+        f = maker(beta)
+        np.testing.assert_allclose(f(u), act(u), atol=1e-15)
+        _, pullback = jax.vjp(f, jnp.asarray(u))
+        np.testing.assert_allclose(pullback(jnp.asarray(g))[0], act.fenchel_vjp(u, g, beta),
+                                   rtol=1e-12, atol=1e-12)
+
+
+def test_fenchel_mlp_in_jax_equals_the_rust_prop7_gradient():
+    rng = np.random.default_rng(3)
+    widths = [6, 5, 4, 3]
+    weights = [rng.standard_normal((m, n)) / np.sqrt(n) for n, m in zip(widths, widths[1:])]
+    biases = [0.1 * rng.standard_normal(m) for m in widths[1:]]
+    x, t = rng.standard_normal((8, 6)), rng.standard_normal((8, 3))
+    x[0, :] = 0.0  # a zero input row puts the first layer's pre-activations at the biases
+    net = bilevel.Network(weights, biases, ["relu", "relu", "identity"])
+    for beta in (1e-2, 0.3):
+        act = bj.fenchel_relu(beta)
+
+        def total(params):
+            z = jnp.asarray(x)
+            for k, (w, b) in enumerate(params):
+                z = z @ w.T + b
+                z = act(z) if k < 2 else z
+            # The Rust batch surrogate is the mean of per-sample surrogates at the same β:
+            # the quotient acts on each sample's own loss gradient, so differentiate the sum
+            # and divide by B (the mean loss would scale the signal by 1/B inside it).
+            return 0.5 * jnp.sum((z - t) ** 2)
+
+        params = [(jnp.asarray(w), jnp.asarray(b)) for w, b in zip(weights, biases)]
+        grads = jax.grad(total)(params)
+        rust = net.gradient("fenbp", beta, x, t)
+        for k in range(3):
+            np.testing.assert_allclose(grads[k][0] / 8, rust["grad_weights"][k], rtol=1e-6,
+                                       atol=1e-9)
+            np.testing.assert_allclose(grads[k][1] / 8, rust["grad_biases"][k], rtol=1e-6,
+                                       atol=1e-9)
