@@ -175,7 +175,11 @@ fn default_threads(threads: Option<usize>) -> PyResult<usize> {
             "threads: must be at least 1",
         )),
         Some(t) => Ok(t),
-        None => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
+        // Asked once: on Linux it reads the cgroup files (tens of microseconds a call).
+        None => {
+            static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+            Ok(*CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get())))
+        }
     }
 }
 
@@ -236,6 +240,19 @@ impl QuadraticLayer {
         crate::error::check_finite("v", v.iter())?;
         Ok(Loss::Linear {
             g: -(self.layer.b() * v),
+        })
+    }
+
+    /// `vjp`'s computation: `dL/dθ` of `⟨g_i, z*(θ_i)⟩` per item.
+    fn vjp_items(
+        &self,
+        ts: &[DVector<f64>],
+        gs: &[DVector<f64>],
+        threads: usize,
+    ) -> std::result::Result<Vec<DVector<f64>>, (usize, Error)> {
+        par_items(ts.len(), threads, |i| {
+            let program = self.program(Loss::Linear { g: gs[i].clone() })?;
+            Ok(program.limit(&ts[i])?.grad_theta)
         })
     }
 
@@ -559,12 +576,7 @@ impl QuadraticLayer {
         };
         let gs = items("g", &g, batch).map_err(|e| to_pyerr(py, e))?;
         let grads = py
-            .detach(|| {
-                par_items(ts.len(), threads, |i| {
-                    let program = self.program(Loss::Linear { g: gs[i].clone() })?;
-                    Ok(program.limit(&ts[i])?.grad_theta)
-                })
-            })
+            .detach(|| self.vjp_items(&ts, &gs, threads))
             .map_err(|e| match batch {
                 Some(_) => item_error(py, e),
                 None => to_pyerr(py, e.1),
@@ -573,6 +585,39 @@ impl QuadraticLayer {
             None => py_vector(py, &grads[0]).into_any(),
             Some(_) => py_rows(py, &grads, self.layer.n_params()).into_any(),
         })
+    }
+
+    /// Benchmark helper, not API: the mean wall time in seconds of `repeats` runs of the Rust
+    /// computation behind `vjp(theta, g, threads=threads)`, timed inside Rust in this process
+    /// (`benches/python_layer.py` subtracts it from the Python call's time: the binding's
+    /// overhead).
+    #[pyo3(signature = (theta, g, repeats = 100, threads = None))]
+    fn _rust_vjp_seconds(
+        &self,
+        py: Python<'_>,
+        theta: Array<'_>,
+        g: Array<'_>,
+        repeats: usize,
+        threads: Option<usize>,
+    ) -> PyResult<f64> {
+        let threads = default_threads(threads)?;
+        let (ts, batch) = match thetas(&theta).map_err(|e| to_pyerr(py, e))? {
+            Thetas::One(t) => (vec![t], None),
+            Thetas::Batch(ts) => {
+                let k = ts.len();
+                (ts, Some(k))
+            }
+        };
+        let gs = items("g", &g, batch).map_err(|e| to_pyerr(py, e))?;
+        let repeats = repeats.max(1);
+        py.detach(|| {
+            let start = std::time::Instant::now();
+            for _ in 0..repeats {
+                self.vjp_items(&ts, &gs, threads)?;
+            }
+            Ok(start.elapsed().as_secs_f64() / repeats as f64)
+        })
+        .map_err(|e: (usize, Error)| item_error(py, e))
     }
 
     /// `jvp(theta, v, *, threads=None)`: the one-sided directional derivative of `z*` along
