@@ -115,6 +115,34 @@ pub struct Band {
     pub nu: f64,
 }
 
+impl Band {
+    /// Prop. 3 is a theorem, so a computed band that misses the loss by more than the rounding
+    /// of its terms (`10⁻⁹` of their magnitudes) shows that the data's conditioning exceeds
+    /// what `f64` resolves: the band's two sides are then differences of nearly equal numbers
+    /// (e.g. `ℓ'` along the flattest direction of an ill-conditioned `Q`, where
+    /// `β‖ℓ'‖²/(2ν)` and `β ℓ'ᵀQ⁻¹ℓ'/2` agree to every digit `f64` keeps).
+    ///
+    /// # Errors
+    /// [`Error::Inaccurate`] naming the band and its relative violation.
+    pub fn check(&self) -> Result<()> {
+        let scale =
+            self.lower.abs() + self.upper.abs() + self.loss.abs() + (self.upper - self.lower).abs();
+        // Below f64::MIN_POSITIVE rounding is absolute (steps of 5e-324): a few steps of room.
+        let room = 1e-9 * scale + 32.0 * f64::from_bits(1);
+        let miss = (self.lower - self.loss).max(self.loss - self.upper);
+        if miss > room {
+            return Err(Error::Inaccurate {
+                what: format!(
+                    "Prop. 3's band ({:e} <= L = {:e} <= {:e})",
+                    self.lower, self.loss, self.upper
+                ),
+                residual: miss / scale,
+            });
+        }
+        Ok(())
+    }
+}
+
 impl<P: InnerProblem> Bilevel<P> {
     /// Pairs an inner problem with an outer loss (dimensions checked).
     ///
@@ -364,12 +392,19 @@ impl<P: InnerProblem> Bilevel<P> {
 
     /// Prop. 3: `L^β ≤ L ≤ L^β + β/(2ν)‖ℓ'(z*)‖²` for convex `ℓ` (both loss kinds are) and a
     /// `ν`-strongly convex `E`. `None` when the inner problem does not know `ν`.
+    ///
+    /// # Errors
+    /// As [`Bilevel::surrogate`]; [`Error::Inaccurate`] when the computed band misses the loss
+    /// beyond rounding ([`Band::check`]).
     pub fn band(&self, theta: &DVector<f64>, beta: f64) -> Result<Option<Band>> {
         let s = self.surrogate(theta, beta)?;
-        Ok(self.band_of(&s))
+        let band = self.band_of(&s);
+        band.map(|b| b.check()).transpose()?;
+        Ok(band)
     }
 
-    /// Prop. 3's band from an already computed Def. 1 surrogate.
+    /// Prop. 3's band from an already computed Def. 1 surrogate (unchecked: see
+    /// [`Band::check`]).
     pub fn band_of(&self, s: &Surrogate) -> Option<Band> {
         let nu = self.inner.strong_convexity()?;
         let g = self.loss.gradient(&s.z_star.z);
@@ -444,24 +479,42 @@ impl<P: InnerProblem + Sync> Bilevel<P> {
         if threads == 0 {
             return Err(Error::input("threads", "must be at least 1"));
         }
-        let threads = threads.min(thetas.len()).max(1);
-        if threads == 1 {
-            return Ok(thetas.iter().map(|t| self.limit(t)).collect());
-        }
-        let chunk = thetas.len().div_ceil(threads);
-        let mut out = Vec::with_capacity(thetas.len());
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = thetas
-                .chunks(chunk)
-                .map(|c| scope.spawn(move || c.iter().map(|t| self.limit(t)).collect::<Vec<_>>()))
-                .collect();
-            for h in handles {
-                // A panic in a worker is a bug, not a user error: re-raise it as it was.
-                out.extend(h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
-            }
-        });
-        Ok(out)
+        Ok(map_items(thetas.len(), threads, |i| self.limit(&thetas[i])))
     }
+}
+
+/// `f(0), …, f(count − 1)` in order, on up to `threads` threads (contiguous chunks; `1` runs on
+/// the caller's thread). The batch loops share it ([`Bilevel::limit_batch`], the Python
+/// bindings' batches), so the results never depend on the thread count.
+pub(crate) fn map_items<T: Send>(
+    count: usize,
+    threads: usize,
+    f: impl Fn(usize) -> T + Sync,
+) -> Vec<T> {
+    let threads = threads.clamp(1, count.max(1));
+    if threads == 1 {
+        return (0..count).map(f).collect();
+    }
+    let chunk = count.div_ceil(threads);
+    let f = &f;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..count)
+            .step_by(chunk)
+            .map(|start| {
+                scope.spawn(move || {
+                    (start..(start + chunk).min(count))
+                        .map(f)
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut out = Vec::with_capacity(count);
+        for h in handles {
+            // A panic in a worker is a bug, not a user error: re-raise it as it was.
+            out.extend(h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
+        }
+        out
+    })
 }
 
 /// Prop. 3's width `β/(2ν)‖g‖²`, computed without intermediate underflow or overflow wherever

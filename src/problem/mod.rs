@@ -211,6 +211,40 @@ impl LinearConstraints {
         }
     }
 
+    /// Constraints from optional parts, as the front ends receive them (`bilevel derive`, the
+    /// Python bindings): `A` with `b`, `A_eq` with `b_eq`, each pair both or neither; a missing
+    /// pair gives no rows on `n` variables. Shapes are checked by [`LinearConstraints::validate`].
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming the missing half of a pair (`b`, `A`, `b_eq`, `A_eq`).
+    pub fn from_parts(
+        n: usize,
+        (a, b): (Option<DMatrix<f64>>, Option<DVector<f64>>),
+        (a_eq, b_eq): (Option<DMatrix<f64>>, Option<DVector<f64>>),
+    ) -> Result<Self> {
+        fn pair(
+            (mname, m): (&str, Option<DMatrix<f64>>),
+            (vname, v): (&str, Option<DVector<f64>>),
+            n: usize,
+        ) -> Result<(DMatrix<f64>, DVector<f64>)> {
+            match (m, v) {
+                (None, None) => Ok((DMatrix::zeros(0, n), DVector::zeros(0))),
+                (Some(_), None) => Err(Error::input(
+                    vname,
+                    format!("missing (required with {mname})"),
+                )),
+                (None, Some(_)) => Err(Error::input(
+                    mname,
+                    format!("missing (required with {vname})"),
+                )),
+                (Some(m), Some(v)) => Ok((m, v)),
+            }
+        }
+        let (a, b) = pair(("A", a), ("b", b), n)?;
+        let (a_eq, b_eq) = pair(("A_eq", a_eq), ("b_eq", b_eq), n)?;
+        Ok(Self { a, b, a_eq, b_eq })
+    }
+
     /// The box `lo_j ≤ z_j ≤ hi_j` as rows `z_j ≥ lo_j` and `−z_j ≥ −hi_j` (infinite ends give
     /// no row): first every finite lower bound in variable order, then every finite upper bound.
     /// Also returns, per variable, the indices of its lower and upper rows.

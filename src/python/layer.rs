@@ -58,44 +58,22 @@ pub struct QuadraticLayer {
     layer: QuadraticProblem,
 }
 
-/// A `(A, b)` pair: both or neither.
-fn pair(
-    (mname, m): (&str, Option<Array<'_>>),
-    (vname, v): (&str, Option<Array<'_>>),
-    n: usize,
-) -> Result<(DMatrix<f64>, DVector<f64>)> {
-    match (m, v) {
-        (None, None) => Ok((DMatrix::zeros(0, n), DVector::zeros(0))),
-        (Some(_), None) => Err(Error::input(
-            vname,
-            format!("missing (required with {mname})"),
-        )),
-        (None, Some(_)) => Err(Error::input(
-            mname,
-            format!("missing (required with {vname})"),
-        )),
-        (Some(m), Some(v)) => Ok((mat_arg(mname, &m)?, vec_arg(vname, &v)?)),
-    }
+/// The rows of a 2-D array.
+fn rows(a: &numpy::ndarray::ArrayViewD<'_, f64>) -> Vec<DVector<f64>> {
+    a.outer_iter()
+        .map(|r| DVector::from_iterator(r.len(), r.iter().copied()))
+        .collect()
 }
 
-/// `theta` as one vector or a batch of rows.
-enum Thetas {
-    One(DVector<f64>),
-    Batch(Vec<DVector<f64>>),
-}
-
-fn thetas(theta: &Array<'_>) -> Result<Thetas> {
+/// `theta` as items: `(p,)` is one item (batch `None`), `(batch, p)` a batch of rows.
+fn theta_items(theta: &Array<'_>) -> Result<(Vec<DVector<f64>>, Option<usize>)> {
     let a = theta.as_array();
     match a.ndim() {
-        1 => Ok(Thetas::One(DVector::from_iterator(
-            a.len(),
-            a.iter().copied(),
-        ))),
-        2 => Ok(Thetas::Batch(
-            a.outer_iter()
-                .map(|row| DVector::from_iterator(row.len(), row.iter().copied()))
-                .collect(),
+        1 => Ok((
+            vec![DVector::from_iterator(a.len(), a.iter().copied())],
+            None,
         )),
+        2 => Ok((rows(&a), Some(a.shape()[0]))),
         _ => Err(Error::dim(
             "theta",
             "shape (p,) or (batch, p)",
@@ -109,10 +87,7 @@ fn items(name: &str, x: &Array<'_>, batch: Option<usize>) -> Result<Vec<DVector<
     let a = x.as_array();
     match (a.ndim(), batch) {
         (1, None) => Ok(vec![DVector::from_iterator(a.len(), a.iter().copied())]),
-        (2, Some(k)) if a.shape()[0] == k => Ok(a
-            .outer_iter()
-            .map(|row| DVector::from_iterator(row.len(), row.iter().copied()))
-            .collect()),
+        (2, Some(k)) if a.shape()[0] == k => Ok(rows(&a)),
         (_, None) => Err(Error::dim(
             name,
             "a vector (one theta)",
@@ -126,38 +101,16 @@ fn items(name: &str, x: &Array<'_>, batch: Option<usize>) -> Result<Vec<DVector<
     }
 }
 
-/// Runs `f` on every item, on up to `threads` threads (contiguous chunks, results in order);
-/// the first failing item's error with its index.
+/// Runs `f` on every item, on up to `threads` threads (results in order); the first failing
+/// item's error with its index.
 fn par_items<T: Send>(
     count: usize,
     threads: usize,
     f: impl Fn(usize) -> Result<T> + Sync,
 ) -> std::result::Result<Vec<T>, (usize, Error)> {
-    let run = |range: std::ops::Range<usize>| {
-        range
-            .map(|i| f(i).map_err(|e| (i, e)))
-            .collect::<std::result::Result<Vec<T>, _>>()
-    };
-    let threads = threads.clamp(1, count.max(1));
-    if threads == 1 {
-        return run(0..count);
-    }
-    let chunk = count.div_ceil(threads);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..count)
-            .step_by(chunk)
-            .map(|start| {
-                let run = &run;
-                scope.spawn(move || run(start..(start + chunk).min(count)))
-            })
-            .collect();
-        let mut out = Vec::with_capacity(count);
-        for h in handles {
-            // A panic in a worker is a bug, not a user error: re-raise it as it was.
-            out.extend(h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))?);
-        }
-        Ok(out)
-    })
+    crate::surrogate::map_items(count, threads, |i| f(i).map_err(|e| (i, e)))
+        .into_iter()
+        .collect()
 }
 
 /// The exception of a batch item: its error, with `index` set.
@@ -167,6 +120,30 @@ fn item_error(py: Python<'_>, (index, e): (usize, Error)) -> PyErr {
     // `bilevel.errors`; for the fallback class it may, and the error is still raised.
     let _ = err.value(py).setattr("index", index);
     err
+}
+
+/// The exception of a call: for a batch the failing item's error with `index`, for one `θ` its
+/// error.
+fn call_error(py: Python<'_>, batch: Option<usize>, e: (usize, Error)) -> PyErr {
+    match batch {
+        Some(_) => item_error(py, e),
+        None => to_pyerr(py, e.1),
+    }
+}
+
+/// One result, or a list of them for a batch.
+fn one_or_list<'py>(
+    py: Python<'py>,
+    batch: Option<usize>,
+    mut items: Vec<Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    match (batch, items.pop()) {
+        (None, Some(one)) => Ok(one),
+        (_, last) => {
+            items.extend(last);
+            Ok(PyList::new(py, items)?.into_any())
+        }
+    }
 }
 
 fn default_threads(threads: Option<usize>) -> PyResult<usize> {
@@ -366,14 +343,17 @@ impl QuadraticLayer {
                 Some(m) => mat_arg("B", m)?,
                 None => DMatrix::zeros(n, 0),
             };
-            let (a, bv) = pair(("A", A), ("b", b), n)?;
-            let (a_eq, b_eq) = pair(("A_eq", A_eq), ("b_eq", b_eq), n)?;
-            let constraints = LinearConstraints {
-                a,
-                b: bv,
-                a_eq,
-                b_eq,
+            let opt_mat = |name: &str, m: &Option<Array<'_>>| {
+                m.as_ref().map(|m| mat_arg(name, m)).transpose()
             };
+            let opt_vec = |name: &str, v: &Option<Array<'_>>| {
+                v.as_ref().map(|v| vec_arg(name, v)).transpose()
+            };
+            let constraints = LinearConstraints::from_parts(
+                n,
+                (opt_mat("A", &A)?, opt_vec("b", &b)?),
+                (opt_mat("A_eq", &A_eq)?, opt_vec("b_eq", &b_eq)?),
+            )?;
             let layer = QuadraticProblem::new(q, bm, vec_arg("c", &c)?, constraints)?;
             Ok(match backend {
                 "dense" => layer,
@@ -453,22 +433,15 @@ impl QuadraticLayer {
             g: DVector::zeros(self.layer.dim()),
         };
         let program = self.program(zero).map_err(|e| to_pyerr(py, e))?;
-        match thetas(&theta).map_err(|e| to_pyerr(py, e))? {
-            Thetas::One(t) => {
-                let s = detached(py, || program.solve_free(&t))?;
-                Ok(self.solution(py, &s)?.into_any())
-            }
-            Thetas::Batch(ts) => {
-                let sols = py
-                    .detach(|| par_items(ts.len(), threads, |i| program.solve_free(&ts[i])))
-                    .map_err(|e| item_error(py, e))?;
-                let dicts = sols
-                    .iter()
-                    .map(|s| self.solution(py, s))
-                    .collect::<PyResult<Vec<_>>>()?;
-                Ok(PyList::new(py, dicts)?.into_any())
-            }
-        }
+        let (ts, batch) = theta_items(&theta).map_err(|e| to_pyerr(py, e))?;
+        let sols = py
+            .detach(|| par_items(ts.len(), threads, |i| program.solve_free(&ts[i])))
+            .map_err(|e| call_error(py, batch, e))?;
+        let dicts = sols
+            .iter()
+            .map(|s| Ok(self.solution(py, s)?.into_any()))
+            .collect::<PyResult<Vec<_>>>()?;
+        one_or_list(py, batch, dicts)
     }
 
     /// `derive(theta, loss=None, *, direction=None, betas=(), gradients=(), threads=None)`: what
@@ -527,26 +500,19 @@ impl QuadraticLayer {
             gradient_loss,
         };
         let program = self.program(loss).map_err(|e| to_pyerr(py, e))?;
-        match thetas(&theta).map_err(|e| to_pyerr(py, e))? {
-            Thetas::One(t) => {
-                let out = detached(py, || crate::derive::derive_with(&program, &t, &request))?;
-                Ok(self.derive_dict(py, &out)?.into_any())
-            }
-            Thetas::Batch(ts) => {
-                let outs = py
-                    .detach(|| {
-                        par_items(ts.len(), threads, |i| {
-                            crate::derive::derive_with(&program, &ts[i], &request)
-                        })
-                    })
-                    .map_err(|e| item_error(py, e))?;
-                let dicts = outs
-                    .iter()
-                    .map(|o| self.derive_dict(py, o))
-                    .collect::<PyResult<Vec<_>>>()?;
-                Ok(PyList::new(py, dicts)?.into_any())
-            }
-        }
+        let (ts, batch) = theta_items(&theta).map_err(|e| to_pyerr(py, e))?;
+        let outs = py
+            .detach(|| {
+                par_items(ts.len(), threads, |i| {
+                    crate::derive::derive_with(&program, &ts[i], &request)
+                })
+            })
+            .map_err(|e| call_error(py, batch, e))?;
+        let dicts = outs
+            .iter()
+            .map(|o| Ok(self.derive_dict(py, o)?.into_any()))
+            .collect::<PyResult<Vec<_>>>()?;
+        one_or_list(py, batch, dicts)
     }
 
     /// `vjp(theta, g, *, threads=None)`: the one-sided gradient `dL/dθ` of `L(θ) = ⟨g, z*(θ)⟩`
@@ -567,20 +533,11 @@ impl QuadraticLayer {
         threads: Option<usize>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let threads = default_threads(threads)?;
-        let (ts, batch) = match thetas(&theta).map_err(|e| to_pyerr(py, e))? {
-            Thetas::One(t) => (vec![t], None),
-            Thetas::Batch(ts) => {
-                let k = ts.len();
-                (ts, Some(k))
-            }
-        };
+        let (ts, batch) = theta_items(&theta).map_err(|e| to_pyerr(py, e))?;
         let gs = items("g", &g, batch).map_err(|e| to_pyerr(py, e))?;
         let grads = py
             .detach(|| self.vjp_items(&ts, &gs, threads))
-            .map_err(|e| match batch {
-                Some(_) => item_error(py, e),
-                None => to_pyerr(py, e.1),
-            })?;
+            .map_err(|e| call_error(py, batch, e))?;
         Ok(match batch {
             None => py_vector(py, &grads[0]).into_any(),
             Some(_) => py_rows(py, &grads, self.layer.n_params()).into_any(),
@@ -601,13 +558,7 @@ impl QuadraticLayer {
         threads: Option<usize>,
     ) -> PyResult<f64> {
         let threads = default_threads(threads)?;
-        let (ts, batch) = match thetas(&theta).map_err(|e| to_pyerr(py, e))? {
-            Thetas::One(t) => (vec![t], None),
-            Thetas::Batch(ts) => {
-                let k = ts.len();
-                (ts, Some(k))
-            }
-        };
+        let (ts, batch) = theta_items(&theta).map_err(|e| to_pyerr(py, e))?;
         let gs = items("g", &g, batch).map_err(|e| to_pyerr(py, e))?;
         let repeats = repeats.max(1);
         py.detach(|| {
@@ -633,13 +584,7 @@ impl QuadraticLayer {
         threads: Option<usize>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let threads = default_threads(threads)?;
-        let (ts, batch) = match thetas(&theta).map_err(|e| to_pyerr(py, e))? {
-            Thetas::One(t) => (vec![t], None),
-            Thetas::Batch(ts) => {
-                let k = ts.len();
-                (ts, Some(k))
-            }
-        };
+        let (ts, batch) = theta_items(&theta).map_err(|e| to_pyerr(py, e))?;
         let vs = items("v", &v, batch).map_err(|e| to_pyerr(py, e))?;
         let dz = py
             .detach(|| {
@@ -648,10 +593,7 @@ impl QuadraticLayer {
                     Ok(program.limit(&ts[i])?.direction.z_dot)
                 })
             })
-            .map_err(|e| match batch {
-                Some(_) => item_error(py, e),
-                None => to_pyerr(py, e.1),
-            })?;
+            .map_err(|e| call_error(py, batch, e))?;
         Ok(match batch {
             None => py_vector(py, &dz[0]).into_any(),
             Some(_) => py_rows(py, &dz, self.layer.dim()).into_any(),
@@ -690,6 +632,7 @@ impl QuadraticLayer {
                     let band = (kind == "contrastive")
                         .then(|| program.band_of(&s))
                         .flatten();
+                    band.map(|b| b.check()).transpose()?;
                     Ok((s, band))
                 })?;
                 d.set_item("value", s.value)?;

@@ -285,3 +285,20 @@ def test_memory_layout_and_integer_input_do_not_matter():
     relu = bilevel.QuadraticLayer(np.eye(2, dtype=int), [0, 0], B=np.eye(2, dtype=int),
                                   A=np.eye(2, dtype=np.int8), b=[0, 0])
     assert np.array_equal(relu.vjp([1, 0], [2, -3]), [2.0, -3.0])
+
+
+def test_a_band_beyond_float64_accuracy_is_an_inaccurate_error():
+    # ℓ' along the flattest direction of a Q with condition 4e12 (found by fuzzing): the band's
+    # two sides agree to every digit float64 keeps, so it is reported inaccurate, not wrong.
+    import json
+    import pathlib
+    path = pathlib.Path(__file__).parents[1] / "regressions" / "derive"
+    problem = json.loads((path / "fuzz-band-flat-direction-ill-conditioned.json").read_text())
+    layer = bilevel.QuadraticLayer(problem["Q"], problem["c"], B=np.zeros((3, 0)))
+    g = problem["loss"]["g"]
+    with pytest.raises(bilevel.InaccurateError) as info:
+        layer.surrogate([], g, problem["betas"][0])
+    assert isinstance(info.value, ArithmeticError) and "Prop. 3" in str(info.value)
+    with pytest.raises(bilevel.InaccurateError):
+        layer.derive([], g, betas=problem["betas"])
+    assert np.isfinite(layer.derive([], g, betas=[1e-30])["surrogates"][0]["bound_upper"])
