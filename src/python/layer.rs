@@ -2,47 +2,15 @@
 //! calls (its factorization is computed once and serves every `θ`, loss and batch item).
 
 use nalgebra::{DMatrix, DVector};
-use numpy::{AllowTypeChange, PyArrayLikeDyn};
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 
-use super::{detached, py_matrix, py_rows, py_slice, py_vector, to_pyerr};
+use super::{detached, mat_arg, py_matrix, py_rows, py_slice, py_vector, to_pyerr, vec_arg, Array};
 use crate::derive::{DeriveOutput, Request};
 use crate::error::{Error, Result};
 use crate::problem::{InnerProblem, InnerSolution, LinearConstraints, Loss, QuadraticProblem};
 use crate::surrogate::Bilevel;
-
-/// Every array argument: any array-like, converted to float64; its number of dimensions is
-/// checked here so that the error names the argument ([`vec_arg`], [`mat_arg`]).
-type Array<'py> = PyArrayLikeDyn<'py, f64, AllowTypeChange>;
-
-/// A 1-D argument, or a `DimensionMismatchError` naming it.
-fn vec_arg(name: &str, x: &Array<'_>) -> Result<DVector<f64>> {
-    let a = x.as_array();
-    if a.ndim() != 1 {
-        return Err(Error::dim(
-            name,
-            "a vector (1-D array)",
-            format!("shape {:?}", a.shape()),
-        ));
-    }
-    Ok(DVector::from_iterator(a.len(), a.iter().copied()))
-}
-
-/// A 2-D argument, or a `DimensionMismatchError` naming it.
-fn mat_arg(name: &str, x: &Array<'_>) -> Result<DMatrix<f64>> {
-    let a = x.as_array();
-    if a.ndim() != 2 {
-        return Err(Error::dim(
-            name,
-            "a matrix (2-D array)",
-            format!("shape {:?}", a.shape()),
-        ));
-    }
-    let (r, c) = (a.shape()[0], a.shape()[1]);
-    Ok(DMatrix::from_fn(r, c, |i, j| a[[i, j]]))
-}
 
 /// `QuadraticLayer(Q, c, B=None, A=None, b=None, A_eq=None, b_eq=None, *, backend="dense")`:
 /// the layer `z*(θ) = argmin_z ½zᵀQz − zᵀ(Bθ + c)` subject to `Az ≥ b`, `A_eq z = b_eq`

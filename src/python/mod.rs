@@ -15,12 +15,12 @@ mod nested;
 
 use nalgebra::{DMatrix, DVector};
 use numpy::ndarray::Array2;
-use numpy::{IntoPyArray, PyArray1, PyArray2};
+use numpy::{AllowTypeChange, IntoPyArray, PyArray1, PyArray2, PyArrayLikeDyn};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
-use crate::error::Error;
+use crate::error::{Error, Result};
 
 /// The module `bilevel._bilevel`.
 #[pymodule]
@@ -183,6 +183,37 @@ pub(crate) fn detached<T: Send>(
     f: impl Send + FnOnce() -> crate::Result<T>,
 ) -> PyResult<T> {
     py.detach(f).map_err(|e| to_pyerr(py, e))
+}
+
+/// Every array argument: any array-like, converted to float64; its number of dimensions is
+/// checked here so that the error names the argument ([`vec_arg`], [`mat_arg`]).
+pub(crate) type Array<'py> = PyArrayLikeDyn<'py, f64, AllowTypeChange>;
+
+/// A 1-D argument, or a `DimensionMismatchError` naming it.
+pub(crate) fn vec_arg(name: &str, x: &Array<'_>) -> Result<DVector<f64>> {
+    let a = x.as_array();
+    if a.ndim() != 1 {
+        return Err(Error::dim(
+            name,
+            "a vector (1-D array)",
+            format!("shape {:?}", a.shape()),
+        ));
+    }
+    Ok(DVector::from_iterator(a.len(), a.iter().copied()))
+}
+
+/// A 2-D argument, or a `DimensionMismatchError` naming it.
+pub(crate) fn mat_arg(name: &str, x: &Array<'_>) -> Result<DMatrix<f64>> {
+    let a = x.as_array();
+    if a.ndim() != 2 {
+        return Err(Error::dim(
+            name,
+            "a matrix (2-D array)",
+            format!("shape {:?}", a.shape()),
+        ));
+    }
+    let (r, c) = (a.shape()[0], a.shape()[1]);
+    Ok(DMatrix::from_fn(r, c, |i, j| a[[i, j]]))
 }
 
 /// A `DVector` as a new NumPy vector.

@@ -5,19 +5,17 @@
 //! `(B, n_k)`; weights are `(n_k, n_{k−1})` (`z_k = f_k(z_{k−1} W_kᵀ + b_k)`). The Rust side keeps
 //! samples in columns; the bindings transpose.
 
-use nalgebra::{DMatrix, DVector};
+use nalgebra::DMatrix;
 use numpy::ndarray::{Array2, ArrayViewD, Axis};
-use numpy::{AllowTypeChange, IntoPyArray, PyArrayDyn, PyArrayLikeDyn};
+use numpy::{IntoPyArray, PyArrayDyn};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 
-use super::{detached, py_matrix, py_vector, to_pyerr};
+use super::{detached, mat_arg, py_matrix, py_vector, to_pyerr, vec_arg, Array};
 use crate::error::{Error, Result};
 use crate::nested::method::Method;
 use crate::nested::{Batch, Layer, NestedReport, NestedSettings, Network as Net, OutputLoss};
 use crate::prox::{box_unit_limit, Activation as Act};
-
-type Array<'py> = PyArrayLikeDyn<'py, f64, AllowTypeChange>;
 
 /// An activation from its Python name: `"identity"`, `"relu"`, `"hard_sigmoid"`,
 /// `"hard_tanh"`, `"softmax"`, or `("box", lo, hi)`.
@@ -239,24 +237,9 @@ impl Activation {
     }
 }
 
-/// A 2-D argument as a `DMatrix`, or a `DimensionMismatchError` naming it.
-fn mat(name: &str, x: &Array<'_>) -> Result<DMatrix<f64>> {
-    let a = x.as_array();
-    if a.ndim() != 2 {
-        return Err(Error::dim(
-            name,
-            "a matrix (2-D array)",
-            format!("shape {:?}", a.shape()),
-        ));
-    }
-    Ok(DMatrix::from_fn(a.shape()[0], a.shape()[1], |i, j| {
-        a[[i, j]]
-    }))
-}
-
 /// A batch given as rows `(B, n)`, as the Rust side's columns `n × B`.
 fn columns(name: &str, x: &Array<'_>) -> Result<DMatrix<f64>> {
-    Ok(mat(name, x)?.transpose())
+    Ok(mat_arg(name, x)?.transpose())
 }
 
 /// Rows `(B, n)` from columns `n × B`.
@@ -300,21 +283,11 @@ impl Network {
         }
         let mut layers = Vec::with_capacity(weights.len());
         for (k, ((w, b), a)) in weights.iter().zip(&biases).zip(&activations).enumerate() {
-            let w = mat(&format!("weights[{k}]"), w).map_err(|e| to_pyerr(py, e))?;
-            let b = b.as_array();
-            if b.ndim() != 1 {
-                return Err(to_pyerr(
-                    py,
-                    Error::dim(
-                        format!("biases[{k}]"),
-                        "a vector (1-D array)",
-                        format!("shape {:?}", b.shape()),
-                    ),
-                ));
-            }
+            let w = mat_arg(&format!("weights[{k}]"), w).map_err(|e| to_pyerr(py, e))?;
+            let b = vec_arg(&format!("biases[{k}]"), b).map_err(|e| to_pyerr(py, e))?;
             layers.push(Layer {
                 w,
-                bias: DVector::from_iterator(b.len(), b.iter().copied()),
+                bias: b,
                 activation: activation_of(a)?,
             });
         }
