@@ -247,6 +247,46 @@ fn rows_of<'py>(py: Python<'py>, m: &DMatrix<f64>) -> Bound<'py, numpy::PyArray2
     Array2::from_shape_fn((m.ncols(), m.nrows()), |(i, j)| m[(j, i)]).into_pyarray(py)
 }
 
+/// The nested solvers' settings: the defaults with the entries of `settings` replaced (names
+/// and meanings as in `NestedSettings`), validated.
+fn settings_of(py: Python<'_>, settings: Option<&Bound<'_, PyDict>>) -> PyResult<NestedSettings> {
+    let defaults = NestedSettings::default();
+    let Some(d) = settings else {
+        return Ok(defaults);
+    };
+    let invalid = |reason: String| to_pyerr(py, Error::input("settings", reason));
+    let mut value = serde_json::to_value(defaults).map_err(|e| invalid(e.to_string()))?;
+    let Some(map) = value.as_object_mut() else {
+        return Err(invalid("the defaults are not a table".into()));
+    };
+    for (key, v) in d.iter() {
+        let key: String = key.extract()?;
+        let known: Vec<&String> = map.keys().collect();
+        let known = known
+            .iter()
+            .map(|k| k.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let Some(slot) = map.get_mut(&key) else {
+            return Err(invalid(format!("unknown setting `{key}` (known: {known})")));
+        };
+        // The default's type is the setting's: a count, a flag or a number.
+        let expected = |what: &str| invalid(format!("`{key}`: expected {what}"));
+        *slot = match &*slot {
+            serde_json::Value::Bool(_) => {
+                serde_json::json!(v.extract::<bool>().map_err(|_| expected("a bool"))?)
+            }
+            serde_json::Value::Number(n) if n.is_u64() => serde_json::json!(v
+                .extract::<u64>()
+                .map_err(|_| expected("a non-negative integer"))?),
+            _ => serde_json::json!(v.extract::<f64>().map_err(|_| expected("a number"))?),
+        };
+    }
+    let s: NestedSettings = serde_json::from_value(value).map_err(|e| invalid(e.to_string()))?;
+    s.validate().map_err(|e| to_pyerr(py, e))?;
+    Ok(s)
+}
+
 /// `Network(weights, biases, activations)`: the feed-forward network `z_0 = x`,
 /// `z_k = f_k(z_{k−1} W_kᵀ + b_k)`, read as the deeply nested program of Eq. 21 with the
 /// layer energy each method of Table 1 chooses. `weights[k]` is `(n_k, n_{k−1})`, `biases[k]`
@@ -344,15 +384,35 @@ impl Network {
         PyList::new(py, zs.iter().map(|z| rows_of(py, z)))
     }
 
-    /// `gradient(method, beta, x, target, loss="squared")`: the surrogate of one Table 1 row on
+    /// `default_settings()`: the nested solvers' iteration limits and tolerances with their
+    /// defaults (pass changed entries to `gradient(..., settings=)`).
+    #[staticmethod]
+    fn default_settings<'py>(py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        let value = serde_json::to_value(NestedSettings::default())
+            .map_err(|e| to_pyerr(py, Error::input("settings", e.to_string())))?;
+        for (key, v) in value.as_object().into_iter().flatten() {
+            match v {
+                serde_json::Value::Bool(b) => d.set_item(key, b)?,
+                serde_json::Value::Number(n) if n.is_u64() => d.set_item(key, n.as_u64())?,
+                serde_json::Value::Number(n) => d.set_item(key, n.as_f64())?,
+                other => d.set_item(key, other.to_string())?,
+            }
+        }
+        Ok(d)
+    }
+
+    /// `gradient(method, beta, x, target, loss="squared", settings=None)`: the surrogate of one Table 1 row on
     /// the batch `(x, target)` (rows are samples; the batch surrogate is the mean of the
     /// per-sample surrogates at the same β), as a dict: `value`, `grad_weights` and
     /// `grad_biases` (shaped like the parameters), `clamped` and `free` (the inner solutions
     /// `ẑ_k`, `ž_k`, each `(B, n_k)`), and `status` (`solver`, `iterations`, `residual`,
     /// `optimum`, `fallback`). `method` is one of `"chl"`, `"convex-chl"`, `"lpom"`, `"mac"`,
     /// `"bp"`, `"fenbp"`, `"pc"`; `beta` one value for every layer or one per layer; `loss`
-    /// `"squared"` (`½‖z_L − t‖²`) or `"softmax_cross_entropy"` (`z_L` are logits).
-    #[pyo3(signature = (method, beta, x, target, loss = "squared"))]
+    /// `"squared"` (`½‖z_L − t‖²`) or `"softmax_cross_entropy"` (`z_L` are logits); `settings`
+    /// a dict of changed iteration limits and tolerances (see `default_settings()`).
+    #[pyo3(signature = (method, beta, x, target, loss = "squared", settings = None))]
+    #[allow(clippy::too_many_arguments)]
     fn gradient<'py>(
         &self,
         py: Python<'py>,
@@ -361,7 +421,9 @@ impl Network {
         x: Array<'py>,
         target: Array<'py>,
         loss: &str,
+        settings: Option<Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyDict>> {
+        let settings = settings_of(py, settings.as_ref())?;
         let m = Method::from_cli_name(method).ok_or_else(|| {
             to_pyerr(
                 py,
@@ -399,7 +461,7 @@ impl Network {
         let report: NestedReport = detached(py, || {
             let problem = m.problem(&self.net, &betas, loss)?;
             let batch = Batch::new(&problem, &x, &target)?;
-            m.run(&problem, batch, &NestedSettings::default())
+            m.run(&problem, batch, &settings)
         })?;
         let d = PyDict::new(py);
         d.set_item("method", m.cli_name())?;

@@ -193,3 +193,24 @@ def test_errors_name_the_argument(call, error, text):
     with pytest.raises(error) as info:
         call()
     assert text in str(info.value)
+
+
+def test_settings_reach_the_solver_and_are_validated():
+    rng = np.random.default_rng(6)
+    net, _, _ = mlp(rng, [3, 4, 2], ["relu", "identity"])
+    x, t = rng.standard_normal((2, 3)), rng.standard_normal((2, 2))
+    defaults = bilevel.Network.default_settings()
+    assert defaults["max_sweeps"] == 20000 and "tol_step" in defaults
+    full = net.gradient("chl", 0.1, x, t)
+    # Two sweeps cannot reach the default tolerance: the solver says so instead of pretending.
+    with pytest.raises(bilevel.NotConvergedError) as info:
+        net.gradient("chl", 0.1, x, t, settings={"max_sweeps": 2})
+    assert info.value.iterations >= 2
+    same = net.gradient("chl", 0.1, x, t, settings=dict(defaults))
+    np.testing.assert_array_equal(same["grad_weights"][0], full["grad_weights"][0])
+    with pytest.raises(bilevel.InvalidInputError, match="unknown setting `sweeps`"):
+        net.gradient("chl", 0.1, x, t, settings={"sweeps": 3})
+    with pytest.raises(bilevel.InvalidInputError, match="max_sweeps"):
+        net.gradient("chl", 0.1, x, t, settings={"max_sweeps": 1.5})
+    with pytest.raises(bilevel.BilevelError):
+        net.gradient("chl", 0.1, x, t, settings={"tol_step": -1.0})
