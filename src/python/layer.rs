@@ -10,12 +10,16 @@ use super::{detached, mat_arg, py_matrix, py_rows, py_slice, py_vector, to_pyerr
 use crate::derive::{DeriveOutput, Request};
 use crate::error::{Error, Result};
 use crate::problem::{InnerProblem, InnerSolution, LinearConstraints, Loss, QuadraticProblem};
+use crate::solve::qp::Tolerances;
 use crate::surrogate::Bilevel;
 
-/// `QuadraticLayer(Q, c, B=None, A=None, b=None, A_eq=None, b_eq=None, *, backend="dense")`:
-/// the layer `z*(θ) = argmin_z ½zᵀQz − zᵀ(Bθ + c)` subject to `Az ≥ b`, `A_eq z = b_eq`
-/// (`Q` symmetric positive definite), with the exact one-sided derivatives of Prop. 2 of
-/// "Bilevel Programs Meet Deep Learning" (arXiv 2105.07231).
+/// `QuadraticLayer(Q, c, B=None, A=None, b=None, A_eq=None, b_eq=None, *, backend="dense",
+/// feasibility_tol=1e-9, multiplier_tol=1e-9)`: the layer `z*(θ) = argmin_z ½zᵀQz − zᵀ(Bθ + c)`
+/// subject to `Az ≥ b`, `A_eq z = b_eq` (`Q` symmetric positive definite), with the exact
+/// one-sided derivatives of Prop. 2 of "Bilevel Programs Meet Deep Learning" (arXiv
+/// 2105.07231). The tolerances classify the rows (relative): a slack at or below
+/// `feasibility_tol` is active, an active row whose multiplier is at or below
+/// `multiplier_tol` is weakly active (a tie, where the derivative is one-sided).
 ///
 /// Every method takes `theta` of shape `(p,)`, or `(batch, p)` for a batch on the same layer
 /// (looped in Rust on `threads` threads, default: the machine's cores; the answers do not depend
@@ -173,7 +177,7 @@ fn loss_of(obj: &Bound<'_, PyAny>) -> PyResult<(Loss, bool)> {
 impl QuadraticLayer {
     /// The program of this layer and a loss (borrowing the layer and its factorization).
     fn program(&self, loss: Loss) -> Result<Bilevel<&QuadraticProblem>> {
-        Bilevel::new(&self.layer, loss)
+        Ok(Bilevel::new(&self.layer, loss)?.with_tolerances(*self.layer.tolerances()))
     }
 
     /// `jvp`'s loss for a θ-direction `v`: a step `t v` adds `−t (Bv)ᵀz` to `E`, so the JVP is
@@ -291,7 +295,7 @@ impl QuadraticLayer {
 #[pymethods]
 impl QuadraticLayer {
     #[new]
-    #[pyo3(signature = (Q, c, B=None, A=None, b=None, A_eq=None, b_eq=None, *, backend="dense"))]
+    #[pyo3(signature = (Q, c, B=None, A=None, b=None, A_eq=None, b_eq=None, *, backend="dense", feasibility_tol=1e-9, multiplier_tol=1e-9))]
     #[allow(non_snake_case, clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -303,6 +307,8 @@ impl QuadraticLayer {
         A_eq: Option<Array<'_>>,
         b_eq: Option<Array<'_>>,
         backend: &str,
+        feasibility_tol: f64,
+        multiplier_tol: f64,
     ) -> PyResult<Self> {
         let build = || -> Result<QuadraticProblem> {
             let q = mat_arg("Q", &Q)?;
@@ -322,7 +328,13 @@ impl QuadraticLayer {
                 (opt_mat("A", &A)?, opt_vec("b", &b)?),
                 (opt_mat("A_eq", &A_eq)?, opt_vec("b_eq", &b_eq)?),
             )?;
-            let layer = QuadraticProblem::new(q, bm, vec_arg("c", &c)?, constraints)?;
+            let tol = Tolerances {
+                feasibility: feasibility_tol,
+                multiplier: multiplier_tol,
+            };
+            tol.validate()?;
+            let layer =
+                QuadraticProblem::new(q, bm, vec_arg("c", &c)?, constraints)?.with_tolerances(tol);
             Ok(match backend {
                 "dense" => layer,
                 "clarabel" => {

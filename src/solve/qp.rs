@@ -366,6 +366,27 @@ impl Default for Tolerances {
     }
 }
 
+impl Tolerances {
+    /// Checks both tolerances: finite, `≥ 0` and below 1 (they are relative).
+    ///
+    /// # Errors
+    /// [`crate::Error::InvalidInput`] naming `feasibility` or `multiplier`.
+    pub fn validate(&self) -> crate::Result<()> {
+        for (name, v) in [
+            ("feasibility", self.feasibility),
+            ("multiplier", self.multiplier),
+        ] {
+            if !(v.is_finite() && (0.0..1.0).contains(&v)) {
+                return Err(crate::Error::input(
+                    format!("tolerances.{name}"),
+                    format!("{v} is not a relative tolerance in [0, 1)"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The classification of inequalities (defined with the other Prop. 2 terms in [`crate::prox`],
 /// the bottom layer, so that nothing below `solve` imports it from here).
 pub use crate::prox::Activity;

@@ -136,3 +136,32 @@ def test_fenchel_mlp_in_jax_equals_the_rust_prop7_gradient():
                                        atol=1e-9)
             np.testing.assert_allclose(grads[k][1] / 8, rust["grad_biases"][k], rtol=1e-6,
                                        atol=1e-9)
+
+
+def test_fenchel_softmax_layer_mlp_equals_the_rust_prop7_gradient():
+    # Hard-tanh hidden layer, softmax output layer (its Fenchel energy is the entropy on the
+    # simplex), squared loss on the probabilities: JAX with the Fenchel activations against
+    # `Network.gradient("fenbp")` (Prop. 7), per-sample β as in the Rust batch convention.
+    rng = np.random.default_rng(5)
+    widths = [5, 6, 4]
+    weights = [rng.standard_normal((m, n)) for n, m in zip(widths, widths[1:])]
+    biases = [0.2 * rng.standard_normal(m) for m in widths[1:]]
+    x = rng.standard_normal((6, 5))
+    t = np.eye(4)[rng.integers(0, 4, 6)]
+    net = bilevel.Network(weights, biases, ["hard_tanh", "softmax"])
+    for beta in (1e-3, 0.5):
+        hidden, out = bj.fenchel_hard_tanh(beta), bj.fenchel_softmax(beta)
+
+        def total(params):
+            (w1, b1), (w2, b2) = params
+            z = hidden(jnp.asarray(x) @ w1.T + b1)
+            return 0.5 * jnp.sum((out(z @ w2.T + b2) - t) ** 2)
+
+        params = [(jnp.asarray(w), jnp.asarray(b)) for w, b in zip(weights, biases)]
+        grads = jax.grad(total)(params)
+        rust = net.gradient("fenbp", beta, x, t)
+        for k in range(2):
+            np.testing.assert_allclose(grads[k][0] / 6, rust["grad_weights"][k], rtol=1e-6,
+                                       atol=1e-9)
+            np.testing.assert_allclose(grads[k][1] / 6, rust["grad_biases"][k], rtol=1e-6,
+                                       atol=1e-9)

@@ -302,3 +302,21 @@ def test_a_band_beyond_float64_accuracy_is_an_inaccurate_error():
     with pytest.raises(bilevel.InaccurateError):
         layer.derive([], g, betas=problem["betas"])
     assert np.isfinite(layer.derive([], g, betas=[1e-30])["surrogates"][0]["bound_upper"])
+
+
+def test_activity_tolerances_decide_what_counts_as_a_tie():
+    # θ₂ = 1e-12: the second unit is inactive by 1e-12, within the default feasibility
+    # tolerance (1e-9, relative), so it is treated as a tie; with tolerance 0 it is not.
+    data = dict(Q=np.eye(2), c=np.zeros(2), B=np.eye(2), A=np.eye(2), b=np.zeros(2))
+    theta, g = [1.0, 1e-12], [-2.0, 3.0]
+    tie = bilevel.QuadraticLayer(**data)
+    assert tie.derive(theta, g)["constraints"] == ["inactive", "weak"]
+    np.testing.assert_array_equal(tie.vjp(theta, g), [-2.0, 0.0])
+    strict = bilevel.QuadraticLayer(**data, feasibility_tol=0.0)
+    assert strict.derive(theta, g)["constraints"] == ["inactive", "inactive"]
+    np.testing.assert_array_equal(strict.vjp(theta, g), [-2.0, 3.0])
+    for bad in (-1e-9, 1.0, np.nan):
+        with pytest.raises(bilevel.InvalidInputError, match="tolerances.feasibility"):
+            bilevel.QuadraticLayer(**data, feasibility_tol=bad)
+    with pytest.raises(bilevel.InvalidInputError, match="tolerances.multiplier"):
+        bilevel.QuadraticLayer(**data, multiplier_tol=np.inf)
