@@ -32,15 +32,94 @@ pub struct RuleTime {
     pub rel_error_vs_bp: f64,
 }
 
+/// The machine a benchmark ran on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Machine {
+    /// The CPU model (`/proc/cpuinfo`; `unknown` elsewhere).
+    pub cpu: String,
+    /// Its nominal clock in GHz, when the system reports one.
+    pub ghz: Option<f64>,
+    /// The widest vector instructions the hand-vectorized loops dispatch to at run time
+    /// (`AVX-512`, `AVX2`, `SSE2`; the products are faer's, which dispatches the same way).
+    pub isa: &'static str,
+    /// Threads the training step uses.
+    pub threads: usize,
+}
+
+impl Machine {
+    /// This machine.
+    pub fn detect() -> Self {
+        let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let field = |name: &str| {
+            info.lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        };
+        let isa = {
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    "AVX-512"
+                } else if std::arch::is_x86_feature_detected!("avx2") {
+                    "AVX2"
+                } else {
+                    "SSE2"
+                }
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            {
+                "baseline"
+            }
+        };
+        Self {
+            cpu: field("model name").unwrap_or_else(|| "unknown".into()),
+            ghz: field("cpu MHz")
+                .and_then(|v| v.parse::<f64>().ok())
+                .map(|mhz| mhz / 1e3),
+            isa,
+            threads: 1,
+        }
+    }
+}
+
+/// One layer's products in a training step, timed alone over an epoch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LayerProducts {
+    /// `(n_k, n_{k−1})`.
+    pub shape: (usize, usize),
+    /// Seconds per epoch of `a = W z` (forward).
+    pub forward: f64,
+    /// Seconds per epoch of `∇W = δ zᵀ`.
+    pub weight_grad: f64,
+    /// Seconds per epoch of `e = Wᵀ δ` (0 for the first layer, which needs none).
+    pub input_grad: f64,
+}
+
+impl LayerProducts {
+    /// Floating-point operations of the layer's products in one epoch of `steps` steps of
+    /// batch `b` (`2 n_k n_{k−1} b` per product).
+    pub fn flops(&self, steps: usize, b: usize) -> f64 {
+        let per = 2.0 * (self.shape.0 * self.shape.1 * b * steps) as f64;
+        per * if self.input_grad > 0.0 { 3.0 } else { 2.0 }
+    }
+}
+
 /// Seconds per epoch of every rule and of the products alone.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EpochTimes {
+    /// The machine.
+    pub machine: Machine,
     /// Training steps per epoch.
     pub steps: usize,
+    /// The batch size.
+    pub batch: usize,
     /// The rules, back-propagation first.
     pub rules: Vec<RuleTime>,
     /// The forward and backward matrix products of BP's steps, nothing else.
     pub products: f64,
+    /// The same products layer by layer (best of the repeats), input layer first.
+    pub layers: Vec<LayerProducts>,
 }
 
 impl EpochTimes {
@@ -57,8 +136,20 @@ impl fmt::Display for EpochTimes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "one epoch = {} steps of batch 50 (784-256-128-64-10, f32, one thread), best of the repeats;",
-            self.steps
+            "{} ({}), {} vectors, {} thread(s)",
+            self.machine.cpu,
+            self.machine
+                .ghz
+                .map_or("clock unknown".to_string(), |g| format!(
+                    "{g:.2} GHz nominal"
+                )),
+            self.machine.isa,
+            self.machine.threads
+        )?;
+        writeln!(
+            f,
+            "one epoch = {} steps of batch {} (784-256-128-64-10, f32), best of the repeats;",
+            self.steps, self.batch
         )?;
         writeln!(
             f,
@@ -82,6 +173,37 @@ impl fmt::Display for EpochTimes {
             "  {:<22} {:>8.3} {:>8} {:>10.2}",
             "matrix products alone", self.products, "", 1.0
         )?;
+        let total_flops: f64 = self
+            .layers
+            .iter()
+            .map(|l| l.flops(self.steps, self.batch))
+            .sum();
+        let per_cycle = |gflops: f64| {
+            self.machine
+                .ghz
+                .map_or(String::new(), |g| format!(", {:.1} flop/cycle", gflops / g))
+        };
+        let gflops = total_flops / self.products / 1e9;
+        writeln!(
+            f,
+            "  products: {gflops:.1} GFLOP/s{} (at the nominal clock; turbo raises the count); by layer:",
+            per_cycle(gflops)
+        )?;
+        for l in &self.layers {
+            let secs = l.forward + l.weight_grad + l.input_grad;
+            let g = l.flops(self.steps, self.batch) / secs / 1e9;
+            writeln!(
+                f,
+                "    {:>3} x {:<3}  W z {:>6.3} s  dW {:>6.3} s  W'd {:>6.3} s  {:>6.1} GFLOP/s{}",
+                l.shape.0,
+                l.shape.1,
+                l.forward,
+                l.weight_grad,
+                l.input_grad,
+                g,
+                per_cycle(g)
+            )?;
+        }
         for r in &self.rules {
             let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
             writeln!(
@@ -146,6 +268,7 @@ pub fn epochs(data: &Mnist, repeats: usize, rules: &[Rule]) -> Result<EpochTimes
     let indices: Vec<usize> = (0..n).collect();
     let mut best = vec![f64::INFINITY; all.len()];
     let mut products = f64::INFINITY;
+    let mut layers: Option<Vec<LayerProducts>> = None;
     for _ in 0..repeats {
         for (i, t) in trainers.iter_mut().enumerate() {
             let start = Instant::now();
@@ -153,6 +276,20 @@ pub fn epochs(data: &Mnist, repeats: usize, rules: &[Rule]) -> Result<EpochTimes
             best[i] = best[i].min(start.elapsed().as_secs_f64());
         }
         products = products.min(products_epoch(&trainers[0], steps));
+        let now = layer_products(&trainers[0], steps);
+        layers = Some(match layers {
+            None => now,
+            Some(old) => old
+                .iter()
+                .zip(&now)
+                .map(|(a, b)| LayerProducts {
+                    shape: a.shape,
+                    forward: a.forward.min(b.forward),
+                    weight_grad: a.weight_grad.min(b.weight_grad),
+                    input_grad: a.input_grad.min(b.input_grad),
+                })
+                .collect(),
+        });
     }
     let rules = all
         .iter()
@@ -173,9 +310,12 @@ pub fn epochs(data: &Mnist, repeats: usize, rules: &[Rule]) -> Result<EpochTimes
         )
         .collect();
     Ok(EpochTimes {
+        machine: Machine::detect(),
         steps,
+        batch: b,
         rules,
         products,
+        layers: layers.unwrap_or_default(),
     })
 }
 
@@ -190,6 +330,46 @@ pub(crate) fn compare(g: &[f64], r: &[f64]) -> (f64, f64) {
         .sum::<f64>()
         .sqrt();
     (dot / (norm(g) * norm(r)), diff / norm(r))
+}
+
+/// Each layer's three products timed alone over `steps` steps (same shapes and [`Gemm`] as the
+/// training path).
+fn layer_products(t: &Trainer, steps: usize) -> Vec<LayerProducts> {
+    let b = t.config.batch;
+    let time = |f: &mut dyn FnMut()| {
+        let start = Instant::now();
+        for _ in 0..steps {
+            f();
+        }
+        start.elapsed().as_secs_f64()
+    };
+    t.net
+        .layers
+        .iter()
+        .enumerate()
+        .map(|(k, l)| {
+            let (n_out, n_in) = (l.w.nrows(), l.w.ncols());
+            let z = DMatrix::from_element(n_in, b, 0.5f32);
+            let delta = DMatrix::from_element(n_out, b, 0.5f32);
+            let mut a = DMatrix::zeros(n_out, b);
+            let mut g = DMatrix::zeros(n_out, n_in);
+            let mut e = DMatrix::zeros(n_in, b);
+            let forward = time(&mut || f32::gemm_into(&mut a, &l.w, false, &z, false));
+            let weight_grad = time(&mut || f32::gemm_into(&mut g, &delta, false, &z, true));
+            let input_grad = if k > 0 {
+                time(&mut || f32::gemm_into(&mut e, &l.w, true, &delta, false))
+            } else {
+                0.0
+            };
+            std::hint::black_box((&a, &g, &e));
+            LayerProducts {
+                shape: (n_out, n_in),
+                forward,
+                weight_grad,
+                input_grad,
+            }
+        })
+        .collect()
 }
 
 /// The products of `steps` training steps: per layer `a = W z`, `∇W = δ zᵀ` and (above the
@@ -224,4 +404,34 @@ fn products_epoch(t: &Trainer, steps: usize) -> f64 {
     }
     std::hint::black_box((&out, &g, &e));
     start.elapsed().as_secs_f64()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flops_count_two_per_multiply_add_and_skip_the_first_input_gradient() {
+        let first = LayerProducts {
+            shape: (256, 784),
+            forward: 1.0,
+            weight_grad: 1.0,
+            input_grad: 0.0,
+        };
+        assert_eq!(first.flops(1000, 50), 2.0 * 2.0 * 256.0 * 784.0 * 50.0 * 1000.0);
+        let inner = LayerProducts {
+            input_grad: 1.0,
+            ..first
+        };
+        assert_eq!(inner.flops(1, 1), 3.0 * 2.0 * 256.0 * 784.0);
+    }
+
+    #[test]
+    fn the_machine_is_described() {
+        let m = Machine::detect();
+        assert!(!m.cpu.is_empty());
+        assert!(["AVX-512", "AVX2", "SSE2", "baseline"].contains(&m.isa));
+        assert_eq!(m.threads, 1);
+        assert!(m.ghz.is_none_or(|g| g > 0.0 && g.is_finite()));
+    }
 }
