@@ -418,7 +418,10 @@ mod tests {
             weight_grad: 1.0,
             input_grad: 0.0,
         };
-        assert_eq!(first.flops(1000, 50), 2.0 * 2.0 * 256.0 * 784.0 * 50.0 * 1000.0);
+        assert_eq!(
+            first.flops(1000, 50),
+            2.0 * 2.0 * 256.0 * 784.0 * 50.0 * 1000.0
+        );
         let inner = LayerProducts {
             input_grad: 1.0,
             ..first
