@@ -192,16 +192,33 @@ impl QuadraticLayer {
         })
     }
 
-    /// `vjp`'s computation: `dL/dθ` of `⟨g_i, z*(θ_i)⟩` per item.
-    fn vjp_items(
+    /// `vjp`'s computation for one item: `dL/dθ` of `⟨g, z*(θ)⟩`.
+    fn vjp_one(&self, theta: &DVector<f64>, g: &DVector<f64>) -> Result<DVector<f64>> {
+        let program = self.program(Loss::Linear { g: g.clone() })?;
+        Ok(program.limit(theta)?.grad_theta)
+    }
+
+    /// `f(θ_i, x_i)` for every item of `theta` and of the per-item argument `x` (called `name`),
+    /// without the GIL: a vector of length `cols` for one `θ`, a `(batch, cols)` array for a
+    /// batch (`vjp`, `jvp`).
+    fn per_item<'py>(
         &self,
-        ts: &[DVector<f64>],
-        gs: &[DVector<f64>],
-        threads: usize,
-    ) -> std::result::Result<Vec<DVector<f64>>, (usize, Error)> {
-        par_items(ts.len(), threads, |i| {
-            let program = self.program(Loss::Linear { g: gs[i].clone() })?;
-            Ok(program.limit(&ts[i])?.grad_theta)
+        py: Python<'py>,
+        theta: &Array<'py>,
+        (name, x): (&str, &Array<'py>),
+        threads: Option<usize>,
+        cols: usize,
+        f: impl Fn(&DVector<f64>, &DVector<f64>) -> Result<DVector<f64>> + Sync,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let threads = default_threads(threads)?;
+        let (ts, batch) = theta_items(theta).map_err(|e| to_pyerr(py, e))?;
+        let xs = items(name, x, batch).map_err(|e| to_pyerr(py, e))?;
+        let out = py
+            .detach(|| par_items(ts.len(), threads, |i| f(&ts[i], &xs[i])))
+            .map_err(|e| call_error(py, batch, e))?;
+        Ok(match batch {
+            None => py_vector(py, &out[0]).into_any(),
+            Some(_) => py_rows(py, &out, cols).into_any(),
         })
     }
 
@@ -512,16 +529,8 @@ impl QuadraticLayer {
         g: Array<'py>,
         threads: Option<usize>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let threads = default_threads(threads)?;
-        let (ts, batch) = theta_items(&theta).map_err(|e| to_pyerr(py, e))?;
-        let gs = items("g", &g, batch).map_err(|e| to_pyerr(py, e))?;
-        let grads = py
-            .detach(|| self.vjp_items(&ts, &gs, threads))
-            .map_err(|e| call_error(py, batch, e))?;
-        Ok(match batch {
-            None => py_vector(py, &grads[0]).into_any(),
-            Some(_) => py_rows(py, &grads, self.layer.n_params()).into_any(),
-        })
+        let p = self.layer.n_params();
+        self.per_item(py, &theta, ("g", &g), threads, p, |t, g| self.vjp_one(t, g))
     }
 
     /// Benchmark helper, not API: the mean wall time in seconds of `repeats` runs of the Rust
@@ -544,7 +553,7 @@ impl QuadraticLayer {
         py.detach(|| {
             let start = std::time::Instant::now();
             for _ in 0..repeats {
-                self.vjp_items(&ts, &gs, threads)?;
+                par_items(ts.len(), threads, |i| self.vjp_one(&ts[i], &gs[i]))?;
             }
             Ok(start.elapsed().as_secs_f64() / repeats as f64)
         })
@@ -563,20 +572,13 @@ impl QuadraticLayer {
         v: Array<'py>,
         threads: Option<usize>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let threads = default_threads(threads)?;
-        let (ts, batch) = theta_items(&theta).map_err(|e| to_pyerr(py, e))?;
-        let vs = items("v", &v, batch).map_err(|e| to_pyerr(py, e))?;
-        let dz = py
-            .detach(|| {
-                par_items(ts.len(), threads, |i| {
-                    let program = self.program(self.direction_loss(&vs[i])?)?;
-                    Ok(program.limit(&ts[i])?.direction.z_dot)
-                })
-            })
-            .map_err(|e| call_error(py, batch, e))?;
-        Ok(match batch {
-            None => py_vector(py, &dz[0]).into_any(),
-            Some(_) => py_rows(py, &dz, self.layer.dim()).into_any(),
+        let n = self.layer.dim();
+        self.per_item(py, &theta, ("v", &v), threads, n, |t, v| {
+            Ok(self
+                .program(self.direction_loss(v)?)?
+                .limit(t)?
+                .direction
+                .z_dot)
         })
     }
 
