@@ -230,6 +230,10 @@ struct TrainArgs {
     /// Train on the first N training images.
     #[arg(long, default_value_t = 50_000)]
     train_size: usize,
+    /// Threads for the matrix products (default: the CPUs available, at most 2). Results are
+    /// bit-identical for every count.
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 /// `println!` for the program's output: a closed pipe (`| head`) ends the program quietly with
@@ -533,6 +537,9 @@ fn train(a: TrainArgs) -> bilevel::Result<()> {
         train_size: a.train_size,
         shuffle: a.shuffle,
         exact_train_error: a.exact_train_error,
+        threads: a
+            .threads
+            .unwrap_or_else(bilevel::linalg::Threads::default_count),
         ..TrainConfig::default()
     };
     config.validate()?;

@@ -37,7 +37,7 @@ static GLOBAL: Counting = Counting;
 fn training_steps_do_not_allocate() {
     let data = synthetic(200, 10, 1);
     let sweeps = 20;
-    for rule in [
+    for (rule, threads) in [
         Rule::Bp,
         Rule::FenBp { beta: 1.0 },
         Rule::Mac { beta: 1.0, sweeps },
@@ -63,10 +63,15 @@ fn training_steps_do_not_allocate() {
             sweeps,
             centered: true,
         },
-    ] {
+    ]
+    .into_iter()
+    .flat_map(|rule| [(rule, 1), (rule, 2)])
+    {
+        // Two threads: the workers and the hand-offs allocate nothing per step either.
         let mut t = Trainer::new(TrainConfig {
             rule,
             train_size: 200,
+            threads,
             ..TrainConfig::default()
         })
         .unwrap();
@@ -80,7 +85,7 @@ fn training_steps_do_not_allocate() {
             assert_eq!(
                 ALLOCATIONS.load(Ordering::Relaxed),
                 counted,
-                "{rule:?}: step {s} allocated"
+                "{rule:?} on {threads} threads: step {s} allocated"
             );
         }
         assert!(

@@ -459,6 +459,46 @@ fn negative_init_freezes_bp_but_not_fenbp_with_large_beta() {
     assert!(moved > 1e-4, "FenBP β=1000 moves the first layer: {moved}");
 }
 
+/// The products are cut over the threads (and Adam's update with them) without changing one
+/// bit: whole runs agree exactly for 1, 2 and 3 threads, for the closed-form rules and for one
+/// rule of each inference family (local, bottom-up), also with a batch remainder.
+#[test]
+fn training_is_bit_identical_for_every_thread_count() {
+    let Some(data) = mnist("training_is_bit_identical_for_every_thread_count") else {
+        return;
+    };
+    let data = small_data(&data);
+    let rules = [
+        Rule::Bp,
+        Rule::FenBp { beta: 1.0 },
+        Rule::Lpom {
+            beta: 1.0,
+            sweeps: 5,
+        },
+        Rule::Chl {
+            beta: 0.5,
+            sweeps: 5,
+            centered: false,
+        },
+    ];
+    for rule in rules {
+        let config = |threads| TrainConfig {
+            threads,
+            train_size: 280,
+            ..small_config(rule, Init::Glorot, 2)
+        };
+        let one = nn::run(config(1), &data, &Outputs::default(), &mut ()).unwrap();
+        for threads in [2, 3] {
+            let many = nn::run(config(threads), &data, &Outputs::default(), &mut ()).unwrap();
+            assert_eq!(many.net, one.net, "{rule:?} on {threads} threads");
+            assert_eq!(many.adam, one.adam, "{rule:?} on {threads} threads");
+            let losses =
+                |t: &nn::Trainer| t.history.iter().map(|r| r.train_loss).collect::<Vec<_>>();
+            assert_eq!(losses(&many), losses(&one));
+        }
+    }
+}
+
 #[test]
 fn resume_reproduces_the_uninterrupted_run() {
     let Some(data) = mnist("resume_reproduces_the_uninterrupted_run") else {
@@ -476,11 +516,14 @@ fn resume_reproduces_the_uninterrupted_run() {
         (true, lpom),
     ];
     for (i, (shuffle, rule)) in cases.into_iter().enumerate() {
-        let config = |epochs| TrainConfig {
+        // The interrupted run trains on 2 threads, the resumed part and the whole run on 1:
+        // the thread count is not part of the run (results are bit-identical).
+        let config = |epochs, threads| TrainConfig {
             shuffle,
+            threads,
             ..small_config(rule, Init::Glorot, epochs)
         };
-        let whole = nn::run(config(3), &data, &Outputs::default(), &mut ()).unwrap();
+        let whole = nn::run(config(3, 1), &data, &Outputs::default(), &mut ()).unwrap();
         let ck = dir.join(format!("ck{i}"));
         let log_path = dir.join(format!("run{i}.csv"));
         let out = Outputs {
@@ -489,8 +532,8 @@ fn resume_reproduces_the_uninterrupted_run() {
             resume: true,
             overwrite: false,
         };
-        nn::run(config(1), &data, &out, &mut ()).unwrap();
-        let resumed = nn::run(config(3), &data, &out, &mut ()).unwrap();
+        nn::run(config(1, 2), &data, &out, &mut ()).unwrap();
+        let resumed = nn::run(config(3, 1), &data, &out, &mut ()).unwrap();
         assert_eq!(resumed.net, whole.net, "shuffle {shuffle}");
         assert_eq!(resumed.adam, whole.adam);
         let strip = |h: &[nn::EpochRecord]| {

@@ -27,7 +27,7 @@
 
 use nalgebra::{DMatrix, DVector, RealField};
 
-use crate::linalg::Gemm;
+use crate::linalg::{Gemm, Threads};
 
 use super::{EnergyKind, Network, OutputLoss};
 use crate::error::{Error, Result};
@@ -47,6 +47,9 @@ pub struct Workspace<T: RealField + Copy> {
     pub e: Vec<DMatrix<T>>,
     /// Element-wise derivative scratch (penalizer energies).
     scratch: Vec<DMatrix<T>>,
+    /// The threads that compute the matrix products (one by default; results do not depend on
+    /// the count, see [`Threads`]).
+    pub threads: Threads,
 }
 
 impl<T: RealField + Copy> Workspace<T> {
@@ -59,7 +62,14 @@ impl<T: RealField + Copy> Workspace<T> {
             delta: mats(),
             e: mats(),
             scratch: mats(),
+            threads: Threads::default(),
         }
+    }
+
+    /// The same buffers, with the products computed by `threads`.
+    pub fn with_threads(mut self, threads: Threads) -> Self {
+        self.threads = threads;
+        self
     }
 
     /// The batch size the buffers hold.
@@ -191,7 +201,7 @@ pub fn forward<T: Gemm>(net: &Network<T>, x: &DMatrix<T>, ws: &mut Workspace<T>)
         let (before, after) = ws.z.split_at_mut(k);
         let input = if k == 0 { x } else { &before[k - 1] };
         let a = &mut ws.a[k];
-        T::gemm_into(a, &layer.w, false, input, false);
+        ws.threads.gemm(a, &layer.w, false, input, false);
         for mut col in a.column_iter_mut() {
             col += &layer.bias;
         }
@@ -308,14 +318,15 @@ pub fn gradient<T: Gemm>(
             }
         }
         let input = if k == 0 { x } else { &ws.z[k - 1] };
-        T::gemm_into(&mut grads.w[k], &ws.delta[k], false, input, true);
+        ws.threads
+            .gemm(&mut grads.w[k], &ws.delta[k], false, input, true);
         // Row sums, accumulated column by column (contiguous; same order of additions).
         grads.bias[k].fill(T::zero());
         for col in ws.delta[k].column_iter() {
             grads.bias[k] += col;
         }
         if k > 0 {
-            T::gemm_into(
+            ws.threads.gemm(
                 &mut ws.e[k - 1],
                 &net.layers[k].w,
                 true,

@@ -2,6 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use std::ops::Range;
+
+use crate::linalg::Threads;
 use crate::nested::linearized::Gradients;
 use crate::nested::Network;
 
@@ -66,6 +69,22 @@ impl Adam {
     /// [`crate::Error::DimensionMismatch`] when `g` or the moments are not shaped like `net`
     /// (nothing is updated then).
     pub fn step(&mut self, net: &mut Network<f32>, g: &Gradients<f32>) -> crate::Result<()> {
+        self.step_with(net, g, &Threads::default())
+    }
+
+    /// [`Adam::step`] with the update split over `threads`, bit-identical to it (the update is
+    /// element-wise). Each weight matrix is cut into the column blocks in which
+    /// [`Threads::gemm`] computes its gradient `δ zᵀ` (when it cuts that product's columns), so
+    /// that each thread updates the part of the gradient it wrote.
+    ///
+    /// # Errors
+    /// As [`Adam::step`].
+    pub fn step_with(
+        &mut self,
+        net: &mut Network<f32>,
+        g: &Gradients<f32>,
+        threads: &Threads,
+    ) -> crate::Result<()> {
         g.check(net, "gradient")?;
         self.m.check(net, "adam.m")?;
         self.v.check(net, "adam.v")?;
@@ -87,26 +106,97 @@ impl Adam {
             eps_hat,
         };
         for (k, layer) in net.layers.iter_mut().enumerate() {
-            update(
-                Tensor {
-                    theta: layer.w.as_mut_slice(),
-                    g: g.w[k].as_slice(),
-                    m: self.m.w[k].as_mut_slice(),
-                    v: self.v.w[k].as_mut_slice(),
-                },
-                c,
-            );
-            update(
-                Tensor {
-                    theta: layer.bias.as_mut_slice(),
-                    g: g.bias[k].as_slice(),
-                    m: self.m.bias[k].as_mut_slice(),
-                    v: self.v.bias[k].as_mut_slice(),
-                },
-                c,
-            );
+            let rows = layer.w.nrows();
+            let weights = Tensor {
+                theta: layer.w.as_mut_slice(),
+                g: g.w[k].as_slice(),
+                m: self.m.w[k].as_mut_slice(),
+                v: self.v.w[k].as_mut_slice(),
+            };
+            update_split(weights, 4 * rows, c, threads);
+            let biases = Tensor {
+                theta: layer.bias.as_mut_slice(),
+                g: g.bias[k].as_slice(),
+                m: self.m.bias[k].as_mut_slice(),
+                v: self.v.bias[k].as_mut_slice(),
+            };
+            update_split(biases, 1, c, threads);
         }
         Ok(())
+    }
+}
+
+/// Fewest parameters per thread worth a hand-off (about 1 µs, against about 1 ns per
+/// parameter of update).
+const MIN_PIECE: usize = 4096;
+
+/// [`update`] cut into the ranges `Threads::range(len, align, …)` on `threads`.
+fn update_split(t: Tensor<'_>, align: usize, c: Coefs, threads: &Threads) {
+    let len = t.theta.len();
+    let pieces = threads.count().min(len / MIN_PIECE);
+    if pieces < 2 {
+        update(t, c);
+        return;
+    }
+    let raw = RawTensor::new(t);
+    threads.run(pieces, &|i| {
+        // SAFETY: `t` stays borrowed until `run` returns, and the pieces' ranges are disjoint.
+        update(
+            unsafe { raw.block(Threads::range(len, align, pieces, i)) },
+            c,
+        );
+    });
+}
+
+/// A [`Tensor`] as raw parts, so that disjoint blocks of it can be updated from several
+/// threads.
+#[derive(Clone, Copy)]
+struct RawTensor {
+    theta: *mut f32,
+    g: *const f32,
+    m: *mut f32,
+    v: *mut f32,
+    len: usize,
+}
+
+// SAFETY: only dereferenced through `block`, whose callers give each thread its own range.
+unsafe impl Send for RawTensor {}
+// SAFETY: as above.
+unsafe impl Sync for RawTensor {}
+
+impl RawTensor {
+    fn new(t: Tensor<'_>) -> Self {
+        let len = t.theta.len();
+        assert!(
+            t.g.len() == len && t.m.len() == len && t.v.len() == len,
+            "Adam: tensor parts of different lengths"
+        );
+        Self {
+            theta: t.theta.as_mut_ptr(),
+            g: t.g.as_ptr(),
+            m: t.m.as_mut_ptr(),
+            v: t.v.as_mut_ptr(),
+            len,
+        }
+    }
+
+    /// The block `r` of the tensor.
+    ///
+    /// # Safety
+    /// The tensor `self` was made from is still borrowed, and no other thread uses an
+    /// overlapping block while the result lives.
+    unsafe fn block<'a>(self, r: Range<usize>) -> Tensor<'a> {
+        assert!(r.start <= r.end && r.end <= self.len);
+        let n = r.end - r.start;
+        // SAFETY: `r` lies inside the tensor (checked above); the caller's contract.
+        unsafe {
+            Tensor {
+                theta: std::slice::from_raw_parts_mut(self.theta.add(r.start), n),
+                g: std::slice::from_raw_parts(self.g.add(r.start), n),
+                m: std::slice::from_raw_parts_mut(self.m.add(r.start), n),
+                v: std::slice::from_raw_parts_mut(self.v.add(r.start), n),
+            }
+        }
     }
 }
 

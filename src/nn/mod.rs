@@ -40,6 +40,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{Mnist, Split};
 use crate::error::{Error, Result};
+use crate::linalg::{Threads, MAX_THREADS};
 use crate::nested::inference::{self, InferenceSettings, InferenceWorkspace};
 use crate::nested::linearized::{self, Gradients, Workspace};
 use crate::nested::method::Method;
@@ -384,6 +385,14 @@ pub struct TrainConfig {
     pub shuffle: bool,
     /// Also compute the exact training error over all `train_size` images after each epoch.
     pub exact_train_error: bool,
+    /// Threads that compute the matrix products ([`Threads`]; 1 to [`MAX_THREADS`]). Results
+    /// are bit-identical for every count, so a run may be resumed with another one.
+    #[serde(default = "one_thread")]
+    pub threads: usize,
+}
+
+fn one_thread() -> usize {
+    1
 }
 
 impl Default for TrainConfig {
@@ -399,6 +408,7 @@ impl Default for TrainConfig {
             train_size: 50_000,
             shuffle: false,
             exact_train_error: false,
+            threads: 1,
         }
     }
 }
@@ -408,9 +418,16 @@ impl TrainConfig {
     ///
     /// # Errors
     /// Zero batch, epochs or training size; invalid β; a learning rate that is not positive
-    /// and finite; widths that do not make a network.
+    /// and finite; widths that do not make a network; a thread count outside 1 to
+    /// [`MAX_THREADS`].
     pub fn validate(&self) -> Result<()> {
         self.rule.validate()?;
+        if self.threads == 0 || self.threads > MAX_THREADS {
+            return Err(Error::input(
+                "threads",
+                format!("must be between 1 and {MAX_THREADS}"),
+            ));
+        }
         if self.batch == 0 || self.batch > MAX_BATCH {
             return Err(Error::input(
                 "batch",
@@ -455,12 +472,13 @@ impl TrainConfig {
         Ok(())
     }
 
-    /// Settings that must agree for a checkpoint to be resumed (everything except `epochs`
-    /// and `exact_train_error`).
+    /// Settings that must agree for a checkpoint to be resumed (everything except `epochs`,
+    /// `exact_train_error` and `threads`).
     pub fn same_run(&self, other: &Self) -> bool {
         let strip = |c: &Self| Self {
             epochs: 0,
             exact_train_error: false,
+            threads: 1,
             ..c.clone()
         };
         strip(self) == strip(other)
@@ -546,13 +564,13 @@ struct Buffers {
 }
 
 impl Buffers {
-    fn new(net: &Network<f32>, batch: usize, rule: Option<Rule>) -> Self {
+    fn new(net: &Network<f32>, batch: usize, rule: Option<Rule>, threads: &Threads) -> Self {
         let top = net.layers.last().map_or(0, |l| l.w.nrows());
         Self {
-            ws: Workspace::new(net, batch),
+            ws: Workspace::new(net, batch).with_threads(threads.clone()),
             sweeps: rule
                 .and_then(Rule::sweeps)
-                .map(|_| InferenceWorkspace::new(net, batch)),
+                .map(|_| InferenceWorkspace::new(net, batch).with_threads(threads.clone())),
             x: DMatrix::zeros(net.input_dim(), batch),
             y: DMatrix::zeros(top, batch),
         }
@@ -580,6 +598,7 @@ pub struct Trainer {
     betas: Vec<f32>,
     order: Vec<usize>,
     tally: SweepTally,
+    threads: Threads,
 }
 
 impl Trainer {
@@ -618,16 +637,19 @@ impl Trainer {
         }
         let adam = adam.unwrap_or_else(|| Adam::new(&net, config.adam));
         let rest = config.train_size % config.batch;
+        let threads = Threads::new(config.threads)?;
+        let rule = Some(config.rule);
         Ok(Self {
             grads: Gradients::zeros(&net),
-            full: Buffers::new(&net, config.batch.min(config.train_size), Some(config.rule)),
+            full: Buffers::new(&net, config.batch.min(config.train_size), rule, &threads),
             rest: (rest > 0 && config.train_size > config.batch)
-                .then(|| Buffers::new(&net, rest, Some(config.rule))),
+                .then(|| Buffers::new(&net, rest, rule, &threads)),
             eval: None,
             betas: vec![config.rule.beta(); net.layers.len()],
             // Filled by `prepare_order` once the data are known to hold `train_size` images.
             order: Vec::new(),
             tally: SweepTally::default(),
+            threads,
             config,
             net,
             adam,
@@ -649,7 +671,8 @@ impl Trainer {
     /// An index out of range; a non-finite loss (diverged training).
     pub fn step(&mut self, data: &Split, indices: &[usize]) -> Result<(f32, usize)> {
         let (value, correct) = self.gradient(data, indices)?;
-        self.adam.step(&mut self.net, &self.grads)?;
+        self.adam
+            .step_with(&mut self.net, &self.grads, &self.threads)?;
         Ok((value, correct))
     }
 
@@ -670,6 +693,7 @@ impl Trainer {
                     &self.net,
                     indices.len(),
                     Some(self.config.rule),
+                    &self.threads,
                 )),
             }
         };
@@ -836,7 +860,7 @@ impl Trainer {
             let len = EVAL_CHUNK.min(count - start);
             let buf = match &mut self.eval {
                 Some(b) if b.x.ncols() == len => b,
-                other => other.insert(Buffers::new(&self.net, len, None)),
+                other => other.insert(Buffers::new(&self.net, len, None, &self.threads)),
             };
             indices.clear();
             indices.extend(start..start + len);

@@ -29,7 +29,7 @@ use nalgebra::{DMatrix, RealField};
 
 use super::{finite, first_layer, FixedPoint, InferenceReport, InferenceWorkspace, Sweeps};
 use crate::error::{Error, Result};
-use crate::linalg::Gemm;
+use crate::linalg::{Gemm, Threads};
 use crate::nested::linearized::Gradients;
 use crate::nested::EnergyKind;
 
@@ -44,7 +44,7 @@ pub(super) fn run<T: Gemm>(
     first_layer(net, p.x, ws);
     for k in 0..=top {
         if k > 0 {
-            affine(net, k, &ws.z[k - 1], &mut ws.a[k]);
+            affine(&ws.threads, net, k, &ws.z[k - 1], &mut ws.a[k]);
         }
         activate(net, k, &ws.a[k], &mut ws.z[k]);
     }
@@ -120,12 +120,13 @@ fn axpy<T: RealField + Copy>(y: &mut [T], alpha: T, x: &[T]) {
 
 /// `out = W_k z + b_k`.
 fn affine<T: Gemm>(
+    threads: &Threads,
     net: &crate::nested::Network<T>,
     k: usize,
     z: &DMatrix<T>,
     out: &mut DMatrix<T>,
 ) {
-    T::gemm_into(out, &net.layers[k].w, false, z, false);
+    threads.gemm(out, &net.layers[k].w, false, z, false);
     for mut col in out.column_iter_mut() {
         col += &net.layers[k].bias;
     }
@@ -177,7 +178,7 @@ fn free_sweep<T: Gemm>(p: &Sweeps<'_, T>, ws: &mut InferenceWorkspace<T>) {
     let (net, top) = (p.net, p.net.layers.len() - 1);
     for k in 0..=top {
         if k > 0 {
-            affine(net, k, &ws.next[k - 1], &mut ws.a[k]);
+            affine(&ws.threads, net, k, &ws.next[k - 1], &mut ws.a[k]);
         }
         free_argument(p, k, ws);
         activate(net, k, &ws.arg[k], &mut ws.next[k]);
@@ -188,7 +189,7 @@ fn free_sweep<T: Gemm>(p: &Sweeps<'_, T>, ws: &mut InferenceWorkspace<T>) {
 fn free_argument<T: Gemm>(p: &Sweeps<'_, T>, k: usize, ws: &mut InferenceWorkspace<T>) {
     if k + 1 < p.net.layers.len() {
         residual_above(p.kind, &ws.z[k + 1], &ws.a[k + 1], &mut ws.q[k + 1]);
-        T::gemm_into(
+        ws.threads.gemm(
             &mut ws.arg[k],
             &p.net.layers[k + 1].w,
             true,
@@ -208,7 +209,7 @@ fn free_argument<T: Gemm>(p: &Sweeps<'_, T>, k: usize, ws: &mut InferenceWorkspa
 fn free_arguments<T: Gemm>(p: &Sweeps<'_, T>, ws: &mut InferenceWorkspace<T>) {
     let top = p.net.layers.len() - 1;
     for k in 1..=top {
-        affine(p.net, k, &ws.z[k - 1], &mut ws.a[k]);
+        affine(&ws.threads, p.net, k, &ws.z[k - 1], &mut ws.a[k]);
     }
     for k in 0..=top {
         free_argument(p, k, ws);
@@ -231,7 +232,7 @@ fn rate_sweep<T: Gemm>(p: &Sweeps<'_, T>, ws: &mut InferenceWorkspace<T>) -> Res
         // scratch), or −ℓ' at the top …
         if k < top {
             rate_residual(p, k + 1, ws);
-            T::gemm_into(
+            ws.threads.gemm(
                 &mut ws.q[k],
                 &net.layers[k + 1].w,
                 true,
@@ -244,7 +245,7 @@ fn rate_sweep<T: Gemm>(p: &Sweeps<'_, T>, ws: &mut InferenceWorkspace<T>) -> Res
         }
         // … plus β_{k−1} W_k u_{k−1} from below (the previous sweep's u_{k−1}).
         if k > 0 {
-            T::gemm_into(
+            ws.threads.gemm(
                 &mut ws.zhat[k],
                 &net.layers[k].w,
                 false,
@@ -284,7 +285,7 @@ fn clamped_state<T: RealField + Copy>(ws: &mut InferenceWorkspace<T>, k: usize) 
 /// sweep's `u_{k−1}`: `u_k` (Fenchel) or `u_k − β_{k−1} W_k u_{k−1}` (proximal).
 fn rate_residual<T: Gemm>(p: &Sweeps<'_, T>, k: usize, ws: &mut InferenceWorkspace<T>) {
     if p.kind == EnergyKind::Proximal && k > 0 {
-        T::gemm_into(
+        ws.threads.gemm(
             &mut ws.zhat[k],
             &p.net.layers[k].w,
             false,
@@ -315,7 +316,7 @@ fn value_and_gradient<T: Gemm>(
     for k in (0..=top).rev() {
         // P_k into q[k]; W_k u_{k−1} into arg[k] (ǔ_k is not needed any more).
         if k > 0 {
-            T::gemm_into(
+            ws.threads.gemm(
                 &mut ws.arg[k],
                 &net.layers[k].w,
                 false,
@@ -369,7 +370,7 @@ fn gradient_of_layer<T: Gemm>(
     grads.bias[k] *= scale;
     if k == 0 {
         ws.q[0] *= scale;
-        T::gemm_into(&mut grads.w[0], &ws.q[0], false, p.x, true);
+        ws.threads.gemm(&mut grads.w[0], &ws.q[0], false, p.x, true);
         return;
     }
     let beta = p.betas[k - 1];
@@ -393,5 +394,5 @@ fn gradient_of_layer<T: Gemm>(
         ws.lambda[k - 1].as_slice(),
     );
     right.columns_mut(b, b).copy_from(&ws.lambda[k - 1]);
-    T::gemm_into(&mut grads.w[k], left, false, right, true);
+    ws.threads.gemm(&mut grads.w[k], left, false, right, true);
 }

@@ -73,7 +73,7 @@ use nalgebra::{DMatrix, RealField};
 use super::linearized::{check_betas, Gradients};
 use super::{EnergyKind, Network, OutputLoss};
 use crate::error::{Error, Result};
-use crate::linalg::Gemm;
+use crate::linalg::{Gemm, Threads};
 use crate::nested::method::{Method, Unravel};
 
 mod bottom_up;
@@ -173,6 +173,9 @@ pub struct InferenceWorkspace<T: RealField + Copy> {
     loss_grad: DMatrix<T>,
     /// The centered variant's `−β` gradient (allocated by its first call).
     mirrored: Option<Gradients<T>>,
+    /// The threads that compute the matrix products (one by default; results do not depend on
+    /// the count, see [`Threads`]).
+    pub threads: Threads,
 }
 
 /// Units held on a convex kink of a penalizer layer ("Kinks" in the module docs).
@@ -245,7 +248,14 @@ impl<T: RealField + Copy> InferenceWorkspace<T> {
                 .collect(),
             loss_grad: DMatrix::zeros(top, batch),
             mirrored: None,
+            threads: Threads::default(),
         }
+    }
+
+    /// The same buffers, with the products computed by `threads`.
+    pub fn with_threads(mut self, threads: Threads) -> Self {
+        self.threads = threads;
+        self
     }
 
     /// The batch size the buffers hold.
@@ -681,7 +691,8 @@ fn state_weights<T: RealField + Copy>(method: Method, betas: &[T], ws: &mut Infe
 
 /// `â_1 = W_1 x + b_1`, the one product the sweeps never repeat.
 fn first_layer<T: Gemm>(net: &Network<T>, x: &DMatrix<T>, ws: &mut InferenceWorkspace<T>) {
-    T::gemm_into(&mut ws.a[0], &net.layers[0].w, false, x, false);
+    ws.threads
+        .gemm(&mut ws.a[0], &net.layers[0].w, false, x, false);
     add_bias(&mut ws.a[0], &net.layers[0].bias);
 }
 
@@ -697,7 +708,8 @@ fn forward<T: Gemm>(net: &Network<T>, kind: EnergyKind, ws: &mut InferenceWorksp
     let batch: T = nalgebra::convert(ws.batch() as f64);
     for (k, layer) in net.layers.iter().enumerate() {
         if k > 0 {
-            T::gemm_into(&mut ws.a[k], &layer.w, false, &ws.z[k - 1], false);
+            ws.threads
+                .gemm(&mut ws.a[k], &layer.w, false, &ws.z[k - 1], false);
             add_bias(&mut ws.a[k], &layer.bias);
         }
         let (lo, hi) = bounds::<T>(layer.activation);
@@ -769,7 +781,8 @@ fn backward<T: Gemm>(
             ws.kinks
                 .apply(k, act, (&ws.a[k], &upper[0]), &mut ws.q[k], Some(step));
         }
-        T::gemm_into(&mut lower[k - 1], &net.layers[k].w, true, &ws.q[k], false);
+        ws.threads
+            .gemm(&mut lower[k - 1], &net.layers[k].w, true, &ws.q[k], false);
     }
 }
 
@@ -983,7 +996,8 @@ fn envelope_gradient<T: Gemm>(
                 .apply(k, layer.activation, (a, lambda), &mut ws.q[k], None);
         }
         let input = if k == 0 { x } else { &ws.z[k - 1] };
-        T::gemm_into(&mut grads.w[k], &ws.q[k], false, input, true);
+        ws.threads
+            .gemm(&mut grads.w[k], &ws.q[k], false, input, true);
         grads.bias[k].fill(T::zero());
         for col in ws.q[k].column_iter() {
             grads.bias[k] += col;

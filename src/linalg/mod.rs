@@ -1,5 +1,10 @@
 //! Small dense linear-algebra helpers shared by the solvers: equality-constrained KKT solves
-//! with iterative refinement, a cheap condition estimate, and SPD checks.
+//! with iterative refinement, a cheap condition estimate, and SPD checks; and the dense matrix
+//! products of the batched network passes ([`Gemm`], [`Threads`]).
+
+mod products;
+
+pub use products::{Gemm, Threads, MAX_THREADS};
 
 use nalgebra::{DMatrix, DVector};
 
@@ -432,56 +437,3 @@ pub fn vstack(a: &DMatrix<f64>, b: &DMatrix<f64>) -> DMatrix<f64> {
         .copy_from(b);
     out
 }
-
-/// Dense matrix products for the batched network passes, `C ← op(A) op(B)` with
-/// `op(X) ∈ {X, Xᵀ}`, single-threaded.
-///
-/// Implemented with faer (`Par::Seq`) on zero-copy views of nalgebra's column-major storage:
-/// transposes are views, nothing is copied or allocated. Chosen by measurement on the paper's
-/// MLP (784-256-128-64-10, f32, batch 50, forward + backward products of one batch, 2-core
-/// machine): faer 0.24 0.41 ms, nalgebra `gemm` on pre-transposed copies (matrixmultiply)
-/// 0.50 ms, faer 0.21 (clarabel's) 0.74 ms; two threads lose at this batch size.
-pub trait Gemm: nalgebra::RealField + Copy {
-    /// `c ← op(a) op(b)` where `op(x) = xᵀ` if the flag is set. Shapes are the caller's
-    /// responsibility (checked by faer with a panic, so callers check first).
-    fn gemm_into(c: &mut DMatrix<Self>, a: &DMatrix<Self>, ta: bool, b: &DMatrix<Self>, tb: bool);
-}
-
-macro_rules! impl_gemm {
-    ($t:ty) => {
-        impl Gemm for $t {
-            fn gemm_into(
-                c: &mut DMatrix<$t>,
-                a: &DMatrix<$t>,
-                ta: bool,
-                b: &DMatrix<$t>,
-                tb: bool,
-            ) {
-                use faer::{linalg::matmul::matmul, Accum, MatMut, MatRef, Par};
-                fn view(m: &DMatrix<$t>, t: bool) -> MatRef<'_, $t> {
-                    let v = MatRef::from_column_major_slice(m.as_slice(), m.nrows(), m.ncols());
-                    if t {
-                        v.transpose()
-                    } else {
-                        v
-                    }
-                }
-                let (r, k) = c.shape();
-                let dst = MatMut::from_column_major_slice_mut(c.as_mut_slice(), r, k);
-                matmul(dst, Accum::Replace, view(a, ta), view(b, tb), 1.0, Par::Seq);
-                // faer's AVX-512 kernels return with the upper halves of the vector registers
-                // dirty; every legacy-SSE instruction after that (all of our element-wise code,
-                // compiled for the x86-64 baseline) then paid a transition penalty: the softmax
-                // loss of one batch took 100 µs instead of 10 µs, an epoch 0.80 s instead of
-                // 0.67 s. `vzeroupper` restores the clean state.
-                #[cfg(target_arch = "x86_64")]
-                if std::arch::is_x86_feature_detected!("avx") {
-                    // SAFETY: the CPU supports AVX (checked just above).
-                    unsafe { std::arch::x86_64::_mm256_zeroupper() };
-                }
-            }
-        }
-    };
-}
-impl_gemm!(f32);
-impl_gemm!(f64);
