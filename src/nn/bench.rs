@@ -1,8 +1,8 @@
 //! `bilevel bench train`: wall time of training epochs (1000 steps of batch 50, f32) for each
-//! rule — back-propagation first, the baseline — next to the same epoch's matrix products
-//! alone, in one process (interleaved repeats, best of each), with each rule's gradient at the
-//! initial network compared with back-propagation's (cosine and relative distance: the `O(β)`
-//! bias of Cor. 2, plus what the inference budget leaves).
+//! rule — back-propagation first, the baseline — and each thread count, next to the same
+//! epoch's matrix products alone, in one process (interleaved repeats, best of each), with each
+//! rule's gradient at the initial network compared with back-propagation's (cosine and
+//! relative distance: the `O(β)` bias of Cor. 2, plus what the inference budget leaves).
 
 use std::fmt;
 use std::time::Instant;
@@ -12,13 +12,15 @@ use nalgebra::DMatrix;
 use super::{Rule, TrainConfig, Trainer};
 use crate::data::{Mnist, Split};
 use crate::error::Result;
-use crate::linalg::Gemm;
+use crate::linalg::Threads;
 
-/// One rule's measurements.
+/// One rule's measurements at one thread count.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RuleTime {
     /// The rule.
     pub rule: Rule,
+    /// Threads of the training step ([`TrainConfig::threads`]).
+    pub threads: usize,
     /// Seconds per epoch (best of the repeats).
     pub seconds: f64,
     /// Mean inference sweeps per batch in the timed epochs (iterative rules).
@@ -42,8 +44,8 @@ pub struct Machine {
     /// The widest vector instructions the hand-vectorized loops dispatch to at run time
     /// (`AVX-512`, `AVX2`, `SSE2`; the products are faer's, which dispatches the same way).
     pub isa: &'static str,
-    /// Threads the training step uses.
-    pub threads: usize,
+    /// The logical CPUs this process may use ([`Threads::available`]).
+    pub cpus: usize,
 }
 
 impl Machine {
@@ -78,7 +80,7 @@ impl Machine {
                 .and_then(|v| v.parse::<f64>().ok())
                 .map(|mhz| mhz / 1e3),
             isa,
-            threads: 1,
+            cpus: Threads::available(),
         }
     }
 }
@@ -105,7 +107,18 @@ impl LayerProducts {
     }
 }
 
-/// Seconds per epoch of every rule and of the products alone.
+/// The products of BP's steps at one thread count.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProductTimes {
+    /// Threads ([`Threads::gemm`]).
+    pub threads: usize,
+    /// Seconds per epoch of the forward and backward matrix products, nothing else.
+    pub seconds: f64,
+    /// The same products layer by layer (best of the repeats), input layer first.
+    pub layers: Vec<LayerProducts>,
+}
+
+/// Seconds per epoch of every rule and of the products alone, at each thread count.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EpochTimes {
     /// The machine.
@@ -114,21 +127,28 @@ pub struct EpochTimes {
     pub steps: usize,
     /// The batch size.
     pub batch: usize,
-    /// The rules, back-propagation first.
+    /// The rules, back-propagation first, each at every thread count (in the order given).
     pub rules: Vec<RuleTime>,
-    /// The forward and backward matrix products of BP's steps, nothing else.
-    pub products: f64,
-    /// The same products layer by layer (best of the repeats), input layer first.
-    pub layers: Vec<LayerProducts>,
+    /// The products alone at every thread count.
+    pub products: Vec<ProductTimes>,
 }
 
 impl EpochTimes {
-    /// Seconds per epoch of the rule named `name` ([`Rule::name`]).
-    pub fn seconds(&self, name: &str) -> Option<f64> {
+    /// Seconds per epoch of the rule named `name` ([`Rule::name`]) on `threads` threads.
+    pub fn seconds(&self, name: &str, threads: usize) -> Option<f64> {
         self.rules
             .iter()
-            .find(|r| r.rule.name() == name)
+            .find(|r| r.rule.name() == name && r.threads == threads)
             .map(|r| r.seconds)
+    }
+
+    /// The fastest thread count for back-propagation and its seconds per epoch.
+    pub fn fastest_bp(&self) -> Option<(usize, f64)> {
+        self.rules
+            .iter()
+            .filter(|r| r.rule == Rule::Bp)
+            .map(|r| (r.threads, r.seconds))
+            .min_by(|a, b| a.1.total_cmp(&b.1))
     }
 }
 
@@ -136,7 +156,7 @@ impl fmt::Display for EpochTimes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{} ({}), {} vectors, {} thread(s)",
+            "{} ({}), {} vectors, {} CPU(s) available",
             self.machine.cpu,
             self.machine
                 .ghz
@@ -144,7 +164,7 @@ impl fmt::Display for EpochTimes {
                     "{g:.2} GHz nominal"
                 )),
             self.machine.isa,
-            self.machine.threads
+            self.machine.cpus
         )?;
         writeln!(
             f,
@@ -155,11 +175,48 @@ impl fmt::Display for EpochTimes {
             f,
             "gradients compared with BP's on the first batch at the initial network"
         )?;
-        let bp = self.rules.first().map_or(f64::NAN, |r| r.seconds);
+        let per_cycle = |gflops: f64| {
+            self.machine
+                .ghz
+                .map_or(String::new(), |g| format!(", {:.1} flop/cycle", gflops / g))
+        };
+        let one = self.products.first().map_or(f64::NAN, |p| p.seconds);
+        for p in &self.products {
+            let total_flops: f64 = p
+                .layers
+                .iter()
+                .map(|l| l.flops(self.steps, self.batch))
+                .sum();
+            let gflops = total_flops / p.seconds / 1e9;
+            writeln!(
+                f,
+                "products alone on {} thread(s): {:.3} s/epoch ({:.2}x the first count), {gflops:.1} GFLOP/s{} (at the nominal clock; turbo raises the count); by layer:",
+                p.threads,
+                p.seconds,
+                p.seconds / one,
+                per_cycle(gflops)
+            )?;
+            for l in &p.layers {
+                let secs = l.forward + l.weight_grad + l.input_grad;
+                let g = l.flops(self.steps, self.batch) / secs / 1e9;
+                writeln!(
+                    f,
+                    "    {:>3} x {:<3}  W z {:>6.3} s  dW {:>6.3} s  W'd {:>6.3} s  {:>6.1} GFLOP/s{}",
+                    l.shape.0,
+                    l.shape.1,
+                    l.forward,
+                    l.weight_grad,
+                    l.input_grad,
+                    g,
+                    per_cycle(g)
+                )?;
+            }
+        }
         writeln!(
             f,
-            "  {:<22} {:>8} {:>8} {:>10} {:>7} {:>11} {:>10} {:>12}",
+            "  {:<22} {:>7} {:>8} {:>8} {:>10} {:>7} {:>11} {:>10} {:>12}",
             "rule",
+            "threads",
             "s/epoch",
             "x BP",
             "x products",
@@ -168,58 +225,32 @@ impl fmt::Display for EpochTimes {
             "cos to BP",
             "rel.err"
         )?;
-        writeln!(
-            f,
-            "  {:<22} {:>8.3} {:>8} {:>10.2}",
-            "matrix products alone", self.products, "", 1.0
-        )?;
-        let total_flops: f64 = self
-            .layers
-            .iter()
-            .map(|l| l.flops(self.steps, self.batch))
-            .sum();
-        let per_cycle = |gflops: f64| {
-            self.machine
-                .ghz
-                .map_or(String::new(), |g| format!(", {:.1} flop/cycle", gflops / g))
-        };
-        let gflops = total_flops / self.products / 1e9;
-        writeln!(
-            f,
-            "  products: {gflops:.1} GFLOP/s{} (at the nominal clock; turbo raises the count); by layer:",
-            per_cycle(gflops)
-        )?;
-        for l in &self.layers {
-            let secs = l.forward + l.weight_grad + l.input_grad;
-            let g = l.flops(self.steps, self.batch) / secs / 1e9;
-            writeln!(
-                f,
-                "    {:>3} x {:<3}  W z {:>6.3} s  dW {:>6.3} s  W'd {:>6.3} s  {:>6.1} GFLOP/s{}",
-                l.shape.0,
-                l.shape.1,
-                l.forward,
-                l.weight_grad,
-                l.input_grad,
-                g,
-                per_cycle(g)
-            )?;
-        }
+        let bp_one = self.rules.first().map_or(f64::NAN, |r| r.seconds);
         for r in &self.rules {
             let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+            let products = self
+                .products
+                .iter()
+                .find(|p| p.threads == r.threads)
+                .map_or(f64::NAN, |p| p.seconds);
             writeln!(
                 f,
-                "  {:<22} {:>8.3} {:>8.2} {:>10.2} {:>7} {:>11} {:>10.6} {:>12.2e}",
+                "  {:<22} {:>7} {:>8.3} {:>8.2} {:>10.2} {:>7} {:>11} {:>10.6} {:>12.2e}",
                 r.rule.label(),
+                r.threads,
                 r.seconds,
-                r.seconds / bp,
-                r.seconds / self.products,
+                r.seconds / bp_one,
+                r.seconds / products,
                 opt(r.mean_sweeps.map(|s| format!("{s:.1}"))),
                 opt(r.unconverged.map(|u| format!("{u}/{}", self.steps))),
                 r.cosine_to_bp,
                 r.rel_error_vs_bp
             )?;
         }
-        Ok(())
+        writeln!(
+            f,
+            "  (x BP: against BP on the first thread count; x products: against the products on the same count)"
+        )
     }
 }
 
@@ -238,26 +269,47 @@ pub fn synthetic(train: usize, test: usize, seed: u64) -> Mnist {
     }
 }
 
-/// Times `repeats` epochs of back-propagation and of each of `rules` on `data` (paper
-/// settings, Glorot init, seed 42) and the products alone.
+/// Times `repeats` epochs of back-propagation and of each of `rules` (paper settings, Glorot
+/// init, seed 42) on each count of `threads` (the first is the baseline), and the products
+/// alone on each count, interleaved.
 ///
 /// # Errors
-/// Data with fewer than 50,000 training images; training errors.
-pub fn epochs(data: &Mnist, repeats: usize, rules: &[Rule]) -> Result<EpochTimes> {
-    let config = |rule| TrainConfig {
-        rule,
-        ..TrainConfig::default()
+/// Data with fewer than 50,000 training images; an invalid thread count; training errors.
+pub fn epochs(
+    data: &Mnist,
+    repeats: usize,
+    rules: &[Rule],
+    threads: &[usize],
+) -> Result<EpochTimes> {
+    let counts = if threads.is_empty() {
+        &[1][..]
+    } else {
+        threads
     };
     let mut all = vec![Rule::Bp];
     all.extend(rules.iter().copied().filter(|&r| r != Rule::Bp));
-    let mut trainers = all
+    let runs: Vec<(Rule, usize)> = all
         .iter()
-        .map(|&r| Trainer::new(config(r)))
+        .flat_map(|&r| counts.iter().map(move |&t| (r, t)))
+        .collect();
+    let mut trainers = runs
+        .iter()
+        .map(|&(rule, threads)| {
+            Trainer::new(TrainConfig {
+                rule,
+                threads,
+                ..TrainConfig::default()
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let teams = counts
+        .iter()
+        .map(|&t| Threads::new(t))
         .collect::<Result<Vec<_>>>()?;
     let (n, b) = (trainers[0].config.train_size, trainers[0].config.batch);
     let steps = n.div_ceil(b);
     let first: Vec<usize> = (0..b).collect();
-    let mut compared = Vec::with_capacity(all.len());
+    let mut compared = Vec::with_capacity(runs.len());
     let mut reference = None;
     for t in &mut trainers {
         t.gradient(&data.train, &first)?;
@@ -266,40 +318,50 @@ pub fn epochs(data: &Mnist, repeats: usize, rules: &[Rule]) -> Result<EpochTimes
         compared.push(compare(&g, r));
     }
     let indices: Vec<usize> = (0..n).collect();
-    let mut best = vec![f64::INFINITY; all.len()];
-    let mut products = f64::INFINITY;
-    let mut layers: Option<Vec<LayerProducts>> = None;
+    let mut best = vec![f64::INFINITY; runs.len()];
+    let mut products: Vec<ProductTimes> = counts
+        .iter()
+        .map(|&threads| ProductTimes {
+            threads,
+            seconds: f64::INFINITY,
+            layers: Vec::new(),
+        })
+        .collect();
     for _ in 0..repeats {
         for (i, t) in trainers.iter_mut().enumerate() {
             let start = Instant::now();
             t.train_steps(&data.train, &indices)?;
             best[i] = best[i].min(start.elapsed().as_secs_f64());
         }
-        products = products.min(products_epoch(&trainers[0], steps));
-        let now = layer_products(&trainers[0], steps);
-        layers = Some(match layers {
-            None => now,
-            Some(old) => old
-                .iter()
-                .zip(&now)
-                .map(|(a, b)| LayerProducts {
-                    shape: a.shape,
-                    forward: a.forward.min(b.forward),
-                    weight_grad: a.weight_grad.min(b.weight_grad),
-                    input_grad: a.input_grad.min(b.input_grad),
-                })
-                .collect(),
-        });
+        for (p, team) in products.iter_mut().zip(&teams) {
+            p.seconds = p.seconds.min(products_epoch(&trainers[0], steps, team));
+            let now = layer_products(&trainers[0], steps, team);
+            p.layers = if p.layers.is_empty() {
+                now
+            } else {
+                p.layers
+                    .iter()
+                    .zip(&now)
+                    .map(|(a, b)| LayerProducts {
+                        shape: a.shape,
+                        forward: a.forward.min(b.forward),
+                        weight_grad: a.weight_grad.min(b.weight_grad),
+                        input_grad: a.input_grad.min(b.input_grad),
+                    })
+                    .collect()
+            };
+        }
     }
-    let rules = all
+    let rules = runs
         .iter()
         .zip(&trainers)
         .zip(best.iter().zip(compared))
         .map(
-            |((&rule, t), (&seconds, (cosine_to_bp, rel_error_vs_bp)))| {
+            |((&(rule, threads), t), (&seconds, (cosine_to_bp, rel_error_vs_bp)))| {
                 let stats = t.sweep_stats();
                 RuleTime {
                     rule,
+                    threads,
                     seconds,
                     mean_sweeps: stats.map(|s| s.mean_sweeps),
                     unconverged: stats.map(|s| s.unconverged),
@@ -315,7 +377,6 @@ pub fn epochs(data: &Mnist, repeats: usize, rules: &[Rule]) -> Result<EpochTimes
         batch: b,
         rules,
         products,
-        layers: layers.unwrap_or_default(),
     })
 }
 
@@ -332,9 +393,9 @@ pub(crate) fn compare(g: &[f64], r: &[f64]) -> (f64, f64) {
     (dot / (norm(g) * norm(r)), diff / norm(r))
 }
 
-/// Each layer's three products timed alone over `steps` steps (same shapes and [`Gemm`] as the
-/// training path).
-fn layer_products(t: &Trainer, steps: usize) -> Vec<LayerProducts> {
+/// Each layer's three products timed alone over `steps` steps (same shapes and
+/// [`Threads::gemm`] as the training path).
+fn layer_products(t: &Trainer, steps: usize, team: &Threads) -> Vec<LayerProducts> {
     let b = t.config.batch;
     let time = |f: &mut dyn FnMut()| {
         let start = Instant::now();
@@ -354,10 +415,10 @@ fn layer_products(t: &Trainer, steps: usize) -> Vec<LayerProducts> {
             let mut a = DMatrix::zeros(n_out, b);
             let mut g = DMatrix::zeros(n_out, n_in);
             let mut e = DMatrix::zeros(n_in, b);
-            let forward = time(&mut || f32::gemm_into(&mut a, &l.w, false, &z, false));
-            let weight_grad = time(&mut || f32::gemm_into(&mut g, &delta, false, &z, true));
+            let forward = time(&mut || team.gemm(&mut a, &l.w, false, &z, false));
+            let weight_grad = time(&mut || team.gemm(&mut g, &delta, false, &z, true));
             let input_grad = if k > 0 {
-                time(&mut || f32::gemm_into(&mut e, &l.w, true, &delta, false))
+                time(&mut || team.gemm(&mut e, &l.w, true, &delta, false))
             } else {
                 0.0
             };
@@ -373,8 +434,8 @@ fn layer_products(t: &Trainer, steps: usize) -> Vec<LayerProducts> {
 }
 
 /// The products of `steps` training steps: per layer `a = W z`, `∇W = δ zᵀ` and (above the
-/// first layer) `e = Wᵀ δ`, through the same [`Gemm`] as the training path.
-fn products_epoch(t: &Trainer, steps: usize) -> f64 {
+/// first layer) `e = Wᵀ δ`, through the same [`Threads::gemm`] as the training path.
+fn products_epoch(t: &Trainer, steps: usize, team: &Threads) -> f64 {
     let b = t.config.batch;
     let net = &t.net;
     let mut z: Vec<DMatrix<f32>> = vec![DMatrix::from_element(net.input_dim(), b, 0.5)];
@@ -393,12 +454,12 @@ fn products_epoch(t: &Trainer, steps: usize) -> f64 {
     let start = Instant::now();
     for _ in 0..steps {
         for (k, l) in net.layers.iter().enumerate() {
-            f32::gemm_into(&mut out[k], &l.w, false, &z[k], false);
+            team.gemm(&mut out[k], &l.w, false, &z[k], false);
         }
         for (k, l) in net.layers.iter().enumerate().rev() {
-            f32::gemm_into(&mut g[k], &z[k + 1], false, &z[k], true);
+            team.gemm(&mut g[k], &z[k + 1], false, &z[k], true);
             if k > 0 {
-                f32::gemm_into(&mut e[k], &l.w, true, &z[k + 1], false);
+                team.gemm(&mut e[k], &l.w, true, &z[k + 1], false);
             }
         }
     }
@@ -434,7 +495,7 @@ mod tests {
         let m = Machine::detect();
         assert!(!m.cpu.is_empty());
         assert!(["AVX-512", "AVX2", "SSE2", "baseline"].contains(&m.isa));
-        assert_eq!(m.threads, 1);
+        assert!(m.cpus >= 1);
         assert!(m.ghz.is_none_or(|g| g > 0.0 && g.is_finite()));
     }
 }

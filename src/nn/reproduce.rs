@@ -81,15 +81,18 @@ pub const FIG1: [Fig1Config; 7] = [
 
 /// Runs the seven configurations for `epochs` epochs each (seed 42, the paper's settings),
 /// writing `out/<name>.csv`, checkpoints under `out/checkpoints/<name>` (a rerun continues
-/// where it stopped), `out/fig1.svg`, `out/fig1.png` and `out/fig1.md`. Returns each
-/// configuration's epoch records.
+/// where it stopped), `out/fig1.svg`, `out/fig1.png` and `out/fig1.md`, on `threads` threads
+/// ([`TrainConfig::threads`]: the results do not depend on it). Returns each configuration's
+/// epoch records.
 ///
 /// # Errors
-/// Data, training or file errors.
+/// Data, training or file errors; a thread count of 0 or above
+/// [`crate::linalg::MAX_THREADS`].
 pub fn fig1(
     data: &Mnist,
     out: &Path,
     epochs: usize,
+    threads: usize,
     observer: &mut dyn Observer,
 ) -> Result<Vec<(Fig1Config, Vec<EpochRecord>)>> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
@@ -99,6 +102,7 @@ pub fn fig1(
             rule: c.rule,
             init: c.init,
             epochs,
+            threads,
             ..TrainConfig::default()
         };
         let outputs = Outputs {
