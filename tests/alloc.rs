@@ -75,6 +75,8 @@ fn training_steps_do_not_allocate() {
             ..TrainConfig::default()
         })
         .unwrap();
+        // The team computes every step (no timing of one thread against it).
+        t.set_pacing(false);
         let idx: Vec<usize> = (0..50).collect();
         t.step(&data.train, &idx).unwrap(); // warm-up (lazy statics, CPU feature detection)
         let before = ALLOCATIONS.load(Ordering::Relaxed);

@@ -481,15 +481,24 @@ fn training_is_bit_identical_for_every_thread_count() {
             centered: false,
         },
     ];
-    for rule in rules {
-        let config = |threads| TrainConfig {
+    let train = |threads: usize, rule: Rule| {
+        let mut t = nn::Trainer::new(TrainConfig {
             threads,
             train_size: 280,
             ..small_config(rule, Init::Glorot, 2)
-        };
-        let one = nn::run(config(1), &data, &Outputs::default(), &mut ()).unwrap();
+        })
+        .unwrap();
+        // The team computes every step (no timing of one thread against it).
+        t.set_pacing(false);
+        for _ in 0..2 {
+            t.train_epoch(&data, &mut |_, _, _| ()).unwrap();
+        }
+        t
+    };
+    for rule in rules {
+        let one = train(1, rule);
         for threads in [2, 3] {
-            let many = nn::run(config(threads), &data, &Outputs::default(), &mut ()).unwrap();
+            let many = train(threads, rule);
             assert_eq!(many.net, one.net, "{rule:?} on {threads} threads");
             assert_eq!(many.adam, one.adam, "{rule:?} on {threads} threads");
             let losses =

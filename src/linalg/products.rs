@@ -282,6 +282,8 @@ struct Crew {
     workers: Vec<JoinHandle<()>>,
     /// A caller is using the team (a second concurrent caller computes on its own thread).
     busy: AtomicBool,
+    /// Cut work over the workers ([`Threads::set_parallel`]).
+    parallel: AtomicBool,
     /// Jobs published so far (only the caller holding `busy` changes it).
     jobs: AtomicU64,
 }
@@ -362,6 +364,10 @@ fn claim_pieces(team: &Team, job: u64) -> bool {
 }
 
 fn work(team: Arc<Team>, w: usize) {
+    // faer allocates each thread's packing buffers on its first product: do it now, so that no
+    // step of a caller allocates (the training step's allocation test counts every thread).
+    let (a, b) = (DMatrix::<f32>::zeros(17, 17), DMatrix::<f32>::zeros(17, 17));
+    f32::gemm_into(&mut DMatrix::zeros(17, 17), &a, false, &b, false);
     // Jobs are numbered from 1: a worker that starts late still sees the first one.
     let mut seen = 0;
     while let Some(job) = next_job(&team, seen, &team.asleep[w - 1]) {
@@ -502,6 +508,7 @@ impl Threads {
             team: Arc::clone(&team),
             workers: Vec::with_capacity(count - 1),
             busy: AtomicBool::new(false),
+            parallel: AtomicBool::new(true),
             jobs: AtomicU64::new(0),
         };
         for w in 1..count {
@@ -522,6 +529,25 @@ impl Threads {
     /// The number of threads (1 + workers).
     pub fn count(&self) -> usize {
         self.crew.as_ref().map_or(1, |c| c.workers.len() + 1)
+    }
+
+    /// Turns the cutting of work over the workers on (the default) or off, for every clone:
+    /// off, [`Threads::gemm`] and [`Threads::run`] compute everything on the calling thread —
+    /// with the same results — and the workers go to sleep. The trainer switches it by
+    /// measurement (`crate::nn::Trainer`): a machine whose cores are busy, or slow to share
+    /// data, can make the team slower than one thread.
+    pub fn set_parallel(&self, on: bool) {
+        if let Some(crew) = &self.crew {
+            crew.parallel.store(on, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether work is cut over the workers ([`Threads::set_parallel`]); `false` for one
+    /// thread.
+    pub fn is_parallel(&self) -> bool {
+        self.crew
+            .as_ref()
+            .is_some_and(|c| c.parallel.load(Ordering::Relaxed))
     }
 
     /// The logical CPUs this process may use (`std::thread::available_parallelism`, read once:
@@ -548,7 +574,7 @@ impl Threads {
     /// part in its own cache.
     pub fn run<F: Fn(usize) + Sync>(&self, pieces: usize, f: &F) {
         match &self.crew {
-            Some(crew) if pieces > 1 => {
+            Some(crew) if pieces > 1 && crew.parallel.load(Ordering::Relaxed) => {
                 // The claim word holds at most `claim::MASK` pieces per job.
                 let most = claim::MASK as usize;
                 for base in (0..pieces).step_by(most) {
@@ -601,7 +627,7 @@ impl Threads {
         let plan = Plan::new(c.nrows(), c.ncols(), a.ncols(), self.count());
         let out = Out::of(c);
         match &self.crew {
-            Some(crew) if plan.pieces > 1 => {
+            Some(crew) if plan.pieces > 1 && crew.parallel.load(Ordering::Relaxed) => {
                 // SAFETY: `out` is `c`, borrowed mutably for the whole call; `run` gives each
                 // piece of the plan to one thread.
                 crew.run(plan.pieces, &|i| unsafe { piece(out, a, b, plan, i) });
@@ -741,6 +767,31 @@ mod tests {
             threads.gemm(&mut split, &a, false, &b, false);
             assert_eq!(split, whole);
         }
+    }
+
+    #[test]
+    fn switched_off_teams_compute_on_the_caller_with_the_same_results() {
+        let threads = Threads::new(2).unwrap();
+        assert!(threads.is_parallel() && !Threads::default().is_parallel());
+        let a: DMatrix<f32> = matrix(256, 784, 5);
+        let b: DMatrix<f32> = matrix(784, 50, 6);
+        let mut on = DMatrix::zeros(256, 50);
+        threads.gemm(&mut on, &a, false, &b, false);
+        threads.clone().set_parallel(false);
+        assert!(!threads.is_parallel());
+        let caller = std::thread::current().id();
+        let ran_on = std::sync::Mutex::new(Vec::new());
+        threads.run(4, &|_| {
+            ran_on.lock().unwrap().push(std::thread::current().id())
+        });
+        assert_eq!(ran_on.into_inner().unwrap(), vec![caller; 4]);
+        let mut off = DMatrix::zeros(256, 50);
+        threads.gemm(&mut off, &a, false, &b, false);
+        assert_eq!(on, off);
+        threads.set_parallel(true);
+        let mut again = DMatrix::zeros(256, 50);
+        threads.gemm(&mut again, &a, false, &b, false);
+        assert_eq!(on, again);
     }
 
     #[test]
