@@ -445,8 +445,12 @@ impl Crew {
 /// sleeping thread costs more than most products take) and sleep when idle. They stop when the
 /// last clone of the `Threads` is dropped.
 ///
-/// **Results are bit-identical for every thread count** (see the [module docs](self)): a run
-/// resumed on another machine with another thread count continues exactly.
+/// **Results are bit-identical for every thread count**: every entry of the output is computed
+/// by one thread, by the same faer kernel, summing over the inner dimension in the same order
+/// (faer's x86 kernels cut the inner dimension into blocks of at most 512 whatever the shape of
+/// the output, and no piece is ever one faer sends down another path: a single row or column,
+/// or fewer than 16³ multiply-adds). A run resumed on another machine with another thread count
+/// continues exactly.
 ///
 /// Clones share the team. Two threads using clones at the same time do not wait for each
 /// other: the second computes its product alone (with the same result).
