@@ -270,7 +270,7 @@ struct Team {
     /// Pieces of the current job computed.
     finished: AtomicUsize,
     stop: AtomicBool,
-    /// A piece on a worker panicked.
+    /// A piece of the current job panicked (set before the piece counts as finished).
     panicked: AtomicBool,
     /// Worker `w` (from 1) is asleep or about to be: `asleep[w - 1]`.
     asleep: Vec<AtomicBool>,
@@ -333,9 +333,9 @@ fn next_job(team: &Team, seen: u64, asleep: &AtomicBool) -> Option<u64> {
 }
 
 /// Claims and computes pieces of job `job` until none is left (or the job is no longer
-/// current). Returns whether a piece panicked.
-fn claim_pieces(team: &Team, job: u64) -> bool {
-    let mut panicked = false;
+/// current). A piece that panics sets `team.panicked` before it is counted as finished, so the
+/// caller, which waits for the count, sees the flag.
+fn claim_pieces(team: &Team, job: u64) {
     loop {
         let word = team.claim.load(Ordering::Acquire);
         // Read the job before claiming: a successful claim below proves these are its own
@@ -344,7 +344,7 @@ fn claim_pieces(team: &Team, job: u64) -> bool {
         let call = team.call.load(Ordering::Acquire);
         let i = claim::next(word);
         if claim::job(word) != job || i >= claim::pieces(word) {
-            return panicked;
+            return;
         }
         if team
             .claim
@@ -357,7 +357,7 @@ fn claim_pieces(team: &Team, job: u64) -> bool {
         // alive until `finished` counts this piece.
         let call: unsafe fn(*const (), usize) = unsafe { std::mem::transmute(call) };
         if catch_unwind(AssertUnwindSafe(|| unsafe { call(data, i) })).is_err() {
-            panicked = true;
+            team.panicked.store(true, Ordering::Relaxed);
         }
         team.finished.fetch_add(1, Ordering::Release);
     }
@@ -372,9 +372,7 @@ fn work(team: Arc<Team>, w: usize) {
     let mut seen = 0;
     while let Some(job) = next_job(&team, seen, &team.asleep[w - 1]) {
         seen = job;
-        if claim_pieces(&team, job) {
-            team.panicked.store(true, Ordering::Relaxed);
-        }
+        claim_pieces(&team, job);
     }
 }
 
@@ -421,7 +419,7 @@ impl Crew {
                 handle.thread().unpark();
             }
         }
-        let mine_panicked = claim_pieces(team, job);
+        claim_pieces(team, job);
         // Pieces claimed by workers must be done before `f` (and what it borrows) can go.
         let since = Instant::now();
         while team.finished.load(Ordering::Acquire) < pieces {
@@ -431,7 +429,7 @@ impl Crew {
                 std::thread::yield_now();
             }
         }
-        if mine_panicked | team.panicked.swap(false, Ordering::Relaxed) {
+        if team.panicked.swap(false, Ordering::Relaxed) {
             panic!("a piece of a split matrix product panicked");
         }
     }
@@ -796,6 +794,26 @@ mod tests {
         let mut again = DMatrix::zeros(256, 50);
         threads.gemm(&mut again, &a, false, &b, false);
         assert_eq!(on, again);
+    }
+
+    #[test]
+    fn a_panic_in_any_piece_reaches_the_caller_and_the_team_keeps_working() {
+        let threads = Threads::new(3).unwrap();
+        for bad in 0..6 {
+            let caught = catch_unwind(AssertUnwindSafe(|| {
+                threads.run(6, &|i| {
+                    // Slow pieces, so that the workers claim some of them.
+                    std::thread::sleep(Duration::from_millis(2));
+                    assert!(i != bad, "piece {i}");
+                });
+            }));
+            assert!(caught.is_err(), "the panic of piece {bad} was lost");
+        }
+        let done = AtomicUsize::new(0);
+        threads.run(6, &|_| {
+            done.fetch_add(1, Ordering::Relaxed);
+        });
+        assert_eq!(done.into_inner(), 6);
     }
 
     #[test]
