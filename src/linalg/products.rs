@@ -274,6 +274,8 @@ struct Team {
     panicked: AtomicBool,
     /// Worker `w` (from 1) is asleep or about to be: `asleep[w - 1]`.
     asleep: Vec<AtomicBool>,
+    /// Workers done with their start-up (and its allocations).
+    ready: AtomicUsize,
 }
 
 /// The workers and their shared state; dropping it stops and joins them.
@@ -366,8 +368,11 @@ fn claim_pieces(team: &Team, job: u64) {
 fn work(team: Arc<Team>, w: usize) {
     // faer allocates each thread's packing buffers on its first product: do it now, so that no
     // step of a caller allocates (the training step's allocation test counts every thread).
+    // `Threads::new` waits for this.
     let (a, b) = (DMatrix::<f32>::zeros(17, 17), DMatrix::<f32>::zeros(17, 17));
     f32::gemm_into(&mut DMatrix::zeros(17, 17), &a, false, &b, false);
+    drop((a, b));
+    team.ready.fetch_add(1, Ordering::Release);
     // Jobs are numbered from 1: a worker that starts late still sees the first one.
     let mut seen = 0;
     while let Some(job) = next_job(&team, seen, &team.asleep[w - 1]) {
@@ -505,6 +510,7 @@ impl Threads {
             stop: AtomicBool::new(false),
             panicked: AtomicBool::new(false),
             asleep: (1..count).map(|_| AtomicBool::new(false)).collect(),
+            ready: AtomicUsize::new(0),
         });
         let mut crew = Crew {
             team: Arc::clone(&team),
@@ -522,6 +528,13 @@ impl Threads {
                     Error::input("threads", format!("cannot start worker thread {w}: {e}"))
                 })?;
             crew.workers.push(handle);
+        }
+        // The workers' start-up allocates (the thread itself, faer's buffers): let it happen
+        // here rather than during the caller's first products.
+        while team.ready.load(Ordering::Acquire) < count - 1
+            && !crew.workers.iter().any(JoinHandle::is_finished)
+        {
+            std::thread::yield_now();
         }
         Ok(Self {
             crew: Some(Arc::new(crew)),
