@@ -441,7 +441,7 @@ pub fn derive_json(text: &str) -> Result<serde_json::Value> {
     if !parsed.batch {
         return to_json(derive_with(&program, &parsed.thetas[0], &parsed.request)?);
     }
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(2));
+    let threads = crate::linalg::Threads::default_count();
     let limits = program.limit_batch(&parsed.thetas, threads)?;
     let items = parsed
         .thetas

@@ -340,9 +340,7 @@ fn run(cli: Cli) -> ExitCode {
                     train_size,
                 },
         } => {
-            let jobs = jobs.unwrap_or_else(|| {
-                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-            });
+            let jobs = jobs.unwrap_or_else(bilevel::linalg::Threads::available);
             let settings = bilevel::nn::table1::Table1Settings {
                 epochs,
                 seeds,

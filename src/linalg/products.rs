@@ -286,8 +286,6 @@ struct Crew {
     busy: AtomicBool,
     /// Cut work over the workers ([`Threads::set_parallel`]).
     parallel: AtomicBool,
-    /// Jobs published so far (only the caller holding `busy` changes it).
-    jobs: AtomicU64,
 }
 
 impl Drop for Crew {
@@ -411,8 +409,8 @@ impl Crew {
         }
         let _release = Release(&self.busy);
         let team = &*self.team;
-        let job = self.jobs.load(Ordering::Relaxed) + 1;
-        self.jobs.store(job, Ordering::Relaxed);
+        // Only the caller holding `busy` publishes jobs, so the last one is in `claim`.
+        let job = claim::job(team.claim.load(Ordering::Relaxed)) + 1;
         let entry: unsafe fn(*const (), usize) = call::<F>;
         team.data
             .store((f as *const F).cast_mut().cast(), Ordering::Relaxed);
@@ -517,7 +515,6 @@ impl Threads {
             workers: Vec::with_capacity(count - 1),
             busy: AtomicBool::new(false),
             parallel: AtomicBool::new(true),
-            jobs: AtomicU64::new(0),
         };
         for w in 1..count {
             let team = Arc::clone(&team);
@@ -572,7 +569,8 @@ impl Threads {
         *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
     }
 
-    /// The default for training: as many threads as CPUs, at most 2 — the fastest count
+    /// The default thread count (training, `bilevel derive` batches): as many threads as
+    /// CPUs, at most 2 — the fastest count
     /// `bilevel bench train --threads 1,2` measured on a 2-core machine at batch 50 (more
     /// threads are untested; pass them explicitly).
     pub fn default_count() -> usize {

@@ -124,11 +124,8 @@ fn default_threads(threads: Option<usize>) -> PyResult<usize> {
             "threads: must be at least 1",
         )),
         Some(t) => Ok(t),
-        // Asked once: on Linux it reads the cgroup files (tens of microseconds a call).
-        None => {
-            static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-            Ok(*CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get())))
-        }
+        // Read once (on Linux the cgroup files, tens of microseconds a call).
+        None => Ok(crate::linalg::Threads::available()),
     }
 }
 
