@@ -2,8 +2,10 @@
 //! with iterative refinement, a cheap condition estimate, and SPD checks; and the dense matrix
 //! products of the batched network passes ([`Gemm`], [`Threads`]).
 
+mod elementwise;
 mod products;
 
+pub(crate) use elementwise::{lane_sum2, vectorized, Lanes, LANES};
 pub use products::{Gemm, Threads, MAX_THREADS};
 
 use nalgebra::{DMatrix, DVector};

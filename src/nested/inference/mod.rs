@@ -73,7 +73,7 @@ use nalgebra::{DMatrix, RealField};
 use super::linearized::{check_betas, Gradients};
 use super::{EnergyKind, Network, OutputLoss};
 use crate::error::{Error, Result};
-use crate::linalg::{Gemm, Threads};
+use crate::linalg::{lane_sum2, vectorized, Gemm, Lanes, Threads, LANES};
 use crate::nested::method::{Method, Unravel};
 
 mod bottom_up;
@@ -696,10 +696,19 @@ fn first_layer<T: Gemm>(net: &Network<T>, x: &DMatrix<T>, ws: &mut InferenceWork
     add_bias(&mut ws.a[0], &net.layers[0].bias);
 }
 
+/// `a += b 1ᵀ` (the bias added to every column).
 fn add_bias<T: RealField + Copy>(a: &mut DMatrix<T>, bias: &nalgebra::DVector<T>) {
-    for mut col in a.column_iter_mut() {
-        col += bias;
+    let rows = a.nrows();
+    if rows == 0 {
+        return;
     }
+    vectorized(|| {
+        for col in a.as_mut_slice().chunks_exact_mut(rows) {
+            for (x, &b) in col.iter_mut().zip(bias.as_slice()) {
+                *x += b;
+            }
+        }
+    });
 }
 
 /// The states at the current `λ`: `â_k = W_k ẑ_{k−1} + b_k` for `k ≥ 2` (`â_1` is fixed), then
@@ -714,13 +723,20 @@ fn forward<T: Gemm>(net: &Network<T>, kind: EnergyKind, ws: &mut InferenceWorksp
         }
         let (lo, hi) = bounds::<T>(layer.activation);
         let s = ws.sigma[k] * batch;
-        let (a, lambda, z) = (&ws.a[k], &ws.lambda[k], &mut ws.z[k]);
-        for ((zi, &ai), &li) in z.iter_mut().zip(a.iter()).zip(lambda.iter()) {
-            *zi = match kind {
-                EnergyKind::Penalizer => clamp(ai, lo, hi) - s * li,
-                _ => clamp(ai - s * li, lo, hi),
-            };
-        }
+        let (a, lambda) = (ws.a[k].as_slice(), ws.lambda[k].as_slice());
+        let z = ws.z[k].as_mut_slice();
+        vectorized(|| match kind {
+            EnergyKind::Penalizer => {
+                for ((zi, &ai), &li) in z.iter_mut().zip(a).zip(lambda) {
+                    *zi = clamp(ai, lo, hi) - s * li;
+                }
+            }
+            _ => {
+                for ((zi, &ai), &li) in z.iter_mut().zip(a).zip(lambda) {
+                    *zi = clamp(ai - s * li, lo, hi);
+                }
+            }
+        });
     }
 }
 
@@ -743,10 +759,12 @@ fn signal<T: RealField + Copy>(
     q: &mut DMatrix<T>,
 ) {
     match kind {
-        EnergyKind::Penalizer => {
+        EnergyKind::Penalizer => vectorized(|| {
             act.derivative(a.as_slice(), q.as_mut_slice());
-            q.component_mul_assign(lambda);
-        }
+            for (qi, &li) in q.as_mut_slice().iter_mut().zip(lambda.as_slice()) {
+                *qi *= li;
+            }
+        }),
         _ => act.difference_quotient(
             a.as_slice(),
             lambda.as_slice(),
@@ -823,27 +841,45 @@ impl<T: RealField + Copy> Kinks<T> {
             let zero = T::zero();
             // A crossing of the bound c between the last two sweeps.
             let crossed = |prev: T, av: T, c: T| (prev - c) * (av - c) <= zero && prev != av;
-            for idx in 0..a.len() {
-                let (av, l) = (a[idx], lambda[idx]);
-                let prev = std::mem::replace(&mut prev_a[idx], av);
-                if !held[idx] {
-                    let convex =
-                        (l > zero && crossed(prev, av, lo)) || (l < zero && crossed(prev, av, hi));
-                    if !convex {
-                        continue;
-                    }
-                    // The state at this sweep was made by the previous sweep's signal,
-                    // f'(â_prev)·λ: the Newton step starts from it.
-                    held[idx] = true;
-                    nu[idx] = if prev > lo && prev < hi { l } else { zero };
+            let convex = |prev: T, av: T, l: T| {
+                (l > zero && crossed(prev, av, lo)) || (l < zero && crossed(prev, av, hi))
+            };
+            // Held units and crossings are rare: blocks with neither only move `â` into
+            // `prev_a`, in a pass that vectorizes.
+            const BLOCK: usize = 64;
+            for start in (0..a.len()).step_by(BLOCK) {
+                let end = (start + BLOCK).min(a.len());
+                let quiet = vectorized(|| {
+                    let block = a[start..end].iter().zip(&prev_a[start..end]);
+                    let block = block.zip(&lambda[start..end]).zip(&held[start..end]);
+                    block.fold(true, |quiet, (((&av, &prev), &l), &h)| {
+                        quiet & !(h | convex(prev, av, l))
+                    })
+                });
+                if quiet {
+                    prev_a[start..end].copy_from_slice(&a[start..end]);
+                    continue;
                 }
-                let c = if l > zero { lo } else { hi };
-                let v = nu[idx] + (av - c) / (step * self.row_norms[k][idx % rows]);
-                if v >= l.min(zero) && v <= l.max(zero) && v.is_finite() {
-                    nu[idx] = v;
-                    q[idx] = v;
-                } else {
-                    held[idx] = false;
+                for idx in start..end {
+                    let (av, l) = (a[idx], lambda[idx]);
+                    let prev = std::mem::replace(&mut prev_a[idx], av);
+                    if !held[idx] {
+                        if !convex(prev, av, l) {
+                            continue;
+                        }
+                        // The state at this sweep was made by the previous sweep's signal,
+                        // f'(â_prev)·λ: the Newton step starts from it.
+                        held[idx] = true;
+                        nu[idx] = if prev > lo && prev < hi { l } else { zero };
+                    }
+                    let c = if l > zero { lo } else { hi };
+                    let v = nu[idx] + (av - c) / (step * self.row_norms[k][idx % rows]);
+                    if v >= l.min(zero) && v <= l.max(zero) && v.is_finite() {
+                        nu[idx] = v;
+                        q[idx] = v;
+                    } else {
+                        held[idx] = false;
+                    }
                 }
             }
         } else {
@@ -869,54 +905,94 @@ impl<T: RealField + Copy> Memory<T> {
         eta: T,
         anderson: bool,
     ) -> (T, T) {
-        let (mut change, mut size) = (T::zero(), T::zero());
-        self.dots.fill(T::zero());
-        self.norms.fill(T::zero());
+        vectorized(|| self.update_columns(state, next, eta, anderson))
+    }
+
+    /// [`Memory::update`] column by column (the per-sample sums in [`Lanes`]).
+    #[inline(always)]
+    fn update_columns(
+        &mut self,
+        state: &mut [DMatrix<T>],
+        next: &[DMatrix<T>],
+        eta: T,
+        anderson: bool,
+    ) -> (T, T) {
+        let zero = T::zero();
+        // Maxima in lanes too: exact in any order, and they vectorize.
+        let (mut change, mut size) = (Lanes::<T>::zero(), Lanes::<T>::zero());
+        self.dots.fill(zero);
+        self.norms.fill(zero);
         for (k, (x, n)) in state.iter().zip(next).enumerate() {
-            for (j, ((xc, nc), pc)) in x
-                .column_iter()
-                .zip(n.column_iter())
-                .zip(self.prev_f[k].column_iter())
-                .enumerate()
-            {
-                let (mut dot, mut norm) = (T::zero(), T::zero());
-                for ((&xi, &ni), &pi) in xc.iter().zip(nc.iter()).zip(pc.iter()) {
+            let rows = x.nrows();
+            if rows == 0 {
+                continue;
+            }
+            let full = rows / LANES * LANES;
+            let columns = x
+                .as_slice()
+                .chunks_exact(rows)
+                .zip(n.as_slice().chunks_exact(rows));
+            let columns = columns.zip(self.prev_f[k].as_slice().chunks_exact(rows));
+            for (j, ((xc, nc), pc)) in columns.enumerate() {
+                let (mut dot, mut norm) = (Lanes::<T>::zero(), Lanes::<T>::zero());
+                let mut term = |l: usize, xi: T, ni: T, pi: T| {
                     let f = ni - xi;
-                    change = change.max(f.abs());
-                    size = size.max(ni.abs());
+                    change.0[l] = change.0[l].max(f.abs());
+                    size.0[l] = size.0[l].max(ni.abs());
                     let df = f - pi;
-                    dot += df * f;
-                    norm += df * df;
+                    dot.0[l] += df * f;
+                    norm.0[l] += df * df;
+                };
+                let chunks = xc[..full].chunks_exact(LANES).zip(nc.chunks_exact(LANES));
+                for ((xs, ns), ps) in chunks.zip(pc.chunks_exact(LANES)) {
+                    for l in 0..LANES {
+                        term(l, xs[l], ns[l], ps[l]);
+                    }
                 }
-                self.dots[j] += dot;
-                self.norms[j] += norm;
+                let rest = xc[full..].iter().zip(&nc[full..]).zip(&pc[full..]);
+                for (l, ((&xi, &ni), &pi)) in rest.enumerate() {
+                    term(l, xi, ni, pi);
+                }
+                self.dots[j] += dot.total();
+                self.norms[j] += norm.total();
             }
         }
         for (d, n) in self.dots.iter_mut().zip(&self.norms) {
-            *d = if anderson && *n > T::zero() {
-                *d / *n
-            } else {
-                T::zero()
-            };
+            *d = if anderson && *n > zero { *d / *n } else { zero };
         }
         for (k, (x, n)) in state.iter_mut().zip(next).enumerate() {
-            let (prev_x, prev_f) = (&mut self.prev_state[k], &mut self.prev_f[k]);
-            for (j, &gamma) in self.dots.iter().enumerate() {
-                for i in 0..x.nrows() {
-                    let (xi, ni) = (x[(i, j)], n[(i, j)]);
-                    let f = ni - xi;
-                    let step = if gamma == T::zero() {
-                        eta * f
-                    } else {
-                        eta * f - gamma * ((xi - prev_x[(i, j)]) + eta * (f - prev_f[(i, j)]))
-                    };
-                    prev_x[(i, j)] = xi;
-                    prev_f[(i, j)] = f;
-                    x[(i, j)] = xi + step;
+            let rows = x.nrows();
+            if rows == 0 {
+                continue;
+            }
+            let columns = x.as_mut_slice().chunks_exact_mut(rows);
+            let columns = columns.zip(n.as_slice().chunks_exact(rows));
+            let columns = columns.zip(self.prev_state[k].as_mut_slice().chunks_exact_mut(rows));
+            let columns = columns.zip(self.prev_f[k].as_mut_slice().chunks_exact_mut(rows));
+            for ((((xc, nc), pxc), pfc), &gamma) in columns.zip(&self.dots) {
+                let column = xc
+                    .iter_mut()
+                    .zip(nc)
+                    .zip(pxc.iter_mut())
+                    .zip(pfc.iter_mut());
+                if gamma == zero {
+                    for (((xi, &ni), px), pf) in column {
+                        let f = ni - *xi;
+                        (*px, *pf) = (*xi, f);
+                        *xi += eta * f;
+                    }
+                } else {
+                    for (((xi, &ni), px), pf) in column {
+                        let f = ni - *xi;
+                        let step = eta * f - gamma * ((*xi - *px) + eta * (f - *pf));
+                        (*px, *pf) = (*xi, f);
+                        *xi += step;
+                    }
                 }
             }
         }
-        (change, size)
+        let max = |m: Lanes<T>| m.0.iter().fold(zero, |a, &b| a.max(b));
+        (max(change), max(size))
     }
 }
 
@@ -950,7 +1026,10 @@ fn layer_terms<T: Gemm>(
     for (k, layer) in net.layers.iter().enumerate() {
         let s = ws.sigma[k] * batch;
         match kind {
-            EnergyKind::Penalizer => value += half * s * ws.lambda[k].norm_squared(),
+            EnergyKind::Penalizer => {
+                let l = ws.lambda[k].as_slice();
+                value += half * s * vectorized(|| lane_sum2(l, l, |x, y| x * y));
+            }
             _ => {
                 let act = layer.activation;
                 signal(
@@ -962,9 +1041,10 @@ fn layer_terms<T: Gemm>(
                     &mut ws.q[k],
                 );
                 let (lo, hi) = bounds::<T>(act);
-                for (&q, &a) in ws.q[k].iter().zip(ws.a[k].iter()) {
-                    value += half * s * q * q + q * (a - clamp(a, lo, hi));
-                }
+                let (q, a) = (ws.q[k].as_slice(), ws.a[k].as_slice());
+                value += vectorized(|| {
+                    lane_sum2(q, a, |q, a| half * s * q * q + q * (a - clamp(a, lo, hi)))
+                });
             }
         }
     }
