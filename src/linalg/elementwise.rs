@@ -5,9 +5,10 @@
 use nalgebra::RealField;
 
 /// Runs `f` compiled for the widest vector instructions the CPU has: AVX-512, AVX2, else the
-/// target's baseline (SSE2 on x86-64). `f` should be a call of an `#[inline(always)]` function
-/// (or a small closure around one), so that its loops are inlined into the variant and
-/// vectorized there. Every variant performs the same IEEE operations in the same order (Rust
+/// target's baseline (SSE2 on x86-64). Pass an `#[inline(always)]` closure (and call only
+/// `#[inline(always)]` or small functions from it): the pass must be inlined into each variant
+/// to be vectorized there — a closure called from three variants is otherwise left out of line
+/// and compiled for the baseline. Every variant performs the same IEEE operations in the same order (Rust
 /// never contracts `a·b + c` into an FMA, and sums go through [`Lanes`]), so the result is
 /// bit-identical whichever runs.
 #[inline(always)]
@@ -93,7 +94,10 @@ mod tests {
         // documented rule, independently of the helper.
         let x: Vec<f32> = (0..11).map(|i| 1.0 + (i as f32) * 1e-7).collect();
         let y = vec![1.0_f32; 11];
-        let got = vectorized(|| lane_sum2(&x, &y, |a, b| a * b));
+        let got = vectorized(
+            #[inline(always)]
+            || lane_sum2(&x, &y, |a, b| a * b),
+        );
         let mut lanes = [0.0_f32; LANES];
         for (i, v) in x.iter().enumerate() {
             lanes[i % LANES] += v;

@@ -27,9 +27,11 @@
 
 use nalgebra::{DMatrix, RealField};
 
-use super::{finite, first_layer, FixedPoint, InferenceReport, InferenceWorkspace, Sweeps};
+use super::{
+    add_bias, finite, first_layer, FixedPoint, InferenceReport, InferenceWorkspace, Sweeps,
+};
 use crate::error::{Error, Result};
-use crate::linalg::{Gemm, Threads};
+use crate::linalg::{vectorized, Gemm, Lanes, Threads, LANES};
 use crate::nested::linearized::Gradients;
 use crate::nested::EnergyKind;
 
@@ -113,9 +115,14 @@ fn clamped_phase<T: Gemm>(
 
 /// `y += α x`.
 fn axpy<T: RealField + Copy>(y: &mut [T], alpha: T, x: &[T]) {
-    for (yi, &xi) in y.iter_mut().zip(x) {
-        *yi += alpha * xi;
-    }
+    vectorized(
+        #[inline(always)]
+        || {
+            for (yi, &xi) in y.iter_mut().zip(x) {
+                *yi += alpha * xi;
+            }
+        },
+    );
 }
 
 /// `out = W_k z + b_k`.
@@ -127,9 +134,7 @@ fn affine<T: Gemm>(
     out: &mut DMatrix<T>,
 ) {
     threads.gemm(out, &net.layers[k].w, false, z, false);
-    for mut col in out.column_iter_mut() {
-        col += &net.layers[k].bias;
-    }
+    add_bias(out, &net.layers[k].bias);
 }
 
 /// `out = f_k(u)` (box family).
@@ -149,7 +154,12 @@ fn activate<T: RealField + Copy>(
 fn check_bounded<T: RealField + Copy>(next: &[DMatrix<T>], sweep: usize) -> Result<()> {
     let limit: T = nalgebra::convert(1e12);
     for z in next {
-        if z.iter().any(|v| !v.is_finite() || v.abs() > limit) {
+        // `!(|v| ≤ limit)` also catches NaN; a fold (no early exit) vectorizes.
+        let beyond = |acc: bool, &v: &T| acc | !(v.abs() <= limit);
+        if vectorized(
+            #[inline(always)]
+            || z.as_slice().iter().fold(false, beyond),
+        ) {
             return Err(Error::Unbounded(format!(
                 "the free phase diverged at sweep {} (states beyond 1e12): the energy is \
                  unbounded below for this beta and these weights",
@@ -167,9 +177,18 @@ fn residual_above<T: RealField + Copy>(
     a: &DMatrix<T>,
     out: &mut DMatrix<T>,
 ) {
-    out.copy_from(z);
     if kind == EnergyKind::Proximal {
-        *out -= a;
+        let out = out.as_mut_slice();
+        vectorized(
+            #[inline(always)]
+            || {
+                for ((o, &zi), &ai) in out.iter_mut().zip(z.as_slice()).zip(a.as_slice()) {
+                    *o = zi - ai;
+                }
+            },
+        );
+    } else {
+        out.copy_from(z);
     }
 }
 
@@ -197,9 +216,15 @@ fn free_argument<T: Gemm>(p: &Sweeps<'_, T>, k: usize, ws: &mut InferenceWorkspa
             false,
         );
         let beta = p.betas[k];
-        for (u, &a) in ws.arg[k].iter_mut().zip(ws.a[k].iter()) {
-            *u = a + beta * *u;
-        }
+        let (arg, a) = (ws.arg[k].as_mut_slice(), ws.a[k].as_slice());
+        vectorized(
+            #[inline(always)]
+            || {
+                for (u, &a) in arg.iter_mut().zip(a) {
+                    *u = a + beta * *u;
+                }
+            },
+        );
     } else {
         ws.arg[k].copy_from(&ws.a[k]);
     }
@@ -259,16 +284,25 @@ fn rate_sweep<T: Gemm>(p: &Sweeps<'_, T>, ws: &mut InferenceWorkspace<T>) -> Res
             );
         }
         // u_k = (f(ǔ + s v) − f(ǔ))/s = −D_s f(ǔ)[−v].
-        ws.q[k].neg_mut();
+        negate(&mut ws.q[k]);
         net.layers[k].activation.difference_quotient(
             ws.arg[k].as_slice(),
             ws.q[k].as_slice(),
             ws.sigma[k],
             ws.next[k].as_mut_slice(),
         );
-        ws.next[k].neg_mut();
+        negate(&mut ws.next[k]);
     }
     Ok(())
+}
+
+/// `m ← −m`.
+fn negate<T: RealField + Copy>(m: &mut DMatrix<T>) {
+    let m = m.as_mut_slice();
+    vectorized(
+        #[inline(always)]
+        || m.iter_mut().for_each(|v| *v = -*v),
+    );
 }
 
 /// `ẑ_k = ž_k + s_k u_k` into `zhat[k]`.
@@ -293,9 +327,15 @@ fn rate_residual<T: Gemm>(p: &Sweeps<'_, T>, k: usize, ws: &mut InferenceWorkspa
             false,
         );
         let beta = p.betas[k - 1];
-        for (r, &u) in ws.zhat[k].iter_mut().zip(ws.next[k].iter()) {
-            *r = u - beta * *r;
-        }
+        let (rho, u) = (ws.zhat[k].as_mut_slice(), ws.next[k].as_slice());
+        vectorized(
+            #[inline(always)]
+            || {
+                for (r, &u) in rho.iter_mut().zip(u) {
+                    *r = u - beta * *r;
+                }
+            },
+        );
     } else {
         ws.zhat[k].copy_from(&ws.next[k]);
     }
@@ -309,12 +349,12 @@ fn value_and_gradient<T: Gemm>(
 ) -> T {
     let (net, top) = (p.net, p.net.layers.len() - 1);
     let batch: T = nalgebra::convert(ws.batch() as f64);
-    let b = ws.batch();
     let scale = -T::one() / batch;
     let half: T = nalgebra::convert(0.5);
     let mut value = T::zero();
     for k in (0..=top).rev() {
-        // P_k into q[k]; W_k u_{k−1} into arg[k] (ǔ_k is not needed any more).
+        // P_k into q[k]; W_k u_{k−1} into arg[k] (ǔ_k is not needed any more; no layer below
+        // the first: zero).
         if k > 0 {
             ws.threads.gemm(
                 &mut ws.arg[k],
@@ -323,28 +363,49 @@ fn value_and_gradient<T: Gemm>(
                 &ws.lambda[k - 1],
                 false,
             );
+        } else {
+            ws.arg[0].fill(T::zero());
         }
         ws.q[k].copy_from(&ws.lambda[k]);
         let beta_below = if k > 0 { p.betas[k - 1] } else { T::zero() };
-        let s = ws.sigma[k];
-        for j in 0..b {
-            for i in 0..ws.q[k].nrows() {
-                let (u, zf, af) = (ws.lambda[k][(i, j)], ws.z[k][(i, j)], ws.a[k][(i, j)]);
-                let wu = if k > 0 { ws.arg[k][(i, j)] } else { T::zero() };
-                value += match p.kind {
-                    EnergyKind::Proximal => {
-                        let rho = u - beta_below * wu;
-                        ws.q[k][(i, j)] = rho;
-                        rho * ((zf - af) + half * s * rho)
-                    }
-                    _ => {
-                        // â_k = ǎ_k + s_{k−1} W_k u_{k−1}, s_{k−1} = β_{k−1} s_k.
-                        let a_hat = af + beta_below * s * wu;
-                        u * (zf + half * s * u - a_hat) - beta_below * zf * wu
-                    }
-                };
+        let (s, kind) = (ws.sigma[k], p.kind);
+        // One unit's term of the value; proximal energies also turn u into ρ in place.
+        let term = |u: &mut T, zf: T, af: T, wu: T| match kind {
+            EnergyKind::Proximal => {
+                let rho = *u - beta_below * wu;
+                *u = rho;
+                rho * ((zf - af) + half * s * rho)
             }
-        }
+            _ => {
+                // â_k = ǎ_k + s_{k−1} W_k u_{k−1}, s_{k−1} = β_{k−1} s_k.
+                let a_hat = af + beta_below * s * wu;
+                *u * (zf + half * s * *u - a_hat) - beta_below * zf * wu
+            }
+        };
+        let q = ws.q[k].as_mut_slice();
+        let (z, a, wu) = (ws.z[k].as_slice(), ws.a[k].as_slice(), ws.arg[k].as_slice());
+        value += vectorized(
+            #[inline(always)]
+            || {
+                let mut acc = Lanes::<T>::zero();
+                let full = q.len() / LANES * LANES;
+                let (q_full, q_rest) = q.split_at_mut(full);
+                let chunks = q_full.chunks_exact_mut(LANES).zip(z.chunks_exact(LANES));
+                let chunks = chunks
+                    .zip(a.chunks_exact(LANES))
+                    .zip(wu.chunks_exact(LANES));
+                for (((qs, zs), as_), ws_) in chunks {
+                    for l in 0..LANES {
+                        acc.0[l] += term(&mut qs[l], zs[l], as_[l], ws_[l]);
+                    }
+                }
+                let rest = q_rest.iter_mut().zip(&z[full..]).zip(&a[full..]);
+                for (l, (((qi, &zi), &ai), &wi)) in rest.zip(&wu[full..]).enumerate() {
+                    acc.0[l] += term(qi, zi, ai, wi);
+                }
+                acc.total()
+            },
+        );
         gradient_of_layer(p, k, ws, grads, scale);
     }
     clamped_state(ws, top);

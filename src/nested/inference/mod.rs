@@ -702,13 +702,16 @@ fn add_bias<T: RealField + Copy>(a: &mut DMatrix<T>, bias: &nalgebra::DVector<T>
     if rows == 0 {
         return;
     }
-    vectorized(|| {
-        for col in a.as_mut_slice().chunks_exact_mut(rows) {
-            for (x, &b) in col.iter_mut().zip(bias.as_slice()) {
-                *x += b;
+    vectorized(
+        #[inline(always)]
+        || {
+            for col in a.as_mut_slice().chunks_exact_mut(rows) {
+                for (x, &b) in col.iter_mut().zip(bias.as_slice()) {
+                    *x += b;
+                }
             }
-        }
-    });
+        },
+    );
 }
 
 /// The states at the current `λ`: `â_k = W_k ẑ_{k−1} + b_k` for `k ≥ 2` (`â_1` is fixed), then
@@ -725,18 +728,21 @@ fn forward<T: Gemm>(net: &Network<T>, kind: EnergyKind, ws: &mut InferenceWorksp
         let s = ws.sigma[k] * batch;
         let (a, lambda) = (ws.a[k].as_slice(), ws.lambda[k].as_slice());
         let z = ws.z[k].as_mut_slice();
-        vectorized(|| match kind {
-            EnergyKind::Penalizer => {
-                for ((zi, &ai), &li) in z.iter_mut().zip(a).zip(lambda) {
-                    *zi = clamp(ai, lo, hi) - s * li;
+        vectorized(
+            #[inline(always)]
+            || match kind {
+                EnergyKind::Penalizer => {
+                    for ((zi, &ai), &li) in z.iter_mut().zip(a).zip(lambda) {
+                        *zi = clamp(ai, lo, hi) - s * li;
+                    }
                 }
-            }
-            _ => {
-                for ((zi, &ai), &li) in z.iter_mut().zip(a).zip(lambda) {
-                    *zi = clamp(ai - s * li, lo, hi);
+                _ => {
+                    for ((zi, &ai), &li) in z.iter_mut().zip(a).zip(lambda) {
+                        *zi = clamp(ai - s * li, lo, hi);
+                    }
                 }
-            }
-        });
+            },
+        );
     }
 }
 
@@ -759,12 +765,15 @@ fn signal<T: RealField + Copy>(
     q: &mut DMatrix<T>,
 ) {
     match kind {
-        EnergyKind::Penalizer => vectorized(|| {
-            act.derivative(a.as_slice(), q.as_mut_slice());
-            for (qi, &li) in q.as_mut_slice().iter_mut().zip(lambda.as_slice()) {
-                *qi *= li;
-            }
-        }),
+        EnergyKind::Penalizer => vectorized(
+            #[inline(always)]
+            || {
+                act.derivative(a.as_slice(), q.as_mut_slice());
+                for (qi, &li) in q.as_mut_slice().iter_mut().zip(lambda.as_slice()) {
+                    *qi *= li;
+                }
+            },
+        ),
         _ => act.difference_quotient(
             a.as_slice(),
             lambda.as_slice(),
@@ -847,41 +856,45 @@ impl<T: RealField + Copy> Kinks<T> {
             // Held units and crossings are rare: blocks with neither only move `â` into
             // `prev_a`, in a pass that vectorizes.
             const BLOCK: usize = 64;
-            for start in (0..a.len()).step_by(BLOCK) {
-                let end = (start + BLOCK).min(a.len());
-                let quiet = vectorized(|| {
-                    let block = a[start..end].iter().zip(&prev_a[start..end]);
-                    let block = block.zip(&lambda[start..end]).zip(&held[start..end]);
-                    block.fold(true, |quiet, (((&av, &prev), &l), &h)| {
-                        quiet & !(h | convex(prev, av, l))
-                    })
-                });
-                if quiet {
-                    prev_a[start..end].copy_from_slice(&a[start..end]);
-                    continue;
-                }
-                for idx in start..end {
-                    let (av, l) = (a[idx], lambda[idx]);
-                    let prev = std::mem::replace(&mut prev_a[idx], av);
-                    if !held[idx] {
-                        if !convex(prev, av, l) {
+            let row_norms = &self.row_norms[k];
+            vectorized(
+                #[inline(always)]
+                || {
+                    for start in (0..a.len()).step_by(BLOCK) {
+                        let end = (start + BLOCK).min(a.len());
+                        let block = a[start..end].iter().zip(&prev_a[start..end]);
+                        let block = block.zip(&lambda[start..end]).zip(&held[start..end]);
+                        let quiet = block.fold(true, |quiet, (((&av, &prev), &l), &h)| {
+                            quiet & !(h | convex(prev, av, l))
+                        });
+                        if quiet {
+                            prev_a[start..end].copy_from_slice(&a[start..end]);
                             continue;
                         }
-                        // The state at this sweep was made by the previous sweep's signal,
-                        // f'(â_prev)·λ: the Newton step starts from it.
-                        held[idx] = true;
-                        nu[idx] = if prev > lo && prev < hi { l } else { zero };
+                        for idx in start..end {
+                            let (av, l) = (a[idx], lambda[idx]);
+                            let prev = std::mem::replace(&mut prev_a[idx], av);
+                            if !held[idx] {
+                                if !convex(prev, av, l) {
+                                    continue;
+                                }
+                                // The state at this sweep was made by the previous sweep's
+                                // signal, f'(â_prev)·λ: the Newton step starts from it.
+                                held[idx] = true;
+                                nu[idx] = if prev > lo && prev < hi { l } else { zero };
+                            }
+                            let c = if l > zero { lo } else { hi };
+                            let v = nu[idx] + (av - c) / (step * row_norms[idx % rows]);
+                            if v >= l.min(zero) && v <= l.max(zero) && v.is_finite() {
+                                nu[idx] = v;
+                                q[idx] = v;
+                            } else {
+                                held[idx] = false;
+                            }
+                        }
                     }
-                    let c = if l > zero { lo } else { hi };
-                    let v = nu[idx] + (av - c) / (step * self.row_norms[k][idx % rows]);
-                    if v >= l.min(zero) && v <= l.max(zero) && v.is_finite() {
-                        nu[idx] = v;
-                        q[idx] = v;
-                    } else {
-                        held[idx] = false;
-                    }
-                }
-            }
+                },
+            );
         } else {
             for (idx, &h) in held.iter().enumerate() {
                 if h {
@@ -905,7 +918,10 @@ impl<T: RealField + Copy> Memory<T> {
         eta: T,
         anderson: bool,
     ) -> (T, T) {
-        vectorized(|| self.update_columns(state, next, eta, anderson))
+        vectorized(
+            #[inline(always)]
+            || self.update_columns(state, next, eta, anderson),
+        )
     }
 
     /// [`Memory::update`] column by column (the per-sample sums in [`Lanes`]).
@@ -1028,7 +1044,12 @@ fn layer_terms<T: Gemm>(
         match kind {
             EnergyKind::Penalizer => {
                 let l = ws.lambda[k].as_slice();
-                value += half * s * vectorized(|| lane_sum2(l, l, |x, y| x * y));
+                value += half
+                    * s
+                    * vectorized(
+                        #[inline(always)]
+                        || lane_sum2(l, l, |x, y| x * y),
+                    );
             }
             _ => {
                 let act = layer.activation;
@@ -1042,9 +1063,10 @@ fn layer_terms<T: Gemm>(
                 );
                 let (lo, hi) = bounds::<T>(act);
                 let (q, a) = (ws.q[k].as_slice(), ws.a[k].as_slice());
-                value += vectorized(|| {
-                    lane_sum2(q, a, |q, a| half * s * q * q + q * (a - clamp(a, lo, hi)))
-                });
+                value += vectorized(
+                    #[inline(always)]
+                    || lane_sum2(q, a, |q, a| half * s * q * q + q * (a - clamp(a, lo, hi))),
+                );
             }
         }
     }
