@@ -27,7 +27,7 @@
 
 use nalgebra::{DMatrix, DVector, RealField};
 
-use crate::linalg::{Gemm, Threads};
+use crate::linalg::{vectorized, Gemm, Threads};
 
 use super::{EnergyKind, Network, OutputLoss};
 use crate::error::{Error, Result};
@@ -202,9 +202,7 @@ pub fn forward<T: Gemm>(net: &Network<T>, x: &DMatrix<T>, ws: &mut Workspace<T>)
         let input = if k == 0 { x } else { &before[k - 1] };
         let a = &mut ws.a[k];
         ws.threads.gemm(a, &layer.w, false, input, false);
-        for mut col in a.column_iter_mut() {
-            col += &layer.bias;
-        }
+        super::add_bias(a, &layer.bias);
         super::activate_columns_into(layer.activation, a, &mut after[0]);
     }
     Ok(())
@@ -292,10 +290,16 @@ pub fn gradient<T: Gemm>(
             EnergyKind::Penalizer => {
                 // δ-form of Eq. 46-47 with the Remark 2 gradient: (f'(a) ⊙ δ) z_{k−1}ᵀ. We store
                 // f'(a) ⊙ e in `delta` directly (the pre-activation signal).
-                let d = &mut ws.scratch[k];
-                act.derivative(a.as_slice(), d.as_mut_slice());
-                delta.copy_from(e);
-                delta.component_mul_assign(d);
+                let (d, delta) = (ws.scratch[k].as_mut_slice(), delta.as_mut_slice());
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        act.derivative(a.as_slice(), d);
+                        for ((di, &fi), &ei) in delta.iter_mut().zip(&*d).zip(e.as_slice()) {
+                            *di = ei * fi;
+                        }
+                    },
+                );
             }
             EnergyKind::Fenchel | EnergyKind::Proximal => {
                 if act == Activation::Softmax {

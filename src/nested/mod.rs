@@ -38,6 +38,7 @@ pub use problem::{
 use nalgebra::{DMatrix, DVector, RealField};
 
 use crate::error::{Error, Result};
+use crate::linalg::vectorized;
 use crate::prox::Activation;
 
 /// `f(u)` applied to every column of `u` (softmax couples the entries of a column; the box
@@ -61,6 +62,24 @@ pub fn activate_columns_into<T: RealField + Copy>(
     } else {
         act.activate(u.as_slice(), out.as_mut_slice());
     }
+}
+
+/// `a += b 1ᵀ` (the bias added to every column).
+pub(crate) fn add_bias<T: RealField + Copy>(a: &mut DMatrix<T>, bias: &DVector<T>) {
+    let rows = a.nrows();
+    if rows == 0 {
+        return;
+    }
+    vectorized(
+        #[inline(always)]
+        || {
+            for col in a.as_mut_slice().chunks_exact_mut(rows) {
+                for (x, &b) in col.iter_mut().zip(bias.as_slice()) {
+                    *x += b;
+                }
+            }
+        },
+    );
 }
 
 /// The layer weights of the non-linearized surrogates, written once: prefix products

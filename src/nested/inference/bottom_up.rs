@@ -27,13 +27,11 @@
 
 use nalgebra::{DMatrix, RealField};
 
-use super::{
-    add_bias, finite, first_layer, FixedPoint, InferenceReport, InferenceWorkspace, Sweeps,
-};
+use super::{finite, first_layer, FixedPoint, InferenceReport, InferenceWorkspace, Sweeps};
 use crate::error::{Error, Result};
 use crate::linalg::{vectorized, Gemm, Lanes, Threads, LANES};
 use crate::nested::linearized::Gradients;
-use crate::nested::EnergyKind;
+use crate::nested::{add_bias, EnergyKind};
 
 /// Free phase, then the rates, then value and gradient (module docs).
 pub(super) fn run<T: Gemm>(

@@ -71,7 +71,7 @@
 use nalgebra::{DMatrix, RealField};
 
 use super::linearized::{check_betas, Gradients};
-use super::{EnergyKind, Network, OutputLoss};
+use super::{add_bias, EnergyKind, Network, OutputLoss};
 use crate::error::{Error, Result};
 use crate::linalg::{lane_sum2, vectorized, Gemm, Lanes, Threads, LANES};
 use crate::nested::method::{Method, Unravel};
@@ -694,24 +694,6 @@ fn first_layer<T: Gemm>(net: &Network<T>, x: &DMatrix<T>, ws: &mut InferenceWork
     ws.threads
         .gemm(&mut ws.a[0], &net.layers[0].w, false, x, false);
     add_bias(&mut ws.a[0], &net.layers[0].bias);
-}
-
-/// `a += b 1ᵀ` (the bias added to every column).
-fn add_bias<T: RealField + Copy>(a: &mut DMatrix<T>, bias: &nalgebra::DVector<T>) {
-    let rows = a.nrows();
-    if rows == 0 {
-        return;
-    }
-    vectorized(
-        #[inline(always)]
-        || {
-            for col in a.as_mut_slice().chunks_exact_mut(rows) {
-                for (x, &b) in col.iter_mut().zip(bias.as_slice()) {
-                    *x += b;
-                }
-            }
-        },
-    );
 }
 
 /// The states at the current `λ`: `â_k = W_k ẑ_{k−1} + b_k` for `k ≥ 2` (`â_1` is fixed), then
