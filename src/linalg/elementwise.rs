@@ -2,27 +2,95 @@
 //! vector instructions the CPU has, and [`Lanes`], sums whose bits do not depend on which
 //! instructions ran (or on how many threads share the pass).
 
+use std::sync::atomic::{AtomicU8, Ordering};
+
 use nalgebra::RealField;
 
-/// Runs `f` compiled for the widest vector instructions the CPU has: AVX-512, AVX2, else the
-/// target's baseline (SSE2 on x86-64). Pass an `#[inline(always)]` closure (and call only
-/// `#[inline(always)]` or small functions from it): the pass must be inlined into each variant
-/// to be vectorized there — a closure called from three variants is otherwise left out of line
-/// and compiled for the baseline. Every variant performs the same IEEE operations in the same order (Rust
-/// never contracts `a·b + c` into an FMA, and sums go through [`Lanes`]), so the result is
-/// bit-identical whichever runs.
+/// The instruction sets [`vectorized`] compiles its passes for, narrowest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Isa {
+    /// The target's baseline (SSE2 on x86-64).
+    Baseline,
+    /// AVX2 (256-bit vectors).
+    Avx2,
+    /// AVX-512F (512-bit vectors).
+    Avx512,
+}
+
+/// The widest [`Isa`] [`vectorized`] may use (lowered by tests that compare the variants).
+static CEILING: AtomicU8 = AtomicU8::new(Isa::Avx512 as u8);
+
+impl Isa {
+    /// The widest this CPU has.
+    pub(crate) fn detected() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return Self::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                return Self::Avx2;
+            }
+        }
+        Self::Baseline
+    }
+
+    /// What [`vectorized`] runs: the detected set, capped by [`Isa::set_ceiling`].
+    pub(crate) fn active() -> Self {
+        let ceiling = match CEILING.load(Ordering::Relaxed) {
+            0 => Self::Baseline,
+            1 => Self::Avx2,
+            _ => Self::Avx512,
+        };
+        Self::detected().min(ceiling)
+    }
+
+    /// Runs `f` with [`vectorized`] capped at `ceiling` (every variant gives the same bits, so
+    /// the cap changes only the speed of code running meanwhile on other threads); one caller
+    /// at a time.
+    #[cfg(test)]
+    pub(crate) fn with_ceiling<R>(ceiling: Self, f: impl FnOnce() -> R) -> R {
+        static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        CEILING.store(ceiling as u8, Ordering::Relaxed);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        CEILING.store(Self::Avx512 as u8, Ordering::Relaxed);
+        r.unwrap_or_else(|p| std::panic::resume_unwind(p))
+    }
+
+    /// Its name (`AVX-512`, `AVX2`, `SSE2`, or `baseline` off x86-64).
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Avx512 => "AVX-512",
+            Self::Avx2 => "AVX2",
+            Self::Baseline if cfg!(target_arch = "x86_64") => "SSE2",
+            Self::Baseline => "baseline",
+        }
+    }
+}
+
+impl std::fmt::Display for Isa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Runs `f` compiled for the widest vector instructions the CPU has ([`Isa::active`]): AVX-512,
+/// AVX2, else the target's baseline (SSE2 on x86-64). Pass an `#[inline(always)]` closure (and
+/// call only `#[inline(always)]` or small functions from it): the pass must be inlined into
+/// each variant to be vectorized there — a closure called from three variants is otherwise
+/// left out of line and compiled for the baseline. Every variant performs the same IEEE
+/// operations in the same order (Rust never contracts `a·b + c` into an FMA, and sums go
+/// through [`Lanes`]), so the result is bit-identical whichever runs.
 #[inline(always)]
 pub(crate) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F (checked just above).
-            return unsafe { avx512(f) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2 (checked just above).
-            return unsafe { avx2(f) };
-        }
+    match Isa::active() {
+        // SAFETY: `active` never exceeds what the CPU has (`Isa::detected`).
+        Isa::Avx512 => return unsafe { avx512(f) },
+        // SAFETY: as above.
+        Isa::Avx2 => return unsafe { avx2(f) },
+        Isa::Baseline => {}
     }
     f()
 }

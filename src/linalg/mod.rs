@@ -2,7 +2,7 @@
 //! with iterative refinement, a cheap condition estimate, and SPD checks; and the dense matrix
 //! products of the batched network passes ([`Gemm`], [`Threads`]).
 
-mod elementwise;
+pub(crate) mod elementwise;
 mod products;
 
 pub(crate) use elementwise::{lane_sum2, vectorized, Lanes, LANES};

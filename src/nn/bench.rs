@@ -58,28 +58,12 @@ impl Machine {
                 .and_then(|l| l.split_once(':'))
                 .map(|(_, v)| v.trim().to_string())
         };
-        let isa = {
-            #[cfg(target_arch = "x86_64")]
-            {
-                if std::arch::is_x86_feature_detected!("avx512f") {
-                    "AVX-512"
-                } else if std::arch::is_x86_feature_detected!("avx2") {
-                    "AVX2"
-                } else {
-                    "SSE2"
-                }
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            {
-                "baseline"
-            }
-        };
         Self {
             cpu: field("model name").unwrap_or_else(|| "unknown".into()),
             ghz: field("cpu MHz")
                 .and_then(|v| v.parse::<f64>().ok())
                 .map(|mhz| mhz / 1e3),
-            isa,
+            isa: crate::linalg::elementwise::Isa::detected().name(),
             cpus: Threads::available(),
         }
     }

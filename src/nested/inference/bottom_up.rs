@@ -152,8 +152,8 @@ fn activate<T: RealField + Copy>(
 fn check_bounded<T: RealField + Copy>(next: &[DMatrix<T>], sweep: usize) -> Result<()> {
     let limit: T = nalgebra::convert(1e12);
     for z in next {
-        // `!(|v| ≤ limit)` also catches NaN; a fold (no early exit) vectorizes.
-        let beyond = |acc: bool, &v: &T| acc | !(v.abs() <= limit);
+        // A fold (no early exit) vectorizes.
+        let beyond = |acc: bool, &v: &T| acc | !v.is_finite() | (v.abs() > limit);
         if vectorized(
             #[inline(always)]
             || z.as_slice().iter().fold(false, beyond),

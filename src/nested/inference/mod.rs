@@ -1088,3 +1088,114 @@ fn envelope_gradient<T: Gemm>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::linalg::elementwise::Isa;
+    use crate::nested::{linearized, Layer};
+    use crate::prox::Activation;
+
+    /// A pseudo-random f32 network 19-17-11-5 (widths and batch 7 off the lane count), inputs
+    /// and one-hot targets.
+    fn problem() -> (Network<f32>, DMatrix<f32>, DMatrix<f32>) {
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut uniform = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        };
+        let widths = [19, 17, 11, 5];
+        let layers = widths
+            .windows(2)
+            .enumerate()
+            .map(|(k, w)| Layer {
+                w: DMatrix::from_fn(w[1], w[0], |_, _| 0.6 * uniform()),
+                bias: nalgebra::DVector::from_fn(w[1], |_, _| 0.1 * uniform()),
+                activation: if k + 2 < widths.len() {
+                    Activation::Relu
+                } else {
+                    Activation::Identity
+                },
+            })
+            .collect();
+        let x = DMatrix::from_fn(widths[0], 7, |_, _| uniform());
+        let t = DMatrix::from_fn(widths[3], 7, |i, j| f32::from(u8::from(i == j % 5)));
+        (Network { layers }, x, t)
+    }
+
+    /// The bits of a run's gradients and report.
+    fn bits(g: &Gradients<f32>, numbers: &[f32]) -> Vec<u32> {
+        let w = g.w.iter().flat_map(|m| m.iter());
+        let b = g.bias.iter().flat_map(|v| v.iter());
+        w.chain(b).chain(numbers).map(|v| v.to_bits()).collect()
+    }
+
+    #[test]
+    fn every_instruction_set_gives_the_same_bits() {
+        let (net, x, t) = problem();
+        let loss = OutputLoss::SoftmaxCrossEntropy;
+        let betas = [0.3_f32; 3];
+        let settings = InferenceSettings::default();
+        let isas: Vec<Isa> = [Isa::Baseline, Isa::Avx2, Isa::Avx512]
+            .into_iter()
+            .filter(|&i| i <= Isa::detected())
+            .collect();
+        let run = |isa: Isa| -> Vec<Vec<u32>> {
+            assert_eq!(Isa::active(), isa);
+            let mut out = Vec::new();
+            let mut grads = Gradients::zeros(&net);
+            let mut ws = InferenceWorkspace::new(&net, x.ncols());
+            for method in [
+                Method::Mac,
+                Method::PredictiveCoding,
+                Method::Lpom,
+                Method::Chl,
+                Method::ConvexChl,
+            ] {
+                let r = gradient(
+                    &net, method, &betas, loss, &x, &t, &settings, &mut ws, &mut grads,
+                )
+                .unwrap();
+                out.push(bits(&grads, &[r.value, r.residual, r.sweeps as f32]));
+            }
+            let r = centered_gradient(
+                &net,
+                Method::Chl,
+                &betas,
+                loss,
+                &x,
+                &t,
+                &settings,
+                &mut ws,
+                &mut grads,
+            )
+            .unwrap();
+            out.push(bits(&grads, &[r.value, r.residual, r.sweeps as f32]));
+            let mut lws = linearized::Workspace::new(&net, x.ncols());
+            for kind in [EnergyKind::Penalizer, EnergyKind::Fenchel] {
+                let v =
+                    linearized::gradient(&net, kind, &betas, loss, &x, &t, &mut lws, &mut grads)
+                        .unwrap();
+                out.push(bits(&grads, &[v]));
+            }
+            out
+        };
+        let runs: Vec<_> = isas
+            .iter()
+            .map(|&isa| Isa::with_ceiling(isa, || run(isa)))
+            .collect();
+        // The sweeps did run (and stopped for their tolerance, not at the first sweep).
+        assert!(runs[0][0].last().is_some_and(|&s| f32::from_bits(s) > 1.0));
+        for (isa, r) in isas.iter().zip(&runs).skip(1) {
+            for (m, (a, b)) in r.iter().zip(&runs[0]).enumerate() {
+                assert!(
+                    a == b,
+                    "{} differs from the baseline in run {m}",
+                    isa.name()
+                );
+            }
+        }
+    }
+}
