@@ -831,9 +831,10 @@ impl<T: RealField + Copy> Kinks<T> {
             let prev_a = self.prev_a[k].as_mut_slice();
             let zero = T::zero();
             // A crossing of the bound c between the last two sweeps.
-            let crossed = |prev: T, av: T, c: T| (prev - c) * (av - c) <= zero && prev != av;
+            // (`&`, `|`: no short circuit, so that the test vectorizes.)
+            let crossed = |prev: T, av: T, c: T| ((prev - c) * (av - c) <= zero) & (prev != av);
             let convex = |prev: T, av: T, l: T| {
-                (l > zero && crossed(prev, av, lo)) || (l < zero && crossed(prev, av, hi))
+                ((l > zero) & crossed(prev, av, lo)) | ((l < zero) & crossed(prev, av, hi))
             };
             // Held units and crossings are rare: blocks with neither only move `â` into
             // `prev_a`, in a pass that vectorizes.
