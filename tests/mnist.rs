@@ -475,6 +475,11 @@ fn training_is_bit_identical_for_every_thread_count() {
             beta: 1.0,
             sweeps: 5,
         },
+        // Penalizer states and ReLU kinks (cut over the team by samples).
+        Rule::Mac {
+            beta: 1.0,
+            sweeps: 5,
+        },
         Rule::Chl {
             beta: 0.5,
             sweeps: 5,

@@ -3,9 +3,11 @@
 //! products of the batched network passes ([`Gemm`], [`Threads`]).
 
 pub(crate) mod elementwise;
+mod parts;
 mod products;
 
 pub(crate) use elementwise::{lane_sum2, vectorized, Lanes, LANES};
+pub(crate) use parts::{Parts, PartsList};
 pub use products::{Gemm, Threads, MAX_THREADS};
 
 use nalgebra::{DMatrix, DVector};

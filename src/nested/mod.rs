@@ -66,20 +66,25 @@ pub fn activate_columns_into<T: RealField + Copy>(
 
 /// `a += b 1ᵀ` (the bias added to every column).
 pub(crate) fn add_bias<T: RealField + Copy>(a: &mut DMatrix<T>, bias: &DVector<T>) {
-    let rows = a.nrows();
-    if rows == 0 {
-        return;
-    }
+    let (a, bias) = (a.as_mut_slice(), bias.as_slice());
     vectorized(
         #[inline(always)]
-        || {
-            for col in a.as_mut_slice().chunks_exact_mut(rows) {
-                for (x, &b) in col.iter_mut().zip(bias.as_slice()) {
-                    *x += b;
-                }
-            }
-        },
+        || add_bias_to_columns(a, bias),
     );
+}
+
+/// [`add_bias`] on whole columns `a` (column-major, `bias.len()` rows), inlined into vectorized
+/// passes.
+#[inline(always)]
+pub(crate) fn add_bias_to_columns<T: RealField + Copy>(a: &mut [T], bias: &[T]) {
+    if bias.is_empty() {
+        return;
+    }
+    for col in a.chunks_exact_mut(bias.len()) {
+        for (x, &b) in col.iter_mut().zip(bias) {
+            *x += b;
+        }
+    }
 }
 
 /// The layer weights of the non-linearized surrogates, written once: prefix products

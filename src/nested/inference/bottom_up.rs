@@ -58,7 +58,7 @@ pub(super) fn run<T: Gemm>(
     while free.sweeps < p.settings.max_sweeps {
         free_sweep(p, ws);
         check_bounded(&ws.next, free.sweeps)?;
-        if free.advance(&mut ws.z, &ws.next, &mut ws.memory, T::one()) {
+        if free.advance(&mut ws.z, &ws.next, (&mut ws.memory, &ws.threads), T::one()) {
             break;
         }
     }
@@ -102,7 +102,12 @@ fn clamped_phase<T: Gemm>(
     let mut clamped = FixedPoint::new(p.settings);
     while clamped.sweeps < p.settings.max_sweeps {
         rate_sweep(p, ws)?;
-        if clamped.advance(&mut ws.lambda, &ws.next, &mut ws.memory, T::one()) {
+        if clamped.advance(
+            &mut ws.lambda,
+            &ws.next,
+            (&mut ws.memory, &ws.threads),
+            T::one(),
+        ) {
             break;
         }
     }

@@ -68,12 +68,14 @@
 //! The batch convention is [`crate::nested`]'s: every sample at the same `β`; the signals carry
 //! the batch mean's `1/B`, so the states use `σ_k B` and the quotients `β_k B`.
 
+use std::ops::Range;
+
 use nalgebra::{DMatrix, RealField};
 
 use super::linearized::{check_betas, Gradients};
-use super::{add_bias, EnergyKind, Network, OutputLoss};
+use super::{add_bias, add_bias_to_columns, EnergyKind, Network, OutputLoss};
 use crate::error::{Error, Result};
-use crate::linalg::{lane_sum2, vectorized, Gemm, Lanes, Threads, LANES};
+use crate::linalg::{lane_sum2, vectorized, Gemm, Lanes, Parts, PartsList, Threads, LANES};
 use crate::nested::method::{Method, Unravel};
 
 mod bottom_up;
@@ -173,6 +175,8 @@ pub struct InferenceWorkspace<T: RealField + Copy> {
     loss_grad: DMatrix<T>,
     /// The centered variant's `−β` gradient (allocated by its first call).
     mirrored: Option<Gradients<T>>,
+    /// Per sample: its layers' terms of the surrogate value.
+    terms: Vec<T>,
     /// The threads that compute the matrix products (one by default; results do not depend on
     /// the count, see [`Threads`]).
     pub threads: Threads,
@@ -196,8 +200,9 @@ struct Kinks<T: RealField + Copy> {
 struct Memory<T: RealField + Copy> {
     prev_state: Vec<DMatrix<T>>,
     prev_f: Vec<DMatrix<T>>,
-    dots: Vec<T>,
-    norms: Vec<T>,
+    /// Per sample: `max |f|` and `max |Φ(x)|` of the last update.
+    change: Vec<T>,
+    size: Vec<T>,
 }
 
 impl<T: RealField + Copy> InferenceWorkspace<T> {
@@ -215,8 +220,8 @@ impl<T: RealField + Copy> InferenceWorkspace<T> {
             memory: Memory {
                 prev_state: mats(),
                 prev_f: mats(),
-                dots: vec![T::zero(); batch],
-                norms: vec![T::zero(); batch],
+                change: vec![T::zero(); batch],
+                size: vec![T::zero(); batch],
             },
             kinks: Kinks {
                 held: net
@@ -248,6 +253,7 @@ impl<T: RealField + Copy> InferenceWorkspace<T> {
                 .collect(),
             loss_grad: DMatrix::zeros(top, batch),
             mirrored: None,
+            terms: vec![T::zero(); batch],
             threads: Threads::default(),
         }
     }
@@ -547,7 +553,12 @@ fn top_down<T: Gemm>(
             }
         }
         backward(net, kind, betas, batch, ws);
-        if fp.advance(&mut ws.lambda, &ws.next, &mut ws.memory, batch) {
+        if fp.advance(
+            &mut ws.lambda,
+            &ws.next,
+            (&mut ws.memory, &ws.threads),
+            batch,
+        ) {
             break;
         }
     }
@@ -610,12 +621,12 @@ impl<T: RealField + Copy> FixedPoint<T> {
         &mut self,
         state: &mut [DMatrix<T>],
         next: &[DMatrix<T>],
-        memory: &mut Memory<T>,
+        (memory, threads): (&mut Memory<T>, &Threads),
         scale: T,
     ) -> bool {
         self.sweeps += 1;
         let accelerate = self.anderson && self.sweeps > 1 && self.eta == T::one();
-        let (change, size) = memory.update(state, next, self.eta, accelerate);
+        let (change, size) = memory.update(state, next, (self.eta, accelerate), threads);
         self.residual = change * scale;
         let stalled = self.residual > self.last * nalgebra::convert(0.99);
         let falling = self.residual < self.last * nalgebra::convert(0.5);
@@ -697,34 +708,49 @@ fn first_layer<T: Gemm>(net: &Network<T>, x: &DMatrix<T>, ws: &mut InferenceWork
 }
 
 /// The states at the current `λ`: `â_k = W_k ẑ_{k−1} + b_k` for `k ≥ 2` (`â_1` is fixed), then
-/// `ẑ_k = f(â_k) − σ_k B λ_k` (penalizer) or `f(â_k − σ_k B λ_k)` (Fenchel).
+/// `ẑ_k = f(â_k) − σ_k B λ_k` (penalizer) or `f(â_k − σ_k B λ_k)` (Fenchel), the element-wise
+/// part cut over the team by columns.
 fn forward<T: Gemm>(net: &Network<T>, kind: EnergyKind, ws: &mut InferenceWorkspace<T>) {
-    let batch: T = nalgebra::convert(ws.batch() as f64);
+    let cols = ws.batch();
+    let batch: T = nalgebra::convert(cols as f64);
     for (k, layer) in net.layers.iter().enumerate() {
         if k > 0 {
             ws.threads
                 .gemm(&mut ws.a[k], &layer.w, false, &ws.z[k - 1], false);
-            add_bias(&mut ws.a[k], &layer.bias);
         }
+        let rows = layer.w.nrows();
+        let bias = if k > 0 { layer.bias.as_slice() } else { &[] };
         let (lo, hi) = bounds::<T>(layer.activation);
         let s = ws.sigma[k] * batch;
-        let (a, lambda) = (ws.a[k].as_slice(), ws.lambda[k].as_slice());
-        let z = ws.z[k].as_mut_slice();
-        vectorized(
-            #[inline(always)]
-            || match kind {
-                EnergyKind::Penalizer => {
-                    for ((zi, &ai), &li) in z.iter_mut().zip(a).zip(lambda) {
-                        *zi = clamp(ai, lo, hi) - s * li;
-                    }
-                }
-                _ => {
-                    for ((zi, &ai), &li) in z.iter_mut().zip(a).zip(lambda) {
-                        *zi = clamp(ai - s * li, lo, hi);
-                    }
-                }
-            },
+        let (a, z) = (
+            Parts::new(ws.a[k].as_mut_slice()),
+            Parts::new(ws.z[k].as_mut_slice()),
         );
+        let lambda = ws.lambda[k].as_slice();
+        ws.threads.columns(cols, rows, &|c: Range<usize>| {
+            let r = c.start * rows..c.end * rows;
+            // SAFETY: `columns` gives each piece its own columns.
+            let (a, z) = unsafe { (a.range(r.clone()), z.range(r.clone())) };
+            let lambda = &lambda[r];
+            vectorized(
+                #[inline(always)]
+                || {
+                    add_bias_to_columns(a, bias);
+                    match kind {
+                        EnergyKind::Penalizer => {
+                            for ((zi, &ai), &li) in z.iter_mut().zip(&*a).zip(lambda) {
+                                *zi = clamp(ai, lo, hi) - s * li;
+                            }
+                        }
+                        _ => {
+                            for ((zi, &ai), &li) in z.iter_mut().zip(&*a).zip(lambda) {
+                                *zi = clamp(ai - s * li, lo, hi);
+                            }
+                        }
+                    }
+                },
+            );
+        });
     }
 }
 
@@ -737,36 +763,30 @@ fn clamp<T: RealField + Copy>(v: T, lo: T, hi: T) -> T {
     v.max(lo).min(hi)
 }
 
-/// The pre-activation signal `q_k` of `λ` at `â_k` (module docs) into `q`.
+/// The pre-activation signal `q_k` of `λ` at `â_k` (module docs) into `q`, on any range of
+/// units.
+#[inline(always)]
 fn signal<T: RealField + Copy>(
     kind: EnergyKind,
     act: crate::prox::Activation,
     quotient_beta: T,
-    a: &DMatrix<T>,
-    lambda: &DMatrix<T>,
-    q: &mut DMatrix<T>,
+    a: &[T],
+    lambda: &[T],
+    q: &mut [T],
 ) {
     match kind {
-        EnergyKind::Penalizer => vectorized(
-            #[inline(always)]
-            || {
-                act.derivative(a.as_slice(), q.as_mut_slice());
-                for (qi, &li) in q.as_mut_slice().iter_mut().zip(lambda.as_slice()) {
-                    *qi *= li;
-                }
-            },
-        ),
-        _ => act.difference_quotient(
-            a.as_slice(),
-            lambda.as_slice(),
-            quotient_beta,
-            q.as_mut_slice(),
-        ),
+        EnergyKind::Penalizer => {
+            act.derivative(a, q);
+            for (qi, &li) in q.iter_mut().zip(lambda) {
+                *qi *= li;
+            }
+        }
+        _ => act.difference_quotient(a, lambda, quotient_beta, q),
     }
 }
 
 /// One backward sweep at the current states into `next` (`next[L]` already holds `ℓ'(ẑ_L)`):
-/// `next_{k−1} = W_kᵀ q_k(next_k)`.
+/// `next_{k−1} = W_kᵀ q_k(next_k)`, the signals (and kinks) cut over the team by columns.
 fn backward<T: Gemm>(
     net: &Network<T>,
     kind: EnergyKind,
@@ -774,22 +794,30 @@ fn backward<T: Gemm>(
     batch: T,
     ws: &mut InferenceWorkspace<T>,
 ) {
+    let cols = ws.batch();
     for k in (1..net.layers.len()).rev() {
         let act = net.layers[k].activation;
+        let rows = net.layers[k].w.nrows();
         let (lower, upper) = ws.next.split_at_mut(k);
-        signal(
-            kind,
-            act,
-            betas[k] * batch,
-            &ws.a[k],
-            &upper[0],
-            &mut ws.q[k],
-        );
-        if kind == EnergyKind::Penalizer {
-            let step = ws.sigma[k - 1] * batch;
-            ws.kinks
-                .apply(k, act, (&ws.a[k], &upper[0]), &mut ws.q[k], Some(step));
-        }
+        let (a, lambda) = (ws.a[k].as_slice(), upper[0].as_slice());
+        let q = Parts::new(ws.q[k].as_mut_slice());
+        let quotient_beta = betas[k] * batch;
+        let kinks = (kind == EnergyKind::Penalizer).then(|| ws.kinks.layer(k, act));
+        let step = ws.sigma[k - 1] * batch;
+        ws.threads.columns(cols, rows, &|c: Range<usize>| {
+            let r = c.start * rows..c.end * rows;
+            // SAFETY: `columns` gives each piece its own columns.
+            let q = unsafe { q.range(r.clone()) };
+            let (a, lambda) = (&a[r.clone()], &lambda[r.clone()]);
+            vectorized(
+                #[inline(always)]
+                || signal(kind, act, quotient_beta, a, lambda, q),
+            );
+            if let Some(kinks) = &kinks {
+                // SAFETY: as above (whole columns, so `r` starts a column).
+                unsafe { kinks.hold(r, step, a, lambda, q) };
+            }
+        });
         ws.threads
             .gemm(&mut lower[k - 1], &net.layers[k].w, true, &ws.q[k], false);
     }
@@ -808,83 +836,107 @@ impl<T: RealField + Copy> Kinks<T> {
         }
     }
 
-    /// Replaces `q_k = f'(â_k) ⊙ λ_k` by the multiplier `ν` on the units held on a convex kink
-    /// of layer `k ≥ 1`. With `step = σ_{k−1} B` (a sweep), first updates the held set: a unit
-    /// whose `â` crossed a bound `c` since the last sweep, with its state beyond the bound
-    /// (`λ > 0` at the lower bound, `λ < 0` at the upper), is held; a held unit takes the
-    /// Newton step `ν ← ν + (â − c)/(σ_{k−1} B ‖W_k[i, :]‖²)` towards `â = c` (the direct
-    /// effect of `ν` on `â` through `λ_{k−1} = W_kᵀq_k`), and is released when `ν` leaves
-    /// `[min(0, λ), max(0, λ)]` (the subdifferential `λ ∂f(c)`): then it belongs to a piece.
-    fn apply(
-        &mut self,
-        k: usize,
-        act: crate::prox::Activation,
-        (a, lambda): (&DMatrix<T>, &DMatrix<T>),
-        q: &mut DMatrix<T>,
-        step: Option<T>,
-    ) {
-        let (lo, hi) = bounds::<T>(act);
-        let rows = a.nrows();
-        let (held, nu) = (&mut self.held[k], self.nu[k].as_mut_slice());
-        let (a, lambda, q) = (a.as_slice(), lambda.as_slice(), q.as_mut_slice());
-        if let Some(step) = step {
-            let prev_a = self.prev_a[k].as_mut_slice();
-            let zero = T::zero();
-            // A crossing of the bound c between the last two sweeps.
-            // (`&`, `|`: no short circuit, so that the test vectorizes.)
-            let crossed = |prev: T, av: T, c: T| ((prev - c) * (av - c) <= zero) & (prev != av);
-            let convex = |prev: T, av: T, l: T| {
-                ((l > zero) & crossed(prev, av, lo)) | ((l < zero) & crossed(prev, av, hi))
-            };
-            // Held units and crossings are rare: blocks with neither only move `â` into
-            // `prev_a`, in a pass that vectorizes.
-            const BLOCK: usize = 64;
-            let row_norms = &self.row_norms[k];
-            vectorized(
-                #[inline(always)]
-                || {
-                    for start in (0..a.len()).step_by(BLOCK) {
-                        let end = (start + BLOCK).min(a.len());
-                        let block = a[start..end].iter().zip(&prev_a[start..end]);
-                        let block = block.zip(&lambda[start..end]).zip(&held[start..end]);
-                        let quiet = block.fold(true, |quiet, (((&av, &prev), &l), &h)| {
-                            quiet & !(h | convex(prev, av, l))
-                        });
-                        if quiet {
-                            prev_a[start..end].copy_from_slice(&a[start..end]);
-                            continue;
-                        }
-                        for idx in start..end {
-                            let (av, l) = (a[idx], lambda[idx]);
-                            let prev = std::mem::replace(&mut prev_a[idx], av);
-                            if !held[idx] {
-                                if !convex(prev, av, l) {
-                                    continue;
-                                }
-                                // The state at this sweep was made by the previous sweep's
-                                // signal, f'(â_prev)·λ: the Newton step starts from it.
-                                held[idx] = true;
-                                nu[idx] = if prev > lo && prev < hi { l } else { zero };
-                            }
-                            let c = if l > zero { lo } else { hi };
-                            let v = nu[idx] + (av - c) / (step * row_norms[idx % rows]);
-                            if v >= l.min(zero) && v <= l.max(zero) && v.is_finite() {
-                                nu[idx] = v;
-                                q[idx] = v;
-                            } else {
-                                held[idx] = false;
-                            }
-                        }
-                    }
-                },
-            );
-        } else {
-            for (idx, &h) in held.iter().enumerate() {
-                if h {
-                    q[idx] = nu[idx];
-                }
+    /// Layer `k ≥ 1`'s kinks, lent to the pieces of a sweep ([`KinkLayer::hold`]).
+    fn layer(&mut self, k: usize, act: crate::prox::Activation) -> KinkLayer<'_, T> {
+        KinkLayer {
+            bounds: bounds::<T>(act),
+            row_norms: &self.row_norms[k],
+            held: Parts::new(&mut self.held[k]),
+            nu: Parts::new(self.nu[k].as_mut_slice()),
+            prev_a: Parts::new(self.prev_a[k].as_mut_slice()),
+        }
+    }
+
+    /// Replaces `q_k` by the multiplier `ν` on the units of layer `k` held on a kink (the
+    /// envelope gradient: no step).
+    fn substitute(&self, k: usize, q: &mut DMatrix<T>) {
+        let q = q.as_mut_slice();
+        for ((qi, &h), &nu) in q.iter_mut().zip(&self.held[k]).zip(self.nu[k].as_slice()) {
+            if h {
+                *qi = nu;
             }
         }
+    }
+}
+
+/// One layer's [`Kinks`], lent to the pieces of a sweep.
+struct KinkLayer<'a, T> {
+    bounds: (T, T),
+    row_norms: &'a [T],
+    held: Parts<'a, bool>,
+    nu: Parts<'a, T>,
+    prev_a: Parts<'a, T>,
+}
+
+impl<T: RealField + Copy> KinkLayer<'_, T> {
+    /// Replaces `q_k = f'(â_k) ⊙ λ_k` by the multiplier `ν` on the units held on a convex kink,
+    /// for the units `r` of the layer (`a`, `lambda`, `q` are those units'). First updates the
+    /// held set, with `step = σ_{k−1} B`: a unit whose `â` crossed a bound `c` since the last
+    /// sweep, with its state beyond the bound (`λ > 0` at the lower bound, `λ < 0` at the
+    /// upper), is held; a held unit takes the Newton step
+    /// `ν ← ν + (â − c)/(σ_{k−1} B ‖W_k[i, :]‖²)` towards `â = c` (the direct effect of `ν` on
+    /// `â` through `λ_{k−1} = W_kᵀq_k`), and is released when `ν` leaves
+    /// `[min(0, λ), max(0, λ)]` (the subdifferential `λ ∂f(c)`): then it belongs to a piece.
+    ///
+    /// # Safety
+    /// `r` starts a column, and no other call uses an overlapping range at the same time.
+    unsafe fn hold(&self, r: Range<usize>, step: T, a: &[T], lambda: &[T], q: &mut [T]) {
+        let ((lo, hi), rows, zero) = (self.bounds, self.row_norms.len(), T::zero());
+        // SAFETY: the caller's contract.
+        let (held, nu, prev_a) = unsafe {
+            (
+                self.held.range(r.clone()),
+                self.nu.range(r.clone()),
+                self.prev_a.range(r),
+            )
+        };
+        // A crossing of the bound c between the last two sweeps.
+        // (`&`, `|`: no short circuit, so that the test vectorizes.)
+        let crossed = |prev: T, av: T, c: T| ((prev - c) * (av - c) <= zero) & (prev != av);
+        let convex = |prev: T, av: T, l: T| {
+            ((l > zero) & crossed(prev, av, lo)) | ((l < zero) & crossed(prev, av, hi))
+        };
+        // Held units and crossings are rare: blocks with neither only move `â` into `prev_a`,
+        // in a pass that vectorizes.
+        const BLOCK: usize = 64;
+        vectorized(
+            #[inline(always)]
+            || {
+                for start in (0..a.len()).step_by(BLOCK) {
+                    let end = (start + BLOCK).min(a.len());
+                    let block = a[start..end].iter().zip(&prev_a[start..end]);
+                    let block = block.zip(&lambda[start..end]).zip(&held[start..end]);
+                    let quiet = block.fold(true, |quiet, (((&av, &prev), &l), &h)| {
+                        quiet & !(h | convex(prev, av, l))
+                    });
+                    if quiet {
+                        prev_a[start..end].copy_from_slice(&a[start..end]);
+                        continue;
+                    }
+                    for idx in start..end {
+                        let (av, l) = (a[idx], lambda[idx]);
+                        let prev = std::mem::replace(&mut prev_a[idx], av);
+                        if !held[idx] {
+                            if !convex(prev, av, l) {
+                                continue;
+                            }
+                            // The state at this sweep was made by the previous sweep's
+                            // signal, f'(â_prev)·λ: the Newton step starts from it.
+                            held[idx] = true;
+                            nu[idx] = if prev > lo && prev < hi { l } else { zero };
+                        }
+                        let c = if l > zero { lo } else { hi };
+                        let v = nu[idx] + (av - c) / (step * self.row_norms[idx % rows]);
+                        if v >= l.min(zero) && v <= l.max(zero) && v.is_finite() {
+                            nu[idx] = v;
+                            q[idx] = v;
+                        } else {
+                            held[idx] = false;
+                        }
+                    }
+                }
+            },
+        );
     }
 }
 
@@ -892,107 +944,117 @@ impl<T: RealField + Copy> Memory<T> {
     /// The update of a state from its fixed-point residual `f = Φ(x) − x`, per sample (the
     /// samples' problems are independent): Anderson acceleration with memory one (type II,
     /// mixing `η`), `x ← x + ηf − γ(Δx + ηΔf)` with `γ = ⟨Δf, f⟩/‖Δf‖²` from the previous
-    /// sweep's differences, or the damped step `x ← x + ηf` (`anderson` false). Returns
-    /// `max |f|` and `max |Φ(x)|`.
+    /// sweep's differences, or the damped step `x ← x + ηf` (`anderson` false). Cut over the
+    /// team by samples (columns); returns `max |f|` and `max |Φ(x)|`.
     fn update(
         &mut self,
         state: &mut [DMatrix<T>],
         next: &[DMatrix<T>],
-        eta: T,
-        anderson: bool,
+        (eta, anderson): (T, bool),
+        threads: &Threads,
     ) -> (T, T) {
-        vectorized(
-            #[inline(always)]
-            || self.update_columns(state, next, eta, anderson),
-        )
+        let cols = self.change.len();
+        let rows: usize = next.iter().map(DMatrix::nrows).sum();
+        let x = PartsList::new(state.iter_mut().map(DMatrix::as_mut_slice));
+        let px = PartsList::new(self.prev_state.iter_mut().map(DMatrix::as_mut_slice));
+        let pf = PartsList::new(self.prev_f.iter_mut().map(DMatrix::as_mut_slice));
+        let (change, size) = (Parts::new(&mut self.change), Parts::new(&mut self.size));
+        threads.columns(cols, rows, &|c: Range<usize>| {
+            // SAFETY: `columns` gives each piece its own columns, of every layer.
+            let (change, size) = unsafe { (change.range(c.clone()), size.range(c.clone())) };
+            let column = |k: usize, j: usize| {
+                let r = j * next[k].nrows()..(j + 1) * next[k].nrows();
+                // SAFETY: as above (column j is this piece's).
+                unsafe {
+                    let n = &next[k].as_slice()[r.clone()];
+                    (
+                        x[k].range(r.clone()),
+                        n,
+                        px[k].range(r.clone()),
+                        pf[k].range(r),
+                    )
+                }
+            };
+            vectorized(
+                #[inline(always)]
+                || {
+                    for (j, (change, size)) in c.zip(change.iter_mut().zip(size.iter_mut())) {
+                        (*change, *size) = update_sample(next.len(), j, &column, eta, anderson);
+                    }
+                },
+            );
+        });
+        let max = |m: &[T]| m.iter().fold(T::zero(), |a, &b| a.max(b));
+        (max(&self.change), max(&self.size))
     }
+}
 
-    /// [`Memory::update`] column by column (the per-sample sums in [`Lanes`]).
-    #[inline(always)]
-    fn update_columns(
-        &mut self,
-        state: &mut [DMatrix<T>],
-        next: &[DMatrix<T>],
-        eta: T,
-        anderson: bool,
-    ) -> (T, T) {
-        let zero = T::zero();
-        // Maxima in lanes too: exact in any order, and they vectorize.
-        let (mut change, mut size) = (Lanes::<T>::zero(), Lanes::<T>::zero());
-        self.dots.fill(zero);
-        self.norms.fill(zero);
-        for (k, (x, n)) in state.iter().zip(next).enumerate() {
-            let rows = x.nrows();
-            if rows == 0 {
-                continue;
-            }
-            let full = rows / LANES * LANES;
-            let columns = x
-                .as_slice()
-                .chunks_exact(rows)
-                .zip(n.as_slice().chunks_exact(rows));
-            let columns = columns.zip(self.prev_f[k].as_slice().chunks_exact(rows));
-            for (j, ((xc, nc), pc)) in columns.enumerate() {
-                let (mut dot, mut norm) = (Lanes::<T>::zero(), Lanes::<T>::zero());
-                let mut term = |l: usize, xi: T, ni: T, pi: T| {
-                    let f = ni - xi;
-                    change.0[l] = change.0[l].max(f.abs());
-                    size.0[l] = size.0[l].max(ni.abs());
-                    let df = f - pi;
-                    dot.0[l] += df * f;
-                    norm.0[l] += df * df;
-                };
-                let chunks = xc[..full].chunks_exact(LANES).zip(nc.chunks_exact(LANES));
-                for ((xs, ns), ps) in chunks.zip(pc.chunks_exact(LANES)) {
-                    for l in 0..LANES {
-                        term(l, xs[l], ns[l], ps[l]);
-                    }
-                }
-                let rest = xc[full..].iter().zip(&nc[full..]).zip(&pc[full..]);
-                for (l, ((&xi, &ni), &pi)) in rest.enumerate() {
-                    term(l, xi, ni, pi);
-                }
-                self.dots[j] += dot.total();
-                self.norms[j] += norm.total();
+/// [`Memory::update`] of sample `j`, whose column of layer `k` is `column(k, j)` (state,
+/// `Φ(state)`, previous state, previous residual): `max |f|` and `max |Φ(x)|` over its units.
+/// The sums `⟨Δf, f⟩`, `‖Δf‖²` go through [`Lanes`] per layer, added up in layer order.
+#[inline(always)]
+#[allow(clippy::type_complexity)]
+fn update_sample<'a, T: RealField + Copy>(
+    layers: usize,
+    j: usize,
+    column: &impl Fn(usize, usize) -> (&'a mut [T], &'a [T], &'a mut [T], &'a mut [T]),
+    eta: T,
+    anderson: bool,
+) -> (T, T) {
+    let zero = T::zero();
+    let (mut dot, mut norm, mut change, mut size) = (zero, zero, zero, zero);
+    for k in 0..layers {
+        let (x, n, _, pf) = column(k, j);
+        let mut lanes = [Lanes::<T>::zero(); 4];
+        let mut term = |l: usize, xi: T, ni: T, pi: T| {
+            let f = ni - xi;
+            let df = f - pi;
+            lanes[0].0[l] += df * f;
+            lanes[1].0[l] += df * df;
+            lanes[2].0[l] = lanes[2].0[l].max(f.abs());
+            lanes[3].0[l] = lanes[3].0[l].max(ni.abs());
+        };
+        let full = x.len() / LANES * LANES;
+        let chunks = x[..full].chunks_exact(LANES).zip(n.chunks_exact(LANES));
+        for ((xs, ns), ps) in chunks.zip(pf.chunks_exact(LANES)) {
+            for l in 0..LANES {
+                term(l, xs[l], ns[l], ps[l]);
             }
         }
-        for (d, n) in self.dots.iter_mut().zip(&self.norms) {
-            *d = if anderson && *n > zero { *d / *n } else { zero };
-        }
-        for (k, (x, n)) in state.iter_mut().zip(next).enumerate() {
-            let rows = x.nrows();
-            if rows == 0 {
-                continue;
-            }
-            let columns = x.as_mut_slice().chunks_exact_mut(rows);
-            let columns = columns.zip(n.as_slice().chunks_exact(rows));
-            let columns = columns.zip(self.prev_state[k].as_mut_slice().chunks_exact_mut(rows));
-            let columns = columns.zip(self.prev_f[k].as_mut_slice().chunks_exact_mut(rows));
-            for ((((xc, nc), pxc), pfc), &gamma) in columns.zip(&self.dots) {
-                let column = xc
-                    .iter_mut()
-                    .zip(nc)
-                    .zip(pxc.iter_mut())
-                    .zip(pfc.iter_mut());
-                if gamma == zero {
-                    for (((xi, &ni), px), pf) in column {
-                        let f = ni - *xi;
-                        (*px, *pf) = (*xi, f);
-                        *xi += eta * f;
-                    }
-                } else {
-                    for (((xi, &ni), px), pf) in column {
-                        let f = ni - *xi;
-                        let step = eta * f - gamma * ((*xi - *px) + eta * (f - *pf));
-                        (*px, *pf) = (*xi, f);
-                        *xi += step;
-                    }
-                }
-            }
+        let rest = x[full..].iter().zip(&n[full..]).zip(&pf[full..]);
+        for (l, ((&xi, &ni), &pi)) in rest.enumerate() {
+            term(l, xi, ni, pi);
         }
         let max = |m: Lanes<T>| m.0.iter().fold(zero, |a, &b| a.max(b));
-        (max(change), max(size))
+        dot += lanes[0].total();
+        norm += lanes[1].total();
+        change = change.max(max(lanes[2]));
+        size = size.max(max(lanes[3]));
     }
+    let gamma = if anderson && norm > zero {
+        dot / norm
+    } else {
+        zero
+    };
+    for k in 0..layers {
+        let (x, n, px, pf) = column(k, j);
+        let column = x.iter_mut().zip(n).zip(px.iter_mut()).zip(pf.iter_mut());
+        if gamma == zero {
+            for (((xi, &ni), px), pf) in column {
+                let f = ni - *xi;
+                (*px, *pf) = (*xi, f);
+                *xi += eta * f;
+            }
+        } else {
+            for (((xi, &ni), px), pf) in column {
+                let f = ni - *xi;
+                let step = eta * f - gamma * ((*xi - *px) + eta * (f - *pf));
+                (*px, *pf) = (*xi, f);
+                *xi += step;
+            }
+        }
+    }
+    (change, size)
 }
 
 /// Eq. 28 averaged over the batch at the current states: `ℓ(ẑ_L) + Σ_k Ẽ_k/σ_k` with
@@ -1012,7 +1074,8 @@ fn surrogate_value<T: Gemm>(
     value + layer_terms(net, kind, betas, batch, ws)
 }
 
-/// `Σ_k Ẽ_k/σ_k` of [`surrogate_value`] (uses `q` as scratch).
+/// `Σ_k Ẽ_k/σ_k` of [`surrogate_value`] (uses `q` as scratch): per sample (cut over the team
+/// by samples), each layer's sum through [`Lanes`], then added up over the samples in order.
 fn layer_terms<T: Gemm>(
     net: &Network<T>,
     kind: EnergyKind,
@@ -1020,40 +1083,44 @@ fn layer_terms<T: Gemm>(
     batch: T,
     ws: &mut InferenceWorkspace<T>,
 ) -> T {
-    let mut value = T::zero();
     let half: T = nalgebra::convert(0.5);
-    for (k, layer) in net.layers.iter().enumerate() {
-        let s = ws.sigma[k] * batch;
-        match kind {
-            EnergyKind::Penalizer => {
-                let l = ws.lambda[k].as_slice();
-                value += half
-                    * s
-                    * vectorized(
-                        #[inline(always)]
-                        || lane_sum2(l, l, |x, y| x * y),
-                    );
-            }
-            _ => {
-                let act = layer.activation;
-                signal(
-                    kind,
-                    act,
-                    betas[k] * batch,
-                    &ws.a[k],
-                    &ws.lambda[k],
-                    &mut ws.q[k],
-                );
-                let (lo, hi) = bounds::<T>(act);
-                let (q, a) = (ws.q[k].as_slice(), ws.a[k].as_slice());
-                value += vectorized(
-                    #[inline(always)]
-                    || lane_sum2(q, a, |q, a| half * s * q * q + q * (a - clamp(a, lo, hi))),
-                );
-            }
-        }
-    }
-    value
+    let (cols, rows) = (ws.batch(), ws.a.iter().map(DMatrix::nrows).sum());
+    let (a, lambda, sigma) = (&ws.a, &ws.lambda, &ws.sigma);
+    let q = PartsList::new(ws.q.iter_mut().map(DMatrix::as_mut_slice));
+    let terms = Parts::new(&mut ws.terms);
+    ws.threads.columns(cols, rows, &|c: Range<usize>| {
+        // SAFETY: `columns` gives each piece its own columns, of every layer.
+        let terms = unsafe { terms.range(c.clone()) };
+        vectorized(
+            #[inline(always)]
+            || {
+                for (j, term) in c.zip(terms.iter_mut()) {
+                    *term = T::zero();
+                    for (k, layer) in net.layers.iter().enumerate() {
+                        let rows = a[k].nrows();
+                        let r = j * rows..(j + 1) * rows;
+                        let s = sigma[k] * batch;
+                        let l = &lambda[k].as_slice()[r.clone()];
+                        *term += match kind {
+                            EnergyKind::Penalizer => half * s * lane_sum2(l, l, |x, y| x * y),
+                            _ => {
+                                let a = &a[k].as_slice()[r.clone()];
+                                // SAFETY: as above (column j is this piece's).
+                                let q = unsafe { q[k].range(r) };
+                                let act = layer.activation;
+                                signal(kind, act, betas[k] * batch, a, l, q);
+                                let (lo, hi) = bounds::<T>(act);
+                                lane_sum2(q, a, |q, a| {
+                                    half * s * q * q + q * (a - clamp(a, lo, hi))
+                                })
+                            }
+                        };
+                    }
+                }
+            },
+        );
+    });
+    ws.terms.iter().fold(T::zero(), |sum, &t| sum + t)
 }
 
 /// The envelope gradient at the states: `∂/∂W_k = q_k(λ_k) ẑ_{k−1}ᵀ`, `∂/∂b_k = q_k 1`.
@@ -1067,18 +1134,18 @@ fn envelope_gradient<T: Gemm>(
     grads: &mut Gradients<T>,
 ) {
     for (k, layer) in net.layers.iter().enumerate() {
-        signal(
-            kind,
-            layer.activation,
-            betas[k] * batch,
-            &ws.a[k],
-            &ws.lambda[k],
-            &mut ws.q[k],
+        let (a, lambda, q) = (
+            ws.a[k].as_slice(),
+            ws.lambda[k].as_slice(),
+            ws.q[k].as_mut_slice(),
+        );
+        let quotient_beta = betas[k] * batch;
+        vectorized(
+            #[inline(always)]
+            || signal(kind, layer.activation, quotient_beta, a, lambda, q),
         );
         if kind == EnergyKind::Penalizer && k > 0 {
-            let (a, lambda) = (&ws.a[k], &ws.lambda[k]);
-            ws.kinks
-                .apply(k, layer.activation, (a, lambda), &mut ws.q[k], None);
+            ws.kinks.substitute(k, &mut ws.q[k]);
         }
         let input = if k == 0 { x } else { &ws.z[k - 1] };
         ws.threads
