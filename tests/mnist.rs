@@ -485,6 +485,11 @@ fn training_is_bit_identical_for_every_thread_count() {
             sweeps: 5,
             centered: false,
         },
+        Rule::ConvexChl {
+            beta: 0.5,
+            sweeps: 5,
+            centered: true,
+        },
     ];
     let train = |threads: usize, rule: Rule| {
         let mut t = nn::Trainer::new(TrainConfig {

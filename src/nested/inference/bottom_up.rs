@@ -25,13 +25,15 @@
 //! The f64 references are [`crate::nested::global`]'s (per-sample QPs for convex CHL,
 //! block-coordinate descent on the difference for CHL).
 
+use std::ops::Range;
+
 use nalgebra::{DMatrix, RealField};
 
 use super::{finite, first_layer, FixedPoint, InferenceReport, InferenceWorkspace, Sweeps};
 use crate::error::{Error, Result};
-use crate::linalg::{vectorized, Gemm, Lanes, Threads, LANES};
+use crate::linalg::{vectorized, Gemm, Lanes, Parts, Threads, LANES};
 use crate::nested::linearized::Gradients;
-use crate::nested::{add_bias, EnergyKind};
+use crate::nested::{add_bias, add_bias_to_columns, EnergyKind};
 
 /// Free phase, then the rates, then value and gradient (module docs).
 pub(super) fn run<T: Gemm>(
@@ -116,16 +118,12 @@ fn clamped_phase<T: Gemm>(
     Ok((value, clamped))
 }
 
-/// `y += α x`.
+/// `y += α x` (inlined into the vectorized passes).
+#[inline(always)]
 fn axpy<T: RealField + Copy>(y: &mut [T], alpha: T, x: &[T]) {
-    vectorized(
-        #[inline(always)]
-        || {
-            for (yi, &xi) in y.iter_mut().zip(x) {
-                *yi += alpha * xi;
-            }
-        },
-    );
+    for (yi, &xi) in y.iter_mut().zip(x) {
+        *yi += alpha * xi;
+    }
 }
 
 /// `out = W_k z + b_k`.
@@ -173,64 +171,92 @@ fn check_bounded<T: RealField + Copy>(next: &[DMatrix<T>], sweep: usize) -> Resu
     Ok(())
 }
 
-/// `r_{k+1}` into `out`: `z_{k+1}` (Fenchel) or `z_{k+1} − a_{k+1}` (proximal).
-fn residual_above<T: RealField + Copy>(
-    kind: EnergyKind,
-    z: &DMatrix<T>,
-    a: &DMatrix<T>,
-    out: &mut DMatrix<T>,
-) {
-    if kind == EnergyKind::Proximal {
-        let out = out.as_mut_slice();
-        vectorized(
-            #[inline(always)]
-            || {
-                for ((o, &zi), &ai) in out.iter_mut().zip(z.as_slice()).zip(a.as_slice()) {
-                    *o = zi - ai;
-                }
-            },
-        );
-    } else {
-        out.copy_from(z);
+/// `r_{k+1}` into `q[k+1]`: `z_{k+1}` (Fenchel) or `z_{k+1} − a_{k+1}` (proximal), cut over
+/// the team by columns.
+fn residual_above<T: Gemm>(kind: EnergyKind, k: usize, ws: &mut InferenceWorkspace<T>) {
+    let (z, a) = (ws.z[k + 1].as_slice(), ws.a[k + 1].as_slice());
+    if kind != EnergyKind::Proximal {
+        ws.q[k + 1].copy_from(&ws.z[k + 1]);
+        return;
     }
+    let rows = ws.a[k + 1].nrows();
+    let out = Parts::new(ws.q[k + 1].as_mut_slice());
+    ws.threads
+        .columns(ws.forward_top.ncols(), rows, &|c: Range<usize>| {
+            let r = c.start * rows..c.end * rows;
+            // SAFETY: `columns` gives each piece its own columns.
+            let out = unsafe { out.range(r.clone()) };
+            let (z, a) = (&z[r.clone()], &a[r]);
+            vectorized(
+                #[inline(always)]
+                || {
+                    for ((o, &zi), &ai) in out.iter_mut().zip(z).zip(a) {
+                        *o = zi - ai;
+                    }
+                },
+            );
+        });
 }
 
 /// One bottom-up Gauss–Seidel sweep of the free phase into `next`.
 fn free_sweep<T: Gemm>(p: &Sweeps<'_, T>, ws: &mut InferenceWorkspace<T>) {
-    let (net, top) = (p.net, p.net.layers.len() - 1);
+    let top = p.net.layers.len() - 1;
     for k in 0..=top {
         if k > 0 {
-            affine(&ws.threads, net, k, &ws.next[k - 1], &mut ws.a[k]);
+            let w = &p.net.layers[k].w;
+            ws.threads
+                .gemm(&mut ws.a[k], w, false, &ws.next[k - 1], false);
         }
-        free_argument(p, k, ws);
-        activate(net, k, &ws.arg[k], &mut ws.next[k]);
+        free_argument(p, k, ws, k > 0, true);
     }
 }
 
-/// `ǔ_k = a_k + β_k W_{k+1}ᵀ r_{k+1}` from the current `z_{k+1}` and `a_{k+1}` (top: `a_L`).
-fn free_argument<T: Gemm>(p: &Sweeps<'_, T>, k: usize, ws: &mut InferenceWorkspace<T>) {
-    if k + 1 < p.net.layers.len() {
-        residual_above(p.kind, &ws.z[k + 1], &ws.a[k + 1], &mut ws.q[k + 1]);
-        ws.threads.gemm(
-            &mut ws.arg[k],
-            &p.net.layers[k + 1].w,
-            true,
-            &ws.q[k + 1],
-            false,
-        );
-        let beta = p.betas[k];
-        let (arg, a) = (ws.arg[k].as_mut_slice(), ws.a[k].as_slice());
-        vectorized(
-            #[inline(always)]
-            || {
-                for (u, &a) in arg.iter_mut().zip(a) {
-                    *u = a + beta * *u;
-                }
-            },
-        );
-    } else {
-        ws.arg[k].copy_from(&ws.a[k]);
+/// `ǔ_k = a_k + β_k W_{k+1}ᵀ r_{k+1}` from the current `z_{k+1}` and `a_{k+1}` (top: `a_L`),
+/// after adding the bias to `a_k` when `bias`; with `activate`, the new state `f(ǔ_k)` into
+/// `next[k]`. The element-wise part is cut over the team by columns.
+fn free_argument<T: Gemm>(
+    p: &Sweeps<'_, T>,
+    k: usize,
+    ws: &mut InferenceWorkspace<T>,
+    bias: bool,
+    activate: bool,
+) {
+    let above = k + 1 < p.net.layers.len();
+    if above {
+        residual_above(p.kind, k, ws);
+        let w = &p.net.layers[k + 1].w;
+        ws.threads
+            .gemm(&mut ws.arg[k], w, true, &ws.q[k + 1], false);
     }
+    let layer = &p.net.layers[k];
+    let (rows, beta, act) = (layer.w.nrows(), p.betas[k], layer.activation);
+    let bias = if bias { layer.bias.as_slice() } else { &[] };
+    let a = Parts::new(ws.a[k].as_mut_slice());
+    let arg = Parts::new(ws.arg[k].as_mut_slice());
+    let next = Parts::new(ws.next[k].as_mut_slice());
+    ws.threads
+        .columns(ws.forward_top.ncols(), rows, &|c: Range<usize>| {
+            let r = c.start * rows..c.end * rows;
+            // SAFETY: `columns` gives each piece its own columns.
+            let (a, arg) = unsafe { (a.range(r.clone()), arg.range(r.clone())) };
+            vectorized(
+                #[inline(always)]
+                || {
+                    add_bias_to_columns(a, bias);
+                    if above {
+                        for (u, &a) in arg.iter_mut().zip(&*a) {
+                            *u = a + beta * *u;
+                        }
+                    } else {
+                        arg.copy_from_slice(a);
+                    }
+                },
+            );
+            if activate {
+                // SAFETY: as above.
+                act.activate(arg, unsafe { next.range(r) });
+            }
+        });
 }
 
 /// `ǎ_k` and `ǔ_k` consistent with the final free states `ž`.
@@ -240,7 +266,7 @@ fn free_arguments<T: Gemm>(p: &Sweeps<'_, T>, ws: &mut InferenceWorkspace<T>) {
         affine(&ws.threads, p.net, k, &ws.z[k - 1], &mut ws.a[k]);
     }
     for k in 0..=top {
-        free_argument(p, k, ws);
+        free_argument(p, k, ws, false, false);
     }
 }
 
@@ -272,49 +298,57 @@ fn rate_sweep<T: Gemm>(p: &Sweeps<'_, T>, ws: &mut InferenceWorkspace<T>) -> Res
             ws.q[k] *= -batch;
         }
         // … plus β_{k−1} W_k u_{k−1} from below (the previous sweep's u_{k−1}).
-        if k > 0 {
-            ws.threads.gemm(
-                &mut ws.zhat[k],
-                &net.layers[k].w,
-                false,
-                &ws.lambda[k - 1],
-                false,
-            );
-            axpy(
-                ws.q[k].as_mut_slice(),
-                p.betas[k - 1],
-                ws.zhat[k].as_slice(),
-            );
+        let below = k > 0;
+        if below {
+            let w = &net.layers[k].w;
+            ws.threads
+                .gemm(&mut ws.zhat[k], w, false, &ws.lambda[k - 1], false);
         }
-        // u_k = (f(ǔ + s v) − f(ǔ))/s = −D_s f(ǔ)[−v].
-        negate(&mut ws.q[k]);
-        net.layers[k].activation.difference_quotient(
-            ws.arg[k].as_slice(),
-            ws.q[k].as_slice(),
+        // u_k = (f(ǔ + s v) − f(ǔ))/s = −D_s f(ǔ)[−v], cut over the team by columns.
+        let (rows, act, s) = (
+            net.layers[k].w.nrows(),
+            net.layers[k].activation,
             ws.sigma[k],
-            ws.next[k].as_mut_slice(),
         );
-        negate(&mut ws.next[k]);
+        let beta_below = if below { p.betas[k - 1] } else { T::zero() };
+        let (arg, wu) = (ws.arg[k].as_slice(), ws.zhat[k].as_slice());
+        let (v, u) = (
+            Parts::new(ws.q[k].as_mut_slice()),
+            Parts::new(ws.next[k].as_mut_slice()),
+        );
+        ws.threads
+            .columns(ws.forward_top.ncols(), rows, &|c: Range<usize>| {
+                let r = c.start * rows..c.end * rows;
+                // SAFETY: `columns` gives each piece its own columns.
+                let (v, u) = unsafe { (v.range(r.clone()), u.range(r.clone())) };
+                let (arg, wu) = (&arg[r.clone()], &wu[r]);
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        if below {
+                            axpy(v, beta_below, wu);
+                        }
+                        v.iter_mut().for_each(|x| *x = -*x);
+                        act.difference_quotient(arg, v, s, u);
+                        u.iter_mut().for_each(|x| *x = -*x);
+                    },
+                );
+            });
     }
     Ok(())
-}
-
-/// `m ← −m`.
-fn negate<T: RealField + Copy>(m: &mut DMatrix<T>) {
-    let m = m.as_mut_slice();
-    vectorized(
-        #[inline(always)]
-        || m.iter_mut().for_each(|v| *v = -*v),
-    );
 }
 
 /// `ẑ_k = ž_k + s_k u_k` into `zhat[k]`.
 fn clamped_state<T: RealField + Copy>(ws: &mut InferenceWorkspace<T>, k: usize) {
     ws.zhat[k].copy_from(&ws.z[k]);
-    axpy(
+    let (zhat, s, u) = (
         ws.zhat[k].as_mut_slice(),
         ws.sigma[k],
         ws.lambda[k].as_slice(),
+    );
+    vectorized(
+        #[inline(always)]
+        || axpy(zhat, s, u),
     );
 }
 
@@ -329,16 +363,22 @@ fn rate_residual<T: Gemm>(p: &Sweeps<'_, T>, k: usize, ws: &mut InferenceWorkspa
             &ws.lambda[k - 1],
             false,
         );
-        let beta = p.betas[k - 1];
-        let (rho, u) = (ws.zhat[k].as_mut_slice(), ws.next[k].as_slice());
-        vectorized(
-            #[inline(always)]
-            || {
-                for (r, &u) in rho.iter_mut().zip(u) {
-                    *r = u - beta * *r;
-                }
-            },
-        );
+        let (beta, rows) = (p.betas[k - 1], p.net.layers[k].w.nrows());
+        let (rho, u) = (Parts::new(ws.zhat[k].as_mut_slice()), ws.next[k].as_slice());
+        ws.threads
+            .columns(ws.forward_top.ncols(), rows, &|c: Range<usize>| {
+                let r = c.start * rows..c.end * rows;
+                // SAFETY: `columns` gives each piece its own columns.
+                let (rho, u) = (unsafe { rho.range(r.clone()) }, &u[r]);
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for (r, &u) in rho.iter_mut().zip(u) {
+                            *r = u - beta * *r;
+                        }
+                    },
+                );
+            });
     } else {
         ws.zhat[k].copy_from(&ws.next[k]);
     }
@@ -452,10 +492,14 @@ fn gradient_of_layer<T: Gemm>(
     // ẑ_{k−1} = ž_{k−1} + s_{k−1} u_{k−1} (the first B columns: a contiguous slice).
     right.columns_mut(0, b).copy_from(&ws.z[k - 1]);
     let n = ws.z[k - 1].len();
-    axpy(
+    let (zhat, s, u) = (
         &mut right.as_mut_slice()[..n],
         ws.sigma[k - 1],
         ws.lambda[k - 1].as_slice(),
+    );
+    vectorized(
+        #[inline(always)]
+        || axpy(zhat, s, u),
     );
     right.columns_mut(b, b).copy_from(&ws.lambda[k - 1]);
     ws.threads.gemm(&mut grads.w[k], left, false, right, true);
