@@ -618,7 +618,8 @@ const PACE_PROBE: usize = 8;
 
 /// Decides by measurement whether the team of threads pays: every [`PACE_CYCLE`] steps it
 /// times [`PACE_PROBE`] steps on one thread and as many on the team, and runs the rest of the
-/// cycle on whichever was faster (the fastest step of each). Results do not depend on the
+/// cycle on whichever was faster (the fastest step of each, per unit of [`step_work`], so that
+/// the inference rules' batches, whose sweeps vary, compare). Results do not depend on the
 /// choice ([`Threads`] is bit-identical to one thread), only the speed: on the 2-core VM the
 /// team was measured on, two threads are 1.6× faster most of the time, but in stretches of
 /// seconds to minutes both threads run at about half speed and the team is 1.5× slower than
@@ -642,6 +643,18 @@ impl Default for Pacer {
     }
 }
 
+/// The multiply-adds per sample of a training step's products, `n₁n₀ + Σ_k n_k n_{k−1}` (the
+/// first layer's pre-activation and the weight gradients), plus `2 Σ_{k≥2} n_k n_{k−1}` per
+/// inference sweep (every sweep of [`crate::nested::inference`] computes two products per layer
+/// above the first): the unit the [`Pacer`] compares step times in. Element-wise work and Adam
+/// scale with the same sizes.
+fn step_work(net: &Network<f32>, sweeps: usize) -> f64 {
+    let size = |l: &Layer<f32>| (l.w.nrows() * l.w.ncols()) as f64;
+    let first = net.layers.first().map_or(0.0, size);
+    let all: f64 = net.layers.iter().map(size).sum();
+    first + all + 2.0 * (all - first) * sweeps as f64
+}
+
 impl Pacer {
     /// Before a step: switches the team for the probes; the probe's start time.
     fn before(&mut self, threads: &Threads) -> Option<Instant> {
@@ -660,14 +673,15 @@ impl Pacer {
         (self.step % PACE_CYCLE < 2 * PACE_PROBE).then(Instant::now)
     }
 
-    /// After a step: records the probe's time; after the last probe, chooses.
-    fn after(&mut self, threads: &Threads, start: Option<Instant>) {
+    /// After a step of `work` ([`step_work`]): records the probe's time per unit of work;
+    /// after the last probe, chooses.
+    fn after(&mut self, threads: &Threads, start: Option<Instant>, work: f64) {
         if let Some(start) = start {
-            self.record(threads, start.elapsed().as_secs_f64());
+            self.record(threads, start.elapsed().as_secs_f64() / work);
         }
     }
 
-    /// A probe step took `seconds`.
+    /// A probe step took `seconds` (per unit of work).
     fn record(&mut self, threads: &Threads, seconds: f64) {
         let phase = self.step % PACE_CYCLE;
         self.step += 1;
@@ -755,10 +769,12 @@ impl Trainer {
     /// An index out of range; a non-finite loss (diverged training).
     pub fn step(&mut self, data: &Split, indices: &[usize]) -> Result<(f32, usize)> {
         let probe = self.pacer.before(&self.threads);
+        let sweeps = self.tally.sweeps;
         let (value, correct) = self.gradient(data, indices)?;
         self.adam
             .step_with(&mut self.net, &self.grads, &self.threads)?;
-        self.pacer.after(&self.threads, probe);
+        let work = step_work(&self.net, self.tally.sweeps - sweeps);
+        self.pacer.after(&self.threads, probe, work);
         Ok((value, correct))
     }
 
@@ -1136,6 +1152,20 @@ mod tests {
             }
         }
         (threads.is_parallel(), during)
+    }
+
+    #[test]
+    fn a_step_is_weighed_by_its_products() {
+        let net = mlp(
+            &[784, 256, 128, 64, 10],
+            Init::Glorot,
+            &mut StdRng::seed_from_u64(1),
+        )
+        .unwrap();
+        // 256·784 + (256·784 + 128·256 + 64·128 + 10·64), and per sweep the three upper layers
+        // twice.
+        assert_eq!(step_work(&net, 0), 443_008.0);
+        assert_eq!(step_work(&net, 3) - step_work(&net, 2), 83_200.0);
     }
 
     #[test]
