@@ -24,8 +24,11 @@
 //!
 //! Each sweep costs the products of layers `2..L` only (`â_1 = W_1 x + b_1` does not depend on
 //! `λ`): on the 784-256-128-64-10 MLP a sweep has a sixth of a back-propagation step's
-//! multiply-adds and takes 0.3–0.4 of its time (the small products run at a lower rate).
-//! Nothing allocates after [`InferenceWorkspace::new`].
+//! multiply-adds. The products run on the workspace's [`Threads`]; so do the element-wise
+//! passes, cut by samples (columns), compiled for the CPU's widest vectors, their sums taken
+//! per sample in a fixed order — so the results are bit-identical for every thread count and
+//! instruction set. Nothing allocates after [`InferenceWorkspace::new`] (for networks of up to
+//! 16 layers; deeper ones allocate a list of their layers' buffers per pass).
 //!
 //! **Status.** The residual is the fixed-point residual `max |Φ(λ) − λ|` of the stationarity
 //! conditions, per sample (the batch mean's `1/B` taken out), in units of `ℓ'`; the sweep stops
@@ -177,8 +180,8 @@ pub struct InferenceWorkspace<T: RealField + Copy> {
     mirrored: Option<Gradients<T>>,
     /// Per sample: its layers' terms of the surrogate value.
     terms: Vec<T>,
-    /// The threads that compute the matrix products (one by default; results do not depend on
-    /// the count, see [`Threads`]).
+    /// The threads that compute the matrix products and the sweeps' element-wise passes (one
+    /// by default; results do not depend on the count, see [`Threads`]).
     pub threads: Threads,
 }
 
@@ -258,7 +261,7 @@ impl<T: RealField + Copy> InferenceWorkspace<T> {
         }
     }
 
-    /// The same buffers, with the products computed by `threads`.
+    /// The same buffers, with the products and element-wise passes computed by `threads`.
     pub fn with_threads(mut self, threads: Threads) -> Self {
         self.threads = threads;
         self
