@@ -35,7 +35,7 @@ impl Isa {
         Self::Baseline
     }
 
-    /// What [`vectorized`] runs: the detected set, capped by [`Isa::set_ceiling`].
+    /// What [`vectorized`] runs: the detected set, capped in tests (`Isa::with_ceiling`).
     pub(crate) fn active() -> Self {
         let ceiling = match CEILING.load(Ordering::Relaxed) {
             0 => Self::Baseline,

@@ -2,9 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use std::ops::Range;
-
-use crate::linalg::{vectorized, Threads};
+use crate::linalg::{vectorized, Parts, Threads};
 use crate::nested::linearized::Gradients;
 use crate::nested::Network;
 
@@ -138,66 +136,21 @@ fn update_split(t: Tensor<'_>, align: usize, c: Coefs, threads: &Threads) {
         update(t, c);
         return;
     }
-    let raw = RawTensor::new(t);
+    let Tensor { theta, g, m, v } = t;
+    let (theta, m, v) = (Parts::new(theta), Parts::new(m), Parts::new(v));
     threads.run(pieces, &|i| {
-        // SAFETY: `t` stays borrowed until `run` returns, and the pieces' ranges are disjoint.
-        update(
-            unsafe { raw.block(Threads::range(len, align, pieces, i)) },
-            c,
-        );
-    });
-}
-
-/// A [`Tensor`] as raw parts, so that disjoint blocks of it can be updated from several
-/// threads.
-#[derive(Clone, Copy)]
-struct RawTensor {
-    theta: *mut f32,
-    g: *const f32,
-    m: *mut f32,
-    v: *mut f32,
-    len: usize,
-}
-
-// SAFETY: only dereferenced through `block`, whose callers give each thread its own range.
-unsafe impl Send for RawTensor {}
-// SAFETY: as above.
-unsafe impl Sync for RawTensor {}
-
-impl RawTensor {
-    fn new(t: Tensor<'_>) -> Self {
-        let len = t.theta.len();
-        assert!(
-            t.g.len() == len && t.m.len() == len && t.v.len() == len,
-            "Adam: tensor parts of different lengths"
-        );
-        Self {
-            theta: t.theta.as_mut_ptr(),
-            g: t.g.as_ptr(),
-            m: t.m.as_mut_ptr(),
-            v: t.v.as_mut_ptr(),
-            len,
-        }
-    }
-
-    /// The block `r` of the tensor.
-    ///
-    /// # Safety
-    /// The tensor `self` was made from is still borrowed, and no other thread uses an
-    /// overlapping block while the result lives.
-    unsafe fn block<'a>(self, r: Range<usize>) -> Tensor<'a> {
-        assert!(r.start <= r.end && r.end <= self.len);
-        let n = r.end - r.start;
-        // SAFETY: `r` lies inside the tensor (checked above); the caller's contract.
-        unsafe {
+        let r = Threads::range(len, align, pieces, i);
+        // SAFETY: the ranges of one cut are disjoint (and checked to lie inside each part).
+        let t = unsafe {
             Tensor {
-                theta: std::slice::from_raw_parts_mut(self.theta.add(r.start), n),
-                g: std::slice::from_raw_parts(self.g.add(r.start), n),
-                m: std::slice::from_raw_parts_mut(self.m.add(r.start), n),
-                v: std::slice::from_raw_parts_mut(self.v.add(r.start), n),
+                theta: theta.range(r.clone()),
+                g: &g[r.clone()],
+                m: m.range(r.clone()),
+                v: v.range(r),
             }
-        }
-    }
+        };
+        update(t, c);
+    });
 }
 
 /// One tensor's parameters, gradient and moments.
