@@ -118,7 +118,7 @@ enum Reproduce {
     },
     /// Table 1: every row (CHL, convex CHL, LPOM, MAC, BP, Fenchel BP), predictive coding and
     /// the centered CHL variants trained on the Fig. 1 MLP under one protocol, over several
-    /// seeds; writes table1.md, the CSVs and table1.svg/png (about 6 minutes on two cores with
+    /// seeds; writes table1.md, the CSVs and table1.svg/png (about 4 minutes on two cores with
     /// the defaults).
     Table1 {
         /// MNIST directory (default: $BILEVEL_DATA, then ./data/mnist).
