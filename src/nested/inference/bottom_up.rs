@@ -239,6 +239,8 @@ fn free_argument<T: Gemm>(
             let r = c.start * rows..c.end * rows;
             // SAFETY: `columns` gives each piece its own columns.
             let (a, arg) = unsafe { (a.range(r.clone()), arg.range(r.clone())) };
+            // SAFETY: as above.
+            let next = activate.then(|| unsafe { next.range(r) });
             vectorized(
                 #[inline(always)]
                 || {
@@ -250,12 +252,11 @@ fn free_argument<T: Gemm>(
                     } else {
                         arg.copy_from_slice(a);
                     }
+                    if let Some(next) = next {
+                        act.activate(arg, next);
+                    }
                 },
             );
-            if activate {
-                // SAFETY: as above.
-                act.activate(arg, unsafe { next.range(r) });
-            }
         });
 }
 
