@@ -4,17 +4,30 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
+#[path = "support/scratch.rs"]
+mod scratch;
+use scratch::Scratch;
+
 use bilevel::prelude::*;
 use bilevel::verify::instances::{constructed_qp, rng, vector};
 use nalgebra::DVector;
 use serde_json::{json, Value};
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_bilevel"))
+/// The `bilevel` command, run in `dir` (an empty directory of the test's own) with none of the
+/// variables that change what it does (`BILEVEL_DATA`, `COLUMNS`): what the test sees does not
+/// depend on the directory `cargo test` runs in (after `bilevel data fetch`, `./data/mnist`
+/// holds MNIST) or on the user's environment.
+fn bin(dir: &Scratch) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bilevel"));
+    cmd.current_dir(dir.path())
+        .env_remove("BILEVEL_DATA")
+        .env_remove("COLUMNS");
+    cmd
 }
 
 fn derive(input: &str) -> (i32, String, String) {
-    let mut child = bin()
+    let dir = Scratch::new("cli-derive");
+    let mut child = bin(&dir)
         .args(["derive", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -50,7 +63,8 @@ fn vec_of(v: &Value) -> DVector<f64> {
 
 #[test]
 fn verify_json_passes_and_has_the_documented_shape() {
-    let out = bin()
+    let dir = Scratch::new("cli-verify-json");
+    let out = bin(&dir)
         .args(["verify", "--json", "--seed", "3"])
         .output()
         .unwrap();
@@ -178,7 +192,8 @@ fn derive_rejects_bad_input_with_one_line_naming_the_field() {
         assert!(stderr.contains(field), "{input}: {stderr}");
         assert!(!stderr.contains("panicked"));
     }
-    let out = bin()
+    let dir = Scratch::new("cli-derive-missing");
+    let out = bin(&dir)
         .args(["derive", "/nonexistent.json"])
         .output()
         .unwrap();
@@ -188,7 +203,8 @@ fn derive_rejects_bad_input_with_one_line_naming_the_field() {
 
 #[test]
 fn taxonomy_lists_every_table1_row_close_to_back_propagation() {
-    let out = bin().args(["taxonomy", "--json"]).output().unwrap();
+    let dir = Scratch::new("cli-taxonomy");
+    let out = bin(&dir).args(["taxonomy", "--json"]).output().unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -232,16 +248,16 @@ fn taxonomy_lists_every_table1_row_close_to_back_propagation() {
         let e = r["rel_error_vs_bp"].as_f64().unwrap_or(f64::NAN);
         assert!(e < 1e-2, "{}: {e}", r["method"]);
     }
-    let bad = bin().args(["taxonomy", "--beta", "-1"]).output().unwrap();
+    let bad = bin(&dir)
+        .args(["taxonomy", "--beta", "-1"])
+        .output()
+        .unwrap();
     assert!(!bad.status.success());
 }
 
 fn run(args: &[&str]) -> (i32, String, String) {
-    let out = bin()
-        .args(args)
-        .env_remove("BILEVEL_DATA")
-        .output()
-        .unwrap();
+    let dir = Scratch::new("cli-run");
+    let out = bin(&dir).args(args).output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8(out.stdout).unwrap(),
@@ -346,8 +362,7 @@ fn a_successful_derive_prints_only_finite_numbers() {
 #[cfg(target_os = "linux")]
 #[test]
 fn a_closed_pipe_ends_quietly_and_a_full_disk_is_one_line() {
-    let dir = std::env::temp_dir().join(format!("bilevel-cli-pipe-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = Scratch::new("cli-pipe");
     let problem = dir.join("p.json");
     std::fs::write(
         &problem,
@@ -357,7 +372,7 @@ fn a_closed_pipe_ends_quietly_and_a_full_disk_is_one_line() {
     let problem = problem.to_str().unwrap();
     for args in [vec!["derive", problem], vec!["verify"], vec!["taxonomy"]] {
         // Broken pipe: the reading end is closed before the program writes.
-        let mut child = bin()
+        let mut child = bin(&dir)
             .args(&args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -373,7 +388,7 @@ fn a_closed_pipe_ends_quietly_and_a_full_disk_is_one_line() {
             .write(true)
             .open("/dev/full")
             .unwrap();
-        let out = bin().args(&args).stdout(full).output().unwrap();
+        let out = bin(&dir).args(&args).stdout(full).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
         assert!(
@@ -385,8 +400,9 @@ fn a_closed_pipe_ends_quietly_and_a_full_disk_is_one_line() {
 
 #[test]
 fn taxonomy_at_extreme_betas_prints_no_nan() {
+    let dir = Scratch::new("cli-taxonomy-betas");
     for beta in ["1e308", "1e-300"] {
-        let out = bin()
+        let out = bin(&dir)
             .args(["taxonomy", "--beta", beta, "--json"])
             .output()
             .unwrap();
@@ -437,7 +453,8 @@ fn verify_runs_chosen_rows_and_names_the_rows_when_an_id_is_unknown() {
 /// lines within 100 columns, and the JSON records the seed and the crate version.
 #[test]
 fn verify_is_readable_in_paper_order_and_records_its_seed() {
-    let out = bin()
+    let dir = Scratch::new("cli-verify-text");
+    let out = bin(&dir)
         .args(["verify", "--json", "--seed", "5"])
         .output()
         .unwrap();
@@ -477,11 +494,7 @@ fn verify_is_readable_in_paper_order_and_records_its_seed() {
         .map(|c| section(c["claim"].as_str().unwrap()))
         .collect();
     assert!(sections.windows(2).all(|w| w[0] <= w[1]), "{sections:?}");
-    let text = bin()
-        .args(["verify"])
-        .env_remove("COLUMNS")
-        .output()
-        .unwrap();
+    let text = bin(&dir).args(["verify"]).output().unwrap();
     let text = String::from_utf8(text.stdout).unwrap();
     let longest = text.lines().map(|l| l.chars().count()).max().unwrap();
     assert!(longest <= 100, "a line of {longest} characters");
