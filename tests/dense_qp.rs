@@ -1,11 +1,11 @@
-//! The dense dual active-set solver (`solve::dense`) against independent answers: Clarabel
+//! The dense dual active-set solver (`solve::qp::DenseFactor`) against independent answers: Clarabel
 //! followed by the exact refinement, brute-force enumeration of the working sets, constructed
 //! solutions with weakly active rows; infeasibility certificates, dependent rows, and one
 //! factorization reused across right-hand sides and row subsets.
 
 use bilevel::prelude::*;
-use bilevel::solve::dense::{DenseFactor, Row};
 use bilevel::solve::qp::{solve_by_enumeration, solve_exact, solve_exact_dense, Qp, DENSE};
+use bilevel::solve::qp::{DenseFactor, Row};
 use bilevel::verify::instances::{constructed_qp, matrix, rng, spd, vector};
 use nalgebra::{dmatrix, dvector, DMatrix, DVector};
 

@@ -16,7 +16,7 @@ fn backends() -> Vec<Arc<dyn QpBackend>> {
     #[allow(unused_mut)]
     let mut v: Vec<Arc<dyn QpBackend>> = vec![
         Arc::new(Clarabel::default()),
-        Arc::new(bilevel::solve::dense::DenseActiveSet),
+        Arc::new(bilevel::solve::qp::DenseActiveSet),
     ];
     #[cfg(feature = "osqp")]
     v.push(Arc::new(bilevel::solve::qp::Osqp::default()));

@@ -390,6 +390,13 @@ pub fn power_iteration(
     lambda
 }
 
+/// `‖W‖₂²` by `steps` steps of [`power_iteration`] on `WᵀW` (an estimate from below).
+pub fn spectral_norm_sq(w: &DMatrix<f64>, steps: usize) -> f64 {
+    let wtw = w.transpose() * w;
+    let ones = DVector::from_element(wtw.nrows(), 1.0);
+    power_iteration(&ones, steps, |v| Some(&wtw * v))
+}
+
 /// Checks that `q` is symmetric (relative tolerance `1e-10` of its largest entry) and positive
 /// definite, and returns its smallest eigenvalue (the strong-convexity modulus `ν` of
 /// `½ zᵀQz`, used by Prop. 3).

@@ -39,8 +39,7 @@ use std::ops::SubAssign;
 
 use nalgebra::{DMatrix, DVector, DVectorView};
 
-use super::linearized::Gradients;
-use super::local::forward_pass;
+use super::linearized::{forward_states, Gradients};
 use super::{
     activate_columns, Batch, EnergyKind, NestedProblem, NestedReport, NestedSettings, NestedStatus,
     Network, Optimum, OutputLoss,
@@ -78,14 +77,6 @@ pub fn contrastive(
             "penalizer energies: the free phase is the forward pass (Section 3.2.1); use the local contrastive solver",
         )),
     }
-}
-
-/// `‖W‖₂²` by `steps` steps of power iteration on `WᵀW` (a lower estimate converging from
-/// below).
-pub(crate) fn spectral_norm_sq(w: &DMatrix<f64>, steps: usize) -> f64 {
-    let wtw = w.transpose() * w;
-    let ones = DVector::from_element(wtw.nrows(), 1.0);
-    crate::linalg::power_iteration(&ones, steps, |v| Some(&wtw * v))
 }
 
 /// Each layer's box `(lo, hi)`.
@@ -375,12 +366,15 @@ pub fn convex_chl_batched(
             if k == top {
                 1.0
             } else {
-                let norm = spectral_norm_sq(&net.layers[k + 1].w, settings.power_iterations);
+                let norm = crate::linalg::spectral_norm_sq(
+                    &net.layers[k + 1].w,
+                    settings.power_iterations,
+                );
                 1.0 / (1.0 + settings.lipschitz_margin * betas[k] * norm)
             }
         })
         .collect();
-    let mut free = forward_pass(net, batch.x)?;
+    let mut free = forward_states(net, batch.x)?;
     let (free_sweeps, free_change) =
         batched_free_phase(problem, batch, &steps, &mut free, settings)?;
     let (d, clamped_sweeps, clamped_change) =
@@ -544,7 +538,7 @@ fn chl(
 ) -> Result<NestedReport> {
     let (net, top) = (problem.net, problem.top());
     // The forward pass is the starting point of both phases.
-    let mut free = forward_pass(net, batch.x)?;
+    let mut free = forward_states(net, batch.x)?;
     let (free_sweeps, r_free) = chl_free_phase(problem, batch.x, &mut free, settings)?;
     let mut d: Vec<DMatrix<f64>> = free
         .iter()

@@ -208,6 +208,35 @@ pub fn forward<T: Gemm>(net: &Network<T>, x: &DMatrix<T>, ws: &mut Workspace<T>)
     Ok(())
 }
 
+impl<T: Gemm> Network<T> {
+    /// The batch-mean loss `ℓ(z_L*)` of the forward pass (allocates a workspace; for checks).
+    pub fn loss(&self, loss: OutputLoss, x: &DMatrix<T>, target: &DMatrix<T>) -> Result<T> {
+        let mut ws = Workspace::new(self, x.ncols());
+        forward(self, x, &mut ws)?;
+        let top = &ws.z[self.layers.len() - 1];
+        if target.shape() != top.shape() {
+            return Err(Error::dim(
+                "target",
+                format!("{:?}", top.shape()),
+                format!("{:?}", target.shape()),
+            ));
+        }
+        let mut g = top.clone();
+        Ok(loss.value_and_gradient(top, target, &mut g))
+    }
+}
+
+/// The states `z_k* = f_k(a_k)` of the [`forward`] pass of the batch `x` (Eq. 29: the free
+/// minimizer of `Ẽ`, the clamped phases' start), in a workspace of their own.
+///
+/// # Errors
+/// As [`forward`].
+pub(crate) fn forward_states(net: &Network<f64>, x: &DMatrix<f64>) -> Result<Vec<DMatrix<f64>>> {
+    let mut ws = Workspace::new(net, x.ncols());
+    forward(net, x, &mut ws)?;
+    Ok(ws.z)
+}
+
 /// The Fenchel quotient of a batch-mean signal is taken at `β_k B`: it must stay finite.
 fn check_quotient_range<T: RealField + Copy>(betas: &[T], batch: usize) -> Result<()> {
     let b: T = nalgebra::convert(batch as f64);

@@ -39,7 +39,7 @@ use std::ops::{AddAssign, SubAssign};
 
 use nalgebra::{DMatrix, DVector};
 
-use super::linearized::{Gradients, Workspace};
+use super::linearized::{forward_states, Gradients, Workspace};
 use super::{
     activate_columns, Batch, EnergyKind, NestedProblem, NestedReport, NestedSettings, NestedStatus,
     Network, Optimum, OutputLoss,
@@ -65,13 +65,6 @@ pub fn contrastive(
         EnergyKind::Penalizer => mac(problem, batch, settings),
         EnergyKind::Fenchel | EnergyKind::Proximal => lpom(problem, batch, settings),
     }
-}
-
-/// The forward pass `z_k* = f_k(a_k)` of the batch (Eq. 29: the free minimizer of `Ẽ`).
-pub(crate) fn forward_pass(net: &Network<f64>, x: &DMatrix<f64>) -> Result<Vec<DMatrix<f64>>> {
-    let mut ws = Workspace::new(net, x.ncols());
-    super::linearized::forward(net, x, &mut ws)?;
-    Ok(ws.z)
 }
 
 /// Eq. 28's θ-gradient by the envelope theorem, `Σ_k (1/β_k) ∂_θ Ẽ_k(ẑ_k, ẑ_{k−1})`, from each
@@ -284,7 +277,7 @@ fn mac(
 ) -> Result<NestedReport> {
     let net = problem.net;
     let b = batch.len();
-    let free = forward_pass(net, batch.x)?;
+    let free = forward_states(net, batch.x)?;
     let mut cols = MacColumns::new(&free);
     let use_rates = problem.betas.iter().all(|&s| s <= settings.mac_rate_below);
     let a_star: Vec<DMatrix<f64>> = if use_rates {
@@ -736,7 +729,7 @@ fn lpom(
     settings: &NestedSettings,
 ) -> Result<NestedReport> {
     let net = problem.net;
-    let free = forward_pass(net, batch.x)?;
+    let free = forward_states(net, batch.x)?;
     let mut z = free.clone();
     // ‖W_k‖₂² by power iteration (the Frobenius norm overestimates the Lipschitz constant by up
     // to the layer width and made FISTA crawl on 784-wide layers); it approaches from below,
@@ -746,7 +739,7 @@ fn lpom(
         .iter()
         .map(|l| {
             settings.fista_lipschitz_margin
-                * super::global::spectral_norm_sq(&l.w, settings.power_iterations)
+                * crate::linalg::spectral_norm_sq(&l.w, settings.power_iterations)
         })
         .collect();
     let mut iterations = 0;

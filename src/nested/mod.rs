@@ -394,21 +394,3 @@ impl<T: RealField + Copy> Network<T> {
             .collect()
     }
 }
-
-impl<T: crate::linalg::Gemm> Network<T> {
-    /// The batch-mean loss `ℓ(z_L*)` of the forward pass (allocates a workspace; for checks).
-    pub fn loss(&self, loss: OutputLoss, x: &DMatrix<T>, target: &DMatrix<T>) -> Result<T> {
-        let mut ws = linearized::Workspace::new(self, x.ncols());
-        linearized::forward(self, x, &mut ws)?;
-        let top = &ws.z[self.layers.len() - 1];
-        if target.shape() != top.shape() {
-            return Err(Error::dim(
-                "target",
-                format!("{:?}", top.shape()),
-                format!("{:?}", target.shape()),
-            ));
-        }
-        let mut g = top.clone();
-        Ok(loss.value_and_gradient(top, target, &mut g))
-    }
-}

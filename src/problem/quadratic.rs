@@ -9,11 +9,11 @@ use super::{
 use crate::error::Result;
 use crate::linalg::check_spd;
 use crate::problem::{Direction, DirectionMethod};
-use crate::solve::dense::{DenseActiveSet, DenseFactor};
 use crate::solve::qp::{
     classify, complementarity, dense_exact, solve_exact, solve_exact_dense, solve_offset, Activity,
     OffsetQp, OffsetSolution, Qp, QpBackend, Tolerances, DENSE,
 };
+use crate::solve::qp::{DenseActiveSet, DenseFactor};
 
 /// The standard constrained quadratic layer
 /// <div class="math">
@@ -28,7 +28,7 @@ use crate::solve::qp::{
 /// Loss-augmented solves `β ℓ + E` stay QPs: `P = Q + βκ I`, `q = −(Bθ + c) − βh` for
 /// `ℓ = (κ/2)‖z‖² − hᵀz`. By default they run on the dense dual active-set method with a
 /// factorization of `Q` and the rows kept for the layer's lifetime
-/// ([`crate::solve::dense`]: built on first use, `O(n³)` once, then `O(|W|³ + n²)` per solve;
+/// ([`crate::solve::qp`]: built on first use, `O(n³)` once, then `O(|W|³ + n²)` per solve;
 /// Prop. 2's direction problem, Eq. 17, reuses it), or on another [`QpBackend`]
 /// ([`QuadraticProblem::with_backend`]: Clarabel, OSQP); either way the answer is refined
 /// exactly ([`solve_exact`]).

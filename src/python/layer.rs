@@ -6,7 +6,9 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 
-use super::{detached, mat_arg, py_matrix, py_rows, py_slice, py_vector, to_pyerr, vec_arg, Array};
+use super::convert::{
+    detached, mat_arg, py_matrix, py_rows, py_slice, py_vector, to_pyerr, vec_arg, Array,
+};
 use crate::derive::{DeriveOutput, Request};
 use crate::error::{Error, Result};
 use crate::problem::{InnerProblem, InnerSolution, LinearConstraints, Loss, QuadraticProblem};

@@ -11,7 +11,7 @@ use numpy::{IntoPyArray, PyArrayDyn};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 
-use super::{detached, mat_arg, py_matrix, py_vector, to_pyerr, vec_arg, Array};
+use super::convert::{detached, mat_arg, py_matrix, py_vector, to_pyerr, vec_arg, Array};
 use crate::error::{Error, Result};
 use crate::nested::method::Method;
 use crate::nested::{Batch, Layer, NestedReport, NestedSettings, Network as Net, OutputLoss};

@@ -9,10 +9,13 @@ use nalgebra::{DMatrix, DVector};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::error::Result;
 use crate::nested::{Layer, Network};
 use crate::problem::LinearConstraints;
+use crate::problem::{LogCoshProblem, Loss, QuadraticProblem};
 use crate::prox::Activation;
 use crate::solve::qp::Activity;
+use crate::surrogate::Bilevel;
 
 /// A seeded generator (`StdRng`, reproducible for a given seed and crate version).
 pub fn rng(seed: u64) -> StdRng {
@@ -131,3 +134,43 @@ pub fn network(rng: &mut StdRng, widths: &[usize], hidden: Activation) -> Networ
             .collect(),
     }
 }
+
+/// A `LogCoshProblem` program with `n` variables and `p` parameters, and a `θ`.
+pub(super) fn logcosh(
+    seed: u64,
+    n: usize,
+    p: usize,
+) -> Result<(Bilevel<LogCoshProblem>, DVector<f64>)> {
+    let mut r = rng(seed);
+    let q = spd(&mut r, n, 0.3);
+    let b = matrix(&mut r, n, p);
+    let c = vector(&mut r, n);
+    let theta = vector(&mut r, p);
+    let target = vector(&mut r, n);
+    Ok((
+        Bilevel::new(LogCoshProblem::new(q, b, c)?, Loss::Squared { target })?,
+        theta,
+    ))
+}
+
+/// The program of a constructed QP layer with `loss`.
+pub(super) fn qp_program(inst: &ConstructedQp, loss: Loss) -> Result<Bilevel<QuadraticProblem>> {
+    let p = QuadraticProblem::new(
+        inst.q.clone(),
+        inst.b.clone(),
+        inst.c.clone(),
+        inst.constraints.clone(),
+    )?;
+    Bilevel::new(p, loss)
+}
+
+/// The activity pattern of the degenerate QPs: three weakly active rows.
+pub(super) const DEGENERATE: [Activity; 7] = [
+    Activity::Strong,
+    Activity::Weak,
+    Activity::Inactive,
+    Activity::Weak,
+    Activity::Strong,
+    Activity::Inactive,
+    Activity::Weak,
+];

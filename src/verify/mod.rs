@@ -6,40 +6,16 @@
 //! own names (`Def. 1`, `Prop. 2`, ...). Instances are random but seeded, so a run is
 //! reproducible; `--seed` draws other instances.
 
+mod check;
 pub mod instances;
 mod nested;
 pub mod reference;
 mod single;
 
-use nalgebra::DVector;
 use serde::Serialize;
 
-use crate::error::Result;
-use crate::problem::{LogCoshProblem, Loss, QuadraticProblem};
-use crate::solve::qp::Activity;
-use crate::surrogate::Bilevel;
-use instances::{matrix, rng, spd, vector, ConstructedQp};
+pub use check::{fitted_slope, quantity, rel_err, Check};
 use nested::NestedInstance;
-use reference::central;
-
-/// One row of the verification table.
-#[derive(Debug, Clone, Serialize)]
-pub struct Check {
-    /// Stable identifier (`prop2-enumeration`, ...).
-    pub id: String,
-    /// The paper's name of the claim (`Prop. 2`, ...).
-    pub claim: String,
-    /// The instance and what is compared with what.
-    pub description: String,
-    /// What `measured` is, with its unit (see [`quantity`]).
-    pub quantity: &'static str,
-    /// The measured value.
-    pub measured: f64,
-    /// The largest error that passes.
-    pub tolerance: f64,
-    /// `measured ≤ tolerance` (false for NaN).
-    pub passed: bool,
-}
 
 /// All checks of one run.
 #[derive(Debug, Clone, Serialize)]
@@ -54,26 +30,6 @@ pub struct Report {
     pub passed: usize,
     /// Number failed.
     pub failed: usize,
-}
-
-impl Check {
-    /// A row from a measurement; a measurement that failed counts as failed, with the error in
-    /// the description.
-    fn measure(id: &str, claim: &str, description: String, r: Result<f64>, tolerance: f64) -> Self {
-        let (description, measured) = match r {
-            Ok(m) => (description, m),
-            Err(e) => (format!("{description} — error: {e}"), f64::NAN),
-        };
-        Self {
-            quantity: quantity(id),
-            id: id.into(),
-            claim: claim.into(),
-            description,
-            measured,
-            tolerance,
-            passed: measured <= tolerance,
-        }
-    }
 }
 
 /// What a check needs: the seed offset and, built on first use, the network of the nested rows.
@@ -107,20 +63,6 @@ macro_rules! entry {
     ($id:literal, nested::$f:ident) => {
         Entry { ids: &[$id], run: |c| vec![nested::$f(c.nested())] }
     };
-}
-
-/// What a row's `measured` is, with its unit: one of "relative error" (`‖a − b‖∞ / max(1, ‖b‖∞)`
-/// unless the description names another scale), "absolute error", "|rate − expected rate|"
-/// (fitted log-log slope), "count" or "bound violation" (how far an inequality of the paper
-/// fails, absolute; 0 when it holds).
-pub fn quantity(id: &str) -> &'static str {
-    match id {
-        "prop2-classification" => "count",
-        "cor1-rate" | "centered-rate" | "table1-centered" => "|rate - expected rate|",
-        "prop3-band" | "eq29-local-below-loss" | "eq29-fenchel-young-gap" => "bound violation",
-        "softmax-fenchel-young" | "example1-generalized" => "absolute error",
-        _ => "relative error",
-    }
 }
 
 /// Every check, in the paper's order (Section 2: Def. 1, Props. 1-2, Example 1, Cor. 1 and the
@@ -206,49 +148,6 @@ pub fn run_only(seed: u64, ids: &[&str]) -> Report {
         failed,
     }
 }
-
-/// `‖a − b‖∞ / max(1, ‖b‖∞)`.
-pub fn rel_err(a: &DVector<f64>, b: &DVector<f64>) -> f64 {
-    (a - b).amax() / b.amax().max(1.0)
-}
-
-/// Least-squares slope of `log err` against `log β`.
-pub fn fitted_slope(betas: &[f64], errs: &[f64]) -> f64 {
-    let xs: Vec<f64> = betas.iter().map(|b| b.ln()).collect();
-    let ys: Vec<f64> = errs.iter().map(|e| e.ln()).collect();
-    let n = xs.len() as f64;
-    let (mx, my) = (xs.iter().sum::<f64>() / n, ys.iter().sum::<f64>() / n);
-    let cov: f64 = xs.iter().zip(&ys).map(|(x, y)| (x - mx) * (y - my)).sum();
-    let var: f64 = xs.iter().map(|x| (x - mx) * (x - mx)).sum();
-    cov / var
-}
-
-fn logcosh(seed: u64, n: usize, p: usize) -> Result<(Bilevel<LogCoshProblem>, DVector<f64>)> {
-    let mut r = rng(seed);
-    let q = spd(&mut r, n, 0.3);
-    let b = matrix(&mut r, n, p);
-    let c = vector(&mut r, n);
-    let theta = vector(&mut r, p);
-    let target = vector(&mut r, n);
-    Ok((
-        Bilevel::new(LogCoshProblem::new(q, b, c)?, Loss::Squared { target })?,
-        theta,
-    ))
-}
-
-fn qp_program(inst: &ConstructedQp, loss: Loss) -> Result<Bilevel<QuadraticProblem>> {
-    let p = QuadraticProblem::new(
-        inst.q.clone(),
-        inst.b.clone(),
-        inst.c.clone(),
-        inst.constraints.clone(),
-    )?;
-    Bilevel::new(p, loss)
-}
-
-use Activity::{Inactive, Strong, Weak};
-/// The activity pattern of the degenerate QPs: three weakly active rows.
-const DEGENERATE: [Activity; 7] = [Strong, Weak, Inactive, Weak, Strong, Inactive, Weak];
 
 #[cfg(test)]
 mod tests {

@@ -4,9 +4,9 @@
 
 use nalgebra::{DMatrix, DVector};
 
+use super::check::{fitted_slope, rel_err, Check};
 use super::instances::{matrix, network, rng, vector};
 use super::reference::{appendix_c_gradient, central_network};
-use super::{fitted_slope, rel_err, Check};
 use crate::error::Result;
 use crate::nested::linearized::{gradient, Gradients, Workspace};
 use crate::nested::method::Method;

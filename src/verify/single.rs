@@ -3,8 +3,9 @@
 
 use nalgebra::{DMatrix, DVector};
 
-use super::instances::{constructed_qp, matrix, rng, spd, vector};
-use super::{central, fitted_slope, logcosh, qp_program, rel_err, Check, DEGENERATE};
+use super::check::{fitted_slope, rel_err, Check};
+use super::instances::{constructed_qp, logcosh, matrix, qp_program, rng, spd, vector, DEGENERATE};
+use super::reference::central;
 use crate::error::Result;
 use crate::linalg::{select_rows, vstack};
 use crate::problem::{InnerProblem, LinearConstraints, Loss, ProxProblem, QuadraticProblem};

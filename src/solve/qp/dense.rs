@@ -17,17 +17,20 @@
 //! The method's dual objective increases strictly at every step, so it terminates; a row that
 //! is a non-negative combination of the working rows and still violated is a Farkas certificate
 //! ([`Error::Infeasible`]). The final point is refined once on the full KKT residual; callers
-//! check it ([`super::qp::solve_exact_dense`] continues on the null-space solve if a sign or
+//! check it ([`super::solve_exact_dense`] continues on the null-space solve if a sign or
 //! accuracy check fails).
 
 use nalgebra::{Cholesky, DMatrix, DVector, Dyn};
 
-use super::qp::{Qp, QpBackend, QpRaw, DENSE};
+use super::problem::{Qp, QpBackend, QpRaw};
 use crate::error::{Error, Result};
 
+/// The name the dense dual active-set method reports as its backend.
+pub const DENSE: &str = "dense active set";
+
 /// The dense dual active-set method as a [`QpBackend`] (it needs `P` positive definite). Its
-/// answer is already exact; [`super::qp::solve_exact`] confirms it. Problems that keep their
-/// data ([`crate::problem::QuadraticProblem`]) call [`super::qp::solve_exact_dense`] with a
+/// answer is already exact; [`super::solve_exact`] confirms it. Problems that keep their
+/// data ([`crate::problem::QuadraticProblem`]) call [`super::solve_exact_dense`] with a
 /// stored [`DenseFactor`] instead, which skips the factorization.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DenseActiveSet;
@@ -428,7 +431,7 @@ impl<'a> Dual<'a> {
 ///
 /// # Errors
 /// As [`DenseFactor::new`] and [`DenseFactor::solve`].
-pub fn solve_qp(qp: &Qp) -> Result<DenseSolution> {
+pub(crate) fn solve_qp(qp: &Qp) -> Result<DenseSolution> {
     let f = DenseFactor::new(&qp.p, &qp.a, &qp.a_eq)?;
     let (m, k) = (qp.b.len(), qp.b_eq.len());
     let mut b = DVector::zeros(m + k);

@@ -1,0 +1,391 @@
+//! The exact refinement: from a backend's approximate point (or the dense dual active-set
+//! method's working set) to the exact KKT point of the identified active set, repaired until
+//! every sign condition holds to rounding, with each row classified (see the module docs of
+//! [`super`]).
+
+use nalgebra::{DMatrix, DVector};
+
+use super::clarabel::Clarabel;
+use super::dense::{DenseFactor, Row, DENSE};
+use super::problem::{
+    classify, complementarity, slack_rounding, ExactQp, Qp, QpBackend, Tolerances,
+};
+use crate::error::{Error, Result};
+use crate::linalg::{select_rows, solve_kkt, vstack};
+
+/// Solves `qp` with `backend`, then refines exactly (see the module docs).
+///
+/// # Errors
+/// The backend's errors; [`Error::Singular`] when the KKT system on the identified active set is
+/// singular (LICQ fails); [`Error::NotConverged`] when the active-set repair does not settle.
+pub fn solve_exact(backend: &dyn QpBackend, qp: &Qp, tol: &Tolerances) -> Result<ExactQp> {
+    let m = qp.b.len();
+    if m == 0 {
+        // Equalities only: one KKT solve is the exact answer; no backend needed.
+        qp.validate()?;
+        return refine(qp, tol, &mut [], "direct KKT (no inequalities)", 0, false);
+    }
+    let backend_result = backend.solve(qp).and_then(|raw| {
+        // Identification: an interior-point or ADMM point has, for each inequality, either a
+        // small slack or a small multiplier; the larger of the two tells which side of
+        // complementarity the exact solution is on (ties are weakly active and either choice is
+        // exact).
+        let slack0 = &qp.a * &raw.x - &qp.b;
+        let mut working: Vec<bool> = (0..m).map(|i| slack0[i] < raw.lambda[i]).collect();
+        refine(
+            qp,
+            tol,
+            &mut working,
+            backend.name(),
+            raw.iterations,
+            raw.reduced_accuracy,
+        )
+    });
+    match backend_result {
+        Ok(sol) => Ok(sol),
+        // A backend's verdict or failure is not taken on trust: badly scaled data make
+        // interior-point solvers report infeasible or unbounded problems that are neither (a
+        // strictly convex QP is never unbounded). The dual active-set method either finds the
+        // exact working set or proves infeasibility; if it cannot run (P only semidefinite), the
+        // backend's own answer stands.
+        Err(backend_error) => match dual_active_set(qp) {
+            Ok(mut working) => {
+                let mut sol = refine(qp, tol, &mut working, "dual active set", 0, false)?;
+                sol.fallback = Some(backend_error.to_string());
+                Ok(sol)
+            }
+            Err(Error::NotPositiveDefinite { .. }) => Err(backend_error),
+            Err(e) => Err(e),
+        },
+    }
+}
+
+/// [`solve_exact`] on a [`DenseFactor`] of the QP's `P` and of a superset of its rows: the
+/// dual active-set method finds the exact working set without an interior-point solve, and its
+/// factorization gives the KKT point, the refinement and the condition estimate (`O(|W|³ + n²)`
+/// per solve once the factor exists). `rows[j]` is the factor's row of the QP's stacked row `j`
+/// (`A`'s rows, then `A_eq`'s); the factor's other rows are left out. The point then passes
+/// the same sign and accuracy checks as [`refine`]'s; if one fails (rounding on an
+/// ill-conditioned problem), [`refine`] continues from the working set on the null-space KKT
+/// solve, and if the active-set method itself fails for anything but a proved infeasibility,
+/// [`solve_exact`] with Clarabel runs instead (reported in `fallback`).
+///
+/// # Errors
+/// [`Error::Infeasible`] with the certificate; `rows` of the wrong length or out of the
+/// factor's range; otherwise as [`solve_exact`].
+pub fn solve_exact_dense(
+    factor: &DenseFactor,
+    qp: &Qp,
+    rows: &[usize],
+    tol: &Tolerances,
+) -> Result<ExactQp> {
+    dense_exact(factor, qp, rows, tol, true)
+}
+
+/// [`solve_exact_dense`]; without `condition` the estimate is skipped (`ExactQp::condition`
+/// is then `NaN`: for callers that do not report it, such as a layer's forward solve).
+pub(crate) fn dense_exact(
+    factor: &DenseFactor,
+    qp: &Qp,
+    rows: &[usize],
+    tol: &Tolerances,
+    condition: bool,
+) -> Result<ExactQp> {
+    qp.validate()?;
+    let (m, k) = (qp.b.len(), qp.b_eq.len());
+    if rows.len() != m + k || rows.iter().any(|&r| r >= factor.rows()) {
+        return Err(Error::dim("rows (of the dense factor)", m + k, rows.len()));
+    }
+    let mut b = DVector::zeros(factor.rows());
+    let mut kinds = vec![Row::Off; factor.rows()];
+    for (j, &r) in rows.iter().enumerate() {
+        (b[r], kinds[r]) = if j < m {
+            (qp.b[j], Row::Inequality)
+        } else {
+            (qp.b_eq[j - m], Row::Equality)
+        };
+    }
+    let solved = factor.solve(&qp.q, &b, &kinds).and_then(|sol| {
+        if sol.x.iter().chain(sol.y.iter()).all(|v| v.is_finite()) {
+            Ok(sol)
+        } else {
+            Err(Error::NonFinite {
+                what: "the dense active-set point (data beyond its range)".into(),
+            })
+        }
+    });
+    let sol = match solved {
+        Ok(sol) => sol,
+        Err(e @ Error::Infeasible(_)) => return Err(e),
+        Err(e) => {
+            let mut sol = solve_exact(&Clarabel::default(), qp, tol)?;
+            sol.fallback = Some(format!("{DENSE}: {e}"));
+            return Ok(sol);
+        }
+    };
+    let mut working: Vec<bool> = rows[..m].iter().map(|&r| sol.working[r]).collect();
+    let tol_p = tol.feasibility * (1.0 + qp.b.amax().max(qp.b_eq.amax()));
+    let y = DVector::from_fn(m + k, |j, _| sol.y[rows[j]]);
+    let point = WorkingPoint::from_dense(qp, &sol.x, &y, &working, sol.error, || {
+        if condition {
+            factor.condition(&sol.working)
+        } else {
+            f64::NAN
+        }
+    });
+    if worst_violation(qp, &working, &point, tol_p).is_some() || !point.accurate(qp, &working) {
+        return refine(qp, tol, &mut working, DENSE, sol.steps, false);
+    }
+    Ok(point.into_exact(qp, tol, &working, tol_p, DENSE, sol.steps, 0, false))
+}
+
+/// The exact part of [`solve_exact`], starting from a given working set (also used by the
+/// brute-force references in tests).
+pub fn refine(
+    qp: &Qp,
+    tol: &Tolerances,
+    working: &mut [bool],
+    backend: &'static str,
+    backend_iterations: usize,
+    reduced_accuracy: bool,
+) -> Result<ExactQp> {
+    let m = qp.b.len();
+    let tol_p = tol.feasibility * (1.0 + qp.b.amax().max(qp.b_eq.amax()));
+    let max_repairs = 2 * m + 10;
+    let mut repairs = 0;
+    loop {
+        let point = WorkingPoint::solve(qp, working)?;
+        let Some(i) = worst_violation(qp, working, &point, tol_p) else {
+            return Ok(point.into_exact(
+                qp,
+                tol,
+                working,
+                tol_p,
+                backend,
+                backend_iterations + repairs,
+                repairs,
+                reduced_accuracy,
+            ));
+        };
+        if repairs >= max_repairs {
+            return Err(Error::NotConverged {
+                solver: format!("{backend} + active-set refinement"),
+                iterations: repairs,
+                residual: (-point.slack.min()).max(-point.lambda.min()).max(0.0),
+            });
+        }
+        working[i] = !working[i];
+        repairs += 1;
+    }
+}
+
+/// The exact KKT point of a working set: the rows in it held as equalities.
+struct WorkingPoint {
+    kkt: crate::linalg::KktSolution,
+    /// The working rows, then the equality rows.
+    a_w: DMatrix<f64>,
+    lambda: DVector<f64>,
+    lambda_eq: DVector<f64>,
+    slack: DVector<f64>,
+}
+
+impl WorkingPoint {
+    /// The point of a [`DenseFactor::solve`] (`y`: the QP's stacked multipliers), in this
+    /// struct's conventions.
+    fn from_dense(
+        qp: &Qp,
+        x: &DVector<f64>,
+        y: &DVector<f64>,
+        working: &[bool],
+        error: (f64, f64),
+        condition: impl FnOnce() -> f64,
+    ) -> Self {
+        let (m, k) = (qp.b.len(), qp.b_eq.len());
+        let rows: Vec<usize> = (0..m).filter(|&i| working[i]).collect();
+        let a_w = vstack(&select_rows(&qp.a, &rows), &qp.a_eq);
+        let lambda = y.rows(0, m).into_owned();
+        let lambda_eq = y.rows(m, k).into_owned();
+        let mut nu = DVector::zeros(rows.len() + k);
+        for (r, &i) in rows.iter().enumerate() {
+            nu[r] = -lambda[i];
+        }
+        nu.rows_mut(rows.len(), k).copy_from(&(-&lambda_eq));
+        let slack = &qp.a * x - &qp.b;
+        let stationarity = &qp.p * x + &qp.q - qp.a.tr_mul(&lambda) - qp.a_eq.tr_mul(&lambda_eq);
+        let mut residual = stationarity.amax();
+        for &i in &rows {
+            residual = residual.max(slack[i].abs());
+        }
+        if k > 0 {
+            residual = residual.max((&qp.a_eq * x - &qp.b_eq).amax());
+        }
+        Self {
+            kkt: crate::linalg::KktSolution {
+                x: x.clone(),
+                nu,
+                condition: condition(),
+                residual,
+                error,
+            },
+            a_w,
+            lambda,
+            lambda_eq,
+            slack,
+        }
+    }
+
+    /// The KKT system on the working set holds to the accuracy [`solve_kkt`] demands.
+    fn accurate(&self, qp: &Qp, working: &[bool]) -> bool {
+        let rows: Vec<usize> = (0..qp.b.len()).filter(|&i| working[i]).collect();
+        let (n, k, w) = (qp.n(), qp.b_eq.len(), self.kkt.nu.len());
+        let mut s = DVector::zeros(rows.len() + k);
+        for (r, &i) in rows.iter().enumerate() {
+            s[r] = qp.b[i];
+        }
+        s.rows_mut(rows.len(), k).copy_from(&qp.b_eq);
+        let mut sol = DVector::zeros(n + w);
+        sol.rows_mut(0, n).copy_from(&self.kkt.x);
+        sol.rows_mut(n, w).copy_from(&self.kkt.nu);
+        crate::linalg::check_kkt_accuracy(&qp.p, &self.a_w, &(-&qp.q), &s, &sol).is_ok()
+    }
+
+    fn solve(qp: &Qp, working: &[bool]) -> Result<Self> {
+        let (m, k) = (qp.b.len(), qp.b_eq.len());
+        let rows: Vec<usize> = (0..m).filter(|&i| working[i]).collect();
+        let a_w = vstack(&select_rows(&qp.a, &rows), &qp.a_eq);
+        let mut rhs_c = DVector::zeros(rows.len() + k);
+        for (r, &i) in rows.iter().enumerate() {
+            rhs_c[r] = qp.b[i];
+        }
+        rhs_c.rows_mut(rows.len(), k).copy_from(&qp.b_eq);
+        let kkt = solve_kkt(&qp.p, &a_w, &(-&qp.q), &rhs_c)?;
+        let mut lambda = DVector::zeros(m);
+        for (r, &i) in rows.iter().enumerate() {
+            lambda[i] = -kkt.nu[r];
+        }
+        let lambda_eq = -kkt.nu.rows(rows.len(), k);
+        let slack = &qp.a * &kkt.x - &qp.b;
+        Ok(Self {
+            kkt,
+            a_w,
+            lambda,
+            lambda_eq,
+            slack,
+        })
+    }
+
+    /// The result once no repair is needed: classification, dependent rows, KKT residual.
+    #[allow(clippy::too_many_arguments)]
+    fn into_exact(
+        self,
+        qp: &Qp,
+        tol: &Tolerances,
+        working: &[bool],
+        tol_p: f64,
+        backend: &'static str,
+        iterations: usize,
+        repairs: usize,
+        reduced_accuracy: bool,
+    ) -> ExactQp {
+        let (x, lambda, slack) = (self.kkt.x, self.lambda, self.slack);
+        let tol_d = tol.multiplier * (1.0 + qp.q.amax() + qp.p.amax() * x.amax());
+        let activity = classify(working, &lambda, &slack, tol_p, tol_d);
+        let dependent = dependent_rows(&qp.a, &self.a_w, |i| !working[i] && slack[i] <= tol_p);
+        let stationarity =
+            &qp.p * &x + &qp.q - qp.a.tr_mul(&lambda) - qp.a_eq.tr_mul(&self.lambda_eq);
+        let eq_res = if qp.b_eq.is_empty() {
+            0.0
+        } else {
+            (&qp.a_eq * &x - &qp.b_eq).amax()
+        };
+        let residual = stationarity
+            .amax()
+            .max(eq_res)
+            .max(complementarity(&lambda, &slack));
+        ExactQp {
+            x,
+            lambda,
+            lambda_eq: self.lambda_eq,
+            slack,
+            activity,
+            working: working.to_vec(),
+            condition: self.kkt.condition,
+            residual,
+            backend,
+            iterations,
+            repairs,
+            reduced_accuracy,
+            fallback: None,
+            dependent,
+        }
+    }
+}
+
+/// The row the repair loop flips next: the most violated constraint outside the working set,
+/// else the most negative multiplier inside it; `None` at the exact solution.
+///
+/// The repair demands sign conditions up to what rounding explains, not up to the
+/// classification tolerances: a point that violates a constraint by 1e-9 is not the exact
+/// solution, and finite differences at small β see the difference. Rounding is measured per
+/// row ([`slack_rounding`]) with the KKT solve's own error estimate; a global `cond · ‖A‖‖x‖`
+/// bound once let a violation of 21 pass as rounding. A violation beyond the feasibility
+/// tolerance is repaired even when that estimate could explain it (ill-conditioned systems):
+/// the result must be feasible as documented, or the iteration ends in an error.
+fn worst_violation(qp: &Qp, working: &[bool], point: &WorkingPoint, tol_p: f64) -> Option<usize> {
+    let (x, slack, lambda, error) = (&point.kkt.x, &point.slack, &point.lambda, point.kkt.error);
+    let m = qp.b.len();
+    let rep_d = 64.0 * f64::EPSILON * (1.0 + qp.q.amax() + qp.p.amax() * x.amax()) + error.1;
+    let worst_primal = (0..m)
+        .filter(|&i| {
+            let bound = slack_rounding(&qp.a, i, qp.b[i], x, error.0).min(tol_p);
+            !working[i] && slack[i] < -bound
+        })
+        .min_by(|&i, &j| slack[i].total_cmp(&slack[j]));
+    let worst_dual = (0..m)
+        .filter(|&i| working[i] && lambda[i] < -rep_d)
+        .min_by(|&i, &j| lambda[i].total_cmp(&lambda[j]));
+    worst_primal.or(worst_dual)
+}
+
+/// The working set of the exact solution of a *strictly* convex QP, or a verified
+/// infeasibility certificate, by the dual active-set method of Goldfarb and Idnani (1983) — the
+/// one implementation, [`DenseFactor::solve`] (module docs of `dense`). It is the fallback of
+/// [`solve_exact`] whenever a backend fails or returns a verdict it cannot prove.
+///
+/// # Errors
+/// [`Error::Infeasible`] with the certificate; [`Error::NotPositiveDefinite`] when `P` is not
+/// (then nothing can be proved this way); [`Error::Singular`] for dependent equality rows;
+/// [`Error::NotConverged`] at the step cap.
+pub fn dual_active_set(qp: &Qp) -> Result<Vec<bool>> {
+    qp.validate()?;
+    let sol = super::dense::solve_qp(qp)?;
+    Ok(sol.working[..qp.b.len()].to_vec())
+}
+
+/// The rows `i` of `a` with `candidate(i)` that lie in the row space of `a_w` (relative
+/// residual of the least-squares fit below `1e-10`; a zero row always does).
+fn dependent_rows(
+    a: &DMatrix<f64>,
+    a_w: &DMatrix<f64>,
+    candidate: impl Fn(usize) -> bool,
+) -> Vec<usize> {
+    let rows: Vec<usize> = (0..a.nrows()).filter(|&i| candidate(i)).collect();
+    if rows.is_empty() {
+        return rows;
+    }
+    let svd = (a_w.nrows() > 0).then(|| a_w.transpose().svd(true, true));
+    rows.into_iter()
+        .filter(|&i| {
+            let ai = a.row(i).transpose();
+            let norm = ai.norm();
+            if norm == 0.0 {
+                return true;
+            }
+            let Some(svd) = &svd else { return false };
+            let tol = 1e-12 * svd.singular_values.max();
+            svd.solve(&ai, tol)
+                .map(|y| (a_w.transpose() * y - &ai).norm() <= 1e-10 * norm)
+                .unwrap_or(false)
+        })
+        .collect()
+}
