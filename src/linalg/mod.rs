@@ -2,13 +2,14 @@
 //! with iterative refinement, a cheap condition estimate, and SPD checks; and the dense matrix
 //! products of the batched network passes ([`Gemm`], [`Threads`]).
 
-pub(crate) mod elementwise;
-mod parts;
 mod products;
+pub(crate) mod simd;
+mod threads;
 
-pub(crate) use elementwise::{lane_sum2, vectorized, Lanes, LANES};
-pub(crate) use parts::{Parts, PartsList};
-pub use products::{Gemm, Threads, MAX_THREADS};
+pub use products::Gemm;
+pub(crate) use simd::{lane_sum2, vectorized, Lanes, LANES};
+pub(crate) use threads::{ColsMut, Cut, LayerCols, LayersMut, NUMBER_WORK};
+pub use threads::{Threads, MAX_THREADS};
 
 use nalgebra::{DMatrix, DVector};
 

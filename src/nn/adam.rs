@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::linalg::{vectorized, Parts, Threads};
+use crate::linalg::{vectorized, ColsMut, Cut, Threads, NUMBER_WORK};
 use crate::nested::linearized::Gradients;
 use crate::nested::Network;
 
@@ -104,6 +104,8 @@ impl Adam {
             eps_hat,
         };
         for (k, layer) in net.layers.iter_mut().enumerate() {
+            // Each weight matrix in the column blocks `Threads::gemm` computed its gradient in
+            // (multiples of 4 columns), so that each thread updates the gradient it wrote.
             let rows = layer.w.nrows();
             let weights = Tensor {
                 theta: layer.w.as_mut_slice(),
@@ -111,45 +113,33 @@ impl Adam {
                 m: self.m.w[k].as_mut_slice(),
                 v: self.v.w[k].as_mut_slice(),
             };
-            update_split(weights, 4 * rows, c, threads);
+            update_split(weights, (rows, 4), c, threads);
             let biases = Tensor {
                 theta: layer.bias.as_mut_slice(),
                 g: g.bias[k].as_slice(),
                 m: self.m.bias[k].as_mut_slice(),
                 v: self.v.bias[k].as_mut_slice(),
             };
-            update_split(biases, 1, c, threads);
+            update_split(biases, (1, 1), c, threads);
         }
         Ok(())
     }
 }
 
-/// Fewest parameters per thread worth a hand-off (about 1 µs, against about 1 ns per
-/// parameter of update).
-const MIN_PIECE: usize = 4096;
-
-/// [`update`] cut into the ranges `Threads::range(len, align, …)` on `threads`.
-fn update_split(t: Tensor<'_>, align: usize, c: Coefs, threads: &Threads) {
-    let len = t.theta.len();
-    let pieces = threads.count().min(len / MIN_PIECE);
-    if pieces < 2 {
-        update(t, c);
-        return;
-    }
+/// [`update`] cut over `threads` by columns of `rows` parameters, in pieces of whole multiples
+/// of `align` columns ([`Cut::for_work`]: at least a hand-off's worth of parameters each).
+fn update_split(t: Tensor<'_>, (rows, align): (usize, usize), c: Coefs, threads: &Threads) {
+    let cols = t.theta.len() / rows.max(1);
+    let cut = Cut::for_work(threads, cols, align, rows * NUMBER_WORK);
     let Tensor { theta, g, m, v } = t;
-    let (theta, m, v) = (Parts::new(theta), Parts::new(m), Parts::new(v));
-    threads.run(pieces, &|i| {
-        let r = Threads::range(len, align, pieces, i);
-        // SAFETY: the ranges of one cut are disjoint (and checked to lie inside each part).
-        let t = unsafe {
-            Tensor {
-                theta: theta.range(r.clone()),
-                g: &g[r.clone()],
-                m: m.range(r.clone()),
-                v: v.range(r),
-            }
-        };
-        update(t, c);
+    let parts = (
+        ColsMut::new(theta, rows),
+        ColsMut::new(m, rows),
+        ColsMut::new(v, rows),
+    );
+    threads.split(cut, parts, &|cols, (theta, m, v)| {
+        let g = &g[cols.start * rows..cols.end * rows];
+        update(Tensor { theta, g, m, v }, c);
     });
 }
 
@@ -227,7 +217,7 @@ mod tests {
 
     #[test]
     fn every_instruction_set_gives_the_same_bits() {
-        use crate::linalg::elementwise::Isa;
+        use crate::linalg::simd::Isa;
         // Gradients spanning the flushed range (tiny, subnormal-squaring) and ordinary sizes.
         let n = net(&[37, 29, 3]);
         let mut g = Gradients::zeros(&n);

@@ -63,7 +63,7 @@ impl Machine {
             ghz: field("cpu MHz")
                 .and_then(|v| v.parse::<f64>().ok())
                 .map(|mhz| mhz / 1e3),
-            isa: crate::linalg::elementwise::Isa::detected().name(),
+            isa: crate::linalg::simd::Isa::detected().name(),
             cpus: Threads::available(),
         }
     }

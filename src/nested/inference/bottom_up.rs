@@ -25,13 +25,14 @@
 //! The f64 references are [`crate::nested::global`]'s (per-sample QPs for convex CHL,
 //! block-coordinate descent on the difference for CHL).
 
-use std::ops::Range;
-
 use nalgebra::{DMatrix, RealField};
 
-use super::{finite, first_layer, FixedPoint, InferenceReport, InferenceWorkspace, Sweeps};
+use super::fixed_point::FixedPoint;
+use super::settings::{finite, InferenceReport, Sweeps};
+use super::top_down::first_layer;
+use super::workspace::InferenceWorkspace;
 use crate::error::{Error, Result};
-use crate::linalg::{vectorized, Gemm, Lanes, Parts, Threads, LANES};
+use crate::linalg::{vectorized, ColsMut, Gemm, Lanes, Threads, LANES};
 use crate::nested::linearized::Gradients;
 use crate::nested::{add_bias, add_bias_to_columns, EnergyKind};
 
@@ -179,23 +180,20 @@ fn residual_above<T: Gemm>(kind: EnergyKind, k: usize, ws: &mut InferenceWorkspa
         ws.q[k + 1].copy_from(&ws.z[k + 1]);
         return;
     }
-    let rows = ws.a[k + 1].nrows();
-    let out = Parts::new(ws.q[k + 1].as_mut_slice());
-    ws.threads
-        .columns(ws.forward_top.ncols(), rows, &|c: Range<usize>| {
-            let r = c.start * rows..c.end * rows;
-            // SAFETY: `columns` gives each piece its own columns.
-            let out = unsafe { out.range(r.clone()) };
-            let (z, a) = (&z[r.clone()], &a[r]);
-            vectorized(
-                #[inline(always)]
-                || {
-                    for ((o, &zi), &ai) in out.iter_mut().zip(z).zip(a) {
-                        *o = zi - ai;
-                    }
-                },
-            );
-        });
+    let (cols, rows) = (ws.forward_top.ncols(), ws.a[k + 1].nrows());
+    let out = ColsMut::of(&mut ws.q[k + 1]);
+    ws.threads.columns(cols, rows, out, &|c, out| {
+        let r = c.start * rows..c.end * rows;
+        let (z, a) = (&z[r.clone()], &a[r]);
+        vectorized(
+            #[inline(always)]
+            || {
+                for ((o, &zi), &ai) in out.iter_mut().zip(z).zip(a) {
+                    *o = zi - ai;
+                }
+            },
+        );
+    });
 }
 
 /// One bottom-up Gauss–Seidel sweep of the free phase into `next`.
@@ -231,33 +229,30 @@ fn free_argument<T: Gemm>(
     let layer = &p.net.layers[k];
     let (rows, beta, act) = (layer.w.nrows(), p.betas[k], layer.activation);
     let bias = if bias { layer.bias.as_slice() } else { &[] };
-    let a = Parts::new(ws.a[k].as_mut_slice());
-    let arg = Parts::new(ws.arg[k].as_mut_slice());
-    let next = Parts::new(ws.next[k].as_mut_slice());
-    ws.threads
-        .columns(ws.forward_top.ncols(), rows, &|c: Range<usize>| {
-            let r = c.start * rows..c.end * rows;
-            // SAFETY: `columns` gives each piece its own columns.
-            let (a, arg) = unsafe { (a.range(r.clone()), arg.range(r.clone())) };
-            // SAFETY: as above.
-            let next = activate.then(|| unsafe { next.range(r) });
-            vectorized(
-                #[inline(always)]
-                || {
-                    add_bias_to_columns(a, bias);
-                    if above {
-                        for (u, &a) in arg.iter_mut().zip(&*a) {
-                            *u = a + beta * *u;
-                        }
-                    } else {
-                        arg.copy_from_slice(a);
+    let cols = ws.forward_top.ncols();
+    let parts = (
+        ColsMut::of(&mut ws.a[k]),
+        ColsMut::of(&mut ws.arg[k]),
+        activate.then(|| ColsMut::of(&mut ws.next[k])),
+    );
+    ws.threads.columns(cols, rows, parts, &|_, (a, arg, next)| {
+        vectorized(
+            #[inline(always)]
+            || {
+                add_bias_to_columns(a, bias);
+                if above {
+                    for (u, &a) in arg.iter_mut().zip(&*a) {
+                        *u = a + beta * *u;
                     }
-                    if let Some(next) = next {
-                        act.activate(arg, next);
-                    }
-                },
-            );
-        });
+                } else {
+                    arg.copy_from_slice(a);
+                }
+                if let Some(next) = next {
+                    act.activate(arg, next);
+                }
+            },
+        );
+    });
 }
 
 /// `ǎ_k` and `ǔ_k` consistent with the final free states `ž`.
@@ -313,28 +308,23 @@ fn rate_sweep<T: Gemm>(p: &Sweeps<'_, T>, ws: &mut InferenceWorkspace<T>) -> Res
         );
         let beta_below = if below { p.betas[k - 1] } else { T::zero() };
         let (arg, wu) = (ws.arg[k].as_slice(), ws.zhat[k].as_slice());
-        let (v, u) = (
-            Parts::new(ws.q[k].as_mut_slice()),
-            Parts::new(ws.next[k].as_mut_slice()),
-        );
-        ws.threads
-            .columns(ws.forward_top.ncols(), rows, &|c: Range<usize>| {
-                let r = c.start * rows..c.end * rows;
-                // SAFETY: `columns` gives each piece its own columns.
-                let (v, u) = unsafe { (v.range(r.clone()), u.range(r.clone())) };
-                let (arg, wu) = (&arg[r.clone()], &wu[r]);
-                vectorized(
-                    #[inline(always)]
-                    || {
-                        if below {
-                            axpy(v, beta_below, wu);
-                        }
-                        v.iter_mut().for_each(|x| *x = -*x);
-                        act.difference_quotient(arg, v, s, u);
-                        u.iter_mut().for_each(|x| *x = -*x);
-                    },
-                );
-            });
+        let cols = ws.forward_top.ncols();
+        let parts = (ColsMut::of(&mut ws.q[k]), ColsMut::of(&mut ws.next[k]));
+        ws.threads.columns(cols, rows, parts, &|c, (v, u)| {
+            let r = c.start * rows..c.end * rows;
+            let (arg, wu) = (&arg[r.clone()], &wu[r]);
+            vectorized(
+                #[inline(always)]
+                || {
+                    if below {
+                        axpy(v, beta_below, wu);
+                    }
+                    v.iter_mut().for_each(|x| *x = -*x);
+                    act.difference_quotient(arg, v, s, u);
+                    u.iter_mut().for_each(|x| *x = -*x);
+                },
+            );
+        });
     }
     Ok(())
 }
@@ -365,12 +355,10 @@ fn rate_residual<T: Gemm>(p: &Sweeps<'_, T>, k: usize, ws: &mut InferenceWorkspa
             false,
         );
         let (beta, rows) = (p.betas[k - 1], p.net.layers[k].w.nrows());
-        let (rho, u) = (Parts::new(ws.zhat[k].as_mut_slice()), ws.next[k].as_slice());
+        let (cols, u) = (ws.forward_top.ncols(), ws.next[k].as_slice());
         ws.threads
-            .columns(ws.forward_top.ncols(), rows, &|c: Range<usize>| {
-                let r = c.start * rows..c.end * rows;
-                // SAFETY: `columns` gives each piece its own columns.
-                let (rho, u) = (unsafe { rho.range(r.clone()) }, &u[r]);
+            .columns(cols, rows, ColsMut::of(&mut ws.zhat[k]), &|c, rho| {
+                let u = &u[c.start * rows..c.end * rows];
                 vectorized(
                     #[inline(always)]
                     || {

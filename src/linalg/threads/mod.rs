@@ -1,0 +1,28 @@
+//! The team of threads ([`Threads`]) and the safe cutting of buffers among its pieces: the
+//! crate's one room for `unsafe` with [`super::simd`] — everything above is safe Rust.
+//!
+//! * `team`: the caller and persistent workers, the lock-free hand-off of a job's pieces, and
+//!   the forced-interleaving tests of its invariants;
+//! * `split`: [`Cut`] (the columns of a batch in contiguous pieces) and [`Threads::split`], which
+//!   lends each piece `&mut` access to its own columns of every buffer ([`ColsMut`],
+//!   [`LayersMut`], [`BlocksMut`] and tuples of them) — disjointness proved once, there.
+//!
+//! **One cost model** decides how finely work is cut: a hand-off to another thread costs about
+//! a microsecond (publishing the job, a worker noticing it, waiting for its end), as much as
+//! [`HANDOFF_WORK`] multiply-adds of a product (`2¹⁶`: 0.6-1.5 µs on one core at 50-100
+//! GFLOP/s); a number of an element-wise pass costs [`NUMBER_WORK`] of them (a pass over 2,048
+//! numbers, or Adam's update of 2,048 parameters, about a microsecond). A piece holds at least
+//! one hand-off's worth of work.
+
+mod split;
+mod team;
+
+pub(crate) use split::{BlocksMut, ColsMut, Cut, LayerCols, LayersMut};
+pub use team::{Threads, MAX_THREADS};
+
+/// Work worth one hand-off to another thread, in multiply-adds of a matrix product (module
+/// docs): no piece of a cut holds less.
+pub(crate) const HANDOFF_WORK: usize = 1 << 16;
+
+/// The work of one number of an element-wise pass, in multiply-adds (module docs).
+pub(crate) const NUMBER_WORK: usize = 32;
