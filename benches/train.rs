@@ -12,10 +12,10 @@ fn steps(c: &mut Criterion) {
     let data = synthetic(1000, 10, 3);
     let mut group = c.benchmark_group("train-step-784-256-128-64-10-batch50-f32");
     for (name, rule) in [
-        ("bp", Rule::Bp),
-        ("fenbp-beta-0.01", Rule::FenBp { beta: 0.01 }),
-        ("fenbp-beta-1", Rule::FenBp { beta: 1.0 }),
-        ("fenbp-beta-1000", Rule::FenBp { beta: 1000.0 }),
+        ("bp", Rule::bp()),
+        ("fenbp-beta-0.01", Rule::fenbp(0.01)),
+        ("fenbp-beta-1", Rule::fenbp(1.0)),
+        ("fenbp-beta-1000", Rule::fenbp(1000.0)),
     ] {
         let mut t = Trainer::new(TrainConfig {
             rule,

@@ -160,6 +160,50 @@ impl std::error::Error for IoSource {
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
+    /// The name of every variant's class in the foreign bindings (the Python package's
+    /// `bilevel.errors`), in the order of the variants: the one list the bindings are built
+    /// and tested against.
+    pub const CLASS_NAMES: [&'static str; 15] = [
+        "DimensionMismatchError",
+        "InvalidBetaError",
+        "BetaOutOfRangeError",
+        "NonFiniteError",
+        "FloatOverflowError",
+        "InaccurateError",
+        "NotPositiveDefiniteError",
+        "NotConvergedError",
+        "InfeasibleError",
+        "UnboundedError",
+        "SingularError",
+        "InvalidInputError",
+        "BadDataError",
+        "DownloadError",
+        "IoError",
+    ];
+
+    /// This error's class name ([`Error::CLASS_NAMES`]): the variant's name with `Error`
+    /// (`Overflow` is `FloatOverflowError`, clear of Python's built-in `OverflowError`).
+    pub fn class_name(&self) -> &'static str {
+        let i = match self {
+            Error::DimensionMismatch { .. } => 0,
+            Error::InvalidBeta { .. } => 1,
+            Error::BetaOutOfRange { .. } => 2,
+            Error::NonFinite { .. } => 3,
+            Error::Overflow { .. } => 4,
+            Error::Inaccurate { .. } => 5,
+            Error::NotPositiveDefinite { .. } => 6,
+            Error::NotConverged { .. } => 7,
+            Error::Infeasible(_) => 8,
+            Error::Unbounded(_) => 9,
+            Error::Singular(_) => 10,
+            Error::InvalidInput { .. } => 11,
+            Error::BadData { .. } => 12,
+            Error::Download { .. } => 13,
+            Error::Io { .. } => 14,
+        };
+        Self::CLASS_NAMES[i]
+    }
+
     /// Shorthand for [`Error::DimensionMismatch`].
     pub fn dim(what: impl Into<String>, expected: impl ToString, found: impl ToString) -> Self {
         Error::DimensionMismatch {
@@ -222,5 +266,60 @@ pub fn check_finite<'a>(what: &str, values: impl IntoIterator<Item = &'a f64>) -
         Ok(())
     } else {
         Err(Error::NonFinite { what: what.into() })
+    }
+}
+
+#[cfg(test)]
+mod class_tests {
+    use super::*;
+
+    /// One error of every variant: each has its own class name from the list.
+    #[test]
+    fn every_variant_has_its_own_class_name() {
+        let s = || String::from("x");
+        let all = [
+            Error::dim("x", 1, 2),
+            Error::InvalidBeta { beta: 0.0 },
+            Error::BetaOutOfRange {
+                beta: 1e308,
+                what: s(),
+                reason: s(),
+            },
+            Error::NonFinite { what: s() },
+            Error::Overflow { what: s() },
+            Error::Inaccurate {
+                what: s(),
+                residual: 1.0,
+            },
+            Error::NotPositiveDefinite {
+                what: s(),
+                reason: s(),
+            },
+            Error::NotConverged {
+                solver: s(),
+                iterations: 1,
+                residual: 1.0,
+            },
+            Error::Infeasible(s()),
+            Error::Unbounded(s()),
+            Error::Singular(s()),
+            Error::input("x", "y"),
+            Error::BadData {
+                path: "p".into(),
+                reason: s(),
+            },
+            Error::Download {
+                file: s(),
+                dir: "d".into(),
+                attempts: vec![],
+            },
+            Error::Io {
+                path: "p".into(),
+                reason: s(),
+                source: None,
+            },
+        ];
+        let names: Vec<&str> = all.iter().map(Error::class_name).collect();
+        assert_eq!(names, Error::CLASS_NAMES);
     }
 }

@@ -34,6 +34,7 @@
 // The mathematical core, built with `default-features = false`.
 pub mod error;
 pub mod linalg;
+pub mod names;
 pub mod nested;
 pub mod problem;
 pub mod prox;

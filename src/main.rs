@@ -550,7 +550,7 @@ fn train(a: TrainArgs) -> bilevel::Result<()> {
     }
     let config = TrainConfig {
         rule: Rule::from_name(&a.method, a.beta, a.sweeps)?,
-        init: Init::parse(&a.init)?,
+        init: a.init.parse::<Init>()?,
         epochs: a.epochs,
         batch: a.batch,
         adam: AdamSettings {
@@ -584,7 +584,7 @@ fn train(a: TrainArgs) -> bilevel::Result<()> {
 fn plot(runs: &[PathBuf], output: &std::path::Path, title: String) -> bilevel::Result<()> {
     let runs = runs
         .iter()
-        .map(|p| bilevel::nn::log::read(p))
+        .map(|p| bilevel::nn::log::read(p).map(|r| r.series()))
         .collect::<bilevel::Result<Vec<_>>>()?;
     bilevel::plot::draw(output, &[bilevel::plot::Panel { title, runs }])?;
     out!("wrote {}", output.display());
@@ -650,11 +650,7 @@ fn bench_train(
     };
     let rules = methods
         .iter()
-        .map(|m| match m.as_str() {
-            "bp" => Ok(bilevel::nn::Rule::Bp),
-            "fenbp" => bilevel::nn::Rule::from_name(m, Some(beta), None),
-            _ => bilevel::nn::Rule::from_name(m, Some(beta), sweeps),
-        })
+        .map(|m| bilevel::nn::Rule::with_defaults(m, beta, sweeps))
         .collect::<bilevel::Result<Vec<_>>>()?;
     let dir = bilevel::data::resolve_dir(data.as_deref());
     let mnist = match bilevel::data::Mnist::load(&dir) {

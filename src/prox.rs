@@ -49,6 +49,61 @@ pub enum Activation {
     Softmax,
 }
 
+impl Activation {
+    /// The activations without parameters, each with its one name (the serde `kind`, the
+    /// command line's and Python's); a box is `box(lo, hi)` ([`Activation`]'s `FromStr`).
+    pub const NAMED: [(Activation, &'static str); 5] = [
+        (Activation::Identity, "identity"),
+        (Activation::Relu, "relu"),
+        (Activation::HardSigmoid, "hard_sigmoid"),
+        (Activation::HardTanh, "hard_tanh"),
+        (Activation::Softmax, "softmax"),
+    ];
+}
+
+impl std::fmt::Display for Activation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self, Self::NAMED.iter().find(|(a, _)| a == self)) {
+            (_, Some((_, name))) => f.write_str(name),
+            (Activation::Box { lo, hi }, None) => write!(f, "box({lo}, {hi})"),
+            (other, None) => write!(f, "{other:?}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Activation {
+    type Err = Error;
+
+    /// A name of [`Activation::NAMED`] or `box(lo, hi)` (validated).
+    fn from_str(s: &str) -> Result<Self> {
+        if let Some((a, _)) = Self::NAMED.iter().find(|(_, n)| *n == s) {
+            return Ok(*a);
+        }
+        let unknown = || {
+            let names: Vec<&str> = Self::NAMED.iter().map(|(_, n)| *n).collect();
+            Error::input(
+                "activation",
+                format!(
+                    "unknown activation `{s}` (expected {} or box(lo, hi))",
+                    names.join(", ")
+                ),
+            )
+        };
+        let inner = s
+            .strip_prefix("box(")
+            .and_then(|r| r.strip_suffix(')'))
+            .ok_or_else(unknown)?;
+        let (lo, hi) = inner.split_once(',').ok_or_else(unknown)?;
+        let bound = |v: &str| v.trim().parse::<f64>().map_err(|_| unknown());
+        let act = Activation::Box {
+            lo: bound(lo)?,
+            hi: bound(hi)?,
+        };
+        act.validate()?;
+        Ok(act)
+    }
+}
+
 /// How an inequality constraint stands at a solution (Prop. 2's classification).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]

@@ -5,6 +5,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use bilevel::nested::method::Method;
 use bilevel::nn::bench::synthetic;
 use bilevel::nn::{Rule, TrainConfig, Trainer};
 
@@ -38,31 +39,15 @@ fn training_steps_do_not_allocate() {
     let data = synthetic(200, 10, 1);
     let sweeps = 20;
     for (rule, threads) in [
-        Rule::Bp,
-        Rule::FenBp { beta: 1.0 },
-        Rule::Mac { beta: 1.0, sweeps },
-        Rule::Pc { beta: 1.0, sweeps },
-        Rule::Lpom { beta: 1.0, sweeps },
-        Rule::Chl {
-            beta: 1.0,
-            sweeps,
-            centered: false,
-        },
-        Rule::ConvexChl {
-            beta: 1.0,
-            sweeps,
-            centered: false,
-        },
-        Rule::Chl {
-            beta: 0.1,
-            sweeps,
-            centered: true,
-        },
-        Rule::ConvexChl {
-            beta: 0.1,
-            sweeps,
-            centered: true,
-        },
+        Rule::bp(),
+        Rule::fenbp(1.0),
+        Rule::iterative(Method::Mac, 1.0, sweeps),
+        Rule::iterative(Method::PredictiveCoding, 1.0, sweeps),
+        Rule::iterative(Method::Lpom, 1.0, sweeps),
+        Rule::iterative(Method::Chl, 1.0, sweeps),
+        Rule::iterative(Method::ConvexChl, 1.0, sweeps),
+        Rule::iterative(Method::Chl, 0.1, sweeps).centered(),
+        Rule::iterative(Method::ConvexChl, 0.1, sweeps).centered(),
     ]
     .into_iter()
     .flat_map(|rule| [(rule, 1), (rule, 2)])

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use approx::assert_relative_eq;
 use bilevel::data::{read_idx, write_idx, Mnist, Split, FILES};
 use bilevel::nested::linearized::{gradient, Gradients, Workspace};
+use bilevel::nested::method::Method;
 use bilevel::nested::{EnergyKind, Layer, Network, OutputLoss};
 use bilevel::nn::{self, log, Adam, AdamSettings, Init, Outputs, Rule, TrainConfig, Trainer};
 use bilevel::prox::Activation;
@@ -375,32 +376,16 @@ fn a_short_run_lowers_the_loss() {
     let data = small_data(&data);
     let sweeps = nn::DEFAULT_SWEEPS;
     for rule in [
-        Rule::Bp,
-        Rule::FenBp { beta: 0.01 },
-        Rule::FenBp { beta: 1.0 },
-        Rule::Mac { beta: 1.0, sweeps },
-        Rule::Pc { beta: 1.0, sweeps },
-        Rule::Lpom { beta: 1.0, sweeps },
-        Rule::Chl {
-            beta: 1.0,
-            sweeps,
-            centered: false,
-        },
-        Rule::ConvexChl {
-            beta: 1.0,
-            sweeps,
-            centered: false,
-        },
-        Rule::Chl {
-            beta: 0.1,
-            sweeps,
-            centered: true,
-        },
-        Rule::ConvexChl {
-            beta: 0.1,
-            sweeps,
-            centered: true,
-        },
+        Rule::bp(),
+        Rule::fenbp(0.01),
+        Rule::fenbp(1.0),
+        Rule::iterative(Method::Mac, 1.0, sweeps),
+        Rule::iterative(Method::PredictiveCoding, 1.0, sweeps),
+        Rule::iterative(Method::Lpom, 1.0, sweeps),
+        Rule::iterative(Method::Chl, 1.0, sweeps),
+        Rule::iterative(Method::ConvexChl, 1.0, sweeps),
+        Rule::iterative(Method::Chl, 0.1, sweeps).centered(),
+        Rule::iterative(Method::ConvexChl, 0.1, sweeps).centered(),
     ] {
         let t = nn::run(
             small_config(rule, Init::Glorot, 3),
@@ -434,10 +419,10 @@ fn negative_init_freezes_bp_but_not_fenbp_with_large_beta() {
     };
     let data = small_data(&data);
     let first = |t: &Trainer| t.net.layers[0].w.clone();
-    let fresh = Trainer::new(small_config(Rule::Bp, Init::Negative, 1)).unwrap();
+    let fresh = Trainer::new(small_config(Rule::bp(), Init::Negative, 1)).unwrap();
     let w0 = first(&fresh);
     let bp = nn::run(
-        small_config(Rule::Bp, Init::Negative, 1),
+        small_config(Rule::bp(), Init::Negative, 1),
         &data,
         &Outputs::default(),
         &mut (),
@@ -449,7 +434,7 @@ fn negative_init_freezes_bp_but_not_fenbp_with_large_beta() {
         "BP: the first layer's gradient is exactly zero"
     );
     let fen = nn::run(
-        small_config(Rule::FenBp { beta: 1000.0 }, Init::Negative, 1),
+        small_config(Rule::fenbp(1000.0), Init::Negative, 1),
         &data,
         &Outputs::default(),
         &mut (),
@@ -469,27 +454,13 @@ fn training_is_bit_identical_for_every_thread_count() {
     };
     let data = small_data(&data);
     let rules = [
-        Rule::Bp,
-        Rule::FenBp { beta: 1.0 },
-        Rule::Lpom {
-            beta: 1.0,
-            sweeps: 5,
-        },
+        Rule::bp(),
+        Rule::fenbp(1.0),
+        Rule::iterative(Method::Lpom, 1.0, 5),
         // Penalizer states and ReLU kinks (cut over the team by samples).
-        Rule::Mac {
-            beta: 1.0,
-            sweeps: 5,
-        },
-        Rule::Chl {
-            beta: 0.5,
-            sweeps: 5,
-            centered: false,
-        },
-        Rule::ConvexChl {
-            beta: 0.5,
-            sweeps: 5,
-            centered: true,
-        },
+        Rule::iterative(Method::Mac, 1.0, 5),
+        Rule::iterative(Method::Chl, 0.5, 5),
+        Rule::iterative(Method::ConvexChl, 0.5, 5).centered(),
     ];
     let train = |threads: usize, rule: Rule| {
         let mut t = nn::Trainer::new(TrainConfig {
@@ -525,13 +496,10 @@ fn resume_reproduces_the_uninterrupted_run() {
     };
     let data = small_data(&data);
     let dir = tmp("resume");
-    let lpom = Rule::Lpom {
-        beta: 1.0,
-        sweeps: 8,
-    };
+    let lpom = Rule::iterative(Method::Lpom, 1.0, 8);
     let cases = [
-        (false, Rule::FenBp { beta: 1.0 }),
-        (true, Rule::FenBp { beta: 1.0 }),
+        (false, Rule::fenbp(1.0)),
+        (true, Rule::fenbp(1.0)),
         (true, lpom),
     ];
     for (i, (shuffle, rule)) in cases.into_iter().enumerate() {
@@ -575,7 +543,7 @@ fn resume_reproduces_the_uninterrupted_run() {
         overwrite: false,
     };
     match nn::run(
-        small_config(Rule::Bp, Init::Glorot, 3),
+        small_config(Rule::bp(), Init::Glorot, 3),
         &data,
         &out,
         &mut (),
@@ -598,7 +566,7 @@ fn resume_reproduces_the_uninterrupted_run() {
     };
     assert!(matches!(
         nn::run(
-            small_config(Rule::FenBp { beta: 1.0 }, Init::Glorot, 3),
+            small_config(Rule::fenbp(1.0), Init::Glorot, 3),
             &data,
             &out,
             &mut ()
@@ -623,17 +591,13 @@ fn bad_settings_are_errors() {
     assert!(Rule::from_name("fenbp", None, Some(5)).is_err());
     assert_eq!(
         Rule::from_name("convex-chl", None, Some(3)).unwrap(),
-        Rule::ConvexChl {
-            beta: 1.0,
-            sweeps: 3,
-            centered: false
-        }
+        Rule::iterative(Method::ConvexChl, 1.0, 3)
     );
     let centered = Rule::from_name("chl-centered", Some(0.1), None).unwrap();
-    assert!(centered.centered() && centered.method() == bilevel::nested::method::Method::Chl);
+    assert!(centered.is_centered() && centered.method() == bilevel::nested::method::Method::Chl);
     assert_eq!(centered.name(), "chl-centered");
     assert_eq!(
-        Rule::from_name(centered.name(), Some(0.1), None).unwrap(),
+        Rule::from_name(&centered.name(), Some(0.1), None).unwrap(),
         centered
     );
     // Centered variants exist for the bottom-up rows only.
@@ -642,19 +606,13 @@ fn bad_settings_are_errors() {
     assert!(Rule::from_name("mac", None, Some(0)).is_err());
     assert_eq!(
         Rule::from_name("pc", Some(2.0), Some(8)).unwrap(),
-        Rule::Pc {
-            beta: 2.0,
-            sweeps: 8
-        }
+        Rule::iterative(Method::PredictiveCoding, 2.0, 8)
     );
     assert_eq!(
         Rule::from_name("lpom", None, None).unwrap(),
-        Rule::Lpom {
-            beta: 1.0,
-            sweeps: nn::DEFAULT_SWEEPS
-        }
+        Rule::iterative(Method::Lpom, 1.0, nn::DEFAULT_SWEEPS)
     );
-    assert!(Init::parse("zeros").is_err());
+    assert!("zeros".parse::<Init>().is_err());
     let bad = TrainConfig {
         batch: 0,
         ..TrainConfig::default()
@@ -712,7 +670,7 @@ fn uneven_last_batch_and_ties_in_the_argmax() {
 fn plots_render_to_svg_and_png_without_system_fonts() {
     let dir = tmp("plot");
     let config = TrainConfig {
-        rule: Rule::FenBp { beta: 1000.0 },
+        rule: Rule::fenbp(1000.0),
         init: Init::Negative,
         ..TrainConfig::default()
     };
@@ -734,7 +692,7 @@ fn plots_render_to_svg_and_png_without_system_fonts() {
     assert_eq!(run.points[1], (2, 5.0, 6.0));
     let panel = bilevel::plot::Panel {
         title: "test".into(),
-        runs: vec![run],
+        runs: vec![run.series()],
     };
     for name in ["f.svg", "f.png"] {
         let p = dir.join(name);

@@ -1,16 +1,14 @@
 //! Plots of short runs show something: markers (a one-epoch run is not an empty axis), unique
 //! integer epoch ticks, and the legend outside the data area. Checked on the SVG output.
 
-use bilevel::nn::log::Run;
-use bilevel::plot::{draw, Panel};
+use bilevel::plot::{draw, Panel, Series};
 
-fn run(label: &str, epochs: usize, offset: f64) -> Run {
-    Run {
+fn run(label: &str, epochs: usize, offset: f64) -> Series {
+    Series {
         label: label.into(),
         points: (1..=epochs)
             .map(|e| (e, 10.0 / e as f64 + offset, 12.0 / e as f64 + offset))
             .collect(),
-        mean_seconds: 1.0,
     }
 }
 

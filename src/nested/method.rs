@@ -11,6 +11,7 @@ use super::{
     NestedStatus, Network, Optimum, OutputLoss,
 };
 use crate::error::{Error, Result};
+use crate::names::Named;
 
 /// Direction of unravelling the nesting levels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,9 +24,9 @@ pub enum Unravel {
     TopDown,
 }
 
-/// The rows of Table 1.
+/// The rows of Table 1. Named ([`Named`]) `chl`, `convex-chl`, `lpom`, `mac`, `bp`, `fenbp`,
+/// `pc` on the command line, in logs and in Python; [`Method::name`] is the paper's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub enum Method {
     /// Contrastive Hebbian learning: Fenchel energies, bottom-up.
     Chl,
@@ -47,6 +48,21 @@ pub enum Method {
     /// in practice, and its gradient tends to back-propagation's as β → 0 (Cor. 2).
     PredictiveCoding,
 }
+
+impl Named for Method {
+    const KIND: &'static str = "method";
+    const NAMES: &'static [(Self, &'static str)] = &[
+        (Method::Chl, "chl"),
+        (Method::ConvexChl, "convex-chl"),
+        (Method::Lpom, "lpom"),
+        (Method::Mac, "mac"),
+        (Method::Bp, "bp"),
+        (Method::FenchelBp, "fenbp"),
+        (Method::PredictiveCoding, "pc"),
+    ];
+}
+
+crate::named!(Method);
 
 /// A row of Table 1 as the paper prints it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,28 +143,6 @@ impl Method {
             Method::PredictiveCoding => "predictive coding",
             Method::FenchelBp => "Fenchel BP",
         }
-    }
-
-    /// The command-line name (`bilevel train --method`, `bilevel reproduce table1`): `chl`,
-    /// `convex-chl`, `lpom`, `mac`, `bp`, `fenbp`, `pc`.
-    pub fn cli_name(self) -> &'static str {
-        match self {
-            Method::Chl => "chl",
-            Method::ConvexChl => "convex-chl",
-            Method::Lpom => "lpom",
-            Method::Mac => "mac",
-            Method::Bp => "bp",
-            Method::FenchelBp => "fenbp",
-            Method::PredictiveCoding => "pc",
-        }
-    }
-
-    /// The method whose [`Method::cli_name`] is `name`.
-    pub fn from_cli_name(name: &str) -> Option<Method> {
-        Method::ALL
-            .into_iter()
-            .chain(Method::EXTRAS)
-            .find(|m| m.cli_name() == name)
     }
 
     /// `(E_k, direction, linearized)`: the row's defining choices.

@@ -39,6 +39,7 @@ use nalgebra::{DMatrix, DVector, RealField};
 
 use crate::error::{Error, Result};
 use crate::linalg::vectorized;
+use crate::names::Named;
 use crate::prox::Activation;
 
 /// `f(u)` applied to every column of `u` (softmax couples the entries of a column; the box
@@ -165,10 +166,9 @@ pub struct Network<T: RealField + Copy> {
     pub layers: Vec<Layer<T>>,
 }
 
-/// The outer loss on `z_L`, averaged over the batch.
+/// The outer loss on `z_L`, averaged over the batch. Named ([`Named`]) `squared`,
+/// `softmax_cross_entropy`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
 pub enum OutputLoss {
     /// `ℓ(z) = ½‖z − t‖²` per sample.
     Squared,
@@ -176,6 +176,16 @@ pub enum OutputLoss {
     /// distribution).
     SoftmaxCrossEntropy,
 }
+
+impl Named for OutputLoss {
+    const KIND: &'static str = "loss";
+    const NAMES: &'static [(Self, &'static str)] = &[
+        (OutputLoss::Squared, "squared"),
+        (OutputLoss::SoftmaxCrossEntropy, "softmax_cross_entropy"),
+    ];
+}
+
+crate::named!(OutputLoss);
 
 impl OutputLoss {
     /// Batch-mean loss and its gradient `∂ℓ/∂z_L` (including the `1/B`), written into `grad`.

@@ -130,7 +130,7 @@ impl EpochTimes {
     pub fn fastest_bp(&self) -> Option<(usize, f64)> {
         self.rules
             .iter()
-            .filter(|r| r.rule == Rule::Bp)
+            .filter(|r| r.rule == Rule::bp())
             .map(|r| (r.threads, r.seconds))
             .min_by(|a, b| a.1.total_cmp(&b.1))
     }
@@ -270,8 +270,8 @@ pub fn epochs(
     } else {
         threads
     };
-    let mut all = vec![Rule::Bp];
-    all.extend(rules.iter().copied().filter(|&r| r != Rule::Bp));
+    let mut all = vec![Rule::bp()];
+    all.extend(rules.iter().copied().filter(|&r| r != Rule::bp()));
     let runs: Vec<(Rule, usize)> = all
         .iter()
         .flat_map(|&r| counts.iter().map(move |&t| (r, t)))

@@ -141,7 +141,7 @@ pub fn decode(bytes: &[u8], file: &Path, config: TrainConfig) -> Result<Trainer>
                  directory",
                 file.display(),
                 header.config.rule.label(),
-                header.config.init.name(),
+                header.config.init,
                 header.config.batch,
                 header.config.adam.lr,
                 header.config.seed

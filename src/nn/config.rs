@@ -47,7 +47,7 @@ fn one_thread() -> usize {
 impl Default for TrainConfig {
     fn default() -> Self {
         Self {
-            rule: Rule::Bp,
+            rule: Rule::bp(),
             init: Init::Glorot,
             widths: PAPER_WIDTHS.to_vec(),
             epochs: 50,

@@ -13,6 +13,7 @@ use std::path::Path;
 
 use super::{EpochRecord, Init, Rule, TrainConfig};
 use crate::error::{Error, Result};
+use crate::nested::method::Method;
 
 /// The header line.
 pub const HEADER: &str = "epoch,train_loss,train_error_pct,test_error_pct,seconds,\
@@ -20,9 +21,9 @@ pub const HEADER: &str = "epoch,train_loss,train_error_pct,test_error_pct,second
 
 /// One CSV row (no newline).
 pub fn row(r: &EpochRecord, c: &TrainConfig) -> String {
-    let beta = match c.rule {
-        Rule::Bp => String::new(),
-        rule => rule.beta().to_string(),
+    let beta = match c.rule.method() {
+        Method::Bp => String::new(),
+        _ => c.rule.beta().to_string(),
     };
     let budget = c.rule.sweeps().map_or(String::new(), |s| s.to_string());
     let (mean, unconverged) = r.inference.map_or((String::new(), String::new()), |i| {
@@ -39,7 +40,7 @@ pub fn row(r: &EpochRecord, c: &TrainConfig) -> String {
             .map_or(String::new(), |v| format!("{v:.4}")),
         c.rule.name(),
         beta,
-        c.init.name(),
+        c.init,
         c.seed,
         c.batch,
         c.adam.lr,
@@ -86,6 +87,16 @@ pub struct Run {
     pub mean_seconds: f64,
 }
 
+impl Run {
+    /// The run's curves for [`crate::plot`].
+    pub fn series(&self) -> crate::plot::Series {
+        crate::plot::Series {
+            label: self.label.clone(),
+            points: self.points.clone(),
+        }
+    }
+}
+
 /// Reads a CSV written by [`create`]/[`append`].
 ///
 /// # Errors
@@ -128,13 +139,19 @@ pub fn read(path: &Path) -> Result<Run> {
             let get = |name: &str| col(name).and_then(|j| f.get(j)).map(|s| s.trim());
             label = Some(match (get("method"), get("beta"), get("init")) {
                 (Some(m), beta, init) => {
-                    let beta = beta.and_then(|b| b.parse::<f32>().ok());
+                    let row = |e: Error| bad(format!("row {}: {e}", i + 2));
+                    let beta = match beta.filter(|b| !b.is_empty()) {
+                        Some(b) => b.parse::<f32>().map_err(|_| {
+                            bad(format!("row {}: beta `{b}` is not a number", i + 2))
+                        })?,
+                        None => 1.0,
+                    };
                     let sweeps = get("sweeps").and_then(|s| s.parse::<usize>().ok());
-                    let rule =
-                        Rule::from_name(m, beta.filter(|_| m != "bp"), sweeps).unwrap_or(Rule::Bp);
-                    let init = init
-                        .and_then(|s| Init::parse(s).ok())
-                        .unwrap_or(Init::Glorot);
+                    let rule = Rule::with_defaults(m, beta, sweeps).map_err(row)?;
+                    let init = match init.filter(|s| !s.is_empty()) {
+                        Some(s) => s.parse::<Init>().map_err(row)?,
+                        None => Init::Glorot,
+                    };
                     TrainConfig {
                         rule,
                         init,
@@ -175,5 +192,45 @@ mod tests {
             e.to_string().contains("/nonexistent-bilevel-dir/run.csv"),
             "{e}"
         );
+    }
+
+    /// An unknown method or init in a log is an error naming the row, not another run's label
+    /// (it used to become back-propagation); known ones read back into the rule's label.
+    #[test]
+    fn unknown_names_in_a_log_are_errors_naming_the_row() {
+        let dir = std::env::temp_dir().join(format!("bilevel-log-names-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("run.csv");
+        let head = format!("{HEADER}\n");
+        let cases = [
+            (
+                "1,0.5,10,11,1.0,,sgd,,glorot,42,50,0.001,,,",
+                Some("unknown method `sgd`"),
+            ),
+            (
+                "1,0.5,10,11,1.0,,mac,0.5,zeros,42,50,0.001,7,,",
+                Some("unknown init `zeros`"),
+            ),
+            (
+                "1,0.5,10,11,1.0,,mac,x,glorot,42,50,0.001,7,,",
+                Some("beta `x`"),
+            ),
+            (
+                "1,0.5,10,11,1.0,,chl-centered,0.5,negative,42,50,0.001,7,,",
+                None,
+            ),
+        ];
+        for (row, error) in cases {
+            std::fs::write(&path, format!("{head}{row}\n")).unwrap();
+            match (read(&path), error) {
+                (Err(e), Some(text)) => {
+                    let e = e.to_string();
+                    assert!(e.contains(text) && e.contains("row 2"), "{e}");
+                }
+                (Ok(run), None) => assert_eq!(run.label, "CHL± β=0.5 T=7 (negative init)"),
+                (other, _) => panic!("{row}: {other:?}"),
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

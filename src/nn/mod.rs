@@ -2,9 +2,9 @@
 //! Appendix C) — an MLP trained with back-propagation or Fenchel back-propagation.
 //!
 //! Both rules are the crate's Prop. 7 pass ([`linearized::gradient`](crate::nested::linearized::gradient)), not a separate copy:
-//! * [`Rule::Bp`]: penalizer energies `½‖z_k − f(a_k)‖²`, whose Prop. 7 pass with the Remark 2
+//! * [`Rule::bp`]: penalizer energies `½‖z_k − f(a_k)‖²`, whose Prop. 7 pass with the Remark 2
 //!   gradient is exact back-propagation for every β (Eq. 46-47);
-//! * [`Rule::FenBp`]: Fenchel energies, the pass of Eq. 49-51 with the Eq. 53 gradient. On each
+//! * [`Rule::fenbp`]: Fenchel energies, the pass of Eq. 49-51 with the Eq. 53 gradient. On each
 //!   ReLU the signal is the one-sided quotient `(relu(a) − relu(a − β·e))/β` — the Appendix C
 //!   pullback `(z − relu(x − β·dy))/β` — computed case by case so that it is exactly `e`
 //!   where both arguments are positive ([`crate::prox::Activation::difference_quotient`]).

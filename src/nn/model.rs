@@ -4,9 +4,9 @@
 use nalgebra::{DMatrix, DVector};
 use rand::rngs::StdRng;
 use rand::Rng;
-use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::names::Named;
 use crate::nested::{Layer, Network};
 use crate::prox::Activation;
 
@@ -17,9 +17,8 @@ pub const PAPER_WIDTHS: [usize; 5] = [784, 256, 128, 64, 10];
 /// before any data is seen (2²⁰ columns of 784 `f32` pixels are 3.2 GB already).
 pub const MAX_BATCH: usize = 1 << 20;
 
-/// Weight initialization (see the module docs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+/// Weight initialization (see the module docs). Named ([`Named`]) `glorot`, `negative`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Init {
     /// Glorot uniform everywhere, zero biases.
     Glorot,
@@ -27,30 +26,13 @@ pub enum Init {
     Negative,
 }
 
-impl Init {
-    /// `glorot` or `negative`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Init::Glorot => "glorot",
-            Init::Negative => "negative",
-        }
-    }
-
-    /// Parses `glorot` or `negative`.
-    ///
-    /// # Errors
-    /// Anything else.
-    pub fn parse(s: &str) -> Result<Self> {
-        match s {
-            "glorot" => Ok(Init::Glorot),
-            "negative" => Ok(Init::Negative),
-            _ => Err(Error::input(
-                "init",
-                format!("unknown init `{s}` (expected glorot or negative)"),
-            )),
-        }
-    }
+impl Named for Init {
+    const KIND: &'static str = "init";
+    const NAMES: &'static [(Self, &'static str)] =
+        &[(Init::Glorot, "glorot"), (Init::Negative, "negative")];
 }
+
+crate::named!(Init);
 
 /// Glorot (Xavier) uniform `rows × cols`: entries `U(−a, a)`, `a = √(6/(rows + cols))`
 /// (Flux: `(rand − 0.5)·√(24/(n_in + n_out))`).

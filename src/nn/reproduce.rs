@@ -31,49 +31,49 @@ pub const FIG1: [Fig1Config; 7] = [
     Fig1Config {
         name: "glorot_bp",
         init: Init::Glorot,
-        rule: Rule::Bp,
+        rule: Rule::bp(),
         paper: None,
         reference_test: Some(2.12),
     },
     Fig1Config {
         name: "glorot_fenbp_0.01",
         init: Init::Glorot,
-        rule: Rule::FenBp { beta: 0.01 },
+        rule: Rule::fenbp(0.01),
         paper: None,
         reference_test: Some(2.04),
     },
     Fig1Config {
         name: "glorot_fenbp_1",
         init: Init::Glorot,
-        rule: Rule::FenBp { beta: 1.0 },
+        rule: Rule::fenbp(1.0),
         paper: None,
         reference_test: Some(2.22),
     },
     Fig1Config {
         name: "glorot_fenbp_1000",
         init: Init::Glorot,
-        rule: Rule::FenBp { beta: 1000.0 },
+        rule: Rule::fenbp(1000.0),
         paper: None,
         reference_test: None,
     },
     Fig1Config {
         name: "negative_bp",
         init: Init::Negative,
-        rule: Rule::Bp,
+        rule: Rule::bp(),
         paper: Some((88.66, 88.65)),
         reference_test: None,
     },
     Fig1Config {
         name: "negative_fenbp_1",
         init: Init::Negative,
-        rule: Rule::FenBp { beta: 1.0 },
+        rule: Rule::fenbp(1.0),
         paper: Some((88.66, 88.65)),
         reference_test: None,
     },
     Fig1Config {
         name: "negative_fenbp_1000",
         init: Init::Negative,
-        rule: Rule::FenBp { beta: 1000.0 },
+        rule: Rule::fenbp(1000.0),
         paper: Some((1.7, 2.79)),
         reference_test: Some(3.58),
     },
@@ -125,7 +125,7 @@ pub fn fig1(
         let runs = FIG1
             .iter()
             .filter(|c| c.init == init)
-            .map(|c| log::read(&out.join(format!("{}.csv", c.name))))
+            .map(|c| log::read(&out.join(format!("{}.csv", c.name))).map(|r| r.series()))
             .collect::<Result<Vec<_>>>()?;
         panels.push(Panel {
             title: title.into(),
@@ -164,7 +164,7 @@ pub fn table(results: &[(Fig1Config, Vec<EpochRecord>)], epochs: usize) -> Strin
         let _ = writeln!(
             s,
             "| {} | {} | {:.2} | {:.2} | {:.2} | {} | {} | {:.2} |",
-            c.init.name(),
+            c.init,
             c.rule.label(),
             r.train_error_pct,
             r.test_error_pct,

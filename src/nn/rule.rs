@@ -1,237 +1,285 @@
-//! The training rule: a row of Table 1 (or predictive coding) with its β and sweep budget.
+//! The training rule: a row of Table 1 (or predictive coding) with its hyper-parameters.
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::names::Named;
 use crate::nested::inference::InferenceSettings;
 use crate::nested::method::Method;
 use crate::nested::EnergyKind;
 
-/// The training rule: a row of Table 1 (or predictive coding) and its β.
+/// The training rule: a [`Method`] (a row of Table 1, or predictive coding) and its
+/// hyper-parameters — β, the inference budget, and for CHL and convex CHL the centered
+/// variant.
 ///
 /// Back-propagation and Fenchel back-propagation are Prop. 7's closed-form pass
-/// ([`linearized::gradient`](crate::nested::linearized::gradient)); MAC, predictive coding and LPOM run at most `sweeps` inference
-/// sweeps of the same pass to the minimizer of their local contrastive objective (Prop. 5),
-/// CHL and convex CHL at most `sweeps` per phase of their global one (Prop. 4)
-/// ([`inference::gradient`](crate::nested::inference::gradient)).
+/// ([`linearized::gradient`](crate::nested::linearized::gradient)); MAC, predictive coding and
+/// LPOM run at most `sweeps` inference sweeps of the same pass to the minimizer of their local
+/// contrastive objective (Prop. 5), CHL and convex CHL at most `sweeps` per phase of their
+/// global one (Prop. 4) ([`inference::gradient`](crate::nested::inference::gradient)).
+///
+/// β acts as in the paper's Fig. 1 and Appendix C code, on the gradient of the batch-mean
+/// loss: `β/B` per sample in the batch convention of [`crate::nested`] (the trainer passes that
+/// on). [`Rule::validate`] checks that the hyper-parameters fit the method (and runs wherever a
+/// rule is read: the command line, configurations, checkpoints, logs).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "method", rename_all = "lowercase")]
-pub enum Rule {
-    /// Back-propagation (penalizer energies).
-    Bp,
-    /// Fenchel back-propagation with `β_k = β` for every layer (Fenchel energies).
-    FenBp {
-        /// `β > 0` as in the paper's Fig. 1 and Appendix C code, where it acts on the gradient
-        /// of the batch-mean loss: `β/B` per sample in the batch convention of
-        /// [`crate::nested`] (the trainer passes that on).
-        beta: f32,
-    },
-    /// The method of auxiliary coordinates (penalizer energies, Eq. 30, `σ_k = β`).
-    Mac {
-        /// β on the batch-mean loss, as for [`Rule::FenBp`].
-        beta: f32,
-        /// Most inference sweeps per batch.
-        sweeps: usize,
-    },
-    /// Predictive coding with iterative inference (`σ_k = Π_{l≥k} β`, Section 3.2.1).
-    Pc {
-        /// β on the batch-mean loss, as for [`Rule::FenBp`].
-        beta: f32,
-        /// Most inference sweeps per batch.
-        sweeps: usize,
-    },
-    /// Lifted proximal operator machines (Fenchel energies, Eq. 34).
-    Lpom {
-        /// β on the batch-mean loss, as for [`Rule::FenBp`].
-        beta: f32,
-        /// Most inference sweeps per batch.
-        sweeps: usize,
-    },
-    /// Contrastive Hebbian learning (Fenchel energies, bottom-up, Prop. 4).
-    Chl {
-        /// β on the batch-mean loss, as for [`Rule::FenBp`].
-        beta: f32,
-        /// Most inference sweeps per phase and batch.
-        sweeps: usize,
-        /// The centered (±β) variant ([`inference::centered_gradient`](crate::nested::inference::centered_gradient)).
-        #[serde(default)]
-        centered: bool,
-    },
-    /// Convex CHL (proximal energies, bottom-up, Prop. 4).
-    #[serde(rename = "convex-chl")]
-    ConvexChl {
-        /// β on the batch-mean loss, as for [`Rule::FenBp`].
-        beta: f32,
-        /// Most inference sweeps per phase and batch.
-        sweeps: usize,
-        /// The centered (±β) variant ([`inference::centered_gradient`](crate::nested::inference::centered_gradient)).
-        #[serde(default)]
-        centered: bool,
-    },
+pub struct Rule {
+    method: Method,
+    /// β of every layer (1 for back-propagation, which does not depend on it).
+    #[serde(default = "one")]
+    beta: f32,
+    /// Most inference sweeps per batch (per phase for CHL and convex CHL); `None` for the
+    /// closed-form rules.
+    #[serde(default)]
+    sweeps: Option<usize>,
+    /// The centered (±β) variant of CHL or convex CHL
+    /// ([`inference::centered_gradient`](crate::nested::inference::centered_gradient)).
+    #[serde(default)]
+    centered: bool,
+}
+
+fn one() -> f32 {
+    1.0
 }
 
 /// The default number of inference sweeps ([`InferenceSettings::default`]).
 pub const DEFAULT_SWEEPS: usize = 20;
 
 impl Rule {
+    /// Back-propagation (penalizer energies).
+    pub const fn bp() -> Self {
+        Self {
+            method: Method::Bp,
+            beta: 1.0,
+            sweeps: None,
+            centered: false,
+        }
+    }
+
+    /// Fenchel back-propagation with `β_k = β` for every layer (Fenchel energies).
+    pub const fn fenbp(beta: f32) -> Self {
+        Self {
+            method: Method::FenchelBp,
+            ..Self::bp()
+        }
+        .with_beta(beta)
+    }
+
+    /// An iterative rule (MAC, predictive coding, LPOM, CHL, convex CHL) with β and at most
+    /// `sweeps` inference sweeps per batch (checked by [`Rule::validate`]).
+    pub const fn iterative(method: Method, beta: f32, sweeps: usize) -> Self {
+        Self {
+            method,
+            beta,
+            sweeps: Some(sweeps),
+            centered: false,
+        }
+    }
+
+    /// The same rule with β.
+    pub const fn with_beta(self, beta: f32) -> Self {
+        Self { beta, ..self }
+    }
+
+    /// The centered (±β) variant of CHL or convex CHL (checked by [`Rule::validate`]).
+    pub const fn centered(self) -> Self {
+        Self {
+            centered: true,
+            ..self
+        }
+    }
+
     /// The row of Table 1 the rule trains with.
     pub fn method(self) -> Method {
-        match self {
-            Rule::Bp => Method::Bp,
-            Rule::FenBp { .. } => Method::FenchelBp,
-            Rule::Mac { .. } => Method::Mac,
-            Rule::Pc { .. } => Method::PredictiveCoding,
-            Rule::Lpom { .. } => Method::Lpom,
-            Rule::Chl { .. } => Method::Chl,
-            Rule::ConvexChl { .. } => Method::ConvexChl,
-        }
+        self.method
     }
 
     /// The layer energy (the [`Rule::method`]'s `E_k` column).
     pub fn energy(self) -> EnergyKind {
-        self.method().choices().0
+        self.method.choices().0
     }
 
-    /// β of every layer (back-propagation does not depend on it; 1 is used).
+    /// β of every layer (back-propagation does not depend on it; 1 there).
     pub fn beta(self) -> f32 {
-        match self {
-            Rule::Bp => 1.0,
-            Rule::FenBp { beta }
-            | Rule::Mac { beta, .. }
-            | Rule::Pc { beta, .. }
-            | Rule::Lpom { beta, .. }
-            | Rule::Chl { beta, .. }
-            | Rule::ConvexChl { beta, .. } => beta,
-        }
+        self.beta
     }
 
     /// The inference budget of the iterative rules; `None` for the closed-form ones.
     pub fn sweeps(self) -> Option<usize> {
-        match self {
-            Rule::Bp | Rule::FenBp { .. } => None,
-            Rule::Mac { sweeps, .. }
-            | Rule::Pc { sweeps, .. }
-            | Rule::Lpom { sweeps, .. }
-            | Rule::Chl { sweeps, .. }
-            | Rule::ConvexChl { sweeps, .. } => Some(sweeps),
-        }
+        self.sweeps
     }
 
-    /// Whether the rule is a centered (±β) variant ([`inference::centered_gradient`](crate::nested::inference::centered_gradient)).
-    pub fn centered(self) -> bool {
-        matches!(
-            self,
-            Rule::Chl { centered: true, .. } | Rule::ConvexChl { centered: true, .. }
-        )
+    /// Whether the rule is a centered (±β) variant.
+    pub fn is_centered(self) -> bool {
+        self.centered
     }
 
-    /// The command-line name ([`Method::cli_name`], with `-centered` for the centered
-    /// variants; the logs' `method` column).
-    pub fn name(self) -> &'static str {
-        match self {
-            Rule::Chl { centered: true, .. } => "chl-centered",
-            Rule::ConvexChl { centered: true, .. } => "convex-chl-centered",
-            rule => rule.method().cli_name(),
+    /// The name: the method's ([`Named`]), with `-centered` for the centered variants (the
+    /// command line's `--method`, the logs' `method` column).
+    pub fn name(self) -> String {
+        let base = self.method.as_str();
+        if self.centered {
+            format!("{base}-centered")
+        } else {
+            base.to_string()
         }
     }
 
     /// "BP", "FenBP β=…", "MAC β=… T=…", for legends.
     pub fn label(self) -> String {
-        match self {
-            Rule::Bp => "BP".into(),
-            Rule::FenBp { beta } => format!("FenBP β={beta}"),
-            Rule::Mac { beta, sweeps } => format!("MAC β={beta} T={sweeps}"),
-            Rule::Pc { beta, sweeps } => format!("PC β={beta} T={sweeps}"),
-            Rule::Lpom { beta, sweeps } => format!("LPOM β={beta} T={sweeps}"),
-            Rule::Chl {
-                beta,
-                sweeps,
-                centered,
-            } => format!("CHL{} β={beta} T={sweeps}", if centered { "±" } else { "" }),
-            Rule::ConvexChl {
-                beta,
-                sweeps,
-                centered,
-            } => format!(
-                "convex CHL{} β={beta} T={sweeps}",
-                if centered { "±" } else { "" }
-            ),
+        let short = match self.method {
+            Method::Bp => return "BP".into(),
+            Method::FenchelBp => "FenBP",
+            Method::Mac => "MAC",
+            Method::PredictiveCoding => "PC",
+            Method::Lpom => "LPOM",
+            Method::Chl => "CHL",
+            Method::ConvexChl => "convex CHL",
+        };
+        let centered = if self.centered { "±" } else { "" };
+        match self.sweeps {
+            Some(t) => format!("{short}{centered} β={} T={t}", self.beta),
+            None => format!("{short}{centered} β={}", self.beta),
         }
     }
 
-    /// The rule named `name` ([`Rule::name`]: `bp`, `fenbp`, `mac`, `pc`, `lpom`, `chl`,
-    /// `convex-chl`, `chl-centered`, `convex-chl-centered`) with an optional β (default 1) and
-    /// inference budget (default [`DEFAULT_SWEEPS`]).
+    /// The rule named `name` ([`Rule::name`]: a [`Method`] name, or `chl-centered`,
+    /// `convex-chl-centered`) with an optional β (default 1) and inference budget (default
+    /// [`DEFAULT_SWEEPS`]), as the command line gives them.
     ///
     /// # Errors
     /// An unknown name ([`Error::InvalidInput`] for `method`); a β given with `bp` or sweeps
     /// with a closed-form rule; a non-positive or non-finite β; zero sweeps.
     pub fn from_name(name: &str, beta: Option<f32>, sweeps: Option<usize>) -> Result<Self> {
-        let (base, centered) = match name.strip_suffix("-centered") {
-            Some(base @ ("chl" | "convex-chl")) => (base, true),
-            _ => (name, false),
-        };
-        let method = Method::from_cli_name(base).ok_or_else(|| {
-            Error::input(
-                "method",
-                format!(
-                    "unknown method `{name}` (expected bp, fenbp, mac, pc, lpom, chl, convex-chl, \
-                     chl-centered or convex-chl-centered)"
-                ),
-            )
-        })?;
-        if method == Method::Bp && beta.is_some() {
+        let rule = Self::with_defaults(name, beta.unwrap_or(1.0), sweeps)?;
+        if rule.method == Method::Bp && beta.is_some() {
             return Err(Error::input(
                 "beta",
                 "back-propagation takes no beta (Fenchel back-propagation, fenbp, does)",
             ));
         }
-        let closed_form = matches!(method, Method::Bp | Method::FenchelBp);
-        if closed_form && sweeps.is_some() {
+        if rule.sweeps.is_none() && sweeps.is_some() {
             return Err(Error::input(
                 "sweeps",
                 format!("{name} is closed form (sweeps are for the other methods)"),
             ));
         }
-        let (beta, sweeps) = (beta.unwrap_or(1.0), sweeps.unwrap_or(DEFAULT_SWEEPS));
-        let rule = match method {
-            Method::Bp => Rule::Bp,
-            Method::FenchelBp => Rule::FenBp { beta },
-            Method::Mac => Rule::Mac { beta, sweeps },
-            Method::PredictiveCoding => Rule::Pc { beta, sweeps },
-            Method::Lpom => Rule::Lpom { beta, sweeps },
-            Method::Chl => Rule::Chl {
-                beta,
-                sweeps,
-                centered,
-            },
-            Method::ConvexChl => Rule::ConvexChl {
-                beta,
-                sweeps,
-                centered,
-            },
+        Ok(rule)
+    }
+
+    /// The rule named `name` with β and the sweeps applied where its method takes them (β is
+    /// ignored by `bp`, the sweeps by the closed-form rules; default [`DEFAULT_SWEEPS`]): one
+    /// protocol for a list of rules (`reproduce table1`, `bench train`).
+    ///
+    /// # Errors
+    /// An unknown name; an invalid β or budget ([`Rule::validate`]).
+    pub fn with_defaults(name: &str, beta: f32, sweeps: Option<usize>) -> Result<Self> {
+        let (base, centered) = match name.strip_suffix("-centered") {
+            Some(base) => (base, true),
+            None => (name, false),
         };
+        let method = Method::from_name(base).map_err(|_| {
+            Error::input(
+                "method",
+                format!(
+                    "unknown method `{name}` (expected {}, chl-centered or convex-chl-centered)",
+                    <Method as Named>::listing().replace(" or ", ", ")
+                ),
+            )
+        })?;
+        let rule = match method {
+            Method::Bp => Self::bp(),
+            Method::FenchelBp => Self::fenbp(beta),
+            _ => Self::iterative(method, beta, sweeps.unwrap_or(DEFAULT_SWEEPS)),
+        };
+        let rule = if centered { rule.centered() } else { rule };
         rule.validate()?;
         Ok(rule)
     }
 
-    /// Checks β and the sweeps.
+    /// Checks that the hyper-parameters fit the method: β finite and positive (1 for
+    /// back-propagation), sweeps (at least 1) exactly for the iterative methods, centered only
+    /// for CHL and convex CHL.
     ///
     /// # Errors
-    /// [`Error::InvalidBeta`] for a non-positive or non-finite β; zero sweeps.
+    /// [`Error::InvalidBeta`]; [`Error::InvalidInput`] naming `sweeps` or `centered`.
     pub fn validate(self) -> Result<()> {
-        crate::error::check_beta(f64::from(self.beta()))?;
-        if self.sweeps() == Some(0) {
-            return Err(Error::input("sweeps", "must be at least 1"));
+        crate::error::check_beta(f64::from(self.beta))?;
+        let closed_form = matches!(self.method, Method::Bp | Method::FenchelBp);
+        match self.sweeps {
+            Some(0) => return Err(Error::input("sweeps", "must be at least 1")),
+            Some(_) if closed_form => {
+                return Err(Error::input(
+                    "sweeps",
+                    format!("{} is closed form", self.method),
+                ))
+            }
+            None if !closed_form => {
+                return Err(Error::input(
+                    "sweeps",
+                    format!("{} needs an inference budget", self.method),
+                ))
+            }
+            _ => {}
+        }
+        if self.method == Method::Bp && self.beta != 1.0 {
+            return Err(Error::input("beta", "back-propagation takes no beta"));
+        }
+        if self.centered && !matches!(self.method, Method::Chl | Method::ConvexChl) {
+            return Err(Error::input(
+                "centered",
+                format!(
+                    "the centered variant is defined for chl and convex-chl, not {}",
+                    self.method
+                ),
+            ));
         }
         Ok(())
     }
 
     /// The inference settings of the iterative rules.
     pub fn inference_settings(self) -> Option<InferenceSettings> {
-        self.sweeps().map(|max_sweeps| InferenceSettings {
+        self.sweeps.map(|max_sweeps| InferenceSettings {
             max_sweeps,
             ..InferenceSettings::default()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_read_back_into_the_same_rule_and_misfits_are_refused() {
+        for name in [
+            "bp",
+            "fenbp",
+            "mac",
+            "pc",
+            "lpom",
+            "chl",
+            "convex-chl",
+            "chl-centered",
+            "convex-chl-centered",
+        ] {
+            let rule = Rule::with_defaults(name, 0.5, Some(7)).unwrap();
+            assert_eq!(rule.name(), name);
+            assert_eq!(
+                Rule::with_defaults(&rule.name(), rule.beta, rule.sweeps),
+                Ok(rule)
+            );
+            let json = serde_json::to_string(&rule).unwrap();
+            assert_eq!(serde_json::from_str::<Rule>(&json).unwrap(), rule, "{json}");
+        }
+        assert!(Rule::with_defaults("mac-centered", 1.0, None).is_err());
+        assert!(Rule::with_defaults("sgd", 1.0, None).is_err());
+        assert!(Rule::iterative(Method::Bp, 1.0, 3).validate().is_err());
+        assert!(Rule::iterative(Method::Mac, 1.0, 0).validate().is_err());
+        assert!(Rule::fenbp(0.0).validate().is_err());
+        // The checkpoints' form of a rule: a closed-form rule has no sweeps.
+        let bp: Rule = serde_json::from_str(r#"{"method":"bp"}"#).unwrap();
+        assert_eq!(bp, Rule::bp());
+        assert!(serde_json::from_str::<Rule>(r#"{"method":"sgd"}"#).is_err());
     }
 }

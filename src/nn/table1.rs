@@ -27,12 +27,11 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use super::log::Run;
 use super::{run, EpochRecord, Observer, Outputs, Rule, TrainConfig, Trainer};
 use crate::data::Mnist;
 use crate::error::{Error, Result};
 use crate::nested::method::Method;
-use crate::plot::{self, Panel};
+use crate::plot::{self, Panel, Series};
 
 /// The settings of a reproduction; [`Default`] is sized to finish in about ten minutes on two
 /// cores (10 epochs, 3 seeds).
@@ -94,14 +93,10 @@ impl Table1Settings {
         let names = Method::ALL
             .into_iter()
             .chain(Method::EXTRAS)
-            .map(Method::cli_name)
-            .chain(["chl-centered", "convex-chl-centered"]);
+            .map(|m| m.to_string())
+            .chain(["chl-centered".into(), "convex-chl-centered".into()]);
         names
-            .map(|name| match name {
-                "bp" => Ok(Rule::Bp),
-                "fenbp" => Rule::from_name(name, Some(self.beta), None),
-                _ => Rule::from_name(name, Some(self.beta), Some(self.sweeps)),
-            })
+            .map(|name| Rule::with_defaults(&name, self.beta, Some(self.sweeps)))
             .collect()
     }
 }
@@ -240,7 +235,7 @@ pub fn reproduce(
         train_size: settings.train_size,
         ..TrainConfig::default()
     };
-    config(Rule::Bp, 42).check_data(data)?;
+    config(Rule::bp(), 42).check_data(data)?;
     let cosines = cosines_at_init(data, &rules, &seeds, &config)?;
     let jobs: Vec<(usize, u64)> = (0..rules.len())
         .flat_map(|i| seeds.iter().map(move |&s| (i, s)))
@@ -307,7 +302,7 @@ fn cosines_at_init(
     };
     let mut out = vec![Vec::new(); rules.len()];
     for &seed in seeds {
-        let bp = gradient(Rule::Bp, seed)?;
+        let bp = gradient(Rule::bp(), seed)?;
         for (i, &rule) in rules.iter().enumerate() {
             let g = gradient(rule, seed)?;
             out[i].push(super::bench::compare(&g, &bp).0);
@@ -320,10 +315,9 @@ fn cosines_at_init(
 fn write_outputs(out: &Path, settings: &Table1Settings, methods: &[MethodRuns]) -> Result<()> {
     let runs = methods
         .iter()
-        .map(|m| Run {
+        .map(|m| Series {
             label: m.rule.label(),
             points: m.mean_curve(),
-            mean_seconds: m.seconds_per_epoch(),
         })
         .collect();
     let panels = [Panel {
@@ -360,7 +354,7 @@ pub fn table(settings: &Table1Settings, methods: &[MethodRuns]) -> String {
     for m in methods {
         let method = m.rule.method();
         let (row, energy, direction) = match method.paper_row() {
-            Some(p) if m.rule.centered() => (
+            Some(p) if m.rule.is_centered() => (
                 format!("{}, centered (extra)", p.method),
                 p.energy,
                 p.direction,
@@ -422,7 +416,7 @@ mod tests {
         let rules = Table1Settings::default().rules().unwrap();
         let methods: Vec<Method> = rules.iter().map(|r| r.method()).collect();
         assert_eq!(methods.len(), Method::ALL.len() + Method::EXTRAS.len() + 2);
-        assert_eq!(rules.iter().filter(|r| r.centered()).count(), 2);
+        assert_eq!(rules.iter().filter(|r| r.is_centered()).count(), 2);
         for m in Method::ALL.into_iter().chain(Method::EXTRAS) {
             assert!(methods.contains(&m), "{m:?}");
         }

@@ -205,7 +205,7 @@ impl Trainer {
         let loss = OutputLoss::SoftmaxCrossEntropy;
         match (self.config.rule.inference_settings(), &mut buf.sweeps) {
             (Some(settings), Some(ws)) => {
-                let run = if self.config.rule.centered() {
+                let run = if self.config.rule.is_centered() {
                     inference::centered_gradient
                 } else {
                     inference::gradient

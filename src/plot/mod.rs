@@ -13,9 +13,16 @@ use plotters::prelude::*;
 use plotters::style::FontStyle;
 
 use crate::error::{Error, Result};
-use crate::nn::log::Run;
-
 static FONT: &[u8] = include_bytes!("DejaVuSans.ttf");
+
+/// One run's curves: training and test error per epoch, and the legend's label.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    /// Legend label ("BP", "FenBP β=1000 (negative init)").
+    pub label: String,
+    /// `(epoch, train_error_pct, test_error_pct)` per epoch.
+    pub points: Vec<(usize, f64, f64)>,
+}
 
 /// One panel: a title and its runs.
 #[derive(Debug, Clone)]
@@ -23,7 +30,7 @@ pub struct Panel {
     /// Caption.
     pub title: String,
     /// Curves.
-    pub runs: Vec<Run>,
+    pub runs: Vec<Series>,
 }
 
 const COLORS: [RGBColor; 8] = [

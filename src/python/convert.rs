@@ -17,7 +17,7 @@ pub(crate) fn to_pyerr(py: Python<'_>, e: Error) -> PyErr {
     let message = e.to_string();
     let build = || -> PyResult<PyErr> {
         let data = PyDict::new(py);
-        let class = match &e {
+        match &e {
             Error::DimensionMismatch {
                 what,
                 expected,
@@ -26,35 +26,28 @@ pub(crate) fn to_pyerr(py: Python<'_>, e: Error) -> PyErr {
                 data.set_item("what", what)?;
                 data.set_item("expected", expected)?;
                 data.set_item("found", found)?;
-                "DimensionMismatchError"
             }
             Error::InvalidBeta { beta } => {
                 data.set_item("beta", beta)?;
-                "InvalidBetaError"
             }
             Error::BetaOutOfRange { beta, what, reason } => {
                 data.set_item("beta", beta)?;
                 data.set_item("what", what)?;
                 data.set_item("reason", reason)?;
-                "BetaOutOfRangeError"
             }
             Error::NonFinite { what } => {
                 data.set_item("what", what)?;
-                "NonFiniteError"
             }
             Error::Overflow { what } => {
                 data.set_item("what", what)?;
-                "FloatOverflowError"
             }
             Error::Inaccurate { what, residual } => {
                 data.set_item("what", what)?;
                 data.set_item("residual", residual)?;
-                "InaccurateError"
             }
             Error::NotPositiveDefinite { what, reason } => {
                 data.set_item("what", what)?;
                 data.set_item("reason", reason)?;
-                "NotPositiveDefiniteError"
             }
             Error::NotConverged {
                 solver,
@@ -64,29 +57,23 @@ pub(crate) fn to_pyerr(py: Python<'_>, e: Error) -> PyErr {
                 data.set_item("solver", solver)?;
                 data.set_item("iterations", iterations)?;
                 data.set_item("residual", residual)?;
-                "NotConvergedError"
             }
             Error::Infeasible(reason) => {
                 data.set_item("reason", reason)?;
-                "InfeasibleError"
             }
             Error::Unbounded(reason) => {
                 data.set_item("reason", reason)?;
-                "UnboundedError"
             }
             Error::Singular(reason) => {
                 data.set_item("reason", reason)?;
-                "SingularError"
             }
             Error::InvalidInput { field, reason } => {
                 data.set_item("field", field)?;
                 data.set_item("reason", reason)?;
-                "InvalidInputError"
             }
             Error::BadData { path, reason } => {
                 data.set_item("path", path.display().to_string())?;
                 data.set_item("reason", reason)?;
-                "BadDataError"
             }
             Error::Download {
                 file,
@@ -96,15 +83,16 @@ pub(crate) fn to_pyerr(py: Python<'_>, e: Error) -> PyErr {
                 data.set_item("file", file)?;
                 data.set_item("dir", dir.display().to_string())?;
                 data.set_item("attempts", attempts.clone())?;
-                "DownloadError"
             }
             Error::Io { path, reason, .. } => {
                 data.set_item("path", path.display().to_string())?;
                 data.set_item("reason", reason)?;
-                "IoError"
             }
-        };
-        let class = py.import("bilevel.errors")?.getattr(class)?;
+            // `Error` is non-exhaustive: a variant without data of its own.
+            #[allow(unreachable_patterns)]
+            _ => {}
+        }
+        let class = py.import("bilevel.errors")?.getattr(e.class_name())?;
         let value = class.call((message.as_str(),), Some(&data))?;
         Ok(PyErr::from_value(value))
     };

@@ -27,6 +27,7 @@ fn bilevel_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<nested::Network>()?;
     m.add_function(wrap_pyfunction!(verify, m)?)?;
     m.add_function(wrap_pyfunction!(verify_ids, m)?)?;
+    m.add_function(wrap_pyfunction!(error_classes, m)?)?;
     Ok(())
 }
 
@@ -62,6 +63,13 @@ fn verify<'py>(
         })
         .collect::<PyResult<Vec<_>>>()?;
     PyList::new(py, rows)
+}
+
+/// `error_classes()`: the exception class of every variant of the crate's `Error`, in order
+/// (`bilevel.errors` defines one class for each; its tests hold it to this list).
+#[pyfunction]
+fn error_classes() -> Vec<&'static str> {
+    crate::Error::CLASS_NAMES.to_vec()
 }
 
 /// `verify_ids()`: the row identifiers `verify` knows, in the paper's order.

@@ -44,36 +44,14 @@ fn activation_of(obj: &Bound<'_, PyAny>) -> PyResult<Act> {
             )
         })?
         .to_string();
-    Ok(match name.as_str() {
-        "identity" => Act::Identity,
-        "relu" => Act::Relu,
-        "hard_sigmoid" => Act::HardSigmoid,
-        "hard_tanh" => Act::HardTanh,
-        "softmax" => Act::Softmax,
-        other => {
-            return Err(to_pyerr(
-                py,
-                Error::input(
-                    "activation",
-                    format!(
-                        "unknown activation `{other}` (expected identity, relu, hard_sigmoid, \
-                         hard_tanh, softmax or (\"box\", lo, hi))"
-                    ),
-                ),
-            ))
-        }
-    })
+    name.parse::<Act>().map_err(|e| to_pyerr(py, e))
 }
 
-/// The Python name of an activation.
+/// The Python name of an activation: its name ([`Act::NAMED`]), or `("box", lo, hi)`.
 fn activation_name(act: Act) -> String {
     match act {
-        Act::Identity => "identity".into(),
-        Act::Relu => "relu".into(),
-        Act::HardSigmoid => "hard_sigmoid".into(),
-        Act::HardTanh => "hard_tanh".into(),
-        Act::Softmax => "softmax".into(),
         Act::Box { lo, hi } => format!("(\"box\", {lo}, {hi})"),
+        named => named.to_string(),
     }
 }
 
@@ -424,38 +402,13 @@ impl Network {
         settings: Option<Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let settings = settings_of(py, settings.as_ref())?;
-        let m = Method::from_cli_name(method).ok_or_else(|| {
-            to_pyerr(
-                py,
-                Error::input(
-                    "method",
-                    format!(
-                        "unknown method `{method}` (expected chl, convex-chl, lpom, mac, bp, \
-                         fenbp or pc)"
-                    ),
-                ),
-            )
-        })?;
+        let m = method.parse::<Method>().map_err(|e| to_pyerr(py, e))?;
         let layers = self.net.layers.len();
         let betas: Vec<f64> = match beta.extract::<f64>() {
             Ok(b) => vec![b; layers],
             Err(_) => beta.extract()?,
         };
-        let loss = match loss {
-            "squared" => OutputLoss::Squared,
-            "softmax_cross_entropy" => OutputLoss::SoftmaxCrossEntropy,
-            other => {
-                return Err(to_pyerr(
-                    py,
-                    Error::input(
-                        "loss",
-                        format!(
-                            "unknown loss `{other}` (expected squared or softmax_cross_entropy)"
-                        ),
-                    ),
-                ))
-            }
-        };
+        let loss = loss.parse::<OutputLoss>().map_err(|e| to_pyerr(py, e))?;
         let x = columns("x", &x).map_err(|e| to_pyerr(py, e))?;
         let target = columns("target", &target).map_err(|e| to_pyerr(py, e))?;
         let report: NestedReport = detached(py, || {
@@ -464,7 +417,7 @@ impl Network {
             m.run(&problem, batch, &settings)
         })?;
         let d = PyDict::new(py);
-        d.set_item("method", m.cli_name())?;
+        d.set_item("method", m.to_string())?;
         d.set_item("value", report.value)?;
         let gw: Vec<_> = report.grad.w.iter().map(|w| py_matrix(py, w)).collect();
         let gb: Vec<_> = report.grad.bias.iter().map(|b| py_vector(py, b)).collect();

@@ -268,6 +268,17 @@ def test_errors_carry_their_data_and_batches_their_index():
     assert info.value.index == 2
 
 
+def test_every_rust_error_has_its_exception_class():
+    # The Rust crate's one list of its error variants' classes (Error::CLASS_NAMES).
+    from bilevel import _bilevel, errors
+
+    names = _bilevel.error_classes()
+    assert len(names) == len(set(names))
+    assert set(names) == set(errors.__all__) - {"BilevelError"}
+    for name in names:
+        assert issubclass(getattr(errors, name), errors.BilevelError), name
+
+
 def test_overflowing_data_is_an_error_not_a_crash():
     layer = bilevel.QuadraticLayer(np.eye(2) * 1e-300, [1e300, 1e300], A=np.eye(2), b=[0.0, 0.0])
     with pytest.raises(bilevel.BilevelError):
