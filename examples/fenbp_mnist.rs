@@ -10,7 +10,8 @@ use std::path::PathBuf;
 
 use bilevel::data::{resolve_dir, Mnist};
 use bilevel::nested::linearized::{gradient, Gradients, Workspace};
-use bilevel::nested::{EnergyKind, OutputLoss};
+use bilevel::nested::method::Method;
+use bilevel::nested::{Batch, OutputLoss};
 use bilevel::nn::{count_correct, mlp, Adam, AdamSettings, Init};
 use nalgebra::DMatrix;
 use rand::SeedableRng;
@@ -49,6 +50,7 @@ fn run() -> bilevel::Result<()> {
     let mut grads = Gradients::zeros(&net);
     let (mut x, mut y) = (DMatrix::zeros(784, batch), DMatrix::zeros(10, batch));
     let mut indices = vec![0; batch];
+    let betas = [beta; 4]; // β_k = β on every layer
 
     for epoch in 1..=epochs {
         let (mut total_loss, mut correct) = (0.0f64, 0);
@@ -60,17 +62,10 @@ fn run() -> bilevel::Result<()> {
             data.train.batch_into(&indices, &mut x, &mut y)?;
             // gs = gradient(ps): Fenchel energies on every layer = the my_relu pullback
             // (z - relu(x - beta*dy)) / beta on each ReLU (Prop. 7, Eq. 49-53).
-            let loss = gradient(
-                &net,
-                EnergyKind::Fenchel,
-                &[beta; 4],
-                OutputLoss::SoftmaxCrossEntropy,
-                &x,
-                &y,
-                &mut ws,
-                &mut grads,
-            )?;
-            total_loss += f64::from(loss);
+            let problem =
+                Method::FenchelBp.problem(&net, &betas[..], OutputLoss::SoftmaxCrossEntropy)?;
+            let report = gradient(&problem, Batch { x: &x, target: &y }, &mut ws, &mut grads)?;
+            total_loss += f64::from(report.value);
             correct += count_correct(&ws.z[3], &y);
             opt.step(&mut net, &grads)?; // update!(opt, ps, gs)
         }

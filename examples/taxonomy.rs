@@ -31,7 +31,7 @@ fn run() -> Result<()> {
 
     // Every row is one problem type, one batch, one settings struct and one report.
     let run = |method: Method, beta: f64| -> Result<NestedReport> {
-        let problem = method.problem(&net, &[beta; 3], loss)?;
+        let problem = method.problem(&net, vec![beta; 3], loss)?;
         let batch = Batch::new(&problem, &x, &target)?;
         method.run(&problem, batch, &NestedSettings::default())
     };

@@ -10,7 +10,7 @@ use approx::assert_relative_eq;
 use bilevel::data::{read_idx, write_idx, Mnist, Split, FILES};
 use bilevel::nested::linearized::{gradient, Gradients, Workspace};
 use bilevel::nested::method::Method;
-use bilevel::nested::{EnergyKind, Layer, Network, OutputLoss};
+use bilevel::nested::{Batch, Layer, Network, OutputLoss};
 use bilevel::nn::{self, log, Adam, AdamSettings, Init, Outputs, Rule, TrainConfig, Trainer};
 use bilevel::prox::Activation;
 use bilevel::Error;
@@ -282,30 +282,16 @@ fn fenbp_gradient_on_mnist_follows_the_julia_rule_in_f32() {
     let mut ws = Workspace::new(&net, 50);
     let mut g = Gradients::zeros(&net);
     let mut bp = Gradients::zeros(&net);
-    gradient(
-        &net,
-        EnergyKind::Penalizer,
-        &[1.0; 4],
-        OutputLoss::SoftmaxCrossEntropy,
-        &x,
-        &y,
-        &mut ws,
-        &mut bp,
-    )
-    .unwrap();
+    let loss = OutputLoss::SoftmaxCrossEntropy;
+    let problem = Method::Bp.problem(&net, vec![1.0; 4], loss).unwrap();
+    let batch = Batch::new(&problem, &x, &y).unwrap();
+    let _bp = gradient(&problem, batch, &mut ws, &mut bp).unwrap();
     for beta in [1e-3f32, 0.01, 1.0, 1000.0] {
         // The Julia code's β acts on the batch-mean gradient: β/B per sample.
-        gradient(
-            &net,
-            EnergyKind::Fenchel,
-            &[beta / 50.0; 4],
-            OutputLoss::SoftmaxCrossEntropy,
-            &x,
-            &y,
-            &mut ws,
-            &mut g,
-        )
-        .unwrap();
+        let problem = Method::FenchelBp
+            .problem(&net, vec![beta / 50.0; 4], loss)
+            .unwrap();
+        let _fenbp = gradient(&problem, batch, &mut ws, &mut g).unwrap();
         // Julia in f64 from the same forward pass.
         let a: Vec<DMatrix<f64>> = ws.a.iter().map(|m| m.clone().cast()).collect();
         let z: Vec<DMatrix<f64>> = ws.z.iter().map(|m| m.clone().cast()).collect();

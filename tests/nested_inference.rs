@@ -5,10 +5,12 @@
 
 mod common;
 
-use bilevel::nested::inference::{self, InferenceSettings, InferenceWorkspace};
+use bilevel::nested::inference::{self, InferenceWorkspace};
 use bilevel::nested::linearized::Gradients;
 use bilevel::nested::method::{Method, Unravel};
-use bilevel::nested::{Network, OutputLoss};
+use bilevel::nested::{
+    Batch, BatchReport, NestedProblem, NestedSettings, Network, Outcome, OutputLoss,
+};
 use bilevel::prelude::Activation;
 use bilevel::verify::instances::{matrix, network, rng};
 use common::{flat, rel};
@@ -38,20 +40,28 @@ fn sweeps(
     betas: &[f64],
     loss: OutputLoss,
     (x, t): (&DMatrix<f64>, &DMatrix<f64>),
-    settings: &InferenceSettings,
-) -> (inference::InferenceReport<f64>, Gradients<f64>) {
+    settings: &NestedSettings,
+) -> (BatchReport<f64>, Gradients<f64>) {
     let mut ws = InferenceWorkspace::new(net, x.ncols());
     let mut grads = Gradients::zeros(net);
-    let r = inference::gradient(net, m, betas, loss, x, t, settings, &mut ws, &mut grads).unwrap();
+    let problem = m.problem(net, betas, loss).unwrap();
+    let batch = Batch::new(&problem, x, t).unwrap();
+    let r = inference::gradient(&problem, batch, settings, &mut ws, &mut grads).unwrap();
     (r, grads)
 }
 
-const EXACT: InferenceSettings = InferenceSettings {
-    max_sweeps: 5000,
-    tol: 1e-14,
-    min_damping: 1.0 / 64.0,
-    anderson: true,
-};
+fn solved<T>(r: &BatchReport<T>) -> bool {
+    r.status.outcome == Outcome::Solved
+}
+
+/// Sweeps run to convergence (the references' accuracy).
+fn exact() -> NestedSettings {
+    NestedSettings {
+        inference_max_sweeps: 5000,
+        inference_tol: 1e-14,
+        ..NestedSettings::default()
+    }
+}
 
 #[test]
 fn sweeps_converge_to_the_reference_minimizer_value_and_gradient() {
@@ -64,11 +74,11 @@ fn sweeps_converge_to_the_reference_minimizer_value_and_gradient() {
             for beta in [0.3, 0.1, 1e-2, 1e-4] {
                 let betas = [beta; 3];
                 let reference = common::method(m, &net, &betas, loss, &x, &t).unwrap();
-                let (r, g) = sweeps(m, &net, &betas, loss, (&x, &t), &EXACT);
+                let (r, g) = sweeps(m, &net, &betas, loss, (&x, &t), &exact());
                 assert!(
-                    r.converged,
+                    solved(&r),
                     "{m:?} {loss:?} beta {beta}: residual {}",
-                    r.residual
+                    r.status.residual
                 );
                 let err = rel(&flat(&g), &flat(&reference.grad));
                 assert!(
@@ -100,10 +110,10 @@ fn gradients_are_the_gradients_of_their_own_values() {
         let (net, x, t) = setup(3, loss);
         for m in METHODS {
             let betas = [0.2; 3];
-            let (r, g) = sweeps(m, &net, &betas, loss, (&x, &t), &EXACT);
-            assert!(r.converged, "{m:?} {loss:?}: {}", r.residual);
+            let (r, g) = sweeps(m, &net, &betas, loss, (&x, &t), &exact());
+            assert!(solved(&r), "{m:?} {loss:?}: {}", r.status.residual);
             let fd = common::fd_weights(&net, 1e-5, |n| {
-                sweeps(m, n, &betas, loss, (&x, &t), &EXACT).0.value
+                sweeps(m, n, &betas, loss, (&x, &t), &exact()).0.value
             });
             let g = flat(&g);
             let err = rel(&g[..fd.len()], &fd);
@@ -118,14 +128,14 @@ fn one_sweep_is_prop7_back_propagation_or_fenchel_back_propagation() {
     // is then taken at the states it defines, so it differs from BP by O(β) only.
     let loss = OutputLoss::SoftmaxCrossEntropy;
     let (net, x, t) = setup(6, loss);
-    let one = InferenceSettings {
-        max_sweeps: 1,
-        ..EXACT
+    let one = NestedSettings {
+        inference_max_sweeps: 1,
+        ..exact()
     };
     for m in [Method::Mac, Method::PredictiveCoding, Method::Lpom] {
         let bp = common::method(Method::Bp, &net, &[1e-6; 3], loss, &x, &t).unwrap();
         let (r, g) = sweeps(m, &net, &[1e-6; 3], loss, (&x, &t), &one);
-        assert_eq!(r.sweeps, 1);
+        assert_eq!(r.status.iterations, 1);
         let err = rel(&flat(&g), &flat(&bp.grad));
         assert!(err < 1e-5, "{m:?}: {err:e}");
     }
@@ -146,23 +156,36 @@ fn f32_training_path_agrees_with_f64() {
             })
             .collect(),
     };
-    let settings = InferenceSettings {
-        max_sweeps: 50,
-        tol: 1e-6,
-        ..EXACT
+    let settings = NestedSettings {
+        inference_max_sweeps: 50,
+        inference_tol: 1e-6,
+        ..exact()
     };
     for m in METHODS {
         for beta in [1e-1, 1e-3, 1e-6] {
-            let (_, g64) = sweeps(m, &net, &[beta; 3], loss, (&x, &t), &EXACT);
+            let (_, g64) = sweeps(m, &net, &[beta; 3], loss, (&x, &t), &exact());
             let mut ws = InferenceWorkspace::new(&net32, 8);
             let mut g32 = Gradients::zeros(&net32);
             let (x32, t32) = (x.clone().cast::<f32>(), t.clone().cast::<f32>());
             let b = [beta as f32; 3];
             let r = inference::gradient(
-                &net32, m, &b, loss, &x32, &t32, &settings, &mut ws, &mut g32,
+                &NestedProblem {
+                    net: &net32,
+                    energy: m.choices().0,
+                    betas: (&b as &[_]).into(),
+                    loss,
+                    method: Some(m),
+                },
+                Batch {
+                    x: &x32,
+                    target: &t32,
+                },
+                &settings,
+                &mut ws,
+                &mut g32,
             )
             .unwrap();
-            assert!(r.converged, "{m:?} beta {beta}: {}", r.residual);
+            assert!(solved(&r), "{m:?} beta {beta}: {}", r.status.residual);
             let g32: Vec<f64> = g32.flatten().iter().map(|&v| f64::from(v)).collect();
             // Single precision throughout; no cancellation at any β (the states carry λ).
             let err = rel(&g32, &flat(&g64));
@@ -176,13 +199,13 @@ fn a_batch_is_the_mean_of_its_samples() {
     let loss = OutputLoss::Squared;
     let (net, x, t) = setup(5, loss);
     for m in METHODS {
-        let (r, g) = sweeps(m, &net, &[0.2; 3], loss, (&x, &t), &EXACT);
+        let (r, g) = sweeps(m, &net, &[0.2; 3], loss, (&x, &t), &exact());
         let mut mean = vec![0.0; flat(&g).len()];
         let mut value = 0.0;
         for j in 0..5 {
             let xj = x.columns(j, 1).into_owned();
             let tj = t.columns(j, 1).into_owned();
-            let (rj, gj) = sweeps(m, &net, &[0.2; 3], loss, (&xj, &tj), &EXACT);
+            let (rj, gj) = sweeps(m, &net, &[0.2; 3], loss, (&xj, &tj), &exact());
             value += rj.value / 5.0;
             for (s, v) in mean.iter_mut().zip(flat(&gj)) {
                 *s += v / 5.0;
@@ -197,84 +220,92 @@ fn a_batch_is_the_mean_of_its_samples() {
 fn budget_and_bad_input_are_reported() {
     let loss = OutputLoss::Squared;
     let (net, x, t) = setup(3, loss);
-    let two = InferenceSettings {
-        max_sweeps: 2,
-        ..EXACT
+    let two = NestedSettings {
+        inference_max_sweeps: 2,
+        ..exact()
     };
     let (r, _) = sweeps(Method::Mac, &net, &[0.5; 3], loss, (&x, &t), &two);
-    assert_eq!(r.sweeps, 2);
-    assert!(!r.converged && r.residual > 0.0);
+    assert_eq!(r.status.iterations, 2);
+    assert!(!solved(&r) && r.status.residual > 0.0);
     // Unconverged or not, the reported value bounds L^β from above and stays below the forward
     // loss (Eq. 29): the best iterate is kept when the last one is worse.
     let mut kept = 0;
     for m in [Method::Mac, Method::PredictiveCoding, Method::Lpom] {
         for beta in [0.5, 3.0, 30.0] {
             for budget in [1, 2, 3, 7] {
-                let s = InferenceSettings {
-                    max_sweeps: budget,
-                    ..EXACT
+                let s = NestedSettings {
+                    inference_max_sweeps: budget,
+                    ..exact()
                 };
                 let (r, _) = sweeps(m, &net, &[beta; 3], loss, (&x, &t), &s);
                 assert!(
                     r.value <= r.forward_loss * (1.0 + 1e-12),
                     "{m:?} {beta} {budget}"
                 );
-                kept += usize::from(r.best_iterate);
+                kept += usize::from(r.status.outcome == Outcome::BestIterate);
             }
         }
     }
     assert!(kept > 0, "no case exercised the best-iterate rule");
     let mut ws = InferenceWorkspace::new(&net, 3);
     let mut g = Gradients::zeros(&net);
-    let bad = InferenceSettings {
-        max_sweeps: 0,
-        ..EXACT
+    let bad = NestedSettings {
+        inference_max_sweeps: 0,
+        ..exact()
     };
     let e = inference::gradient(
-        &net,
-        Method::Mac,
-        &[0.5; 3],
-        loss,
-        &x,
-        &t,
+        &NestedProblem {
+            net: &net,
+            energy: Method::Mac.choices().0,
+            betas: (&[0.5; 3] as &[_]).into(),
+            loss,
+            method: Some(Method::Mac),
+        },
+        Batch { x: &x, target: &t },
         &bad,
         &mut ws,
         &mut g,
     );
     assert!(e.unwrap_err().to_string().contains("max_sweeps"));
     let e = inference::gradient(
-        &net,
-        Method::FenchelBp,
-        &[0.5; 3],
-        loss,
-        &x,
-        &t,
-        &EXACT,
+        &NestedProblem {
+            net: &net,
+            energy: Method::FenchelBp.choices().0,
+            betas: (&[0.5; 3] as &[_]).into(),
+            loss,
+            method: Some(Method::FenchelBp),
+        },
+        Batch { x: &x, target: &t },
+        &exact(),
         &mut ws,
         &mut g,
     );
     assert!(e.is_err());
     let e = inference::gradient(
-        &net,
-        Method::Mac,
-        &[0.5; 2],
-        loss,
-        &x,
-        &t,
-        &EXACT,
+        &NestedProblem {
+            net: &net,
+            energy: Method::Mac.choices().0,
+            betas: (&[0.5; 2] as &[_]).into(),
+            loss,
+            method: Some(Method::Mac),
+        },
+        Batch { x: &x, target: &t },
+        &exact(),
         &mut ws,
         &mut g,
     );
     assert!(e.is_err());
     let mut small = InferenceWorkspace::new(&net, 2);
     let e = inference::gradient(
-        &net,
-        Method::Mac,
-        &[0.5; 3],
-        loss,
-        &x,
-        &t,
-        &EXACT,
+        &NestedProblem {
+            net: &net,
+            energy: Method::Mac.choices().0,
+            betas: (&[0.5; 3] as &[_]).into(),
+            loss,
+            method: Some(Method::Mac),
+        },
+        Batch { x: &x, target: &t },
+        &exact(),
         &mut small,
         &mut g,
     );
@@ -291,19 +322,23 @@ fn at_a_convex_kink_the_held_units_reach_the_active_set_answer() {
     let loss = OutputLoss::SoftmaxCrossEntropy;
     let (net, x, t) = setup(4, loss);
     let reference = common::method(Method::Mac, &net, &[0.3; 3], loss, &x, &t).unwrap();
-    let (r, g) = sweeps(Method::Mac, &net, &[0.3; 3], loss, (&x, &t), &EXACT);
-    assert!(r.converged, "{}", r.residual);
+    let (r, g) = sweeps(Method::Mac, &net, &[0.3; 3], loss, (&x, &t), &exact());
+    assert!(solved(&r), "{}", r.status.residual);
     let err = rel(&flat(&g), &flat(&reference.grad));
     assert!(err < 1e-9, "gradient error {err:e}");
     let gap = (r.value - reference.value) / reference.value;
     assert!(gap.abs() < 1e-12, "{gap:e}");
     // Without damping the held units do not settle within the budget: reported, not hidden.
-    let undamped = InferenceSettings {
-        min_damping: 1.0,
-        ..EXACT
+    let undamped = NestedSettings {
+        inference_min_damping: 1.0,
+        ..exact()
     };
     let (r, _) = sweeps(Method::Mac, &net, &[0.3; 3], loss, (&x, &t), &undamped);
-    assert!(!r.converged && r.sweeps == EXACT.max_sweeps && r.residual > 1e-3);
+    assert!(
+        !solved(&r)
+            && r.status.iterations == exact().inference_max_sweeps
+            && r.status.residual > 1e-3
+    );
 }
 
 // ---- The centered (±β) variant of the bottom-up rows -------------------------------------
@@ -314,12 +349,13 @@ fn centered(
     betas: &[f64],
     loss: OutputLoss,
     (x, t): (&DMatrix<f64>, &DMatrix<f64>),
-) -> (inference::InferenceReport<f64>, Gradients<f64>) {
-    let mut ws = InferenceWorkspace::new(net, x.ncols());
-    let mut grads = Gradients::zeros(net);
-    let r = inference::centered_gradient(net, m, betas, loss, x, t, &EXACT, &mut ws, &mut grads)
-        .unwrap();
-    assert!(r.converged, "{m:?}: residual {}", r.residual);
+) -> (BatchReport<f64>, Gradients<f64>) {
+    let settings = NestedSettings {
+        centered: true,
+        ..exact()
+    };
+    let (r, grads) = sweeps(m, net, betas, loss, (x, t), &settings);
+    assert!(solved(&r), "{m:?}: residual {}", r.status.residual);
     (r, grads)
 }
 
@@ -391,7 +427,7 @@ fn centered_value_is_the_mean_of_the_exact_plus_and_minus_beta_surrogates() {
                 "{m:?} {betas:?}: {} vs {want}",
                 r.value
             );
-            let (one, _) = sweeps(m, &net, &betas, OutputLoss::Squared, (&x, &t), &EXACT);
+            let (one, _) = sweeps(m, &net, &betas, OutputLoss::Squared, (&x, &t), &exact());
             assert!((one.value - plus).abs() < 1e-10 * plus.abs(), "{m:?}");
             // Def. 1's value is concave in β_L: L^{−β} ≥ ℓ(ž_L) ≥ L^β, and the gap is O(β_L).
             assert!(minus > plus, "{m:?}: {minus} {plus}");
@@ -416,7 +452,7 @@ fn centered_gradient_reaches_its_limit_at_second_order_in_the_loss_beta() {
             let g = if c {
                 centered(m, &net, &betas, loss, (&x, &t)).1
             } else {
-                sweeps(m, &net, &betas, loss, (&x, &t), &EXACT).1
+                sweeps(m, &net, &betas, loss, (&x, &t), &exact()).1
             };
             nalgebra::DVector::from_vec(flat(&g))
         };
@@ -471,17 +507,13 @@ fn centered_gradient_is_the_gradient_of_its_value_and_a_batch_mean() {
         Method::Lpom,
         Method::Bp,
     ] {
-        let e = inference::centered_gradient(
-            &net,
-            m,
-            &[0.2; 3],
-            OutputLoss::Squared,
-            &x,
-            &t,
-            &EXACT,
-            &mut ws,
-            &mut g,
-        );
+        let problem = m.problem(&net, &[0.2; 3], OutputLoss::Squared).unwrap();
+        let batch = Batch::new(&problem, &x, &t).unwrap();
+        let settings = NestedSettings {
+            centered: true,
+            ..exact()
+        };
+        let e = inference::gradient(&problem, batch, &settings, &mut ws, &mut g);
         assert!(e.is_err(), "{m:?}");
     }
 }

@@ -4,7 +4,8 @@
 
 use approx::assert_relative_eq;
 use bilevel::nested::linearized::{gradient, Gradients, Workspace};
-use bilevel::nested::{EnergyKind, Layer, Network, OutputLoss};
+use bilevel::nested::method::Method;
+use bilevel::nested::{Batch, EnergyKind, Layer, NestedProblem, Network, Outcome, OutputLoss};
 use bilevel::prelude::Activation;
 use bilevel::verify::instances::{matrix, rng};
 use nalgebra::DMatrix;
@@ -72,7 +73,10 @@ fn run(
 ) -> (Gradients<f64>, Workspace<f64>) {
     let mut ws = Workspace::new(n, x.ncols());
     let mut g = Gradients::zeros(n);
-    gradient(n, kind, betas, loss, x, t, &mut ws, &mut g).unwrap();
+    let problem = NestedProblem::new(n, kind, betas, loss).unwrap();
+    let batch = Batch::new(&problem, x, t).unwrap();
+    let report = gradient(&problem, batch, &mut ws, &mut g).unwrap();
+    assert_eq!(report.status.outcome, Outcome::Solved);
     (g, ws)
 }
 
@@ -243,13 +247,13 @@ fn f32_training_path_agrees_with_f64() {
     };
     let mut ws = Workspace::new(&n32, 4);
     let mut g32 = Gradients::zeros(&n32);
-    gradient(
-        &n32,
-        EnergyKind::Fenchel,
-        &[0.1f32, 0.1],
-        OutputLoss::SoftmaxCrossEntropy,
-        &x.clone().cast(),
-        &t.clone().cast(),
+    let (x32, t32) = (x.clone().cast(), t.clone().cast());
+    let problem = Method::FenchelBp
+        .problem(&n32, &[0.1f32, 0.1][..], OutputLoss::SoftmaxCrossEntropy)
+        .unwrap();
+    let _report = gradient(
+        &problem,
+        Batch::new(&problem, &x32, &t32).unwrap(),
         &mut ws,
         &mut g32,
     )
@@ -267,45 +271,59 @@ fn bad_shapes_and_betas_are_errors() {
     let mut ws = Workspace::new(&n, 2);
     let mut g = Gradients::zeros(&n);
     assert!(gradient(
-        &n,
-        EnergyKind::Fenchel,
-        &[0.0],
-        OutputLoss::Squared,
-        &x,
-        &t,
+        &NestedProblem {
+            net: &n,
+            energy: EnergyKind::Fenchel,
+            betas: (&[0.0] as &[_]).into(),
+            loss: OutputLoss::Squared,
+            method: None
+        },
+        Batch { x: &x, target: &t },
         &mut ws,
         &mut g
     )
     .is_err());
     assert!(gradient(
-        &n,
-        EnergyKind::Fenchel,
-        &[1.0, 1.0],
-        OutputLoss::Squared,
-        &x,
-        &t,
+        &NestedProblem {
+            net: &n,
+            energy: EnergyKind::Fenchel,
+            betas: (&[1.0, 1.0] as &[_]).into(),
+            loss: OutputLoss::Squared,
+            method: None
+        },
+        Batch { x: &x, target: &t },
         &mut ws,
         &mut g
     )
     .is_err());
     assert!(gradient(
-        &n,
-        EnergyKind::Fenchel,
-        &[1.0],
-        OutputLoss::Squared,
-        &matrix(&mut rng(1), 4, 2),
-        &t,
+        &NestedProblem {
+            net: &n,
+            energy: EnergyKind::Fenchel,
+            betas: (&[1.0] as &[_]).into(),
+            loss: OutputLoss::Squared,
+            method: None
+        },
+        Batch {
+            x: &matrix(&mut rng(1), 4, 2),
+            target: &t
+        },
         &mut ws,
         &mut g
     )
     .is_err());
     assert!(gradient(
-        &n,
-        EnergyKind::Fenchel,
-        &[1.0],
-        OutputLoss::Squared,
-        &x,
-        &matrix(&mut rng(1), 3, 2),
+        &NestedProblem {
+            net: &n,
+            energy: EnergyKind::Fenchel,
+            betas: (&[1.0] as &[_]).into(),
+            loss: OutputLoss::Squared,
+            method: None
+        },
+        Batch {
+            x: &x,
+            target: &matrix(&mut rng(1), 3, 2)
+        },
         &mut ws,
         &mut g
     )
@@ -313,23 +331,27 @@ fn bad_shapes_and_betas_are_errors() {
     let mut soft = n.clone();
     soft.layers[0].activation = Activation::Softmax;
     assert!(gradient(
-        &soft,
-        EnergyKind::Penalizer,
-        &[1.0],
-        OutputLoss::Squared,
-        &x,
-        &t,
+        &NestedProblem {
+            net: &soft,
+            energy: EnergyKind::Penalizer,
+            betas: (&[1.0] as &[_]).into(),
+            loss: OutputLoss::Squared,
+            method: None
+        },
+        Batch { x: &x, target: &t },
         &mut ws,
         &mut g
     )
     .is_err());
     assert!(gradient(
-        &soft,
-        EnergyKind::Fenchel,
-        &[1.0],
-        OutputLoss::Squared,
-        &x,
-        &t,
+        &NestedProblem {
+            net: &soft,
+            energy: EnergyKind::Fenchel,
+            betas: (&[1.0] as &[_]).into(),
+            loss: OutputLoss::Squared,
+            method: None
+        },
+        Batch { x: &x, target: &t },
         &mut ws,
         &mut g
     )
@@ -351,12 +373,14 @@ fn buffers_built_for_another_network_are_errors() {
         let mut g = Gradients::zeros(grads_net);
         let betas = [1.0; 2];
         let err = gradient(
-            &large,
-            EnergyKind::Penalizer,
-            &betas,
-            OutputLoss::Squared,
-            &x,
-            &t,
+            &NestedProblem {
+                net: &large,
+                energy: EnergyKind::Penalizer,
+                betas: (&betas as &[_]).into(),
+                loss: OutputLoss::Squared,
+                method: None,
+            },
+            Batch { x: &x, target: &t },
             &mut ws,
             &mut g,
         )

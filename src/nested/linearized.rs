@@ -25,11 +25,12 @@
 //!
 //! Nothing allocates after [`Workspace::new`] except softmax layers' quotient.
 
-use nalgebra::{DMatrix, DVector, RealField};
+use nalgebra::{DMatrix, RealField};
 
 use crate::linalg::{vectorized, Gemm, Threads};
 
-use super::{EnergyKind, Network, OutputLoss};
+pub use super::problem::{check_betas, Gradients};
+use super::{Batch, BatchReport, EnergyKind, NestedProblem, NestedStatus, Network, OutputLoss};
 use crate::error::{Error, Result};
 use crate::prox::Activation;
 
@@ -122,71 +123,6 @@ impl<T: RealField + Copy> Workspace<T> {
     }
 }
 
-/// Parameter gradients, one entry per layer.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Gradients<T: RealField + Copy> {
-    /// `∂/∂W_k`.
-    pub w: Vec<DMatrix<T>>,
-    /// `∂/∂b_k` (the biases).
-    pub bias: Vec<DVector<T>>,
-}
-
-impl<T: RealField + Copy> Gradients<T> {
-    /// All entries in one vector: every `W_k` (column-major), then every `b_k`.
-    pub fn flatten(&self) -> DVector<T> {
-        let w = self.w.iter().flat_map(|m| m.iter().copied());
-        let b = self.bias.iter().flat_map(|v| v.iter().copied());
-        let n = self.w.iter().map(|m| m.len()).sum::<usize>()
-            + self.bias.iter().map(|v| v.len()).sum::<usize>();
-        DVector::from_iterator(n, w.chain(b))
-    }
-
-    /// Checks that the gradients are shaped like `net`'s parameters (`O(L)`).
-    ///
-    /// # Errors
-    /// [`Error::DimensionMismatch`] naming `what` and the first layer that differs.
-    pub fn check(&self, net: &Network<T>, what: &str) -> Result<()> {
-        if self.w.len() != net.layers.len() || self.bias.len() != net.layers.len() {
-            return Err(Error::dim(
-                format!("{what} (layers)"),
-                net.layers.len(),
-                format!("{} weights, {} biases", self.w.len(), self.bias.len()),
-            ));
-        }
-        for (k, (l, (w, b))) in net
-            .layers
-            .iter()
-            .zip(self.w.iter().zip(&self.bias))
-            .enumerate()
-        {
-            if w.shape() != l.w.shape() || b.len() != l.bias.len() {
-                return Err(Error::dim(
-                    format!("{what}[{k}]"),
-                    format!("{:?} and {}", l.w.shape(), l.bias.len()),
-                    format!("{:?} and {}", w.shape(), b.len()),
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// Zero gradients shaped like `net`.
-    pub fn zeros(net: &Network<T>) -> Self {
-        Self {
-            w: net
-                .layers
-                .iter()
-                .map(|l| DMatrix::zeros(l.w.nrows(), l.w.ncols()))
-                .collect(),
-            bias: net
-                .layers
-                .iter()
-                .map(|l| DVector::zeros(l.bias.len()))
-                .collect(),
-        }
-    }
-}
-
 /// Forward pass (Eq. 41): `a_k = W_k z_{k−1} + b_k`, `z_k* = f_k(a_k)`, for all energy kinds.
 pub fn forward<T: Gemm>(net: &Network<T>, x: &DMatrix<T>, ws: &mut Workspace<T>) -> Result<()> {
     ws.check(net)?;
@@ -253,104 +189,60 @@ fn check_quotient_range<T: RealField + Copy>(betas: &[T], batch: usize) -> Resul
     }
 }
 
-/// Checks a β vector: one finite, positive entry per layer.
-pub fn check_betas<T: RealField + Copy>(betas: &[T], layers: usize) -> Result<()> {
-    if betas.len() != layers {
-        return Err(Error::dim("betas", layers, betas.len()));
-    }
-    for &b in betas {
-        if !(b.is_finite() && b > T::zero()) {
-            let v: f64 = nalgebra::try_convert(b).unwrap_or(f64::NAN);
-            return Err(Error::InvalidBeta { beta: v });
-        }
-    }
-    Ok(())
-}
-
-/// Forward and Prop. 7 backward pass on one batch; writes the Remark 2 (Eq. 53) gradient into
-/// `grads` and returns the batch-mean loss `ℓ(z_L*)`.
+/// Forward and Prop. 7 backward pass on one batch of the problem (its energy: penalizer for
+/// back-propagation, Fenchel for Fenchel back-propagation); writes the Remark 2 (Eq. 53)
+/// gradient into `grads` and returns the batch-mean loss `ℓ(z_L*)` as the value, with a
+/// closed-form status.
+///
+/// ```
+/// use bilevel::nested::linearized::{self, Workspace};
+/// use bilevel::nested::method::Method;
+/// use bilevel::nested::{Batch, Gradients, Layer, Network, OutputLoss};
+/// use bilevel::prox::Activation;
+/// use nalgebra::{dmatrix, dvector};
+///
+/// let net = Network {
+///     layers: vec![
+///         Layer { w: dmatrix![1.0, -0.5; 0.3, 0.8], bias: dvector![0.1, 0.0], activation: Activation::Relu },
+///         Layer { w: dmatrix![0.7, -1.2], bias: dvector![0.0], activation: Activation::Identity },
+///     ],
+/// };
+/// let (x, t) = (dmatrix![1.0; 0.5], dmatrix![0.2]);
+/// let problem = Method::Bp.problem(&net, &[1.0, 1.0], OutputLoss::Squared)?;
+/// let (mut ws, mut grads) = (Workspace::new(&net, 1), Gradients::zeros(&net));
+/// let report = linearized::gradient(&problem, Batch::new(&problem, &x, &t)?, &mut ws, &mut grads)?;
+/// // Back-propagation: z₁ = relu(0.85, 0.7), ℓ' = 0.7·0.85 − 1.2·0.7 − 0.2, ∂/∂W₂ = ℓ' z₁ᵀ.
+/// let e: f64 = 0.7 * 0.85 - 1.2 * 0.7 - 0.2;
+/// assert!((report.value - 0.5 * e * e).abs() < 1e-15);
+/// assert!((grads.w[1][(0, 0)] - e * 0.85).abs() < 1e-15);
+/// # Ok::<(), bilevel::Error>(())
+/// ```
 ///
 /// # Errors
 /// Shapes (`x`, `target`, `betas`, the network, a workspace or gradients built for another
 /// network), non-positive or non-finite β, β times the batch size beyond the floating-point
-/// range (Fenchel and proximal energies), softmax with
-/// penalizer energies, a non-finite loss (which is how non-finite weights or inputs show: the
-/// weights are not scanned on every call, see [`Network::check_structure`]).
-#[allow(clippy::too_many_arguments)]
+/// range (Fenchel and proximal energies), softmax with penalizer energies, a non-finite loss
+/// (which is how non-finite weights or inputs show: the weights are not scanned on every call,
+/// see [`Network::check_structure`]).
 pub fn gradient<T: Gemm>(
-    net: &Network<T>,
-    kind: EnergyKind,
-    betas: &[T],
-    loss: OutputLoss,
-    x: &DMatrix<T>,
-    target: &DMatrix<T>,
+    problem: &NestedProblem<'_, T>,
+    batch: Batch<'_, T>,
     ws: &mut Workspace<T>,
     grads: &mut Gradients<T>,
-) -> Result<T> {
-    net.check_structure(kind)?;
-    check_betas(betas, net.layers.len())?;
+) -> Result<BatchReport<T>> {
+    let (net, kind, betas) = (problem.net, problem.energy, &problem.betas[..]);
+    problem.check_structure()?;
     grads.check(net, "grads")?;
-    forward(net, x, ws)?;
-    let top = net.layers.len() - 1;
-    if target.shape() != ws.z[top].shape() {
-        return Err(Error::dim(
-            "target",
-            format!("{} x {}", ws.z[top].nrows(), ws.z[top].ncols()),
-            format!("{} x {}", target.nrows(), target.ncols()),
-        ));
-    }
-    let value = loss.value_and_gradient(&ws.z[top], target, &mut ws.e[top]);
-    if !value.is_finite() {
-        return Err(Error::NonFinite {
-            what: "loss of the forward pass (non-finite weights, inputs or targets?)".into(),
-        });
-    }
+    let value = forward_loss(problem, batch, ws)?;
     // The batch convention (module docs of `crate::nested`): each sample at β_k. The signals
     // carry the batch mean's 1/B, and D_β f(a)[B e]/B = D_{βB} f(a)[e].
-    let batch: T = nalgebra::convert(x.ncols() as f64);
+    let b: T = nalgebra::convert(batch.x.ncols() as f64);
     if kind != EnergyKind::Penalizer {
-        check_quotient_range(betas, x.ncols())?;
+        check_quotient_range(betas, batch.x.ncols())?;
     }
-    for k in (0..=top).rev() {
-        let act = net.layers[k].activation;
-        let quotient_beta = betas[k] * batch;
-        let (a, e, delta) = (&ws.a[k], &ws.e[k], &mut ws.delta[k]);
-        match kind {
-            EnergyKind::Penalizer => {
-                // δ-form of Eq. 46-47 with the Remark 2 gradient: (f'(a) ⊙ δ) z_{k−1}ᵀ. We store
-                // f'(a) ⊙ e in `delta` directly (the pre-activation signal).
-                let (d, delta) = (ws.scratch[k].as_mut_slice(), delta.as_mut_slice());
-                vectorized(
-                    #[inline(always)]
-                    || {
-                        act.derivative(a.as_slice(), d);
-                        for ((di, &fi), &ei) in delta.iter_mut().zip(&*d).zip(e.as_slice()) {
-                            *di = ei * fi;
-                        }
-                    },
-                );
-            }
-            EnergyKind::Fenchel | EnergyKind::Proximal => {
-                if act == Activation::Softmax {
-                    for j in 0..a.ncols() {
-                        act.difference_quotient(
-                            a.column(j).as_slice(),
-                            e.column(j).as_slice(),
-                            quotient_beta,
-                            delta.column_mut(j).as_mut_slice(),
-                        );
-                    }
-                } else {
-                    act.difference_quotient(
-                        a.as_slice(),
-                        e.as_slice(),
-                        quotient_beta,
-                        delta.as_mut_slice(),
-                    );
-                }
-            }
-        }
-        let input = if k == 0 { x } else { &ws.z[k - 1] };
+    for k in (0..net.layers.len()).rev() {
+        layer_signal(kind, net.layers[k].activation, betas[k] * b, k, ws);
+        let input = if k == 0 { batch.x } else { &ws.z[k - 1] };
         ws.threads
             .gemm(&mut grads.w[k], &ws.delta[k], false, input, true);
         // Row sums, accumulated column by column (contiguous; same order of additions).
@@ -359,14 +251,85 @@ pub fn gradient<T: Gemm>(
             grads.bias[k] += col;
         }
         if k > 0 {
-            ws.threads.gemm(
-                &mut ws.e[k - 1],
-                &net.layers[k].w,
-                true,
-                &ws.delta[k],
-                false,
-            );
+            let w = &net.layers[k].w;
+            ws.threads
+                .gemm(&mut ws.e[k - 1], w, true, &ws.delta[k], false);
         }
     }
-    Ok(value)
+    Ok(BatchReport {
+        value,
+        forward_loss: value,
+        damping: T::one(),
+        status: NestedStatus::closed_form("linearized pass (Prop. 7)"),
+    })
+}
+
+/// The forward pass of the batch and the batch-mean loss at its top, `ℓ'` into `e[L]`.
+fn forward_loss<T: Gemm>(
+    problem: &NestedProblem<'_, T>,
+    batch: Batch<'_, T>,
+    ws: &mut Workspace<T>,
+) -> Result<T> {
+    forward(problem.net, batch.x, ws)?;
+    let top = problem.net.layers.len() - 1;
+    if batch.target.shape() != ws.z[top].shape() {
+        return Err(Error::dim(
+            "target",
+            format!("{} x {}", ws.z[top].nrows(), ws.z[top].ncols()),
+            format!("{} x {}", batch.target.nrows(), batch.target.ncols()),
+        ));
+    }
+    let value = problem
+        .loss
+        .value_and_gradient(&ws.z[top], batch.target, &mut ws.e[top]);
+    if value.is_finite() {
+        Ok(value)
+    } else {
+        Err(Error::NonFinite {
+            what: "loss of the forward pass (non-finite weights, inputs or targets?)".into(),
+        })
+    }
+}
+
+/// Layer `k`'s pre-activation signal into `delta[k]` from `e[k]` at `a[k]`: `f'(a) ⊙ e`
+/// (penalizer: the δ-form of Eq. 46-47 with the Remark 2 gradient) or the one-sided quotient
+/// `D_β f(a)[e]` (Fenchel and proximal, Eq. 51).
+fn layer_signal<T: Gemm>(
+    kind: EnergyKind,
+    act: Activation,
+    quotient_beta: T,
+    k: usize,
+    ws: &mut Workspace<T>,
+) {
+    let (a, e, delta) = (&ws.a[k], &ws.e[k], &mut ws.delta[k]);
+    match kind {
+        EnergyKind::Penalizer => {
+            let (d, delta) = (ws.scratch[k].as_mut_slice(), delta.as_mut_slice());
+            vectorized(
+                #[inline(always)]
+                || {
+                    act.derivative(a.as_slice(), d);
+                    for ((di, &fi), &ei) in delta.iter_mut().zip(&*d).zip(e.as_slice()) {
+                        *di = ei * fi;
+                    }
+                },
+            );
+        }
+        _ if act == Activation::Softmax => {
+            for j in 0..a.ncols() {
+                act.difference_quotient(
+                    a.column(j).as_slice(),
+                    e.column(j).as_slice(),
+                    quotient_beta,
+                    delta.column_mut(j).as_mut_slice(),
+                );
+            }
+        }
+        _ => act.difference_quotient(
+            a.as_slice(),
+            e.as_slice(),
+            quotient_beta,
+            delta.as_mut_slice(),
+        ),
+    }
 }

@@ -30,9 +30,11 @@ pub mod linearized;
 pub mod local;
 pub mod method;
 mod problem;
+mod rows;
 
 pub use problem::{
-    Batch, Fallback, NestedProblem, NestedReport, NestedSettings, NestedStatus, Optimum,
+    Batch, BatchReport, Fallback, Gradients, NestedProblem, NestedReport, NestedSettings,
+    NestedStatus, Optimum, Outcome,
 };
 
 use nalgebra::{DMatrix, DVector, RealField};

@@ -2,30 +2,38 @@
 //! of data ([`Batch`]), settings ([`NestedSettings`]) and one report ([`NestedReport`]) for every
 //! row of Table 1.
 
-use nalgebra::DMatrix;
+use std::borrow::Cow;
 
-use super::linearized::{check_betas, Gradients};
+use nalgebra::{DMatrix, DVector, RealField};
+
+use super::rows::Method;
 use super::{EnergyKind, Network, OutputLoss};
 use crate::error::{Error, Result};
 
 /// A deeply nested program (Eq. 21): the network, its layer energies `E_k`, the per-layer
-/// spacings `β_1..β_L` and the outer loss. Built by [`NestedProblem::new`], which checks that
-/// the pieces fit together, so the solvers only check the [`Batch`].
+/// spacings `β_1..β_L` and the outer loss — and, when it is a row of Table 1, the method that
+/// unravels it ([`Method::problem`]). Generic over `f32` (training) and `f64` (the references
+/// and checks). Built by [`NestedProblem::new`], which checks that the pieces fit together
+/// (`O(L)`); the f64 solvers also scan the weights for finiteness ([`NestedProblem::check`]).
 #[derive(Debug, Clone, PartialEq)]
-pub struct NestedProblem<'a> {
+pub struct NestedProblem<'a, T: RealField + Copy = f64> {
     /// The layers `z_k = f_k(W_k z_{k−1} + b_k)`.
-    pub net: &'a Network<f64>,
+    pub net: &'a Network<T>,
     /// The layer energy kind (Table 1's `E_k` column).
     pub energy: EnergyKind,
-    /// `β_1..β_L`, one finite positive entry per layer.
-    pub betas: Vec<f64>,
+    /// `β_1..β_L`, one finite positive entry per layer (borrowed or owned).
+    pub betas: Cow<'a, [T]>,
     /// The outer loss on `z_L`, averaged over the batch.
     pub loss: OutputLoss,
+    /// The row of Table 1 this is the problem of (its energy is `energy`), if any: the batched
+    /// solvers need it (the direction, and predictive coding's weights), the per-sample ones
+    /// read the energy.
+    pub method: Option<Method>,
 }
 
-impl<'a> NestedProblem<'a> {
-    /// Checks the network (shapes, finite entries, softmax only with Fenchel or proximal
-    /// energies) and `betas` (one finite positive value per layer).
+impl<'a, T: RealField + Copy> NestedProblem<'a, T> {
+    /// Checks the network's structure (shapes, activation parameters, softmax only with
+    /// Fenchel or proximal energies) and `betas` (one finite positive value per layer); `O(L)`.
     ///
     /// # Example
     /// ```
@@ -53,38 +61,72 @@ impl<'a> NestedProblem<'a> {
     /// [`Error::InvalidInput`], [`Error::DimensionMismatch`], [`Error::NonFinite`],
     /// [`Error::InvalidBeta`].
     pub fn new(
-        net: &'a Network<f64>,
+        net: &'a Network<T>,
         energy: EnergyKind,
-        betas: &[f64],
+        betas: impl Into<Cow<'a, [T]>>,
         loss: OutputLoss,
     ) -> Result<Self> {
         let problem = Self {
             net,
             energy,
-            betas: betas.to_vec(),
+            betas: betas.into(),
             loss,
+            method: None,
         };
-        problem.check()?;
+        problem.check_structure()?;
         Ok(problem)
     }
 
-    /// Re-checks a problem built as a struct literal (the solvers call it; `O(weights)`).
+    /// Re-checks the structure of a problem built as a struct literal (the batched solvers
+    /// call it on every batch; `O(L)`): as [`NestedProblem::new`], and that `method`, if set,
+    /// has `energy`.
     ///
     /// # Errors
-    /// As [`NestedProblem::new`].
-    pub fn check(&self) -> Result<()> {
-        self.net.validate(self.energy)?;
-        check_betas(&self.betas, self.net.layers.len())
+    /// As [`NestedProblem::new`]; [`Error::InvalidInput`] for a method of another energy.
+    pub fn check_structure(&self) -> Result<()> {
+        self.net.check_structure(self.energy)?;
+        check_betas(&self.betas, self.net.layers.len())?;
+        match self.method {
+            Some(m) if m.choices().0 != self.energy => Err(Error::input(
+                "energy",
+                format!(
+                    "{m} unravels {:?} energies, not {:?}",
+                    m.choices().0,
+                    self.energy
+                ),
+            )),
+            _ => Ok(()),
+        }
     }
 
-    /// Every solver's first step: re-checks the problem, validates the settings and checks the
-    /// batch against the problem.
+    /// [`NestedProblem::check_structure`] and every weight finite (`O(weights)`).
+    ///
+    /// # Errors
+    /// As [`NestedProblem::check_structure`]; [`Error::NonFinite`] naming the layer.
+    pub fn check(&self) -> Result<()> {
+        self.check_structure()?;
+        self.net.validate(self.energy)
+    }
+
+    /// Every per-sample solver's first step: re-checks the problem, validates the settings and
+    /// checks the batch against the problem (shapes and finite entries).
     ///
     /// # Errors
     /// As [`NestedProblem::check`], [`NestedSettings::validate`] and [`Batch::new`].
-    pub fn prepare<'b>(&self, batch: Batch<'b>, settings: &NestedSettings) -> Result<Batch<'b>> {
+    pub fn prepare<'b>(
+        &self,
+        batch: Batch<'b, T>,
+        settings: &NestedSettings,
+    ) -> Result<Batch<'b, T>> {
         self.check()?;
         settings.validate()?;
+        if settings.centered {
+            return Err(Error::input(
+                "settings.centered",
+                "the centered variant is computed by the batched sweeps (nested::inference), \
+                 not by the per-sample solvers",
+            ));
+        }
         Batch::new(self, batch.x, batch.target)
     }
 
@@ -96,22 +138,24 @@ impl<'a> NestedProblem<'a> {
 
 /// One batch: inputs `x` (`n_0 × B`) and targets (`n_L × B`), samples as columns.
 #[derive(Debug, Clone, Copy)]
-pub struct Batch<'a> {
+pub struct Batch<'a, T: RealField + Copy = f64> {
     /// `z_0 = x`.
-    pub x: &'a DMatrix<f64>,
+    pub x: &'a DMatrix<T>,
     /// The loss's target per sample.
-    pub target: &'a DMatrix<f64>,
+    pub target: &'a DMatrix<T>,
 }
 
-impl<'a> Batch<'a> {
-    /// Checks the batch against `problem`: shapes, at least one sample, finite entries.
+impl<'a, T: RealField + Copy> Batch<'a, T> {
+    /// Checks the batch against `problem`: shapes, at least one sample, finite entries. (The
+    /// training path builds its batches as struct literals: the batched solvers check the
+    /// shapes, and a non-finite entry shows in the loss.)
     ///
     /// # Errors
     /// [`Error::DimensionMismatch`], [`Error::InvalidInput`] (no samples), [`Error::NonFinite`].
     pub fn new(
-        problem: &NestedProblem<'_>,
-        x: &'a DMatrix<f64>,
-        target: &'a DMatrix<f64>,
+        problem: &NestedProblem<'_, T>,
+        x: &'a DMatrix<T>,
+        target: &'a DMatrix<T>,
     ) -> Result<Self> {
         problem.net.check_batch(x, target)?;
         if x.ncols() == 0 {
@@ -195,6 +239,21 @@ pub struct NestedSettings {
     pub power_iterations: usize,
     /// LPOM's safety factor on the `‖W‖₂²` estimate in FISTA's step (default 1.05; ≥ 1).
     pub fista_lipschitz_margin: f64,
+    /// The batched sweeps ([`crate::nested::inference`], training): most sweeps per batch (per
+    /// phase for CHL and convex CHL; `T`, the number of inference steps; default 20, the upper
+    /// end of what predictive-coding libraries use).
+    pub inference_max_sweeps: usize,
+    /// The batched sweeps stop when the fixed-point residual is below
+    /// `inference_tol · (1 + max |λ|)` (default `1e-4`; 0 runs every sweep).
+    pub inference_tol: f64,
+    /// Smallest damping of the sweeps' update `λ ← λ + η(Φ(λ) − λ)` (`η` starts at 1 and
+    /// halves when the residual grows), in `(0, 1]` (default 1/64).
+    pub inference_min_damping: f64,
+    /// Anderson acceleration (memory one, per sample) of the sweeps (default `true`).
+    pub inference_anderson: bool,
+    /// The centered (±β) variant of the bottom-up rows (CHL, convex CHL) in the batched sweeps
+    /// (`L_c = ½(L^β + L^{−β})`, [`crate::nested::inference::gradient`]; default `false`).
+    pub centered: bool,
 }
 
 impl Default for NestedSettings {
@@ -219,6 +278,11 @@ impl Default for NestedSettings {
             fixed_point_tol: 1e-16,
             power_iterations: 100,
             fista_lipschitz_margin: 1.05,
+            inference_max_sweeps: 20,
+            inference_tol: 1e-4,
+            inference_min_damping: 1.0 / 64.0,
+            inference_anderson: true,
+            centered: false,
         }
     }
 }
@@ -238,6 +302,7 @@ impl NestedSettings {
             ("newton_max_steps", self.newton_max_steps),
             ("fixed_point_max_steps", self.fixed_point_max_steps),
             ("power_iterations", self.power_iterations),
+            ("inference_max_sweeps", self.inference_max_sweeps),
         ];
         for (name, v) in limits {
             if v == 0 {
@@ -255,6 +320,7 @@ impl NestedSettings {
             ("kink_multiplier_tol", self.kink_multiplier_tol),
             ("piece_tol", self.piece_tol),
             ("fixed_point_tol", self.fixed_point_tol),
+            ("inference_tol", self.inference_tol),
         ];
         for (name, v) in tolerances {
             if !(v.is_finite() && (0.0..1.0).contains(&v)) {
@@ -274,6 +340,12 @@ impl NestedSettings {
             return Err(Error::input(
                 "settings.mac_rate_below",
                 format!("{} must be finite and >= 0", self.mac_rate_below),
+            ));
+        }
+        if !(self.inference_min_damping > 0.0 && self.inference_min_damping <= 1.0) {
+            return Err(Error::input(
+                "settings.inference_min_damping",
+                format!("{} is not in (0, 1]", self.inference_min_damping),
             ));
         }
         let margins = [
@@ -323,6 +395,52 @@ impl Optimum {
     }
 }
 
+/// How an inner solve ended (in the spirit of Clarabel's `SolverStatus`). The per-sample f64
+/// solvers return an error instead of stopping short ([`Error::NotConverged`]); the batched
+/// sweeps of training stop at their budget, as predictive coding with a fixed number of
+/// inference steps does, and say so here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+pub enum Outcome {
+    /// Solved to the tolerance (or closed form).
+    Solved,
+    /// Stopped at the iteration budget above the tolerance: value and gradient are those of
+    /// the last iterate (the envelope gradient of where it stopped).
+    MaxIterations,
+    /// Stopped at the budget, and an earlier iterate (or the forward pass) had a lower
+    /// objective: value and gradient are that iterate's, the better upper bound of `L^β`.
+    BestIterate,
+}
+
+impl Outcome {
+    /// `solved`, `stopped at the budget`, `best iterate (stopped at the budget)`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Solved => "solved",
+            Outcome::MaxIterations => "stopped at the budget",
+            Outcome::BestIterate => "best iterate (stopped at the budget)",
+        }
+    }
+}
+
+/// What a batched solve on a workspace reports ([`crate::nested::inference::gradient`],
+/// [`crate::nested::linearized::gradient`]): the value and the status; the θ-gradient is in the
+/// caller's [`Gradients`], the states in the workspace.
+#[derive(Debug, Clone, PartialEq)]
+#[must_use]
+pub struct BatchReport<T> {
+    /// The surrogate's batch-mean value (`L^β`, Eq. 28 or 22; the forward loss `ℓ(z_L*)` for
+    /// the linearized rows).
+    pub value: T,
+    /// The batch-mean loss `ℓ(z_L*)` of the forward pass.
+    pub forward_loss: T,
+    /// The damping `η` of the sweeps' last update (1 for closed forms).
+    pub damping: T,
+    /// Solver, sweeps (`iterations`), residual, optimum, outcome.
+    pub status: NestedStatus,
+}
+
 /// A solver the method switched to because its first choice failed.
 #[derive(Debug, Clone, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
@@ -351,8 +469,25 @@ pub struct NestedStatus {
     pub residual: f64,
     /// What the returned point is (global, stationary, local; see [`Optimum`]).
     pub optimum: Optimum,
+    /// Whether the inner problem was solved to its tolerance, or the solver stopped at its
+    /// budget ([`Outcome`]).
+    pub outcome: Outcome,
     /// Set when the first-choice solver failed and another one produced the result.
     pub fallback: Option<Fallback>,
+}
+
+impl NestedStatus {
+    /// The status of a closed form (`solver`): no iterations, residual 0, solved.
+    pub fn closed_form(solver: &'static str) -> Self {
+        Self {
+            solver,
+            iterations: 0,
+            residual: 0.0,
+            optimum: Optimum::ClosedForm,
+            outcome: Outcome::Solved,
+            fallback: None,
+        }
+    }
 }
 
 /// One result shape for every row of Table 1: the surrogate's value and θ-gradient on a batch,
@@ -397,4 +532,83 @@ impl NestedReport {
             })
         }
     }
+}
+
+/// Parameter gradients, one entry per layer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gradients<T: RealField + Copy> {
+    /// `∂/∂W_k`.
+    pub w: Vec<DMatrix<T>>,
+    /// `∂/∂b_k` (the biases).
+    pub bias: Vec<DVector<T>>,
+}
+
+impl<T: RealField + Copy> Gradients<T> {
+    /// All entries in one vector: every `W_k` (column-major), then every `b_k`.
+    pub fn flatten(&self) -> DVector<T> {
+        let w = self.w.iter().flat_map(|m| m.iter().copied());
+        let b = self.bias.iter().flat_map(|v| v.iter().copied());
+        let n = self.w.iter().map(|m| m.len()).sum::<usize>()
+            + self.bias.iter().map(|v| v.len()).sum::<usize>();
+        DVector::from_iterator(n, w.chain(b))
+    }
+
+    /// Checks that the gradients are shaped like `net`'s parameters (`O(L)`).
+    ///
+    /// # Errors
+    /// [`Error::DimensionMismatch`] naming `what` and the first layer that differs.
+    pub fn check(&self, net: &Network<T>, what: &str) -> Result<()> {
+        if self.w.len() != net.layers.len() || self.bias.len() != net.layers.len() {
+            return Err(Error::dim(
+                format!("{what} (layers)"),
+                net.layers.len(),
+                format!("{} weights, {} biases", self.w.len(), self.bias.len()),
+            ));
+        }
+        for (k, (l, (w, b))) in net
+            .layers
+            .iter()
+            .zip(self.w.iter().zip(&self.bias))
+            .enumerate()
+        {
+            if w.shape() != l.w.shape() || b.len() != l.bias.len() {
+                return Err(Error::dim(
+                    format!("{what}[{k}]"),
+                    format!("{:?} and {}", l.w.shape(), l.bias.len()),
+                    format!("{:?} and {}", w.shape(), b.len()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Zero gradients shaped like `net`.
+    pub fn zeros(net: &Network<T>) -> Self {
+        Self {
+            w: net
+                .layers
+                .iter()
+                .map(|l| DMatrix::zeros(l.w.nrows(), l.w.ncols()))
+                .collect(),
+            bias: net
+                .layers
+                .iter()
+                .map(|l| DVector::zeros(l.bias.len()))
+                .collect(),
+        }
+    }
+}
+
+/// Checks a β vector: one finite, positive entry per layer.
+pub fn check_betas<T: RealField + Copy>(betas: &[T], layers: usize) -> Result<()> {
+    if betas.len() != layers {
+        return Err(Error::dim("betas", layers, betas.len()));
+    }
+    for &b in betas {
+        if !(b.is_finite() && b > T::zero()) {
+            let v: f64 = nalgebra::try_convert(b).unwrap_or(f64::NAN);
+            return Err(Error::InvalidBeta { beta: v });
+        }
+    }
+    Ok(())
 }

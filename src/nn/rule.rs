@@ -4,9 +4,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::names::Named;
-use crate::nested::inference::InferenceSettings;
 use crate::nested::method::Method;
-use crate::nested::EnergyKind;
+use crate::nested::{EnergyKind, NestedSettings};
 
 /// The training rule: a [`Method`] (a row of Table 1, or predictive coding) and its
 /// hyper-parameters — β, the inference budget, and for CHL and convex CHL the centered
@@ -33,7 +32,7 @@ pub struct Rule {
     #[serde(default)]
     sweeps: Option<usize>,
     /// The centered (±β) variant of CHL or convex CHL
-    /// ([`inference::centered_gradient`](crate::nested::inference::centered_gradient)).
+    /// ([`NestedSettings::centered`](crate::nested::NestedSettings::centered)).
     #[serde(default)]
     centered: bool,
 }
@@ -42,7 +41,7 @@ fn one() -> f32 {
     1.0
 }
 
-/// The default number of inference sweeps ([`InferenceSettings::default`]).
+/// The default number of inference sweeps (`NestedSettings::inference_max_sweeps`).
 pub const DEFAULT_SWEEPS: usize = 20;
 
 impl Rule {
@@ -237,12 +236,15 @@ impl Rule {
         Ok(())
     }
 
-    /// The inference settings of the iterative rules.
-    pub fn inference_settings(self) -> Option<InferenceSettings> {
-        self.sweeps.map(|max_sweeps| InferenceSettings {
-            max_sweeps,
-            ..InferenceSettings::default()
-        })
+    /// The settings of the rule's solve: the iterative rules' budget (`inference_max_sweeps`)
+    /// and the centered variant, the defaults otherwise.
+    pub fn settings(self) -> NestedSettings {
+        let defaults = NestedSettings::default();
+        NestedSettings {
+            inference_max_sweeps: self.sweeps.unwrap_or(defaults.inference_max_sweeps),
+            centered: self.centered,
+            ..defaults
+        }
     }
 }
 

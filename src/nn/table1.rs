@@ -392,7 +392,7 @@ const PUBLISHED: &str = "
   dynamics, the training schedule, and the hardware (a GPU there, one CPU thread per run here).
   Later equilibrium-propagation work nudges symmetrically (±β) to remove the estimate's
   first-order bias in the output β: the rows marked *centered* do that here
-  (`nested::inference::centered_gradient`; the inner layers' β keep their O(β) bias).
+  (`NestedSettings::centered` of `nested::inference::gradient`; the inner layers' β keep their O(β) bias).
 * **Predictive coding** (PCX, JAX) reports predictive coding at about BP's accuracy on small
   MLPs with T ≈ 8–20 inference steps; here inference runs to a tolerance on the exact objective
   (Eq. 30 with the weights 1/Π β of Section 3.2.1) within at most the same budget.

@@ -1,5 +1,6 @@
 //! A training run ([`Trainer`]): the network, Adam, the step's buffers and the epoch loop.
 
+use std::borrow::Cow;
 use std::time::Instant;
 
 use nalgebra::DMatrix;
@@ -17,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::linalg::Threads;
 use crate::nested::inference::{self, InferenceWorkspace};
 use crate::nested::linearized::{self, Gradients, Workspace};
-use crate::nested::{Network, OutputLoss};
+use crate::nested::{Batch, BatchReport, NestedProblem, Network, Outcome, OutputLoss};
 
 /// Running sums behind [`InferenceStats`].
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -29,11 +30,11 @@ struct SweepTally {
 }
 
 impl SweepTally {
-    fn add(&mut self, r: &inference::InferenceReport<f32>) {
+    fn add(&mut self, r: &BatchReport<f32>) {
         self.batches += 1;
-        self.sweeps += r.sweeps;
-        self.unconverged += usize::from(!r.converged);
-        self.max_residual = self.max_residual.max(f64::from(r.residual));
+        self.sweeps += r.status.iterations;
+        self.unconverged += usize::from(r.status.outcome != Outcome::Solved);
+        self.max_residual = self.max_residual.max(r.status.residual);
     }
 
     fn stats(&self) -> Option<InferenceStats> {
@@ -202,41 +203,29 @@ impl Trainer {
         // gradient, i.e. β/B per sample in the library's batch convention (crate::nested).
         let per_sample = self.config.rule.beta() / indices.len() as f32;
         self.betas.fill(per_sample);
-        let loss = OutputLoss::SoftmaxCrossEntropy;
-        match (self.config.rule.inference_settings(), &mut buf.sweeps) {
-            (Some(settings), Some(ws)) => {
-                let run = if self.config.rule.is_centered() {
-                    inference::centered_gradient
-                } else {
-                    inference::gradient
-                };
-                let report = run(
-                    &self.net,
-                    self.config.rule.method(),
-                    &self.betas,
-                    loss,
-                    &buf.x,
-                    &buf.y,
-                    &settings,
-                    ws,
-                    &mut self.grads,
-                )?;
+        let rule = self.config.rule;
+        let problem = NestedProblem {
+            net: &self.net,
+            energy: rule.energy(),
+            betas: Cow::Borrowed(&self.betas),
+            loss: OutputLoss::SoftmaxCrossEntropy,
+            method: Some(rule.method()),
+        };
+        let batch = Batch {
+            x: &buf.x,
+            target: &buf.y,
+        };
+        match &mut buf.sweeps {
+            Some(ws) => {
+                let report =
+                    inference::gradient(&problem, batch, &rule.settings(), ws, &mut self.grads)?;
                 self.tally.add(&report);
                 Ok((report.forward_loss, count_correct(&ws.forward_top, &buf.y)))
             }
-            _ => {
-                let value = linearized::gradient(
-                    &self.net,
-                    self.config.rule.energy(),
-                    &self.betas,
-                    loss,
-                    &buf.x,
-                    &buf.y,
-                    &mut buf.ws,
-                    &mut self.grads,
-                )?;
+            None => {
+                let report = linearized::gradient(&problem, batch, &mut buf.ws, &mut self.grads)?;
                 let top = self.net.layers.len() - 1;
-                Ok((value, count_correct(&buf.ws.z[top], &buf.y)))
+                Ok((report.value, count_correct(&buf.ws.z[top], &buf.y)))
             }
         }
     }

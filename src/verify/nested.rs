@@ -10,7 +10,9 @@ use super::reference::{appendix_c_gradient, central_network};
 use crate::error::Result;
 use crate::nested::linearized::{gradient, Gradients, Workspace};
 use crate::nested::method::Method;
-use crate::nested::{local, Batch, EnergyKind, NestedProblem, NestedSettings, Network, OutputLoss};
+use crate::nested::{
+    local, Batch, EnergyKind, NestedProblem, NestedSettings, Network, Outcome, OutputLoss,
+};
 use crate::prox::Activation;
 
 /// The network of the nested rows: ReLU 5-4-3-2, batch 8, softmax cross-entropy against 0/1
@@ -78,16 +80,9 @@ impl NestedInstance {
     ) -> Result<(Gradients<f64>, Workspace<f64>)> {
         let mut ws = Workspace::new(net, self.x.ncols());
         let mut g = Gradients::zeros(net);
-        gradient(
-            net,
-            kind,
-            betas,
-            LOSS,
-            &self.x,
-            &self.target,
-            &mut ws,
-            &mut g,
-        )?;
+        let problem = NestedProblem::new(net, kind, betas, LOSS)?;
+        let batch = Batch::new(&problem, &self.x, &self.target)?;
+        let _ = gradient(&problem, batch, &mut ws, &mut g)?;
         Ok((g, ws))
     }
 
@@ -99,8 +94,9 @@ impl NestedInstance {
     ) -> Result<Gradients<f64>> {
         let mut ws = Workspace::new(&self.net, self.x.ncols());
         let mut g = Gradients::zeros(&self.net);
-        let t = self.target_for(loss);
-        gradient(&self.net, kind, betas, loss, &self.x, t, &mut ws, &mut g)?;
+        let problem = NestedProblem::new(&self.net, kind, betas, loss)?;
+        let batch = Batch::new(&problem, &self.x, self.target_for(loss))?;
+        let _ = gradient(&problem, batch, &mut ws, &mut g)?;
         Ok(g)
     }
 
@@ -247,11 +243,11 @@ pub(super) fn cor2_pc(inst: &NestedInstance) -> Check {
 /// MAC and predictive coding — against the per-sample reference solvers of `Method::run`, run
 /// to convergence in f64 at β = 1e-3; the largest relative gradient error over the five.
 pub(super) fn table1_sweeps(inst: &NestedInstance) -> Check {
-    use crate::nested::inference::{self, InferenceSettings, InferenceWorkspace};
-    let settings = InferenceSettings {
-        max_sweeps: 5000,
-        tol: 1e-14,
-        ..InferenceSettings::default()
+    use crate::nested::inference::{self, InferenceWorkspace};
+    let settings = NestedSettings {
+        inference_max_sweeps: 5000,
+        inference_tol: 1e-14,
+        ..NestedSettings::default()
     };
     let betas = [1e-3; 3];
     let worst = || -> Result<f64> {
@@ -272,11 +268,10 @@ pub(super) fn table1_sweeps(inst: &NestedInstance) -> Check {
             let reference = inst.method(m, &betas, loss)?;
             let mut ws = InferenceWorkspace::new(&inst.net, inst.x.ncols());
             let mut g = Gradients::zeros(&inst.net);
-            let t = inst.target_for(loss);
-            let r = inference::gradient(
-                &inst.net, m, &betas, loss, &inst.x, t, &settings, &mut ws, &mut g,
-            )?;
-            let err = if r.converged {
+            let problem = m.problem(&inst.net, &betas, loss)?;
+            let batch = Batch::new(&problem, &inst.x, inst.target_for(loss))?;
+            let r = inference::gradient(&problem, batch, &settings, &mut ws, &mut g)?;
+            let err = if r.status.outcome == Outcome::Solved {
                 rel_err(&g.flatten(), &reference.grad.flatten())
             } else {
                 f64::INFINITY
@@ -299,11 +294,12 @@ pub(super) fn table1_sweeps(inst: &NestedInstance) -> Check {
 /// successive differences of the gradient at `β_L = 4e-4, 2e-4, 1e-4` shrink by 4 (small
 /// enough that no clamped state crosses a kink of the activations: the limit is taken on one piece).
 pub(super) fn table1_centered(inst: &NestedInstance) -> Check {
-    use crate::nested::inference::{self, InferenceSettings, InferenceWorkspace};
-    let settings = InferenceSettings {
-        max_sweeps: 5000,
-        tol: 1e-14,
-        ..InferenceSettings::default()
+    use crate::nested::inference::{self, InferenceWorkspace};
+    let settings = NestedSettings {
+        inference_max_sweeps: 5000,
+        inference_tol: 1e-14,
+        centered: true,
+        ..NestedSettings::default()
     };
     let mut rates = Vec::new();
     let worst = (|| -> Result<f64> {
@@ -313,18 +309,10 @@ pub(super) fn table1_centered(inst: &NestedInstance) -> Check {
             let mut ws = InferenceWorkspace::new(&inst.net, inst.x.ncols());
             let mut at = |top: f64| -> Result<DVector<f64>> {
                 let mut g = Gradients::zeros(&inst.net);
-                let r = inference::centered_gradient(
-                    &inst.net,
-                    m,
-                    &[0.05, 0.05, top],
-                    LOSS,
-                    &inst.x,
-                    t,
-                    &settings,
-                    &mut ws,
-                    &mut g,
-                )?;
-                Ok(if r.converged {
+                let problem = m.problem(&inst.net, vec![0.05, 0.05, top], LOSS)?;
+                let batch = Batch::new(&problem, &inst.x, t)?;
+                let r = inference::gradient(&problem, batch, &settings, &mut ws, &mut g)?;
+                Ok(if r.status.outcome == Outcome::Solved {
                     g.flatten()
                 } else {
                     DVector::from_element(1, f64::NAN)
@@ -396,7 +384,7 @@ pub(super) fn eq29_local_below_loss(inst: &NestedInstance) -> Check {
             let mut worst = 0.0f64;
             for kind in [EnergyKind::Fenchel, EnergyKind::Penalizer] {
                 for b in [10.0, 1.0, 0.1, 1e-3] {
-                    let problem = NestedProblem::new(&inst.net, kind, &[b; 3], LOSS)?;
+                    let problem = NestedProblem::new(&inst.net, kind, vec![b; 3], LOSS)?;
                     let batch = Batch::new(&problem, &inst.x, &inst.target)?;
                     let v = local::contrastive(&problem, batch, &NestedSettings::default())?.value;
                     worst = worst.max(v - l);

@@ -94,17 +94,11 @@ pub fn rel(a: &[f64], b: &[f64]) -> f64 {
 pub fn bp(net: &Network<f64>, loss: OutputLoss, x: &DMatrix<f64>, t: &DMatrix<f64>) -> Vec<f64> {
     let mut ws = Workspace::new(net, x.ncols());
     let mut g = Gradients::zeros(net);
-    gradient(
-        net,
-        EnergyKind::Penalizer,
-        &vec![1.0; net.layers.len()],
-        loss,
-        x,
-        t,
-        &mut ws,
-        &mut g,
-    )
-    .unwrap();
+    let problem = Method::Bp
+        .problem(net, vec![1.0; net.layers.len()], loss)
+        .unwrap();
+    let batch = Batch::new(&problem, x, t).unwrap();
+    let _report = gradient(&problem, batch, &mut ws, &mut g).unwrap();
     flat(&g)
 }
 

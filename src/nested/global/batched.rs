@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::nested::linearized::forward_states;
 use crate::nested::{
     activate_columns, prefix_products, Batch, EnergyKind, NestedProblem, NestedReport,
-    NestedSettings, NestedStatus, Optimum, OutputLoss,
+    NestedSettings, NestedStatus, Optimum, Outcome, OutputLoss,
 };
 
 /// Convex CHL (proximal energies, box-family activations, squared loss) for the whole batch at
@@ -61,6 +61,7 @@ pub fn convex_chl_batched(
     let (d, clamped_sweeps, clamped_change) =
         batched_clamped_phase(problem, batch, &steps, &free, settings)?;
     let status = NestedStatus {
+        outcome: Outcome::Solved,
         solver: "convex CHL: batched block-coordinate projected gradient",
         iterations: free_sweeps + clamped_sweeps,
         residual: free_change.max(clamped_change),

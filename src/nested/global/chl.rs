@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::nested::linearized::{forward_states, Gradients};
 use crate::nested::{
     activate_columns, prefix_products, Batch, NestedProblem, NestedReport, NestedSettings,
-    NestedStatus, Network, Optimum, OutputLoss,
+    NestedStatus, Network, Optimum, Outcome, OutputLoss,
 };
 use crate::prox::Activation;
 
@@ -56,6 +56,7 @@ pub(super) fn chl(
         clamped,
         free,
         status: NestedStatus {
+            outcome: Outcome::Solved,
             solver: "CHL: block-coordinate descent, closed-form blocks",
             iterations: free_sweeps + clamped_sweeps,
             residual: r_free.max(r_clamped),

@@ -7,7 +7,7 @@ use nalgebra::{DMatrix, DVector, DVectorView};
 use super::common::{box_bounds, proximal_report};
 use crate::error::{Error, Result};
 use crate::nested::{
-    prefix_products, Batch, NestedProblem, NestedReport, NestedStatus, Network, Optimum,
+    prefix_products, Batch, NestedProblem, NestedReport, NestedStatus, Network, Optimum, Outcome,
 };
 use crate::problem::LinearConstraints;
 use crate::solve::qp::{solve_exact, Clarabel, ExactQp, Qp, QpBackend, Tolerances};
@@ -173,6 +173,7 @@ pub(super) fn convex_chl(problem: &NestedProblem<'_>, batch: Batch<'_>) -> Resul
         }
     }
     let status = NestedStatus {
+        outcome: Outcome::Solved,
         solver: "convex CHL: exact QP per sample",
         iterations,
         residual,

@@ -28,7 +28,7 @@
 use nalgebra::{DMatrix, RealField};
 
 use super::fixed_point::FixedPoint;
-use super::settings::{finite, InferenceReport, Sweeps};
+use super::settings::{finite, Sweeps, Tally};
 use super::top_down::first_layer;
 use super::workspace::InferenceWorkspace;
 use crate::error::{Error, Result};
@@ -41,7 +41,7 @@ pub(super) fn run<T: Gemm>(
     p: &Sweeps<'_, T>,
     ws: &mut InferenceWorkspace<T>,
     grads: &mut Gradients<T>,
-) -> Result<InferenceReport<T>> {
+) -> Result<Tally<T>> {
     let (net, loss, target) = (p.net, p.loss, p.target);
     let top = net.layers.len() - 1;
     first_layer(net, p.x, ws);
@@ -58,7 +58,7 @@ pub(super) fn run<T: Gemm>(
         "loss of the forward pass (non-finite weights or inputs?)",
     )?;
     let mut free = FixedPoint::new(p.settings);
-    while free.sweeps < p.settings.max_sweeps {
+    while free.sweeps < p.settings.inference_max_sweeps {
         free_sweep(p, ws);
         check_bounded(&ws.next, free.sweeps)?;
         if free.advance(&mut ws.z, &ws.next, (&mut ws.memory, &ws.threads), T::one()) {
@@ -67,11 +67,11 @@ pub(super) fn run<T: Gemm>(
     }
     free_arguments(p, ws);
     let (value, clamped) = clamped_phase(p, ws, grads)?;
-    let mut report = clamped.report(value, forward_loss);
+    let mut report = clamped.tally(value, forward_loss);
     report.sweeps += free.sweeps;
     report.converged &= free.converged;
     report.residual = report.residual.max(free.residual);
-    if p.centered {
+    if p.settings.centered {
         // The −β phase: only the loss's β changes sign, i.e. every s_k (module docs).
         let mut mirrored = ws.mirrored.take().unwrap_or_else(|| Gradients::zeros(net));
         ws.sigma.iter_mut().for_each(|s| *s = -*s);
@@ -103,7 +103,7 @@ fn clamped_phase<T: Gemm>(
 ) -> Result<(T, FixedPoint<T>)> {
     ws.lambda.iter_mut().for_each(|u| u.fill(T::zero()));
     let mut clamped = FixedPoint::new(p.settings);
-    while clamped.sweeps < p.settings.max_sweeps {
+    while clamped.sweeps < p.settings.inference_max_sweeps {
         rate_sweep(p, ws)?;
         if clamped.advance(
             &mut ws.lambda,

@@ -3,9 +3,10 @@
 
 use nalgebra::{DMatrix, RealField};
 
-use super::settings::{InferenceReport, InferenceSettings};
+use super::settings::Tally;
 use super::workspace::Memory;
 use crate::linalg::{vectorized, ColsMut, Lanes, LayerCols, LayersMut, Threads, LANES};
+use crate::nested::NestedSettings;
 
 /// The bookkeeping of one fixed-point iteration `state ← Φ(state)`.
 pub(super) struct FixedPoint<T> {
@@ -20,16 +21,16 @@ pub(super) struct FixedPoint<T> {
 }
 
 impl<T: RealField + Copy> FixedPoint<T> {
-    pub(super) fn new(settings: &InferenceSettings) -> Self {
+    pub(super) fn new(settings: &NestedSettings) -> Self {
         Self {
             eta: T::one(),
             last: T::zero(),
             sweeps: 0,
             residual: T::zero(),
             converged: false,
-            tol: nalgebra::convert(settings.tol),
-            min_damping: nalgebra::convert(settings.min_damping),
-            anderson: settings.anderson,
+            tol: nalgebra::convert(settings.inference_tol),
+            min_damping: nalgebra::convert(settings.inference_min_damping),
+            anderson: settings.inference_anderson,
         }
     }
 
@@ -59,8 +60,8 @@ impl<T: RealField + Copy> FixedPoint<T> {
         self.converged
     }
 
-    pub(super) fn report(&self, value: T, forward_loss: T) -> InferenceReport<T> {
-        InferenceReport {
+    pub(super) fn tally(&self, value: T, forward_loss: T) -> Tally<T> {
+        Tally {
             value,
             forward_loss,
             sweeps: self.sweeps,

@@ -71,13 +71,11 @@
 //! The batch convention is [`crate::nested`]'s: every sample at the same `β`; the signals carry
 //! the batch mean's `1/B`, so the states use `σ_k B` and the quotients `β_k B`.
 
-use nalgebra::{DMatrix, RealField};
-
 use crate::error::{Error, Result};
 use crate::linalg::Gemm;
-use crate::nested::linearized::{check_betas, Gradients};
 use crate::nested::method::{Method, Unravel};
-use crate::nested::{EnergyKind, Network, OutputLoss};
+use crate::nested::EnergyKind;
+use crate::nested::{Batch, BatchReport, Gradients, NestedProblem, NestedSettings};
 
 mod bottom_up;
 mod fixed_point;
@@ -88,7 +86,6 @@ mod top_down;
 mod workspace;
 
 use settings::Sweeps;
-pub use settings::{InferenceReport, InferenceSettings};
 pub use workspace::InferenceWorkspace;
 use workspace::{check_batch, state_weights};
 
@@ -101,23 +98,39 @@ fn energy_of(method: Method) -> Result<(EnergyKind, Unravel)> {
         }
         other => Err(Error::input(
             "method",
-            format!(
-                "{} is closed form (Prop. 7: use nested::linearized::gradient)",
-                other.name()
-            ),
+            format!("{other} is closed form (Prop. 7: use nested::linearized::gradient)"),
         )),
     }
 }
 
-/// Runs the inference sweeps of `method` (MAC, predictive coding, LPOM: Eq. 28; CHL, convex
-/// CHL: Prop. 4) on one batch, writes the envelope gradient of the surrogate (batch mean) into
-/// `grads` and returns the report. `betas` are per sample (the batch convention of [`crate::nested`]).
+/// Runs the inference sweeps of the problem's method (MAC, predictive coding, LPOM: Eq. 28;
+/// CHL, convex CHL: Prop. 4) on one batch, writes the envelope gradient of the surrogate (batch
+/// mean) into `grads` and returns the value and the status (sweeps, residual, whether they
+/// reached the tolerance or stopped at `settings.inference_max_sweeps`). `betas` are per
+/// sample (the batch convention of [`crate::nested`]). Build the problem with
+/// [`Method::problem`]: the method decides the direction and, for predictive coding, the
+/// weights.
+///
+/// **Centered.** With `settings.centered`, the bottom-up rows (CHL, convex CHL) return the mean
+/// of the surrogate of Prop. 4 (Eq. 22-25) at `+β_L` and at `−β_L` on the loss,
+/// `L_c = ½(L^β + L^{−β})`, `L^{−β} = ℓ(ẑ⁻_L) + ℰ^{−β}(ẑ⁻) − ℰ^{−β}(ž)`, where only the
+/// outermost `β_L` (the loss's) changes sign, so that every `s_k = Π_{l≥k} β_l` does and the
+/// free phase `ž` is shared. By Def. 1, `β_L L^β = min(ℰ' + β_Lℓ) − min ℰ'` with
+/// `ℰ' = β_L ℰ^β` independent of `β_L`: a smooth function of `β_L` whose odd powers cancel in
+/// the mean, so for fixed inner `β_k` the gradient reaches its `β_L → 0⁺` limit — the gradient
+/// of the loss at the free phase, `∂_θ ℓ(ž_L(θ))`, equilibrium propagation's target — at
+/// `O(β_L²)` instead of `O(β_L)` (beyond the paper; [`crate::surrogate::Bilevel::centered`]
+/// is the single-level counterpart). The inner `β_k` keep their `O(β_k)` distance to
+/// back-propagation (Cor. 2). The `−β` clamped phase is solved for its rates
+/// `(ẑ⁻ − ž)/(−s_k)` by the same top-down sweeps: one more clamped phase; the report's
+/// iterations add the three phases, its residual is the largest of them. `L^{−β}` needs
+/// `ℰ' − β_Lℓ` bounded below near `ž`, which holds for small `β_L` (the loss's curvature is
+/// bounded: `½` for softmax cross-entropy, `1` for squared error).
 ///
 /// ```
-/// use bilevel::nested::inference::{self, InferenceSettings, InferenceWorkspace};
-/// use bilevel::nested::linearized::Gradients;
+/// use bilevel::nested::inference::{self, InferenceWorkspace};
 /// use bilevel::nested::method::Method;
-/// use bilevel::nested::{Layer, Network, OutputLoss};
+/// use bilevel::nested::{Batch, Gradients, Layer, NestedSettings, Network, Outcome, OutputLoss};
 /// use bilevel::prox::Activation;
 /// use nalgebra::{dmatrix, dvector};
 ///
@@ -128,72 +141,17 @@ fn energy_of(method: Method) -> Result<(EnergyKind, Unravel)> {
 ///     ],
 /// };
 /// let (x, t) = (dmatrix![1.0; 0.5], dmatrix![0.2]);
-/// let mut ws = InferenceWorkspace::new(&net, 1);
-/// let mut grads = Gradients::zeros(&net);
-/// let settings = InferenceSettings { max_sweeps: 100, tol: 1e-14, ..Default::default() };
-/// let report = inference::gradient(
-///     &net, Method::Mac, &[1e-3, 1e-3], OutputLoss::Squared, &x, &t, &settings, &mut ws, &mut grads,
-/// )?;
-/// assert!(report.converged && report.sweeps < 10);
+/// let problem = Method::Mac.problem(&net, &[1e-3, 1e-3], OutputLoss::Squared)?;
+/// let settings = NestedSettings { inference_max_sweeps: 100, inference_tol: 1e-14, ..Default::default() };
+/// let (mut ws, mut grads) = (InferenceWorkspace::new(&net, 1), Gradients::zeros(&net));
+/// let report = inference::gradient(&problem, Batch::new(&problem, &x, &t)?, &settings, &mut ws, &mut grads)?;
+/// assert!(report.status.outcome == Outcome::Solved && report.status.iterations < 10);
 /// // O(β) from back-propagation (Cor. 2): z₁ = relu(0.85, 0.7), ℓ' = 0.7·0.85 − 1.2·0.7 − 0.2.
 /// let e: f64 = 0.7 * 0.85 - 1.2 * 0.7 - 0.2;
 /// assert!((grads.w[1][(0, 0)] - e * 0.85).abs() < 1e-3);
-/// # Ok::<(), bilevel::Error>(())
-/// ```
 ///
-/// # Errors
-/// A closed-form method (BP, Fenchel BP); shapes (`x`, `target`, `betas`, a workspace or gradients for
-/// another network); invalid β or settings; softmax layers (the sweeps take box-family
-/// activations); a non-finite loss or state (diverged inference).
-#[allow(clippy::too_many_arguments)]
-pub fn gradient<T: Gemm>(
-    net: &Network<T>,
-    method: Method,
-    betas: &[T],
-    loss: OutputLoss,
-    x: &DMatrix<T>,
-    target: &DMatrix<T>,
-    settings: &InferenceSettings,
-    ws: &mut InferenceWorkspace<T>,
-    grads: &mut Gradients<T>,
-) -> Result<InferenceReport<T>> {
-    let call = Call {
-        net,
-        method,
-        betas,
-        loss,
-        x,
-        target,
-        settings,
-    };
-    run(&call, false, ws, grads)
-}
-
-/// The centered (symmetric-nudging) variant of a bottom-up row (CHL, convex CHL): the mean of
-/// the surrogate of Prop. 4 (Eq. 22-25) at `+β_L` and at `−β_L` on the loss,
-/// `L_c = ½(L^β + L^{−β})`, `L^{−β} = ℓ(ẑ⁻_L) + ℰ^{−β}(ẑ⁻) − ℰ^{−β}(ž)`, where only the
-/// outermost `β_L` (the loss's) changes sign, so that every `s_k = Π_{l≥k} β_l` does and the
-/// free phase `ž` is shared. By Def. 1, `β_L L^β = min(ℰ' + β_Lℓ) − min ℰ'` with
-/// `ℰ' = β_L ℰ^β` independent of `β_L`: a smooth function of `β_L` whose odd powers cancel in
-/// the mean, so for fixed inner `β_k` the gradient reaches its `β_L → 0⁺` limit — the gradient
-/// of the loss at the free phase, `∂_θ ℓ(ž_L(θ))`, equilibrium propagation's target — at
-/// `O(β_L²)` instead of `O(β_L)` (beyond the paper; [`crate::surrogate::Bilevel::centered`]
-/// is the single-level counterpart). The inner `β_k` keep their `O(β_k)` distance to
-/// back-propagation (Cor. 2). The `−β` clamped phase is solved for its rates
-/// `(ẑ⁻ − ž)/(−s_k)` by the same top-down sweeps: one more clamped phase. The report's `value`
-/// is `L_c`, its sweeps add the three phases, its residual is the largest of them.
-///
-/// `L^{−β}` needs `ℰ' − β_Lℓ` bounded below near `ž`, which holds for small `β_L` (the loss's
-/// curvature is bounded: `½` for softmax cross-entropy, `1` for squared error).
-///
-/// ```
-/// use bilevel::nested::inference::{self, InferenceSettings, InferenceWorkspace};
-/// use bilevel::nested::linearized::Gradients;
-/// use bilevel::nested::method::Method;
-/// use bilevel::nested::{Layer, Network, OutputLoss};
-/// use bilevel::prox::Activation;
-/// use nalgebra::{dmatrix, dvector};
-///
+/// // The centered variant of CHL: halving β_L halves the one-sided estimate's distance to the
+/// // limit and quarters the centered one's.
 /// let net = Network {
 ///     layers: vec![
 ///         Layer { w: dmatrix![0.9, -0.4; 0.3, 0.8], bias: dvector![0.1, 0.2], activation: Activation::HardSigmoid },
@@ -201,15 +159,14 @@ pub fn gradient<T: Gemm>(
 ///     ],
 /// };
 /// let (x, t) = (dmatrix![0.6; 0.2], dmatrix![0.9]);
-/// let settings = InferenceSettings { max_sweeps: 200, tol: 1e-15, ..Default::default() };
 /// let mut ws = InferenceWorkspace::new(&net, 1);
 /// let mut at = |beta_top: f64, centered: bool| -> Result<f64, bilevel::Error> {
+///     let problem = Method::Chl.problem(&net, vec![0.3, beta_top], OutputLoss::Squared)?;
+///     let settings = NestedSettings { inference_max_sweeps: 200, inference_tol: 1e-15, centered, ..Default::default() };
 ///     let mut g = Gradients::zeros(&net);
-///     let run = if centered { inference::centered_gradient } else { inference::gradient };
-///     run(&net, Method::Chl, &[0.3, beta_top], OutputLoss::Squared, &x, &t, &settings, &mut ws, &mut g)?;
+///     inference::gradient(&problem, Batch::new(&problem, &x, &t)?, &settings, &mut ws, &mut g)?;
 ///     Ok(g.w[0][(0, 0)])
 /// };
-/// // Halving β_L halves the one-sided estimate's distance to the limit and quarters the centered one's.
 /// let one = (at(0.1, false)? - at(0.05, false)?) / (at(0.05, false)? - at(0.025, false)?);
 /// let two = (at(0.1, true)? - at(0.05, true)?) / (at(0.05, true)? - at(0.025, true)?);
 /// assert!((one - 2.0).abs() < 0.3 && (two - 4.0).abs() < 0.6, "{one} {two}");
@@ -217,63 +174,37 @@ pub fn gradient<T: Gemm>(
 /// ```
 ///
 /// # Errors
-/// As [`gradient`]; a top-down row (MAC, predictive coding, LPOM: their local objective,
-/// Eq. 28, is a minimization only for `β > 0`).
-#[allow(clippy::too_many_arguments)]
-pub fn centered_gradient<T: Gemm>(
-    net: &Network<T>,
-    method: Method,
-    betas: &[T],
-    loss: OutputLoss,
-    x: &DMatrix<T>,
-    target: &DMatrix<T>,
-    settings: &InferenceSettings,
+/// A problem without a method, or of a closed-form method (BP, Fenchel BP); a centered
+/// top-down row (MAC, predictive coding, LPOM: their local objective, Eq. 28, is a minimization
+/// only for `β > 0`); shapes (`x`, `target`, `betas`, a workspace or gradients for another
+/// network); invalid β or settings; softmax layers (the sweeps take box-family activations); a
+/// non-finite loss or state (diverged inference).
+pub fn gradient<T: Gemm>(
+    problem: &NestedProblem<'_, T>,
+    batch: Batch<'_, T>,
+    settings: &NestedSettings,
     ws: &mut InferenceWorkspace<T>,
     grads: &mut Gradients<T>,
-) -> Result<InferenceReport<T>> {
-    if !matches!(method, Method::Chl | Method::ConvexChl) {
-        return Err(Error::input(
+) -> Result<BatchReport<T>> {
+    let method = problem.method.ok_or_else(|| {
+        Error::input(
             "method",
+            "the sweeps solve a row of Table 1: build the problem with Method::problem",
+        )
+    })?;
+    let (kind, direction) = energy_of(method)?;
+    settings.validate()?;
+    problem.check_structure()?;
+    if settings.centered && !matches!(method, Method::Chl | Method::ConvexChl) {
+        return Err(Error::input(
+            "settings.centered",
             format!(
                 "the centered variant is defined for the bottom-up rows (CHL, convex CHL), not {}",
                 method.name()
             ),
         ));
     }
-    let call = Call {
-        net,
-        method,
-        betas,
-        loss,
-        x,
-        target,
-        settings,
-    };
-    run(&call, true, ws, grads)
-}
-
-/// The arguments of [`gradient`] and [`centered_gradient`].
-struct Call<'a, T: RealField + Copy> {
-    net: &'a Network<T>,
-    method: Method,
-    betas: &'a [T],
-    loss: OutputLoss,
-    x: &'a DMatrix<T>,
-    target: &'a DMatrix<T>,
-    settings: &'a InferenceSettings,
-}
-
-/// Checks the call and runs its direction.
-fn run<T: Gemm>(
-    c: &Call<'_, T>,
-    centered: bool,
-    ws: &mut InferenceWorkspace<T>,
-    grads: &mut Gradients<T>,
-) -> Result<InferenceReport<T>> {
-    let net = c.net;
-    let (kind, direction) = energy_of(c.method)?;
-    c.settings.validate()?;
-    net.check_structure(kind)?;
+    let net = problem.net;
     if let Some(k) = net
         .layers
         .iter()
@@ -284,35 +215,35 @@ fn run<T: Gemm>(
             format!("layer {k} is softmax: the inference sweeps take box-family activations"),
         ));
     }
-    check_betas(c.betas, net.layers.len())?;
     grads.check(net, "grads")?;
     ws.check(net)?;
-    check_batch(net, c.x, c.target, ws.batch())?;
-    state_weights(c.method, c.betas, ws);
-    let problem = Sweeps {
+    check_batch(net, batch.x, batch.target, ws.batch())?;
+    state_weights(method, &problem.betas, ws);
+    let sweeps = Sweeps {
         net,
         kind,
-        betas: c.betas,
-        loss: c.loss,
-        x: c.x,
-        target: c.target,
-        settings: c.settings,
-        centered,
+        betas: &problem.betas,
+        loss: problem.loss,
+        x: batch.x,
+        target: batch.target,
+        settings,
     };
-    match (kind, direction) {
+    let tally = match (kind, direction) {
         (EnergyKind::Penalizer, _) | (_, Unravel::TopDown) => {
-            top_down::top_down(&problem, ws, grads)
+            top_down::top_down(&sweeps, ws, grads)?
         }
-        _ => bottom_up::run(&problem, ws, grads),
-    }
+        _ => bottom_up::run(&sweeps, ws, grads)?,
+    };
+    Ok(tally.into_report(method))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::linalg::simd::Isa;
-    use crate::nested::{linearized, Layer};
+    use crate::nested::{linearized, Layer, Network, OutputLoss};
     use crate::prox::Activation;
+    use nalgebra::DMatrix;
 
     /// A pseudo-random f32 network 19-17-11-5 (widths and batch 7 off the lane count), inputs
     /// and one-hot targets.
@@ -355,7 +286,6 @@ mod tests {
         let (net, x, t) = problem();
         let loss = OutputLoss::SoftmaxCrossEntropy;
         let betas = [0.3_f32; 3];
-        let settings = InferenceSettings::default();
         let isas: Vec<Isa> = [Isa::Baseline, Isa::Avx2, Isa::Avx512]
             .into_iter()
             .filter(|&i| i <= Isa::detected())
@@ -365,38 +295,32 @@ mod tests {
             let mut out = Vec::new();
             let mut grads = Gradients::zeros(&net);
             let mut ws = InferenceWorkspace::new(&net, x.ncols());
-            for method in [
-                Method::Mac,
-                Method::PredictiveCoding,
-                Method::Lpom,
-                Method::Chl,
-                Method::ConvexChl,
+            let batch = Batch { x: &x, target: &t };
+            let mut record = |r: BatchReport<f32>, grads: &Gradients<f32>| {
+                let sweeps = r.status.iterations as f32;
+                out.push(bits(grads, &[r.value, r.status.residual as f32, sweeps]));
+            };
+            for (method, centered) in [
+                (Method::Mac, false),
+                (Method::PredictiveCoding, false),
+                (Method::Lpom, false),
+                (Method::Chl, false),
+                (Method::ConvexChl, false),
+                (Method::Chl, true),
             ] {
-                let r = gradient(
-                    &net, method, &betas, loss, &x, &t, &settings, &mut ws, &mut grads,
-                )
-                .unwrap();
-                out.push(bits(&grads, &[r.value, r.residual, r.sweeps as f32]));
+                let settings = NestedSettings {
+                    centered,
+                    ..NestedSettings::default()
+                };
+                let problem = method.problem(&net, &betas[..], loss).unwrap();
+                let r = gradient(&problem, batch, &settings, &mut ws, &mut grads).unwrap();
+                record(r, &grads);
             }
-            let r = centered_gradient(
-                &net,
-                Method::Chl,
-                &betas,
-                loss,
-                &x,
-                &t,
-                &settings,
-                &mut ws,
-                &mut grads,
-            )
-            .unwrap();
-            out.push(bits(&grads, &[r.value, r.residual, r.sweeps as f32]));
             let mut lws = linearized::Workspace::new(&net, x.ncols());
-            for kind in [EnergyKind::Penalizer, EnergyKind::Fenchel] {
-                let v =
-                    linearized::gradient(&net, kind, &betas, loss, &x, &t, &mut lws, &mut grads)
-                        .unwrap();
-                out.push(bits(&grads, &[v]));
+            for method in [Method::Bp, Method::FenchelBp] {
+                let problem = method.problem(&net, &betas[..], loss).unwrap();
+                let r = linearized::gradient(&problem, batch, &mut lws, &mut grads).unwrap();
+                record(r, &grads);
             }
             out
         };

@@ -1,76 +1,33 @@
-//! What one call of the sweeps is given and what it reports: the budget ([`InferenceSettings`]),
-//! the problem of the call ([`Sweeps`]) and the report ([`InferenceReport`]).
+//! What one call of the sweeps works on ([`Sweeps`]: the problem, the batch and the settings)
+//! and what it counts ([`Tally`], reported as a [`BatchReport`]).
 
 use nalgebra::{DMatrix, RealField};
 
 use crate::error::{Error, Result};
-use crate::nested::{EnergyKind, Network, OutputLoss};
+use crate::nested::method::Method;
+use crate::nested::{
+    BatchReport, EnergyKind, NestedSettings, NestedStatus, Network, Optimum, Outcome, OutputLoss,
+};
 
-/// Budget and tolerance of the inference sweeps.
+/// What one batch's sweeps did, summed over phases ([`Tally::into_report`] makes the
+/// [`BatchReport`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-pub struct InferenceSettings {
-    /// Most backward sweeps per batch (`T`, the number of inference steps; ≥ 1).
-    pub max_sweeps: usize,
-    /// Stop when the fixed-point residual is below `tol · (1 + max |λ|)` (≥ 0; 0 runs all
-    /// `max_sweeps`).
-    pub tol: f64,
-    /// Smallest damping of the update `λ ← λ + η(Φ(λ) − λ)` (`η` starts at 1 and halves when the
-    /// residual grows), in `(0, 1]`.
-    pub min_damping: f64,
-    /// Anderson acceleration (memory one, per sample) of the sweeps.
-    pub anderson: bool,
-}
-
-impl Default for InferenceSettings {
-    /// 20 sweeps (the upper end of what predictive-coding libraries use), `tol = 1e-4`.
-    fn default() -> Self {
-        Self {
-            max_sweeps: 20,
-            tol: 1e-4,
-            min_damping: 1.0 / 64.0,
-            anderson: true,
-        }
-    }
-}
-
-impl InferenceSettings {
-    /// Checks the fields.
-    ///
-    /// # Errors
-    /// [`Error::InvalidInput`] naming the field.
-    pub fn validate(&self) -> Result<()> {
-        if self.max_sweeps == 0 {
-            return Err(Error::input("max_sweeps", "must be at least 1"));
-        }
-        if !(self.tol.is_finite() && self.tol >= 0.0) {
-            return Err(Error::input("tol", "must be finite and non-negative"));
-        }
-        if !(self.min_damping > 0.0 && self.min_damping <= 1.0) {
-            return Err(Error::input("min_damping", "must be in (0, 1]"));
-        }
-        Ok(())
-    }
-}
-
-/// What one batch's inference did.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct InferenceReport<T> {
+pub(super) struct Tally<T> {
     /// The surrogate's batch-mean value `L^β` at the states (Eq. 28).
-    pub value: T,
+    pub(super) value: T,
     /// The batch-mean loss `ℓ(z_L*)` of the forward pass.
-    pub forward_loss: T,
+    pub(super) forward_loss: T,
     /// Backward sweeps run.
-    pub sweeps: usize,
+    pub(super) sweeps: usize,
     /// The fixed-point residual at the last sweep (module docs).
-    pub residual: T,
+    pub(super) residual: T,
     /// Whether the residual reached the tolerance.
-    pub converged: bool,
+    pub(super) converged: bool,
     /// The damping `η` of the last update.
-    pub damping: T,
+    pub(super) damping: T,
     /// Unconverged, the last iterate's objective was above the lowest seen (or above the
     /// forward pass's): the states, value and gradient are those of the best iterate.
-    pub best_iterate: bool,
+    pub(super) best_iterate: bool,
 }
 
 /// The data of one call, shared by both directions.
@@ -81,9 +38,39 @@ pub(super) struct Sweeps<'a, T: RealField + Copy> {
     pub(super) loss: OutputLoss,
     pub(super) x: &'a DMatrix<T>,
     pub(super) target: &'a DMatrix<T>,
-    pub(super) settings: &'a InferenceSettings,
-    /// Bottom-up rows: add the `−β` clamped phase ([`centered_gradient`]).
-    pub(super) centered: bool,
+    /// The budget, and for the bottom-up rows whether to add the `−β` clamped phase
+    /// (`centered`).
+    pub(super) settings: &'a NestedSettings,
+}
+
+impl<T: RealField + Copy> Tally<T> {
+    /// The report of `method`'s sweeps: sweeps as iterations, the outcome, what the point is.
+    pub(super) fn into_report(self, method: Method) -> BatchReport<T> {
+        let outcome = match (self.converged, self.best_iterate) {
+            (true, _) => Outcome::Solved,
+            (false, false) => Outcome::MaxIterations,
+            (false, true) => Outcome::BestIterate,
+        };
+        let (solver, optimum) = match method {
+            Method::Mac | Method::PredictiveCoding => ("top-down sweeps (Prop. 5)", Optimum::Local),
+            Method::Lpom => ("top-down sweeps (Prop. 5)", Optimum::Stationary),
+            Method::Chl => ("bottom-up sweeps (Prop. 4)", Optimum::Stationary),
+            _ => ("bottom-up sweeps (Prop. 4)", Optimum::Global),
+        };
+        BatchReport {
+            value: self.value,
+            forward_loss: self.forward_loss,
+            damping: self.damping,
+            status: NestedStatus {
+                solver,
+                iterations: self.sweeps,
+                residual: nalgebra::try_convert(self.residual).unwrap_or(f64::NAN),
+                optimum,
+                outcome,
+                fallback: None,
+            },
+        }
+    }
 }
 
 /// `v`, or [`Error::NonFinite`] naming `what`.

@@ -7,7 +7,7 @@ use nalgebra::{DMatrix, RealField};
 use super::fixed_point::FixedPoint;
 use super::kinks::KinkState;
 use super::rules::{bounds, clamp, signal};
-use super::settings::{finite, InferenceReport, Sweeps};
+use super::settings::{finite, Sweeps, Tally};
 use super::workspace::{copy_all, InferenceWorkspace};
 use crate::error::Result;
 use crate::linalg::{lane_sum2, vectorized, ColsMut, Gemm, LayerCols, LayersMut};
@@ -19,7 +19,7 @@ pub(super) fn top_down<T: Gemm>(
     p: &Sweeps<'_, T>,
     ws: &mut InferenceWorkspace<T>,
     grads: &mut Gradients<T>,
-) -> Result<InferenceReport<T>> {
+) -> Result<Tally<T>> {
     let (net, kind, betas, loss, target) = (p.net, p.kind, p.betas, p.loss, p.target);
     ws.lambda.iter_mut().for_each(|l| l.fill(T::zero()));
     first_layer(net, p.x, ws);
@@ -39,7 +39,7 @@ pub(super) fn top_down<T: Gemm>(
     // The lowest objective seen and its signals (λ = 0, the forward pass, to begin with).
     let mut best = forward_loss;
     ws.best.iter_mut().for_each(|l| l.fill(T::zero()));
-    while fp.sweeps < p.settings.max_sweeps {
+    while fp.sweeps < p.settings.inference_max_sweeps {
         if fp.sweeps > 0 {
             forward(net, kind, ws);
             let value = loss.value_and_gradient(&ws.z[top], target, &mut ws.next[top]);
@@ -62,7 +62,7 @@ pub(super) fn top_down<T: Gemm>(
     }
     forward(net, kind, ws);
     let mut value = surrogate_value(net, kind, loss, target, betas, batch, ws);
-    let mut report = fp.report(value, forward_loss);
+    let mut report = fp.tally(value, forward_loss);
     if !fp.converged && (!value.is_finite() || value > best) {
         // Unconverged and worse than an earlier iterate (or than the forward pass): that one is
         // the better upper bound of L^β and the point the gradient is taken at.

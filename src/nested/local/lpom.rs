@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 use crate::nested::linearized::forward_states;
 use crate::nested::{
     activate_columns, Batch, NestedProblem, NestedReport, NestedSettings, NestedStatus, Optimum,
+    Outcome,
 };
 
 /// LPOM on the whole batch (samples as columns; they decouple): block-coordinate descent over
@@ -53,6 +54,7 @@ pub(super) fn lpom(
                 clamped: z,
                 free,
                 status: NestedStatus {
+                    outcome: Outcome::Solved,
                     solver: "LPOM: block-coordinate descent, FISTA blocks",
                     iterations,
                     residual: change,
@@ -82,7 +84,13 @@ pub(super) fn lpom_objective(
         .loss
         .value_and_gradient(&z[top], batch.target, &mut grad)
         * b;
-    for (k, (l, beta)) in problem.net.layers.iter().zip(&problem.betas).enumerate() {
+    for (k, (l, beta)) in problem
+        .net
+        .layers
+        .iter()
+        .zip(problem.betas.iter())
+        .enumerate()
+    {
         let a = l.affine(if k == 0 { batch.x } else { &z[k - 1] });
         for (zk, ak) in z[k].column_iter().zip(a.column_iter()) {
             s += (l.activation.potential(zk.as_slice()) - zk.dot(&ak)

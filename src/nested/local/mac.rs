@@ -10,7 +10,7 @@ use super::rates::rate_sample;
 use crate::error::Result;
 use crate::nested::linearized::{forward_states, Gradients, Workspace};
 use crate::nested::{
-    Batch, EnergyKind, NestedProblem, NestedReport, NestedSettings, NestedStatus, Optimum,
+    Batch, EnergyKind, NestedProblem, NestedReport, NestedSettings, NestedStatus, Optimum, Outcome,
 };
 use crate::solve::smooth::{minimize_best, SmoothObjective, SmoothSettings};
 
@@ -74,6 +74,7 @@ pub(super) fn mac(
         clamped,
         free,
         status: NestedStatus {
+            outcome: Outcome::Solved,
             solver: if rate_samples == b {
                 "MAC: semi-smooth Newton on the rates (z^ - z*)/beta per sample"
             } else if second.is_some() {
@@ -225,16 +226,12 @@ pub(super) fn linearized_clamped_state(
     let net = problem.net;
     let mut ws = Workspace::new(net, batch.len());
     let mut g = Gradients::zeros(net);
-    crate::nested::linearized::gradient(
-        net,
-        EnergyKind::Penalizer,
-        &problem.betas,
-        problem.loss,
-        batch.x,
-        batch.target,
-        &mut ws,
-        &mut g,
-    )?;
+    let penalizer = NestedProblem {
+        energy: EnergyKind::Penalizer,
+        method: None,
+        ..problem.clone()
+    };
+    let _ = crate::nested::linearized::gradient(&penalizer, batch, &mut ws, &mut g)?;
     Ok((0..net.layers.len())
         .map(|k| ws.z_bar(EnergyKind::Penalizer, k, problem.betas[k]))
         .collect())
