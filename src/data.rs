@@ -66,40 +66,19 @@ pub fn read_idx(path: &Path, expected_dims: u8) -> Result<Idx> {
     read_idx_from(std::io::BufReader::new(file), path, expected_dims)
 }
 
-/// [`read_idx`] on any buffered reader; `path` only names the source in errors.
+/// The dimensions in the IDX header of `src` (after checking its magic number).
 ///
 /// # Errors
-/// As [`read_idx`].
-pub fn read_idx_from(
-    mut file: impl std::io::BufRead,
+/// As [`read_idx`]; `read_err` maps a read failure.
+fn read_header(
+    src: &mut dyn Read,
     path: &Path,
     expected_dims: u8,
-) -> Result<Idx> {
-    let unreadable = |e: std::io::Error| bad(path, format!("cannot read it ({e}); {MNIST_HINT}"));
-    let gzipped = std::io::BufRead::fill_buf(&mut file)
-        .map_err(unreadable)?
-        .starts_with(&[0x1f, 0x8b]);
-    // Streamed: the header fixes how many bytes to read, so neither a gzip stream that inflates
-    // to gigabytes nor a padded file is ever held in memory beyond the promised size + 1.
-    let mut src: Box<dyn Read + '_> = if gzipped {
-        Box::new(MultiGzDecoder::new(file))
-    } else {
-        Box::new(file)
-    };
-    let read_err = |e: std::io::Error| {
-        if gzipped {
-            bad(
-                path,
-                format!("corrupt or truncated gzip stream ({e}); download the file again"),
-            )
-        } else {
-            unreadable(e)
-        }
-    };
+    read_err: &dyn Fn(std::io::Error) -> Error,
+) -> Result<Vec<usize>> {
     let d = usize::from(expected_dims);
     let mut header = Vec::with_capacity(4 * (d + 1));
-    (&mut src)
-        .take(4 * (d as u64 + 1))
+    src.take(4 * (d as u64 + 1))
         .read_to_end(&mut header)
         .map_err(read_err)?;
     let word = |i: usize| -> Option<u32> {
@@ -132,6 +111,40 @@ pub fn read_idx_from(
             .ok_or_else(|| bad(path, "truncated inside the header; download the file again"))?;
         dims.push(n as usize);
     }
+    Ok(dims)
+}
+
+/// [`read_idx`] on any buffered reader; `path` only names the source in errors.
+///
+/// # Errors
+/// As [`read_idx`].
+pub fn read_idx_from(
+    mut file: impl std::io::BufRead,
+    path: &Path,
+    expected_dims: u8,
+) -> Result<Idx> {
+    let unreadable = |e: std::io::Error| bad(path, format!("cannot read it ({e}); {MNIST_HINT}"));
+    let gzipped = std::io::BufRead::fill_buf(&mut file)
+        .map_err(unreadable)?
+        .starts_with(&[0x1f, 0x8b]);
+    // Streamed: the header fixes how many bytes to read, so neither a gzip stream that inflates
+    // to gigabytes nor a padded file is ever held in memory beyond the promised size + 1.
+    let mut src: Box<dyn Read + '_> = if gzipped {
+        Box::new(MultiGzDecoder::new(file))
+    } else {
+        Box::new(file)
+    };
+    let read_err = |e: std::io::Error| {
+        if gzipped {
+            bad(
+                path,
+                format!("corrupt or truncated gzip stream ({e}); download the file again"),
+            )
+        } else {
+            unreadable(e)
+        }
+    };
+    let dims = read_header(&mut src, path, expected_dims, &read_err)?;
     let expected = dims
         .iter()
         .try_fold(1usize, |acc, &n| acc.checked_mul(n))

@@ -307,6 +307,52 @@ fn theta_of(
     Ok(theta)
 }
 
+/// The loss of a problem: `loss` (a gradient `g`, a target) or, for a JVP, the linear loss
+/// `g = −B v` of the `direction` `v` (length `p`; needs `B`).
+fn loss_of(
+    loss: Option<LossSpec>,
+    direction: Option<&[f64]>,
+    b: Option<&DMatrix<f64>>,
+    p: usize,
+) -> Result<Loss> {
+    Ok(match (loss, direction) {
+        (Some(_), Some(_)) => {
+            return Err(Error::input(
+                "direction",
+                "give either loss (a gradient) or direction (a JVP), not both",
+            ))
+        }
+        (None, None) => {
+            return Err(Error::input(
+                "loss",
+                "missing (or give direction for a JVP of z* along theta + t v)",
+            ))
+        }
+        (None, Some(v)) => {
+            let Some(b) = b else {
+                return Err(Error::input(
+                    "B",
+                    "missing: a direction moves theta, which enters E only through B theta",
+                ));
+            };
+            if v.len() != p {
+                return Err(Error::dim("direction", p, v.len()));
+            }
+            let v = DVector::from_column_slice(v);
+            crate::error::check_finite("direction", v.iter())?;
+            Loss::Linear { g: -(b * v) }
+        }
+        (Some(LossSpec::Linear { g }), None) | (Some(LossSpec::Gradient { g }), None) => {
+            Loss::Linear {
+                g: DVector::from_vec(g),
+            }
+        }
+        (Some(LossSpec::Squared { target }), None) => Loss::Squared {
+            target: DVector::from_vec(target),
+        },
+    })
+}
+
 fn parse_problem(text: &str) -> Result<Parsed> {
     let input: DeriveInput =
         serde_json::from_str(text).map_err(|e| Error::input("problem JSON", e.to_string()))?;
@@ -353,43 +399,8 @@ fn parse_problem(text: &str) -> Result<Parsed> {
         (rows("A_eq", &input.A_eq)?, vector(&input.b_eq)),
     )?;
     let gradient_loss = matches!(input.loss, Some(LossSpec::Gradient { .. }));
-    let loss = match (input.loss, &input.direction) {
-        (Some(_), Some(_)) => {
-            return Err(Error::input(
-                "direction",
-                "give either loss (a gradient) or direction (a JVP), not both",
-            ))
-        }
-        (None, None) => {
-            return Err(Error::input(
-                "loss",
-                "missing (or give direction for a JVP of z* along theta + t v)",
-            ))
-        }
-        (None, Some(v)) => {
-            if input.B.is_none() {
-                return Err(Error::input(
-                    "B",
-                    "missing: a direction moves theta, which enters E only through B theta",
-                ));
-            }
-            if v.len() != p {
-                return Err(Error::dim("direction", p, v.len()));
-            }
-            let v = DVector::from_column_slice(v);
-            crate::error::check_finite("direction", v.iter())?;
-            Loss::Linear { g: -(&b * v) }
-        }
-        (Some(LossSpec::Linear { g }), None) => Loss::Linear {
-            g: DVector::from_vec(g),
-        },
-        (Some(LossSpec::Squared { target }), None) => Loss::Squared {
-            target: DVector::from_vec(target),
-        },
-        (Some(LossSpec::Gradient { g }), None) => Loss::Linear {
-            g: DVector::from_vec(g),
-        },
-    };
+    let given_b = input.B.is_some().then_some(&b);
+    let loss = loss_of(input.loss, input.direction.as_deref(), given_b, p)?;
     let layer = QuadraticProblem::new(q, b, DVector::from_column_slice(&input.c), constraints)?;
     loss.validate(layer.dim())?;
     let request = Request {

@@ -10,6 +10,9 @@
 //!   buffers among its pieces) and `src/linalg/simd.rs` (the vector-instruction dispatch) say
 //!   `unsafe`; the numerics above them are safe Rust.
 //!
+//! * **files and functions a reader sees whole**: no file in `src/` over 800 lines, no function
+//!   over 80 (unit tests aside).
+//!
 //! The reader is a small tokenizer for `use` trees and `crate::`/`super::`/`self::` paths, not a
 //! Rust parser: enough for this crate's code, and checked by the tests at the bottom.
 
@@ -556,6 +559,100 @@ fn unsafe_lives_in_the_audited_room_only() {
         outside.is_empty(),
         "`unsafe` outside the audited room: {outside:?}"
     );
+}
+
+/// Every function's length in lines: from its `fn` line to its closing brace, in code without
+/// comments and strings, unit-test modules left out. `(name, first line, lines)`.
+fn function_lengths(code: &str) -> Vec<(String, usize, usize)> {
+    let lines: Vec<&str> = code.lines().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let line = lines[i].trim_start();
+        if line.starts_with("#[cfg(test)]") {
+            // Skip the attributed item (a test module or function) whole.
+            i = item_end(&lines, i + 1) + 1;
+            continue;
+        }
+        let words: Vec<&str> = line
+            .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .filter(|w| !w.is_empty())
+            .collect();
+        if let Some(k) = words.iter().position(|w| *w == "fn") {
+            let before = &words[..k];
+            let is_item = before.iter().all(|w| {
+                matches!(
+                    *w,
+                    "pub" | "crate" | "super" | "const" | "unsafe" | "async" | "extern"
+                )
+            });
+            if is_item && k + 1 < words.len() {
+                let end = item_end(&lines, i);
+                out.push((words[k + 1].to_string(), i + 1, end - i + 1));
+                i += 1;
+                continue;
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+/// The line where the item starting at line `from` ends: its braces balanced (or its `;`).
+fn item_end(lines: &[&str], from: usize) -> usize {
+    let mut depth = 0i64;
+    let mut opened = false;
+    for (j, line) in lines.iter().enumerate().skip(from) {
+        for c in line.chars() {
+            match c {
+                '{' => {
+                    depth += 1;
+                    opened = true;
+                }
+                '}' => depth -= 1,
+                _ => {}
+            }
+        }
+        if opened && depth <= 0 {
+            return j;
+        }
+        if !opened && line.trim_end().ends_with(';') {
+            return j;
+        }
+    }
+    lines.len() - 1
+}
+
+#[test]
+fn files_and_functions_are_short_enough_to_read_whole() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut paths = Vec::new();
+    sources(&root.join("src"), &mut paths);
+    let mut long = Vec::new();
+    for p in &paths {
+        let name = format!(
+            "src/{}",
+            p.strip_prefix(root.join("src")).unwrap().display()
+        );
+        let text = std::fs::read_to_string(p).unwrap();
+        let lines = text.lines().count();
+        if lines > 800 {
+            long.push(format!("{name}: {lines} lines"));
+        }
+        for (f, at, n) in function_lengths(&strip(&text)) {
+            if n > 80 {
+                long.push(format!("{name}:{at}: fn {f}, {n} lines"));
+            }
+        }
+    }
+    assert!(long.is_empty(), "too long to read whole: {long:#?}");
+}
+
+#[test]
+fn function_lengths_are_measured_outside_unit_tests() {
+    let code = "pub(crate) fn a() {\n    x();\n}\n\n#[cfg(test)]\nmod tests {\n    fn long() {\n\n\n    }\n}\nfn b(\n    y: u8,\n) -> u8 {\n    y\n}\n";
+    let got = function_lengths(code);
+    assert_eq!(got, vec![("a".into(), 1, 3), ("b".into(), 12, 5)]);
 }
 
 /// The reader on small made-up crates: a cycle through a re-export is found, a face is no

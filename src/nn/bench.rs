@@ -136,29 +136,9 @@ impl EpochTimes {
     }
 }
 
-impl fmt::Display for EpochTimes {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "{} ({}), {} vectors, {} CPU(s) available",
-            self.machine.cpu,
-            self.machine
-                .ghz
-                .map_or("clock unknown".to_string(), |g| format!(
-                    "{g:.2} GHz nominal"
-                )),
-            self.machine.isa,
-            self.machine.cpus
-        )?;
-        writeln!(
-            f,
-            "one epoch = {} steps of batch {} (784-256-128-64-10, f32), best of the repeats;",
-            self.steps, self.batch
-        )?;
-        writeln!(
-            f,
-            "gradients compared with BP's on the first batch at the initial network"
-        )?;
+impl EpochTimes {
+    /// The products' lines of the report: each thread count, then each layer.
+    fn write_products(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let per_cycle = |gflops: f64| {
             self.machine
                 .ghz
@@ -196,6 +176,34 @@ impl fmt::Display for EpochTimes {
                 )?;
             }
         }
+        Ok(())
+    }
+}
+
+impl fmt::Display for EpochTimes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{} ({}), {} vectors, {} CPU(s) available",
+            self.machine.cpu,
+            self.machine
+                .ghz
+                .map_or("clock unknown".to_string(), |g| format!(
+                    "{g:.2} GHz nominal"
+                )),
+            self.machine.isa,
+            self.machine.cpus
+        )?;
+        writeln!(
+            f,
+            "one epoch = {} steps of batch {} (784-256-128-64-10, f32), best of the repeats;",
+            self.steps, self.batch
+        )?;
+        writeln!(
+            f,
+            "gradients compared with BP's on the first batch at the initial network"
+        )?;
+        self.write_products(f)?;
         writeln!(
             f,
             "  {:<22} {:>7} {:>8} {:>8} {:>10} {:>7} {:>11} {:>10} {:>12}",
@@ -278,13 +286,7 @@ pub fn epochs(
         .collect();
     let mut trainers = runs
         .iter()
-        .map(|&(rule, threads)| {
-            Trainer::new(TrainConfig {
-                rule,
-                threads,
-                ..TrainConfig::default()
-            })
-        })
+        .map(|&(rule, threads)| Trainer::new(TrainConfig::paper(rule, threads)))
         .collect::<Result<Vec<_>>>()?;
     let teams = counts
         .iter()
@@ -292,15 +294,7 @@ pub fn epochs(
         .collect::<Result<Vec<_>>>()?;
     let (n, b) = (trainers[0].config.train_size, trainers[0].config.batch);
     let steps = n.div_ceil(b);
-    let first: Vec<usize> = (0..b).collect();
-    let mut compared = Vec::with_capacity(runs.len());
-    let mut reference = None;
-    for t in &mut trainers {
-        t.gradient(&data.train, &first)?;
-        let g: Vec<f64> = t.grads().flatten().iter().map(|&v| f64::from(v)).collect();
-        let r = reference.get_or_insert_with(|| g.clone());
-        compared.push(compare(&g, r));
-    }
+    let compared = start_gradients(&mut trainers, data, b)?;
     let indices: Vec<usize> = (0..n).collect();
     let mut best = vec![f64::INFINITY; runs.len()];
     let mut products: Vec<ProductTimes> = counts
@@ -318,22 +312,7 @@ pub fn epochs(
             best[i] = best[i].min(start.elapsed().as_secs_f64());
         }
         for (p, team) in products.iter_mut().zip(&teams) {
-            p.seconds = p.seconds.min(products_epoch(&trainers[0], steps, team));
-            let now = layer_products(&trainers[0], steps, team);
-            p.layers = if p.layers.is_empty() {
-                now
-            } else {
-                p.layers
-                    .iter()
-                    .zip(&now)
-                    .map(|(a, b)| LayerProducts {
-                        shape: a.shape,
-                        forward: a.forward.min(b.forward),
-                        weight_grad: a.weight_grad.min(b.weight_grad),
-                        input_grad: a.input_grad.min(b.input_grad),
-                    })
-                    .collect()
-            };
+            p.keep_faster(&trainers[0], steps, team);
         }
     }
     let rules = runs
@@ -362,6 +341,48 @@ pub fn epochs(
         rules,
         products,
     })
+}
+
+/// Each trainer's gradient on the first batch at the initial network, compared with the first
+/// trainer's (back-propagation's): cosine and relative distance.
+fn start_gradients(
+    trainers: &mut [Trainer],
+    data: &Mnist,
+    batch: usize,
+) -> Result<Vec<(f64, f64)>> {
+    let first: Vec<usize> = (0..batch).collect();
+    let mut compared = Vec::with_capacity(trainers.len());
+    let mut reference = None;
+    for t in trainers {
+        t.gradient(&data.train, &first)?;
+        let g: Vec<f64> = t.grads().flatten().iter().map(|&v| f64::from(v)).collect();
+        let r = reference.get_or_insert_with(|| g.clone());
+        compared.push(compare(&g, r));
+    }
+    Ok(compared)
+}
+
+impl ProductTimes {
+    /// Times the products of one epoch of `trainer`'s network on `team` (whole and by layer)
+    /// and keeps the faster of these and the times so far.
+    fn keep_faster(&mut self, trainer: &Trainer, steps: usize, team: &Threads) {
+        self.seconds = self.seconds.min(products_epoch(trainer, steps, team));
+        let now = layer_products(trainer, steps, team);
+        self.layers = if self.layers.is_empty() {
+            now
+        } else {
+            self.layers
+                .iter()
+                .zip(&now)
+                .map(|(a, b)| LayerProducts {
+                    shape: a.shape,
+                    forward: a.forward.min(b.forward),
+                    weight_grad: a.weight_grad.min(b.weight_grad),
+                    input_grad: a.input_grad.min(b.input_grad),
+                })
+                .collect()
+        };
+    }
 }
 
 /// Cosine and relative distance of `g` to `r`.

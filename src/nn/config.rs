@@ -63,6 +63,14 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// The paper's settings ([`Default`]) with `rule` on `threads` threads.
+    pub fn paper(rule: Rule, threads: usize) -> Self {
+        Self {
+            rule,
+            threads,
+            ..Self::default()
+        }
+    }
     /// Checks the settings.
     ///
     /// # Errors

@@ -195,39 +195,7 @@ impl InnerProblem for LogCoshProblem {
             }
             h
         };
-        let scale = 1.0 + g.amax();
-        let mut f = DVector::zeros(n);
-        let mut r = residual_of(&f);
-        let mut iterations = 0;
-        while r.amax() > 1e-13 * scale {
-            if iterations == 100 {
-                return Err(Error::NotConverged {
-                    solver: "log cosh offset Newton".into(),
-                    iterations,
-                    residual: r.amax(),
-                });
-            }
-            iterations += 1;
-            let step = jacobian(&f)
-                .cholesky()
-                .map(|c| c.solve(&r))
-                .ok_or_else(|| Error::NotPositiveDefinite {
-                    what: "the offset Newton system".into(),
-                    reason: "Q + diag(sech²) lost definiteness".into(),
-                })?;
-            // Backtracking on ‖residual‖ (a strongly monotone map: full steps near the root).
-            let mut t = 1.0;
-            loop {
-                let trial = &f - &step * t;
-                let rt = residual_of(&trial);
-                if rt.amax() < r.amax() || t < 1e-12 {
-                    f = trial;
-                    r = rt;
-                    break;
-                }
-                t *= 0.5;
-            }
-        }
+        let (f, r, iterations) = newton(n, 1e-13 * (1.0 + g.amax()), residual_of, jacobian)?;
         let bregman: f64 = (0..n)
             .map(|j| f[j] * f[j] * log_cosh_bregman_over_d2(z_star.z[j], s * f[j]))
             .sum();
@@ -253,6 +221,53 @@ impl InnerProblem for LogCoshProblem {
             rate: f,
         })
     }
+}
+
+/// Newton's method from 0 on `residual(f) = 0` with the symmetric positive definite
+/// `jacobian(f)`, backtracking on `‖residual‖∞` (a strongly monotone map: full steps near the
+/// root), until `‖residual‖∞ ≤ tol`: the root, its residual and the steps taken.
+///
+/// # Errors
+/// [`Error::NotConverged`] after 100 steps; [`Error::NotPositiveDefinite`] for a Jacobian that
+/// is not.
+fn newton(
+    n: usize,
+    tol: f64,
+    residual: impl Fn(&DVector<f64>) -> DVector<f64>,
+    jacobian: impl Fn(&DVector<f64>) -> DMatrix<f64>,
+) -> Result<(DVector<f64>, DVector<f64>, usize)> {
+    let mut f = DVector::zeros(n);
+    let mut r = residual(&f);
+    let mut iterations = 0;
+    while r.amax() > tol {
+        if iterations == 100 {
+            return Err(Error::NotConverged {
+                solver: "log cosh offset Newton".into(),
+                iterations,
+                residual: r.amax(),
+            });
+        }
+        iterations += 1;
+        let step = jacobian(&f)
+            .cholesky()
+            .map(|c| c.solve(&r))
+            .ok_or_else(|| Error::NotPositiveDefinite {
+                what: "the offset Newton system".into(),
+                reason: "Q + diag(sech²) lost definiteness".into(),
+            })?;
+        let mut t = 1.0;
+        loop {
+            let trial = &f - &step * t;
+            let rt = residual(&trial);
+            if rt.amax() < r.amax() || t < 1e-12 {
+                f = trial;
+                r = rt;
+                break;
+            }
+            t *= 0.5;
+        }
+    }
+    Ok((f, r, iterations))
 }
 
 /// `sech x = 1/cosh x` without overflow (`2e^{−|x|}/(1 + e^{−2|x|})`).

@@ -17,81 +17,7 @@ pub(crate) fn to_pyerr(py: Python<'_>, e: Error) -> PyErr {
     let message = e.to_string();
     let build = || -> PyResult<PyErr> {
         let data = PyDict::new(py);
-        match &e {
-            Error::DimensionMismatch {
-                what,
-                expected,
-                found,
-            } => {
-                data.set_item("what", what)?;
-                data.set_item("expected", expected)?;
-                data.set_item("found", found)?;
-            }
-            Error::InvalidBeta { beta } => {
-                data.set_item("beta", beta)?;
-            }
-            Error::BetaOutOfRange { beta, what, reason } => {
-                data.set_item("beta", beta)?;
-                data.set_item("what", what)?;
-                data.set_item("reason", reason)?;
-            }
-            Error::NonFinite { what } => {
-                data.set_item("what", what)?;
-            }
-            Error::Overflow { what } => {
-                data.set_item("what", what)?;
-            }
-            Error::Inaccurate { what, residual } => {
-                data.set_item("what", what)?;
-                data.set_item("residual", residual)?;
-            }
-            Error::NotPositiveDefinite { what, reason } => {
-                data.set_item("what", what)?;
-                data.set_item("reason", reason)?;
-            }
-            Error::NotConverged {
-                solver,
-                iterations,
-                residual,
-            } => {
-                data.set_item("solver", solver)?;
-                data.set_item("iterations", iterations)?;
-                data.set_item("residual", residual)?;
-            }
-            Error::Infeasible(reason) => {
-                data.set_item("reason", reason)?;
-            }
-            Error::Unbounded(reason) => {
-                data.set_item("reason", reason)?;
-            }
-            Error::Singular(reason) => {
-                data.set_item("reason", reason)?;
-            }
-            Error::InvalidInput { field, reason } => {
-                data.set_item("field", field)?;
-                data.set_item("reason", reason)?;
-            }
-            Error::BadData { path, reason } => {
-                data.set_item("path", path.display().to_string())?;
-                data.set_item("reason", reason)?;
-            }
-            Error::Download {
-                file,
-                dir,
-                attempts,
-            } => {
-                data.set_item("file", file)?;
-                data.set_item("dir", dir.display().to_string())?;
-                data.set_item("attempts", attempts.clone())?;
-            }
-            Error::Io { path, reason, .. } => {
-                data.set_item("path", path.display().to_string())?;
-                data.set_item("reason", reason)?;
-            }
-            // `Error` is non-exhaustive: a variant without data of its own.
-            #[allow(unreachable_patterns)]
-            _ => {}
-        }
+        error_data(&data, &e)?;
         let class = py.import("bilevel.errors")?.getattr(e.class_name())?;
         let value = class.call((message.as_str(),), Some(&data))?;
         Ok(PyErr::from_value(value))
@@ -99,6 +25,86 @@ pub(crate) fn to_pyerr(py: Python<'_>, e: Error) -> PyErr {
     // The package's error module is part of the wheel; should it be missing (a broken
     // install), the message still arrives.
     build().unwrap_or_else(|_| PyRuntimeError::new_err(message.clone()))
+}
+
+/// The variant's data of `e` into `data` (the exception's attributes).
+fn error_data(data: &Bound<'_, PyDict>, e: &Error) -> PyResult<()> {
+    match e {
+        Error::DimensionMismatch {
+            what,
+            expected,
+            found,
+        } => {
+            data.set_item("what", what)?;
+            data.set_item("expected", expected)?;
+            data.set_item("found", found)?;
+        }
+        Error::InvalidBeta { beta } => {
+            data.set_item("beta", beta)?;
+        }
+        Error::BetaOutOfRange { beta, what, reason } => {
+            data.set_item("beta", beta)?;
+            data.set_item("what", what)?;
+            data.set_item("reason", reason)?;
+        }
+        Error::NonFinite { what } => {
+            data.set_item("what", what)?;
+        }
+        Error::Overflow { what } => {
+            data.set_item("what", what)?;
+        }
+        Error::Inaccurate { what, residual } => {
+            data.set_item("what", what)?;
+            data.set_item("residual", residual)?;
+        }
+        Error::NotPositiveDefinite { what, reason } => {
+            data.set_item("what", what)?;
+            data.set_item("reason", reason)?;
+        }
+        Error::NotConverged {
+            solver,
+            iterations,
+            residual,
+        } => {
+            data.set_item("solver", solver)?;
+            data.set_item("iterations", iterations)?;
+            data.set_item("residual", residual)?;
+        }
+        Error::Infeasible(reason) => {
+            data.set_item("reason", reason)?;
+        }
+        Error::Unbounded(reason) => {
+            data.set_item("reason", reason)?;
+        }
+        Error::Singular(reason) => {
+            data.set_item("reason", reason)?;
+        }
+        Error::InvalidInput { field, reason } => {
+            data.set_item("field", field)?;
+            data.set_item("reason", reason)?;
+        }
+        Error::BadData { path, reason } => {
+            data.set_item("path", path.display().to_string())?;
+            data.set_item("reason", reason)?;
+        }
+        Error::Download {
+            file,
+            dir,
+            attempts,
+        } => {
+            data.set_item("file", file)?;
+            data.set_item("dir", dir.display().to_string())?;
+            data.set_item("attempts", attempts.clone())?;
+        }
+        Error::Io { path, reason, .. } => {
+            data.set_item("path", path.display().to_string())?;
+            data.set_item("reason", reason)?;
+        }
+        // `Error` is non-exhaustive: a variant without data of its own.
+        #[allow(unreachable_patterns)]
+        _ => {}
+    }
+    Ok(())
 }
 
 /// Runs `f` without the GIL and converts its error.

@@ -150,6 +150,53 @@ pub(super) fn prop1_differences(s: u64) -> Check {
     )
 }
 
+/// Degenerate QP `k` of [`prop2_degenerate`]: `z_dot`'s error against enumeration and against
+/// a one-sided difference, the label mismatches, and the branches taken (leave, stay).
+fn degenerate_case(s: u64, k: u64) -> Result<(f64, f64, f64, (usize, usize))> {
+    let inst = constructed_qp(&mut rng(s + 100 + k), 9, 3, 1, &DEGENERATE);
+    let g = vector(&mut rng(s + 200 + k), 9);
+    let prog = qp_program(&inst, Loss::Linear { g: g.clone() })?;
+    let limit = prog.limit(&inst.theta)?;
+    // Independent reference: Eq. 17 built from the construction's labels, enumerated.
+    let idx =
+        |want: Activity| -> Vec<usize> { (0..7).filter(|&i| inst.labels[i] == want).collect() };
+    let eq = vstack(
+        &select_rows(&inst.constraints.a, &idx(Strong)),
+        &inst.constraints.a_eq,
+    );
+    let reference = solve_by_enumeration(
+        &Qp {
+            p: inst.q.clone(),
+            q: g.clone(),
+            a: select_rows(&inst.constraints.a, &idx(Weak)),
+            b: DVector::zeros(3),
+            b_eq: DVector::zeros(eq.nrows()),
+            a_eq: eq,
+        },
+        &Tolerances::default(),
+    )?;
+    let e1 = rel_err(&limit.direction.z_dot, &reference);
+    let zb = prog.inner.solve(&inst.theta, &prog.loss, 1e-7)?.z;
+    let e2 = rel_err(&limit.direction.z_dot, &((zb - &limit.z_star.z) / 1e-7));
+    let mism = (0..7)
+        .filter(|&i| limit.z_star.activity[i] != inst.labels[i])
+        .count() as f64;
+    let taken = |branch| {
+        let branch = Some(branch);
+        limit
+            .direction
+            .branches
+            .iter()
+            .filter(|b| **b == branch)
+            .count()
+    };
+    let branches = (
+        taken(crate::prox::Branch::Leaves),
+        taken(crate::prox::Branch::Stays),
+    );
+    Ok((e1, e2, mism, branches))
+}
+
 /// `prop2-enumeration`, `prop2-one-sided`, `prop2-classification` (Prop. 2): one set of 20
 /// degenerate QPs, three measurements.
 pub(super) fn prop2_degenerate(s: u64) -> Vec<Check> {
@@ -158,50 +205,7 @@ pub(super) fn prop2_degenerate(s: u64) -> Vec<Check> {
     let mut label_mismatch = 0.0;
     let mut branches = (0, 0);
     for k in 0..20 {
-        let r = (|| -> Result<(f64, f64, f64, (usize, usize))> {
-            let inst = constructed_qp(&mut rng(s + 100 + k), 9, 3, 1, &DEGENERATE);
-            let g = vector(&mut rng(s + 200 + k), 9);
-            let prog = qp_program(&inst, Loss::Linear { g: g.clone() })?;
-            let limit = prog.limit(&inst.theta)?;
-            // Independent reference: Eq. 17 built from the construction's labels, enumerated.
-            let idx = |want: Activity| -> Vec<usize> {
-                (0..7).filter(|&i| inst.labels[i] == want).collect()
-            };
-            let eq = vstack(
-                &select_rows(&inst.constraints.a, &idx(Strong)),
-                &inst.constraints.a_eq,
-            );
-            let reference = solve_by_enumeration(
-                &Qp {
-                    p: inst.q.clone(),
-                    q: g.clone(),
-                    a: select_rows(&inst.constraints.a, &idx(Weak)),
-                    b: DVector::zeros(3),
-                    b_eq: DVector::zeros(eq.nrows()),
-                    a_eq: eq,
-                },
-                &Tolerances::default(),
-            )?;
-            let e1 = rel_err(&limit.direction.z_dot, &reference);
-            let zb = prog.inner.solve(&inst.theta, &prog.loss, 1e-7)?.z;
-            let e2 = rel_err(&limit.direction.z_dot, &((zb - &limit.z_star.z) / 1e-7));
-            let mism = (0..7)
-                .filter(|&i| limit.z_star.activity[i] != inst.labels[i])
-                .count() as f64;
-            let leaves = limit
-                .direction
-                .branches
-                .iter()
-                .filter(|b| **b == Some(crate::prox::Branch::Leaves))
-                .count();
-            let stays = limit
-                .direction
-                .branches
-                .iter()
-                .filter(|b| **b == Some(crate::prox::Branch::Stays))
-                .count();
-            Ok((e1, e2, mism, (leaves, stays)))
-        })();
+        let r = degenerate_case(s, k);
         match r {
             Ok((e1, e2, m, (l, st))) => {
                 enum_err = enum_err.map(|e| e.max(e1));
