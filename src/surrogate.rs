@@ -373,8 +373,7 @@ impl<P: InnerProblem> Bilevel<P> {
                 &c,
                 self.inner.constraints(),
                 &z_star.activity,
-                self.backend.as_ref(),
-                &self.tol,
+                (self.backend.as_ref(), &self.tol),
             )?,
         };
         let grad_theta = self.inner.cross_jvp(&z_star.z, theta, &direction.z_dot);
@@ -573,8 +572,7 @@ pub fn prop2_direction(
     c: &DVector<f64>,
     constraints: &LinearConstraints,
     activity: &[Activity],
-    backend: &dyn QpBackend,
-    tol: &Tolerances,
+    (backend, tol): (&dyn QpBackend, &Tolerances),
 ) -> Result<Direction> {
     let n = c.len();
     if activity.len() != constraints.m() {
@@ -598,7 +596,7 @@ pub fn prop2_direction(
         // Q ż + ℓ' + [A_S; A_eq]ᵀν = 0: the multipliers are −ν.
         let held = -&kkt.nu;
         let (multipliers, multipliers_eq) =
-            scatter_multipliers(m, k, &[], &DVector::zeros(0), &strong, &held);
+            scatter_multipliers((m, k), (&[], &DVector::zeros(0)), (&strong, &held));
         return Ok(Direction {
             z_dot: kkt.x,
             branches: vec![None; m],

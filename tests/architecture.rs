@@ -11,7 +11,9 @@
 //!   `unsafe`; the numerics above them are safe Rust.
 //!
 //! * **files and functions a reader sees whole**: no file in `src/` over 800 lines, no function
-//!   over 80 (unit tests aside).
+//!   over 80 (unit tests aside), none with more than 5 parameters besides `self` (a settings
+//!   struct or a tuple of what belongs together instead) — except the Python bindings, whose
+//!   signatures are the Python API's keyword arguments.
 //!
 //! The reader is a small tokenizer for `use` trees and `crate::`/`super::`/`self::` paths, not a
 //! Rust parser: enough for this crate's code, and checked by the tests at the bottom.
@@ -646,6 +648,95 @@ fn files_and_functions_are_short_enough_to_read_whole() {
         }
     }
     assert!(long.is_empty(), "too long to read whole: {long:#?}");
+}
+
+/// Every function's parameters besides `self`: `(name, count)`, in code tokens.
+fn parameter_counts(tokens: &[String]) -> Vec<(String, usize)> {
+    let mut out = Vec::new();
+    for i in 0..tokens.len() {
+        if tokens[i] != "fn" || i + 2 >= tokens.len() {
+            continue;
+        }
+        let name = tokens[i + 1].clone();
+        let mut j = i + 2;
+        if tokens[j] == "<" {
+            let mut depth = 0;
+            while j < tokens.len() {
+                match tokens[j].as_str() {
+                    "<" => depth += 1,
+                    ">" if tokens[j - 1] != "-" => depth -= 1,
+                    _ => {}
+                }
+                j += 1;
+                if depth == 0 {
+                    break;
+                }
+            }
+        }
+        if tokens.get(j).is_none_or(|t| t != "(") {
+            continue;
+        }
+        let (mut depth, mut params, mut current) = (0, Vec::new(), Vec::<&str>::new());
+        for t in &tokens[j..] {
+            match t.as_str() {
+                "(" | "[" | "{" | "<" => depth += 1,
+                ")" | "]" | "}" => depth -= 1,
+                ">" if current.last() != Some(&"-") => depth -= 1,
+                "," if depth == 1 => {
+                    params.push(std::mem::take(&mut current));
+                    continue;
+                }
+                _ => {}
+            }
+            if depth == 0 {
+                break;
+            }
+            if !(depth == 1 && t == "(" && current.is_empty() && params.is_empty()) {
+                current.push(t);
+            }
+        }
+        params.push(current);
+        let count = params
+            .iter()
+            .filter(|p| !p.is_empty())
+            .filter(|p| p.last() != Some(&"self"))
+            .count();
+        out.push((name, count));
+    }
+    out
+}
+
+#[test]
+fn no_function_takes_more_than_five_parameters() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut paths = Vec::new();
+    sources(&root.join("src"), &mut paths);
+    let mut many = Vec::new();
+    for p in &paths {
+        let name = format!(
+            "src/{}",
+            p.strip_prefix(root.join("src")).unwrap().display()
+        );
+        if name.starts_with("src/python/") {
+            continue;
+        }
+        let tokens = without_test_modules(tokenize(&strip(&std::fs::read_to_string(p).unwrap())));
+        for (f, n) in parameter_counts(&tokens) {
+            if n > 5 {
+                many.push(format!("{name}: fn {f}, {n} parameters"));
+            }
+        }
+    }
+    assert!(many.is_empty(), "more than 5 parameters: {many:#?}");
+}
+
+#[test]
+fn parameters_are_counted_as_written() {
+    let code = "fn a(&mut self, x: u8, (y, z): (u8, u8), f: impl Fn(u8) -> Vec<u8>,) {}\n\
+                pub fn b<T: Into<Vec<u8>>>(t: T, u: HashMap<u8, u8>) -> u8 { 0 }\nfn c() {}";
+    let got = parameter_counts(&tokenize(&strip(code)));
+    let want = [("a", 3), ("b", 2), ("c", 0)].map(|(n, c)| (n.to_string(), c));
+    assert_eq!(got, want);
 }
 
 #[test]

@@ -61,8 +61,7 @@ fn example1_relu_one_sided_limit_including_ties() {
             &g,
             program.inner.constraints(),
             &limit.z_star.activity,
-            &Clarabel::default(),
-            &Tolerances::default(),
+            (&Clarabel::default(), &Tolerances::default()),
         )
         .unwrap();
         assert_relative_eq!(generic.z_dot, limit.direction.z_dot, epsilon = 1e-12);
@@ -109,8 +108,7 @@ fn box_family_matches_generic_prop2_and_one_sided_differences() {
                 &g,
                 program.inner.constraints(),
                 &limit.z_star.activity,
-                &Clarabel::default(),
-                &Tolerances::default(),
+                (&Clarabel::default(), &Tolerances::default()),
             )
             .unwrap();
             assert_relative_eq!(generic.z_dot, limit.direction.z_dot, epsilon = 1e-12);
@@ -147,8 +145,7 @@ fn softmax_layer_limit_matches_differences_and_generic_path() {
         &program.loss.gradient(&limit.z_star.z),
         program.inner.constraints(),
         &limit.z_star.activity,
-        &Clarabel::default(),
-        &Tolerances::default(),
+        (&Clarabel::default(), &Tolerances::default()),
     )
     .unwrap();
     assert_relative_eq!(generic.z_dot, limit.direction.z_dot, epsilon = 1e-12);

@@ -315,8 +315,7 @@ fn fenbp_gradient_on_mnist_follows_the_julia_rule_in_f32() {
         let julia = bilevel::verify::reference::appendix_c_gradient(
             &net64,
             &x64,
-            &a,
-            &z,
+            (&a, &z),
             dy,
             f64::from(beta),
         );

@@ -159,7 +159,8 @@ fn fenchel_bp_equals_the_appendix_c_rule_at_every_beta() {
             OutputLoss::SoftmaxCrossEntropy.value_and_gradient(z, &t, &mut g);
             g // identity top layer: pre-activation gradient = dy
         };
-        let julia = bilevel::verify::reference::appendix_c_gradient(&n, &x, &ws.a, &ws.z, dy, beta);
+        let julia =
+            bilevel::verify::reference::appendix_c_gradient(&n, &x, (&ws.a, &ws.z), dy, beta);
         for k in 0..3 {
             // Both compute the same quotient; the library skips it where it is exactly dy or 0.
             assert_relative_eq!(g.w[k], julia.w[k], epsilon = 1e-12, max_relative = 1e-9);

@@ -394,7 +394,7 @@ fn badly_scaled_feasible_problems_are_never_called_infeasible_or_unbounded() {
 
 #[test]
 fn the_dual_active_set_method_agrees_with_enumeration_and_proves_infeasibility() {
-    use bilevel::solve::qp::{dual_active_set, refine};
+    use bilevel::solve::qp::{dual_active_set, refine, Origin};
     for seed in 0..40 {
         let mut r = rng(500 + seed);
         let n = 5;
@@ -417,7 +417,7 @@ fn the_dual_active_set_method_agrees_with_enumeration_and_proves_infeasibility()
             continue;
         };
         let mut working = dual_active_set(&qp).unwrap();
-        let sol = refine(&qp, &tol, &mut working, "test", 0, false).unwrap();
+        let sol = refine(&qp, &tol, &mut working, Origin::new("test")).unwrap();
         assert_eq!(
             sol.repairs, 0,
             "seed {seed}: the method's working set is already exact"

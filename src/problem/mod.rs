@@ -577,7 +577,7 @@ impl Direction {
             });
         }
         let (multipliers, multipliers_eq) =
-            scatter_multipliers(m, k, weak, &sol.lambda, strong, &sol.lambda_eq);
+            scatter_multipliers((m, k), (weak, &sol.lambda), (strong, &sol.lambda_eq));
         Direction {
             z_dot: sol.x,
             branches,
@@ -594,12 +594,9 @@ impl Direction {
 /// `weak`, and `held_mu` of the held rows (the strongly active `strong`, then the `k`
 /// equalities); inactive rows get `0`.
 pub(crate) fn scatter_multipliers(
-    m: usize,
-    k: usize,
-    weak: &[usize],
-    weak_mu: &DVector<f64>,
-    strong: &[usize],
-    held_mu: &DVector<f64>,
+    (m, k): (usize, usize),
+    (weak, weak_mu): (&[usize], &DVector<f64>),
+    (strong, held_mu): (&[usize], &DVector<f64>),
 ) -> (DVector<f64>, DVector<f64>) {
     let mut mu = DVector::zeros(m);
     for (r, &i) in weak.iter().enumerate() {

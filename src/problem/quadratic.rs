@@ -224,16 +224,13 @@ impl QuadraticProblem {
 
     /// `ẑ_β = z* + |β| f` with `λ̂ = λ* + |β| μ` on the working set (0 off it), classified as
     /// [`solve_exact`] classifies, on the scales of the loss-augmented QP.
-    #[allow(clippy::too_many_arguments)]
     fn offset_solution(
         &self,
         theta: &DVector<f64>,
         loss: &Loss,
         beta: f64,
         z_star: &InnerSolution,
-        problem: &OffsetQp,
-        sol: &OffsetSolution,
-        af: &DVector<f64>,
+        (problem, sol, af): (&OffsetQp, &OffsetSolution, &DVector<f64>),
     ) -> InnerSolution {
         let (s, cons) = (beta.abs(), &self.constraints);
         let m = cons.m();
@@ -382,7 +379,7 @@ impl InnerProblem for QuadraticProblem {
         Ok(Offset {
             grad_theta_gap: self.cross_jvp(&z_star.z, theta, &sol.f),
             energy_gap,
-            z_hat: self.offset_solution(theta, loss, beta, z_star, &problem, &sol, &af),
+            z_hat: self.offset_solution(theta, loss, beta, z_star, (&problem, &sol, &af)),
             // μ is the rate on every row: μ_i on the working set, −λ*_i/|β| off it.
             multiplier_rate: sol.mu,
             multiplier_rate_eq: sol.mu_eq,

@@ -205,8 +205,7 @@ impl QuadraticLayer {
         py: Python<'py>,
         theta: &Array<'py>,
         (name, x): (&str, &Array<'py>),
-        threads: Option<usize>,
-        cols: usize,
+        (threads, cols): (Option<usize>, usize),
         f: impl Fn(&DVector<f64>, &DVector<f64>) -> Result<DVector<f64>> + Sync,
     ) -> PyResult<Bound<'py, PyAny>> {
         let threads = default_threads(threads)?;
@@ -529,7 +528,9 @@ impl QuadraticLayer {
         threads: Option<usize>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let p = self.layer.n_params();
-        self.per_item(py, &theta, ("g", &g), threads, p, |t, g| self.vjp_one(t, g))
+        self.per_item(py, &theta, ("g", &g), (threads, p), |t, g| {
+            self.vjp_one(t, g)
+        })
     }
 
     /// Benchmark helper, not API: the mean wall time in seconds of `repeats` runs of the Rust
@@ -572,7 +573,7 @@ impl QuadraticLayer {
         threads: Option<usize>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let n = self.layer.dim();
-        self.per_item(py, &theta, ("v", &v), threads, n, |t, v| {
+        self.per_item(py, &theta, ("v", &v), (threads, n), |t, v| {
             Ok(self
                 .program(self.direction_loss(v)?)?
                 .limit(t)?

@@ -448,7 +448,7 @@ pub(super) fn appendix_c_rule(inst: &NestedInstance) -> Check {
                 let (g, ws) = inst.linearized_with(net, EnergyKind::Fenchel, &[per_sample; 3])?;
                 let mut dy = ws.z[2].clone();
                 LOSS.value_and_gradient(&ws.z[2], &inst.target, &mut dy);
-                let julia = appendix_c_gradient(net, x, &ws.a, &ws.z, dy, beta);
+                let julia = appendix_c_gradient(net, x, (&ws.a, &ws.z), dy, beta);
                 worst = worst.max(rel_err(&flat(&g), &flat(&julia)));
             }
             Ok(worst)

@@ -76,8 +76,7 @@ pub fn central_network(
 pub fn appendix_c_gradient(
     net: &Network<f64>,
     x: &DMatrix<f64>,
-    a: &[DMatrix<f64>],
-    z: &[DMatrix<f64>],
+    (a, z): (&[DMatrix<f64>], &[DMatrix<f64>]),
     mut dy: DMatrix<f64>,
     beta: f64,
 ) -> Gradients<f64> {

@@ -273,8 +273,10 @@ pub(super) fn prop2_softmax(s: u64) -> Check {
                 &prog.loss.gradient(&limit.z_star.z),
                 prog.inner.constraints(),
                 &limit.z_star.activity,
-                &crate::solve::qp::Clarabel::default(),
-                &Tolerances::default(),
+                (
+                    &crate::solve::qp::Clarabel::default(),
+                    &Tolerances::default(),
+                ),
             )?;
             Ok(rel_err(&limit.direction.z_dot, &generic.z_dot))
         })(),

@@ -69,7 +69,7 @@ pub fn convex_chl_batched(
         fallback: None,
     };
     let s = prefix_products(betas);
-    Ok(proximal_report(net, &s, batch, free, &d, status))
+    Ok(proximal_report(net, &s, batch, (free, &d), status))
 }
 
 /// The free phase of the batched solver, in place from the forward pass; returns the sweeps and

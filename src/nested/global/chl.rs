@@ -37,7 +37,17 @@ pub(super) fn chl(
     let loss_value = problem
         .loss
         .value_and_gradient(&clamped[top], batch.target, &mut loss_grad);
-    let value = loss_value + chl_energy_difference(net, &s, batch.x, &free, &clamped, &d) / prod;
+    let value = loss_value
+        + chl_energy_difference(
+            net,
+            &s,
+            batch.x,
+            Phases {
+                free: &free,
+                clamped: &clamped,
+                d: &d,
+            },
+        ) / prod;
     let mut grad = Gradients::zeros(net);
     for k in 0..=top {
         let ck = s[k] / prod;
@@ -66,6 +76,14 @@ pub(super) fn chl(
     })
 }
 
+/// The two phases' states and their difference `d = ẑ − ž`, layer by layer.
+#[derive(Clone, Copy)]
+pub(super) struct Phases<'a> {
+    pub(super) free: &'a [DMatrix<f64>],
+    pub(super) clamped: &'a [DMatrix<f64>],
+    pub(super) d: &'a [DMatrix<f64>],
+}
+
 /// `Σ_k s_k ΔE_k` from `d`: `ΔE_k = ΔG_k − dᵀâ_k − žᵀW_k d_{k−1}` with `ΔG = žᵀd + ½‖d‖²` (box
 /// family, `G = ½‖z‖²` on the box) or `Σ d log ž + ẑ log1p(d/ž)` (softmax, `G = Σ z log z`):
 /// products with `d`, never a difference of `O(1)` energies.
@@ -73,10 +91,9 @@ pub(super) fn chl_energy_difference(
     net: &Network<f64>,
     s: &[f64],
     x: &DMatrix<f64>,
-    free: &[DMatrix<f64>],
-    clamped: &[DMatrix<f64>],
-    d: &[DMatrix<f64>],
+    phases: Phases<'_>,
 ) -> f64 {
+    let Phases { free, clamped, d } = phases;
     let mut total = 0.0;
     for (k, layer) in net.layers.iter().enumerate() {
         let a_hat = pre_activation(net, x, clamped, k);
@@ -183,9 +200,14 @@ pub(super) fn chl_difference(
                 du += net.layers[k + 1].w.transpose() * &d[k + 1] * betas[k];
             }
             let new = if k == top {
-                chl_top_block(
-                    problem, batch, &u_free[k], &free[k], &du, &d[k], w, settings,
-                )?
+                let block = TopBlock {
+                    u: &u_free[k],
+                    free: &free[k],
+                    du: &du,
+                    target: batch.target,
+                    w,
+                };
+                chl_top_block(problem, &block, &d[k], settings)?
             } else {
                 increment(layer.activation, &u_free[k], &du)
             };
@@ -205,27 +227,39 @@ pub(super) fn chl_difference(
     })
 }
 
+/// The data of CHL's top block in one clamped sweep: `ǔ_L`, `ž_L`, `Δu_L`, the target and the
+/// loss weight `w = β_L` (per sample).
+#[derive(Clone, Copy)]
+pub(super) struct TopBlock<'a> {
+    pub(super) u: &'a DMatrix<f64>,
+    pub(super) free: &'a DMatrix<f64>,
+    pub(super) du: &'a DMatrix<f64>,
+    pub(super) target: &'a DMatrix<f64>,
+    pub(super) w: f64,
+}
+
 /// CHL's top block in the clamped phase, `d_L` given `Δu_L`, with the loss weight `w = β_L` (per sample):
 /// * squared loss, box family: `d_L = f(ǔ + (Δu + w(t − ǔ))/(1 + w)) − f(ǔ)`;
 /// * squared loss, softmax output: the fixed point of [`softmax_squared_top`];
 /// * cross-entropy (identity output, `ž_L = ǔ_L`): Newton on
 ///   `d − Δu + w(softmax(ž_L + d)Σt − t) = 0` per sample.
-#[allow(clippy::too_many_arguments)]
 pub(super) fn chl_top_block(
     problem: &NestedProblem<'_>,
-    batch: Batch<'_>,
-    u: &DMatrix<f64>,
-    free: &DMatrix<f64>,
-    du: &DMatrix<f64>,
+    block: &TopBlock<'_>,
     d: &DMatrix<f64>,
-    w: f64,
     settings: &NestedSettings,
 ) -> Result<DMatrix<f64>> {
     let act = problem.net.layers[problem.top()].activation;
-    let target = batch.target;
+    let TopBlock {
+        u,
+        free,
+        du,
+        target,
+        w,
+    } = *block;
     match problem.loss {
         OutputLoss::Squared if act == Activation::Softmax => {
-            Ok(softmax_squared_top(u, du, d, target, w, settings))
+            Ok(softmax_squared_top(block, d, settings))
         }
         OutputLoss::Squared => {
             let shift = (du + (target - u) * w) / (1.0 + w);
@@ -240,14 +274,8 @@ pub(super) fn chl_top_block(
             }
             let mut new = d.clone();
             for j in 0..u.ncols() {
-                let dj = cross_entropy_top(
-                    free.column(j),
-                    target.column(j),
-                    du.column(j),
-                    d.column(j).into_owned(),
-                    w,
-                    settings,
-                )?;
+                let sample = (free.column(j), target.column(j), du.column(j));
+                let dj = cross_entropy_top(sample, d.column(j).into_owned(), w, settings)?;
                 new.column_mut(j).copy_from(&dj);
             }
             Ok(new)
@@ -260,13 +288,13 @@ pub(super) fn chl_top_block(
 /// free one), `c` normalizing `Σẑ = 1`. A fixed point with contraction factor `≤ w`; every
 /// quantity is formed as a difference-free expression in `Δu`, `w` and `expm1`.
 pub(super) fn softmax_squared_top(
-    u: &DMatrix<f64>,
-    du: &DMatrix<f64>,
+    block: &TopBlock<'_>,
     d: &DMatrix<f64>,
-    target: &DMatrix<f64>,
-    w: f64,
     settings: &NestedSettings,
 ) -> DMatrix<f64> {
+    let TopBlock {
+        u, du, target, w, ..
+    } = *block;
     let p = activate_columns(Activation::Softmax, u);
     let mut dd = d.clone();
     for _ in 0..settings.fixed_point_max_steps {
@@ -284,9 +312,11 @@ pub(super) fn softmax_squared_top(
 /// One sample of the cross-entropy top block: Newton on `d − Δu + w(softmax(ž + d)Σt − t) = 0`,
 /// whose Jacobian `I + wΣt(diag p − ppᵀ)` is positive definite.
 pub(super) fn cross_entropy_top(
-    z: DVectorView<'_, f64>,
-    t: DVectorView<'_, f64>,
-    du: DVectorView<'_, f64>,
+    (z, t, du): (
+        DVectorView<'_, f64>,
+        DVectorView<'_, f64>,
+        DVectorView<'_, f64>,
+    ),
     mut dj: DVector<f64>,
     w: f64,
     settings: &NestedSettings,

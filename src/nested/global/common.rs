@@ -36,8 +36,7 @@ pub(super) fn proximal_report(
     net: &Network<f64>,
     s: &[f64],
     batch: Batch<'_>,
-    free: Vec<DMatrix<f64>>,
-    d: &[DMatrix<f64>],
+    (free, d): (Vec<DMatrix<f64>>, &[DMatrix<f64>]),
     status: NestedStatus,
 ) -> NestedReport {
     let (x, target) = (batch.x, batch.target);

@@ -183,5 +183,11 @@ pub(super) fn convex_chl(problem: &NestedProblem<'_>, batch: Batch<'_>) -> Resul
             reason,
         }),
     };
-    Ok(proximal_report(problem.net, &qp.s, batch, free, &d, status))
+    Ok(proximal_report(
+        problem.net,
+        &qp.s,
+        batch,
+        (free, &d),
+        status,
+    ))
 }

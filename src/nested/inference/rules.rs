@@ -23,8 +23,7 @@ pub(super) fn signal<T: RealField + Copy>(
     kind: EnergyKind,
     act: crate::prox::Activation,
     quotient_beta: T,
-    a: &[T],
-    lambda: &[T],
+    (a, lambda): (&[T], &[T]),
     q: &mut [T],
 ) {
     match kind {

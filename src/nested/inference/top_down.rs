@@ -12,7 +12,7 @@ use super::workspace::{copy_all, InferenceWorkspace};
 use crate::error::Result;
 use crate::linalg::{lane_sum2, vectorized, ColsMut, Gemm, LayerCols, LayersMut};
 use crate::nested::linearized::Gradients;
-use crate::nested::{add_bias, add_bias_to_columns, EnergyKind, Network, OutputLoss};
+use crate::nested::{add_bias, add_bias_to_columns, EnergyKind, Network};
 
 /// The top-down rows (module docs): sweeps on `λ` from the forward pass.
 pub(super) fn top_down<T: Gemm>(
@@ -20,7 +20,7 @@ pub(super) fn top_down<T: Gemm>(
     ws: &mut InferenceWorkspace<T>,
     grads: &mut Gradients<T>,
 ) -> Result<Tally<T>> {
-    let (net, kind, betas, loss, target) = (p.net, p.kind, p.betas, p.loss, p.target);
+    let (net, kind, loss, target) = (p.net, p.kind, p.loss, p.target);
     ws.lambda.iter_mut().for_each(|l| l.fill(T::zero()));
     first_layer(net, p.x, ws);
     forward(net, kind, ws);
@@ -44,13 +44,13 @@ pub(super) fn top_down<T: Gemm>(
             forward(net, kind, ws);
             let value = loss.value_and_gradient(&ws.z[top], target, &mut ws.next[top]);
             finite(value, "loss at the inference states (diverged inference)")?;
-            let objective = value + layer_terms(net, kind, betas, batch, ws);
+            let objective = value + layer_terms(p, ws);
             if objective < best {
                 best = objective;
                 copy_all(&mut ws.best, &ws.lambda);
             }
         }
-        backward(net, kind, betas, batch, ws);
+        backward(p, ws);
         if fp.advance(
             &mut ws.lambda,
             &ws.next,
@@ -61,14 +61,14 @@ pub(super) fn top_down<T: Gemm>(
         }
     }
     forward(net, kind, ws);
-    let mut value = surrogate_value(net, kind, loss, target, betas, batch, ws);
+    let mut value = surrogate_value(p, ws);
     let mut report = fp.tally(value, forward_loss);
     if !fp.converged && (!value.is_finite() || value > best) {
         // Unconverged and worse than an earlier iterate (or than the forward pass): that one is
         // the better upper bound of L^β and the point the gradient is taken at.
         copy_all(&mut ws.lambda, &ws.best);
         forward(net, kind, ws);
-        value = surrogate_value(net, kind, loss, target, betas, batch, ws);
+        value = surrogate_value(p, ws);
         report.value = value;
         report.best_iterate = true;
     }
@@ -76,7 +76,7 @@ pub(super) fn top_down<T: Gemm>(
         value,
         "surrogate value at the inference states (diverged inference)",
     )?;
-    envelope_gradient(net, kind, betas, batch, p.x, ws, grads);
+    envelope_gradient(p, ws, grads);
     Ok(report)
 }
 
@@ -134,13 +134,9 @@ fn forward<T: Gemm>(net: &Network<T>, kind: EnergyKind, ws: &mut InferenceWorksp
 
 /// One backward sweep at the current states into `next` (`next[L]` already holds `ℓ'(ẑ_L)`):
 /// `next_{k−1} = W_kᵀ q_k(next_k)`, the signals (and kinks) cut over the team by columns.
-fn backward<T: Gemm>(
-    net: &Network<T>,
-    kind: EnergyKind,
-    betas: &[T],
-    batch: T,
-    ws: &mut InferenceWorkspace<T>,
-) {
+fn backward<T: Gemm>(p: &Sweeps<'_, T>, ws: &mut InferenceWorkspace<T>) {
+    let (net, kind, betas) = (p.net, p.kind, p.betas);
+    let batch: T = nalgebra::convert(ws.batch() as f64);
     let cols = ws.batch();
     for k in (1..net.layers.len()).rev() {
         let act = net.layers[k].activation;
@@ -162,7 +158,7 @@ fn backward<T: Gemm>(
             let (a, lambda) = (&a[r.clone()], &lambda[r]);
             vectorized(
                 #[inline(always)]
-                || signal(kind, act, quotient_beta, a, lambda, q),
+                || signal(kind, act, quotient_beta, (a, lambda), q),
             );
             if let (Some(kinks), Some((held, nu, prev_a))) = (&kinks, held) {
                 let state = KinkState { held, nu, prev_a };
@@ -177,29 +173,19 @@ fn backward<T: Gemm>(
 /// Eq. 28 averaged over the batch at the current states: `ℓ(ẑ_L) + Σ_k Ẽ_k/σ_k` with
 /// `Ẽ_k/σ_k = (σ_k/2)‖ρ‖²` per sample for penalizer energies (`ρ = Bλ`) and, per unit,
 /// `(β/2)Q² + Q(â − f(â))` for Fenchel ones (`Q = (f(â) − ẑ)/β`, the Bregman gap of `G`).
-fn surrogate_value<T: Gemm>(
-    net: &Network<T>,
-    kind: EnergyKind,
-    loss: OutputLoss,
-    target: &DMatrix<T>,
-    betas: &[T],
-    batch: T,
-    ws: &mut InferenceWorkspace<T>,
-) -> T {
-    let top = net.layers.len() - 1;
-    let value = loss.value_and_gradient(&ws.z[top], target, &mut ws.next[top]);
-    value + layer_terms(net, kind, betas, batch, ws)
+fn surrogate_value<T: Gemm>(p: &Sweeps<'_, T>, ws: &mut InferenceWorkspace<T>) -> T {
+    let top = p.net.layers.len() - 1;
+    let value = p
+        .loss
+        .value_and_gradient(&ws.z[top], p.target, &mut ws.next[top]);
+    value + layer_terms(p, ws)
 }
 
 /// `Σ_k Ẽ_k/σ_k` of [`surrogate_value`] (uses `q` as scratch): per sample (cut over the team
 /// by samples), each layer's sum through [`Lanes`], then added up over the samples in order.
-fn layer_terms<T: Gemm>(
-    net: &Network<T>,
-    kind: EnergyKind,
-    betas: &[T],
-    batch: T,
-    ws: &mut InferenceWorkspace<T>,
-) -> T {
+fn layer_terms<T: Gemm>(p: &Sweeps<'_, T>, ws: &mut InferenceWorkspace<T>) -> T {
+    let (net, kind, betas) = (p.net, p.kind, p.betas);
+    let batch: T = nalgebra::convert(ws.batch() as f64);
     let (cols, rows) = (ws.batch(), ws.a.iter().map(DMatrix::nrows).sum());
     let terms = LayerTerms {
         net,
@@ -252,7 +238,7 @@ impl<T: RealField + Copy> LayerTerms<'_, T> {
                     let a = &self.a[k].as_slice()[r];
                     let q = &mut q.layer(k)[jj * rows..(jj + 1) * rows];
                     let act = layer.activation;
-                    signal(self.kind, act, self.betas[k] * self.batch, a, l, q);
+                    signal(self.kind, act, self.betas[k] * self.batch, (a, l), q);
                     let (lo, hi) = bounds::<T>(act);
                     lane_sum2(q, a, |q, a| half * s * q * q + q * (a - clamp(a, lo, hi)))
                 }
@@ -264,14 +250,13 @@ impl<T: RealField + Copy> LayerTerms<'_, T> {
 
 /// The envelope gradient at the states: `∂/∂W_k = q_k(λ_k) ẑ_{k−1}ᵀ`, `∂/∂b_k = q_k 1`.
 fn envelope_gradient<T: Gemm>(
-    net: &Network<T>,
-    kind: EnergyKind,
-    betas: &[T],
-    batch: T,
-    x: &DMatrix<T>,
+    p: &Sweeps<'_, T>,
     ws: &mut InferenceWorkspace<T>,
     grads: &mut Gradients<T>,
 ) {
+    let x = p.x;
+    let (net, kind, betas) = (p.net, p.kind, p.betas);
+    let batch: T = nalgebra::convert(ws.batch() as f64);
     for (k, layer) in net.layers.iter().enumerate() {
         let (a, lambda, q) = (
             ws.a[k].as_slice(),
@@ -281,7 +266,7 @@ fn envelope_gradient<T: Gemm>(
         let quotient_beta = betas[k] * batch;
         vectorized(
             #[inline(always)]
-            || signal(kind, layer.activation, quotient_beta, a, lambda, q),
+            || signal(kind, layer.activation, quotient_beta, (a, lambda), q),
         );
         if kind == EnergyKind::Penalizer && k > 0 {
             ws.kinks.substitute(k, &mut ws.q[k]);

@@ -37,7 +37,7 @@ pub(super) fn lpom(
     for _sweep in 0..settings.lpom_max_sweeps {
         change = 0.0f64;
         for k in 0..=problem.top() {
-            let (zk, steps) = lpom_block(problem, batch, &z, k, &spectral_sq, settings);
+            let (zk, steps) = lpom_block(problem, batch, (&z, k), &spectral_sq, settings);
             iterations += steps;
             change = change.max((&zk - &z[k]).amax());
             z[k] = zk;
@@ -108,8 +108,7 @@ pub(super) fn lpom_objective(
 pub(super) fn lpom_block(
     problem: &NestedProblem<'_>,
     batch: Batch<'_>,
-    z: &[DMatrix<f64>],
-    k: usize,
+    (z, k): (&[DMatrix<f64>], usize),
     spectral_sq: &[f64],
     settings: &NestedSettings,
 ) -> (DMatrix<f64>, usize) {

@@ -43,7 +43,7 @@ pub(super) fn mac(
     let (mut rate_samples, mut fallbacks) = (0usize, 0usize);
     for j in 0..b {
         if use_rates {
-            if rate_column(&mut cols, j, problem, batch, (&free, &a_star), settings) {
+            if rate_column(&mut cols, j, (problem, batch), (&free, &a_star), settings) {
                 rate_samples += 1;
                 continue;
             }
@@ -52,8 +52,7 @@ pub(super) fn mac(
         state_column(
             &mut cols,
             j,
-            problem,
-            batch,
+            (problem, batch),
             (&free, second.as_deref()),
             settings,
         )?;
@@ -131,8 +130,7 @@ impl MacColumns {
 pub(super) fn rate_column(
     cols: &mut MacColumns,
     j: usize,
-    problem: &NestedProblem<'_>,
-    batch: Batch<'_>,
+    (problem, batch): (&NestedProblem<'_>, Batch<'_>),
     (free, a_star): (&[DMatrix<f64>], &[DMatrix<f64>]),
     settings: &NestedSettings,
 ) -> bool {
@@ -143,7 +141,7 @@ pub(super) fn rate_column(
         m.iter().map(|z| z.column(j).into_owned()).collect()
     };
     let (zs, as_) = (col(free), col(a_star));
-    let Some(rs) = rate_sample(net, sigmas, (problem.loss, &t), &zs, &as_, settings) else {
+    let Some(rs) = rate_sample(net, sigmas, (problem.loss, &t), (&zs, &as_), settings) else {
         return false;
     };
     let top = net.layers.len() - 1;
@@ -167,8 +165,7 @@ pub(super) fn rate_column(
 pub(super) fn state_column(
     cols: &mut MacColumns,
     j: usize,
-    problem: &NestedProblem<'_>,
-    batch: Batch<'_>,
+    (problem, batch): (&NestedProblem<'_>, Batch<'_>),
     (free, second): (&[DMatrix<f64>], Option<&[DMatrix<f64>]>),
     settings: &NestedSettings,
 ) -> Result<()> {

@@ -37,8 +37,7 @@ pub(super) fn rate_sample(
     net: &Network<f64>,
     sigmas: &[f64],
     (loss, t): (OutputLoss, &DVector<f64>),
-    z_star: &[DVector<f64>],
-    a_star: &[DVector<f64>],
+    (z_star, a_star): (&[DVector<f64>], &[DVector<f64>]),
     settings: &NestedSettings,
 ) -> Option<RateSample> {
     let top = net.layers.len() - 1;

@@ -23,7 +23,12 @@ pub fn solve_exact(backend: &dyn QpBackend, qp: &Qp, tol: &Tolerances) -> Result
     if m == 0 {
         // Equalities only: one KKT solve is the exact answer; no backend needed.
         qp.validate()?;
-        return refine(qp, tol, &mut [], "direct KKT (no inequalities)", 0, false);
+        return refine(
+            qp,
+            tol,
+            &mut [],
+            Origin::new("direct KKT (no inequalities)"),
+        );
     }
     let backend_result = backend.solve(qp).and_then(|raw| {
         // Identification: an interior-point or ADMM point has, for each inequality, either a
@@ -32,14 +37,8 @@ pub fn solve_exact(backend: &dyn QpBackend, qp: &Qp, tol: &Tolerances) -> Result
         // exact).
         let slack0 = &qp.a * &raw.x - &qp.b;
         let mut working: Vec<bool> = (0..m).map(|i| slack0[i] < raw.lambda[i]).collect();
-        refine(
-            qp,
-            tol,
-            &mut working,
-            backend.name(),
-            raw.iterations,
-            raw.reduced_accuracy,
-        )
+        let origin = Origin::new(backend.name()).after(raw.iterations, raw.reduced_accuracy);
+        refine(qp, tol, &mut working, origin)
     });
     match backend_result {
         Ok(sol) => Ok(sol),
@@ -50,7 +49,7 @@ pub fn solve_exact(backend: &dyn QpBackend, qp: &Qp, tol: &Tolerances) -> Result
         // backend's own answer stands.
         Err(backend_error) => match dual_active_set(qp) {
             Ok(mut working) => {
-                let mut sol = refine(qp, tol, &mut working, "dual active set", 0, false)?;
+                let mut sol = refine(qp, tol, &mut working, Origin::new("dual active set"))?;
                 sol.fallback = Some(backend_error.to_string());
                 Ok(sol)
             }
@@ -126,7 +125,7 @@ pub(crate) fn dense_exact(
     let mut working: Vec<bool> = rows[..m].iter().map(|&r| sol.working[r]).collect();
     let tol_p = tol.feasibility * (1.0 + qp.b.amax().max(qp.b_eq.amax()));
     let y = DVector::from_fn(m + k, |j, _| sol.y[rows[j]]);
-    let point = WorkingPoint::from_dense(qp, &sol.x, &y, &working, sol.error, || {
+    let point = WorkingPoint::from_dense(qp, (&sol.x, &y), &working, sol.error, || {
         if condition {
             factor.condition(&sol.working)
         } else {
@@ -134,42 +133,80 @@ pub(crate) fn dense_exact(
         }
     });
     if worst_violation(qp, &working, &point, tol_p).is_some() || !point.accurate(qp, &working) {
-        return refine(qp, tol, &mut working, DENSE, sol.steps, false);
+        return refine(
+            qp,
+            tol,
+            &mut working,
+            Origin::new(DENSE).after(sol.steps, false),
+        );
     }
-    Ok(point.into_exact(qp, tol, &working, tol_p, DENSE, sol.steps, 0, false))
+    Ok(point.into_exact(
+        qp,
+        tol,
+        &working,
+        Origin::new(DENSE).after(sol.steps, false),
+    ))
+}
+
+/// How a working set came about, for the [`ExactQp`]'s diagnostics: the backend that found it,
+/// its iterations, whether it reported reduced accuracy, and the active-set repairs since.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    /// The backend's name.
+    pub backend: &'static str,
+    /// The backend's iterations.
+    pub iterations: usize,
+    /// The backend reported reduced accuracy.
+    pub reduced_accuracy: bool,
+    /// Working-set changes of the refinement.
+    pub repairs: usize,
+}
+
+impl Origin {
+    /// A working set from `backend`, with no iterations or repairs counted yet.
+    pub fn new(backend: &'static str) -> Self {
+        Self {
+            backend,
+            iterations: 0,
+            reduced_accuracy: false,
+            repairs: 0,
+        }
+    }
+
+    /// After the backend's `iterations`, with its accuracy verdict.
+    pub fn after(self, iterations: usize, reduced_accuracy: bool) -> Self {
+        Self {
+            iterations,
+            reduced_accuracy,
+            ..self
+        }
+    }
+
+    fn repaired(self, repairs: usize) -> Self {
+        Self { repairs, ..self }
+    }
+}
+
+/// `tol.feasibility` relative to the right-hand sides: `tol.feasibility · (1 + max |b|)`.
+fn feasibility_tol(qp: &Qp, tol: &Tolerances) -> f64 {
+    tol.feasibility * (1.0 + qp.b.amax().max(qp.b_eq.amax()))
 }
 
 /// The exact part of [`solve_exact`], starting from a given working set (also used by the
 /// brute-force references in tests).
-pub fn refine(
-    qp: &Qp,
-    tol: &Tolerances,
-    working: &mut [bool],
-    backend: &'static str,
-    backend_iterations: usize,
-    reduced_accuracy: bool,
-) -> Result<ExactQp> {
+pub fn refine(qp: &Qp, tol: &Tolerances, working: &mut [bool], origin: Origin) -> Result<ExactQp> {
     let m = qp.b.len();
-    let tol_p = tol.feasibility * (1.0 + qp.b.amax().max(qp.b_eq.amax()));
+    let tol_p = feasibility_tol(qp, tol);
     let max_repairs = 2 * m + 10;
     let mut repairs = 0;
     loop {
         let point = WorkingPoint::solve(qp, working)?;
         let Some(i) = worst_violation(qp, working, &point, tol_p) else {
-            return Ok(point.into_exact(
-                qp,
-                tol,
-                working,
-                tol_p,
-                backend,
-                backend_iterations + repairs,
-                repairs,
-                reduced_accuracy,
-            ));
+            return Ok(point.into_exact(qp, tol, working, origin.repaired(repairs)));
         };
         if repairs >= max_repairs {
             return Err(Error::NotConverged {
-                solver: format!("{backend} + active-set refinement"),
+                solver: format!("{} + active-set refinement", origin.backend),
                 iterations: repairs,
                 residual: (-point.slack.min()).max(-point.lambda.min()).max(0.0),
             });
@@ -194,8 +231,7 @@ impl WorkingPoint {
     /// struct's conventions.
     fn from_dense(
         qp: &Qp,
-        x: &DVector<f64>,
-        y: &DVector<f64>,
+        (x, y): (&DVector<f64>, &DVector<f64>),
         working: &[bool],
         error: (f64, f64),
         condition: impl FnOnce() -> f64,
@@ -275,18 +311,8 @@ impl WorkingPoint {
     }
 
     /// The result once no repair is needed: classification, dependent rows, KKT residual.
-    #[allow(clippy::too_many_arguments)]
-    fn into_exact(
-        self,
-        qp: &Qp,
-        tol: &Tolerances,
-        working: &[bool],
-        tol_p: f64,
-        backend: &'static str,
-        iterations: usize,
-        repairs: usize,
-        reduced_accuracy: bool,
-    ) -> ExactQp {
+    fn into_exact(self, qp: &Qp, tol: &Tolerances, working: &[bool], origin: Origin) -> ExactQp {
+        let tol_p = feasibility_tol(qp, tol);
         let (x, lambda, slack) = (self.kkt.x, self.lambda, self.slack);
         let tol_d = tol.multiplier * (1.0 + qp.q.amax() + qp.p.amax() * x.amax());
         let activity = classify(working, &lambda, &slack, tol_p, tol_d);
@@ -311,10 +337,10 @@ impl WorkingPoint {
             working: working.to_vec(),
             condition: self.kkt.condition,
             residual,
-            backend,
-            iterations,
-            repairs,
-            reduced_accuracy,
+            backend: origin.backend,
+            iterations: origin.iterations + origin.repairs,
+            repairs: origin.repairs,
+            reduced_accuracy: origin.reduced_accuracy,
             fallback: None,
             dependent,
         }
