@@ -15,8 +15,8 @@
 
 use std::hint::black_box;
 
+use bilevel::app::verify::instances::{constructed_qp, matrix, rng, spd, vector};
 use bilevel::prelude::*;
-use bilevel::verify::instances::{constructed_qp, matrix, rng, spd, vector};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use nalgebra::DVector;
 

@@ -6,10 +6,10 @@
 
 use std::hint::black_box;
 
+use bilevel::app::verify::instances::{matrix, network, rng};
 use bilevel::nested::method::Method;
 use bilevel::nested::{Batch, NestedSettings, OutputLoss};
 use bilevel::prelude::Activation;
-use bilevel::verify::instances::{matrix, network, rng};
 use criterion::{criterion_group, criterion_main, Criterion};
 
 fn methods(c: &mut Criterion) {

@@ -16,8 +16,8 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use bilevel::app::verify::instances::{constructed_qp, matrix, rng, spd, vector};
 use bilevel::prelude::*;
-use bilevel::verify::instances::{constructed_qp, matrix, rng, spd, vector};
 use nalgebra::{DMatrix, DVector};
 
 fn main() {

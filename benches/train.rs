@@ -4,8 +4,8 @@
 //!
 //! Run: `cargo bench --bench train`.
 
-use bilevel::nn::bench::synthetic;
-use bilevel::nn::{Rule, TrainConfig, Trainer};
+use bilevel::app::nn::bench::synthetic;
+use bilevel::app::nn::{Rule, TrainConfig, Trainer};
 use criterion::{criterion_group, criterion_main, Criterion};
 
 fn steps(c: &mut Criterion) {

@@ -8,11 +8,11 @@
 
 use std::path::PathBuf;
 
-use bilevel::data::{resolve_dir, Mnist};
+use bilevel::app::data::{resolve_dir, Mnist};
+use bilevel::app::nn::{count_correct, mlp, Adam, AdamSettings, Init};
 use bilevel::nested::linearized::{gradient, Gradients, Workspace};
 use bilevel::nested::method::Method;
 use bilevel::nested::{Batch, OutputLoss};
-use bilevel::nn::{count_correct, mlp, Adam, AdamSettings, Init};
 use nalgebra::DMatrix;
 use rand::SeedableRng;
 

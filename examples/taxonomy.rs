@@ -5,10 +5,10 @@
 //!
 //! Run: `cargo run --release --example taxonomy`
 
+use bilevel::app::verify::instances::{matrix, network, rng};
 use bilevel::nested::method::Method;
 use bilevel::nested::{Batch, NestedReport, NestedSettings, OutputLoss};
 use bilevel::prelude::*;
-use bilevel::verify::instances::{matrix, network, rng};
 
 /// Errors are printed as sentences (`error: …`), not as Rust debug output.
 fn main() -> std::process::ExitCode {

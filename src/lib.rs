@@ -10,8 +10,8 @@
 //! * deeply nested programs (Sections 3-4, [`nested`]): every method of the paper's Table 1 —
 //!   CHL, convex CHL, LPOM, MAC, predictive coding, back-propagation, Fenchel back-propagation —
 //!   from one set of layer energies,
-//! * an MNIST training client reproducing the paper's Fig. 1 ([`nn`], [`data`], [`plot`]), and
-//! * numerical checks of the paper's claims ([`verify`]).
+//! * an MNIST training client reproducing the paper's Fig. 1 ([`app::nn`], [`app::data`], [`app::plot`]), and
+//! * numerical checks of the paper's claims ([`app::verify`]).
 //!
 //! ```
 //! use bilevel::nalgebra::{self, dvector};
@@ -44,17 +44,7 @@ pub mod surrogate;
 // The application (feature `app`, on by default): the MNIST client, the JSON contract of
 // `bilevel derive`, and the verify report.
 #[cfg(feature = "app")]
-pub mod data;
-#[cfg(feature = "app")]
-pub mod derive;
-#[cfg(feature = "fetch")]
-pub mod fetch;
-#[cfg(feature = "app")]
-pub mod nn;
-#[cfg(feature = "app")]
-pub mod plot;
-#[cfg(feature = "app")]
-pub mod verify;
+pub mod app;
 
 // The Python extension module (feature `python`): bindings only, nothing public in Rust.
 #[cfg(feature = "python")]

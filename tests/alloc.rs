@@ -5,9 +5,9 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use bilevel::app::nn::bench::synthetic;
+use bilevel::app::nn::{Rule, TrainConfig, Trainer};
 use bilevel::nested::method::Method;
-use bilevel::nn::bench::synthetic;
-use bilevel::nn::{Rule, TrainConfig, Trainer};
 
 struct Counting;
 

@@ -6,6 +6,8 @@
 //!   are followed to the defining file; a `pub use` itself, a module's face, is no edge); unit
 //!   tests (`#[cfg(test)] mod … { … }`) are left out, as `tests/` is.
 //!
+//! * **the core below the application**: no file of the mathematical core (everything but
+//!   `src/app/`, `src/python/`, `src/cli/` and `src/main.rs`) uses an item of those.
 //! * **`unsafe` in one room**: only `src/linalg/threads/` (the team and the safe splitting of
 //!   buffers among its pieces) and `src/linalg/simd.rs` (the vector-instruction dispatch) say
 //!   `unsafe`; the numerics above them are safe Rust.
@@ -537,6 +539,27 @@ fn no_file_imports_one_that_imports_it_back() {
             .collect::<Vec<_>>()
             .join("\n\n")
     );
+}
+
+#[test]
+fn the_core_never_imports_the_application() {
+    let krate = this_crate();
+    let app = |name: &str| {
+        ["src/app/", "src/python/", "src/cli/"]
+            .iter()
+            .any(|p| name.starts_with(p))
+    };
+    let mut up = Vec::new();
+    for (a, targets) in krate.edges() {
+        let from = &krate.files[a].name;
+        for b in targets {
+            let to = &krate.files[b].name;
+            if !app(from) && from != "src/lib.rs" && app(to) {
+                up.push(format!("{from} -> {to}"));
+            }
+        }
+    }
+    assert!(up.is_empty(), "the core imports the application: {up:#?}");
 }
 
 #[test]

@@ -8,8 +8,8 @@ use std::process::{Command, Stdio};
 mod scratch;
 use scratch::Scratch;
 
+use bilevel::app::verify::instances::{constructed_qp, rng, vector};
 use bilevel::prelude::*;
-use bilevel::verify::instances::{constructed_qp, rng, vector};
 use nalgebra::DVector;
 use serde_json::{json, Value};
 

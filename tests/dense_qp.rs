@@ -3,10 +3,10 @@
 //! solutions with weakly active rows; infeasibility certificates, dependent rows, and one
 //! factorization reused across right-hand sides and row subsets.
 
+use bilevel::app::verify::instances::{constructed_qp, matrix, rng, spd, vector};
 use bilevel::prelude::*;
 use bilevel::solve::qp::{solve_by_enumeration, solve_exact, solve_exact_dense, Qp, DENSE};
 use bilevel::solve::qp::{DenseFactor, Row};
-use bilevel::verify::instances::{constructed_qp, matrix, rng, spd, vector};
 use nalgebra::{dmatrix, dvector, DMatrix, DVector};
 
 fn all_rows(qp: &Qp) -> Vec<usize> {

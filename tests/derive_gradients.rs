@@ -2,7 +2,7 @@
 //! data) and the loss given by its gradient only (`{"kind": "gradient"}`), checked against the
 //! library and against the equivalent explicit losses.
 
-use bilevel::derive::{derive, GRADIENT_LOSS_NOTE};
+use bilevel::app::derive::{derive, GRADIENT_LOSS_NOTE};
 use serde_json::Value;
 
 /// A layer with a weakly active row at θ = 0 (ReLU-like: z* = max(θx, 0) at a tie) and one
@@ -112,7 +112,7 @@ fn a_loss_given_by_its_gradient_is_every_loss_with_that_gradient() {
 
 #[test]
 fn a_batch_of_thetas_is_answered_item_by_item() {
-    use bilevel::derive::derive_json;
+    use bilevel::app::derive::derive_json;
     let layer = LAYER.replace(r#""theta": [0, 0],"#, "");
     let thetas = ["[0, 0]", "[1, -0.5]", "[-2, 3]", "[0.25, 0.25]"];
     let batch = derive_json(&format!(

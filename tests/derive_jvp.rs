@@ -2,9 +2,9 @@
 //! finite differences of `z*` itself, at weakly active constraints where the JVP is not linear
 //! in `v`.
 
-use bilevel::derive::derive;
+use bilevel::app::derive::derive;
+use bilevel::app::verify::instances::{constructed_qp, rng, vector};
 use bilevel::prelude::Activity;
-use bilevel::verify::instances::{constructed_qp, rng, vector};
 use nalgebra::{DMatrix, DVector};
 use serde_json::{json, Value};
 
@@ -20,7 +20,7 @@ fn vec(v: &DVector<f64>) -> Value {
 
 /// The problem of a constructed instance at `theta` with the given `direction`.
 fn problem(
-    inst: &bilevel::verify::instances::ConstructedQp,
+    inst: &bilevel::app::verify::instances::ConstructedQp,
     theta: &DVector<f64>,
     v: &DVector<f64>,
 ) -> String {

@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 
-use bilevel::fetch::{fetch, FetchSettings, EXPECTED};
+use bilevel::app::fetch::{fetch, FetchSettings, EXPECTED};
 use bilevel::Error;
 
 /// The directory of the shared copy; `None` (after a visible "skipped" line) when unset outside
@@ -148,7 +148,7 @@ fn fetch_tries_the_mirrors_in_order_and_keeps_only_verified_files() {
     }
     assert!(leftovers(&dir).is_empty());
     // The downloaded directory is readable by the trainer.
-    bilevel::data::Mnist::load(&dir).unwrap();
+    bilevel::app::data::Mnist::load(&dir).unwrap();
     // A second run needs no network: everything is present and verified.
     let reports = fetch(&dir, &settings(&[closed_port()]), &mut |_, _, _| {}).unwrap();
     assert!(reports

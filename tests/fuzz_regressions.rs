@@ -40,7 +40,7 @@ fn idx_regressions_are_read_or_refused_cleanly() {
     for path in files("idx") {
         let bytes = std::fs::read(&path).unwrap();
         for dims in [1u8, 3] {
-            match bilevel::data::read_idx_from(bytes.as_slice(), &path, dims) {
+            match bilevel::app::data::read_idx_from(bytes.as_slice(), &path, dims) {
                 Ok(idx) => assert_eq!(idx.data.len(), idx.dims.iter().product::<usize>()),
                 Err(bilevel::Error::BadData { .. }) => {}
                 Err(e) => panic!("{}: {e}", path.display()),
@@ -51,16 +51,16 @@ fn idx_regressions_are_read_or_refused_cleanly() {
 
 #[test]
 fn checkpoint_regressions_are_loaded_or_refused_cleanly() {
-    let config = bilevel::nn::TrainConfig {
+    let config = bilevel::app::nn::TrainConfig {
         widths: vec![16, 8, 10],
         train_size: 60,
         batch: 20,
         epochs: 2,
-        ..bilevel::nn::TrainConfig::default()
+        ..bilevel::app::nn::TrainConfig::default()
     };
     for path in files("checkpoint") {
         let bytes = std::fs::read(&path).unwrap();
-        if let Ok(t) = bilevel::nn::checkpoint::decode(&bytes, &path, config.clone()) {
+        if let Ok(t) = bilevel::app::nn::checkpoint::decode(&bytes, &path, config.clone()) {
             assert_eq!(t.epoch(), t.history.len());
         }
     }

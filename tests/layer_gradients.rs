@@ -4,10 +4,10 @@
 //! the data), against the one-sided difference quotient in `β` of Def. 1's envelope gradient,
 //! formed from two independent solves (`z*` and the loss-augmented `ẑ_β` with its multipliers).
 
+use bilevel::app::verify::instances::{constructed_qp, matrix, rng, vector, ConstructedQp};
 use bilevel::prelude::*;
 use bilevel::problem::LayerGradients;
 use bilevel::prox::Branch;
-use bilevel::verify::instances::{constructed_qp, matrix, rng, vector, ConstructedQp};
 use nalgebra::{DMatrix, DVector};
 
 use Activity::{Inactive, Strong, Weak};

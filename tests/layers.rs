@@ -3,10 +3,10 @@
 //! and against the generic Prop. 2 QP path.
 
 use approx::assert_relative_eq;
+use bilevel::app::verify::instances::{rng, vector};
+use bilevel::app::verify::reference::relu_quotient;
 use bilevel::prelude::*;
 use bilevel::surrogate::prop2_direction;
-use bilevel::verify::instances::{rng, vector};
-use bilevel::verify::reference::relu_quotient;
 use nalgebra::{dvector, DMatrix, DVector};
 
 #[test]

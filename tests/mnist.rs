@@ -7,11 +7,11 @@
 use std::path::{Path, PathBuf};
 
 use approx::assert_relative_eq;
-use bilevel::data::{read_idx, write_idx, Mnist, Split, FILES};
+use bilevel::app::data::{read_idx, write_idx, Mnist, Split, FILES};
+use bilevel::app::nn::{self, log, Adam, AdamSettings, Init, Outputs, Rule, TrainConfig, Trainer};
 use bilevel::nested::linearized::{gradient, Gradients, Workspace};
 use bilevel::nested::method::Method;
 use bilevel::nested::{Batch, Layer, Network, OutputLoss};
-use bilevel::nn::{self, log, Adam, AdamSettings, Init, Outputs, Rule, TrainConfig, Trainer};
 use bilevel::prox::Activation;
 use bilevel::Error;
 use nalgebra::{dmatrix, dvector, DMatrix};
@@ -312,7 +312,7 @@ fn fenbp_gradient_on_mnist_follows_the_julia_rule_in_f32() {
                 .collect(),
         };
         let x64: DMatrix<f64> = x.clone().cast();
-        let julia = bilevel::verify::reference::appendix_c_gradient(
+        let julia = bilevel::app::verify::reference::appendix_c_gradient(
             &net64,
             &x64,
             (&a, &z),
@@ -675,18 +675,18 @@ fn plots_render_to_svg_and_png_without_system_fonts() {
     let run = log::read(&csv).unwrap();
     assert_eq!(run.label, "FenBP β=1000 (negative init)");
     assert_eq!(run.points[1], (2, 5.0, 6.0));
-    let panel = bilevel::plot::Panel {
+    let panel = bilevel::app::plot::Panel {
         title: "test".into(),
         runs: vec![run.series()],
     };
     for name in ["f.svg", "f.png"] {
         let p = dir.join(name);
-        bilevel::plot::draw(&p, std::slice::from_ref(&panel)).unwrap();
+        bilevel::app::plot::draw(&p, std::slice::from_ref(&panel)).unwrap();
         assert!(std::fs::metadata(&p).unwrap().len() > 1000);
     }
     let svg = std::fs::read_to_string(dir.join("f.svg")).unwrap();
     assert!(svg.contains("FenBP β=1000 (negative init)"));
-    assert!(bilevel::plot::draw(&dir.join("f.pdf"), &[panel]).is_err());
+    assert!(bilevel::app::plot::draw(&dir.join("f.pdf"), &[panel]).is_err());
     assert!(matches!(
         log::read(&dir.join("missing.csv")),
         Err(Error::BadData { .. })
@@ -929,7 +929,7 @@ fn a_gzip_bomb_is_refused_after_the_promised_size() {
 
 #[test]
 fn table1_trains_every_method_over_seeds_and_resumes() {
-    use bilevel::nn::table1::{self, Table1Settings};
+    use bilevel::app::nn::table1::{self, Table1Settings};
     let Some(data) = mnist("table1_trains_every_method_over_seeds_and_resumes") else {
         return;
     };

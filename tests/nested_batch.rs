@@ -4,10 +4,10 @@
 
 mod common;
 
+use bilevel::app::verify::instances::{matrix, network, rng};
 use bilevel::nested::method::Method;
 use bilevel::nested::OutputLoss;
 use bilevel::prelude::Activation;
-use bilevel::verify::instances::{matrix, network, rng};
 use nalgebra::DMatrix;
 
 #[test]

@@ -4,10 +4,10 @@
 
 mod common;
 
+use bilevel::app::verify::instances::{network, rng, vector};
 use bilevel::nested::compose::{bottom_up, top_down};
 use bilevel::nested::{EnergyKind, NestedProblem, Network, OutputLoss};
 use bilevel::prelude::Activation;
-use bilevel::verify::instances::{network, rng, vector};
 use nalgebra::{DMatrix, DVector};
 
 fn net(seed: u64, widths: &[usize], relu: usize, bias: f64) -> Network<f64> {

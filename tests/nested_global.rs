@@ -5,9 +5,9 @@
 
 mod common;
 
+use bilevel::app::verify::instances::{matrix, network, rng};
 use bilevel::nested::{Batch, EnergyKind, NestedProblem, NestedSettings, Network, OutputLoss};
 use bilevel::prelude::Activation;
-use bilevel::verify::instances::{matrix, network, rng};
 use common::{bp, fd_weights, flat, rel};
 use nalgebra::DMatrix;
 

@@ -5,6 +5,7 @@
 
 mod common;
 
+use bilevel::app::verify::instances::{matrix, network, rng};
 use bilevel::nested::inference::{self, InferenceWorkspace};
 use bilevel::nested::linearized::Gradients;
 use bilevel::nested::method::{Method, Unravel};
@@ -12,7 +13,6 @@ use bilevel::nested::{
     Batch, BatchReport, NestedProblem, NestedSettings, Network, Outcome, OutputLoss,
 };
 use bilevel::prelude::Activation;
-use bilevel::verify::instances::{matrix, network, rng};
 use common::{flat, rel};
 use nalgebra::DMatrix;
 

@@ -3,15 +3,15 @@
 //! the paper's Appendix C rule at every β, and batching equals averaging per-sample gradients.
 
 use approx::assert_relative_eq;
+use bilevel::app::verify::instances::{matrix, rng};
 use bilevel::nested::linearized::{gradient, Gradients, Workspace};
 use bilevel::nested::method::Method;
 use bilevel::nested::{Batch, EnergyKind, Layer, NestedProblem, Network, Outcome, OutputLoss};
 use bilevel::prelude::Activation;
-use bilevel::verify::instances::{matrix, rng};
 use nalgebra::DMatrix;
 
 fn net(seed: u64, widths: &[usize], hidden: Activation) -> Network<f64> {
-    bilevel::verify::instances::network(&mut rng(seed), widths, hidden)
+    bilevel::app::verify::instances::network(&mut rng(seed), widths, hidden)
 }
 
 fn one_hot(labels: &[usize], classes: usize) -> DMatrix<f64> {
@@ -48,7 +48,7 @@ fn fd_gradient(
         let mut g = z.clone();
         loss.value_and_gradient(&z, t, &mut g)
     };
-    bilevel::verify::reference::central_network(n, 1e-6, |n| Ok(value(n))).unwrap()
+    bilevel::app::verify::reference::central_network(n, 1e-6, |n| Ok(value(n))).unwrap()
 }
 
 fn max_rel(a: &Gradients<f64>, b: &Gradients<f64>) -> f64 {
@@ -160,7 +160,7 @@ fn fenchel_bp_equals_the_appendix_c_rule_at_every_beta() {
             g // identity top layer: pre-activation gradient = dy
         };
         let julia =
-            bilevel::verify::reference::appendix_c_gradient(&n, &x, (&ws.a, &ws.z), dy, beta);
+            bilevel::app::verify::reference::appendix_c_gradient(&n, &x, (&ws.a, &ws.z), dy, beta);
         for k in 0..3 {
             // Both compute the same quotient; the library skips it where it is exactly dy or 0.
             assert_relative_eq!(g.w[k], julia.w[k], epsilon = 1e-12, max_relative = 1e-9);

@@ -5,14 +5,14 @@
 
 mod common;
 
+use bilevel::app::verify::instances::{matrix, rng};
 use bilevel::nested::{EnergyKind, Network, OutputLoss};
 use bilevel::prelude::Activation;
-use bilevel::verify::instances::{matrix, rng};
 use common::{bp, fd_weights, flat, rel};
 use nalgebra::DMatrix;
 
 fn net(seed: u64, widths: &[usize]) -> Network<f64> {
-    bilevel::verify::instances::network(&mut rng(seed), widths, Activation::Relu)
+    bilevel::app::verify::instances::network(&mut rng(seed), widths, Activation::Relu)
 }
 
 fn setup() -> (Network<f64>, DMatrix<f64>, DMatrix<f64>) {
@@ -125,7 +125,7 @@ fn mac_at_kinks_matches_its_own_finite_differences() {
     // The instance of `bilevel verify` (seed 0), where the smooth solver alone stalls on kinks
     // for β ≥ 1e-2.
     let mut r = rng(500);
-    let n = bilevel::verify::instances::network(&mut r, &[5, 4, 3, 2], Activation::Relu);
+    let n = bilevel::app::verify::instances::network(&mut r, &[5, 4, 3, 2], Activation::Relu);
     let x = matrix(&mut r, 5, 8);
     let t = DMatrix::from_fn(2, 8, |i, j| ((i + j) % 2) as f64);
     for loss in [OutputLoss::SoftmaxCrossEntropy, OutputLoss::Squared] {
@@ -227,7 +227,7 @@ fn mac_keeps_the_lower_of_two_local_minima() {
 fn predictive_coding_and_mac_keep_their_gradient_down_to_beta_1e_6() {
     use bilevel::nested::method::Method;
     let mut r = rng(7);
-    let n = bilevel::verify::instances::network(&mut r, &[5, 4, 3, 2], Activation::Relu);
+    let n = bilevel::app::verify::instances::network(&mut r, &[5, 4, 3, 2], Activation::Relu);
     let x = matrix(&mut r, 5, 8);
     let t_sq = matrix(&mut r, 2, 8);
     let t_ce = DMatrix::from_fn(2, 8, |i, j| ((i + j) % 2) as f64);

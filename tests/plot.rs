@@ -1,7 +1,7 @@
 //! Plots of short runs show something: markers (a one-epoch run is not an empty axis), unique
 //! integer epoch ticks, and the legend outside the data area. Checked on the SVG output.
 
-use bilevel::plot::{draw, Panel, Series};
+use bilevel::app::plot::{draw, Panel, Series};
 
 fn run(label: &str, epochs: usize, offset: f64) -> Series {
     Series {

@@ -6,10 +6,10 @@
 use std::sync::Arc;
 
 use approx::assert_relative_eq;
+use bilevel::app::verify::instances::{constructed_qp, rng, vector, ConstructedQp};
 use bilevel::linalg::{select_rows, vstack};
 use bilevel::prelude::*;
 use bilevel::solve::qp::{solve_by_enumeration, solve_exact, Qp};
-use bilevel::verify::instances::{constructed_qp, rng, vector, ConstructedQp};
 use nalgebra::{dmatrix, dvector, DMatrix, DVector};
 
 fn backends() -> Vec<Arc<dyn QpBackend>> {
@@ -71,9 +71,9 @@ fn exact_refinement_agrees_with_enumeration_on_random_forward_qps() {
             let mut r = rng(100 + seed);
             let n = 6;
             let qp = Qp {
-                p: bilevel::verify::instances::spd(&mut r, n, 0.2),
+                p: bilevel::app::verify::instances::spd(&mut r, n, 0.2),
                 q: vector(&mut r, n) * 3.0,
-                a: bilevel::verify::instances::matrix(&mut r, 8, n),
+                a: bilevel::app::verify::instances::matrix(&mut r, 8, n),
                 b: vector(&mut r, 8) * 0.5 - DVector::from_element(8, 0.5),
                 a_eq: DMatrix::zeros(0, n),
                 b_eq: DVector::zeros(0),
@@ -201,8 +201,8 @@ fn cor1_gradient_matches_central_differences_at_nondegenerate_points() {
 fn unconstrained_quadratic_matches_closed_form() {
     // Prop. 1 with E = ½zᵀQz − zᵀ(Bθ + c): ż = −Q⁻¹ℓ'(z*).
     let mut r = rng(7);
-    let q = bilevel::verify::instances::spd(&mut r, 5, 0.2);
-    let b = bilevel::verify::instances::matrix(&mut r, 5, 2);
+    let q = bilevel::app::verify::instances::spd(&mut r, 5, 0.2);
+    let b = bilevel::app::verify::instances::matrix(&mut r, 5, 2);
     let c = vector(&mut r, 5);
     let theta = vector(&mut r, 2);
     let target = vector(&mut r, 5);
@@ -400,11 +400,11 @@ fn the_dual_active_set_method_agrees_with_enumeration_and_proves_infeasibility()
         let n = 5;
         let k = (seed % 3) as usize;
         let qp = Qp {
-            p: bilevel::verify::instances::spd(&mut r, n, 0.2),
+            p: bilevel::app::verify::instances::spd(&mut r, n, 0.2),
             q: vector(&mut r, n) * 3.0,
-            a: bilevel::verify::instances::matrix(&mut r, 7, n),
+            a: bilevel::app::verify::instances::matrix(&mut r, 7, n),
             b: vector(&mut r, 7) * 0.5 - DVector::from_element(7, 0.5),
-            a_eq: bilevel::verify::instances::matrix(&mut r, k, n),
+            a_eq: bilevel::app::verify::instances::matrix(&mut r, k, n),
             b_eq: vector(&mut r, k),
         };
         let tol = Tolerances::default();

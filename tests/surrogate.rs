@@ -3,8 +3,8 @@
 //! finite-β and centered gradients, and Prop. 3's band as a property over random problems.
 
 use approx::assert_relative_eq;
+use bilevel::app::verify::instances::{constructed_qp, matrix, rng, spd, vector};
 use bilevel::prelude::*;
-use bilevel::verify::instances::{constructed_qp, matrix, rng, spd, vector};
 use nalgebra::{DMatrix, DVector};
 use proptest::prelude::*;
 
@@ -17,7 +17,7 @@ fn logcosh(seed: u64, n: usize, p: usize) -> (LogCoshProblem, DVector<f64>) {
 }
 
 fn central<F: Fn(&DVector<f64>) -> f64>(f: F, theta: &DVector<f64>, h: f64) -> DVector<f64> {
-    bilevel::verify::reference::central(|t| Ok(f(t)), theta, h).unwrap()
+    bilevel::app::verify::reference::central(|t| Ok(f(t)), theta, h).unwrap()
 }
 
 #[test]
@@ -113,7 +113,7 @@ fn prop1_and_cor1_on_a_smooth_non_quadratic_energy() {
     assert_relative_eq!(limit.grad_theta, fd, epsilon = 1e-8, max_relative = 1e-7);
 }
 
-use bilevel::verify::fitted_slope as slope;
+use bilevel::app::verify::fitted_slope as slope;
 
 #[test]
 fn finite_beta_gradients_converge_at_rate_one_and_centered_at_rate_two() {

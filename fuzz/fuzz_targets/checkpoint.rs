@@ -5,7 +5,7 @@
 
 use std::sync::OnceLock;
 
-use bilevel::nn::{checkpoint, TrainConfig, Trainer};
+use bilevel::app::nn::{checkpoint, TrainConfig, Trainer};
 use libfuzzer_sys::fuzz_target;
 
 fn config() -> TrainConfig {

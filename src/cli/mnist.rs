@@ -8,8 +8,8 @@ use super::output::Progress;
 
 /// `bilevel data fetch`.
 pub(crate) fn data_fetch(dir: Option<PathBuf>, mirrors: Vec<String>) -> bilevel::Result<()> {
-    use bilevel::fetch::{fetch, FetchSettings};
-    let dir = bilevel::data::resolve_dir(dir.as_deref());
+    use bilevel::app::fetch::{fetch, FetchSettings};
+    let dir = bilevel::app::data::resolve_dir(dir.as_deref());
     let mut settings = FetchSettings::default();
     if !mirrors.is_empty() {
         settings.mirrors = mirrors
@@ -50,14 +50,14 @@ pub(crate) fn data_fetch(dir: Option<PathBuf>, mirrors: Vec<String>) -> bilevel:
     Ok(())
 }
 
-fn load_mnist(data: Option<PathBuf>) -> bilevel::Result<bilevel::data::Mnist> {
-    let dir = bilevel::data::resolve_dir(data.as_deref());
-    bilevel::data::Mnist::load(&dir)
+fn load_mnist(data: Option<PathBuf>) -> bilevel::Result<bilevel::app::data::Mnist> {
+    let dir = bilevel::app::data::resolve_dir(data.as_deref());
+    bilevel::app::data::Mnist::load(&dir)
 }
 
 /// `bilevel train`.
 pub(crate) fn train(a: TrainArgs) -> bilevel::Result<()> {
-    use bilevel::nn::{AdamSettings, Init, Outputs, Rule, TrainConfig};
+    use bilevel::app::nn::{AdamSettings, Init, Outputs, Rule, TrainConfig};
     if a.resume && a.checkpoint.is_none() {
         return Err(bilevel::Error::input(
             "--resume",
@@ -92,7 +92,7 @@ pub(crate) fn train(a: TrainArgs) -> bilevel::Result<()> {
     outputs.validate()?;
     let data = load_mnist(a.data)?;
     let mut progress = Progress::new();
-    bilevel::nn::run(config, &data, &outputs, &mut progress)?;
+    bilevel::app::nn::run(config, &data, &outputs, &mut progress)?;
     progress.bar.finish_and_clear();
     Ok(())
 }
@@ -105,9 +105,9 @@ pub(crate) fn plot(
 ) -> bilevel::Result<()> {
     let runs = runs
         .iter()
-        .map(|p| bilevel::nn::log::read(p).map(|r| r.series()))
+        .map(|p| bilevel::app::nn::log::read(p).map(|r| r.series()))
         .collect::<bilevel::Result<Vec<_>>>()?;
-    bilevel::plot::draw(output, &[bilevel::plot::Panel { title, runs }])?;
+    bilevel::app::plot::draw(output, &[bilevel::app::plot::Panel { title, runs }])?;
     out!("wrote {}", output.display());
     Ok(())
 }
@@ -123,9 +123,9 @@ pub(crate) fn reproduce_fig1(a: Fig1Args) -> bilevel::Result<()> {
     }
     let data = load_mnist(data)?;
     let mut progress = Progress::new();
-    let results = bilevel::nn::reproduce::fig1(&data, out, epochs, threads, &mut progress)?;
+    let results = bilevel::app::nn::reproduce::fig1(&data, out, epochs, threads, &mut progress)?;
     progress.bar.finish_and_clear();
-    out_raw!("{}", bilevel::nn::reproduce::table(&results, epochs));
+    out_raw!("{}", bilevel::app::nn::reproduce::table(&results, epochs));
     out!(
         "wrote {}/fig1.svg, fig1.png, fig1.md and one CSV per configuration",
         out.display()
@@ -135,7 +135,7 @@ pub(crate) fn reproduce_fig1(a: Fig1Args) -> bilevel::Result<()> {
 
 /// `bilevel reproduce table1`.
 pub(crate) fn reproduce_table1(a: Table1Args) -> bilevel::Result<()> {
-    let settings = &bilevel::nn::table1::Table1Settings {
+    let settings = &bilevel::app::nn::table1::Table1Settings {
         epochs: a.epochs,
         seeds: a.seeds,
         beta: a.beta,
@@ -148,8 +148,8 @@ pub(crate) fn reproduce_table1(a: Table1Args) -> bilevel::Result<()> {
     let data = load_mnist(data)?;
     let start = std::time::Instant::now();
     let lines = |line: &str| out!("{line}");
-    let methods = bilevel::nn::table1::reproduce(&data, out, settings, &lines)?;
-    out_raw!("{}", bilevel::nn::table1::table(settings, &methods));
+    let methods = bilevel::app::nn::table1::reproduce(&data, out, settings, &lines)?;
+    out_raw!("{}", bilevel::app::nn::table1::table(settings, &methods));
     out!(
         "wrote {}/table1.md, table1.svg, table1.png and one CSV per run ({:.0} s)",
         out.display(),
@@ -173,17 +173,17 @@ pub(crate) fn bench_train(a: BenchTrainArgs) -> bilevel::Result<()> {
     let rules = a
         .methods
         .iter()
-        .map(|m| bilevel::nn::Rule::with_defaults(m, a.beta, a.sweeps))
+        .map(|m| bilevel::app::nn::Rule::with_defaults(m, a.beta, a.sweeps))
         .collect::<bilevel::Result<Vec<_>>>()?;
-    let dir = bilevel::data::resolve_dir(a.data.as_deref());
-    let mnist = match bilevel::data::Mnist::load(&dir) {
+    let dir = bilevel::app::data::resolve_dir(a.data.as_deref());
+    let mnist = match bilevel::app::data::Mnist::load(&dir) {
         Ok(m) => m,
         Err(e) => {
             out!("({e}; timing on synthetic images instead)");
-            bilevel::nn::bench::synthetic(50_000, 1_000, 7)
+            bilevel::app::nn::bench::synthetic(50_000, 1_000, 7)
         }
     };
-    let r = bilevel::nn::bench::epochs(&mnist, a.repeats.max(1), &rules, &threads)?;
+    let r = bilevel::app::nn::bench::epochs(&mnist, a.repeats.max(1), &rules, &threads)?;
     out!("{r}");
     match &a.jax {
         Some(python) => compare_with_jax(python, &a, &r),
@@ -196,7 +196,7 @@ pub(crate) fn bench_train(a: BenchTrainArgs) -> bilevel::Result<()> {
 fn compare_with_jax(
     python: &std::path::Path,
     a: &BenchTrainArgs,
-    r: &bilevel::nn::bench::EpochTimes,
+    r: &bilevel::app::nn::bench::EpochTimes,
 ) -> bilevel::Result<()> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/jax_train_step.py");
     let out = std::process::Command::new(python)

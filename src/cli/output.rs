@@ -116,7 +116,7 @@ impl Progress {
     }
 }
 
-impl bilevel::nn::Observer for Progress {
+impl bilevel::app::nn::Observer for Progress {
     fn begin(&mut self, label: &str, epochs: usize) {
         self.epochs = epochs;
         self.line(format!("== {label}"));
@@ -136,7 +136,7 @@ impl bilevel::nn::Observer for Progress {
         self.bar.set_position(step as u64);
     }
 
-    fn epoch(&mut self, r: &bilevel::nn::EpochRecord, resumed: bool) {
+    fn epoch(&mut self, r: &bilevel::app::nn::EpochRecord, resumed: bool) {
         let exact = r
             .exact_train_error_pct
             .map_or(String::new(), |v| format!(", exact train error {v:.2} %"));

@@ -15,13 +15,13 @@ pub(crate) fn derive(path: &str) -> Result<String, String> {
     } else {
         text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
     }
-    let out = bilevel::derive::derive_json(&text).map_err(|e| e.to_string())?;
+    let out = bilevel::app::derive::derive_json(&text).map_err(|e| e.to_string())?;
     serde_json::to_string_pretty(&out).map_err(|e| e.to_string())
 }
 
 /// `bilevel verify`: the checks in the paper's order, as a table or JSON.
 pub(crate) fn verify(json: bool, seed: u64, only: &[String]) -> ExitCode {
-    let known = bilevel::verify::ids();
+    let known = bilevel::app::verify::ids();
     if let Some(bad) = only.iter().find(|id| !known.contains(&id.as_str())) {
         eprintln!(
             "error: unknown verify row `{bad}`; the rows are: {}",
@@ -30,7 +30,7 @@ pub(crate) fn verify(json: bool, seed: u64, only: &[String]) -> ExitCode {
         return ExitCode::from(2);
     }
     let only: Vec<&str> = only.iter().map(String::as_str).collect();
-    let report = bilevel::verify::run_only(seed, &only);
+    let report = bilevel::app::verify::run_only(seed, &only);
     if json {
         out!(
             "{}",
@@ -79,10 +79,10 @@ pub(crate) fn verify(json: bool, seed: u64, only: &[String]) -> ExitCode {
 
 /// `bilevel taxonomy`: Table 1 as built from the definitions, measured.
 pub(crate) fn taxonomy(beta: f64, json: bool) -> Result<(), String> {
+    use bilevel::app::verify::instances::{matrix, network, rng};
     use bilevel::nested::method::taxonomy;
     use bilevel::nested::OutputLoss;
     use bilevel::prox::Activation;
-    use bilevel::verify::instances::{matrix, network, rng};
     bilevel::error::check_beta(beta).map_err(|e| e.to_string())?;
     // Fixed network: 5-4-3-2, ReLU hidden layers, identity output, squared loss (so that convex
     // CHL is a QP), batch of 8.

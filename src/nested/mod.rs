@@ -21,7 +21,7 @@
 //! quotient on a batch-mean signal `e/B` is `D_β f(a)[e] / B = D_{βB} f(a)[e/B]`. The paper's
 //! Fig. 1 and Appendix C code apply β to the batch-mean loss gradient, which is this
 //! convention's `β/B` per sample: the MNIST client maps its `--beta` that way
-//! ([`crate::nn::Rule`]).
+//! (`bilevel::app::nn::Rule`).
 
 pub mod compose;
 pub mod global;

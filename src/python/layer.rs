@@ -9,7 +9,7 @@ use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 use super::convert::{
     detached, mat_arg, py_matrix, py_rows, py_slice, py_vector, to_pyerr, vec_arg, Array,
 };
-use crate::derive::{DeriveOutput, Request};
+use crate::app::derive::{DeriveOutput, Request};
 use crate::error::{Error, Result};
 use crate::problem::{InnerProblem, InnerSolution, LinearConstraints, Loss, QuadraticProblem};
 use crate::solve::qp::Tolerances;
@@ -499,7 +499,7 @@ impl QuadraticLayer {
         let outs = py
             .detach(|| {
                 par_items(ts.len(), threads, |i| {
-                    crate::derive::derive_with(&program, &ts[i], &request)
+                    crate::app::derive::derive_with(&program, &ts[i], &request)
                 })
             })
             .map_err(|e| call_error(py, batch, e))?;

@@ -45,7 +45,7 @@ fn verify<'py>(
     let ids = ids.unwrap_or_default();
     let report = py.detach(|| {
         let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-        crate::verify::run_only(seed, &ids)
+        crate::app::verify::run_only(seed, &ids)
     });
     let rows = report
         .checks
@@ -75,5 +75,5 @@ fn error_classes() -> Vec<&'static str> {
 /// `verify_ids()`: the row identifiers `verify` knows, in the paper's order.
 #[pyfunction]
 fn verify_ids() -> Vec<&'static str> {
-    crate::verify::ids()
+    crate::app::verify::ids()
 }

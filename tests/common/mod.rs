@@ -104,7 +104,7 @@ pub fn bp(net: &Network<f64>, loss: OutputLoss, x: &DMatrix<f64>, t: &DMatrix<f6
 
 /// Central differences of `value` in every weight entry (biases excluded), step `h`.
 pub fn fd_weights(net: &Network<f64>, h: f64, value: impl Fn(&Network<f64>) -> f64) -> Vec<f64> {
-    let g = bilevel::verify::reference::central_network(net, h, |n| Ok(value(n))).unwrap();
+    let g = bilevel::app::verify::reference::central_network(net, h, |n| Ok(value(n))).unwrap();
     g.w.iter().flat_map(|m| m.iter().copied()).collect()
 }
 
@@ -144,8 +144,8 @@ pub fn own_fd_and_cor2(
 /// one-hot-like target on the probabilities) and as a hidden layer (identity output), with a
 /// batch `x` of 3 samples. For the LPOM and CHL softmax tests.
 pub fn softmax_nets(seed: u64) -> (Vec<NetAndTarget>, DMatrix<f64>) {
+    use bilevel::app::verify::instances::{matrix, network, rng};
     use bilevel::prelude::Activation;
-    use bilevel::verify::instances::{matrix, network, rng};
     let mut top = network(&mut rng(seed), &[4, 5, 3], Activation::Relu);
     top.layers[1].activation = Activation::Softmax;
     let mut hidden = network(&mut rng(seed + 1), &[4, 5, 4, 2], Activation::Relu);

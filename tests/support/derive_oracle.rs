@@ -7,7 +7,7 @@ use bilevel::nalgebra::{DMatrix, DVector};
 
 /// Runs `derive` on `input` and returns the first violated property, if any.
 pub fn check(input: &str) -> Result<(), String> {
-    let out = match bilevel::derive::derive(input) {
+    let out = match bilevel::app::derive::derive(input) {
         Ok(out) => out,
         Err(e) => {
             let msg = e.to_string();
@@ -25,7 +25,7 @@ pub fn check(input: &str) -> Result<(), String> {
     if let Some(path) = null_inside(&v, "") {
         return Err(format!("null (a non-finite number) at {path}"));
     }
-    let (program, theta, _) = bilevel::derive::parse(input).map_err(|e| e.to_string())?;
+    let (program, theta, _) = bilevel::app::derive::parse(input).map_err(|e| e.to_string())?;
     let inner = &program.inner;
     let cons = bilevel::problem::InnerProblem::constraints(inner);
     let z = DVector::from_vec(out.z_star.clone());

@@ -416,7 +416,7 @@ impl Threads {
 
     /// Turns the cutting of work over the workers on (the default) or off, for every clone:
     /// off, every job runs on the calling thread — with the same results — and the workers go
-    /// to sleep. The trainer switches it by measurement (`crate::nn::Trainer`): a machine whose
+    /// to sleep. The trainer switches it by measurement (`bilevel::app::nn::Trainer`): a machine whose
     /// cores are busy, or slow to share data, can make the team slower than one thread.
     pub fn set_parallel(&self, on: bool) {
         if let Some(team) = &self.team {

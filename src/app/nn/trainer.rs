@@ -13,7 +13,7 @@ use super::config::{EpochRecord, InferenceStats, TrainConfig};
 use super::model::mlp;
 use super::pacer::{step_work, Pacer};
 use super::rule::Rule;
-use crate::data::{Mnist, Split};
+use crate::app::data::{Mnist, Split};
 use crate::error::{Error, Result};
 use crate::linalg::Threads;
 use crate::nested::inference::{self, InferenceWorkspace};

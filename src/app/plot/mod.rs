@@ -3,7 +3,7 @@
 //! markers on short runs, and the legend in a strip under each chart (never over a curve).
 //!
 //! SVG or PNG by the file extension. Text uses a bundled DejaVu Sans (Bitstream Vera license,
-//! `src/plot/DejaVuSans-LICENSE.txt`) through plotters' `ab_glyph` backend, so plotting works on
+//! `src/app/plot/DejaVuSans-LICENSE.txt`) through plotters' `ab_glyph` backend, so plotting works on
 //! machines without any system font.
 
 use std::path::Path;

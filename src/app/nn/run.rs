@@ -5,7 +5,7 @@ use super::checkpoint;
 use super::config::{EpochRecord, TrainConfig};
 use super::log;
 use super::trainer::Trainer;
-use crate::data::Mnist;
+use crate::app::data::Mnist;
 use crate::error::{Error, Result};
 
 /// Where a run writes its files.

@@ -28,10 +28,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use super::{run, EpochRecord, Observer, Outputs, Rule, TrainConfig, Trainer};
-use crate::data::Mnist;
+use crate::app::data::Mnist;
+use crate::app::plot::{self, Panel, Series};
 use crate::error::{Error, Result};
 use crate::nested::method::Method;
-use crate::plot::{self, Panel, Series};
 
 /// The settings of a reproduction; [`Default`] is sized to finish in about ten minutes on two
 /// cores (10 epochs, 3 seeds).

@@ -5,9 +5,9 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use super::{log, run, EpochRecord, Init, Observer, Outputs, Rule, TrainConfig};
-use crate::data::Mnist;
+use crate::app::data::Mnist;
+use crate::app::plot::{self, Panel};
 use crate::error::{Error, Result};
-use crate::plot::{self, Panel};
 
 /// One configuration of Fig. 1 with the numbers to compare against.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -88,9 +88,9 @@ pub struct Run {
 }
 
 impl Run {
-    /// The run's curves for [`crate::plot`].
-    pub fn series(&self) -> crate::plot::Series {
-        crate::plot::Series {
+    /// The run's curves for [`crate::app::plot`].
+    pub fn series(&self) -> crate::app::plot::Series {
+        crate::app::plot::Series {
             label: self.label.clone(),
             points: self.points.clone(),
         }

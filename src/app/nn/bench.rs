@@ -10,7 +10,7 @@ use std::time::Instant;
 use nalgebra::DMatrix;
 
 use super::{Rule, TrainConfig, Trainer};
-use crate::data::{Mnist, Split};
+use crate::app::data::{Mnist, Split};
 use crate::error::Result;
 use crate::linalg::Threads;
 

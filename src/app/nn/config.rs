@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::adam::AdamSettings;
 use super::model::{Init, MAX_BATCH, PAPER_WIDTHS};
 use super::rule::Rule;
-use crate::data::Mnist;
+use crate::app::data::Mnist;
 use crate::error::{Error, Result};
 use crate::linalg::MAX_THREADS;
 

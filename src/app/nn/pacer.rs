@@ -101,7 +101,7 @@ impl Pacer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::model::{mlp, Init};
+    use crate::app::nn::model::{mlp, Init};
     use rand::rngs::StdRng;
     use rand::SeedableRng;
 

@@ -653,7 +653,7 @@ mod tests {
         // the band's width and L − L^β agree to every digit f64 keeps; the computed upper
         // bound fell 1.5e10 below L (relative 1.6e-5). Now an error, not a wrong band.
         let text = include_str!(
-            "../tests/regressions/derive/fuzz-band-flat-direction-ill-conditioned.json"
+            "../../tests/regressions/derive/fuzz-band-flat-direction-ill-conditioned.json"
         );
         match derive(text) {
             Err(Error::Inaccurate { what, .. }) => assert!(what.contains("Prop. 3"), "{what}"),
