@@ -8,7 +8,10 @@ mod threads;
 
 pub use products::Gemm;
 pub(crate) use simd::{lane_sum2, vectorized, Lanes, LANES};
-pub(crate) use threads::{ColsMut, Cut, LayerCols, LayersMut, NUMBER_WORK};
+pub(crate) use threads::{ColsMut, LayerCols, LayersMut};
+// Adam (in the application) cuts its parameters with the same cost model.
+#[cfg(feature = "app")]
+pub(crate) use threads::{Cut, NUMBER_WORK};
 pub use threads::{Threads, MAX_THREADS};
 
 use nalgebra::{DMatrix, DVector};
