@@ -13,6 +13,7 @@
 mod convert;
 mod layer;
 mod nested;
+mod qp;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
@@ -25,6 +26,8 @@ fn bilevel_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<layer::QuadraticLayer>()?;
     m.add_class::<nested::Activation>()?;
     m.add_class::<nested::Network>()?;
+    m.add_class::<qp::QpBatch>()?;
+    m.add_function(wrap_pyfunction!(qp::qp_solve, m)?)?;
     m.add_function(wrap_pyfunction!(verify, m)?)?;
     m.add_function(wrap_pyfunction!(verify_ids, m)?)?;
     m.add_function(wrap_pyfunction!(error_classes, m)?)?;

@@ -331,3 +331,31 @@ def test_activity_tolerances_decide_what_counts_as_a_tie():
             bilevel.QuadraticLayer(**data, feasibility_tol=bad)
     with pytest.raises(bilevel.InvalidInputError, match="tolerances.multiplier"):
         bilevel.QuadraticLayer(**data, multiplier_tol=np.inf)
+
+
+def test_qp_solve_is_the_quadratic_layer_in_the_frameworks_convention():
+    # min ½zᵀQz + pᵀz s.t. Gz ≤ h, Az = b is QuadraticLayer(Q, c = −p, A = −G, b = −h, A_eq, b_eq)
+    # with B = I at θ = 0: the same z*, and ∂ℓ/∂p = −vjp (c enters as Bθ).
+    rng = np.random.default_rng(21)
+    data, theta, _ = constructed_layer(rng, 5, 5, 3, 1, ["strong", "weak", "inactive"])
+    c = data["B"] @ theta + data["c"]
+    Q, G, h = data["Q"], -data["A"], -data["b"]
+    p = -c
+    layer = bilevel.QuadraticLayer(Q, np.zeros(5), B=np.eye(5), A=data["A"], b=data["b"],
+                                   A_eq=data["A_eq"], b_eq=data["b_eq"])
+    z, batch = bilevel.qp_solve(Q, p, G, h, data["A_eq"], data["b_eq"])
+    close(z[0], layer.solve(c)["z"], 1e-12)
+    g = rng.standard_normal(5)
+    grads = batch.gradients(g[None, :])
+    close(grads["p"][0], -layer.vjp(c, g), 1e-10)
+    assert batch.status()[0]["activity"] == ["strong", "weak", "inactive"]
+    assert grads["branches"][0][0] is None and grads["branches"][0][1] in ("leaves", "stays")
+    # A shared layer with a batch of linear terms: one row per item, independent of the threads.
+    ps = np.stack([p, 2 * p, -p])
+    z3, _ = bilevel.qp_solve(Q, ps, G, h, data["A_eq"], data["b_eq"], threads=3)
+    z1, _ = bilevel.qp_solve(Q, ps, G, h, data["A_eq"], data["b_eq"], threads=1)
+    assert z3.shape == (3, 5) and np.array_equal(z3, z1)
+    with pytest.raises(bilevel.DimensionMismatchError, match="grad_z"):
+        batch.gradients(np.zeros((2, 5)))
+    with pytest.raises(bilevel.InvalidInputError, match="mode"):
+        batch.gradients(g[None, :], mode="forward")

@@ -14,6 +14,10 @@ the same name with the same message.
   ``gradient(method, beta, x, target)`` for every row of Table 1 (value, gradients, status).
 - :func:`verify`: the checks of ``bilevel verify`` as a list of dicts.
 - :mod:`bilevel.jax` (needs JAX): the layer as a JAX function under ``jax.grad`` / ``jax.jit``.
+- :mod:`bilevel.torch` (needs PyTorch): ``QPFunction``, a drop-in for qpth's, every input
+  differentiable, one-sided at weakly active rows.
+- :func:`qp_solve`: batched QP layers ``min ½zᵀQz + pᵀz`` s.t. ``Gz ≤ h``, ``Az = b`` (each
+  input batched or shared) and a :class:`QpBatch` with the gradients of every input.
 
 Example::
 
@@ -26,9 +30,12 @@ Example::
 """
 
 from . import errors
-from ._bilevel import Activation, Network, QuadraticLayer, __version__, verify, verify_ids
+from ._bilevel import (
+    Activation, Network, QpBatch, QuadraticLayer, __version__, qp_solve, verify, verify_ids,
+)
 from .errors import *  # noqa: F401,F403
 
 __all__ = [
-    "QuadraticLayer", "Activation", "Network", "verify", "verify_ids", "errors", "__version__",
+    "QuadraticLayer", "Activation", "Network", "qp_solve", "QpBatch", "verify", "verify_ids",
+    "errors", "__version__",
 ] + errors.__all__

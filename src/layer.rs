@@ -1,0 +1,311 @@
+//! QP layers as the deep-learning frameworks write them (qpth's and OptNet's convention), every
+//! input differentiable, in batches whose items each have their own data.
+//!
+//! An item is
+//! <div class="math">
+//!
+//! $$ z^\star = \arg\min_z \tfrac12 z^\top Q z + p^\top z \quad \text{s.t.} \quad G z \le h,
+//! \; A z = b, $$
+//!
+//! </div>
+//!
+//! the crate's [`QuadraticProblem`] with `c = −p`, inequality rows `−G z ≥ −h` and equality rows
+//! `A z = b` (no `θ`: the data are the parameters). [`solve`] solves every item of a batch
+//! (on `threads` threads, one factorization per item, results independent of the thread
+//! count); [`QpSolution::gradients`] then gives, for an upstream gradient `∂ℓ/∂z*`, the
+//! gradients of `ℓ(z*)` with respect to `Q, p, G, h, A, b` from the data gradients of
+//! [`QuadraticProblem::data_gradients`] (Prop. 2: one-sided at weakly active rows, with the
+//! branch each took), or of Def. 1's contrastive surrogate at a finite `β`
+//! ([`QuadraticProblem::surrogate_data_gradients`]). In this convention
+//! `∂ℓ/∂p = ż`, `∂ℓ/∂Q = ½(ż z*ᵀ + z* żᵀ)`, `∂ℓ/∂G = μ z*ᵀ + λ* żᵀ`, `∂ℓ/∂h = −μ`,
+//! `∂ℓ/∂A = −(μ_eq z*ᵀ + λ*_eq żᵀ)`, `∂ℓ/∂b = μ_eq` with `ż` and the multiplier rates `μ`,
+//! `μ_eq` of Eq. 17 for the linear loss `gᵀz`, `g = ∂ℓ/∂z*` (the signs of `G`, `h` flip with
+//! the rows').
+
+use nalgebra::{DMatrix, DVector};
+
+use crate::error::{Error, Result};
+use crate::problem::{
+    InnerProblem, InnerSolution, LayerGradients, LinearConstraints, Loss, QuadraticProblem,
+};
+use crate::prox::{Activity, Branch};
+use crate::solve::qp::Tolerances;
+use crate::surrogate::{map_items, Bilevel};
+
+/// One item's data: `min ½zᵀQz + pᵀz` s.t. `Gz ≤ h`, `Az = b` (`G`, `A` may have no rows).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QpData {
+    /// Symmetric positive definite `n × n`.
+    pub q: DMatrix<f64>,
+    /// Linear term, length `n`.
+    pub p: DVector<f64>,
+    /// Inequality rows `m × n` (`Gz ≤ h`).
+    pub g: DMatrix<f64>,
+    /// Inequality right-hand side, length `m`.
+    pub h: DVector<f64>,
+    /// Equality rows `k × n`.
+    pub a: DMatrix<f64>,
+    /// Equality right-hand side, length `k`.
+    pub b: DVector<f64>,
+}
+
+impl QpData {
+    /// The item as the crate's layer: `c = −p`, rows `−G z ≥ −h`, `A z = b`.
+    ///
+    /// # Errors
+    /// Shapes, non-finite entries and a `Q` that is not symmetric positive definite, naming
+    /// the argument in this convention (`Q`, `p`, `G, h`, `A, b`).
+    pub fn problem(&self, tol: Tolerances) -> Result<QuadraticProblem> {
+        let n = self.q.nrows();
+        let shape = |m: &DMatrix<f64>| format!("{} x {}", m.nrows(), m.ncols());
+        if self.q.ncols() != n {
+            return Err(Error::dim("Q", format!("{n} x {n}"), shape(&self.q)));
+        }
+        if self.p.len() != n {
+            return Err(Error::dim("p", n, self.p.len()));
+        }
+        for (name, rows, rhs) in [("G, h", &self.g, &self.h), ("A, b", &self.a, &self.b)] {
+            if rows.ncols() != n || rows.nrows() != rhs.len() {
+                let want = format!("{} x {n} and {}", rhs.len(), rhs.len());
+                return Err(Error::dim(
+                    name,
+                    want,
+                    format!("{} and {}", shape(rows), rhs.len()),
+                ));
+            }
+        }
+        let parts = [
+            ("Q", self.q.as_slice()),
+            ("p", self.p.as_slice()),
+            ("G", self.g.as_slice()),
+            ("h", self.h.as_slice()),
+            ("A", self.a.as_slice()),
+            ("b", self.b.as_slice()),
+        ];
+        for (name, values) in parts {
+            crate::error::check_finite(name, values.iter())?;
+        }
+        let constraints = LinearConstraints {
+            a: -&self.g,
+            b: -&self.h,
+            a_eq: self.a.clone(),
+            b_eq: self.b.clone(),
+        };
+        let empty = DMatrix::zeros(n, 0);
+        Ok(
+            QuadraticProblem::new(self.q.clone(), empty, -&self.p, constraints)?
+                .with_tolerances(tol),
+        )
+    }
+}
+
+/// Which derivative [`QpSolution::gradients`] returns.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Mode {
+    /// The exact (one-sided at weakly active rows) derivative of `ℓ(z*)`: Props. 1-2.
+    Limit,
+    /// The gradient of Def. 1's contrastive surrogate of the linearized loss at `β > 0`.
+    Contrastive(f64),
+    /// The mean of the contrastive surrogates at `+β` and `−β` (`O(β²)` from the limit).
+    Centered(f64),
+}
+
+/// One item's solution, kept for its gradients.
+#[derive(Debug, Clone)]
+pub struct QpSolution {
+    layer: QuadraticProblem,
+    z_star: InnerSolution,
+}
+
+/// What an item's solve and derivative did: the solver, its iterations and residual, each
+/// inequality row's activity, and at weakly active rows the branch the derivative took.
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct ItemStatus {
+    /// The QP solver that found `z*`.
+    pub solver: &'static str,
+    /// Its iterations.
+    pub iterations: usize,
+    /// The KKT residual of `z*` (∞-norm).
+    pub residual: f64,
+    /// Each inequality row of `G`: strongly active, weakly active or inactive.
+    pub activity: Vec<Activity>,
+    /// At weakly active rows, the branch of the last derivative (`None` before one, or at
+    /// other rows).
+    pub branches: Vec<Option<Branch>>,
+}
+
+/// The gradients of `ℓ(z*)` (or of its surrogate) with respect to one item's data, shaped like
+/// [`QpData`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct QpGradients {
+    /// `∂/∂Q` (symmetric).
+    pub q: DMatrix<f64>,
+    /// `∂/∂p`.
+    pub p: DVector<f64>,
+    /// `∂/∂G`.
+    pub g: DMatrix<f64>,
+    /// `∂/∂h`.
+    pub h: DVector<f64>,
+    /// `∂/∂A`.
+    pub a: DMatrix<f64>,
+    /// `∂/∂b`.
+    pub b: DVector<f64>,
+    /// The item's status, with the branches this derivative took.
+    pub status: ItemStatus,
+}
+
+impl QpSolution {
+    /// `z*`.
+    pub fn z(&self) -> &DVector<f64> {
+        &self.z_star.z
+    }
+
+    /// The solve's status (no branches yet).
+    pub fn status(&self) -> ItemStatus {
+        let s = &self.z_star.status;
+        ItemStatus {
+            solver: s.solver,
+            iterations: s.iterations,
+            residual: s.residual,
+            activity: self.z_star.activity.clone(),
+            branches: vec![None; self.z_star.activity.len()],
+        }
+    }
+
+    /// The gradients with respect to the item's data for the upstream gradient
+    /// `grad_z = ∂ℓ/∂z*` (module docs).
+    ///
+    /// # Errors
+    /// `grad_z` of another length or not finite; a non-positive `β`; the direction QP's errors.
+    pub fn gradients(&self, grad_z: &DVector<f64>, mode: Mode) -> Result<QpGradients> {
+        let n = self.z_star.z.len();
+        if grad_z.len() != n {
+            return Err(Error::dim("grad_z", n, grad_z.len()));
+        }
+        crate::error::check_finite("grad_z", grad_z.iter())?;
+        let loss = Loss::Linear { g: grad_z.clone() };
+        let theta = DVector::zeros(0);
+        let (ours, branches) = match mode {
+            Mode::Limit => {
+                let program =
+                    Bilevel::new(&self.layer, loss)?.with_tolerances(*self.layer.tolerances());
+                let limit = program.limit_with(&theta, self.z_star.clone())?;
+                let g = self
+                    .layer
+                    .data_gradients(&theta, &limit.z_star, &limit.direction)?;
+                (g, limit.direction.branches)
+            }
+            Mode::Contrastive(beta) => (
+                self.surrogate(&loss, beta)?,
+                vec![None; self.z_star.activity.len()],
+            ),
+            Mode::Centered(beta) => {
+                // (D₊ − D₋)/2 with D± the surrogate's rate terms at ±β (each at |β|): the mean
+                // of L^β and L^{−β}, as [`Bilevel::centered`] for θ.
+                let plus = self.surrogate(&loss, beta)?;
+                let minus = self.surrogate(&loss, -beta)?;
+                (
+                    half_difference(plus, &minus),
+                    vec![None; self.z_star.activity.len()],
+                )
+            }
+        };
+        let c = &ours.constraints;
+        Ok(QpGradients {
+            q: ours.q,
+            p: -ours.c,
+            g: -&c.a,
+            h: -&c.b,
+            a: c.a_eq.clone(),
+            b: c.b_eq.clone(),
+            status: ItemStatus {
+                branches,
+                ..self.status()
+            },
+        })
+    }
+}
+
+impl QpSolution {
+    /// The rate terms of Def. 1's surrogate at `β` (`β < 0`: the offset at `−|β|`, its terms at
+    /// `|β|`; [`QuadraticProblem::surrogate_data_gradients`]).
+    fn surrogate(&self, loss: &Loss, beta: f64) -> Result<LayerGradients> {
+        crate::error::check_beta(beta.abs())?;
+        let theta = DVector::zeros(0);
+        let offset = self.layer.offset(&theta, loss, beta, &self.z_star)?;
+        self.layer
+            .surrogate_data_gradients(&theta, &self.z_star, &offset, beta.abs())
+    }
+}
+
+/// `(a − b)/2`, entry by entry.
+fn half_difference(a: LayerGradients, b: &LayerGradients) -> LayerGradients {
+    let half = |x: DMatrix<f64>, y: &DMatrix<f64>| (x - y) * 0.5;
+    let halfv = |x: DVector<f64>, y: &DVector<f64>| (x - y) * 0.5;
+    let (ca, cb) = (a.constraints, &b.constraints);
+    LayerGradients {
+        q: half(a.q, &b.q),
+        b: half(a.b, &b.b),
+        c: halfv(a.c, &b.c),
+        constraints: LinearConstraints {
+            a: half(ca.a, &cb.a),
+            b: halfv(ca.b, &cb.b),
+            a_eq: half(ca.a_eq, &cb.a_eq),
+            b_eq: halfv(ca.b_eq, &cb.b_eq),
+        },
+    }
+}
+
+/// Solves every item (on up to `threads` threads, contiguous chunks, results in order and
+/// independent of the count): each item's solution or its error.
+///
+/// ```
+/// use bilevel::layer::{solve, Mode, QpData};
+/// use bilevel::nalgebra::{dmatrix, dvector, DMatrix, DVector};
+///
+/// // Projection of −p onto z ≥ 0 (G = −I, h = 0): the second unit sits on its bound.
+/// let item = QpData {
+///     q: DMatrix::identity(2, 2), p: dvector![-1.0, 0.0],
+///     g: -DMatrix::identity(2, 2), h: dvector![0.0, 0.0],
+///     a: DMatrix::zeros(0, 2), b: DVector::zeros(0),
+/// };
+/// let solved = solve(&[item], 1, Default::default());
+/// let sol = solved[0].as_ref().unwrap();
+/// assert_eq!(sol.z(), &dvector![1.0, 0.0]);
+/// // ℓ = z₂ pulls the unit down: it stays on the bound, ∂ℓ/∂p₂ = 0 (one-sided); ℓ = −z₂ lifts it.
+/// let down = sol.gradients(&dvector![0.0, 1.0], Mode::Limit)?;
+/// let up = sol.gradients(&dvector![0.0, -1.0], Mode::Limit)?;
+/// assert_eq!((down.p[1], up.p[1]), (0.0, 1.0));
+/// # Ok::<(), bilevel::Error>(())
+/// ```
+pub fn solve(items: &[QpData], threads: usize, tol: Tolerances) -> Vec<Result<QpSolution>> {
+    map_items(items.len(), threads.max(1), |i| {
+        let layer = items[i].problem(tol)?;
+        let none = Loss::Linear {
+            g: DVector::zeros(layer.dim()),
+        };
+        let z_star = layer.solve(&DVector::zeros(0), &none, 0.0)?;
+        Ok(QpSolution { layer, z_star })
+    })
+}
+
+/// [`QpSolution::gradients`] for every item with its upstream gradient, on up to `threads`
+/// threads (results in order, independent of the count).
+///
+/// # Errors
+/// `grads` of another length than `solutions` ([`Error::DimensionMismatch`]); each item's
+/// errors are [`QpSolution::gradients`]'s.
+pub fn gradients(
+    solutions: &[QpSolution],
+    grads: &[DVector<f64>],
+    mode: Mode,
+    threads: usize,
+) -> Result<Vec<Result<QpGradients>>> {
+    if grads.len() != solutions.len() {
+        return Err(Error::dim("grad_z (batch)", solutions.len(), grads.len()));
+    }
+    Ok(map_items(solutions.len(), threads.max(1), |i| {
+        solutions[i].gradients(&grads[i], mode)
+    }))
+}

@@ -1,0 +1,133 @@
+"""PyTorch adapters: a drop-in for qpth's ``QPFunction`` with exact one-sided derivatives.
+
+Import this module only with PyTorch installed; ``import bilevel`` does not need it.
+
+:func:`QPFunction` has qpth's interface: ``QPFunction(...)(Q, p, G, h, A, b)`` solves, for every
+item of a batch,
+
+    z* = argmin_z ½ zᵀQz + pᵀz   subject to   Gz ≤ h,  Az = b,
+
+each input either batched (a leading batch axis) or shared by the batch, an empty tensor meaning
+"absent" (no rows; its gradient is ``None``), and returns ``z*`` of shape ``(nBatch, nz)``. The
+backward pass gives the gradient of every input that requires one, computed in Rust (float64,
+on the CPU, the items on all cores) from the exact derivative of Prop. 2 of "Bilevel Programs
+Meet Deep Learning" (arXiv 2105.07231): where a constraint is weakly active (active with a zero
+multiplier) it is the one-sided derivative along the descent direction, with the branch each row
+took, where qpth and other layers return an average of the two sides.
+
+Results and gradients come back on the input's device and in its dtype. A shared input's
+gradient is the sum over the batch (autograd's rule); ``reduce="mean"`` divides it by the batch
+size, as qpth does.
+
+Example::
+
+    import torch
+    from bilevel.torch import QPFunction
+    Q = torch.eye(3, dtype=torch.float64)
+    p = torch.tensor([[-1.0, 0.5, 0.0]], dtype=torch.float64, requires_grad=True)
+    G, h = -torch.eye(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
+    e = torch.empty(0, dtype=torch.float64)
+    z = QPFunction()(Q, p, G, h, e, e)     # projection of −p onto z ≥ 0: [[1, 0, 0]]
+    z.sum().backward()
+    p.grad                                 # one-sided at the tie z₃ = 0
+"""
+
+import numpy as np
+import torch
+
+from ._bilevel import qp_solve
+
+__all__ = ["QPFunction"]
+
+_BASE = (2, 1, 2, 1, 2, 1)  # dimensions of Q, p, G, h, A, b when shared
+_NAMES = ("Q", "p", "G", "h", "A", "b")
+
+
+def _mode(mode):
+    if mode == "limit":
+        return "limit"
+    if isinstance(mode, tuple) and len(mode) == 2 and mode[0] in ("contrastive", "centered"):
+        beta = float(mode[1])
+        if not (np.isfinite(beta) and beta > 0):
+            raise ValueError(f"mode: beta must be finite and > 0, got {mode[1]!r}")
+        return (mode[0], beta)
+    raise ValueError(
+        f"mode: expected \"limit\", (\"contrastive\", beta) or (\"centered\", beta), got {mode!r}")
+
+
+class _QP(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, settings, *inputs):
+        reference = inputs[0]
+        arrays = [x.detach().to("cpu", torch.float64).numpy() for x in inputs]
+        z, batch = qp_solve(*arrays, threads=settings["threads"],
+                            feasibility_tol=settings["feasibility_tol"],
+                            multiplier_tol=settings["multiplier_tol"])
+        ctx.batch = batch
+        ctx.settings = settings
+        ctx.shapes = [(x.numel() == 0, x.dim() == base) for x, base in zip(inputs, _BASE)]
+        ctx.meta = [(x.dtype, x.device) for x in inputs]
+        settings["last"] = batch
+        return torch.from_numpy(z).to(device=reference.device, dtype=reference.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_z):
+        g = grad_z.detach().to("cpu", torch.float64).numpy()
+        grads = ctx.batch.gradients(np.ascontiguousarray(g), ctx.settings["mode"])
+        ctx.settings["last_branches"] = grads["branches"]
+        out = []
+        for name, (empty, shared), (dtype, device), needed in zip(
+                _NAMES, ctx.shapes, ctx.meta, ctx.needs_input_grad[1:]):
+            if empty or not needed:
+                out.append(None)
+                continue
+            d = torch.from_numpy(grads[name])
+            if shared:
+                d = d.sum(0) if ctx.settings["reduce"] == "sum" else d.mean(0)
+            out.append(d.to(device=device, dtype=dtype))
+        return (None, *out)
+
+
+def QPFunction(eps=1e-12, verbose=0, notImprovedLim=3, maxIter=20, check_Q_spd=True, *,
+               mode="limit", reduce="sum", threads=None, feasibility_tol=1e-9,
+               multiplier_tol=1e-9):
+    """qpth's ``QPFunction``: returns a function ``f(Q, p, G, h, A, b) -> z*`` (see the module
+    docs for the problem, shapes and conventions).
+
+    qpth's own arguments (``eps``, ``verbose``, ``notImprovedLim``, ``maxIter``,
+    ``check_Q_spd``) are accepted so that a script runs unchanged; they do not apply (the
+    active-set solver here is exact, and ``Q`` is always checked). ``mode`` chooses the
+    backward pass: ``"limit"`` (the exact derivative, one-sided at weakly active rows),
+    ``("contrastive", beta)`` (Def. 1's surrogate gradient) or ``("centered", beta)``.
+    ``reduce`` is ``"sum"`` (autograd's rule for shared inputs) or ``"mean"`` (qpth's, the sum
+    divided by the batch size). ``threads`` (default: all cores) and the activity tolerances
+    are those of :class:`bilevel.QuadraticLayer`.
+
+    The returned function has ``.status()``: per item of the last call, the solver, its
+    iterations and residual and each inequality row's activity, and after a backward pass the
+    ``branches`` it took at weakly active rows.
+    """
+    if reduce not in ("sum", "mean"):
+        raise ValueError(f"reduce: expected \"sum\" or \"mean\", got {reduce!r}")
+    settings = {"mode": _mode(mode), "reduce": reduce, "threads": threads,
+                "feasibility_tol": float(feasibility_tol),
+                "multiplier_tol": float(multiplier_tol), "last": None, "last_branches": None}
+
+    def qp(Q, p, G, h, A, b):
+        inputs = (Q, p, G, h, A, b)
+        for name, x in zip(_NAMES, inputs):
+            if not isinstance(x, torch.Tensor):
+                raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+        return _QP.apply(settings, *inputs)
+
+    def status():
+        if settings["last"] is None:
+            return []
+        rows = settings["last"].status()
+        if settings["last_branches"] is not None:
+            for row, branches in zip(rows, settings["last_branches"]):
+                row["branches"] = branches
+        return rows
+
+    qp.status = status
+    return qp

@@ -1,0 +1,196 @@
+"""`bilevel.torch.QPFunction` against qpth (forward and every input's gradient, batched and
+shared inputs, with and without equalities), against torch.autograd.gradcheck, and at weakly
+active rows against one-sided differences of its own forward solve (where qpth averages the two
+sides); dtypes, devices and bad input."""
+
+import os
+import sys
+import types
+
+import numpy as np
+import pytest
+
+if os.environ.get("BILEVEL_REQUIRE_TORCH"):
+    import torch  # CI: a missing torch is a failure, not a skip
+else:
+    torch = pytest.importorskip("torch", reason="the PyTorch adapter needs `pip install torch`")
+
+import bilevel  # noqa: E402
+from bilevel.torch import QPFunction  # noqa: E402
+
+F64 = torch.float64
+
+
+def qpth_function():
+    """qpth's QPFunction (its default PDIPM solver; qpth imports cvxpy only for another solver,
+    which these tests never select)."""
+    sys.modules.setdefault("cvxpy", types.ModuleType("cvxpy"))
+    if os.environ.get("BILEVEL_REQUIRE_TORCH"):
+        from qpth.qp import QPFunction as Q
+    else:
+        qp = pytest.importorskip("qpth.qp", reason="the comparison needs `pip install qpth`")
+        Q = qp.QPFunction
+    return Q(verbose=-1, eps=1e-14, maxIter=100)
+
+
+def random_layer(rng, batch, n, m, k, shared=()):
+    """A feasible layer: strictly feasible z0 (Gz0 < h, Az0 = b), random SPD Q; inputs listed in
+    `shared` have no batch axis. Generic data: no row is weakly active."""
+    def one():
+        L = rng.standard_normal((n, n))
+        Q = L @ L.T + n * np.eye(n)
+        p = rng.standard_normal(n)
+        G = rng.standard_normal((m, n))
+        z0 = rng.standard_normal(n)
+        h = G @ z0 + rng.uniform(0.1, 1.0, m)
+        A = rng.standard_normal((k, n))
+        b = A @ z0
+        return dict(Q=Q, p=p, G=G, h=h, A=A, b=b)
+    items = [one() for _ in range(batch)]
+    out = {}
+    for name in ("Q", "p", "G", "h", "A", "b"):
+        if name in shared:
+            out[name] = torch.tensor(items[0][name], dtype=F64)
+        else:
+            out[name] = torch.tensor(np.stack([it[name] for it in items]), dtype=F64)
+    if k == 0:
+        out["A"], out["b"] = torch.empty(0, dtype=F64), torch.empty(0, dtype=F64)
+    return out
+
+
+ORDER = ("Q", "p", "G", "h", "A", "b")
+
+
+def run(f, data, g):
+    inputs = [data[k].clone().requires_grad_(data[k].numel() > 0) for k in ORDER]
+    z = f(*inputs)
+    (z * g).sum().backward()
+    return z.detach(), [x.grad for x in inputs]
+
+
+@pytest.mark.parametrize("k,shared", [
+    (0, ()), (2, ()), (0, ("Q", "G")), (2, ("Q", "A", "b")), (1, ("p", "h")),
+])
+def test_forward_and_every_gradient_agree_with_qpth(k, shared):
+    rng = np.random.default_rng(len(shared) * 10 + k)
+    data = random_layer(rng, batch=5, n=6, m=4, k=k, shared=shared)
+    g = torch.tensor(rng.standard_normal((5, 6)), dtype=F64)
+    z_ref, g_ref = run(qpth_function(), data, g)
+    z, grads = run(QPFunction(reduce="mean"), data, g)
+    assert z.shape == (5, 6)
+    assert torch.max(torch.abs(z - z_ref)) < 1e-6
+    for name, mine, theirs in zip(ORDER, grads, g_ref):
+        if data[name].numel() == 0:
+            assert mine is None, name
+            continue
+        assert mine.shape == data[name].shape, name
+        scale = max(1.0, float(torch.max(torch.abs(theirs))))
+        err = float(torch.max(torch.abs(mine - theirs)))
+        assert err < 1e-5 * scale, f"{name}: {err:.2e}"
+
+
+def test_shared_inputs_sum_over_the_batch_by_default():
+    rng = np.random.default_rng(7)
+    data = random_layer(rng, batch=4, n=5, m=3, k=1, shared=("Q", "p"))
+    g = torch.tensor(rng.standard_normal((4, 5)), dtype=F64)
+    _, summed = run(QPFunction(), data, g)
+    _, mean = run(QPFunction(reduce="mean"), data, g)
+    for name, s, m in zip(ORDER, summed, mean):
+        if name in ("Q", "p"):
+            assert torch.allclose(s, 4 * m, rtol=1e-14, atol=0), name
+        elif s is not None:
+            assert torch.equal(s, m), name
+
+
+def test_gradcheck_in_float64_away_from_ties():
+    rng = np.random.default_rng(11)
+    data = random_layer(rng, batch=3, n=4, m=3, k=1)
+    L = torch.tensor(rng.standard_normal((3, 4, 4)), dtype=F64, requires_grad=True)
+    f = QPFunction()
+
+    def layer(L, p, G, h, A, b):
+        # Q = LLᵀ + 4I: symmetric for every perturbation gradcheck makes.
+        Q = L @ L.transpose(1, 2) + 4 * torch.eye(4, dtype=F64)
+        return f(Q, p, G, h, A, b)
+
+    inputs = [L] + [data[k].clone().requires_grad_(True) for k in ORDER[1:]]
+    assert torch.autograd.gradcheck(layer, inputs, eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+def test_at_a_weakly_active_row_the_gradient_is_one_sided():
+    # Projection of −p onto z ≥ 0 with a tie: z*₂ = 0 with a zero multiplier (p₂ = 0).
+    Q = torch.eye(3, dtype=F64)
+    G, h = -torch.eye(3, dtype=F64), torch.zeros(3, dtype=F64)
+    e = torch.empty(0, dtype=F64)
+    f = QPFunction()
+    for g2, stays in [(1.0, True), (-1.0, False)]:
+        p = torch.tensor([[-1.0, 0.0, 2.0]], dtype=F64, requires_grad=True)
+        g = torch.tensor([[0.5, g2, 0.3]], dtype=F64)
+        z = f(Q, p, G, h, e, e)
+        assert torch.equal(z.detach(), torch.tensor([[1.0, 0.0, 0.0]], dtype=F64))
+        (z * g).sum().backward()
+        # The rate of z*(p + εg), ε → 0⁺ (the loss added to the energy), from the forward solve.
+        eps = 1e-9
+        z_eps = f(Q, p.detach() + eps * g, G, h, e, e)
+        rate = (z_eps - z.detach()) / eps
+        assert torch.allclose(p.grad, rate, atol=1e-6), (p.grad, rate)
+        assert p.grad[0, 1].item() == (0.0 if stays else -g2)
+        assert f.status()[0]["activity"] == ["inactive", "weak", "strong"]
+        assert f.status()[0]["branches"] == [None, "stays" if stays else "leaves", None]
+
+
+def test_results_and_gradients_keep_the_inputs_dtype_and_device():
+    rng = np.random.default_rng(3)
+    data = random_layer(rng, batch=2, n=4, m=2, k=1)
+    for dtype in (torch.float32, torch.float64):
+        inputs = [data[k].to(dtype).clone().requires_grad_(True) for k in ORDER]
+        z = QPFunction()(*inputs)
+        assert z.dtype == dtype and z.device == inputs[0].device
+        z.sum().backward()
+        for name, x in zip(ORDER, inputs):
+            assert x.grad.dtype == dtype and x.grad.device == x.device, name
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_cuda_inputs_get_cuda_results():
+    rng = np.random.default_rng(4)
+    data = random_layer(rng, batch=2, n=3, m=2, k=0)
+    inputs = [data[k].cuda().requires_grad_(data[k].numel() > 0) for k in ORDER]
+    z = QPFunction()(*inputs)
+    assert z.is_cuda
+    z.sum().backward()
+    assert inputs[1].grad.is_cuda
+
+
+def test_bad_input_raises_the_packages_errors_naming_the_argument():
+    rng = np.random.default_rng(5)
+    data = random_layer(rng, batch=3, n=4, m=2, k=0)
+    f = QPFunction()
+    args = [data[k] for k in ORDER]
+
+    def call(**changes):
+        return f(*[changes.get(k, v) for k, v in zip(ORDER, args)])
+
+    with pytest.raises(bilevel.DimensionMismatchError, match="p"):
+        call(p=torch.zeros(3, 5, dtype=F64))
+    with pytest.raises(bilevel.DimensionMismatchError, match="batch"):
+        call(h=torch.zeros(2, 2, dtype=F64))
+    bad = data["h"].clone()
+    bad[1, 0] = float("nan")
+    with pytest.raises(bilevel.NonFiniteError) as info:
+        call(h=bad)
+    assert info.value.index == 1
+    Q = data["Q"].clone()
+    Q[2] = -torch.eye(4, dtype=F64)
+    with pytest.raises(bilevel.NotPositiveDefiniteError) as info:
+        call(Q=Q)
+    assert info.value.index == 2
+    # z₁ ≤ −1 and −z₁ ≤ −1 (z₁ ≥ 1): no point; said with a certificate.
+    G = torch.zeros(3, 2, 4, dtype=F64)
+    G[:, 0, 0], G[:, 1, 0] = 1.0, -1.0
+    with pytest.raises(bilevel.InfeasibleError):
+        call(G=G, h=-torch.ones(3, 2, dtype=F64))
+    with pytest.raises(ValueError, match="mode"):
+        QPFunction(mode=("contrastive", -1.0))
+    with pytest.raises(TypeError, match="Q"):
+        f(np.eye(4), *args[1:])
