@@ -16,6 +16,7 @@ else:
     torch = pytest.importorskip("torch", reason="the PyTorch adapter needs `pip install torch`")
 
 import bilevel  # noqa: E402
+import bilevel.torch as bt  # noqa: E402
 from bilevel.torch import QPFunction  # noqa: E402
 
 F64 = torch.float64
@@ -194,3 +195,32 @@ def test_bad_input_raises_the_packages_errors_naming_the_argument():
         QPFunction(mode=("contrastive", -1.0))
     with pytest.raises(TypeError, match="Q"):
         f(np.eye(4), *args[1:])
+
+
+@pytest.mark.parametrize("name, maker", [
+    ("relu", lambda b: bt.fenchel_relu(b)),
+    ("hard_sigmoid", lambda b: bt.fenchel_hard_sigmoid(b)),
+    ("hard_tanh", lambda b: bt.fenchel_hard_tanh(b)),
+    (("box", -0.5, 2.0), lambda b: bt.fenchel_box(-0.5, 2.0, b)),
+    ("softmax", lambda b: bt.fenchel_softmax(b)),
+])
+def test_fenchel_activations_are_the_rust_quotient(name, maker):
+    act = bilevel.Activation(name)
+    rng = np.random.default_rng(6)
+    u = rng.standard_normal((4, 5)) * 1.5
+    u[:, 0], u[:, 1] = 0.0, 1.0  # on the bounds of ReLU and hard sigmoid
+    g = rng.standard_normal((4, 5))
+    for beta in (1e-9, 1e-3, 0.5):
+        x = torch.tensor(u, requires_grad=True)
+        y = maker(beta)(x)
+        assert torch.allclose(y.detach(), torch.tensor(act(u)), atol=1e-15)
+        y.backward(torch.tensor(g))
+        rust = act.fenchel_vjp(u, g, beta)
+        if name == "softmax":
+            # Both subtract two softmaxes (no closed form without cancellation): they agree to
+            # the rounding of that difference, ~ε/β.
+            np.testing.assert_allclose(x.grad.numpy(), rust, rtol=0, atol=1e-15 / beta)
+        else:
+            np.testing.assert_array_equal(x.grad.numpy(), rust)
+    with pytest.raises(ValueError, match="beta"):
+        maker(0.0)

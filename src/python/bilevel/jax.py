@@ -3,6 +3,9 @@
 Import this module only with JAX installed (``pip install jax``); ``import bilevel`` does not
 need it.
 
+- :func:`qp` is the functional QP layer ``z* = argmin ½zᵀQz + pᵀz`` s.t. ``Gz ≤ h``, ``Az = b``
+  in qpth's convention (the same as :func:`bilevel.torch.QPFunction`), every input
+  differentiable, under ``jax.grad``, ``jax.jit`` and ``jax.vmap``.
 - :func:`qp_layer` turns a :class:`bilevel.QuadraticLayer` into a function ``theta -> z*(theta)``
   usable under ``jax.grad``, ``jax.jit`` and ``jax.vmap``. Its forward and backward passes run
   on the host in Rust (``jax.pure_callback``); its backward pass is the one-sided derivative of
@@ -24,9 +27,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._bilevel import QuadraticLayer
+from ._bilevel import QuadraticLayer, qp_solve
 
 __all__ = [
+    "qp",
     "qp_layer",
     "fenchel_relu",
     "fenchel_hard_sigmoid",
@@ -112,6 +116,95 @@ def qp_layer(Q, c, B, A=None, b=None, A_eq=None, b_eq=None, *, mode="limit", bac
     return apply
 
 
+_BASE = (2, 1, 2, 1, 2, 1)  # dimensions of Q, p, G, h, A, b without batch axes
+
+
+def _broadcast_items(arrays):
+    """The inputs as items: the broadcast batch shape of their leading axes, and every present
+    input broadcast to ``(items, ...)`` (absent, i.e. empty, inputs stay empty)."""
+    lead = [a.shape[:a.ndim - base] for a, base in zip(arrays, _BASE) if a.size]
+    shape = np.broadcast_shapes(*lead) if lead else ()
+    count = int(np.prod(shape)) if shape else 1
+    items = []
+    for a, base in zip(arrays, _BASE):
+        if a.size == 0:
+            items.append(np.zeros((0,)))
+        else:
+            full = np.broadcast_to(a, shape + a.shape[a.ndim - base:])
+            items.append(np.ascontiguousarray(full.reshape((count,) + a.shape[a.ndim - base:])))
+    return shape, items
+
+
+def _unbroadcast(g, shape, out_shape):
+    """A gradient of every item ``(items, ...)`` summed back to an input's own ``shape``."""
+    full = g.reshape(out_shape + g.shape[1:])
+    extra = full.ndim - len(shape)
+    full = full.sum(axis=tuple(range(extra))) if extra else full
+    axes = tuple(i for i, (n, m) in enumerate(zip(shape, full.shape)) if n == 1 and m != 1)
+    return full.sum(axis=axes, keepdims=True).reshape(shape) if axes else full.reshape(shape)
+
+
+def qp(Q, p, G, h, A, b, *, mode="limit", threads=None):
+    """``z* = argmin_z ½zᵀQz + pᵀz`` s.t. ``Gz ≤ h``, ``Az = b`` (qpth's convention, as
+    :func:`bilevel.torch.QPFunction`), differentiable in every input.
+
+    Each input has its own shape or extra leading batch axes (broadcast against the others'); an
+    empty array means no rows (``G, h`` or ``A, b`` absent; their gradient is empty). The result
+    is ``(*batch, n)``, ``(1, n)`` without batch axes (qpth's ``(nBatch, nz)``), in ``Q``'s
+    dtype. Solved on the host in Rust (float64, the items on ``threads`` threads) through
+    ``jax.pure_callback``, so it works under ``jax.jit`` and ``jax.vmap``. ``mode`` chooses the
+    backward pass: ``"limit"`` (exact, one-sided at weakly active rows, Prop. 2),
+    ``("contrastive", beta)`` or ``("centered", beta)`` (Def. 1's surrogates). Reverse mode
+    only; the backward pass solves the items again.
+    """
+    kind, beta = _mode(mode)
+    grad_mode = "limit" if kind == "limit" else (kind, beta)
+    inputs = [jnp.asarray(x) for x in (Q, p, G, h, A, b)]
+    dtype = inputs[0].dtype if jnp.issubdtype(inputs[0].dtype, jnp.floating) else jnp.float64
+    inputs = [x.astype(dtype) for x in inputs]
+    for name, x, base in zip(("Q", "p", "G", "h", "A", "b"), inputs, _BASE):
+        if x.size and x.ndim < base:
+            raise ValueError(f"{name}: expected at least {base} dimensions, got shape {x.shape}")
+    lead = [x.shape[:x.ndim - base] for x, base in zip(inputs, _BASE) if x.size]
+    shape = np.broadcast_shapes(*lead) if lead else ()
+    n = inputs[0].shape[-1]
+    out_shape = (shape or (1,)) + (n,)
+
+    def host_solve(*arrays):
+        batch, items = _broadcast_items([np.asarray(a, dtype=np.float64) for a in arrays])
+        z, _ = qp_solve(*items, threads=threads)
+        return z.reshape(out_shape).astype(dtype)
+
+    def host_grads(*args):
+        arrays = [np.asarray(a, dtype=np.float64) for a in args[:6]]
+        g = np.asarray(args[6], dtype=np.float64).reshape(-1, n)
+        batch, items = _broadcast_items(arrays)
+        _, solved = qp_solve(*items, threads=threads)
+        grads = solved.gradients(np.ascontiguousarray(g), grad_mode)
+        out = []
+        for name, a in zip(("Q", "p", "G", "h", "A", "b"), arrays):
+            if a.size == 0:
+                out.append(np.zeros(a.shape, dtype=dtype))
+            else:
+                out.append(_unbroadcast(grads[name], a.shape, batch or (1,)).astype(dtype))
+        return tuple(out)
+
+    @jax.custom_vjp
+    def solve(*xs):
+        spec = jax.ShapeDtypeStruct(out_shape, dtype)
+        return jax.pure_callback(host_solve, spec, *xs, vmap_method="sequential")
+
+    def forward(*xs):
+        return solve(*xs), xs
+
+    def backward(xs, g):
+        specs = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in xs)
+        return jax.pure_callback(host_grads, specs, *xs, g, vmap_method="sequential")
+
+    solve.defvjp(forward, backward)
+    return solve(*inputs)
+
+
 def _fenchel_box(lo, hi, beta):
     beta = float(beta)
     if not (np.isfinite(beta) and beta > 0):
@@ -125,12 +218,14 @@ def _fenchel_box(lo, hi, beta):
         return jnp.clip(u, lo, hi), u
 
     def backward(u, g):
-        # (f(u) − f(u − βg))/β, taken as g where both points are inside the box (no
-        # cancellation: exactly back-propagation there) — the rule of `Activation.fenchel_vjp`.
-        y = u - beta * g
-        inside = (u > lo) & (u < hi) & (y > lo) & (y < hi)
-        quotient = (jnp.clip(u, lo, hi) - jnp.clip(y, lo, hi)) / beta
-        return (jnp.where(inside, g, quotient),)
+        # (f(u) − f(u − βg))/β, the rule of `Activation.fenchel_vjp` (Rust): where u − βg is
+        # inside the box (decided as u − bound vs βg, without rounding u − βg) it is
+        # (f(u) − u)/β + g — exactly g for u in the box or on its bound.
+        step = beta * g
+        fu = jnp.clip(u, lo, hi)
+        inside = (u - lo > step) & (u - hi < step)
+        quotient = jnp.where(inside, (fu - u) / beta + g, (fu - jnp.clip(u - step, lo, hi)) / beta)
+        return (quotient,)
 
     f.defvjp(forward, backward)
     return f

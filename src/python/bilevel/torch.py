@@ -19,6 +19,13 @@ Results and gradients come back on the input's device and in its dtype. A shared
 gradient is the sum over the batch (autograd's rule); ``reduce="mean"`` divides it by the batch
 size, as qpth does.
 
+The Fenchel-BP activations (:func:`fenchel_relu`, :func:`fenchel_hard_sigmoid`,
+:func:`fenchel_hard_tanh`, :func:`fenchel_box`, :func:`fenchel_softmax`) are
+``torch.autograd.Function``s whose backward pass is Fenchel back-propagation's quotient
+``(f(u) − f(u − βg))/β`` (Eq. 51, the paper's Appendix C) instead of the chain rule: the same
+rule as :mod:`bilevel.jax` and the Rust ``Activation.fenchel_vjp`` (exact at a bound), in pure
+torch (any device).
+
 Example::
 
     import torch
@@ -37,7 +44,14 @@ import torch
 
 from ._bilevel import qp_solve
 
-__all__ = ["QPFunction"]
+__all__ = [
+    "QPFunction",
+    "fenchel_relu",
+    "fenchel_hard_sigmoid",
+    "fenchel_hard_tanh",
+    "fenchel_box",
+    "fenchel_softmax",
+]
 
 _BASE = (2, 1, 2, 1, 2, 1)  # dimensions of Q, p, G, h, A, b when shared
 _NAMES = ("Q", "p", "G", "h", "A", "b")
@@ -131,3 +145,85 @@ def QPFunction(eps=1e-12, verbose=0, notImprovedLim=3, maxIter=20, check_Q_spd=T
 
     qp.status = status
     return qp
+
+
+def _beta(beta):
+    beta = float(beta)
+    if not (np.isfinite(beta) and beta > 0):
+        raise ValueError(f"beta must be finite and > 0, got {beta!r}")
+    return beta
+
+
+class _FenchelBox(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, lo, hi, beta):
+        ctx.save_for_backward(u)
+        ctx.box = (lo, hi, beta)
+        return torch.clamp(u, lo, hi)
+
+    @staticmethod
+    def backward(ctx, g):
+        (u,), (lo, hi, beta) = ctx.saved_tensors, ctx.box
+        # The Rust rule: where u − βg is inside the box (decided as u − bound vs βg, without
+        # rounding u − βg) the quotient is (f(u) − u)/β + g, exactly g for u in the box.
+        step = beta * g
+        fu = torch.clamp(u, lo, hi)
+        inside = (u - lo > step) & (u - hi < step)
+        quotient = torch.where(inside, (fu - u) / beta + g,
+                               (fu - torch.clamp(u - step, lo, hi)) / beta)
+        return quotient, None, None, None
+
+
+def _fenchel_box(lo, hi, beta):
+    beta = _beta(beta)
+
+    def f(u):
+        return _FenchelBox.apply(u, lo, hi, beta)
+
+    return f
+
+
+def fenchel_relu(beta):
+    """``relu`` whose backward pass is Fenchel BP's ``(relu(u) − relu(u − βg))/β`` (Eq. 51)."""
+    return _fenchel_box(0.0, float("inf"), beta)
+
+
+def fenchel_hard_sigmoid(beta):
+    """``clamp(u, 0, 1)`` with the Fenchel-BP backward pass."""
+    return _fenchel_box(0.0, 1.0, beta)
+
+
+def fenchel_hard_tanh(beta):
+    """``clamp(u, −1, 1)`` with the Fenchel-BP backward pass."""
+    return _fenchel_box(-1.0, 1.0, beta)
+
+
+def fenchel_box(lo, hi, beta):
+    """``clamp(u, lo, hi)`` with the Fenchel-BP backward pass (``lo < hi``)."""
+    if not lo < hi:
+        raise ValueError(f"need lo < hi, got [{lo}, {hi}]")
+    return _fenchel_box(float(lo), float(hi), beta)
+
+
+class _FenchelSoftmax(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, beta):
+        ctx.save_for_backward(u)
+        ctx.beta = beta
+        return torch.softmax(u, dim=-1)
+
+    @staticmethod
+    def backward(ctx, g):
+        (u,), beta = ctx.saved_tensors, ctx.beta
+        return (torch.softmax(u, dim=-1) - torch.softmax(u - beta * g, dim=-1)) / beta, None
+
+
+def fenchel_softmax(beta):
+    """``softmax`` over the last axis with the Fenchel-BP backward pass
+    ``(softmax(u) − softmax(u − βg))/β`` (``G`` the negative entropy on the simplex)."""
+    beta = _beta(beta)
+
+    def f(u):
+        return _FenchelSoftmax.apply(u, beta)
+
+    return f
