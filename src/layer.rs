@@ -94,7 +94,8 @@ impl QpData {
         let empty = DMatrix::zeros(n, 0);
         Ok(
             QuadraticProblem::new(self.q.clone(), empty, -&self.p, constraints)?
-                .with_tolerances(tol),
+                .with_tolerances(tol)
+                .without_condition_estimates(),
         )
     }
 }

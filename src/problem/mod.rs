@@ -145,12 +145,16 @@ pub(crate) fn check_augmented<P: InnerProblem + ?Sized>(
         return Err(Error::InvalidBeta { beta });
     }
     let kappa = beta * loss.curvature();
-    if let Some(nu) = p.strong_convexity() {
-        if kappa <= -nu {
-            return Err(Error::Unbounded(format!(
-                "beta * loss curvature = {kappa} makes beta*loss + E non-convex (nu = {nu})"
-            )));
-        }
+    // Only a negative κ can break convexity (and only then is ν worth computing).
+    let nu = if kappa < 0.0 {
+        p.strong_convexity()
+    } else {
+        None
+    };
+    if let Some(nu) = nu.filter(|nu| kappa <= -nu) {
+        return Err(Error::Unbounded(format!(
+            "beta * loss curvature = {kappa} makes beta*loss + E non-convex (nu = {nu})"
+        )));
     }
     Ok(())
 }
@@ -382,7 +386,10 @@ pub struct Direction {
     pub multipliers: DVector<f64>,
     /// `μ_eq = d λ̂_eq/dβ |_{β=0⁺}` of the equality rows.
     pub multipliers_eq: DVector<f64>,
-    /// Condition estimate of the reduced system that determined `ż`.
+    /// Condition estimate of the reduced system that determined `ż`; `NaN` when the problem
+    /// was built without condition estimates
+    /// ([`crate::problem::QuadraticProblem::without_condition_estimates`], as the batched
+    /// layers of [`crate::layer`] do: the estimate costs more than the direction itself).
     pub condition: f64,
     /// ∞-norm KKT residual of the direction problem (Eq. 17).
     pub residual: f64,

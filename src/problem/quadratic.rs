@@ -1,17 +1,17 @@
 use std::sync::{Arc, OnceLock};
 
-use nalgebra::{DMatrix, DVector};
+use nalgebra::{Cholesky, DMatrix, DVector, Dyn};
 
 use super::{
     check_affine, check_augmented, check_offset, InnerProblem, InnerSolution, LinearConstraints,
     Loss, Offset, SolveStatus,
 };
 use crate::error::Result;
-use crate::linalg::check_spd;
+use crate::linalg::{min_eigenvalue, spd_cholesky};
 use crate::problem::{Direction, DirectionMethod};
 use crate::solve::qp::{
-    classify, complementarity, dense_exact, solve_exact, solve_exact_dense, solve_offset, Activity,
-    OffsetQp, OffsetSolution, Qp, QpBackend, Tolerances, DENSE,
+    classify, complementarity, dense_exact, solve_exact, solve_offset, Activity, OffsetQp,
+    OffsetSolution, Qp, QpBackend, Tolerances, DENSE,
 };
 use crate::solve::qp::{DenseActiveSet, DenseFactor};
 
@@ -38,9 +38,14 @@ pub struct QuadraticProblem {
     b: DMatrix<f64>,
     c: DVector<f64>,
     constraints: LinearConstraints,
-    nu: f64,
+    /// `Q = LLᵀ`, from the validation (the dense backend's factorization starts from it).
+    chol: Arc<Cholesky<f64, Dyn>>,
+    /// `ν = λ_min(Q)`, computed on first use (Prop. 3's bounds, negative `β` ranges).
+    nu: OnceLock<f64>,
     backend: Arc<dyn QpBackend>,
     tol: Tolerances,
+    /// Whether the direction solves estimate their condition ([`Direction::condition`]).
+    condition: bool,
     /// The factorization of `Q` and `[A; A_eq]` (dense backend; `None` if it failed).
     factor: OnceLock<Option<Arc<DenseFactor>>>,
 }
@@ -58,7 +63,10 @@ impl std::fmt::Debug for QuadraticProblem {
 }
 
 impl QuadraticProblem {
-    /// Builds and validates the problem (shapes, finiteness, `Q` symmetric positive definite).
+    /// Builds and validates the problem (shapes, finiteness, `Q` symmetric positive definite:
+    /// its Cholesky factorization exists with every pivot above `1e-13 · max|Q_ij|`,
+    /// [`crate::linalg::spd_cholesky`]; the factor is kept for the dense backend, and
+    /// `ν = λ_min(Q)` is computed only when asked for).
     ///
     /// # Example
     /// ```
@@ -93,7 +101,7 @@ impl QuadraticProblem {
         constraints: LinearConstraints,
     ) -> Result<Self> {
         let n = q.nrows();
-        let nu = check_spd("Q", &q)?;
+        let chol = Arc::new(spd_cholesky("Q", &q)?);
         check_affine(n, &b, &c)?;
         constraints.validate(n)?;
         Ok(Self {
@@ -101,9 +109,11 @@ impl QuadraticProblem {
             b,
             c,
             constraints,
-            nu,
+            chol,
+            nu: OnceLock::new(),
             backend: Arc::new(DenseActiveSet),
             tol: Tolerances::default(),
+            condition: true,
             factor: OnceLock::new(),
         })
     }
@@ -119,6 +129,15 @@ impl QuadraticProblem {
     /// Uses other activity tolerances.
     pub fn with_tolerances(mut self, tol: Tolerances) -> Self {
         self.tol = tol;
+        self
+    }
+
+    /// Skips the condition estimate of the direction problems (Eq. 17) on the dense backend:
+    /// [`Direction::condition`] is then `NaN`. The estimate (Lanczos on the KKT matrix and its
+    /// inverse) costs about as much as a Cholesky factorization of `Q`, several times the
+    /// direction solve itself; layers that do not report it ([`crate::layer`]) skip it.
+    pub fn without_condition_estimates(mut self) -> Self {
+        self.condition = false;
         self
     }
 
@@ -154,7 +173,9 @@ impl QuadraticProblem {
         }
         self.factor
             .get_or_init(|| {
-                DenseFactor::new(&self.q, &self.constraints.a, &self.constraints.a_eq)
+                let chol = (*self.chol).clone();
+                let (a, a_eq) = (&self.constraints.a, &self.constraints.a_eq);
+                DenseFactor::with_cholesky(&self.q, chol, a, a_eq)
                     .ok()
                     .map(Arc::new)
             })
@@ -306,7 +327,7 @@ impl InnerProblem for QuadraticProblem {
     }
 
     fn strong_convexity(&self) -> Option<f64> {
-        Some(self.nu)
+        Some(*self.nu.get_or_init(|| min_eigenvalue(&self.q)))
     }
 
     /// Prop. 2's Eq. 17 on the stored factorization of `Q` (dense backend): the strongly
@@ -595,7 +616,7 @@ fn dense_direction(
         a_eq: pick(&held),
         b_eq: DVector::zeros(held.len()),
     };
-    let sol = solve_exact_dense(factor, &qp, &rows, &layer.tol)?;
+    let sol = dense_exact(factor, &qp, &rows, &layer.tol, layer.condition)?;
     let method = match (weak.is_empty(), held.is_empty()) {
         (false, _) => DirectionMethod::Prop2Qp { backend: DENSE },
         (true, true) => DirectionMethod::Prop1,

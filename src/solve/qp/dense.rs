@@ -99,11 +99,8 @@ impl DenseFactor {
     /// [`Error::NotPositiveDefinite`] when `P` is not (the method needs a strictly convex QP);
     /// [`Error::DimensionMismatch`] for rows of another width.
     pub fn new(p: &DMatrix<f64>, a: &DMatrix<f64>, a_eq: &DMatrix<f64>) -> Result<Self> {
-        let n = p.nrows();
-        for (name, rows) in [("A", a), ("A_eq", a_eq)] {
-            if rows.ncols() != n {
-                return Err(Error::dim(name, n, rows.ncols()));
-            }
+        if p.nrows() != p.ncols() {
+            return Err(Error::dim("P", p.nrows(), p.ncols()));
         }
         let chol = p
             .clone()
@@ -112,6 +109,29 @@ impl DenseFactor {
                 what: "P".into(),
                 reason: "the dense active-set solver needs a strictly convex QP".into(),
             })?;
+        Self::with_cholesky(p, chol, a, a_eq)
+    }
+
+    /// [`DenseFactor::new`] with `P = LLᵀ` already factored (`chol`, of this `P`).
+    ///
+    /// # Errors
+    /// [`Error::DimensionMismatch`] for rows or a factor of another width.
+    pub fn with_cholesky(
+        p: &DMatrix<f64>,
+        chol: Cholesky<f64, Dyn>,
+        a: &DMatrix<f64>,
+        a_eq: &DMatrix<f64>,
+    ) -> Result<Self> {
+        let n = p.nrows();
+        for (name, rows) in [
+            ("A", a),
+            ("A_eq", a_eq),
+            ("Cholesky factor", chol.l_dirty()),
+        ] {
+            if rows.ncols() != n {
+                return Err(Error::dim(name, n, rows.ncols()));
+            }
+        }
         let (m, k) = (a.nrows(), a_eq.nrows());
         let mut c = DMatrix::zeros(m + k, n);
         c.rows_mut(0, m).copy_from(a);

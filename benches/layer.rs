@@ -1,0 +1,66 @@
+//! The batched QP layer of [`bilevel::layer`] (qpth's convention), as a framework adapter calls
+//! it: a batch of 128 items, each with its own random data (`Q` SPD `n × n`, `m = n/2`
+//! inequality rows `Gz ≤ h` with about half of them active at the solution, no equality),
+//! solved, then differentiated (the one-sided limit, every input) for one upstream gradient per
+//! item. `n ∈ {10, 50, 200}`, 1 and 2 threads.
+//!
+//! Run: `cargo bench --bench layer`. The peers (qpth, proxsuite's QPLayer) on the same sizes are
+//! in `benches/peers/torch_layers.py`.
+
+use std::hint::black_box;
+
+use bilevel::app::verify::instances::{matrix, rng, spd, vector};
+use bilevel::layer::{gradients, solve, Mode, QpData};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use nalgebra::{DMatrix, DVector};
+
+const BATCH: usize = 128;
+
+/// A batch of random items; `h = G z₀ + s` with `s ≥ 0` half zero (rows active at `z₀`).
+fn batch(n: usize, seed: u64) -> Vec<QpData> {
+    let mut r = rng(seed);
+    (0..BATCH)
+        .map(|_| {
+            let m = n / 2;
+            let g = matrix(&mut r, m, n);
+            let z0 = vector(&mut r, n);
+            let slack = vector(&mut r, m).map(|s| s.abs().max(0.0));
+            let slack = DVector::from_fn(m, |i, _| if i % 2 == 0 { 0.0 } else { slack[i] });
+            QpData {
+                q: spd(&mut r, n, 0.3),
+                p: vector(&mut r, n),
+                h: &g * &z0 + slack,
+                g,
+                a: DMatrix::zeros(0, n),
+                b: DVector::zeros(0),
+            }
+        })
+        .collect()
+}
+
+fn layer(c: &mut Criterion) {
+    let mut group = c.benchmark_group("qp-layer-batch");
+    group.sample_size(10);
+    for n in [10usize, 50, 200] {
+        let items = batch(n, n as u64);
+        let mut r = rng(7);
+        let upstream: Vec<_> = (0..BATCH).map(|_| vector(&mut r, n)).collect();
+        for threads in [1usize, 2] {
+            let id = format!("n{n}-t{threads}");
+            group.bench_function(BenchmarkId::new("solve", &id), |b| {
+                b.iter(|| black_box(solve(&items, threads, Default::default())))
+            });
+            let solved: Vec<_> = solve(&items, threads, Default::default())
+                .into_iter()
+                .map(|s| s.expect("the bench's items are feasible"))
+                .collect();
+            group.bench_function(BenchmarkId::new("gradients", &id), |b| {
+                b.iter(|| black_box(gradients(&solved, &upstream, Mode::Limit, threads)))
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, layer);
+criterion_main!(benches);
