@@ -5,7 +5,9 @@ need it.
 
 - :func:`qp` is the functional QP layer ``z* = argmin ½zᵀQz + pᵀz`` s.t. ``Gz ≤ h``, ``Az = b``
   in qpth's convention (the same as :func:`bilevel.torch.QPFunction`), every input
-  differentiable, under ``jax.grad``, ``jax.jit`` and ``jax.vmap``.
+  differentiable, under ``jax.grad``, ``jax.jit``, ``jax.vmap`` and with its batch sharded over
+  devices (``jax.sharding``: under ``jax.jit`` XLA gathers a host callback's operands to one
+  device; under ``jax.shard_map`` each device solves its own items).
 - :func:`qp_layer` turns a :class:`bilevel.QuadraticLayer` into a function ``theta -> z*(theta)``
   usable under ``jax.grad``, ``jax.jit`` and ``jax.vmap``. Its forward and backward passes run
   on the host in Rust (``jax.pure_callback``); its backward pass is the one-sided derivative of
@@ -94,14 +96,16 @@ def qp_layer(Q, c, B, A=None, b=None, A_eq=None, b_eq=None, *, mode="limit", bac
     def solve(theta):
         check(theta)
         shape = jax.ShapeDtypeStruct(theta.shape[:-1] + (n,), theta.dtype)
-        return jax.pure_callback(host_solve, shape, theta, vmap_method="broadcast_all")
+        z = jax.pure_callback(host_solve, shape, theta, vmap_method="broadcast_all")
+        return _varying(_axes(theta), z)
 
     def forward(theta):
         return solve(theta), theta
 
     def backward(theta, g):
         shape = jax.ShapeDtypeStruct(theta.shape, theta.dtype)
-        return (jax.pure_callback(host_vjp, shape, theta, g, vmap_method="broadcast_all"),)
+        d = jax.pure_callback(host_vjp, shape, theta, g, vmap_method="broadcast_all")
+        return (_varying(_axes(theta), d),)
 
     solve.defvjp(forward, backward)
 
@@ -144,6 +148,20 @@ def _unbroadcast(g, shape, out_shape):
     return full.sum(axis=axes, keepdims=True).reshape(shape) if axes else full.reshape(shape)
 
 
+def _varying(axes, y):
+    """``y`` typed as varying over the manual mesh ``axes`` (inside ``jax.shard_map``: a host
+    callback's result is per device, but ``jax.pure_callback`` types it as replicated, and a
+    cotangent must vary as its primal does). Outside ``shard_map`` ``axes`` is empty."""
+    missing = axes - _axes(y)
+    return jax.lax.pcast(y, tuple(sorted(missing)), to="varying") if missing else y
+
+
+def _axes(x):
+    """The manual mesh axes ``x`` varies over (empty outside ``jax.shard_map``)."""
+    kind = getattr(jax.typeof(x), "manual_axis_type", None) if hasattr(jax, "typeof") else None
+    return frozenset(kind.varying) if kind is not None else frozenset()
+
+
 def qp(Q, p, G, h, A, b, *, mode="limit", threads=None):
     """``z* = argmin_z ½zᵀQz + pᵀz`` s.t. ``Gz ≤ h``, ``Az = b`` (qpth's convention, as
     :func:`bilevel.torch.QPFunction`), differentiable in every input.
@@ -152,8 +170,8 @@ def qp(Q, p, G, h, A, b, *, mode="limit", threads=None):
     empty array means no rows (``G, h`` or ``A, b`` absent; their gradient is empty). The result
     is ``(*batch, n)``, ``(1, n)`` without batch axes (qpth's ``(nBatch, nz)``), in ``Q``'s
     dtype. Solved on the host in Rust (float64, the items on ``threads`` threads) through
-    ``jax.pure_callback``, so it works under ``jax.jit`` and ``jax.vmap``. ``mode`` chooses the
-    backward pass: ``"limit"`` (exact, one-sided at weakly active rows, Prop. 2),
+    ``jax.pure_callback``, so it works under ``jax.jit``, ``jax.vmap`` and ``jax.shard_map``
+    (each device's items on its own call). ``mode`` chooses the backward pass: ``"limit"`` (exact, one-sided at weakly active rows, Prop. 2),
     ``("contrastive", beta)`` or ``("centered", beta)`` (Def. 1's surrogates). Reverse mode
     only; the backward pass solves the items again.
     """
@@ -192,14 +210,16 @@ def qp(Q, p, G, h, A, b, *, mode="limit", threads=None):
     @jax.custom_vjp
     def solve(*xs):
         spec = jax.ShapeDtypeStruct(out_shape, dtype)
-        return jax.pure_callback(host_solve, spec, *xs, vmap_method="sequential")
+        z = jax.pure_callback(host_solve, spec, *xs, vmap_method="sequential")
+        return _varying(frozenset().union(*map(_axes, xs)), z)
 
     def forward(*xs):
         return solve(*xs), xs
 
     def backward(xs, g):
         specs = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in xs)
-        return jax.pure_callback(host_grads, specs, *xs, g, vmap_method="sequential")
+        grads = jax.pure_callback(host_grads, specs, *xs, g, vmap_method="sequential")
+        return tuple(_varying(_axes(x), d) for x, d in zip(xs, grads))
 
     solve.defvjp(forward, backward)
     return solve(*inputs)
