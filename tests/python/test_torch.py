@@ -224,3 +224,34 @@ def test_fenchel_activations_are_the_rust_quotient(name, maker):
             np.testing.assert_array_equal(x.grad.numpy(), rust)
     with pytest.raises(ValueError, match="beta"):
         maker(0.0)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_at_weakly_active_rows_every_gradient_is_the_cli_derive_answer(seed):
+    """Rows with every activity label (two weakly active) and an equality: every input's
+    gradient equals `bilevel derive`'s exact one-sided data gradients (an independent front end:
+    the crate's convention `Az ≥ b`, `c = −p`), branch for branch."""
+    from conftest import as_json, cli_derive, constructed_layer
+    rng = np.random.default_rng(40 + seed)
+    labels = ["weak", "strong", "inactive", "weak", "strong"]
+    data, theta, z = constructed_layer(rng, 5, 1, len(labels), 1, labels)
+    g = rng.standard_normal(5)
+    names = ["Q", "c", "A", "b", "A_eq", "b_eq"]
+    problem = as_json(data)
+    problem.update(theta=theta.tolist(), loss={"kind": "linear", "g": g.tolist()},
+                   gradients=names)
+    want = cli_derive(problem)
+    assert want["constraints"] == labels
+    t = lambda a: torch.tensor(np.asarray(a), dtype=F64, requires_grad=True)  # noqa: E731
+    inputs = [t(data["Q"]), t(-(data["c"] + data["B"] @ theta)), t(-data["A"]), t(-data["b"]),
+              t(data["A_eq"]), t(data["b_eq"])]
+    f = QPFunction()
+    out = f(*inputs)
+    np.testing.assert_allclose(out.detach().numpy()[0], z, atol=1e-12)
+    (out * torch.tensor(g)).sum().backward()
+    signs = [1, -1, -1, -1, 1, 1]  # p = −c, G = −A, h = −b
+    for name, x, sign in zip(names, inputs, signs):
+        ref = sign * np.asarray(want[f"grad_{name}"])
+        np.testing.assert_allclose(x.grad.numpy(), ref, rtol=1e-9, atol=1e-12, err_msg=name)
+    branches = [b for b in f.status()[0]["branches"] if b is not None]
+    assert branches == [b for b in want["branches"] if b is not None] and len(branches) == 2
