@@ -156,8 +156,25 @@ impl std::error::Error for IoSource {
     }
 }
 
-/// Shorthand for `std::result::Result<T, bilevel::Error>`.
-pub type Result<T> = std::result::Result<T, Error>;
+/// Shorthand for `std::result::Result<T, bilevel::Error>`; the error type is a defaulted
+/// parameter (as `std::io::Result` is not, and `anyhow::Result` is), so that code importing
+/// the prelude can still write `fn main() -> Result<(), Box<dyn std::error::Error>>` or
+/// `Result<(), bilevel::Error>`.
+///
+/// ```
+/// use bilevel::nalgebra::{dvector, DMatrix};
+/// use bilevel::prelude::*;
+///
+/// fn main() -> Result<(), Box<dyn std::error::Error>> {
+///     let layer = QuadraticProblem::new(
+///         DMatrix::identity(1, 1), DMatrix::identity(1, 1), dvector![0.0], LinearConstraints::none(1),
+///     )?;
+///     let program = Bilevel::new(layer, Loss::Linear { g: dvector![1.0] })?;
+///     println!("{program:?}");
+///     Ok(())
+/// }
+/// ```
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     /// The name of every variant's class in the foreign bindings (the Python package's

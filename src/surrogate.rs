@@ -55,6 +55,17 @@ pub struct Bilevel<P: InnerProblem> {
     tol: Tolerances,
 }
 
+impl<P: InnerProblem + std::fmt::Debug> std::fmt::Debug for Bilevel<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bilevel")
+            .field("inner", &self.inner)
+            .field("loss", &self.loss)
+            .field("backend", &self.backend.name())
+            .field("tol", &self.tol)
+            .finish()
+    }
+}
+
 /// A finite-β surrogate (Def. 1 or Def. 2) with its solutions.
 #[derive(Debug, Clone)]
 #[must_use]
