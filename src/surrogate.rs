@@ -635,6 +635,43 @@ pub fn prop2_direction(
     Ok(Direction::from_eq17(sol, (m, k), &weak, &strong, method))
 }
 
+/// Forward-mode derivatives of a QP layer.
+impl crate::problem::QuadraticProblem {
+    /// The Jacobian-vector product `ż = lim_{t→0⁺} (z*(θ + t v) − z*(θ)) / t` of the layer's
+    /// solution in a parameter direction `v`: one-sided where a constraint is weakly active
+    /// (`jvp(θ, −v) ≠ −jvp(θ, v)` in general), Prop. 2's direction with branches, multiplier
+    /// rates, residual and method.
+    ///
+    /// A step `t v` adds `−t (Bv)ᵀz` to `E(z; θ) = ½zᵀQz − zᵀ(Bθ + c)`, which is Def. 1's
+    /// loss-augmented energy with the linear loss `gᵀz`, `g = −Bv`, at `β = t`
+    /// ([`QuadraticProblem::jvp_loss`](crate::problem::QuadraticProblem::jvp_loss)): so
+    /// `ẑ_β = z*(θ + βv)` and the JVP is Prop. 2's `ż = dẑ_β/dβ|_{β=0⁺}` (Eq. 17) for that `g`.
+    ///
+    /// ```
+    /// use bilevel::nalgebra::{dvector, DMatrix, DVector};
+    /// use bilevel::prelude::*;
+    ///
+    /// // ReLU as a QP: z* = max(θ, 0) (Q = I, B = I, rows z ≥ 0); θ₂ = 0 is a tie.
+    /// let eye = DMatrix::identity(2, 2);
+    /// let rows = LinearConstraints {
+    ///     a: eye.clone(), b: DVector::zeros(2), a_eq: DMatrix::zeros(0, 2), b_eq: DVector::zeros(0),
+    /// };
+    /// let relu = QuadraticProblem::new(eye.clone(), eye, dvector![0.0, 0.0], rows)?;
+    /// let theta = dvector![1.0, 0.0];
+    /// assert_eq!(relu.jvp(&theta, &dvector![1.0, 1.0])?.z_dot, dvector![1.0, 1.0]);
+    /// assert_eq!(relu.jvp(&theta, &dvector![1.0, -1.0])?.z_dot, dvector![1.0, 0.0]);
+    /// # Ok::<(), bilevel::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// `theta` or `v` of the wrong length or not finite; the inner solve's and the direction
+    /// problem's errors ([`Bilevel::limit`]).
+    pub fn jvp(&self, theta: &DVector<f64>, v: &DVector<f64>) -> Result<Direction> {
+        let program = Bilevel::new(self, self.jvp_loss(v)?)?.with_tolerances(*self.tolerances());
+        Ok(program.limit(theta)?.direction)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,10 +1,10 @@
 //! `derive` with `"direction": v`: the one-sided JVP of `z*` along `θ + t v` against one-sided
 //! finite differences of `z*` itself, at weakly active constraints where the JVP is not linear
-//! in `v`.
+//! in `v`; and `QuadraticProblem::jvp`, the same JVP in the Rust API, against both.
 
 use bilevel::app::derive::derive;
 use bilevel::app::verify::instances::{constructed_qp, rng, vector};
-use bilevel::prelude::Activity;
+use bilevel::prelude::{Activity, QuadraticProblem};
 use nalgebra::{DMatrix, DVector};
 use serde_json::{json, Value};
 
@@ -44,6 +44,20 @@ fn jvp_matches_one_sided_finite_differences_at_weak_constraints() {
             let out = derive(&problem(&inst, &inst.theta, &v)).unwrap();
             let jvp = DVector::from_vec(out.jvp.clone().expect("a jvp"));
             assert_eq!(out.jvp.as_ref(), Some(&out.z_dot));
+            // The Rust API's JVP is the same computation: the same numbers and branches.
+            let layer = QuadraticProblem::new(
+                inst.q.clone(),
+                inst.b.clone(),
+                inst.c.clone(),
+                inst.constraints.clone(),
+            )
+            .unwrap();
+            let api = layer.jvp(&inst.theta, &v).unwrap();
+            assert!((&api.z_dot - &jvp).amax() <= 1e-12 * (1.0 + jvp.amax()));
+            assert_eq!(
+                api.branches.iter().filter(|b| b.is_some()).count(),
+                out.branches.iter().filter(|b| b.is_some()).count()
+            );
             // One-sided difference: z*(θ + h v) is piecewise linear in h near 0, so for h small
             // enough to stay on the first piece the quotient is exact up to the solver's accuracy.
             let h = 1e-7;

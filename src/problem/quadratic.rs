@@ -6,7 +6,7 @@ use super::{
     check_affine, check_augmented, check_offset, InnerProblem, InnerSolution, LinearConstraints,
     Loss, Offset, SolveStatus,
 };
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::linalg::{min_eigenvalue, spd_cholesky};
 use crate::problem::{Direction, DirectionMethod};
 use crate::solve::qp::{
@@ -164,6 +164,20 @@ impl QuadraticProblem {
     /// `c`.
     pub fn c(&self) -> &DVector<f64> {
         &self.c
+    }
+
+    /// The linear loss whose Prop. 2 rate is the JVP of `z*` along `θ + t v`: a step `t v`
+    /// adds `−t (Bv)ᵀz` to `E`, Def. 1's loss-augmented energy for `gᵀz` with `g = −Bv` at
+    /// `β = t` ([`QuadraticProblem::jvp`]).
+    ///
+    /// # Errors
+    /// `v` not of length `p` or not finite.
+    pub fn jvp_loss(&self, v: &DVector<f64>) -> Result<Loss> {
+        if v.len() != self.b.ncols() {
+            return Err(Error::dim("v", self.b.ncols(), v.len()));
+        }
+        crate::error::check_finite("v", v.iter())?;
+        Ok(Loss::Linear { g: -(&self.b * v) })
     }
 
     /// The stored factorization of `Q` and the rows, when the dense backend is in use.

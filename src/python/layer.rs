@@ -179,18 +179,6 @@ impl QuadraticLayer {
         Ok(Bilevel::new(&self.layer, loss)?.with_tolerances(*self.layer.tolerances()))
     }
 
-    /// `jvp`'s loss for a θ-direction `v`: a step `t v` adds `−t (Bv)ᵀz` to `E`, so the JVP is
-    /// Prop. 2's `ż` for `g = −Bv`.
-    fn direction_loss(&self, v: &DVector<f64>) -> Result<Loss> {
-        if v.len() != self.layer.n_params() {
-            return Err(Error::dim("v", self.layer.n_params(), v.len()));
-        }
-        crate::error::check_finite("v", v.iter())?;
-        Ok(Loss::Linear {
-            g: -(self.layer.b() * v),
-        })
-    }
-
     /// `vjp`'s computation for one item: `dL/dθ` of `⟨g, z*(θ)⟩`.
     fn vjp_one(&self, theta: &DVector<f64>, g: &DVector<f64>) -> Result<DVector<f64>> {
         let program = self.program(Loss::Linear { g: g.clone() })?;
@@ -483,7 +471,7 @@ impl QuadraticLayer {
             }
             (None, Some(v)) => {
                 let loss = vec_arg("direction", &v)
-                    .and_then(|v| self.direction_loss(&v))
+                    .and_then(|v| self.layer.jvp_loss(&v))
                     .map_err(|e| to_pyerr(py, rename(e, "v", "direction")))?;
                 (loss, false, true)
             }
@@ -574,11 +562,7 @@ impl QuadraticLayer {
     ) -> PyResult<Bound<'py, PyAny>> {
         let n = self.layer.dim();
         self.per_item(py, &theta, ("v", &v), (threads, n), |t, v| {
-            Ok(self
-                .program(self.direction_loss(v)?)?
-                .limit(t)?
-                .direction
-                .z_dot)
+            Ok(self.layer.jvp(t, v)?.z_dot)
         })
     }
 
