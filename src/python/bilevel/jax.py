@@ -64,6 +64,19 @@ def qp_layer(Q, c, B, A=None, b=None, A_eq=None, b_eq=None, *, mode="limit", bac
     ``("contrastive", beta)`` (Def. 1's gradient for ``ℓ(z) = gᵀz``: equilibrium propagation's
     rule) or ``("centered", beta)``. The returned function carries the underlying
     :class:`bilevel.QuadraticLayer` as ``.layer`` (for ``derive``: status, branches, residual).
+    
+
+    Example (ReLU as a QP, ``z* = max(θ, 0)``, with a tie in the second unit)::
+
+        >>> import jax, jax.numpy as jnp, numpy as np
+        >>> from bilevel.jax import qp_layer
+        >>> relu = qp_layer(np.eye(2), np.zeros(2), B=np.eye(2), A=np.eye(2), b=np.zeros(2))
+        >>> theta = jnp.array([1.0, 0.0])
+        >>> relu(theta).tolist()
+        [1.0, 0.0]
+        >>> # ℓ = −z₂: raising θ₂ lifts unit 2 off its bound (the descent side), rate −1
+        >>> (jax.grad(lambda t: -relu(t)[1])(theta) + 0.0).tolist()
+        [0.0, -1.0]
     """
     layer = QuadraticLayer(Q, c, B, A, b, A_eq, b_eq, backend=backend)
     kind, beta = _mode(mode)
@@ -174,6 +187,19 @@ def qp(Q, p, G, h, A, b, *, mode="limit", threads=None):
     (each device's items on its own call). ``mode`` chooses the backward pass: ``"limit"`` (exact, one-sided at weakly active rows, Prop. 2),
     ``("contrastive", beta)`` or ``("centered", beta)`` (Def. 1's surrogates). Reverse mode
     only; the backward pass solves the items again.
+    
+
+    Example (projection of ``−p`` onto ``z ≥ 0``; the second unit sits on its bound, a tie)::
+
+        >>> import jax, jax.numpy as jnp
+        >>> from bilevel.jax import qp
+        >>> Q, G, h, e = jnp.eye(2), -jnp.eye(2), jnp.zeros(2), jnp.zeros((0,))
+        >>> p = jnp.array([-1.0, 0.0])
+        >>> qp(Q, p, G, h, e, e).tolist()
+        [[1.0, 0.0]]
+        >>> # ℓ = −z₂ lifts unit 2 off its bound: the one-sided rate of p₂ is 1
+        >>> (jax.grad(lambda p: -qp(Q, p, G, h, e, e)[0, 1])(p) + 0.0).tolist()
+        [0.0, 1.0]
     """
     kind, beta = _mode(mode)
     grad_mode = "limit" if kind == "limit" else (kind, beta)
@@ -252,22 +278,54 @@ def _fenchel_box(lo, hi, beta):
 
 
 def fenchel_relu(beta):
-    """``relu`` whose backward pass is Fenchel BP's ``(relu(u) − relu(u − βg))/β`` (Eq. 51)."""
+    """``relu`` whose backward pass is Fenchel BP's ``(relu(u) − relu(u − βg))/β`` (Eq. 51).
+
+    Example (``g = 1``, ``β = 0.5``)::
+
+        >>> import jax, jax.numpy as jnp
+        >>> from bilevel.jax import fenchel_relu
+        >>> jax.grad(lambda u: fenchel_relu(0.5)(u).sum())(jnp.array([-1.0, 0.0, 2.0])).tolist()
+        [0.0, 0.0, 1.0]
+    """
     return _fenchel_box(0.0, np.inf, beta)
 
 
 def fenchel_hard_sigmoid(beta):
-    """``clip(u, 0, 1)`` with the Fenchel-BP backward pass."""
+    """``clip(u, 0, 1)`` with the Fenchel-BP backward pass.
+
+    Example (``g = 1``, ``β = 0.5``)::
+
+        >>> import jax, jax.numpy as jnp
+        >>> from bilevel.jax import fenchel_hard_sigmoid
+        >>> jax.grad(lambda u: fenchel_hard_sigmoid(0.5)(u).sum())(jnp.array([0.25, 1.0])).tolist()
+        [0.5, 1.0]
+    """
     return _fenchel_box(0.0, 1.0, beta)
 
 
 def fenchel_hard_tanh(beta):
-    """``clip(u, −1, 1)`` with the Fenchel-BP backward pass."""
+    """``clip(u, −1, 1)`` with the Fenchel-BP backward pass.
+
+    Example (``g = 1``, ``β = 0.5``)::
+
+        >>> import jax, jax.numpy as jnp
+        >>> from bilevel.jax import fenchel_hard_tanh
+        >>> jax.grad(lambda u: fenchel_hard_tanh(0.5)(u).sum())(jnp.array([-0.75, 1.0])).tolist()
+        [0.5, 1.0]
+    """
     return _fenchel_box(-1.0, 1.0, beta)
 
 
 def fenchel_box(lo, hi, beta):
-    """``clip(u, lo, hi)`` with the Fenchel-BP backward pass (``lo < hi``)."""
+    """``clip(u, lo, hi)`` with the Fenchel-BP backward pass (``lo < hi``).
+
+    Example (``g = 1``, ``β = 0.5``)::
+
+        >>> import jax, jax.numpy as jnp
+        >>> from bilevel.jax import fenchel_box
+        >>> jax.grad(lambda u: fenchel_box(0.0, 2.0, 0.5)(u).sum())(jnp.array([1.0, 2.25])).tolist()
+        [1.0, 0.5]
+    """
     if not lo < hi:
         raise ValueError(f"need lo < hi, got [{lo}, {hi}]")
     return _fenchel_box(float(lo), float(hi), beta)
@@ -275,7 +333,17 @@ def fenchel_box(lo, hi, beta):
 
 def fenchel_softmax(beta):
     """``softmax`` over the last axis with the Fenchel-BP backward pass
-    ``(softmax(u) − softmax(u − βg))/β`` (``G`` the negative entropy on the simplex)."""
+    ``(softmax(u) − softmax(u − βg))/β`` (``G`` the negative entropy on the simplex).
+
+    Example (small ``β``: close to the chain rule's ``s ⊙ (g − sᵀg)`` = (0.25, −0.25))::
+
+        >>> import jax, jax.numpy as jnp
+        >>> from bilevel.jax import fenchel_softmax
+        >>> g = jnp.array([1.0, 0.0])
+        >>> d = jax.grad(lambda u: (fenchel_softmax(1e-3)(u) * g).sum())(jnp.zeros(2))
+        >>> [round(x, 3) for x in d.tolist()]
+        [0.25, -0.25]
+    """
     beta = float(beta)
     if not (np.isfinite(beta) and beta > 0):
         raise ValueError(f"beta must be finite and > 0, got {beta!r}")

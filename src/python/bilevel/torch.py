@@ -120,6 +120,25 @@ def QPFunction(eps=1e-12, verbose=0, notImprovedLim=3, maxIter=20, check_Q_spd=T
     The returned function has ``.status()``: per item of the last call, the solver, its
     iterations and residual and each inequality row's activity, and after a backward pass the
     ``branches`` it took at weakly active rows.
+    
+
+    Example (projection of ``−p`` onto ``z ≥ 0``; the second unit sits on its bound, a tie)::
+
+        >>> import torch
+        >>> from bilevel.torch import QPFunction
+        >>> Q = torch.eye(2, dtype=torch.float64)
+        >>> p = torch.tensor([[-1.0, 0.0]], dtype=torch.float64, requires_grad=True)
+        >>> G, h = -torch.eye(2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64)
+        >>> e = torch.empty(0, dtype=torch.float64)              # no equalities
+        >>> f = QPFunction()
+        >>> z = f(Q, p, G, h, e, e)
+        >>> z.tolist()
+        [[1.0, 0.0]]
+        >>> (-z[0, 1]).backward()    # ℓ = −z₂ lifts unit 2 off its bound: one-sided rate 1
+        >>> (p.grad + 0.0).tolist()    # + 0.0: prints −0.0 as 0.0
+        [[0.0, 1.0]]
+        >>> f.status()[0]["activity"], f.status()[0]["branches"]
+        (['inactive', 'weak'], [None, 'leaves'])
     """
     if reduce not in ("sum", "mean"):
         raise ValueError(f"reduce: expected \"sum\" or \"mean\", got {reduce!r}")
@@ -184,22 +203,62 @@ def _fenchel_box(lo, hi, beta):
 
 
 def fenchel_relu(beta):
-    """``relu`` whose backward pass is Fenchel BP's ``(relu(u) − relu(u − βg))/β`` (Eq. 51)."""
+    """``relu`` whose backward pass is Fenchel BP's ``(relu(u) − relu(u − βg))/β`` (Eq. 51).
+
+    Example (``g = 1``, ``β = 0.5``)::
+
+        >>> import torch
+        >>> from bilevel.torch import fenchel_relu
+        >>> u = torch.tensor([-1.0, 0.0, 2.0], dtype=torch.float64, requires_grad=True)
+        >>> fenchel_relu(0.5)(u).sum().backward()
+        >>> u.grad.tolist()
+        [0.0, 0.0, 1.0]
+    """
     return _fenchel_box(0.0, float("inf"), beta)
 
 
 def fenchel_hard_sigmoid(beta):
-    """``clamp(u, 0, 1)`` with the Fenchel-BP backward pass."""
+    """``clamp(u, 0, 1)`` with the Fenchel-BP backward pass.
+
+    Example (``g = 1``, ``β = 0.5``)::
+
+        >>> import torch
+        >>> from bilevel.torch import fenchel_hard_sigmoid
+        >>> u = torch.tensor([0.25, 1.0], dtype=torch.float64, requires_grad=True)
+        >>> fenchel_hard_sigmoid(0.5)(u).sum().backward()
+        >>> u.grad.tolist()
+        [0.5, 1.0]
+    """
     return _fenchel_box(0.0, 1.0, beta)
 
 
 def fenchel_hard_tanh(beta):
-    """``clamp(u, −1, 1)`` with the Fenchel-BP backward pass."""
+    """``clamp(u, −1, 1)`` with the Fenchel-BP backward pass.
+
+    Example (``g = 1``, ``β = 0.5``)::
+
+        >>> import torch
+        >>> from bilevel.torch import fenchel_hard_tanh
+        >>> u = torch.tensor([-0.75, 1.0], dtype=torch.float64, requires_grad=True)
+        >>> fenchel_hard_tanh(0.5)(u).sum().backward()
+        >>> u.grad.tolist()
+        [0.5, 1.0]
+    """
     return _fenchel_box(-1.0, 1.0, beta)
 
 
 def fenchel_box(lo, hi, beta):
-    """``clamp(u, lo, hi)`` with the Fenchel-BP backward pass (``lo < hi``)."""
+    """``clamp(u, lo, hi)`` with the Fenchel-BP backward pass (``lo < hi``).
+
+    Example (``g = 1``, ``β = 0.5``)::
+
+        >>> import torch
+        >>> from bilevel.torch import fenchel_box
+        >>> u = torch.tensor([1.0, 2.25], dtype=torch.float64, requires_grad=True)
+        >>> fenchel_box(0.0, 2.0, 0.5)(u).sum().backward()
+        >>> u.grad.tolist()
+        [1.0, 0.5]
+    """
     if not lo < hi:
         raise ValueError(f"need lo < hi, got [{lo}, {hi}]")
     return _fenchel_box(float(lo), float(hi), beta)
@@ -220,7 +279,17 @@ class _FenchelSoftmax(torch.autograd.Function):
 
 def fenchel_softmax(beta):
     """``softmax`` over the last axis with the Fenchel-BP backward pass
-    ``(softmax(u) − softmax(u − βg))/β`` (``G`` the negative entropy on the simplex)."""
+    ``(softmax(u) − softmax(u − βg))/β`` (``G`` the negative entropy on the simplex).
+
+    Example (small ``β``: close to the chain rule's ``s ⊙ (g − sᵀg)`` = (0.25, −0.25))::
+
+        >>> import torch
+        >>> from bilevel.torch import fenchel_softmax
+        >>> u = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+        >>> (fenchel_softmax(1e-6)(u) * torch.tensor([1.0, 0.0], dtype=torch.float64)).sum().backward()
+        >>> [round(x, 6) for x in u.grad.tolist()]
+        [0.25, -0.25]
+    """
     beta = _beta(beta)
 
     def f(u):
