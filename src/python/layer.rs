@@ -27,6 +27,23 @@ use crate::surrogate::Bilevel;
 /// (looped in Rust on `threads` threads, default: the machine's cores; the answers do not depend
 /// on the thread count). A batch raises the error of its first failing item, with the item's
 /// position in the exception's `index` attribute.
+///
+/// Example:
+///
+/// ```text
+/// >>> import numpy as np, bilevel
+/// >>> # ReLU as a QP, z* = max(θ, 0), with a tie in the second unit
+/// >>> relu = bilevel.QuadraticLayer(np.eye(2), np.zeros(2), B=np.eye(2), A=np.eye(2), b=np.zeros(2))
+/// >>> relu.solve([1.0, 0.0])["z"].tolist()
+/// [1.0, 0.0]
+/// >>> relu.vjp([1.0, 0.0], [2.0, -3.0]).tolist()   # descending lifts θ₂: the unit leaves 0
+/// [2.0, -3.0]
+/// >>> (relu.vjp([1.0, 0.0], [-2.0, 3.0]) + 0.0).tolist()   # the other way it stays
+/// [-2.0, 0.0]
+/// >>> relu.jvp([1.0, 0.0], [1.0, -1.0]).tolist()   # one-sided: θ₂ down keeps z₂ at 0
+/// [1.0, 0.0]
+///
+/// ```
 #[pyclass(frozen, module = "bilevel", name = "QuadraticLayer")]
 pub struct QuadraticLayer {
     layer: QuadraticProblem,

@@ -111,6 +111,21 @@ fn check_finite_array(py: Python<'_>, name: &str, u: &ArrayViewD<'_, f64>) -> Py
 /// Eq. 31-32) with `name` one of `"identity"`, `"relu"`, `"hard_sigmoid"` (`clamp(u, 0, 1)`),
 /// `"hard_tanh"` (`clamp(u, −1, 1)`), `"softmax"`, or `("box", lo, hi)`. Every method works on
 /// the last axis (softmax couples the units of a row; the box family is unit-wise).
+///
+/// Example:
+///
+/// ```text
+/// >>> import bilevel
+/// >>> relu = bilevel.Activation("relu")
+/// >>> relu([-1.0, 0.0, 2.0]).tolist()
+/// [0.0, 0.0, 2.0]
+/// >>> # one-sided at the kink u = 0: g = −1 (the loss wants the unit up) passes, g = 1 does not
+/// >>> (relu.vjp([0.0, 0.0], [-1.0, 1.0]) + 0.0).tolist()
+/// [-1.0, 0.0]
+/// >>> relu.fenchel_vjp([-1.0, 0.0, 2.0], [1.0, 1.0, 1.0], 0.5).tolist()   # Eq. 51
+/// [0.0, 0.0, 1.0]
+///
+/// ```
 #[pyclass(frozen, module = "bilevel", name = "Activation")]
 pub struct Activation {
     act: Act,
@@ -269,6 +284,20 @@ fn settings_of(py: Python<'_>, settings: Option<&Bound<'_, PyDict>>) -> PyResult
 /// `z_k = f_k(z_{k−1} W_kᵀ + b_k)`, read as the deeply nested program of Eq. 21 with the
 /// layer energy each method of Table 1 chooses. `weights[k]` is `(n_k, n_{k−1})`, `biases[k]`
 /// `(n_k,)`, `activations[k]` a name as for [`Activation`].
+///
+/// Example:
+///
+/// ```text
+/// >>> import numpy as np, bilevel
+/// >>> net = bilevel.Network([np.array([[1.0, -1.0]]), np.array([[2.0]])], [np.zeros(1), np.zeros(1)],
+/// ...                       ["relu", "identity"])
+/// >>> net.widths, [a.tolist() for a in net.forward([[1.0, 0.0]])]
+/// ([2, 1, 1], [[[1.0]], [[2.0]]])
+/// >>> out = net.gradient("fenbp", 1e-3, [[1.0, 0.0]], [[1.0]])   # Table 1's Fenchel BP
+/// >>> out["value"], [np.round(w, 6).tolist() for w in out["grad_weights"]]
+/// (0.5, [[[2.0, 0.0]], [[1.0]]])
+///
+/// ```
 #[pyclass(frozen, module = "bilevel", name = "Network")]
 pub struct Network {
     net: Net<f64>,

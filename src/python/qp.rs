@@ -171,6 +171,23 @@ pub struct QpBatch {
 /// leading batch axis; an empty array: no rows), as an array `(batch, n)`, and the `QpBatch`
 /// that gives the gradients of every input. Items are solved on `threads` threads (default:
 /// the machine's cores); the answers do not depend on the count.
+///
+/// Example:
+///
+/// ```text
+/// >>> import numpy as np, bilevel
+/// >>> # projection of −p onto z ≥ 0 (G = −I, h = 0); the second unit sits on its bound
+/// >>> none = np.zeros(0)
+/// >>> z, batch = bilevel.qp_solve(np.eye(2), [[-1.0, 0.0]], -np.eye(2), np.zeros(2), none, none)
+/// >>> z.tolist(), len(batch)
+/// ([[1.0, 0.0]], 1)
+/// >>> batch.status()[0]["activity"]
+/// ['inactive', 'weak']
+/// >>> grads = batch.gradients([[0.0, -1.0]])   # ℓ = −z₂ lifts unit 2 off its bound
+/// >>> (grads["p"] + 0.0).tolist(), grads["branches"]
+/// ([[0.0, 1.0]], [[None, 'leaves']])
+///
+/// ```
 #[pyfunction]
 #[pyo3(signature = (Q, p, G, h, A, b, *, threads = None, feasibility_tol = 1e-9, multiplier_tol = 1e-9))]
 #[allow(non_snake_case, clippy::too_many_arguments)]
