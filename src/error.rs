@@ -104,13 +104,13 @@ pub enum Error {
         reason: String,
     },
     /// Every mirror failed for a file of `bilevel data fetch`.
-    #[error("could not download {file}: {} — put the four MNIST .gz files into {} by hand", attempts.join("; "), dir.display())]
+    #[error("could not download {file}: {} — put the four MNIST .gz files into {} by hand, or point --data DIR or BILEVEL_DATA at a folder that holds them", attempts.join("; "), dir.display())]
     Download {
         /// The file.
         file: String,
         /// The directory it was meant for.
         dir: PathBuf,
-        /// Each attempt, `URL: reason`.
+        /// Each mirror's attempts, `URL: reason` (`(k attempts)` when all failed alike).
         attempts: Vec<String>,
     },
     /// Writing an output file (log, checkpoint, plot) failed.

@@ -199,6 +199,26 @@ fn a_failed_download_replaces_nothing_and_says_where_to_put_the_files() {
     .unwrap_err()
     .to_string();
     assert!(err.contains(&closed) && err.lines().count() == 1, "{err}");
+    // Attempts that fail alike are one entry naming the URL once, and the message says how to
+    // use files the user already has.
+    let twice = FetchSettings {
+        attempts: 2,
+        ..settings(std::slice::from_ref(&closed))
+    };
+    let err = fetch(&tmp("offline-twice"), &twice, &mut |_, _, _| {}).unwrap_err();
+    match &err {
+        Error::Download { attempts, .. } => {
+            assert_eq!(attempts.len(), 1, "{attempts:?}");
+            assert!(attempts[0].ends_with("(2 attempts)"), "{}", attempts[0]);
+        }
+        other => panic!("{other:?}"),
+    }
+    let message = err.to_string();
+    assert_eq!(message.matches(closed.as_str()).count(), 1, "{message}");
+    assert!(
+        message.contains("BILEVEL_DATA") && message.contains("--data"),
+        "{message}"
+    );
 }
 
 #[test]

@@ -165,6 +165,7 @@ fn fetch_one(
     let partial = dir.join(format!(".{name}.partial"));
     for mirror in &settings.mirrors {
         let url = format!("{mirror}{name}");
+        let mut reasons: Vec<String> = Vec::new();
         for _ in 0..settings.attempts {
             let outcome = download(agent, &url, &partial, settings.max_bytes, &mut |n, t| {
                 progress(&name, n, t)
@@ -178,16 +179,29 @@ fn fetch_one(
                 }
                 Err(reason) => {
                     let _ = fs::remove_file(&partial);
-                    report.failures.push(format!("{url}: {reason}"));
+                    reasons.push(reason);
                 }
             }
         }
+        report.failures.push(failure(&url, &reasons));
     }
     Err(Error::Download {
         file: name,
         dir: dir.to_path_buf(),
         attempts: report.failures,
     })
+}
+
+/// One line for a mirror's failed attempts: `URL: reason`, `URL: reason (k attempts)` when
+/// every attempt failed the same way, else the reasons in order.
+fn failure(url: &str, reasons: &[String]) -> String {
+    match reasons {
+        [one] => format!("{url}: {one}"),
+        [first, rest @ ..] if rest.iter().all(|r| r == first) => {
+            format!("{url}: {first} ({} attempts)", reasons.len())
+        }
+        _ => format!("{url}: {}", reasons.join(" / ")),
+    }
 }
 
 /// Streams `url` into `path` (created or truncated), at most `max_bytes`, synced to disk.
