@@ -25,17 +25,35 @@ pub struct KktSolution {
     pub x: DVector<f64>,
     /// Multipliers `ν` of `K = [P Aᵀ; A 0]`, i.e. `P x + Aᵀ ν = r`, `A x = s`.
     pub nu: DVector<f64>,
-    /// 2-norm condition estimate of `K` (power iteration on `K` and `K⁻¹`).
+    /// 2-norm condition estimate of `K`, rows of `A` equilibrated (power iteration on `K` and
+    /// `K⁻¹`).
     pub condition: f64,
-    /// ∞-norm of the residual `[r; s] − K [x; ν]` after refinement.
+    /// ∞-norm of the residual `[r; s] − K [x; ν]` after refinement, with the rows of `A`
+    /// equilibrated as [`solve_kkt`] does.
     pub residual: f64,
     /// ∞-norms of the iterative-refinement correction of `x` and of `ν`: estimates of their
     /// forward errors before refinement, so safe upper estimates after it.
     pub error: (f64, f64),
 }
 
+/// The power of two `d` with `d · norm ∈ [1, 2)` (1 for a zero or non-finite `norm`; the
+/// exponent is kept within `±1000`): multiplying a row by it is exact in floating point, so
+/// an equilibrated problem has the same solution bit for bit, only without the overflow of
+/// `‖a_i‖²` or the underflow of a tiny row.
+pub(crate) fn power_of_two_scale(norm: f64) -> f64 {
+    if !(norm.is_finite() && norm > 0.0) {
+        return 1.0;
+    }
+    let e = (norm.log2().floor() as i64).clamp(-1000, 1000);
+    f64::from_bits(((1023 - e) as u64) << 52)
+}
+
 /// Solves the symmetric KKT system `[P Aᵀ; A 0] [x; ν] = [r; s]` by the null-space method,
-/// with one step of iterative refinement.
+/// with one step of iterative refinement. Each row of `A` (with its `s_i`), and `P` (with
+/// `r`), is first multiplied by the power of two that brings its ∞-norm (largest entry) into
+/// `[1, 2)` (`power_of_two_scale`, exact), and `ν` mapped back, so that the answer, the
+/// singularity test and the condition estimate (of the scaled `K`) do not depend on how a row
+/// or the energy is scaled.
 ///
 /// This is the exact "refinement" step used after a QP backend has identified an active set
 /// (Prop. 2 and the inner QP alike). `a` holds the active constraint rows (possibly zero rows).
@@ -67,6 +85,13 @@ pub fn solve_kkt(
             error: (0.0, 0.0),
         });
     }
+    // Equilibration by powers of two (exact): rows of A to ∞-norms in [1, 2), and P (with r)
+    // likewise; ν = D ν' / σ maps the scaled multipliers back.
+    let sigma = power_of_two_scale(p.amax());
+    let scale = DVector::from_fn(m, |i, _| power_of_two_scale(a.row(i).amax()) / sigma);
+    let a = &DMatrix::from_fn(m, n, |i, j| a[(i, j)] * scale[i] * sigma);
+    let s = &DVector::from_fn(m, |i, _| s[i] * scale[i] * sigma);
+    let (p, r) = (&(p * sigma), &(r * sigma));
     let singular = |why: &str| Error::Singular(format!("KKT matrix of size {}: {why}", n + m));
     if m > n {
         return Err(singular(
@@ -91,7 +116,10 @@ pub fn solve_kkt(
     let corr = factors.solve(&(&rhs - &k * &sol));
     let mut error = (f64::INFINITY, f64::INFINITY);
     if corr.iter().all(|v| v.is_finite()) {
-        error = (corr.rows(0, n).amax(), corr.rows(n, m).amax());
+        error = (
+            corr.rows(0, n).amax(),
+            corr.rows(n, m).component_mul(&scale).amax(),
+        );
         sol += corr;
     }
     let residual = (&rhs - &k * &sol).amax();
@@ -108,7 +136,7 @@ pub fn solve_kkt(
     check_kkt_accuracy(p, a, r, s, &sol)?;
     Ok(KktSolution {
         x: sol.rows(0, n).into_owned(),
-        nu: sol.rows(n, m).into_owned(),
+        nu: sol.rows(n, m).component_mul(&scale),
         condition,
         residual,
         error,

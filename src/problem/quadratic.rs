@@ -10,10 +10,10 @@ use crate::error::{Error, Result};
 use crate::linalg::{min_eigenvalue, spd_cholesky};
 use crate::problem::{Direction, DirectionMethod};
 use crate::solve::qp::{
-    classify, complementarity, dense_exact, solve_exact, solve_offset, Activity, OffsetQp,
-    OffsetSolution, Qp, QpBackend, Tolerances, DENSE,
+    complementarity, dense_exact, solve_exact, solve_offset, Activity, OffsetQp, OffsetSolution,
+    Qp, QpBackend, Tolerances, DENSE,
 };
-use crate::solve::qp::{DenseActiveSet, DenseFactor};
+use crate::solve::qp::{ActivityTest, DenseActiveSet, DenseFactor};
 
 /// The standard constrained quadratic layer
 /// <div class="math">
@@ -284,8 +284,7 @@ impl QuadraticProblem {
         });
         let z = &z_star.z + &sol.f * s;
         let scale_q = (&self.b * theta + &self.c - loss.linear_term() * beta).amax();
-        let tol_p = self.tol.feasibility * (1.0 + cons.b.amax().max(cons.b_eq.amax()));
-        let tol_d = self.tol.multiplier * (1.0 + scale_q + problem.p.amax() * z.amax());
+        let test = ActivityTest::new(&self.tol, &problem.p, scale_q, &z);
         let residual = z_star
             .status
             .residual
@@ -293,7 +292,7 @@ impl QuadraticProblem {
             .max(complementarity(&lambda, &slack_hat));
         InnerSolution {
             z,
-            activity: classify(&sol.working, &lambda, &slack_hat, tol_p, tol_d),
+            activity: test.classify((&cons.a, &cons.b), &sol.working, &lambda, &slack_hat),
             multipliers: lambda,
             multipliers_eq: &z_star.multipliers_eq + &sol.mu_eq * s,
             status: SolveStatus {

@@ -24,6 +24,7 @@ use nalgebra::{Cholesky, DMatrix, DVector, Dyn};
 
 use super::problem::{Qp, QpBackend, QpRaw};
 use crate::error::{Error, Result};
+use crate::linalg::power_of_two_scale;
 
 /// The name the dense dual active-set method reports as its backend.
 pub const DENSE: &str = "dense active set";
@@ -65,12 +66,17 @@ pub enum Row {
     Off,
 }
 
-/// `L`, `V = L⁻¹Cᵀ` and `G = VᵀV` for `P = LLᵀ` and the stacked rows `C` (module docs).
+/// `L`, `V = L⁻¹Cᵀ` and `G = VᵀV` for `P = LLᵀ` and the stacked rows `C` (module docs), each
+/// row first multiplied by the power of two that brings its ∞-norm into `[1, 2)` (exact in
+/// floating point: the method's answer is the same, without `‖c_i‖²` overflowing in `G` for
+/// rows of 1e300, and its tests compare rows of like size).
 #[derive(Debug, Clone)]
 pub struct DenseFactor {
     p: DMatrix<f64>,
-    /// The stacked rows `C = [A; A_eq]`.
+    /// The stacked rows `C = [A; A_eq]`, equilibrated.
     c: DMatrix<f64>,
+    /// Row `i` of `c` is `scale[i]` times the given row.
+    scale: DVector<f64>,
     chol: Cholesky<f64, Dyn>,
     v: DMatrix<f64>,
     gram: DMatrix<f64>,
@@ -88,7 +94,8 @@ pub struct DenseSolution {
     pub working: Vec<bool>,
     /// Steps of the active-set method (rows added or dropped).
     pub steps: usize,
-    /// ∞-norms of the refinement's correction of `x` and of `y` (error estimates).
+    /// ∞-norms of the refinement's correction of `x` and of the multipliers of the
+    /// equilibrated rows (error estimates; see [`DenseFactor`]).
     pub error: (f64, f64),
 }
 
@@ -136,12 +143,17 @@ impl DenseFactor {
         let mut c = DMatrix::zeros(m + k, n);
         c.rows_mut(0, m).copy_from(a);
         c.rows_mut(m, k).copy_from(a_eq);
+        let scale = DVector::from_fn(m + k, |i, _| power_of_two_scale(c.row(i).amax()));
+        for (i, mut row) in c.row_iter_mut().enumerate() {
+            row *= scale[i];
+        }
         let mut v = c.transpose();
         chol.l_dirty().solve_lower_triangular_mut(&mut v);
         let gram = v.tr_mul(&v);
         Ok(Self {
             p: p.clone(),
             c,
+            scale,
             chol,
             v,
             gram,
@@ -173,8 +185,9 @@ impl DenseFactor {
         if b.len() != r || kinds.len() != r {
             return Err(Error::dim("b", r, b.len().min(kinds.len())));
         }
+        let b = b.component_mul(&self.scale);
         let w = self.forward(q);
-        let h = b + self.v.tr_mul(&w);
+        let h = &b + self.v.tr_mul(&w);
         let mut state = Dual::new(self, &h, kinds)?;
         let max_steps = 10 * r + 20;
         while let Some(p) = state.most_violated(kinds) {
@@ -187,11 +200,14 @@ impl DenseFactor {
                 });
             }
         }
-        Ok(self.point(q, b, &w, state))
+        let mut sol = self.point(q, &b, &w, state);
+        sol.y.component_mul_assign(&self.scale);
+        Ok(sol)
     }
 
-    /// The 2-norm condition estimate of the KKT matrix `K = [P C_Wᵀ; C_W 0]` of a working
-    /// set ([`crate::linalg::condition_estimate`], through this factorization).
+    /// The 2-norm condition estimate of the KKT matrix `K = [σP C_Wᵀ; C_W 0]` of a working
+    /// set, rows equilibrated and `σ` the power of two with `σ max|P| ∈ [1, 2)`
+    /// ([`crate::linalg::condition_estimate`], through this factorization).
     pub fn condition(&self, working: &[bool]) -> f64 {
         let rows: Vec<usize> = (0..working.len()).filter(|&i| working[i]).collect();
         let (n, k) = (self.p.nrows(), rows.len());
@@ -201,16 +217,20 @@ impl DenseFactor {
             (_, Some(c)) => Some(c),
             (_, None) => return f64::INFINITY,
         };
+        // P scaled like the rows (by a power of two, σ max|P| ∈ [1, 2)), as `solve_kkt` does:
+        // the estimate does not depend on the energy's scale.
+        let sigma = power_of_two_scale(self.p.amax());
         let mut kkt = DMatrix::zeros(n + k, n + k);
-        kkt.view_mut((0, 0), (n, n)).copy_from(&self.p);
+        kkt.view_mut((0, 0), (n, n)).copy_from(&(&self.p * sigma));
         for (j, &i) in rows.iter().enumerate() {
             kkt.view_mut((n + j, 0), (1, n)).copy_from(&self.c.row(i));
             kkt.view_mut((0, n + j), (n, 1))
                 .tr_copy_from(&self.c.row(i));
         }
         crate::linalg::condition_estimate(&kkt, |u| {
-            // P x + C_Wᵀν = r, C_W x = s: G_WW ν = V_Wᵀ L⁻¹ r − s, x = L⁻ᵀ(L⁻¹r − V_W ν).
-            let mut lr = self.forward(&u.rows(0, n).into_owned());
+            // σP x + C_Wᵀν = r, C_W x = s ⇔ P x + C_Wᵀ(ν/σ) = r/σ: with ν̃ = ν/σ,
+            // G_WW ν̃ = V_Wᵀ L⁻¹ r/σ − s and x = L⁻ᵀ(L⁻¹r/σ − V_W ν̃).
+            let mut lr = self.forward(&(u.rows(0, n) / sigma));
             let rhs = DVector::from_fn(k, |j, _| self.v.column(rows[j]).dot(&lr) - u[n + j]);
             let nu = chol.as_ref().map_or(DVector::zeros(0), |c| c.solve(&rhs));
             for (j, &i) in rows.iter().enumerate() {
@@ -219,7 +239,7 @@ impl DenseFactor {
             self.backward(&mut lr);
             let mut out = DVector::zeros(n + k);
             out.rows_mut(0, n).copy_from(&lr);
-            out.rows_mut(n, k).copy_from(&nu);
+            out.rows_mut(n, k).copy_from(&(nu * sigma));
             Some(out)
         })
     }

@@ -2,7 +2,7 @@
 
 use nalgebra::DVector;
 
-use super::problem::{Qp, Tolerances};
+use super::problem::{ActivityTest, Qp, Tolerances};
 use crate::error::{Error, Result};
 use crate::linalg::{select_rows, solve_kkt, vstack};
 
@@ -20,7 +20,6 @@ pub fn solve_by_enumeration(qp: &Qp, tol: &Tolerances) -> Result<DVector<f64>> {
             "enumeration is limited to 20 inequalities",
         ));
     }
-    let tol_p = tol.feasibility * (1.0 + qp.b.amax().max(qp.b_eq.amax()));
     for mask in 0u32..(1u32 << m) {
         let rows: Vec<usize> = (0..m).filter(|&i| mask & (1 << i) != 0).collect();
         let a_w = vstack(&select_rows(&qp.a, &rows), &qp.a_eq);
@@ -34,10 +33,11 @@ pub fn solve_by_enumeration(qp: &Qp, tol: &Tolerances) -> Result<DVector<f64>> {
         let Ok(kkt) = solve_kkt(&qp.p, &a_w, &(-&qp.q), &rhs_c) else {
             continue;
         };
-        let tol_d = tol.multiplier * (1.0 + qp.q.amax() + qp.p.amax() * kkt.x.amax());
+        // Signs up to the classification's scale-invariant tolerances.
+        let test = ActivityTest::new(tol, &qp.p, qp.q.amax(), &kkt.x);
         let slack = &qp.a * &kkt.x - &qp.b;
-        let primal_ok = (0..m).all(|i| slack[i] >= -tol_p);
-        let dual_ok = rows.iter().enumerate().all(|(r, _)| -kkt.nu[r] >= -tol_d);
+        let primal_ok = (0..m).all(|i| slack[i] >= -test.slack_tolerance(&qp.a, i, qp.b[i]));
+        let dual_ok = (rows.iter().enumerate()).all(|(r, &i)| !test.strong(&qp.a, i, kkt.nu[r]));
         if primal_ok && dual_ok {
             return Ok(kkt.x);
         }

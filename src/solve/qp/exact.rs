@@ -8,22 +8,31 @@ use nalgebra::{DMatrix, DVector};
 use super::clarabel::Clarabel;
 use super::dense::{DenseFactor, Row, DENSE};
 use super::problem::{
-    classify, complementarity, slack_rounding, ExactQp, Qp, QpBackend, Tolerances,
+    complementarity, slack_rounding, ActivityTest, Equilibration, ExactQp, Qp, QpBackend,
+    Tolerances,
 };
 use crate::error::{Error, Result};
 use crate::linalg::{select_rows, solve_kkt, vstack};
 
-/// Solves `qp` with `backend`, then refines exactly (see the module docs).
+/// Solves `qp` with `backend`, then refines exactly (see the module docs). The rows are
+/// equilibrated first (each multiplied by the power of two that brings its ∞-norm into
+/// `[1, 2)`, which is exact), so the answer does not depend on how a row is scaled.
 ///
 /// # Errors
 /// The backend's errors; [`Error::Singular`] when the KKT system on the identified active set is
 /// singular (LICQ fails); [`Error::NotConverged`] when the active-set repair does not settle.
 pub fn solve_exact(backend: &dyn QpBackend, qp: &Qp, tol: &Tolerances) -> Result<ExactQp> {
+    qp.validate()?;
+    let (scaled, equilibration) = Equilibration::of(qp);
+    exact_scaled(backend, &scaled, tol).map(|sol| equilibration.unscale(sol))
+}
+
+/// [`solve_exact`] on an equilibrated problem.
+fn exact_scaled(backend: &dyn QpBackend, qp: &Qp, tol: &Tolerances) -> Result<ExactQp> {
     let m = qp.b.len();
     if m == 0 {
         // Equalities only: one KKT solve is the exact answer; no backend needed.
-        qp.validate()?;
-        return refine(
+        return refine_scaled(
             qp,
             tol,
             &mut [],
@@ -34,11 +43,18 @@ pub fn solve_exact(backend: &dyn QpBackend, qp: &Qp, tol: &Tolerances) -> Result
         // Identification: an interior-point or ADMM point has, for each inequality, either a
         // small slack or a small multiplier; the larger of the two tells which side of
         // complementarity the exact solution is on (ties are weakly active and either choice is
-        // exact).
+        // exact). Both are compared on their own scales, so that the choice does not depend on
+        // the scale of the energy or of the solution.
         let slack0 = &qp.a * &raw.x - &qp.b;
-        let mut working: Vec<bool> = (0..m).map(|i| slack0[i] < raw.lambda[i]).collect();
+        let test = ActivityTest::new(tol, &qp.p, qp.q.amax(), &raw.x);
+        let mut working: Vec<bool> = (0..m)
+            .map(|i| {
+                test.relative_slack(&qp.a, i, qp.b[i], slack0[i])
+                    < test.relative_multiplier(&qp.a, i, raw.lambda[i])
+            })
+            .collect();
         let origin = Origin::new(backend.name()).after(raw.iterations, raw.reduced_accuracy);
-        refine(qp, tol, &mut working, origin)
+        refine_scaled(qp, tol, &mut working, origin)
     });
     match backend_result {
         Ok(sol) => Ok(sol),
@@ -49,7 +65,8 @@ pub fn solve_exact(backend: &dyn QpBackend, qp: &Qp, tol: &Tolerances) -> Result
         // backend's own answer stands.
         Err(backend_error) => match dual_active_set(qp) {
             Ok(mut working) => {
-                let mut sol = refine(qp, tol, &mut working, Origin::new("dual active set"))?;
+                let origin = Origin::new("dual active set");
+                let mut sol = refine_scaled(qp, tol, &mut working, origin)?;
                 sol.fallback = Some(backend_error.to_string());
                 Ok(sol)
             }
@@ -123,29 +140,26 @@ pub(crate) fn dense_exact(
         }
     };
     let mut working: Vec<bool> = rows[..m].iter().map(|&r| sol.working[r]).collect();
-    let tol_p = tol.feasibility * (1.0 + qp.b.amax().max(qp.b_eq.amax()));
-    let y = DVector::from_fn(m + k, |j, _| sol.y[rows[j]]);
-    let point = WorkingPoint::from_dense(qp, (&sol.x, &y), &working, sol.error, || {
+    // The factor equilibrates its rows as `Equilibration` does (the same powers of two), so
+    // its error estimates are already in the scaled problem's units.
+    let (scaled, equilibration) = Equilibration::of(qp);
+    let y = equilibration.to_scaled(&DVector::from_fn(m + k, |j, _| sol.y[rows[j]]));
+    let point = WorkingPoint::from_dense(&scaled, (&sol.x, &y), &working, sol.error, || {
         if condition {
             factor.condition(&sol.working)
         } else {
             f64::NAN
         }
     });
-    if worst_violation(qp, &working, &point, tol_p).is_some() || !point.accurate(qp, &working) {
-        return refine(
-            qp,
-            tol,
-            &mut working,
-            Origin::new(DENSE).after(sol.steps, false),
-        );
-    }
-    Ok(point.into_exact(
-        qp,
-        tol,
-        &working,
-        Origin::new(DENSE).after(sol.steps, false),
-    ))
+    let origin = Origin::new(DENSE).after(sol.steps, false);
+    let exact = if worst_violation(&scaled, &working, &point, tol).is_some()
+        || !point.accurate(&scaled, &working)
+    {
+        refine_scaled(&scaled, tol, &mut working, origin)?
+    } else {
+        point.into_exact(&scaled, tol, &working, origin)
+    };
+    Ok(equilibration.unscale(exact))
 }
 
 /// How a working set came about, for the [`ExactQp`]'s diagnostics: the backend that found it,
@@ -187,21 +201,30 @@ impl Origin {
     }
 }
 
-/// `tol.feasibility` relative to the right-hand sides: `tol.feasibility · (1 + max |b|)`.
-fn feasibility_tol(qp: &Qp, tol: &Tolerances) -> f64 {
-    tol.feasibility * (1.0 + qp.b.amax().max(qp.b_eq.amax()))
+/// The exact part of [`solve_exact`], starting from a given working set (also used by the
+/// brute-force references in tests). The rows are equilibrated as in [`solve_exact`].
+///
+/// # Errors
+/// As [`solve_exact`]'s refinement.
+pub fn refine(qp: &Qp, tol: &Tolerances, working: &mut [bool], origin: Origin) -> Result<ExactQp> {
+    qp.validate()?;
+    let (scaled, equilibration) = Equilibration::of(qp);
+    refine_scaled(&scaled, tol, working, origin).map(|sol| equilibration.unscale(sol))
 }
 
-/// The exact part of [`solve_exact`], starting from a given working set (also used by the
-/// brute-force references in tests).
-pub fn refine(qp: &Qp, tol: &Tolerances, working: &mut [bool], origin: Origin) -> Result<ExactQp> {
+/// [`refine`] on an equilibrated problem.
+fn refine_scaled(
+    qp: &Qp,
+    tol: &Tolerances,
+    working: &mut [bool],
+    origin: Origin,
+) -> Result<ExactQp> {
     let m = qp.b.len();
-    let tol_p = feasibility_tol(qp, tol);
     let max_repairs = 2 * m + 10;
     let mut repairs = 0;
     loop {
         let point = WorkingPoint::solve(qp, working)?;
-        let Some(i) = worst_violation(qp, working, &point, tol_p) else {
+        let Some(i) = worst_violation(qp, working, &point, tol) else {
             return Ok(point.into_exact(qp, tol, working, origin.repaired(repairs)));
         };
         if repairs >= max_repairs {
@@ -312,11 +335,12 @@ impl WorkingPoint {
 
     /// The result once no repair is needed: classification, dependent rows, KKT residual.
     fn into_exact(self, qp: &Qp, tol: &Tolerances, working: &[bool], origin: Origin) -> ExactQp {
-        let tol_p = feasibility_tol(qp, tol);
         let (x, lambda, slack) = (self.kkt.x, self.lambda, self.slack);
-        let tol_d = tol.multiplier * (1.0 + qp.q.amax() + qp.p.amax() * x.amax());
-        let activity = classify(working, &lambda, &slack, tol_p, tol_d);
-        let dependent = dependent_rows(&qp.a, &self.a_w, |i| !working[i] && slack[i] <= tol_p);
+        let test = ActivityTest::new(tol, &qp.p, qp.q.amax(), &x);
+        let activity = test.classify((&qp.a, &qp.b), working, &lambda, &slack);
+        let dependent = dependent_rows(&qp.a, &self.a_w, |i| {
+            !working[i] && test.active(&qp.a, i, qp.b[i], slack[i])
+        });
         let stationarity =
             &qp.p * &x + &qp.q - qp.a.tr_mul(&lambda) - qp.a_eq.tr_mul(&self.lambda_eq);
         let eq_res = if qp.b_eq.is_empty() {
@@ -355,15 +379,24 @@ impl WorkingPoint {
 /// solution, and finite differences at small β see the difference. Rounding is measured per
 /// row ([`slack_rounding`]) with the KKT solve's own error estimate; a global `cond · ‖A‖‖x‖`
 /// bound once let a violation of 21 pass as rounding. A violation beyond the feasibility
-/// tolerance is repaired even when that estimate could explain it (ill-conditioned systems):
-/// the result must be feasible as documented, or the iteration ends in an error.
-fn worst_violation(qp: &Qp, working: &[bool], point: &WorkingPoint, tol_p: f64) -> Option<usize> {
+/// tolerance ([`ActivityTest::slack_tolerance`]) is repaired even when that estimate could
+/// explain it (ill-conditioned systems): the result must be feasible as documented, or the
+/// iteration ends in an error.
+fn worst_violation(
+    qp: &Qp,
+    working: &[bool],
+    point: &WorkingPoint,
+    tol: &Tolerances,
+) -> Option<usize> {
     let (x, slack, lambda, error) = (&point.kkt.x, &point.slack, &point.lambda, point.kkt.error);
     let m = qp.b.len();
-    let rep_d = 64.0 * f64::EPSILON * (1.0 + qp.q.amax() + qp.p.amax() * x.amax()) + error.1;
+    let force = qp.q.amax() + qp.p.amax() * x.amax();
+    let rep_d = 64.0 * f64::EPSILON * force + error.1;
+    let test = ActivityTest::new(tol, &qp.p, qp.q.amax(), x);
     let worst_primal = (0..m)
         .filter(|&i| {
-            let bound = slack_rounding(&qp.a, i, qp.b[i], x, error.0).min(tol_p);
+            let bound = slack_rounding(&qp.a, i, qp.b[i], x, error.0)
+                .min(test.slack_tolerance(&qp.a, i, qp.b[i]));
             !working[i] && slack[i] < -bound
         })
         .min_by(|&i, &j| slack[i].total_cmp(&slack[j]));

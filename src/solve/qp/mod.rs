@@ -44,5 +44,5 @@ pub use exact::{dual_active_set, refine, solve_exact, solve_exact_dense, Origin}
 pub use offset::{solve_offset, OffsetQp, OffsetSolution};
 #[cfg(feature = "osqp")]
 pub use osqp::{Osqp, OsqpSettings};
-pub(crate) use problem::{classify, complementarity};
+pub(crate) use problem::{complementarity, ActivityTest};
 pub use problem::{Activity, ExactQp, Qp, QpBackend, QpRaw, Tolerances};

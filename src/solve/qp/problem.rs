@@ -5,6 +5,7 @@
 use nalgebra::{DMatrix, DVector};
 
 use crate::error::{check_finite, Error, Result};
+use crate::linalg::power_of_two_scale;
 
 /// A convex QP `min ½xᵀPx + qᵀx  s.t.  A x ≥ b, A_eq x = b_eq` (see the module docs).
 #[derive(Debug, Clone)]
@@ -91,18 +92,22 @@ pub trait QpBackend: Send + Sync {
 }
 
 /// Tolerances used to *classify* constraints after the exact solve (the solve itself enforces
-/// the sign conditions to rounding level, see [`refine`](super::refine)). Both are relative: the feasibility
-/// tolerance is scaled by `1 + max|b|`, the multiplier tolerance by `1 + max|q| + max|P|·max|x|`.
+/// the sign conditions to rounding level, see [`refine`](super::refine)). Both are relative,
+/// and the tests they define do not change when a row, the energy or the solution is scaled
+/// (see [`ActivityTest`]): row `i` is active when
+/// `slack_i / ‖a_i‖∞ ≤ feasibility · (|b_i| / ‖a_i‖∞ + max(‖x‖∞, ‖q‖∞ / max|P|))`, and an active row is strongly
+/// active when `λ_i ‖a_i‖∞ > multiplier · (‖q‖∞ + max|P| ‖x‖∞)` (the size of the terms of
+/// stationarity `P x + q − Aᵀλ = 0`).
 ///
 /// After the exact KKT solve the computed slacks and multipliers are accurate to about
-/// `cond · 1e-16`, so the defaults (`1e-9`) separate exact zeros from true non-zeros on
-/// problems with condition numbers up to about `1e6`.
+/// `cond · 1e-16` relative to those scales, so the defaults (`1e-9`) separate exact zeros from
+/// true non-zeros on problems with condition numbers up to about `1e6`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Tolerances {
-    /// A slack `a_iᵀx − b_i` at or below this (relative) is active. Default `1e-9`.
+    /// A slack at or below this (relative, see above) is active. Default `1e-9`.
     pub feasibility: f64,
-    /// An active constraint whose multiplier is above this (relative) is strongly active,
-    /// otherwise weakly active. Default `1e-9`.
+    /// An active constraint whose multiplier is above this (relative, see above) is strongly
+    /// active, otherwise weakly active. Default `1e-9`.
     pub multiplier: f64,
 }
 
@@ -156,9 +161,12 @@ pub struct ExactQp {
     pub activity: Vec<Activity>,
     /// The working set the exact KKT solve used (`true`: treated as equality).
     pub working: Vec<bool>,
-    /// Condition estimate of the final KKT matrix.
+    /// Condition estimate of the final KKT matrix, with each row scaled to an ∞-norm in
+    /// `[1, 2)` by a power of two.
     pub condition: f64,
-    /// ∞-norm KKT residual (stationarity, feasibility, complementarity) of the returned point.
+    /// ∞-norm KKT residual (stationarity, feasibility, complementarity) of the returned point,
+    /// with each row scaled to an ∞-norm in `[1, 2)` by a power of two (so that it does not
+    /// change when a row is multiplied through by a constant).
     pub residual: f64,
     /// Backend name.
     pub backend: &'static str,
@@ -176,25 +184,180 @@ pub struct ExactQp {
     pub fallback: Option<String>,
 }
 
-/// Prop. 2's classification of each inequality from the working set of an exact solve, its
-/// multipliers and slacks: working with `λ_i > tol_d` strongly active, other working rows and
-/// rows with slack `≤ tol_p` weakly active, the rest inactive.
-pub(crate) fn classify(
-    working: &[bool],
-    lambda: &DVector<f64>,
-    slack: &DVector<f64>,
-    tol_p: f64,
-    tol_d: f64,
-) -> Vec<Activity> {
-    (0..working.len())
-        .map(
-            |i| match (working[i], lambda[i] > tol_d, slack[i] <= tol_p) {
-                (true, true, _) => Activity::Strong,
-                (true, false, _) | (false, _, true) => Activity::Weak,
-                (false, _, false) => Activity::Inactive,
-            },
-        )
-        .collect()
+/// Prop. 2's activity tests for one point `x` with multipliers `λ` (the one definition; see
+/// [`Tolerances`]). Each test compares a row's quantity with the size of the terms it is made
+/// of, so scaling a row (`a_i, b_i → s a_i, s b_i`: slack `× s`, `λ_i / s`), the energy
+/// (`P, q → t P, t q`: `λ × t`) or the solution (`q, b → s q, s b`: `x, slack × s`, `λ × s`)
+/// leaves every label unchanged. Row norms are ∞-norms, which never overflow.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct ActivityTest {
+    feasibility: f64,
+    multiplier: f64,
+    /// The solution's scale `max(‖x‖∞, ‖q‖∞ / max|P|)`: where `x` is (nearly) 0 its rounding
+    /// is still that of the data's own scale.
+    x_norm: f64,
+    /// `‖q‖∞ + max|P| ‖x‖∞`: the size of the stationarity terms.
+    force: f64,
+}
+
+impl ActivityTest {
+    /// The tests at `x` for a QP with Hessian `p` and linear term of ∞-norm `q_norm`.
+    pub(crate) fn new(tol: &Tolerances, p: &DMatrix<f64>, q_norm: f64, x: &DVector<f64>) -> Self {
+        let p_norm = p.amax();
+        let x_norm = if p_norm > 0.0 {
+            x.amax().max(q_norm / p_norm)
+        } else {
+            x.amax()
+        };
+        Self {
+            feasibility: tol.feasibility,
+            multiplier: tol.multiplier,
+            x_norm,
+            force: q_norm + p_norm * x.amax(),
+        }
+    }
+
+    /// The largest slack of row `i` (of `a`, right-hand side `b_i`) that counts as active, in
+    /// the row's own units: `feasibility · (|b_i| + ‖a_i‖∞ ‖x‖∞)`, `‖x‖∞` the solution's scale.
+    pub(crate) fn slack_tolerance(&self, a: &DMatrix<f64>, i: usize, b_i: f64) -> f64 {
+        let norm = a.row(i).amax();
+        // `norm · (|b_i| / norm + ‖x‖∞)` keeps the product from overflowing before the sum.
+        let relative = if norm > 0.0 {
+            b_i.abs() / norm + self.x_norm
+        } else {
+            b_i.abs()
+        };
+        self.feasibility
+            * if norm > 0.0 {
+                norm * relative
+            } else {
+                relative
+            }
+    }
+
+    /// Row `i`'s slack on the scale of its terms, `slack_i / (|b_i| + ‖a_i‖∞ ‖x‖∞)` (the
+    /// quantity [`ActivityTest::active`] compares with the feasibility tolerance).
+    pub(crate) fn relative_slack(&self, a: &DMatrix<f64>, i: usize, b_i: f64, slack_i: f64) -> f64 {
+        let norm = a.row(i).amax();
+        let size = if norm > 0.0 {
+            b_i.abs() / norm + self.x_norm
+        } else {
+            b_i.abs()
+        };
+        let slack = if norm > 0.0 { slack_i / norm } else { slack_i };
+        if size > 0.0 {
+            slack / size
+        } else {
+            slack * f64::INFINITY
+        }
+    }
+
+    /// Row `i`'s multiplier on the scale of stationarity, `λ_i ‖a_i‖∞ / (‖q‖∞ + max|P| ‖x‖∞)`
+    /// (the quantity [`ActivityTest::strong`] compares with the multiplier tolerance).
+    pub(crate) fn relative_multiplier(&self, a: &DMatrix<f64>, i: usize, lambda_i: f64) -> f64 {
+        let force = lambda_i * a.row(i).amax();
+        if self.force > 0.0 {
+            force / self.force
+        } else {
+            force * f64::INFINITY
+        }
+    }
+
+    /// Row `i` is active: `slack_i / ‖a_i‖∞ ≤ feasibility · (|b_i| / ‖a_i‖∞ + ‖x‖∞)`.
+    pub(crate) fn active(&self, a: &DMatrix<f64>, i: usize, b_i: f64, slack_i: f64) -> bool {
+        let norm = a.row(i).amax();
+        if norm > 0.0 {
+            slack_i / norm <= self.feasibility * (b_i.abs() / norm + self.x_norm)
+        } else {
+            slack_i <= self.feasibility * b_i.abs()
+        }
+    }
+
+    /// An active row `i` is strongly active: `λ_i ‖a_i‖∞ > multiplier · (‖q‖∞ + max|P| ‖x‖∞)`.
+    pub(crate) fn strong(&self, a: &DMatrix<f64>, i: usize, lambda_i: f64) -> bool {
+        lambda_i * a.row(i).amax() > self.multiplier * self.force
+    }
+
+    /// The classification of every inequality from the working set of an exact solve: working
+    /// rows strongly active when [`ActivityTest::strong`], otherwise weakly active; rows
+    /// outside the working set weakly active when [`ActivityTest::active`], otherwise inactive.
+    pub(crate) fn classify(
+        &self,
+        (a, b): (&DMatrix<f64>, &DVector<f64>),
+        working: &[bool],
+        lambda: &DVector<f64>,
+        slack: &DVector<f64>,
+    ) -> Vec<Activity> {
+        (0..working.len())
+            .map(|i| {
+                if working[i] {
+                    if self.strong(a, i, lambda[i]) {
+                        Activity::Strong
+                    } else {
+                        Activity::Weak
+                    }
+                } else if self.active(a, i, b[i], slack[i]) {
+                    Activity::Weak
+                } else {
+                    Activity::Inactive
+                }
+            })
+            .collect()
+    }
+}
+
+/// The row scaling of a [`Qp`]: row `i` of `A` (and of `A_eq`) multiplied by a power of two
+/// bringing its ∞-norm into `[1, 2)` (`linalg::power_of_two_scale`). The scaled problem has the same
+/// `x`; its multipliers are `λ_i / d_i` and its slacks `d_i · slack_i`.
+#[derive(Debug, Clone)]
+pub(crate) struct Equilibration {
+    rows: DVector<f64>,
+    eq: DVector<f64>,
+}
+
+impl Equilibration {
+    /// The scaled copy of `qp` (which must have consistent shapes) and its scaling.
+    pub(crate) fn of(qp: &Qp) -> (Qp, Self) {
+        let scales = |a: &DMatrix<f64>| {
+            DVector::from_fn(a.nrows(), |i, _| power_of_two_scale(a.row(i).amax()))
+        };
+        let this = Self {
+            rows: scales(&qp.a),
+            eq: scales(&qp.a_eq),
+        };
+        let scaled = Qp {
+            p: qp.p.clone(),
+            q: qp.q.clone(),
+            a: DMatrix::from_fn(qp.a.nrows(), qp.a.ncols(), |i, j| {
+                qp.a[(i, j)] * this.rows[i]
+            }),
+            b: qp.b.component_mul(&this.rows),
+            a_eq: DMatrix::from_fn(qp.a_eq.nrows(), qp.a_eq.ncols(), |i, j| {
+                qp.a_eq[(i, j)] * this.eq[i]
+            }),
+            b_eq: qp.b_eq.component_mul(&this.eq),
+        };
+        (scaled, this)
+    }
+
+    /// The multipliers of the scaled problem (stacked: inequalities, then equalities) from
+    /// those of the original: `y_i / d_i`.
+    pub(crate) fn to_scaled(&self, y: &DVector<f64>) -> DVector<f64> {
+        let m = self.rows.len();
+        DVector::from_fn(y.len(), |i, _| {
+            y[i] / if i < m { self.rows[i] } else { self.eq[i - m] }
+        })
+    }
+
+    /// A solution of the scaled problem in the original problem's units: multipliers `d_i λ_i`,
+    /// slacks `slack_i / d_i`. The residual and the condition estimate stay those of the
+    /// scaled problem (see [`ExactQp::residual`]).
+    pub(crate) fn unscale(&self, mut sol: ExactQp) -> ExactQp {
+        sol.lambda.component_mul_assign(&self.rows);
+        sol.lambda_eq.component_mul_assign(&self.eq);
+        sol.slack.component_div_assign(&self.rows);
+        sol
+    }
 }
 
 /// The sign and complementarity part of the KKT residual: `max_i max(−s_i, −λ_i, |λ_i s_i|, 0)`.
