@@ -94,7 +94,7 @@ pub trait QpBackend: Send + Sync {
 /// Tolerances used to *classify* constraints after the exact solve (the solve itself enforces
 /// the sign conditions to rounding level, see [`refine`](super::refine)). Both are relative,
 /// and the tests they define do not change when a row, the energy or the solution is scaled
-/// (see [`ActivityTest`]): row `i` is active when
+/// (see below): row `i` is active when
 /// `slack_i / ‖a_i‖∞ ≤ feasibility · (|b_i| / ‖a_i‖∞ + max(‖x‖∞, ‖q‖∞ / max|P|))`, and an active row is strongly
 /// active when `λ_i ‖a_i‖∞ > multiplier · (‖q‖∞ + max|P| ‖x‖∞)` (the size of the terms of
 /// stationarity `P x + q − Aᵀλ = 0`).
