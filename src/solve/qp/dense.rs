@@ -188,7 +188,7 @@ impl DenseFactor {
         let b = b.component_mul(&self.scale);
         let w = self.forward(q);
         let h = &b + self.v.tr_mul(&w);
-        let mut state = Dual::new(self, &h, kinds)?;
+        let mut state = Dual::new(self, (&b, &h), kinds)?;
         let max_steps = 10 * r + 20;
         while let Some(p) = state.most_violated(kinds) {
             state.add(p, kinds)?;
@@ -323,6 +323,8 @@ impl DenseFactor {
 /// Cholesky factor of `G_WW`.
 struct Dual<'a> {
     f: &'a DenseFactor,
+    /// The equilibrated right-hand sides (for certificates).
+    b: &'a DVector<f64>,
     h: &'a DVector<f64>,
     /// Working rows, in the order added.
     working: Vec<usize>,
@@ -334,12 +336,17 @@ struct Dual<'a> {
 
 impl<'a> Dual<'a> {
     /// The equality rows held, at the minimizer on them.
-    fn new(f: &'a DenseFactor, h: &'a DVector<f64>, kinds: &[Row]) -> Result<Self> {
+    fn new(
+        f: &'a DenseFactor,
+        (b, h): (&'a DVector<f64>, &'a DVector<f64>),
+        kinds: &[Row],
+    ) -> Result<Self> {
         let working: Vec<usize> = (0..kinds.len())
             .filter(|&i| kinds[i] == Row::Equality)
             .collect();
         let mut s = Self {
             f,
+            b,
             h,
             working,
             y: DVector::zeros(0),
@@ -428,10 +435,7 @@ impl<'a> Dual<'a> {
                 .map(|j| (self.y[j] / d[j], j))
                 .min_by(|a, b| a.0.total_cmp(&b.0));
             if in_span && block.is_none() {
-                return Err(Error::Infeasible(format!(
-                    "inequality {p} cannot be satisfied together with the {k} working \
-                     constraints (Farkas certificate from the dense dual active-set method)"
-                )));
+                return Err(self.certificate(p, &d, kinds));
             }
             let t_full = if in_span {
                 f64::INFINITY
@@ -452,6 +456,72 @@ impl<'a> Dual<'a> {
                     return self.refactor();
                 }
             }
+        }
+    }
+
+    /// Row `p` lies in the span of the working rows (`c_p ≈ Σ d_j c_j`) and its multiplier
+    /// can rise without bound: `u = (1 on p, −d on W)` is a candidate Farkas certificate
+    /// (`u ≥ 0` on inequalities; `uᵀ(Cx − b) ≥ 0` for every feasible `x`, so `Cᵀu = 0` and
+    /// `bᵀu > 0` prove that none exists). It is checked before it is believed:
+    /// [`Error::Infeasible`] only when `Cᵀu` is zero up to the rounding of its own sum and
+    /// `bᵀu` positive beyond that of its own; otherwise the rows are only *nearly* dependent
+    /// (the problem may well be feasible, far away or at a point their difference decides),
+    /// which this method cannot resolve: [`Error::Inaccurate`], and callers fall back.
+    fn certificate(&self, p: usize, d: &DVector<f64>, kinds: &[Row]) -> Error {
+        let (c, w) = (&self.f.c, &self.working);
+        // r = c_p − Σ d_j c_j, with `size` the sum of the magnitudes it is computed from.
+        let residual = |d: &DVector<f64>| {
+            let mut r = c.row(p).transpose();
+            let mut size = r.abs();
+            for (j, &i) in w.iter().enumerate() {
+                r.axpy(-d[j], &c.row(i).transpose(), 1.0);
+                size.axpy(d[j].abs(), &c.row(i).transpose().abs(), 1.0);
+            }
+            (r, size)
+        };
+        // `d` came through the Gram matrix (error ~ cond(G_WW) ε): two steps of refinement in
+        // the rows' own space, G_WW δ = V_Wᵀ L⁻¹ r, bring an exact combination to rounding.
+        let mut d = d.clone();
+        for _ in 0..2 {
+            let (r, _) = residual(&d);
+            let lr = self.f.forward(&r);
+            let rhs = DVector::from_fn(w.len(), |j, _| self.f.v.column(w[j]).dot(&lr));
+            if let Some(chol) = &self.chol {
+                d += chol.solve(&rhs);
+            }
+        }
+        let (r, size) = residual(&d);
+        let (mut beta, mut beta_size) = (self.b[p], self.b[p].abs());
+        for (j, &i) in w.iter().enumerate() {
+            beta -= d[j] * self.b[i];
+            beta_size += (d[j] * self.b[i]).abs();
+        }
+        let gamma = 64.0 * f64::EPSILON * (w.len() + 2) as f64;
+        // The refined u must still be a certificate's shape: ≥ 0 on the inequalities (to
+        // rounding: a zero may come back as ±1e-17).
+        let signs = (0..w.len()).all(|j| kinds[w[j]] == Row::Equality || d[j] <= gamma * d.amax());
+        let exact = signs && (0..r.len()).all(|i| r[i].abs() <= gamma * size[i]);
+        let kind = |i: usize| match kinds[i] {
+            Row::Equality => "equality",
+            _ => "inequality",
+        };
+        if exact && beta > gamma * beta_size {
+            return Error::Infeasible(format!(
+                "{} {p} cannot be satisfied together with the {} working constraints: \
+                 u = (1, −d) ≥ 0 on the inequalities gives Cᵀu = 0 to rounding ({:.1e}) and \
+                 bᵀu = {beta:.3e} > 0 (Farkas certificate, dense dual active-set method)",
+                kind(p),
+                self.working.len(),
+                r.amax(),
+            ));
+        }
+        Error::Inaccurate {
+            what: format!(
+                "the dense active-set method ({} {p} is nearly, not exactly, a combination of \
+                 the working constraints: no certificate)",
+                kind(p)
+            ),
+            residual: r.amax() / size.amax().max(f64::MIN_POSITIVE),
         }
     }
 
