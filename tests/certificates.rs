@@ -160,3 +160,104 @@ fn infeasible_problems_are_proved_infeasible_at_every_scale() {
         }
     }
 }
+
+/// Issue 25, item 7: duplicated or rank-deficient but consistent equality rows are set aside
+/// (multipliers 0, listed in `dependent_eq`), the answer that of the independent rows alone;
+/// inconsistent ones are infeasible with the certificate, on every backend.
+#[test]
+fn dependent_equalities_are_set_aside_or_proved_inconsistent() {
+    let eq = |a_eq: DMatrix<f64>, b_eq: DVector<f64>| Qp {
+        p: DMatrix::identity(3, 3),
+        q: dvector![-1.0, -1.0, 0.0],
+        a: dmatrix![1.0, 0.0, 0.0],
+        b: dvector![0.6],
+        a_eq,
+        b_eq,
+    };
+    // z₁ + z₂ = 1 and z₂ + z₃ = 0.5 alone, against the same with a duplicate (scaled by 2),
+    // their sum, and a zero row.
+    let independent = eq(dmatrix![1.0, 1.0, 0.0; 0.0, 1.0, 1.0], dvector![1.0, 0.5]);
+    let cases = [
+        (
+            dmatrix![1.0, 1.0, 0.0; 2.0, 2.0, 0.0; 0.0, 1.0, 1.0],
+            dvector![1.0, 2.0, 0.5],
+            vec![1],
+        ),
+        (
+            dmatrix![1.0, 1.0, 0.0; 0.0, 1.0, 1.0; 1.0, 2.0, 1.0],
+            dvector![1.0, 0.5, 1.5],
+            vec![2],
+        ),
+        (
+            dmatrix![1.0, 1.0, 0.0; 0.0, 0.0, 0.0; 0.0, 1.0, 1.0],
+            dvector![1.0, 0.0, 0.5],
+            vec![1],
+        ),
+    ];
+    for backend in [&DenseActiveSet as &dyn QpBackend, &Clarabel::default()] {
+        let reference = solve_exact(backend, &independent, &Tolerances::default()).unwrap();
+        // z₁ = 0.6 (strongly active), then z₂ = 0.4 and z₃ = 0.1 from the equalities.
+        assert!((&reference.x - dvector![0.6, 0.4, 0.1]).amax() <= 1e-15);
+        for (a_eq, b_eq, dependent) in &cases {
+            let sol = solve_exact(
+                backend,
+                &eq(a_eq.clone(), b_eq.clone()),
+                &Tolerances::default(),
+            )
+            .unwrap_or_else(|e| panic!("{}: {e}", backend.name()));
+            assert_eq!(&sol.dependent_eq, dependent);
+            assert!((&sol.x - &reference.x).amax() <= 1e-15, "{}", sol.x);
+            assert_eq!(sol.activity, reference.activity);
+            for &i in dependent {
+                assert_eq!(sol.lambda_eq[i], 0.0);
+            }
+            // Stationarity holds with the reported multipliers.
+            let p = &independent.p;
+            let stationarity = p * &sol.x + &independent.q
+                - independent.a.tr_mul(&sol.lambda)
+                - a_eq.tr_mul(&sol.lambda_eq);
+            assert!(stationarity.amax() <= 1e-15, "{stationarity}");
+        }
+        // The same rows with a right-hand side that disagrees: infeasible, with a certificate.
+        for (a_eq, b_eq) in [
+            (
+                dmatrix![1.0, 1.0, 0.0; 2.0, 2.0, 0.0],
+                dvector![1.0, 2.0000001],
+            ),
+            (
+                dmatrix![1.0, 1.0, 0.0; 0.0, 1.0, 1.0; 1.0, 2.0, 1.0],
+                dvector![1.0, 0.5, 1.4],
+            ),
+            (dmatrix![0.0, 0.0, 0.0], dvector![1e-300]),
+        ] {
+            match solve_exact(backend, &eq(a_eq, b_eq), &Tolerances::default()) {
+                Err(Error::Infeasible(why)) => assert!(why.contains("Farkas"), "{why}"),
+                other => panic!("{}: {other:?}", backend.name()),
+            }
+        }
+    }
+}
+
+/// The same through `bilevel derive` (the layer's stored factorization and Prop. 2's direction
+/// problem on it): the issue's duplicated rows give the single row's answer.
+#[test]
+fn derive_sets_aside_duplicated_equalities() {
+    let one = bilevel::app::derive::derive_json(
+        r#"{"Q":[[1,0],[0,1]],"c":[1,1],"A_eq":[[1,1]],"b_eq":[1],
+            "loss":{"kind":"linear","g":[1,0]}}"#,
+    )
+    .unwrap();
+    let two = bilevel::app::derive::derive_json(
+        r#"{"Q":[[1,0],[0,1]],"c":[1,1],"A_eq":[[1,1],[1,1]],"b_eq":[1,1],
+            "loss":{"kind":"linear","g":[1,0]}}"#,
+    )
+    .unwrap();
+    for key in ["z_star", "z_dot", "loss"] {
+        assert_eq!(one[key], two[key], "{key}");
+    }
+    assert_eq!(two["dependent_equalities"], serde_json::json!([1]));
+    assert_eq!(
+        two["multipliers_eq"],
+        serde_json::json!([one["multipliers_eq"][0], 0.0])
+    );
+}

@@ -153,6 +153,9 @@ pub struct DeriveOutput {
     pub branches: Vec<Option<Branch>>,
     /// Active inequalities linearly dependent on the others (LICQ fails; multipliers 0).
     pub dependent_constraints: Vec<usize>,
+    /// Equality rows that are combinations of the others with consistent right-hand sides
+    /// (left out of the solve; multipliers 0).
+    pub dependent_equalities: Vec<usize>,
     /// Condition estimate of the system that determined `ż`.
     pub condition: f64,
     /// `L(θ)`.
@@ -518,6 +521,7 @@ pub fn output(
         constraints: limit.z_star.activity.iter().map(|a| a.label()).collect(),
         branches: limit.direction.branches.clone(),
         dependent_constraints: limit.z_star.status.dependent.clone(),
+        dependent_equalities: limit.z_star.status.dependent_eq.clone(),
         condition: limit.direction.condition,
         loss: limit.loss,
         z_dot: to_vec(&limit.direction.z_dot),

@@ -144,6 +144,7 @@ impl InnerProblem for LogCoshProblem {
                 iterations: sol.iterations,
                 residual: sol.residual,
                 dependent: Vec::new(),
+                dependent_eq: Vec::new(),
             },
         })
     }
@@ -216,6 +217,7 @@ impl InnerProblem for LogCoshProblem {
                     iterations,
                     residual: z_star.status.residual.max(s * r.amax()),
                     dependent: Vec::new(),
+                    dependent_eq: Vec::new(),
                 },
             },
             rate: f,

@@ -323,6 +323,9 @@ pub struct SolveStatus {
     /// exact solve kept (LICQ fails there: duplicated or zero rows). The solution is still
     /// unique; their multipliers are reported as 0, one independent row carrying the force.
     pub dependent: Vec<usize>,
+    /// Equality rows that are combinations of the others with consistent right-hand sides
+    /// (duplicated or rank-deficient `A_eq`): left out, multipliers 0.
+    pub dependent_eq: Vec<usize>,
 }
 
 /// A solution of `argmin_z β ℓ(z) + E(z; θ)` with multipliers and diagnostics.

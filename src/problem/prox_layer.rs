@@ -250,6 +250,7 @@ impl InnerProblem for ProxProblem {
                 iterations: 0,
                 residual,
                 dependent: Vec::new(),
+                dependent_eq: Vec::new(),
             },
         })
     }

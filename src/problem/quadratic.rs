@@ -300,6 +300,7 @@ impl QuadraticProblem {
                 iterations: sol.repairs,
                 residual,
                 dependent: z_star.status.dependent.clone(),
+                dependent_eq: z_star.status.dependent_eq.clone(),
             },
         }
     }
@@ -370,6 +371,7 @@ impl InnerProblem for QuadraticProblem {
                 iterations: sol.iterations,
                 residual: sol.residual,
                 dependent: sol.dependent,
+                dependent_eq: sol.dependent_eq,
             },
         })
     }

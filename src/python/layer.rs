@@ -233,6 +233,7 @@ impl QuadraticLayer {
         let labels: Vec<&str> = s.activity.iter().map(|a| a.label()).collect();
         d.set_item("constraints", labels)?;
         d.set_item("dependent_constraints", s.status.dependent.clone())?;
+        d.set_item("dependent_equalities", s.status.dependent_eq.clone())?;
         d.set_item("solver", s.status.solver)?;
         d.set_item("iterations", s.status.iterations)?;
         d.set_item("residual", s.status.residual)?;
@@ -253,6 +254,7 @@ impl QuadraticLayer {
             out.branches.iter().map(|b| b.map(|b| b.label())).collect();
         d.set_item("branches", branches)?;
         d.set_item("dependent_constraints", out.dependent_constraints.clone())?;
+        d.set_item("dependent_equalities", out.dependent_equalities.clone())?;
         d.set_item("condition", out.condition)?;
         d.set_item("loss", out.loss)?;
         d.set_item("z_dot", py_slice(py, &out.z_dot))?;

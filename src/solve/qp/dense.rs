@@ -185,11 +185,24 @@ impl DenseFactor {
         if b.len() != r || kinds.len() != r {
             return Err(Error::dim("b", r, b.len().min(kinds.len())));
         }
-        let b = b.component_mul(&self.scale);
+        let mut sol = self.solve_equilibrated(q, &b.component_mul(&self.scale), kinds)?;
+        sol.y.component_mul_assign(&self.scale);
+        Ok(sol)
+    }
+
+    /// [`DenseFactor::solve`] in the equilibrated rows' units: `b` already multiplied by the
+    /// factor's row scales (the powers of two of `Equilibration`), `y` returned for the
+    /// equilibrated rows. Sizes are the caller's to check.
+    pub(crate) fn solve_equilibrated(
+        &self,
+        q: &DVector<f64>,
+        b: &DVector<f64>,
+        kinds: &[Row],
+    ) -> Result<DenseSolution> {
         let w = self.forward(q);
-        let h = &b + self.v.tr_mul(&w);
-        let mut state = Dual::new(self, (&b, &h), kinds)?;
-        let max_steps = 10 * r + 20;
+        let h = b + self.v.tr_mul(&w);
+        let mut state = Dual::new(self, (b, &h), kinds)?;
+        let max_steps = 10 * self.rows() + 20;
         while let Some(p) = state.most_violated(kinds) {
             state.add(p, kinds)?;
             if state.steps > max_steps {
@@ -200,9 +213,7 @@ impl DenseFactor {
                 });
             }
         }
-        let mut sol = self.point(q, &b, &w, state);
-        sol.y.component_mul_assign(&self.scale);
-        Ok(sol)
+        Ok(self.point(q, b, &w, state))
     }
 
     /// The 2-norm condition estimate of the KKT matrix `K = [σP C_Wᵀ; C_W 0]` of a working

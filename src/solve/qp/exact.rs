@@ -7,6 +7,7 @@ use nalgebra::{DMatrix, DVector};
 
 use super::clarabel::Clarabel;
 use super::dense::{DenseFactor, Row, DENSE};
+use super::equalities::without_dependent_equalities;
 use super::problem::{
     complementarity, slack_rounding, ActivityTest, Equilibration, ExactQp, Qp, QpBackend,
     Tolerances,
@@ -24,10 +25,13 @@ use crate::linalg::{select_rows, solve_kkt, vstack};
 pub fn solve_exact(backend: &dyn QpBackend, qp: &Qp, tol: &Tolerances) -> Result<ExactQp> {
     qp.validate()?;
     let (scaled, equilibration) = Equilibration::of(qp);
-    exact_scaled(backend, &scaled, tol).map(|sol| equilibration.unscale(sol))
+    let sol = without_dependent_equalities(&scaled, tol.feasibility, |reduced, _| {
+        exact_scaled(backend, reduced, tol)
+    })?;
+    Ok(equilibration.unscale(sol))
 }
 
-/// [`solve_exact`] on an equilibrated problem.
+/// [`solve_exact`] on an equilibrated problem with independent equality rows.
 fn exact_scaled(backend: &dyn QpBackend, qp: &Qp, tol: &Tolerances) -> Result<ExactQp> {
     let m = qp.b.len();
     if m == 0 {
@@ -112,6 +116,28 @@ pub(crate) fn dense_exact(
     if rows.len() != m + k || rows.iter().any(|&r| r >= factor.rows()) {
         return Err(Error::dim("rows (of the dense factor)", m + k, rows.len()));
     }
+    // The factor equilibrates its rows as `Equilibration` does (the same powers of two), so
+    // the scaled problem is solved on it directly.
+    let (scaled, equilibration) = Equilibration::of(qp);
+    let sol = without_dependent_equalities(&scaled, tol.feasibility, |reduced, kept| {
+        let rows: Vec<usize> = (rows[..m].iter())
+            .chain(kept.iter().map(|&i| &rows[m + i]))
+            .copied()
+            .collect();
+        dense_scaled(factor, reduced, &rows, tol, condition)
+    })?;
+    Ok(equilibration.unscale(sol))
+}
+
+/// [`dense_exact`] on an equilibrated problem with independent equality rows.
+fn dense_scaled(
+    factor: &DenseFactor,
+    qp: &Qp,
+    rows: &[usize],
+    tol: &Tolerances,
+    condition: bool,
+) -> Result<ExactQp> {
+    let m = qp.b.len();
     let mut b = DVector::zeros(factor.rows());
     let mut kinds = vec![Row::Off; factor.rows()];
     for (j, &r) in rows.iter().enumerate() {
@@ -121,30 +147,29 @@ pub(crate) fn dense_exact(
             (qp.b_eq[j - m], Row::Equality)
         };
     }
-    let solved = factor.solve(&qp.q, &b, &kinds).and_then(|sol| {
-        if sol.x.iter().chain(sol.y.iter()).all(|v| v.is_finite()) {
-            Ok(sol)
-        } else {
-            Err(Error::NonFinite {
-                what: "the dense active-set point (data beyond its range)".into(),
-            })
-        }
-    });
+    let solved = factor
+        .solve_equilibrated(&qp.q, &b, &kinds)
+        .and_then(|sol| {
+            if sol.x.iter().chain(sol.y.iter()).all(|v| v.is_finite()) {
+                Ok(sol)
+            } else {
+                Err(Error::NonFinite {
+                    what: "the dense active-set point (data beyond its range)".into(),
+                })
+            }
+        });
     let sol = match solved {
         Ok(sol) => sol,
         Err(e @ Error::Infeasible(_)) => return Err(e),
         Err(e) => {
-            let mut sol = solve_exact(&Clarabel::default(), qp, tol)?;
+            let mut sol = exact_scaled(&Clarabel::default(), qp, tol)?;
             sol.fallback = Some(format!("{DENSE}: {e}"));
             return Ok(sol);
         }
     };
     let mut working: Vec<bool> = rows[..m].iter().map(|&r| sol.working[r]).collect();
-    // The factor equilibrates its rows as `Equilibration` does (the same powers of two), so
-    // its error estimates are already in the scaled problem's units.
-    let (scaled, equilibration) = Equilibration::of(qp);
-    let y = equilibration.to_scaled(&DVector::from_fn(m + k, |j, _| sol.y[rows[j]]));
-    let point = WorkingPoint::from_dense(&scaled, (&sol.x, &y), &working, sol.error, || {
+    let y = DVector::from_fn(rows.len(), |j, _| sol.y[rows[j]]);
+    let point = WorkingPoint::from_dense(qp, (&sol.x, &y), &working, sol.error, || {
         if condition {
             factor.condition(&sol.working)
         } else {
@@ -152,14 +177,11 @@ pub(crate) fn dense_exact(
         }
     });
     let origin = Origin::new(DENSE).after(sol.steps, false);
-    let exact = if worst_violation(&scaled, &working, &point, tol).is_some()
-        || !point.accurate(&scaled, &working)
-    {
-        refine_scaled(&scaled, tol, &mut working, origin)?
+    if worst_violation(qp, &working, &point, tol).is_some() || !point.accurate(qp, &working) {
+        refine_scaled(qp, tol, &mut working, origin)
     } else {
-        point.into_exact(&scaled, tol, &working, origin)
-    };
-    Ok(equilibration.unscale(exact))
+        Ok(point.into_exact(qp, tol, &working, origin))
+    }
 }
 
 /// How a working set came about, for the [`ExactQp`]'s diagnostics: the backend that found it,
@@ -209,7 +231,10 @@ impl Origin {
 pub fn refine(qp: &Qp, tol: &Tolerances, working: &mut [bool], origin: Origin) -> Result<ExactQp> {
     qp.validate()?;
     let (scaled, equilibration) = Equilibration::of(qp);
-    refine_scaled(&scaled, tol, working, origin).map(|sol| equilibration.unscale(sol))
+    let sol = without_dependent_equalities(&scaled, tol.feasibility, |reduced, _| {
+        refine_scaled(reduced, tol, working, origin)
+    })?;
+    Ok(equilibration.unscale(sol))
 }
 
 /// [`refine`] on an equilibrated problem.
@@ -367,6 +392,7 @@ impl WorkingPoint {
             reduced_accuracy: origin.reduced_accuracy,
             fallback: None,
             dependent,
+            dependent_eq: Vec::new(),
         }
     }
 }

@@ -30,6 +30,7 @@
 mod clarabel;
 mod dense;
 mod enumeration;
+mod equalities;
 mod exact;
 mod offset;
 #[cfg(feature = "osqp")]

@@ -179,6 +179,10 @@ pub struct ExactQp {
     /// Active inequalities outside the working set whose rows lie in the span of the working
     /// rows (duplicated or zero rows: LICQ fails there). Their multipliers are 0.
     pub dependent: Vec<usize>,
+    /// Equality rows that are combinations of the others (to rounding) with consistent
+    /// right-hand sides: left out of the solve, multipliers 0 (one independent row carries
+    /// the force).
+    pub dependent_eq: Vec<usize>,
     /// When the backend failed or returned an unprovable verdict and the dual active-set
     /// method ([`dual_active_set`](super::dual_active_set)) found the solution instead: the backend's message.
     pub fallback: Option<String>,
@@ -338,15 +342,6 @@ impl Equilibration {
             b_eq: qp.b_eq.component_mul(&this.eq),
         };
         (scaled, this)
-    }
-
-    /// The multipliers of the scaled problem (stacked: inequalities, then equalities) from
-    /// those of the original: `y_i / d_i`.
-    pub(crate) fn to_scaled(&self, y: &DVector<f64>) -> DVector<f64> {
-        let m = self.rows.len();
-        DVector::from_fn(y.len(), |i, _| {
-            y[i] / if i < m { self.rows[i] } else { self.eq[i - m] }
-        })
     }
 
     /// A solution of the scaled problem in the original problem's units: multipliers `d_i λ_i`,
