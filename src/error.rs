@@ -53,7 +53,7 @@ pub enum Error {
     /// A result could not be computed to the accuracy the crate promises: the data's scaling
     /// (say, multipliers of 1e150 against constraint coefficients of 1) exceeds what `f64`
     /// resolves. Reported instead of numbers that contradict each other.
-    #[error("{what} is inaccurate (relative residual {residual:.1e}): the problem's scaling exceeds f64 accuracy; rescale the data")]
+    #[error("{what} is inaccurate (relative residual {residual:.1e}): the data ask for more than f64 resolves")]
     Inaccurate {
         /// The computation.
         what: String,

@@ -597,6 +597,12 @@ pub fn prop2_direction(
         .collect();
     let eq_rows = vstack(&select_rows(&constraints.a, &strong), &constraints.a_eq);
     let (m, k) = (constraints.m(), constraints.b_eq.len());
+    if let Some(chol) = a.clone().cholesky() {
+        // The active rows in the metric of A: columns of L⁻¹[A_S; A_eq; A_W]ᵀ.
+        let mut v = vstack(&eq_rows, &select_rows(&constraints.a, &weak)).transpose();
+        chol.l_dirty().solve_lower_triangular_mut(&mut v);
+        crate::problem::check_active_rows(crate::linalg::independence(&v))?;
+    }
     if weak.is_empty() {
         let kkt = solve_kkt(a, &eq_rows, &(-c), &DVector::zeros(eq_rows.nrows()))?;
         let method = if eq_rows.nrows() == 0 {

@@ -177,3 +177,92 @@ fn tiny_and_huge_rows_keep_their_labels() {
         assert_eq!(v["z_dot"][0].as_f64(), Some(0.0), "a = {a}");
     }
 }
+
+/// Issue 25, item 4: two strongly active rows `δ` apart. The exact rate for `Q = I` and the
+/// linear loss `g` is `ż = −n nᵀ g`, `n` the unit normal of both rows, `a₀ × (a₁ − a₀)`
+/// (`a₁ − a₀` is exact in floating point, so `n` is accurate to rounding at every `δ`). The
+/// library answers it to the accuracy its condition estimate states (`1e-15 · condition`,
+/// which must cover the active rows' geometry, about `1/δ²`), or says the rows are beyond f64
+/// (`Inaccurate`, or a numerically singular KKT system in the exact solve of `z*` itself,
+/// allowed only once their sine is below 1e-6); never a confident wrong rate. (The issue's reproducer,
+/// `δ` = 1.3e-8, printed a rate 98× off with a condition estimate of 4.)
+#[test]
+fn nearly_parallel_active_rows_give_the_exact_rate_or_say_they_cannot() {
+    let cross = |a: &DVector<f64>, b: &DVector<f64>| {
+        DVector::from_vec(vec![
+            a[1] * b[2] - a[2] * b[1],
+            a[2] * b[0] - a[0] * b[2],
+            a[0] * b[1] - a[1] * b[0],
+        ])
+    };
+    let (mut exact, mut refused) = (0, 0);
+    for seed in 0..40u64 {
+        for delta in [1e-2, 1e-4, 1e-6, 1e-7, 1e-8, 1e-9] {
+            let mut r = rng(seed);
+            let a0 = vector(&mut r, 3);
+            let a1 = &a0 + vector(&mut r, 3) * delta;
+            let a = DMatrix::from_fn(2, 3, |i, j| if i == 0 { a0[j] } else { a1[j] });
+            let z = vector(&mut r, 3);
+            let lambda = nalgebra::dvector![1.0, 1.5];
+            let bmat = DMatrix::from_fn(3, 1, |i, _| [0.3, -0.2, 0.5][i]);
+            let theta = nalgebra::dvector![0.7];
+            let c = &z - &bmat * &theta - a.tr_mul(&lambda);
+            let constraints = LinearConstraints {
+                b: &a * &z,
+                a,
+                a_eq: DMatrix::zeros(0, 3),
+                b_eq: DVector::zeros(0),
+            };
+            let g = vector(&mut r, 3);
+            let layer = QuadraticProblem::new(DMatrix::identity(3, 3), bmat, c, constraints);
+            let program = Bilevel::new(layer.unwrap(), Loss::Linear { g: g.clone() }).unwrap();
+            let n = cross(&a0, &(&a1 - &a0)).normalize();
+            let rate = -(&n * n.dot(&g));
+            match program.limit(&theta) {
+                Ok(limit) => {
+                    let err = (&limit.direction.z_dot - &rate).amax();
+                    let condition = limit.direction.condition;
+                    assert!(
+                        err <= 1e-15 * condition * (1.0 + g.amax()),
+                        "seed {seed}, delta {delta:e}: z_dot {} against {rate} ({:?}, condition \
+                         {condition:e})",
+                        limit.direction.z_dot,
+                        limit.z_star.activity
+                    );
+                    // The estimate sees the geometry: two rows δ apart, κ ≳ 1/δ².
+                    assert!(
+                        condition >= 0.01 / (delta * delta),
+                        "{condition:e} at {delta:e}"
+                    );
+                    exact += 1;
+                }
+                Err(e @ (Error::Inaccurate { .. } | Error::Singular(_))) => {
+                    assert!(
+                        delta <= 1e-5,
+                        "seed {seed}: refused at delta {delta:e}: {e}"
+                    );
+                    refused += 1;
+                }
+                Err(e) => panic!("seed {seed}, delta {delta:e}: {e}"),
+            }
+        }
+    }
+    assert!(
+        exact >= 40 * 2 && refused > 0,
+        "{exact} exact, {refused} refused"
+    );
+}
+
+#[test]
+fn the_issue_reproducer_of_nearly_parallel_active_rows_is_refused() {
+    let out = derive_json(
+        r#"{"Q":[[1,0,0],[0,1,0],[0,0,1]],"c":[-0.570000013,0.9499999905000002,-0.07999999299999994],
+            "B":[[1],[0],[0]],"theta":[0.5],
+            "A":[[0.1,-0.54,0.36],[0.100000013,-0.5399999905,0.35999999299999996]],
+            "b":[0.3136,0.313599995975],"loss":{"kind":"linear","g":[-1.27,-0.62,0.04]}}"#,
+    );
+    match out {
+        Err(Error::Inaccurate { what, .. }) => assert!(what.contains("nearly"), "{what}"),
+        other => panic!("expected Inaccurate, got {other:?}"),
+    }
+}

@@ -477,6 +477,42 @@ pub fn spd_cholesky(what: &str, q: &DMatrix<f64>) -> Result<Cholesky<f64, Dyn>> 
     Ok(chol)
 }
 
+/// Below this sine of its angle to the span of the others a row counts as a combination of
+/// them (a duplicate: LICQ fails, its multiplier is 0), as in the exact solve's
+/// `dependent` rows.
+pub(crate) const DEPENDENT_SINE: f64 = 1e-10;
+
+/// How far a set of rows is from linear dependence: the columns of `v` are the rows in the
+/// metric of the problem (`L⁻¹c_i` for `P = LLᵀ`). Each column is orthogonalized against the
+/// columns kept before it (modified Gram–Schmidt, twice, so that the sine is accurate to
+/// rounding rather than to its square root); a column whose sine to their span is at most
+/// [`DEPENDENT_SINE`] is a combination of them and left out; the result is the smallest sine
+/// among the others (1 for none). The KKT matrix of the kept rows has a condition number of
+/// about its inverse square.
+pub(crate) fn independence(v: &DMatrix<f64>) -> f64 {
+    let mut basis: Vec<DVector<f64>> = Vec::new();
+    let mut smallest = 1.0f64;
+    for col in v.column_iter() {
+        let norm = col.norm();
+        if !(norm > 0.0 && norm.is_finite()) {
+            continue;
+        }
+        let mut r = col / norm;
+        for _ in 0..2 {
+            for q in &basis {
+                let t = q.dot(&r);
+                r.axpy(-t, q, 1.0);
+            }
+        }
+        let sine = r.norm();
+        if sine > DEPENDENT_SINE {
+            smallest = smallest.min(sine);
+            basis.push(r / sine);
+        }
+    }
+    smallest
+}
+
 /// The smallest eigenvalue of the symmetric `q` (`+∞` for `0 × 0`), from its symmetric part.
 pub fn min_eigenvalue(q: &DMatrix<f64>) -> f64 {
     if q.nrows() == 0 {

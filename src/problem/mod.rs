@@ -565,6 +565,34 @@ impl<P: InnerProblem> InnerProblem for &P {
     }
 }
 
+/// Below this sine of the angle between a row active at `z*` and the span of the other
+/// active rows (in the metric of `∂²E/∂z²`, [`crate::linalg::independence`]; rows within
+/// `1e-10` of the span are duplicates and left out), Prop. 2's derivative is not resolved in
+/// `f64`: the KKT matrix of the active rows has a condition number of about `1e12` or more
+/// (a margin below `1e14`, where [`crate::linalg::solve_kkt`] calls a system singular, so that
+/// one answer, this one, is given), and which of the nearly
+/// parallel rows carries the multiplier — and so the derivative — is decided by digits `f64`
+/// does not have (issue 25: two rows 1.3e-8 apart gave a rate 98× off, with a condition
+/// estimate of 4 for the rows the solve kept).
+pub(crate) const RESOLVED_SINE: f64 = 1e-6;
+
+/// [`Error::Inaccurate`] when the rows active at `z*` are nearly, but not exactly, dependent
+/// (their [`crate::linalg::independence`] `sine` below [`RESOLVED_SINE`]).
+pub(crate) fn check_active_rows(sine: f64) -> Result<()> {
+    if sine >= RESOLVED_SINE {
+        return Ok(());
+    }
+    Err(Error::Inaccurate {
+        what: format!(
+            "the derivative at z* (the active constraints are nearly, not exactly, linearly \
+             dependent: the sine of the smallest angle between one and the span of the others \
+             is {sine:.1e} < {RESOLVED_SINE:.0e}, so which of them carries the multiplier is \
+             decided by digits f64 does not have)"
+        ),
+        residual: sine,
+    })
+}
+
 impl Direction {
     /// The direction from an exact solve of Eq. 17 as a QP whose inequality rows are the
     /// weakly active rows `weak` and whose equality rows are the strongly active `strong`, then

@@ -608,6 +608,7 @@ fn dense_direction(
         .chain(m..m + k)
         .collect();
     let rows: Vec<usize> = weak.iter().chain(&held).copied().collect();
+    super::check_active_rows(factor.independence(&rows))?;
     let stacked = |r: usize| {
         if r < m {
             layer.constraints.a.row(r).into_owned()

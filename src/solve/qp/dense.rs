@@ -255,6 +255,12 @@ impl DenseFactor {
         })
     }
 
+    /// [`crate::linalg::independence`] of the given rows in the metric `P⁻¹` (the columns of
+    /// `V`).
+    pub(crate) fn independence(&self, rows: &[usize]) -> f64 {
+        crate::linalg::independence(&self.v.select_columns(rows))
+    }
+
     /// `L⁻¹ u`.
     fn forward(&self, u: &DVector<f64>) -> DVector<f64> {
         let mut out = u.clone();
