@@ -39,7 +39,7 @@ use nalgebra::DVector;
 
 use crate::error::{check_beta, check_computed, Error, Result};
 use crate::linalg::{select_rows, solve_kkt, vstack};
-use crate::problem::scatter_multipliers;
+use crate::problem::{offset_cancels, scatter_multipliers};
 use crate::problem::{
     Direction, DirectionMethod, InnerProblem, InnerSolution, LinearConstraints, Loss,
 };
@@ -229,8 +229,13 @@ impl<P: InnerProblem> Bilevel<P> {
         beta: f64,
         z_star: InnerSolution,
     ) -> Result<Surrogate> {
-        self.contrastive(theta, beta, z_star, &self.loss, |z, s, f| {
-            self.loss.value_offset(z, s, f)
+        self.contrastive(theta, beta, z_star, &self.loss, |z, s, f, z_hat| {
+            if offset_cancels(z, s, f, z_hat) {
+                // ℓ(z*) + sℓ'ᵀf + … would cancel as badly as z* + sf: ẑ is exact.
+                self.loss.value(z_hat)
+            } else {
+                self.loss.value_offset(z, s, f)
+            }
         })
     }
 
@@ -275,7 +280,7 @@ impl<P: InnerProblem> Bilevel<P> {
     ) -> Result<Surrogate> {
         let tangent = self.loss.tangent(&z_star.z);
         // ℓ̄(z* + βf; z*) = ℓ(z*) + β fᵀℓ'(z*)  (Eq. 36)
-        self.contrastive(theta, beta, z_star, &tangent, |z, s, f| {
+        self.contrastive(theta, beta, z_star, &tangent, |z, s, f, _| {
             self.loss.value(z) + s * tangent.value(f)
         })
     }
@@ -427,7 +432,7 @@ impl<P: InnerProblem> Bilevel<P> {
     }
 
     /// `min_z {ℓ_c(z) + E/β} − min_z E/β` evaluated at `ẑ = argmin βℓ_c + E`, with the outer
-    /// value at `ẑ` given by `outer(z*, β, f)` for `ẑ = z* + βf`, and its θ-gradient (Eq. 5 and
+    /// value at `ẑ` given by `outer(z*, β, f, ẑ)` for `ẑ = z* + βf`, and its θ-gradient (Eq. 5 and
     /// Eq. 10 for `ℓ_c = ℓ`, Eq. 37 for its tangent). Everything comes from the offset
     /// `f = (ẑ − z*)/β` ([`InnerProblem::offset`]), so no `O(β)` quantity is formed by
     /// subtracting two `O(1)` ones.
@@ -437,11 +442,11 @@ impl<P: InnerProblem> Bilevel<P> {
         beta: f64,
         z_star: InnerSolution,
         clamped_loss: &Loss,
-        outer: impl Fn(&DVector<f64>, f64, &DVector<f64>) -> f64,
+        outer: impl Fn(&DVector<f64>, f64, &DVector<f64>, &DVector<f64>) -> f64,
     ) -> Result<Surrogate> {
         check_beta(beta)?;
         let off = self.inner.offset(theta, clamped_loss, beta, &z_star)?;
-        let value = outer(&z_star.z, beta, &off.rate) + off.energy_gap;
+        let value = outer(&z_star.z, beta, &off.rate, &off.z_hat.z) + off.energy_gap;
         check_computed("surrogate value", [&value])?;
         check_computed("surrogate gradient", off.grad_theta_gap.iter())?;
         check_computed("z_hat", off.z_hat.z.iter())?;

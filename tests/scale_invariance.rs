@@ -266,3 +266,63 @@ fn the_issue_reproducer_of_nearly_parallel_active_rows_is_refused() {
         other => panic!("expected Inaccurate, got {other:?}"),
     }
 }
+
+/// Issue 25, item 5: `Q = 1e-20 I` puts `z*` near 1e20 while `ẑ_β = argmin βℓ + E` is of
+/// order `1/β`: `z* + βf` cancels every digit (it printed `ẑ_1 = 0`, infeasible in the
+/// issue's instance, and a value 13× off). `ẑ_β` is solved directly there; both it and the
+/// surrogate value match the closed forms, `ẑ = (c + λa)/P` with `λ` from the active row
+/// (`P = Q + β`), and `L^β = ℓ(ẑ) + (E(ẑ) − E(z*))/β`.
+#[test]
+fn z_hat_is_exact_when_z_star_is_huge() {
+    let (q, c) = (1e-20, DVector::from_vec(vec![1.7, 1.3, 0.4]));
+    let rows = [
+        (DVector::from_vec(vec![1.0, 1.0, 1.0]), -3.0),
+        (DVector::from_vec(vec![0.5, -1.0, 0.0]), -3.0),
+    ];
+    // min ½P‖z‖² − cᵀz s.t. the rows: unconstrained, or on the one violated row.
+    let solve = |p: f64| {
+        let z = &c / p;
+        match rows.iter().find(|(a, b)| a.dot(&z) < *b) {
+            None => z,
+            Some((a, b)) => (&c + a * ((b * p - a.dot(&c)) / a.norm_squared())) / p,
+        }
+    };
+    let energy = |z: &DVector<f64>| 0.5 * q * z.norm_squared() - c.dot(z);
+    let z_star = solve(q);
+    let out = derive(
+        r#"{"Q":[[1e-20,0,0],[0,1e-20,0],[0,0,1e-20]],"c":[1.7,1.3,0.4],
+            "A":[[1,1,1],[0.5,-1,0]],"b":[-3,-3],
+            "loss":{"kind":"squared","target":[0,0,0]},"betas":[1,1e-3]}"#,
+    );
+    let vec = |v: &serde_json::Value| {
+        DVector::from_vec(
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect(),
+        )
+    };
+    assert!((vec(&out["z_star"]) - &z_star).amax() <= 1e-15 * z_star.amax());
+    for s in out["surrogates"].as_array().unwrap() {
+        let beta = s["beta"].as_f64().unwrap();
+        let exact = solve(q + beta);
+        let z_hat = vec(&s["z_hat"]);
+        assert!(
+            (&z_hat - &exact).amax() <= 1e-13 * exact.amax(),
+            "beta {beta}: {z_hat} against {exact}"
+        );
+        for (a, b) in &rows {
+            assert!(
+                a.dot(&z_hat) >= b - 1e-12 * exact.amax(),
+                "beta {beta}: infeasible {z_hat}"
+            );
+        }
+        let value = 0.5 * exact.norm_squared() + (energy(&exact) - energy(&z_star)) / beta;
+        let got = s["value"].as_f64().unwrap();
+        assert!(
+            (got - value).abs() <= 1e-12 * value.abs(),
+            "beta {beta}: value {got} against {value}"
+        );
+    }
+}

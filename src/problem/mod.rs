@@ -360,7 +360,9 @@ pub struct InnerSolution {
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct Offset {
-    /// `ẑ_β` (equal to `z* + |β| f` up to rounding), with its multipliers and status.
+    /// `ẑ_β` (equal to `z* + |β| f` up to rounding), with its multipliers and status,
+    /// accurate to its own magnitude: where `z* + |β| f` cancels ([`offset_cancels`]) it is
+    /// solved for directly.
     pub z_hat: InnerSolution,
     /// `f = (ẑ_β − z*)/|β|`.
     pub rate: DVector<f64>,
@@ -372,6 +374,18 @@ pub struct Offset {
     pub multiplier_rate: DVector<f64>,
     /// `(λ̂_{eq,β} − λ*_eq)/|β|`.
     pub multiplier_rate_eq: DVector<f64>,
+}
+
+/// `ẑ = z* + s f` loses more than four digits to cancellation (`‖z*‖∞ + s‖f‖∞ > 10⁴ ‖ẑ‖∞`,
+/// as when `|z*| ≈ 1e20` and `|ẑ_β| ≈ 1`): then `ẑ_β` is solved for directly, and values at
+/// `ẑ_β` are evaluated there rather than expanded around `z*` (issue 25, item 5).
+pub(crate) fn offset_cancels(
+    z_star: &DVector<f64>,
+    s: f64,
+    f: &DVector<f64>,
+    z_hat: &DVector<f64>,
+) -> bool {
+    z_star.amax() + s * f.amax() > 1e4 * z_hat.amax()
 }
 
 /// A limit derivative `ż = dẑ_β/dβ |_{β=0⁺}` with everything needed to trust it.

@@ -412,10 +412,16 @@ impl InnerProblem for QuadraticProblem {
             .map(|i| z_star.multipliers[i] * af[i])
             .sum::<f64>()
             + s * (0.5 * sol.f.dot(&(&self.q * &sol.f)));
+        let mut z_hat = self.offset_solution(theta, loss, beta, z_star, (&problem, &sol, &af));
+        if super::offset_cancels(&z_star.z, s, &sol.f, &z_hat.z) {
+            // ẑ_β is much smaller than z* (|z*| ≈ 1e20 against |ẑ_β| ≈ 1): z* + βf has lost
+            // its digits; ẑ_β's own QP is well scaled.
+            z_hat = self.solve(theta, loss, beta)?;
+        }
         Ok(Offset {
             grad_theta_gap: self.cross_jvp(&z_star.z, theta, &sol.f),
             energy_gap,
-            z_hat: self.offset_solution(theta, loss, beta, z_star, (&problem, &sol, &af)),
+            z_hat,
             // μ is the rate on every row: μ_i on the working set, −λ*_i/|β| off it.
             multiplier_rate: sol.mu,
             multiplier_rate_eq: sol.mu_eq,

@@ -1,7 +1,8 @@
 //! What every successful `bilevel derive` output must satisfy, checked from the input alone:
-//! finite numbers, a feasible `z*`, the KKT conditions with the printed multipliers, Prop. 3's
-//! band for every β, and (on failure) a one-line error. Shared by the fuzz target
-//! `fuzz/fuzz_targets/derive.rs` and the replay of its findings in `tests/fuzz_regressions.rs`.
+//! finite numbers, a feasible `z*` and feasible `ẑ_β`, the KKT conditions with the printed
+//! multipliers, Prop. 3's band for every β, and (on failure) a one-line error. Shared by the
+//! fuzz target `fuzz/fuzz_targets/derive.rs` and the replay of its findings in
+//! `tests/fuzz_regressions.rs`.
 
 use bilevel::nalgebra::{DMatrix, DVector};
 
@@ -72,6 +73,20 @@ pub fn check(input: &str) -> Result<(), String> {
         ));
     }
     for s in &out.surrogates {
+        // ẑ_β is feasible on its own scale (issue 25: z* + βf once cancelled to an infeasible
+        // point when |z*| ≫ |ẑ_β|).
+        let z_hat = DVector::from_vec(s.z_hat.clone());
+        let tol_hat = 1e-6
+            * (1.0
+                + cons.b.amax().max(cons.b_eq.amax())
+                + amax(&cons.a).max(amax(&cons.a_eq)) * (1.0 + z_hat.amax()));
+        let slack_hat = &cons.a * &z_hat - &cons.b;
+        if let Some(i) = (0..slack_hat.len()).find(|&i| slack_hat[i] < -tol_hat) {
+            return Err(format!(
+                "z_hat at beta {:e} violates inequality {i} by {:.3e}",
+                s.beta, -slack_hat[i]
+            ));
+        }
         let (Some(lo), Some(hi)) = (s.bound_lower, s.bound_upper) else {
             return Err("a QP layer always has Prop. 3's band".into());
         };
