@@ -255,3 +255,30 @@ def test_at_weakly_active_rows_every_gradient_is_the_cli_derive_answer(seed):
         np.testing.assert_allclose(x.grad.numpy(), ref, rtol=1e-9, atol=1e-12, err_msg=name)
     branches = [b for b in f.status()[0]["branches"] if b is not None]
     assert branches == [b for b in want["branches"] if b is not None] and len(branches) == 2
+
+
+def test_duplicated_equalities_are_set_aside_and_inconsistent_ones_are_infeasible():
+    """qpth users stack constraints from several sources, and the same equality can come twice:
+    the layer gives the single row's answer and gradients (the duplicate's multiplier, and so
+    the gradient of its `b`, is 0); rows that disagree are infeasible, with the certificate."""
+    rng = np.random.default_rng(7)
+    data = random_layer(rng, 3, 5, 4, 1)
+    twice = dict(data)
+    twice["A"] = torch.cat([data["A"], 2.0 * data["A"]], dim=1)
+    twice["b"] = torch.cat([data["b"], 2.0 * data["b"]], dim=1)
+    g = torch.tensor(rng.standard_normal((3, 5)), dtype=F64)
+    z1, grads1 = run(QPFunction(), data, g)
+    z2, grads2 = run(QPFunction(), twice, g)
+    assert torch.allclose(z1, z2, rtol=0, atol=1e-13)
+    for name, a, b in zip(ORDER, grads1, grads2):
+        if name == "A":
+            b = b[:, :1] + 2.0 * b[:, 1:]  # the duplicate's rows act through 2a
+            assert torch.allclose(a, b, rtol=0, atol=1e-12), name
+        elif name == "b":
+            assert torch.allclose(a, b[:, :1], rtol=0, atol=1e-12), name
+            assert torch.all(b[:, 1:] == 0.0)
+        else:
+            assert torch.allclose(a, b, rtol=0, atol=1e-12), name
+    twice["b"] = torch.cat([data["b"], 2.0 * data["b"] + 1e-3], dim=1)
+    with pytest.raises(bilevel.InfeasibleError, match="Farkas"):
+        QPFunction()(*[twice[k] for k in ORDER])
