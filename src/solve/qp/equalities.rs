@@ -15,21 +15,29 @@ use nalgebra::{DMatrix, DVector};
 use super::problem::{ExactQp, Qp};
 use crate::error::{Error, Result};
 
-/// Runs `solve` on `qp` without its dependent equality rows and maps the answer back: their
-/// multipliers 0, their indices in [`ExactQp::dependent_eq`]. `qp`'s rows should be
-/// equilibrated (the rounding test compares magnitudes row against row).
+/// Runs `solve` on `qp`; when that fails as singular and `qp` has equality rows, finds the
+/// dependent ones (none: the error stands), and runs `solve` again without them, mapping the
+/// answer back: their multipliers 0, their indices in [`ExactQp::dependent_eq`]. (Dependent
+/// equality rows always make the first attempt singular, so independent rows cost nothing
+/// here.) `solve` gets the problem and the original indices of its equality rows. `qp`'s rows
+/// should be equilibrated (the rounding test compares magnitudes row against row).
 ///
 /// # Errors
 /// [`Error::Infeasible`] for inconsistent dependent rows; `solve`'s errors.
 pub(crate) fn without_dependent_equalities(
     qp: &Qp,
     feasibility: f64,
-    solve: impl FnOnce(&Qp, &[usize]) -> Result<ExactQp>,
+    mut solve: impl FnMut(&Qp, &[usize]) -> Result<ExactQp>,
 ) -> Result<ExactQp> {
     let k = qp.b_eq.len();
+    let all: Vec<usize> = (0..k).collect();
+    let first = solve(qp, &all);
+    if k == 0 || !matches!(first, Err(Error::Singular(_))) {
+        return first;
+    }
     let kept = independent_rows(&qp.a_eq, &qp.b_eq, feasibility)?;
     if kept.len() == k {
-        return solve(qp, &kept);
+        return first;
     }
     let reduced = Qp {
         a_eq: DMatrix::from_fn(kept.len(), qp.n(), |r, j| qp.a_eq[(kept[r], j)]),

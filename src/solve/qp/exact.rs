@@ -6,14 +6,14 @@
 use nalgebra::{DMatrix, DVector};
 
 use super::clarabel::Clarabel;
-use super::dense::{DenseFactor, Row, DENSE};
+use super::dense::{DenseActiveSet, DenseFactor, Row, DENSE, DEPENDENT_EQUALITIES};
 use super::equalities::without_dependent_equalities;
 use super::problem::{
     complementarity, slack_rounding, ActivityTest, Equilibration, ExactQp, Qp, QpBackend,
     Tolerances,
 };
 use crate::error::{Error, Result};
-use crate::linalg::{select_rows, solve_kkt, vstack};
+use crate::linalg::{power_of_two_scale, select_rows, solve_kkt, vstack};
 
 /// Solves `qp` with `backend`, then refines exactly (see the module docs). The rows are
 /// equilibrated first (each multiplied by the power of two that brings its ∞-norm into
@@ -116,21 +116,36 @@ pub(crate) fn dense_exact(
     if rows.len() != m + k || rows.iter().any(|&r| r >= factor.rows()) {
         return Err(Error::dim("rows (of the dense factor)", m + k, rows.len()));
     }
-    // The factor equilibrates its rows as `Equilibration` does (the same powers of two), so
-    // the scaled problem is solved on it directly.
-    let (scaled, equilibration) = Equilibration::of(qp);
-    let sol = without_dependent_equalities(&scaled, tol.feasibility, |reduced, kept| {
+    // The factor equilibrates its rows itself and the activity tests are scale-invariant, so
+    // the problem is used as given (no copy); the rare fallbacks equilibrate. Rows so large or
+    // small that a slack over- or underflows (beyond 2^±400) take the equilibrated path.
+    let extreme = |a: &DMatrix<f64>| {
+        a.row_iter().any(|r| {
+            let norm = r.amax();
+            norm != 0.0 && !(EXTREME_ROW.recip()..=EXTREME_ROW).contains(&norm)
+        })
+    };
+    if extreme(&qp.a) || extreme(&qp.a_eq) {
+        return solve_exact(&DenseActiveSet, qp, tol);
+    }
+    without_dependent_equalities(qp, tol.feasibility, |reduced, kept| {
+        if kept.len() == k {
+            return dense_with_independent_equalities(factor, reduced, rows, tol, condition);
+        }
         let rows: Vec<usize> = (rows[..m].iter())
             .chain(kept.iter().map(|&i| &rows[m + i]))
             .copied()
             .collect();
-        dense_scaled(factor, reduced, &rows, tol, condition)
-    })?;
-    Ok(equilibration.unscale(sol))
+        dense_with_independent_equalities(factor, reduced, &rows, tol, condition)
+    })
 }
 
-/// [`dense_exact`] on an equilibrated problem with independent equality rows.
-fn dense_scaled(
+/// Rows with an ∞-norm beyond `2^400` (or below `2^-400`) are equilibrated before
+/// [`dense_exact`] forms slacks from them.
+const EXTREME_ROW: f64 = 2.5822498780869086e120;
+
+/// [`dense_exact`] once the equality rows are independent.
+fn dense_with_independent_equalities(
     factor: &DenseFactor,
     qp: &Qp,
     rows: &[usize],
@@ -147,22 +162,24 @@ fn dense_scaled(
             (qp.b_eq[j - m], Row::Equality)
         };
     }
-    let solved = factor
-        .solve_equilibrated(&qp.q, &b, &kinds)
-        .and_then(|sol| {
-            if sol.x.iter().chain(sol.y.iter()).all(|v| v.is_finite()) {
-                Ok(sol)
-            } else {
-                Err(Error::NonFinite {
-                    what: "the dense active-set point (data beyond its range)".into(),
-                })
-            }
-        });
+    let solved = factor.solve(&qp.q, &b, &kinds).and_then(|sol| {
+        if sol.x.iter().chain(sol.y.iter()).all(|v| v.is_finite()) {
+            Ok(sol)
+        } else {
+            Err(Error::NonFinite {
+                what: "the dense active-set point (data beyond its range)".into(),
+            })
+        }
+    });
     let sol = match solved {
         Ok(sol) => sol,
         Err(e @ Error::Infeasible(_)) => return Err(e),
+        // Dependent equality rows: `without_dependent_equalities` sets them aside and retries.
+        Err(e @ Error::Singular(_)) if e.to_string().contains(DEPENDENT_EQUALITIES) => {
+            return Err(e)
+        }
         Err(e) => {
-            let mut sol = exact_scaled(&Clarabel::default(), qp, tol)?;
+            let mut sol = solve_exact(&Clarabel::default(), qp, tol)?;
             sol.fallback = Some(format!("{DENSE}: {e}"));
             return Ok(sol);
         }
@@ -178,7 +195,7 @@ fn dense_scaled(
     });
     let origin = Origin::new(DENSE).after(sol.steps, false);
     if worst_violation(qp, &working, &point, tol).is_some() || !point.accurate(qp, &working) {
-        refine_scaled(qp, tol, &mut working, origin)
+        refine(qp, tol, &mut working, origin)
     } else {
         Ok(point.into_exact(qp, tol, &working, origin))
     }
@@ -368,11 +385,12 @@ impl WorkingPoint {
         });
         let stationarity =
             &qp.p * &x + &qp.q - qp.a.tr_mul(&lambda) - qp.a_eq.tr_mul(&self.lambda_eq);
-        let eq_res = if qp.b_eq.is_empty() {
-            0.0
-        } else {
-            (&qp.a_eq * &x - &qp.b_eq).amax()
-        };
+        // Each equality row's residual as if the row were equilibrated (the residual's one
+        // meaning, see `ExactQp::residual`), whether or not it was.
+        let eq = &qp.a_eq * &x - &qp.b_eq;
+        let eq_res = (0..eq.len())
+            .map(|i| (eq[i] * power_of_two_scale(qp.a_eq.row(i).amax())).abs())
+            .fold(0.0, f64::max);
         let residual = stationarity
             .amax()
             .max(eq_res)
@@ -416,9 +434,8 @@ fn worst_violation(
 ) -> Option<usize> {
     let (x, slack, lambda, error) = (&point.kkt.x, &point.slack, &point.lambda, point.kkt.error);
     let m = qp.b.len();
-    let force = qp.q.amax() + qp.p.amax() * x.amax();
-    let rep_d = 64.0 * f64::EPSILON * force + error.1;
     let test = ActivityTest::new(tol, &qp.p, qp.q.amax(), x);
+    let rep_d = 64.0 * f64::EPSILON * test.force() + error.1;
     let worst_primal = (0..m)
         .filter(|&i| {
             let bound = slack_rounding(&qp.a, i, qp.b[i], x, error.0)
@@ -427,8 +444,10 @@ fn worst_violation(
         })
         .min_by(|&i, &j| slack[i].total_cmp(&slack[j]));
     let worst_dual = (0..m)
-        .filter(|&i| working[i] && lambda[i] < -rep_d)
-        .min_by(|&i, &j| lambda[i].total_cmp(&lambda[j]));
+        .map(|i| (i, lambda[i] * qp.a.row(i).amax()))
+        .filter(|&(i, pull)| working[i] && pull < -rep_d)
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(i, _)| i);
     worst_primal.or(worst_dual)
 }
 
@@ -458,10 +477,20 @@ fn dependent_rows(
     if rows.is_empty() {
         return rows;
     }
+    // Rows scaled to ∞-norm 1 first: the test is scale-invariant, and no norm overflows.
+    let unit = |m: &DMatrix<f64>| {
+        let norms: Vec<f64> = m
+            .row_iter()
+            .map(|r| r.amax().max(f64::MIN_POSITIVE))
+            .collect();
+        DMatrix::from_fn(m.nrows(), m.ncols(), |r, j| m[(r, j)] / norms[r])
+    };
+    let a_w = &unit(a_w);
     let svd = (a_w.nrows() > 0).then(|| a_w.transpose().svd(true, true));
     rows.into_iter()
         .filter(|&i| {
             let ai = a.row(i).transpose();
+            let ai = ai.unscale(ai.amax().max(f64::MIN_POSITIVE));
             let norm = ai.norm();
             if norm == 0.0 {
                 return true;

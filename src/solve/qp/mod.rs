@@ -19,12 +19,20 @@
 //! leave `O(√tol)` ambiguity on weakly active constraints (slack and multiplier both tiny),
 //! which the exact solve removes.
 //!
+//! Every answer is the same for a problem and its rescaled copy: rows are equilibrated by
+//! powers of two (exact in floating point) before slacks, Gram matrices or KKT systems are
+//! formed, and the activity tests compare each row's slack and multiplier with the size of its
+//! own terms (`ActivityTest`, see [`Tolerances`]). "Infeasible" comes only with a verified
+//! Farkas certificate; dependent equality rows are set aside; nearly dependent active rows are
+//! reported rather than resolved by rounding.
+//!
 //! The folder in layers, each file importing only those below it: `problem` (the [`Qp`], the
 //! backends' interface, the classification and the result types); the backends `dense` (the
 //! dual active-set method of Goldfarb and Idnani on a kept factorization: the default of
 //! [`crate::problem::QuadraticProblem`] and the one implementation of the method), `clarabel`
-//! and `osqp`; then `exact` (the refinement, and the fallback through the dense method),
-//! `offset` (the rate problem of Def. 1's surrogates) and `enumeration` (a brute-force
+//! and `osqp`; `equalities` (dependent equality rows set aside, or proved inconsistent); then
+//! `exact` (the refinement, and the fallback through the dense method), `offset` (the rate
+//! problem of Def. 1's surrogates) and `enumeration` (a brute-force
 //! reference). This file only names what the folder offers.
 
 mod clarabel;

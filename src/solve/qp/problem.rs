@@ -221,6 +221,11 @@ impl ActivityTest {
         }
     }
 
+    /// `‖q‖∞ + max|P| ‖x‖∞`, the size of the stationarity terms.
+    pub(crate) fn force(&self) -> f64 {
+        self.force
+    }
+
     /// The largest slack of row `i` (of `a`, right-hand side `b_i`) that counts as active, in
     /// the row's own units: `feasibility · (|b_i| + ‖a_i‖∞ ‖x‖∞)`, `‖x‖∞` the solution's scale.
     pub(crate) fn slack_tolerance(&self, a: &DMatrix<f64>, i: usize, b_i: f64) -> f64 {
