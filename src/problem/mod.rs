@@ -361,7 +361,7 @@ pub struct InnerSolution {
 #[must_use]
 pub struct Offset {
     /// `ẑ_β` (equal to `z* + |β| f` up to rounding), with its multipliers and status,
-    /// accurate to its own magnitude: where `z* + |β| f` cancels ([`offset_cancels`]) it is
+    /// accurate to its own magnitude: where `z* + |β| f` cancels it is
     /// solved for directly.
     pub z_hat: InnerSolution,
     /// `f = (ẑ_β − z*)/|β|`.
