@@ -602,8 +602,9 @@ pub fn prop2_direction(
         .collect();
     let eq_rows = vstack(&select_rows(&constraints.a, &strong), &constraints.a_eq);
     let (m, k) = (constraints.m(), constraints.b_eq.len());
-    if let Some(chol) = a.clone().cholesky() {
-        // The active rows in the metric of A: columns of L⁻¹[A_S; A_eq; A_W]ᵀ.
+    if let (false, Some(chol)) = (weak.is_empty(), a.clone().cholesky()) {
+        // The active rows in the metric of A: columns of L⁻¹[A_S; A_eq; A_W]ᵀ (without weak
+        // rows the KKT solve below is on the held rows alone and its condition covers them).
         let mut v = vstack(&eq_rows, &select_rows(&constraints.a, &weak)).transpose();
         chol.l_dirty().solve_lower_triangular_mut(&mut v);
         crate::problem::check_active_rows(crate::linalg::independence(&v))?;

@@ -237,7 +237,8 @@ impl DenseFactor {
         // the estimate does not depend on the energy's scale.
         let sigma = power_of_two_scale(self.p.amax());
         let mut kkt = DMatrix::zeros(n + k, n + k);
-        kkt.view_mut((0, 0), (n, n)).copy_from(&(&self.p * sigma));
+        kkt.view_mut((0, 0), (n, n)).copy_from(&self.p);
+        kkt.view_mut((0, 0), (n, n)).scale_mut(sigma);
         for (j, &i) in rows.iter().enumerate() {
             kkt.view_mut((n + j, 0), (1, n)).copy_from(&self.c.row(i));
             kkt.view_mut((0, n + j), (n, 1))
