@@ -440,7 +440,13 @@ fn worst_violation(
         .filter(|&i| {
             let bound = slack_rounding(&qp.a, i, qp.b[i], x, error.0)
                 .min(test.slack_tolerance(&qp.a, i, qp.b[i]));
-            !working[i] && slack[i] < -bound
+            // A violation beyond the feasibility tolerance of the row's own right-hand side
+            // (and beyond the rounding of the slack's own terms) is never excused by the
+            // error estimate of x: an energy 1e30 times the rows' scale makes that estimate
+            // exceed a violation of 30 % of b_i.
+            let own =
+                (tol.feasibility * qp.b[i].abs()).max(slack_rounding(&qp.a, i, qp.b[i], x, 0.0));
+            !working[i] && (slack[i] < -bound || (qp.b[i] != 0.0 && slack[i] < -own))
         })
         .min_by(|&i, &j| slack[i].total_cmp(&slack[j]));
     let worst_dual = (0..m)
