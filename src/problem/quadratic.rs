@@ -211,6 +211,27 @@ impl QuadraticProblem {
         }
     }
 
+    /// The largest violation of the rows at `z`, each relative to its terms: `max(0,
+    /// b_i − a_iᵀz) / (|b_i| + ‖a_i‖∞‖z‖∞)` and `|A_eq z − b_eq|` likewise (0 when feasible).
+    fn violation(&self, z: &DVector<f64>) -> f64 {
+        let c = &self.constraints;
+        let worst = |a: &DMatrix<f64>, b: &DVector<f64>, eq: bool| {
+            let r = a * z - b;
+            (0..b.len())
+                .map(|i| {
+                    let size = b[i].abs() + a.row(i).amax() * z.amax();
+                    let miss = if eq { r[i].abs() } else { (-r[i]).max(0.0) };
+                    if miss > 0.0 {
+                        miss / size
+                    } else {
+                        0.0
+                    }
+                })
+                .fold(0.0, f64::max)
+        };
+        worst(&c.a, &c.b, false).max(worst(&c.a_eq, &c.b_eq, true))
+    }
+
     /// The QP `min β ℓ(z) + E(z; θ)` on the constraints.
     pub fn qp(&self, theta: &DVector<f64>, loss: &Loss, beta: f64) -> Qp {
         let n = self.q.nrows();
@@ -417,6 +438,18 @@ impl InnerProblem for QuadraticProblem {
             // ẑ_β is much smaller than z* (|z*| ≈ 1e20 against |ẑ_β| ≈ 1): z* + βf has lost
             // its digits; ẑ_β's own QP is well scaled.
             z_hat = self.solve(theta, loss, beta)?;
+        }
+        let violation = self.violation(&z_hat.z);
+        if violation > self.tol.feasibility {
+            // f (and with it the value and the gradient) is off by more than the tolerance:
+            // said, not printed (β of 1e284 on a nearly singular Q).
+            return Err(Error::Inaccurate {
+                what: format!(
+                    "the offset solve at beta {beta:e} (z* + beta f violates the constraints \
+                     beyond the feasibility tolerance)"
+                ),
+                residual: violation,
+            });
         }
         Ok(Offset {
             grad_theta_gap: self.cross_jvp(&z_star.z, theta, &sol.f),
