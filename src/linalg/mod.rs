@@ -493,24 +493,51 @@ pub(crate) fn independence(v: &DMatrix<f64>) -> f64 {
     let mut basis: Vec<DVector<f64>> = Vec::new();
     let mut smallest = 1.0f64;
     for col in v.column_iter() {
-        let norm = col.norm();
-        if !(norm > 0.0 && norm.is_finite()) {
-            continue;
-        }
-        let mut r = col / norm;
-        for _ in 0..2 {
-            for q in &basis {
-                let t = q.dot(&r);
-                r.axpy(-t, q, 1.0);
+        if let Some(r) = orthogonal_part(col.into_owned(), &basis) {
+            let sine = r.norm();
+            if sine > DEPENDENT_SINE {
+                smallest = smallest.min(sine);
+                basis.push(r / sine);
             }
-        }
-        let sine = r.norm();
-        if sine > DEPENDENT_SINE {
-            smallest = smallest.min(sine);
-            basis.push(r / sine);
         }
     }
     smallest
+}
+
+/// The sine of the angle between `v` and the span of the rows of `rows` (1 without rows, 0
+/// for a zero `v`), as in [`independence`]: rows within [`DEPENDENT_SINE`] of the earlier ones
+/// left out.
+pub(crate) fn sine_to_span(rows: &DMatrix<f64>, v: &DVector<f64>) -> f64 {
+    let mut basis: Vec<DVector<f64>> = Vec::new();
+    for row in rows.row_iter() {
+        if let Some(r) = orthogonal_part(row.transpose(), &basis) {
+            let sine = r.norm();
+            if sine > DEPENDENT_SINE {
+                basis.push(r / sine);
+            }
+        }
+    }
+    orthogonal_part(v.clone(), &basis).map_or(0.0, |r| r.norm())
+}
+
+/// `col` scaled to unit length (by its ∞-norm first, so that no norm overflows) minus its
+/// projection on the orthonormal `basis`, by modified Gram–Schmidt twice (accurate to
+/// rounding rather than to its square root); `None` for a zero or non-finite `col`. Its norm
+/// is the sine of the angle between `col` and the basis' span.
+fn orthogonal_part(col: DVector<f64>, basis: &[DVector<f64>]) -> Option<DVector<f64>> {
+    let norm = col.amax();
+    if !(norm > 0.0 && norm.is_finite()) {
+        return None;
+    }
+    let col = col.unscale(norm);
+    let mut r = col.unscale(col.norm());
+    for _ in 0..2 {
+        for q in basis {
+            let t = q.dot(&r);
+            r.axpy(-t, q, 1.0);
+        }
+    }
+    Some(r)
 }
 
 /// The smallest eigenvalue of the symmetric `q` (`+∞` for `0 × 0`), from its symmetric part.

@@ -9,8 +9,8 @@ use super::clarabel::Clarabel;
 use super::dense::{DenseActiveSet, DenseFactor, Row, DENSE, DEPENDENT_EQUALITIES};
 use super::equalities::without_dependent_equalities;
 use super::problem::{
-    complementarity, slack_rounding, ActivityTest, Equilibration, ExactQp, Qp, QpBackend,
-    Tolerances,
+    complementarity, slack_rounding, slack_terms, ActivityTest, Equilibration, ExactQp, Qp,
+    QpBackend, Tolerances,
 };
 use crate::error::{Error, Result};
 use crate::linalg::{power_of_two_scale, select_rows, solve_kkt, vstack};
@@ -437,16 +437,19 @@ fn worst_violation(
     let test = ActivityTest::new(tol, &qp.p, qp.q.amax(), x);
     let rep_d = 64.0 * f64::EPSILON * test.force() + error.1;
     let worst_primal = (0..m)
+        .filter(|&i| !working[i] && slack[i] < 0.0)
         .filter(|&i| {
-            let bound = slack_rounding(&qp.a, i, qp.b[i], x, error.0)
-                .min(test.slack_tolerance(&qp.a, i, qp.b[i]));
+            let (b_i, violation) = (qp.b[i], -slack[i]);
+            let bound =
+                slack_rounding(&qp.a, i, b_i, x, error.0).min(test.slack_tolerance(&qp.a, i, b_i));
             // A violation beyond the feasibility tolerance of the row's own right-hand side
             // (and beyond the rounding of the slack's own terms) is never excused by the
             // error estimate of x: an energy 1e30 times the rows' scale makes that estimate
             // exceed a violation of 30 % of b_i.
-            let own =
-                (tol.feasibility * qp.b[i].abs()).max(slack_rounding(&qp.a, i, qp.b[i], x, 0.0));
-            !working[i] && (slack[i] < -bound || (qp.b[i] != 0.0 && slack[i] < -own))
+            let own_b = (tol.feasibility * b_i.abs()).max(slack_rounding(&qp.a, i, b_i, x, 0.0));
+            violation > bound
+                || (b_i != 0.0 && violation > own_b)
+                || excused_wrongly(qp, i, violation, point, tol)
         })
         .min_by(|&i, &j| slack[i].total_cmp(&slack[j]));
     let worst_dual = (0..m)
@@ -455,6 +458,35 @@ fn worst_violation(
         .min_by(|a, b| a.1.total_cmp(&b.1))
         .map(|(i, _)| i);
     worst_primal.or(worst_dual)
+}
+
+/// A violation of row `i` that the error estimate of `x` (or the solution's scale) excuses but
+/// that exceeds the feasibility tolerance of the slack's own terms `|b_i| + Σ_j |a_ij x_j|`
+/// must still be repaired when holding row `i` would move `x` by more than the feasibility
+/// tolerance of `x`'s own size (or of its error estimate, if larger): the move is at least
+/// `violation / (‖a_i‖₂ sin φ_i)`, `φ_i` the angle between row `i` and the span of the working
+/// rows. Excused, a point of size 1e24 once violated a row nearly parallel to an equality by its
+/// whole size (`P = 2.7e-40 I`; the exact solution was 2.7e40 away), and a point on an equality
+/// violated a parallel row with an inconsistent right-hand side (an infeasible problem).
+fn excused_wrongly(
+    qp: &Qp,
+    i: usize,
+    violation: f64,
+    point: &WorkingPoint,
+    tol: &Tolerances,
+) -> bool {
+    let own =
+        tol.feasibility.max(64.0 * f64::EPSILON) * slack_terms(&qp.a, i, qp.b[i], &point.kkt.x);
+    if violation <= own {
+        return false;
+    }
+    let row = qp.a.row(i).transpose();
+    let scale = row.amax();
+    let row = row.unscale(scale);
+    let sine = crate::linalg::sine_to_span(&point.a_w, &row);
+    // Divided in steps, so that neither the norm nor the quotient overflows first.
+    let x_scale = point.kkt.x.amax().max(point.kkt.error.0);
+    violation / scale / row.norm() / sine > tol.feasibility * x_scale
 }
 
 /// The working set of the exact solution of a *strictly* convex QP, or a verified

@@ -379,7 +379,16 @@ pub(super) fn slack_rounding(
     x: &DVector<f64>,
     err_x: f64,
 ) -> f64 {
-    let row = a.row(i);
-    let product: f64 = row.iter().zip(x.iter()).map(|(a, x)| (a * x).abs()).sum();
-    64.0 * f64::EPSILON * (b_i.abs() + product) + row.lp_norm(1) * err_x
+    64.0 * f64::EPSILON * slack_terms(a, i, b_i, x) + a.row(i).lp_norm(1) * err_x
+}
+
+/// `|b_i| + Σ_j |a_ij x_j|`: the size of the terms row `i`'s slack at `x` is computed from.
+pub(super) fn slack_terms(a: &DMatrix<f64>, i: usize, b_i: f64, x: &DVector<f64>) -> f64 {
+    let product: f64 = a
+        .row(i)
+        .iter()
+        .zip(x.iter())
+        .map(|(a, x)| (a * x).abs())
+        .sum();
+    b_i.abs() + product
 }
