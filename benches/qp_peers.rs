@@ -5,7 +5,9 @@
 //! the ratio table.
 //!
 //! Run: `python3 benches/peers/qp_layers.py` (it calls
-//! `cargo bench --bench qp_peers -- --out target/qp-peers`), or this alone for the Rust side.
+//! `cargo bench --bench qp_peers -- --out target/qp-peers`), or this alone for the Rust side
+//! (`--sizes 500,1000` to choose sizes, `--repeats 20` for at least 20 timed repeats each,
+//! `--no-batch` to skip the batch timing).
 //!
 //! Instances: `E(z; θ) = ½zᵀQz − zᵀ(Bθ + c)` s.t. `Az ≥ b`, `m = n/2`, `p = 4`, `Q` SPD with
 //! condition ≲ 15, the loss `gᵀz*`; `random` draws `A`, `b` (no weakly active rows with
@@ -23,6 +25,9 @@ use nalgebra::{DMatrix, DVector};
 fn main() {
     let mut out = PathBuf::from("target/qp-peers");
     let mut sizes = vec![10usize, 50, 100, 200];
+    // At least this many timed repeats per instance (the median is reported).
+    let mut min_repeats = 5usize;
+    let mut batch = true;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -35,6 +40,12 @@ fn main() {
                     .map(|s| s.parse().expect("a size"))
                     .collect()
             }
+            "--repeats" => {
+                min_repeats = (args.next())
+                    .and_then(|s| s.parse().ok())
+                    .expect("--repeats N")
+            }
+            "--no-batch" => batch = false,
             _ => {} // `cargo bench` adds `--bench`
         }
     }
@@ -63,16 +74,21 @@ fn main() {
                 .inner
                 .data_gradients(&inst.theta, &d.z_star, &d.direction)
                 .expect("the data gradients");
-            let repeats = (2_000_000 / (n * n * n / 4 + 1000)).clamp(5, 2000);
+            let repeats =
+                (2_000_000 / (n * n * n / 4 + 1000)).clamp(min_repeats, 2000.max(min_repeats));
             let ms = median_ms(repeats, || {
                 let _ = std::hint::black_box(program.limit(&inst.theta).expect("the derivative"));
             });
             let thetas: Vec<DVector<f64>> = (0..64)
                 .map(|i| &inst.theta + vector(&mut rng(9000 + i), 4) * 0.1)
                 .collect();
-            let batch = median_ms((repeats / 32).max(3), || {
-                let _ = std::hint::black_box(program.limit_batch(&thetas, 2).expect("threads"));
-            });
+            let batch = if batch {
+                median_ms((repeats / 32).max(3), || {
+                    let _ = std::hint::black_box(program.limit_batch(&thetas, 2).expect("threads"));
+                })
+            } else {
+                f64::NAN
+            };
             println!("{n:>5} {kind:>7} {ms:>12.4} {batch:>18.3}");
             let weak = d.direction.branches.iter().filter(|b| b.is_some()).count();
             let json = format!(

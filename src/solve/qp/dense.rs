@@ -390,6 +390,8 @@ struct Dual<'a> {
     y: DVector<f64>,
     chol: Option<Cholesky<f64, Dyn>>,
     steps: usize,
+    /// The buffer of [`Dual::most_violated`]: every row's slack.
+    slack_buf: DVector<f64>,
 }
 
 impl<'a> Dual<'a> {
@@ -410,10 +412,62 @@ impl<'a> Dual<'a> {
             y: DVector::zeros(0),
             chol: None,
             steps: 0,
+            slack_buf: DVector::zeros(h.len()),
         };
         s.refactor()
             .map_err(|_| Error::Singular(DEPENDENT_EQUALITIES.into()))?;
         Ok(s)
+    }
+
+    /// Row `p` joins the working set: the Cholesky factor of `G_WW` grows by one row
+    /// (`l = L⁻¹G_Wp`, `√(G_pp − ‖l‖²)`, `O(|W|²)`) instead of being recomputed (`O(|W|³)`),
+    /// and `y_W = G_WW⁻¹ h_W`. A pivot as small as [`Dual::refactor`] refuses means the row
+    /// is dependent on the working rows.
+    fn push(&mut self, p: usize) -> Result<()> {
+        let k = self.working.len();
+        let col = DVector::from_fn(k + 1, |a, _| {
+            let i = if a < k { self.working[a] } else { p };
+            self.f.gram[(i, p)]
+        });
+        let chol = match &self.chol {
+            Some(c) => c.insert_column(k, col),
+            None => Cholesky::new_unchecked(DMatrix::from_element(1, 1, col[0])),
+        };
+        let l = chol.l_dirty();
+        let big = (0..=k)
+            .map(|a| {
+                let i = if a < k { self.working[a] } else { p };
+                self.f.gram[(i, i)]
+            })
+            .fold(0.0, f64::max);
+        let pivot = l[(k, k)];
+        // A NaN pivot (G_pp − ‖l‖² < 0 by rounding) is refused too.
+        if pivot.is_nan() || pivot * pivot <= 1e-13 * big {
+            return Err(Error::Singular("dependent working rows".into()));
+        }
+        self.working.push(p);
+        self.chol = Some(chol);
+        self.resolve();
+        Ok(())
+    }
+
+    /// Working row `j` leaves: the factor loses its row and column (a rank-one update of the
+    /// trailing block, `O(|W|²)`), and `y_W` is not recomputed (the caller does).
+    fn remove(&mut self, j: usize) {
+        self.working.remove(j);
+        self.chol = match &self.chol {
+            Some(c) if !self.working.is_empty() => Some(c.remove_column(j)),
+            _ => None,
+        };
+    }
+
+    /// `y_W = G_WW⁻¹ h_W` with the current factor.
+    fn resolve(&mut self) {
+        let hw = DVector::from_fn(self.working.len(), |a, _| self.h[self.working[a]]);
+        self.y = match &self.chol {
+            Some(c) => c.solve(&hw),
+            None => DVector::zeros(0),
+        };
     }
 
     /// Cholesky of `G_WW` and `y_W = G_WW⁻¹ h_W` on the current working set.
@@ -448,6 +502,28 @@ impl<'a> Dual<'a> {
         s
     }
 
+    /// The most violated inequality outside the working set, if any: every slack
+    /// `(G_{:,W} y_W − h)_i` in one pass over the working columns of `G` (contiguous), into a
+    /// buffer kept across steps; a negative one counts only beyond the rounding of its terms
+    /// ([`Dual::rounding`], computed for those alone).
+    fn most_violated(&mut self, kinds: &[Row]) -> Option<usize> {
+        let mut slack = std::mem::take(&mut self.slack_buf);
+        slack.copy_from(self.h);
+        slack.neg_mut();
+        for (j, &wj) in self.working.iter().enumerate() {
+            slack.axpy(self.y[j], &self.f.gram.column(wj), 1.0);
+        }
+        for &i in &self.working {
+            slack[i] = 0.0; // held rows are not candidates
+        }
+        let worst = (0..kinds.len())
+            .filter(|&i| kinds[i] == Row::Inequality && slack[i] < 0.0)
+            .filter(|&i| slack[i] < -self.rounding(i))
+            .min_by(|&a, &b| slack[a].total_cmp(&slack[b]));
+        self.slack_buf = slack;
+        worst
+    }
+
     /// How far a computed slack can be off by rounding alone.
     fn rounding(&self, i: usize) -> f64 {
         let mut size = self.h[i].abs();
@@ -455,20 +531,6 @@ impl<'a> Dual<'a> {
             size += (self.f.gram[(i, wj)] * self.y[j]).abs();
         }
         64.0 * f64::EPSILON * size
-    }
-
-    /// The most violated inequality outside the working set, if any.
-    fn most_violated(&self, kinds: &[Row]) -> Option<usize> {
-        let mut in_w = vec![false; kinds.len()];
-        for &i in &self.working {
-            in_w[i] = true;
-        }
-        (0..kinds.len())
-            .filter(|&i| kinds[i] == Row::Inequality && !in_w[i])
-            .map(|i| (i, self.slack(i)))
-            .filter(|&(i, s)| s < -self.rounding(i))
-            .min_by(|a, b| a.1.total_cmp(&b.1))
-            .map(|(i, _)| i)
     }
 
     /// Adds row `p`: partial steps (dropping blocking inequalities) until it is active.
@@ -503,15 +565,11 @@ impl<'a> Dual<'a> {
                 Some((t, j)) if t < t_full => {
                     // Drop working row j at its zero multiplier, keep p's partial multiplier.
                     yp += t;
-                    self.working.remove(j);
-                    self.refactor()?;
+                    self.remove(j);
                     // Stationarity on W with y_p held: G_WW y_W = h_W − G_Wp y_p.
                     self.resolve_with(p, yp);
                 }
-                _ => {
-                    self.working.push(p);
-                    return self.refactor();
-                }
+                _ => return self.push(p),
             }
         }
     }
