@@ -505,19 +505,37 @@ pub(crate) fn independence(v: &DMatrix<f64>) -> f64 {
 }
 
 /// The sine of the angle between `v` and the span of the rows of `rows` (1 without rows, 0
-/// for a zero `v`), as in [`independence`]: rows within [`DEPENDENT_SINE`] of the earlier ones
-/// left out.
+/// for a zero `v`): [`RowSpan::sine`] for one vector.
 pub(crate) fn sine_to_span(rows: &DMatrix<f64>, v: &DVector<f64>) -> f64 {
-    let mut basis: Vec<DVector<f64>> = Vec::new();
-    for row in rows.row_iter() {
-        if let Some(r) = orthogonal_part(row.transpose(), &basis) {
-            let sine = r.norm();
-            if sine > DEPENDENT_SINE {
-                basis.push(r / sine);
+    RowSpan::new(rows).sine(v)
+}
+
+/// An orthonormal basis of the span of a matrix's rows (built as in [`independence`]: each row
+/// scaled to unit length, modified Gram–Schmidt twice, rows within [`DEPENDENT_SINE`] of the
+/// earlier ones left out), for the angles of many vectors to that span at `O(n r)` each.
+pub(crate) struct RowSpan {
+    basis: Vec<DVector<f64>>,
+}
+
+impl RowSpan {
+    /// The basis of the span of `rows`' rows (`O(n r²)`).
+    pub(crate) fn new(rows: &DMatrix<f64>) -> Self {
+        let mut basis: Vec<DVector<f64>> = Vec::new();
+        for row in rows.row_iter() {
+            if let Some(r) = orthogonal_part(row.transpose(), &basis) {
+                let sine = r.norm();
+                if sine > DEPENDENT_SINE {
+                    basis.push(r / sine);
+                }
             }
         }
+        Self { basis }
     }
-    orthogonal_part(v.clone(), &basis).map_or(0.0, |r| r.norm())
+
+    /// The sine of the angle between `v` and the span (0 for a zero or non-finite `v`).
+    pub(crate) fn sine(&self, v: &DVector<f64>) -> f64 {
+        orthogonal_part(v.clone(), &self.basis).map_or(0.0, |r| r.norm())
+    }
 }
 
 /// `col` scaled to unit length (by its ∞-norm first, so that no norm overflows) minus its

@@ -13,7 +13,7 @@ use super::problem::{
     QpBackend, Tolerances,
 };
 use crate::error::{Error, Result};
-use crate::linalg::{power_of_two_scale, select_rows, solve_kkt, vstack};
+use crate::linalg::{power_of_two_scale, select_rows, solve_kkt, vstack, RowSpan, DEPENDENT_SINE};
 
 /// Solves `qp` with `backend`, then refines exactly (see the module docs). The rows are
 /// equilibrated first (each multiplied by the power of two that brings its ∞-norm into
@@ -504,8 +504,9 @@ pub fn dual_active_set(qp: &Qp) -> Result<Vec<bool>> {
     Ok(sol.working[..qp.b.len()].to_vec())
 }
 
-/// The rows `i` of `a` with `candidate(i)` that lie in the row space of `a_w` (relative
-/// residual of the least-squares fit below `1e-10`; a zero row always does).
+/// The rows `i` of `a` with `candidate(i)` that lie in the row space of `a_w`: the sine of
+/// the angle between the row and that space at most [`DEPENDENT_SINE`] (a zero row always
+/// does), each row scaled to unit length first (scale-invariant, no norm overflows).
 fn dependent_rows(
     a: &DMatrix<f64>,
     a_w: &DMatrix<f64>,
@@ -515,29 +516,8 @@ fn dependent_rows(
     if rows.is_empty() {
         return rows;
     }
-    // Rows scaled to ∞-norm 1 first: the test is scale-invariant, and no norm overflows.
-    let unit = |m: &DMatrix<f64>| {
-        let norms: Vec<f64> = m
-            .row_iter()
-            .map(|r| r.amax().max(f64::MIN_POSITIVE))
-            .collect();
-        DMatrix::from_fn(m.nrows(), m.ncols(), |r, j| m[(r, j)] / norms[r])
-    };
-    let a_w = &unit(a_w);
-    let svd = (a_w.nrows() > 0).then(|| a_w.transpose().svd(true, true));
+    let span = RowSpan::new(a_w);
     rows.into_iter()
-        .filter(|&i| {
-            let ai = a.row(i).transpose();
-            let ai = ai.unscale(ai.amax().max(f64::MIN_POSITIVE));
-            let norm = ai.norm();
-            if norm == 0.0 {
-                return true;
-            }
-            let Some(svd) = &svd else { return false };
-            let tol = 1e-12 * svd.singular_values.max();
-            svd.solve(&ai, tol)
-                .map(|y| (a_w.transpose() * y - &ai).norm() <= 1e-10 * norm)
-                .unwrap_or(false)
-        })
+        .filter(|&i| span.sine(&a.row(i).transpose()) <= DEPENDENT_SINE)
         .collect()
 }
