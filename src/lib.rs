@@ -33,6 +33,7 @@
 
 // The mathematical core, built with `default-features = false`.
 pub mod error;
+pub mod guide;
 pub mod layer;
 pub mod linalg;
 pub mod names;
