@@ -484,8 +484,8 @@ pub(crate) const DEPENDENT_SINE: f64 = 1e-10;
 
 /// How far a set of rows is from linear dependence: the columns of `v` are the rows in the
 /// metric of the problem (`L⁻¹c_i` for `P = LLᵀ`). Each column is orthogonalized against the
-/// columns kept before it (modified Gram–Schmidt, twice, so that the sine is accurate to
-/// rounding rather than to its square root); a column whose sine to their span is at most
+/// columns kept before it (modified Gram–Schmidt, twice where the first pass cancelled much,
+/// so that the sine is accurate to rounding rather than to its square root); a column whose sine to their span is at most
 /// [`DEPENDENT_SINE`] is a combination of them and left out; the result is the smallest sine
 /// among the others (1 for none). The KKT matrix of the kept rows has a condition number of
 /// about its inverse square.
@@ -510,9 +510,10 @@ pub(crate) fn sine_to_span(rows: &DMatrix<f64>, v: &DVector<f64>) -> f64 {
     RowSpan::new(rows).sine(v)
 }
 
-/// An orthonormal basis of the span of a matrix's rows (built as in [`independence`]: each row
-/// scaled to unit length, modified Gram–Schmidt twice, rows within [`DEPENDENT_SINE`] of the
-/// earlier ones left out), for the angles of many vectors to that span at `O(n r)` each.
+/// An orthonormal basis of the span of a matrix's rows (built as in [`independence`]: each
+/// row scaled to unit length, modified Gram–Schmidt, twice where it cancels, rows within
+/// [`DEPENDENT_SINE`] of the earlier ones left out), for the angles of many vectors to that
+/// span at `O(n r)` each.
 pub(crate) struct RowSpan {
     basis: Vec<DVector<f64>>,
 }
@@ -539,9 +540,11 @@ impl RowSpan {
 }
 
 /// `col` scaled to unit length (by its ∞-norm first, so that no norm overflows) minus its
-/// projection on the orthonormal `basis`, by modified Gram–Schmidt twice (accurate to
-/// rounding rather than to its square root); `None` for a zero or non-finite `col`. Its norm
-/// is the sine of the angle between `col` and the basis' span.
+/// projection on the orthonormal `basis`, by modified Gram–Schmidt, repeated once when the
+/// first pass cancelled more than half of the vector's length (Kahan and Parlett's "twice is
+/// enough": the result is then orthogonal to rounding rather than to its square root);
+/// `None` for a zero or non-finite `col`. Its norm is the sine of the angle between `col` and
+/// the basis' span.
 fn orthogonal_part(col: DVector<f64>, basis: &[DVector<f64>]) -> Option<DVector<f64>> {
     let norm = col.amax();
     if !(norm > 0.0 && norm.is_finite()) {
@@ -549,11 +552,15 @@ fn orthogonal_part(col: DVector<f64>, basis: &[DVector<f64>]) -> Option<DVector<
     }
     let col = col.unscale(norm);
     let mut r = col.unscale(col.norm());
-    for _ in 0..2 {
+    let pass = |r: &mut DVector<f64>| {
         for q in basis {
-            let t = q.dot(&r);
+            let t = q.dot(r);
             r.axpy(-t, q, 1.0);
         }
+    };
+    pass(&mut r);
+    if r.norm() < 0.5 {
+        pass(&mut r);
     }
     Some(r)
 }
