@@ -44,6 +44,8 @@ fn jvp_matches_one_sided_finite_differences_at_weak_constraints() {
             let out = derive(&problem(&inst, &inst.theta, &v)).unwrap();
             let jvp = DVector::from_vec(out.jvp.clone().expect("a jvp"));
             assert_eq!(out.jvp.as_ref(), Some(&out.z_dot));
+            // The loss and θ-gradient are the defining g = −Bv's, and the output says so.
+            assert_eq!(out.loss_note, Some(bilevel::app::derive::JVP_LOSS_NOTE));
             // The Rust API's JVP is the same computation: the same numbers and branches.
             let layer = QuadraticProblem::new(
                 inst.q.clone(),

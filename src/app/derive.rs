@@ -14,7 +14,8 @@
 //! the one-sided directional derivative of `z*` along `θ + t v`, `t → 0⁺`, returned as `jvp`
 //! (with the branch taken at each weakly active constraint in `branches`). It is computed as the
 //! Prop. 2 limit for the linear loss `g = −Bv` — a step `t v` in θ adds `−t (Bv)ᵀz` to `E` —
-//! so `z_dot` equals `jvp`, and `loss`, `grad_theta` and the surrogates refer to that `g`. At a
+//! so `z_dot` equals `jvp`, and `loss`, `grad_theta` and the surrogates refer to that `g` (the
+//! output says so in `loss_note`). At a
 //! tie the JVP is one-sided: `jvp(−v) ≠ −jvp(v)` in general (Prop. 2).
 //!
 //! **A loss given by its gradient**: `{"kind": "gradient", "g": [..]}` is what a framework's
@@ -175,7 +176,8 @@ pub struct DeriveOutput {
     pub solver: &'static str,
     /// One entry per β.
     pub surrogates: Vec<SurrogateOut>,
-    /// Said when the loss was given by its gradient only (`{"kind": "gradient"}`).
+    /// Said when the loss was given by its gradient only (`{"kind": "gradient"}`), or replaced
+    /// by the `g = −Bv` of a JVP request.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub loss_note: Option<&'static str>,
     /// The gradients of `L` asked for by `"gradients"`, by datum (`grad_Q`, `grad_B`, …;
@@ -184,6 +186,11 @@ pub struct DeriveOutput {
     #[serde(flatten)]
     pub data_gradients: std::collections::BTreeMap<String, serde_json::Value>,
 }
+
+/// What `loss_note` says for a JVP request (`"direction": v`).
+pub const JVP_LOSS_NOTE: &str = "a direction v was given: jvp (= z_dot) is the one-sided \
+     derivative of z* along theta + t v; loss, grad_theta and the surrogates are those of the \
+     linear loss g = -Bv that defines it, not of a loss of yours";
 
 /// What `loss_note` says for a loss given by its gradient.
 pub const GRADIENT_LOSS_NOTE: &str =
@@ -531,7 +538,11 @@ pub fn output(
         residual: limit.z_star.status.residual.max(limit.direction.residual),
         solver: program.inner.backend().name(),
         surrogates,
-        loss_note: request.gradient_loss.then_some(GRADIENT_LOSS_NOTE),
+        loss_note: if request.jvp {
+            Some(JVP_LOSS_NOTE)
+        } else {
+            request.gradient_loss.then_some(GRADIENT_LOSS_NOTE)
+        },
         data_gradients: data_gradients(program, theta, &limit, &request.gradients)?,
     };
     out.check_finite()?;

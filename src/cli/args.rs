@@ -45,7 +45,7 @@ pub(crate) enum Command {
         /// Problem file (JSON; `-` reads stdin). See `bilevel::derive` for the format.
         problem: String,
     },
-    /// Train the paper's MNIST MLP (784-256-128-64-10) with back-propagation or Fenchel BP.
+    /// Train the paper's MNIST MLP (784-256-128-64-10) with a method of Table 1 (BP by default).
     Train(TrainArgs),
     /// Plot training (solid) and test (dashed) error curves of CSV logs, like Fig. 1.
     Plot {
