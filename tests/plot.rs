@@ -97,3 +97,16 @@ fn short_runs_have_markers_unique_integer_ticks_and_a_legend_off_the_data() {
         }
     }
 }
+
+#[test]
+fn the_error_axis_spans_the_decades_of_the_data() {
+    // Errors between 1.0 % and 12.5 % (run(): 10/e and 12/e + 0.5 over 8 epochs): the axis runs
+    // from 1 to 100 %, not from 0.01 %.
+    let labels: Vec<String> = texts(&svg_of(8)).into_iter().map(|t| t.1).collect();
+    assert!(labels.iter().any(|l| l == "1"), "{labels:?}");
+    assert!(labels.iter().any(|l| l == "10"), "{labels:?}");
+    assert!(
+        !labels.iter().any(|l| l == "0.1" || l == "0.01"),
+        "{labels:?}"
+    );
+}

@@ -1,6 +1,7 @@
 //! Fig. 1-style plots: training error (solid) and test error (dashed) per epoch, one colour per
-//! run, log-scale error axis (errors below 0.01 % are drawn at 0.01 %), integer epoch ticks,
-//! markers on short runs, and the legend in a strip under each chart (never over a curve).
+//! run, log-scale error axis over the decades the errors span (errors below 0.01 % are drawn
+//! at 0.01 %), integer epoch ticks, markers on short runs, and the legend in a strip under each
+//! chart (never over a curve).
 //!
 //! SVG or PNG by the file extension. Text uses a bundled DejaVu Sans (Bitstream Vera license,
 //! `src/app/plot/DejaVuSans-LICENSE.txt`) through plotters' `ab_glyph` backend, so plotting works on
@@ -46,6 +47,30 @@ const COLORS: [RGBColor; 8] = [
 
 /// Lowest error drawn (log axis).
 const FLOOR: f64 = 0.01;
+
+/// The error axis: the decades the panel's errors span (`10^⌊log₁₀ min⌋` to
+/// `10^⌈log₁₀ max⌉`, at least one decade), within `[FLOOR, 100]` %.
+fn error_range(panel: &Panel) -> std::ops::Range<f64> {
+    let errors = || {
+        (panel.runs.iter())
+            .flat_map(|r| r.points.iter().flat_map(|p| [p.1, p.2]))
+            .filter(|v| v.is_finite())
+    };
+    let min = errors().fold(f64::INFINITY, f64::min).max(FLOOR);
+    let max = errors().fold(0.0, f64::max).clamp(FLOOR, 100.0);
+    if min > max {
+        return FLOOR..100.0; // no finite point
+    }
+    let lo = 10f64.powf(min.log10().floor()).max(FLOOR);
+    let hi = 10f64.powf(max.log10().ceil()).min(100.0);
+    if hi > lo {
+        lo..hi
+    } else if hi < 100.0 {
+        lo..hi * 10.0
+    } else {
+        lo / 10.0..hi
+    }
+}
 
 fn register_font() -> Result<()> {
     plotters::style::register_font("sans-serif", FontStyle::Normal, FONT)
@@ -121,7 +146,7 @@ fn draw_chart<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &Panel) 
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(55)
-        .build_cartesian_2d(0u32..epochs + 1, (FLOOR..100.0).log_scale())?;
+        .build_cartesian_2d(0u32..epochs + 1, error_range(panel).log_scale())?;
     chart
         .configure_mesh()
         .x_desc(if epochs <= 20 {
