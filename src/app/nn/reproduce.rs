@@ -151,14 +151,17 @@ pub fn table(results: &[(Fig1Config, Vec<EpochRecord>)], epochs: usize) -> Strin
              epochs; compare the curves' shape, not these final numbers.\n"
         );
     }
-    s.push_str(
-        "| init | method | train error % (running) | test error % | test error %, mean of the last 5 epochs | paper train / test % | reference test % (JAX, seed 42) | s/epoch (mean) |\n\
-         |---|---|---:|---:|---:|---:|---:|---:|\n"
+    let last = epochs.clamp(1, 5);
+    let _ = writeln!(
+        s,
+        "| init | method | train error % (running) | test error % | test error %, mean of the last {} | paper train / test % | reference test % (JAX, seed 42) | s/epoch (mean) |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|",
+        if last == 1 { "epoch".to_string() } else { format!("{last} epochs") }
     );
     let opt = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.2}"));
     for (c, h) in results {
         let Some(r) = h.last() else { continue };
-        let tail = &h[h.len().saturating_sub(5)..];
+        let tail = &h[h.len().saturating_sub(last)..];
         let mean_test = tail.iter().map(|r| r.test_error_pct).sum::<f64>() / tail.len() as f64;
         let mean_s = h.iter().map(|r| r.seconds).sum::<f64>() / h.len() as f64;
         let _ = writeln!(
@@ -191,5 +194,9 @@ mod tests {
         let caveat = short.find("Caveat: a 3-epoch run").expect("caveat");
         assert!(caveat < short.find("| init |").unwrap());
         assert!(!super::table(&[], 50).contains("Caveat"));
+        // The mean column says over how many epochs it is taken.
+        assert!(short.contains("mean of the last 3 epochs"));
+        assert!(super::table(&[], 50).contains("mean of the last 5 epochs"));
+        assert!(super::table(&[], 1).contains("mean of the last epoch |"));
     }
 }

@@ -117,23 +117,49 @@ type DrawResult<DB> =
 fn render<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, panels: &[Panel]) -> DrawResult<DB> {
     root.fill(&WHITE)?;
     let areas = root.split_evenly((1, panels.len()));
-    for (area, panel) in areas.iter().zip(panels) {
+    let colours = colours(panels);
+    for ((area, panel), colours) in areas.iter().zip(panels).zip(&colours) {
         // The legend gets its own strip under the chart (two entries per row), so it never
         // covers a curve.
         let rows = panel.runs.len().div_ceil(2) as u32;
         let (_, height) = area.dim_in_pixel();
         let (chart_area, legend_area) =
             area.split_vertically(height.saturating_sub(12 + 22 * rows));
-        draw_chart(&chart_area, panel)?;
-        draw_legend(&legend_area, panel)?;
+        draw_chart(&chart_area, panel, colours)?;
+        draw_legend(&legend_area, panel, colours)?;
     }
     Ok(())
+}
+
+/// Each run's colour, panel by panel: one colour per method across all panels (the label
+/// before any parenthesis, so "FenBP β=1" and "FenBP β=1 (negative init)" match), in order of
+/// first appearance.
+fn colours(panels: &[Panel]) -> Vec<Vec<RGBColor>> {
+    let mut keys: Vec<&str> = Vec::new();
+    (panels.iter())
+        .map(|panel| {
+            (panel.runs.iter())
+                .map(|run| {
+                    let key = run.label.split(" (").next().unwrap_or_default().trim();
+                    let index = keys.iter().position(|k| *k == key).unwrap_or_else(|| {
+                        keys.push(key);
+                        keys.len() - 1
+                    });
+                    COLORS[index % COLORS.len()]
+                })
+                .collect()
+        })
+        .collect()
 }
 
 /// The chart: integer epochs on the x axis (one tick per epoch up to 10 epochs, never a repeated
 /// label), markers on every point of runs up to 20 epochs (a one-epoch run is a dot and a cross,
 /// not an empty axis), log-scale error.
-fn draw_chart<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &Panel) -> DrawResult<DB> {
+fn draw_chart<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    panel: &Panel,
+    colours: &[RGBColor],
+) -> DrawResult<DB> {
     let epochs = panel
         .runs
         .iter()
@@ -167,7 +193,7 @@ fn draw_chart<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &Panel) 
         .y_label_formatter(&|v| format!("{v}"))
         .draw()?;
     for (i, run) in panel.runs.iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
+        let color = colours[i];
         // Earlier runs are drawn wider, so that identical curves (BP and Fenchel BP stuck at the
         // class prior with the negative init) stay visible under later ones.
         let width = if i == 0 { 4 } else { 2 };
@@ -204,11 +230,15 @@ fn draw_chart<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &Panel) 
 }
 
 /// The legend strip: a short line and the run's label, two runs per row.
-fn draw_legend<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &Panel) -> DrawResult<DB> {
+fn draw_legend<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    panel: &Panel,
+    colours: &[RGBColor],
+) -> DrawResult<DB> {
     let (width, _) = area.dim_in_pixel();
     let column = (width as i32 - 40) / 2;
     for (i, run) in panel.runs.iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
+        let color = colours[i];
         let x = 40 + (i as i32 % 2) * column;
         let y = 6 + (i as i32 / 2) * 22;
         area.draw(&PathElement::new(
@@ -223,4 +253,36 @@ fn draw_legend<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &Panel)
         ))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{colours, Panel, Series, COLORS};
+
+    #[test]
+    fn a_method_keeps_its_colour_across_panels() {
+        let series = |label: &str| Series {
+            label: label.into(),
+            points: vec![(1, 1.0, 1.0)],
+        };
+        let panels = [
+            Panel {
+                title: "Glorot".into(),
+                runs: vec![series("BP"), series("FenBP β=0.01"), series("FenBP β=1")],
+            },
+            Panel {
+                title: "negative".into(),
+                runs: vec![
+                    series("BP (negative init)"),
+                    series("FenBP β=1 (negative init)"),
+                    series("FenBP β=1000 (negative init)"),
+                ],
+            },
+        ];
+        let c = colours(&panels);
+        assert_eq!(c[1][0], c[0][0]);
+        assert_eq!(c[1][1], c[0][2]); // FenBP β=1: index 1 in the second panel, 2 in the first
+        assert_eq!(c[1][2], COLORS[3]); // a new method gets the next colour
+        assert_ne!(c[0][1], c[0][2]);
+    }
 }
