@@ -79,3 +79,18 @@
 //! `data err` column): 3e-6 on the random layers, 0.4–0.5 on the weak ones. On the same
 //! layers `bilevel` on Clarabel (`with_backend`) takes 2.6 / 4.5 ms at n = 50 and 55 / 112 ms at
 //! n = 200 (random / weak; `cargo bench --bench limit -- qp-layer`).
+//!
+//! Re-measured on 2026-12-05 after the dual active-set method began updating its Cholesky
+//! factor instead of refactoring (commits `4253336` … on `main`), with larger layers:
+//! `python3 benches/peers/qp_layers.py --sizes 50,200,500,1000` (one run, same machine):
+//!
+//! | n | kind | bilevel ms | proxsuite 0.8 ms | ratio | proxsuite's gradient error |
+//! |---:|---|---:|---:|---:|---:|
+//! | 50 | random | 0.141 | 0.219 | 0.65 | 2.4e-6 |
+//! | 50 | weak | 0.157 | 0.229 | 0.69 | 5.7e-1 |
+//! | 200 | random | 2.13 | 2.64 | 0.81 | 2.8e-6 |
+//! | 200 | weak | 1.88 | 3.04 | 0.62 | 1.8e-1 |
+//! | 500 | random | 11.6 | 20.3 | 0.57 | 2.6e-6 |
+//! | 500 | weak | 14.1 | 23.7 | 0.59 | 4.4e-1 |
+//! | 1000 | random | 57.9 | 90.8 | 0.64 | 2.7e-6 |
+//! | 1000 | weak | 79.1 | 115.4 | 0.69 | 3.7e-1 |
