@@ -565,6 +565,13 @@ fn orthogonal_part(col: DVector<f64>, basis: &[DVector<f64>]) -> Option<DVector<
     Some(r)
 }
 
+/// `max_i |v_i|` (0 for none; NaN entries are skipped), written as a select that compiles to
+/// vector maxima (`f64::max` and nalgebra's `amax` go one entry at a time).
+pub(crate) fn amax(v: &[f64]) -> f64 {
+    v.iter()
+        .fold(0.0, |m, &x| if x.abs() > m { x.abs() } else { m })
+}
+
 /// The smallest eigenvalue of the symmetric `q` (`+∞` for `0 × 0`), from its symmetric part.
 pub fn min_eigenvalue(q: &DMatrix<f64>) -> f64 {
     if q.nrows() == 0 {

@@ -207,7 +207,7 @@ pub(crate) struct ActivityTest {
 impl ActivityTest {
     /// The tests at `x` for a QP with Hessian `p` and linear term of ∞-norm `q_norm`.
     pub(crate) fn new(tol: &Tolerances, p: &DMatrix<f64>, q_norm: f64, x: &DVector<f64>) -> Self {
-        let p_norm = p.amax();
+        let p_norm = crate::linalg::amax(p.as_slice());
         let x_norm = if p_norm > 0.0 {
             x.amax().max(q_norm / p_norm)
         } else {
