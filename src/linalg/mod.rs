@@ -485,9 +485,9 @@ pub(crate) const DEPENDENT_SINE: f64 = 1e-10;
 /// How far a set of rows is from linear dependence: the columns of `v` are the rows in the
 /// metric of the problem (`L⁻¹c_i` for `P = LLᵀ`). Each column is orthogonalized against the
 /// columns kept before it (modified Gram–Schmidt, twice where the first pass cancelled much,
-/// so that the sine is accurate to rounding rather than to its square root); a column whose sine to their span is at most
-/// [`DEPENDENT_SINE`] is a combination of them and left out; the result is the smallest sine
-/// among the others (1 for none). The KKT matrix of the kept rows has a condition number of
+/// so that the sine is accurate to rounding rather than to its square root); a column whose
+/// sine to their span is at most [`DEPENDENT_SINE`] is a combination of them and left out; the
+/// result is the smallest sine among the others (1 for none). The KKT matrix of the kept rows has a condition number of
 /// about its inverse square.
 pub(crate) fn independence(v: &DMatrix<f64>) -> f64 {
     let mut basis: Vec<DVector<f64>> = Vec::new();
