@@ -76,3 +76,19 @@
 //! CI runs a bounded campaign of each target. What fuzzing found, and the reproducers of the
 //! reliability issue, live in `tests/regressions/` and are replayed by `cargo test`
 //! (`tests/fuzz_regressions.rs`).
+//!
+//! ## The documentation as a reader sees it
+//!
+//! Formulas are KaTeX in `<div class="math">` blocks (`src/docs/katex-header.html`, also used by
+//! docs.rs). CI opens every chapter of this guide in headless Chromium with the pages offline
+//! (`.ci/guide-check.mjs`: KaTeX answered from its npm package at the header's version) and fails
+//! when a formula is left unrendered, raises a KaTeX error or is wider than the page, when raw TeX
+//! is left in the text, or when a link inside the documentation is broken; it keeps a screenshot of
+//! this guide's first chapter as `target/guide-check/guide-surrogates.png`. Locally, after
+//! `apt-get install chromium` and `npm install --prefix target/browser katex@0.16.11
+//! playwright-core@1.65.2`:
+//!
+//! ```sh
+//! RUSTDOCFLAGS="--html-in-header src/docs/katex-header.html" cargo doc --no-deps --all-features
+//! node .ci/guide-check.mjs target/doc target/browser/node_modules target/guide-check
+//! ```

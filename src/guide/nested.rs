@@ -1,5 +1,39 @@
 //! # Sections 3-4: deep nesting and every method of Table 1
 //!
+//! A network is a deeply nested program: each layer's activations minimize an energy that takes
+//! the previous layer's minimizer as data (Eq. 21),
+//!
+//! <div class="math">
+//! $$ \mathcal L_{\text{deep}}(\theta) = \ell(z_L^\star), \qquad
+//!    z_k^\star = \arg\min_{z_k} E_k(z_k, z_{k-1}^\star; \theta), \quad k = 1, \dots, L. $$
+//! </div>
+//!
+//! Def. 1 applied level by level unravels it in one of two directions. **Bottom-up** (innermost
+//! level first, Prop. 4) gives a *global* contrastive loss: a clamped and a free energy over all
+//! layers at once, with later layers discounted (Eq. 22-24; contrastive Hebbian learning),
+//!
+//! <div class="math">
+//! $$ \mathcal L_{GC}^\beta(\theta) = \min_z \hat{\mathcal E}^\beta(z;\theta) - \min_z \mathcal E^\beta(z;\theta),
+//!    \qquad \mathcal E^\beta(z;\theta) = \sum_{k=1}^L \frac{E_k(z_k, z_{k-1};\theta)}{\prod_{l=k}^L \beta_l},
+//!    \qquad \hat{\mathcal E}^\beta = \ell(z_L) + \mathcal E^\beta. $$
+//! </div>
+//!
+//! **Top-down** (outermost level first, Prop. 5) gives a *local*, layer-wise loss in the
+//! energies' excess over their minima `Ẽ_k = E_k − min_{z'_k} E_k(z'_k, z_{k−1})` (Eq. 26-28;
+//! lifted networks, MAC, predictive coding),
+//!
+//! <div class="math">
+//! $$ \mathcal L_{LC}^\beta(\theta) = \min_{z_1,\dots,z_L} \Big\{ \ell(z_L) + \sum_{k=1}^L \frac1{\beta_k}\, \tilde E_k(z_k, z_{k-1};\theta) \Big\}. $$
+//! </div>
+//!
+//! Top-down with Def. 2's linearization at every level (Prop. 7) needs no joint minimization:
+//! one forward pass for the `z*_k`, then one backward pass of per-layer problems for the targets
+//! `z̄_k` (Eq. 41-43), in closed form for proximal and Fenchel layers. With `β → 0⁺` it is
+//! back-propagation; with Fenchel layer energies at finite `β_k` it is **Fenchel
+//! back-propagation** (Section 4.2), which sends finite targets backwards instead of
+//! infinitesimal corrections. Table 1 is the grid of these choices: the layer energy `E_k`
+//! (penalizer, Fenchel, proximal), the direction, and the linearization.
+//!
 //! From Sections 3-4 (`bilevel::nested`): layered networks with penalizer, Fenchel or proximal
 //! layer energies (identity, ReLU, hard sigmoid, hard tanh, box, and softmax as a Fenchel layer
 //! with negative entropy), batched (samples as columns), and every row of the paper's Table 1 as a

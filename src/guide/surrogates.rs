@@ -1,23 +1,77 @@
 //! # Section 2: the contrastive surrogate and its exact limits
 //!
-//! A bilevel program is a loss of the solution of an inner minimization,
+//! A bilevel program is a loss of the solution of an inner minimization (Eq. 2),
 //!
-//! ```text
-//! L(θ) = ℓ(z*),    z* = argmin_z E(z; θ)                      (Eq. 2)
-//! ```
+//! <div class="math">
+//! $$ \mathcal L(\theta) = \ell(z^\star), \qquad z^\star = \arg\min_z E(z; \theta). $$
+//! </div>
 //!
-//! and `bilevel` replaces it by the **contrastive surrogate** of Def. 1,
+//! **Def. 1, the contrastive surrogate.** Relax the optimal-value reformulation with a fixed
+//! multiplier `1/β` (Eq. 5-6):
 //!
-//! ```text
-//! L^β(θ) = ℓ(ẑ_β) + (E(ẑ_β; θ) − E(z*; θ)) / β,   ẑ_β = argmin_z β ℓ(z) + E(z; θ)   (Eq. 5-6)
-//! ∇L^β(θ) = (1/β) ∂_θ (E(ẑ_β; θ) − E(z*; θ))                                        (Eq. 10)
-//! ```
+//! <div class="math">
+//! $$ \mathcal L^\beta(\theta) = \min_z \Big\{ \ell(z) + \tfrac1\beta E(z;\theta) \Big\} - \min_z \tfrac1\beta E(z;\theta)
+//!    = \ell(\hat z_\beta) + \frac{E(\hat z_\beta;\theta) - E(z^\star;\theta)}{\beta}, $$
+//! $$ \hat z_\beta = \arg\min_z \beta\,\ell(z) + E(z;\theta). $$
+//! </div>
 //!
-//! whose `β → 0⁺` limit is an exact gradient: `dẑ_β/dβ|₀₊ = −H⁻¹ℓ'(z*)` for smooth problems
-//! (Prop. 1), and the solution of a small convex QP when constraints are active (Prop. 2, Eq. 17).
-//! The Prop. 2 derivative exists even at *weakly active* constraints (active with a zero
-//! multiplier: a ReLU exactly at its kink), where back-propagation and implicit differentiation
-//! have none; `bilevel` returns it as a one-sided derivative together with the branch it took.
+//! Its gradient needs no derivative of either minimizer (Eq. 10): two solves, a *clamped* one
+//! (`ẑ_β`) and a *free* one (`z*`), and the partial derivatives of `E` at both,
+//!
+//! <div class="math">
+//! $$ \nabla_\theta \mathcal L^\beta(\theta) = \frac1\beta\, \partial_\theta \big( E(\hat z_\beta;\theta) - E(z^\star;\theta) \big). $$
+//! </div>
+//!
+//! **Prop. 1, the smooth limit.** For `ℓ` differentiable and `E` twice continuously
+//! differentiable, `β → 0⁺` gives implicit differentiation back (Eq. 7, 9):
+//!
+//! <div class="math">
+//! $$ \frac{d\hat z_\beta}{d\beta}\Big|_{\beta=0} = -\big(\partial_z^2 E(z^\star;\theta)\big)^{-1} \ell'(z^\star),
+//!    \qquad \frac{d\mathcal L}{d\theta} = \lim_{\beta\to0^+} \frac1\beta\, \partial_\theta\big(E(\hat z_\beta;\theta) - E(z^\star;\theta)\big). $$
+//! </div>
+//!
+//! **Example 1, a ReLU at its kink.** With `E(z; θ) = ½‖z − θx‖² + ι_{≥0}(z)` and `ℓ(z) = gᵀz`,
+//! `z* = [θx]₊` and `ẑ_β = [θx − βg]₊`, so the limit is one-sided (Eq. 11-12):
+//!
+//! <div class="math">
+//! $$ \frac{d\hat z_\beta}{d\beta}\Big|_{\beta=0^+} = D g, \qquad
+//!    D_{jj} = \begin{cases} -1 & (\theta x)_j > 0 \ \text{ or } \ (\theta x)_j = 0,\ g_j \ge 0, \\
+//!    \phantom{-}0 & (\theta x)_j < 0 \ \text{ or } \ (\theta x)_j = 0,\ g_j < 0. \end{cases} $$
+//! </div>
+//!
+//! At `(θx)_j = 0` back-propagation and implicit differentiation have no derivative; this one
+//! exists and is the one a descent step needs: it asks whether `−g` would lift the unit off its
+//! bound.
+//!
+//! **Prop. 2, constrained layers.** For `E = f(z; θ)` subject to `g_i(z) ≥ 0`, with `W*` the
+//! *weakly active* constraints (active with a zero multiplier), `ż = dẑ_β/dβ|₀₊` is the unique
+//! solution of a small strictly convex QP (Eq. 15-17):
+//!
+//! <div class="math">
+//! $$ \dot z = \arg\min_{\dot z}\ \tfrac12 \dot z^\top \mathbf A \dot z + \mathbf c^\top \dot z
+//!    \quad \text{s.t.} \quad \mathbf B_{i,:}\dot z \ge 0 \ (i \in \mathcal W^\star), \quad
+//!    \mathbf B_{i,:}\dot z = 0 \ (i \text{ strongly active}), $$
+//! $$ \mathbf c = \ell'(z^\star), \qquad \mathbf A = \partial_z^2 f(z^\star;\theta) + \textstyle\sum_i \lambda_i^\star\, \partial_z^2 g_i(z^\star), \qquad \mathbf B = \partial_z \mathbf g(z^\star). $$
+//! </div>
+//!
+//! With `f` differentiable in `θ`, Cor. 1 turns `ż` into the gradient,
+//! `∂_θ lim L^β = ∂_θ f(z*; θ) · ż` (Eq. 19). `bilevel` returns `ż`, the gradient, and for each
+//! weakly active constraint the branch it took (`B_i ż > 0`: it leaves its bound; `= 0`: it stays).
+//!
+//! **Prop. 3, the band.** For `ℓ` convex and `E(·; θ)` `ν`-strongly convex, the surrogate is a
+//! lower bound within a band of width `O(β)` for every `β > 0` (Eq. 20):
+//!
+//! <div class="math">
+//! $$ \mathcal L^\beta(\theta) \;\le\; \mathcal L(\theta) \;\le\; \mathcal L^\beta(\theta) + \frac{\beta}{2\nu}\, \|\partial\ell(z^\star)\|^2. $$
+//! </div>
+//!
+//! **Def. 2, the linearized surrogate.** Replace `ℓ` by its tangent at `z*`,
+//! `ℓ̄(z; z*) = ℓ(z*) + (z − z*)ᵀℓ'(z*)` (Eq. 36-37); Props. 1-2 hold unchanged, and it is the
+//! building block of Fenchel back-propagation (Section 4, [`nested`](super::nested)):
+//!
+//! <div class="math">
+//! $$ \bar{\mathcal L}^\beta(\theta) = \min_z \Big\{ \bar\ell(z; z^\star) + \tfrac1\beta E(z;\theta) \Big\} - \min_z \tfrac1\beta E(z;\theta). $$
+//! </div>
 //!
 //! What the crate gives today (Section 2 of the paper):
 //!
