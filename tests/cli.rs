@@ -498,6 +498,18 @@ fn verify_is_readable_in_paper_order_and_records_its_seed() {
     let text = String::from_utf8(text.stdout).unwrap();
     let longest = text.lines().map(|l| l.chars().count()).max().unwrap();
     assert!(longest <= 100, "a line of {longest} characters");
+    // The header and every row (the unindented lines but the summary) are one table: the
+    // verdict column starts at the same character on each.
+    let verdicts: Vec<usize> = text
+        .lines()
+        .filter(|l| !l.starts_with(' ') && !l.starts_with("verify:"))
+        .map(|l| l.chars().count() - l.split_whitespace().last().unwrap().chars().count())
+        .collect();
+    assert_eq!(verdicts.len(), checks.len() + 1);
+    assert!(
+        verdicts.windows(2).all(|w| w[0] == w[1]),
+        "{verdicts:?}\n{text}"
+    );
 }
 
 /// Small `derive` contract items: a θ without `B` names `B` as missing, and the Prop. 3 band

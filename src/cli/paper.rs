@@ -37,11 +37,18 @@ pub(crate) fn verify(json: bool, seed: u64, only: &[String]) -> ExitCode {
             serde_json::to_string_pretty(&report).expect("report serializes")
         );
     } else {
-        // One line per row (claim, id, what is measured, value, tolerance, verdict), then its
-        // description wrapped to the terminal width.
+        // One line per row (claim, id, what is measured, value, tolerance, verdict), columns as
+        // wide as their longest entry, then its description wrapped to the terminal width.
         let width = terminal_width();
+        let column = |name: &str, entry: fn(&bilevel::app::verify::Check) -> &str| {
+            let longest = report.checks.iter().map(|c| entry(c).chars().count());
+            longest.fold(name.chars().count(), usize::max)
+        };
+        let claim = column("claim", |c| &c.claim);
+        let id = column("id", |c| &c.id);
+        let quantity = column("measured quantity", |c| c.quantity);
         out!(
-            "{:<16} {:<22} {:<22} {:>9} {:>9}  ok",
+            "{:<claim$} {:<id$} {:<quantity$} {:>9} {:>9}  ok",
             "claim",
             "id",
             "measured quantity",
@@ -50,7 +57,7 @@ pub(crate) fn verify(json: bool, seed: u64, only: &[String]) -> ExitCode {
         );
         for c in &report.checks {
             out!(
-                "{:<16} {:<22} {:<22} {:>9.2e} {:>9.1e}  {}",
+                "{:<claim$} {:<id$} {:<quantity$} {:>9.2e} {:>9.1e}  {}",
                 c.claim,
                 c.id,
                 c.quantity,
