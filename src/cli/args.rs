@@ -237,7 +237,8 @@ pub(crate) struct BenchTrainArgs {
     #[arg(long)]
     pub(crate) sweeps: Option<usize>,
     /// Also time the same step in JAX (jit, CPU) with this Python interpreter, which must
-    /// have `jax` installed (runs `benches/jax_train_step.py`).
+    /// have `jax` installed (and `optax`, for the fastest formulations): runs
+    /// `benches/jax_train_step.py` and compares with the fastest formulation it timed.
     #[arg(long)]
     pub(crate) jax: Option<PathBuf>,
     /// Thread counts to time every method at, comma-separated, the first the baseline

@@ -226,10 +226,20 @@ fn compare_with_jax(
         v["bp"].as_f64().unwrap_or(f64::NAN),
         v["fenbp"].as_f64().unwrap_or(f64::NAN),
     );
+    let timed = v["formulations"]
+        .as_object()
+        .map_or(0, serde_json::Map::len);
     out!(
-        "JAX {} (jit, CPU), same step, same process tree:",
+        "JAX {} (jit, CPU), same step, same process tree; the fastest of the {timed} formulations \
+         timed (benches/jax_train_step.py):",
         v["jax"].as_str().unwrap_or("?")
     );
+    let formulation = |rule: &str| {
+        v[format!("{rule}_formulation")]
+            .as_str()
+            .unwrap_or("?")
+            .to_string()
+    };
     // Each method at BP's fastest thread count.
     let fastest = r.fastest_bp().map_or(1, |(t, _)| t);
     let ratio = |jax: f64, name: &str| {
@@ -243,13 +253,15 @@ fn compare_with_jax(
             })
     };
     out!(
-        "  back-propagation       {jbp:.3} s  ({})",
-        ratio(jbp, "bp")
+        "  back-propagation       {jbp:.3} s  ({})\n    JAX formulation: {}",
+        ratio(jbp, "bp"),
+        formulation("bp")
     );
     out!(
-        "  Fenchel BP (beta={})    {jfen:.3} s  ({})",
+        "  Fenchel BP (beta={})    {jfen:.3} s  ({})\n    JAX formulation: {}",
         a.beta,
-        ratio(jfen, "fenbp")
+        ratio(jfen, "fenbp"),
+        formulation("fenbp")
     );
     Ok(())
 }

@@ -4,9 +4,12 @@
 //! 784-256-128-64-10 trained with back-propagation or Fenchel back-propagation, both computed by
 //! the Prop. 7 code above (`bilevel::app::nn`), in `f32`, allocation-free, on two threads by default
 //! (`--threads`; the results are bit-identical for every count, so a run may resume on another
-//! machine). `bilevel bench train --jax PYTHON` on a 2-core AMD EPYC (Zen 4, AVX-512): a BP epoch
-//! 0.46 s on two threads, 0.76 s on one, against JIT-compiled JAX's 0.90-1.11 s in the same command
-//! (0.41-0.51× JAX's time; Fenchel BP within 2 % of BP). `bilevel reproduce fig1` trains the
+//! machine). `bilevel bench train --jax PYTHON` on a 2-core AMD EPYC (Zen 4, AVX-512), 2026-12-05: a BP epoch
+//! 0.46-0.48 s on two threads, 0.76 s on one, against JIT-compiled JAX 0.10.2's 0.48-0.49 s in
+//! the same command (0.94-0.99× JAX's time; Fenchel BP the same). That JAX time is the fastest of
+//! four formulations of the step the bench times: batch-major with `optax.adam` and the epoch
+//! in one `lax.scan`; a jitted call per step takes 0.83 s (optax) to 1.19 s (Adam written out,
+//! samples as columns), which is what earlier releases compared with (0.41-0.51×). `bilevel reproduce fig1` trains the
 //! seven configurations of Fig. 1 and `bilevel reproduce table1` every row of Table 1 on the same
 //! MLP; their results are in [`super::results`].
 //!
@@ -76,7 +79,9 @@
 //!   thread count next to the matrix products alone (GFLOP/s and flop/cycle, layer by layer), the
 //!   mean sweeps, and each gradient's cosine and relative distance to BP's at the initial
 //!   network; with `--jax` the same step in JAX (`benches/jax_train_step.py`, needs
-//!   `pip install jax`), compared at BP's fastest thread count. On the 2-core VM (β = 1, s/epoch
+//!   `pip install jax optax`), each rule timed in four formulations (samples as rows or columns,
+//!   Adam written out or `optax.adam`, a jitted call per step or one `lax.scan` per epoch) and
+//!   compared, at BP's fastest thread count, with the fastest, which it names. On the 2-core VM (β = 1, s/epoch
 //!   on one / two threads): BP 0.75 / 0.45, MAC 2.2 / 1.6, LPOM 1.5 / 1.0, predictive coding
 //!   1.15 / 0.78, CHL 1.9 / 1.3, convex CHL 1.9 / 1.5; the inference rows are bound by the
 //!   products again (their element-wise passes are vectorized and run on the team too).
