@@ -305,7 +305,8 @@ impl QuadraticProblem {
         });
         let z = &z_star.z + &sol.f * s;
         let scale_q = (&self.b * theta + &self.c - loss.linear_term() * beta).amax();
-        let test = ActivityTest::new(&self.tol, &problem.p, scale_q, &z);
+        let p_norm = crate::linalg::amax(problem.p.as_slice());
+        let test = ActivityTest::new(&self.tol, p_norm, scale_q, &z);
         let residual = z_star
             .status
             .residual
@@ -313,7 +314,12 @@ impl QuadraticProblem {
             .max(complementarity(&lambda, &slack_hat));
         InnerSolution {
             z,
-            activity: test.classify((&cons.a, &cons.b), &sol.working, &lambda, &slack_hat),
+            activity: test.classify(
+                (&crate::linalg::row_amax(&cons.a), &cons.b),
+                &sol.working,
+                &lambda,
+                &slack_hat,
+            ),
             multipliers: lambda,
             multipliers_eq: &z_star.multipliers_eq + &sol.mu_eq * s,
             status: SolveStatus {

@@ -4,7 +4,7 @@ use nalgebra::DVector;
 
 use super::problem::{ActivityTest, Qp, Tolerances};
 use crate::error::{Error, Result};
-use crate::linalg::{select_rows, solve_kkt, vstack};
+use crate::linalg::{amax, row_amax, select_rows, solve_kkt, vstack};
 
 /// Brute-force reference: enumerates all `2^m` working sets and returns the unique one whose
 /// exact KKT point is primal and dual feasible. Only for small `m` (tests and `verify`).
@@ -20,6 +20,7 @@ pub fn solve_by_enumeration(qp: &Qp, tol: &Tolerances) -> Result<DVector<f64>> {
             "enumeration is limited to 20 inequalities",
         ));
     }
+    let (p_norm, norms) = (amax(qp.p.as_slice()), row_amax(&qp.a));
     for mask in 0u32..(1u32 << m) {
         let rows: Vec<usize> = (0..m).filter(|&i| mask & (1 << i) != 0).collect();
         let a_w = vstack(&select_rows(&qp.a, &rows), &qp.a_eq);
@@ -34,10 +35,10 @@ pub fn solve_by_enumeration(qp: &Qp, tol: &Tolerances) -> Result<DVector<f64>> {
             continue;
         };
         // Signs up to the classification's scale-invariant tolerances.
-        let test = ActivityTest::new(tol, &qp.p, qp.q.amax(), &kkt.x);
+        let test = ActivityTest::new(tol, p_norm, qp.q.amax(), &kkt.x);
         let slack = &qp.a * &kkt.x - &qp.b;
-        let primal_ok = (0..m).all(|i| slack[i] >= -test.slack_tolerance(&qp.a, i, qp.b[i]));
-        let dual_ok = (rows.iter().enumerate()).all(|(r, &i)| !test.strong(&qp.a, i, kkt.nu[r]));
+        let primal_ok = (0..m).all(|i| slack[i] >= -test.slack_tolerance(norms[i], qp.b[i]));
+        let dual_ok = (rows.iter().enumerate()).all(|(r, &i)| !test.strong(norms[i], kkt.nu[r]));
         if primal_ok && dual_ok {
             return Ok(kkt.x);
         }

@@ -13,7 +13,9 @@ use super::problem::{
     QpBackend, Tolerances,
 };
 use crate::error::{Error, Result};
-use crate::linalg::{power_of_two_scale, select_rows, solve_kkt, vstack, RowSpan, DEPENDENT_SINE};
+use crate::linalg::{
+    amax, power_of_two_scale, row_amax, select_rows, solve_kkt, vstack, RowSpan, DEPENDENT_SINE,
+};
 
 /// Solves `qp` with `backend`, then refines exactly (see the module docs). The rows are
 /// equilibrated first (each multiplied by the power of two that brings its ∞-norm into
@@ -50,11 +52,12 @@ fn exact_scaled(backend: &dyn QpBackend, qp: &Qp, tol: &Tolerances) -> Result<Ex
         // exact). Both are compared on their own scales, so that the choice does not depend on
         // the scale of the energy or of the solution.
         let slack0 = &qp.a * &raw.x - &qp.b;
-        let test = ActivityTest::new(tol, &qp.p, qp.q.amax(), &raw.x);
+        let test = ActivityTest::new(tol, amax(qp.p.as_slice()), qp.q.amax(), &raw.x);
+        let norms = row_amax(&qp.a);
         let mut working: Vec<bool> = (0..m)
             .map(|i| {
-                test.relative_slack(&qp.a, i, qp.b[i], slack0[i])
-                    < test.relative_multiplier(&qp.a, i, raw.lambda[i])
+                test.relative_slack(norms[i], qp.b[i], slack0[i])
+                    < test.relative_multiplier(norms[i], raw.lambda[i])
             })
             .collect();
         let origin = Origin::new(backend.name()).after(raw.iterations, raw.reduced_accuracy);
@@ -120,10 +123,8 @@ pub(crate) fn dense_exact(
     // the problem is used as given (no copy); the rare fallbacks equilibrate. Rows so large or
     // small that a slack over- or underflows (beyond 2^±400) take the equilibrated path.
     let extreme = |a: &DMatrix<f64>| {
-        a.row_iter().any(|r| {
-            let norm = r.amax();
-            norm != 0.0 && !(EXTREME_ROW.recip()..=EXTREME_ROW).contains(&norm)
-        })
+        (row_amax(a).iter())
+            .any(|&norm| norm != 0.0 && !(EXTREME_ROW.recip()..=EXTREME_ROW).contains(&norm))
     };
     if extreme(&qp.a) || extreme(&qp.a_eq) {
         return solve_exact(&DenseActiveSet, qp, tol);
@@ -289,6 +290,12 @@ struct WorkingPoint {
     lambda: DVector<f64>,
     lambda_eq: DVector<f64>,
     slack: DVector<f64>,
+    /// `‖P x + q − Aᵀλ − A_eqᵀλ_eq‖∞`.
+    stationarity: f64,
+    /// The problem's fixed scales for the activity tests: `max|P|` and each inequality row's
+    /// ∞-norm (computed once per point, not once per test).
+    p_norm: f64,
+    row_norms: DVector<f64>,
 }
 
 impl WorkingPoint {
@@ -312,8 +319,8 @@ impl WorkingPoint {
         }
         nu.rows_mut(rows.len(), k).copy_from(&(-&lambda_eq));
         let slack = &qp.a * x - &qp.b;
-        let stationarity = &qp.p * x + &qp.q - qp.a.tr_mul(&lambda) - qp.a_eq.tr_mul(&lambda_eq);
-        let mut residual = stationarity.amax();
+        let stationarity = stationarity(qp, x, &lambda, &lambda_eq);
+        let mut residual = stationarity;
         for &i in &rows {
             residual = residual.max(slack[i].abs());
         }
@@ -332,6 +339,9 @@ impl WorkingPoint {
             lambda,
             lambda_eq,
             slack,
+            stationarity,
+            p_norm: amax(qp.p.as_slice()),
+            row_norms: row_amax(&qp.a),
         }
     }
 
@@ -367,32 +377,33 @@ impl WorkingPoint {
         let lambda_eq = -kkt.nu.rows(rows.len(), k);
         let slack = &qp.a * &kkt.x - &qp.b;
         Ok(Self {
+            stationarity: stationarity(qp, &kkt.x, &lambda, &lambda_eq),
             kkt,
             a_w,
             lambda,
             lambda_eq,
             slack,
+            p_norm: amax(qp.p.as_slice()),
+            row_norms: row_amax(&qp.a),
         })
     }
 
     /// The result once no repair is needed: classification, dependent rows, KKT residual.
     fn into_exact(self, qp: &Qp, tol: &Tolerances, working: &[bool], origin: Origin) -> ExactQp {
-        let (x, lambda, slack) = (self.kkt.x, self.lambda, self.slack);
-        let test = ActivityTest::new(tol, &qp.p, qp.q.amax(), &x);
-        let activity = test.classify((&qp.a, &qp.b), working, &lambda, &slack);
+        let test = ActivityTest::new(tol, self.p_norm, qp.q.amax(), &self.kkt.x);
+        let (x, lambda, slack, norms) = (self.kkt.x, self.lambda, self.slack, self.row_norms);
+        let activity = test.classify((&norms, &qp.b), working, &lambda, &slack);
         let dependent = dependent_rows(&qp.a, &self.a_w, |i| {
-            !working[i] && test.active(&qp.a, i, qp.b[i], slack[i])
+            !working[i] && test.active(norms[i], qp.b[i], slack[i])
         });
-        let stationarity =
-            &qp.p * &x + &qp.q - qp.a.tr_mul(&lambda) - qp.a_eq.tr_mul(&self.lambda_eq);
         // Each equality row's residual as if the row were equilibrated (the residual's one
         // meaning, see `ExactQp::residual`), whether or not it was.
         let eq = &qp.a_eq * &x - &qp.b_eq;
         let eq_res = (0..eq.len())
             .map(|i| (eq[i] * power_of_two_scale(qp.a_eq.row(i).amax())).abs())
             .fold(0.0, f64::max);
-        let residual = stationarity
-            .amax()
+        let residual = self
+            .stationarity
             .max(eq_res)
             .max(complementarity(&lambda, &slack));
         ExactQp {
@@ -415,6 +426,11 @@ impl WorkingPoint {
     }
 }
 
+/// `‖P x + q − Aᵀλ − A_eqᵀλ_eq‖∞`, the stationarity part of the KKT residual.
+fn stationarity(qp: &Qp, x: &DVector<f64>, lambda: &DVector<f64>, lambda_eq: &DVector<f64>) -> f64 {
+    (&qp.p * x + &qp.q - qp.a.tr_mul(lambda) - qp.a_eq.tr_mul(lambda_eq)).amax()
+}
+
 /// The row the repair loop flips next: the most violated constraint outside the working set,
 /// else the most negative multiplier inside it; `None` at the exact solution.
 ///
@@ -434,14 +450,14 @@ fn worst_violation(
 ) -> Option<usize> {
     let (x, slack, lambda, error) = (&point.kkt.x, &point.slack, &point.lambda, point.kkt.error);
     let m = qp.b.len();
-    let test = ActivityTest::new(tol, &qp.p, qp.q.amax(), x);
+    let test = ActivityTest::new(tol, point.p_norm, qp.q.amax(), x);
     let rep_d = 64.0 * f64::EPSILON * test.force() + error.1;
     let worst_primal = (0..m)
         .filter(|&i| !working[i] && slack[i] < 0.0)
         .filter(|&i| {
             let (b_i, violation) = (qp.b[i], -slack[i]);
-            let bound =
-                slack_rounding(&qp.a, i, b_i, x, error.0).min(test.slack_tolerance(&qp.a, i, b_i));
+            let bound = (slack_rounding(&qp.a, i, b_i, x, error.0))
+                .min(test.slack_tolerance(point.row_norms[i], b_i));
             // A violation beyond the feasibility tolerance of the row's own right-hand side
             // (and beyond the rounding of the slack's own terms) is never excused by the
             // error estimate of x: an energy 1e30 times the rows' scale makes that estimate
@@ -453,7 +469,7 @@ fn worst_violation(
         })
         .min_by(|&i, &j| slack[i].total_cmp(&slack[j]));
     let worst_dual = (0..m)
-        .map(|i| (i, lambda[i] * qp.a.row(i).amax()))
+        .map(|i| (i, lambda[i] * point.row_norms[i]))
         .filter(|&(i, pull)| working[i] && pull < -rep_d)
         .min_by(|a, b| a.1.total_cmp(&b.1))
         .map(|(i, _)| i);

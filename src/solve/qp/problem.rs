@@ -205,9 +205,9 @@ pub(crate) struct ActivityTest {
 }
 
 impl ActivityTest {
-    /// The tests at `x` for a QP with Hessian `p` and linear term of ∞-norm `q_norm`.
-    pub(crate) fn new(tol: &Tolerances, p: &DMatrix<f64>, q_norm: f64, x: &DVector<f64>) -> Self {
-        let p_norm = crate::linalg::amax(p.as_slice());
+    /// The tests at `x` for a QP with Hessian of largest entry `p_norm` (`max|P|`, computed
+    /// once per problem: [`crate::linalg::amax`]) and linear term of ∞-norm `q_norm`.
+    pub(crate) fn new(tol: &Tolerances, p_norm: f64, q_norm: f64, x: &DVector<f64>) -> Self {
         let x_norm = if p_norm > 0.0 {
             x.amax().max(q_norm / p_norm)
         } else {
@@ -226,10 +226,10 @@ impl ActivityTest {
         self.force
     }
 
-    /// The largest slack of row `i` (of `a`, right-hand side `b_i`) that counts as active, in
-    /// the row's own units: `feasibility · (|b_i| + ‖a_i‖∞ ‖x‖∞)`, `‖x‖∞` the solution's scale.
-    pub(crate) fn slack_tolerance(&self, a: &DMatrix<f64>, i: usize, b_i: f64) -> f64 {
-        let norm = a.row(i).amax();
+    /// The largest slack of a row of ∞-norm `norm` and right-hand side `b_i` that counts as
+    /// active, in the row's own units: `feasibility · (|b_i| + ‖a_i‖∞ ‖x‖∞)`, `‖x‖∞` the
+    /// solution's scale. (Every test here takes the row's ∞-norm, [`crate::linalg::row_amax`].)
+    pub(crate) fn slack_tolerance(&self, norm: f64, b_i: f64) -> f64 {
         // `norm · (|b_i| / norm + ‖x‖∞)` keeps the product from overflowing before the sum.
         let relative = if norm > 0.0 {
             b_i.abs() / norm + self.x_norm
@@ -244,10 +244,9 @@ impl ActivityTest {
             }
     }
 
-    /// Row `i`'s slack on the scale of its terms, `slack_i / (|b_i| + ‖a_i‖∞ ‖x‖∞)` (the
+    /// A row's slack on the scale of its terms, `slack_i / (|b_i| + ‖a_i‖∞ ‖x‖∞)` (the
     /// quantity [`ActivityTest::active`] compares with the feasibility tolerance).
-    pub(crate) fn relative_slack(&self, a: &DMatrix<f64>, i: usize, b_i: f64, slack_i: f64) -> f64 {
-        let norm = a.row(i).amax();
+    pub(crate) fn relative_slack(&self, norm: f64, b_i: f64, slack_i: f64) -> f64 {
         let size = if norm > 0.0 {
             b_i.abs() / norm + self.x_norm
         } else {
@@ -261,10 +260,10 @@ impl ActivityTest {
         }
     }
 
-    /// Row `i`'s multiplier on the scale of stationarity, `λ_i ‖a_i‖∞ / (‖q‖∞ + max|P| ‖x‖∞)`
+    /// A row's multiplier on the scale of stationarity, `λ_i ‖a_i‖∞ / (‖q‖∞ + max|P| ‖x‖∞)`
     /// (the quantity [`ActivityTest::strong`] compares with the multiplier tolerance).
-    pub(crate) fn relative_multiplier(&self, a: &DMatrix<f64>, i: usize, lambda_i: f64) -> f64 {
-        let force = lambda_i * a.row(i).amax();
+    pub(crate) fn relative_multiplier(&self, norm: f64, lambda_i: f64) -> f64 {
+        let force = lambda_i * norm;
         if self.force > 0.0 {
             force / self.force
         } else {
@@ -272,9 +271,8 @@ impl ActivityTest {
         }
     }
 
-    /// Row `i` is active: `slack_i / ‖a_i‖∞ ≤ feasibility · (|b_i| / ‖a_i‖∞ + ‖x‖∞)`.
-    pub(crate) fn active(&self, a: &DMatrix<f64>, i: usize, b_i: f64, slack_i: f64) -> bool {
-        let norm = a.row(i).amax();
+    /// A row is active: `slack_i / ‖a_i‖∞ ≤ feasibility · (|b_i| / ‖a_i‖∞ + ‖x‖∞)`.
+    pub(crate) fn active(&self, norm: f64, b_i: f64, slack_i: f64) -> bool {
         if norm > 0.0 {
             slack_i / norm <= self.feasibility * (b_i.abs() / norm + self.x_norm)
         } else {
@@ -282,17 +280,18 @@ impl ActivityTest {
         }
     }
 
-    /// An active row `i` is strongly active: `λ_i ‖a_i‖∞ > multiplier · (‖q‖∞ + max|P| ‖x‖∞)`.
-    pub(crate) fn strong(&self, a: &DMatrix<f64>, i: usize, lambda_i: f64) -> bool {
-        lambda_i * a.row(i).amax() > self.multiplier * self.force
+    /// An active row is strongly active: `λ_i ‖a_i‖∞ > multiplier · (‖q‖∞ + max|P| ‖x‖∞)`.
+    pub(crate) fn strong(&self, norm: f64, lambda_i: f64) -> bool {
+        lambda_i * norm > self.multiplier * self.force
     }
 
-    /// The classification of every inequality from the working set of an exact solve: working
-    /// rows strongly active when [`ActivityTest::strong`], otherwise weakly active; rows
-    /// outside the working set weakly active when [`ActivityTest::active`], otherwise inactive.
+    /// The classification of every inequality (rows of ∞-norms `norms`, right-hand side `b`)
+    /// from the working set of an exact solve: working rows strongly active when
+    /// [`ActivityTest::strong`], otherwise weakly active; rows outside the working set weakly
+    /// active when [`ActivityTest::active`], otherwise inactive.
     pub(crate) fn classify(
         &self,
-        (a, b): (&DMatrix<f64>, &DVector<f64>),
+        (norms, b): (&DVector<f64>, &DVector<f64>),
         working: &[bool],
         lambda: &DVector<f64>,
         slack: &DVector<f64>,
@@ -300,12 +299,12 @@ impl ActivityTest {
         (0..working.len())
             .map(|i| {
                 if working[i] {
-                    if self.strong(a, i, lambda[i]) {
+                    if self.strong(norms[i], lambda[i]) {
                         Activity::Strong
                     } else {
                         Activity::Weak
                     }
-                } else if self.active(a, i, b[i], slack[i]) {
+                } else if self.active(norms[i], b[i], slack[i]) {
                     Activity::Weak
                 } else {
                     Activity::Inactive
@@ -327,9 +326,7 @@ pub(crate) struct Equilibration {
 impl Equilibration {
     /// The scaled copy of `qp` (which must have consistent shapes) and its scaling.
     pub(crate) fn of(qp: &Qp) -> (Qp, Self) {
-        let scales = |a: &DMatrix<f64>| {
-            DVector::from_fn(a.nrows(), |i, _| power_of_two_scale(a.row(i).amax()))
-        };
+        let scales = |a: &DMatrix<f64>| crate::linalg::row_amax(a).map(power_of_two_scale);
         let this = Self {
             rows: scales(&qp.a),
             eq: scales(&qp.a_eq),
