@@ -10,7 +10,7 @@ the ratio table with each peer's gradient error against bilevel's exact one, for
 layer's data (Q, c, A, b) where the peer returns them.
 
     python3 -m pip install proxsuite numpy          # torch + qpth optional
-    python3 benches/peers/qp_layers.py [--sizes 10,50,100,200] [--instances DIR]
+    python3 benches/peers/qp_layers.py [--sizes 10,50,100,200] [--repeats 5] [--instances DIR]
 
 The layer: E(z; theta) = 1/2 z^T Q z - z^T (B theta + c) s.t. A z >= b. In proxsuite's form
 H = Q, g = -(B theta + c), C = A, l = b, u = +inf, and dL/dtheta = -B^T dL/dg.
@@ -100,8 +100,11 @@ def qpth_item(inst):
     return ms, out["grad"], None
 
 
+LEAST_REPEATS = 5
+
+
 def repeats(n):
-    return max(5, min(200, 2_000_000 // (n**3 // 4 + 1000)))
+    return max(LEAST_REPEATS, min(200, 2_000_000 // (n**3 // 4 + 1000)))
 
 
 def rel(a, b):
@@ -112,13 +115,18 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--sizes", default="10,50,100,200")
     p.add_argument("--instances", help="use these JSON instances instead of running cargo")
+    p.add_argument("--repeats", type=int, default=5,
+                   help="at least this many timed repeats per instance, on every side (median)")
     args = p.parse_args()
+    global LEAST_REPEATS
+    LEAST_REPEATS = max(1, args.repeats)
     here = os.path.dirname(os.path.abspath(__file__))
     root = os.path.dirname(os.path.dirname(here))
     out = args.instances or os.path.join(root, "target", "qp-peers")
     if not args.instances:
         subprocess.run(
-            ["cargo", "bench", "--bench", "qp_peers", "--", "--out", out, "--sizes", args.sizes],
+            ["cargo", "bench", "--bench", "qp_peers", "--", "--out", out, "--sizes", args.sizes,
+             "--repeats", str(LEAST_REPEATS), "--no-batch"],
             cwd=root,
             check=True,
         )

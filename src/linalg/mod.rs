@@ -269,13 +269,22 @@ pub fn condition_estimate(
     k: &DMatrix<f64>,
     solve: impl Fn(&DVector<f64>) -> Option<DVector<f64>>,
 ) -> f64 {
-    let n = k.nrows();
-    if n == 0 {
+    condition_estimate_of(k.nrows(), |v| Some(k * v), solve)
+}
+
+/// [`condition_estimate`] of the symmetric `dim × dim` operator that `apply` multiplies by (for
+/// a matrix that is cheaper to apply than to form, such as a KKT matrix from its blocks).
+pub fn condition_estimate_of(
+    dim: usize,
+    apply: impl Fn(&DVector<f64>) -> Option<DVector<f64>>,
+    solve: impl Fn(&DVector<f64>) -> Option<DVector<f64>>,
+) -> f64 {
+    if dim == 0 {
         return 1.0;
     }
     // A fixed, non-symmetric-looking start vector avoids accidental orthogonality.
-    let start = DVector::from_fn(n, |i, _| 1.0 + 0.1 * ((i * 7919) % 13) as f64);
-    let big = lanczos_extreme(&start, CONDITION_STEPS, |v| Some(k * v));
+    let start = DVector::from_fn(dim, |i, _| 1.0 + 0.1 * ((i * 7919) % 13) as f64);
+    let big = lanczos_extreme(&start, CONDITION_STEPS, apply);
     let inv = lanczos_extreme(&start, CONDITION_STEPS, solve);
     if big == 0.0 {
         return f64::INFINITY;

@@ -235,16 +235,24 @@ impl DenseFactor {
         };
         // P scaled like the rows (by a power of two, σ max|P| ∈ [1, 2)), as `solve_kkt` does:
         // the estimate does not depend on the energy's scale.
-        let sigma = power_of_two_scale(self.p.amax());
-        let mut kkt = DMatrix::zeros(n + k, n + k);
-        kkt.view_mut((0, 0), (n, n)).copy_from(&self.p);
-        kkt.view_mut((0, 0), (n, n)).scale_mut(sigma);
-        for (j, &i) in rows.iter().enumerate() {
-            kkt.view_mut((n + j, 0), (1, n)).copy_from(&self.c.row(i));
-            kkt.view_mut((0, n + j), (n, 1))
-                .tr_copy_from(&self.c.row(i));
-        }
-        crate::linalg::condition_estimate(&kkt, |u| {
+        let sigma = power_of_two_scale(crate::linalg::amax(self.p.as_slice()));
+        // K = [σP C_Wᵀ; C_W 0] applied from its blocks (forming it would copy (n+k)² entries).
+        let apply = |u: &DVector<f64>| {
+            let mut nu = DVector::zeros(self.c.nrows());
+            for (j, &i) in rows.iter().enumerate() {
+                nu[i] = u[n + j];
+            }
+            let (x, mut out) = (u.rows(0, n), DVector::zeros(n + k));
+            let mut top = out.rows_mut(0, n);
+            top.gemv(sigma, &self.p, &x, 0.0);
+            top.gemv_tr(1.0, &self.c, &nu, 1.0);
+            let cx = &self.c * x;
+            for (j, &i) in rows.iter().enumerate() {
+                out[n + j] = cx[i];
+            }
+            Some(out)
+        };
+        crate::linalg::condition_estimate_of(n + k, apply, |u| {
             // σP x + C_Wᵀν = r, C_W x = s ⇔ P x + C_Wᵀ(ν/σ) = r/σ: with ν̃ = ν/σ,
             // G_WW ν̃ = V_Wᵀ L⁻¹ r/σ − s and x = L⁻ᵀ(L⁻¹r/σ − V_W ν̃).
             let mut lr = self.forward(&(u.rows(0, n) / sigma));
