@@ -84,7 +84,7 @@ def qpth_item(inst):
     from qpth.qp import QPFunction
 
     Q, B, c, A, b = (torch.tensor(inst[k], dtype=torch.float64) for k in ("Q", "B", "c", "A", "b"))
-    theta, g = torch.tensor(inst["theta"]), torch.tensor(inst["g"])
+    theta, g = (torch.tensor(inst[k], dtype=torch.float64) for k in ("theta", "g"))
     n = Q.shape[0]
     out = {}
 
