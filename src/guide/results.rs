@@ -94,3 +94,24 @@
 //! | 500 | weak | 14.1 | 23.7 | 0.59 | 4.4e-1 |
 //! | 1000 | random | 57.9 | 90.8 | 0.64 | 2.7e-6 |
 //! | 1000 | weak | 79.1 | 115.4 | 0.69 | 3.7e-1 |
+//!
+//! Re-measured on 2026-12-05 at `1fbe193`, after the activity tests took each row's norm from one
+//! pass and the condition estimate stopped forming the KKT matrix, with at least 20 timed repeats
+//! on each side and qpth 0.0.18 (torch 2.15, CPU, its default PDIPM solver):
+//! `python3 benches/peers/qp_layers.py --sizes 50,200,500,1000 --repeats 20` (one run; the
+//! proxsuite column varied by about 4 % between two runs of its side):
+//!
+//! | n | kind | bilevel ms | proxsuite 0.8 ms | ratio | qpth ms | ratio | gradient error proxsuite / qpth |
+//! |---:|---|---:|---:|---:|---:|---:|---:|
+//! | 50 | random | 0.131 | 0.223 | 0.59 | 10.5 | 0.012 | 2.4e-6 / 3.4e-8 |
+//! | 50 | weak | 0.144 | 0.228 | 0.63 | 14.9 | 0.010 | 5.7e-1 / 2.1e-1 |
+//! | 200 | random | 1.34 | 2.63 | 0.51 | 15.9 | 0.084 | 2.8e-6 / 2.5e-7 |
+//! | 200 | weak | 1.67 | 3.07 | 0.55 | 21.2 | 0.079 | 1.8e-1 / 8.7e-2 |
+//! | 500 | random | 8.70 | 21.4 | 0.41 | 50.5 | 0.17 | 2.6e-6 / 2.4e-6 |
+//! | 500 | weak | 11.7 | 26.2 | 0.45 | 66.0 | 0.18 | 4.4e-1 / 4.1e-1 |
+//! | 1000 | random | 46.2 | 98.0 | 0.47 | 224 | 0.21 | 2.7e-6 / 1.1e-3 |
+//! | 1000 | weak | 64.0 | 118 | 0.54 | 182 | 0.35 | 3.7e-1 / 2.1e-1 |
+//!
+//! The table before it ran n = 50 first, and the n = 200 random layer then took 2.13 ms instead
+//! of 1.5: the condition estimate's 720 KB KKT matrix was allocated through `mmap` on every call
+//! after that allocation history (12 % of the time in page faults); it is no longer formed.
