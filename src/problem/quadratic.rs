@@ -216,10 +216,10 @@ impl QuadraticProblem {
     fn violation(&self, z: &DVector<f64>) -> f64 {
         let c = &self.constraints;
         let worst = |a: &DMatrix<f64>, b: &DVector<f64>, eq: bool| {
-            let r = a * z - b;
+            let (r, norms) = (a * z - b, crate::linalg::row_amax(a));
             (0..b.len())
                 .map(|i| {
-                    let size = b[i].abs() + a.row(i).amax() * z.amax();
+                    let size = b[i].abs() + norms[i] * z.amax();
                     let miss = if eq { r[i].abs() } else { (-r[i]).max(0.0) };
                     if miss > 0.0 {
                         miss / size

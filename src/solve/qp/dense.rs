@@ -148,7 +148,7 @@ impl DenseFactor {
         let mut c = DMatrix::zeros(m + k, n);
         c.rows_mut(0, m).copy_from(a);
         c.rows_mut(m, k).copy_from(a_eq);
-        let scale = DVector::from_fn(m + k, |i, _| power_of_two_scale(c.row(i).amax()));
+        let scale = crate::linalg::row_amax(&c).map(power_of_two_scale);
         for (i, mut row) in c.row_iter_mut().enumerate() {
             row *= scale[i];
         }

@@ -399,9 +399,10 @@ impl WorkingPoint {
         // Each equality row's residual as if the row were equilibrated (the residual's one
         // meaning, see `ExactQp::residual`), whether or not it was.
         let eq = &qp.a_eq * &x - &qp.b_eq;
-        let eq_res = (0..eq.len())
-            .map(|i| (eq[i] * power_of_two_scale(qp.a_eq.row(i).amax())).abs())
-            .fold(0.0, f64::max);
+        let eq_res = (eq.zip_map(&row_amax(&qp.a_eq), |r, norm| {
+            (r * power_of_two_scale(norm)).abs()
+        }))
+        .fold(0.0, f64::max);
         let residual = self
             .stationarity
             .max(eq_res)
