@@ -500,7 +500,8 @@ impl<P: InnerProblem + Sync> Bilevel<P> {
 
 /// `f(0), …, f(count − 1)` in order, on up to `threads` threads (contiguous chunks; `1` runs on
 /// the caller's thread). The batch loops share it ([`Bilevel::limit_batch`], the Python
-/// bindings' batches), so the results never depend on the thread count.
+/// bindings' batches), so the results never depend on the thread count. A chunk whose thread
+/// the system refuses to start (a count beyond its limit) runs on the caller's thread instead.
 pub(crate) fn map_items<T: Send>(
     count: usize,
     threads: usize,
@@ -513,20 +514,23 @@ pub(crate) fn map_items<T: Send>(
     let chunk = count.div_ceil(threads);
     let f = &f;
     std::thread::scope(|scope| {
+        let run =
+            move |start: usize| -> Vec<T> { (start..(start + chunk).min(count)).map(f).collect() };
         let handles: Vec<_> = (0..count)
             .step_by(chunk)
             .map(|start| {
-                scope.spawn(move || {
-                    (start..(start + chunk).min(count))
-                        .map(f)
-                        .collect::<Vec<_>>()
-                })
+                std::thread::Builder::new()
+                    .spawn_scoped(scope, move || run(start))
+                    .map_err(|_| start)
             })
             .collect();
         let mut out = Vec::with_capacity(count);
         for h in handles {
-            // A panic in a worker is a bug, not a user error: re-raise it as it was.
-            out.extend(h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
+            match h {
+                // A panic in a worker is a bug, not a user error: re-raise it as it was.
+                Ok(h) => out.extend(h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))),
+                Err(start) => out.extend(run(start)),
+            }
         }
         out
     })

@@ -34,6 +34,21 @@
 //! * Errors: every Rust error arrives as the class of `bilevel.errors` with the same name and
 //!   message (`DimensionMismatchError`, `InfeasibleError`, … all subclasses of `BilevelError`,
 //!   input errors also of `ValueError`), its data as attributes.
+//! * Arrays in: anything `numpy.asarray` reads as booleans, integers or real floats (any memory
+//!   order, strided views, lists, object arrays of numbers) is read as those numbers in float64;
+//!   complex values (a cast would drop their imaginary parts), text, dates and other objects are
+//!   an `InvalidInputError` naming the argument, as is a size that cannot be allocated (a
+//!   broadcast view of a huge shape); `threads` below 1 likewise. `qp_solve` takes a batch of
+//!   zero items and answers with empty arrays of the right shapes. `tests/python/test_properties.py`
+//!   checks all of this with Hypothesis (every entry point gives, for any dtype, layout and batch,
+//!   the answer of the same numbers as a C-ordered float64 array, bit for bit, or an error naming
+//!   the argument).
+//! * Threads: every computation releases the GIL, and the objects hold no mutable state: one
+//!   `QuadraticLayer` or `Network` may be called from many Python threads at once
+//!   (`tests/python/test_threads.py`: 8 threads started together, results equal to each call
+//!   made alone, bit for bit). Memory stays flat over 10⁵ calls of every entry point
+//!   (`python benches/python_memory.py`: at most 0.06 bytes per call fitted over the last 5·10⁴
+//!   calls, i.e. no leak; RSS 37-39 MB).
 //! * Typed: the package ships `py.typed` and stubs of the compiled module (`_bilevel.pyi`), so
 //!   editors complete and mypy checks calls; CI compares the stubs with the built module
 //!   (`python -m mypy.stubtest bilevel._bilevel`).

@@ -3,8 +3,11 @@
 //! out, and computations run without the GIL.
 
 use nalgebra::{DMatrix, DVector};
-use numpy::ndarray::Array2;
-use numpy::{AllowTypeChange, IntoPyArray, PyArray1, PyArray2, PyArrayLikeDyn};
+use numpy::ndarray::{Array2, ArrayViewD};
+use numpy::{
+    IntoPyArray, PyArray1, PyArray2, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods,
+    PyReadonlyArrayDyn, PyUntypedArray, PyUntypedArrayMethods,
+};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -115,12 +118,96 @@ pub(crate) fn detached<T: Send>(
     py.detach(f).map_err(|e| to_pyerr(py, e))
 }
 
-/// Every array argument: any array-like, converted to float64; its number of dimensions is
-/// checked here so that the error names the argument ([`vec_arg`], [`mat_arg`]).
-pub(crate) type Array<'py> = PyArrayLikeDyn<'py, f64, AllowTypeChange>;
+/// Every array argument, as the caller passed it (any array-like). It is read as float64 where
+/// its name is known ([`Array::read`], [`vec_arg`], [`mat_arg`]), so that every refusal names the
+/// argument: complex values (NumPy would drop their imaginary parts with a warning), text or
+/// other non-numbers, a ragged list, a size that cannot be allocated.
+pub(crate) struct Array<'py>(Bound<'py, PyAny>);
 
-/// A 1-D argument, or a `DimensionMismatchError` naming it.
+impl<'a, 'py> FromPyObject<'a, 'py> for Array<'py> {
+    type Error = PyErr;
+
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        Ok(Array(obj.to_owned()))
+    }
+}
+
+impl<'py> Array<'py> {
+    /// The argument `name` as a float64 array: a float64 ndarray is borrowed as it is; booleans,
+    /// integers, other floats and object arrays of numbers are converted; anything else is an
+    /// `InvalidInputError` naming `name`.
+    pub(crate) fn read(&self, name: &str) -> Result<PyReadonlyArrayDyn<'py, f64>> {
+        let refuse = |reason: String| Error::input(name, reason);
+        if let Ok(a) = self.0.cast::<PyArrayDyn<f64>>() {
+            return a
+                .try_readonly()
+                .map_err(|e| refuse(format!("cannot be read ({e})")));
+        }
+        let numpy = self
+            .0
+            .py()
+            .import("numpy")
+            .map_err(|e| refuse(e.to_string()))?;
+        let read = |obj: &Bound<'py, PyAny>, dtype: Option<&str>| {
+            numpy
+                .call_method1("asarray", (obj, dtype))
+                .map_err(|e| refuse(format!("not an array of real numbers ({e})")))
+        };
+        let array = read(&self.0, None)?;
+        let untyped = array
+            .cast::<PyUntypedArray>()
+            .map_err(|e| refuse(format!("not an array ({e})")))?;
+        let dtype = untyped.dtype();
+        match dtype.kind() {
+            b'b' | b'i' | b'u' | b'f' | b'O' => {}
+            b'c' => {
+                return Err(refuse(format!(
+                    "complex values (dtype {dtype}): the data are real; pass the real part \
+                     explicitly if that is what is meant"
+                )))
+            }
+            _ => return Err(refuse(format!("dtype {dtype} is not a real number type"))),
+        }
+        let floats = read(&array, Some("float64"))?;
+        let floats = floats
+            .cast::<PyArrayDyn<f64>>()
+            .map_err(|e| refuse(format!("not read as float64 ({e})")))?;
+        floats
+            .try_readonly()
+            .map_err(|e| refuse(format!("cannot be read ({e})")))
+    }
+}
+
+/// Room for `count` values of the argument `name`, or an `InvalidInputError` when it cannot be
+/// allocated (a NumPy broadcast view of a huge shape costs no memory; its copy would).
+pub(crate) fn room<T>(name: &str, count: usize) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(count).map_err(|_| {
+        let bytes = count.saturating_mul(std::mem::size_of::<T>().max(1));
+        Error::input(
+            name,
+            format!("{count} values ({bytes} bytes) cannot be allocated"),
+        )
+    })?;
+    Ok(v)
+}
+
+/// The argument `threads`: at least 1; `None` is the machine's cores.
+pub(crate) fn threads_arg(threads: Option<i64>) -> Result<usize> {
+    match threads {
+        // Read once (on Linux the cgroup files, tens of microseconds a call).
+        None => Ok(crate::linalg::Threads::available()),
+        Some(t) if t >= 1 => Ok(usize::try_from(t).unwrap_or(usize::MAX)),
+        Some(t) => Err(Error::input(
+            "threads",
+            format!("must be at least 1, got {t}"),
+        )),
+    }
+}
+
+/// A 1-D argument, or an error naming it.
 pub(crate) fn vec_arg(name: &str, x: &Array<'_>) -> Result<DVector<f64>> {
+    let x = x.read(name)?;
     let a = x.as_array();
     if a.ndim() != 1 {
         return Err(Error::dim(
@@ -129,12 +216,19 @@ pub(crate) fn vec_arg(name: &str, x: &Array<'_>) -> Result<DVector<f64>> {
             format!("shape {:?}", a.shape()),
         ));
     }
-    Ok(DVector::from_iterator(a.len(), a.iter().copied()))
+    let mut v = room(name, a.len())?;
+    v.extend(a.iter().copied());
+    Ok(DVector::from_vec(v))
 }
 
-/// A 2-D argument, or a `DimensionMismatchError` naming it.
+/// A 2-D argument, or an error naming it.
 pub(crate) fn mat_arg(name: &str, x: &Array<'_>) -> Result<DMatrix<f64>> {
-    let a = x.as_array();
+    let x = x.read(name)?;
+    matrix_of(name, &x.as_array())
+}
+
+/// A 2-D view as a matrix (`name` for errors).
+pub(crate) fn matrix_of(name: &str, a: &ArrayViewD<'_, f64>) -> Result<DMatrix<f64>> {
     if a.ndim() != 2 {
         return Err(Error::dim(
             name,
@@ -143,7 +237,10 @@ pub(crate) fn mat_arg(name: &str, x: &Array<'_>) -> Result<DMatrix<f64>> {
         ));
     }
     let (r, c) = (a.shape()[0], a.shape()[1]);
-    Ok(DMatrix::from_fn(r, c, |i, j| a[[i, j]]))
+    let mut v = room(name, a.len())?;
+    // Column-major, as nalgebra stores it.
+    v.extend(a.t().iter().copied());
+    Ok(DMatrix::from_vec(r, c, v))
 }
 
 /// A `DVector` as a new NumPy vector.

@@ -2,12 +2,14 @@
 //! calls (its factorization is computed once and serves every `θ`, loss and batch item).
 
 use nalgebra::{DMatrix, DVector};
+use numpy::ndarray::Axis;
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 
 use super::convert::{
-    detached, mat_arg, py_matrix, py_rows, py_slice, py_vector, to_pyerr, vec_arg, Array,
+    detached, mat_arg, py_matrix, py_rows, py_slice, py_vector, room, threads_arg, to_pyerr,
+    vec_arg, Array,
 };
 use crate::app::derive::{DeriveOutput, Request};
 use crate::error::{Error, Result};
@@ -49,22 +51,24 @@ pub struct QuadraticLayer {
     layer: QuadraticProblem,
 }
 
-/// The rows of a 2-D array.
-fn rows(a: &numpy::ndarray::ArrayViewD<'_, f64>) -> Vec<DVector<f64>> {
-    a.outer_iter()
-        .map(|r| DVector::from_iterator(r.len(), r.iter().copied()))
-        .collect()
+/// The rows of a 2-D array (`name` for errors).
+fn rows(name: &str, a: &numpy::ndarray::ArrayViewD<'_, f64>) -> Result<Vec<DVector<f64>>> {
+    let mut rows = room(name, a.shape()[0])?;
+    for r in a.outer_iter() {
+        let mut v = room(name, r.len())?;
+        v.extend(r.iter().copied());
+        rows.push(DVector::from_vec(v));
+    }
+    Ok(rows)
 }
 
 /// `theta` as items: `(p,)` is one item (batch `None`), `(batch, p)` a batch of rows.
 fn theta_items(theta: &Array<'_>) -> Result<(Vec<DVector<f64>>, Option<usize>)> {
-    let a = theta.as_array();
+    let x = theta.read("theta")?;
+    let a = x.as_array();
     match a.ndim() {
-        1 => Ok((
-            vec![DVector::from_iterator(a.len(), a.iter().copied())],
-            None,
-        )),
-        2 => Ok((rows(&a), Some(a.shape()[0]))),
+        1 => Ok((rows("theta", &a.insert_axis(Axis(0)))?, None)),
+        2 => Ok((rows("theta", &a)?, Some(a.shape()[0]))),
         _ => Err(Error::dim(
             "theta",
             "shape (p,) or (batch, p)",
@@ -75,10 +79,11 @@ fn theta_items(theta: &Array<'_>) -> Result<(Vec<DVector<f64>>, Option<usize>)> 
 
 /// A per-item array (`g` of `vjp`, `v` of `jvp`) matching `theta`'s batch.
 fn items(name: &str, x: &Array<'_>, batch: Option<usize>) -> Result<Vec<DVector<f64>>> {
+    let x = x.read(name)?;
     let a = x.as_array();
     match (a.ndim(), batch) {
-        (1, None) => Ok(vec![DVector::from_iterator(a.len(), a.iter().copied())]),
-        (2, Some(k)) if a.shape()[0] == k => Ok(rows(&a)),
+        (1, None) => rows(name, &a.insert_axis(Axis(0))),
+        (2, Some(k)) if a.shape()[0] == k => rows(name, &a),
         (_, None) => Err(Error::dim(
             name,
             "a vector (one theta)",
@@ -134,17 +139,6 @@ fn one_or_list<'py>(
             items.extend(last);
             Ok(PyList::new(py, items)?.into_any())
         }
-    }
-}
-
-fn default_threads(threads: Option<usize>) -> PyResult<usize> {
-    match threads {
-        Some(0) => Err(pyo3::exceptions::PyValueError::new_err(
-            "threads: must be at least 1",
-        )),
-        Some(t) => Ok(t),
-        // Read once (on Linux the cgroup files, tens of microseconds a call).
-        None => Ok(crate::linalg::Threads::available()),
     }
 }
 
@@ -210,10 +204,10 @@ impl QuadraticLayer {
         py: Python<'py>,
         theta: &Array<'py>,
         (name, x): (&str, &Array<'py>),
-        (threads, cols): (Option<usize>, usize),
+        (threads, cols): (Option<i64>, usize),
         f: impl Fn(&DVector<f64>, &DVector<f64>) -> Result<DVector<f64>> + Sync,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let threads = default_threads(threads)?;
+        let threads = threads_arg(threads).map_err(|e| to_pyerr(py, e))?;
         let (ts, batch) = theta_items(theta).map_err(|e| to_pyerr(py, e))?;
         let xs = items(name, x, batch).map_err(|e| to_pyerr(py, e))?;
         let out = py
@@ -428,9 +422,9 @@ impl QuadraticLayer {
         &self,
         py: Python<'py>,
         theta: Array<'py>,
-        threads: Option<usize>,
+        threads: Option<i64>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let threads = default_threads(threads)?;
+        let threads = threads_arg(threads).map_err(|e| to_pyerr(py, e))?;
         let zero = Loss::Linear {
             g: DVector::zeros(self.layer.dim()),
         };
@@ -465,9 +459,9 @@ impl QuadraticLayer {
         direction: Option<Array<'py>>,
         betas: Vec<f64>,
         gradients: Vec<String>,
-        threads: Option<usize>,
+        threads: Option<i64>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let threads = default_threads(threads)?;
+        let threads = threads_arg(threads).map_err(|e| to_pyerr(py, e))?;
         let (loss, gradient_loss, jvp) = match (loss, direction) {
             (Some(_), Some(_)) => {
                 return Err(to_pyerr(
@@ -532,7 +526,7 @@ impl QuadraticLayer {
         py: Python<'py>,
         theta: Array<'py>,
         g: Array<'py>,
-        threads: Option<usize>,
+        threads: Option<i64>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let p = self.layer.n_params();
         self.per_item(py, &theta, ("g", &g), (threads, p), |t, g| {
@@ -551,9 +545,9 @@ impl QuadraticLayer {
         theta: Array<'_>,
         g: Array<'_>,
         repeats: usize,
-        threads: Option<usize>,
+        threads: Option<i64>,
     ) -> PyResult<f64> {
-        let threads = default_threads(threads)?;
+        let threads = threads_arg(threads).map_err(|e| to_pyerr(py, e))?;
         let (ts, batch) = theta_items(&theta).map_err(|e| to_pyerr(py, e))?;
         let gs = items("g", &g, batch).map_err(|e| to_pyerr(py, e))?;
         let repeats = repeats.max(1);
@@ -577,7 +571,7 @@ impl QuadraticLayer {
         py: Python<'py>,
         theta: Array<'py>,
         v: Array<'py>,
-        threads: Option<usize>,
+        threads: Option<i64>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let n = self.layer.dim();
         self.per_item(py, &theta, ("v", &v), (threads, n), |t, v| {

@@ -6,12 +6,12 @@
 //! samples in columns; the bindings transpose.
 
 use nalgebra::DMatrix;
-use numpy::ndarray::{Array2, ArrayViewD, Axis};
+use numpy::ndarray::{Array2, ArrayD, ArrayViewD, Axis};
 use numpy::{IntoPyArray, PyArrayDyn};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 
-use super::convert::{detached, mat_arg, py_matrix, py_vector, to_pyerr, vec_arg, Array};
+use super::convert::{detached, mat_arg, py_matrix, py_vector, room, to_pyerr, vec_arg, Array};
 use crate::error::{Error, Result};
 use crate::nested::method::Method;
 use crate::nested::{Batch, Layer, NestedReport, NestedSettings, Network as Net, OutputLoss};
@@ -55,55 +55,85 @@ fn activation_name(act: Act) -> String {
     }
 }
 
-/// Applies `f` to every row (last axis) of `u`, writing a new array of the same shape.
+/// Applies `f` to every row (last axis) of the argument `u` and of the argument `g` (of `u`'s
+/// shape; the row is empty without it), after checking that they are finite: a new array of
+/// `u`'s shape.
 fn rowwise<'py>(
     py: Python<'py>,
-    name: &str,
-    u: &ArrayViewD<'_, f64>,
-    others: &[(&str, &ArrayViewD<'_, f64>)],
-    f: impl Fn(&[f64], &[&[f64]], &mut [f64]),
+    u: (&str, &Array<'py>),
+    g: Option<(&str, &Array<'py>)>,
+    f: impl Fn(&[f64], &[f64], &mut [f64]),
 ) -> PyResult<Bound<'py, PyArrayDyn<f64>>> {
+    rows_mapped(u, g, f)
+        .map(|a| a.into_pyarray(py))
+        .map_err(|e| to_pyerr(py, e))
+}
+
+/// [`rowwise`]'s computation.
+fn rows_mapped(
+    (name, u): (&str, &Array<'_>),
+    g: Option<(&str, &Array<'_>)>,
+    f: impl Fn(&[f64], &[f64], &mut [f64]),
+) -> Result<ArrayD<f64>> {
+    let u = u.read(name)?;
+    let g = g
+        .map(|(other, g)| Ok((other, g.read(other)?)))
+        .transpose()?;
+    let u = u.as_array();
     if u.ndim() == 0 {
-        return Err(to_pyerr(
-            py,
-            Error::dim(name, "an array with at least one axis", "a scalar"),
+        return Err(Error::dim(
+            name,
+            "an array with at least one axis",
+            "a scalar",
         ));
     }
-    for (other, v) in others {
-        if v.shape() != u.shape() {
-            return Err(to_pyerr(
-                py,
-                Error::dim(
+    let last = Axis(u.ndim() - 1);
+    let width = u.len_of(last);
+    // The output in C order, and contiguous copies of one row of `u` and of `g` (allocated
+    // before any pass over the data: a broadcast view may be too large to hold).
+    let mut out = room(name, u.len())?;
+    let mut rows = room(name, 2 * width)?;
+    rows.resize(2 * width, 0.0);
+    check_finite(name, &u)?;
+    let g = g.as_ref().map(|(other, g)| (*other, g.as_array()));
+    let mut g_lanes = match &g {
+        Some((other, v)) => {
+            if v.shape() != u.shape() {
+                return Err(Error::dim(
                     *other,
                     format!("shape {:?} (as {name})", u.shape()),
                     format!("shape {:?}", v.shape()),
-                ),
-            ));
+                ));
+            }
+            check_finite(other, v)?;
+            Some(v.lanes(last).into_iter())
         }
-    }
-    let last = Axis(u.ndim() - 1);
-    let mut out = u.to_owned();
-    let us: Vec<Vec<f64>> = u.lanes(last).into_iter().map(|l| l.to_vec()).collect();
-    let vs: Vec<Vec<Vec<f64>>> = others
-        .iter()
-        .map(|(_, v)| v.lanes(last).into_iter().map(|l| l.to_vec()).collect())
-        .collect();
-    for (i, mut lane) in out.lanes_mut(last).into_iter().enumerate() {
-        let extra: Vec<&[f64]> = vs.iter().map(|v| v[i].as_slice()).collect();
-        let mut row = vec![0.0; lane.len()];
-        f(&us[i], &extra, &mut row);
-        for (o, r) in lane.iter_mut().zip(row) {
-            *o = r;
+        None => None,
+    };
+    let (u_row, g_row) = rows.split_at_mut(width);
+    let g_width = if g_lanes.is_some() { width } else { 0 };
+    for lane in u.lanes(last) {
+        for (dst, src) in u_row.iter_mut().zip(lane) {
+            *dst = *src;
         }
+        if let Some(g_lane) = g_lanes.as_mut().and_then(Iterator::next) {
+            for (dst, src) in g_row.iter_mut().zip(g_lane) {
+                *dst = *src;
+            }
+        }
+        let start = out.len();
+        out.resize(start + width, 0.0);
+        f(u_row, &g_row[..g_width], &mut out[start..]);
     }
-    Ok(out.into_pyarray(py))
+    ArrayD::from_shape_vec(u.shape(), out).map_err(|e| Error::input(name, e.to_string()))
 }
 
-fn check_finite_array(py: Python<'_>, name: &str, u: &ArrayViewD<'_, f64>) -> PyResult<()> {
+/// `NonFiniteError` naming `name` if `u` holds a NaN or an infinity.
+fn check_finite(name: &str, u: &ArrayViewD<'_, f64>) -> Result<()> {
     if u.iter().all(|v| v.is_finite()) {
         Ok(())
     } else {
-        Err(to_pyerr(py, Error::NonFinite { what: name.into() }))
+        Err(Error::NonFinite { what: name.into() })
     }
 }
 
@@ -150,9 +180,7 @@ impl Activation {
         py: Python<'py>,
         u: Array<'py>,
     ) -> PyResult<Bound<'py, PyArrayDyn<f64>>> {
-        let u = u.as_array();
-        check_finite_array(py, "u", &u)?;
-        rowwise(py, "u", &u, &[], |u, _, out| self.act.activate(u, out))
+        rowwise(py, ("u", &u), None, |u, _, out| self.act.activate(u, out))
     }
 
     /// `vjp(u, g)`: the one-sided gradient with respect to `u` of `L = ⟨g, f(u)⟩` (Prop. 2 and
@@ -167,21 +195,20 @@ impl Activation {
         u: Array<'py>,
         g: Array<'py>,
     ) -> PyResult<Bound<'py, PyArrayDyn<f64>>> {
-        let (u, g) = (u.as_array(), g.as_array());
-        check_finite_array(py, "u", &u)?;
-        check_finite_array(py, "g", &g)?;
         let act = self.act;
-        rowwise(py, "u", &u, &[("g", &g)], |u, e, out| match act.bounds() {
-            Some((lo, hi)) => {
-                for ((o, &uj), &gj) in out.iter_mut().zip(u).zip(e[0]) {
-                    *o = -box_unit_limit(uj, lo, hi, gj, 0.0).0;
+        rowwise(py, ("u", &u), Some(("g", &g)), |u, g, out| {
+            match act.bounds() {
+                Some((lo, hi)) => {
+                    for ((o, &uj), &gj) in out.iter_mut().zip(u).zip(g) {
+                        *o = -box_unit_limit(uj, lo, hi, gj, 0.0).0;
+                    }
                 }
-            }
-            None => {
-                act.activate(u, out);
-                let sg: f64 = out.iter().zip(e[0]).map(|(s, g)| s * g).sum();
-                for (o, &gj) in out.iter_mut().zip(e[0]) {
-                    *o *= gj - sg;
+                None => {
+                    act.activate(u, out);
+                    let sg: f64 = out.iter().zip(g).map(|(s, gj)| s * gj).sum();
+                    for (o, &gj) in out.iter_mut().zip(g) {
+                        *o *= gj - sg;
+                    }
                 }
             }
         })
@@ -199,12 +226,9 @@ impl Activation {
         beta: f64,
     ) -> PyResult<Bound<'py, PyArrayDyn<f64>>> {
         crate::error::check_beta(beta).map_err(|e| to_pyerr(py, e))?;
-        let (u, g) = (u.as_array(), g.as_array());
-        check_finite_array(py, "u", &u)?;
-        check_finite_array(py, "g", &g)?;
         let act = self.act;
-        rowwise(py, "u", &u, &[("g", &g)], |u, e, out| {
-            act.difference_quotient(u, e[0], beta, out)
+        rowwise(py, ("u", &u), Some(("g", &g)), |u, g, out| {
+            act.difference_quotient(u, g, beta, out)
         })
     }
 
@@ -224,15 +248,44 @@ impl Activation {
                 ),
             ));
         }
-        let u = u.as_array();
-        check_finite_array(py, "u", &u)?;
-        rowwise(py, "u", &u, &[], |u, _, out| self.act.derivative(u, out))
+        rowwise(py, ("u", &u), None, |u, _, out| self.act.derivative(u, out))
     }
 }
 
-/// A batch given as rows `(B, n)`, as the Rust side's columns `n × B`.
-fn columns(name: &str, x: &Array<'_>) -> Result<DMatrix<f64>> {
-    Ok(mat_arg(name, x)?.transpose())
+impl Network {
+    /// The samples `x` of shape `(B, n_0)` and the targets of shape `(B, n_L)` as the Rust
+    /// side's columns, their shapes checked (and named in errors) in the caller's row layout.
+    fn samples(
+        &self,
+        x: &Array<'_>,
+        target: Option<&Array<'_>>,
+    ) -> Result<(DMatrix<f64>, Option<DMatrix<f64>>)> {
+        let x = mat_arg("x", x)?;
+        let (batch, n0) = x.shape();
+        if n0 != self.net.input_dim() {
+            return Err(Error::dim(
+                "x",
+                format!("shape (batch, {})", self.net.input_dim()),
+                format!("shape ({batch}, {n0})"),
+            ));
+        }
+        let target = match target {
+            Some(t) => {
+                let t = mat_arg("target", t)?;
+                let out = self.net.widths().last().copied().unwrap_or(0);
+                if t.shape() != (batch, out) {
+                    return Err(Error::dim(
+                        "target",
+                        format!("shape ({batch}, {out}) (a row per row of x)"),
+                        format!("shape ({}, {})", t.nrows(), t.ncols()),
+                    ));
+                }
+                Some(t.transpose())
+            }
+            None => None,
+        };
+        Ok((x.transpose(), target))
+    }
 }
 
 /// Rows `(B, n)` from columns `n × B`.
@@ -371,13 +424,7 @@ impl Network {
     /// `forward(x)`: the forward pass `[z_1, …, z_L]`, each `(B, n_k)`, for `x` of shape
     /// `(B, n_0)` (every method's free solution top-down).
     fn forward<'py>(&self, py: Python<'py>, x: Array<'py>) -> PyResult<Bound<'py, PyList>> {
-        let x = columns("x", &x).map_err(|e| to_pyerr(py, e))?;
-        if x.nrows() != self.net.input_dim() {
-            return Err(to_pyerr(
-                py,
-                Error::dim("x (columns)", self.net.input_dim(), x.nrows()),
-            ));
-        }
+        let (x, _) = self.samples(&x, None).map_err(|e| to_pyerr(py, e))?;
         let zs = py.detach(|| {
             let mut z = x;
             let mut out = Vec::with_capacity(self.net.layers.len());
@@ -438,8 +485,10 @@ impl Network {
             Err(_) => beta.extract()?,
         };
         let loss = loss.parse::<OutputLoss>().map_err(|e| to_pyerr(py, e))?;
-        let x = columns("x", &x).map_err(|e| to_pyerr(py, e))?;
-        let target = columns("target", &target).map_err(|e| to_pyerr(py, e))?;
+        let (x, target) = self
+            .samples(&x, Some(&target))
+            .map_err(|e| to_pyerr(py, e))?;
+        let target = target.unwrap_or_default();
         let report: NestedReport = detached(py, || {
             let problem = m.problem(&self.net, &betas, loss)?;
             let batch = Batch::new(&problem, &x, &target)?;

@@ -9,13 +9,13 @@ use numpy::IntoPyArray;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 
-use super::convert::{detached, to_pyerr, Array};
+use super::convert::{detached, matrix_of, room, threads_arg, to_pyerr, Array};
 use crate::error::{Error, Result};
 use crate::layer::{self, Mode, QpData, QpGradients, QpSolution};
 use crate::solve::qp::Tolerances;
 
 /// One input: shared (its base number of dimensions), batched (one more, the batch first), or
-/// absent (empty); with its name for errors.
+/// absent (an empty array of at most the base dimensions); with its name for errors.
 struct Input<'a> {
     name: &'static str,
     view: ArrayViewD<'a, f64>,
@@ -23,11 +23,24 @@ struct Input<'a> {
 }
 
 impl Input<'_> {
+    fn base(&self) -> usize {
+        if self.matrix {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// Absent: `G, h, A, b` given as an empty array without a batch axis.
+    fn absent(&self) -> bool {
+        self.view.is_empty() && self.view.ndim() <= self.base()
+    }
+
     /// The batch size if batched, `None` if shared or absent.
     fn batch(&self) -> Result<Option<usize>> {
-        let base = if self.matrix { 2 } else { 1 };
+        let base = self.base();
         match self.view.ndim() {
-            _ if self.view.is_empty() => Ok(None),
+            _ if self.absent() => Ok(None),
             d if d == base => Ok(None),
             d if d == base + 1 => Ok(Some(self.view.shape()[0])),
             _ => Err(Error::dim(
@@ -38,31 +51,36 @@ impl Input<'_> {
         }
     }
 
-    /// Item `i`'s matrix (`rows × cols` for an absent input).
-    fn matrix_of(&self, i: usize, cols: usize) -> DMatrix<f64> {
-        if self.view.is_empty() {
-            return DMatrix::zeros(0, cols);
-        }
-        let v = if self.view.ndim() == 3 {
+    /// Item `i`'s view (the whole view if shared).
+    fn item(&self, i: usize) -> ArrayViewD<'_, f64> {
+        if self.view.ndim() == self.base() + 1 {
             self.view.index_axis(Axis(0), i)
         } else {
             self.view.view()
-        };
-        let (r, c) = (v.shape()[0], v.shape()[1]);
-        DMatrix::from_fn(r, c, |a, b| v[[a, b]])
+        }
+    }
+
+    /// Item `i`'s matrix (no rows of `cols` columns for an absent input or an empty item).
+    fn matrix_of(&self, i: usize, cols: usize) -> Result<DMatrix<f64>> {
+        if self.absent() {
+            return Ok(DMatrix::zeros(0, cols));
+        }
+        let v = self.item(i);
+        if v.is_empty() && v.shape()[0] == 0 {
+            return Ok(DMatrix::zeros(0, cols));
+        }
+        matrix_of(self.name, &v)
     }
 
     /// Item `i`'s vector (empty for an absent input).
-    fn vector_of(&self, i: usize) -> DVector<f64> {
-        if self.view.is_empty() {
-            return DVector::zeros(0);
+    fn vector_of(&self, i: usize) -> Result<DVector<f64>> {
+        if self.absent() {
+            return Ok(DVector::zeros(0));
         }
-        let v = if self.view.ndim() == 2 {
-            self.view.index_axis(Axis(0), i)
-        } else {
-            self.view.view()
-        };
-        DVector::from_iterator(v.len(), v.iter().copied())
+        let v = self.item(i);
+        let mut out = room(self.name, v.len())?;
+        out.extend(v.iter().copied());
+        Ok(DVector::from_vec(out))
     }
 }
 
@@ -86,8 +104,8 @@ fn batch_of(inputs: &[Input<'_>]) -> Result<usize> {
     Ok(batch.map_or(1, |(b, _)| b))
 }
 
-/// Every item's data.
-fn items(inputs: &[Input<'_>; 6]) -> Result<Vec<QpData>> {
+/// The shape `(n, m, k)` (variables, inequality and equality rows) and every item's data.
+fn items(inputs: &[Input<'_>; 6]) -> Result<(Shape, Vec<QpData>)> {
     let batch = batch_of(inputs)?;
     let [q, p, g, h, a, b] = inputs;
     let n = match q.view.ndim() {
@@ -95,21 +113,40 @@ fn items(inputs: &[Input<'_>; 6]) -> Result<Vec<QpData>> {
         _ => {
             return Err(Error::dim(
                 "Q",
-                "a square matrix",
-                format!("{:?}", q.view.shape()),
+                "a square matrix, shared (n, n) or batched (batch, n, n)",
+                format!("shape {:?}", q.view.shape()),
             ))
         }
     };
-    Ok((0..batch)
-        .map(|i| QpData {
-            q: q.matrix_of(i, n),
-            p: p.vector_of(i),
-            g: g.matrix_of(i, n),
-            h: h.vector_of(i),
-            a: a.matrix_of(i, n),
-            b: b.vector_of(i),
-        })
-        .collect())
+    let rows = |x: &Input<'_>| match x.absent() {
+        true => 0,
+        false => x.view.shape()[x.view.ndim() - 2],
+    };
+    let shape = Shape {
+        n,
+        m: rows(g),
+        k: rows(a),
+    };
+    let mut data = room("Q", batch)?;
+    for i in 0..batch {
+        data.push(QpData {
+            q: q.matrix_of(i, n)?,
+            p: p.vector_of(i)?,
+            g: g.matrix_of(i, n)?,
+            h: h.vector_of(i)?,
+            a: a.matrix_of(i, n)?,
+            b: b.vector_of(i)?,
+        });
+    }
+    Ok((shape, data))
+}
+
+/// A batch's sizes: variables, inequality rows, equality rows (also of a batch without items).
+#[derive(Clone, Copy)]
+struct Shape {
+    n: usize,
+    m: usize,
+    k: usize,
 }
 
 /// The derivative a `mode` names: `"limit"`, `("contrastive", β)` or `("centered", β)`.
@@ -163,6 +200,7 @@ fn all_items<T>(py: Python<'_>, results: Vec<Result<T>>) -> PyResult<Vec<T>> {
 #[pyclass(frozen, module = "bilevel", name = "QpBatch")]
 pub struct QpBatch {
     solutions: Vec<QpSolution>,
+    shape: Shape,
     threads: usize,
 }
 
@@ -199,7 +237,7 @@ pub(crate) fn qp_solve<'py>(
     h: Array<'py>,
     A: Array<'py>,
     b: Array<'py>,
-    threads: Option<usize>,
+    threads: Option<i64>,
     feasibility_tol: f64,
     multiplier_tol: f64,
 ) -> PyResult<(Bound<'py, PyAny>, QpBatch)> {
@@ -207,50 +245,38 @@ pub(crate) fn qp_solve<'py>(
         feasibility: feasibility_tol,
         multiplier: multiplier_tol,
     };
-    tol.validate().map_err(|e| to_pyerr(py, e))?;
-    let threads = threads
-        .unwrap_or_else(crate::linalg::Threads::available)
-        .max(1);
-    let inputs = [
-        Input {
-            name: "Q",
-            view: Q.as_array(),
-            matrix: true,
-        },
-        Input {
-            name: "p",
-            view: p.as_array(),
-            matrix: false,
-        },
-        Input {
-            name: "G",
-            view: G.as_array(),
-            matrix: true,
-        },
-        Input {
-            name: "h",
-            view: h.as_array(),
-            matrix: false,
-        },
-        Input {
-            name: "A",
-            view: A.as_array(),
-            matrix: true,
-        },
-        Input {
-            name: "b",
-            view: b.as_array(),
-            matrix: false,
-        },
-    ];
-    let data = items(&inputs).map_err(|e| to_pyerr(py, e))?;
+    let read = || -> Result<_> {
+        tol.validate()?;
+        let threads = threads_arg(threads)?;
+        let arrays = [
+            Q.read("Q")?,
+            p.read("p")?,
+            G.read("G")?,
+            h.read("h")?,
+            A.read("A")?,
+            b.read("b")?,
+        ];
+        let names = ["Q", "p", "G", "h", "A", "b"];
+        let inputs = std::array::from_fn(|k| Input {
+            name: names[k],
+            view: arrays[k].as_array(),
+            matrix: k % 2 == 0,
+        });
+        let (shape, data) = items(&inputs)?;
+        Ok((threads, shape, data))
+    };
+    let (threads, shape, data) = read().map_err(|e| to_pyerr(py, e))?;
+    let n = shape.n;
     let results = py.detach(|| layer::solve(&data, threads, tol));
     let solutions = all_items(py, results)?;
-    let n = solutions.first().map_or(0, |s| s.z().len());
     let z = Array2::from_shape_fn((solutions.len(), n), |(i, j)| solutions[i].z()[j]);
     Ok((
         z.into_pyarray(py).into_any(),
-        QpBatch { solutions, threads },
+        QpBatch {
+            solutions,
+            shape,
+            threads,
+        },
     ))
 }
 
@@ -273,28 +299,27 @@ impl QpBatch {
             Some(m) => mode_of(m).map_err(|e| to_pyerr(py, e))?,
             None => Mode::Limit,
         };
-        let g = grad_z.as_array();
-        let (count, n) = (
-            self.solutions.len(),
-            self.solutions.first().map_or(0, |s| s.z().len()),
-        );
-        if g.shape() != [count, n] {
-            let e = Error::dim(
-                "grad_z",
-                format!("({count}, {n})"),
-                format!("{:?}", g.shape()),
-            );
-            return Err(to_pyerr(py, e));
-        }
-        let grads: Vec<DVector<f64>> = g
-            .outer_iter()
-            .map(|r| DVector::from_iterator(n, r.iter().copied()))
-            .collect();
+        let (count, n) = (self.solutions.len(), self.shape.n);
+        let read = || -> Result<Vec<DVector<f64>>> {
+            let g = grad_z.read("grad_z")?;
+            let g = g.as_array();
+            if g.shape() != [count, n] {
+                return Err(Error::dim(
+                    "grad_z",
+                    format!("({count}, {n})"),
+                    format!("{:?}", g.shape()),
+                ));
+            }
+            Ok(g.outer_iter()
+                .map(|r| DVector::from_iterator(n, r.iter().copied()))
+                .collect())
+        };
+        let grads = read().map_err(|e| to_pyerr(py, e))?;
         let results = detached(py, || {
             layer::gradients(&self.solutions, &grads, mode, self.threads)
         })?;
         let items = all_items(py, results)?;
-        gradient_dict(py, &items)
+        gradient_dict(py, &items, self.shape)
     }
 
     /// `status()`: per item, a dict with the `solver`, its `iterations` and `residual`, each
@@ -324,22 +349,24 @@ impl QpBatch {
 
 /// The items' gradients stacked along a leading batch axis, by input name; `branches` per item
 /// (`"leaves"`, `"stays"` or `None` for each inequality row).
-fn gradient_dict<'py>(py: Python<'py>, items: &[QpGradients]) -> PyResult<Bound<'py, PyDict>> {
-    let stack_m = |f: &dyn Fn(&QpGradients) -> &DMatrix<f64>| {
-        let (r, c) = items.first().map_or((0, 0), |g| f(g).shape());
-        Array3::from_shape_fn((items.len(), r, c), |(i, a, b)| f(&items[i])[(a, b)])
+fn gradient_dict<'py>(
+    py: Python<'py>,
+    items: &[QpGradients],
+    Shape { n, m, k }: Shape,
+) -> PyResult<Bound<'py, PyDict>> {
+    let stack_m = |f: &dyn Fn(&QpGradients) -> &DMatrix<f64>, r: usize| {
+        Array3::from_shape_fn((items.len(), r, n), |(i, a, b)| f(&items[i])[(a, b)])
     };
-    let stack_v = |f: &dyn Fn(&QpGradients) -> &DVector<f64>| {
-        let r = items.first().map_or(0, |g| f(g).len());
+    let stack_v = |f: &dyn Fn(&QpGradients) -> &DVector<f64>, r: usize| {
         Array2::from_shape_fn((items.len(), r), |(i, a)| f(&items[i])[a])
     };
     let d = PyDict::new(py);
-    d.set_item("Q", stack_m(&|g| &g.q).into_pyarray(py))?;
-    d.set_item("p", stack_v(&|g| &g.p).into_pyarray(py))?;
-    d.set_item("G", stack_m(&|g| &g.g).into_pyarray(py))?;
-    d.set_item("h", stack_v(&|g| &g.h).into_pyarray(py))?;
-    d.set_item("A", stack_m(&|g| &g.a).into_pyarray(py))?;
-    d.set_item("b", stack_v(&|g| &g.b).into_pyarray(py))?;
+    d.set_item("Q", stack_m(&|g| &g.q, n).into_pyarray(py))?;
+    d.set_item("p", stack_v(&|g| &g.p, n).into_pyarray(py))?;
+    d.set_item("G", stack_m(&|g| &g.g, m).into_pyarray(py))?;
+    d.set_item("h", stack_v(&|g| &g.h, m).into_pyarray(py))?;
+    d.set_item("A", stack_m(&|g| &g.a, k).into_pyarray(py))?;
+    d.set_item("b", stack_v(&|g| &g.b, k).into_pyarray(py))?;
     let branches: Vec<Vec<Option<&str>>> = items
         .iter()
         .map(|g| {

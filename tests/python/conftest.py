@@ -62,3 +62,16 @@ def constructed_layer(rng, n, p, m, k, labels):
 
 def as_json(data):
     return {key: np.asarray(value).tolist() for key, value in data.items()}
+
+
+# Hypothesis (tests/python/test_properties.py): the same examples on every run (derandomized),
+# no example database written into the tree, no deadline (timing is not what is tested).
+try:
+    from hypothesis import HealthCheck, settings
+
+    settings.register_profile("bilevel", derandomize=True, database=None, deadline=None,
+                              max_examples=int(os.environ.get("BILEVEL_HYPOTHESIS_EXAMPLES", "200")),
+                              suppress_health_check=[HealthCheck.too_slow])
+    settings.load_profile("bilevel")
+except ImportError:  # only test_properties.py needs it, and fails loudly without it
+    pass

@@ -216,6 +216,17 @@ def test_functional_qp_under_grad_jit_and_vmap():
     assert ge[1].shape == (0,)
 
 
+def test_functional_qp_refuses_complex_and_misshapen_inputs_by_name():
+    rng = np.random.default_rng(13)
+    args = [jnp.asarray(a) for a in random_qp(rng, 2, 3, 2, 1)]
+    with pytest.raises(bilevel.InvalidInputError) as info:
+        bj.qp(*args[:3], args[3].astype(jnp.complex128), *args[4:])
+    assert info.value.field == "h" and "complex" in str(info.value)
+    with pytest.raises(bilevel.DimensionMismatchError) as info:
+        bj.qp(args[0], *args[1:4], jnp.ones(3), args[5])
+    assert info.value.what == "A"
+
+
 def test_functional_qp_equals_the_torch_layer_bit_for_bit():
     if os.environ.get("BILEVEL_REQUIRE_TORCH"):
         import torch

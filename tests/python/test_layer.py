@@ -247,7 +247,7 @@ def relu_layer():
      bilevel.DimensionMismatchError, "in B"),
     (lambda: relu_layer().derive([1.0, 0.0], [[1.0, 1.0]]), bilevel.DimensionMismatchError,
      "in loss"),
-    (lambda: bilevel.QuadraticLayer(np.eye(2), ["a", "b"]), ValueError, "could not convert"),
+    (lambda: bilevel.QuadraticLayer(np.eye(2), ["a", "b"]), bilevel.InvalidInputError, "in c: dtype"),
     (lambda: relu_layer().derive([1.0, 0.0], {"g": [1.0, 1.0]}), TypeError, "kind"),
 ])
 def test_errors_name_the_argument(call, error, text):

@@ -195,6 +195,10 @@ def test_bad_input_raises_the_packages_errors_naming_the_argument():
         QPFunction(mode=("contrastive", -1.0))
     with pytest.raises(TypeError, match="Q"):
         f(np.eye(4), *args[1:])
+    # Complex data: refused by name (a cast would drop the imaginary parts silently).
+    with pytest.raises(bilevel.InvalidInputError) as info:
+        call(p=data["p"].to(torch.complex128))
+    assert info.value.field == "p" and "complex" in str(info.value)
 
 
 @pytest.mark.parametrize("name, maker", [

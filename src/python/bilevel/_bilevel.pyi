@@ -1,7 +1,8 @@
 """Type stubs of the compiled module ``bilevel._bilevel`` (the Rust bindings).
 
-Arrays are float64 NumPy arrays on the way out; every ``ArrayLike`` argument is converted to
-float64. Checked against the built module by ``python -m mypy.stubtest bilevel._bilevel`` in CI.
+Arrays are float64 NumPy arrays on the way out; every ``ArrayLike`` argument is read as float64
+(booleans, integers, real floats, object arrays of numbers; complex values, text and other
+objects raise ``InvalidInputError`` naming the argument). Checked against the built module by ``python -m mypy.stubtest bilevel._bilevel`` in CI.
 """
 
 from typing import Any, Literal, Sequence, Union, final

@@ -97,3 +97,22 @@ class DownloadError(BilevelError, OSError):
 
 class IoError(BilevelError, OSError):
     """A file at ``path`` that cannot be written or read."""
+
+
+def _input_error(field, reason):
+    """The :class:`InvalidInputError` the adapters raise for the argument ``field`` (worded as the
+    Rust side words it)."""
+    return InvalidInputError(f"invalid input in {field}: {reason}", field=field, reason=reason)
+
+
+def _complex_error(field, dtype):
+    """The error for complex values in the argument ``field``: the layers' data are real, and a
+    silent cast would drop the imaginary parts."""
+    return _input_error(field, f"complex values (dtype {dtype}): the data are real; pass the real "
+                               "part explicitly if that is what is meant")
+
+
+def _dimension_error(what, expected, found):
+    """The :class:`DimensionMismatchError` the adapters raise (worded as the Rust side's)."""
+    return DimensionMismatchError(f"dimension mismatch in {what}: expected {expected}, found "
+                                  f"{found}", what=what, expected=expected, found=found)

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._bilevel import QuadraticLayer, qp_solve
+from .errors import _complex_error, _dimension_error
 
 __all__ = [
     "qp",
@@ -134,6 +135,7 @@ def qp_layer(Q, c, B, A=None, b=None, A_eq=None, b_eq=None, *, mode="limit", bac
 
 
 _BASE = (2, 1, 2, 1, 2, 1)  # dimensions of Q, p, G, h, A, b without batch axes
+_NAMES = ("Q", "p", "G", "h", "A", "b")
 
 
 def _broadcast_items(arrays):
@@ -204,11 +206,14 @@ def qp(Q, p, G, h, A, b, *, mode="limit", threads=None):
     kind, beta = _mode(mode)
     grad_mode = "limit" if kind == "limit" else (kind, beta)
     inputs = [jnp.asarray(x) for x in (Q, p, G, h, A, b)]
+    for name, x in zip(_NAMES, inputs):
+        if jnp.issubdtype(x.dtype, jnp.complexfloating):
+            raise _complex_error(name, x.dtype)
     dtype = inputs[0].dtype if jnp.issubdtype(inputs[0].dtype, jnp.floating) else jnp.float64
     inputs = [x.astype(dtype) for x in inputs]
-    for name, x, base in zip(("Q", "p", "G", "h", "A", "b"), inputs, _BASE):
+    for name, x, base in zip(_NAMES, inputs, _BASE):
         if x.size and x.ndim < base:
-            raise ValueError(f"{name}: expected at least {base} dimensions, got shape {x.shape}")
+            raise _dimension_error(name, f"at least {base} dimensions", f"shape {x.shape}")
     lead = [x.shape[:x.ndim - base] for x, base in zip(inputs, _BASE) if x.size]
     shape = np.broadcast_shapes(*lead) if lead else ()
     n = inputs[0].shape[-1]

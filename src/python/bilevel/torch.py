@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from ._bilevel import qp_solve
+from .errors import _complex_error
 
 __all__ = [
     "QPFunction",
@@ -151,6 +152,8 @@ def QPFunction(eps=1e-12, verbose=0, notImprovedLim=3, maxIter=20, check_Q_spd=T
         for name, x in zip(_NAMES, inputs):
             if not isinstance(x, torch.Tensor):
                 raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+            if x.is_complex():
+                raise _complex_error(name, x.dtype)
         return _QP.apply(settings, *inputs)
 
     def status():
