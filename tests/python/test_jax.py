@@ -227,6 +227,15 @@ def test_functional_qp_refuses_complex_and_misshapen_inputs_by_name():
     assert info.value.what == "A"
 
 
+def test_functional_qp_takes_a_batch_of_zero_items():
+    e = jnp.zeros((0,))
+    Q, p, G, h = jnp.zeros((0, 3, 3)), jnp.zeros((0, 3)), jnp.ones((2, 3)), jnp.ones(2)
+    assert bj.qp(Q, p, G, h, e, e).shape == (0, 3)
+    grads = jax.grad(lambda *xs: bj.qp(*xs, e, e).sum(), argnums=(0, 1, 2, 3))(Q, p, G, h)
+    assert [g.shape for g in grads] == [(0, 3, 3), (0, 3), (2, 3), (2,)]
+    assert all(float(jnp.abs(g).sum()) == 0.0 for g in grads)
+
+
 def test_functional_qp_equals_the_torch_layer_bit_for_bit():
     if os.environ.get("BILEVEL_REQUIRE_TORCH"):
         import torch

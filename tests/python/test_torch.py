@@ -163,6 +163,21 @@ def test_cuda_inputs_get_cuda_results():
     assert inputs[1].grad.is_cuda
 
 
+def test_a_batch_of_zero_items_gives_empty_answers_and_zero_gradients():
+    Q = torch.zeros(0, 3, 3, dtype=F64, requires_grad=True)
+    p = torch.zeros(0, 3, dtype=F64, requires_grad=True)
+    G = torch.ones(2, 3, dtype=F64, requires_grad=True)
+    h = torch.ones(2, dtype=F64, requires_grad=True)
+    e = torch.empty(0, dtype=F64)
+    z = QPFunction()(Q, p, G, h, e, e)
+    assert z.shape == (0, 3)
+    z.sum().backward()
+    # Shared inputs get the sum over no items; empty ones no gradient (autograd's zero).
+    assert torch.equal(G.grad, torch.zeros(2, 3, dtype=F64))
+    assert torch.equal(h.grad, torch.zeros(2, dtype=F64))
+    assert Q.grad is None and p.grad is None
+
+
 def test_bad_input_raises_the_packages_errors_naming_the_argument():
     rng = np.random.default_rng(5)
     data = random_layer(rng, batch=3, n=4, m=2, k=0)

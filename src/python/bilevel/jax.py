@@ -138,15 +138,22 @@ _BASE = (2, 1, 2, 1, 2, 1)  # dimensions of Q, p, G, h, A, b without batch axes
 _NAMES = ("Q", "p", "G", "h", "A", "b")
 
 
+def _present(k, a):
+    """Whether input ``k`` (of Q, p, G, h, A, b) is given: ``Q`` and ``p`` always (an empty one is
+    a batch of zero items), the rows ``G, h, A, b`` unless empty."""
+    return k < 2 or a.size > 0
+
+
 def _broadcast_items(arrays):
     """The inputs as items: the broadcast batch shape of their leading axes, and every present
     input broadcast to ``(items, ...)`` (absent, i.e. empty, inputs stay empty)."""
-    lead = [a.shape[:a.ndim - base] for a, base in zip(arrays, _BASE) if a.size]
+    lead = [a.shape[:a.ndim - base] for k, (a, base) in enumerate(zip(arrays, _BASE))
+            if _present(k, a)]
     shape = np.broadcast_shapes(*lead) if lead else ()
     count = int(np.prod(shape)) if shape else 1
     items = []
-    for a, base in zip(arrays, _BASE):
-        if a.size == 0:
+    for k, (a, base) in enumerate(zip(arrays, _BASE)):
+        if not _present(k, a):
             items.append(np.zeros((0,)))
         else:
             full = np.broadcast_to(a, shape + a.shape[a.ndim - base:])
@@ -211,10 +218,11 @@ def qp(Q, p, G, h, A, b, *, mode="limit", threads=None):
             raise _complex_error(name, x.dtype)
     dtype = inputs[0].dtype if jnp.issubdtype(inputs[0].dtype, jnp.floating) else jnp.float64
     inputs = [x.astype(dtype) for x in inputs]
-    for name, x, base in zip(_NAMES, inputs, _BASE):
-        if x.size and x.ndim < base:
+    for k, (name, x, base) in enumerate(zip(_NAMES, inputs, _BASE)):
+        if _present(k, x) and x.ndim < base:
             raise _dimension_error(name, f"at least {base} dimensions", f"shape {x.shape}")
-    lead = [x.shape[:x.ndim - base] for x, base in zip(inputs, _BASE) if x.size]
+    lead = [x.shape[:x.ndim - base] for k, (x, base) in enumerate(zip(inputs, _BASE))
+            if _present(k, x)]
     shape = np.broadcast_shapes(*lead) if lead else ()
     n = inputs[0].shape[-1]
     out_shape = (shape or (1,)) + (n,)
