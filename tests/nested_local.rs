@@ -186,6 +186,14 @@ fn batched_lpom_equals_per_sample_solves() {
     }
 }
 
+/// Instance `seed` of the MAC tests: a 4-3-3-2 ReLU network, one sample and its target.
+fn mac_instance(seed: u64) -> (Network<f64>, DMatrix<f64>, DMatrix<f64>) {
+    let n = net(300 + seed, &[4, 3, 3, 2]);
+    let x = matrix(&mut rng(400 + seed), 4, 1);
+    let t = matrix(&mut rng(500 + seed), 2, 1) * 3.0;
+    (n, x, t)
+}
+
 /// MAC's objective is non-convex: with the second start (Prop. 7's clamped state) the value is
 /// never above the forward-pass start's, and on some 4-3-3-2 networks at β = 1 it is strictly
 /// below (a lower local minimum, hence a different gradient).
@@ -194,9 +202,7 @@ fn mac_keeps_the_lower_of_two_local_minima() {
     use bilevel::nested::{Batch, NestedProblem, NestedSettings};
     let (mut lower, mut trials) = (0, 0);
     for seed in 0..60 {
-        let n = net(300 + seed, &[4, 3, 3, 2]);
-        let x = matrix(&mut rng(400 + seed), 4, 1);
-        let t = matrix(&mut rng(500 + seed), 2, 1) * 3.0;
+        let (n, x, t) = mac_instance(seed);
         let problem =
             NestedProblem::new(&n, EnergyKind::Penalizer, &[1.0; 3], OutputLoss::Squared).unwrap();
         let batch = Batch::new(&problem, &x, &t).unwrap();
@@ -383,9 +389,7 @@ fn mac_misses_the_global_minimum_as_often_as_documented() {
     use bilevel::nested::{Batch, NestedProblem, NestedSettings};
     let (mut missed, mut missed_single, mut worst, mut trials) = (0, 0, 0.0f64, 0);
     for seed in 0..60 {
-        let n = net(300 + seed, &[4, 3, 3, 2]);
-        let x = matrix(&mut rng(400 + seed), 4, 1);
-        let t = matrix(&mut rng(500 + seed), 2, 1) * 3.0;
+        let (n, x, t) = mac_instance(seed);
         let problem =
             NestedProblem::new(&n, EnergyKind::Penalizer, &[1.0; 3], OutputLoss::Squared).unwrap();
         let batch = Batch::new(&problem, &x, &t).unwrap();

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import bilevel
 import bilevel.errors as errors
-from conftest import constructed_layer
+from conftest import constructed_layer, outcome, same
 
 REAL = ["float64", "float32", "int64", "int8", "uint16", "bool", "object"]
 REFUSED = ["complex128", "str", "datetime64[s]"]
@@ -57,33 +57,6 @@ def names(error, name):
     "B (rows)" or "loss.g")."""
     what = getattr(error, "what", None) or getattr(error, "field", None) or ""
     return re.match(rf"^([\w\[\]]*\.)?{re.escape(name)}(?!\w)", what) is not None
-
-
-def outcome(f):
-    """`f()`'s result, or its exception if it is one of the package's; anything else fails."""
-    try:
-        return f()
-    except errors.BilevelError as e:
-        return e
-
-
-def same(a, b):
-    """Equal results bit for bit (NaN equals NaN), or the same exception class and message."""
-    if isinstance(a, BaseException) or isinstance(b, BaseException):
-        assert type(a) is type(b) and str(a) == str(b), (a, b)
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys()
-        for key in a:
-            same(a[key], b[key])
-    elif isinstance(a, (list, tuple)) and not (a and isinstance(a[0], (int, float, str))):
-        assert len(a) == len(b)
-        for x, y in zip(a, b):
-            same(x, y)
-    elif isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
-        assert np.asarray(a).shape == np.asarray(b).shape
-        assert np.array_equal(a, b, equal_nan=True), (a, b)
-    else:
-        assert a == b or (a != a and b != b), (a, b)
 
 
 @st.composite

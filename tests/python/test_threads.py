@@ -8,8 +8,7 @@ import threading
 import numpy as np
 
 import bilevel
-import bilevel.errors
-from conftest import constructed_layer
+from conftest import constructed_layer, outcome, same
 
 THREADS = 8
 CALLS = 12
@@ -40,31 +39,6 @@ def run_together(jobs):
     return results
 
 
-def outcome(job):
-    """`job()`, or the package's exception it raised (a status is a result too)."""
-    try:
-        return job()
-    except bilevel.errors.BilevelError as e:
-        return e
-
-
-def assert_same(a, b):
-    if isinstance(a, BaseException) or isinstance(b, BaseException):
-        assert type(a) is type(b) and str(a) == str(b), (a, b)
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys()
-        for key in a:
-            assert_same(a[key], b[key])
-    elif isinstance(a, list) and a and not isinstance(a[0], (str, int, float)):
-        assert len(a) == len(b)
-        for x, y in zip(a, b):
-            assert_same(x, y)
-    elif isinstance(a, np.ndarray):
-        assert np.array_equal(a, b, equal_nan=True)
-    else:
-        assert a == b
-
-
 def test_one_layer_called_from_many_threads_equals_each_call_alone():
     rng = np.random.default_rng(21)
     # Large enough that a call lasts longer than a thread switch (n = 40, 30 rows, 8 items).
@@ -93,7 +67,7 @@ def test_one_layer_called_from_many_threads_equals_each_call_alone():
     together = run_together(calls)
     for a, b in zip(alone, together):
         for x, y in zip(a, b):
-            assert_same(x, y)
+            same(x, y)
 
 
 def test_one_network_called_from_many_threads_equals_each_call_alone():
@@ -118,7 +92,7 @@ def test_one_network_called_from_many_threads_equals_each_call_alone():
     together = run_together(calls)
     for a, b in zip(alone, together):
         for x, y in zip(a, b):
-            assert_same(x, y)
+            same(x, y)
 
 
 def test_qp_batches_solved_in_threads_keep_their_own_gradients():
@@ -142,4 +116,4 @@ def test_qp_batches_solved_in_threads_keep_their_own_gradients():
                              for s, g in zip(solved, grads)])
     for (z, gr), [(z2, gr2)] in zip(alone, together):
         assert np.array_equal(z, z2)
-        assert_same(gr, gr2)
+        same(gr, gr2)
