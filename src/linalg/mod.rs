@@ -444,6 +444,30 @@ pub fn spectral_norm_sq(w: &DMatrix<f64>, steps: usize) -> f64 {
     power_iteration(&ones, steps, |v| Some(&wtw * v))
 }
 
+/// `‖W‖₂²` by `steps` steps of power iteration on `WᵀW` from the normalized ones vector (an
+/// estimate from below), without forming `WᵀW` and without allocating: `x` (length
+/// `W.ncols()`) and `y` (length `W.nrows()`) are scratch. A zero image gives `0`; an image that
+/// overflows `T` gives a non-finite result (the caller's error).
+pub fn spectral_norm_sq_in<T: nalgebra::RealField + Copy>(
+    w: &DMatrix<T>,
+    steps: usize,
+    (x, y): (&mut DVector<T>, &mut DVector<T>),
+) -> T {
+    let n: T = nalgebra::convert(w.ncols().max(1) as f64);
+    x.fill(T::one() / n.sqrt());
+    let mut lambda = T::zero();
+    for _ in 0..steps {
+        y.gemv(T::one(), w, x, T::zero());
+        x.gemv_tr(T::one(), w, y, T::zero());
+        lambda = x.norm();
+        if lambda == T::zero() || !lambda.is_finite() {
+            return lambda;
+        }
+        x.unscale_mut(lambda);
+    }
+    lambda
+}
+
 /// Checks that `q` is square, finite and symmetric (relative tolerance `1e-10` of its largest
 /// entry); returns that entry's magnitude (at least `f64::MIN_POSITIVE`), the scale of the
 /// positivity thresholds below.

@@ -254,6 +254,10 @@ pub struct NestedSettings {
     pub inference_min_damping: f64,
     /// Anderson acceleration (memory one, per sample) of the sweeps (default `true`).
     pub inference_anderson: bool,
+    /// Convex CHL's sweeps: power-iteration steps for the `‖W_{k+1}‖₂²` of their block step
+    /// sizes, once per batch (default 8; the step has a factor-two margin for an estimate from
+    /// below, see [`crate::nested::inference`]).
+    pub inference_power_iterations: usize,
     /// The centered (±β) variant of the bottom-up rows (CHL, convex CHL) in the batched sweeps
     /// (`L_c = ½(L^β + L^{−β})`, [`crate::nested::inference::gradient`]; default `false`).
     pub centered: bool,
@@ -285,6 +289,7 @@ impl Default for NestedSettings {
             inference_tol: 1e-4,
             inference_min_damping: 1.0 / 64.0,
             inference_anderson: true,
+            inference_power_iterations: 8,
             centered: false,
         }
     }
@@ -306,6 +311,10 @@ impl NestedSettings {
             ("fixed_point_max_steps", self.fixed_point_max_steps),
             ("power_iterations", self.power_iterations),
             ("inference_max_sweeps", self.inference_max_sweeps),
+            (
+                "inference_power_iterations",
+                self.inference_power_iterations,
+            ),
         ];
         for (name, v) in limits {
             if v == 0 {

@@ -66,7 +66,12 @@
 //! `v_L = β_{L−1}W_L u_{L−1} − ℓ'(ẑ_L)`); value and gradient are products with the rates. The
 //! report's sweeps add both phases; its residual is the larger of the two. Divergence of CHL's
 //! free phase (its energy is bilinear in adjacent layers, unbounded below for large β) is
-//! [`Error::Unbounded`]. The f64 references are [`super::global`]'s.
+//! [`Error::Unbounded`]. Convex CHL's energy is a sum of squares, strongly convex over the
+//! boxes: its sweeps take projected gradient steps `t_k = 2/(2 + m β_k ‖W_{k+1}‖₂²)` per block
+//! (power-iteration estimate, `m` the `lipschitz_margin`; unit steps diverge once
+//! `β_k‖W_{k+1}‖₂² ≥ 1`), plain Gauss–Seidel in the free phase, so the sweeps descend (while
+//! the estimate is within the margin, see `bottom_up`'s docs) and both phases converge to the
+//! per-sample QPs' minimizers where unit steps diverged (tested up to `β‖W‖_F² = 18`). The f64 references are [`super::global`]'s.
 //!
 //! The batch convention is [`crate::nested`]'s: every sample at the same `β`; the signals carry
 //! the batch mean's `1/B`, so the states use `σ_k B` and the quotients `β_k B`.

@@ -1,6 +1,6 @@
 //! The buffers of the sweeps for one network and batch size ([`InferenceWorkspace`]).
 
-use nalgebra::{DMatrix, RealField};
+use nalgebra::{DMatrix, DVector, RealField};
 
 use crate::error::{Error, Result};
 use crate::linalg::Threads;
@@ -38,6 +38,10 @@ pub struct InferenceWorkspace<T: RealField + Copy> {
     pub(super) mirrored: Option<Gradients<T>>,
     /// Per sample: its layers' terms of the surrogate value.
     pub(super) terms: Vec<T>,
+    /// Convex CHL: the block step sizes `t_k` of the sweeps (1 for the other rows).
+    pub(super) steps: Vec<T>,
+    /// Scratch of the power iteration on each `W_k` (its columns, its rows).
+    pub(super) power: Vec<(DVector<T>, DVector<T>)>,
     /// The threads that compute the matrix products and the sweeps' element-wise passes (one
     /// by default; results do not depend on the count, see [`Threads`]).
     pub threads: Threads,
@@ -115,6 +119,12 @@ impl<T: RealField + Copy> InferenceWorkspace<T> {
             loss_grad: DMatrix::zeros(top, batch),
             mirrored: None,
             terms: vec![T::zero(); batch],
+            steps: vec![T::one(); net.layers.len()],
+            power: net
+                .layers
+                .iter()
+                .map(|l| (DVector::zeros(l.w.ncols()), DVector::zeros(l.w.nrows())))
+                .collect(),
             threads: Threads::default(),
         }
     }
