@@ -47,6 +47,9 @@
 //! on rounding: an earlier build, before the sweeps' sums were regrouped for vectorization, gave
 //! 4.12 ± 0.95 % here, and rerun with the build just before that change, seed 43 blows up too
 //! (training loss 59 by epoch 32). The others match back-propagation.
+//! The two convex CHL rows were measured before its sweeps took block steps (they converge now
+//! where unit steps diverged, see `nested::inference`; at β = 0.1 they take about one sweep
+//! more per batch at the initial network, 5.6 against 5.0): not yet rerun.
 //! Centering removes the output β's first-order bias only (the inner layers' β keep theirs: the
 //! cosine to BP at the initial network is 0.9994 with and without it), so at β = 0.1 it changes
 //! little here, at 1.5× CHL's cost.
