@@ -437,11 +437,17 @@ pub fn power_iteration(
     lambda
 }
 
-/// `‖W‖₂²` by `steps` steps of [`power_iteration`] on `WᵀW` (an estimate from below).
+/// `‖W‖₂²` by `steps` steps of power iteration on `WᵀW` (an estimate from below): the
+/// allocating form of [`spectral_norm_sq_in`], for callers outside inner loops. An image that
+/// overflows gives `∞`.
 pub fn spectral_norm_sq(w: &DMatrix<f64>, steps: usize) -> f64 {
-    let wtw = w.transpose() * w;
-    let ones = DVector::from_element(wtw.nrows(), 1.0);
-    power_iteration(&ones, steps, |v| Some(&wtw * v))
+    let (mut x, mut y) = (DVector::zeros(w.ncols()), DVector::zeros(w.nrows()));
+    let norm = spectral_norm_sq_in(w, steps, (&mut x, &mut y));
+    if norm.is_finite() {
+        norm
+    } else {
+        f64::INFINITY
+    }
 }
 
 /// `‖W‖₂²` by `steps` steps of power iteration on `WᵀW` from the normalized ones vector (an

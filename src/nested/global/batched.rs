@@ -16,13 +16,14 @@ use crate::nested::{
 ///
 /// Free phase from the forward pass; clamped phase on `d = ẑ − ž` from `d = 0`. Block `k`
 /// (objective divided by `s_k`): `½‖z_k − W_k z_{k−1} − b_k‖² + (β_k/2)‖z_{k+1} − W_{k+1} z_k − b_{k+1}‖²`
-/// over the box, by projected gradient with step `1/(1 + β_k‖W_{k+1}‖₂²)`; the top block
+/// over the box, by projected gradient with step `2/(2 + mβ_k‖W_{k+1}‖₂²)` (`m` the
+/// `lipschitz_margin`); the top block
 /// (`½‖z − a_L‖² + β_L½‖z − t‖²` in the clamped phase) is separable and closed-form. In the
 /// clamped phase the free gradient is snapped to exact stationarity (zero off the bounds) and
 /// every step is an increment `clamp(ž + v) − ž` formed without cancellation, so `d` keeps its
-/// relative accuracy for small β, as in [`contrastive`](super::contrastive). Layers couple with strength about
-/// `β_k‖W‖²`: the method is fast for small β and slow (reported as [`Error::NotConverged`]
-/// after `settings.max_sweeps`) when that product approaches 1.
+/// relative accuracy for small β, as in [`contrastive`](super::contrastive). Layers couple with strength
+/// `c = β_k‖W‖₂²` and a block step contracts by about `c/(2 + c)`: the method is fast for small
+/// β and slows as `c` grows (reported as [`Error::NotConverged`] after `settings.max_sweeps`).
 ///
 /// # Errors
 /// As [`contrastive`](super::contrastive) for proximal energies; [`Error::NotConverged`].
@@ -40,8 +41,9 @@ pub fn convex_chl_batched(
     }
     box_bounds(problem.net)?;
     let (net, betas, top) = (problem.net, &problem.betas, problem.top());
-    // Step sizes 1/(1 + β_k‖W_{k+1}‖₂²) (power iteration, with a margin: it converges from
-    // below).
+    // Step sizes 2/(2 + mβ_k‖W_{k+1}‖₂²): block k's Hessian has spectrum in [1, 1 + β_k‖W‖₂²],
+    // and 2/(μ + L) is the best fixed step for it (contraction c/(2 + c), where 1/(1 + c) gave
+    // c/(1 + c)); power iteration approaches ‖W‖₂² from below, hence the margin m.
     let steps: Vec<f64> = (0..=top)
         .map(|k| {
             if k == top {
@@ -51,7 +53,7 @@ pub fn convex_chl_batched(
                     &net.layers[k + 1].w,
                     settings.power_iterations,
                 );
-                1.0 / (1.0 + settings.lipschitz_margin * betas[k] * norm)
+                2.0 / (2.0 + settings.lipschitz_margin * betas[k] * norm)
             }
         })
         .collect();

@@ -189,11 +189,12 @@ fn check_bounded<T: RealField + Copy>(
     next: &[DMatrix<T>],
     sweep: usize,
 ) -> Result<()> {
-    let limit: T = if kind == EnergyKind::Proximal {
-        T::max_value().unwrap_or_else(|| nalgebra::convert(f64::MAX))
+    // Proximal energies: only a non-finite state is an error (`v.abs() > ∞` is never true).
+    let limit: T = nalgebra::convert(if kind == EnergyKind::Proximal {
+        f64::INFINITY
     } else {
-        nalgebra::convert(1e12)
-    };
+        1e12
+    });
     for z in next {
         // A fold (no early exit) vectorizes.
         let beyond = |acc: bool, &v: &T| acc | !v.is_finite() | (v.abs() > limit);
