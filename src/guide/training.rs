@@ -45,11 +45,12 @@
 //!   their global one (the clamped phase solved for the rates `(ẑ − ž)/Πβ`), and their
 //!   `-centered` variants nudge the output both ways (±β: one more clamped phase, the
 //!   `β`-odd terms of the estimate cancel); the CSV reports the
-//!   mean sweeps and the batches that did not reach the tolerance. Prints one line
+//!   mean sweeps, the batches that did not reach the tolerance and the mean surrogate value
+//!   `L^β` (for MAC and predictive coding a lower bound of the forward loss). Prints one line
 //!   per epoch and shows a progress bar on a terminal. Sizes are checked against the data before
 //!   anything is allocated, and the checkpoint directory is proven writable before the first
 //!   epoch. The CSV has the columns
-//!   `epoch,train_loss,train_error_pct,test_error_pct,seconds,exact_train_error_pct,method,beta,init,seed,batch,lr,sweeps,mean_sweeps,unconverged`
+//!   `epoch,train_loss,train_error_pct,test_error_pct,seconds,exact_train_error_pct,method,beta,init,seed,batch,lr,sweeps,mean_sweeps,unconverged,surrogate`
 //!   (`train_error_pct` is the running estimate over the epoch's batches, each scored before its
 //!   update, as in the Julia code; `seconds` excludes evaluation). `--checkpoint DIR` writes the
 //!   model and Adam's state after every epoch (temporary file, then rename, with a CRC-32 over the

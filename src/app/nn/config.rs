@@ -182,4 +182,11 @@ pub struct InferenceStats {
     /// Batches in the epoch.
     #[serde(default)]
     pub batches: usize,
+    /// The mean surrogate value `L^β` per sample over the epoch's batches (before each update),
+    /// next to `train_loss` (the forward pass's loss on the same batches): for MAC and predictive
+    /// coding a lower bound of it (Eq. 30 is at most the forward loss, where every penalty
+    /// vanishes), for CHL and convex CHL the contrastive value (Eq. 22). `None` in records
+    /// written before it was logged.
+    #[serde(default)]
+    pub mean_surrogate: Option<f64>,
 }

@@ -5,7 +5,8 @@
 //! `--exact-train-error`) and the run's settings `method,beta,init,seed,batch,lr` on every row,
 //! so that a CSV alone names its curve; for the iterative rules (MAC, predictive coding, LPOM)
 //! `sweeps` (the budget), `mean_sweeps` (per batch) and `unconverged` (batches whose inference
-//! did not reach its tolerance), empty otherwise.
+//! did not reach its tolerance) and `surrogate` (the mean surrogate value `L^β` per sample over
+//! the epoch's batches, comparable to `train_loss`), empty otherwise.
 
 use std::fs;
 use std::io::Write;
@@ -17,7 +18,7 @@ use crate::nested::method::Method;
 
 /// The header line.
 pub const HEADER: &str = "epoch,train_loss,train_error_pct,test_error_pct,seconds,\
-                          exact_train_error_pct,method,beta,init,seed,batch,lr,sweeps,mean_sweeps,unconverged";
+                          exact_train_error_pct,method,beta,init,seed,batch,lr,sweeps,mean_sweeps,unconverged,surrogate";
 
 /// One CSV row (no newline).
 pub fn row(r: &EpochRecord, c: &TrainConfig) -> String {
@@ -26,11 +27,16 @@ pub fn row(r: &EpochRecord, c: &TrainConfig) -> String {
         _ => c.rule.beta().to_string(),
     };
     let budget = c.rule.sweeps().map_or(String::new(), |s| s.to_string());
-    let (mean, unconverged) = r.inference.map_or((String::new(), String::new()), |i| {
-        (format!("{:.2}", i.mean_sweeps), i.unconverged.to_string())
+    let (mean, unconverged, surrogate) = r.inference.map_or_else(Default::default, |i| {
+        (
+            format!("{:.2}", i.mean_sweeps),
+            i.unconverged.to_string(),
+            i.mean_surrogate
+                .map_or(String::new(), |v| format!("{v:.6}")),
+        )
     });
     format!(
-        "{},{:.6},{:.4},{:.4},{:.4},{},{},{},{},{},{},{},{},{},{}",
+        "{},{:.6},{:.4},{:.4},{:.4},{},{},{},{},{},{},{},{},{},{},{}",
         r.epoch,
         r.train_loss,
         r.train_error_pct,
@@ -46,7 +52,8 @@ pub fn row(r: &EpochRecord, c: &TrainConfig) -> String {
         c.adam.lr,
         budget,
         mean,
-        unconverged
+        unconverged,
+        surrogate
     )
 }
 

@@ -27,11 +27,15 @@ struct SweepTally {
     sweeps: usize,
     unconverged: usize,
     max_residual: f64,
+    samples: usize,
+    value_sum: f64,
 }
 
 impl SweepTally {
-    fn add(&mut self, r: &BatchReport<f32>) {
+    fn add(&mut self, r: &BatchReport<f32>, samples: usize) {
         self.batches += 1;
+        self.samples += samples;
+        self.value_sum += f64::from(r.value) * samples as f64;
         self.sweeps += r.status.iterations;
         self.unconverged += usize::from(r.status.outcome != Outcome::Solved);
         self.max_residual = self.max_residual.max(r.status.residual);
@@ -43,6 +47,7 @@ impl SweepTally {
             unconverged: self.unconverged,
             max_residual: self.max_residual,
             batches: self.batches,
+            mean_surrogate: Some(self.value_sum / self.samples.max(1) as f64),
         })
     }
 }
@@ -219,7 +224,7 @@ impl Trainer {
             Some(ws) => {
                 let report =
                     inference::gradient(&problem, batch, &rule.settings(), ws, &mut self.grads)?;
-                self.tally.add(&report);
+                self.tally.add(&report, indices.len());
                 Ok((report.forward_loss, count_correct(&ws.forward_top, &buf.y)))
             }
             None => {
