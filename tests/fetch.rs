@@ -8,8 +8,12 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 
+#[path = "support/scratch.rs"]
+mod scratch;
+
 use bilevel::app::fetch::{fetch, FetchSettings, EXPECTED};
 use bilevel::Error;
+use scratch::Scratch;
 
 /// The directory of the shared copy; `None` (after a visible "skipped" line) when unset outside
 /// CI; a failure under CI.
@@ -83,10 +87,12 @@ fn respond(mut stream: TcpStream, data: &Path) {
     let _ = stream.write_all(&body[..send]);
 }
 
-fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("bilevel-fetch-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
+/// A directory that does not exist yet (`fetch` creates it), inside a scratch directory that is
+/// removed when the test ends.
+fn tmp(name: &str) -> (Scratch, PathBuf) {
+    let scratch = Scratch::new(&format!("fetch-{name}"));
+    let dir = scratch.join("mnist");
+    (scratch, dir)
 }
 
 fn settings(mirrors: &[String]) -> FetchSettings {
@@ -119,7 +125,7 @@ fn leftovers(dir: &Path) -> Vec<String> {
 fn fetch_tries_the_mirrors_in_order_and_keeps_only_verified_files() {
     let Some(data) = shared() else { return };
     let base = serve(data.clone());
-    let dir = tmp("order");
+    let (_scratch, dir) = tmp("order");
     let mirrors = [
         closed_port(),
         format!("{base}/missing/"),
@@ -160,7 +166,7 @@ fn fetch_tries_the_mirrors_in_order_and_keeps_only_verified_files() {
 fn a_failed_download_replaces_nothing_and_says_where_to_put_the_files() {
     let Some(data) = shared() else { return };
     let base = serve(data);
-    let dir = tmp("fail");
+    let (_scratch, dir) = tmp("fail");
     std::fs::create_dir_all(&dir).unwrap();
     // A corrupted file under the final name stays until a verified copy replaces it.
     let first = dir.join(format!("{}.gz", EXPECTED[0].name));
@@ -192,7 +198,7 @@ fn a_failed_download_replaces_nothing_and_says_where_to_put_the_files() {
     // Nothing reachable at all: one line naming the URL tried.
     let closed = closed_port();
     let err = fetch(
-        &tmp("offline"),
+        &tmp("offline").1,
         &settings(std::slice::from_ref(&closed)),
         &mut |_, _, _| {},
     )
@@ -205,7 +211,7 @@ fn a_failed_download_replaces_nothing_and_says_where_to_put_the_files() {
         attempts: 2,
         ..settings(std::slice::from_ref(&closed))
     };
-    let err = fetch(&tmp("offline-twice"), &twice, &mut |_, _, _| {}).unwrap_err();
+    let err = fetch(&tmp("offline-twice").1, &twice, &mut |_, _, _| {}).unwrap_err();
     match &err {
         Error::Download { attempts, .. } => {
             assert_eq!(attempts.len(), 1, "{attempts:?}");
@@ -223,7 +229,7 @@ fn a_failed_download_replaces_nothing_and_says_where_to_put_the_files() {
 
 #[test]
 fn settings_are_validated() {
-    let dir = tmp("settings");
+    let (_scratch, dir) = tmp("settings");
     for bad in [
         FetchSettings {
             mirrors: vec![],

@@ -6,6 +6,9 @@
 
 use std::path::{Path, PathBuf};
 
+#[path = "support/scratch.rs"]
+mod scratch;
+
 use approx::assert_relative_eq;
 use bilevel::app::data::{read_idx, write_idx, Mnist, Split, FILES};
 use bilevel::app::nn::{self, log, Adam, AdamSettings, Init, Outputs, Rule, TrainConfig, Trainer};
@@ -16,12 +19,11 @@ use bilevel::prox::Activation;
 use bilevel::Error;
 use nalgebra::{dmatrix, dvector, DMatrix};
 use rand::SeedableRng;
+use scratch::Scratch;
 
-fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("bilevel-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// An empty scratch directory, removed when the test ends (passed or failed).
+fn tmp(name: &str) -> Scratch {
+    Scratch::new(&format!("mnist-{name}"))
 }
 
 /// The real MNIST from `$BILEVEL_DATA`; `None` (after a visible "skipped" line) when it is unset
@@ -391,6 +393,18 @@ fn a_short_run_lowers_the_loss() {
                     "{i:?}"
                 );
                 assert!(i.unconverged <= 300usize.div_ceil(50) && i.max_residual.is_finite());
+                // Eq. 30 is at most the forward loss (every penalty vanishes there), and the
+                // sweeps descend from the forward pass: MAC's and PC's surrogate lies below the
+                // epoch's training loss (the same batches, before each update).
+                let surrogate = i.mean_surrogate.expect("logged");
+                assert!(surrogate.is_finite(), "{rule:?}: {i:?}");
+                if matches!(rule.method(), Method::Mac | Method::PredictiveCoding) {
+                    assert!(
+                        surrogate <= h[2].train_loss * (1.0 + 1e-5),
+                        "{rule:?}: {surrogate} > {}",
+                        h[2].train_loss
+                    );
+                }
             }
             other => panic!("{rule:?}: {other:?}"),
         }
@@ -706,8 +720,9 @@ fn tiny_run(dir: &Path, epochs: usize) -> (Mnist, TrainConfig) {
     (Mnist::load(dir).unwrap(), config)
 }
 
-/// A two-epoch checkpoint of a tiny network on fake 4x4 images (no MNIST needed).
-fn tiny_checkpoint(name: &str) -> (Mnist, TrainConfig, PathBuf) {
+/// A two-epoch checkpoint of a tiny network on fake 4x4 images (no MNIST needed), in a scratch
+/// directory that lives as long as the returned guard.
+fn tiny_checkpoint(name: &str) -> (Mnist, TrainConfig, PathBuf, Scratch) {
     let dir = tmp(name);
     let (data, config) = tiny_run(&dir, 2);
     let out = Outputs {
@@ -715,7 +730,8 @@ fn tiny_checkpoint(name: &str) -> (Mnist, TrainConfig, PathBuf) {
         ..Outputs::default()
     };
     nn::run(config.clone(), &data, &out, &mut ()).unwrap();
-    (data, config, dir.join("ck"))
+    let ck = dir.join("ck");
+    (data, config, ck, dir)
 }
 
 fn resume(data: &Mnist, config: &TrainConfig, ck: &Path) -> Result<nn::Trainer, Error> {
@@ -737,7 +753,7 @@ fn resume(data: &Mnist, config: &TrainConfig, ck: &Path) -> Result<nn::Trainer, 
 
 #[test]
 fn every_corrupted_checkpoint_is_refused() {
-    let (data, config, ck) = tiny_checkpoint("corrupt");
+    let (data, config, ck, _dir) = tiny_checkpoint("corrupt");
     let file = ck.join("checkpoint.bin");
     let good = std::fs::read(&file).unwrap();
     assert!(resume(&data, &config, &ck).is_ok());
@@ -821,7 +837,7 @@ fn every_corrupted_checkpoint_is_refused() {
 
 #[test]
 fn a_run_never_replaces_a_checkpoint_without_being_asked() {
-    let (data, config, ck) = tiny_checkpoint("overwrite");
+    let (data, config, ck, _dir) = tiny_checkpoint("overwrite");
     let before = std::fs::read(ck.join("checkpoint.bin")).unwrap();
     let out = Outputs {
         checkpoint: Some(ck.clone()),
@@ -965,11 +981,17 @@ fn table1_trains_every_method_over_seeds_and_resumes() {
         assert!(m.best_test().0 <= mean);
         assert!(m.cosine_at_init.iter().all(|&c| c > 0.9 && c <= 1.0 + 1e-6));
         match (m.rule.sweeps(), m.sweeps()) {
-            (None, None) => {}
+            (None, None) => assert_eq!(m.surrogate_ratio(), None),
             (Some(budget), Some((mean, unconverged, batches))) => {
                 assert!(mean >= 1.0 && mean <= 2.0 * budget as f64);
                 assert_eq!(batches, 2 * 2 * 10);
                 assert!(unconverged <= batches);
+                // The surrogate's value is logged; the penalizers' lies below the loss (Eq. 30).
+                let ratio = m.surrogate_ratio().expect("logged");
+                assert!(ratio.is_finite() && ratio > 0.0, "{:?}: {ratio}", m.rule);
+                if matches!(m.rule.method(), Method::Mac | Method::PredictiveCoding) {
+                    assert!(ratio <= 1.0 + 1e-5, "{:?}: {ratio}", m.rule);
+                }
             }
             other => panic!("{:?}: {other:?}", m.rule),
         }

@@ -1,7 +1,11 @@
 //! Plots of short runs show something: markers (a one-epoch run is not an empty axis), unique
 //! integer epoch ticks, and the legend outside the data area. Checked on the SVG output.
 
+#[path = "support/scratch.rs"]
+mod scratch;
+
 use bilevel::app::plot::{draw, Panel, Series};
+use scratch::Scratch;
 
 fn run(label: &str, epochs: usize, offset: f64) -> Series {
     Series {
@@ -31,17 +35,14 @@ fn texts(svg: &str) -> Vec<(f64, String)> {
 }
 
 fn svg_of(epochs: usize) -> String {
-    let dir = std::env::temp_dir().join(format!("bilevel-plot-{}-{epochs}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = Scratch::new(&format!("plot-{epochs}"));
     let path = dir.join("p.svg");
     let panel = Panel {
         title: format!("{epochs} epochs"),
         runs: vec![run("BP", epochs, 0.0), run("FenBP β=1", epochs, 0.5)],
     };
     draw(&path, &[panel]).unwrap();
-    let svg = std::fs::read_to_string(&path).unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
-    svg
+    std::fs::read_to_string(&path).unwrap()
 }
 
 #[test]

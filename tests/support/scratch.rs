@@ -25,10 +25,20 @@ impl Scratch {
     pub fn path(&self) -> &Path {
         &self.0
     }
+}
 
-    /// `name` inside the directory.
-    pub fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
+/// The directory's path: `&scratch` is a `&Path`, `scratch.join(…)` a path inside it.
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for Scratch {
+    fn as_ref(&self) -> &Path {
+        &self.0
     }
 }
 
