@@ -4,10 +4,12 @@
 
 mod products;
 pub(crate) mod simd;
+mod span;
 mod threads;
 
 pub use products::Gemm;
 pub(crate) use simd::{lane_sum2, vectorized, Lanes, LANES};
+pub(crate) use span::{independence, rows_in_span, sine_to_span};
 pub(crate) use threads::{ColsMut, LayerCols, LayersMut};
 // Adam (in the application) cuts its parameters with the same cost model.
 #[cfg(feature = "app")]
@@ -520,94 +522,6 @@ pub fn spd_cholesky(what: &str, q: &DMatrix<f64>) -> Result<Cholesky<f64, Dyn>> 
         return Err(refuse(pivot));
     }
     Ok(chol)
-}
-
-/// Below this sine of its angle to the span of the others a row counts as a combination of
-/// them (a duplicate: LICQ fails, its multiplier is 0), as in the exact solve's
-/// `dependent` rows.
-pub(crate) const DEPENDENT_SINE: f64 = 1e-10;
-
-/// How far a set of rows is from linear dependence: the columns of `v` are the rows in the
-/// metric of the problem (`L⁻¹c_i` for `P = LLᵀ`). Each column is orthogonalized against the
-/// columns kept before it (modified Gram–Schmidt, twice where the first pass cancelled much,
-/// so that the sine is accurate to rounding rather than to its square root); a column whose
-/// sine to their span is at most [`DEPENDENT_SINE`] is a combination of them and left out; the
-/// result is the smallest sine among the others (1 for none). The KKT matrix of the kept rows has a condition number of
-/// about its inverse square.
-pub(crate) fn independence(v: &DMatrix<f64>) -> f64 {
-    let mut basis: Vec<DVector<f64>> = Vec::new();
-    let mut smallest = 1.0f64;
-    for col in v.column_iter() {
-        if let Some(r) = orthogonal_part(col.into_owned(), &basis) {
-            let sine = r.norm();
-            if sine > DEPENDENT_SINE {
-                smallest = smallest.min(sine);
-                basis.push(r / sine);
-            }
-        }
-    }
-    smallest
-}
-
-/// The sine of the angle between `v` and the span of the rows of `rows` (1 without rows, 0
-/// for a zero `v`): [`RowSpan::sine`] for one vector.
-pub(crate) fn sine_to_span(rows: &DMatrix<f64>, v: &DVector<f64>) -> f64 {
-    RowSpan::new(rows).sine(v)
-}
-
-/// An orthonormal basis of the span of a matrix's rows (built as in [`independence`]: each
-/// row scaled to unit length, modified Gram–Schmidt, twice where it cancels, rows within
-/// [`DEPENDENT_SINE`] of the earlier ones left out), for the angles of many vectors to that
-/// span at `O(n r)` each.
-pub(crate) struct RowSpan {
-    basis: Vec<DVector<f64>>,
-}
-
-impl RowSpan {
-    /// The basis of the span of `rows`' rows (`O(n r²)`).
-    pub(crate) fn new(rows: &DMatrix<f64>) -> Self {
-        let mut basis: Vec<DVector<f64>> = Vec::new();
-        for row in rows.row_iter() {
-            if let Some(r) = orthogonal_part(row.transpose(), &basis) {
-                let sine = r.norm();
-                if sine > DEPENDENT_SINE {
-                    basis.push(r / sine);
-                }
-            }
-        }
-        Self { basis }
-    }
-
-    /// The sine of the angle between `v` and the span (0 for a zero or non-finite `v`).
-    pub(crate) fn sine(&self, v: &DVector<f64>) -> f64 {
-        orthogonal_part(v.clone(), &self.basis).map_or(0.0, |r| r.norm())
-    }
-}
-
-/// `col` scaled to unit length (by its ∞-norm first, so that no norm overflows) minus its
-/// projection on the orthonormal `basis`, by modified Gram–Schmidt, repeated once when the
-/// first pass cancelled more than half of the vector's length (Kahan and Parlett's "twice is
-/// enough": the result is then orthogonal to rounding rather than to its square root);
-/// `None` for a zero or non-finite `col`. Its norm is the sine of the angle between `col` and
-/// the basis' span.
-fn orthogonal_part(col: DVector<f64>, basis: &[DVector<f64>]) -> Option<DVector<f64>> {
-    let norm = col.amax();
-    if !(norm > 0.0 && norm.is_finite()) {
-        return None;
-    }
-    let col = col.unscale(norm);
-    let mut r = col.unscale(col.norm());
-    let pass = |r: &mut DVector<f64>| {
-        for q in basis {
-            let t = q.dot(r);
-            r.axpy(-t, q, 1.0);
-        }
-    };
-    pass(&mut r);
-    if r.norm() < 0.5 {
-        pass(&mut r);
-    }
-    Some(r)
 }
 
 /// `max_i |v_i|` (0 for none; NaN entries are skipped), written as a select that compiles to

@@ -14,7 +14,7 @@ use super::problem::{
 };
 use crate::error::{Error, Result};
 use crate::linalg::{
-    amax, power_of_two_scale, row_amax, select_rows, solve_kkt, vstack, RowSpan, DEPENDENT_SINE,
+    amax, power_of_two_scale, row_amax, rows_in_span, select_rows, solve_kkt, vstack,
 };
 
 /// Solves `qp` with `backend`, then refines exactly (see the module docs). The rows are
@@ -521,9 +521,10 @@ pub fn dual_active_set(qp: &Qp) -> Result<Vec<bool>> {
     Ok(sol.working[..qp.b.len()].to_vec())
 }
 
-/// The rows `i` of `a` with `candidate(i)` that lie in the row space of `a_w`: the sine of
-/// the angle between the row and that space at most [`DEPENDENT_SINE`] (a zero row always
-/// does), each row scaled to unit length first (scale-invariant, no norm overflows).
+/// The rows `i` of `a` with `candidate(i)` that lie in the row space of `a_w` (the sine of
+/// the angle between the row and that space at most `DEPENDENT_SINE`; a zero row always
+/// does), each row scaled to unit length first (scale-invariant, no norm overflows):
+/// [`rows_in_span`], Gram matrices by matrix products where they decide, Gram–Schmidt where not.
 fn dependent_rows(
     a: &DMatrix<f64>,
     a_w: &DMatrix<f64>,
@@ -533,8 +534,9 @@ fn dependent_rows(
     if rows.is_empty() {
         return rows;
     }
-    let span = RowSpan::new(a_w);
+    let inside = rows_in_span(a_w, &select_rows(a, &rows));
     rows.into_iter()
-        .filter(|&i| span.sine(&a.row(i).transpose()) <= DEPENDENT_SINE)
+        .zip(inside)
+        .filter_map(|(i, inside)| inside.then_some(i))
         .collect()
 }
