@@ -268,11 +268,16 @@ pub fn check_beta(beta: f64) -> Result<()> {
     }
 }
 
-/// Every value is finite: `v · 0` is ±0 for a finite `v` and NaN otherwise, so the sum is NaN
-/// exactly when some value is not finite. A fold without an early exit vectorizes (`all`
-/// tests one value at a time); matrices of a QP are scanned on every solve.
+/// Every value is finite: its exponent bits are not all ones (which is what ±∞ and NaN have).
+/// An integer OR over the values, without an early exit, vectorizes: OR is associative, where
+/// a floating-point sum is a serial chain the compiler may not reorder (one add's latency per
+/// value), and `all` tests one value at a time. Matrices of a QP are scanned on every solve.
 fn all_finite<'a>(values: impl IntoIterator<Item = &'a f64>) -> bool {
-    values.into_iter().fold(0.0, |acc, &v| acc + v * 0.0) == 0.0
+    const EXPONENT: u64 = 0x7ff0_0000_0000_0000;
+    let special = values.into_iter().fold(0u64, |acc, &v| {
+        acc | u64::from(v.to_bits() & EXPONENT == EXPONENT)
+    });
+    special == 0
 }
 
 /// Checks that every entry of a *computed* `values` is finite ([`Error::Overflow`] otherwise).

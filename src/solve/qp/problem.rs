@@ -57,12 +57,12 @@ impl Qp {
                 format!("{} x {}", self.a_eq.nrows(), self.a_eq.ncols()),
             ));
         }
-        check_finite("P", self.p.iter())?;
-        check_finite("q", self.q.iter())?;
-        check_finite("A", self.a.iter())?;
-        check_finite("b", self.b.iter())?;
-        check_finite("A_eq", self.a_eq.iter())?;
-        check_finite("b_eq", self.b_eq.iter())
+        check_finite("P", self.p.as_slice())?;
+        check_finite("q", self.q.as_slice())?;
+        check_finite("A", self.a.as_slice())?;
+        check_finite("b", self.b.as_slice())?;
+        check_finite("A_eq", self.a_eq.as_slice())?;
+        check_finite("b_eq", self.b_eq.as_slice())
     }
 }
 
