@@ -133,6 +133,12 @@ impl<'a, 'py> FromPyObject<'a, 'py> for Array<'py> {
 }
 
 impl<'py> Array<'py> {
+    /// The interpreter the argument came from (a method that takes an array needs no separate
+    /// `Python` token).
+    pub(crate) fn py(&self) -> Python<'py> {
+        self.0.py()
+    }
+
     /// The argument `name` as a float64 array: a float64 ndarray is borrowed as it is; booleans,
     /// integers, other floats and object arrays of numbers are converted; anything else is an
     /// `InvalidInputError` naming `name`.

@@ -450,10 +450,8 @@ impl QuadraticLayer {
     /// t‖²`), `("gradient", g)` (only `ℓ'(z*)` known) or the CLI's dict; `direction=v` instead
     /// asks for the one-sided JVP of `z*` along `v` (`jvp`). A list of dicts for a batch.
     #[pyo3(signature = (theta, loss = None, *, direction = None, betas = Vec::new(), gradients = Vec::new(), threads = None))]
-    #[allow(clippy::too_many_arguments)]
     fn derive<'py>(
         &self,
-        py: Python<'py>,
         theta: Array<'py>,
         loss: Option<Bound<'py, PyAny>>,
         direction: Option<Array<'py>>,
@@ -461,6 +459,7 @@ impl QuadraticLayer {
         gradients: Vec<String>,
         threads: Option<i64>,
     ) -> PyResult<Bound<'py, PyAny>> {
+        let py = theta.py();
         let threads = threads_arg(threads).map_err(|e| to_pyerr(py, e))?;
         let (loss, gradient_loss, jvp) = match (loss, direction) {
             (Some(_), Some(_)) => {

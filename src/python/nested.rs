@@ -466,10 +466,8 @@ impl Network {
     /// `"squared"` (`½‖z_L − t‖²`) or `"softmax_cross_entropy"` (`z_L` are logits); `settings`
     /// a dict of changed iteration limits and tolerances (see `default_settings()`).
     #[pyo3(signature = (method, beta, x, target, loss = "squared", settings = None))]
-    #[allow(clippy::too_many_arguments)]
     fn gradient<'py>(
         &self,
-        py: Python<'py>,
         method: &str,
         beta: Bound<'py, PyAny>,
         x: Array<'py>,
@@ -477,6 +475,7 @@ impl Network {
         loss: &str,
         settings: Option<Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyDict>> {
+        let py = beta.py();
         let settings = settings_of(py, settings.as_ref())?;
         let m = method.parse::<Method>().map_err(|e| to_pyerr(py, e))?;
         let layers = self.net.layers.len();
