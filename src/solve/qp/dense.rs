@@ -236,31 +236,27 @@ impl DenseFactor {
         // P scaled like the rows (by a power of two, σ max|P| ∈ [1, 2)), as `solve_kkt` does:
         // the estimate does not depend on the energy's scale.
         let sigma = power_of_two_scale(crate::linalg::amax(self.p.as_slice()));
-        // K = [σP C_Wᵀ; C_W 0] applied from its blocks (forming it would copy (n+k)² entries).
+        // K = [σP C_Wᵀ; C_W 0] applied from its blocks (forming it would copy (n+k)² entries);
+        // the working rows C_W and their columns V_W of V = L⁻¹Cᵀ are copied once, so each
+        // Lanczos step is a few matrix-vector products on contiguous blocks.
+        let (c_w, v_w) = (self.c.select_rows(&rows), self.v.select_columns(&rows));
         let apply = |u: &DVector<f64>| {
-            let mut nu = DVector::zeros(self.c.nrows());
-            for (j, &i) in rows.iter().enumerate() {
-                nu[i] = u[n + j];
-            }
-            let (x, mut out) = (u.rows(0, n), DVector::zeros(n + k));
+            let (x, nu) = (u.rows(0, n), u.rows(n, k));
+            let mut out = DVector::zeros(n + k);
             let mut top = out.rows_mut(0, n);
             top.gemv(sigma, &self.p, &x, 0.0);
-            top.gemv_tr(1.0, &self.c, &nu, 1.0);
-            let cx = &self.c * x;
-            for (j, &i) in rows.iter().enumerate() {
-                out[n + j] = cx[i];
-            }
+            top.gemv_tr(1.0, &c_w, &nu, 1.0);
+            out.rows_mut(n, k).gemv(1.0, &c_w, &x, 0.0);
             Some(out)
         };
         crate::linalg::condition_estimate_of(n + k, apply, |u| {
             // σP x + C_Wᵀν = r, C_W x = s ⇔ P x + C_Wᵀ(ν/σ) = r/σ: with ν̃ = ν/σ,
             // G_WW ν̃ = V_Wᵀ L⁻¹ r/σ − s and x = L⁻ᵀ(L⁻¹r/σ − V_W ν̃).
             let mut lr = self.forward(&(u.rows(0, n) / sigma));
-            let rhs = DVector::from_fn(k, |j, _| self.v.column(rows[j]).dot(&lr) - u[n + j]);
+            let mut rhs = -u.rows(n, k);
+            rhs.gemv_tr(1.0, &v_w, &lr, 1.0);
             let nu = chol.as_ref().map_or(DVector::zeros(0), |c| c.solve(&rhs));
-            for (j, &i) in rows.iter().enumerate() {
-                lr.axpy(-nu[j], &self.v.column(i), 1.0);
-            }
+            lr.gemv(-1.0, &v_w, &nu, 1.0);
             self.backward(&mut lr);
             let mut out = DVector::zeros(n + k);
             out.rows_mut(0, n).copy_from(&lr);
