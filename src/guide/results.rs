@@ -125,3 +125,32 @@
 //! The table before it ran n = 50 first, and the n = 200 random layer then took 2.13 ms instead
 //! of 1.5: the condition estimate's 720 KB KKT matrix was allocated through `mmap` on every call
 //! after that allocation history (12 % of the time in page faults); it is no longer formed.
+//!
+//! Re-measured on 2026-12-06 after the exact refinement's dependent-row check moved to matrix
+//! products, the finiteness checks began to vectorize and the condition estimate worked on the
+//! working rows alone: `python3 benches/peers/qp_layers.py --sizes 10,50,100,200,500,1000
+//! --repeats 11` (one run, same machine, same peers; the ratios moved by up to 0.04 between runs):
+//!
+//! | n | kind | bilevel ms | proxsuite 0.8 ms | ratio | qpth ms | ratio | weak / random (bilevel) |
+//! |---:|---|---:|---:|---:|---:|---:|---:|
+//! | 10 | random | 0.022 | 0.054 | 0.41 | 6.17 | 0.004 | |
+//! | 10 | weak | 0.026 | 0.056 | 0.45 | 17.0 | 0.002 | 1.15 |
+//! | 50 | random | 0.118 | 0.233 | 0.51 | 13.4 | 0.009 | |
+//! | 50 | weak | 0.135 | 0.250 | 0.54 | 19.5 | 0.007 | 1.14 |
+//! | 100 | random | 0.388 | 0.688 | 0.56 | 10.4 | 0.037 | |
+//! | 100 | weak | 0.385 | 0.876 | 0.44 | 14.9 | 0.026 | 0.99 |
+//! | 200 | random | 1.21 | 2.82 | 0.43 | 13.8 | 0.087 | |
+//! | 200 | weak | 1.50 | 2.96 | 0.51 | 19.1 | 0.078 | 1.24 |
+//! | 500 | random | 8.49 | 20.1 | 0.42 | 35.6 | 0.24 | |
+//! | 500 | weak | 10.2 | 22.0 | 0.46 | 45.4 | 0.23 | 1.20 |
+//! | 1000 | random | 48.5 | 89.8 | 0.54 | 197 | 0.25 | |
+//! | 1000 | weak | 58.3 | 132 | 0.44 | 247 | 0.24 | 1.20 |
+//!
+//! The gradient errors are those of the table above. The weakly active layers now cost at most
+//! 1.24 times the regular ones (1.37 at n = 500 and 1000 before). On the weak n = 1000 layer the
+//! check of active rows outside the working set took 18 % of the time with Gram–Schmidt; from
+//! the Gram matrices it takes two matrix products. Growth, `limit` alone
+//! (`cargo bench --bench qp_peers -- --sizes 100,200,400,800,1600 --repeats 5`, one run):
+//! 0.52 / 1.82 / 5.35 / 27.3 / 182 ms random and 0.61 / 2.08 / 7.66 / 32.8 / 207 ms weak, an
+//! exponent of 2.1 over the whole range and 2.7 from 800 to 1600. The work per call is
+//! `O(n² k)` in the working set's size `k ∝ n`, so it tends to n³.
