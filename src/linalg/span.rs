@@ -100,8 +100,9 @@ fn orthogonal_part(col: DVector<f64>, basis: &[DVector<f64>]) -> Option<DVector<
 /// With every row scaled to unit length (`Ŝ`, `R̂`), the squared sine of row `r` is the last
 /// Cholesky pivot of the Gram matrix of `[Ŝ; r̂]`, `1 − ‖y‖²` with `y = L⁻¹Ŝr̂` and `ŜŜᵀ = LLᵀ`.
 /// Cholesky is backward stable with `|L_ij| ≤ 1` here, so that pivot is accurate to about
-/// `k ε (1 + ‖z‖²)`, `z = L⁻ᵀy = (ŜŜᵀ)⁻¹Ŝr̂`: a pivot above `1e-11 (1 + ‖z‖²)` proves the row
-/// independent. The rows that bound does not decide, and all of them when `span`'s own rows
+/// `k ε (1 + ‖z‖²)` (`k` the span's rows), `z = L⁻ᵀy = (ŜŜᵀ)⁻¹Ŝr̂`: a pivot above
+/// `max(1e-11, 64 k ε) (1 + ‖z‖²)` proves the row independent (its sine is then far above
+/// [`DEPENDENT_SINE`]). The rows that bound does not decide, and all of them when `span`'s own rows
 /// are nearly dependent (a pivot of `ŜŜᵀ` below `1e-11`), are decided by Gram–Schmidt.
 pub(crate) fn rows_in_span(span: &DMatrix<f64>, rows: &DMatrix<f64>) -> Vec<bool> {
     let (s, s_zero) = unit_rows(span);
@@ -122,9 +123,10 @@ pub(crate) fn rows_in_span(span: &DMatrix<f64>, rows: &DMatrix<f64>) -> Vec<bool
         l.solve_lower_triangular_mut(&mut y);
         let mut z = y.clone();
         l.tr_solve_lower_triangular_mut(&mut z);
+        let bound = 1e-11f64.max(64.0 * span.nrows() as f64 * f64::EPSILON);
         for (j, d) in decided.iter_mut().enumerate() {
             let sin2 = 1.0 - y.column(j).norm_squared();
-            if d.is_none() && sin2 > 1e-11 * (1.0 + z.column(j).norm_squared()) {
+            if d.is_none() && sin2 > bound * (1.0 + z.column(j).norm_squared()) {
                 *d = Some(false);
             }
         }
