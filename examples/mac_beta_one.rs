@@ -28,7 +28,7 @@ use bilevel::app::nn::{Rule, TrainConfig, Trainer, DEFAULT_SWEEPS};
 use bilevel::nested::inference::{self, InferenceWorkspace};
 use bilevel::nested::linearized::{self, Gradients, Workspace};
 use bilevel::nested::method::Method;
-use bilevel::nested::{Batch, BatchReport, Layer, NestedSettings, Network, OutputLoss};
+use bilevel::nested::{Batch, BatchReport, NestedSettings, Network, OutputLoss};
 use nalgebra::DMatrix;
 
 /// Errors are printed as sentences (`error: …`), not as Rust debug output.
@@ -77,7 +77,7 @@ fn run() -> bilevel::Result<()> {
         } else {
             Some(trainer.train_epoch(&data, &mut |_, _, _| {})?)
         };
-        let net = to_f64(&trainer.net);
+        let net: Network<f64> = trainer.net.cast();
         let mac = Method::Mac.problem(&net, &betas[..], OutputLoss::SoftmaxCrossEntropy)?;
         let batch = Batch { x: &x, target: &y };
         let training = rule.settings();
@@ -130,21 +130,6 @@ fn sweeps(
     let mut grads = Gradients::zeros(problem.net);
     let report = inference::gradient(problem, batch, settings, &mut ws, &mut grads)?;
     Ok((report, grads))
-}
-
-/// The training network in f64.
-fn to_f64(net: &Network<f32>) -> Network<f64> {
-    Network {
-        layers: net
-            .layers
-            .iter()
-            .map(|l| Layer {
-                w: l.w.map(f64::from),
-                bias: l.bias.map(f64::from),
-                activation: l.activation,
-            })
-            .collect(),
-    }
 }
 
 /// `⟨a, b⟩ / (‖a‖ ‖b‖)` over all parameters.

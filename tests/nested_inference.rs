@@ -145,17 +145,7 @@ fn one_sweep_is_prop7_back_propagation_or_fenchel_back_propagation() {
 fn f32_training_path_agrees_with_f64() {
     let loss = OutputLoss::SoftmaxCrossEntropy;
     let (net, x, t) = setup(8, loss);
-    let net32 = Network {
-        layers: net
-            .layers
-            .iter()
-            .map(|l| bilevel::nested::Layer {
-                w: l.w.clone().cast::<f32>(),
-                bias: l.bias.clone().cast::<f32>(),
-                activation: l.activation,
-            })
-            .collect(),
-    };
+    let net32: Network<f32> = net.cast();
     let settings = NestedSettings {
         inference_max_sweeps: 50,
         inference_tol: 1e-6,

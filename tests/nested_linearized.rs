@@ -6,7 +6,7 @@ use approx::assert_relative_eq;
 use bilevel::app::verify::instances::{matrix, rng};
 use bilevel::nested::linearized::{gradient, Gradients, Workspace};
 use bilevel::nested::method::Method;
-use bilevel::nested::{Batch, EnergyKind, Layer, NestedProblem, Network, Outcome, OutputLoss};
+use bilevel::nested::{Batch, EnergyKind, NestedProblem, Network, Outcome, OutputLoss};
 use bilevel::prelude::Activation;
 use nalgebra::DMatrix;
 
@@ -235,17 +235,7 @@ fn f32_training_path_agrees_with_f64() {
         &t,
     )
     .0;
-    let n32 = Network {
-        layers: n
-            .layers
-            .iter()
-            .map(|l| Layer {
-                w: l.w.clone().cast::<f32>(),
-                bias: l.bias.clone().cast::<f32>(),
-                activation: l.activation,
-            })
-            .collect(),
-    };
+    let n32: Network<f32> = n.cast();
     let mut ws = Workspace::new(&n32, 4);
     let mut g32 = Gradients::zeros(&n32);
     let (x32, t32) = (x.clone().cast(), t.clone().cast());

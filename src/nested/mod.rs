@@ -307,6 +307,24 @@ impl<T: RealField + Copy> Layer<T> {
 }
 
 impl<T: RealField + Copy> Network<T> {
+    /// The same network in another precision (`f64` for checking an `f32` training network,
+    /// `f32` for training from an `f64` one), entry by entry through `f64`: exact from `f32`,
+    /// rounded to nearest into `f32`.
+    pub fn cast<U: RealField + Copy>(&self) -> Network<U> {
+        let to = |v: &T| nalgebra::convert::<f64, U>(nalgebra::convert_unchecked::<T, f64>(*v));
+        Network {
+            layers: self
+                .layers
+                .iter()
+                .map(|l| Layer {
+                    w: l.w.map(|v| to(&v)),
+                    bias: l.bias.map(|v| to(&v)),
+                    activation: l.activation,
+                })
+                .collect(),
+        }
+    }
+
     /// Checks that consecutive shapes agree, entries are finite and softmax appears only where
     /// allowed (not with penalizer energies, whose back-propagation needs an element-wise `f'`).
     pub fn validate(&self, kind: EnergyKind) -> Result<()> {
