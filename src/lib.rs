@@ -53,6 +53,10 @@ pub mod app;
 mod python;
 
 pub use error::{Error, Result};
+/// The sparse linear-algebra crate of the sparse QP path (version 0.24):
+/// [`linalg::Csc`] is its `sparse::SparseColMat<usize, f64>`. Use `bilevel::faer` (or depend on
+/// `faer = "0.24"`) to build sparse matrices of the same type.
+pub use faer;
 /// The linear-algebra crate the API speaks (version 0.34): `DVector`, `DMatrix` in every
 /// signature are this crate's types. Use `bilevel::nalgebra` (or depend on `nalgebra = "0.34"`)
 /// so that your vectors are the same type; 0.35's are distinct and do not convert.

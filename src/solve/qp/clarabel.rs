@@ -58,17 +58,62 @@ impl QpBackend for Clarabel {
     }
 
     fn solve(&self, qp: &Qp) -> Result<QpRaw> {
-        use clarabel::solver::{
-            DefaultSettings, DefaultSolver, IPSolver, SolverStatus, SupportedConeT,
-        };
         qp.validate()?;
-        let n = qp.n();
-        let (m, k) = (qp.b.len(), qp.b_eq.len());
         // Clarabel form: A_c x + s = b_c, s ∈ K, with K = {0}^k × R_+^m.
         // Equalities: A_eq x + s = b_eq, s = 0. Inequalities: −A x + s = −b, s = Ax − b ≥ 0.
         let a_c = vstack(&qp.a_eq, &(-&qp.a));
         let mut b_c: Vec<f64> = qp.b_eq.iter().copied().collect();
         b_c.extend(qp.b.iter().map(|v| -v));
+        let data = ClarabelData {
+            p: dense_to_clarabel(&qp.p, true),
+            q: qp.q.iter().copied().collect(),
+            a: dense_to_clarabel(&a_c, false),
+            b: b_c,
+            rows: (qp.b.len(), qp.b_eq.len()),
+        };
+        match self.run(&data)? {
+            ClarabelOutcome::Solved(raw) => Ok(raw),
+            ClarabelOutcome::Infeasible { .. } => Err(infeasible()),
+        }
+    }
+}
+
+/// A QP in Clarabel's form (`A_c x + s = b_c`, `s ∈ {0}^k × R_+^m`: the equality rows first,
+/// then the inequality rows negated) with `P`'s upper triangle.
+pub(crate) struct ClarabelData {
+    pub(crate) p: clarabel::algebra::CscMatrix<f64>,
+    pub(crate) q: Vec<f64>,
+    pub(crate) a: clarabel::algebra::CscMatrix<f64>,
+    pub(crate) b: Vec<f64>,
+    /// `(m, k)`: inequality and equality rows.
+    pub(crate) rows: (usize, usize),
+}
+
+/// What Clarabel concluded: a point, or primal infeasibility with its certificate `z`
+/// (`A_cᵀz ≈ 0`, `b_cᵀz < 0`, `z ≥ 0` on the inequality rows), which callers verify.
+pub(crate) enum ClarabelOutcome {
+    Solved(QpRaw),
+    Infeasible { z: Vec<f64> },
+}
+
+/// The unverified infeasibility verdict.
+pub(crate) fn infeasible() -> Error {
+    Error::Infeasible(
+        "the constraints A x >= b, A_eq x = b_eq admit no point (clarabel certificate)".into(),
+    )
+}
+
+impl Clarabel {
+    /// Runs Clarabel on data already in its form.
+    ///
+    /// # Errors
+    /// [`Error::Unbounded`] (dual infeasible); [`Error::NotConverged`] for any other stop.
+    pub(crate) fn run(&self, data: &ClarabelData) -> Result<ClarabelOutcome> {
+        use clarabel::solver::{
+            DefaultSettings, DefaultSolver, IPSolver, SolverStatus, SupportedConeT,
+        };
+        let n = data.q.len();
+        let (m, k) = data.rows;
         let mut cones = Vec::new();
         if k > 0 {
             cones.push(SupportedConeT::ZeroConeT(k));
@@ -91,11 +136,9 @@ impl QpBackend for Clarabel {
             max_threads: 1,
             ..DefaultSettings::default()
         };
-        let p = dense_to_clarabel(&qp.p, true);
-        let a = dense_to_clarabel(&a_c, false);
-        let q: Vec<f64> = qp.q.iter().copied().collect();
-        let mut solver = DefaultSolver::new(&p, &q, &a, &b_c, &cones, settings)
-            .map_err(|e| Error::input("QP", format!("clarabel rejected the problem: {e:?}")))?;
+        let mut solver =
+            DefaultSolver::new(&data.p, &data.q, &data.a, &data.b, &cones, settings)
+                .map_err(|e| Error::input("QP", format!("clarabel rejected the problem: {e:?}")))?;
         solver.solve();
         let sol = &solver.solution;
         let iterations = sol.iterations as usize;
@@ -103,10 +146,7 @@ impl QpBackend for Clarabel {
             SolverStatus::Solved => false,
             SolverStatus::AlmostSolved => true,
             SolverStatus::PrimalInfeasible | SolverStatus::AlmostPrimalInfeasible => {
-                return Err(Error::Infeasible(
-                    "the constraints A x >= b, A_eq x = b_eq admit no point (clarabel certificate)"
-                        .into(),
-                ))
+                return Ok(ClarabelOutcome::Infeasible { z: sol.z.clone() })
             }
             SolverStatus::DualInfeasible | SolverStatus::AlmostDualInfeasible => {
                 return Err(Error::Unbounded(
@@ -126,12 +166,12 @@ impl QpBackend for Clarabel {
         let lambda_eq = DVector::from_iterator(k, sol.z[..k].iter().map(|v| -v));
         let lambda = DVector::from_column_slice(&sol.z[k..k + m]);
         debug_assert_eq!(x.len(), n);
-        Ok(QpRaw {
+        Ok(ClarabelOutcome::Solved(QpRaw {
             x,
             lambda,
             lambda_eq,
             iterations,
             reduced_accuracy,
-        })
+        }))
     }
 }

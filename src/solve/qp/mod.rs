@@ -44,6 +44,7 @@ mod offset;
 #[cfg(feature = "osqp")]
 mod osqp;
 mod problem;
+mod sparse;
 
 pub use clarabel::{Clarabel, ClarabelSettings};
 pub use dense::{DenseActiveSet, DenseFactor, DenseSolution, Row, DENSE};
@@ -55,3 +56,4 @@ pub use offset::{solve_offset, OffsetQp, OffsetSolution};
 pub use osqp::{Osqp, OsqpSettings};
 pub(crate) use problem::{complementarity, ActivityTest};
 pub use problem::{Activity, ExactQp, Qp, QpBackend, QpRaw, Tolerances};
+pub use sparse::{solve_sparse_exact, SparseExact, SparseQp};

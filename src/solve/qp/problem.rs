@@ -346,6 +346,19 @@ impl Equilibration {
         (scaled, this)
     }
 
+    /// The scaling with the given row scales of `A` and of `A_eq`.
+    pub(crate) fn from_scales(rows: DVector<f64>, eq: DVector<f64>) -> Self {
+        Self { rows, eq }
+    }
+
+    /// The row scales of `A`, then of `A_eq`.
+    pub(crate) fn scales(&self) -> DVector<f64> {
+        DVector::from_iterator(
+            self.rows.len() + self.eq.len(),
+            self.rows.iter().chain(self.eq.iter()).copied(),
+        )
+    }
+
     /// A solution of the scaled problem in the original problem's units: multipliers `d_i λ_i`,
     /// slacks `slack_i / d_i`. The residual and the condition estimate stay those of the
     /// scaled problem (see [`ExactQp::residual`]).

@@ -22,6 +22,12 @@
 //! `μ_eq` of Eq. 17 for the linear loss `gᵀz`, `g = ∂ℓ/∂z*` (the signs of `G`, `h` flip with
 //! the rows').
 
+mod sparse;
+
+pub use sparse::{
+    gradients_sparse, solve_sparse, SparseQpData, SparseQpGradients, SparseQpSolution,
+};
+
 use nalgebra::{DMatrix, DVector};
 
 use crate::error::{Error, Result};

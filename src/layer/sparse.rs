@@ -1,0 +1,302 @@
+//! Sparse QP layers: the items of [`super`] with `Q`, `G` and `A` as [`Csc`] matrices, solved
+//! and differentiated without forming anything `n × n` (the sparse path of
+//! [`crate::solve::qp::solve_sparse_exact`]), the gradients with respect to the matrices
+//! returned on their own sparsity patterns.
+//!
+//! The derivative is the exact one of Props. 1-2 (one-sided at weakly active rows, with the
+//! branch each took): with no weakly active row, Eq. 17 is one solve with the forward solve's
+//! factorization; otherwise Eq. 17 is itself a sparse QP (the weakly active rows as
+//! inequalities, the strongly active ones and the equalities held), solved exactly. The
+//! formulas are [`super`]'s: `∂ℓ/∂p = ż`, `∂ℓ/∂Q = ½(ż z*ᵀ + z* żᵀ)`, `∂ℓ/∂G = μ z*ᵀ + λ* żᵀ`,
+//! `∂ℓ/∂h = −μ`, `∂ℓ/∂A = −(μ_eq z*ᵀ + λ*_eq żᵀ)`, `∂ℓ/∂b = μ_eq`, evaluated at the stored
+//! entries of `Q`, `G` and `A` only (the gradient with respect to the stored values; entries
+//! outside the pattern are not parameters of the layer).
+
+use nalgebra::DVector;
+
+use super::ItemStatus;
+use crate::error::{Error, Result};
+use crate::linalg::{check_sparse_spd, stack_rows, Csc};
+use crate::problem::{Direction, DirectionMethod};
+use crate::prox::Activity;
+use crate::solve::qp::{solve_sparse_exact, ClarabelSettings, SparseExact, SparseQp, Tolerances};
+use crate::surrogate::map_items;
+
+/// One item's sparse data: `min ½zᵀQz + pᵀz` s.t. `Gz ≤ h`, `Az = b` (`Q` with both
+/// triangles stored; `G`, `A` may have no rows).
+#[derive(Debug, Clone)]
+pub struct SparseQpData {
+    /// Symmetric positive definite `n × n`.
+    pub q: Csc,
+    /// Linear term, length `n`.
+    pub p: DVector<f64>,
+    /// Inequality rows `m × n` (`Gz ≤ h`).
+    pub g: Csc,
+    /// Inequality right-hand side, length `m`.
+    pub h: DVector<f64>,
+    /// Equality rows `k × n`.
+    pub a: Csc,
+    /// Equality right-hand side, length `k`.
+    pub b: DVector<f64>,
+}
+
+impl SparseQpData {
+    /// The item as the crate's sparse QP: `P = Q`, `q = p`, rows `−G z ≥ −h`, `A z = b`.
+    ///
+    /// # Errors
+    /// Shapes and non-finite entries, naming the argument in this convention (`Q`, `p`,
+    /// `G, h`, `A, b`); a `Q` that is not symmetric positive definite.
+    pub fn qp(&self) -> Result<SparseQp> {
+        let n = self.q.nrows();
+        let shape = |m: &Csc| format!("{} x {}", m.nrows(), m.ncols());
+        if self.p.len() != n {
+            return Err(Error::dim("p", n, self.p.len()));
+        }
+        for (name, rows, rhs) in [("G, h", &self.g, &self.h), ("A, b", &self.a, &self.b)] {
+            if rows.ncols() != n || rows.nrows() != rhs.len() {
+                let want = format!("{} x {n} and {}", rhs.len(), rhs.len());
+                return Err(Error::dim(
+                    name,
+                    want,
+                    format!("{} and {}", shape(rows), rhs.len()),
+                ));
+            }
+        }
+        check_sparse_spd("Q", &self.q)?;
+        let qp = SparseQp {
+            p: self.q.clone(),
+            q: self.p.clone(),
+            a: stack_rows(&[(&self.g, None, -1.0)]),
+            b: -&self.h,
+            a_eq: self.a.clone(),
+            b_eq: self.b.clone(),
+        };
+        for (name, values) in [("G", qp.a.val()), ("A", qp.a_eq.val())] {
+            crate::error::check_finite(name, values.iter())?;
+        }
+        for (name, values) in [("p", &self.p), ("h", &self.h), ("b", &self.b)] {
+            crate::error::check_finite(name, values.iter())?;
+        }
+        Ok(qp)
+    }
+}
+
+/// One sparse item's solution, kept (with its factorization) for its gradients.
+#[derive(Debug)]
+pub struct SparseQpSolution {
+    qp: SparseQp,
+    exact: SparseExact,
+    tol: Tolerances,
+}
+
+/// The gradients of `ℓ(z*)` with respect to one sparse item's data (module docs), shaped like
+/// [`SparseQpData`]: `q`, `g`, `a` on the patterns of `Q`, `G`, `A`.
+#[derive(Debug, Clone)]
+pub struct SparseQpGradients {
+    /// `∂/∂Q` at `Q`'s stored entries (symmetric when the pattern is).
+    pub q: Csc,
+    /// `∂/∂p`.
+    pub p: DVector<f64>,
+    /// `∂/∂G` at `G`'s stored entries.
+    pub g: Csc,
+    /// `∂/∂h`.
+    pub h: DVector<f64>,
+    /// `∂/∂A` at `A`'s stored entries.
+    pub a: Csc,
+    /// `∂/∂b`.
+    pub b: DVector<f64>,
+    /// The item's status, with the branches this derivative took.
+    pub status: ItemStatus,
+    /// How Eq. 17 was solved.
+    pub method: DirectionMethod,
+}
+
+impl SparseQpSolution {
+    /// `z*`.
+    pub fn z(&self) -> &DVector<f64> {
+        &self.exact.solution.x
+    }
+
+    /// The solve's status (no branches yet). The residual is [`crate::solve::qp::ExactQp`]'s.
+    pub fn status(&self) -> ItemStatus {
+        let s = &self.exact.solution;
+        ItemStatus {
+            solver: s.backend,
+            iterations: s.iterations,
+            residual: s.residual,
+            activity: s.activity.clone(),
+            branches: vec![None; s.activity.len()],
+        }
+    }
+
+    /// The exact (one-sided) gradients for the upstream gradient `grad_z = ∂ℓ/∂z*`.
+    ///
+    /// # Errors
+    /// `grad_z` of another length or not finite; the rate problem's errors.
+    pub fn gradients(&self, grad_z: &DVector<f64>) -> Result<SparseQpGradients> {
+        let n = self.qp.n();
+        if grad_z.len() != n {
+            return Err(Error::dim("grad_z", n, grad_z.len()));
+        }
+        crate::error::check_finite("grad_z", grad_z.iter())?;
+        let d = self.direction(grad_z)?;
+        let sol = &self.exact.solution;
+        let (z, z_dot) = (&sol.x, &d.z_dot);
+        let (lambda, mu) = (&sol.lambda, &d.multipliers);
+        let (lambda_eq, mu_eq) = (&sol.lambda_eq, &d.multipliers_eq);
+        // The QP's rows are −G (same pattern): ∂/∂G = −∂/∂(−G) = μ z*ᵀ + λ* żᵀ.
+        let g = on_pattern(&self.qp.a, |i, j| mu[i] * z[j] + lambda[i] * z_dot[j]);
+        Ok(SparseQpGradients {
+            q: on_pattern(&self.qp.p, |i, j| 0.5 * (z_dot[i] * z[j] + z[i] * z_dot[j])),
+            p: z_dot.clone(),
+            g,
+            h: -mu,
+            a: on_pattern(&self.qp.a_eq, |i, j| {
+                -(mu_eq[i] * z[j] + lambda_eq[i] * z_dot[j])
+            }),
+            b: mu_eq.clone(),
+            status: ItemStatus {
+                branches: d.branches,
+                ..self.status()
+            },
+            method: d.method,
+        })
+    }
+
+    /// Eq. 17 for the linear loss `gᵀz` (module docs).
+    fn direction(&self, g: &DVector<f64>) -> Result<Direction> {
+        let sol = &self.exact.solution;
+        let (m, k) = (sol.activity.len(), sol.lambda_eq.len());
+        let rows = |kind: Activity| -> Vec<usize> {
+            (0..m).filter(|&i| sol.activity[i] == kind).collect()
+        };
+        let (strong, weak) = (rows(Activity::Strong), rows(Activity::Weak));
+        if weak.is_empty() {
+            // Every held row is strongly active: one solve on the forward factorization.
+            let (z_dot, held_mu) = self.exact.held_rate(g)?;
+            let none = DVector::zeros(0);
+            let (multipliers, multipliers_eq) =
+                crate::problem::scatter_multipliers((m, k), (&[], &none), (&strong, &held_mu));
+            let residual = self.rate_residual(g, &z_dot, (&multipliers, &multipliers_eq), &strong);
+            let method = if strong.is_empty() && k == 0 {
+                DirectionMethod::Prop1
+            } else {
+                DirectionMethod::Prop2Linear
+            };
+            return Ok(Direction {
+                z_dot,
+                branches: vec![None; m],
+                multipliers,
+                multipliers_eq,
+                condition: f64::NAN,
+                residual,
+                method,
+            });
+        }
+        let eq17 = SparseQp {
+            p: self.qp.p.clone(),
+            q: g.clone(),
+            a: stack_rows(&[(&self.qp.a, Some(&weak), 1.0)]),
+            b: DVector::zeros(weak.len()),
+            a_eq: stack_rows(&[(&self.qp.a, Some(&strong), 1.0), (&self.qp.a_eq, None, 1.0)]),
+            b_eq: DVector::zeros(strong.len() + k),
+        };
+        let rate = solve_sparse_exact(&eq17, &self.tol, &ClarabelSettings::default())?.solution;
+        let method = DirectionMethod::Prop2Qp {
+            backend: rate.backend,
+        };
+        Ok(Direction::from_eq17(rate, (m, k), &weak, &strong, method))
+    }
+}
+
+impl SparseQpSolution {
+    /// Eq. 17's ∞-norm KKT residual with every weakly active row absent: stationarity
+    /// `P ż + g − Aᵀμ − A_eqᵀμ_eq` and the held rows `A_S ż`, `A_eq ż`.
+    fn rate_residual(
+        &self,
+        g: &DVector<f64>,
+        z_dot: &DVector<f64>,
+        (mu, mu_eq): (&DVector<f64>, &DVector<f64>),
+        strong: &[usize],
+    ) -> f64 {
+        use crate::linalg::{sparse_mul, sparse_tr_mul};
+        let qp = &self.qp;
+        let stationarity = (sparse_mul(&qp.p, z_dot) + g
+            - sparse_tr_mul(&qp.a, mu)
+            - sparse_tr_mul(&qp.a_eq, mu_eq))
+        .amax();
+        let rows = sparse_mul(&qp.a, z_dot);
+        let held = strong.iter().map(|&i| rows[i].abs()).fold(0.0, f64::max);
+        stationarity
+            .max(held)
+            .max(sparse_mul(&qp.a_eq, z_dot).amax())
+    }
+}
+
+/// The matrix with `a`'s pattern and the values `f(i, j)` at its stored entries.
+fn on_pattern(a: &Csc, f: impl Fn(usize, usize) -> f64) -> Csc {
+    let mut out = a.clone();
+    let sym = a.symbolic();
+    let val = out.val_mut();
+    for j in 0..a.ncols() {
+        for p in sym.col_range(j) {
+            val[p] = f(sym.row_idx()[p], j);
+        }
+    }
+    out
+}
+
+/// Solves every sparse item (on up to `threads` threads, results in order and independent of
+/// the count): each item's solution or its error.
+///
+/// ```
+/// use bilevel::layer::{solve_sparse, SparseQpData};
+/// use bilevel::linalg::csc_from_triplets;
+/// use bilevel::nalgebra::dvector;
+///
+/// // Projection of −p onto z ≥ 0 (G = −I, h = 0): the second unit sits on its bound.
+/// let eye = |s: f64| csc_from_triplets(2, 2, &[(0, 0, s), (1, 1, s)]);
+/// let item = SparseQpData {
+///     q: eye(1.0)?, p: dvector![-1.0, 0.0],
+///     g: eye(-1.0)?, h: dvector![0.0, 0.0],
+///     a: csc_from_triplets(0, 2, &[])?, b: dvector![],
+/// };
+/// let solved = solve_sparse(&[item], 1, Default::default());
+/// let sol = solved[0].as_ref().unwrap();
+/// assert_eq!(sol.z(), &dvector![1.0, 0.0]);
+/// // ℓ = z₂ pulls the unit down: it stays on the bound (∂ℓ/∂p₂ = 0); ℓ = −z₂ lifts it.
+/// let down = sol.gradients(&dvector![0.0, 1.0])?;
+/// let up = sol.gradients(&dvector![0.0, -1.0])?;
+/// assert_eq!((down.p[1], up.p[1]), (0.0, 1.0));
+/// # Ok::<(), bilevel::Error>(())
+/// ```
+pub fn solve_sparse(
+    items: &[SparseQpData],
+    threads: usize,
+    tol: Tolerances,
+) -> Vec<Result<SparseQpSolution>> {
+    map_items(items.len(), threads.max(1), |i| {
+        let qp = items[i].qp()?;
+        let exact = solve_sparse_exact(&qp, &tol, &ClarabelSettings::default())?;
+        Ok(SparseQpSolution { qp, exact, tol })
+    })
+}
+
+/// [`SparseQpSolution::gradients`] for every item with its upstream gradient, on up to
+/// `threads` threads (results in order, independent of the count).
+///
+/// # Errors
+/// `grads` of another length than `solutions` ([`Error::DimensionMismatch`]); each item's
+/// errors are [`SparseQpSolution::gradients`]'s.
+pub fn gradients_sparse(
+    solutions: &[SparseQpSolution],
+    grads: &[DVector<f64>],
+    threads: usize,
+) -> Result<Vec<Result<SparseQpGradients>>> {
+    if grads.len() != solutions.len() {
+        return Err(Error::dim("grad_z (batch)", solutions.len(), grads.len()));
+    }
+    Ok(map_items(solutions.len(), threads.max(1), |i| {
+        solutions[i].gradients(&grads[i])
+    }))
+}

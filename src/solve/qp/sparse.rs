@@ -1,0 +1,481 @@
+//! The sparse path: a [`SparseQp`] (the [`Qp`](super::Qp) of the module docs with
+//! [`Csc`] matrices) solved by Clarabel on its sparse data, then refined exactly on a sparse LU
+//! factorization of the working set's KKT system (`[P Rᵀ; R 0]`, [`crate::linalg`]), with the
+//! same equilibration, sign repairs, activity tests and statuses as the dense path; the
+//! factorization is kept ([`SparseExact`]) for Eq. 17's rate problem and the data gradients.
+//! Memory and work follow the non-zeros of `P`, `A` and the factor: nothing `n × n` is formed.
+//!
+//! Differences from the dense path, by design of this first sparse slice: the condition
+//! estimate is not computed (`NaN`), and active rows must be linearly independent (LICQ):
+//! dependent held rows give [`Error::Singular`] instead of being set aside.
+
+use nalgebra::DVector;
+
+use super::clarabel::{Clarabel, ClarabelData, ClarabelOutcome, ClarabelSettings};
+use super::exact::Origin;
+use super::problem::{complementarity, ActivityTest, Equilibration, ExactQp, Tolerances};
+use crate::error::{check_finite, Error, Result};
+use crate::linalg::{
+    csc_to_clarabel, power_of_two_scale, scale_rows, sparse_abs_mul, sparse_amax, sparse_mul,
+    sparse_row_amax, sparse_tr_mul, stack_rows, upper_to_clarabel, Csc, KktSolve, SparseKkt,
+};
+
+/// A convex QP `min ½xᵀPx + qᵀx  s.t.  A x ≥ b, A_eq x = b_eq` with sparse `P`, `A`, `A_eq`
+/// (`P` holds both triangles).
+#[derive(Debug, Clone)]
+pub struct SparseQp {
+    /// Symmetric positive definite `n × n` Hessian.
+    pub p: Csc,
+    /// Linear term, length `n`.
+    pub q: DVector<f64>,
+    /// Inequality rows (`m × n`), `A x ≥ b`.
+    pub a: Csc,
+    /// Inequality right-hand side, length `m`.
+    pub b: DVector<f64>,
+    /// Equality rows (`k × n`).
+    pub a_eq: Csc,
+    /// Equality right-hand side, length `k`.
+    pub b_eq: DVector<f64>,
+}
+
+impl SparseQp {
+    /// Number of variables.
+    pub fn n(&self) -> usize {
+        self.p.nrows()
+    }
+
+    /// Checks shapes and finiteness (not definiteness: [`crate::linalg::check_sparse_spd`]).
+    ///
+    /// # Errors
+    /// [`Error::DimensionMismatch`] naming the part; [`Error::NonFinite`].
+    pub fn validate(&self) -> Result<()> {
+        let n = self.n();
+        let shape = |a: &Csc| format!("{} x {}", a.nrows(), a.ncols());
+        if self.p.ncols() != n {
+            return Err(Error::dim("P", format!("{n} x {n}"), shape(&self.p)));
+        }
+        if self.q.len() != n {
+            return Err(Error::dim("q", n, self.q.len()));
+        }
+        for (name, a, b) in [
+            ("A, b", &self.a, &self.b),
+            ("A_eq, b_eq", &self.a_eq, &self.b_eq),
+        ] {
+            if a.ncols() != n || a.nrows() != b.len() {
+                return Err(Error::dim(name, format!("{} x {n}", b.len()), shape(a)));
+            }
+        }
+        check_finite("P", self.p.val().iter())?;
+        check_finite("q", self.q.iter())?;
+        check_finite("A", self.a.val().iter())?;
+        check_finite("b", self.b.iter())?;
+        check_finite("A_eq", self.a_eq.val().iter())?;
+        check_finite("b_eq", self.b_eq.iter())
+    }
+
+    /// The copy with every row of `A` and `A_eq` (and its right-hand side) multiplied by the
+    /// power of two that brings its ∞-norm into `[1, 2)` (exact), and that scaling.
+    fn equilibrated(&self) -> (SparseQp, Equilibration) {
+        let scales = |a: &Csc| sparse_row_amax(a).map(power_of_two_scale);
+        let (rows, eq) = (scales(&self.a), scales(&self.a_eq));
+        let scaled = SparseQp {
+            p: self.p.clone(),
+            q: self.q.clone(),
+            a: scale_rows(&self.a, &rows),
+            b: self.b.component_mul(&rows),
+            a_eq: scale_rows(&self.a_eq, &eq),
+            b_eq: self.b_eq.component_mul(&eq),
+        };
+        (scaled, Equilibration::from_scales(rows, eq))
+    }
+}
+
+/// An exact solution of a [`SparseQp`] with the factorization of its final KKT system (the
+/// working rows, then the equality rows, equilibrated), for solves with the same matrix.
+pub struct SparseExact {
+    /// The solution, in the problem's own units.
+    pub solution: ExactQp,
+    factor: SparseKkt,
+    /// The row scales of `A`, then of `A_eq` (see [`SparseQp`]'s equilibration).
+    scales: DVector<f64>,
+}
+
+impl std::fmt::Debug for SparseExact {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SparseExact")
+            .field("solution", &self.solution)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SparseExact {
+    /// `(x, y)` with `P x − R_Wᵀ y = −g`, `R_W x = 0` on the held rows `R_W` (the working rows,
+    /// then the equality rows): the rate problem of Eq. 17 when every held row is strongly
+    /// active and no other is weakly active, on the forward solve's factorization. `y` is in
+    /// the problem's own units (multipliers, as [`ExactQp::lambda`]).
+    ///
+    /// # Errors
+    /// [`Error::DimensionMismatch`] for `g`; [`Error::Singular`] as the forward solve.
+    pub fn held_rate(&self, g: &DVector<f64>) -> Result<(DVector<f64>, DVector<f64>)> {
+        let n = self.factor.n();
+        if g.len() != n {
+            return Err(Error::dim("g", n, g.len()));
+        }
+        let working = &self.solution.working;
+        let held = working.iter().filter(|&&w| w).count() + self.solution.lambda_eq.len();
+        let mut rhs = DVector::zeros(n + held);
+        rhs.rows_mut(0, n).copy_from(&(-g));
+        let KktSolve { solution, .. } = self.factor.solve(&rhs)?;
+        let rows = (0..working.len()).filter(|&i| working[i]);
+        let scales: Vec<f64> = rows
+            .chain(working.len()..self.scales.len())
+            .map(|i| self.scales[i])
+            .collect();
+        let y = DVector::from_fn(held, |r, _| -solution[n + r] * scales[r]);
+        Ok((solution.rows(0, n).into_owned(), y))
+    }
+}
+
+/// Solves `qp` exactly (module docs): Clarabel's point identifies the active set, the sparse
+/// KKT solve on it gives the exact point, sign repairs follow, every row is classified.
+///
+/// # Errors
+/// [`Error::DimensionMismatch`], [`Error::NonFinite`] for bad data;
+/// [`Error::Infeasible`] only with a Farkas certificate verified on the data (an unverified
+/// verdict is [`Error::Inaccurate`]); [`Error::Singular`] for dependent held rows;
+/// [`Error::NotConverged`] when Clarabel or the repairs do not settle.
+pub fn solve_sparse_exact(
+    qp: &SparseQp,
+    tol: &Tolerances,
+    settings: &ClarabelSettings,
+) -> Result<SparseExact> {
+    qp.validate()?;
+    tol.validate()?;
+    let (scaled, equilibration) = qp.equilibrated();
+    let m = scaled.b.len();
+    let (mut working, origin) = if m == 0 {
+        (
+            Vec::new(),
+            Origin::new("direct sparse KKT (no inequalities)"),
+        )
+    } else {
+        identify(&scaled, tol, settings)?
+    };
+    let (solution, factor) = refine_sparse(&scaled, tol, &mut working, origin)?;
+    let scales = equilibration.scales();
+    Ok(SparseExact {
+        solution: equilibration.unscale(solution),
+        factor,
+        scales,
+    })
+}
+
+/// Clarabel's point and the working set it identifies (as the dense path's identification:
+/// the larger of a row's relative slack and relative multiplier decides).
+fn identify(
+    qp: &SparseQp,
+    tol: &Tolerances,
+    settings: &ClarabelSettings,
+) -> Result<(Vec<bool>, Origin)> {
+    let (m, k) = (qp.b.len(), qp.b_eq.len());
+    let data = ClarabelData {
+        p: upper_to_clarabel(&qp.p),
+        q: qp.q.iter().copied().collect(),
+        a: csc_to_clarabel(&stack_rows(&[(&qp.a_eq, None, 1.0), (&qp.a, None, -1.0)])),
+        b: qp
+            .b_eq
+            .iter()
+            .copied()
+            .chain(qp.b.iter().map(|v| -v))
+            .collect(),
+        rows: (m, k),
+    };
+    let clarabel = Clarabel {
+        settings: *settings,
+    };
+    let raw = match clarabel.run(&data)? {
+        ClarabelOutcome::Solved(raw) => raw,
+        ClarabelOutcome::Infeasible { z } => return Err(verify_certificate(qp, &z)),
+    };
+    let slack = sparse_mul(&qp.a, &raw.x) - &qp.b;
+    let test = ActivityTest::new(tol, sparse_amax(&qp.p), qp.q.amax(), &raw.x);
+    let norms = sparse_row_amax(&qp.a);
+    let working = (0..m)
+        .map(|i| {
+            test.relative_slack(norms[i], qp.b[i], slack[i])
+                < test.relative_multiplier(norms[i], raw.lambda[i])
+        })
+        .collect();
+    let origin = Origin::new("clarabel (sparse)").after(raw.iterations, raw.reduced_accuracy);
+    Ok((working, origin))
+}
+
+/// Clarabel's infeasibility certificate `z` (in its form: the equality rows, then the
+/// inequality rows negated) checked on the data: with `u = (z_in, −z_eq)` on `[A; A_eq]`,
+/// [`Error::Infeasible`] only when `u ≥ 0` on the inequalities, `[A; A_eq]ᵀu = 0` up to the
+/// rounding of its own sums and `bᵀu > 0` beyond that of its own (then `uᵀ(Cx − b) < 0` for
+/// every `x`, while feasibility needs `≥ 0`); otherwise [`Error::Inaccurate`].
+fn verify_certificate(qp: &SparseQp, z: &[f64]) -> Error {
+    let (m, k) = (qp.b.len(), qp.b_eq.len());
+    let u_in = DVector::from_fn(m, |i, _| z[k + i]);
+    let u_eq = DVector::from_fn(k, |i, _| -z[i]);
+    let (u_in, u_eq) = polish_certificate(qp, u_in, u_eq);
+    let r = sparse_tr_mul(&qp.a, &u_in) + sparse_tr_mul(&qp.a_eq, &u_eq);
+    let size = sparse_tr_mul_abs(&qp.a, &u_in) + sparse_tr_mul_abs(&qp.a_eq, &u_eq);
+    let beta = qp.b.dot(&u_in) + qp.b_eq.dot(&u_eq);
+    let beta_size = qp.b.abs().dot(&u_in.abs()) + qp.b_eq.abs().dot(&u_eq.abs());
+    let gamma = 64.0 * f64::EPSILON * (m + k + 2) as f64;
+    let signs = u_in.iter().all(|&u| u >= 0.0);
+    let zero = (0..r.len()).all(|j| r[j].abs() <= gamma * size[j]);
+    if signs && zero && beta > gamma * beta_size {
+        return Error::Infeasible(format!(
+            "the constraints A x >= b, A_eq x = b_eq admit no point: u ≥ 0 on the inequalities \
+             gives Cᵀu = 0 to rounding ({:.1e}) and bᵀu = {beta:.3e} > 0 (Farkas certificate \
+             from clarabel, verified)",
+            r.amax()
+        ));
+    }
+    Error::Inaccurate {
+        what: "clarabel's infeasibility verdict (its certificate does not verify on the data)"
+            .into(),
+        residual: r.amax() / size.amax().max(f64::MIN_POSITIVE),
+    }
+}
+
+/// An interior-point certificate satisfies `Cᵀu = 0` only to the solver's tolerance; the
+/// exact one has the same support. On that support (rows with `|u_i|` above `1e-6` of the
+/// largest, at most [`POLISHED_SUPPORT`] of them) `u` is projected twice onto the null space
+/// of `C_Sᵀ` (a dense SVD of the support's rows on the columns they touch), which brings an
+/// exact certificate to rounding; anything else is left as it was for the check to refuse.
+fn polish_certificate(
+    qp: &SparseQp,
+    u_in: DVector<f64>,
+    u_eq: DVector<f64>,
+) -> (DVector<f64>, DVector<f64>) {
+    let m = u_in.len();
+    let u = DVector::from_iterator(m + u_eq.len(), u_in.iter().chain(u_eq.iter()).copied());
+    let cut = 1e-6 * u.amax();
+    let support: Vec<usize> = (0..u.len()).filter(|&i| u[i].abs() > cut).collect();
+    if support.is_empty() || support.len() > POLISHED_SUPPORT {
+        return (u_in, u_eq);
+    }
+    let rows = |first: usize, len: usize| -> Vec<usize> {
+        (support.iter())
+            .filter(|&&i| (first..first + len).contains(&i))
+            .map(|&i| i - first)
+            .collect()
+    };
+    let (rows_in, rows_eq) = (rows(0, m), rows(m, u_eq.len()));
+    let c_s = crate::linalg::csc_to_dense(&stack_rows(&[
+        (&qp.a, Some(&rows_in), 1.0),
+        (&qp.a_eq, Some(&rows_eq), 1.0),
+    ]));
+    let touched: Vec<usize> = (0..c_s.ncols())
+        .filter(|&j| c_s.column(j).iter().any(|&v| v != 0.0))
+        .collect();
+    let m_t = c_s.select_columns(&touched).transpose();
+    let svd = m_t.svd(false, true);
+    let (Some(v_t), sigma) = (svd.v_t, svd.singular_values) else {
+        return (u_in, u_eq);
+    };
+    let kept: Vec<usize> = (0..sigma.len())
+        .filter(|&r| sigma[r] > 1e-10 * sigma.amax())
+        .collect();
+    let mut u_s = DVector::from_fn(support.len(), |r, _| u[support[r]]);
+    for _ in 0..2 {
+        for &r in &kept {
+            let along = v_t.row(r).transpose();
+            u_s.axpy(-along.dot(&u_s), &along, 1.0);
+        }
+    }
+    let mut out = DVector::zeros(u.len());
+    for (r, &i) in support.iter().enumerate() {
+        out[i] = u_s[r];
+    }
+    (
+        out.rows(0, m).into_owned(),
+        out.rows(m, u_eq.len()).into_owned(),
+    )
+}
+
+/// The largest certificate support [`polish_certificate`] projects (its dense SVD).
+const POLISHED_SUPPORT: usize = 400;
+
+/// `|A|ᵀ|u|`.
+fn sparse_tr_mul_abs(a: &Csc, u: &DVector<f64>) -> DVector<f64> {
+    let mut y = DVector::zeros(a.ncols());
+    crate::linalg::for_each_entry(a, |i, j, v| y[j] += (v * u[i]).abs());
+    y
+}
+
+/// The KKT point of a working set on the equilibrated problem, with its factorization.
+struct SparsePoint {
+    factor: SparseKkt,
+    x: DVector<f64>,
+    lambda: DVector<f64>,
+    lambda_eq: DVector<f64>,
+    slack: DVector<f64>,
+    /// Forward-error estimates of `x` and of the multipliers.
+    error: (f64, f64),
+}
+
+impl SparsePoint {
+    fn solve(qp: &SparseQp, working: &[bool]) -> Result<Self> {
+        let (n, m, k) = (qp.n(), qp.b.len(), qp.b_eq.len());
+        let rows: Vec<usize> = (0..m).filter(|&i| working[i]).collect();
+        let held = stack_rows(&[(&qp.a, Some(&rows), 1.0), (&qp.a_eq, None, 1.0)]);
+        let factor = SparseKkt::new(&qp.p, &held)?;
+        let mut rhs = DVector::zeros(n + rows.len() + k);
+        rhs.rows_mut(0, n).copy_from(&(-&qp.q));
+        for (r, &i) in rows.iter().enumerate() {
+            rhs[n + r] = qp.b[i];
+        }
+        rhs.rows_mut(n + rows.len(), k).copy_from(&qp.b_eq);
+        let KktSolve { solution, error } = factor.solve(&rhs)?;
+        let x = solution.rows(0, n).into_owned();
+        let mut lambda = DVector::zeros(m);
+        for (r, &i) in rows.iter().enumerate() {
+            lambda[i] = -solution[n + r];
+        }
+        let lambda_eq = -solution.rows(n + rows.len(), k);
+        let slack = sparse_mul(&qp.a, &x) - &qp.b;
+        Ok(Self {
+            factor,
+            x,
+            lambda,
+            lambda_eq,
+            slack,
+            error,
+        })
+    }
+}
+
+/// The repair loop of the dense path's `refine`, on sparse factorizations: flip the worst
+/// sign violation until none is left beyond rounding, then classify.
+fn refine_sparse(
+    qp: &SparseQp,
+    tol: &Tolerances,
+    working: &mut [bool],
+    origin: Origin,
+) -> Result<(ExactQp, SparseKkt)> {
+    let m = qp.b.len();
+    let scales = Scales::of(qp);
+    let max_repairs = 2 * m + 10;
+    let mut repairs = 0;
+    loop {
+        let point = SparsePoint::solve(qp, working)?;
+        let Some(i) = worst_violation(qp, &scales, working, &point, tol) else {
+            let sol = into_exact(qp, &scales, tol, working, &point);
+            let origin = Origin { repairs, ..origin };
+            return Ok((finish(sol, origin), point.factor));
+        };
+        if repairs >= max_repairs {
+            return Err(Error::NotConverged {
+                solver: format!("{} + sparse active-set refinement", origin.backend),
+                iterations: repairs,
+                residual: (-point.slack.min()).max(-point.lambda.min()).max(0.0),
+            });
+        }
+        working[i] = !working[i];
+        repairs += 1;
+    }
+}
+
+/// The problem's fixed scales for the tests: `max|P|`, `‖q‖∞` and each row's ∞- and 1-norm.
+struct Scales {
+    p_norm: f64,
+    row_norms: DVector<f64>,
+    row_l1: DVector<f64>,
+}
+
+impl Scales {
+    fn of(qp: &SparseQp) -> Self {
+        let ones = DVector::from_element(qp.n(), 1.0);
+        Self {
+            p_norm: sparse_amax(&qp.p),
+            row_norms: sparse_row_amax(&qp.a),
+            row_l1: sparse_abs_mul(&qp.a, &ones),
+        }
+    }
+}
+
+/// The row the repair flips next (the dense path's rule without its span test): the most
+/// violated row outside the working set whose violation exceeds both what rounding explains
+/// (`64ε (|b_i| + Σ_j |a_ij x_j|) + ‖a_i‖₁ err_x`) capped at the feasibility tolerance, or
+/// the feasibility tolerance of `b_i` itself; else the most negative multiplier beyond
+/// rounding.
+fn worst_violation(
+    qp: &SparseQp,
+    scales: &Scales,
+    working: &[bool],
+    point: &SparsePoint,
+    tol: &Tolerances,
+) -> Option<usize> {
+    let (x, slack, lambda) = (&point.x, &point.slack, &point.lambda);
+    let test = ActivityTest::new(tol, scales.p_norm, qp.q.amax(), x);
+    let terms = sparse_abs_mul(&qp.a, x) + qp.b.abs();
+    let worst_primal = (0..qp.b.len())
+        .filter(|&i| !working[i] && slack[i] < 0.0)
+        .filter(|&i| {
+            let (b_i, violation) = (qp.b[i], -slack[i]);
+            let rounding = 64.0 * f64::EPSILON * terms[i];
+            let bound = (rounding + scales.row_l1[i] * point.error.0)
+                .min(test.slack_tolerance(scales.row_norms[i], b_i));
+            let own_b = (tol.feasibility * b_i.abs()).max(rounding);
+            violation > bound || (b_i != 0.0 && violation > own_b)
+        })
+        .min_by(|&i, &j| slack[i].total_cmp(&slack[j]));
+    let rep_d = 64.0 * f64::EPSILON * test.force() + point.error.1;
+    let worst_dual = (0..qp.b.len())
+        .map(|i| (i, lambda[i] * scales.row_norms[i]))
+        .filter(|&(i, pull)| working[i] && pull < -rep_d)
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(i, _)| i);
+    worst_primal.or(worst_dual)
+}
+
+/// The classified result at the final working set (residual as [`ExactQp::residual`]).
+fn into_exact(
+    qp: &SparseQp,
+    scales: &Scales,
+    tol: &Tolerances,
+    working: &[bool],
+    point: &SparsePoint,
+) -> ExactQp {
+    let x = point.x.clone();
+    let test = ActivityTest::new(tol, scales.p_norm, qp.q.amax(), &x);
+    let (lambda, slack) = (point.lambda.clone(), point.slack.clone());
+    let activity = test.classify((&scales.row_norms, &qp.b), working, &lambda, &slack);
+    let stationarity = (sparse_mul(&qp.p, &x) + &qp.q
+        - sparse_tr_mul(&qp.a, &lambda)
+        - sparse_tr_mul(&qp.a_eq, &point.lambda_eq))
+    .amax();
+    let eq = (sparse_mul(&qp.a_eq, &x) - &qp.b_eq).amax();
+    ExactQp {
+        residual: stationarity.max(eq).max(complementarity(&lambda, &slack)),
+        x,
+        lambda,
+        lambda_eq: point.lambda_eq.clone(),
+        slack,
+        activity,
+        working: working.to_vec(),
+        condition: f64::NAN,
+        backend: "",
+        iterations: 0,
+        repairs: 0,
+        reduced_accuracy: false,
+        dependent: Vec::new(),
+        dependent_eq: Vec::new(),
+        fallback: None,
+    }
+}
+
+fn finish(sol: ExactQp, origin: Origin) -> ExactQp {
+    ExactQp {
+        backend: origin.backend,
+        iterations: origin.iterations + origin.repairs,
+        repairs: origin.repairs,
+        reduced_accuracy: origin.reduced_accuracy,
+        ..sol
+    }
+}

@@ -1,0 +1,327 @@
+//! `bilevel::layer::solve_sparse`, QP layers with sparse data, against independent answers:
+//! the dense layer on the same data (itself checked against constructed solutions and
+//! differences in `qp_layer.rs`), QPs constructed backwards with exactly representable ties,
+//! one-sided differences of the forward solve along the loss at a large banded problem,
+//! invariances (a row and its rescaled copy, a batch and its items, one thread and several),
+//! and the errors of bad items.
+
+use bilevel::app::verify::instances::{constructed_qp, rng, vector, ConstructedQp};
+use bilevel::layer::{
+    gradients_sparse, solve, solve_sparse, Mode, QpData, SparseQpData, SparseQpSolution,
+};
+use bilevel::linalg::{csc_from_dense, csc_from_triplets, csc_to_dense, Csc};
+use bilevel::nalgebra::{DMatrix, DVector};
+use bilevel::prox::Activity::{self, Inactive, Strong, Weak};
+use bilevel::solve::qp::Tolerances;
+use bilevel::Error;
+
+fn dense_item(inst: &ConstructedQp) -> QpData {
+    QpData {
+        q: inst.q.clone(),
+        p: -(&inst.b * &inst.theta + &inst.c),
+        g: -&inst.constraints.a,
+        h: -&inst.constraints.b,
+        a: inst.constraints.a_eq.clone(),
+        b: inst.constraints.b_eq.clone(),
+    }
+}
+
+fn sparse_of(d: &QpData) -> SparseQpData {
+    SparseQpData {
+        q: csc_from_dense(&d.q),
+        p: d.p.clone(),
+        g: csc_from_dense(&d.g),
+        h: d.h.clone(),
+        a: csc_from_dense(&d.a),
+        b: d.b.clone(),
+    }
+}
+
+fn col(v: &DVector<f64>) -> DMatrix<f64> {
+    DMatrix::from_column_slice(v.len(), 1, v.as_slice())
+}
+
+fn one(data: &SparseQpData) -> SparseQpSolution {
+    solve_sparse(std::slice::from_ref(data), 1, Tolerances::default())
+        .pop()
+        .unwrap()
+        .unwrap()
+}
+
+fn close(what: &str, a: &DMatrix<f64>, b: &DMatrix<f64>, scale: f64) {
+    assert_eq!(a.shape(), b.shape(), "{what}");
+    let err = (a - b).amax();
+    assert!(err <= 1e-10 * scale.max(1.0), "{what}: {err:e}\n{a}\n{b}");
+}
+
+const LABELS: [Activity; 6] = [Strong, Weak, Inactive, Weak, Strong, Inactive];
+
+#[test]
+fn sparse_items_agree_with_the_dense_layer_at_strong_weak_and_inactive_rows() {
+    let mut branches = (0, 0);
+    for seed in 0..10 {
+        let inst = constructed_qp(&mut rng(700 + seed), 9, 2, 1, &LABELS);
+        let dense = dense_item(&inst);
+        let d = solve(std::slice::from_ref(&dense), 1, Tolerances::default())
+            .pop()
+            .unwrap()
+            .unwrap();
+        let s = one(&sparse_of(&dense));
+        let scale = inst.z_star.amax();
+        close("z", &col(s.z()), &col(d.z()), scale);
+        assert_eq!(s.status().activity, inst.labels, "{seed}");
+        assert!(
+            s.status().residual < 1e-10,
+            "{seed}: {}",
+            s.status().residual
+        );
+        for sign in [1.0, -1.0] {
+            let g = vector(&mut rng(800 + seed), 9) * sign;
+            let gd = d.gradients(&g, Mode::Limit).unwrap();
+            let gs = s.gradients(&g).unwrap();
+            let scale = scale * g.amax() * (1.0 + inst.lambda.amax());
+            close("dQ", &csc_to_dense(&gs.q), &gd.q, scale);
+            close("dp", &col(&gs.p), &col(&gd.p), scale);
+            close("dG", &csc_to_dense(&gs.g), &gd.g, scale);
+            close("dh", &col(&gs.h), &col(&gd.h), scale);
+            close("dA", &csc_to_dense(&gs.a), &gd.a, scale);
+            close("db", &col(&gs.b), &col(&gd.b), scale);
+            assert_eq!(gs.status.branches, gd.status.branches, "{seed} {sign}");
+            for b in gs.status.branches.iter().flatten() {
+                match b {
+                    bilevel::prox::Branch::Leaves => branches.0 += 1,
+                    bilevel::prox::Branch::Stays => branches.1 += 1,
+                }
+            }
+        }
+    }
+    assert!(branches.0 > 0 && branches.1 > 0, "{branches:?}");
+}
+
+/// A chain of `n` units (`Q` tridiagonal: 2.5 on the diagonal, −1 beside it, strictly
+/// diagonally dominant), bounds `z_i ≤ u_i` on every third unit and differences
+/// `z_i − z_{i+1} ≤ h` on every fifth, constructed backwards from a solution of quarters with
+/// labels cycling strong, weak, inactive: every product is exact in `f64`, so weak rows are
+/// exact ties.
+fn banded(n: usize) -> (SparseQpData, Vec<Activity>) {
+    let z = DVector::from_fn(n, |i, _| ((i * 7) % 11) as f64 / 4.0 - 1.0);
+    let mut q = Vec::new();
+    for i in 0..n {
+        q.push((i, i, 2.5));
+        if i + 1 < n {
+            q.push((i, i + 1, -1.0));
+            q.push((i + 1, i, -1.0));
+        }
+    }
+    let (mut g, mut rows) = (Vec::new(), 0);
+    for i in (0..n).step_by(3) {
+        g.push((rows, i, 1.0));
+        rows += 1;
+    }
+    for i in (1..n - 1).step_by(5) {
+        g.push((rows, i, 1.0));
+        g.push((rows, i + 1, -1.0));
+        rows += 1;
+    }
+    let q = csc_from_triplets(n, n, &q).unwrap();
+    let g = csc_from_triplets(rows, n, &g).unwrap();
+    let gd = csc_dense_free_mul(&g, &z);
+    let labels: Vec<Activity> = (0..rows).map(|r| [Strong, Weak, Inactive][r % 3]).collect();
+    let nu = DVector::from_fn(rows, |r, _| {
+        if labels[r] == Strong {
+            0.5 + (r % 4) as f64
+        } else {
+            0.0
+        }
+    });
+    let h = DVector::from_fn(rows, |r, _| {
+        gd[r] + if labels[r] == Inactive { 0.75 } else { 0.0 }
+    });
+    // Stationarity Q z + p + Gᵀν = 0.
+    let p = -(csc_dense_free_mul(&q, &z) + csc_dense_free_tr_mul(&g, &nu));
+    let item = SparseQpData {
+        q,
+        p,
+        g,
+        h,
+        a: csc_from_triplets(0, n, &[]).unwrap(),
+        b: DVector::zeros(0),
+    };
+    (item, labels)
+}
+
+fn entries(a: &Csc) -> Vec<(usize, usize, f64)> {
+    let mut out = Vec::new();
+    let (sym, val) = (a.symbolic(), a.val());
+    for j in 0..a.ncols() {
+        for p in sym.col_range(j) {
+            out.push((sym.row_idx()[p], j, val[p]));
+        }
+    }
+    out
+}
+
+fn csc_dense_free_mul(a: &Csc, x: &DVector<f64>) -> DVector<f64> {
+    let mut y = DVector::zeros(a.nrows());
+    for (i, j, v) in entries(a) {
+        y[i] += v * x[j];
+    }
+    y
+}
+
+fn csc_dense_free_tr_mul(a: &Csc, x: &DVector<f64>) -> DVector<f64> {
+    let mut y = DVector::zeros(a.ncols());
+    for (i, j, v) in entries(a) {
+        y[j] += v * x[i];
+    }
+    y
+}
+
+#[test]
+fn a_banded_layer_of_ten_thousand_units_is_exact_with_one_sided_rates() {
+    let n = 10_000;
+    let (item, labels) = banded(n);
+    let sol = one(&item);
+    assert_eq!(sol.status().activity, labels);
+    for sign in [1.0, -1.0] {
+        let g = vector(&mut rng(900), n) * sign;
+        let grads = sol.gradients(&g).unwrap();
+        // One-sided difference of the forward solve along the loss: p + εg is the
+        // loss-augmented problem at β = ε, so (z*(p + εg) − z*)/ε → ż = ∂ℓ/∂p.
+        let eps = 1e-7;
+        let mut moved = item.clone();
+        moved.p += &g * eps;
+        let rate = (one(&moved).z() - sol.z()) / eps;
+        let err = (&grads.p - &rate).amax();
+        assert!(err < 1e-5 * (1.0 + rate.amax()), "{sign}: {err:e}");
+        // The gradients keep the data's patterns.
+        for (data, grad) in [(&item.q, &grads.q), (&item.g, &grads.g)] {
+            assert_eq!(data.symbolic().col_ptr(), grad.symbolic().col_ptr());
+            assert_eq!(data.symbolic().row_idx(), grad.symbolic().row_idx());
+        }
+        let (stays, leaves) = grads
+            .status
+            .branches
+            .iter()
+            .flatten()
+            .fold((0, 0), |c, b| match b {
+                bilevel::prox::Branch::Stays => (c.0 + 1, c.1),
+                bilevel::prox::Branch::Leaves => (c.0, c.1 + 1),
+            });
+        assert!(stays > 0 && leaves > 0, "{stays} {leaves}");
+    }
+}
+
+#[test]
+fn rescaling_a_row_rescales_its_gradients_and_nothing_else() {
+    let (item, labels) = banded(60);
+    let g = vector(&mut rng(901), 60);
+    let base = one(&item);
+    let base_grads = base.gradients(&g).unwrap();
+    for s in [2f64.powi(-30), 3e-7, 1.0 / 3.0, 7.0, 4e9] {
+        let mut scaled = item.clone();
+        let row = 4; // a weak bound row (labels cycle strong, weak, inactive)
+        let triplets: Vec<_> = (entries(&item.g).into_iter())
+            .map(|(i, j, v)| (i, j, if i == row { v * s } else { v }))
+            .collect();
+        scaled.g = csc_from_triplets(item.g.nrows(), 60, &triplets).unwrap();
+        scaled.h[row] *= s;
+        let sol = one(&scaled);
+        assert_eq!(sol.status().activity, labels, "{s}");
+        let err = (sol.z() - base.z()).amax();
+        assert!(err < 1e-12 * (1.0 + base.z().amax()), "{s}: {err:e}");
+        let grads = sol.gradients(&g).unwrap();
+        assert!((&grads.p - &base_grads.p).amax() < 1e-11, "{s}");
+        for (r, want) in base_grads.h.iter().enumerate() {
+            let want = if r == row { want / s } else { *want };
+            assert!(
+                (grads.h[r] - want).abs() <= 1e-11 * (1.0 + want.abs()),
+                "{s} {r}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_batch_is_its_items_for_every_thread_count() {
+    let items: Vec<SparseQpData> = (0..7)
+        .map(|s| {
+            sparse_of(&dense_item(&constructed_qp(
+                &mut rng(950 + s),
+                8,
+                1,
+                1,
+                &LABELS,
+            )))
+        })
+        .collect();
+    let grads: Vec<DVector<f64>> = (0..7).map(|s| vector(&mut rng(960 + s), 8)).collect();
+    let reference: Vec<_> = items
+        .iter()
+        .zip(&grads)
+        .map(|(item, g)| one(item).gradients(g).unwrap())
+        .collect();
+    for threads in [1, 2, 3, 8] {
+        let sols: Vec<SparseQpSolution> = solve_sparse(&items, threads, Tolerances::default())
+            .into_iter()
+            .map(|r| r.unwrap())
+            .collect();
+        let out = gradients_sparse(&sols, &grads, threads).unwrap();
+        for (o, r) in out.into_iter().zip(&reference) {
+            let o = o.unwrap();
+            assert_eq!(o.p, r.p, "{threads}");
+            assert_eq!(o.g.val(), r.g.val(), "{threads}");
+            assert_eq!(o.q.val(), r.q.val(), "{threads}");
+        }
+    }
+    let short = gradients_sparse(&[], &grads, 1);
+    assert!(matches!(short, Err(Error::DimensionMismatch { .. })));
+}
+
+#[test]
+fn bad_items_are_errors_naming_the_argument() {
+    let eye = |n: usize, s: f64| {
+        csc_from_triplets(n, n, &(0..n).map(|i| (i, i, s)).collect::<Vec<_>>()).unwrap()
+    };
+    let good = SparseQpData {
+        q: eye(2, 1.0),
+        p: DVector::from_vec(vec![1.0, -1.0]),
+        g: eye(2, -1.0),
+        h: DVector::zeros(2),
+        a: csc_from_triplets(0, 2, &[]).unwrap(),
+        b: DVector::zeros(0),
+    };
+    let err = |d: SparseQpData| {
+        solve_sparse(&[d], 1, Tolerances::default())
+            .pop()
+            .unwrap()
+            .unwrap_err()
+    };
+    let mut bad = good.clone();
+    bad.p = DVector::zeros(3);
+    assert!(matches!(err(bad), Error::DimensionMismatch { ref what, .. } if what == "p"));
+    let mut bad = good.clone();
+    bad.h[1] = f64::NAN;
+    assert!(matches!(err(bad), Error::NonFinite { ref what } if what == "h"));
+    let mut bad = good.clone();
+    bad.q = csc_from_triplets(2, 2, &[(0, 0, 1.0), (0, 1, 0.5), (1, 1, 1.0)]).unwrap();
+    assert!(matches!(err(bad), Error::NotPositiveDefinite { .. }));
+    let mut bad = good.clone();
+    bad.q = csc_from_triplets(2, 2, &[(0, 0, 1.0), (1, 1, -1.0)]).unwrap();
+    assert!(matches!(err(bad), Error::NotPositiveDefinite { .. }));
+    // z₁ ≤ −1 and −z₁ ≤ −1: no point, with a certificate checked on the data.
+    let mut bad = good.clone();
+    bad.g = csc_from_triplets(2, 2, &[(0, 0, 1.0), (1, 0, -1.0)]).unwrap();
+    bad.h = DVector::from_vec(vec![-1.0, -1.0]);
+    match err(bad) {
+        Error::Infeasible(msg) => assert!(msg.contains("verified"), "{msg}"),
+        other => panic!("{other}"),
+    }
+    let sol = one(&good);
+    assert!(matches!(
+        sol.gradients(&DVector::zeros(3)),
+        Err(Error::DimensionMismatch { .. })
+    ));
+    let nan = DVector::from_vec(vec![0.0, f64::NAN]);
+    assert!(matches!(sol.gradients(&nan), Err(Error::NonFinite { .. })));
+}
