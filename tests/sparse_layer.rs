@@ -6,6 +6,7 @@
 //! and the errors of bad items.
 
 use bilevel::app::verify::instances::{constructed_qp, rng, vector, ConstructedQp};
+use bilevel::app::verify::sparse_instances;
 use bilevel::layer::{
     gradients_sparse, solve, solve_sparse, Mode, QpData, SparseQpData, SparseQpSolution,
 };
@@ -98,56 +99,9 @@ fn sparse_items_agree_with_the_dense_layer_at_strong_weak_and_inactive_rows() {
     assert!(branches.0 > 0 && branches.1 > 0, "{branches:?}");
 }
 
-/// A chain of `n` units (`Q` tridiagonal: 2.5 on the diagonal, −1 beside it, strictly
-/// diagonally dominant), bounds `z_i ≤ u_i` on every third unit and differences
-/// `z_i − z_{i+1} ≤ h` on every fifth, constructed backwards from a solution of quarters with
-/// labels cycling strong, weak, inactive: every product is exact in `f64`, so weak rows are
-/// exact ties.
 fn banded(n: usize) -> (SparseQpData, Vec<Activity>) {
-    let z = DVector::from_fn(n, |i, _| ((i * 7) % 11) as f64 / 4.0 - 1.0);
-    let mut q = Vec::new();
-    for i in 0..n {
-        q.push((i, i, 2.5));
-        if i + 1 < n {
-            q.push((i, i + 1, -1.0));
-            q.push((i + 1, i, -1.0));
-        }
-    }
-    let (mut g, mut rows) = (Vec::new(), 0);
-    for i in (0..n).step_by(3) {
-        g.push((rows, i, 1.0));
-        rows += 1;
-    }
-    for i in (1..n - 1).step_by(5) {
-        g.push((rows, i, 1.0));
-        g.push((rows, i + 1, -1.0));
-        rows += 1;
-    }
-    let q = csc_from_triplets(n, n, &q).unwrap();
-    let g = csc_from_triplets(rows, n, &g).unwrap();
-    let gd = csc_dense_free_mul(&g, &z);
-    let labels: Vec<Activity> = (0..rows).map(|r| [Strong, Weak, Inactive][r % 3]).collect();
-    let nu = DVector::from_fn(rows, |r, _| {
-        if labels[r] == Strong {
-            0.5 + (r % 4) as f64
-        } else {
-            0.0
-        }
-    });
-    let h = DVector::from_fn(rows, |r, _| {
-        gd[r] + if labels[r] == Inactive { 0.75 } else { 0.0 }
-    });
-    // Stationarity Q z + p + Gᵀν = 0.
-    let p = -(csc_dense_free_mul(&q, &z) + csc_dense_free_tr_mul(&g, &nu));
-    let item = SparseQpData {
-        q,
-        p,
-        g,
-        h,
-        a: csc_from_triplets(0, n, &[]).unwrap(),
-        b: DVector::zeros(0),
-    };
-    (item, labels)
+    let inst = sparse_instances::banded(n);
+    (inst.data, inst.labels)
 }
 
 fn entries(a: &Csc) -> Vec<(usize, usize, f64)> {
@@ -161,28 +115,18 @@ fn entries(a: &Csc) -> Vec<(usize, usize, f64)> {
     out
 }
 
-fn csc_dense_free_mul(a: &Csc, x: &DVector<f64>) -> DVector<f64> {
-    let mut y = DVector::zeros(a.nrows());
-    for (i, j, v) in entries(a) {
-        y[i] += v * x[j];
-    }
-    y
-}
-
-fn csc_dense_free_tr_mul(a: &Csc, x: &DVector<f64>) -> DVector<f64> {
-    let mut y = DVector::zeros(a.ncols());
-    for (i, j, v) in entries(a) {
-        y[j] += v * x[i];
-    }
-    y
-}
-
 #[test]
 fn a_banded_layer_of_ten_thousand_units_is_exact_with_one_sided_rates() {
     let n = 10_000;
     let (item, labels) = banded(n);
     let sol = one(&item);
     assert_eq!(sol.status().activity, labels);
+    let z_star = sparse_instances::banded(n).z_star;
+    assert!(
+        (sol.z() - &z_star).amax() < 1e-12,
+        "{:e}",
+        (sol.z() - &z_star).amax()
+    );
     for sign in [1.0, -1.0] {
         let g = vector(&mut rng(900), n) * sign;
         let grads = sol.gradients(&g).unwrap();
@@ -324,4 +268,31 @@ fn bad_items_are_errors_naming_the_argument() {
     ));
     let nan = DVector::from_vec(vec![0.0, f64::NAN]);
     assert!(matches!(sol.gradients(&nan), Err(Error::NonFinite { .. })));
+}
+
+/// Every family of the growth benchmark solves to its constructed answer, with its labels.
+#[test]
+fn the_benchmark_families_solve_to_their_constructed_answers() {
+    let cases = [
+        (
+            "random sparse",
+            sparse_instances::random_sparse(&mut rng(990), 400, 6),
+        ),
+        ("box", sparse_instances::box_projection(1000)),
+        ("simplex", sparse_instances::simplex_projection(1000)),
+    ];
+    for (name, inst) in cases {
+        let sol = one(&inst.data);
+        let err = (sol.z() - &inst.z_star).amax();
+        assert!(err < 1e-12 * (1.0 + inst.z_star.amax()), "{name}: {err:e}");
+        assert_eq!(sol.status().activity, inst.labels, "{name}");
+        let g = vector(&mut rng(991), inst.z_star.len());
+        let eps = 1e-7;
+        let mut moved = inst.data.clone();
+        moved.p += &g * eps;
+        let rate = (one(&moved).z() - sol.z()) / eps;
+        let grads = sol.gradients(&g).unwrap();
+        let err = (&grads.p - &rate).amax();
+        assert!(err < 1e-5 * (1.0 + rate.amax()), "{name}: {err:e}");
+    }
 }

@@ -19,7 +19,9 @@ use crate::error::{Error, Result};
 use crate::linalg::{check_sparse_spd, stack_rows, Csc};
 use crate::problem::{Direction, DirectionMethod};
 use crate::prox::Activity;
-use crate::solve::qp::{solve_sparse_exact, ClarabelSettings, SparseExact, SparseQp, Tolerances};
+use crate::solve::qp::{
+    solve_sparse_exact, solve_sparse_from, ClarabelSettings, SparseExact, SparseQp, Tolerances,
+};
 use crate::surrogate::map_items;
 
 /// One item's sparse data: `min ½zᵀQz + pᵀz` s.t. `Gz ≤ h`, `Az = b` (`Q` with both
@@ -80,6 +82,14 @@ impl SparseQpData {
         Ok(qp)
     }
 }
+
+/// Clarabel's settings for the forward solve: its point only identifies the active set (the
+/// exact refinement verifies every sign and repairs), so `1e-8` suffices and saves a fifth of
+/// the forward time against `1e-10` on the growth benchmark's families at n = 10,000.
+const IDENTIFICATION: ClarabelSettings = ClarabelSettings {
+    max_iter: 200,
+    tol: 1e-8,
+};
 
 /// One sparse item's solution, kept (with its factorization) for its gradients.
 #[derive(Debug)]
@@ -201,7 +211,11 @@ impl SparseQpSolution {
             a_eq: stack_rows(&[(&self.qp.a, Some(&strong), 1.0), (&self.qp.a_eq, None, 1.0)]),
             b_eq: DVector::zeros(strong.len() + k),
         };
-        let rate = solve_sparse_exact(&eq17, &self.tol, &ClarabelSettings::default())?.solution;
+        // Warm start: every weak row held (the rows that leave are released by the repair);
+        // Clarabel's identification if the repair does not settle.
+        let rate = solve_sparse_from(&eq17, &self.tol, vec![true; weak.len()])
+            .or_else(|_| solve_sparse_exact(&eq17, &self.tol, &ClarabelSettings::default()))?
+            .solution;
         let method = DirectionMethod::Prop2Qp {
             backend: rate.backend,
         };
@@ -264,10 +278,11 @@ fn on_pattern(a: &Csc, f: impl Fn(usize, usize) -> f64) -> Csc {
 /// let solved = solve_sparse(&[item], 1, Default::default());
 /// let sol = solved[0].as_ref().unwrap();
 /// assert_eq!(sol.z(), &dvector![1.0, 0.0]);
-/// // ℓ = z₂ pulls the unit down: it stays on the bound (∂ℓ/∂p₂ = 0); ℓ = −z₂ lifts it.
+/// // ℓ = z₂ pulls the unit down: it stays on the bound (∂ℓ/∂p₂ = 0); ℓ = −z₂ lifts it
+/// // (exact to rounding: the sparse factorization is refined, not exact in every bit).
 /// let down = sol.gradients(&dvector![0.0, 1.0])?;
 /// let up = sol.gradients(&dvector![0.0, -1.0])?;
-/// assert_eq!((down.p[1], up.p[1]), (0.0, 1.0));
+/// assert!(down.p[1].abs() < 1e-15 && (up.p[1] - 1.0).abs() < 1e-15);
 /// # Ok::<(), bilevel::Error>(())
 /// ```
 pub fn solve_sparse(
@@ -277,7 +292,7 @@ pub fn solve_sparse(
 ) -> Vec<Result<SparseQpSolution>> {
     map_items(items.len(), threads.max(1), |i| {
         let qp = items[i].qp()?;
-        let exact = solve_sparse_exact(&qp, &tol, &ClarabelSettings::default())?;
+        let exact = solve_sparse_exact(&qp, &tol, &IDENTIFICATION)?;
         Ok(SparseQpSolution { qp, exact, tol })
     })
 }

@@ -6,6 +6,7 @@ mod products;
 pub(crate) mod simd;
 mod span;
 mod sparse;
+mod sparse_kkt;
 mod threads;
 
 pub use products::Gemm;
@@ -14,9 +15,10 @@ pub(crate) use span::{independence, rows_in_span, sine_to_span};
 pub(crate) use sparse::{
     abs_mul as sparse_abs_mul, amax as sparse_amax, csc_to_clarabel, for_each_entry,
     mul as sparse_mul, row_amax as sparse_row_amax, scale_rows, stack_rows,
-    tr_mul as sparse_tr_mul, upper_to_clarabel, KktSolve, SparseKkt,
+    tr_mul as sparse_tr_mul, upper_to_clarabel,
 };
 pub use sparse::{check_sparse_spd, csc_from_dense, csc_from_triplets, csc_to_dense, Csc};
+pub(crate) use sparse_kkt::{KktSolve, SparseKkt};
 pub(crate) use threads::{ColsMut, LayerCols, LayersMut};
 // Adam (in the application) cuts its parameters with the same cost model.
 #[cfg(feature = "app")]

@@ -1,12 +1,10 @@
 //! Sparse matrices for the sparse QP path: faer's compressed sparse column type ([`Csc`],
-//! re-exported with [`faer`] as nalgebra is), the few products the path needs, and the sparse
-//! factorization of an equality-constrained KKT system with iterative refinement
-//! ([`SparseKkt`]).
+//! re-exported with [`faer`] as nalgebra is) and the few products the path needs (the KKT
+//! factorization is `sparse_kkt`).
 
-use faer::linalg::solvers::Solve;
-use faer::sparse::linalg::solvers::{Llt, Lu, SymbolicLlt, SymbolicLu};
+use faer::sparse::linalg::solvers::{Llt, SymbolicLlt};
 use faer::sparse::{SparseColMat, SymbolicSparseColMat, Triplet};
-use faer::{Mat, Side};
+use faer::Side;
 use nalgebra::{DMatrix, DVector};
 
 use crate::error::{check_finite, Error, Result};
@@ -75,7 +73,7 @@ pub fn csc_to_dense(a: &Csc) -> DMatrix<f64> {
 }
 
 /// A [`Csc`] from sorted, duplicate-free compressed columns (built by this module only).
-fn compact(
+pub(super) fn compact(
     nrows: usize,
     ncols: usize,
     col_ptr: Vec<usize>,
@@ -222,7 +220,7 @@ fn to_clarabel(a: &Csc, keep: impl Fn(usize, usize) -> bool) -> clarabel::algebr
 
 /// Sorts the entries from `start` on by row (a no-op for the sorted columns faer keeps, unless
 /// a matrix was built with unsorted columns).
-fn sort_column(rows: &mut [usize], vals: &mut [f64], start: usize) {
+pub(super) fn sort_column(rows: &mut [usize], vals: &mut [f64], start: usize) {
     if rows[start..].windows(2).all(|w| w[0] < w[1]) {
         return;
     }
@@ -289,153 +287,13 @@ pub fn check_sparse_spd(what: &str, q: &Csc) -> Result<()> {
 }
 
 /// Calls `f(row, value)` for the stored entries of column `j`.
-fn for_column(a: &Csc, j: usize, mut f: impl FnMut(usize, f64)) {
+pub(super) fn for_column(a: &Csc, j: usize, mut f: impl FnMut(usize, f64)) {
     let (sym, val) = (a.symbolic(), a.val());
     for p in sym.col_range(j) {
         f(sym.row_idx()[p], val[p]);
     }
 }
 
-fn memory(e: impl std::fmt::Debug) -> Error {
+pub(super) fn memory(e: impl std::fmt::Debug) -> Error {
     Error::input("sparse matrix", format!("faer could not allocate ({e:?})"))
-}
-
-/// The factorization of an equality-constrained KKT matrix `K = [P Rᵀ; R 0]` (`P` symmetric
-/// positive definite `n × n`, `R` the held rows), by faer's sparse LU with partial pivoting
-/// (exact for the indefinite `K` without regularization), kept so that the forward point, the
-/// rate problem (Eq. 17) and the data gradients reuse it.
-pub(crate) struct SparseKkt {
-    n: usize,
-    k: Csc,
-    lu: Lu<usize, f64>,
-}
-
-/// A solve of [`SparseKkt`]: the solution and its accuracy.
-pub(crate) struct KktSolve {
-    /// `[x; y]` with `P x + Rᵀ y = r`, `R x = s`.
-    pub(crate) solution: DVector<f64>,
-    /// ∞-norms of the last refinement correction of `x` and of `y` (forward-error estimates).
-    pub(crate) error: (f64, f64),
-}
-
-/// The componentwise backward error [`SparseKkt::solve`] must reach (else the held rows are
-/// dependent to `f64`'s resolution).
-const KKT_BACKWARD_ERROR: f64 = 1e-10;
-
-impl SparseKkt {
-    /// Assembles and factors `[P Rᵀ; R 0]`.
-    ///
-    /// # Errors
-    /// [`Error::Singular`] when the factorization fails (structurally dependent rows).
-    pub(crate) fn new(p: &Csc, r: &Csc) -> Result<Self> {
-        let n = p.nrows();
-        let rt = r.as_ref().transpose().to_col_major().map_err(memory)?;
-        let size = n + r.nrows();
-        let mut col_ptr = Vec::with_capacity(size + 1);
-        let nnz = p.val().len() + 2 * r.val().len();
-        let (mut rows, mut vals) = (Vec::with_capacity(nnz), Vec::with_capacity(nnz));
-        col_ptr.push(0);
-        for j in 0..n {
-            let start = rows.len();
-            for_column(p, j, |i, v| {
-                rows.push(i);
-                vals.push(v);
-            });
-            for_column(r, j, |i, v| {
-                rows.push(n + i);
-                vals.push(v);
-            });
-            sort_column(&mut rows, &mut vals, start);
-            col_ptr.push(rows.len());
-        }
-        for j in 0..r.nrows() {
-            let start = rows.len();
-            for_column(&rt, j, |i, v| {
-                rows.push(i);
-                vals.push(v);
-            });
-            sort_column(&mut rows, &mut vals, start);
-            col_ptr.push(rows.len());
-        }
-        let k = compact(size, size, col_ptr, rows, vals);
-        let singular = |e: &dyn std::fmt::Debug| {
-            Error::Singular(format!(
-                "the sparse KKT system on the held rows cannot be factored ({e:?}): the rows are \
-                 linearly dependent"
-            ))
-        };
-        let symbolic = SymbolicLu::try_new(k.symbolic()).map_err(|e| singular(&e))?;
-        let lu = Lu::try_new_with_symbolic(symbolic, k.as_ref()).map_err(|e| singular(&e))?;
-        Ok(Self { n, k, lu })
-    }
-
-    /// Solves `K [x; y] = rhs` with iterative refinement (up to four corrections, until the
-    /// row-wise backward error `max_i |rhs − K v|_i / (‖K_i‖₁ ‖v‖∞ + |rhs_i|)` is at rounding
-    /// level: each row's residual against the size of that row's terms, which does not change
-    /// when a row is scaled).
-    ///
-    /// # Errors
-    /// [`Error::Singular`] when the backward error stays above `1e-10` or the solution is not
-    /// finite: the held rows are dependent to `f64`'s resolution.
-    pub(crate) fn solve(&self, rhs: &DVector<f64>) -> Result<KktSolve> {
-        let mut v = self.lu_solve(rhs);
-        let mut error = (f64::INFINITY, f64::INFINITY);
-        let mut backward = f64::INFINITY;
-        for _ in 0..4 {
-            let (residual, size) = self.residual(rhs, &v);
-            backward = (residual.iter().zip(size.iter()))
-                .map(|(&r, &s)| {
-                    if r == 0.0 {
-                        0.0
-                    } else if s > 0.0 {
-                        r.abs() / s
-                    } else {
-                        f64::INFINITY
-                    }
-                })
-                .fold(0.0, f64::max);
-            if !backward.is_finite() {
-                break;
-            }
-            let dv = self.lu_solve(&residual);
-            v += &dv;
-            error = (
-                dv.rows(0, self.n).amax(),
-                dv.rows(self.n, dv.len() - self.n).amax(),
-            );
-            if backward <= 4.0 * f64::EPSILON {
-                break;
-            }
-        }
-        if !(backward <= KKT_BACKWARD_ERROR && v.iter().all(|x| x.is_finite())) {
-            return Err(Error::Singular(format!(
-                "the sparse KKT system on the held rows is singular to f64's resolution \
-                 (backward error {backward:.1e}): the rows are (nearly) linearly dependent"
-            )));
-        }
-        Ok(KktSolve { solution: v, error })
-    }
-
-    /// The dimension `n` of the primal part.
-    pub(crate) fn n(&self) -> usize {
-        self.n
-    }
-
-    fn lu_solve(&self, rhs: &DVector<f64>) -> DVector<f64> {
-        let mut b = Mat::from_fn(rhs.len(), 1, |i, _| rhs[i]);
-        self.lu.solve_in_place(b.as_mut());
-        DVector::from_fn(rhs.len(), |i, _| b[(i, 0)])
-    }
-
-    /// `rhs − K v` and `‖K_i‖₁ ‖v‖∞ + |rhs_i|` for every row `i`.
-    fn residual(&self, rhs: &DVector<f64>, v: &DVector<f64>) -> (DVector<f64>, DVector<f64>) {
-        let (mut r, mut size) = (rhs.clone(), DVector::zeros(rhs.len()));
-        for_each_entry(&self.k, |i, j, a| {
-            r[i] -= a * v[j];
-            size[i] += a.abs();
-        });
-        let v_norm = v.amax();
-        size.zip_apply(rhs, |s, b| *s = *s * v_norm + b.abs());
-        (r, size)
-    }
 }

@@ -11,6 +11,7 @@ pub mod instances;
 mod nested;
 pub mod reference;
 mod single;
+pub mod sparse_instances;
 
 use serde::Serialize;
 

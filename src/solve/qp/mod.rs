@@ -56,4 +56,5 @@ pub use offset::{solve_offset, OffsetQp, OffsetSolution};
 pub use osqp::{Osqp, OsqpSettings};
 pub(crate) use problem::{complementarity, ActivityTest};
 pub use problem::{Activity, ExactQp, Qp, QpBackend, QpRaw, Tolerances};
+pub(crate) use sparse::solve_sparse_from;
 pub use sparse::{solve_sparse_exact, SparseExact, SparseQp};

@@ -184,7 +184,10 @@ pub struct ExactQp {
     /// the force).
     pub dependent_eq: Vec<usize>,
     /// When the backend failed or returned an unprovable verdict and the dual active-set
-    /// method ([`dual_active_set`](super::dual_active_set)) found the solution instead: the backend's message.
+    /// method ([`dual_active_set`](super::dual_active_set)) found the solution instead: the
+    /// backend's message. On the sparse path ([`super::solve_sparse_exact`]): when the final
+    /// KKT solve needed the LU of the exact system because the fast `LDLᵀ` of the regularized
+    /// one did not reach rounding level.
     pub fallback: Option<String>,
 }
 

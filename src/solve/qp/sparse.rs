@@ -317,6 +317,8 @@ struct SparsePoint {
     slack: DVector<f64>,
     /// Forward-error estimates of `x` and of the multipliers.
     error: (f64, f64),
+    /// The KKT solve needed the LU ([`KktSolve::lu_fallback`]).
+    lu_fallback: bool,
 }
 
 impl SparsePoint {
@@ -331,7 +333,11 @@ impl SparsePoint {
             rhs[n + r] = qp.b[i];
         }
         rhs.rows_mut(n + rows.len(), k).copy_from(&qp.b_eq);
-        let KktSolve { solution, error } = factor.solve(&rhs)?;
+        let KktSolve {
+            solution,
+            error,
+            lu_fallback,
+        } = factor.solve(&rhs)?;
         let x = solution.rows(0, n).into_owned();
         let mut lambda = DVector::zeros(m);
         for (r, &i) in rows.iter().enumerate() {
@@ -346,12 +352,19 @@ impl SparsePoint {
             lambda_eq,
             slack,
             error,
+            lu_fallback,
         })
     }
 }
 
-/// The repair loop of the dense path's `refine`, on sparse factorizations: flip the worst
-/// sign violation until none is left beyond rounding, then classify.
+/// Rounds of the repair that flip every violation at once (a primal-dual active-set step,
+/// which settles in a few rounds on most problems) before it flips one row per round (the
+/// dense path's rule, which cannot cycle back through a block of flips).
+const BLOCK_ROUNDS: usize = 8;
+
+/// The repair loop of the dense path's `refine`, on sparse factorizations: flip the sign
+/// violations (all at once for [`BLOCK_ROUNDS`] rounds, then the worst one per round) until
+/// none is left beyond rounding, then classify.
 fn refine_sparse(
     qp: &SparseQp,
     tol: &Tolerances,
@@ -361,14 +374,15 @@ fn refine_sparse(
     let m = qp.b.len();
     let scales = Scales::of(qp);
     let max_repairs = 2 * m + 10;
-    let mut repairs = 0;
+    let (mut repairs, mut rounds) = (0, 0);
     loop {
         let point = SparsePoint::solve(qp, working)?;
-        let Some(i) = worst_violation(qp, &scales, working, &point, tol) else {
+        let flips = violations(qp, &scales, working, &point, tol);
+        if flips.is_empty() {
             let sol = into_exact(qp, &scales, tol, working, &point);
             let origin = Origin { repairs, ..origin };
             return Ok((finish(sol, origin), point.factor));
-        };
+        }
         if repairs >= max_repairs {
             return Err(Error::NotConverged {
                 solver: format!("{} + sparse active-set refinement", origin.backend),
@@ -376,9 +390,42 @@ fn refine_sparse(
                 residual: (-point.slack.min()).max(-point.lambda.min()).max(0.0),
             });
         }
-        working[i] = !working[i];
-        repairs += 1;
+        let block = if rounds < BLOCK_ROUNDS {
+            flips.len()
+        } else {
+            1
+        };
+        for &i in &flips[..block] {
+            working[i] = !working[i];
+        }
+        repairs += block;
+        rounds += 1;
     }
+}
+
+/// [`solve_sparse_exact`] without Clarabel: the repair loop from the working set `working`
+/// (for a problem whose active set is nearly known, such as Eq. 17's, whose weak rows mostly
+/// stay). Callers fall back to [`solve_sparse_exact`] on an error.
+///
+/// # Errors
+/// As [`solve_sparse_exact`]'s refinement.
+pub(crate) fn solve_sparse_from(
+    qp: &SparseQp,
+    tol: &Tolerances,
+    mut working: Vec<bool>,
+) -> Result<SparseExact> {
+    qp.validate()?;
+    if working.len() != qp.b.len() {
+        return Err(Error::dim("working set", qp.b.len(), working.len()));
+    }
+    let (scaled, equilibration) = qp.equilibrated();
+    let origin = Origin::new("sparse active set (warm start)");
+    let (solution, factor) = refine_sparse(&scaled, tol, &mut working, origin)?;
+    Ok(SparseExact {
+        solution: equilibration.unscale(solution),
+        factor,
+        scales: equilibration.scales(),
+    })
 }
 
 /// The problem's fixed scales for the tests: `max|P|`, `‖q‖∞` and each row's ∞- and 1-norm.
@@ -399,22 +446,22 @@ impl Scales {
     }
 }
 
-/// The row the repair flips next (the dense path's rule without its span test): the most
-/// violated row outside the working set whose violation exceeds both what rounding explains
+/// The rows the repair may flip, worst first (the dense path's rule without its span test):
+/// rows outside the working set whose violation exceeds both what rounding explains
 /// (`64ε (|b_i| + Σ_j |a_ij x_j|) + ‖a_i‖₁ err_x`) capped at the feasibility tolerance, or
-/// the feasibility tolerance of `b_i` itself; else the most negative multiplier beyond
-/// rounding.
-fn worst_violation(
+/// the feasibility tolerance of `b_i` itself, most violated first; then held rows whose
+/// multiplier is negative beyond rounding, most negative first.
+fn violations(
     qp: &SparseQp,
     scales: &Scales,
     working: &[bool],
     point: &SparsePoint,
     tol: &Tolerances,
-) -> Option<usize> {
+) -> Vec<usize> {
     let (x, slack, lambda) = (&point.x, &point.slack, &point.lambda);
     let test = ActivityTest::new(tol, scales.p_norm, qp.q.amax(), x);
     let terms = sparse_abs_mul(&qp.a, x) + qp.b.abs();
-    let worst_primal = (0..qp.b.len())
+    let mut primal: Vec<usize> = (0..qp.b.len())
         .filter(|&i| !working[i] && slack[i] < 0.0)
         .filter(|&i| {
             let (b_i, violation) = (qp.b[i], -slack[i]);
@@ -424,14 +471,16 @@ fn worst_violation(
             let own_b = (tol.feasibility * b_i.abs()).max(rounding);
             violation > bound || (b_i != 0.0 && violation > own_b)
         })
-        .min_by(|&i, &j| slack[i].total_cmp(&slack[j]));
+        .collect();
+    primal.sort_by(|&i, &j| slack[i].total_cmp(&slack[j]));
     let rep_d = 64.0 * f64::EPSILON * test.force() + point.error.1;
-    let worst_dual = (0..qp.b.len())
-        .map(|i| (i, lambda[i] * scales.row_norms[i]))
-        .filter(|&(i, pull)| working[i] && pull < -rep_d)
-        .min_by(|a, b| a.1.total_cmp(&b.1))
-        .map(|(i, _)| i);
-    worst_primal.or(worst_dual)
+    let pull = |i: usize| lambda[i] * scales.row_norms[i];
+    let mut dual: Vec<usize> = (0..qp.b.len())
+        .filter(|&i| working[i] && pull(i) < -rep_d)
+        .collect();
+    dual.sort_by(|&i, &j| pull(i).total_cmp(&pull(j)));
+    primal.extend(dual);
+    primal
 }
 
 /// The classified result at the final working set (residual as [`ExactQp::residual`]).
@@ -466,7 +515,11 @@ fn into_exact(
         reduced_accuracy: false,
         dependent: Vec::new(),
         dependent_eq: Vec::new(),
-        fallback: None,
+        fallback: point.lu_fallback.then(|| {
+            "the sparse LDLᵀ of the regularized KKT system did not reach rounding level; the \
+             LU of the exact system solved it"
+                .to_string()
+        }),
     }
 }
 
