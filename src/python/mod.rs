@@ -14,6 +14,7 @@ mod convert;
 mod layer;
 mod nested;
 mod qp;
+mod sparse;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
@@ -28,6 +29,8 @@ fn bilevel_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<nested::Network>()?;
     m.add_class::<qp::QpBatch>()?;
     m.add_function(wrap_pyfunction!(qp::qp_solve, m)?)?;
+    m.add_class::<sparse::SparseQpHandle>()?;
+    m.add_function(wrap_pyfunction!(sparse::_sparse_qp_solve, m)?)?;
     m.add_function(wrap_pyfunction!(verify, m)?)?;
     m.add_function(wrap_pyfunction!(verify_ids, m)?)?;
     m.add_function(wrap_pyfunction!(error_classes, m)?)?;

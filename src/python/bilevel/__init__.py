@@ -18,6 +18,8 @@ the same name with the same message.
   differentiable, one-sided at weakly active rows.
 - :func:`qp_solve`: batched QP layers ``min ½zᵀQz + pᵀz`` s.t. ``Gz ≤ h``, ``Az = b`` (each
   input batched or shared) and a :class:`QpBatch` with the gradients of every input.
+- :func:`sparse_qp_solve` (needs SciPy): the same layer with ``scipy.sparse`` ``Q``, ``G``,
+  ``A`` (to n = 10,000 and beyond), gradients on the inputs' sparsity patterns.
 
 Example::
 
@@ -34,8 +36,10 @@ from ._bilevel import (
     Activation, Network, QpBatch, QuadraticLayer, __version__, qp_solve, verify, verify_ids,
 )
 from .errors import *  # noqa: F401,F403
+from .sparse import SparseQpSolution, sparse_qp_solve
 
 __all__ = [
-    "QuadraticLayer", "Activation", "Network", "qp_solve", "QpBatch", "verify", "verify_ids",
+    "QuadraticLayer", "Activation", "Network", "qp_solve", "QpBatch", "sparse_qp_solve",
+    "SparseQpSolution", "verify", "verify_ids",
     "errors", "__version__",
 ] + errors.__all__

@@ -11,8 +11,8 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 __all__ = [
-    "__version__", "QuadraticLayer", "Activation", "Network", "QpBatch", "qp_solve", "verify",
-    "verify_ids", "error_classes",
+    "__version__", "QuadraticLayer", "Activation", "Network", "QpBatch", "qp_solve",
+    "SparseQpHandle", "_sparse_qp_solve", "verify", "verify_ids", "error_classes",
 ]
 
 __version__: str
@@ -134,6 +134,19 @@ def qp_solve(
     feasibility_tol: float = 1e-9,
     multiplier_tol: float = 1e-9,
 ) -> tuple[_Array, QpBatch]: ...
+@final
+class SparseQpHandle:
+    """One solved sparse layer (from :func:`_sparse_qp_solve`), kept for its gradients."""
+
+    def gradients(self, grad_z: ArrayLike) -> dict[str, Any]: ...
+    def status(self) -> dict[str, Any]: ...
+
+_Parts = tuple[int, int, ArrayLike, ArrayLike, ArrayLike]
+
+def _sparse_qp_solve(
+    item: tuple[_Parts, ArrayLike, _Parts, ArrayLike, _Parts, ArrayLike],
+    tol: tuple[float, float],
+) -> tuple[_Array, SparseQpHandle]: ...
 def verify(seed: int = 0, ids: Sequence[str] | None = None) -> list[dict[str, Any]]: ...
 def verify_ids() -> list[str]: ...
 def error_classes() -> list[str]: ...
