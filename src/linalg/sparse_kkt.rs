@@ -131,7 +131,8 @@ impl SparseKkt {
                 dv.rows(0, self.n).amax(),
                 dv.rows(self.n, dv.len() - self.n).amax(),
             );
-            if !(dv.amax() > 4.0 * f64::EPSILON * v.amax()) {
+            let size = dv.amax();
+            if size <= 4.0 * f64::EPSILON * v.amax() || size.is_nan() {
                 break;
             }
         }
