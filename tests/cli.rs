@@ -528,3 +528,30 @@ fn derive_names_a_missing_b_and_reports_the_band_constant() {
     let v: Value = serde_json::from_str(&out).unwrap();
     assert!((v["surrogates"][0]["bound_nu"].as_f64().unwrap() - 1.0).abs() < 1e-12);
 }
+
+/// `bilevel derive` answers a request with sparse triplets on the sparse path, as it answers
+/// the same request with arrays of rows (a bound z₂ ≤ 0 tied at z₂ = 0: weak; the loss z₂
+/// pulls the unit down, off its bound).
+#[test]
+fn derive_takes_sparse_triplets() {
+    let rows = r#"{"Q": [[1, 0], [0, 1]], "c": [1, 0], "A": [[0, -1]], "b": [0],
+        "loss": {"kind": "linear", "g": [0, 1]}, "gradients": ["A", "b"]}"#;
+    let triplets = r#"{"Q": {"shape": [2, 2], "triplets": [[0, 0, 1], [1, 1, 1]]}, "c": [1, 0],
+        "A": {"shape": [1, 2], "triplets": [[0, 1, -1]]}, "b": [0],
+        "loss": {"kind": "linear", "g": [0, 1]}, "gradients": ["A", "b"]}"#;
+    let (code, dense, err) = derive(rows);
+    assert_eq!(code, 0, "{err}");
+    let (code, sparse, err) = derive(triplets);
+    assert_eq!(code, 0, "{err}");
+    let d: serde_json::Value = serde_json::from_str(&dense).unwrap();
+    let s: serde_json::Value = serde_json::from_str(&sparse).unwrap();
+    assert_eq!(s["constraints"], serde_json::json!(["weak"]));
+    assert_eq!(s["branches"], d["branches"]);
+    assert_eq!(s["branches"], serde_json::json!(["leaves"]));
+    assert_eq!(s["z_star"], d["z_star"]);
+    assert_eq!(s["z_dot"], d["z_dot"]);
+    assert_eq!(s["grad_b"], d["grad_b"]);
+    // grad_A on A's one stored entry, (0, 1).
+    assert_eq!(s["grad_A"]["triplets"][0][2], d["grad_A"][0][1]);
+    assert!(s["solver"].as_str().unwrap().contains("sparse"), "{sparse}");
+}

@@ -1,6 +1,8 @@
 //! `bilevel derive`: derivatives of the standard constrained quadratic layer, JSON in, JSON out.
 //!
-//! Input (matrices are arrays of rows):
+//! Input (matrices are arrays of rows; `Q`, `A`, `A_eq` may also be sparse triplets,
+//! `{"shape": [r, c], "triplets": [[i, j, v], …]}`, which `bilevel derive` answers on the sparse
+//! path: [`super::derive_sparse`]):
 //! ```json
 //! {"Q": [[..]], "c": [..], "B": [[..]], "theta": [..], "A": [[..]], "b": [..],
 //!  "A_eq": [[..]], "b_eq": [..], "loss": {"kind": "linear", "g": [..]}, "betas": [..]}
@@ -210,6 +212,17 @@ fn matrix(field: &str, rows: &[Vec<f64>], cols: Option<usize>) -> Result<DMatrix
         }
     }
     Ok(DMatrix::from_fn(rows.len(), ncols, |i, j| rows[i][j]))
+}
+
+/// A dense matrix of `nrows` rows of one length (`B` of the sparse path).
+///
+/// # Errors
+/// [`Error::DimensionMismatch`] naming the field.
+pub(crate) fn dense_rows(field: &str, rows: &[Vec<f64>], nrows: usize) -> Result<DMatrix<f64>> {
+    if rows.len() != nrows {
+        return Err(Error::dim(format!("{field} (rows)"), nrows, rows.len()));
+    }
+    matrix(field, rows, None)
 }
 
 /// Parses and validates a derive problem.
@@ -445,7 +458,8 @@ pub fn derive(text: &str) -> Result<DeriveOutput> {
     derive_with(&parsed.program()?, &parsed.thetas[0], &parsed.request)
 }
 
-/// Runs a derive problem given as JSON text and returns the JSON answer: the
+/// Runs a derive problem given as JSON text and returns the JSON answer (a request with sparse
+/// matrices: [`super::derive_sparse::derive_request`], which the command line calls): the
 /// [`DeriveOutput`] for one `θ`, or for a batch (`"theta"` a list of vectors) an array with
 /// one entry per item, in order — its output, or `{"error": message}` for an item that
 /// failed. The batch shares the layer's factorization ([`Bilevel::limit_batch`], on up to two

@@ -5,6 +5,7 @@
 
 pub mod data;
 pub mod derive;
+pub mod derive_sparse;
 #[cfg(feature = "fetch")]
 pub mod fetch;
 pub mod nn;

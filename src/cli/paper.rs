@@ -15,7 +15,7 @@ pub(crate) fn derive(path: &str) -> Result<String, String> {
     } else {
         text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
     }
-    let out = bilevel::app::derive::derive_json(&text).map_err(|e| e.to_string())?;
+    let out = bilevel::app::derive_sparse::derive_request(&text).map_err(|e| e.to_string())?;
     serde_json::to_string_pretty(&out).map_err(|e| e.to_string())
 }
 

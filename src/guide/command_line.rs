@@ -37,7 +37,12 @@
 //!   (any subset) adds `grad_Q`, … shaped like the data, one-sided at weakly active rows (from
 //!   `ż`, `z*`, the multipliers and their derivatives: `QuadraticProblem::data_gradients`).
 //!   **A batch**: `"theta": [[..], [..]]` answers every `θ` on the same layer (one factorization,
-//!   two threads) as a JSON array in order, an item that fails being `{"error": ...}`. Bad input gives one line on stderr naming the
+//!   two threads) as a JSON array in order, an item that fails being `{"error": ...}`. **Sparse
+//!   data**: `Q`, `A`, `A_eq` may each be `{"shape": [r, c], "triplets": [[i, j, v], …]}`
+//!   (zero-based, repeated positions summed); the request then runs on the sparse path (nothing
+//!   `n × n` formed; `crate::app::derive_sparse`) and answers the limit entries (no `condition`),
+//!   with `grad_Q`, `grad_A`, `grad_A_eq` as triplets on the data's patterns; `betas`, `direction`
+//!   and a batch `theta` are refused there for now, naming the field. Bad input gives one line on stderr naming the
 //!   field and exit code 1. A success prints finite numbers only; a quantity that overflows, or a
 //!   problem scaled beyond what `f64` resolves, is a one-line error instead. Labels, `z*`, `ż` and
 //!   the gradients do not depend on how a row, the energy or the solution is scaled (rows are

@@ -5,10 +5,11 @@
 //! The mathematical core, lowest layer first: `error`, `names` (one name table per kind of
 //! choice: methods, activations, losses), `prox` (one definition per activation: `G`, `G*`, the
 //! map, the proximal map; generic over `f32`/`f64`), `linalg` (KKT solves by the null-space
-//! method, condition estimates, the `Gemm` products; `linalg/threads` and `linalg/simd` are the one
+//! method, condition estimates, the `Gemm` products; `sparse`/`sparse_kkt`: faer's CSC and the
+//! sparse `LDLᵀ` of a KKT system, refined, with an LU fallback; `linalg/threads` and `linalg/simd` are the one
 //! room for `unsafe`: the team of threads, the safe splitting of buffers among its pieces, the
 //! vector-instruction dispatch), `solve` (`solve/qp/`: the QP types, the dense dual active-set
-//! backend — the one Goldfarb–Idnani —, Clarabel, OSQP, the exact refinement, the offset problem;
+//! backend — the one Goldfarb–Idnani —, Clarabel, OSQP, the exact refinement, the offset problem, the sparse QP;
 //! `smooth`: argmin), `problem` (losses, constraints, the `InnerProblem` trait and three problem
 //! classes), `surrogate` (Section 2), `layer` (QP layers in the frameworks' convention, every
 //! input differentiable, batches of items with their own data), `nested` (Sections 3-4: `problem` — `NestedProblem<T>`,
@@ -25,7 +26,9 @@
 //! parameters. `tests/exact.rs` checks the Section 2 surrogates
 //! against exact rational arithmetic. Benchmarks: `cargo bench --bench limit` (Section 2),
 //! `--bench methods` (one gradient per Table 1 method), `--bench train` (one training step),
-//! `--bench qp_peers` (the QP layer's instances and timings for `benches/peers/qp_layers.py`). API
+//! `--bench qp_peers` (the QP layer's instances and timings for `benches/peers/qp_layers.py`),
+//! `--bench sparse_growth` (the sparse layer's growth over four families, with peak memory; its
+//! instances feed `benches/peers/sparse_layers.py`). API
 //! docs with rendered formulas (KaTeX, as on docs.rs):
 //! `RUSTDOCFLAGS="--html-in-header src/docs/katex-header.html" cargo doc --no-deps --open`.
 //!

@@ -88,5 +88,26 @@
 //! `DistributedDataParallel` (gloo, 2 processes) to one process's parameters, and run `bilevel.jax.qp`
 //! sharded over 2 devices to the unsharded result.
 //!
+//! ### Sparse layers (SciPy)
+//!
+//! `bilevel.sparse_qp_solve(Q, p, G, h, A=None, b=None)` takes `Q`, `G`, `A` as SciPy sparse
+//! matrices (any format; canonicalized to CSC) for one item and never forms anything `n × n`
+//! (the Rust path: [`crate::layer::solve_sparse`]). Its `gradients(grad_z)` returns the exact,
+//! one-sided gradients with `Q`, `G`, `A` as `scipy.sparse.csc_array` on the inputs' own patterns
+//! (the gradient with respect to the stored values), `p`, `h`, `b` as arrays, and the branch of
+//! each weakly active row:
+//!
+//! ```python
+//! import numpy as np, scipy.sparse as sp, bilevel
+//! n = 10_000
+//! Q = sp.diags([-np.ones(n - 1), 2.5 * np.ones(n), -np.ones(n - 1)], [-1, 0, 1])
+//! z, sol = bilevel.sparse_qp_solve(Q, -np.ones(n), sp.eye(n), np.full(n, 0.1))  # z ≤ 0.1
+//! grads = sol.gradients(np.ones(n))     # ℓ = Σ z: grads["G"] has G's pattern (the diagonal)
+//! sol.status()["activity"][:3]          # ['strong', 'strong', 'strong']
+//! ```
+//!
+//! The framework adapters (`QPFunction`, `bilevel.jax.qp`) take dense tensors; sparse tensors
+//! there are not supported yet.
+//!
 //! The tests (`tests/python`, run by CI after `pip install .` in a fresh venv, with torch and qpth):
 //! `pip install pytest jax torch && pip install --no-deps qpth && cargo build --release && python -m pytest tests/python`.

@@ -21,6 +21,10 @@
 //! `∂ℓ/∂A = −(μ_eq z*ᵀ + λ*_eq żᵀ)`, `∂ℓ/∂b = μ_eq` with `ż` and the multiplier rates `μ`,
 //! `μ_eq` of Eq. 17 for the linear loss `gᵀz`, `g = ∂ℓ/∂z*` (the signs of `G`, `h` flip with
 //! the rows').
+//!
+//! Sparse items ([`SparseQpData`]: `Q`, `G`, `A` as [`crate::linalg::Csc`]) go through
+//! [`solve_sparse`] and [`SparseQpSolution::gradients`] (the exact derivative, the gradients on
+//! the data's sparsity patterns; `sparse.rs`), without forming anything `n × n`.
 
 mod sparse;
 

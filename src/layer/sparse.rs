@@ -127,6 +127,13 @@ impl SparseQpSolution {
         &self.exact.solution.x
     }
 
+    /// The multipliers of `z*`: `λ* ≥ 0` of the rows of `G` (in the sign convention of the
+    /// crate's rows `−G z ≥ −h`, [`crate::solve::qp::ExactQp::lambda`]) and `λ*_eq` of `A`.
+    pub fn multipliers(&self) -> (&DVector<f64>, &DVector<f64>) {
+        let s = &self.exact.solution;
+        (&s.lambda, &s.lambda_eq)
+    }
+
     /// The solve's status (no branches yet). The residual is [`crate::solve::qp::ExactQp`]'s.
     pub fn status(&self) -> ItemStatus {
         let s = &self.exact.solution;

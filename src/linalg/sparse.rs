@@ -131,6 +131,13 @@ pub(crate) fn amax(a: &Csc) -> f64 {
     super::amax(a.val())
 }
 
+/// `−A` (the same pattern).
+pub(crate) fn negated(a: &Csc) -> Csc {
+    let mut out = a.clone();
+    out.val_mut().iter_mut().for_each(|v| *v = -*v);
+    out
+}
+
 /// The matrix with row `i` multiplied by `d[i]`.
 pub(crate) fn scale_rows(a: &Csc, d: &DVector<f64>) -> Csc {
     let mut scaled = a.clone();

@@ -32,8 +32,9 @@
 //! [`crate::problem::QuadraticProblem`] and the one implementation of the method), `clarabel`
 //! and `osqp`; `equalities` (dependent equality rows set aside, or proved inconsistent); then
 //! `exact` (the refinement, and the fallback through the dense method), `offset` (the rate
-//! problem of Def. 1's surrogates) and `enumeration` (a brute-force
-//! reference). This file only names what the folder offers.
+//! problem of Def. 1's surrogates), `enumeration` (a brute-force reference) and `sparse` (the
+//! [`SparseQp`]: Clarabel on sparse data, the same refinement on a sparse `LDLᵀ` of the KKT
+//! system). This file only names what the folder offers.
 
 mod clarabel;
 mod dense;

@@ -1,0 +1,432 @@
+//! `bilevel derive` with sparse data: the layer of [`super::derive`] (`E(z; θ) = ½zᵀQz −
+//! zᵀ(Bθ + c)` s.t. `Az ≥ b`, `A_eq z = b_eq`) with any of `Q`, `A`, `A_eq` given as
+//! ```json
+//! {"shape": [rows, cols], "triplets": [[i, j, value], ...]}
+//! ```
+//! (zero-based indices; repeated positions are summed), solved and differentiated on the sparse
+//! path ([`crate::layer::solve_sparse`]: nothing `n × n` is formed). The other fields are those
+//! of [`super::derive`] (`B` and `theta` dense, `loss` linear, squared or by its gradient,
+//! `gradients`), and the output carries the same limit entries: `z_star`, `multipliers`,
+//! `multipliers_eq`, `constraints`, `branches`, `loss`, `z_dot`, `grad_theta`, `method`,
+//! `residual`, `solver`, and `grad_*` for the data asked for, `grad_Q`, `grad_A`, `grad_A_eq` in
+//! the triplet form on the data's own patterns (the gradient with respect to the stored values).
+//! The finite-β surrogates (`betas`), a JVP (`direction`) and a batch of `theta`s are not on the
+//! sparse path yet: asking for them is an error naming the field.
+
+use nalgebra::{DMatrix, DVector};
+use serde::{Deserialize, Serialize};
+
+use super::derive::{LossSpec, GRADIENT_LOSS_NOTE};
+use crate::error::{check_computed, Error, Result};
+use crate::layer::{solve_sparse, SparseQpData};
+use crate::linalg::{csc_from_triplets, Csc};
+use crate::solve::qp::Tolerances;
+
+/// A matrix in the JSON: an array of rows, or the sparse triplet form (module docs).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum MatrixSpec {
+    /// `{"shape": [rows, cols], "triplets": [[i, j, v], …]}`.
+    Sparse {
+        /// `[rows, cols]`.
+        shape: [usize; 2],
+        /// `[i, j, value]` entries (`i`, `j` whole numbers).
+        triplets: Vec<[f64; 3]>,
+    },
+    /// Rows.
+    Dense(Vec<Vec<f64>>),
+}
+
+/// What `bilevel derive` answers for a request: with any of `Q`, `A`, `A_eq` in the sparse
+/// form, [`derive_sparse_json`]; otherwise [`super::derive::derive_json`].
+///
+/// # Errors
+/// Malformed JSON; the errors of the path taken.
+pub fn derive_request(text: &str) -> Result<serde_json::Value> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| Error::input("problem JSON", e.to_string()))?;
+    let sparse = ["Q", "A", "A_eq"]
+        .iter()
+        .any(|k| value.get(k).is_some_and(|m| m.is_object()));
+    if sparse {
+        derive_sparse_json(value)
+    } else {
+        super::derive::derive_json(text)
+    }
+}
+
+/// The sparse derive input (module docs); unknown fields are rejected.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(non_snake_case)]
+struct SparseInput {
+    Q: MatrixSpec,
+    c: Vec<f64>,
+    B: Option<Vec<Vec<f64>>>,
+    theta: Option<Vec<f64>>,
+    A: Option<MatrixSpec>,
+    b: Option<Vec<f64>>,
+    A_eq: Option<MatrixSpec>,
+    b_eq: Option<Vec<f64>>,
+    loss: LossSpec,
+    betas: Option<Vec<f64>>,
+    direction: Option<Vec<f64>>,
+    gradients: Option<Vec<String>>,
+}
+
+/// The sparse derive output (module docs).
+#[derive(Debug, Clone, Serialize)]
+pub struct SparseDeriveOutput {
+    z_star: Vec<f64>,
+    multipliers: Vec<f64>,
+    multipliers_eq: Vec<f64>,
+    constraints: Vec<&'static str>,
+    branches: Vec<Option<crate::prox::Branch>>,
+    loss: f64,
+    z_dot: Vec<f64>,
+    grad_theta: Vec<f64>,
+    method: String,
+    residual: f64,
+    solver: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    loss_note: Option<&'static str>,
+    #[serde(flatten)]
+    data_gradients: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+/// `field` as a sparse matrix with `cols` columns (`None`: no rows).
+fn matrix(field: &str, spec: Option<&MatrixSpec>, cols: usize) -> Result<Csc> {
+    let entries: Vec<(usize, usize, f64)> = match spec {
+        None => return csc_from_triplets(0, cols, &[]),
+        Some(MatrixSpec::Dense(rows)) => {
+            if let Some((i, row)) = rows.iter().enumerate().find(|(_, r)| r.len() != cols) {
+                return Err(Error::dim(
+                    format!("{field}[{i}] (row length)"),
+                    cols,
+                    row.len(),
+                ));
+            }
+            let dense = DMatrix::from_fn(rows.len(), cols, |i, j| rows[i][j]);
+            return Ok(crate::linalg::csc_from_dense(&dense));
+        }
+        Some(MatrixSpec::Sparse { shape, triplets }) => {
+            if shape[1] != cols {
+                return Err(Error::dim(
+                    format!("{field}.shape (columns)"),
+                    cols,
+                    shape[1],
+                ));
+            }
+            let index = |v: f64| (v.fract() == 0.0 && v >= 0.0).then_some(v as usize);
+            (triplets.iter().enumerate())
+                .map(|(t, &[i, j, v])| match (index(i), index(j)) {
+                    (Some(i), Some(j)) => Ok((i, j, v)),
+                    _ => Err(Error::input(
+                        format!("{field}.triplets[{t}]"),
+                        format!("[{i}, {j}] are not whole, non-negative indices"),
+                    )),
+                })
+                .collect::<Result<_>>()?
+        }
+    };
+    let rows = match spec {
+        Some(MatrixSpec::Sparse { shape, .. }) => shape[0],
+        _ => 0,
+    };
+    csc_from_triplets(rows, cols, &entries).map_err(|e| match e {
+        Error::InvalidInput { reason, .. } => Error::input(field, reason),
+        Error::NonFinite { .. } => Error::NonFinite { what: field.into() },
+        other => other,
+    })
+}
+
+/// The triplet form of a matrix.
+fn triplets(a: &Csc) -> serde_json::Value {
+    let mut out = Vec::with_capacity(a.val().len());
+    crate::linalg::for_each_entry(a, |i, j, v| out.push(serde_json::json!([i, j, v])));
+    serde_json::json!({"shape": [a.nrows(), a.ncols()], "triplets": out})
+}
+
+/// Runs a sparse derive request (module docs) and returns its JSON answer.
+///
+/// # Errors
+/// Malformed JSON or data, naming the field; `betas`, `direction` or a batch `theta` (not on
+/// the sparse path); the sparse layer's errors.
+pub fn derive_sparse_json(value: serde_json::Value) -> Result<serde_json::Value> {
+    let input: SparseInput = serde_json::from_value(value)
+        .map_err(|e| Error::input("problem JSON (sparse)", e.to_string()))?;
+    for (field, given) in [
+        ("betas", input.betas.as_ref().is_some_and(|b| !b.is_empty())),
+        ("direction", input.direction.is_some()),
+    ] {
+        if given {
+            return Err(Error::input(
+                field,
+                "not on the sparse path yet (give Q, A and A_eq as arrays of rows for it)",
+            ));
+        }
+    }
+    let out = derive_sparse(input)?;
+    serde_json::to_value(out).map_err(|e| Error::input("output", e.to_string()))
+}
+
+/// `Q` square `n × n`, and each row block as long as its right-hand side, named as in the
+/// request (the layer below would name them in its own convention).
+fn check_shapes(input: &SparseInput, (q, a, a_eq): (&Csc, &Csc, &Csc), n: usize) -> Result<()> {
+    if q.nrows() != n {
+        return Err(Error::dim(
+            "Q",
+            format!("{n} x {n} (c has {n} entries)"),
+            format!("{} x {n}", q.nrows()),
+        ));
+    }
+    let len = |v: &Option<Vec<f64>>| v.as_ref().map_or(0, Vec::len);
+    for (name, rows, rhs) in [
+        ("A, b", a.nrows(), len(&input.b)),
+        ("A_eq, b_eq", a_eq.nrows(), len(&input.b_eq)),
+    ] {
+        if rows != rhs {
+            return Err(Error::dim(name, format!("{rhs} rows"), rows));
+        }
+    }
+    Ok(())
+}
+
+/// The layer's data in the frameworks' convention (`p = −(Bθ + c)`, `G = −A`, `h = −b`), with
+/// `B` and `θ`.
+fn layer_data(input: &SparseInput) -> Result<(SparseQpData, DMatrix<f64>, DVector<f64>)> {
+    let n = input.c.len();
+    let q = matrix("Q", Some(&input.Q), n)?;
+    let b_mat = match &input.B {
+        Some(rows) => super::derive::dense_rows("B", rows, n)?,
+        None => DMatrix::zeros(n, 0),
+    };
+    let theta = DVector::from_vec(input.theta.clone().unwrap_or(vec![0.0; b_mat.ncols()]));
+    if theta.len() != b_mat.ncols() {
+        return Err(Error::dim("theta", b_mat.ncols(), theta.len()));
+    }
+    let a = matrix("A", input.A.as_ref(), n)?;
+    let a_eq = matrix("A_eq", input.A_eq.as_ref(), n)?;
+    check_shapes(input, (&q, &a, &a_eq), n)?;
+    let vector = |v: &Option<Vec<f64>>| DVector::from_vec(v.clone().unwrap_or_default());
+    for (name, v) in [
+        ("c", Some(&input.c)),
+        ("b", input.b.as_ref()),
+        ("b_eq", input.b_eq.as_ref()),
+    ] {
+        crate::error::check_finite(name, v.into_iter().flatten())?;
+    }
+    crate::error::check_finite("theta", theta.iter())?;
+    crate::error::check_finite("B", b_mat.iter())?;
+    let data = SparseQpData {
+        p: -(&b_mat * &theta + DVector::from_column_slice(&input.c)),
+        g: crate::linalg::negated(&a),
+        h: -vector(&input.b),
+        q,
+        a: a_eq,
+        b: vector(&input.b_eq),
+    };
+    Ok((data, b_mat, theta))
+}
+
+/// The `grad_*` entries asked for, in the request's convention (module docs).
+fn gradients_json(
+    names: &[String],
+    grads: &crate::layer::SparseQpGradients,
+    theta: &DVector<f64>,
+) -> Result<std::collections::BTreeMap<String, serde_json::Value>> {
+    let to_vec = |v: &DVector<f64>| v.as_slice().to_vec();
+    let mut out = std::collections::BTreeMap::new();
+    for (i, name) in names.iter().enumerate() {
+        let value = match name.as_str() {
+            "Q" => triplets(&grads.q),
+            "A" => triplets(&crate::linalg::negated(&grads.g)),
+            "A_eq" => triplets(&grads.a),
+            "c" => serde_json::json!(to_vec(&(-&grads.p))),
+            "b" => serde_json::json!(to_vec(&(-&grads.h))),
+            "b_eq" => serde_json::json!(to_vec(&grads.b)),
+            "B" => {
+                let gb = -(&grads.p * theta.transpose());
+                let rows: Vec<Vec<f64>> =
+                    gb.row_iter().map(|r| r.iter().copied().collect()).collect();
+                serde_json::json!(rows)
+            }
+            other => {
+                return Err(Error::input(
+                    format!("gradients[{i}]"),
+                    format!("unknown datum `{other}`"),
+                ))
+            }
+        };
+        out.insert(format!("grad_{name}"), value);
+    }
+    Ok(out)
+}
+
+fn derive_sparse(input: SparseInput) -> Result<SparseDeriveOutput> {
+    let n = input.c.len();
+    let (data, b_mat, theta) = layer_data(&input)?;
+    let sol = solve_sparse(std::slice::from_ref(&data), 1, Tolerances::default())
+        .pop()
+        .unwrap_or_else(|| Err(Error::input("problem", "no item")))?;
+    let z = sol.z();
+    let (loss, g) = match &input.loss {
+        LossSpec::Linear { g } | LossSpec::Gradient { g } => {
+            let g = DVector::from_column_slice(g);
+            (g.dot(z), g)
+        }
+        LossSpec::Squared { target } => {
+            let d = z - DVector::from_column_slice(target);
+            (0.5 * d.norm_squared(), d)
+        }
+    };
+    if g.len() != n {
+        return Err(Error::dim("loss", n, g.len()));
+    }
+    let grads = sol.gradients(&g)?;
+    let names = input.gradients.clone().unwrap_or_default();
+    let data_gradients = gradients_json(&names, &grads, &theta)?;
+    let (lambda, lambda_eq) = sol.multipliers();
+    let to_vec = |v: &DVector<f64>| v.as_slice().to_vec();
+    let status = grads.status;
+    let out = SparseDeriveOutput {
+        z_star: to_vec(z),
+        multipliers: to_vec(lambda),
+        multipliers_eq: to_vec(lambda_eq),
+        constraints: status.activity.iter().map(|a| a.label()).collect(),
+        branches: status.branches,
+        loss,
+        grad_theta: to_vec(&(-(b_mat.transpose() * &grads.p))),
+        z_dot: to_vec(&grads.p),
+        method: grads.method.to_string(),
+        residual: status.residual,
+        solver: status.solver,
+        loss_note: matches!(input.loss, LossSpec::Gradient { .. }).then_some(GRADIENT_LOSS_NOTE),
+        data_gradients,
+    };
+    check_computed("z_star", &out.z_star)?;
+    check_computed("z_dot", &out.z_dot)?;
+    check_computed("loss", [&out.loss])?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::derive_request as derive_json;
+    use serde_json::{json, Value};
+
+    /// A layer with a strongly active, a weakly active (exact tie) and an inactive row, as
+    /// arrays of rows; the same with `Q`, `A`, `A_eq` as triplets.
+    fn requests() -> (Value, Value) {
+        let dense = json!({
+            "Q": [[2.0, 0.5, 0.0], [0.5, 1.0, 0.0], [0.0, 0.0, 1.0]],
+            "c": [1.0, 0.25, -1.0], "B": [[1.0], [0.0], [0.5]], "theta": [0.5],
+            "A": [[-1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 0.0, 1.0]], "b": [-0.5, 0.0, -3.0],
+            "A_eq": [[0.0, 0.0, 1.0]], "b_eq": [0.5],
+            "loss": {"kind": "linear", "g": [1.0, -1.0, 0.5]},
+            "gradients": ["Q", "B", "c", "A", "b", "A_eq", "b_eq"]
+        });
+        let triplets = |m: &Value| {
+            let rows = m.as_array().unwrap();
+            let cols = rows[0].as_array().unwrap().len();
+            let mut t = Vec::new();
+            for (i, r) in rows.iter().enumerate() {
+                for (j, v) in r.as_array().unwrap().iter().enumerate() {
+                    if v.as_f64().unwrap() != 0.0 {
+                        t.push(json!([i, j, v]));
+                    }
+                }
+            }
+            json!({"shape": [rows.len(), cols], "triplets": t})
+        };
+        let mut sparse = dense.clone();
+        for k in ["Q", "A", "A_eq"] {
+            sparse[k] = triplets(&dense[k]);
+        }
+        (dense, sparse)
+    }
+
+    fn numbers(v: &Value) -> Vec<f64> {
+        match v {
+            Value::Array(a) => a.iter().flat_map(numbers).collect(),
+            Value::Number(x) => vec![x.as_f64().unwrap()],
+            _ => vec![],
+        }
+    }
+
+    #[test]
+    fn triplets_give_the_dense_answer_on_both_branches() {
+        for (g1, branch) in [(-1.0, "stays"), (1.0, "leaves")] {
+            let (mut dense, mut sparse) = requests();
+            for r in [&mut dense, &mut sparse] {
+                r["loss"]["g"][1] = json!(g1);
+            }
+            same_answer(&dense, &sparse);
+            let s = derive_json(&sparse.to_string()).unwrap();
+            assert_eq!(s["branches"][1], json!(branch), "{s}");
+        }
+    }
+
+    fn same_answer(dense: &Value, sparse: &Value) {
+        let d = derive_json(&dense.to_string()).unwrap();
+        let s = derive_json(&sparse.to_string()).unwrap();
+        assert_eq!(
+            s["constraints"],
+            json!(["strong", "weak", "inactive"]),
+            "{s}"
+        );
+        assert_eq!(s["constraints"], d["constraints"]);
+        assert_eq!(s["branches"], d["branches"]);
+        for key in [
+            "z_star",
+            "multipliers",
+            "multipliers_eq",
+            "z_dot",
+            "grad_theta",
+            "loss",
+            "grad_B",
+            "grad_c",
+            "grad_b",
+            "grad_b_eq",
+        ] {
+            let (a, b) = (numbers(&s[key]), numbers(&d[key]));
+            assert_eq!(a.len(), b.len(), "{key}");
+            for (x, y) in a.iter().zip(&b) {
+                assert!((x - y).abs() < 1e-12, "{key}: {x} vs {y}");
+            }
+        }
+        // The matrices' gradients on their patterns equal the dense gradients there.
+        for key in ["grad_Q", "grad_A", "grad_A_eq"] {
+            for t in s[key]["triplets"].as_array().unwrap() {
+                let (i, j, v) = (
+                    t[0].as_u64().unwrap() as usize,
+                    t[1].as_u64().unwrap() as usize,
+                    t[2].as_f64().unwrap(),
+                );
+                let want = d[key][i][j].as_f64().unwrap();
+                assert!((v - want).abs() < 1e-12, "{key}[{i}][{j}]: {v} vs {want}");
+            }
+        }
+    }
+
+    #[test]
+    fn what_the_sparse_path_lacks_or_refuses_is_an_error_naming_the_field() {
+        let (_, sparse) = requests();
+        let fails = |edit: &dyn Fn(&mut Value), field: &str| {
+            let mut r = sparse.clone();
+            edit(&mut r);
+            let e = derive_json(&r.to_string()).unwrap_err().to_string();
+            assert!(e.contains(field), "{field}: {e}");
+        };
+        fails(&|r| r["betas"] = json!([0.1]), "betas");
+        fails(
+            &|r| r["A"]["triplets"][0] = json!([0.5, 0, 1.0]),
+            "A.triplets[0]",
+        );
+        fails(&|r| r["A"]["triplets"][0] = json!([7, 0, 1.0]), "A");
+        fails(&|r| r["b"] = json!([1.0]), "A, b");
+        fails(&|r| r["Q"]["shape"] = json!([3, 2]), "Q.shape");
+        fails(&|r| r["gradients"] = json!(["Z"]), "gradients[0]");
+        fails(&|r| r["extra"] = json!(1), "extra");
+    }
+}
