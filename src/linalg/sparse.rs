@@ -119,6 +119,13 @@ pub(crate) fn abs_mul(a: &Csc, x: &DVector<f64>) -> DVector<f64> {
     y
 }
 
+/// `Σ_i |a_ij u_i|` for every column `j`: the size of the terms `(Aᵀu)_j` is summed from.
+pub(crate) fn abs_tr_mul(a: &Csc, u: &DVector<f64>) -> DVector<f64> {
+    let mut y = DVector::zeros(a.ncols());
+    for_each_entry(a, |i, j, v| y[j] += (v * u[i]).abs());
+    y
+}
+
 /// Each row's ∞-norm (largest magnitude; 0 for an empty row).
 pub(crate) fn row_amax(a: &Csc) -> DVector<f64> {
     let mut y = DVector::zeros(a.nrows());

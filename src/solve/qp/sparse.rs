@@ -16,8 +16,9 @@ use super::exact::Origin;
 use super::problem::{complementarity, ActivityTest, Equilibration, ExactQp, Tolerances};
 use crate::error::{check_finite, Error, Result};
 use crate::linalg::{
-    csc_to_clarabel, power_of_two_scale, scale_rows, sparse_abs_mul, sparse_amax, sparse_mul,
-    sparse_row_amax, sparse_tr_mul, stack_rows, upper_to_clarabel, Csc, KktSolve, SparseKkt,
+    csc_to_clarabel, power_of_two_scale, scale_rows, sparse_abs_mul, sparse_abs_tr_mul,
+    sparse_amax, sparse_mul, sparse_row_amax, sparse_tr_mul, stack_rows, upper_to_clarabel, Csc,
+    KktSolve, SparseKkt,
 };
 
 /// A convex QP `min ½xᵀPx + qᵀx  s.t.  A x ≥ b, A_eq x = b_eq` with sparse `P`, `A`, `A_eq`
@@ -221,7 +222,7 @@ fn verify_certificate(qp: &SparseQp, z: &[f64]) -> Error {
     let u_eq = DVector::from_fn(k, |i, _| -z[i]);
     let (u_in, u_eq) = polish_certificate(qp, u_in, u_eq);
     let r = sparse_tr_mul(&qp.a, &u_in) + sparse_tr_mul(&qp.a_eq, &u_eq);
-    let size = sparse_tr_mul_abs(&qp.a, &u_in) + sparse_tr_mul_abs(&qp.a_eq, &u_eq);
+    let size = sparse_abs_tr_mul(&qp.a, &u_in) + sparse_abs_tr_mul(&qp.a_eq, &u_eq);
     let beta = qp.b.dot(&u_in) + qp.b_eq.dot(&u_eq);
     let beta_size = qp.b.abs().dot(&u_in.abs()) + qp.b_eq.abs().dot(&u_eq.abs());
     let gamma = 64.0 * f64::EPSILON * (m + k + 2) as f64;
@@ -300,13 +301,6 @@ fn polish_certificate(
 
 /// The largest certificate support [`polish_certificate`] projects (its dense SVD).
 const POLISHED_SUPPORT: usize = 400;
-
-/// `|A|ᵀ|u|`.
-fn sparse_tr_mul_abs(a: &Csc, u: &DVector<f64>) -> DVector<f64> {
-    let mut y = DVector::zeros(a.ncols());
-    crate::linalg::for_each_entry(a, |i, j, v| y[j] += (v * u[i]).abs());
-    y
-}
 
 /// The KKT point of a working set on the equilibrated problem, with its factorization.
 struct SparsePoint {
