@@ -194,8 +194,8 @@
 //! On the banded family at n = 10,000 the sparse layer takes 0.13 times proxsuite's time with a
 //! derivative, in 10.5 MB (37,332 non-zeros). proxsuite's `z` is 1.5e-5 from the exact solution
 //! on the box family (4e-10 elsewhere); `bilevel`'s is within 1e-10 by the benchmark's
-//! assertion. Its iteration counts vary: 7.5 s on the banded family at n = 3000 against 0.39 s at
-//! 10,000, measured twice. Against the forward-only solvers on the same data `bilevel`'s forward
+//! assertion. proxsuite's time is irregular: 6.9 s on the banded family at n = 3000 (6.4 s in a
+//! second run) against 0.39 s at 10,000. Against the forward-only solvers on the same data `bilevel`'s forward
 //! solve plus gradient takes 1.2–1.5 times Clarabel's forward solve (its own identification is
 //! Clarabel at `1e-8`) and 1.3–3.9 times OSQP's (ADMM with polishing). The dense layer stays the
 //! faster one on small random layers (n ≤ 300) and is far slower on projections: its dual
