@@ -4,10 +4,9 @@ one-sided differences of the forward solve, SciPy inputs in every format, and ba
 
 import numpy as np
 import pytest
+import scipy.sparse as sp  # CI installs SciPy: a missing one is a failure, not a skip
 
 import bilevel
-
-sp = pytest.importorskip("scipy.sparse")
 
 
 def constructed(rng, n=9, m=6, k=1):
