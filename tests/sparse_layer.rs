@@ -296,3 +296,42 @@ fn the_benchmark_families_solve_to_their_constructed_answers() {
         assert!(err < 1e-5 * (1.0 + rate.amax()), "{name}: {err:e}");
     }
 }
+
+/// A duplicated active row (documented behaviour of the sparse path): both copies are held
+/// with half the multiplier each; `z*` and `∂ℓ/∂p` equal the dense layer's (which sets one copy
+/// aside), and the two copies' `∂ℓ/∂h` add up to the dense layer's single one.
+#[test]
+fn a_duplicated_active_row_shares_its_multiplier_and_leaves_z_and_dp_exact() {
+    let eye = csc_from_triplets(2, 2, &[(0, 0, 1.0), (1, 1, 1.0)]).unwrap();
+    let g = csc_from_triplets(2, 2, &[(0, 0, 1.0), (1, 0, 1.0)]).unwrap();
+    let item = SparseQpData {
+        q: eye,
+        p: DVector::from_vec(vec![-2.0, -0.5]),
+        g,
+        h: DVector::from_vec(vec![1.0, 1.0]),
+        a: csc_from_triplets(0, 2, &[]).unwrap(),
+        b: DVector::zeros(0),
+    };
+    let dense = QpData {
+        q: csc_to_dense(&item.q),
+        p: item.p.clone(),
+        g: csc_to_dense(&item.g),
+        h: item.h.clone(),
+        a: DMatrix::zeros(0, 2),
+        b: DVector::zeros(0),
+    };
+    let s = one(&item);
+    let d = solve(std::slice::from_ref(&dense), 1, Tolerances::default())
+        .pop()
+        .unwrap()
+        .unwrap();
+    assert_eq!(s.z(), d.z());
+    assert_eq!(s.multipliers().0, &DVector::from_vec(vec![0.5, 0.5]));
+    let loss = DVector::from_vec(vec![1.0, 0.0]);
+    let (gs, gd) = (
+        s.gradients(&loss).unwrap(),
+        d.gradients(&loss, Mode::Limit).unwrap(),
+    );
+    assert!((&gs.p - &gd.p).amax() < 1e-15);
+    assert!((gs.h.sum() - gd.h.sum()).abs() < 1e-15);
+}

@@ -10,7 +10,10 @@
 //! formulas are [`super`]'s: `∂ℓ/∂p = ż`, `∂ℓ/∂Q = ½(ż z*ᵀ + z* żᵀ)`, `∂ℓ/∂G = μ z*ᵀ + λ* żᵀ`,
 //! `∂ℓ/∂h = −μ`, `∂ℓ/∂A = −(μ_eq z*ᵀ + λ*_eq żᵀ)`, `∂ℓ/∂b = μ_eq`, evaluated at the stored
 //! entries of `Q`, `G` and `A` only (the gradient with respect to the stored values; entries
-//! outside the pattern are not parameters of the layer).
+//! outside the pattern are not parameters of the layer). Active rows that are exactly
+//! dependent (a duplicated row) share their multiplier ([`crate::solve::qp::solve_sparse_exact`]'s
+//! module docs): `z*` and the gradients of `Q` and `p` stay exact, those of the shared rows'
+//! `G` and `h` are one element of the set-valued derivative there.
 
 use nalgebra::DVector;
 

@@ -5,9 +5,15 @@
 //! factorization is kept ([`SparseExact`]) for Eq. 17's rate problem and the data gradients.
 //! Memory and work follow the non-zeros of `P`, `A` and the factor: nothing `n × n` is formed.
 //!
-//! Differences from the dense path, by design of this first sparse slice: the condition
-//! estimate is not computed (`NaN`), and active rows must be linearly independent (LICQ):
-//! dependent held rows give [`Error::Singular`] instead of being set aside.
+//! Differences from the dense path, in this first sparse slice: the condition estimate is not
+//! computed (`NaN`), and linearly dependent active rows are not set aside. Exactly dependent
+//! held rows with consistent right-hand sides (a duplicated row) are all held, the multiplier
+//! split between them by the regularized factorization (the minimum-norm split: a duplicated
+//! row gets half on each copy), both labelled by that split; `x`, and so the derivatives with
+//! respect to `P` and `q`, are exact, while the derivatives with respect to those rows' own
+//! data are then one element of a set-valued derivative (the dense path reports such rows in
+//! [`ExactQp::dependent`], which stays empty here). Dependent rows with inconsistent right-hand
+//! sides, or nearly dependent ones beyond `f64`'s resolution, give [`Error::Singular`].
 
 use nalgebra::DVector;
 
@@ -143,7 +149,8 @@ impl SparseExact {
 /// # Errors
 /// [`Error::DimensionMismatch`], [`Error::NonFinite`] for bad data;
 /// [`Error::Infeasible`] only with a Farkas certificate verified on the data (an unverified
-/// verdict is [`Error::Inaccurate`]); [`Error::Singular`] for dependent held rows;
+/// verdict is [`Error::Inaccurate`]); [`Error::Singular`] for held rows dependent beyond what the
+/// refined factorization resolves (module docs);
 /// [`Error::NotConverged`] when Clarabel or the repairs do not settle.
 pub fn solve_sparse_exact(
     qp: &SparseQp,
