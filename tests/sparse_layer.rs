@@ -8,7 +8,8 @@
 use bilevel::app::verify::instances::{constructed_qp, rng, vector, ConstructedQp};
 use bilevel::app::verify::sparse_instances;
 use bilevel::layer::{
-    gradients_sparse, solve, solve_sparse, Mode, QpData, SparseQpData, SparseQpSolution,
+    gradients_sparse, solve, solve_sparse, solve_with, LayerSettings, Mode, QpData, QpSolution,
+    SolvePath, SparseQpData, SparseQpSolution,
 };
 use bilevel::linalg::{csc_from_dense, csc_from_triplets, csc_to_dense, Csc};
 use bilevel::nalgebra::{DMatrix, DVector};
@@ -334,4 +335,76 @@ fn a_duplicated_active_row_shares_its_multiplier_and_leaves_z_and_dp_exact() {
     );
     assert!((&gs.p - &gd.p).amax() < 1e-15);
     assert!((gs.h.sum() - gd.h.sum()).abs() < 1e-15);
+}
+
+fn with_path(item: &QpData, path: SolvePath) -> QpSolution {
+    let settings = LayerSettings {
+        path,
+        ..LayerSettings::default()
+    };
+    solve_with(std::slice::from_ref(item), &settings)
+        .pop()
+        .unwrap()
+        .unwrap()
+}
+
+/// `layer::solve` takes the sparse path for a large sparse dense-stored item (the banded chain
+/// of 500 units with weak rows) and the dense path for a small dense one; either path gives the
+/// same z*, labels and limit gradients, and on a small item forced onto the sparse path the
+/// same gradients in every mode (the finite-β modes solve densely).
+#[test]
+fn the_automatic_choice_takes_the_sparse_path_for_large_sparse_items_with_the_same_answers() {
+    let n = 500;
+    let inst = sparse_instances::banded(n);
+    let item = QpData {
+        q: csc_to_dense(&inst.data.q),
+        p: inst.data.p.clone(),
+        g: csc_to_dense(&inst.data.g),
+        h: inst.data.h.clone(),
+        a: DMatrix::zeros(0, n),
+        b: DVector::zeros(0),
+    };
+    assert!(bilevel::layer::prefers_sparse(&item));
+    let auto = solve(std::slice::from_ref(&item), 1, Tolerances::default())
+        .pop()
+        .unwrap()
+        .unwrap();
+    assert!(
+        auto.status().solver.contains("sparse"),
+        "{}",
+        auto.status().solver
+    );
+    let dense = with_path(&item, SolvePath::Dense);
+    assert!(!dense.status().solver.contains("sparse"));
+    assert_eq!(auto.status().activity, inst.labels);
+    assert_eq!(dense.status().activity, inst.labels);
+    close("z", &col(auto.z()), &col(dense.z()), 2.0);
+    let g = vector(&mut rng(992), n);
+    let (a, d) = (
+        auto.gradients(&g, Mode::Limit).unwrap(),
+        dense.gradients(&g, Mode::Limit).unwrap(),
+    );
+    close("dQ", &a.q, &d.q, 2.0);
+    close("dp", &col(&a.p), &col(&d.p), 2.0);
+    close("dG", &a.g, &d.g, 2.0);
+    close("dh", &col(&a.h), &col(&d.h), 2.0);
+    assert_eq!(a.status.branches, d.status.branches);
+    let small = dense_item(&constructed_qp(&mut rng(993), 9, 2, 1, &LABELS));
+    assert!(!bilevel::layer::prefers_sparse(&small));
+    let forced = with_path(&small, SolvePath::Sparse);
+    assert!(forced.status().solver.contains("sparse"));
+    let dense = with_path(&small, SolvePath::Dense);
+    close("z", &col(forced.z()), &col(dense.z()), 2.0);
+    let g = vector(&mut rng(994), 9);
+    for mode in [Mode::Limit, Mode::Contrastive(1e-3), Mode::Centered(1e-3)] {
+        let (a, d) = (
+            forced.gradients(&g, mode).unwrap(),
+            dense.gradients(&g, mode).unwrap(),
+        );
+        close("dQ", &a.q, &d.q, 10.0);
+        close("dG", &a.g, &d.g, 10.0);
+        close("dA", &a.a, &d.a, 10.0);
+        close("db", &col(&a.b), &col(&d.b), 10.0);
+        assert_eq!(a.status.branches, d.status.branches, "{mode:?}");
+    }
 }

@@ -199,5 +199,7 @@
 //! solve plus gradient takes 1.2–1.5 times Clarabel's forward solve (its own identification is
 //! Clarabel at `1e-8`) and 1.3–3.9 times OSQP's (ADMM with polishing). The dense layer stays the
 //! faster one on small random layers (n ≤ 300) and is far slower on projections: its dual
-//! active-set method adds the rows one at a time (10.7 s for the simplex at n = 1000). The
-//! choice between the two is still the caller's (`layer::solve` or `layer::solve_sparse`).
+//! active-set method adds the rows one at a time (10.7 s for the simplex at n = 1000). From these
+//! figures `layer::solve` (and so `qp_solve` and `QPFunction`) now chooses per item:
+//! the sparse path when n ≥ 500 and at most 5 % of the entries of `Q`, `G`, `A` are non-zero
+//! (`layer::prefers_sparse`; `layer::solve_with` and `SolvePath` override it).
