@@ -198,8 +198,8 @@ impl Default for LayerSettings {
 
 /// [`SolvePath::Auto`]'s rule: the sparse path when `n ≥ 500` and at most 5 % of the entries of `Q`,
 /// `G` and `A` are non-zero. Measured (the results guide, "Sparse QP layers"): the sparse path
-/// is 1.9–1600 times faster from n = 1000 on banded, projection and random layers of about 1 %
-/// density, and the dense one up to 2 times faster on random layers of n ≤ 300.
+/// is 1.7–1650 times faster at n = 1000 on banded, projection and random layers of about 1 %
+/// density, and the dense one up to 5 times faster on random layers of n ≤ 300.
 pub fn prefers_sparse(item: &QpData) -> bool {
     let n = item.q.nrows();
     let stored: usize = [&item.q, &item.g, &item.a]
