@@ -20,7 +20,7 @@ use bilevel::app::verify::sparse_instances::{
     banded, box_projection, random_sparse, simplex_projection, SparseInstance,
 };
 use bilevel::layer::{solve, solve_sparse, Mode, QpData, SparseQpData};
-use bilevel::linalg::{csc_to_dense, Csc};
+use bilevel::linalg::Csc;
 use bilevel::nalgebra::DVector;
 
 /// The system allocator, counting the bytes in use and their peak.
@@ -158,14 +158,7 @@ fn main() {
 
 /// The dense layer on the same item: median ms of solve + gradients, and its peak MB.
 fn dense_cost(item: &SparseQpData, g: &DVector<f64>, repeats: usize) -> (f64, f64) {
-    let dense = QpData {
-        q: csc_to_dense(&item.q),
-        p: item.p.clone(),
-        g: csc_to_dense(&item.g),
-        h: item.h.clone(),
-        a: csc_to_dense(&item.a),
-        b: item.b.clone(),
-    };
+    let dense = QpData::from(item);
     let run = || {
         let sol = solve(std::slice::from_ref(&dense), 1, Default::default());
         sol[0].as_ref().unwrap().gradients(g, Mode::Limit).unwrap();

@@ -11,7 +11,7 @@ use bilevel::layer::{
     gradients_sparse, solve, solve_sparse, solve_with, LayerSettings, Mode, QpData, QpSolution,
     SolvePath, SparseQpData, SparseQpSolution,
 };
-use bilevel::linalg::{csc_from_dense, csc_from_triplets, csc_to_dense, Csc};
+use bilevel::linalg::{csc_from_triplets, csc_to_dense, Csc};
 use bilevel::nalgebra::{DMatrix, DVector};
 use bilevel::prox::Activity::{self, Inactive, Strong, Weak};
 use bilevel::solve::qp::Tolerances;
@@ -25,17 +25,6 @@ fn dense_item(inst: &ConstructedQp) -> QpData {
         h: -&inst.constraints.b,
         a: inst.constraints.a_eq.clone(),
         b: inst.constraints.b_eq.clone(),
-    }
-}
-
-fn sparse_of(d: &QpData) -> SparseQpData {
-    SparseQpData {
-        q: csc_from_dense(&d.q),
-        p: d.p.clone(),
-        g: csc_from_dense(&d.g),
-        h: d.h.clone(),
-        a: csc_from_dense(&d.a),
-        b: d.b.clone(),
     }
 }
 
@@ -68,7 +57,7 @@ fn sparse_items_agree_with_the_dense_layer_at_strong_weak_and_inactive_rows() {
             .pop()
             .unwrap()
             .unwrap();
-        let s = one(&sparse_of(&dense));
+        let s = one(&SparseQpData::from(&dense));
         let scale = inst.z_star.amax();
         close("z", &col(s.z()), &col(d.z()), scale);
         assert_eq!(s.status().activity, inst.labels, "{seed}");
@@ -191,7 +180,7 @@ fn rescaling_a_row_rescales_its_gradients_and_nothing_else() {
 fn a_batch_is_its_items_for_every_thread_count() {
     let items: Vec<SparseQpData> = (0..7)
         .map(|s| {
-            sparse_of(&dense_item(&constructed_qp(
+            SparseQpData::from(&dense_item(&constructed_qp(
                 &mut rng(950 + s),
                 8,
                 1,
@@ -313,14 +302,7 @@ fn a_duplicated_active_row_shares_its_multiplier_and_leaves_z_and_dp_exact() {
         a: csc_from_triplets(0, 2, &[]).unwrap(),
         b: DVector::zeros(0),
     };
-    let dense = QpData {
-        q: csc_to_dense(&item.q),
-        p: item.p.clone(),
-        g: csc_to_dense(&item.g),
-        h: item.h.clone(),
-        a: DMatrix::zeros(0, 2),
-        b: DVector::zeros(0),
-    };
+    let dense = QpData::from(&item);
     let s = one(&item);
     let d = solve(std::slice::from_ref(&dense), 1, Tolerances::default())
         .pop()
@@ -356,14 +338,7 @@ fn with_path(item: &QpData, path: SolvePath) -> QpSolution {
 fn the_automatic_choice_takes_the_sparse_path_for_large_sparse_items_with_the_same_answers() {
     let n = 500;
     let inst = sparse_instances::banded(n);
-    let item = QpData {
-        q: csc_to_dense(&inst.data.q),
-        p: inst.data.p.clone(),
-        g: csc_to_dense(&inst.data.g),
-        h: inst.data.h.clone(),
-        a: DMatrix::zeros(0, n),
-        b: DVector::zeros(0),
-    };
+    let item = QpData::from(&inst.data);
     assert!(bilevel::layer::prefers_sparse(&item));
     let auto = solve(std::slice::from_ref(&item), 1, Tolerances::default())
         .pop()

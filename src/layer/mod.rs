@@ -101,19 +101,9 @@ impl QpData {
         if self.q.ncols() != n {
             return Err(Error::dim("Q", format!("{n} x {n}"), shape(&self.q)));
         }
-        if self.p.len() != n {
-            return Err(Error::dim("p", n, self.p.len()));
-        }
-        for (name, rows, rhs) in [("G, h", &self.g, &self.h), ("A, b", &self.a, &self.b)] {
-            if rows.ncols() != n || rows.nrows() != rhs.len() {
-                let want = format!("{} x {n} and {}", rhs.len(), rhs.len());
-                return Err(Error::dim(
-                    name,
-                    want,
-                    format!("{} and {}", shape(rows), rhs.len()),
-                ));
-            }
-        }
+        let blocks = [("G, h", &self.g, &self.h), ("A, b", &self.a, &self.b)]
+            .map(|(name, rows, rhs)| (name, rows.shape(), rhs.len()));
+        check_blocks(n, self.p.len(), blocks)?;
         let parts = [
             ("Q", self.q.as_slice()),
             ("p", self.p.as_slice()),
@@ -126,6 +116,53 @@ impl QpData {
             crate::error::check_finite(name, values.iter())?;
         }
         Ok(())
+    }
+}
+
+/// The shape checks both conventions share (dense [`QpData`], [`SparseQpData`]): `p` of length
+/// `n`, and each row block (`G, h`; `A, b`) of shape `(rows, cols)` with `n` columns and as many
+/// rows as its right-hand side has entries.
+fn check_blocks(n: usize, p: usize, blocks: [(&str, (usize, usize), usize); 2]) -> Result<()> {
+    if p != n {
+        return Err(Error::dim("p", n, p));
+    }
+    for (name, (rows, cols), rhs) in blocks {
+        if cols != n || rows != rhs {
+            return Err(Error::dim(
+                name,
+                format!("{rhs} x {n} and {rhs}"),
+                format!("{rows} x {cols} and {rhs}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl From<&SparseQpData> for QpData {
+    /// The dense item of sparse data.
+    fn from(data: &SparseQpData) -> Self {
+        QpData {
+            q: csc_to_dense(&data.q),
+            p: data.p.clone(),
+            g: csc_to_dense(&data.g),
+            h: data.h.clone(),
+            a: csc_to_dense(&data.a),
+            b: data.b.clone(),
+        }
+    }
+}
+
+impl From<&QpData> for SparseQpData {
+    /// The sparse item of dense data (its non-zero entries).
+    fn from(item: &QpData) -> Self {
+        SparseQpData {
+            q: csc_from_dense(&item.q),
+            p: item.p.clone(),
+            g: csc_from_dense(&item.g),
+            h: item.h.clone(),
+            a: csc_from_dense(&item.a),
+            b: item.b.clone(),
+        }
     }
 }
 
@@ -286,7 +323,7 @@ impl QpSolution {
             }
             Solved::Sparse { data, tol, .. } => {
                 // Def. 1's surrogates run on the dense layer: solve the item densely.
-                let dense = dense_solution(&densify(data), *tol)?;
+                let dense = dense_solution(&QpData::from(data), *tol)?;
                 return dense.gradients(grad_z, mode);
             }
         };
@@ -368,30 +405,6 @@ fn dense_gradients(solution: &SparseQpSolution, grad_z: &DVector<f64>) -> Result
     })
 }
 
-/// The dense item of sparse data.
-fn densify(data: &SparseQpData) -> QpData {
-    QpData {
-        q: csc_to_dense(&data.q),
-        p: data.p.clone(),
-        g: csc_to_dense(&data.g),
-        h: data.h.clone(),
-        a: csc_to_dense(&data.a),
-        b: data.b.clone(),
-    }
-}
-
-/// The sparse item of dense data (the non-zero entries).
-fn sparsify(item: &QpData) -> SparseQpData {
-    SparseQpData {
-        q: csc_from_dense(&item.q),
-        p: item.p.clone(),
-        g: csc_from_dense(&item.g),
-        h: item.h.clone(),
-        a: csc_from_dense(&item.a),
-        b: item.b.clone(),
-    }
-}
-
 /// One item on the dense path.
 fn dense_solution(item: &QpData, tol: Tolerances) -> Result<QpSolution> {
     let layer = item.problem(tol)?;
@@ -406,7 +419,7 @@ fn dense_solution(item: &QpData, tol: Tolerances) -> Result<QpSolution> {
 
 /// One item on the sparse path (shapes are checked densely first, with the dense path's names).
 fn sparse_solution(item: &QpData, tol: Tolerances) -> Result<QpSolution> {
-    let data = sparsify(item);
+    let data = SparseQpData::from(item);
     let solution = solve_sparse(std::slice::from_ref(&data), 1, tol)
         .pop()
         .unwrap_or_else(|| Err(Error::input("item", "no item")))?;

@@ -53,20 +53,9 @@ impl SparseQpData {
     /// `G, h`, `A, b`); a `Q` that is not symmetric positive definite.
     pub fn qp(&self) -> Result<SparseQp> {
         let n = self.q.nrows();
-        let shape = |m: &Csc| format!("{} x {}", m.nrows(), m.ncols());
-        if self.p.len() != n {
-            return Err(Error::dim("p", n, self.p.len()));
-        }
-        for (name, rows, rhs) in [("G, h", &self.g, &self.h), ("A, b", &self.a, &self.b)] {
-            if rows.ncols() != n || rows.nrows() != rhs.len() {
-                let want = format!("{} x {n} and {}", rhs.len(), rhs.len());
-                return Err(Error::dim(
-                    name,
-                    want,
-                    format!("{} and {}", shape(rows), rhs.len()),
-                ));
-            }
-        }
+        let blocks = [("G, h", &self.g, &self.h), ("A, b", &self.a, &self.b)]
+            .map(|(name, rows, rhs)| (name, (rows.nrows(), rows.ncols()), rhs.len()));
+        super::check_blocks(n, self.p.len(), blocks)?;
         check_sparse_spd("Q", &self.q)?;
         let qp = SparseQp {
             p: self.q.clone(),
