@@ -29,7 +29,7 @@ fn bilevel_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<nested::Network>()?;
     m.add_class::<qp::QpBatch>()?;
     m.add_function(wrap_pyfunction!(qp::qp_solve, m)?)?;
-    m.add_class::<sparse::SparseQpHandle>()?;
+    m.add_class::<sparse::SparseQpBatch>()?;
     m.add_function(wrap_pyfunction!(sparse::_sparse_qp_solve, m)?)?;
     m.add_function(wrap_pyfunction!(verify, m)?)?;
     m.add_function(wrap_pyfunction!(verify_ids, m)?)?;

@@ -181,7 +181,7 @@ fn mode_of(mode: &Bound<'_, PyAny>) -> Result<Mode> {
 }
 
 /// Each item's result, or the first failing item's error with its `index`.
-fn all_items<T>(py: Python<'_>, results: Vec<Result<T>>) -> PyResult<Vec<T>> {
+pub(crate) fn all_items<T>(py: Python<'_>, results: Vec<Result<T>>) -> PyResult<Vec<T>> {
     let mut out = Vec::with_capacity(results.len());
     for (i, r) in results.into_iter().enumerate() {
         match r {

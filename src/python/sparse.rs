@@ -1,17 +1,20 @@
-//! `_sparse_qp_solve` and `SparseQpHandle`: one QP layer with sparse `Q`, `G`, `A`
-//! ([`crate::layer::solve_sparse`]) for the Python wrapper `bilevel.sparse_qp_solve`
-//! (`src/python/bilevel/sparse.py`), which takes SciPy sparse matrices and passes each as its
-//! compressed-column arrays `(nrows, ncols, indptr, indices, data)`; the gradients come back in
-//! the same form, on the input's pattern.
+//! `_sparse_qp_solve` and `SparseQpBatch`: QP layers with sparse `Q`, `G`, `A`
+//! ([`crate::layer::solve_sparse`]), a batch of items at once, for the Python wrappers
+//! (`bilevel.sparse_qp_solve` and the framework adapters' sparse inputs,
+//! `src/python/bilevel/sparse.py`), which pass each matrix as its compressed-column arrays
+//! `(nrows, ncols, indptr, indices, data)`; the gradients come back in the same form, on the
+//! input's pattern.
 
 use nalgebra::DVector;
+use numpy::ndarray::Array2;
 use numpy::IntoPyArray;
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyList};
 
-use super::convert::{detached, to_pyerr, Array};
+use super::convert::{detached, threads_arg, to_pyerr, Array};
+use super::qp::all_items;
 use crate::error::{Error, Result};
-use crate::layer::{self, SparseQpData, SparseQpSolution};
+use crate::layer::{self, SparseQpData, SparseQpGradients, SparseQpSolution};
 use crate::linalg::{csc_from_triplets, Csc};
 use crate::solve::qp::Tolerances;
 
@@ -88,44 +91,63 @@ fn matrix(name: &str, (nrows, ncols, indptr, rows, data): &Parts<'_>) -> Result<
     })
 }
 
-/// One solved sparse layer, kept (with its factorization) for its gradients.
-#[pyclass(frozen, module = "bilevel", name = "SparseQpHandle")]
-pub struct SparseQpHandle {
-    solution: SparseQpSolution,
+/// Item `i`'s data, read and checked (its errors name the argument).
+fn item_data((q, p, g, h, a, b): &Item<'_>) -> Result<SparseQpData> {
+    Ok(SparseQpData {
+        q: matrix("Q", q)?,
+        p: DVector::from_vec(values("p", p)?),
+        g: matrix("G", g)?,
+        h: DVector::from_vec(values("h", h)?),
+        a: matrix("A", a)?,
+        b: DVector::from_vec(values("b", b)?),
+    })
 }
 
-/// `_sparse_qp_solve((Q, p, G, h, A, b), (feasibility_tol, multiplier_tol))`: `z*` and the
-/// handle of its gradients (use `bilevel.sparse_qp_solve`, which takes SciPy matrices).
+/// The solved items of one `_sparse_qp_solve` call, kept (with their factorizations) for their
+/// gradients.
+#[pyclass(frozen, module = "bilevel", name = "SparseQpBatch")]
+pub struct SparseQpBatch {
+    solutions: Vec<SparseQpSolution>,
+    threads: usize,
+}
+
+/// `_sparse_qp_solve(items, (feasibility_tol, multiplier_tol), threads=None)`: `z*` of every
+/// item `(Q, p, G, h, A, b)` (all with the same number of variables `n`) as an array
+/// `(items, n)`, and the `SparseQpBatch` of their gradients; the items are solved on `threads`
+/// threads (default: the machine's cores), the answers independent of the count. An item's
+/// error carries its `index` (use `bilevel.sparse_qp_solve`, which takes SciPy matrices, or the
+/// framework adapters, which take their sparse tensors).
 #[pyfunction]
+#[pyo3(signature = (items, tol, threads = None))]
 pub(crate) fn _sparse_qp_solve<'py>(
     py: Python<'py>,
-    item: Item<'py>,
+    items: Vec<Item<'py>>,
     tol: (f64, f64),
-) -> PyResult<(Bound<'py, PyAny>, SparseQpHandle)> {
+    threads: Option<i64>,
+) -> PyResult<(Bound<'py, PyAny>, SparseQpBatch)> {
     let tol = Tolerances {
         feasibility: tol.0,
         multiplier: tol.1,
     };
-    let read = || -> Result<SparseQpData> {
+    let threads = (|| {
         tol.validate()?;
-        let (q, p, g, h, a, b) = &item;
-        Ok(SparseQpData {
-            q: matrix("Q", q)?,
-            p: DVector::from_vec(values("p", p)?),
-            g: matrix("G", g)?,
-            h: DVector::from_vec(values("h", h)?),
-            a: matrix("A", a)?,
-            b: DVector::from_vec(values("b", b)?),
-        })
-    };
-    let data = read().map_err(|e| to_pyerr(py, e))?;
-    let solution = detached(py, || {
-        layer::solve_sparse(std::slice::from_ref(&data), 1, tol)
-            .pop()
-            .unwrap_or_else(|| Err(Error::input("item", "no item")))
-    })?;
-    let z = solution.z().as_slice().to_vec().into_pyarray(py).into_any();
-    Ok((z, SparseQpHandle { solution }))
+        threads_arg(threads)
+    })()
+    .map_err(|e| to_pyerr(py, e))?;
+    let data = all_items(py, items.iter().map(item_data).collect())?;
+    let n = data.first().map_or(0, |d| d.q.ncols());
+    let columns = data.iter().map(|d| match d.q.ncols() {
+        c if c == n => Ok(()),
+        c => Err(Error::dim("Q (columns)", format!("{n}, as item 0's"), c)),
+    });
+    all_items(py, columns.collect())?;
+    let results = py.detach(|| layer::solve_sparse(&data, threads, tol));
+    let solutions = all_items(py, results)?;
+    let z = Array2::from_shape_fn((solutions.len(), n), |(i, j)| solutions[i].z()[j]);
+    Ok((
+        z.into_pyarray(py).into_any(),
+        SparseQpBatch { solutions, threads },
+    ))
 }
 
 /// `(indptr, indices, data)` of a matrix's compressed columns.
@@ -159,43 +181,81 @@ fn parts<'py>(
 }
 
 #[pymethods]
-impl SparseQpHandle {
-    /// `gradients(grad_z)`: the exact (one-sided) gradients of `ℓ` for `grad_z = ∂ℓ/∂z*`, a
-    /// dict with `Q`, `G`, `A` as `(indptr, indices, data)` on the inputs' patterns, `p`, `h`,
-    /// `b` as arrays, `branches` (`"stays"`, `"leaves"` or `None` per row of `G`) and
-    /// `method`.
-    fn gradients<'py>(&self, py: Python<'py>, grad_z: Array<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let g = values("grad_z", &grad_z).map_err(|e| to_pyerr(py, e))?;
-        let g = DVector::from_vec(g);
-        let grads = detached(py, || self.solution.gradients(&g))?;
-        let d = PyDict::new(py);
-        d.set_item("Q", parts(py, &grads.q))?;
-        d.set_item("p", grads.p.as_slice().to_vec().into_pyarray(py))?;
-        d.set_item("G", parts(py, &grads.g))?;
-        d.set_item("h", grads.h.as_slice().to_vec().into_pyarray(py))?;
-        d.set_item("A", parts(py, &grads.a))?;
-        d.set_item("b", grads.b.as_slice().to_vec().into_pyarray(py))?;
-        let branches: Vec<Option<&str>> = grads
-            .status
-            .branches
+impl SparseQpBatch {
+    /// `gradients(grad_z)`: for `grad_z = ∂ℓ/∂z*` (shape `(items, n)`), per item the exact
+    /// (one-sided) gradients of `ℓ`: a dict with `Q`, `G`, `A` as `(indptr, indices, data)` on
+    /// the inputs' patterns, `p`, `h`, `b` as arrays, `branches` (`"stays"`, `"leaves"` or
+    /// `None` per row of `G`) and `method`.
+    fn gradients<'py>(&self, py: Python<'py>, grad_z: Array<'py>) -> PyResult<Bound<'py, PyList>> {
+        let count = self.solutions.len();
+        let n = self.solutions.first().map_or(0, |s| s.z().len());
+        let read = || -> Result<Vec<DVector<f64>>> {
+            let g = grad_z.read("grad_z")?;
+            let g = g.as_array();
+            if g.shape() != [count, n] {
+                return Err(Error::dim(
+                    "grad_z",
+                    format!("({count}, {n})"),
+                    format!("{:?}", g.shape()),
+                ));
+            }
+            Ok(g.outer_iter()
+                .map(|r| DVector::from_iterator(n, r.iter().copied()))
+                .collect())
+        };
+        let grads = read().map_err(|e| to_pyerr(py, e))?;
+        let results = detached(py, || {
+            layer::gradients_sparse(&self.solutions, &grads, self.threads)
+        })?;
+        let items = all_items(py, results)?;
+        let dicts = items
             .iter()
-            .map(|b| b.map(|b| b.label()))
-            .collect();
-        d.set_item("branches", branches)?;
-        d.set_item("method", grads.method.to_string())?;
-        Ok(d)
+            .map(|g| gradient_dict(py, g))
+            .collect::<PyResult<Vec<_>>>()?;
+        PyList::new(py, dicts)
     }
 
-    /// `status()`: a dict with the `solver`, its `iterations` and `residual`, each row of `G`'s
-    /// `activity` (`"strong"`, `"weak"`, `"inactive"`).
-    fn status<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s = self.solution.status();
-        let d = PyDict::new(py);
-        d.set_item("solver", s.solver)?;
-        d.set_item("iterations", s.iterations)?;
-        d.set_item("residual", s.residual)?;
-        let labels: Vec<&str> = s.activity.iter().map(|a| a.label()).collect();
-        d.set_item("activity", labels)?;
-        Ok(d)
+    /// `status()`: per item, a dict with the `solver`, its `iterations` and `residual`, each row
+    /// of `G`'s `activity` (`"strong"`, `"weak"`, `"inactive"`).
+    fn status<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let rows = self
+            .solutions
+            .iter()
+            .map(|s| {
+                let s = s.status();
+                let d = PyDict::new(py);
+                d.set_item("solver", s.solver)?;
+                d.set_item("iterations", s.iterations)?;
+                d.set_item("residual", s.residual)?;
+                let labels: Vec<&str> = s.activity.iter().map(|a| a.label()).collect();
+                d.set_item("activity", labels)?;
+                Ok(d)
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        PyList::new(py, rows)
     }
+
+    fn __len__(&self) -> usize {
+        self.solutions.len()
+    }
+}
+
+/// One item's gradients as a dict (matrices as their compressed columns).
+fn gradient_dict<'py>(py: Python<'py>, grads: &SparseQpGradients) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("Q", parts(py, &grads.q))?;
+    d.set_item("p", grads.p.as_slice().to_vec().into_pyarray(py))?;
+    d.set_item("G", parts(py, &grads.g))?;
+    d.set_item("h", grads.h.as_slice().to_vec().into_pyarray(py))?;
+    d.set_item("A", parts(py, &grads.a))?;
+    d.set_item("b", grads.b.as_slice().to_vec().into_pyarray(py))?;
+    let branches: Vec<Option<&str>> = grads
+        .status
+        .branches
+        .iter()
+        .map(|b| b.map(|b| b.label()))
+        .collect();
+    d.set_item("branches", branches)?;
+    d.set_item("method", grads.method.to_string())?;
+    Ok(d)
 }

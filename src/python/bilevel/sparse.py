@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _bilevel
+from .errors import _dimension_error, _input_error
 
 __all__ = ["sparse_qp_solve", "SparseQpSolution"]
 
@@ -36,41 +37,99 @@ def _scipy():
     return sp
 
 
-def _csc(name, m, shape):
-    """``m`` (any SciPy sparse matrix or array-like) as canonical CSC: duplicates summed, rows
-    sorted in every column; ``None`` is ``shape`` without entries."""
-    sp = _scipy()
+class _Entries:
+    """One sparse matrix argument as the Rust side takes it: ``parts``, its canonical compressed
+    columns ``(nrows, ncols, indptr, indices, data)`` (repeated entries summed, rows sorted in
+    every column), and ``where``: the position in ``data`` of each entry as given, so that the
+    gradient of given entry ``k`` is ``grad_data[where[k]]`` (the same for every copy of a
+    repeated entry). Every front end (SciPy, torch, JAX) goes through this one definition."""
+
+    __slots__ = ("parts", "where", "shape")
+
+    def __init__(self, name, rows, cols, values, shape):
+        nrows, ncols = (int(shape[0]), int(shape[1]))
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        cols = np.asarray(cols, dtype=np.int64).reshape(-1)
+        values = np.asarray(values, dtype=np.float64).reshape(-1)
+        if not (len(rows) == len(cols) == len(values)):
+            raise _input_error(name, f"{len(rows)} row indices, {len(cols)} column indices "
+                                     f"and {len(values)} values")
+        outside = (rows < 0) | (rows >= nrows) | (cols < 0) | (cols >= ncols)
+        if outside.any():
+            k = int(np.argmax(outside))
+            raise _input_error(name, f"entry ({rows[k]}, {cols[k]}) is outside its shape "
+                                     f"({nrows}, {ncols})")
+        key = cols * nrows + rows  # column-major order: exact in int64 for any stored size
+        unique, self.where = np.unique(key, return_inverse=True)
+        data = np.bincount(self.where, weights=values, minlength=len(unique))
+        indptr = np.zeros(ncols + 1, dtype=np.int64)
+        np.cumsum(np.bincount(unique // max(nrows, 1), minlength=ncols), out=indptr[1:])
+        self.parts = (nrows, ncols, indptr, unique % max(nrows, 1), data)
+        self.shape = (nrows, ncols)
+
+    @classmethod
+    def dense(cls, name, a):
+        """Every entry of the 2-D array ``a``, zeros included (row-major), so that its gradient
+        is the whole dense gradient."""
+        a = np.asarray(a, dtype=np.float64)
+        if a.ndim != 2:
+            raise _dimension_error(name, "2 dimensions", f"shape {a.shape}")
+        rows, cols = np.indices(a.shape)
+        return cls(name, rows, cols, a, a.shape)
+
+    @classmethod
+    def empty(cls, name, n):
+        """No rows of ``n`` columns (an absent ``G`` or ``A``)."""
+        return cls(name, [], [], [], (0, n))
+
+    def given(self, grad_parts):
+        """The gradient of each entry as given, from the gradient's ``(indptr, indices, data)``
+        on the canonical pattern."""
+        return np.asarray(grad_parts[2])[self.where]
+
+
+def _solve(items, tol, threads):
+    """``z`` ``(items, n)`` and the batch handle for items ``(Q, p, G, h, A, b)`` whose matrices
+    are :class:`_Entries`."""
+    packed = [(Q.parts, p, G.parts, h, A.parts, b) for Q, p, G, h, A, b in items]
+    return _bilevel._sparse_qp_solve(packed, tol, threads)
+
+
+def _scipy_entries(name, m, shape):
+    """``m`` (any SciPy sparse matrix or array-like) as :class:`_Entries`; ``None`` is ``shape``
+    without entries."""
     if m is None:
-        return sp.csc_array(shape)
+        return _Entries.empty(name, shape[1])
+    sp = _scipy()
     if not sp.issparse(m):
         m = np.asarray(m, dtype=float)
         if m.ndim != 2:
             raise TypeError(f"{name} must be a 2-D (sparse) matrix, got shape {m.shape}")
-    out = sp.csc_array(m, dtype=float, copy=True)
-    out.sum_duplicates()
-    out.sort_indices()
-    return out
-
-
-def _parts(m):
-    return (m.shape[0], m.shape[1], m.indptr, m.indices, m.data)
+    coo = sp.coo_array(m)
+    if coo.ndim != 2:
+        raise TypeError(f"{name} must be a 2-D (sparse) matrix, got shape {coo.shape}")
+    return _Entries(name, coo.row, coo.col, coo.data, coo.shape)
 
 
 class SparseQpSolution:
     """A solved sparse layer (from :func:`sparse_qp_solve`), kept with its factorization for
     :meth:`gradients`."""
 
-    def __init__(self, handle, patterns):
+    def __init__(self, handle, shapes):
         self._handle = handle
-        self._shapes = {k: m.shape for k, m in patterns.items()}
+        self._shapes = shapes
 
     def gradients(self, grad_z):
         """The exact gradients of ``ℓ`` for ``grad_z = ∂ℓ/∂z*`` (length ``n``): a dict with
-        ``Q``, ``G``, ``A`` as ``scipy.sparse.csc_array`` on the inputs' patterns, ``p``, ``h``,
-        ``b`` as arrays, ``branches`` (``"stays"``, ``"leaves"`` or ``None`` per row of ``G``:
-        at a weakly active row, whether it stays active for the loss) and ``method``."""
+        ``Q``, ``G``, ``A`` as ``scipy.sparse.csc_array`` on the inputs' patterns (repeated
+        entries summed, rows sorted), ``p``, ``h``, ``b`` as arrays, ``branches``
+        (``"stays"``, ``"leaves"`` or ``None`` per row of ``G``: at a weakly active row, whether
+        it stays active for the loss) and ``method``."""
         sp = _scipy()
-        out = self._handle.gradients(np.asarray(grad_z, dtype=float))
+        g = np.asarray(grad_z, dtype=float)
+        if g.ndim != 1:
+            raise _dimension_error("grad_z", "a vector (1-D array)", f"shape {g.shape}")
+        (out,) = self._handle.gradients(g[None])
         for k in ("Q", "G", "A"):
             indptr, indices, data = out[k]
             out[k] = sp.csc_array((data, indices, indptr), shape=self._shapes[k])
@@ -80,7 +139,7 @@ class SparseQpSolution:
         """A dict with the ``solver``, its ``iterations``, the KKT ``residual`` (∞-norm, rows
         equilibrated) and each row of ``G``'s ``activity`` (``"strong"``, ``"weak"``,
         ``"inactive"``)."""
-        return self._handle.status()
+        return self._handle.status()[0]
 
 
 def sparse_qp_solve(Q, p, G=None, h=None, A=None, b=None, *, feasibility_tol=1e-9,
@@ -92,7 +151,9 @@ def sparse_qp_solve(Q, p, G=None, h=None, A=None, b=None, *, feasibility_tol=1e-
     Returns ``(z, solution)``: ``z`` as a float64 array and a :class:`SparseQpSolution` whose
     ``gradients(grad_z)`` gives the gradients of every input. Errors are the classes of
     :mod:`bilevel.errors` (a shape that does not fit names the argument; an infeasible problem
-    is reported only with a Farkas certificate verified on the data).
+    is reported only with a Farkas certificate verified on the data). For a batch, and for
+    gradients through autograd, pass sparse tensors to :func:`bilevel.torch.QPFunction` or
+    :func:`bilevel.jax.qp`.
 
     >>> import numpy as np, scipy.sparse as sp, bilevel
     >>> # projection of −p onto z ≥ 0 (G = −I, h = 0): the second unit sits on its bound
@@ -107,12 +168,12 @@ def sparse_qp_solve(Q, p, G=None, h=None, A=None, b=None, *, feasibility_tol=1e-
     """
     if Q is None:
         raise TypeError("Q is required")
-    Qc = _csc("Q", Q, None)
-    n = Qc.shape[1]
-    Gc = _csc("G", G, (0, n))
-    Ac = _csc("A", A, (0, n))
+    Qe = _scipy_entries("Q", Q, None)
+    n = Qe.shape[1]
+    Ge = _scipy_entries("G", G, (0, n))
+    Ae = _scipy_entries("A", A, (0, n))
     h = np.zeros(0) if h is None else h
     b = np.zeros(0) if b is None else b
-    item = (_parts(Qc), p, _parts(Gc), h, _parts(Ac), b)
-    z, handle = _bilevel._sparse_qp_solve(item, (feasibility_tol, multiplier_tol))
-    return z, SparseQpSolution(handle, {"Q": Qc, "G": Gc, "A": Ac})
+    z, handle = _solve([(Qe, p, Ge, h, Ae, b)], (feasibility_tol, multiplier_tol), 1)
+    shapes = {"Q": Qe.shape, "G": Ge.shape, "A": Ae.shape}
+    return z[0], SparseQpSolution(handle, shapes)

@@ -19,6 +19,15 @@ Results and gradients come back on the input's device and in its dtype. A shared
 gradient is the sum over the batch (autograd's rule); ``reduce="mean"`` divides it by the batch
 size, as qpth does.
 
+``Q``, ``G`` and ``A`` may be sparse tensors (COO, CSR or CSC; 2-D shared or 3-D batched, no
+dense dimensions): the call then takes the sparse path of the Rust layer (Clarabel's
+identification, a sparse ``LDLᵀ`` of the working set's KKT system refined to rounding, the same
+factor for the derivative), nothing ``n × n`` is formed, and each sparse input's gradient lives
+on its pattern (the gradient with respect to its stored values), in its layout (COO and CSR;
+a CSC input's gradient is COO, since autograd accumulates no CSC gradients). Dense inputs in
+such a call keep dense gradients. The sparse path gives the exact derivative
+(``mode="limit"``).
+
 The Fenchel-BP activations (:func:`fenchel_relu`, :func:`fenchel_hard_sigmoid`,
 :func:`fenchel_hard_tanh`, :func:`fenchel_box`, :func:`fenchel_softmax`) are
 ``torch.autograd.Function``s whose backward pass is Fenchel back-propagation's quotient
@@ -43,7 +52,9 @@ import numpy as np
 import torch
 
 from ._bilevel import qp_solve
-from .errors import _complex_error
+from .errors import _complex_error, _dimension_error, _input_error
+from .sparse import _Entries
+from .sparse import _solve as _solve_sparse
 
 __all__ = [
     "QPFunction",
@@ -96,10 +107,155 @@ class _QP(torch.autograd.Function):
             if empty or not needed:
                 out.append(None)
                 continue
-            d = torch.from_numpy(grads[name])
+            d = grads[name]
             if shared:
-                d = d.sum(0) if ctx.settings["reduce"] == "sum" else d.mean(0)
+                d = _reduce(d, d.shape[1:], ctx.settings["reduce"])
+            d = torch.from_numpy(np.asarray(d))
             out.append(d.to(device=device, dtype=dtype))
+        return (None, *out)
+
+
+_SPARSE = (torch.sparse_coo, torch.sparse_csr, torch.sparse_csc)
+
+
+class _Matrix:
+    """``Q``, ``G`` or ``A`` on the sparse route: its entries for each item (one set for all when
+    shared) and the way its gradient goes back, on the input's own pattern and layout."""
+
+    def __init__(self, name, x, n):
+        self.name, self.layout, self.shape = name, x.layout, tuple(x.shape)
+        self.meta = (x.dtype, x.device)
+        self.batch = None
+        x = x.detach().to("cpu", torch.float64)
+        if x.layout == torch.strided:
+            self._dense(x, n)
+        elif x.layout in _SPARSE:
+            self._sparse(x)
+        else:
+            raise _input_error(name, f"layout {x.layout} is not supported (use COO, CSR or CSC)")
+
+    def _dense(self, x, n):
+        if x.numel() == 0 and x.dim() <= 2:  # absent: no rows
+            self.entries = [_Entries.empty(self.name, n)]
+        elif x.dim() == 2:
+            self.entries = [_Entries.dense(self.name, x.numpy())]
+        elif x.dim() == 3:
+            self.batch = x.shape[0]
+            self.entries = [_Entries.dense(self.name, a) for a in x.numpy()]
+        else:
+            raise _dimension_error(self.name, "2 or 3 dimensions (shared or batched)",
+                                   f"shape {self.shape}")
+
+    def _sparse(self, x):
+        coo = x.to_sparse_coo().coalesce()
+        if coo.dense_dim() != 0 or x.dim() not in (2, 3):
+            raise _dimension_error(self.name, "2 or 3 sparse dimensions (shared or batched)",
+                                   f"shape {self.shape} with {coo.dense_dim()} dense")
+        self.indices = coo.indices()
+        idx, values = self.indices.numpy(), coo.values().numpy()
+        if x.dim() == 2:
+            self.entries = [_Entries(self.name, idx[0], idx[1], values, x.shape)]
+            return
+        self.batch = x.shape[0]
+        self.masks = [idx[0] == i for i in range(self.batch)]
+        self.entries = [_Entries(self.name, idx[1][m], idx[2][m], values[m], x.shape[1:])
+                        for m in self.masks]
+
+    def item(self, i):
+        return self.entries[0 if self.batch is None else i]
+
+    def gradient(self, grads, reduce):
+        """The gradient for the items' gradient dicts ``grads``: summed (``reduce="sum"``) or
+        averaged over the batch when shared, in the input's layout, dtype and device."""
+        given = [self.item(i).given(g[self.name]) for i, g in enumerate(grads)]
+        if self.batch is None:
+            values = _reduce(given, (len(self.entries[0].where),), reduce)
+        elif self.layout == torch.strided:
+            values = np.stack(given) if given else np.zeros(self.shape)
+        else:
+            values = np.zeros(self.indices.shape[1])
+            for m, v in zip(self.masks, given):
+                values[m] = v
+        dtype, device = self.meta
+        if self.layout == torch.strided:
+            return torch.from_numpy(values.reshape(self.shape)).to(device=device, dtype=dtype)
+        out = torch.sparse_coo_tensor(self.indices, torch.from_numpy(values), self.shape,
+                                      check_invariants=False).coalesce()
+        if self.layout == torch.sparse_csr:
+            out = out.to_sparse_csr()  # a CSC input's stays COO: autograd accumulates no CSC
+        return out.to(device=device, dtype=dtype)
+
+
+class _Vector:
+    """``p``, ``h`` or ``b`` on the sparse route: shared, batched or absent (empty)."""
+
+    def __init__(self, name, x):
+        self.name, self.shape, self.meta = name, tuple(x.shape), (x.dtype, x.device)
+        self.values = x.detach().to("cpu", torch.float64).numpy()
+        self.batch = x.shape[0] if x.dim() == 2 else None
+        if x.dim() > 2:
+            raise _dimension_error(name, "1 or 2 dimensions (shared or batched)",
+                                   f"shape {self.shape}")
+
+    def item(self, i):
+        return self.values.reshape(-1) if self.batch is None else self.values[i]
+
+    def gradient(self, grads, reduce):
+        given = [g[self.name] for g in grads]
+        if self.batch is None:
+            values = _reduce(given, self.shape, reduce)
+        else:
+            values = np.stack(given) if given else np.zeros(self.shape)
+        dtype, device = self.meta
+        return torch.from_numpy(values.reshape(self.shape)).to(device=device, dtype=dtype)
+
+
+def _reduce(given, shape, reduce):
+    """A shared input's gradient from its items' ``given``: their sum, or their mean for
+    ``reduce="mean"`` (zero for a batch of zero items, as the sum)."""
+    total = np.sum(given, axis=0) if len(given) else np.zeros(shape)
+    return total / len(given) if reduce == "mean" and len(given) else total
+
+
+def _batch_size(readers):
+    """The batch size the batched inputs agree on (1 if none is batched)."""
+    batch = None
+    for r in readers:
+        if r.batch is not None and batch is not None and r.batch != batch[0]:
+            raise _dimension_error(f"{r.name} (batch size)", f"{batch[0]}, as {batch[1]}'s",
+                                   r.batch)
+        if r.batch is not None and batch is None:
+            batch = (r.batch, r.name)
+    return 1 if batch is None else batch[0]
+
+
+class _SparseQP(torch.autograd.Function):
+    """The sparse route: taken when ``Q``, ``G`` or ``A`` is a sparse tensor."""
+
+    @staticmethod
+    def forward(ctx, settings, *inputs):
+        n = inputs[0].shape[-1]
+        readers = [(_Matrix if k % 2 == 0 else _Vector)(name, x, *((n,) if k % 2 == 0 else ()))
+                   for k, (name, x) in enumerate(zip(_NAMES, inputs))]
+        batch = _batch_size(readers)
+        items = [tuple(r.item(i) for r in readers) for i in range(batch)]
+        tol = (settings["feasibility_tol"], settings["multiplier_tol"])
+        z, handle = _solve_sparse(items, tol, settings["threads"]) if items else (
+            np.zeros((0, n)), None)
+        ctx.handle, ctx.readers, ctx.settings = handle, readers, settings
+        ctx.absent = [x.numel() == 0 and x.layout == torch.strided for x in inputs]
+        settings["last"] = handle
+        reference = inputs[0]
+        return torch.from_numpy(z).to(device=reference.device, dtype=reference.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_z):
+        g = np.ascontiguousarray(grad_z.detach().to("cpu", torch.float64).numpy())
+        grads = ctx.handle.gradients(g) if ctx.handle is not None else []
+        ctx.settings["last_branches"] = [d["branches"] for d in grads]
+        reduce = ctx.settings["reduce"]
+        out = [None if absent or not needed else r.gradient(grads, reduce)
+               for r, absent, needed in zip(ctx.readers, ctx.absent, ctx.needs_input_grad[1:])]
         return (None, *out)
 
 
@@ -154,6 +310,11 @@ def QPFunction(eps=1e-12, verbose=0, notImprovedLim=3, maxIter=20, check_Q_spd=T
                 raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
             if x.is_complex():
                 raise _complex_error(name, x.dtype)
+        if any(x.layout != torch.strided for x in inputs):
+            if settings["mode"] != "limit":
+                raise _input_error("mode", "the finite-beta surrogates need dense Q, G and A; "
+                                   "sparse ones give the exact derivative (mode=\"limit\")")
+            return _SparseQP.apply(settings, *inputs)
         return _QP.apply(settings, *inputs)
 
     def status():
