@@ -62,6 +62,45 @@ def constructed_layer(rng, n, p, m, k, labels):
     return data, theta, z
 
 
+def constructed_qp(rng, n=9, m=6, k=1):
+    """A QP in qpth's convention (min ½zᵀQz + pᵀz, Gz ≤ h, Az = b) built backwards from z*: rows
+    cycling strong, weak, inactive; G with zeros (about half), so that a sparse pattern is not
+    the full matrix. Returns (data dict, z_star, labels)."""
+    M = rng.uniform(-1, 1, (n, n))
+    Q = M @ M.T / n + 0.3 * np.eye(n)
+    G = rng.uniform(-1, 1, (m, n)) * (rng.uniform(0, 1, (m, n)) < 0.5)
+    G[:, 0] += 1.0  # no empty row
+    A = rng.uniform(-1, 1, (k, n))
+    z = rng.uniform(-1, 1, n)
+    labels = ["strong", "weak", "inactive"] * (m // 3)
+    nu = np.array([rng.uniform(0.5, 2.0) if lab == "strong" else 0.0 for lab in labels])
+    h = G @ z + np.array([0.75 if lab == "inactive" else 0.0 for lab in labels])
+    p = -(Q @ z + G.T @ nu + A.T @ rng.uniform(-1, 1, k))
+    return dict(Q=Q, p=p, G=G, h=h, A=A, b=A @ z), z, labels
+
+
+def banded_qp(n):
+    """A chain in qpth's convention: Q tridiagonal (2.5, −1), bounds z_i ≤ u_i on every third
+    unit, labels cycling strong, weak, inactive; z* and multipliers in quarters, so the ties are
+    exact. Returns (Q as (rows, cols, values), p, G as (rows, cols, values, n_rows), h, z*,
+    labels), the matrices as triplets for any sparse front end."""
+    z = ((np.arange(n) * 7) % 11) / 4.0 - 1.0
+    i = np.arange(n)
+    Q = (np.concatenate([i, i[1:], i[:-1]]), np.concatenate([i, i[:-1], i[1:]]),
+         np.concatenate([2.5 * np.ones(n), -np.ones(2 * (n - 1))]))
+    bounded = np.arange(0, n, 3)
+    G = (np.arange(len(bounded)), bounded, np.ones(len(bounded)), len(bounded))
+    labels = [["strong", "weak", "inactive"][r % 3] for r in range(len(bounded))]
+    nu = np.array([0.5 + r % 4 if lab == "strong" else 0.0 for r, lab in enumerate(labels)])
+    h = z[bounded] + np.array([0.75 if lab == "inactive" else 0.0 for lab in labels])
+    Qz = 2.5 * z
+    Qz[1:] -= z[:-1]
+    Qz[:-1] -= z[1:]
+    Gt_nu = np.zeros(n)
+    Gt_nu[bounded] = nu
+    return Q, -(Qz + Gt_nu), G, h, z, labels
+
+
 def as_json(data):
     return {key: np.asarray(value).tolist() for key, value in data.items()}
 

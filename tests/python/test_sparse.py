@@ -7,27 +7,14 @@ import pytest
 import scipy.sparse as sp  # CI installs SciPy: a missing one is a failure, not a skip
 
 import bilevel
-
-
-def constructed(rng, n=9, m=6, k=1):
-    """A QP built backwards: rows cycling strong, weak, inactive at a chosen z*."""
-    M = rng.uniform(-1, 1, (n, n))
-    Q = M @ M.T / n + 0.3 * np.eye(n)
-    G = rng.uniform(-1, 1, (m, n))
-    A = rng.uniform(-1, 1, (k, n))
-    z = rng.uniform(-1, 1, n)
-    labels = ["strong", "weak", "inactive"] * (m // 3)
-    nu = np.array([rng.uniform(0.5, 2.0) if lab == "strong" else 0.0 for lab in labels])
-    h = G @ z + np.array([0.75 if lab == "inactive" else 0.0 for lab in labels])
-    lam_eq = rng.uniform(-1, 1, k)
-    p = -(Q @ z + G.T @ nu + A.T @ lam_eq)
-    return Q, p, G, h, A, A @ z, z, labels
+from conftest import banded_qp, constructed_qp
 
 
 def test_sparse_items_agree_with_the_dense_layer():
     rng = np.random.default_rng(0)
     for _ in range(6):
-        Q, p, G, h, A, b, z_star, labels = constructed(rng)
+        data, z_star, labels = constructed_qp(rng)
+        Q, p, G, h, A, b = (data[k] for k in ("Q", "p", "G", "h", "A", "b"))
         z, sol = bilevel.sparse_qp_solve(sp.csc_array(Q), p, sp.csr_array(G), h, sp.coo_array(A), b)
         zd, batch = bilevel.qp_solve(Q, p[None], G, h, A, b)
         assert np.abs(z - z_star).max() < 1e-12
@@ -39,24 +26,18 @@ def test_sparse_items_agree_with_the_dense_layer():
             gd = batch.gradients(g[None])
             for key in ("Q", "G", "A"):
                 assert isinstance(gs[key], sp.csc_array)
-                assert np.abs(gs[key].toarray() - gd[key][0]).max() < 1e-10, key
+                on_pattern = gd[key][0] * (data[key] != 0)  # G has zeros: off its pattern
+                assert np.abs(gs[key].toarray() - on_pattern).max() < 1e-10, key
             for key in ("p", "h", "b"):
                 assert np.abs(gs[key] - gd[key][0]).max() < 1e-10, key
             assert gs["branches"] == gd["branches"][0]
 
 
 def banded(n):
-    """A chain: Q tridiagonal (2.5, −1), bounds z_i ≤ u_i on every third unit, labels cycling
-    strong, weak, inactive; z* and multipliers in quarters, so the ties are exact."""
-    z = ((np.arange(n) * 7) % 11) / 4.0 - 1.0
-    Q = sp.diags([-np.ones(n - 1), 2.5 * np.ones(n), -np.ones(n - 1)], [-1, 0, 1], format="csc")
-    rows = np.arange(0, n, 3)
-    G = sp.csc_array((np.ones(len(rows)), (np.arange(len(rows)), rows)), shape=(len(rows), n))
-    labels = [["strong", "weak", "inactive"][r % 3] for r in range(len(rows))]
-    nu = np.array([0.5 + r % 4 if lab == "strong" else 0.0 for r, lab in enumerate(labels)])
-    h = G @ z + np.array([0.75 if lab == "inactive" else 0.0 for lab in labels])
-    p = -(Q @ z + G.T @ nu)
-    return Q, p, G, h, z, labels
+    """The shared banded chain as SciPy matrices."""
+    (qr, qc, qv), p, (gr, gc, gv, m), h, z, labels = banded_qp(n)
+    Q = sp.csc_array((qv, (qr, qc)), shape=(n, n))
+    return Q, p, sp.csc_array((gv, (gr, gc)), shape=(m, n)), h, z, labels
 
 
 def test_ten_thousand_units_with_one_sided_rates():

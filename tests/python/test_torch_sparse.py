@@ -15,26 +15,11 @@ else:
 
 import bilevel  # noqa: E402
 from bilevel.torch import QPFunction  # noqa: E402
+from conftest import banded_qp, constructed_qp  # noqa: E402
 
 F64 = torch.float64
 ORDER = ("Q", "p", "G", "h", "A", "b")
 pytestmark = pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
-
-
-def constructed(rng, n=9, m=6, k=1):
-    """A QP built backwards from z*: rows cycling strong, weak, inactive; G with zeros (about
-    half), so that a pattern is not the full matrix."""
-    M = rng.uniform(-1, 1, (n, n))
-    Q = M @ M.T / n + 0.3 * np.eye(n)
-    G = rng.uniform(-1, 1, (m, n)) * (rng.uniform(0, 1, (m, n)) < 0.5)
-    G[:, 0] += 1.0  # no empty row
-    A = rng.uniform(-1, 1, (k, n))
-    z = rng.uniform(-1, 1, n)
-    labels = ["strong", "weak", "inactive"] * (m // 3)
-    nu = np.array([rng.uniform(0.5, 2.0) if lab == "strong" else 0.0 for lab in labels])
-    h = G @ z + np.array([0.75 if lab == "inactive" else 0.0 for lab in labels])
-    p = -(Q @ z + G.T @ nu + A.T @ rng.uniform(-1, 1, k))
-    return dict(Q=Q, p=p, G=G, h=h, A=A, b=A @ z), z, labels
 
 
 def leaves(data, layouts):
@@ -73,7 +58,7 @@ def run(data, layouts, g, **kw):
 def test_sparse_inputs_give_the_dense_routes_answer_on_their_patterns(layouts):
     rng = np.random.default_rng(3)
     for _ in range(4):
-        data, z_star, labels = constructed(rng)
+        data, z_star, labels = constructed_qp(rng)
         batch = {k: (np.stack([v, v]) if k in ("p", "h") else v) for k, v in data.items()}
         batch["p"][1] += 0.0  # the same item twice: the shared gradients are twice an item's
         for sign in (1.0, -1.0):
@@ -97,7 +82,7 @@ def test_sparse_inputs_give_the_dense_routes_answer_on_their_patterns(layouts):
 
 def test_a_batched_sparse_input_equals_its_items_and_mean_divides_shared_ones():
     rng = np.random.default_rng(5)
-    items = [constructed(rng)[0] for _ in range(3)]
+    items = [constructed_qp(rng)[0] for _ in range(3)]
     G = torch.stack([torch.tensor(it["G"]) for it in items]).to_sparse().coalesce()
     Q = torch.tensor(items[0]["Q"]).to_sparse()
     p = torch.tensor(np.stack([it["p"] for it in items]))
@@ -124,28 +109,16 @@ def test_a_batched_sparse_input_equals_its_items_and_mean_divides_shared_ones():
 
 def test_ten_thousand_units_through_autograd():
     n = 10_000
-    z_star = ((np.arange(n) * 7) % 11) / 4.0 - 1.0
-    idx = np.arange(n)
-    rows = np.concatenate([idx, idx[1:], idx[:-1]])
-    cols = np.concatenate([idx, idx[:-1], idx[1:]])
-    vals = np.concatenate([2.5 * np.ones(n), -np.ones(2 * (n - 1))])
-    Q = torch.sparse_coo_tensor(np.stack([rows, cols]), vals, (n, n),
-                                check_invariants=True).coalesce()
-    bounded = np.arange(0, n, 3)
-    G = torch.sparse_coo_tensor(np.stack([np.arange(len(bounded)), bounded]),
-                                np.ones(len(bounded)), (len(bounded), n),
-                                check_invariants=True).coalesce()
-    labels = [["strong", "weak", "inactive"][r % 3] for r in range(len(bounded))]
-    nu = np.array([0.5 + r % 4 if lab == "strong" else 0.0 for r, lab in enumerate(labels)])
-    h = z_star[bounded] + np.array([0.75 if lab == "inactive" else 0.0 for lab in labels])
-    zt = torch.tensor(z_star)
-    p = -(torch.sparse.mm(Q, zt[:, None])[:, 0].numpy() + G.t().to_dense().numpy() @ nu)
+    (qr, qc, qv), p, (gr, gc, gv, m), h, z_star, labels = banded_qp(n)
+    Q = torch.sparse_coo_tensor(np.stack([qr, qc]), qv, (n, n), check_invariants=True)
+    G = torch.sparse_coo_tensor(np.stack([gr, gc]), gv, (m, n), check_invariants=True)
+    Q, G = Q.coalesce(), G.coalesce()
     e = torch.empty(0, dtype=F64)
     pt = torch.tensor(p, requires_grad=True)
     Gl = G.clone().requires_grad_(True)
     f = QPFunction()
     z = f(Q, pt, Gl, torch.tensor(h), e, e)
-    assert (z[0] - zt).abs().max() < 1e-12
+    assert (z[0] - torch.tensor(z_star)).abs().max() < 1e-12
     assert f.status()[0]["activity"] == labels
     g = torch.tensor(np.random.default_rng(1).uniform(-1, 1, n))
     (z[0] * g).sum().backward()
@@ -159,7 +132,7 @@ def test_ten_thousand_units_through_autograd():
 
 def test_float32_inputs_get_float32_results_and_gradients():
     rng = np.random.default_rng(7)
-    data, _, _ = constructed(rng)
+    data, _, _ = constructed_qp(rng)
     inputs = [x.detach().to(torch.float32).requires_grad_(True) if x.layout == torch.strided
               else x.detach().to(torch.float32).coalesce().requires_grad_(True)
               for x in leaves(data, {"Q": "coo", "G": "coo"})]

@@ -7,7 +7,8 @@ need it.
   in qpth's convention (the same as :func:`bilevel.torch.QPFunction`), every input
   differentiable, under ``jax.grad``, ``jax.jit``, ``jax.vmap`` and with its batch sharded over
   devices (``jax.sharding``: under ``jax.jit`` XLA gathers a host callback's operands to one
-  device; under ``jax.shard_map`` each device solves its own items).
+  device; under ``jax.shard_map`` each device solves its own items); ``Q``, ``G``, ``A`` may be
+  sparse (``BCOO``, ``BCSR``).
 - :func:`qp_layer` turns a :class:`bilevel.QuadraticLayer` into a function ``theta -> z*(theta)``
   usable under ``jax.grad``, ``jax.jit`` and ``jax.vmap``. Its forward and backward passes run
   on the host in Rust (``jax.pure_callback``); its backward pass is the one-sided derivative of
@@ -30,7 +31,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._bilevel import QuadraticLayer, qp_solve
-from .errors import _complex_error, _dimension_error
+from .errors import _complex_error, _dimension_error, _input_error
+from .sparse import _Entries
+from .sparse import _solve as _solve_sparse
 
 __all__ = [
     "qp",
@@ -196,6 +199,13 @@ def qp(Q, p, G, h, A, b, *, mode="limit", threads=None):
     (each device's items on its own call). ``mode`` chooses the backward pass: ``"limit"`` (exact, one-sided at weakly active rows, Prop. 2),
     ``("contrastive", beta)`` or ``("centered", beta)`` (Def. 1's surrogates). Reverse mode
     only; the backward pass solves the items again.
+
+    ``Q``, ``G`` and ``A`` may be ``jax.experimental.sparse`` matrices (``BCOO``, or ``BCSR``,
+    converted), 2-D and shared by the batch (batch the dense inputs, or use ``jax.vmap``): the
+    call then takes the sparse Rust layer (nothing ``n × n`` is formed), gives the exact
+    derivative (``mode="limit"``) and each sparse input's cotangent on its stored entries (the
+    cotangent of its ``data``). An error of the host solve (infeasible data, say) arrives as
+    ``jax.errors.JaxRuntimeError`` carrying the package's error and message.
     
 
     Example (projection of ``−p`` onto ``z ≥ 0``; the second unit sits on its bound, a tie)::
@@ -212,6 +222,11 @@ def qp(Q, p, G, h, A, b, *, mode="limit", threads=None):
     """
     kind, beta = _mode(mode)
     grad_mode = "limit" if kind == "limit" else (kind, beta)
+    if any(_sparse_matrix(x) is not None for x in (Q, G, A)):
+        if kind != "limit":
+            raise _input_error("mode", "the finite-beta surrogates need dense Q, G and A; "
+                               "sparse ones give the exact derivative (mode=\"limit\")")
+        return _qp_sparse((Q, p, G, h, A, b), threads)
     inputs = [jnp.asarray(x) for x in (Q, p, G, h, A, b)]
     for name, x in zip(_NAMES, inputs):
         if jnp.issubdtype(x.dtype, jnp.complexfloating):
@@ -262,6 +277,145 @@ def qp(Q, p, G, h, A, b, *, mode="limit", threads=None):
 
     solve.defvjp(forward, backward)
     return solve(*inputs)
+
+
+def _sparse_matrix(x):
+    """``x`` as a ``jax.experimental.sparse.BCOO`` if it is a sparse matrix (a ``BCSR`` is
+    converted, differentiably), else ``None``."""
+    try:
+        from jax.experimental import sparse
+    except ImportError:  # pragma: no cover - part of every JAX release
+        return None
+    if isinstance(x, sparse.BCSR):
+        return x.to_bcoo()
+    return x if isinstance(x, sparse.BCOO) else None
+
+
+def _sparse_slots(inputs):
+    """The inputs of a sparse call as flat arrays (a sparse matrix as its ``data`` and its
+    ``indices``) and, per input, its sparse shape or ``None`` (dense)."""
+    dtype = inputs[0].dtype if jnp.issubdtype(inputs[0].dtype, jnp.floating) else jnp.float64
+    flat, shapes = [], []
+    for name, x in zip(_NAMES, inputs):
+        m = _sparse_matrix(x)
+        if m is None:
+            x = jnp.asarray(x)
+            if jnp.issubdtype(x.dtype, jnp.complexfloating):
+                raise _complex_error(name, x.dtype)
+            base = _BASE[len(shapes)]
+            if _present(len(shapes), x) and x.ndim < base:
+                raise _dimension_error(name, f"at least {base} dimensions", f"shape {x.shape}")
+            flat.append(x.astype(dtype))
+            shapes.append(None)
+            continue
+        if m.n_batch or m.n_dense or m.ndim != 2:
+            raise _dimension_error(name, "a 2-D sparse matrix (shared; batch the dense inputs "
+                                   "or use jax.vmap)", f"shape {m.shape} with {m.n_batch} batch"
+                                   f" and {m.n_dense} dense dimensions")
+        if jnp.issubdtype(m.dtype, jnp.complexfloating):
+            raise _complex_error(name, m.dtype)
+        flat += [m.data.astype(dtype), m.indices]
+        shapes.append(tuple(m.shape))
+    return flat, shapes, dtype
+
+
+def _unflatten(flat, shapes):
+    """Per input: its array, or ``(data, indices)`` for a sparse one."""
+    it = iter(flat)
+    return [next(it) if shape is None else (next(it), next(it)) for shape in shapes]
+
+
+def _lead(inputs, shapes):
+    """The broadcast batch shape of the dense inputs' leading axes (sparse ones are shared)."""
+    lead = [x.shape[:x.ndim - base] for k, (x, base, shape) in
+            enumerate(zip(inputs, _BASE, shapes)) if shape is None and _present(k, x)]
+    return np.broadcast_shapes(*lead) if lead else ()
+
+
+def _sparse_items(inputs, shapes, n):
+    """The items of a sparse call from its host inputs: the batch shape, each item's
+    ``(Q, p, G, h, A, b)`` with ``_Entries`` for the matrices, and the sparse inputs' entries
+    (``None`` for dense ones)."""
+    batch = _lead(inputs, shapes)
+    count = int(np.prod(batch)) if batch else 1
+    columns, sparse = [], []
+    for k, (name, x, base, shape) in enumerate(zip(_NAMES, inputs, _BASE, shapes)):
+        entries = None
+        if shape is not None:
+            entries = _Entries(name, x[1][:, 0], x[1][:, 1], x[0], shape)
+            columns.append([entries] * count)
+        elif not _present(k, x):
+            columns.append([_Entries.empty(name, n) if base == 2 else np.zeros(0)] * count)
+        else:
+            own = x.shape[x.ndim - base:]
+            items = np.broadcast_to(x, batch + own).reshape((count,) + own)
+            columns.append([_Entries.dense(name, a) if base == 2 else a for a in items])
+        sparse.append(entries)
+    return batch, list(zip(*columns)), sparse
+
+
+def _sparse_cotangents(inputs, shapes, solved, grads, dtype):
+    """The cotangent of every differentiable flat array (a sparse input's ``data``, each dense
+    input) from the items' gradient dicts ``grads``."""
+    batch, items, sparse = solved
+    out = []
+    for k, (name, x, shape, entries) in enumerate(zip(_NAMES, inputs, shapes, sparse)):
+        if shape is not None:
+            given = [entries.given(d[name]) for d in grads]
+            out.append(np.sum(given, axis=0) if given else np.zeros(x[0].shape))
+        elif x.size == 0 or not grads:
+            out.append(np.zeros(x.shape))
+        else:
+            per = [item[k].given(d[name]).reshape(item[k].shape) if _BASE[k] == 2 else d[name]
+                   for item, d in zip(items, grads)]
+            out.append(_unbroadcast(np.stack(per), x.shape, batch or (1,)))
+    return tuple(a.astype(dtype) for a in out)
+
+
+def _qp_sparse(inputs, threads):
+    """:func:`qp` when ``Q``, ``G`` or ``A`` is sparse: the sparse Rust layer, each sparse
+    input's cotangent on its entries (``data``), the dense ones' as in :func:`qp`."""
+    flat, shapes, dtype = _sparse_slots(inputs)
+    n = shapes[0][1] if shapes[0] is not None else flat[0].shape[-1]
+    out_shape = (_lead(_unflatten(flat, shapes), shapes) or (1,)) + (n,)
+    tol = (1e-9, 1e-9)
+
+    def solved(arrays):
+        host = _unflatten([np.asarray(a) for a in arrays], shapes)
+        parts = _sparse_items(host, shapes, n)
+        z, handle = _solve_sparse(parts[1], tol, threads) if parts[1] else (np.zeros((0, n)), None)
+        return host, parts, z, handle
+
+    def host_solve(*arrays):
+        return solved(arrays)[2].reshape(out_shape).astype(dtype)
+
+    def host_grads(*args):
+        host, parts, _, handle = solved(args[:-1])
+        g = np.asarray(args[-1], dtype=np.float64).reshape(-1, n)
+        grads = handle.gradients(np.ascontiguousarray(g)) if handle is not None else []
+        return _sparse_cotangents(host, shapes, parts, grads, dtype)
+
+    differentiable = [k for k, x in enumerate(flat) if jnp.issubdtype(x.dtype, jnp.floating)]
+
+    @jax.custom_vjp
+    def solve(*xs):
+        spec = jax.ShapeDtypeStruct(out_shape, dtype)
+        z = jax.pure_callback(host_solve, spec, *xs, vmap_method="sequential")
+        return _varying(frozenset().union(*map(_axes, xs)), z)
+
+    def forward(*xs):
+        return solve(*xs), xs
+
+    def backward(xs, g):
+        specs = tuple(jax.ShapeDtypeStruct(xs[k].shape, dtype) for k in differentiable)
+        grads = jax.pure_callback(host_grads, specs, *xs, g, vmap_method="sequential")
+        out = [np.zeros(x.shape, dtype=jax.dtypes.float0) for x in xs]  # indices: no cotangent
+        for k, d in zip(differentiable, grads):
+            out[k] = _varying(_axes(xs[k]), d)
+        return tuple(out)
+
+    solve.defvjp(forward, backward)
+    return solve(*flat)
 
 
 def _fenchel_box(lo, hi, beta):
