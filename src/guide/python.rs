@@ -106,8 +106,32 @@
 //! sol.status()["activity"][:3]          # ['strong', 'strong', 'strong']
 //! ```
 //!
-//! The framework adapters (`QPFunction`, `bilevel.jax.qp`) take dense tensors; sparse tensors
-//! there are not supported yet.
+//! The framework adapters take sparse tensors too, and then run the same sparse path on a batch
+//! (the items on all cores):
+//!
+//! - `bilevel.torch.QPFunction()(Q, p, G, h, A, b)` with `Q`, `G`, `A` as torch sparse tensors
+//!   (COO, CSR or CSC; 2-D shared by the batch or 3-D batched). Each sparse input's `.grad` lives
+//!   on its pattern, in its layout (a CSC input's is COO: autograd accumulates no CSC
+//!   gradients); dense inputs in the same call keep dense gradients.
+//! - `bilevel.jax.qp(Q, p, G, h, A, b)` with `jax.experimental.sparse.BCOO` (or `BCSR`)
+//!   matrices, shared by the batch (batch the dense inputs, or `jax.vmap`): the cotangent of a
+//!   sparse input is that of its `data`, under `jax.grad`, `jax.jit` and `jax.vmap`.
+//!
+//! ```python
+//! import torch
+//! from bilevel.torch import QPFunction
+//! n = 10_000
+//! i = torch.arange(n)
+//! diagonal = lambda v: torch.sparse_coo_tensor(torch.stack([i, i]), torch.full((n,), v))
+//! Q = diagonal(2.0).double()
+//! G = diagonal(1.0).double().requires_grad_()                             # z ≤ h
+//! p = -torch.ones(4, n, dtype=torch.float64)                              # a batch of 4
+//! z = QPFunction()(Q, p, G, torch.full((n,), 0.1, dtype=torch.float64), torch.empty(0), torch.empty(0))
+//! z.sum().backward()                  # G.grad: a sparse COO tensor on G's pattern
+//! ```
+//!
+//! The sparse path gives the exact derivative (`mode="limit"`); the finite-β surrogate modes
+//! need dense `Q`, `G`, `A` and say so.
 //!
 //! The tests (`tests/python`, run by CI after `pip install .` in a fresh venv, with torch and qpth):
 //! `pip install pytest jax torch && pip install --no-deps qpth && cargo build --release && python -m pytest tests/python`.
