@@ -383,3 +383,67 @@ fn the_automatic_choice_takes_the_sparse_path_for_large_sparse_items_with_the_sa
         assert_eq!(a.status.branches, d.status.branches, "{mode:?}");
     }
 }
+
+#[test]
+fn the_sparse_parametric_layer_is_the_dense_one_in_vjp_and_jvp_on_both_branches() {
+    use bilevel::layer::SparseQuadraticLayer;
+    use bilevel::linalg::csc_from_dense;
+    use bilevel::problem::{Loss, QuadraticProblem};
+    use bilevel::surrogate::Bilevel;
+    let mut one_sided = 0; // items where jvp(−v) ≠ −jvp(v): a weak row's branch mattered
+    for seed in 0..6 {
+        let k = seed % 2;
+        let inst = constructed_qp(&mut rng(900 + seed as u64), 9, 3, k, &LABELS);
+        let cons = &inst.constraints;
+        let eq = (k > 0).then(|| (csc_from_dense(&cons.a_eq), cons.b_eq.clone()));
+        let sparse = SparseQuadraticLayer::new(
+            csc_from_dense(&inst.q),
+            (csc_from_dense(&inst.b), inst.c.clone()),
+            (csc_from_dense(&cons.a), cons.b.clone()),
+            eq,
+            Tolerances::default(),
+        )
+        .unwrap();
+        let dense =
+            QuadraticProblem::new(inst.q.clone(), inst.b.clone(), inst.c.clone(), cons.clone())
+                .unwrap();
+        let sol = sparse
+            .solve(std::slice::from_ref(&inst.theta), 1)
+            .pop()
+            .unwrap()
+            .unwrap();
+        let scale = inst.z_star.amax() * (1.0 + inst.lambda.amax());
+        close("z", &col(sol.z()), &col(&inst.z_star), scale);
+        close(
+            "lambda",
+            &col(sol.multipliers().0),
+            &col(&inst.lambda),
+            scale,
+        );
+        close(
+            "lambda_eq",
+            &col(sol.multipliers().1),
+            &col(&inst.lambda_eq),
+            scale,
+        );
+        assert_eq!(sol.status().activity, inst.labels);
+        for sign in [1.0, -1.0] {
+            let g = vector(&mut rng(950 + seed as u64), 9) * sign;
+            let program = Bilevel::new(&dense, Loss::Linear { g: g.clone() }).unwrap();
+            let expected = program.limit(&inst.theta).unwrap().grad_theta;
+            close(
+                "vjp",
+                &col(&sparse.vjp(&sol, &g).unwrap()),
+                &col(&expected),
+                scale,
+            );
+            let v = vector(&mut rng(990 + seed as u64), 3) * sign;
+            let expected = dense.jvp(&inst.theta, &v).unwrap().z_dot;
+            let found = sparse.jvp(&sol, &v).unwrap();
+            close("jvp", &col(&found), &col(&expected), scale);
+            let back = sparse.jvp(&sol, &-&v).unwrap();
+            one_sided += usize::from((found + back).amax() > 1e-8);
+        }
+    }
+    assert!(one_sided > 0, "no weak row changed the rate");
+}

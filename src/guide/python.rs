@@ -133,5 +133,11 @@
 //! The sparse path gives the exact derivative (`mode="limit"`); the finite-β surrogate modes
 //! need dense `Q`, `G`, `A` and say so.
 //!
+//! `bilevel.QuadraticLayer(Q, c, B, A, b, A_eq, b_eq)` takes SciPy sparse `Q`, `B`, `A`, `A_eq`
+//! as well (or `backend="sparse"` for dense ones): `solve`, `vjp` and `jvp` then run on the
+//! sparse layer ([`crate::layer::SparseQuadraticLayer`]), with the dense layer's answers and
+//! keys; `Q` and `B` read back as `scipy.sparse.csc_array`s. `derive` and `surrogate` need
+//! dense data.
+//!
 //! The tests (`tests/python`, run by CI after `pip install .` in a fresh venv, with torch and qpth):
 //! `pip install pytest jax torch && pip install --no-deps qpth && cargo build --release && python -m pytest tests/python`.

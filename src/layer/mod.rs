@@ -30,7 +30,10 @@
 //! gradients come back on every entry as from the dense path, and the finite-β modes solve the
 //! item densely.
 
+mod parametric;
 mod sparse;
+
+pub use parametric::SparseQuadraticLayer;
 
 pub use sparse::{
     gradients_sparse, solve_sparse, SparseQpData, SparseQpGradients, SparseQpSolution,

@@ -1,23 +1,24 @@
 //! `bilevel.QuadraticLayer`: the constrained quadratic layer of `bilevel derive`, held across
 //! calls (its factorization is computed once and serves every `θ`, loss and batch item).
 
-use nalgebra::{DMatrix, DVector};
+use nalgebra::DVector;
 use numpy::ndarray::Axis;
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 
 use super::convert::{
-    detached, mat_arg, py_matrix, py_rows, py_slice, py_vector, room, threads_arg, to_pyerr,
-    vec_arg, Array,
+    detached, py_matrix, py_rows, py_slice, py_vector, room, threads_arg, to_pyerr, vec_arg, Array,
 };
+use super::layer_data::{scipy_csc, sparse_solution, Layer, LayerArgs, MatArg};
 use crate::app::derive::{DeriveOutput, Request};
 use crate::error::{Error, Result};
-use crate::problem::{InnerProblem, InnerSolution, LinearConstraints, Loss, QuadraticProblem};
+use crate::layer::{SparseQpSolution, SparseQuadraticLayer};
+use crate::problem::{InnerSolution, Loss, QuadraticProblem};
 use crate::solve::qp::Tolerances;
 use crate::surrogate::Bilevel;
 
-/// `QuadraticLayer(Q, c, B=None, A=None, b=None, A_eq=None, b_eq=None, *, backend="dense",
+/// `QuadraticLayer(Q, c, B=None, A=None, b=None, A_eq=None, b_eq=None, *, backend=None,
 /// feasibility_tol=1e-9, multiplier_tol=1e-9)`: the layer `z*(θ) = argmin_z ½zᵀQz − zᵀ(Bθ + c)`
 /// subject to `Az ≥ b`, `A_eq z = b_eq` (`Q` symmetric positive definite), with the exact
 /// one-sided derivatives of Prop. 2 of "Bilevel Programs Meet Deep Learning" (arXiv
@@ -29,6 +30,12 @@ use crate::surrogate::Bilevel;
 /// (looped in Rust on `threads` threads, default: the machine's cores; the answers do not depend
 /// on the thread count). A batch raises the error of its first failing item, with the item's
 /// position in the exception's `index` attribute.
+///
+/// `backend` is `"dense"` (the dual active-set solver), `"clarabel"`, `"osqp"` (with that
+/// feature) or `"sparse"`; `None` (the default) is `"sparse"` when `Q`, `B`, `A` or `A_eq` is a
+/// SciPy sparse matrix and `"dense"` otherwise. The sparse layer forms nothing `n × n` and gives
+/// `solve`, `vjp` and `jvp` (exact, one-sided at weakly active rows); `derive` and `surrogate`
+/// need dense data and say so.
 ///
 /// Example:
 ///
@@ -48,7 +55,7 @@ use crate::surrogate::Bilevel;
 /// ```
 #[pyclass(frozen, module = "bilevel", name = "QuadraticLayer")]
 pub struct QuadraticLayer {
-    layer: QuadraticProblem,
+    layer: Layer,
 }
 
 /// The rows of a 2-D array (`name` for errors).
@@ -186,14 +193,29 @@ fn loss_of(obj: &Bound<'_, PyAny>) -> PyResult<(Loss, bool)> {
 
 impl QuadraticLayer {
     /// The program of this layer and a loss (borrowing the layer and its factorization).
-    fn program(&self, loss: Loss) -> Result<Bilevel<&QuadraticProblem>> {
-        Ok(Bilevel::new(&self.layer, loss)?.with_tolerances(*self.layer.tolerances()))
+    /// (`method` names the caller for the error of a sparse layer, which has none.)
+    fn program(&self, loss: Loss, method: &str) -> Result<Bilevel<&QuadraticProblem>> {
+        let layer = self.layer.dense(method)?;
+        Ok(Bilevel::new(layer, loss)?.with_tolerances(*layer.tolerances()))
     }
 
     /// `vjp`'s computation for one item: `dL/dθ` of `⟨g, z*(θ)⟩`.
     fn vjp_one(&self, theta: &DVector<f64>, g: &DVector<f64>) -> Result<DVector<f64>> {
-        let program = self.program(Loss::Linear { g: g.clone() })?;
-        Ok(program.limit(theta)?.grad_theta)
+        match &self.layer {
+            Layer::Sparse(l) => l.vjp(&sparse_one(l, theta)?, g),
+            Layer::Dense(_) => {
+                let program = self.program(Loss::Linear { g: g.clone() }, "vjp")?;
+                Ok(program.limit(theta)?.grad_theta)
+            }
+        }
+    }
+
+    /// `jvp`'s computation for one item: the one-sided derivative of `z*` along `v`.
+    fn jvp_one(&self, theta: &DVector<f64>, v: &DVector<f64>) -> Result<DVector<f64>> {
+        match &self.layer {
+            Layer::Sparse(l) => l.jvp(&sparse_one(l, theta)?, v),
+            Layer::Dense(l) => Ok(l.jvp(theta, v)?.z_dot),
+        }
     }
 
     /// `f(θ_i, x_i)` for every item of `theta` and of the per-item argument `x` (called `name`),
@@ -285,8 +307,8 @@ impl QuadraticLayer {
         }
         for (key, value) in &out.data_gradients {
             let cols = match key.as_str() {
-                "grad_Q" | "grad_A" | "grad_A_eq" => Some(self.layer.dim()),
-                "grad_B" => Some(self.layer.n_params()),
+                "grad_Q" | "grad_A" | "grad_A_eq" => Some(self.n()),
+                "grad_B" => Some(self.p()),
                 _ => None,
             };
             let numbers = |v: &serde_json::Value| -> Vec<f64> {
@@ -311,62 +333,47 @@ impl QuadraticLayer {
 #[pymethods]
 impl QuadraticLayer {
     #[new]
-    #[pyo3(signature = (Q, c, B=None, A=None, b=None, A_eq=None, b_eq=None, *, backend="dense", feasibility_tol=1e-9, multiplier_tol=1e-9))]
+    #[pyo3(signature = (Q, c, B=None, A=None, b=None, A_eq=None, b_eq=None, *, backend=None, feasibility_tol=1e-9, multiplier_tol=1e-9))]
     #[allow(non_snake_case, clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
-        Q: Array<'_>,
+        Q: Bound<'_, PyAny>,
         c: Array<'_>,
-        B: Option<Array<'_>>,
-        A: Option<Array<'_>>,
+        B: Option<Bound<'_, PyAny>>,
+        A: Option<Bound<'_, PyAny>>,
         b: Option<Array<'_>>,
-        A_eq: Option<Array<'_>>,
+        A_eq: Option<Bound<'_, PyAny>>,
         b_eq: Option<Array<'_>>,
-        backend: &str,
+        backend: Option<&str>,
         feasibility_tol: f64,
         multiplier_tol: f64,
     ) -> PyResult<Self> {
-        let build = || -> Result<QuadraticProblem> {
-            let q = mat_arg("Q", &Q)?;
-            let n = q.nrows();
-            let bm = match &B {
-                Some(m) => mat_arg("B", m)?,
-                None => DMatrix::zeros(n, 0),
+        let matrix =
+            |name: &str, m: Option<Bound<'_, PyAny>>| -> PyResult<Result<Option<MatArg>>> {
+                Ok(match m {
+                    Some(m) => MatArg::read(name, &m)?.map(Some),
+                    None => Ok(None),
+                })
             };
-            let opt_mat = |name: &str, m: &Option<Array<'_>>| {
-                m.as_ref().map(|m| mat_arg(name, m)).transpose()
+        let (q, b_mat, a, a_eq) = (
+            MatArg::read("Q", &Q)?,
+            matrix("B", B)?,
+            matrix("A", A)?,
+            matrix("A_eq", A_eq)?,
+        );
+        let build = || -> Result<Layer> {
+            let args = LayerArgs {
+                q: q?,
+                c,
+                b_mat: b_mat?,
+                ineq: (a?, b),
+                eq: (a_eq?, b_eq),
             };
-            let opt_vec = |name: &str, v: &Option<Array<'_>>| {
-                v.as_ref().map(|v| vec_arg(name, v)).transpose()
-            };
-            let constraints = LinearConstraints::from_parts(
-                n,
-                (opt_mat("A", &A)?, opt_vec("b", &b)?),
-                (opt_mat("A_eq", &A_eq)?, opt_vec("b_eq", &b_eq)?),
-            )?;
             let tol = Tolerances {
                 feasibility: feasibility_tol,
                 multiplier: multiplier_tol,
             };
-            tol.validate()?;
-            let layer =
-                QuadraticProblem::new(q, bm, vec_arg("c", &c)?, constraints)?.with_tolerances(tol);
-            Ok(match backend {
-                "dense" => layer,
-                "clarabel" => {
-                    layer.with_backend(std::sync::Arc::new(crate::solve::qp::Clarabel::default()))
-                }
-                #[cfg(feature = "osqp")]
-                "osqp" => {
-                    layer.with_backend(std::sync::Arc::new(crate::solve::qp::Osqp::default()))
-                }
-                other => {
-                    return Err(Error::input(
-                        "backend",
-                        format!("unknown backend `{other}` (expected dense or clarabel)"),
-                    ))
-                }
-            })
+            args.build(backend, tol)
         };
         let layer = build().map_err(|e| to_pyerr(py, e))?;
         Ok(Self { layer })
@@ -375,31 +382,34 @@ impl QuadraticLayer {
     /// `n`, the dimension of `z`.
     #[getter]
     fn n(&self) -> usize {
-        self.layer.dim()
+        self.layer.dims().0
     }
 
     /// `p`, the dimension of `θ`.
     #[getter]
     fn p(&self) -> usize {
-        self.layer.n_params()
+        self.layer.dims().1
     }
 
     /// The number of inequality rows `A z ≥ b`.
     #[getter]
     fn m(&self) -> usize {
-        self.layer.constraints().m()
+        self.layer.dims().2
     }
 
     /// The number of equality rows `A_eq z = b_eq`.
     #[getter]
     fn k(&self) -> usize {
-        self.layer.constraints().b_eq.len()
+        self.layer.dims().3
     }
 
-    /// The QP backend's name.
+    /// The QP backend's name (`"sparse"` for the sparse layer).
     #[getter]
     fn backend(&self) -> &'static str {
-        self.layer.backend().name()
+        match &self.layer {
+            Layer::Dense(l) => l.backend().name(),
+            Layer::Sparse(_) => "sparse",
+        }
     }
 
     fn __repr__(&self) -> String {
@@ -425,11 +435,21 @@ impl QuadraticLayer {
         threads: Option<i64>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let threads = threads_arg(threads).map_err(|e| to_pyerr(py, e))?;
-        let zero = Loss::Linear {
-            g: DVector::zeros(self.layer.dim()),
-        };
-        let program = self.program(zero).map_err(|e| to_pyerr(py, e))?;
         let (ts, batch) = theta_items(&theta).map_err(|e| to_pyerr(py, e))?;
+        if let Layer::Sparse(l) = &self.layer {
+            let sols = py.detach(|| l.solve(&ts, threads));
+            let dicts = (sols.into_iter().enumerate())
+                .map(|(i, s)| {
+                    let s = s.map_err(|e| call_error(py, batch, (i, e)))?;
+                    Ok(sparse_solution(py, &s)?.into_any())
+                })
+                .collect::<PyResult<Vec<_>>>()?;
+            return one_or_list(py, batch, dicts);
+        }
+        let zero = Loss::Linear {
+            g: DVector::zeros(self.n()),
+        };
+        let program = self.program(zero, "solve").map_err(|e| to_pyerr(py, e))?;
         let sols = py
             .detach(|| par_items(ts.len(), threads, |i| program.solve_free(&ts[i])))
             .map_err(|e| call_error(py, batch, e))?;
@@ -483,7 +503,7 @@ impl QuadraticLayer {
             }
             (None, Some(v)) => {
                 let loss = vec_arg("direction", &v)
-                    .and_then(|v| self.layer.jvp_loss(&v))
+                    .and_then(|v| self.layer.dense("derive")?.jvp_loss(&v))
                     .map_err(|e| to_pyerr(py, rename(e, "v", "direction")))?;
                 (loss, false, true)
             }
@@ -494,7 +514,7 @@ impl QuadraticLayer {
             jvp,
             gradient_loss,
         };
-        let program = self.program(loss).map_err(|e| to_pyerr(py, e))?;
+        let program = self.program(loss, "derive").map_err(|e| to_pyerr(py, e))?;
         let (ts, batch) = theta_items(&theta).map_err(|e| to_pyerr(py, e))?;
         let outs = py
             .detach(|| {
@@ -527,7 +547,7 @@ impl QuadraticLayer {
         g: Array<'py>,
         threads: Option<i64>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let p = self.layer.n_params();
+        let p = self.p();
         self.per_item(py, &theta, ("g", &g), (threads, p), |t, g| {
             self.vjp_one(t, g)
         })
@@ -572,9 +592,9 @@ impl QuadraticLayer {
         v: Array<'py>,
         threads: Option<i64>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let n = self.layer.dim();
+        let n = self.n();
         self.per_item(py, &theta, ("v", &v), (threads, n), |t, v| {
-            Ok(self.layer.jvp(t, v)?.z_dot)
+            self.jvp_one(t, v)
         })
     }
 
@@ -595,7 +615,9 @@ impl QuadraticLayer {
     ) -> PyResult<Bound<'py, PyDict>> {
         let t = vec_arg("theta", &theta).map_err(|e| to_pyerr(py, e))?;
         let (loss, _) = loss_of(&loss)?;
-        let program = self.program(loss).map_err(|e| to_pyerr(py, e))?;
+        let program = self
+            .program(loss, "surrogate")
+            .map_err(|e| to_pyerr(py, e))?;
         let d = PyDict::new(py);
         d.set_item("kind", kind)?;
         d.set_item("beta", beta)?;
@@ -652,23 +674,40 @@ impl QuadraticLayer {
         Ok(d)
     }
 
-    /// `Q`, `B`, `c` as NumPy arrays (copies).
+    /// `Q`, `B`, `c` as NumPy arrays (copies); `Q` and `B` of a sparse layer as
+    /// `scipy.sparse.csc_array`s.
     #[getter]
     #[allow(non_snake_case)]
-    fn Q<'py>(&self, py: Python<'py>) -> Bound<'py, numpy::PyArray2<f64>> {
-        py_matrix(py, self.layer.q())
+    fn Q<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        match &self.layer {
+            Layer::Dense(l) => Ok(py_matrix(py, l.q()).into_any()),
+            Layer::Sparse(l) => scipy_csc(py, l.matrices().0),
+        }
     }
 
     #[getter]
     #[allow(non_snake_case)]
-    fn B<'py>(&self, py: Python<'py>) -> Bound<'py, numpy::PyArray2<f64>> {
-        py_matrix(py, self.layer.b())
+    fn B<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        match &self.layer {
+            Layer::Dense(l) => Ok(py_matrix(py, l.b()).into_any()),
+            Layer::Sparse(l) => scipy_csc(py, l.matrices().1),
+        }
     }
 
     #[getter]
     fn c<'py>(&self, py: Python<'py>) -> Bound<'py, numpy::PyArray1<f64>> {
-        py_vector(py, self.layer.c())
+        match &self.layer {
+            Layer::Dense(l) => py_vector(py, l.c()),
+            Layer::Sparse(l) => py_vector(py, l.matrices().2),
+        }
     }
+}
+
+/// One `θ` solved on the sparse layer (one thread: the caller runs the items in parallel).
+fn sparse_one(layer: &SparseQuadraticLayer, theta: &DVector<f64>) -> Result<SparseQpSolution> {
+    let mut one = layer.solve(std::slice::from_ref(theta), 1);
+    one.pop()
+        .unwrap_or_else(|| Err(Error::input("theta", "no item")))
 }
 
 /// An error naming `from` renamed to name `to` (the Python argument's name).

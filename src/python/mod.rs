@@ -12,6 +12,7 @@
 
 mod convert;
 mod layer;
+mod layer_data;
 mod nested;
 mod qp;
 mod sparse;

@@ -32,7 +32,7 @@ type Item<'py> = (
 );
 
 /// A 1-D argument as float64 values.
-fn values(name: &str, a: &Array<'_>) -> Result<Vec<f64>> {
+pub(crate) fn values(name: &str, a: &Array<'_>) -> Result<Vec<f64>> {
     let read = a.read(name)?;
     let view = read.as_array();
     if view.ndim() != 1 {
@@ -46,7 +46,7 @@ fn values(name: &str, a: &Array<'_>) -> Result<Vec<f64>> {
 }
 
 /// A 1-D argument of indices below `bound` (whole numbers, as float64 holds them exactly).
-fn indices(name: &str, a: &Array<'_>, bound: usize) -> Result<Vec<usize>> {
+pub(crate) fn indices(name: &str, a: &Array<'_>, bound: usize) -> Result<Vec<usize>> {
     (values(name, a)?.into_iter())
         .map(|v| {
             if v.fract() == 0.0 && v >= 0.0 && v <= bound as f64 {
@@ -151,7 +151,7 @@ pub(crate) fn _sparse_qp_solve<'py>(
 }
 
 /// `(indptr, indices, data)` of a matrix's compressed columns.
-fn parts<'py>(
+pub(crate) fn parts<'py>(
     py: Python<'py>,
     a: &Csc,
 ) -> (Bound<'py, PyAny>, Bound<'py, PyAny>, Bound<'py, PyAny>) {

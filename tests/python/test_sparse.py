@@ -73,3 +73,75 @@ def test_bad_input_is_an_error_naming_the_argument():
         sol.gradients(np.zeros(3))
     with pytest.raises(TypeError):
         bilevel.sparse_qp_solve(np.zeros(3), np.zeros(3))
+
+
+LABELS = ["strong", "weak", "inactive", "weak", "strong", "inactive"]
+
+
+def test_quadratic_layer_with_sparse_data_is_the_dense_layer():
+    from conftest import constructed_layer
+    rng = np.random.default_rng(21)
+    for k in (0, 2):
+        data, theta, z_star = constructed_layer(rng, 8, 3, 6, k, LABELS)
+        dense = bilevel.QuadraticLayer(**data)
+        sparse_data = {key: (sp.csr_array(v) if key in ("Q", "B", "A", "A_eq") else v)
+                       for key, v in data.items()}
+        layers = [bilevel.QuadraticLayer(**sparse_data),
+                  bilevel.QuadraticLayer(**data, backend="sparse")]
+        for layer in layers:
+            assert layer.backend == "sparse" and (layer.n, layer.p, layer.m, layer.k) == (8, 3, 6, k)
+            s, d = layer.solve(theta), dense.solve(theta)
+            assert np.abs(s["z"] - z_star).max() < 1e-12
+            assert s["constraints"] == d["constraints"] == LABELS
+            for key in ("z", "multipliers", "multipliers_eq"):
+                assert np.abs(s[key] - d[key]).max(initial=0.0) < 1e-10, key
+            for sign in (1.0, -1.0):  # both branches at the weak rows
+                g = sign * rng.standard_normal(8)
+                assert np.abs(layer.vjp(theta, g) - dense.vjp(theta, g)).max() < 1e-10
+                v = sign * rng.standard_normal(3)
+                assert np.abs(layer.jvp(theta, v) - dense.jvp(theta, v)).max() < 1e-10
+        # A batch equals its items, on one thread and on two.
+        thetas = np.stack([theta, theta + 0.1, theta - 0.1])
+        gs = rng.standard_normal((3, 8))
+        one = layers[0].vjp(thetas, gs, threads=1)
+        assert np.array_equal(one, layers[0].vjp(thetas, gs, threads=2))
+        for i in range(3):
+            assert np.array_equal(one[i], layers[0].vjp(thetas[i], gs[i]))
+        assert isinstance(layers[0].Q, sp.csc_array)
+        assert np.abs(layers[0].Q.toarray() - data["Q"]).max() == 0.0
+
+
+def test_quadratic_layer_on_ten_thousand_sparse_units():
+    n = 10_000
+    (qr, qc, qv), p, (gr, gc, gv, m), h, z_star, labels = banded_qp(n)
+    Q = sp.csc_array((qv, (qr, qc)), shape=(n, n))
+    G = sp.csc_array((gv, (gr, gc)), shape=(m, n))
+    # z*(θ) = argmin ½zᵀQz − zᵀθ s.t. −Gz ≥ −h: θ = −p.
+    layer = bilevel.QuadraticLayer(Q, np.zeros(n), B=sp.eye_array(n), A=-G, b=-h)
+    theta = -p
+    out = layer.solve(theta)
+    assert np.abs(out["z"] - z_star).max() < 1e-12
+    assert out["constraints"] == labels
+    v = np.random.default_rng(3).uniform(-1, 1, n)
+    eps = 1e-7
+    rate = (layer.solve(theta + eps * v)["z"] - out["z"]) / eps
+    assert np.abs(layer.jvp(theta, v) - rate).max() < 1e-5 * (1 + np.abs(rate).max())
+
+
+def test_sparse_quadratic_layer_says_what_it_does_not_do():
+    Q = sp.eye_array(2, format="csc")
+    layer = bilevel.QuadraticLayer(Q, np.zeros(2), B=Q, A=Q, b=np.zeros(2))
+    with pytest.raises(bilevel.InvalidInputError, match="derive"):
+        layer.derive(np.zeros(2), np.ones(2))
+    with pytest.raises(bilevel.InvalidInputError, match="surrogate"):
+        layer.surrogate(np.zeros(2), np.ones(2), 0.1)
+    with pytest.raises(bilevel.InvalidInputError, match="Q"):
+        bilevel.QuadraticLayer(Q, np.zeros(2), backend="clarabel")
+    with pytest.raises(bilevel.DimensionMismatchError, match="theta"):
+        layer.solve(np.zeros(3))
+    with pytest.raises(bilevel.DimensionMismatchError, match="B"):
+        bilevel.QuadraticLayer(Q, np.zeros(2), B=sp.eye_array(3))
+    with pytest.raises(bilevel.NotPositiveDefiniteError):
+        bilevel.QuadraticLayer(sp.diags_array([1.0, -1.0]), np.zeros(2))
+    with pytest.raises(bilevel.InvalidInputError, match="A, b"):
+        bilevel.QuadraticLayer(Q, np.zeros(2), A=Q)

@@ -18,6 +18,8 @@ __all__ = [
 __version__: str
 
 _Array = NDArray[np.float64]
+# A SciPy sparse matrix or array (anything with ``tocoo()``); SciPy is optional.
+_SparseMatrix = Any
 #: ``"limit"`` (Prop. 2, one-sided), ``("contrastive", beta)`` or ``("centered", beta)`` (Def. 1).
 _Mode = Union[Literal["limit"], tuple[str, float], None]
 #: A loss: an array ``g`` (linear ``gᵀz``), ``("squared", target)``, or a dict
@@ -30,15 +32,15 @@ class QuadraticLayer:
 
     def __new__(
         cls,
-        Q: ArrayLike,
+        Q: ArrayLike | _SparseMatrix,
         c: ArrayLike,
-        B: ArrayLike | None = None,
-        A: ArrayLike | None = None,
+        B: ArrayLike | _SparseMatrix | None = None,
+        A: ArrayLike | _SparseMatrix | None = None,
         b: ArrayLike | None = None,
-        A_eq: ArrayLike | None = None,
+        A_eq: ArrayLike | _SparseMatrix | None = None,
         b_eq: ArrayLike | None = None,
         *,
-        backend: str = "dense",
+        backend: str | None = None,
         feasibility_tol: float = 1e-9,
         multiplier_tol: float = 1e-9,
     ) -> QuadraticLayer: ...
@@ -53,9 +55,9 @@ class QuadraticLayer:
     @property
     def backend(self) -> str: ...
     @property
-    def Q(self) -> _Array: ...
+    def Q(self) -> Any: ...
     @property
-    def B(self) -> _Array: ...
+    def B(self) -> Any: ...
     @property
     def c(self) -> _Array: ...
     def solve(self, theta: ArrayLike, *, threads: int | None = None) -> Any: ...

@@ -1,0 +1,191 @@
+//! The parametric layer of [`crate::problem::QuadraticProblem`] with sparse data:
+//! <div class="math">
+//!
+//! $$ z^\star(\theta) = \arg\min_z \tfrac12 z^\top Q z - z^\top (B\theta + c) \quad \text{s.t.}
+//! \quad A z \ge b, \; A_{eq} z = b_{eq}, $$
+//!
+//! </div>
+//!
+//! with `Q`, `B`, `A`, `A_eq` as [`Csc`] matrices. Each `θ` is one item of the sparse layer of
+//! `sparse.rs` with `p = −(Bθ + c)`, `G = −A`, `h = −b` (the same rows, multipliers and
+//! activity as the dense problem's), and the one-sided gradient of `L(θ) = ⟨g, z*(θ)⟩` is
+//! Cor. 1's `dL/dθ = −Bᵀ ż` with `ż = ∂L/∂p` from Eq. 17 (Prop. 2, one-sided at weakly active
+//! rows). Nothing `n × n` is formed.
+
+use nalgebra::DVector;
+
+use super::sparse::{solve_sparse, SparseQpData, SparseQpSolution};
+use crate::error::{check_finite, Error, Result};
+use crate::linalg::{csc_from_triplets, negated, sparse_mul as mul, sparse_tr_mul as tr_mul, Csc};
+use crate::solve::qp::Tolerances;
+use crate::surrogate::map_items;
+
+/// `z*(θ)` of a quadratic layer with sparse data (module docs), the sparse counterpart of
+/// [`crate::problem::QuadraticProblem`] for [`solve`](Self::solve), [`vjp`](Self::vjp) and
+/// [`jvp`](Self::jvp).
+///
+/// ```
+/// use bilevel::layer::SparseQuadraticLayer;
+/// use bilevel::linalg::csc_from_triplets;
+/// use nalgebra::dvector;
+///
+/// // ReLU as a QP, z* = max(θ, 0): Q = B = A = I, c = b = 0.
+/// let eye = csc_from_triplets(2, 2, &[(0, 0, 1.0), (1, 1, 1.0)])?;
+/// let relu = SparseQuadraticLayer::new(
+///     eye.clone(),
+///     (eye.clone(), dvector![0.0, 0.0]),
+///     (eye, dvector![0.0, 0.0]),
+///     None,
+///     Default::default(),
+/// )?;
+/// let theta = dvector![1.0, 0.0];
+/// let sol = relu.solve(std::slice::from_ref(&theta), 1).pop().unwrap()?;
+/// assert_eq!(sol.z().as_slice(), &[1.0, 0.0]);
+/// // Descending ⟨g, z⟩ with g = (2, −3) lifts θ₂: the tied unit leaves its bound.
+/// let grad = relu.vjp(&sol, &dvector![2.0, -3.0])?;
+/// assert!((grad - dvector![2.0, -3.0]).amax() < 1e-15);
+/// # Ok::<(), bilevel::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct SparseQuadraticLayer {
+    /// The item data with `p` left at zero (set per `θ`), `G = −A`, `h = −b`.
+    data: SparseQpData,
+    b: Csc,
+    c: DVector<f64>,
+    tol: Tolerances,
+}
+
+impl SparseQuadraticLayer {
+    /// The layer `½zᵀQz − zᵀ(Bθ + c)` s.t. `Az ≥ b` (`ineq`), `A_eq z = b_eq` (`eq`, `None`:
+    /// no equalities). `Q` is checked (symmetric positive definite) with the shapes and
+    /// finiteness of everything.
+    ///
+    /// # Errors
+    /// [`Error::DimensionMismatch`] naming the argument (`B`, `c`, `A, b`, `A_eq, b_eq`),
+    /// [`Error::NonFinite`], [`Error::NotPositiveDefinite`], invalid tolerances.
+    pub fn new(
+        q: Csc,
+        (b, c): (Csc, DVector<f64>),
+        (a, lower): (Csc, DVector<f64>),
+        eq: Option<(Csc, DVector<f64>)>,
+        tol: Tolerances,
+    ) -> Result<Self> {
+        tol.validate()?;
+        let n = q.ncols();
+        let (a_eq, b_eq) = match eq {
+            Some(eq) => eq,
+            None => (csc_from_triplets(0, n, &[])?, DVector::zeros(0)),
+        };
+        if b.nrows() != n {
+            return Err(Error::dim("B (rows)", n, b.nrows()));
+        }
+        if c.len() != n {
+            return Err(Error::dim("c", n, c.len()));
+        }
+        check_finite("B", b.val().iter())?;
+        check_finite("c", c.iter())?;
+        let data = SparseQpData {
+            q,
+            p: DVector::zeros(n),
+            g: negated(&a),
+            h: -lower,
+            a: a_eq,
+            b: b_eq,
+        };
+        data.qp().map_err(rename_rows)?;
+        Ok(Self { data, b, c, tol })
+    }
+
+    /// `n`, the dimension of `z`.
+    pub fn dim(&self) -> usize {
+        self.data.q.ncols()
+    }
+
+    /// `p`, the dimension of `θ`.
+    pub fn n_params(&self) -> usize {
+        self.b.ncols()
+    }
+
+    /// The numbers of inequality and equality rows.
+    pub fn rows(&self) -> (usize, usize) {
+        (self.data.g.nrows(), self.data.a.nrows())
+    }
+
+    /// `Q`, `B` and `c`.
+    pub fn matrices(&self) -> (&Csc, &Csc, &DVector<f64>) {
+        (&self.data.q, &self.b, &self.c)
+    }
+
+    /// The layer's item at `θ`: `p = −(Bθ + c)`.
+    fn item(&self, theta: &DVector<f64>) -> Result<SparseQpData> {
+        if theta.len() != self.n_params() {
+            return Err(Error::dim("theta", self.n_params(), theta.len()));
+        }
+        check_finite("theta", theta.iter())?;
+        let mut item = self.data.clone();
+        item.p = -(mul(&self.b, theta) + &self.c);
+        Ok(item)
+    }
+
+    /// `z*(θ)` for every `θ` of `thetas` on up to `threads` threads (results in order,
+    /// independent of the count), each kept with its factorization for [`vjp`](Self::vjp). The
+    /// multipliers and activity are those of the rows `Az ≥ b` and `A_eq z = b_eq`.
+    pub fn solve(&self, thetas: &[DVector<f64>], threads: usize) -> Vec<Result<SparseQpSolution>> {
+        map_items(thetas.len(), threads.max(1), |i| {
+            let item = self.item(&thetas[i])?;
+            let mut one = solve_sparse(std::slice::from_ref(&item), 1, self.tol);
+            one.pop()
+                .unwrap_or_else(|| Err(Error::input("theta", "no item")))
+        })
+    }
+
+    /// Cor. 1's one-sided `dL/dθ = −Bᵀ ż` of `L(θ) = ⟨g, z*(θ)⟩` at a solution of
+    /// [`solve`](Self::solve) (`ż = ∂L/∂p`, Eq. 17; one-sided at weakly active rows, along the
+    /// descent direction: not linear in `g` there).
+    ///
+    /// # Errors
+    /// `g` of another length than `n`, or not finite; the rate problem's errors.
+    pub fn vjp(&self, solution: &SparseQpSolution, g: &DVector<f64>) -> Result<DVector<f64>> {
+        let grads = solution.gradients(g)?;
+        Ok(-tr_mul(&self.b, &grads.p))
+    }
+
+    /// The one-sided directional derivative of `z*` along `θ + t v`, `t → 0⁺`: a step `t v`
+    /// adds `−t (Bv)ᵀz` to the energy, so it is Prop. 2's rate `ż` for the loss gradient
+    /// `g = −Bv` (the same Eq. 17 as [`vjp`](Self::vjp)'s, one-sided at weakly active rows).
+    ///
+    /// # Errors
+    /// `v` of another length than `p`, or not finite; the rate problem's errors.
+    pub fn jvp(&self, solution: &SparseQpSolution, v: &DVector<f64>) -> Result<DVector<f64>> {
+        if v.len() != self.n_params() {
+            return Err(Error::dim("v", self.n_params(), v.len()));
+        }
+        check_finite("v", v.iter())?;
+        Ok(solution.gradients(&-mul(&self.b, v))?.p)
+    }
+}
+
+/// An error of the qpth-convention item renamed to this layer's arguments.
+fn rename_rows(e: Error) -> Error {
+    let name = |what: &str| match what {
+        "G, h" | "G" => "A, b".to_string(),
+        "h" => "b".to_string(),
+        "A, b" => "A_eq, b_eq".to_string(),
+        "A" => "A_eq".to_string(),
+        "b" => "b_eq".to_string(),
+        other => other.to_string(),
+    };
+    match e {
+        Error::DimensionMismatch {
+            what,
+            expected,
+            found,
+        } => Error::DimensionMismatch {
+            what: name(&what),
+            expected,
+            found,
+        },
+        Error::NonFinite { what } => Error::NonFinite { what: name(&what) },
+        other => other,
+    }
+}
