@@ -447,3 +447,68 @@ fn the_sparse_parametric_layer_is_the_dense_one_in_vjp_and_jvp_on_both_branches(
     }
     assert!(one_sided > 0, "no weak row changed the rate");
 }
+
+/// Two strongly active rows `eps` apart (issue 25's case 4 as a family, `Q = I` so that the
+/// dense path's metric is the sparse path's): both paths give the derivative while the rows
+/// are resolved (the same `∂ℓ/∂p`), both refuse it (`Inaccurate`, never a confident rate) once
+/// they are nearly parallel, and both take a duplicated row. Rows `1e-13` apart the dense path
+/// calls dependent (its `1e-10` convention) and the sparse path refuses as not resolved.
+#[test]
+fn nearly_dependent_active_rows_are_inaccurate_on_both_paths() {
+    use bilevel::nalgebra::{dmatrix, dvector};
+    let cases = [
+        (1e-3, [true, true]),
+        (1e-5, [true, true]),
+        (1e-8, [false, false]),
+        (1e-13, [true, false]),
+        (0.0, [true, true]),
+    ];
+    for (eps, given) in cases {
+        // z* = (1, 1, 1); rows a₁ = (1, 1, 0), a₂ = (1, 1 + eps, 0), both tight with λ = (1, 1).
+        let g = dmatrix![1.0, 1.0, 0.0; 1.0, 1.0 + eps, 0.0];
+        let z = dvector![1.0, 1.0, 1.0];
+        let item = QpData {
+            q: DMatrix::identity(3, 3),
+            p: -&z - g.transpose() * dvector![1.0, 1.0],
+            h: &g * &z,
+            g,
+            a: DMatrix::zeros(0, 3),
+            b: DVector::zeros(0),
+        };
+        let grad = dvector![0.3, -0.7, 0.2];
+        let mut rates = Vec::new();
+        for (path, given) in [SolvePath::Dense, SolvePath::Sparse].into_iter().zip(given) {
+            let sol = with_path(&item, path);
+            match (given, sol.gradients(&grad, Mode::Limit)) {
+                (true, Ok(d)) => rates.push(d.p),
+                (false, Err(Error::Inaccurate { .. })) => {}
+                (_, other) => panic!("eps {eps:e}, {path:?}: {other:?}"),
+            }
+        }
+        if let [dense, sparse] = &rates[..] {
+            assert!(
+                (dense - sparse).amax() < 1e-8,
+                "eps {eps:e}: {dense} {sparse}"
+            );
+        }
+    }
+    let (c, theta) = (
+        dvector![-0.570000013, 0.9499999905000002, -0.07999999299999994],
+        0.5,
+    );
+    let g = dmatrix![
+        -0.1, 0.54, -0.36;
+        -0.100000013, 0.5399999905, -0.35999999299999996
+    ];
+    let item = QpData {
+        q: DMatrix::identity(3, 3),
+        p: -(c + dvector![theta, 0.0, 0.0]),
+        g,
+        h: dvector![-0.3136, -0.313599995975],
+        a: DMatrix::zeros(0, 3),
+        b: DVector::zeros(0),
+    };
+    let sol = with_path(&item, SolvePath::Sparse);
+    let out = sol.gradients(&dvector![-1.27, -0.62, 0.04], Mode::Limit);
+    assert!(matches!(out, Err(Error::Inaccurate { .. })), "{out:?}");
+}

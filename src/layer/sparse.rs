@@ -13,14 +13,19 @@
 //! outside the pattern are not parameters of the layer). Active rows that are exactly
 //! dependent (a duplicated row) share their multiplier ([`crate::solve::qp::solve_sparse_exact`]'s
 //! module docs): `z*` and the gradients of `Q` and `p` stay exact, those of the shared rows'
-//! `G` and `h` are one element of the set-valued derivative there.
+//! `G` and `h` are one element of the set-valued derivative there. Active rows that are nearly,
+//! but not exactly, dependent make the gradients [`Error::Inaccurate`] (issue 25's case 4: which
+//! row carries the multiplier is below `f64`'s resolution), measured without forming anything
+//! dense (the smallest singular value of the unit active rows, once per solution).
+
+use std::sync::OnceLock;
 
 use nalgebra::DVector;
 
 use super::ItemStatus;
 use crate::error::{Error, Result};
-use crate::linalg::{check_sparse_spd, stack_rows, Csc};
-use crate::problem::{Direction, DirectionMethod};
+use crate::linalg::{check_sparse_spd, sparse_independence, stack_rows, Csc, MAX_DEPENDENT};
+use crate::problem::{Direction, DirectionMethod, RESOLVED_SINE};
 use crate::prox::Activity;
 use crate::solve::qp::{
     solve_sparse_exact, solve_sparse_from, ClarabelSettings, SparseExact, SparseQp, Tolerances,
@@ -89,6 +94,8 @@ pub struct SparseQpSolution {
     qp: SparseQp,
     exact: SparseExact,
     tol: Tolerances,
+    /// The active rows' distance from dependence, once computed (`check_active_rows`).
+    independence: OnceLock<Option<f64>>,
 }
 
 /// The gradients of `ℓ(z*)` with respect to one sparse item's data (module docs), shaped like
@@ -148,6 +155,7 @@ impl SparseQpSolution {
             return Err(Error::dim("grad_z", n, grad_z.len()));
         }
         crate::error::check_finite("grad_z", grad_z.iter())?;
+        self.check_active_rows()?;
         let d = self.direction(grad_z)?;
         let sol = &self.exact.solution;
         let (z, z_dot) = (&sol.x, &d.z_dot);
@@ -170,6 +178,52 @@ impl SparseQpSolution {
             },
             method: d.method,
         })
+    }
+
+    /// [`Error::Inaccurate`] when the rows active at `z*` (strongly and weakly active, and the
+    /// equalities) are nearly, but not exactly, dependent: the smallest singular value of the
+    /// unit rows ([`crate::linalg::sparse_independence`], a lower bound of each row's sine to
+    /// the span of the others) below the dense path's `RESOLVED_SINE` (`1e-6`). Which of such
+    /// rows carries the multiplier, and so the gradients of `G`, `h` and the labels, are
+    /// decided by digits `f64` does not have. Exactly dependent rows (a duplicated row) are set
+    /// aside and share their multiplier (module docs), up to `MAX_DEPENDENT` directions.
+    fn check_active_rows(&self) -> Result<()> {
+        let sine = match self.independence.get() {
+            Some(sine) => *sine,
+            None => {
+                let sol = &self.exact.solution;
+                let active: Vec<usize> = (0..sol.activity.len())
+                    .filter(|&i| sol.activity[i] != Activity::Inactive)
+                    .collect();
+                let parts = [
+                    (&self.qp.a, Some(&active[..]), 1.0),
+                    (&self.qp.a_eq, None, 1.0),
+                ];
+                let sine = sparse_independence(&stack_rows(&parts))?;
+                *self.independence.get_or_init(|| sine)
+            }
+        };
+        match sine {
+            Some(s) if s >= RESOLVED_SINE => Ok(()),
+            Some(s) => Err(Error::Inaccurate {
+                what: format!(
+                    "the derivative at z* (the active constraints are nearly, not exactly, \
+                     linearly dependent: scaled to unit length their smallest singular value, a \
+                     lower bound of the sine of the smallest angle between one and the span of \
+                     the others, is {s:.1e} < {RESOLVED_SINE:.0e}, so which of them carries \
+                     the multiplier is decided by digits f64 does not have)"
+                ),
+                residual: s,
+            }),
+            None => Err(Error::Inaccurate {
+                what: format!(
+                    "the derivative at z* (more than {MAX_DEPENDENT} directions of the active \
+                     constraints are exactly dependent; whether the others are nearly \
+                     dependent is not decided on the sparse path)"
+                ),
+                residual: f64::NAN,
+            }),
+        }
     }
 
     /// Eq. 17 for the linear loss `gᵀz` (module docs).
@@ -292,7 +346,12 @@ pub fn solve_sparse(
     map_items(items.len(), threads.max(1), |i| {
         let qp = items[i].qp()?;
         let exact = solve_sparse_exact(&qp, &tol, &IDENTIFICATION)?;
-        Ok(SparseQpSolution { qp, exact, tol })
+        Ok(SparseQpSolution {
+            qp,
+            exact,
+            tol,
+            independence: OnceLock::new(),
+        })
     })
 }
 

@@ -7,6 +7,7 @@ pub(crate) mod simd;
 mod span;
 mod sparse;
 mod sparse_kkt;
+mod sparse_span;
 mod threads;
 
 pub use products::Gemm;
@@ -19,6 +20,7 @@ pub(crate) use sparse::{
 };
 pub use sparse::{check_sparse_spd, csc_from_dense, csc_from_triplets, csc_to_dense, Csc};
 pub(crate) use sparse_kkt::{KktSolve, SparseKkt};
+pub(crate) use sparse_span::{sparse_independence, MAX_DEPENDENT};
 pub(crate) use threads::{ColsMut, LayerCols, LayersMut};
 // Adam (in the application) cuts its parameters with the same cost model.
 #[cfg(feature = "app")]
