@@ -124,3 +124,18 @@ def test_bad_sparse_input_raises_the_packages_errors_naming_the_argument():
     with pytest.raises(jax.errors.JaxRuntimeError, match="InfeasibleError"):
         bad = sparse.BCOO.fromdense(jnp.array([[1.0, 0.0], [-1.0, 0.0]]))
         bj.qp(Q, p, bad, jnp.array([-1.0, -1.0]), e, e).block_until_ready()
+
+
+def test_scipy_matrices_are_constant_sparse_data():
+    import scipy.sparse as sp  # CI installs SciPy with JAX
+    rng = np.random.default_rng(10)
+    data, z_star, _ = constructed_qp(rng)
+    inputs, _ = with_sparse(data, ("Q", "G"))
+    from_scipy = [sp.csr_array(data["Q"]), jnp.asarray(data["p"]), sp.coo_array(data["G"]),
+                  *[jnp.asarray(data[k]) for k in ("h", "A", "b")]]
+    np.testing.assert_array_equal(bj.qp(*inputs), bj.qp(*from_scipy))
+    grad_p = jax.grad(lambda p: jnp.sum(bj.qp(from_scipy[0], p, *from_scipy[2:])))(
+        jnp.asarray(data["p"]))
+    expected = jax.grad(lambda p: jnp.sum(bj.qp(inputs[0], p, *inputs[2:])))(
+        jnp.asarray(data["p"]))
+    np.testing.assert_array_equal(grad_p, expected)

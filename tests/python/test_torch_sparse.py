@@ -177,3 +177,17 @@ def test_bad_sparse_input_raises_the_packages_errors_naming_the_argument():
     with pytest.raises(bilevel.InfeasibleError):
         Gi = torch.tensor([[1.0, 0.0], [-1.0, 0.0]], dtype=F64).to_sparse()
         QPFunction()(Q, p, Gi, torch.tensor([-1.0, -1.0], dtype=F64), e, e)
+
+
+def test_scipy_matrices_are_constant_sparse_data():
+    import scipy.sparse as sp  # CI installs SciPy: a missing one is a failure, not a skip
+    rng = np.random.default_rng(9)
+    data, z_star, _ = constructed_qp(rng)
+    inputs = leaves(data, {"Q": "coo", "G": "coo"})
+    z = QPFunction()(*inputs)
+    p = torch.tensor(data["p"], requires_grad=True)
+    zs = QPFunction()(sp.csr_array(data["Q"]), p, sp.csc_array(data["G"]),
+                      *[torch.tensor(data[k]) for k in ("h", "A", "b")])
+    assert torch.equal(z.detach(), zs.detach())
+    (zs * z).sum().backward()
+    assert p.grad is not None and p.grad.shape == (9,)

@@ -200,12 +200,13 @@ def qp(Q, p, G, h, A, b, *, mode="limit", threads=None):
     ``("contrastive", beta)`` or ``("centered", beta)`` (Def. 1's surrogates). Reverse mode
     only; the backward pass solves the items again.
 
-    ``Q``, ``G`` and ``A`` may be ``jax.experimental.sparse`` matrices (``BCOO``, or ``BCSR``,
-    converted), 2-D and shared by the batch (batch the dense inputs, or use ``jax.vmap``): the
-    call then takes the sparse Rust layer (nothing ``n × n`` is formed), gives the exact
-    derivative (``mode="limit"``) and each sparse input's cotangent on its stored entries (the
-    cotangent of its ``data``). An error of the host solve (infeasible data, say) arrives as
-    ``jax.errors.JaxRuntimeError`` carrying the package's error and message.
+    ``Q``, ``G`` and ``A`` may be ``jax.experimental.sparse`` matrices (``BCOO``, or ``BCSR``
+    and SciPy sparse matrices, converted), 2-D and shared by the batch (batch the dense inputs,
+    or use ``jax.vmap``): the call then takes the sparse Rust layer (nothing ``n × n`` is
+    formed), gives the exact derivative (``mode="limit"``) and each sparse input's cotangent on
+    its stored entries (the cotangent of its ``data``). An error of the host solve (infeasible
+    data, say) arrives as ``jax.errors.JaxRuntimeError`` carrying the package's error and
+    message.
     
 
     Example (projection of ``−p`` onto ``z ≥ 0``; the second unit sits on its bound, a tie)::
@@ -281,14 +282,20 @@ def qp(Q, p, G, h, A, b, *, mode="limit", threads=None):
 
 def _sparse_matrix(x):
     """``x`` as a ``jax.experimental.sparse.BCOO`` if it is a sparse matrix (a ``BCSR`` is
-    converted, differentiably), else ``None``."""
+    converted differentiably, a SciPy matrix as a constant), else ``None``."""
     try:
         from jax.experimental import sparse
     except ImportError:  # pragma: no cover - part of every JAX release
         return None
     if isinstance(x, sparse.BCSR):
         return x.to_bcoo()
-    return x if isinstance(x, sparse.BCOO) else None
+    if isinstance(x, sparse.BCOO):
+        return x
+    if hasattr(x, "tocoo") and not isinstance(x, jax.Array):  # SciPy: a constant BCOO
+        coo = x.tocoo()
+        indices = jnp.stack([jnp.asarray(coo.row), jnp.asarray(coo.col)], axis=1)
+        return sparse.BCOO((jnp.asarray(coo.data), indices), shape=coo.shape)
+    return None
 
 
 def _sparse_slots(inputs):

@@ -20,13 +20,13 @@ gradient is the sum over the batch (autograd's rule); ``reduce="mean"`` divides 
 size, as qpth does.
 
 ``Q``, ``G`` and ``A`` may be sparse tensors (COO, CSR or CSC; 2-D shared or 3-D batched, no
-dense dimensions): the call then takes the sparse path of the Rust layer (Clarabel's
-identification, a sparse ``LDLᵀ`` of the working set's KKT system refined to rounding, the same
-factor for the derivative), nothing ``n × n`` is formed, and each sparse input's gradient lives
-on its pattern (the gradient with respect to its stored values), in its layout (COO and CSR;
-a CSC input's gradient is COO, since autograd accumulates no CSC gradients). Dense inputs in
-such a call keep dense gradients. The sparse path gives the exact derivative
-(``mode="limit"``).
+dense dimensions; a SciPy sparse matrix is taken as a constant COO tensor): the call then takes
+the sparse path of the Rust layer (Clarabel's identification, a sparse ``LDLᵀ`` of the working
+set's KKT system refined to rounding, the same factor for the derivative), nothing ``n × n`` is
+formed, and each sparse input's gradient lives on its pattern (the gradient with respect to its
+stored values), in its layout (COO and CSR; a CSC input's gradient is COO, since autograd
+accumulates no CSC gradients). Dense inputs in such a call keep dense gradients. The sparse
+path gives the exact derivative (``mode="limit"``).
 
 The Fenchel-BP activations (:func:`fenchel_relu`, :func:`fenchel_hard_sigmoid`,
 :func:`fenchel_hard_tanh`, :func:`fenchel_box`, :func:`fenchel_softmax`) are
@@ -259,6 +259,17 @@ class _SparseQP(torch.autograd.Function):
         return (None, *out)
 
 
+def _from_scipy(x):
+    """A SciPy sparse matrix (anything with ``tocoo()`` that is not a tensor) as a constant
+    float64 COO tensor (data, not a parameter: no gradient flows to it); anything else as is."""
+    if isinstance(x, torch.Tensor) or not hasattr(x, "tocoo"):
+        return x
+    coo = x.tocoo()
+    indices = torch.from_numpy(np.stack([coo.row, coo.col]).astype(np.int64))
+    values = torch.from_numpy(np.asarray(coo.data, dtype=np.float64))
+    return torch.sparse_coo_tensor(indices, values, coo.shape, check_invariants=True)
+
+
 def QPFunction(eps=1e-12, verbose=0, notImprovedLim=3, maxIter=20, check_Q_spd=True, *,
                mode="limit", reduce="sum", threads=None, feasibility_tol=1e-9,
                multiplier_tol=1e-9):
@@ -304,7 +315,7 @@ def QPFunction(eps=1e-12, verbose=0, notImprovedLim=3, maxIter=20, check_Q_spd=T
                 "multiplier_tol": float(multiplier_tol), "last": None, "last_branches": None}
 
     def qp(Q, p, G, h, A, b):
-        inputs = (Q, p, G, h, A, b)
+        inputs = tuple(_from_scipy(x) for x in (Q, p, G, h, A, b))
         for name, x in zip(_NAMES, inputs):
             if not isinstance(x, torch.Tensor):
                 raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
