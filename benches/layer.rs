@@ -2,15 +2,20 @@
 //! it: a batch of 128 items, each with its own random data (`Q` SPD `n × n`, `m = n/2`
 //! inequality rows `Gz ≤ h` with about half of them active at the solution, no equality),
 //! solved, then differentiated (the one-sided limit, every input) for one upstream gradient per
-//! item. `n ∈ {10, 50, 200}`, 1 and 2 threads.
+//! item. `n ∈ {10, 50, 200}`, 1 and 2 threads. A second group, `sparse-layer`, times one item
+//! of each sparse family of [`bilevel::app::verify::sparse_instances`] (banded chain, random
+//! sparse, box and simplex projections) on the sparse path at `n = 1000` and `10,000` (the
+//! random family at 300 and 2000): forward solve, then the exact gradients.
 //!
 //! Run: `cargo bench --bench layer`. The peers (qpth, proxsuite's QPLayer) on the same sizes are
-//! in `benches/peers/torch_layers.py`.
+//! in `benches/peers/torch_layers.py`; the sparse peers, memory and growth exponents in
+//! `benches/sparse_growth.rs` and `benches/peers/sparse_layers.py`.
 
 use std::hint::black_box;
 
 use bilevel::app::verify::instances::{matrix, rng, spd, vector};
-use bilevel::layer::{gradients, solve, Mode, QpData};
+use bilevel::app::verify::sparse_instances::{self, SparseInstance};
+use bilevel::layer::{gradients, gradients_sparse, solve, solve_sparse, Mode, QpData};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use nalgebra::{DMatrix, DVector};
 
@@ -62,5 +67,49 @@ fn layer(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, layer);
+/// The sparse families at the sizes the growth benchmark reports.
+fn sparse_items() -> Vec<(String, SparseInstance)> {
+    let mut out = Vec::new();
+    for n in [1000usize, 10_000] {
+        out.push((format!("banded-n{n}"), sparse_instances::banded(n)));
+        out.push((format!("box-n{n}"), sparse_instances::box_projection(n)));
+        out.push((
+            format!("simplex-n{n}"),
+            sparse_instances::simplex_projection(n),
+        ));
+    }
+    for n in [300usize, 2000] {
+        let inst = sparse_instances::random_sparse(&mut rng(n as u64), n, 8);
+        out.push((format!("random-n{n}"), inst));
+    }
+    out
+}
+
+fn sparse_layer(c: &mut Criterion) {
+    let mut group = c.benchmark_group("sparse-layer");
+    group.sample_size(10);
+    for (id, inst) in sparse_items() {
+        let items = std::slice::from_ref(&inst.data);
+        let n = inst.z_star.len();
+        let upstream = [vector(&mut rng(11), n)];
+        group.bench_function(BenchmarkId::new("solve", &id), |b| {
+            b.iter(|| black_box(solve_sparse(items, 1, Default::default())))
+        });
+        let solved: Vec<_> = solve_sparse(items, 1, Default::default())
+            .into_iter()
+            .map(|s| s.expect("the families are feasible by construction"))
+            .collect();
+        group.bench_function(BenchmarkId::new("gradients", &id), |b| {
+            b.iter(|| black_box(gradients_sparse(&solved, &upstream, 1)))
+        });
+    }
+    group.finish();
+}
+
+// criterion's plots would need a registered font (as in `benches/limit.rs`).
+criterion_group! {
+    name = benches;
+    config = Criterion::default().without_plots();
+    targets = layer, sparse_layer
+}
 criterion_main!(benches);
