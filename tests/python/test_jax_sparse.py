@@ -139,3 +139,22 @@ def test_scipy_matrices_are_constant_sparse_data():
     expected = jax.grad(lambda p: jnp.sum(bj.qp(inputs[0], p, *inputs[2:])))(
         jnp.asarray(data["p"]))
     np.testing.assert_array_equal(grad_p, expected)
+
+
+def test_qp_layer_takes_a_sparse_quadratic_layer():
+    import scipy.sparse as sp
+    from conftest import constructed_layer
+    rng = np.random.default_rng(13)
+    labels = ["strong", "weak", "inactive", "weak"]
+    data, theta, z_star = constructed_layer(rng, 6, 3, 4, 1, labels)
+    dense = bj.qp_layer(**data)
+    sparse_data = {k: (sp.csr_array(v) if k in ("Q", "B", "A", "A_eq") else v)
+                   for k, v in data.items()}
+    f = bj.qp_layer(**sparse_data)
+    assert f.layer.backend == "sparse"
+    np.testing.assert_allclose(f(theta), z_star, atol=1e-12)
+    for sign in (1.0, -1.0):
+        g = jnp.asarray(sign * rng.standard_normal(6))
+        loss = lambda layer: (lambda t: jnp.dot(g, layer(t)))
+        np.testing.assert_allclose(jax.grad(loss(f))(theta), jax.grad(loss(dense))(theta),
+                                   atol=1e-10)

@@ -58,7 +58,7 @@ def _mode(mode):
         f"mode: expected \"limit\", (\"contrastive\", beta) or (\"centered\", beta), got {mode!r}")
 
 
-def qp_layer(Q, c, B, A=None, b=None, A_eq=None, b_eq=None, *, mode="limit", backend="dense"):
+def qp_layer(Q, c, B, A=None, b=None, A_eq=None, b_eq=None, *, mode="limit", backend=None):
     """The layer ``z*(θ) = argmin_z ½zᵀQz − zᵀ(Bθ + c)`` s.t. ``Az ≥ b``, ``A_eq z = b_eq`` as a
     JAX function of ``theta`` (shape ``(p,)`` or ``(..., p)``; result ``(n,)`` or ``(..., n)``,
     in ``theta``'s dtype; the Rust side computes in float64).
@@ -68,6 +68,8 @@ def qp_layer(Q, c, B, A=None, b=None, A_eq=None, b_eq=None, *, mode="limit", bac
     ``("contrastive", beta)`` (Def. 1's gradient for ``ℓ(z) = gᵀz``: equilibrium propagation's
     rule) or ``("centered", beta)``. The returned function carries the underlying
     :class:`bilevel.QuadraticLayer` as ``.layer`` (for ``derive``: status, branches, residual).
+    ``backend`` is the layer's (``None``: sparse for SciPy sparse data, else dense); a sparse
+    layer gives the ``"limit"`` mode.
     
 
     Example (ReLU as a QP, ``z* = max(θ, 0)``, with a tie in the second unit)::
