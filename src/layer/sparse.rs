@@ -58,6 +58,10 @@ impl SparseQpData {
     /// `G, h`, `A, b`); a `Q` that is not symmetric positive definite.
     pub fn qp(&self) -> Result<SparseQp> {
         let n = self.q.nrows();
+        if self.q.ncols() != n {
+            let found = format!("{n} x {}", self.q.ncols());
+            return Err(Error::dim("Q", format!("a square matrix ({n} x {n})"), found));
+        }
         let blocks = [("G, h", &self.g, &self.h), ("A, b", &self.a, &self.b)]
             .map(|(name, rows, rhs)| (name, (rows.nrows(), rows.ncols()), rhs.len()));
         super::check_blocks(n, self.p.len(), blocks)?;

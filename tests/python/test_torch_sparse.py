@@ -191,3 +191,14 @@ def test_scipy_matrices_are_constant_sparse_data():
     assert torch.equal(z.detach(), zs.detach())
     (zs * z).sum().backward()
     assert p.grad is not None and p.grad.shape == (9,)
+
+
+def test_an_integer_q_gives_a_float64_answer_on_both_routes():
+    e = torch.empty(0, dtype=F64)
+    p = torch.tensor([0.5, -0.5], dtype=F64)
+    for Q in (torch.eye(2, dtype=torch.int64), torch.eye(2, dtype=torch.int64).to_sparse()):
+        z = QPFunction()(Q, p, e, e, e, e)
+        assert z.dtype == F64 and z.tolist() == [[-0.5, 0.5]]
+    with pytest.raises(bilevel.DimensionMismatchError, match="Q"):
+        QPFunction()(torch.ones(2, 3, dtype=F64).to_sparse(), torch.zeros(3, dtype=F64),
+                     e, e, e, e)

@@ -15,9 +15,9 @@ Meet Deep Learning" (arXiv 2105.07231): where a constraint is weakly active (act
 multiplier) it is the one-sided derivative along the descent direction, with the branch each row
 took, where qpth and other layers return an average of the two sides.
 
-Results and gradients come back on the input's device and in its dtype. A shared input's
-gradient is the sum over the batch (autograd's rule); ``reduce="mean"`` divides it by the batch
-size, as qpth does.
+Results and gradients come back on the input's device and in its dtype (``z*`` in ``Q``'s, or
+float64 for an integer ``Q``). A shared input's gradient is the sum over the batch (autograd's
+rule); ``reduce="mean"`` divides it by the batch size, as qpth does.
 
 ``Q``, ``G`` and ``A`` may be sparse tensors (COO, CSR or CSC; 2-D shared or 3-D batched, no
 dense dimensions; a SciPy sparse matrix is taken as a constant COO tensor): the call then takes
@@ -81,6 +81,12 @@ def _mode(mode):
         f"mode: expected \"limit\", (\"contrastive\", beta) or (\"centered\", beta), got {mode!r}")
 
 
+def _result_dtype(Q):
+    """The result's dtype: ``Q``'s when it is a floating-point type (qpth's rule), else float64
+    (an integer ``Q`` must not truncate ``z*``)."""
+    return Q.dtype if Q.dtype.is_floating_point else torch.float64
+
+
 class _QP(torch.autograd.Function):
     @staticmethod
     def forward(ctx, settings, *inputs):
@@ -94,7 +100,7 @@ class _QP(torch.autograd.Function):
         ctx.shapes = [(x.numel() == 0, x.dim() == base) for x, base in zip(inputs, _BASE)]
         ctx.meta = [(x.dtype, x.device) for x in inputs]
         settings["last"] = batch
-        return torch.from_numpy(z).to(device=reference.device, dtype=reference.dtype)
+        return torch.from_numpy(z).to(device=reference.device, dtype=_result_dtype(reference))
 
     @staticmethod
     def backward(ctx, grad_z):
@@ -246,7 +252,7 @@ class _SparseQP(torch.autograd.Function):
         ctx.absent = [x.numel() == 0 and x.layout == torch.strided for x in inputs]
         settings["last"] = handle
         reference = inputs[0]
-        return torch.from_numpy(z).to(device=reference.device, dtype=reference.dtype)
+        return torch.from_numpy(z).to(device=reference.device, dtype=_result_dtype(reference))
 
     @staticmethod
     def backward(ctx, grad_z):
