@@ -60,7 +60,11 @@ impl SparseQpData {
         let n = self.q.nrows();
         if self.q.ncols() != n {
             let found = format!("{n} x {}", self.q.ncols());
-            return Err(Error::dim("Q", format!("a square matrix ({n} x {n})"), found));
+            return Err(Error::dim(
+                "Q",
+                format!("a square matrix ({n} x {n})"),
+                found,
+            ));
         }
         let blocks = [("G, h", &self.g, &self.h), ("A, b", &self.a, &self.b)]
             .map(|(name, rows, rhs)| (name, (rows.nrows(), rows.ncols()), rhs.len()));

@@ -11,7 +11,7 @@ use pyo3::types::{PyDict, PyList, PyTuple};
 
 use super::convert::{detached, matrix_of, room, threads_arg, to_pyerr, Array};
 use crate::error::{Error, Result};
-use crate::layer::{self, Mode, QpData, QpGradients, QpSolution};
+use crate::layer::{self, ItemStatus, Mode, QpData, QpGradients, QpSolution};
 use crate::solve::qp::Tolerances;
 
 /// One input: shared (its base number of dimensions), batched (one more, the batch first), or
@@ -325,26 +325,32 @@ impl QpBatch {
     /// `status()`: per item, a dict with the `solver`, its `iterations` and `residual`, each
     /// inequality row's `activity` (`"strong"`, `"weak"`, `"inactive"`).
     fn status<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        let rows = self
-            .solutions
-            .iter()
-            .map(|s| {
-                let s = s.status();
-                let d = PyDict::new(py);
-                d.set_item("solver", s.solver)?;
-                d.set_item("iterations", s.iterations)?;
-                d.set_item("residual", s.residual)?;
-                let labels: Vec<&str> = s.activity.iter().map(|a| a.label()).collect();
-                d.set_item("activity", labels)?;
-                Ok(d)
-            })
-            .collect::<PyResult<Vec<_>>>()?;
-        PyList::new(py, rows)
+        status_list(py, self.solutions.iter().map(|s| s.status()))
     }
 
     fn __len__(&self) -> usize {
         self.solutions.len()
     }
+}
+
+/// Per item, a dict with the `solver`, its `iterations` and `residual`, each inequality row's
+/// `activity` (`"strong"`, `"weak"`, `"inactive"`): `status()` of both batch classes.
+pub(crate) fn status_list<'py>(
+    py: Python<'py>,
+    statuses: impl Iterator<Item = ItemStatus>,
+) -> PyResult<Bound<'py, PyList>> {
+    let rows = statuses
+        .map(|s| {
+            let d = PyDict::new(py);
+            d.set_item("solver", s.solver)?;
+            d.set_item("iterations", s.iterations)?;
+            d.set_item("residual", s.residual)?;
+            let labels: Vec<&str> = s.activity.iter().map(|a| a.label()).collect();
+            d.set_item("activity", labels)?;
+            Ok(d)
+        })
+        .collect::<PyResult<Vec<_>>>()?;
+    PyList::new(py, rows)
 }
 
 /// The items' gradients stacked along a leading batch axis, by input name; `branches` per item

@@ -12,7 +12,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
 use super::convert::{detached, threads_arg, to_pyerr, Array};
-use super::qp::all_items;
+use super::qp::{all_items, status_list};
 use crate::error::{Error, Result};
 use crate::layer::{self, SparseQpData, SparseQpGradients, SparseQpSolution};
 use crate::linalg::{csc_from_triplets, Csc};
@@ -218,21 +218,7 @@ impl SparseQpBatch {
     /// `status()`: per item, a dict with the `solver`, its `iterations` and `residual`, each row
     /// of `G`'s `activity` (`"strong"`, `"weak"`, `"inactive"`).
     fn status<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        let rows = self
-            .solutions
-            .iter()
-            .map(|s| {
-                let s = s.status();
-                let d = PyDict::new(py);
-                d.set_item("solver", s.solver)?;
-                d.set_item("iterations", s.iterations)?;
-                d.set_item("residual", s.residual)?;
-                let labels: Vec<&str> = s.activity.iter().map(|a| a.label()).collect();
-                d.set_item("activity", labels)?;
-                Ok(d)
-            })
-            .collect::<PyResult<Vec<_>>>()?;
-        PyList::new(py, rows)
+        status_list(py, self.solutions.iter().map(|s| s.status()))
     }
 
     fn __len__(&self) -> usize {

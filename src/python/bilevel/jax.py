@@ -264,22 +264,33 @@ def qp(Q, p, G, h, A, b, *, mode="limit", threads=None):
                 out.append(_unbroadcast(grads[name], a.shape, batch or (1,)).astype(dtype))
         return tuple(out)
 
+    spec = jax.ShapeDtypeStruct(out_shape, dtype)
+    return _callback_vjp(host_solve, host_grads, spec, range(6))(*inputs)
+
+
+def _callback_vjp(host_solve, host_grads, out_spec, differentiable):
+    """The function of the flat inputs ``xs`` whose value is ``host_solve(*xs)`` and whose VJP
+    for a cotangent ``g`` is ``host_grads(*xs, g)``: the cotangents of the inputs listed in
+    ``differentiable`` (the others, integer indices, get none), both on the host through
+    ``jax.pure_callback`` (one call per item under ``jax.vmap``)."""
     @jax.custom_vjp
     def solve(*xs):
-        spec = jax.ShapeDtypeStruct(out_shape, dtype)
-        z = jax.pure_callback(host_solve, spec, *xs, vmap_method="sequential")
+        z = jax.pure_callback(host_solve, out_spec, *xs, vmap_method="sequential")
         return _varying(frozenset().union(*map(_axes, xs)), z)
 
     def forward(*xs):
         return solve(*xs), xs
 
     def backward(xs, g):
-        specs = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in xs)
+        specs = tuple(jax.ShapeDtypeStruct(xs[k].shape, xs[k].dtype) for k in differentiable)
         grads = jax.pure_callback(host_grads, specs, *xs, g, vmap_method="sequential")
-        return tuple(_varying(_axes(x), d) for x, d in zip(xs, grads))
+        out = [np.zeros(x.shape, dtype=jax.dtypes.float0) for x in xs]
+        for k, d in zip(differentiable, grads):
+            out[k] = _varying(_axes(xs[k]), d)
+        return tuple(out)
 
     solve.defvjp(forward, backward)
-    return solve(*inputs)
+    return solve
 
 
 def _sparse_matrix(x):
@@ -405,26 +416,8 @@ def _qp_sparse(inputs, threads):
         return _sparse_cotangents(host, shapes, parts, grads, dtype)
 
     differentiable = [k for k, x in enumerate(flat) if jnp.issubdtype(x.dtype, jnp.floating)]
-
-    @jax.custom_vjp
-    def solve(*xs):
-        spec = jax.ShapeDtypeStruct(out_shape, dtype)
-        z = jax.pure_callback(host_solve, spec, *xs, vmap_method="sequential")
-        return _varying(frozenset().union(*map(_axes, xs)), z)
-
-    def forward(*xs):
-        return solve(*xs), xs
-
-    def backward(xs, g):
-        specs = tuple(jax.ShapeDtypeStruct(xs[k].shape, dtype) for k in differentiable)
-        grads = jax.pure_callback(host_grads, specs, *xs, g, vmap_method="sequential")
-        out = [np.zeros(x.shape, dtype=jax.dtypes.float0) for x in xs]  # indices: no cotangent
-        for k, d in zip(differentiable, grads):
-            out[k] = _varying(_axes(xs[k]), d)
-        return tuple(out)
-
-    solve.defvjp(forward, backward)
-    return solve(*flat)
+    spec = jax.ShapeDtypeStruct(out_shape, dtype)
+    return _callback_vjp(host_solve, host_grads, spec, differentiable)(*flat)
 
 
 def _fenchel_box(lo, hi, beta):
