@@ -300,21 +300,7 @@ impl QpBatch {
             None => Mode::Limit,
         };
         let (count, n) = (self.solutions.len(), self.shape.n);
-        let read = || -> Result<Vec<DVector<f64>>> {
-            let g = grad_z.read("grad_z")?;
-            let g = g.as_array();
-            if g.shape() != [count, n] {
-                return Err(Error::dim(
-                    "grad_z",
-                    format!("({count}, {n})"),
-                    format!("{:?}", g.shape()),
-                ));
-            }
-            Ok(g.outer_iter()
-                .map(|r| DVector::from_iterator(n, r.iter().copied()))
-                .collect())
-        };
-        let grads = read().map_err(|e| to_pyerr(py, e))?;
+        let grads = grad_rows(&grad_z, (count, n)).map_err(|e| to_pyerr(py, e))?;
         let results = detached(py, || {
             layer::gradients(&self.solutions, &grads, mode, self.threads)
         })?;
@@ -331,6 +317,25 @@ impl QpBatch {
     fn __len__(&self) -> usize {
         self.solutions.len()
     }
+}
+
+/// The upstream gradients `grad_z`, one row `(count, n)` per item.
+pub(crate) fn grad_rows(
+    grad_z: &Array<'_>,
+    (count, n): (usize, usize),
+) -> Result<Vec<DVector<f64>>> {
+    let g = grad_z.read("grad_z")?;
+    let g = g.as_array();
+    if g.shape() != [count, n] {
+        return Err(Error::dim(
+            "grad_z",
+            format!("({count}, {n})"),
+            format!("{:?}", g.shape()),
+        ));
+    }
+    Ok(g.outer_iter()
+        .map(|r| DVector::from_iterator(n, r.iter().copied()))
+        .collect())
 }
 
 /// Per item, a dict with the `solver`, its `iterations` and `residual`, each inequality row's

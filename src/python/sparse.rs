@@ -12,7 +12,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
 use super::convert::{detached, threads_arg, to_pyerr, Array};
-use super::qp::{all_items, status_list};
+use super::qp::{all_items, grad_rows, status_list};
 use crate::error::{Error, Result};
 use crate::layer::{self, SparseQpData, SparseQpGradients, SparseQpSolution};
 use crate::linalg::{csc_from_triplets, Csc};
@@ -189,21 +189,7 @@ impl SparseQpBatch {
     fn gradients<'py>(&self, py: Python<'py>, grad_z: Array<'py>) -> PyResult<Bound<'py, PyList>> {
         let count = self.solutions.len();
         let n = self.solutions.first().map_or(0, |s| s.z().len());
-        let read = || -> Result<Vec<DVector<f64>>> {
-            let g = grad_z.read("grad_z")?;
-            let g = g.as_array();
-            if g.shape() != [count, n] {
-                return Err(Error::dim(
-                    "grad_z",
-                    format!("({count}, {n})"),
-                    format!("{:?}", g.shape()),
-                ));
-            }
-            Ok(g.outer_iter()
-                .map(|r| DVector::from_iterator(n, r.iter().copied()))
-                .collect())
-        };
-        let grads = read().map_err(|e| to_pyerr(py, e))?;
+        let grads = grad_rows(&grad_z, (count, n)).map_err(|e| to_pyerr(py, e))?;
         let results = detached(py, || {
             layer::gradients_sparse(&self.solutions, &grads, self.threads)
         })?;
