@@ -6,13 +6,15 @@
 //! choice: methods, activations, losses), `prox` (one definition per activation: `G`, `G*`, the
 //! map, the proximal map; generic over `f32`/`f64`), `linalg` (KKT solves by the null-space
 //! method, condition estimates, the `Gemm` products; `sparse`/`sparse_kkt`: faer's CSC and the
-//! sparse `LDLᵀ` of a KKT system, refined, with an LU fallback; `linalg/threads` and `linalg/simd` are the one
+//! sparse `LDLᵀ` of a KKT system, refined, with an LU fallback; `sparse_span`: the active rows'
+//! distance from dependence without forming them densely; `linalg/threads` and `linalg/simd` are the one
 //! room for `unsafe`: the team of threads, the safe splitting of buffers among its pieces, the
 //! vector-instruction dispatch), `solve` (`solve/qp/`: the QP types, the dense dual active-set
 //! backend — the one Goldfarb–Idnani —, Clarabel, OSQP, the exact refinement, the offset problem, the sparse QP;
 //! `smooth`: argmin), `problem` (losses, constraints, the `InnerProblem` trait and three problem
 //! classes), `surrogate` (Section 2), `layer` (QP layers in the frameworks' convention, every
-//! input differentiable, batches of items with their own data), `nested` (Sections 3-4: `problem` — `NestedProblem<T>`,
+//! input differentiable, batches of items with their own data; `layer/sparse.rs` the sparse
+//! items, `layer/parametric.rs` the parametric layer `z*(θ)` on sparse data), `nested` (Sections 3-4: `problem` — `NestedProblem<T>`,
 //! `Batch<T>`, `NestedSettings`, the reports and their status —; `rows`, Table 1 as data;
 //! `linearized`, Prop. 7; `local/`, Prop. 5; `global/`, Prop. 4; `compose`, Def. 1 level by level;
 //! `inference/`, the batched sweeps that train the non-closed-form rows; `method`, each row's

@@ -1,6 +1,8 @@
-//! Small dense linear-algebra helpers shared by the solvers: equality-constrained KKT solves
-//! with iterative refinement, a cheap condition estimate, and SPD checks; and the dense matrix
-//! products of the batched network passes ([`Gemm`], [`Threads`]).
+//! Linear-algebra helpers shared by the solvers: equality-constrained KKT solves with iterative
+//! refinement, a cheap condition estimate, SPD checks and the rows' distance from dependence,
+//! dense and sparse ([`Csc`], faer's compressed columns: `sparse.rs`, `sparse_kkt.rs`,
+//! `sparse_span.rs`); and the dense matrix products of the batched network passes ([`Gemm`],
+//! [`Threads`]).
 
 mod products;
 pub(crate) mod simd;
