@@ -19,7 +19,7 @@ Results and gradients come back on the input's device and in its dtype (``z*`` i
 float64 for an integer ``Q``). A shared input's gradient is the sum over the batch (autograd's
 rule); ``reduce="mean"`` divides it by the batch size, as qpth does.
 
-``Q``, ``G`` and ``A`` may be sparse tensors (COO, CSR or CSC; 2-D shared or 3-D batched, no
+``Q``, ``G`` and ``A`` may be sparse tensors (COO, CSR or CSC, 2-D shared; COO 3-D batched; no
 dense dimensions; a SciPy sparse matrix is taken as a constant COO tensor): the call then takes
 the sparse path of the Rust layer (Clarabel's identification, a sparse ``LDLᵀ`` of the working
 set's KKT system refined to rounding, the same factor for the derivative), nothing ``n × n`` is
@@ -162,6 +162,8 @@ class _Matrix:
         if x.dim() == 2:
             self.entries = [_Entries(self.name, idx[0], idx[1], values, x.shape)]
             return
+        if self.layout != torch.sparse_coo:  # its gradient could not take its layout back
+            raise _input_error(self.name, "a batched (3-D) sparse input must be COO")
         self.batch = x.shape[0]
         self.masks = [idx[0] == i for i in range(self.batch)]
         self.entries = [_Entries(self.name, idx[1][m], idx[2][m], values[m], x.shape[1:])
