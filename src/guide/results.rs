@@ -204,13 +204,13 @@
 //! the sparse path when n ≥ 500 and at most 5 % of the entries of `Q`, `G`, `A` are non-zero
 //! (`layer::prefers_sparse`; `layer::solve_with` and `SolvePath` override it).
 //!
-//! Through the framework adapters (2026-12-06, same machine, median of 7 after one warm-up,
-//! one thread; the bounds-only chain of `tests/python/conftest.py::banded_qp` at n = 10,000):
-//! `bilevel.sparse_qp_solve` takes 37–41 ms forward and 7–8 ms for the gradients;
-//! `QPFunction` with torch COO tensors, forward and `backward()`, 44 ms; `bilevel.jax.qp` with
-//! `BCOO` under `jax.jit(jax.grad(...))` 46 ms (XLA drops the unused forward callback, and the
-//! backward pass solves once). At n = 1000 the two take 5.0 and 5.3 ms. The adapters add no
-//! measurable time to the Rust layer. The rows' independence check that the sparse gradients
+//! Through the Python front ends (`python benches/python_sparse.py`, 2026-12-06, same machine,
+//! one thread, median of 7 after a warm-up; the bounds-only chain of
+//! `tests/python/conftest.py::banded_qp`), forward and gradients: at n = 10,000
+//! `bilevel.sparse_qp_solve` 42.0 ms, `QPFunction` with torch COO tensors 46.0 ms,
+//! `bilevel.jax.qp` with `BCOO` under `jax.jit(jax.grad(...))` 44.3 ms (XLA drops the unused
+//! forward callback; the backward pass solves once); at n = 1000 4.6, 4.9 and 5.1 ms. The
+//! adapters add under a tenth to the bare binding. The rows' independence check that the sparse gradients
 //! now run (issue 25's case 4, `Inaccurate` for nearly dependent active rows) left the growth
 //! benchmark's gradient times unchanged within noise (banded n = 10,000: 11.6 ms before, 11.8
 //! after; random n = 2000: 120 and 109 ms). `cargo bench --bench layer -- sparse-layer` times
