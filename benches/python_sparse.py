@@ -8,27 +8,17 @@ after one warm-up, on the bounds-only chain of ``tests/python/conftest.py::bande
 
 import argparse
 import pathlib
-import statistics
 import sys
-import time
 import warnings
 
 import numpy as np
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests" / "python"))
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent / "tests" / "python"), str(HERE / "peers")]
 from conftest import banded_qp  # noqa: E402
+from timing import median_ms  # noqa: E402
 
 import bilevel  # noqa: E402
-
-
-def median_ms(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
 
 
 def cases(n):

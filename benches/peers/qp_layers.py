@@ -20,22 +20,12 @@ import argparse
 import glob
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
 
 import numpy as np
 
-
-def median_ms(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
+from timing import median_ms  # benches/peers/timing.py, next to this script
 
 
 def proxsuite_item(inst):

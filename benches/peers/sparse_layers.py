@@ -26,24 +26,14 @@ Conventions: the layer is min 1/2 z^T Q z + p^T z s.t. G z <= h, A z = b.
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
 
 import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
-
-def median_ms(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
+from timing import median_ms  # benches/peers/timing.py, next to this script
 
 
 def csc(triplets, shape):

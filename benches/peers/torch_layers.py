@@ -20,15 +20,15 @@ peers' tolerances.
 """
 
 import argparse
-import statistics
 import sys
-import time
 import types
 
 import numpy as np
 import torch
 
 import bilevel.torch as bt
+
+from timing import median_ms  # benches/peers/timing.py, next to this script
 
 F64 = torch.float64
 
@@ -43,16 +43,6 @@ def instances(rng, batch, n, m, k):
     A = rng.standard_normal((batch, k, n))
     b = np.einsum("bkn,bn->bk", A, z0)
     return dict(Q=Q, p=p, G=G, h=h, A=A, b=b)
-
-
-def median_ms(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
 
 
 def torch_inputs(data, k):
