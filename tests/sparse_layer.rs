@@ -11,10 +11,12 @@ use bilevel::layer::{
     gradients_sparse, solve, solve_sparse, solve_with, LayerSettings, Mode, QpData, QpSolution,
     SolvePath, SparseQpData, SparseQpSolution,
 };
-use bilevel::linalg::{csc_from_triplets, csc_to_dense, Csc};
+use bilevel::linalg::{csc_from_dense, csc_from_triplets, csc_to_dense, Csc};
 use bilevel::nalgebra::{DMatrix, DVector};
 use bilevel::prox::Activity::{self, Inactive, Strong, Weak};
-use bilevel::solve::qp::Tolerances;
+use bilevel::solve::qp::{
+    solve_exact, solve_sparse_exact, ClarabelSettings, DenseActiveSet, Qp, SparseQp, Tolerances,
+};
 use bilevel::Error;
 
 fn dense_item(inst: &ConstructedQp) -> QpData {
@@ -511,4 +513,82 @@ fn nearly_dependent_active_rows_are_inaccurate_on_both_paths() {
     let sol = with_path(&item, SolvePath::Sparse);
     let out = sol.gradients(&dvector![-1.27, -0.62, 0.04], Mode::Limit);
     assert!(matches!(out, Err(Error::Inaccurate { .. })), "{out:?}");
+}
+
+/// A QP with `n = 30` (the KKT matrix is larger than Lanczos' 16 steps), `P = MᵀM + I`, 20 rows,
+/// `eps` moving row 1 towards row 0 (`0`: independent rows).
+fn conditioned_qp(eps: f64) -> Qp {
+    let mut r = rng(29);
+    let (n, m) = (30, 20);
+    let mm = DMatrix::from_fn(n, n, |_, _| vector(&mut r, 1)[0]);
+    let p = mm.transpose() * &mm + DMatrix::identity(n, n);
+    let mut a = DMatrix::from_fn(m, n, |_, _| vector(&mut r, 1)[0]);
+    if eps > 0.0 {
+        let row = a.row(0) * (1.0 - eps) + a.row(1) * eps;
+        a.set_row(1, &row);
+    }
+    // Built backwards: x0 is the solution, rows 0 and 1 strongly active (λ = 1), the others
+    // 1 from it.
+    let x0 = vector(&mut r, n);
+    let lambda = DVector::from_fn(m, |i, _| if i < 2 { 1.0 } else { 0.0 });
+    let b = &a * &x0 - DVector::from_fn(m, |i, _| if i < 2 { 0.0 } else { 1.0 });
+    Qp {
+        q: a.transpose() * lambda - &p * &x0,
+        p,
+        a,
+        b,
+        a_eq: DMatrix::zeros(0, n),
+        b_eq: DVector::zeros(0),
+    }
+}
+
+fn sparse_copy(qp: &Qp) -> SparseQp {
+    SparseQp {
+        p: csc_from_dense(&qp.p),
+        q: qp.q.clone(),
+        a: csc_from_dense(&qp.a),
+        b: qp.b.clone(),
+        a_eq: csc_from_dense(&qp.a_eq),
+        b_eq: qp.b_eq.clone(),
+    }
+}
+
+#[test]
+fn the_sparse_condition_estimate_is_the_dense_one_and_invariant_under_power_of_two_scaling() {
+    let tol = Tolerances::default();
+    for eps in [0.0, 1e-5] {
+        let qp = conditioned_qp(eps);
+        let dense = solve_exact(&DenseActiveSet, &qp, &tol).unwrap();
+        let sparse =
+            solve_sparse_exact(&sparse_copy(&qp), &tol, &ClarabelSettings::default()).unwrap();
+        assert_eq!(sparse.solution.working, dense.working, "eps {eps}");
+        assert!(dense.working[0] && dense.working[1], "eps {eps}");
+        assert!(
+            sparse.solution.condition.is_nan(),
+            "computed on request only"
+        );
+        let (c, d) = (sparse.condition(), dense.condition);
+        // The same matrix and the same Lanczos start: equal up to rounding in the iteration.
+        assert!(
+            (c - d).abs() <= 1e-6 * d,
+            "eps {eps}: sparse {c:e}, dense {d:e}"
+        );
+        if eps > 0.0 {
+            assert!(c > 1e8, "two active rows 1e-5 apart: condition {c:e}");
+        } else {
+            assert!(c < 1e6, "independent rows: condition {c:e}");
+        }
+        // The energy times 4, row i times 2^(i mod 5 − 2): the equilibrated matrix is the same.
+        let mut scaled = sparse_copy(&qp);
+        scaled.p = csc_from_dense(&(&qp.p * 4.0));
+        scaled.q = &qp.q * 4.0;
+        let s = DVector::from_fn(qp.b.len(), |i, _| 2f64.powi(i as i32 % 5 - 2));
+        scaled.a = csc_from_dense(&DMatrix::from_fn(qp.a.nrows(), qp.a.ncols(), |i, j| {
+            qp.a[(i, j)] * s[i]
+        }));
+        scaled.b = qp.b.component_mul(&s);
+        let again = solve_sparse_exact(&scaled, &tol, &ClarabelSettings::default()).unwrap();
+        let c2 = again.condition();
+        assert!((c2 - c).abs() <= 1e-12 * c, "eps {eps}: {c2:e} vs {c:e}");
+    }
 }

@@ -8,7 +8,7 @@
 //! of [`super::derive`] (`B` and `theta` dense, `loss` linear, squared or by its gradient,
 //! `gradients`), and the output carries the same limit entries: `z_star`, `multipliers`,
 //! `multipliers_eq`, `constraints`, `branches`, `loss`, `z_dot`, `grad_theta`, `method`,
-//! `residual`, `solver`, and `grad_*` for the data asked for, `grad_Q`, `grad_A`, `grad_A_eq` in
+//! `residual`, `condition` (of the system that determined `ż`, as on the dense path), `solver`, and `grad_*` for the data asked for, `grad_Q`, `grad_A`, `grad_A_eq` in
 //! the triplet form on the data's own patterns (the gradient with respect to the stored values).
 //! The finite-β surrogates (`betas`), a JVP (`direction`) and a batch of `theta`s are not on the
 //! sparse path yet: asking for them is an error naming the field.
@@ -87,6 +87,7 @@ pub struct SparseDeriveOutput {
     grad_theta: Vec<f64>,
     method: String,
     residual: f64,
+    condition: f64,
     solver: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     loss_note: Option<&'static str>,
@@ -283,7 +284,7 @@ fn derive_sparse(input: SparseInput) -> Result<SparseDeriveOutput> {
     if g.len() != n {
         return Err(Error::dim("loss", n, g.len()));
     }
-    let grads = sol.gradients(&g)?;
+    let grads = sol.gradients_with_condition(&g)?;
     let names = input.gradients.clone().unwrap_or_default();
     let data_gradients = gradients_json(&names, &grads, &theta)?;
     let (lambda, lambda_eq) = sol.multipliers();
@@ -300,6 +301,7 @@ fn derive_sparse(input: SparseInput) -> Result<SparseDeriveOutput> {
         z_dot: to_vec(&grads.p),
         method: grads.method.to_string(),
         residual: status.residual,
+        condition: grads.condition,
         solver: status.solver,
         loss_note: matches!(input.loss, LossSpec::Gradient { .. }).then_some(GRADIENT_LOSS_NOTE),
         data_gradients,
@@ -307,6 +309,7 @@ fn derive_sparse(input: SparseInput) -> Result<SparseDeriveOutput> {
     check_computed("z_star", &out.z_star)?;
     check_computed("z_dot", &out.z_dot)?;
     check_computed("loss", [&out.loss])?;
+    check_computed("condition", [&out.condition])?;
     Ok(out)
 }
 
@@ -395,6 +398,15 @@ mod tests {
                 assert!((x - y).abs() < 1e-12, "{key}: {x} vs {y}");
             }
         }
+        // The same matrix's condition (its dimension is under Lanczos' 16 steps: exact).
+        let (cs, cd) = (
+            s["condition"].as_f64().unwrap(),
+            d["condition"].as_f64().unwrap(),
+        );
+        assert!(
+            cs.is_finite() && (cs - cd).abs() <= 1e-9 * cd,
+            "condition {cs} vs {cd}"
+        );
         // The matrices' gradients on their patterns equal the dense gradients there.
         for key in ["grad_Q", "grad_A", "grad_A_eq"] {
             for t in s[key]["triplets"].as_array().unwrap() {

@@ -40,7 +40,7 @@
 //!   two threads) as a JSON array in order, an item that fails being `{"error": ...}`. **Sparse
 //!   data**: `Q`, `A`, `A_eq` may each be `{"shape": [r, c], "triplets": [[i, j, v], …]}`
 //!   (zero-based, repeated positions summed); the request then runs on the sparse path (nothing
-//!   `n × n` formed; `crate::app::derive_sparse`) and answers the limit entries (no `condition`),
+//!   `n × n` formed; `crate::app::derive_sparse`) and answers the limit entries (with `condition`, the same estimate as dense),
 //!   with `grad_Q`, `grad_A`, `grad_A_eq` as triplets on the data's patterns; `betas`, `direction`
 //!   and a batch `theta` are refused there for now, naming the field. Bad input gives one line on stderr naming the
 //!   field and exit code 1. A success prints finite numbers only; a quantity that overflows, or a

@@ -28,7 +28,8 @@ use crate::linalg::{check_sparse_spd, sparse_independence, stack_rows, Csc, MAX_
 use crate::problem::{Direction, DirectionMethod, RESOLVED_SINE};
 use crate::prox::Activity;
 use crate::solve::qp::{
-    solve_sparse_exact, solve_sparse_from, ClarabelSettings, SparseExact, SparseQp, Tolerances,
+    solve_sparse_exact, solve_sparse_from, ClarabelSettings, ExactQp, SparseExact, SparseQp,
+    Tolerances,
 };
 use crate::surrogate::map_items;
 
@@ -126,6 +127,10 @@ pub struct SparseQpGradients {
     pub status: ItemStatus,
     /// How Eq. 17 was solved.
     pub method: DirectionMethod,
+    /// The 2-norm condition estimate of the KKT matrix that determined `ż` (Eq. 17's, rows
+    /// equilibrated: [`crate::problem::Direction::condition`]); `NaN` unless asked for
+    /// ([`SparseQpSolution::gradients_with_condition`]), as on the dense layer.
+    pub condition: f64,
 }
 
 impl SparseQpSolution {
@@ -158,13 +163,31 @@ impl SparseQpSolution {
     /// # Errors
     /// `grad_z` of another length or not finite; the rate problem's errors.
     pub fn gradients(&self, grad_z: &DVector<f64>) -> Result<SparseQpGradients> {
+        self.gradients_estimating(grad_z, false)
+    }
+
+    /// [`SparseQpSolution::gradients`] with [`SparseQpGradients::condition`] estimated
+    /// ([`crate::solve::qp::SparseExact::condition`]: 16 products and 16 refined solves with
+    /// the factorization of Eq. 17's KKT system, typically more than the gradients cost).
+    ///
+    /// # Errors
+    /// As [`SparseQpSolution::gradients`].
+    pub fn gradients_with_condition(&self, grad_z: &DVector<f64>) -> Result<SparseQpGradients> {
+        self.gradients_estimating(grad_z, true)
+    }
+
+    fn gradients_estimating(
+        &self,
+        grad_z: &DVector<f64>,
+        condition: bool,
+    ) -> Result<SparseQpGradients> {
         let n = self.qp.n();
         if grad_z.len() != n {
             return Err(Error::dim("grad_z", n, grad_z.len()));
         }
         crate::error::check_finite("grad_z", grad_z.iter())?;
         self.check_active_rows()?;
-        let d = self.direction(grad_z)?;
+        let d = self.direction(grad_z, condition)?;
         let sol = &self.exact.solution;
         let (z, z_dot) = (&sol.x, &d.z_dot);
         let (lambda, mu) = (&sol.lambda, &d.multipliers);
@@ -185,6 +208,7 @@ impl SparseQpSolution {
                 ..self.status()
             },
             method: d.method,
+            condition: d.condition,
         })
     }
 
@@ -234,8 +258,8 @@ impl SparseQpSolution {
         }
     }
 
-    /// Eq. 17 for the linear loss `gᵀz` (module docs).
-    fn direction(&self, g: &DVector<f64>) -> Result<Direction> {
+    /// Eq. 17 for the linear loss `gᵀz` (module docs), its condition estimated if asked.
+    fn direction(&self, g: &DVector<f64>, condition: bool) -> Result<Direction> {
         let sol = &self.exact.solution;
         let (m, k) = (sol.activity.len(), sol.lambda_eq.len());
         let rows = |kind: Activity| -> Vec<usize> {
@@ -259,7 +283,11 @@ impl SparseQpSolution {
                 branches: vec![None; m],
                 multipliers,
                 multipliers_eq,
-                condition: f64::NAN,
+                condition: if condition {
+                    self.exact.condition()
+                } else {
+                    f64::NAN
+                },
                 residual,
                 method,
             });
@@ -275,8 +303,15 @@ impl SparseQpSolution {
         // Warm start: every weak row held (the rows that leave are released by the repair);
         // Clarabel's identification if the repair does not settle.
         let rate = solve_sparse_from(&eq17, &self.tol, vec![true; weak.len()])
-            .or_else(|_| solve_sparse_exact(&eq17, &self.tol, &ClarabelSettings::default()))?
-            .solution;
+            .or_else(|_| solve_sparse_exact(&eq17, &self.tol, &ClarabelSettings::default()))?;
+        let rate = ExactQp {
+            condition: if condition {
+                rate.condition()
+            } else {
+                f64::NAN
+            },
+            ..rate.solution
+        };
         let method = DirectionMethod::Prop2Qp {
             backend: rate.backend,
         };

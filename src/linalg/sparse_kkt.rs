@@ -31,6 +31,8 @@ use crate::error::{Error, Result};
 /// and the data gradients reuse it.
 pub(crate) struct SparseKkt {
     n: usize,
+    /// `max|P|` (for the scale of [`SparseKkt::condition`]).
+    p_amax: f64,
     /// `K`, with explicit zeros on the held rows' diagonal (the pattern of `K_δ`).
     k: Csc,
     /// The `LDLᵀ` of `K_δ` (`None` when it broke down: the LU is used).
@@ -68,10 +70,12 @@ impl SparseKkt {
     pub(crate) fn new(p: &Csc, r: &Csc) -> Result<Self> {
         let n = p.nrows();
         let k = assemble(p, r)?;
-        let delta = 1e-9 / super::sparse::amax(p).max(f64::MIN_POSITIVE);
+        let p_amax = super::sparse::amax(p);
+        let delta = 1e-9 / p_amax.max(f64::MIN_POSITIVE);
         let ldlt = ldlt(&k, n, delta)?;
         Ok(Self {
             n,
+            p_amax,
             k,
             ldlt,
             lu: OnceLock::new(),
@@ -110,6 +114,35 @@ impl SparseKkt {
     /// The dimension `n` of the primal part.
     pub(crate) fn n(&self) -> usize {
         self.n
+    }
+
+    /// The 2-norm condition estimate of `K_σ = [σP Rᵀ; R 0]`, `σ` the power of two with
+    /// `σ max|P| ∈ [1, 2)`: the matrix whose condition the dense path reports
+    /// ([`crate::solve::qp::DenseFactor::condition`]), by Lanczos on `K_σ` and on `K_σ⁻¹`
+    /// ([`super::condition_estimate_of`]). `K_σ = D K D` with `D = diag(√σ I, I/√σ)`, so both
+    /// go through `K` and its refined solves ([`SparseKkt::solve`]); a solve that fails gives
+    /// `∞`. It costs 16 products with `K` and 16 refined solves.
+    pub(crate) fn condition(&self) -> f64 {
+        let (n, dim) = (self.n, self.k.nrows());
+        let root = super::power_of_two_scale(self.p_amax).sqrt();
+        // D u (or D⁻¹ u, with `root` inverted).
+        let scaled = |u: &DVector<f64>, root: f64| {
+            let mut v = u.clone();
+            v.rows_mut(0, n).scale_mut(root);
+            v.rows_mut(n, dim - n).unscale_mut(root);
+            v
+        };
+        let apply = |u: &DVector<f64>| {
+            let mut out = DVector::zeros(dim);
+            let v = scaled(u, root);
+            for_each_entry(&self.k, |i, j, a| out[i] += a * v[j]);
+            Some(scaled(&out, root))
+        };
+        let solve = |u: &DVector<f64>| {
+            let sol = self.solve(&scaled(u, root.recip())).ok()?;
+            Some(scaled(&sol.solution, root.recip()))
+        };
+        super::condition_estimate_of(dim, apply, solve)
     }
 
     /// Iterative refinement of `K v = rhs` with the approximate inverse `apply`, at most

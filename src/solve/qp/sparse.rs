@@ -5,8 +5,9 @@
 //! factorization is kept ([`SparseExact`]) for Eq. 17's rate problem and the data gradients.
 //! Memory and work follow the non-zeros of `P`, `A` and the factor: nothing `n × n` is formed.
 //!
-//! Differences from the dense path, in this first sparse slice: the condition estimate is not
-//! computed (`NaN`), and linearly dependent active rows are not set aside. Exactly dependent
+//! Differences from the dense path: the condition estimate is computed on request
+//! ([`SparseExact::condition`]; [`ExactQp::condition`] is `NaN`), and linearly dependent
+//! active rows are not set aside. Exactly dependent
 //! held rows with consistent right-hand sides (a duplicated row) are all held, the multiplier
 //! split between them by the regularized factorization (the minimum-norm split: a duplicated
 //! row gets half on each copy), both labelled by that split; `x`, and so the derivatives with
@@ -116,6 +117,16 @@ impl std::fmt::Debug for SparseExact {
 }
 
 impl SparseExact {
+    /// The 2-norm condition estimate of the final KKT matrix `[σP R_Wᵀ; R_W 0]` (rows
+    /// equilibrated, `σ` the power of two with `σ max|P| ∈ [1, 2)`): what the dense path
+    /// reports in [`ExactQp::condition`] and the sparse path leaves `NaN` there, computed on
+    /// request (16 products with the KKT matrix and 16 refined solves with its factorization:
+    /// Lanczos on the matrix and on its inverse, [`crate::linalg::condition_estimate_of`]).
+    /// `∞` when a solve fails.
+    pub fn condition(&self) -> f64 {
+        self.factor.condition()
+    }
+
     /// `(x, y)` with `P x − R_Wᵀ y = −g`, `R_W x = 0` on the held rows `R_W` (the working rows,
     /// then the equality rows): the rate problem of Eq. 17 when every held row is strongly
     /// active and no other is weakly active, on the forward solve's factorization. `y` is in
