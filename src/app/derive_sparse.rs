@@ -8,8 +8,9 @@
 //! of [`super::derive`] (`B` and `theta` dense, `loss` linear, squared or by its gradient,
 //! `gradients`), and the output carries the same limit entries: `z_star`, `multipliers`,
 //! `multipliers_eq`, `constraints`, `branches`, `loss`, `z_dot`, `grad_theta`, `method`,
-//! `residual`, `condition` (of the system that determined `ż`, as on the dense path), `solver`, and `grad_*` for the data asked for, `grad_Q`, `grad_A`, `grad_A_eq` in
-//! the triplet form on the data's own patterns (the gradient with respect to the stored values).
+//! `residual`, `condition` (of the system that determined `ż`, as on the dense path), `solver`,
+//! and `grad_*` for the data asked for, `grad_Q`, `grad_A`, `grad_A_eq` in the triplet form on
+//! the data's own patterns (the gradient with respect to the stored values).
 //! The finite-β surrogates (`betas`), a JVP (`direction`) and a batch of `theta`s are not on the
 //! sparse path yet: asking for them is an error naming the field.
 

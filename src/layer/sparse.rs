@@ -283,11 +283,7 @@ impl SparseQpSolution {
                 branches: vec![None; m],
                 multipliers,
                 multipliers_eq,
-                condition: if condition {
-                    self.exact.condition()
-                } else {
-                    f64::NAN
-                },
+                condition: estimate(condition, || self.exact.condition()),
                 residual,
                 method,
             });
@@ -305,11 +301,7 @@ impl SparseQpSolution {
         let rate = solve_sparse_from(&eq17, &self.tol, vec![true; weak.len()])
             .or_else(|_| solve_sparse_exact(&eq17, &self.tol, &ClarabelSettings::default()))?;
         let rate = ExactQp {
-            condition: if condition {
-                rate.condition()
-            } else {
-                f64::NAN
-            },
+            condition: estimate(condition, || rate.condition()),
             ..rate.solution
         };
         let method = DirectionMethod::Prop2Qp {
@@ -340,6 +332,15 @@ impl SparseQpSolution {
         stationarity
             .max(held)
             .max(sparse_mul(&qp.a_eq, z_dot).amax())
+    }
+}
+
+/// `condition()` when asked for, else `NaN` (not estimated).
+fn estimate(asked: bool, condition: impl FnOnce() -> f64) -> f64 {
+    if asked {
+        condition()
+    } else {
+        f64::NAN
     }
 }
 
