@@ -202,7 +202,7 @@ fn a_batch_is_its_items_for_every_thread_count() {
             .into_iter()
             .map(|r| r.unwrap())
             .collect();
-        let out = gradients_sparse(&sols, &grads, threads).unwrap();
+        let out = gradients_sparse(&sols, &grads, threads, false).unwrap();
         for (o, r) in out.into_iter().zip(&reference) {
             let o = o.unwrap();
             assert_eq!(o.p, r.p, "{threads}");
@@ -210,7 +210,7 @@ fn a_batch_is_its_items_for_every_thread_count() {
             assert_eq!(o.q.val(), r.q.val(), "{threads}");
         }
     }
-    let short = gradients_sparse(&[], &grads, 1);
+    let short = gradients_sparse(&[], &grads, 1, false);
     assert!(matches!(short, Err(Error::DimensionMismatch { .. })));
 }
 
@@ -590,5 +590,101 @@ fn the_sparse_condition_estimate_is_the_dense_one_and_invariant_under_power_of_t
         let again = solve_sparse_exact(&scaled, &tol, &ClarabelSettings::default()).unwrap();
         let c2 = again.condition();
         assert!((c2 - c).abs() <= 1e-12 * c, "eps {eps}: {c2:e} vs {c:e}");
+    }
+}
+
+/// `dense` with the entries outside `pattern`'s stored ones set to zero.
+fn on(pattern: &Csc, dense: &DMatrix<f64>) -> DMatrix<f64> {
+    let mut out = DMatrix::zeros(dense.nrows(), dense.ncols());
+    for (i, j, _) in entries(pattern) {
+        out[(i, j)] = dense[(i, j)];
+    }
+    out
+}
+
+/// `SparseQuadraticLayer::derive` against the dense layer's limit and `data_gradients` on the
+/// same data: `ż`, `dL/dθ`, every datum's gradient (at the stored entries of a `B` with half
+/// its entries dropped, `c` compensating), the branches and the condition estimate, for a
+/// linear and a squared loss, along `±g` (both branches of the weak rows).
+#[test]
+fn the_sparse_layer_derive_is_the_dense_derivative_for_every_datum() {
+    use bilevel::layer::SparseQuadraticLayer;
+    use bilevel::problem::{Loss, QuadraticProblem};
+    use bilevel::surrogate::Bilevel;
+    for seed in 0..4 {
+        let k = seed % 2;
+        let mut inst = constructed_qp(&mut rng(1200 + seed as u64), 9, 3, k, &LABELS);
+        // B with every other entry dropped; c keeps Bθ + c (and so z*) unchanged.
+        let b_full = inst.b.clone();
+        inst.b = DMatrix::from_fn(9, 3, |i, j| {
+            if (i + j) % 2 == 0 {
+                b_full[(i, j)]
+            } else {
+                0.0
+            }
+        });
+        inst.c += (&b_full - &inst.b) * &inst.theta;
+        let cons = &inst.constraints;
+        let eq = (k > 0).then(|| (csc_from_dense(&cons.a_eq), cons.b_eq.clone()));
+        let b_sparse = csc_from_dense(&inst.b);
+        assert_eq!(entries(&b_sparse).len(), 14, "B's pattern");
+        let sparse = SparseQuadraticLayer::new(
+            csc_from_dense(&inst.q),
+            (b_sparse.clone(), inst.c.clone()),
+            (csc_from_dense(&cons.a), cons.b.clone()),
+            eq,
+            Tolerances::default(),
+        )
+        .unwrap();
+        let dense =
+            QuadraticProblem::new(inst.q.clone(), inst.b.clone(), inst.c.clone(), cons.clone())
+                .unwrap();
+        let theta = &inst.theta;
+        let sol = sparse
+            .solve(std::slice::from_ref(theta), 1)
+            .pop()
+            .unwrap()
+            .unwrap();
+        let scale = inst.z_star.amax() * (1.0 + inst.lambda.amax());
+        for (sign, squared) in [(1.0, false), (-1.0, false), (1.0, true), (-1.0, true)] {
+            let g = vector(&mut rng(1250 + seed as u64), 9) * sign;
+            let loss = match squared {
+                false => Loss::Linear { g },
+                true => Loss::Squared {
+                    target: &inst.z_star - g,
+                },
+            };
+            let found = sparse.derive(&sol, theta, &loss).unwrap();
+            let program = Bilevel::new(&dense, loss).unwrap();
+            let limit = program.limit(theta).unwrap();
+            let d = &limit.direction;
+            let want = dense.data_gradients(theta, &limit.z_star, d).unwrap();
+            assert!((found.loss - limit.loss).abs() <= 1e-12 * scale * scale);
+            close("z_dot", &col(&found.z_dot), &col(&d.z_dot), scale);
+            close(
+                "grad_theta",
+                &col(&found.grad_theta),
+                &col(&limit.grad_theta),
+                scale,
+            );
+            close("Q", &csc_to_dense(&found.q), &want.q, scale);
+            close("B", &csc_to_dense(&found.b), &on(&b_sparse, &want.b), scale);
+            assert!(entries(&found.b).len() == 14 && want.b != on(&b_sparse, &want.b));
+            close("c", &col(&found.c), &col(&want.c), scale);
+            let wc = &want.constraints;
+            close("A", &csc_to_dense(&found.a), &wc.a, scale);
+            close("b", &col(&found.lower), &col(&wc.b), scale);
+            close("A_eq", &csc_to_dense(&found.a_eq), &wc.a_eq, scale);
+            close("b_eq", &col(&found.b_eq), &col(&wc.b_eq), scale);
+            assert_eq!(found.status.branches, d.branches);
+            assert_eq!(found.status.activity, inst.labels);
+            let rel = (found.condition - d.condition).abs() / d.condition;
+            assert!(
+                rel < 1e-6,
+                "condition {} vs {}",
+                found.condition,
+                d.condition
+            );
+        }
     }
 }

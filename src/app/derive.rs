@@ -257,6 +257,16 @@ pub struct Request {
 }
 
 impl Request {
+    /// The output's `loss_note`: [`JVP_LOSS_NOTE`] for a JVP, [`GRADIENT_LOSS_NOTE`] for a loss
+    /// given by its gradient, else none.
+    pub fn loss_note(&self) -> Option<&'static str> {
+        if self.jvp {
+            Some(JVP_LOSS_NOTE)
+        } else {
+            self.gradient_loss.then_some(GRADIENT_LOSS_NOTE)
+        }
+    }
+
     /// Checks every β (finite, > 0) and every datum name, naming the entry.
     ///
     /// # Errors
@@ -552,11 +562,7 @@ pub fn output(
         residual: limit.z_star.status.residual.max(limit.direction.residual),
         solver: program.inner.backend().name(),
         surrogates,
-        loss_note: if request.jvp {
-            Some(JVP_LOSS_NOTE)
-        } else {
-            request.gradient_loss.then_some(GRADIENT_LOSS_NOTE)
-        },
+        loss_note: request.loss_note(),
         data_gradients: data_gradients(program, theta, &limit, &request.gradients)?,
     };
     out.check_finite()?;

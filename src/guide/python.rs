@@ -134,10 +134,12 @@
 //! need dense `Q`, `G`, `A` and say so.
 //!
 //! `bilevel.QuadraticLayer(Q, c, B, A, b, A_eq, b_eq)` takes SciPy sparse `Q`, `B`, `A`, `A_eq`
-//! as well (or `backend="sparse"` for dense ones): `solve`, `vjp` and `jvp` then run on the
-//! sparse layer ([`crate::layer::SparseQuadraticLayer`]), with the dense layer's answers and
-//! keys; `Q` and `B` read back as `scipy.sparse.csc_array`s. `derive` and `surrogate` need
-//! dense data.
+//! as well (or `backend="sparse"` for dense ones): `solve`, `vjp`, `jvp` and `derive` then run
+//! on the sparse layer ([`crate::layer::SparseQuadraticLayer`]), with the dense layer's answers
+//! and keys; `Q` and `B` read back as `scipy.sparse.csc_array`s, and `derive`'s `grad_Q`,
+//! `grad_B`, `grad_A`, `grad_A_eq` are `csc_array`s on the data's patterns (the gradient with
+//! respect to the stored values, [`crate::layer::SparseQuadraticLayer::derive`]). The finite-β
+//! `surrogate`, and `derive`'s `betas`, need dense data.
 //!
 //! The tests (`tests/python`, run by CI after `pip install .` in a fresh venv, with torch and qpth):
 //! `pip install pytest jax torch && pip install --no-deps qpth && cargo build --release && python -m pytest tests/python`.

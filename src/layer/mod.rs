@@ -33,7 +33,7 @@
 mod parametric;
 mod sparse;
 
-pub use parametric::SparseQuadraticLayer;
+pub use parametric::{SparseLayerDerivative, SparseQuadraticLayer};
 
 pub use sparse::{
     gradients_sparse, solve_sparse, SparseQpData, SparseQpGradients, SparseQpSolution,

@@ -14,9 +14,13 @@
 
 use nalgebra::DVector;
 
-use super::sparse::{solve_sparse, SparseQpData, SparseQpSolution};
+use super::sparse::{solve_sparse, SparseQpData, SparseQpGradients, SparseQpSolution};
+use super::ItemStatus;
 use crate::error::{check_finite, Error, Result};
-use crate::linalg::{csc_from_triplets, negated, sparse_mul as mul, sparse_tr_mul as tr_mul, Csc};
+use crate::linalg::{
+    csc_from_triplets, negated, on_pattern, sparse_mul as mul, sparse_tr_mul as tr_mul, Csc,
+};
+use crate::problem::{DirectionMethod, Loss};
 use crate::solve::qp::Tolerances;
 use crate::surrogate::map_items;
 
@@ -157,11 +161,106 @@ impl SparseQuadraticLayer {
     /// # Errors
     /// `v` of another length than `p`, or not finite; the rate problem's errors.
     pub fn jvp(&self, solution: &SparseQpSolution, v: &DVector<f64>) -> Result<DVector<f64>> {
+        Ok(solution.gradients(&self.jvp_gradient(v)?)?.p)
+    }
+
+    /// The loss gradient `g = −Bv` whose rate is the one-sided directional derivative of `z*`
+    /// along `θ + t v` ([`jvp`](Self::jvp); the sparse counterpart of
+    /// [`crate::problem::QuadraticProblem::jvp_loss`]).
+    ///
+    /// # Errors
+    /// `v` of another length than `p`, or not finite.
+    pub fn jvp_gradient(&self, v: &DVector<f64>) -> Result<DVector<f64>> {
         if v.len() != self.n_params() {
             return Err(Error::dim("v", self.n_params(), v.len()));
         }
         check_finite("v", v.iter())?;
-        Ok(solution.gradients(&-mul(&self.b, v))?.p)
+        Ok(-mul(&self.b, v))
+    }
+}
+
+/// What [`SparseQuadraticLayer::derive`] answers at one `θ`: the limit derivative of the loss
+/// (Props. 1-2, Cor. 1; one-sided at weakly active rows) with the gradients of the layer's data
+/// in the layer's own convention, each sparse one on its datum's pattern.
+#[derive(Debug, Clone)]
+pub struct SparseLayerDerivative {
+    /// `L(θ) = ℓ(z*(θ))`.
+    pub loss: f64,
+    /// `ż`, the one-sided rate of Eq. 17 for `g = ℓ'(z*)` (`dẑ_β/dβ` at `β = 0⁺`).
+    pub z_dot: DVector<f64>,
+    /// Cor. 1's `dL/dθ = −Bᵀż`.
+    pub grad_theta: DVector<f64>,
+    /// `∂L/∂Q = ½(ż z*ᵀ + z* żᵀ)` at `Q`'s stored entries.
+    pub q: Csc,
+    /// `∂L/∂B = −ż θᵀ` at `B`'s stored entries.
+    pub b: Csc,
+    /// `∂L/∂c = −ż`.
+    pub c: DVector<f64>,
+    /// `∂L/∂A` at `A`'s stored entries (rows `Az ≥ b`).
+    pub a: Csc,
+    /// `∂L/∂b` (the right-hand side of `Az ≥ b`).
+    pub lower: DVector<f64>,
+    /// `∂L/∂A_eq` at `A_eq`'s stored entries.
+    pub a_eq: Csc,
+    /// `∂L/∂b_eq`.
+    pub b_eq: DVector<f64>,
+    /// The item's status, with the branch each weakly active row took.
+    pub status: ItemStatus,
+    /// How Eq. 17 was solved.
+    pub method: DirectionMethod,
+    /// The 2-norm condition estimate of the KKT matrix that determined `ż`
+    /// ([`SparseQpSolution::gradients_with_condition`]).
+    pub condition: f64,
+}
+
+impl SparseQuadraticLayer {
+    /// The limit derivative of `L(θ) = ℓ(z*(θ))` at a solution of [`solve`](Self::solve) for
+    /// that `θ` (module docs): `ż` for `g = ℓ'(z*)`, `dL/dθ = −Bᵀż`, and the gradients of
+    /// every datum, the sparse ones on their patterns; the item's gradients carry the condition
+    /// estimate (which costs up to a few times the gradients; [`vjp`](Self::vjp) skips it).
+    /// The data gradients are the item's (`p = −(Bθ + c)`, `G = −A`, `h = −b`) mapped back by
+    /// the chain rule: `∂L/∂c = −ż`, `∂L/∂B = −ż θᵀ`, `∂L/∂A = −∂L/∂G`, `∂L/∂b = −∂L/∂h`.
+    ///
+    /// # Errors
+    /// `theta` of another length than `p`, the loss of another length than `n` or not finite;
+    /// the rate problem's errors (as [`SparseQpSolution::gradients`]).
+    pub fn derive(
+        &self,
+        solution: &SparseQpSolution,
+        theta: &DVector<f64>,
+        loss: &Loss,
+    ) -> Result<SparseLayerDerivative> {
+        if theta.len() != self.n_params() {
+            return Err(Error::dim("theta", self.n_params(), theta.len()));
+        }
+        loss.validate(self.dim())?;
+        let z = solution.z();
+        let SparseQpGradients {
+            q,
+            p: z_dot,
+            g,
+            h,
+            a: a_eq,
+            b: b_eq,
+            status,
+            method,
+            condition,
+        } = solution.gradients_with_condition(&loss.gradient(z))?;
+        Ok(SparseLayerDerivative {
+            loss: loss.value(z),
+            grad_theta: -tr_mul(&self.b, &z_dot),
+            q,
+            b: on_pattern(&self.b, |i, j| -z_dot[i] * theta[j]),
+            c: -&z_dot,
+            a: negated(&g),
+            lower: -h,
+            a_eq,
+            b_eq,
+            z_dot,
+            status,
+            method,
+            condition,
+        })
     }
 }
 

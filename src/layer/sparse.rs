@@ -24,7 +24,9 @@ use nalgebra::DVector;
 
 use super::ItemStatus;
 use crate::error::{Error, Result};
-use crate::linalg::{check_sparse_spd, sparse_independence, stack_rows, Csc, MAX_DEPENDENT};
+use crate::linalg::{
+    check_sparse_spd, on_pattern, sparse_independence, stack_rows, Csc, MAX_DEPENDENT,
+};
 use crate::problem::{Direction, DirectionMethod, RESOLVED_SINE};
 use crate::prox::Activity;
 use crate::solve::qp::{
@@ -344,19 +346,6 @@ fn estimate(asked: bool, condition: impl FnOnce() -> f64) -> f64 {
     }
 }
 
-/// The matrix with `a`'s pattern and the values `f(i, j)` at its stored entries.
-fn on_pattern(a: &Csc, f: impl Fn(usize, usize) -> f64) -> Csc {
-    let mut out = a.clone();
-    let sym = a.symbolic();
-    let val = out.val_mut();
-    for j in 0..a.ncols() {
-        for p in sym.col_range(j) {
-            val[p] = f(sym.row_idx()[p], j);
-        }
-    }
-    out
-}
-
 /// Solves every sparse item (on up to `threads` threads, results in order and independent of
 /// the count): each item's solution or its error.
 ///
@@ -400,7 +389,8 @@ pub fn solve_sparse(
 }
 
 /// [`SparseQpSolution::gradients`] for every item with its upstream gradient, on up to
-/// `threads` threads (results in order, independent of the count).
+/// `threads` threads (results in order, independent of the count); with `condition`, each
+/// with its condition estimate ([`SparseQpSolution::gradients_with_condition`]).
 ///
 /// # Errors
 /// `grads` of another length than `solutions` ([`Error::DimensionMismatch`]); each item's
@@ -409,11 +399,12 @@ pub fn gradients_sparse(
     solutions: &[SparseQpSolution],
     grads: &[DVector<f64>],
     threads: usize,
+    condition: bool,
 ) -> Result<Vec<Result<SparseQpGradients>>> {
     if grads.len() != solutions.len() {
         return Err(Error::dim("grad_z (batch)", solutions.len(), grads.len()));
     }
     Ok(map_items(solutions.len(), threads.max(1), |i| {
-        solutions[i].gradients(&grads[i])
+        solutions[i].gradients_estimating(&grads[i], condition)
     }))
 }

@@ -145,6 +145,19 @@ pub(crate) fn negated(a: &Csc) -> Csc {
     out
 }
 
+/// The matrix with `a`'s pattern and the values `f(i, j)` at its stored entries.
+pub(crate) fn on_pattern(a: &Csc, f: impl Fn(usize, usize) -> f64) -> Csc {
+    let mut out = a.clone();
+    let sym = a.symbolic();
+    let val = out.val_mut();
+    for j in 0..a.ncols() {
+        for p in sym.col_range(j) {
+            val[p] = f(sym.row_idx()[p], j);
+        }
+    }
+    out
+}
+
 /// The matrix with row `i` multiplied by `d[i]`.
 pub(crate) fn scale_rows(a: &Csc, d: &DVector<f64>) -> Csc {
     let mut scaled = a.clone();

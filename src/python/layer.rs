@@ -10,7 +10,9 @@ use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 use super::convert::{
     detached, py_matrix, py_rows, py_slice, py_vector, room, threads_arg, to_pyerr, vec_arg, Array,
 };
-use super::layer_data::{scipy_csc, sparse_solution, Layer, LayerArgs, MatArg};
+use super::layer_data::{
+    scipy_csc, sparse_derive, sparse_derive_dict, sparse_solution, Layer, LayerArgs, MatArg,
+};
 use crate::app::derive::{DeriveOutput, Request};
 use crate::error::{Error, Result};
 use crate::layer::{SparseQpSolution, SparseQuadraticLayer};
@@ -34,8 +36,9 @@ use crate::surrogate::Bilevel;
 /// `backend` is `"dense"` (the dual active-set solver), `"clarabel"`, `"osqp"` (with that
 /// feature) or `"sparse"`; `None` (the default) is `"sparse"` when `Q`, `B`, `A` or `A_eq` is a
 /// SciPy sparse matrix and `"dense"` otherwise. The sparse layer forms nothing `n × n` and gives
-/// `solve`, `vjp` and `jvp` (exact, one-sided at weakly active rows); `derive` and `surrogate`
-/// need dense data and say so.
+/// `solve`, `vjp`, `jvp` and `derive` (exact, one-sided at weakly active rows; `derive`'s data
+/// gradients on the data's own patterns, as `scipy.sparse.csc_array`s); the finite-β
+/// `surrogate` and `derive`'s `betas` need dense data and say so.
 ///
 /// Example:
 ///
@@ -503,7 +506,7 @@ impl QuadraticLayer {
             }
             (None, Some(v)) => {
                 let loss = vec_arg("direction", &v)
-                    .and_then(|v| self.layer.dense("derive")?.jvp_loss(&v))
+                    .and_then(|v| self.layer.jvp_loss(&v))
                     .map_err(|e| to_pyerr(py, rename(e, "v", "direction")))?;
                 (loss, false, true)
             }
@@ -514,8 +517,21 @@ impl QuadraticLayer {
             jvp,
             gradient_loss,
         };
-        let program = self.program(loss, "derive").map_err(|e| to_pyerr(py, e))?;
         let (ts, batch) = theta_items(&theta).map_err(|e| to_pyerr(py, e))?;
+        if let Layer::Sparse(l) = &self.layer {
+            let outs = py
+                .detach(|| {
+                    par_items(ts.len(), threads, |i| {
+                        sparse_derive(l, &ts[i], &loss, &request)
+                    })
+                })
+                .map_err(|e| call_error(py, batch, e))?;
+            let dicts = (outs.iter())
+                .map(|(s, d)| Ok(sparse_derive_dict(py, s, d, &request)?.into_any()))
+                .collect::<PyResult<Vec<_>>>()?;
+            return one_or_list(py, batch, dicts);
+        }
+        let program = self.program(loss, "derive").map_err(|e| to_pyerr(py, e))?;
         let outs = py
             .detach(|| {
                 par_items(ts.len(), threads, |i| {

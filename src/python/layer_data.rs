@@ -9,10 +9,11 @@ use pyo3::types::PyDict;
 
 use super::convert::{mat_arg, py_vector, vec_arg, Array};
 use super::sparse::{indices, values};
-use crate::error::{Error, Result};
-use crate::layer::{SparseQpSolution, SparseQuadraticLayer};
+use crate::app::derive::Request;
+use crate::error::{check_computed, Error, Result};
+use crate::layer::{SparseLayerDerivative, SparseQpSolution, SparseQuadraticLayer};
 use crate::linalg::{csc_from_dense, csc_from_triplets, Csc};
-use crate::problem::{InnerProblem, LinearConstraints, QuadraticProblem};
+use crate::problem::{InnerProblem, LinearConstraints, Loss, QuadraticProblem};
 use crate::solve::qp::Tolerances;
 
 /// A matrix argument as given.
@@ -198,6 +199,16 @@ impl Layer {
         }
     }
 
+    /// `derive`'s loss for a JVP along `v`: the linear loss `g = −Bv` (Prop. 2).
+    pub(crate) fn jvp_loss(&self, v: &DVector<f64>) -> Result<Loss> {
+        match self {
+            Layer::Dense(l) => l.jvp_loss(v),
+            Layer::Sparse(l) => Ok(Loss::Linear {
+                g: l.jvp_gradient(v)?,
+            }),
+        }
+    }
+
     /// The dense layer, or an error saying that `method` needs one.
     pub(crate) fn dense(&self, method: &str) -> Result<&QuadraticProblem> {
         match self {
@@ -205,8 +216,8 @@ impl Layer {
             Layer::Sparse(_) => Err(Error::input(
                 "backend",
                 format!(
-                    "`{method}` needs dense data; the sparse layer gives `solve` and `vjp` (the \
-                     exact one-sided gradient)"
+                    "`{method}` needs dense data; the sparse layer gives `solve`, `vjp`, `jvp` \
+                     and `derive` (the exact one-sided derivatives), not the finite-β surrogates"
                 ),
             )),
         }
@@ -241,4 +252,79 @@ pub(crate) fn scipy_csc<'py>(py: Python<'py>, m: &Csc) -> PyResult<Bound<'py, Py
     let sp = py.import("scipy.sparse")?;
     sp.getattr("csc_array")?
         .call1(((vals, rows, indptr), (m.nrows(), m.ncols())))
+}
+
+/// `derive` at one `θ` on the sparse layer: the solution and
+/// [`SparseQuadraticLayer::derive`]'s derivative (checked computed), for a request without
+/// `betas` (the finite-β surrogates are not on the sparse path yet).
+pub(crate) fn sparse_derive(
+    layer: &SparseQuadraticLayer,
+    theta: &DVector<f64>,
+    loss: &Loss,
+    request: &Request,
+) -> Result<(SparseQpSolution, SparseLayerDerivative)> {
+    request.validate()?;
+    if !request.betas.is_empty() {
+        return Err(Error::input(
+            "betas",
+            "the finite-β surrogates are not on the sparse path yet (build the layer from \
+             dense data for them)",
+        ));
+    }
+    let mut one = layer.solve(std::slice::from_ref(theta), 1);
+    let solution = one
+        .pop()
+        .unwrap_or_else(|| Err(Error::input("theta", "no item")))?;
+    let d = layer.derive(&solution, theta, loss)?;
+    check_computed("z_dot", d.z_dot.iter())?;
+    check_computed("loss", [&d.loss])?;
+    check_computed("condition", [&d.condition])?;
+    Ok((solution, d))
+}
+
+/// `derive`'s dict on the sparse layer: the dense layer's keys (no row is set aside as
+/// dependent, and `surrogates` is empty), with the sparse data's gradients as
+/// `scipy.sparse.csc_array`s on their patterns.
+pub(crate) fn sparse_derive_dict<'py>(
+    py: Python<'py>,
+    s: &SparseQpSolution,
+    d: &SparseLayerDerivative,
+    request: &Request,
+) -> PyResult<Bound<'py, PyDict>> {
+    let out = sparse_solution(py, s)?;
+    out.set_item("z_star", out.get_item("z")?)?;
+    out.del_item("z")?;
+    let branches: Vec<Option<&str>> = d
+        .status
+        .branches
+        .iter()
+        .map(|b| b.map(|b| b.label()))
+        .collect();
+    out.set_item("branches", branches)?;
+    out.set_item("condition", d.condition)?;
+    out.set_item("loss", d.loss)?;
+    out.set_item("z_dot", py_vector(py, &d.z_dot))?;
+    if request.jvp {
+        out.set_item("jvp", py_vector(py, &d.z_dot))?;
+    }
+    out.set_item("grad_theta", py_vector(py, &d.grad_theta))?;
+    out.set_item("method", d.method.to_string())?;
+    out.set_item("residual", d.status.residual)?;
+    out.set_item("surrogates", pyo3::types::PyList::empty(py))?;
+    if let Some(note) = request.loss_note() {
+        out.set_item("loss_note", note)?;
+    }
+    for name in &request.gradients {
+        let key = format!("grad_{name}");
+        match name.as_str() {
+            "Q" => out.set_item(key, scipy_csc(py, &d.q)?)?,
+            "B" => out.set_item(key, scipy_csc(py, &d.b)?)?,
+            "c" => out.set_item(key, py_vector(py, &d.c))?,
+            "A" => out.set_item(key, scipy_csc(py, &d.a)?)?,
+            "b" => out.set_item(key, py_vector(py, &d.lower))?,
+            "A_eq" => out.set_item(key, scipy_csc(py, &d.a_eq)?)?,
+            _ => out.set_item(key, py_vector(py, &d.b_eq))?,
+        }
+    }
+    Ok(out)
 }

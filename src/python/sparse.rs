@@ -182,16 +182,24 @@ pub(crate) fn parts<'py>(
 
 #[pymethods]
 impl SparseQpBatch {
-    /// `gradients(grad_z)`: for `grad_z = ∂ℓ/∂z*` (shape `(items, n)`), per item the exact
-    /// (one-sided) gradients of `ℓ`: a dict with `Q`, `G`, `A` as `(indptr, indices, data)` on
-    /// the inputs' patterns, `p`, `h`, `b` as arrays, `branches` (`"stays"`, `"leaves"` or
-    /// `None` per row of `G`) and `method`.
-    fn gradients<'py>(&self, py: Python<'py>, grad_z: Array<'py>) -> PyResult<Bound<'py, PyList>> {
+    /// `gradients(grad_z, condition=False)`: for `grad_z = ∂ℓ/∂z*` (shape `(items, n)`), per
+    /// item the exact (one-sided) gradients of `ℓ`: a dict with `Q`, `G`, `A` as `(indptr,
+    /// indices, data)` on the inputs' patterns, `p`, `h`, `b` as arrays, `branches`
+    /// (`"stays"`, `"leaves"` or `None` per row of `G`), `method` and `condition` (the 2-norm
+    /// condition estimate of the KKT matrix that determined `ż`, rows equilibrated; `nan`
+    /// unless `condition` is true, since it costs up to a few times the gradients).
+    #[pyo3(signature = (grad_z, condition = false))]
+    fn gradients<'py>(
+        &self,
+        py: Python<'py>,
+        grad_z: Array<'py>,
+        condition: bool,
+    ) -> PyResult<Bound<'py, PyList>> {
         let count = self.solutions.len();
         let n = self.solutions.first().map_or(0, |s| s.z().len());
         let grads = grad_rows(&grad_z, (count, n)).map_err(|e| to_pyerr(py, e))?;
         let results = detached(py, || {
-            layer::gradients_sparse(&self.solutions, &grads, self.threads)
+            layer::gradients_sparse(&self.solutions, &grads, self.threads, condition)
         })?;
         let items = all_items(py, results)?;
         let dicts = items
@@ -229,5 +237,6 @@ fn gradient_dict<'py>(py: Python<'py>, grads: &SparseQpGradients) -> PyResult<Bo
         .collect();
     d.set_item("branches", branches)?;
     d.set_item("method", grads.method.to_string())?;
+    d.set_item("condition", grads.condition)?;
     Ok(d)
 }

@@ -31,6 +31,13 @@ def test_sparse_items_agree_with_the_dense_layer():
             for key in ("p", "h", "b"):
                 assert np.abs(gs[key] - gd[key][0]).max() < 1e-10, key
             assert gs["branches"] == gd["branches"][0]
+            # The condition estimate on request (nan otherwise) is the dense layer's, whose
+            # energy ½zᵀQz − zᵀθ at θ = −p with rows −Gz ≥ −h is this item.
+            assert np.isnan(gs["condition"])
+            layer = bilevel.QuadraticLayer(Q, np.zeros(9), B=np.eye(9), A=-G, b=-h, A_eq=A, b_eq=b)
+            want = layer.derive(-p, g)["condition"]
+            found = sol.gradients(g, condition=True)["condition"]
+            assert abs(found / want - 1.0) < 1e-6, (found, want)
 
 
 def banded(n):
@@ -111,6 +118,55 @@ def test_quadratic_layer_with_sparse_data_is_the_dense_layer():
         assert np.abs(layers[0].Q.toarray() - data["Q"]).max() == 0.0
 
 
+def test_sparse_derive_is_the_dense_derive_with_gradients_on_the_data_patterns():
+    from conftest import constructed_layer
+    rng = np.random.default_rng(22)
+    data_names = ["Q", "B", "c", "A", "b", "A_eq", "b_eq"]
+    for k in (0, 2):
+        data, theta, z_star = constructed_layer(rng, 8, 3, 6, k, LABELS)
+        # B with about half its entries zero, c compensating: z* is unchanged.
+        B = data["B"] * (rng.uniform(size=data["B"].shape) < 0.5)
+        data["c"] = data["c"] + (data["B"] - B) @ theta
+        data["B"] = B
+        dense = bilevel.QuadraticLayer(**data)
+        sparse = bilevel.QuadraticLayer(**{key: (sp.csr_array(v) if key in ("Q", "B", "A", "A_eq")
+                                                 else v) for key, v in data.items()})
+        names = [x for x in data_names if x in data]
+        for sign, squared in [(1.0, False), (-1.0, False), (1.0, True), (-1.0, True)]:
+            g = sign * rng.standard_normal(8)
+            loss = ("squared", z_star - g) if squared else g
+            s = sparse.derive(theta, loss, gradients=names)
+            d = dense.derive(theta, loss, gradients=names)
+            assert s["constraints"] == d["constraints"] == LABELS
+            assert s["branches"] == d["branches"]
+            assert s["surrogates"] == [] and ("QP" in s["method"]) == ("QP" in d["method"])
+            assert abs(s["loss"] - d["loss"]) < 1e-10
+            assert abs(s["condition"] / d["condition"] - 1.0) < 1e-6
+            for key in ("z_star", "multipliers", "multipliers_eq", "z_dot", "grad_theta"):
+                assert np.abs(s[key] - d[key]).max(initial=0.0) < 1e-10, key
+            for x in names:
+                found, want = s[f"grad_{x}"], d[f"grad_{x}"]
+                if x in ("Q", "B", "A", "A_eq"):
+                    assert isinstance(found, sp.csc_array), x
+                    pattern = data[x] != 0
+                    # The gradient with respect to the stored values: the dense one there.
+                    assert found.nnz == np.count_nonzero(pattern), x
+                    found = found.toarray()
+                    assert np.all(found[~pattern] == 0.0), x
+                    want = np.where(pattern, want, 0.0)
+                assert np.abs(found - want).max(initial=0.0) < 1e-10, x
+        # A JVP request and a batch on the sparse layer, as on the dense one.
+        v = rng.standard_normal(3)
+        s, d = sparse.derive(theta, direction=v), dense.derive(theta, direction=v)
+        assert np.abs(s["jvp"] - d["jvp"]).max() < 1e-10 and s["loss_note"] == d["loss_note"]
+        thetas = np.stack([theta, theta + 0.05])
+        gs = rng.standard_normal((2, 8))
+        batch = sparse.derive(thetas, ("gradient", gs[0]), threads=2)
+        assert len(batch) == 2 and "loss_note" in batch[0]
+        one = sparse.derive(thetas[1], ("gradient", gs[0]))
+        assert np.array_equal(batch[1]["grad_theta"], one["grad_theta"])
+
+
 def test_quadratic_layer_on_ten_thousand_sparse_units():
     n = 10_000
     (qr, qc, qv), p, (gr, gc, gv, m), h, z_star, labels = banded_qp(n)
@@ -131,8 +187,14 @@ def test_quadratic_layer_on_ten_thousand_sparse_units():
 def test_sparse_quadratic_layer_says_what_it_does_not_do():
     Q = sp.eye_array(2, format="csc")
     layer = bilevel.QuadraticLayer(Q, np.zeros(2), B=Q, A=Q, b=np.zeros(2))
-    with pytest.raises(bilevel.InvalidInputError, match="derive"):
-        layer.derive(np.zeros(2), np.ones(2))
+    with pytest.raises(bilevel.InvalidInputError, match="betas"):
+        layer.derive(np.zeros(2), np.ones(2), betas=[0.1])
+    with pytest.raises(bilevel.InvalidInputError, match="gradients"):
+        layer.derive(np.zeros(2), np.ones(2), gradients=["R"])
+    with pytest.raises(bilevel.InvalidInputError, match="direction"):
+        layer.derive(np.zeros(2), np.ones(2), direction=np.ones(2))
+    with pytest.raises(bilevel.DimensionMismatchError, match="direction"):
+        layer.derive(np.zeros(2), direction=np.ones(3))
     with pytest.raises(bilevel.InvalidInputError, match="surrogate"):
         layer.surrogate(np.zeros(2), np.ones(2), 0.1)
     with pytest.raises(bilevel.InvalidInputError, match="Q"):
