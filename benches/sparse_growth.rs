@@ -3,7 +3,8 @@
 //! layer on the same data where it fits (n ≤ `--dense-max`, default 2000) for the crossover:
 //! median time and peak heap of each, and the fitted growth exponents. Each instance is also
 //! written as JSON (triplets) for `benches/peers/sparse_layers.py`, which times proxsuite's
-//! sparse backend, Clarabel and OSQP on the very same data.
+//! sparse backend, Clarabel and OSQP on the very same data, and the measurements as the growth
+//! table `growth-<family>.csv` (`bilevel plot --growth` draws it, log–log).
 //!
 //! Run: `cargo bench --bench sparse_growth -- --family banded --sizes 100,1000,10000`
 //! (`--family random|box|simplex`, `--repeats N`, `--out DIR`, `--dense-max N`).
@@ -14,6 +15,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Instant;
 
+use bilevel::app::plot::{growth_csv, GrowthRow};
 use bilevel::app::verify::fitted_slope;
 use bilevel::app::verify::instances::{rng, vector};
 use bilevel::app::verify::sparse_instances::{
@@ -111,6 +113,7 @@ fn main() {
         "n", "nnz", "sparse fwd", "sparse grad", "sparse MB", "dense ms", "dense MB"
     );
     let (mut ns, mut times, mut mems) = (Vec::new(), Vec::new(), Vec::new());
+    let mut rows = Vec::new();
     for &n in &a.sizes {
         let inst = instance(&a.family, n);
         let item = &inst.data;
@@ -146,7 +149,24 @@ fn main() {
         ns.push(n as f64);
         times.push(forward + grad);
         mems.push(mb);
+        let row = |backend: &str, ms: f64, peak_mb: f64| GrowthRow {
+            family: a.family.clone(),
+            backend: backend.into(),
+            n,
+            ms,
+            peak_mb,
+        };
+        rows.push(row("bilevel sparse", forward + grad, mb));
+        if !dense_ms.is_nan() {
+            rows.push(row("bilevel dense", dense_ms, dense_mb));
+        }
     }
+    let table = a.out.join(format!("growth-{}.csv", a.family));
+    std::fs::write(&table, growth_csv(&rows)).expect("the growth table");
+    println!(
+        "wrote {} (draw with `bilevel plot --growth`)",
+        table.display()
+    );
     if ns.len() >= 2 {
         println!(
             "fitted exponents (log-log least squares): time {:.2}, peak memory {:.2}",

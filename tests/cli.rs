@@ -300,6 +300,10 @@ fn train_and_plot_reject_bad_input_with_one_line() {
             vec!["plot", "/nonexistent.csv", "-o", "x.svg"],
             "/nonexistent.csv",
         ),
+        (
+            vec!["plot", "--growth", "/nonexistent.csv", "-o", "x.svg"],
+            "/nonexistent.csv",
+        ),
     ] {
         let (code, _, err) = run(&args);
         assert_eq!(code, 1, "{args:?}: {err}");

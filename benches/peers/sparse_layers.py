@@ -13,10 +13,11 @@ times on the very same data, per item and one thread:
 * Clarabel and OSQP (Python packages), forward only (they give no derivative).
 
 It prints time ratios (bilevel / peer), the peers' solution error against bilevel's exact
-z*, and the fitted growth exponents, and draws log-log curves to `--out` if matplotlib is
-importable.
+z*, and the fitted growth exponents, writes the peers' growth tables (`peers-<family>.csv`,
+beside the bench's `growth-<family>.csv`) and draws every curve, log-log with its fitted
+exponent, to `<out>/growth.svg` with `bilevel plot --growth`.
 
-    python3 -m pip install proxsuite clarabel osqp scipy numpy   # matplotlib optional
+    python3 -m pip install proxsuite clarabel osqp scipy numpy
     python3 benches/peers/sparse_layers.py [--families banded,random,box,simplex]
         [--sizes 100,1000,10000] [--repeats 5] [--out target/sparse-peers]
 
@@ -195,27 +196,21 @@ def main():
             xs, ys = zip(*pts)
             if len(xs) >= 2:
                 print(f"  growth exponent {name}: {slope(xs, ys):.2f}")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        for family, series in curves.items():
-            fig, ax = plt.subplots(figsize=(5, 4))
+    # The peers' growth tables next to bilevel's (growth-<family>.csv, written by the bench),
+    # and every curve drawn log-log by `bilevel plot --growth` (no plotting package needed).
+    for family, series in curves.items():
+        path = os.path.join(a.out, f"peers-{family}.csv")
+        with open(path, "w") as f:
+            f.write("family,backend,n,ms,peak_mb\n")
             for name, pts in series.items():
-                xs, ys = zip(*pts)
-                ax.loglog(xs, ys, marker="o", label=name)
-            ax.set_xlabel("n")
-            ax.set_ylabel("ms per item")
-            ax.set_title(f"sparse QP layers: {family}")
-            ax.legend()
-            fig.tight_layout()
-            path = os.path.join(a.out, f"{family}.svg")
-            fig.savefig(path)
-            print(f"wrote {path}")
-    except ImportError:
-        pass
+                if name != "bilevel":
+                    f.writelines(f"{family},{name},{n},{ms!r},\n" for n, ms in pts)
+        print(f"wrote {path}")
+    tables = [os.path.join(a.out, f"{kind}-{family}.csv")
+              for family in curves for kind in ("growth", "peers")]
+    plot = ["cargo", "run", "--release", "--quiet", "--", "plot", "--growth", *tables,
+            "-o", os.path.join(a.out, "growth.svg")]
+    subprocess.run(plot, check=True)
     return 0
 
 

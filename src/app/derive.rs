@@ -342,7 +342,7 @@ fn theta_of(
 
 /// The loss of a problem: `loss` (a gradient `g`, a target) or, for a JVP, the linear loss
 /// `g = −B v` of the `direction` `v` (length `p`; needs `B`).
-fn loss_of(
+pub(crate) fn loss_of(
     loss: Option<LossSpec>,
     direction: Option<&[f64]>,
     b: Option<&DMatrix<f64>>,

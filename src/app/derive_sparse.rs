@@ -9,17 +9,18 @@
 //! `gradients`), and the output carries the same limit entries: `z_star`, `multipliers`,
 //! `multipliers_eq`, `constraints`, `branches`, `loss`, `z_dot`, `grad_theta`, `method`,
 //! `residual`, `condition` (of the system that determined `ż`, as on the dense path), `solver`,
-//! and `grad_*` for the data asked for, `grad_Q`, `grad_A`, `grad_A_eq` in the triplet form on
-//! the data's own patterns (the gradient with respect to the stored values).
-//! The finite-β surrogates (`betas`), a JVP (`direction`) and a batch of `theta`s are not on the
-//! sparse path yet: asking for them is an error naming the field.
+//! `jvp` for a `direction` instead of a loss, and `grad_*` for the data asked for, `grad_Q`,
+//! `grad_A`, `grad_A_eq` in the triplet form on the data's own patterns (the gradient with
+//! respect to the stored values; [`crate::layer::SparseQuadraticLayer::derive`] computes them
+//! all, `B` with every entry stored). The finite-β surrogates (`betas`) and a batch of `theta`s
+//! are not on the sparse path yet: asking for them is an error naming the field.
 
 use nalgebra::{DMatrix, DVector};
 use serde::{Deserialize, Serialize};
 
-use super::derive::{LossSpec, GRADIENT_LOSS_NOTE};
+use super::derive::{LossSpec, Request};
 use crate::error::{check_computed, Error, Result};
-use crate::layer::{solve_sparse, SparseQpData};
+use crate::layer::{SparseLayerDerivative, SparseQuadraticLayer};
 use crate::linalg::{csc_from_triplets, Csc};
 use crate::solve::qp::Tolerances;
 
@@ -69,7 +70,7 @@ struct SparseInput {
     b: Option<Vec<f64>>,
     A_eq: Option<MatrixSpec>,
     b_eq: Option<Vec<f64>>,
-    loss: LossSpec,
+    loss: Option<LossSpec>,
     betas: Option<Vec<f64>>,
     direction: Option<Vec<f64>>,
     gradients: Option<Vec<String>>,
@@ -85,6 +86,8 @@ pub struct SparseDeriveOutput {
     branches: Vec<Option<crate::prox::Branch>>,
     loss: f64,
     z_dot: Vec<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jvp: Option<Vec<f64>>,
     grad_theta: Vec<f64>,
     method: String,
     residual: f64,
@@ -152,21 +155,16 @@ fn triplets(a: &Csc) -> serde_json::Value {
 /// Runs a sparse derive request (module docs) and returns its JSON answer.
 ///
 /// # Errors
-/// Malformed JSON or data, naming the field; `betas`, `direction` or a batch `theta` (not on
+/// Malformed JSON or data, naming the field; `betas` or a batch `theta` (not on
 /// the sparse path); the sparse layer's errors.
 pub fn derive_sparse_json(value: serde_json::Value) -> Result<serde_json::Value> {
     let input: SparseInput = serde_json::from_value(value)
         .map_err(|e| Error::input("problem JSON (sparse)", e.to_string()))?;
-    for (field, given) in [
-        ("betas", input.betas.as_ref().is_some_and(|b| !b.is_empty())),
-        ("direction", input.direction.is_some()),
-    ] {
-        if given {
-            return Err(Error::input(
-                field,
-                "not on the sparse path yet (give Q, A and A_eq as arrays of rows for it)",
-            ));
-        }
+    if input.betas.as_ref().is_some_and(|b| !b.is_empty()) {
+        return Err(Error::input(
+            "betas",
+            "not on the sparse path yet (give Q, A and A_eq as arrays of rows for it)",
+        ));
     }
     let out = derive_sparse(input)?;
     serde_json::to_value(out).map_err(|e| Error::input("output", e.to_string()))
@@ -194,9 +192,9 @@ fn check_shapes(input: &SparseInput, (q, a, a_eq): (&Csc, &Csc, &Csc), n: usize)
     Ok(())
 }
 
-/// The layer's data in the frameworks' convention (`p = −(Bθ + c)`, `G = −A`, `h = −b`), with
-/// `B` and `θ`.
-fn layer_data(input: &SparseInput) -> Result<(SparseQpData, DMatrix<f64>, DVector<f64>)> {
+/// The request's layer (`B` with every entry stored, so that `grad_B` is dense, as `B` is in
+/// the request), `θ`, and `B` as given.
+fn layer_of(input: &SparseInput) -> Result<(SparseQuadraticLayer, DVector<f64>, DMatrix<f64>)> {
     let n = input.c.len();
     let q = matrix("Q", Some(&input.Q), n)?;
     let b_mat = match &input.B {
@@ -207,48 +205,46 @@ fn layer_data(input: &SparseInput) -> Result<(SparseQpData, DMatrix<f64>, DVecto
     if theta.len() != b_mat.ncols() {
         return Err(Error::dim("theta", b_mat.ncols(), theta.len()));
     }
+    crate::error::check_finite("theta", theta.iter())?;
     let a = matrix("A", input.A.as_ref(), n)?;
     let a_eq = matrix("A_eq", input.A_eq.as_ref(), n)?;
     check_shapes(input, (&q, &a, &a_eq), n)?;
+    let every: Vec<_> = (0..b_mat.ncols())
+        .flat_map(|j| (0..n).map(move |i| (i, j)))
+        .map(|(i, j)| (i, j, b_mat[(i, j)]))
+        .collect();
+    let b = csc_from_triplets(n, b_mat.ncols(), &every).map_err(|e| match e {
+        Error::NonFinite { .. } => Error::NonFinite { what: "B".into() },
+        other => other,
+    })?;
     let vector = |v: &Option<Vec<f64>>| DVector::from_vec(v.clone().unwrap_or_default());
-    for (name, v) in [
-        ("c", Some(&input.c)),
-        ("b", input.b.as_ref()),
-        ("b_eq", input.b_eq.as_ref()),
-    ] {
-        crate::error::check_finite(name, v.into_iter().flatten())?;
-    }
-    crate::error::check_finite("theta", theta.iter())?;
-    crate::error::check_finite("B", b_mat.iter())?;
-    let data = SparseQpData {
-        p: -(&b_mat * &theta + DVector::from_column_slice(&input.c)),
-        g: crate::linalg::negated(&a),
-        h: -vector(&input.b),
+    let layer = SparseQuadraticLayer::new(
         q,
-        a: a_eq,
-        b: vector(&input.b_eq),
-    };
-    Ok((data, b_mat, theta))
+        (b, DVector::from_column_slice(&input.c)),
+        (a, vector(&input.b)),
+        Some((a_eq, vector(&input.b_eq))),
+        Tolerances::default(),
+    )?;
+    Ok((layer, theta, b_mat))
 }
 
-/// The `grad_*` entries asked for, in the request's convention (module docs).
+/// The `grad_*` entries asked for, in the request's form (module docs).
 fn gradients_json(
     names: &[String],
-    grads: &crate::layer::SparseQpGradients,
-    theta: &DVector<f64>,
+    d: &SparseLayerDerivative,
 ) -> Result<std::collections::BTreeMap<String, serde_json::Value>> {
     let to_vec = |v: &DVector<f64>| v.as_slice().to_vec();
     let mut out = std::collections::BTreeMap::new();
     for (i, name) in names.iter().enumerate() {
         let value = match name.as_str() {
-            "Q" => triplets(&grads.q),
-            "A" => triplets(&crate::linalg::negated(&grads.g)),
-            "A_eq" => triplets(&grads.a),
-            "c" => serde_json::json!(to_vec(&(-&grads.p))),
-            "b" => serde_json::json!(to_vec(&(-&grads.h))),
-            "b_eq" => serde_json::json!(to_vec(&grads.b)),
+            "Q" => triplets(&d.q),
+            "A" => triplets(&d.a),
+            "A_eq" => triplets(&d.a_eq),
+            "c" => serde_json::json!(to_vec(&d.c)),
+            "b" => serde_json::json!(to_vec(&d.lower)),
+            "b_eq" => serde_json::json!(to_vec(&d.b_eq)),
             "B" => {
-                let gb = -(&grads.p * theta.transpose());
+                let gb = crate::linalg::csc_to_dense(&d.b);
                 let rows: Vec<Vec<f64>> =
                     gb.row_iter().map(|r| r.iter().copied().collect()).collect();
                 serde_json::json!(rows)
@@ -266,45 +262,44 @@ fn gradients_json(
 }
 
 fn derive_sparse(input: SparseInput) -> Result<SparseDeriveOutput> {
-    let n = input.c.len();
-    let (data, b_mat, theta) = layer_data(&input)?;
-    let sol = solve_sparse(std::slice::from_ref(&data), 1, Tolerances::default())
+    let (layer, theta, b_mat) = layer_of(&input)?;
+    let gradient_loss = matches!(input.loss, Some(LossSpec::Gradient { .. }));
+    let jvp = input.direction.is_some();
+    let loss = super::derive::loss_of(
+        input.loss.clone(),
+        input.direction.as_deref(),
+        input.B.is_some().then_some(&b_mat),
+        b_mat.ncols(),
+    )?;
+    let sol = layer
+        .solve(std::slice::from_ref(&theta), 1)
         .pop()
         .unwrap_or_else(|| Err(Error::input("problem", "no item")))?;
-    let z = sol.z();
-    let (loss, g) = match &input.loss {
-        LossSpec::Linear { g } | LossSpec::Gradient { g } => {
-            let g = DVector::from_column_slice(g);
-            (g.dot(z), g)
-        }
-        LossSpec::Squared { target } => {
-            let d = z - DVector::from_column_slice(target);
-            (0.5 * d.norm_squared(), d)
-        }
-    };
-    if g.len() != n {
-        return Err(Error::dim("loss", n, g.len()));
-    }
-    let grads = sol.gradients_with_condition(&g)?;
+    let d = layer.derive(&sol, &theta, &loss)?;
     let names = input.gradients.clone().unwrap_or_default();
-    let data_gradients = gradients_json(&names, &grads, &theta)?;
+    let data_gradients = gradients_json(&names, &d)?;
     let (lambda, lambda_eq) = sol.multipliers();
     let to_vec = |v: &DVector<f64>| v.as_slice().to_vec();
-    let status = grads.status;
+    let request = Request {
+        jvp,
+        gradient_loss,
+        ..Request::default()
+    };
     let out = SparseDeriveOutput {
-        z_star: to_vec(z),
+        z_star: to_vec(sol.z()),
         multipliers: to_vec(lambda),
         multipliers_eq: to_vec(lambda_eq),
-        constraints: status.activity.iter().map(|a| a.label()).collect(),
-        branches: status.branches,
-        loss,
-        grad_theta: to_vec(&(-(b_mat.transpose() * &grads.p))),
-        z_dot: to_vec(&grads.p),
-        method: grads.method.to_string(),
-        residual: status.residual,
-        condition: grads.condition,
-        solver: status.solver,
-        loss_note: matches!(input.loss, LossSpec::Gradient { .. }).then_some(GRADIENT_LOSS_NOTE),
+        constraints: d.status.activity.iter().map(|a| a.label()).collect(),
+        branches: d.status.branches.clone(),
+        loss: d.loss,
+        jvp: jvp.then(|| to_vec(&d.z_dot)),
+        z_dot: to_vec(&d.z_dot),
+        grad_theta: to_vec(&d.grad_theta),
+        method: d.method.to_string(),
+        residual: d.status.residual,
+        condition: d.condition,
+        solver: d.status.solver,
+        loss_note: request.loss_note(),
         data_gradients,
     };
     check_computed("z_star", &out.z_star)?;
@@ -423,6 +418,28 @@ mod tests {
     }
 
     #[test]
+    fn a_direction_gives_the_dense_jvp_on_both_branches() {
+        for v in [1.0, -1.0] {
+            let (mut dense, mut sparse) = requests();
+            for r in [&mut dense, &mut sparse] {
+                r.as_object_mut().unwrap().remove("loss");
+                r["direction"] = json!([v]);
+            }
+            let d = derive_json(&dense.to_string()).unwrap();
+            let s = derive_json(&sparse.to_string()).unwrap();
+            assert!(s["loss_note"] == d["loss_note"] && d["loss_note"].is_string());
+            assert_eq!(s["branches"], d["branches"]);
+            for key in ["jvp", "z_dot", "grad_theta", "loss", "grad_B", "grad_c"] {
+                let (a, b) = (numbers(&s[key]), numbers(&d[key]));
+                assert!(!a.is_empty() && a.len() == b.len(), "{key}");
+                for (x, y) in a.iter().zip(&b) {
+                    assert!((x - y).abs() < 1e-12, "{key}: {x} vs {y}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn what_the_sparse_path_lacks_or_refuses_is_an_error_naming_the_field() {
         let (_, sparse) = requests();
         let fails = |edit: &dyn Fn(&mut Value), field: &str| {
@@ -440,6 +457,8 @@ mod tests {
         fails(&|r| r["b"] = json!([1.0]), "A, b");
         fails(&|r| r["Q"]["shape"] = json!([3, 2]), "Q.shape");
         fails(&|r| r["gradients"] = json!(["Z"]), "gradients[0]");
+        fails(&|r| r["direction"] = json!([1.0]), "direction");
+        fails(&|r| r["B"] = json!([[1.0], [0.0]]), "B");
         fails(&|r| r["extra"] = json!(1), "extra");
     }
 }

@@ -47,17 +47,23 @@ pub(crate) enum Command {
     },
     /// Train the paper's MNIST MLP (784-256-128-64-10) with a method of Table 1 (BP by default).
     Train(TrainArgs),
-    /// Plot training (solid) and test (dashed) error curves of CSV logs, like Fig. 1.
+    /// Plot training (solid) and test (dashed) error curves of CSV logs, like Fig. 1; with
+    /// `--growth`, log–log cost-growth curves of QP layers with their fitted exponents.
     Plot {
-        /// CSV logs written by `bilevel train --log`.
+        /// CSV logs written by `bilevel train --log`; with `--growth`, growth tables
+        /// (`cargo bench --bench sparse_growth` and `benches/peers/sparse_layers.py` write them).
         #[arg(required = true)]
         runs: Vec<PathBuf>,
         /// Output file, `.svg` or `.png` (`--out` is the same flag, as in `reproduce`).
         #[arg(short, long, visible_alias = "out")]
         output: PathBuf,
-        /// Panel title.
-        #[arg(long, default_value = "MNIST, 784-256-128-64-10")]
-        title: String,
+        /// Title (default: "MNIST, 784-256-128-64-10", or "QP layers: cost growth").
+        #[arg(long)]
+        title: Option<String>,
+        /// The files are growth tables (`family,backend,n,ms,peak_mb`): time and peak memory
+        /// against n, log–log, one panel per family; prints each curve's fitted exponent.
+        #[arg(long)]
+        growth: bool,
     },
     /// Reproduce a figure of the paper.
     Reproduce {

@@ -97,21 +97,6 @@ pub(crate) fn train(a: TrainArgs) -> bilevel::Result<()> {
     Ok(())
 }
 
-/// `bilevel plot`.
-pub(crate) fn plot(
-    runs: &[PathBuf],
-    output: &std::path::Path,
-    title: String,
-) -> bilevel::Result<()> {
-    let runs = runs
-        .iter()
-        .map(|p| bilevel::app::nn::log::read(p).map(|r| r.series()))
-        .collect::<bilevel::Result<Vec<_>>>()?;
-    bilevel::app::plot::draw(output, &[bilevel::app::plot::Panel { title, runs }])?;
-    out!("wrote {}", output.display());
-    Ok(())
-}
-
 /// `bilevel reproduce fig1`.
 pub(crate) fn reproduce_fig1(a: Fig1Args) -> bilevel::Result<()> {
     let threads = a

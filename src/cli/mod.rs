@@ -7,6 +7,7 @@ pub(crate) mod output;
 mod args;
 mod mnist;
 mod paper;
+mod plot;
 
 use std::process::ExitCode;
 
@@ -28,7 +29,14 @@ pub(crate) fn run(cli: Cli) -> ExitCode {
             runs,
             output,
             title,
-        } => report(mnist::plot(&runs, &output, title)),
+            growth: false,
+        } => report(plot::plot(&runs, &output, title)),
+        Command::Plot {
+            runs,
+            output,
+            title,
+            growth: true,
+        } => report(plot::plot_growth(&runs, &output, title)),
         Command::Reproduce {
             what: Reproduce::Fig1(args),
         } => report(mnist::reproduce_fig1(args)),

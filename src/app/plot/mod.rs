@@ -7,6 +7,12 @@
 //! `src/app/plot/DejaVuSans-LICENSE.txt`) through plotters' `ab_glyph` backend, so plotting works on
 //! machines without any system font.
 
+mod growth;
+
+pub use growth::{
+    draw_growth, growth_csv, growth_curves, parse_growth, GrowthCurve, GrowthRow, GROWTH_HEADER,
+};
+
 use std::path::Path;
 
 use plotters::coord::Shift;
