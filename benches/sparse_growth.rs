@@ -21,7 +21,9 @@ use bilevel::app::verify::instances::{rng, vector};
 use bilevel::app::verify::sparse_instances::{
     banded, box_projection, random_sparse, simplex_projection, SparseInstance,
 };
-use bilevel::layer::{solve, solve_sparse, Mode, QpData, SparseQpData};
+use bilevel::layer::{
+    solve_sparse, solve_with, LayerSettings, Mode, QpData, SolvePath, SparseQpData,
+};
 use bilevel::linalg::Csc;
 use bilevel::nalgebra::DVector;
 
@@ -179,8 +181,13 @@ fn main() {
 /// The dense layer on the same item: median ms of solve + gradients, and its peak MB.
 fn dense_cost(item: &SparseQpData, g: &DVector<f64>, repeats: usize) -> (f64, f64) {
     let dense = QpData::from(item);
+    let settings = LayerSettings {
+        path: SolvePath::Dense,
+        ..LayerSettings::default()
+    };
     let run = || {
-        let sol = solve(std::slice::from_ref(&dense), 1, Default::default());
+        // Forced dense: `solve` would choose the sparse path for large sparse items.
+        let sol = solve_with(std::slice::from_ref(&dense), &settings);
         sol[0].as_ref().unwrap().gradients(g, Mode::Limit).unwrap();
     };
     let ms = median_ms(repeats, run);

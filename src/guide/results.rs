@@ -175,31 +175,38 @@
 //!
 //! | family | n | bilevel ms (fwd + grad) | peak MB | proxsuite + KKT ms | ratio | dense layer ms |
 //! |---|---:|---:|---:|---:|---:|---:|
-//! | banded | 100 | 0.49 | 0.10 | 1.50 | 0.32 | 0.84 |
-//! | banded | 1000 | 5.01 | 1.04 | 179 | 0.03 | 243 |
-//! | banded | 3000 | 15.1 | 3.19 | 6944 | 0.002 | |
-//! | banded | 10000 | 51.9 | 10.5 | 392 | 0.13 | |
-//! | box | 1000 | 5.68 | 1.68 | 3.66 | 1.55 | 1329 |
-//! | box | 10000 | 59.8 | 17.3 | 69.3 | 0.86 | |
-//! | box | 100000 | 804 | 170 | 4843 | 0.17 | |
-//! | simplex | 1000 | 6.49 | 1.26 | 42.5 | 0.15 | 10741 |
-//! | simplex | 10000 | 63.7 | 13.0 | 59.2 | 1.08 | |
-//! | simplex | 100000 | 811 | 127 | 859 | 0.94 | |
-//! | random | 300 | 19.7 | 1.18 | 13.3 | 1.48 | 9.36 |
-//! | random | 1000 | 129 | 8.01 | 335 | 0.38 | 226 |
-//! | random | 2000 | 580 | 27.3 | 2489 | 0.23 | 1837 |
+//! | banded | 100 | 0.50 | 0.10 | 1.54 | 0.33 | 0.80 |
+//! | banded | 1000 | 5.14 | 1.04 | 176 | 0.03 | 252 |
+//! | banded | 3000 | 15.0 | 3.19 | 7650 | 0.002 | |
+//! | banded | 10000 | 54.1 | 10.5 | 396 | 0.14 | |
+//! | box | 1000 | 5.90 | 1.68 | 3.74 | 1.58 | 1315 |
+//! | box | 10000 | 56.5 | 17.3 | 68.1 | 0.83 | |
+//! | box | 100000 | 768 | 170 | 5292 | 0.15 | |
+//! | simplex | 1000 | 7.14 | 1.26 | 42.2 | 0.17 | 11914 |
+//! | simplex | 10000 | 64.6 | 13.0 | 56.8 | 1.14 | |
+//! | simplex | 100000 | 754 | 127 | 826 | 0.91 | |
+//! | random | 300 | 20.7 | 1.18 | 14.0 | 1.48 | 8.95 |
+//! | random | 1000 | 125 | 8.01 | 311 | 0.40 | 230 |
+//! | random | 2000 | 614 | 27.3 | 3307 | 0.19 | 2565 |
 //!
-//! Fitted growth exponents (log–log least squares over the sizes run): time 0.99 (banded), 1.04
-//! (box, simplex), 1.78 (random, whose factor fills in); peak memory 1.01, 1.01, 1.01 and 1.54.
-//! On the banded family at n = 10,000 the sparse layer takes 0.13 times proxsuite's time with a
-//! derivative, in 10.5 MB (37,332 non-zeros). proxsuite's `z` is 1.5e-5 from the exact solution
-//! on the box family (4e-10 elsewhere); `bilevel`'s is within 1e-10 by the benchmark's
-//! assertion. proxsuite's time is irregular: 6.9 s on the banded family at n = 3000 (6.4 s in a
-//! second run) against 0.39 s at 10,000. Against the forward-only solvers on the same data `bilevel`'s forward
-//! solve plus gradient takes 1.2–1.5 times Clarabel's forward solve (its own identification is
-//! Clarabel at `1e-8`) and 1.3–3.9 times OSQP's (ADMM with polishing). The dense layer stays the
+//! (Re-measured 2026-12-06 with the dense layer forced onto its dense path: `layer::solve`
+//! now routes large sparse items to the sparse path by itself.) The runs write growth tables
+//! (`growth-<family>.csv` from the bench, `peers-<family>.csv` from the script) and draw them:
+//! `bilevel plot --growth target/sparse-peers/*.csv -o growth.svg` gives per family the time
+//! and peak-memory curves on log–log axes, each labelled with its fitted exponent
+//! (log–log least squares over the sizes run). Time: 1.01 (banded), 1.00 (box, simplex), 1.78
+//! (random, whose factor fills in) for the sparse layer; 2.5 to 3.8 for the dense layer; 0.88
+//! to 2.43 for the peers. Peak memory: 1.01, 1.01, 1.01 and 1.54 for the sparse layer (linear
+//! in the non-zeros where the factor does not fill in), about 2 for the dense one.
+//! On the banded family at n = 10,000 the sparse layer takes 0.14 times proxsuite's time with a
+//! derivative, in 10.5 MB (37,332 non-zeros). proxsuite's `z` is 1.5e-5 from the exact
+//! solution on the box family (4e-10 elsewhere); `bilevel`'s is within 1e-10 by the benchmark's
+//! assertion. proxsuite's time is irregular: 7.6 s on the banded family at n = 3000 (6.0 s in a
+//! second run) against 0.39 s at 10,000. Against the forward-only solvers on the same data
+//! `bilevel`'s forward solve plus gradient takes 0.8–1.5 times Clarabel's forward solve (its own
+//! identification is Clarabel at `1e-8`) and 0.6–3.9 times OSQP's (ADMM with polishing). The dense layer stays the
 //! faster one on small random layers (n ≤ 300) and is far slower on projections: its dual
-//! active-set method adds the rows one at a time (10.7 s for the simplex at n = 1000). From these
+//! active-set method adds the rows one at a time (11.9 s for the simplex at n = 1000). From these
 //! figures `layer::solve` (and so `qp_solve` and `QPFunction`) now chooses per item:
 //! the sparse path when n ≥ 500 and at most 5 % of the entries of `Q`, `G`, `A` are non-zero
 //! (`layer::prefers_sparse`; `layer::solve_with` and `SolvePath` override it).

@@ -37,8 +37,9 @@ use crate::surrogate::Bilevel;
 /// feature) or `"sparse"`; `None` (the default) is `"sparse"` when `Q`, `B`, `A` or `A_eq` is a
 /// SciPy sparse matrix and `"dense"` otherwise. The sparse layer forms nothing `n × n` and gives
 /// `solve`, `vjp`, `jvp` and `derive` (exact, one-sided at weakly active rows; `derive`'s data
-/// gradients on the data's own patterns, as `scipy.sparse.csc_array`s); the finite-β
-/// `surrogate` and `derive`'s `betas` need dense data and say so.
+/// gradients on the data's own patterns, as `scipy.sparse.csc_array`s: a matrix's pattern is
+/// its stored entries, or its non-zero entries when it was given as a dense array); the
+/// finite-β `surrogate` and `derive`'s `betas` need dense data and say so.
 ///
 /// Example:
 ///
