@@ -386,29 +386,43 @@ fn the_automatic_choice_takes_the_sparse_path_for_large_sparse_items_with_the_sa
     }
 }
 
+/// The sparse parametric layer (with `b` as its `B`) and the dense problem of an instance.
+fn both_layers(
+    inst: &ConstructedQp,
+    b: Csc,
+) -> (
+    bilevel::layer::SparseQuadraticLayer,
+    bilevel::problem::QuadraticProblem,
+) {
+    let cons = &inst.constraints;
+    let eq = (!cons.b_eq.is_empty()).then(|| (csc_from_dense(&cons.a_eq), cons.b_eq.clone()));
+    let sparse = bilevel::layer::SparseQuadraticLayer::new(
+        csc_from_dense(&inst.q),
+        (b, inst.c.clone()),
+        (csc_from_dense(&cons.a), cons.b.clone()),
+        eq,
+        Tolerances::default(),
+    )
+    .unwrap();
+    let dense = bilevel::problem::QuadraticProblem::new(
+        inst.q.clone(),
+        inst.b.clone(),
+        inst.c.clone(),
+        cons.clone(),
+    )
+    .unwrap();
+    (sparse, dense)
+}
+
 #[test]
 fn the_sparse_parametric_layer_is_the_dense_one_in_vjp_and_jvp_on_both_branches() {
-    use bilevel::layer::SparseQuadraticLayer;
-    use bilevel::linalg::csc_from_dense;
-    use bilevel::problem::{Loss, QuadraticProblem};
+    use bilevel::problem::Loss;
     use bilevel::surrogate::Bilevel;
     let mut one_sided = 0; // items where jvp(−v) ≠ −jvp(v): a weak row's branch mattered
     for seed in 0..6 {
         let k = seed % 2;
         let inst = constructed_qp(&mut rng(900 + seed as u64), 9, 3, k, &LABELS);
-        let cons = &inst.constraints;
-        let eq = (k > 0).then(|| (csc_from_dense(&cons.a_eq), cons.b_eq.clone()));
-        let sparse = SparseQuadraticLayer::new(
-            csc_from_dense(&inst.q),
-            (csc_from_dense(&inst.b), inst.c.clone()),
-            (csc_from_dense(&cons.a), cons.b.clone()),
-            eq,
-            Tolerances::default(),
-        )
-        .unwrap();
-        let dense =
-            QuadraticProblem::new(inst.q.clone(), inst.b.clone(), inst.c.clone(), cons.clone())
-                .unwrap();
+        let (sparse, dense) = both_layers(&inst, csc_from_dense(&inst.b));
         let sol = sparse
             .solve(std::slice::from_ref(&inst.theta), 1)
             .pop()
@@ -608,8 +622,7 @@ fn on(pattern: &Csc, dense: &DMatrix<f64>) -> DMatrix<f64> {
 /// linear and a squared loss, along `±g` (both branches of the weak rows).
 #[test]
 fn the_sparse_layer_derive_is_the_dense_derivative_for_every_datum() {
-    use bilevel::layer::SparseQuadraticLayer;
-    use bilevel::problem::{Loss, QuadraticProblem};
+    use bilevel::problem::Loss;
     use bilevel::surrogate::Bilevel;
     for seed in 0..4 {
         let k = seed % 2;
@@ -624,21 +637,9 @@ fn the_sparse_layer_derive_is_the_dense_derivative_for_every_datum() {
             }
         });
         inst.c += (&b_full - &inst.b) * &inst.theta;
-        let cons = &inst.constraints;
-        let eq = (k > 0).then(|| (csc_from_dense(&cons.a_eq), cons.b_eq.clone()));
         let b_sparse = csc_from_dense(&inst.b);
         assert_eq!(entries(&b_sparse).len(), 14, "B's pattern");
-        let sparse = SparseQuadraticLayer::new(
-            csc_from_dense(&inst.q),
-            (b_sparse.clone(), inst.c.clone()),
-            (csc_from_dense(&cons.a), cons.b.clone()),
-            eq,
-            Tolerances::default(),
-        )
-        .unwrap();
-        let dense =
-            QuadraticProblem::new(inst.q.clone(), inst.b.clone(), inst.c.clone(), cons.clone())
-                .unwrap();
+        let (sparse, dense) = both_layers(&inst, b_sparse.clone());
         let theta = &inst.theta;
         let sol = sparse
             .solve(std::slice::from_ref(theta), 1)

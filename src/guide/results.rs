@@ -204,11 +204,11 @@
 //! assertion. proxsuite's time is irregular: 7.6 s on the banded family at n = 3000 (6.0 s in a
 //! second run) against 0.39 s at 10,000. Against the forward-only solvers on the same data
 //! `bilevel`'s forward solve plus gradient takes 0.8–1.5 times Clarabel's forward solve (its own
-//! identification is Clarabel at `1e-8`) and 0.6–3.9 times OSQP's (ADMM with polishing). The dense layer stays the
-//! faster one on small random layers (n ≤ 300) and is far slower on projections: its dual
-//! active-set method adds the rows one at a time (11.9 s for the simplex at n = 1000). From these
-//! figures `layer::solve` (and so `qp_solve` and `QPFunction`) now chooses per item:
-//! the sparse path when n ≥ 500 and at most 5 % of the entries of `Q`, `G`, `A` are non-zero
+//! identification is Clarabel at `1e-8`) and 0.6–3.9 times OSQP's (ADMM with polishing). The dense
+//! layer stays the faster one on small random layers (n ≤ 300) and is far slower on projections:
+//! its dual active-set method adds the rows one at a time (11.9 s for the simplex at n = 1000).
+//! From these figures `layer::solve` (and so `qp_solve` and `QPFunction`) now chooses per item: the
+//! sparse path when n ≥ 500 and at most 5 % of the entries of `Q`, `G`, `A` are non-zero
 //! (`layer::prefers_sparse`; `layer::solve_with` and `SolvePath` override it).
 //!
 //! Through the Python front ends (`python benches/python_sparse.py`, 2026-12-06, same machine,

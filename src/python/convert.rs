@@ -13,6 +13,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use crate::error::{Error, Result};
+use crate::prox::Branch;
 
 /// The Python exception for an [`Error`]: the class of `bilevel.errors` named after the variant,
 /// constructed with the same message, the variant's data as attributes.
@@ -247,6 +248,11 @@ pub(crate) fn matrix_of(name: &str, a: &ArrayViewD<'_, f64>) -> Result<DMatrix<f
     // Column-major, as nalgebra stores it.
     v.extend(a.t().iter().copied());
     Ok(DMatrix::from_vec(r, c, v))
+}
+
+/// Each row's branch as Python sees it: `"stays"`, `"leaves"`, or `None` (not weakly active).
+pub(crate) fn branch_labels(branches: &[Option<Branch>]) -> Vec<Option<&'static str>> {
+    branches.iter().map(|b| b.map(|b| b.label())).collect()
 }
 
 /// A `DVector` as a new NumPy vector.

@@ -8,7 +8,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 
 use super::convert::{
-    detached, py_matrix, py_rows, py_slice, py_vector, room, threads_arg, to_pyerr, vec_arg, Array,
+    branch_labels, detached, py_matrix, py_rows, py_slice, py_vector, room, threads_arg, to_pyerr,
+    vec_arg, Array,
 };
 use super::layer_data::{
     scipy_csc, sparse_derive, sparse_derive_dict, sparse_solution, Layer, LayerArgs, MatArg,
@@ -270,9 +271,7 @@ impl QuadraticLayer {
         d.set_item("multipliers", py_slice(py, &out.multipliers))?;
         d.set_item("multipliers_eq", py_slice(py, &out.multipliers_eq))?;
         d.set_item("constraints", out.constraints.clone())?;
-        let branches: Vec<Option<&str>> =
-            out.branches.iter().map(|b| b.map(|b| b.label())).collect();
-        d.set_item("branches", branches)?;
+        d.set_item("branches", branch_labels(&out.branches))?;
         d.set_item("dependent_constraints", out.dependent_constraints.clone())?;
         d.set_item("dependent_equalities", out.dependent_equalities.clone())?;
         d.set_item("condition", out.condition)?;

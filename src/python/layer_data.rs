@@ -7,7 +7,7 @@ use nalgebra::{DMatrix, DVector};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use super::convert::{mat_arg, py_vector, vec_arg, Array};
+use super::convert::{branch_labels, mat_arg, py_vector, vec_arg, Array};
 use super::sparse::{indices, values};
 use crate::app::derive::Request;
 use crate::error::{check_computed, Error, Result};
@@ -294,13 +294,7 @@ pub(crate) fn sparse_derive_dict<'py>(
     let out = sparse_solution(py, s)?;
     out.set_item("z_star", out.get_item("z")?)?;
     out.del_item("z")?;
-    let branches: Vec<Option<&str>> = d
-        .status
-        .branches
-        .iter()
-        .map(|b| b.map(|b| b.label()))
-        .collect();
-    out.set_item("branches", branches)?;
+    out.set_item("branches", branch_labels(&d.status.branches))?;
     out.set_item("condition", d.condition)?;
     out.set_item("loss", d.loss)?;
     out.set_item("z_dot", py_vector(py, &d.z_dot))?;

@@ -9,7 +9,7 @@ use numpy::IntoPyArray;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 
-use super::convert::{detached, matrix_of, room, threads_arg, to_pyerr, Array};
+use super::convert::{branch_labels, detached, matrix_of, room, threads_arg, to_pyerr, Array};
 use crate::error::{Error, Result};
 use crate::layer::{self, ItemStatus, Mode, QpData, QpGradients, QpSolution};
 use crate::solve::qp::Tolerances;
@@ -380,13 +380,7 @@ fn gradient_dict<'py>(
     d.set_item("b", stack_v(&|g| &g.b, k).into_pyarray(py))?;
     let branches: Vec<Vec<Option<&str>>> = items
         .iter()
-        .map(|g| {
-            g.status
-                .branches
-                .iter()
-                .map(|b| b.map(|b| b.label()))
-                .collect()
-        })
+        .map(|g| branch_labels(&g.status.branches))
         .collect();
     d.set_item("branches", branches)?;
     Ok(d)

@@ -11,7 +11,7 @@ use numpy::IntoPyArray;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
-use super::convert::{detached, threads_arg, to_pyerr, Array};
+use super::convert::{branch_labels, detached, threads_arg, to_pyerr, Array};
 use super::qp::{all_items, grad_rows, status_list};
 use crate::error::{Error, Result};
 use crate::layer::{self, SparseQpData, SparseQpGradients, SparseQpSolution};
@@ -229,13 +229,7 @@ fn gradient_dict<'py>(py: Python<'py>, grads: &SparseQpGradients) -> PyResult<Bo
     d.set_item("h", grads.h.as_slice().to_vec().into_pyarray(py))?;
     d.set_item("A", parts(py, &grads.a))?;
     d.set_item("b", grads.b.as_slice().to_vec().into_pyarray(py))?;
-    let branches: Vec<Option<&str>> = grads
-        .status
-        .branches
-        .iter()
-        .map(|b| b.map(|b| b.label()))
-        .collect();
-    d.set_item("branches", branches)?;
+    d.set_item("branches", branch_labels(&grads.status.branches))?;
     d.set_item("method", grads.method.to_string())?;
     d.set_item("condition", grads.condition)?;
     Ok(d)
