@@ -44,10 +44,10 @@
 //!   the dense path's estimate, and `jvp` for a `direction`), with `grad_Q`, `grad_A`,
 //!   `grad_A_eq` as triplets on the data's patterns; `betas` and a batch `theta` are refused there
 //!   for now, naming the field. Bad input gives one line on stderr naming the field and exit
-//!   code 1. A success prints finite numbers only; a quantity that overflows, or a problem scaled beyond
-//!   what `f64` resolves, is a one-line error instead. Labels, `z*`, `ż` and the gradients do not
-//!   depend on how a row, the energy or the solution is scaled (rows are equilibrated by powers of
-//!   two; the activity tests are relative to each row's own terms).
+//!   code 1. A success prints finite numbers only; a quantity that overflows, or a problem scaled
+//!   beyond what `f64` resolves, is a one-line error instead. Labels, `z*`, `ż` and the gradients
+//!   do not depend on how a row, the energy or the solution is scaled (rows are equilibrated by
+//!   powers of two; the activity tests are relative to each row's own terms).
 //!   "Infeasible" is said only with a verified certificate (`u ≥ 0` with `Cᵀu = 0` to the rounding
 //!   of its own sum and `bᵀu > 0`; a backend's verdict is re-checked by an exact dual active-set
 //!   method, Goldfarb-Idnani); nearly but not exactly dependent active rows, whose multiplier split
