@@ -679,6 +679,10 @@ fn the_sparse_layer_derive_is_the_dense_derivative_for_every_datum() {
             close("b_eq", &col(&found.b_eq), &col(&wc.b_eq), scale);
             assert_eq!(found.status.branches, d.branches);
             assert_eq!(found.status.activity, inst.labels);
+            // The residual covers z* and Eq. 17's system, as the dense derive's does.
+            let dense_residual = limit.z_star.status.residual.max(d.residual);
+            assert!(found.residual >= found.status.residual);
+            assert!(found.residual.max(dense_residual) <= 1e-12 * scale.max(1.0));
             let rel = (found.condition - d.condition).abs() / d.condition;
             assert!(
                 rel < 1e-6,

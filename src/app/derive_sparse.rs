@@ -8,7 +8,8 @@
 //! of [`super::derive`] (`B` and `theta` dense, `loss` linear, squared or by its gradient,
 //! `gradients`), and the output carries the same limit entries: `z_star`, `multipliers`,
 //! `multipliers_eq`, `constraints`, `branches`, `loss`, `z_dot`, `grad_theta`, `method`,
-//! `residual`, `condition` (of the system that determined `ż`, as on the dense path), `solver`,
+//! `residual` (the larger of `z*`'s and Eq. 17's, as on the dense path), `condition` (of the
+//! system that determined `ż`, as on the dense path), `solver`,
 //! `jvp` for a `direction` instead of a loss, and `grad_*` for the data asked for, `grad_Q`,
 //! `grad_A`, `grad_A_eq` in the triplet form on the data's own patterns (the gradient with
 //! respect to the stored values; [`crate::layer::SparseQuadraticLayer::derive`] computes them
@@ -296,7 +297,7 @@ fn derive_sparse(input: SparseInput) -> Result<SparseDeriveOutput> {
         z_dot: to_vec(&d.z_dot),
         grad_theta: to_vec(&d.grad_theta),
         method: d.method.to_string(),
-        residual: d.status.residual,
+        residual: d.residual,
         condition: d.condition,
         solver: d.status.solver,
         loss_note: request.loss_note(),

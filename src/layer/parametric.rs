@@ -211,6 +211,9 @@ pub struct SparseLayerDerivative {
     /// The 2-norm condition estimate of the KKT matrix that determined `ż`
     /// ([`SparseQpSolution::gradients_with_condition`]).
     pub condition: f64,
+    /// The larger ∞-norm KKT residual of `z*` and of Eq. 17's rate system (what the dense
+    /// derive reports as `residual`).
+    pub residual: f64,
 }
 
 impl SparseQuadraticLayer {
@@ -245,6 +248,7 @@ impl SparseQuadraticLayer {
             status,
             method,
             condition,
+            direction_residual,
         } = solution.gradients_with_condition(&loss.gradient(z))?;
         Ok(SparseLayerDerivative {
             loss: loss.value(z),
@@ -257,6 +261,7 @@ impl SparseQuadraticLayer {
             a_eq,
             b_eq,
             z_dot,
+            residual: status.residual.max(direction_residual),
             status,
             method,
             condition,

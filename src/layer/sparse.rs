@@ -133,6 +133,9 @@ pub struct SparseQpGradients {
     /// equilibrated: [`crate::problem::Direction::condition`]); `NaN` unless asked for
     /// ([`SparseQpSolution::gradients_with_condition`]), as on the dense layer.
     pub condition: f64,
+    /// The ∞-norm residual of Eq. 17's rate system at `ż` and its multipliers
+    /// ([`crate::problem::Direction::residual`]); `status.residual` is that of `z*`.
+    pub direction_residual: f64,
 }
 
 impl SparseQpSolution {
@@ -211,6 +214,7 @@ impl SparseQpSolution {
             },
             method: d.method,
             condition: d.condition,
+            direction_residual: d.residual,
         })
     }
 

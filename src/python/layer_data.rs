@@ -303,7 +303,7 @@ pub(crate) fn sparse_derive_dict<'py>(
     }
     out.set_item("grad_theta", py_vector(py, &d.grad_theta))?;
     out.set_item("method", d.method.to_string())?;
-    out.set_item("residual", d.status.residual)?;
+    out.set_item("residual", d.residual)?;
     out.set_item("surrogates", pyo3::types::PyList::empty(py))?;
     if let Some(note) = request.loss_note() {
         out.set_item("loss_note", note)?;

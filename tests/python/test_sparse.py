@@ -142,6 +142,7 @@ def test_sparse_derive_is_the_dense_derive_with_gradients_on_the_data_patterns()
             assert s["surrogates"] == [] and ("QP" in s["method"]) == ("QP" in d["method"])
             assert abs(s["loss"] - d["loss"]) < 1e-10
             assert abs(s["condition"] / d["condition"] - 1.0) < 1e-6
+            assert 0.0 <= s["residual"] < 1e-12 and d["residual"] < 1e-12
             for key in ("z_star", "multipliers", "multipliers_eq", "z_dot", "grad_theta"):
                 assert np.abs(s[key] - d[key]).max(initial=0.0) < 1e-10, key
             for x in names:
