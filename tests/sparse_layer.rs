@@ -292,33 +292,82 @@ fn the_benchmark_families_solve_to_their_constructed_answers() {
 /// A duplicated active row (documented behaviour of the sparse path): both copies are held
 /// with half the multiplier each; `z*` and `∂ℓ/∂p` equal the dense layer's (which sets one copy
 /// aside), and the two copies' `∂ℓ/∂h` add up to the dense layer's single one.
-#[test]
-fn a_duplicated_active_row_shares_its_multiplier_and_leaves_z_and_dp_exact() {
-    let eye = csc_from_triplets(2, 2, &[(0, 0, 1.0), (1, 1, 1.0)]).unwrap();
-    let g = csc_from_triplets(2, 2, &[(0, 0, 1.0), (1, 0, 1.0)]).unwrap();
-    let item = SparseQpData {
-        q: eye,
-        p: DVector::from_vec(vec![-2.0, -0.5]),
-        g,
-        h: DVector::from_vec(vec![1.0, 1.0]),
-        a: csc_from_triplets(0, 2, &[]).unwrap(),
+/// `Q = I` with the rows `G z ≤ h` given as `(row, column, value)` entries.
+fn rows_item(p: &[f64], rows: &[(usize, usize, f64)], h: &[f64]) -> SparseQpData {
+    let n = p.len();
+    let eye: Vec<_> = (0..n).map(|i| (i, i, 1.0)).collect();
+    SparseQpData {
+        q: csc_from_triplets(n, n, &eye).unwrap(),
+        p: DVector::from_row_slice(p),
+        g: csc_from_triplets(h.len(), n, rows).unwrap(),
+        h: DVector::from_row_slice(h),
+        a: csc_from_triplets(0, n, &[]).unwrap(),
         b: DVector::zeros(0),
-    };
-    let dense = QpData::from(&item);
+    }
+}
+
+/// An exactly dependent active row is set aside (active, multiplier zero, weak, listed as
+/// dependent), as on the dense path. Of an exact copy the later one goes, as there, and every
+/// gradient equals the dense path's along both branches of the copy. Of a row that is the sum
+/// of two held ones, the dense path's choice follows its order of violation, which the sparse
+/// path does not reproduce: both set one row aside, with the same `z*`, the same labels' counts,
+/// and the same `∂/∂p` and `∂/∂Q` (those of the rows' own data are one element of a set-valued
+/// derivative there).
+#[test]
+fn an_exactly_dependent_active_row_is_set_aside_as_on_the_dense_path() {
+    // z₁ ≤ 1, the same row ×2, z₂ ≤ 1, z₃ ≤ 5 (inactive).
+    let copy = [(0, 0, 1.0), (1, 0, 2.0), (2, 1, 1.0), (3, 2, 1.0)];
+    let item = rows_item(&[-2.0, -1.5, -1.0], &copy, &[1.0, 2.0, 1.0, 5.0]);
     let s = one(&item);
-    let d = solve(std::slice::from_ref(&dense), 1, Tolerances::default())
-        .pop()
-        .unwrap()
-        .unwrap();
+    let d = with_path(&QpData::from(&item), SolvePath::Dense);
     assert_eq!(s.z(), d.z());
-    assert_eq!(s.multipliers().0, &DVector::from_vec(vec![0.5, 0.5]));
-    let loss = DVector::from_vec(vec![1.0, 0.0]);
-    let (gs, gd) = (
-        s.gradients(&loss).unwrap(),
-        d.gradients(&loss, Mode::Limit).unwrap(),
-    );
-    assert!((&gs.p - &gd.p).amax() < 1e-15);
-    assert!((gs.h.sum() - gd.h.sum()).abs() < 1e-15);
+    assert_eq!(s.dependent(), &[1]);
+    assert_eq!(s.status().activity, [Strong, Weak, Strong, Inactive]);
+    assert_eq!(s.status().activity, d.status().activity);
+    assert_eq!(s.multipliers().0.as_slice(), &[1.0, 0.0, 0.5, 0.0]);
+    for loss in [[1.0, 0.0, 0.0], [-1.0, 0.5, 1.0], [0.0, -1.0, -1.0]] {
+        let loss = DVector::from_row_slice(&loss);
+        let (gs, gd) = (
+            s.gradients(&loss).unwrap(),
+            d.gradients(&loss, Mode::Limit).unwrap(),
+        );
+        assert_eq!(gs.status.branches, gd.status.branches);
+        close("p", &col(&gs.p), &col(&gd.p), 1.0);
+        close("h", &col(&gs.h), &col(&gd.h), 1.0);
+        close("G", &csc_to_dense(&gs.g), &on(&item.g, &gd.g), 1.0);
+        close("Q", &csc_to_dense(&gs.q), &on(&item.q, &gd.q), 1.0);
+    }
+    // z₁ ≤ 1, z₂ ≤ 1 and z₁ + z₂ ≤ 2: three active rows in two dimensions.
+    let sum = [
+        (0, 0, 1.0),
+        (1, 1, 1.0),
+        (2, 0, 1.0),
+        (2, 1, 1.0),
+        (3, 2, 1.0),
+    ];
+    let item = rows_item(&[-2.0, -1.5, -1.0], &sum, &[1.0, 1.0, 2.0, 5.0]);
+    let s = one(&item);
+    let d = with_path(&QpData::from(&item), SolvePath::Dense);
+    assert_eq!(s.z(), d.z());
+    assert_eq!(s.dependent().len(), 1);
+    let i = s.dependent()[0];
+    assert!(s.status().activity[i] == Weak && s.multipliers().0[i] == 0.0);
+    let count = |a: &[Activity], k: Activity| a.iter().filter(|&&x| x == k).count();
+    for k in [Strong, Weak, Inactive] {
+        assert_eq!(
+            count(&s.status().activity, k),
+            count(&d.status().activity, k)
+        );
+    }
+    for loss in [[1.0, 0.0, 0.0], [-1.0, 0.5, 1.0]] {
+        let loss = DVector::from_row_slice(&loss);
+        let (gs, gd) = (
+            s.gradients(&loss).unwrap(),
+            d.gradients(&loss, Mode::Limit).unwrap(),
+        );
+        close("p", &col(&gs.p), &col(&gd.p), 1.0);
+        close("Q", &csc_to_dense(&gs.q), &on(&item.q, &gd.q), 1.0);
+    }
 }
 
 fn with_path(item: &QpData, path: SolvePath) -> QpSolution {

@@ -10,13 +10,14 @@
 //! formulas are [`super`]'s: `∂ℓ/∂p = ż`, `∂ℓ/∂Q = ½(ż z*ᵀ + z* żᵀ)`, `∂ℓ/∂G = μ z*ᵀ + λ* żᵀ`,
 //! `∂ℓ/∂h = −μ`, `∂ℓ/∂A = −(μ_eq z*ᵀ + λ*_eq żᵀ)`, `∂ℓ/∂b = μ_eq`, evaluated at the stored
 //! entries of `Q`, `G` and `A` only (the gradient with respect to the stored values; entries
-//! outside the pattern are not parameters of the layer). Active rows that are exactly
-//! dependent (a duplicated row) share their multiplier ([`crate::solve::qp::solve_sparse_exact`]'s
-//! module docs): `z*` and the gradients of `Q` and `p` stay exact, those of the shared rows'
-//! `G` and `h` are one element of the set-valued derivative there. Active rows that are nearly,
-//! but not exactly, dependent make the gradients [`Error::Inaccurate`] (issue 25's case 4: which
-//! row carries the multiplier is below `f64`'s resolution), measured without forming anything
-//! dense (the smallest singular value of the unit active rows, once per solution).
+//! outside the pattern are not parameters of the layer). Of active rows that are exactly dependent
+//! (a duplicated row), one per dependent direction is set aside as on the dense path
+//! ([`crate::solve::qp::solve_sparse_exact`]'s module docs; [`SparseQpSolution::dependent`]): `z*`
+//! and the gradients of `Q` and `p` stay exact, those of the dependent rows' `G` and `h` are one
+//! element of the set-valued derivative there (the dense path's for an exact copy). Active rows
+//! that are nearly, but not exactly, dependent make the gradients [`Error::Inaccurate`] (issue 25's
+//! case 4: which row carries the multiplier is below `f64`'s resolution), measured without forming
+//! anything dense (the smallest singular value of the unit active rows, once per solution).
 
 use std::sync::OnceLock;
 
@@ -151,6 +152,12 @@ impl SparseQpSolution {
         (&s.lambda, &s.lambda_eq)
     }
 
+    /// The inequality rows set aside as exactly dependent on the held rows (active, multiplier
+    /// zero, labelled weak: [`crate::solve::qp::ExactQp::dependent`], as on the dense path).
+    pub fn dependent(&self) -> &[usize] {
+        &self.exact.solution.dependent
+    }
+
     /// The solve's status (no branches yet). The residual is [`crate::solve::qp::ExactQp`]'s.
     pub fn status(&self) -> ItemStatus {
         let s = &self.exact.solution;
@@ -223,8 +230,9 @@ impl SparseQpSolution {
     /// unit rows ([`crate::linalg::sparse_independence`], a lower bound of each row's sine to
     /// the span of the others) below the dense path's `RESOLVED_SINE` (`1e-6`). Which of such
     /// rows carries the multiplier, and so the gradients of `G`, `h` and the labels, are
-    /// decided by digits `f64` does not have. Exactly dependent rows (a duplicated row) are set
-    /// aside and share their multiplier (module docs), up to `MAX_DEPENDENT` directions.
+    /// decided by digits `f64` does not have. Exactly dependent rows (a duplicated row) were
+    /// set aside by the solve (module docs); up to `MAX_DEPENDENT` such directions are
+    /// measured past.
     fn check_active_rows(&self) -> Result<()> {
         let sine = match self.independence.get() {
             Some(sine) => *sine,

@@ -23,7 +23,7 @@ pub(crate) use sparse::{
 };
 pub use sparse::{check_sparse_spd, csc_from_dense, csc_from_triplets, csc_to_dense, Csc};
 pub(crate) use sparse_kkt::{KktSolve, SparseKkt};
-pub(crate) use sparse_span::{sparse_independence, MAX_DEPENDENT};
+pub(crate) use sparse_span::{rows_to_set_aside, sparse_independence, MAX_DEPENDENT};
 pub(crate) use threads::{ColsMut, LayerCols, LayersMut};
 // Adam (in the application) cuts its parameters with the same cost model.
 #[cfg(feature = "app")]

@@ -41,12 +41,62 @@ const STEPS: usize = 24;
 /// # Errors
 /// Allocation failures of the sparse factorization.
 pub(crate) fn sparse_independence(rows: &Csc) -> Result<Option<f64>> {
+    Ok(measured(rows)?.0)
+}
+
+/// Rows of `rows` to set aside, among those with `candidate(i)`, so that the rest holds no
+/// exactly dependent direction (module docs) that involves a candidate: one row per such
+/// direction, the last candidate that carries a fair share of it (so of an exact copy, the later
+/// one). Directions among non-candidates alone stay. `None` when more than [`MAX_DEPENDENT`]
+/// directions are exactly dependent (not decided).
+///
+/// # Errors
+/// Allocation failures of the sparse factorization.
+pub(crate) fn rows_to_set_aside(
+    rows: &Csc,
+    candidate: impl Fn(usize) -> bool,
+) -> Result<Option<Vec<usize>>> {
+    let (sigma, mut found) = measured(rows)?;
+    if sigma.is_none() {
+        return Ok(None);
+    }
+    let mut chosen: Vec<(usize, usize)> = Vec::new(); // (row, index into found)
+    for t in 0..found.len() {
+        // Eliminate the rows already chosen, so that each direction adds a new one.
+        for &(row, s) in &chosen {
+            let c = found[t][row] / found[s][row];
+            let done = found[s].clone();
+            found[t].axpy(-c, &done, 1.0);
+        }
+        let y = &found[t];
+        let share = (0..y.len())
+            .filter(|&i| candidate(i))
+            .map(|i| y[i].abs())
+            .fold(0.0, f64::max);
+        if share <= 1e-8 * y.amax() {
+            continue; // a dependence among non-candidates only
+        }
+        let row = (0..y.len())
+            .rev()
+            .find(|&i| candidate(i) && y[i].abs() >= 0.25 * share);
+        if let Some(row) = row {
+            chosen.push((row, t));
+        }
+    }
+    let mut out: Vec<usize> = chosen.into_iter().map(|c| c.0).collect();
+    out.sort_unstable();
+    Ok(Some(out))
+}
+
+/// [`sparse_independence`]'s measure with the exactly dependent directions it set aside (unit
+/// vectors over the rows).
+fn measured(rows: &Csc) -> Result<(Option<f64>, Vec<DVector<f64>>)> {
     let k = rows.nrows();
     let mut norm2 = DVector::<f64>::zeros(k);
     for_each_entry(rows, |i, _, v| norm2[i] += v * v);
     let live: Vec<bool> = norm2.iter().map(|&s| s > 0.0).collect();
     if live.iter().filter(|&&l| l).count() < 2 {
-        return Ok(Some(1.0));
+        return Ok((Some(1.0), Vec::new()));
     }
     let unit = scale_rows(
         rows,
@@ -71,7 +121,7 @@ pub(crate) fn sparse_independence(rows: &Csc) -> Result<Option<f64>> {
             deflate(&mut y, &dependent);
             let norm = y.norm();
             if norm == 0.0 || !norm.is_finite() {
-                return Ok(Some(0.0));
+                return Ok((Some(0.0), dependent));
             }
             y /= norm;
             let next = tr_mul(&unit, &y).norm();
@@ -82,11 +132,11 @@ pub(crate) fn sparse_independence(rows: &Csc) -> Result<Option<f64>> {
             }
         }
         if sigma > rounding {
-            return Ok(Some(sigma.min(1.0)));
+            return Ok((Some(sigma.min(1.0)), dependent));
         }
         dependent.push(y);
     }
-    Ok(None)
+    Ok((None, dependent))
 }
 
 /// The Cholesky factorization of `UUᵀ + τI` (a zero row's diagonal set to 1, decoupled).
@@ -191,5 +241,34 @@ mod tests {
         assert!((s - 1.0).abs() < 1e-6, "{s}");
         let many: Vec<_> = (0..40).map(|i| (i, 0, 1.0 + i as f64)).collect();
         assert_eq!(sparse_independence(&rows(&many, 40, 1)).unwrap(), None);
+        assert_eq!(
+            rows_to_set_aside(&rows(&many, 40, 1), |_| true).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn the_later_copy_of_each_dependence_is_set_aside_among_the_candidates() {
+        // Rows 0 and 2 copy each other (scaled); row 4 = row 1 + row 3; row 5 stands alone.
+        let r = rows(
+            &[
+                (0, 0, 1.0),
+                (2, 0, -2.0),
+                (1, 1, 1.0),
+                (3, 2, 1.0),
+                (4, 1, 1.0),
+                (4, 2, 1.0),
+                (5, 3, 1.0),
+            ],
+            6,
+            4,
+        );
+        assert_eq!(rows_to_set_aside(&r, |_| true).unwrap(), Some(vec![2, 4]));
+        // Without row 4 as a candidate, the sum's dependence drops row 3 instead.
+        assert_eq!(rows_to_set_aside(&r, |i| i != 4).unwrap(), Some(vec![2, 3]));
+        // A dependence among non-candidates only is left alone.
+        assert_eq!(rows_to_set_aside(&r, |i| i == 5).unwrap(), Some(vec![]));
+        let eye = rows(&[(0, 0, 1.0), (1, 1, 1.0)], 2, 2);
+        assert_eq!(rows_to_set_aside(&eye, |_| true).unwrap(), Some(vec![]));
     }
 }

@@ -622,7 +622,10 @@ impl Direction {
     ) -> Self {
         let mut branches = vec![None; m];
         for (r, &i) in weak.iter().enumerate() {
-            branches[i] = Some(if sol.working[r] || sol.slack[r] <= 0.0 {
+            // A row set aside as dependent on the held ones stays with them (its slack is
+            // zero but for rounding).
+            let held = sol.working[r] || sol.dependent.contains(&r);
+            branches[i] = Some(if held || sol.slack[r] <= 0.0 {
                 Branch::Stays
             } else {
                 Branch::Leaves

@@ -224,8 +224,8 @@ impl Layer {
     }
 }
 
-/// A sparse solution as `solve` returns it (the dense layer's keys; no row is set aside as
-/// dependent on the sparse path).
+/// A sparse solution as `solve` returns it (the dense layer's keys; dependent equality rows
+/// are not set aside on the sparse path).
 pub(crate) fn sparse_solution<'py>(
     py: Python<'py>,
     s: &SparseQpSolution,
@@ -238,7 +238,7 @@ pub(crate) fn sparse_solution<'py>(
     d.set_item("multipliers_eq", py_vector(py, lambda_eq))?;
     let labels: Vec<&str> = status.activity.iter().map(|a| a.label()).collect();
     d.set_item("constraints", labels)?;
-    d.set_item("dependent_constraints", Vec::<usize>::new())?;
+    d.set_item("dependent_constraints", s.dependent().to_vec())?;
     d.set_item("dependent_equalities", Vec::<usize>::new())?;
     d.set_item("solver", status.solver)?;
     d.set_item("iterations", status.iterations)?;

@@ -208,3 +208,22 @@ def test_sparse_quadratic_layer_says_what_it_does_not_do():
         bilevel.QuadraticLayer(sp.diags_array([1.0, -1.0]), np.zeros(2))
     with pytest.raises(bilevel.InvalidInputError, match="A, b"):
         bilevel.QuadraticLayer(Q, np.zeros(2), A=Q)
+
+
+def test_a_duplicated_row_is_set_aside_on_both_backends():
+    # z* = argmin ½‖z‖² − zᵀθ s.t. −z₁ ≥ −1 twice (the copy scaled by 2): the later copy is set
+    # aside (weak, multiplier 0, listed as dependent) on the sparse backend as on the dense one.
+    A = np.array([[-1.0, 0.0], [-2.0, 0.0]])
+    data = dict(Q=np.eye(2), c=np.zeros(2), B=np.eye(2), A=A, b=np.array([-1.0, -2.0]))
+    dense = bilevel.QuadraticLayer(**data)
+    sparse = bilevel.QuadraticLayer(**data, backend="sparse")
+    theta = np.array([2.0, 0.5])
+    s, d = sparse.solve(theta), dense.solve(theta)
+    assert s["constraints"] == d["constraints"] == ["strong", "weak"]
+    assert s["dependent_constraints"] == d["dependent_constraints"] == [1]
+    assert np.array_equal(s["multipliers"], d["multipliers"])
+    for g in ([1.0, 0.0], [-1.0, 1.0]):
+        ds, dd = sparse.derive(theta, g, gradients=["A", "b"]), dense.derive(theta, g, gradients=["A", "b"])
+        assert ds["branches"] == dd["branches"]
+        assert np.abs(ds["grad_A"].toarray() - np.where(A != 0, dd["grad_A"], 0.0)).max() < 1e-12
+        assert np.abs(ds["grad_b"] - dd["grad_b"]).max() < 1e-12

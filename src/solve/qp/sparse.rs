@@ -6,15 +6,20 @@
 //! Memory and work follow the non-zeros of `P`, `A` and the factor: nothing `n × n` is formed.
 //!
 //! Differences from the dense path: the condition estimate is computed on request
-//! ([`SparseExact::condition`]; [`ExactQp::condition`] is `NaN`), and linearly dependent
-//! active rows are not set aside. Exactly dependent
-//! held rows with consistent right-hand sides (a duplicated row) are all held, the multiplier
-//! split between them by the regularized factorization (the minimum-norm split: a duplicated
-//! row gets half on each copy), both labelled by that split; `x`, and so the derivatives with
-//! respect to `P` and `q`, are exact, while the derivatives with respect to those rows' own
-//! data are then one element of a set-valued derivative (the dense path reports such rows in
-//! [`ExactQp::dependent`], which stays empty here). Dependent rows with inconsistent right-hand
-//! sides, or nearly dependent ones beyond `f64`'s resolution, give [`Error::Singular`].
+//! ([`SparseExact::condition`]; [`ExactQp::condition`] is `NaN`). Exactly dependent active
+//! inequality rows are set aside as on the dense path: at the first exact point, held rows
+//! exactly dependent on the other held rows (at rounding, `linalg::rows_to_set_aside`: one row
+//! per dependent direction, of an exact copy the later one, as the dense dual active set
+//! keeps the first) leave the working set, and at the end active rows outside it that lie in
+//! the span of the held rows are listed too, in [`ExactQp::dependent`]: active, multiplier zero,
+//! labelled weak. Where a row is a combination of several others, which one goes follows the
+//! row order here and the order of violation on the dense path, so the two may set aside
+//! different rows: `x`, and the derivatives with respect to `P` and `q`, agree; those with
+//! respect to the rows' own data are then different elements of a set-valued derivative.
+//! Exactly dependent equality rows with consistent right-hand sides stay held, the multiplier
+//! split between them by the regularized factorization (the dense path sets them aside in
+//! [`ExactQp::dependent_eq`]); dependent held rows with inconsistent right-hand sides, or nearly
+//! dependent ones beyond `f64`'s resolution, give [`Error::Singular`].
 
 use nalgebra::DVector;
 
@@ -23,10 +28,11 @@ use super::exact::Origin;
 use super::problem::{complementarity, ActivityTest, Equilibration, ExactQp, Tolerances};
 use crate::error::{check_finite, Error, Result};
 use crate::linalg::{
-    csc_to_clarabel, power_of_two_scale, scale_rows, sparse_abs_mul, sparse_abs_tr_mul,
-    sparse_amax, sparse_mul, sparse_row_amax, sparse_tr_mul, stack_rows, upper_to_clarabel, Csc,
-    KktSolve, SparseKkt,
+    csc_to_clarabel, power_of_two_scale, rows_to_set_aside, scale_rows, sparse_abs_mul,
+    sparse_abs_tr_mul, sparse_amax, sparse_mul, sparse_row_amax, sparse_tr_mul, stack_rows,
+    upper_to_clarabel, Csc, KktSolve, SparseKkt,
 };
+use crate::prox::Activity;
 
 /// A convex QP `min ½xᵀPx + qᵀx  s.t.  A x ≥ b, A_eq x = b_eq` with sparse `P`, `A`, `A_eq`
 /// (`P` holds both triangles).
@@ -387,11 +393,32 @@ fn refine_sparse(
     let scales = Scales::of(qp);
     let max_repairs = 2 * m + 10;
     let (mut repairs, mut rounds) = (0, 0);
+    let mut set_aside: Option<Vec<usize>> = None;
     loop {
         let point = SparsePoint::solve(qp, working)?;
         let flips = violations(qp, &scales, working, &point, tol);
+        if flips.is_empty() && set_aside.is_none() {
+            // Once, at the first exact point: exactly dependent held rows are set aside.
+            let dependent = dependent_held_rows(qp, working)?;
+            dependent.iter().for_each(|&i| working[i] = false);
+            let again = !dependent.is_empty();
+            set_aside = Some(dependent);
+            if again {
+                continue;
+            }
+        }
         if flips.is_empty() {
-            let sol = into_exact(qp, &scales, tol, working, &point);
+            let mut sol = into_exact(qp, &scales, tol, working, &point);
+            let mut dependent: Vec<usize> = (set_aside.into_iter().flatten())
+                .filter(|&i| !working[i])
+                .collect();
+            let outside: Vec<usize> = (0..working.len())
+                .filter(|&i| !working[i] && sol.activity[i] != Activity::Inactive)
+                .filter(|i| !dependent.contains(i))
+                .collect();
+            dependent.extend(in_held_span(qp, working, &outside)?);
+            dependent.sort_unstable();
+            sol.dependent = dependent;
             let origin = Origin { repairs, ..origin };
             return Ok((finish(sol, origin), point.factor));
         }
@@ -413,6 +440,38 @@ fn refine_sparse(
         repairs += block;
         rounds += 1;
     }
+}
+
+/// The held inequality rows to set aside as exactly dependent on the other held rows (the
+/// working rows and the equalities; [`crate::linalg::rows_to_set_aside`]: of an exact copy the
+/// later one, as the dense path's dual active set keeps the first), in `qp`'s row numbers.
+/// Beyond the directions that test decides, none.
+fn dependent_held_rows(qp: &SparseQp, working: &[bool]) -> Result<Vec<usize>> {
+    let held: Vec<usize> = (0..working.len()).filter(|&i| working[i]).collect();
+    if held.is_empty() {
+        return Ok(held);
+    }
+    let rows = stack_rows(&[(&qp.a, Some(&held[..]), 1.0), (&qp.a_eq, None, 1.0)]);
+    let chosen = rows_to_set_aside(&rows, |r| r < held.len())?.unwrap_or_default();
+    Ok(chosen.into_iter().map(|r| held[r]).collect())
+}
+
+/// The rows of `outside` (active, not held) that lie in the span of the held rows, as the
+/// dense path's [`ExactQp::dependent`] lists them (the held rows are independent by now, so
+/// every exactly dependent direction involves one of them).
+fn in_held_span(qp: &SparseQp, working: &[bool], outside: &[usize]) -> Result<Vec<usize>> {
+    if outside.is_empty() {
+        return Ok(Vec::new());
+    }
+    let held: Vec<usize> = (0..working.len()).filter(|&i| working[i]).collect();
+    let parts = [
+        (&qp.a, Some(&held[..]), 1.0),
+        (&qp.a_eq, None, 1.0),
+        (&qp.a, Some(outside), 1.0),
+    ];
+    let first = held.len() + qp.b_eq.len();
+    let chosen = rows_to_set_aside(&stack_rows(&parts), |r| r >= first)?.unwrap_or_default();
+    Ok(chosen.into_iter().map(|r| outside[r - first]).collect())
 }
 
 /// [`solve_sparse_exact`] without Clarabel: the repair loop from the working set `working`
