@@ -272,10 +272,7 @@ fn derive_sparse(input: SparseInput) -> Result<SparseDeriveOutput> {
         input.B.is_some().then_some(&b_mat),
         b_mat.ncols(),
     )?;
-    let sol = layer
-        .solve(std::slice::from_ref(&theta), 1)
-        .pop()
-        .unwrap_or_else(|| Err(Error::input("problem", "no item")))?;
+    let sol = layer.solve_one(&theta)?;
     let d = layer.derive(&sol, &theta, &loss)?;
     let names = input.gradients.clone().unwrap_or_default();
     let data_gradients = gradients_json(&names, &d)?;

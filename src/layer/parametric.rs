@@ -135,12 +135,18 @@ impl SparseQuadraticLayer {
     /// independent of the count), each kept with its factorization for [`vjp`](Self::vjp). The
     /// multipliers and activity are those of the rows `Az ≥ b` and `A_eq z = b_eq`.
     pub fn solve(&self, thetas: &[DVector<f64>], threads: usize) -> Vec<Result<SparseQpSolution>> {
-        map_items(thetas.len(), threads.max(1), |i| {
-            let item = self.item(&thetas[i])?;
-            let mut one = solve_sparse(std::slice::from_ref(&item), 1, self.tol);
-            one.pop()
-                .unwrap_or_else(|| Err(Error::input("theta", "no item")))
-        })
+        map_items(thetas.len(), threads.max(1), |i| self.solve_one(&thetas[i]))
+    }
+
+    /// `z*(θ)` for one `θ` on this thread ([`solve`](Self::solve) for a batch).
+    ///
+    /// # Errors
+    /// `theta` of another length than `p`, or not finite; the sparse solve's errors.
+    pub fn solve_one(&self, theta: &DVector<f64>) -> Result<SparseQpSolution> {
+        let item = self.item(theta)?;
+        let mut one = solve_sparse(std::slice::from_ref(&item), 1, self.tol);
+        one.pop()
+            .unwrap_or_else(|| Err(Error::input("theta", "no item")))
     }
 
     /// Cor. 1's one-sided `dL/dθ = −Bᵀ ż` of `L(θ) = ⟨g, z*(θ)⟩` at a solution of

@@ -16,7 +16,6 @@ use super::layer_data::{
 };
 use crate::app::derive::{DeriveOutput, Request};
 use crate::error::{Error, Result};
-use crate::layer::{SparseQpSolution, SparseQuadraticLayer};
 use crate::problem::{InnerSolution, Loss, QuadraticProblem};
 use crate::solve::qp::Tolerances;
 use crate::surrogate::Bilevel;
@@ -207,7 +206,7 @@ impl QuadraticLayer {
     /// `vjp`'s computation for one item: `dL/dθ` of `⟨g, z*(θ)⟩`.
     fn vjp_one(&self, theta: &DVector<f64>, g: &DVector<f64>) -> Result<DVector<f64>> {
         match &self.layer {
-            Layer::Sparse(l) => l.vjp(&sparse_one(l, theta)?, g),
+            Layer::Sparse(l) => l.vjp(&l.solve_one(theta)?, g),
             Layer::Dense(_) => {
                 let program = self.program(Loss::Linear { g: g.clone() }, "vjp")?;
                 Ok(program.limit(theta)?.grad_theta)
@@ -218,7 +217,7 @@ impl QuadraticLayer {
     /// `jvp`'s computation for one item: the one-sided derivative of `z*` along `v`.
     fn jvp_one(&self, theta: &DVector<f64>, v: &DVector<f64>) -> Result<DVector<f64>> {
         match &self.layer {
-            Layer::Sparse(l) => l.jvp(&sparse_one(l, theta)?, v),
+            Layer::Sparse(l) => l.jvp(&l.solve_one(theta)?, v),
             Layer::Dense(l) => Ok(l.jvp(theta, v)?.z_dot),
         }
     }
@@ -717,13 +716,6 @@ impl QuadraticLayer {
             Layer::Sparse(l) => py_vector(py, l.matrices().2),
         }
     }
-}
-
-/// One `θ` solved on the sparse layer (one thread: the caller runs the items in parallel).
-fn sparse_one(layer: &SparseQuadraticLayer, theta: &DVector<f64>) -> Result<SparseQpSolution> {
-    let mut one = layer.solve(std::slice::from_ref(theta), 1);
-    one.pop()
-        .unwrap_or_else(|| Err(Error::input("theta", "no item")))
 }
 
 /// An error naming `from` renamed to name `to` (the Python argument's name).

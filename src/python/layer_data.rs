@@ -271,10 +271,7 @@ pub(crate) fn sparse_derive(
              dense data for them)",
         ));
     }
-    let mut one = layer.solve(std::slice::from_ref(theta), 1);
-    let solution = one
-        .pop()
-        .unwrap_or_else(|| Err(Error::input("theta", "no item")))?;
+    let solution = layer.solve_one(theta)?;
     let d = layer.derive(&solution, theta, loss)?;
     check_computed("z_dot", d.z_dot.iter())?;
     check_computed("loss", [&d.loss])?;

@@ -168,12 +168,7 @@ pub fn draw_growth(path: &Path, curves: &[GrowthCurve], title: &str) -> Result<(
         return Err(Error::input("runs", "nothing to plot"));
     }
     register_font()?;
-    let mut families: Vec<&str> = Vec::new();
-    for c in curves {
-        if !families.contains(&c.family.as_str()) {
-            families.push(&c.family);
-        }
-    }
+    let families = first_appearance(curves.iter().map(|c| c.family.as_str()));
     let rows = if curves.iter().any(|c| !c.memory_exponent.is_nan()) {
         2
     } else {
@@ -216,7 +211,8 @@ fn render<DB: DrawingBackend>(
     root.fill(&WHITE)?;
     let root = root.titled(title, ("sans-serif", 20))?;
     let areas = root.split_evenly((rows as usize, families.len()));
-    let backends = backends(curves);
+    // One colour per backend across the panels.
+    let backends = first_appearance(curves.iter().map(|c| c.backend.as_str()));
     for (k, area) in areas.iter().enumerate() {
         let family = families[k % families.len()];
         let cost = if k < families.len() {
@@ -251,12 +247,12 @@ fn render<DB: DrawingBackend>(
     Ok(())
 }
 
-/// The backends in order of first appearance (one colour each across the panels).
-fn backends(curves: &[GrowthCurve]) -> Vec<&str> {
+/// The distinct `names` in order of first appearance.
+fn first_appearance<'a>(names: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
     let mut out: Vec<&str> = Vec::new();
-    for c in curves {
-        if !out.contains(&c.backend.as_str()) {
-            out.push(&c.backend);
+    for name in names {
+        if !out.contains(&name) {
+            out.push(name);
         }
     }
     out
