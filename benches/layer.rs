@@ -100,7 +100,7 @@ fn sparse_layer(c: &mut Criterion) {
             .map(|s| s.expect("the families are feasible by construction"))
             .collect();
         group.bench_function(BenchmarkId::new("gradients", &id), |b| {
-            b.iter(|| black_box(gradients_sparse(&solved, &upstream, 1, false)))
+            b.iter(|| black_box(gradients_sparse(&solved, &upstream, 1, Mode::Limit, false)))
         });
     }
     group.finish();

@@ -130,6 +130,14 @@ fn a_banded_layer_of_ten_thousand_units_is_exact_with_one_sided_rates() {
         let rate = (one(&moved).z() - sol.z()) / eps;
         let err = (&grads.p - &rate).amax();
         assert!(err < 1e-5 * (1.0 + rate.amax()), "{sign}: {err:e}");
+        // A QP's solution path is piecewise linear: at a small enough β Def. 1's rates are
+        // the one-sided limit itself (Prop. 2), here from the sparse offset problem, with no
+        // cancellation (1e-10, where the difference quotient above reaches 1e-5).
+        let surrogate = sol.gradients_in(&g, Mode::Contrastive(eps)).unwrap();
+        for (what, a, b) in [("p", &surrogate.p, &grads.p), ("h", &surrogate.h, &grads.h)] {
+            let err = (a - b).amax();
+            assert!(err < 1e-10 * (1.0 + b.amax()), "{sign} {what}: {err:e}");
+        }
         // The gradients keep the data's patterns.
         for (data, grad) in [(&item.q, &grads.q), (&item.g, &grads.g)] {
             assert_eq!(data.symbolic().col_ptr(), grad.symbolic().col_ptr());
@@ -202,7 +210,7 @@ fn a_batch_is_its_items_for_every_thread_count() {
             .into_iter()
             .map(|r| r.unwrap())
             .collect();
-        let out = gradients_sparse(&sols, &grads, threads, false).unwrap();
+        let out = gradients_sparse(&sols, &grads, threads, Mode::Limit, false).unwrap();
         for (o, r) in out.into_iter().zip(&reference) {
             let o = o.unwrap();
             assert_eq!(o.p, r.p, "{threads}");
@@ -210,7 +218,7 @@ fn a_batch_is_its_items_for_every_thread_count() {
             assert_eq!(o.q.val(), r.q.val(), "{threads}");
         }
     }
-    let short = gradients_sparse(&[], &grads, 1, false);
+    let short = gradients_sparse(&[], &grads, 1, Mode::Limit, false);
     assert!(matches!(short, Err(Error::DimensionMismatch { .. })));
 }
 
@@ -384,7 +392,7 @@ fn with_path(item: &QpData, path: SolvePath) -> QpSolution {
 /// `layer::solve` takes the sparse path for a large sparse dense-stored item (the banded chain
 /// of 500 units with weak rows) and the dense path for a small dense one; either path gives the
 /// same z*, labels and limit gradients, and on a small item forced onto the sparse path the
-/// same gradients in every mode (the finite-β modes solve densely).
+/// same gradients in every mode (the finite-β modes on the sparse offset problem).
 #[test]
 fn the_automatic_choice_takes_the_sparse_path_for_large_sparse_items_with_the_same_answers() {
     let n = 500;
@@ -739,6 +747,87 @@ fn the_sparse_layer_derive_is_the_dense_derivative_for_every_datum() {
                 found.condition,
                 d.condition
             );
+        }
+    }
+}
+
+/// Def. 1's surrogate gradients on the sparse path (the sparse offset problem) against the
+/// dense layer's (the dense offset problem) for every datum, at β from 1e-9 to 5 (rows
+/// leaving and entering), both signs and the centred mean, with strongly and weakly active,
+/// inactive and equality rows; and against an independent answer, the difference of two
+/// forward solves: `∂/∂p` of the surrogate is `(ẑ_β − z*)/β` with `ẑ_β` the solution at
+/// `p + βg` (at β = 0.3, where the quotient loses no more than a few digits).
+#[test]
+fn the_sparse_surrogates_are_the_dense_ones_and_the_rates_of_the_perturbed_solve() {
+    let mut changed = 0;
+    for seed in 0..6 {
+        let inst = constructed_qp(&mut rng(1700 + seed), 9, 2, 1, &LABELS);
+        let item = dense_item(&inst);
+        let (s, d) = (
+            one(&SparseQpData::from(&item)),
+            with_path(&item, SolvePath::Dense),
+        );
+        let g = vector(&mut rng(1800 + seed), 9);
+        let scale = inst.z_star.amax() * g.amax() * (1.0 + inst.lambda.amax());
+        for beta in [1e-9, 1e-4, 0.3, 5.0] {
+            for mode in [
+                Mode::Contrastive(beta),
+                Mode::Contrastive(-beta),
+                Mode::Centered(beta),
+            ] {
+                let gs = s.gradients_in(&g, mode).unwrap();
+                let gd = d.gradients(&g, mode).unwrap();
+                let what = format!("{seed} {mode:?}");
+                let scale = scale * (1.0 + beta);
+                close(&format!("dQ {what}"), &csc_to_dense(&gs.q), &gd.q, scale);
+                close(&format!("dp {what}"), &col(&gs.p), &col(&gd.p), scale);
+                close(&format!("dG {what}"), &csc_to_dense(&gs.g), &gd.g, scale);
+                close(&format!("dh {what}"), &col(&gs.h), &col(&gd.h), scale);
+                close(&format!("dA {what}"), &csc_to_dense(&gs.a), &gd.a, scale);
+                close(&format!("db {what}"), &col(&gs.b), &col(&gd.b), scale);
+                assert!(gs.status.branches.iter().all(Option::is_none), "{what}");
+                assert_eq!(gs.method, bilevel::problem::DirectionMethod::Offset);
+                assert!(gs.condition.is_nan(), "{what}");
+                assert!(gs.direction_residual < 1e-12 * scale, "{what}");
+                // At β = 1e-9 Def. 1's rates are the limit's (a QP's path is piecewise linear),
+                // on both paths (a weak row's rounding-level multiplier is not a rate of 1e-7);
+                // some larger β moves a row off its bound or onto one.
+                let limit = s.gradients(&g).unwrap();
+                if mode == Mode::Contrastive(1e-9) {
+                    for p in [&gs.p, &gd.p] {
+                        let err = (p - &limit.p).amax();
+                        assert!(err < 1e-13 * scale, "{what}: {err:e}");
+                    }
+                }
+                if (&gs.h - &limit.h).amax() > 1e-6 {
+                    changed += 1;
+                }
+            }
+        }
+        let beta = 0.3;
+        let mut moved = item.clone();
+        moved.p += &g * beta;
+        let z_hat = with_path(&moved, SolvePath::Dense).z().clone();
+        let rate = (&z_hat - s.z()) / beta;
+        let gs = s.gradients_in(&g, Mode::Contrastive(beta)).unwrap();
+        let err = (&gs.p - &rate).amax();
+        assert!(err < 1e-12 * (1.0 + z_hat.amax()) / beta, "{seed}: {err:e}");
+    }
+    assert!(changed > 0);
+}
+
+/// A finite-β mode with a bad β is an error naming it, on the sparse path as on the dense one.
+#[test]
+fn a_sparse_surrogate_refuses_a_zero_or_non_finite_beta() {
+    let item = dense_item(&constructed_qp(&mut rng(1900), 9, 2, 1, &LABELS));
+    let s = one(&SparseQpData::from(&item));
+    let g = vector(&mut rng(1901), 9);
+    for beta in [0.0, f64::NAN, f64::INFINITY] {
+        for mode in [Mode::Contrastive(beta), Mode::Centered(beta)] {
+            match s.gradients_in(&g, mode) {
+                Err(Error::InvalidBeta { .. }) => {}
+                other => panic!("{mode:?}: {other:?}"),
+            }
         }
     }
 }

@@ -195,12 +195,8 @@ enum Solved {
         layer: QuadraticProblem,
         z_star: InnerSolution,
     },
-    /// The sparse path, with the item's tolerances (a finite-β mode solves the item densely).
-    Sparse {
-        solution: SparseQpSolution,
-        data: SparseQpData,
-        tol: Tolerances,
-    },
+    /// The sparse path (every mode, finite-β ones included, on its own factorizations).
+    Sparse { solution: SparseQpSolution },
 }
 
 /// Which path [`solve_with`] takes for an item.
@@ -293,7 +289,7 @@ impl QpSolution {
     pub fn z(&self) -> &DVector<f64> {
         match &self.solved {
             Solved::Dense { z_star, .. } => &z_star.z,
-            Solved::Sparse { solution, .. } => solution.z(),
+            Solved::Sparse { solution } => solution.z(),
         }
     }
 
@@ -301,7 +297,7 @@ impl QpSolution {
     pub fn status(&self) -> ItemStatus {
         let z_star = match &self.solved {
             Solved::Dense { z_star, .. } => z_star,
-            Solved::Sparse { solution, .. } => return solution.status(),
+            Solved::Sparse { solution } => return solution.status(),
         };
         let s = &z_star.status;
         ItemStatus {
@@ -321,14 +317,7 @@ impl QpSolution {
     pub fn gradients(&self, grad_z: &DVector<f64>, mode: Mode) -> Result<QpGradients> {
         let (layer, z_star) = match &self.solved {
             Solved::Dense { layer, z_star } => (layer, z_star),
-            Solved::Sparse { solution, .. } if mode == Mode::Limit => {
-                return dense_gradients(solution, grad_z)
-            }
-            Solved::Sparse { data, tol, .. } => {
-                // Def. 1's surrogates run on the dense layer: solve the item densely.
-                let dense = dense_solution(&QpData::from(data), *tol)?;
-                return dense.gradients(grad_z, mode);
-            }
+            Solved::Sparse { solution } => return dense_gradients(solution, grad_z, mode),
         };
         let n = z_star.z.len();
         if grad_z.len() != n {
@@ -389,22 +378,30 @@ fn surrogate(
 }
 
 /// The dense gradients (every entry of `Q`, `G`, `A`, as the dense path gives them) from a
-/// sparse solution: its rates `ż = ∂ℓ/∂p`, `μ = −∂ℓ/∂h`, `μ_eq = ∂ℓ/∂b` and multipliers in the
-/// module docs' formulas.
-fn dense_gradients(solution: &SparseQpSolution, grad_z: &DVector<f64>) -> Result<QpGradients> {
-    let sparse = solution.gradients(grad_z)?;
-    let (z, z_dot) = (solution.z(), &sparse.p);
-    let (lambda, lambda_eq) = solution.multipliers();
-    let mu = -&sparse.h;
-    let outer = |u: &DVector<f64>, v: &DVector<f64>| u * v.transpose();
+/// sparse solution: its rates in `mode` evaluated at every entry, by the formulas the sparse
+/// gradients use at the stored ones ([`SparseQpSolution::gradients_in`]).
+fn dense_gradients(
+    solution: &SparseQpSolution,
+    grad_z: &DVector<f64>,
+    mode: Mode,
+) -> Result<QpGradients> {
+    let rates = solution.rates(grad_z, mode, false)?;
+    let (n, (m, k)) = (
+        grad_z.len(),
+        (
+            rates.status().activity.len(),
+            solution.multipliers().1.len(),
+        ),
+    );
+    let (p, h, b) = rates.vectors();
     Ok(QpGradients {
-        q: (outer(z_dot, z) + outer(z, z_dot)) * 0.5,
-        p: z_dot.clone(),
-        g: outer(&mu, z) + outer(lambda, z_dot),
-        h: sparse.h,
-        a: -(outer(&sparse.b, z) + outer(lambda_eq, z_dot)),
-        b: sparse.b,
-        status: sparse.status,
+        q: DMatrix::from_fn(n, n, |i, j| rates.q(i, j)),
+        p,
+        g: DMatrix::from_fn(m, n, |i, j| rates.g(i, j)),
+        h,
+        a: DMatrix::from_fn(k, n, |i, j| rates.a(i, j)),
+        b,
+        status: rates.status(),
     })
 }
 
@@ -427,11 +424,7 @@ fn sparse_solution(item: &QpData, tol: Tolerances) -> Result<QpSolution> {
         .pop()
         .unwrap_or_else(|| Err(Error::input("item", "no item")))?;
     Ok(QpSolution {
-        solved: Solved::Sparse {
-            solution,
-            data,
-            tol,
-        },
+        solved: Solved::Sparse { solution },
     })
 }
 

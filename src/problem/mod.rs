@@ -436,6 +436,9 @@ pub enum DirectionMethod {
     BoxClosedForm,
     /// A softmax layer: Prop. 2 in closed form on the simplex.
     SimplexClosedForm,
+    /// Not the limit: Def. 1's finite-`β` rates `(ẑ_β − z*)/|β|`, from the offset problem
+    /// ([`crate::solve::qp::OffsetQp`]) solved by its active-set iteration.
+    Offset,
 }
 
 impl std::fmt::Display for DirectionMethod {
@@ -451,6 +454,7 @@ impl std::fmt::Display for DirectionMethod {
             DirectionMethod::Prop1ClosedForm => write!(f, "Prop. 1 closed form"),
             DirectionMethod::BoxClosedForm => write!(f, "Prop. 2 closed form (box)"),
             DirectionMethod::SimplexClosedForm => write!(f, "Prop. 2 closed form (simplex)"),
+            DirectionMethod::Offset => write!(f, "Def. 1 offset problem (finite beta)"),
         }
     }
 }

@@ -255,7 +255,8 @@ impl QuadraticProblem {
 impl QuadraticProblem {
     /// The [`OffsetQp`] of `ẑ_β` around `z*`: `P = Q + βκI`, `g = sign(β) ℓ'(z*)`, rows active
     /// at `z*` (strongly or weakly) with `t_i = 0`, the others with `t_i = slack_i/|β|`, and
-    /// `m_i = λ*_i/|β|`.
+    /// `m_i = λ*_i/|β|` on the strongly active rows, `0` on the others (a weakly active row's
+    /// multiplier is zero).
     fn offset_problem(&self, loss: &Loss, beta: f64, z_star: &InnerSolution) -> OffsetQp {
         let s = beta.abs();
         let mut p = self.q.clone();
@@ -274,7 +275,12 @@ impl QuadraticProblem {
             a: cons.a.clone(),
             a_eq: cons.a_eq.clone(),
             t,
-            m: z_star.multipliers.map(|l| l.max(0.0) / s),
+            // A weakly active row's multiplier is zero to the classification's resolution: its
+            // rounding (1e-17, say) would be a rate of 1e-8 at β = 1e-9.
+            m: DVector::from_fn(cons.m(), |i, _| match z_star.activity[i] {
+                Activity::Strong => z_star.multipliers[i].max(0.0) / s,
+                _ => 0.0,
+            }),
         }
     }
 

@@ -150,7 +150,7 @@ struct Shape {
 }
 
 /// The derivative a `mode` names: `"limit"`, `("contrastive", β)` or `("centered", β)`.
-fn mode_of(mode: &Bound<'_, PyAny>) -> Result<Mode> {
+pub(crate) fn mode_of(mode: &Bound<'_, PyAny>) -> Result<Mode> {
     let unknown = || {
         Error::input(
             "mode",

@@ -12,9 +12,9 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
 use super::convert::{branch_labels, detached, threads_arg, to_pyerr, Array};
-use super::qp::{all_items, grad_rows, status_list};
+use super::qp::{all_items, grad_rows, mode_of, status_list};
 use crate::error::{Error, Result};
-use crate::layer::{self, SparseQpData, SparseQpGradients, SparseQpSolution};
+use crate::layer::{self, Mode, SparseQpData, SparseQpGradients, SparseQpSolution};
 use crate::linalg::{csc_from_triplets, Csc};
 use crate::solve::qp::Tolerances;
 
@@ -182,24 +182,31 @@ pub(crate) fn parts<'py>(
 
 #[pymethods]
 impl SparseQpBatch {
-    /// `gradients(grad_z, condition=False)`: for `grad_z = ∂ℓ/∂z*` (shape `(items, n)`), per
-    /// item the exact (one-sided) gradients of `ℓ`: a dict with `Q`, `G`, `A` as `(indptr,
-    /// indices, data)` on the inputs' patterns, `p`, `h`, `b` as arrays, `branches`
-    /// (`"stays"`, `"leaves"` or `None` per row of `G`), `method` and `condition` (the 2-norm
-    /// condition estimate of the KKT matrix that determined `ż`, rows equilibrated; `nan`
-    /// unless `condition` is true, since it costs up to a few times the gradients).
-    #[pyo3(signature = (grad_z, condition = false))]
+    /// `gradients(grad_z, condition=False, mode=None)`: for `grad_z = ∂ℓ/∂z*` (shape
+    /// `(items, n)`), per item the gradients of `ℓ` in `mode` (`None` or `"limit"`: the exact,
+    /// one-sided ones; `("contrastive", β)` or `("centered", β)`: Def. 1's surrogates, from the
+    /// sparse offset problem): a dict with `Q`, `G`, `A` as `(indptr, indices, data)` on the
+    /// inputs' patterns, `p`, `h`, `b` as arrays, `branches` (`"stays"`, `"leaves"` or `None`
+    /// per row of `G`; all `None` at finite β), `method` and `condition` (the 2-norm condition
+    /// estimate of the KKT matrix that determined `ż`, rows equilibrated; `nan` unless
+    /// `condition` is true, since it costs up to a few times the gradients; the limit only).
+    #[pyo3(signature = (grad_z, condition = false, mode = None))]
     fn gradients<'py>(
         &self,
         py: Python<'py>,
         grad_z: Array<'py>,
         condition: bool,
+        mode: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyList>> {
         let count = self.solutions.len();
         let n = self.solutions.first().map_or(0, |s| s.z().len());
         let grads = grad_rows(&grad_z, (count, n)).map_err(|e| to_pyerr(py, e))?;
+        let mode = match &mode {
+            Some(m) => mode_of(m).map_err(|e| to_pyerr(py, e))?,
+            None => Mode::Limit,
+        };
         let results = detached(py, || {
-            layer::gradients_sparse(&self.solutions, &grads, self.threads, condition)
+            layer::gradients_sparse(&self.solutions, &grads, self.threads, mode, condition)
         })?;
         let items = all_items(py, results)?;
         let dicts = items

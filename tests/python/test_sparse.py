@@ -40,6 +40,34 @@ def test_sparse_items_agree_with_the_dense_layer():
             assert abs(found / want - 1.0) < 1e-6, (found, want)
 
 
+@pytest.mark.parametrize("mode", [("contrastive", 1e-9), ("contrastive", 0.3), ("centered", 2.0)])
+def test_the_finite_beta_modes_are_the_dense_layers(mode):
+    """Def. 1's surrogates from the sparse offset problem against the dense layer's, every
+    input; no branches at finite beta; the condition estimate is the limit's only."""
+    rng = np.random.default_rng(31)
+    for _ in range(4):
+        data, _, _ = constructed_qp(rng)
+        Q, p, G, h, A, b = (data[k] for k in ("Q", "p", "G", "h", "A", "b"))
+        _, sol = bilevel.sparse_qp_solve(sp.csc_array(Q), p, sp.csc_array(G), h, sp.csc_array(A), b)
+        _, batch = bilevel.qp_solve(Q, p[None], G, h, A, b)
+        g = rng.uniform(-1, 1, 9)
+        gs = sol.gradients(g, mode=mode)
+        gd = batch.gradients(g[None], mode)
+        for key in ("Q", "G", "A"):
+            on_pattern = gd[key][0] * (data[key] != 0)
+            assert np.abs(gs[key].toarray() - on_pattern).max() < 1e-10, (key, mode)
+        for key in ("p", "h", "b"):
+            assert np.abs(gs[key] - gd[key][0]).max() < 1e-10, (key, mode)
+        assert gs["branches"] == [None] * len(h)
+        assert gs["method"].startswith("Def. 1")
+        with pytest.raises(bilevel.InvalidInputError, match="condition"):
+            sol.gradients(g, mode=mode, condition=True)
+    with pytest.raises(bilevel.InvalidBetaError):
+        sol.gradients(g, mode=(mode[0], 0.0))
+    with pytest.raises(bilevel.InvalidInputError, match="mode"):
+        sol.gradients(g, mode="surrogate")
+
+
 def banded(n):
     """The shared banded chain as SciPy matrices."""
     (qr, qc, qv), p, (gr, gc, gv, m), h, z, labels = banded_qp(n)

@@ -205,8 +205,8 @@ def qp(Q, p, G, h, A, b, *, mode="limit", threads=None):
     ``Q``, ``G`` and ``A`` may be ``jax.experimental.sparse`` matrices (``BCOO``, or ``BCSR``
     and SciPy sparse matrices, converted), 2-D and shared by the batch (batch the dense inputs,
     or use ``jax.vmap``): the call then takes the sparse Rust layer (nothing ``n × n`` is
-    formed), gives the exact derivative (``mode="limit"``) and each sparse input's cotangent on
-    its stored entries (the cotangent of its ``data``). An error of the host solve (infeasible
+    formed, in every ``mode``) and gives each sparse input's cotangent on its stored entries
+    (the cotangent of its ``data``). An error of the host solve (infeasible
     data, say) arrives as ``jax.errors.JaxRuntimeError`` carrying the package's error and
     message.
     
@@ -226,10 +226,7 @@ def qp(Q, p, G, h, A, b, *, mode="limit", threads=None):
     kind, beta = _mode(mode)
     grad_mode = "limit" if kind == "limit" else (kind, beta)
     if any(_sparse_matrix(x) is not None for x in (Q, G, A)):
-        if kind != "limit":
-            raise _input_error("mode", "the finite-beta surrogates need dense Q, G and A; "
-                               "sparse ones give the exact derivative (mode=\"limit\")")
-        return _qp_sparse((Q, p, G, h, A, b), threads)
+        return _qp_sparse((Q, p, G, h, A, b), threads, grad_mode)
     inputs = [jnp.asarray(x) for x in (Q, p, G, h, A, b)]
     for name, x in zip(_NAMES, inputs):
         if jnp.issubdtype(x.dtype, jnp.complexfloating):
@@ -392,9 +389,10 @@ def _sparse_cotangents(inputs, shapes, solved, grads, dtype):
     return tuple(a.astype(dtype) for a in out)
 
 
-def _qp_sparse(inputs, threads):
+def _qp_sparse(inputs, threads, grad_mode):
     """:func:`qp` when ``Q``, ``G`` or ``A`` is sparse: the sparse Rust layer, each sparse
-    input's cotangent on its entries (``data``), the dense ones' as in :func:`qp`."""
+    input's cotangent on its entries (``data``) in ``grad_mode``, the dense ones' as in
+    :func:`qp`."""
     flat, shapes, dtype = _sparse_slots(inputs)
     n = shapes[0][1] if shapes[0] is not None else flat[0].shape[-1]
     out_shape = (_lead(_unflatten(flat, shapes), shapes) or (1,)) + (n,)
@@ -412,7 +410,8 @@ def _qp_sparse(inputs, threads):
     def host_grads(*args):
         host, parts, _, handle = solved(args[:-1])
         g = np.asarray(args[-1], dtype=np.float64).reshape(-1, n)
-        grads = handle.gradients(np.ascontiguousarray(g)) if handle is not None else []
+        g = np.ascontiguousarray(g)
+        grads = handle.gradients(g, False, grad_mode) if handle is not None else []
         return _sparse_cotangents(host, shapes, parts, grads, dtype)
 
     differentiable = [k for k, x in enumerate(flat) if jnp.issubdtype(x.dtype, jnp.floating)]

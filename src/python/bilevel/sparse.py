@@ -119,19 +119,23 @@ class SparseQpSolution:
         self._handle = handle
         self._shapes = shapes
 
-    def gradients(self, grad_z, *, condition=False):
-        """The exact gradients of ``ℓ`` for ``grad_z = ∂ℓ/∂z*`` (length ``n``): a dict with
-        ``Q``, ``G``, ``A`` as ``scipy.sparse.csc_array`` on the inputs' patterns (repeated
-        entries summed, rows sorted), ``p``, ``h``, ``b`` as arrays, ``branches``
-        (``"stays"``, ``"leaves"`` or ``None`` per row of ``G``: at a weakly active row, whether
-        it stays active for the loss), ``method`` and ``condition``: with ``condition=True``
-        the 2-norm condition estimate of the (row-equilibrated) KKT matrix that determined
-        ``ż``, else ``nan`` (the estimate costs up to a few times the gradients)."""
+    def gradients(self, grad_z, *, condition=False, mode=None):
+        """The gradients of ``ℓ`` for ``grad_z = ∂ℓ/∂z*`` (length ``n``) in ``mode``: ``None``
+        or ``"limit"`` the exact ones (one-sided at weakly active rows, Prop. 2),
+        ``("contrastive", beta)`` or ``("centered", beta)`` Def. 1's surrogates (from the
+        sparse offset problem, accurate at every ``beta``). A dict with ``Q``, ``G``, ``A`` as
+        ``scipy.sparse.csc_array`` on the inputs' patterns (repeated entries summed, rows
+        sorted), ``p``, ``h``, ``b`` as arrays, ``branches`` (``"stays"``, ``"leaves"`` or
+        ``None`` per row of ``G``: at a weakly active row, whether it stays active for the
+        loss; all ``None`` at finite ``beta``), ``method`` and ``condition``: with
+        ``condition=True`` (the limit only) the 2-norm condition estimate of the
+        (row-equilibrated) KKT matrix that determined ``ż``, else ``nan`` (the estimate costs up
+        to a few times the gradients)."""
         sp = _scipy()
         g = np.asarray(grad_z, dtype=float)
         if g.ndim != 1:
             raise _dimension_error("grad_z", "a vector (1-D array)", f"shape {g.shape}")
-        (out,) = self._handle.gradients(g[None], bool(condition))
+        (out,) = self._handle.gradients(g[None], bool(condition), mode)
         for k in ("Q", "G", "A"):
             indptr, indices, data = out[k]
             out[k] = sp.csc_array((data, indices, indptr), shape=self._shapes[k])

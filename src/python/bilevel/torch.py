@@ -25,8 +25,8 @@ the sparse path of the Rust layer (Clarabel's identification, a sparse ``LDLᵀ`
 set's KKT system refined to rounding, the same factor for the derivative), nothing ``n × n`` is
 formed, and each sparse input's gradient lives on its pattern (the gradient with respect to its
 stored values), in its layout (COO and CSR; a CSC input's gradient is COO, since autograd
-accumulates no CSC gradients). Dense inputs in such a call keep dense gradients. The sparse
-path gives the exact derivative (``mode="limit"``).
+accumulates no CSC gradients). Dense inputs in such a call keep dense gradients. Every ``mode``
+runs on the sparse path (the finite-``beta`` ones on its offset problem).
 
 The Fenchel-BP activations (:func:`fenchel_relu`, :func:`fenchel_hard_sigmoid`,
 :func:`fenchel_hard_tanh`, :func:`fenchel_box`, :func:`fenchel_softmax`) are
@@ -259,7 +259,8 @@ class _SparseQP(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_z):
         g = np.ascontiguousarray(grad_z.detach().to("cpu", torch.float64).numpy())
-        grads = ctx.handle.gradients(g) if ctx.handle is not None else []
+        handle = ctx.handle
+        grads = handle.gradients(g, False, ctx.settings["mode"]) if handle is not None else []
         ctx.settings["last_branches"] = [d["branches"] for d in grads]
         reduce = ctx.settings["reduce"]
         out = [None if absent or not needed else r.gradient(grads, reduce)
@@ -330,9 +331,6 @@ def QPFunction(eps=1e-12, verbose=0, notImprovedLim=3, maxIter=20, check_Q_spd=T
             if x.is_complex():
                 raise _complex_error(name, x.dtype)
         if any(x.layout != torch.strided for x in inputs):
-            if settings["mode"] != "limit":
-                raise _input_error("mode", "the finite-beta surrogates need dense Q, G and A; "
-                                   "sparse ones give the exact derivative (mode=\"limit\")")
             return _SparseQP.apply(settings, *inputs)
         return _QP.apply(settings, *inputs)
 

@@ -6,7 +6,11 @@ use nalgebra::{DMatrix, DVector};
 
 use super::problem::slack_rounding;
 use crate::error::{Error, Result};
-use crate::linalg::{select_rows, solve_kkt, vstack};
+use crate::linalg::{
+    power_of_two_scale, scale_rows, select_rows, solve_kkt, sparse_abs_mul, sparse_amax,
+    sparse_mul, sparse_row_amax, sparse_tr_mul, stack_rows, vstack, Csc, KktSolution, KktSolve,
+    SparseKkt,
+};
 
 /// The offset problem of a QP whose solution at a base point is known: the rate
 /// `f = (x̂ − x*)/s` (`s > 0`) of the solution `x̂` of a perturbed QP, with the perturbation's
@@ -66,48 +70,123 @@ pub struct OffsetSolution {
 /// [`Error::Singular`] for a singular KKT system on a working set; [`Error::NotConverged`] when
 /// `2m + 10` working-set changes do not settle (callers then fall back to solving `x̂` directly).
 pub fn solve_offset(o: &OffsetQp, working: &mut [bool]) -> Result<OffsetSolution> {
-    let n = o.p.nrows();
     let (m, k) = (o.t.len(), o.a_eq.nrows());
-    if o.a.nrows() != m || o.m.len() != m || working.len() != m || o.g.len() != n {
+    if o.a.nrows() != m
+        || o.m.len() != m
+        || o.g.len() != o.p.nrows()
+        || o.a_eq.ncols() != o.p.nrows()
+    {
         return Err(Error::dim("offset QP", m, o.a.nrows()));
     }
+    iterate(o, (m, k), working)
+}
+
+/// An [`OffsetQp`] with sparse `P`, `A`, `A_eq` (borrowed: the layer's own matrices), solved
+/// by the same iteration on sparse factorizations of each working set's KKT system
+/// ([`solve_sparse_offset`]).
+#[derive(Debug, Clone, Copy)]
+pub struct SparseOffsetQp<'a> {
+    /// `P`, symmetric positive definite, both triangles stored.
+    pub p: &'a Csc,
+    /// `g = (ΔP x* + Δq)/s`.
+    pub g: &'a DVector<f64>,
+    /// Inequality rows.
+    pub a: &'a Csc,
+    /// Equality rows.
+    pub a_eq: &'a Csc,
+    /// `t_i = (a_iᵀx* − b_i)/s ≥ 0`, exactly `0` for rows active at `x*`.
+    pub t: &'a DVector<f64>,
+    /// `m_i = λ*_i/s ≥ 0`.
+    pub m: &'a DVector<f64>,
+}
+
+/// [`solve_offset`] for a [`SparseOffsetQp`]: each working set's KKT system
+/// `[P R_Wᵀ; R_W 0]` (held rows equilibrated by powers of two) is factored sparsely and solved
+/// to rounding by refinement ([`crate::linalg::SparseKkt`]); nothing `n × n` is formed.
+/// [`OffsetSolution::condition`] is `NaN` (not estimated on the sparse path).
+///
+/// # Errors
+/// As [`solve_offset`]; [`Error::Singular`] when a working set's rows are dependent beyond what
+/// the refined factorization resolves.
+pub fn solve_sparse_offset(o: &SparseOffsetQp<'_>, working: &mut [bool]) -> Result<OffsetSolution> {
+    let (n, m, k) = (o.p.nrows(), o.t.len(), o.a_eq.nrows());
+    let fits = [
+        ("offset QP: P", n, o.p.ncols()),
+        ("offset QP: g", n, o.g.len()),
+        ("offset QP: A", m, o.a.nrows()),
+        ("offset QP: A columns", n, o.a.ncols()),
+        ("offset QP: A_eq columns", n, o.a_eq.ncols()),
+        ("offset QP: m", m, o.m.len()),
+    ];
+    if let Some(&(what, want, got)) = fits.iter().find(|(_, w, g)| w != g) {
+        return Err(Error::dim(what, want, got));
+    }
+    iterate(o, (m, k), working)
+}
+
+/// What the active-set iteration reads of an offset problem, dense or sparse: its data,
+/// products with its inequality rows, and the KKT solve on a working set.
+trait OffsetRows {
+    /// `(g, t, m)`.
+    fn data(&self) -> (&DVector<f64>, &DVector<f64>, &DVector<f64>);
+    /// `max|P|`.
+    fn p_amax(&self) -> f64;
+    /// `A f`.
+    fn rows_mul(&self, f: &DVector<f64>) -> DVector<f64>;
+    /// `Aᵀ v`.
+    fn rows_tr_mul(&self, v: &DVector<f64>) -> DVector<f64>;
+    /// For every row, how far the computed `a_iᵀf + t_i` can be from its exact value by
+    /// rounding and an error `err_x` (∞-norm) in `f` ([`slack_rounding`]).
+    fn slack_rounding(&self, f: &DVector<f64>, err_x: f64) -> DVector<f64>;
+    /// `P f + R_Wᵀ ν = r`, `R_W f = s` with `R_W` the inequality rows `rows`, then the equality
+    /// rows ([`solve_kkt`]'s convention and accuracy fields).
+    fn solve_held(&self, rows: &[usize], r: &DVector<f64>, s: &DVector<f64>)
+        -> Result<KktSolution>;
+}
+
+/// The primal-dual active-set iteration of [`solve_offset`] (its docs) on either kind of data.
+fn iterate(
+    o: &impl OffsetRows,
+    (m, k): (usize, usize),
+    working: &mut [bool],
+) -> Result<OffsetSolution> {
+    let (g, t, bound) = o.data();
+    if working.len() != m {
+        return Err(Error::dim("offset QP: working set", m, working.len()));
+    }
     // A row held with an unbounded m_i (λ*_i/s overflowed) cannot leave at this s.
-    for i in (0..m).filter(|&i| o.m[i] == f64::INFINITY) {
+    for i in (0..m).filter(|&i| bound[i] == f64::INFINITY) {
         working[i] = true;
     }
     let max_repairs = 2 * m + 10;
     let mut repairs = 0;
     loop {
         let rows: Vec<usize> = (0..m).filter(|&i| working[i]).collect();
-        let a_w = vstack(&select_rows(&o.a, &rows), &o.a_eq);
         // Rows that hold a multiplier at x* but left the working set keep λ̂_i = 0, i.e.
         // μ_i = −m_i: that term moves to the right-hand side.
-        let mut r = -&o.g;
-        for i in (0..m).filter(|&i| !working[i] && o.m[i] > 0.0) {
-            r -= o.a.row(i).transpose() * o.m[i];
-        }
+        let released = DVector::from_fn(m, |i, _| if working[i] { 0.0 } else { bound[i] });
+        let r = -g - o.rows_tr_mul(&released);
         let mut s = DVector::zeros(rows.len() + k);
         for (j, &i) in rows.iter().enumerate() {
-            s[j] = -o.t[i];
+            s[j] = -t[i];
         }
-        let kkt = solve_kkt(&o.p, &a_w, &r, &s)?;
+        let kkt = o.solve_held(&rows, &r, &s)?;
         let f = kkt.x;
-        let mut mu = -&o.m;
+        let mut mu = -bound;
         for (j, &i) in rows.iter().enumerate() {
             mu[i] = -kkt.nu[j];
         }
         let mu_eq = -kkt.nu.rows(rows.len(), k);
-        let af = &o.a * &f;
-        let rep_d = 64.0 * f64::EPSILON * (1.0 + r.amax() + o.p.amax() * f.amax()) + kkt.error.1;
+        let af = o.rows_mul(&f);
+        let rounding = o.slack_rounding(&f, kkt.error.0);
+        let rep_d = 64.0 * f64::EPSILON * (1.0 + r.amax() + o.p_amax() * f.amax()) + kkt.error.1;
         // `t` and `m` may be +∞: such a row is never violated, which the comparisons give.
         let worst_primal = (0..m)
-            .filter(|&i| {
-                !working[i] && af[i] + o.t[i] < -slack_rounding(&o.a, i, o.t[i], &f, kkt.error.0)
-            })
-            .min_by(|&i, &j| (af[i] + o.t[i]).total_cmp(&(af[j] + o.t[j])));
+            .filter(|&i| !working[i] && af[i] + t[i] < -rounding[i])
+            .min_by(|&i, &j| (af[i] + t[i]).total_cmp(&(af[j] + t[j])));
         let worst_dual = (0..m)
-            .filter(|&i| working[i] && mu[i] + o.m[i] < -rep_d)
-            .min_by(|&i, &j| (mu[i] + o.m[i]).total_cmp(&(mu[j] + o.m[j])));
+            .filter(|&i| working[i] && mu[i] + bound[i] < -rep_d)
+            .min_by(|&i, &j| (mu[i] + bound[i]).total_cmp(&(mu[j] + bound[j])));
         if let Some(i) = worst_primal.or(worst_dual) {
             if repairs >= max_repairs {
                 return Err(Error::NotConverged {
@@ -129,5 +208,99 @@ pub fn solve_offset(o: &OffsetQp, working: &mut [bool]) -> Result<OffsetSolution
             residual: kkt.residual,
             repairs,
         });
+    }
+}
+
+impl OffsetRows for OffsetQp {
+    fn data(&self) -> (&DVector<f64>, &DVector<f64>, &DVector<f64>) {
+        (&self.g, &self.t, &self.m)
+    }
+
+    fn p_amax(&self) -> f64 {
+        self.p.amax()
+    }
+
+    fn rows_mul(&self, f: &DVector<f64>) -> DVector<f64> {
+        &self.a * f
+    }
+
+    fn rows_tr_mul(&self, v: &DVector<f64>) -> DVector<f64> {
+        self.a.tr_mul(v)
+    }
+
+    fn slack_rounding(&self, f: &DVector<f64>, err_x: f64) -> DVector<f64> {
+        DVector::from_fn(self.t.len(), |i, _| {
+            slack_rounding(&self.a, i, self.t[i], f, err_x)
+        })
+    }
+
+    fn solve_held(
+        &self,
+        rows: &[usize],
+        r: &DVector<f64>,
+        s: &DVector<f64>,
+    ) -> Result<KktSolution> {
+        solve_kkt(
+            &self.p,
+            &vstack(&select_rows(&self.a, rows), &self.a_eq),
+            r,
+            s,
+        )
+    }
+}
+
+impl OffsetRows for SparseOffsetQp<'_> {
+    fn data(&self) -> (&DVector<f64>, &DVector<f64>, &DVector<f64>) {
+        (self.g, self.t, self.m)
+    }
+
+    fn p_amax(&self) -> f64 {
+        sparse_amax(self.p)
+    }
+
+    fn rows_mul(&self, f: &DVector<f64>) -> DVector<f64> {
+        sparse_mul(self.a, f)
+    }
+
+    fn rows_tr_mul(&self, v: &DVector<f64>) -> DVector<f64> {
+        sparse_tr_mul(self.a, v)
+    }
+
+    /// [`slack_rounding`]'s bound, `64ε(|t_i| + Σ_j |a_ij f_j|) + ‖a_i‖₁ err_x`, for all rows.
+    fn slack_rounding(&self, f: &DVector<f64>, err_x: f64) -> DVector<f64> {
+        let terms = sparse_abs_mul(self.a, f) + self.t.abs();
+        let l1 = sparse_abs_mul(self.a, &DVector::from_element(f.len(), 1.0));
+        terms * (64.0 * f64::EPSILON) + l1 * err_x
+    }
+
+    fn solve_held(
+        &self,
+        rows: &[usize],
+        r: &DVector<f64>,
+        s: &DVector<f64>,
+    ) -> Result<KktSolution> {
+        let n = self.p.nrows();
+        let held = stack_rows(&[(self.a, Some(rows), 1.0), (self.a_eq, None, 1.0)]);
+        // Rows to ∞-norms in [1, 2) (exact): ν = D y for the scaled rows' multipliers y.
+        let d = sparse_row_amax(&held).map(power_of_two_scale);
+        let held = scale_rows(&held, &d);
+        let factor = SparseKkt::new(self.p, &held)?;
+        let mut rhs = DVector::zeros(n + d.len());
+        rhs.rows_mut(0, n).copy_from(r);
+        rhs.rows_mut(n, d.len()).copy_from(&s.component_mul(&d));
+        let KktSolve {
+            solution, error, ..
+        } = factor.solve(&rhs)?;
+        let x = solution.rows(0, n).into_owned();
+        let y = solution.rows(n, d.len()).into_owned();
+        let stationarity = sparse_mul(self.p, &x) + sparse_tr_mul(&held, &y) - r;
+        let feasibility = sparse_mul(&held, &x) - s.component_mul(&d);
+        Ok(KktSolution {
+            nu: y.component_mul(&d),
+            x,
+            condition: f64::NAN,
+            residual: stationarity.amax().max(feasibility.amax()),
+            error: (error.0, error.1 * d.amax()),
+        })
     }
 }
