@@ -831,3 +831,81 @@ fn a_sparse_surrogate_refuses_a_zero_or_non_finite_beta() {
         }
     }
 }
+
+/// The sparse parametric layer's finite-β surrogates (Def. 1 with its value, Def. 2, the
+/// centred gradient) against the dense `Bilevel`'s on the same data, linear and squared
+/// losses, β from 1e-8 to 2 (rows leaving and entering), with and without equalities; the
+/// centred surrogate of a squared loss refuses a β at which `Q − βI` is not positive definite
+/// (decided by the sparse Cholesky factorization, against the dense smallest eigenvalue).
+#[test]
+fn the_sparse_layer_surrogates_are_the_dense_programs() {
+    use bilevel::problem::Loss;
+    use bilevel::surrogate::Bilevel;
+    let mut refused = 0;
+    for seed in 0..4u64 {
+        let inst = constructed_qp(&mut rng(2100 + seed), 9, 3, (seed % 2) as usize, &LABELS);
+        let (sparse, dense) = both_layers(&inst, csc_from_dense(&inst.b));
+        let theta = &inst.theta;
+        let sol = sparse.solve_one(theta).unwrap();
+        let scale = inst.z_star.amax() * (1.0 + inst.lambda.amax());
+        for squared in [false, true] {
+            let g = vector(&mut rng(2150 + seed), 9);
+            let loss = match squared {
+                false => Loss::Linear { g },
+                true => Loss::Squared {
+                    target: &inst.z_star - g,
+                },
+            };
+            let program = Bilevel::new(&dense, loss.clone()).unwrap();
+            for beta in [1e-8, 1e-3, 0.3, 2.0] {
+                let what = format!("{seed} {squared} {beta:e}");
+                let tol = 1e-10 * scale * scale * (1.0 + beta);
+                let (s, d) = (
+                    sparse.surrogate(&sol, theta, (&loss, beta)).unwrap(),
+                    program.surrogate(theta, beta).unwrap(),
+                );
+                assert!(
+                    (s.value - d.value).abs() <= tol,
+                    "{what}: {} {}",
+                    s.value,
+                    d.value
+                );
+                close(&what, &col(&s.grad_theta), &col(&d.grad_theta), tol);
+                close(&what, &col(&s.z_hat), &col(&d.z_hat.z), tol);
+                close(&what, &col(&s.rate), &col(&d.rate), tol);
+                let (s, d) = (
+                    sparse.linearized(&sol, theta, (&loss, beta)).unwrap(),
+                    program.linearized(theta, beta).unwrap(),
+                );
+                assert!(
+                    (s.value - d.value).abs() <= tol,
+                    "{what}: {} {}",
+                    s.value,
+                    d.value
+                );
+                close(&what, &col(&s.grad_theta), &col(&d.grad_theta), tol);
+                let nu = bilevel::linalg::min_eigenvalue(&inst.q);
+                let centered = sparse.centered(&sol, theta, (&loss, beta));
+                if squared && beta >= nu {
+                    assert!(
+                        matches!(centered, Err(Error::BetaOutOfRange { .. })),
+                        "{what}"
+                    );
+                    refused += 1;
+                    continue;
+                }
+                let (s, d) = (centered.unwrap(), program.centered(theta, beta).unwrap());
+                close(&what, &col(&s.grad_theta), &col(&d.grad_theta), tol);
+                close(&what, &col(&s.z_minus), &col(&d.z_minus.z), tol);
+            }
+        }
+        let linear = Loss::Linear {
+            g: DVector::zeros(9),
+        };
+        for beta in [0.0, -1.0, f64::NAN] {
+            let bad = sparse.surrogate(&sol, theta, (&linear, beta));
+            assert!(matches!(bad, Err(Error::InvalidBeta { .. })), "{beta}");
+        }
+    }
+    assert!(refused > 0);
+}

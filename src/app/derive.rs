@@ -176,6 +176,8 @@ pub struct DeriveOutput {
     pub residual: f64,
     /// QP backend.
     pub solver: &'static str,
+    /// Its iterations for `z*` (with the exact refinement's repairs).
+    pub iterations: usize,
     /// One entry per β.
     pub surrogates: Vec<SurrogateOut>,
     /// Said when the loss was given by its gradient only (`{"kind": "gradient"}`), or replaced
@@ -561,6 +563,7 @@ pub fn output(
         method: limit.direction.method.to_string(),
         residual: limit.z_star.status.residual.max(limit.direction.residual),
         solver: program.inner.backend().name(),
+        iterations: limit.z_star.status.iterations,
         surrogates,
         loss_note: request.loss_note(),
         data_gradients: data_gradients(program, theta, &limit, &request.gradients)?,

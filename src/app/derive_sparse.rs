@@ -13,16 +13,21 @@
 //! `jvp` for a `direction` instead of a loss, and `grad_*` for the data asked for, `grad_Q`,
 //! `grad_A`, `grad_A_eq` in the triplet form on the data's own patterns (the gradient with
 //! respect to the stored values; [`crate::layer::SparseQuadraticLayer::derive`] computes them
-//! all, `B` with every entry stored). The finite-β surrogates (`betas`) and a batch of `theta`s
-//! are not on the sparse path yet: asking for them is an error naming the field.
+//! all, `B` with every entry stored), `iterations` and `dependent_constraints` of the solve, and
+//! per β a `surrogates` entry ([`sparse_surrogates`]: Def. 1's `z_hat`, `value`, `grad_theta`
+//! and Def. 2's `linearized_value`, `linearized_grad_theta`, from the sparse offset problem;
+//! Prop. 3's `bound_lower`, `bound_upper`, `bound_nu` are `null`, since the band needs
+//! `ν = λ_min(Q)`, which the sparse path does not compute). A batch of `theta`s is not on the
+//! sparse path yet: asking for one is an error naming the field.
 
 use nalgebra::{DMatrix, DVector};
 use serde::{Deserialize, Serialize};
 
-use super::derive::{LossSpec, Request};
+use super::derive::{LossSpec, Request, SurrogateOut};
 use crate::error::{check_computed, Error, Result};
-use crate::layer::{SparseLayerDerivative, SparseQuadraticLayer};
+use crate::layer::{SparseLayerDerivative, SparseQpSolution, SparseQuadraticLayer};
 use crate::linalg::{csc_from_triplets, Csc};
+use crate::problem::Loss;
 use crate::solve::qp::Tolerances;
 
 /// A matrix in the JSON: an array of rows, or the sparse triplet form (module docs).
@@ -94,6 +99,9 @@ pub struct SparseDeriveOutput {
     residual: f64,
     condition: f64,
     solver: &'static str,
+    iterations: usize,
+    dependent_constraints: Vec<usize>,
+    surrogates: Vec<SurrogateOut>,
     #[serde(skip_serializing_if = "Option::is_none")]
     loss_note: Option<&'static str>,
     #[serde(flatten)]
@@ -156,17 +164,11 @@ fn triplets(a: &Csc) -> serde_json::Value {
 /// Runs a sparse derive request (module docs) and returns its JSON answer.
 ///
 /// # Errors
-/// Malformed JSON or data, naming the field; `betas` or a batch `theta` (not on
-/// the sparse path); the sparse layer's errors.
+/// Malformed JSON or data, naming the field; a batch `theta` (not on the sparse path); the
+/// sparse layer's errors.
 pub fn derive_sparse_json(value: serde_json::Value) -> Result<serde_json::Value> {
     let input: SparseInput = serde_json::from_value(value)
         .map_err(|e| Error::input("problem JSON (sparse)", e.to_string()))?;
-    if input.betas.as_ref().is_some_and(|b| !b.is_empty()) {
-        return Err(Error::input(
-            "betas",
-            "not on the sparse path yet (give Q, A and A_eq as arrays of rows for it)",
-        ));
-    }
     let out = derive_sparse(input)?;
     serde_json::to_value(out).map_err(|e| Error::input("output", e.to_string()))
 }
@@ -262,6 +264,39 @@ fn gradients_json(
     Ok(out)
 }
 
+/// Def. 1's and Def. 2's surrogates at each β on the sparse layer
+/// ([`SparseQuadraticLayer::surrogate`], [`SparseQuadraticLayer::linearized`]) as the dense
+/// derive's `surrogates` entries, without Prop. 3's band (`ν = λ_min(Q)` is not computed on the
+/// sparse path: the `bound_*` entries are `None`).
+///
+/// # Errors
+/// The surrogates' errors.
+pub(crate) fn sparse_surrogates(
+    (layer, sol): (&SparseQuadraticLayer, &SparseQpSolution),
+    theta: &DVector<f64>,
+    loss: &Loss,
+    betas: &[f64],
+) -> Result<Vec<SurrogateOut>> {
+    let to_vec = |v: &DVector<f64>| v.as_slice().to_vec();
+    (betas.iter())
+        .map(|&beta| {
+            let s = layer.surrogate(sol, theta, (loss, beta))?;
+            let lin = layer.linearized(sol, theta, (loss, beta))?;
+            Ok(SurrogateOut {
+                beta,
+                z_hat: to_vec(&s.z_hat),
+                value: s.value,
+                grad_theta: to_vec(&s.grad_theta),
+                linearized_value: lin.value,
+                linearized_grad_theta: to_vec(&lin.grad_theta),
+                bound_lower: None,
+                bound_upper: None,
+                bound_nu: None,
+            })
+        })
+        .collect()
+}
+
 fn derive_sparse(input: SparseInput) -> Result<SparseDeriveOutput> {
     let (layer, theta, b_mat) = layer_of(&input)?;
     let gradient_loss = matches!(input.loss, Some(LossSpec::Gradient { .. }));
@@ -272,6 +307,12 @@ fn derive_sparse(input: SparseInput) -> Result<SparseDeriveOutput> {
         input.B.is_some().then_some(&b_mat),
         b_mat.ncols(),
     )?;
+    let betas = input.betas.clone().unwrap_or_default();
+    let request = Request {
+        betas: betas.clone(),
+        ..Request::default()
+    };
+    request.validate()?;
     let sol = layer.solve_one(&theta)?;
     let d = layer.derive(&sol, &theta, &loss)?;
     let names = input.gradients.clone().unwrap_or_default();
@@ -297,6 +338,9 @@ fn derive_sparse(input: SparseInput) -> Result<SparseDeriveOutput> {
         residual: d.residual,
         condition: d.condition,
         solver: d.status.solver,
+        iterations: d.status.iterations,
+        dependent_constraints: sol.dependent().to_vec(),
+        surrogates: sparse_surrogates((&layer, &sol), &theta, &loss, &betas)?,
         loss_note: request.loss_note(),
         data_gradients,
     };
@@ -415,6 +459,48 @@ mod tests {
         }
     }
 
+    /// `betas` on triplets: Def. 1's and Def. 2's entries of the dense derive (both losses,
+    /// both branches, β small and large), with Prop. 3's band `null`; `iterations` as the
+    /// dense output has it.
+    #[test]
+    fn betas_give_the_dense_surrogates_without_the_band() {
+        for (g1, squared) in [(-1.0, false), (1.0, false), (1.0, true)] {
+            let (mut dense, mut sparse) = requests();
+            for r in [&mut dense, &mut sparse] {
+                r["loss"] = match squared {
+                    false => json!({"kind": "linear", "g": [g1, -1.0, 0.5]}),
+                    true => json!({"kind": "squared", "target": [0.0, 1.0, 0.0]}),
+                };
+                r["betas"] = json!([1e-7, 0.3, 4.0]);
+            }
+            let d = derive_json(&dense.to_string()).unwrap();
+            let s = derive_json(&sparse.to_string()).unwrap();
+            assert!(s["iterations"].is_u64() && d["iterations"].is_u64());
+            let (ds, ss) = (
+                d["surrogates"].as_array().unwrap(),
+                s["surrogates"].as_array(),
+            );
+            assert_eq!(ss.unwrap().len(), 3);
+            for (a, b) in ss.unwrap().iter().zip(ds) {
+                for key in [
+                    "beta",
+                    "z_hat",
+                    "value",
+                    "grad_theta",
+                    "linearized_value",
+                    "linearized_grad_theta",
+                ] {
+                    let (x, y) = (numbers(&a[key]), numbers(&b[key]));
+                    assert!(!x.is_empty() && x.len() == y.len(), "{key}");
+                    for (x, y) in x.iter().zip(&y) {
+                        assert!((x - y).abs() < 1e-12 * (1.0 + y.abs()), "{key}: {x} {y}");
+                    }
+                }
+                assert!(a["bound_lower"].is_null() && b["bound_lower"].is_number());
+            }
+        }
+    }
+
     #[test]
     fn a_direction_gives_the_dense_jvp_on_both_branches() {
         for v in [1.0, -1.0] {
@@ -446,7 +532,7 @@ mod tests {
             let e = derive_json(&r.to_string()).unwrap_err().to_string();
             assert!(e.contains(field), "{field}: {e}");
         };
-        fails(&|r| r["betas"] = json!([0.1]), "betas");
+        fails(&|r| r["betas"] = json!([0.1, 0.0]), "betas[1]");
         fails(
             &|r| r["A"]["triplets"][0] = json!([0.5, 0, 1.0]),
             "A.triplets[0]",

@@ -130,8 +130,9 @@
 //! z.sum().backward()                  # G.grad: a sparse COO tensor on G's pattern
 //! ```
 //!
-//! The sparse path gives the exact derivative (`mode="limit"`); the finite-β surrogate modes
-//! need dense `Q`, `G`, `A` and say so.
+//! Every `mode` runs on the sparse path: the exact derivative (`mode="limit"`) and the finite-β
+//! surrogate modes, from the offset problem on sparse factorizations
+//! ([`crate::layer::SparseQpSolution::gradients_in`]).
 //!
 //! `bilevel.QuadraticLayer(Q, c, B, A, b, A_eq, b_eq)` takes SciPy sparse `Q`, `B`, `A`, `A_eq`
 //! as well (or `backend="sparse"` for dense ones): `solve`, `vjp`, `jvp` and `derive` then run
@@ -139,7 +140,9 @@
 //! and keys; `Q` and `B` read back as `scipy.sparse.csc_array`s, and `derive`'s `grad_Q`,
 //! `grad_B`, `grad_A`, `grad_A_eq` are `csc_array`s on the data's patterns (the gradient with
 //! respect to the stored values, [`crate::layer::SparseQuadraticLayer::derive`]). The finite-β
-//! `surrogate`, and `derive`'s `betas`, need dense data.
+//! `surrogate`, and `derive`'s `betas`, run on it too
+//! ([`crate::layer::SparseQuadraticLayer::surrogate`]), with Prop. 3's band `None` (it needs
+//! `ν = λ_min(Q)`, which the sparse layer does not compute).
 //!
 //! The tests (`tests/python`, run by CI after `pip install .` in a fresh venv, with torch and qpth):
 //! `pip install pytest jax torch && pip install --no-deps qpth && cargo build --release && python -m pytest tests/python`.

@@ -33,7 +33,9 @@
 mod parametric;
 mod sparse;
 
-pub use parametric::{SparseLayerDerivative, SparseQuadraticLayer};
+pub use parametric::{
+    SparseCentered, SparseLayerDerivative, SparseQuadraticLayer, SparseSurrogate,
+};
 
 pub use sparse::{
     gradients_sparse, solve_sparse, SparseQpData, SparseQpGradients, SparseQpSolution,

@@ -14,13 +14,15 @@
 
 use nalgebra::DVector;
 
-use super::sparse::{solve_sparse, SparseQpData, SparseQpGradients, SparseQpSolution};
+use super::sparse::{
+    solve_sparse, SparseOffset, SparseQpData, SparseQpGradients, SparseQpSolution,
+};
 use super::ItemStatus;
-use crate::error::{check_finite, Error, Result};
+use crate::error::{check_computed, check_finite, Error, Result};
 use crate::linalg::{
     csc_from_triplets, negated, on_pattern, sparse_mul as mul, sparse_tr_mul as tr_mul, Csc,
 };
-use crate::problem::{DirectionMethod, Loss};
+use crate::problem::{offset_cancels, DirectionMethod, Loss};
 use crate::solve::qp::Tolerances;
 use crate::surrogate::map_items;
 
@@ -272,6 +274,172 @@ impl SparseQuadraticLayer {
             method,
             condition,
         })
+    }
+}
+
+/// A finite-β surrogate of `L(θ) = ℓ(z*(θ))` on the sparse layer at one `β > 0`
+/// ([`SparseQuadraticLayer::surrogate`], [`SparseQuadraticLayer::linearized`]), every
+/// quantity from the offset `f = (ẑ_β − z*)/β` of the sparse offset problem (no `O(β)` value
+/// formed by subtracting two `O(1)` ones).
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct SparseSurrogate {
+    /// The spacing parameter.
+    pub beta: f64,
+    /// `ẑ_β` (for Def. 2, of the tangent loss).
+    pub z_hat: DVector<f64>,
+    /// `L^β(θ)`: Eq. 5 (Def. 1) or Eq. 37 (Def. 2).
+    pub value: f64,
+    /// Eq. 10's `(1/β) ∂_θ(E(ẑ_β; θ) − E(z*; θ)) = −Bᵀf`.
+    pub grad_theta: DVector<f64>,
+    /// `f = (ẑ_β − z*)/β`, which tends to `ż` as `β → 0⁺`.
+    pub rate: DVector<f64>,
+    /// The larger ∞-norm residual of `z*`'s KKT system and of the offset problem's.
+    pub residual: f64,
+}
+
+/// The centred surrogate gradient `(1/2β) ∂_θ(E(ẑ_β; θ) − E(ẑ_{−β}; θ))` on the sparse layer
+/// ([`SparseQuadraticLayer::centered`]).
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct SparseCentered {
+    /// The spacing parameter.
+    pub beta: f64,
+    /// `ẑ_β`.
+    pub z_plus: DVector<f64>,
+    /// `ẑ_{−β}`.
+    pub z_minus: DVector<f64>,
+    /// `−Bᵀ(f₊ − f₋)/2` with `f± = (ẑ_{±β} − z*)/β`.
+    pub grad_theta: DVector<f64>,
+    /// The larger ∞-norm residual of `z*`'s KKT system and of the two offset problems'.
+    pub residual: f64,
+}
+
+impl SparseQuadraticLayer {
+    /// Def. 1's contrastive surrogate at `β > 0` (Eq. 5, its gradient Eq. 10) at a solution of
+    /// [`solve`](Self::solve) for that `θ`: `L^β = ℓ(ẑ_β) + (E(ẑ_β) − E(z*))/β` with `ẑ_β`
+    /// the minimizer of `βℓ + E`, as the dense layer's [`crate::surrogate::Bilevel::surrogate`].
+    /// `ℓ(ẑ_β)` is expanded around `z*` (`ℓ(z*) + βℓ'ᵀf + (β²κ/2)‖f‖²`) unless `z* + βf` has
+    /// lost its digits, when `ẑ_β` is solved for directly. Prop. 3's band needs
+    /// `ν = λ_min(Q)`, which the sparse layer does not compute.
+    ///
+    /// # Errors
+    /// As [`derive`](Self::derive); [`Error::InvalidBeta`] for `β ≤ 0` or not finite; the
+    /// offset problem's errors ([`SparseQpSolution::gradients_in`]).
+    pub fn surrogate(
+        &self,
+        solution: &SparseQpSolution,
+        theta: &DVector<f64>,
+        (loss, beta): (&Loss, f64),
+    ) -> Result<SparseSurrogate> {
+        self.check_request(theta, loss, beta)?;
+        let z = solution.z();
+        let off = solution.offset(&loss.gradient(z), loss.curvature(), beta)?;
+        let outer = if offset_cancels(z, beta, &off.rate, &off.z_hat) {
+            loss.value(&off.z_hat)
+        } else {
+            loss.value_offset(z, beta, &off.rate)
+        };
+        self.finish(solution, beta, off, outer)
+    }
+
+    /// Def. 2's linearized surrogate at `β > 0` (Eq. 36-37): [`surrogate`](Self::surrogate)
+    /// for the tangent `ℓ̄(z) = ℓ(z*) + ℓ'(z*)ᵀ(z − z*)`, as
+    /// [`crate::surrogate::Bilevel::linearized`].
+    ///
+    /// # Errors
+    /// As [`surrogate`](Self::surrogate).
+    pub fn linearized(
+        &self,
+        solution: &SparseQpSolution,
+        theta: &DVector<f64>,
+        (loss, beta): (&Loss, f64),
+    ) -> Result<SparseSurrogate> {
+        self.check_request(theta, loss, beta)?;
+        let z = solution.z();
+        let g = loss.gradient(z);
+        let off = solution.offset(&g, 0.0, beta)?;
+        let outer = loss.value(z) + beta * g.dot(&off.rate);
+        self.finish(solution, beta, off, outer)
+    }
+
+    /// The centred surrogate gradient at `±β` ([`SparseCentered`], as
+    /// [`crate::surrogate::Bilevel::centered`]). A loss with curvature `κ > 0` needs
+    /// `Q − βκI` positive definite (`−βℓ + E` strongly convex), decided by its sparse Cholesky
+    /// factorization.
+    ///
+    /// # Errors
+    /// As [`surrogate`](Self::surrogate); [`Error::BetaOutOfRange`] when `Q − βκI` is not
+    /// positive definite.
+    pub fn centered(
+        &self,
+        solution: &SparseQpSolution,
+        theta: &DVector<f64>,
+        (loss, beta): (&Loss, f64),
+    ) -> Result<SparseCentered> {
+        self.check_request(theta, loss, beta)?;
+        let kappa = loss.curvature();
+        if kappa > 0.0 {
+            let shifted = on_pattern(&self.data.q, |i, j| {
+                self.data.q[(i, j)] - if i == j { beta * kappa } else { 0.0 }
+            });
+            if crate::linalg::check_sparse_spd("Q - beta L''", &shifted).is_err() {
+                return Err(Error::BetaOutOfRange {
+                    beta,
+                    what: "the centered surrogate".into(),
+                    reason: format!(
+                        "Q - beta L'' I is not positive definite (L'' = {kappa}), so -beta*loss \
+                         + E is not strongly convex"
+                    ),
+                });
+            }
+        }
+        let g = loss.gradient(solution.z());
+        let plus = solution.offset(&g, kappa, beta)?;
+        let minus = solution.offset(&g, kappa, -beta)?;
+        let rate = (&plus.rate - &minus.rate) / 2.0;
+        let out = SparseCentered {
+            beta,
+            grad_theta: -tr_mul(&self.b, &rate),
+            residual: (solution.status().residual)
+                .max(plus.residual)
+                .max(minus.residual),
+            z_plus: plus.z_hat,
+            z_minus: minus.z_hat,
+        };
+        check_computed("surrogate gradient", out.grad_theta.iter())?;
+        Ok(out)
+    }
+
+    /// The shapes and values every surrogate request needs.
+    fn check_request(&self, theta: &DVector<f64>, loss: &Loss, beta: f64) -> Result<()> {
+        if theta.len() != self.n_params() {
+            return Err(Error::dim("theta", self.n_params(), theta.len()));
+        }
+        loss.validate(self.dim())?;
+        crate::error::check_beta(beta)
+    }
+
+    /// A surrogate from its offset and its outer value at `ẑ_β`.
+    fn finish(
+        &self,
+        solution: &SparseQpSolution,
+        beta: f64,
+        off: SparseOffset,
+        outer: f64,
+    ) -> Result<SparseSurrogate> {
+        let out = SparseSurrogate {
+            beta,
+            value: outer + off.energy_gap,
+            grad_theta: -tr_mul(&self.b, &off.rate),
+            residual: solution.status().residual.max(off.residual),
+            z_hat: off.z_hat,
+            rate: off.rate,
+        };
+        check_computed("surrogate value", [&out.value])?;
+        check_computed("surrogate gradient", out.grad_theta.iter())?;
+        check_computed("z_hat", out.z_hat.iter())?;
+        Ok(out)
     }
 }
 

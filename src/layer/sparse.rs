@@ -23,16 +23,18 @@ use std::sync::OnceLock;
 
 use nalgebra::DVector;
 
+mod modes;
+
+pub(crate) use modes::SparseOffset;
+
 use super::{ItemStatus, Mode};
 use crate::error::{Error, Result};
-use crate::linalg::{
-    check_sparse_spd, on_pattern, sparse_independence, stack_rows, Csc, MAX_DEPENDENT,
-};
+use crate::linalg::{check_sparse_spd, sparse_independence, stack_rows, Csc, MAX_DEPENDENT};
 use crate::problem::{Direction, DirectionMethod, RESOLVED_SINE};
-use crate::prox::{Activity, Branch};
+use crate::prox::Activity;
 use crate::solve::qp::{
-    solve_sparse_exact, solve_sparse_from, solve_sparse_offset, ClarabelSettings, ExactQp,
-    SparseExact, SparseOffsetQp, SparseQp, Tolerances,
+    solve_sparse_exact, solve_sparse_from, ClarabelSettings, ExactQp, SparseExact, SparseQp,
+    Tolerances,
 };
 use crate::surrogate::map_items;
 
@@ -216,139 +218,6 @@ impl SparseQpSolution {
         Ok(self.rates(grad_z, mode, false)?.on_patterns())
     }
 
-    /// The rates of `mode` for `grad_z` (see [`SparseQpSolution::gradients_in`]).
-    pub(super) fn rates(
-        &self,
-        grad_z: &DVector<f64>,
-        mode: Mode,
-        condition: bool,
-    ) -> Result<ModeRates<'_>> {
-        let n = self.qp.n();
-        if grad_z.len() != n {
-            return Err(Error::dim("grad_z", n, grad_z.len()));
-        }
-        crate::error::check_finite("grad_z", grad_z.iter())?;
-        self.check_active_rows()?;
-        let beta = match mode {
-            Mode::Limit => {
-                let d = self.direction(grad_z, condition)?;
-                return Ok(ModeRates {
-                    solution: self,
-                    rates: vec![Rates::limit(d.z_dot, d.multipliers, d.multipliers_eq)],
-                    branches: d.branches,
-                    method: d.method,
-                    condition: d.condition,
-                    residual: d.residual,
-                });
-            }
-            Mode::Contrastive(beta) | Mode::Centered(beta) => beta,
-        };
-        crate::error::check_beta(beta.abs())?;
-        let mut rates = vec![self.offset_rates(grad_z, beta)?];
-        if matches!(mode, Mode::Centered(_)) {
-            // (D₊ − D₋)/2, each at |β| ([`super::Mode::Centered`]).
-            let mut minus = self.offset_rates(grad_z, -beta)?;
-            rates[0].weight = 0.5;
-            minus.weight = -0.5;
-            rates.push(minus);
-        }
-        Ok(ModeRates {
-            solution: self,
-            residual: rates.iter().map(|r| r.residual).fold(0.0, f64::max),
-            rates,
-            branches: vec![None; self.exact.solution.activity.len()],
-            method: DirectionMethod::Offset,
-            condition: f64::NAN,
-        })
-    }
-
-    /// Def. 1's rates at `β` (`β < 0`: at `−|β|`, i.e. `g` negated) from the offset problem
-    /// of [`crate::solve::qp::OffsetQp`] on the sparse data: `P = Q` (the loss is linear),
-    /// `t_i = slack_i/|β|` off the active rows, `m_i = λ*_i/|β|` on the strongly active ones (0
-    /// elsewhere), started with the active rows
-    /// (less those set aside as dependent) held. When the iteration does not settle (a `β` that
-    /// changes many rows), it restarts from the working set of a solve of `ẑ_β` itself.
-    fn offset_rates(&self, grad_z: &DVector<f64>, beta: f64) -> Result<Rates> {
-        let (sol, s) = (&self.exact.solution, beta.abs());
-        let g = grad_z * beta.signum();
-        let t = DVector::from_fn(sol.activity.len(), |i, _| match sol.activity[i] {
-            Activity::Inactive => sol.slack[i].max(0.0) / s,
-            _ => 0.0,
-        });
-        // A weakly active row's multiplier is zero to rounding (its label says so): a held
-        // one's 1e-16 would be a rate of 1e-7 at β = 1e-9.
-        let m = DVector::from_fn(t.len(), |i, _| match sol.activity[i] {
-            Activity::Strong => sol.lambda[i].max(0.0) / s,
-            _ => 0.0,
-        });
-        let problem = SparseOffsetQp {
-            p: &self.qp.p,
-            g: &g,
-            a: &self.qp.a,
-            a_eq: &self.qp.a_eq,
-            t: &t,
-            m: &m,
-        };
-        let mut working: Vec<bool> = (0..t.len())
-            .map(|i| t[i] == 0.0 && !sol.dependent.contains(&i))
-            .collect();
-        let offset = match solve_sparse_offset(&problem, &mut working) {
-            Ok(offset) => offset,
-            Err(_) => {
-                let shifted = SparseQp {
-                    q: &self.qp.q + &g * s,
-                    ..self.qp.clone()
-                };
-                let mut working = solve_sparse_exact(&shifted, &self.tol, &IDENTIFICATION)?
-                    .solution
-                    .working;
-                solve_sparse_offset(&problem, &mut working)?
-            }
-        };
-        self.check_offset_point(&offset.f, s, beta)?;
-        Ok(Rates {
-            weight: 1.0,
-            s,
-            f: offset.f,
-            mu: offset.mu,
-            mu_eq: offset.mu_eq,
-            residual: offset.residual,
-        })
-    }
-
-    /// [`Error::Inaccurate`] when `ẑ = z* + s f` violates a row by more than the feasibility
-    /// tolerance relative to the row's terms (`|b_i| + ‖a_i‖∞ ‖ẑ‖∞`), as the dense offset.
-    fn check_offset_point(&self, f: &DVector<f64>, s: f64, beta: f64) -> Result<()> {
-        use crate::linalg::{sparse_mul, sparse_row_amax};
-        let z_hat = self.z() + f * s;
-        let size = z_hat.amax();
-        let worst = |a: &Csc, b: &DVector<f64>, eq: bool| {
-            let (r, norms) = (sparse_mul(a, &z_hat) - b, sparse_row_amax(a));
-            (0..b.len())
-                .map(|i| {
-                    let miss = if eq { r[i].abs() } else { (-r[i]).max(0.0) };
-                    if miss > 0.0 {
-                        miss / (b[i].abs() + norms[i] * size)
-                    } else {
-                        0.0
-                    }
-                })
-                .fold(0.0, f64::max)
-        };
-        let violation =
-            worst(&self.qp.a, &self.qp.b, false).max(worst(&self.qp.a_eq, &self.qp.b_eq, true));
-        if violation > self.tol.feasibility {
-            return Err(Error::Inaccurate {
-                what: format!(
-                    "the sparse offset solve at beta {beta:e} (z* + beta f violates the \
-                     constraints beyond the feasibility tolerance)"
-                ),
-                residual: violation,
-            });
-        }
-        Ok(())
-    }
-
     /// [`Error::Inaccurate`] when the rows active at `z*` (strongly and weakly active, and the
     /// equalities) are nearly, but not exactly, dependent: the smallest singular value of the
     /// unit rows ([`crate::linalg::sparse_independence`], a lower bound of each row's sine to
@@ -479,123 +348,6 @@ fn estimate(asked: bool, condition: impl FnOnce() -> f64) -> f64 {
         condition()
     } else {
         f64::NAN
-    }
-}
-
-/// One set of rates the data gradients are formed from (module docs), with its weight in
-/// the mode's combination: `f` (`ż` in the limit, `(ẑ_β − z*)/|β|` at finite `β`), the
-/// multipliers' rates `μ`, `μ_eq`, and `s` (`0` in the limit, `|β|` at finite `β`).
-struct Rates {
-    weight: f64,
-    s: f64,
-    f: DVector<f64>,
-    mu: DVector<f64>,
-    mu_eq: DVector<f64>,
-    residual: f64,
-}
-
-impl Rates {
-    fn limit(f: DVector<f64>, mu: DVector<f64>, mu_eq: DVector<f64>) -> Self {
-        Self {
-            weight: 1.0,
-            s: 0.0,
-            f,
-            mu,
-            mu_eq,
-            residual: 0.0,
-        }
-    }
-}
-
-/// A derivative of one sparse item in a [`Mode`], before it is evaluated at the data's
-/// entries: the weighted sum over its [`Rates`] of the module docs' formulas (with the
-/// `s`-terms of Def. 1's surrogate), one definition for the sparse patterns and the dense
-/// layer's full matrices.
-pub(super) struct ModeRates<'a> {
-    solution: &'a SparseQpSolution,
-    rates: Vec<Rates>,
-    branches: Vec<Option<Branch>>,
-    method: DirectionMethod,
-    condition: f64,
-    residual: f64,
-}
-
-impl ModeRates<'_> {
-    /// `Σ w (f_i z_j + z_i f_j)/2 + w (s/2) f_i f_j`: `∂/∂Q_ij`.
-    pub(super) fn q(&self, i: usize, j: usize) -> f64 {
-        let z = self.solution.z();
-        self.rates
-            .iter()
-            .map(|r| {
-                r.weight * (0.5 * (r.f[i] * z[j] + z[i] * r.f[j]) + 0.5 * r.s * r.f[i] * r.f[j])
-            })
-            .sum()
-    }
-
-    /// `Σ w (μ_i z_j + λ*_i f_j + s μ_i f_j)`: `∂/∂G_ij`.
-    pub(super) fn g(&self, i: usize, j: usize) -> f64 {
-        let (z, lambda) = (self.solution.z(), self.solution.multipliers().0);
-        self.rates
-            .iter()
-            .map(|r| r.weight * (r.mu[i] * z[j] + lambda[i] * r.f[j] + r.s * r.mu[i] * r.f[j]))
-            .sum()
-    }
-
-    /// `−Σ w (μ_eq,i z_j + λ*_eq,i f_j + s μ_eq,i f_j)`: `∂/∂A_ij`.
-    pub(super) fn a(&self, i: usize, j: usize) -> f64 {
-        let (z, lambda_eq) = (self.solution.z(), self.solution.multipliers().1);
-        -self
-            .rates
-            .iter()
-            .map(|r| {
-                r.weight * (r.mu_eq[i] * z[j] + lambda_eq[i] * r.f[j] + r.s * r.mu_eq[i] * r.f[j])
-            })
-            .sum::<f64>()
-    }
-
-    /// `Σ w v(r)` of one vector of the rates.
-    fn sum(&self, v: impl Fn(&Rates) -> &DVector<f64>) -> DVector<f64> {
-        let mut out = v(&self.rates[0]) * self.rates[0].weight;
-        for r in &self.rates[1..] {
-            out += v(r) * r.weight;
-        }
-        out
-    }
-
-    /// `∂/∂p = Σ w f`, `∂/∂h = −Σ w μ`, `∂/∂b = Σ w μ_eq`.
-    pub(super) fn vectors(&self) -> (DVector<f64>, DVector<f64>, DVector<f64>) {
-        (
-            self.sum(|r| &r.f),
-            -self.sum(|r| &r.mu),
-            self.sum(|r| &r.mu_eq),
-        )
-    }
-
-    /// The item's status with this derivative's branches.
-    pub(super) fn status(&self) -> ItemStatus {
-        ItemStatus {
-            branches: self.branches.clone(),
-            ..self.solution.status()
-        }
-    }
-
-    /// The gradients at the stored entries of `Q`, `G`, `A`.
-    fn on_patterns(self) -> SparseQpGradients {
-        let qp = &self.solution.qp;
-        let (p, h, b) = self.vectors();
-        SparseQpGradients {
-            q: on_pattern(&qp.p, |i, j| self.q(i, j)),
-            p,
-            // The QP's rows are −G (same pattern).
-            g: on_pattern(&qp.a, |i, j| self.g(i, j)),
-            h,
-            a: on_pattern(&qp.a_eq, |i, j| self.a(i, j)),
-            b,
-            status: self.status(),
-            method: self.method,
-            condition: self.condition,
-            direction_residual: self.residual,
-        }
     }
 }
 

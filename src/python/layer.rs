@@ -12,7 +12,8 @@ use super::convert::{
     vec_arg, Array,
 };
 use super::layer_data::{
-    scipy_csc, sparse_derive, sparse_derive_dict, sparse_solution, Layer, LayerArgs, MatArg,
+    scipy_csc, sparse_derive, sparse_derive_dict, sparse_solution, sparse_surrogate_dict,
+    surrogate_list, Layer, LayerArgs, MatArg,
 };
 use crate::app::derive::{DeriveOutput, Request};
 use crate::error::{Error, Result};
@@ -38,8 +39,9 @@ use crate::surrogate::Bilevel;
 /// SciPy sparse matrix and `"dense"` otherwise. The sparse layer forms nothing `n × n` and gives
 /// `solve`, `vjp`, `jvp` and `derive` (exact, one-sided at weakly active rows; `derive`'s data
 /// gradients on the data's own patterns, as `scipy.sparse.csc_array`s: a matrix's pattern is
-/// its stored entries, or its non-zero entries when it was given as a dense array); the
-/// finite-β `surrogate` and `derive`'s `betas` need dense data and say so.
+/// its stored entries, or its non-zero entries when it was given as a dense array), and the
+/// finite-β `surrogate` and `derive`'s `betas` (from its offset problem; Prop. 3's band, which
+/// needs `ν = λ_min(Q)`, is `None` there).
 ///
 /// Example:
 ///
@@ -283,27 +285,8 @@ impl QuadraticLayer {
         d.set_item("method", &out.method)?;
         d.set_item("residual", out.residual)?;
         d.set_item("solver", out.solver)?;
-        let surrogates = out
-            .surrogates
-            .iter()
-            .map(|s| {
-                let e = PyDict::new(py);
-                e.set_item("beta", s.beta)?;
-                e.set_item("z_hat", py_slice(py, &s.z_hat))?;
-                e.set_item("value", s.value)?;
-                e.set_item("grad_theta", py_slice(py, &s.grad_theta))?;
-                e.set_item("linearized_value", s.linearized_value)?;
-                e.set_item(
-                    "linearized_grad_theta",
-                    py_slice(py, &s.linearized_grad_theta),
-                )?;
-                e.set_item("bound_lower", s.bound_lower)?;
-                e.set_item("bound_upper", s.bound_upper)?;
-                e.set_item("bound_nu", s.bound_nu)?;
-                Ok(e)
-            })
-            .collect::<PyResult<Vec<_>>>()?;
-        d.set_item("surrogates", PyList::new(py, surrogates)?)?;
+        d.set_item("iterations", out.iterations)?;
+        d.set_item("surrogates", surrogate_list(py, &out.surrogates)?)?;
         if let Some(note) = out.loss_note {
             d.set_item("loss_note", note)?;
         }
@@ -526,7 +509,7 @@ impl QuadraticLayer {
                 })
                 .map_err(|e| call_error(py, batch, e))?;
             let dicts = (outs.iter())
-                .map(|(s, d)| Ok(sparse_derive_dict(py, s, d, &request)?.into_any()))
+                .map(|item| Ok(sparse_derive_dict(py, item, &request)?.into_any()))
                 .collect::<PyResult<Vec<_>>>()?;
             return one_or_list(py, batch, dicts);
         }
@@ -630,6 +613,9 @@ impl QuadraticLayer {
     ) -> PyResult<Bound<'py, PyDict>> {
         let t = vec_arg("theta", &theta).map_err(|e| to_pyerr(py, e))?;
         let (loss, _) = loss_of(&loss)?;
+        if let Layer::Sparse(l) = &self.layer {
+            return sparse_surrogate_dict(py, (l, &t), (&loss, beta), kind);
+        }
         let program = self
             .program(loss, "surrogate")
             .map_err(|e| to_pyerr(py, e))?;

@@ -7,9 +7,10 @@ use nalgebra::{DMatrix, DVector};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use super::convert::{branch_labels, mat_arg, py_vector, vec_arg, Array};
+use super::convert::{branch_labels, mat_arg, py_slice, py_vector, vec_arg, Array};
 use super::sparse::{indices, values};
-use crate::app::derive::Request;
+use crate::app::derive::{Request, SurrogateOut};
+use crate::app::derive_sparse::sparse_surrogates;
 use crate::error::{check_computed, Error, Result};
 use crate::layer::{SparseLayerDerivative, SparseQpSolution, SparseQuadraticLayer};
 use crate::linalg::{csc_from_dense, csc_from_triplets, Csc};
@@ -216,8 +217,8 @@ impl Layer {
             Layer::Sparse(_) => Err(Error::input(
                 "backend",
                 format!(
-                    "`{method}` needs dense data; the sparse layer gives `solve`, `vjp`, `jvp` \
-                     and `derive` (the exact one-sided derivatives), not the finite-β surrogates"
+                    "`{method}` needs dense data; the sparse layer answers through its own \
+                     `solve`, `vjp`, `jvp`, `derive` and `surrogate`"
                 ),
             )),
         }
@@ -254,38 +255,61 @@ pub(crate) fn scipy_csc<'py>(py: Python<'py>, m: &Csc) -> PyResult<Bound<'py, Py
         .call1(((vals, rows, indptr), (m.nrows(), m.ncols())))
 }
 
-/// `derive` at one `θ` on the sparse layer: the solution and
-/// [`SparseQuadraticLayer::derive`]'s derivative (checked computed), for a request without
-/// `betas` (the finite-β surrogates are not on the sparse path yet).
+/// `derive` at one `θ` on the sparse layer: the solution, [`SparseQuadraticLayer::derive`]'s
+/// derivative (checked computed) and the surrogates at the request's `betas`
+/// ([`crate::app::derive_sparse::sparse_surrogates`]: without Prop. 3's band).
 pub(crate) fn sparse_derive(
     layer: &SparseQuadraticLayer,
     theta: &DVector<f64>,
     loss: &Loss,
     request: &Request,
-) -> Result<(SparseQpSolution, SparseLayerDerivative)> {
+) -> Result<SparseDerive> {
     request.validate()?;
-    if !request.betas.is_empty() {
-        return Err(Error::input(
-            "betas",
-            "the finite-β surrogates are not on the sparse path yet (build the layer from \
-             dense data for them)",
-        ));
-    }
     let solution = layer.solve_one(theta)?;
     let d = layer.derive(&solution, theta, loss)?;
     check_computed("z_dot", d.z_dot.iter())?;
     check_computed("loss", [&d.loss])?;
     check_computed("condition", [&d.condition])?;
-    Ok((solution, d))
+    let surrogates = sparse_surrogates((layer, &solution), theta, loss, &request.betas)?;
+    Ok((solution, d, surrogates))
 }
 
-/// `derive`'s dict on the sparse layer: the dense layer's keys (no row is set aside as
-/// dependent, and `surrogates` is empty), with the sparse data's gradients as
-/// `scipy.sparse.csc_array`s on their patterns.
+/// One sparse `derive` item: the solution, the limit derivative and the surrogates.
+pub(crate) type SparseDerive = (SparseQpSolution, SparseLayerDerivative, Vec<SurrogateOut>);
+
+/// The `surrogates` list of a `derive` dict, one dict per β with the keys of
+/// [`SurrogateOut`].
+pub(crate) fn surrogate_list<'py>(
+    py: Python<'py>,
+    surrogates: &[SurrogateOut],
+) -> PyResult<Bound<'py, pyo3::types::PyList>> {
+    let entries = (surrogates.iter())
+        .map(|s| {
+            let e = PyDict::new(py);
+            e.set_item("beta", s.beta)?;
+            e.set_item("z_hat", py_slice(py, &s.z_hat))?;
+            e.set_item("value", s.value)?;
+            e.set_item("grad_theta", py_slice(py, &s.grad_theta))?;
+            e.set_item("linearized_value", s.linearized_value)?;
+            e.set_item(
+                "linearized_grad_theta",
+                py_slice(py, &s.linearized_grad_theta),
+            )?;
+            e.set_item("bound_lower", s.bound_lower)?;
+            e.set_item("bound_upper", s.bound_upper)?;
+            e.set_item("bound_nu", s.bound_nu)?;
+            Ok(e)
+        })
+        .collect::<PyResult<Vec<_>>>()?;
+    pyo3::types::PyList::new(py, entries)
+}
+
+/// `derive`'s dict on the sparse layer: the dense layer's keys (the surrogates without
+/// Prop. 3's band, `None`), with the sparse data's gradients as `scipy.sparse.csc_array`s on
+/// their patterns.
 pub(crate) fn sparse_derive_dict<'py>(
     py: Python<'py>,
-    s: &SparseQpSolution,
-    d: &SparseLayerDerivative,
+    (s, d, surrogates): &SparseDerive,
     request: &Request,
 ) -> PyResult<Bound<'py, PyDict>> {
     let out = sparse_solution(py, s)?;
@@ -301,7 +325,7 @@ pub(crate) fn sparse_derive_dict<'py>(
     out.set_item("grad_theta", py_vector(py, &d.grad_theta))?;
     out.set_item("method", d.method.to_string())?;
     out.set_item("residual", d.residual)?;
-    out.set_item("surrogates", pyo3::types::PyList::empty(py))?;
+    out.set_item("surrogates", surrogate_list(py, surrogates)?)?;
     if let Some(note) = request.loss_note() {
         out.set_item("loss_note", note)?;
     }
@@ -318,4 +342,49 @@ pub(crate) fn sparse_derive_dict<'py>(
         }
     }
     Ok(out)
+}
+
+/// `QuadraticLayer.surrogate` on the sparse layer: the dense layer's dict for `kind`
+/// (`"contrastive"`, `"linearized"`, `"centered"`) from [`SparseQuadraticLayer::surrogate`],
+/// [`SparseQuadraticLayer::linearized`] and [`SparseQuadraticLayer::centered`], Prop. 3's
+/// `bound_*` `None` (the band needs `ν = λ_min(Q)`, which the sparse layer does not compute).
+pub(crate) fn sparse_surrogate_dict<'py>(
+    py: Python<'py>,
+    (layer, theta): (&SparseQuadraticLayer, &DVector<f64>),
+    (loss, beta): (&Loss, f64),
+    kind: &str,
+) -> PyResult<Bound<'py, PyDict>> {
+    let err = |e: Error| super::convert::to_pyerr(py, e);
+    if !matches!(kind, "contrastive" | "linearized" | "centered") {
+        let why =
+            format!("unknown surrogate `{kind}` (expected contrastive, linearized or centered)");
+        return Err(err(Error::input("kind", why)));
+    }
+    let d = PyDict::new(py);
+    d.set_item("kind", kind)?;
+    d.set_item("beta", beta)?;
+    let solution = super::convert::detached(py, || layer.solve_one(theta))?;
+    if kind == "centered" {
+        let c = super::convert::detached(py, || layer.centered(&solution, theta, (loss, beta)))?;
+        d.set_item("value", py.None())?;
+        d.set_item("grad_theta", py_vector(py, &c.grad_theta))?;
+        d.set_item("z_hat", py_vector(py, &c.z_plus))?;
+        d.set_item("z_minus", py_vector(py, &c.z_minus))?;
+        d.set_item("residual", c.residual)?;
+        return Ok(d);
+    }
+    let s = super::convert::detached(py, || match kind {
+        "contrastive" => layer.surrogate(&solution, theta, (loss, beta)),
+        _ => layer.linearized(&solution, theta, (loss, beta)),
+    })?;
+    d.set_item("value", s.value)?;
+    d.set_item("grad_theta", py_vector(py, &s.grad_theta))?;
+    d.set_item("z_star", py_vector(py, solution.z()))?;
+    d.set_item("z_hat", py_vector(py, &s.z_hat))?;
+    d.set_item("rate", py_vector(py, &s.rate))?;
+    for key in ["bound_lower", "bound_upper", "bound_nu"] {
+        d.set_item(key, py.None())?;
+    }
+    d.set_item("residual", s.residual)?;
+    Ok(d)
 }

@@ -196,6 +196,39 @@ def test_sparse_derive_is_the_dense_derive_with_gradients_on_the_data_patterns()
         assert np.array_equal(batch[1]["grad_theta"], one["grad_theta"])
 
 
+def test_sparse_surrogates_are_the_dense_layers_without_the_band():
+    """`derive`'s `betas` and every `surrogate` kind on the sparse layer (its offset problem)
+    against the dense layer's, linear and squared losses, with Prop. 3's band `None`; the
+    sparse `derive` dict has the dense one's keys."""
+    from conftest import constructed_layer
+    rng = np.random.default_rng(23)
+    for k in (0, 2):
+        data, theta, z_star = constructed_layer(rng, 8, 3, 6, k, LABELS)
+        dense = bilevel.QuadraticLayer(**data)
+        sparse = bilevel.QuadraticLayer(**data, backend="sparse")
+        for squared in (False, True):
+            g = rng.standard_normal(8)
+            loss = ("squared", z_star - g) if squared else g
+            betas = [1e-8, 0.05, 3.0]
+            s, d = sparse.derive(theta, loss, betas=betas), dense.derive(theta, loss, betas=betas)
+            assert set(s) == set(d)
+            for a, b in zip(s["surrogates"], d["surrogates"]):
+                assert set(a) == set(b) and a["beta"] == b["beta"]
+                for key in ("z_hat", "value", "grad_theta", "linearized_value",
+                            "linearized_grad_theta"):
+                    assert np.abs(a[key] - b[key]).max() < 1e-10 * (1 + a["beta"]), key
+                assert a["bound_lower"] is None and b["bound_lower"] is not None
+            for kind in ("contrastive", "linearized", "centered"):
+                beta = 0.05
+                a = sparse.surrogate(theta, loss, beta, kind=kind)
+                b = dense.surrogate(theta, loss, beta, kind=kind)
+                assert set(a) == set(b), kind
+                for key in ("value", "grad_theta", "z_hat", "z_star", "rate", "z_minus"):
+                    if key in b and b[key] is not None:
+                        assert np.abs(a[key] - b[key]).max() < 1e-10, (kind, key)
+                assert a["residual"] < 1e-12
+
+
 def test_quadratic_layer_on_ten_thousand_sparse_units():
     n = 10_000
     (qr, qc, qv), p, (gr, gc, gv, m), h, z_star, labels = banded_qp(n)
@@ -216,16 +249,18 @@ def test_quadratic_layer_on_ten_thousand_sparse_units():
 def test_sparse_quadratic_layer_says_what_it_does_not_do():
     Q = sp.eye_array(2, format="csc")
     layer = bilevel.QuadraticLayer(Q, np.zeros(2), B=Q, A=Q, b=np.zeros(2))
-    with pytest.raises(bilevel.InvalidInputError, match="betas"):
-        layer.derive(np.zeros(2), np.ones(2), betas=[0.1])
+    with pytest.raises(bilevel.InvalidInputError, match=r"betas\[1\]"):
+        layer.derive(np.zeros(2), np.ones(2), betas=[0.1, -1.0])
     with pytest.raises(bilevel.InvalidInputError, match="gradients"):
         layer.derive(np.zeros(2), np.ones(2), gradients=["R"])
     with pytest.raises(bilevel.InvalidInputError, match="direction"):
         layer.derive(np.zeros(2), np.ones(2), direction=np.ones(2))
     with pytest.raises(bilevel.DimensionMismatchError, match="direction"):
         layer.derive(np.zeros(2), direction=np.ones(3))
-    with pytest.raises(bilevel.InvalidInputError, match="surrogate"):
-        layer.surrogate(np.zeros(2), np.ones(2), 0.1)
+    with pytest.raises(bilevel.InvalidInputError, match="kind"):
+        layer.surrogate(np.zeros(2), np.ones(2), 0.1, kind="fenchel")
+    with pytest.raises(bilevel.InvalidBetaError):
+        layer.surrogate(np.zeros(2), np.ones(2), 0.0)
     with pytest.raises(bilevel.InvalidInputError, match="Q"):
         bilevel.QuadraticLayer(Q, np.zeros(2), backend="clarabel")
     with pytest.raises(bilevel.DimensionMismatchError, match="theta"):
