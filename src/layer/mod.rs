@@ -24,11 +24,12 @@
 //!
 //! Sparse items ([`SparseQpData`]: `Q`, `G`, `A` as [`crate::linalg::Csc`]) go through
 //! [`solve_sparse`] and [`SparseQpSolution::gradients`] (the exact derivative, the gradients on
-//! the data's sparsity patterns; `sparse.rs`), without forming anything `n × n`. Dense items
-//! that are large and sparse take that path too ([`prefers_sparse`], measured in the results
-//! guide; [`solve_with`] and [`SolvePath`] choose explicitly), with the same answers: the limit
-//! gradients come back on every entry as from the dense path, and the finite-β modes solve the
-//! item densely.
+//! the data's sparsity patterns; `sparse.rs`), or [`SparseQpSolution::gradients_in`] for every
+//! [`Mode`] (the finite-β ones from the offset problem on sparse factorizations), without
+//! forming anything `n × n`. Dense items that are large and sparse take that path too
+//! ([`prefers_sparse`], measured in the results guide; [`solve_with`] and [`SolvePath`] choose
+//! explicitly), with the same answers in every mode, the gradients on every entry as from the
+//! dense path.
 
 mod parametric;
 mod sparse;

@@ -63,8 +63,9 @@ pub struct OffsetSolution {
     pub repairs: usize,
 }
 
-/// Solves an [`OffsetQp`] by the primal-dual active-set iteration of [`refine`](super::refine), started from
-/// `working` (e.g. the rows active at `x*`).
+/// Solves an [`OffsetQp`] by the primal-dual active-set iteration of [`refine`](super::refine),
+/// started from `working` (e.g. the rows active at `x*`): every violation flipped at once for
+/// the first rounds, then the worst one per round (after 8 rounds).
 ///
 /// # Errors
 /// [`Error::Singular`] for a singular KKT system on a working set; [`Error::NotConverged`] when
@@ -102,7 +103,7 @@ pub struct SparseOffsetQp<'a> {
 
 /// [`solve_offset`] for a [`SparseOffsetQp`]: each working set's KKT system
 /// `[P R_Wᵀ; R_W 0]` (held rows equilibrated by powers of two) is factored sparsely and solved
-/// to rounding by refinement ([`crate::linalg::SparseKkt`]); nothing `n × n` is formed.
+/// to rounding by refinement (the sparse path's `LDLᵀ`); nothing `n × n` is formed.
 /// [`OffsetSolution::condition`] is `NaN` (not estimated on the sparse path).
 ///
 /// # Errors
@@ -123,6 +124,12 @@ pub fn solve_sparse_offset(o: &SparseOffsetQp<'_>, working: &mut [bool]) -> Resu
     }
     iterate(o, (m, k), working)
 }
+
+/// Rounds of the offset iteration that flip every violation at once (a primal-dual active-set
+/// step: the weakly active rows that leave for a loss go in one round, where one flip per round
+/// took 111 KKT solves on a banded layer of 1000 units, 875 times the limit derivative's time)
+/// before it flips the worst one per round, which cannot cycle back through a block.
+const BLOCK_ROUNDS: usize = 8;
 
 /// What the active-set iteration reads of an offset problem, dense or sparse: its data,
 /// products with its inequality rows, and the KKT solve on a working set.
@@ -159,7 +166,7 @@ fn iterate(
         working[i] = true;
     }
     let max_repairs = 2 * m + 10;
-    let mut repairs = 0;
+    let (mut repairs, mut rounds) = (0, 0);
     loop {
         let rows: Vec<usize> = (0..m).filter(|&i| working[i]).collect();
         // Rows that hold a multiplier at x* but left the working set keep λ̂_i = 0, i.e.
@@ -181,13 +188,16 @@ fn iterate(
         let rounding = o.slack_rounding(&f, kkt.error.0);
         let rep_d = 64.0 * f64::EPSILON * (1.0 + r.amax() + o.p_amax() * f.amax()) + kkt.error.1;
         // `t` and `m` may be +∞: such a row is never violated, which the comparisons give.
-        let worst_primal = (0..m)
+        let mut primal: Vec<usize> = (0..m)
             .filter(|&i| !working[i] && af[i] + t[i] < -rounding[i])
-            .min_by(|&i, &j| (af[i] + t[i]).total_cmp(&(af[j] + t[j])));
-        let worst_dual = (0..m)
+            .collect();
+        primal.sort_by(|&i, &j| (af[i] + t[i]).total_cmp(&(af[j] + t[j])));
+        let mut dual: Vec<usize> = (0..m)
             .filter(|&i| working[i] && mu[i] + bound[i] < -rep_d)
-            .min_by(|&i, &j| (mu[i] + bound[i]).total_cmp(&(mu[j] + bound[j])));
-        if let Some(i) = worst_primal.or(worst_dual) {
+            .collect();
+        dual.sort_by(|&i, &j| (mu[i] + bound[i]).total_cmp(&(mu[j] + bound[j])));
+        primal.extend(dual);
+        if !primal.is_empty() {
             if repairs >= max_repairs {
                 return Err(Error::NotConverged {
                     solver: "offset active-set iteration".into(),
@@ -195,8 +205,18 @@ fn iterate(
                     residual: kkt.residual,
                 });
             }
-            working[i] = !working[i];
-            repairs += 1;
+            // Every violation at once for the first rounds (a primal-dual active-set step),
+            // then the worst one per round (which cannot cycle back through a block).
+            let block = if rounds < BLOCK_ROUNDS {
+                primal.len()
+            } else {
+                1
+            };
+            for &i in &primal[..block] {
+                working[i] = !working[i];
+            }
+            repairs += block;
+            rounds += 1;
             continue;
         }
         return Ok(OffsetSolution {
