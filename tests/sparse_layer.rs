@@ -200,26 +200,34 @@ fn a_batch_is_its_items_for_every_thread_count() {
         })
         .collect();
     let grads: Vec<DVector<f64>> = (0..7).map(|s| vector(&mut rng(960 + s), 8)).collect();
-    let reference: Vec<_> = items
-        .iter()
-        .zip(&grads)
-        .map(|(item, g)| one(item).gradients(g).unwrap())
-        .collect();
-    for threads in [1, 2, 3, 8] {
-        let sols: Vec<SparseQpSolution> = solve_sparse(&items, threads, Tolerances::default())
-            .into_iter()
-            .map(|r| r.unwrap())
+    for mode in [Mode::Limit, Mode::Contrastive(0.2), Mode::Centered(1e-3)] {
+        let reference: Vec<_> = items
+            .iter()
+            .zip(&grads)
+            .map(|(item, g)| one(item).gradients_in(g, mode).unwrap())
             .collect();
-        let out = gradients_sparse(&sols, &grads, threads, Mode::Limit, false).unwrap();
-        for (o, r) in out.into_iter().zip(&reference) {
-            let o = o.unwrap();
-            assert_eq!(o.p, r.p, "{threads}");
-            assert_eq!(o.g.val(), r.g.val(), "{threads}");
-            assert_eq!(o.q.val(), r.q.val(), "{threads}");
+        for threads in [1, 2, 3, 8] {
+            let sols: Vec<SparseQpSolution> = solve_sparse(&items, threads, Tolerances::default())
+                .into_iter()
+                .map(|r| r.unwrap())
+                .collect();
+            let out = gradients_sparse(&sols, &grads, threads, mode, false).unwrap();
+            for (o, r) in out.into_iter().zip(&reference) {
+                let o = o.unwrap();
+                assert_eq!(o.p, r.p, "{threads} {mode:?}");
+                assert_eq!(o.g.val(), r.g.val(), "{threads} {mode:?}");
+                assert_eq!(o.q.val(), r.q.val(), "{threads} {mode:?}");
+            }
         }
     }
     let short = gradients_sparse(&[], &grads, 1, Mode::Limit, false);
     assert!(matches!(short, Err(Error::DimensionMismatch { .. })));
+    // The condition estimate is Eq. 17's: asked for with a finite-β mode, an error naming it.
+    let sols: Vec<SparseQpSolution> = items.iter().map(one).collect();
+    match gradients_sparse(&sols, &grads, 1, Mode::Contrastive(0.1), true) {
+        Err(Error::InvalidInput { field, .. }) => assert_eq!(field, "condition"),
+        other => panic!("{:?}", other.map(|v| v.len())),
+    }
 }
 
 #[test]
