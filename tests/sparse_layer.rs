@@ -305,9 +305,6 @@ fn the_benchmark_families_solve_to_their_constructed_answers() {
     }
 }
 
-/// A duplicated active row (documented behaviour of the sparse path): both copies are held
-/// with half the multiplier each; `z*` and `∂ℓ/∂p` equal the dense layer's (which sets one copy
-/// aside), and the two copies' `∂ℓ/∂h` add up to the dense layer's single one.
 /// `Q = I` with the rows `G z ≤ h` given as `(row, column, value)` entries.
 fn rows_item(p: &[f64], rows: &[(usize, usize, f64)], h: &[f64]) -> SparseQpData {
     let n = p.len();
@@ -916,4 +913,51 @@ fn the_sparse_layer_surrogates_are_the_dense_programs() {
         }
     }
     assert!(refused > 0);
+}
+
+/// An exactly dependent equality row (a copy ×2, and a sum of two others) with a consistent
+/// right-hand side is set aside as on the dense path: multiplier zero, listed in
+/// `dependent_equalities`, and every gradient, `A`'s and `b`'s included, equals the dense
+/// path's along several losses.
+#[test]
+fn an_exactly_dependent_equality_row_is_set_aside_as_on_the_dense_path() {
+    // z₁ + z₂ = 1, its copy ×2, z₂ + z₃ = 0.5, their sum = 1.5; z₁ ≤ 0.25 (active).
+    let eq = [
+        (0, 0, 1.0),
+        (0, 1, 1.0),
+        (1, 0, 2.0),
+        (1, 1, 2.0),
+        (2, 1, 1.0),
+        (2, 2, 1.0),
+        (3, 0, 1.0),
+        (3, 1, 2.0),
+        (3, 2, 1.0),
+    ];
+    let mut item = rows_item(&[-2.0, -1.0, 0.5, -1.0], &[(0, 0, 1.0)], &[0.25]);
+    item.a = csc_from_triplets(4, 4, &eq).unwrap();
+    item.b = DVector::from_row_slice(&[1.0, 2.0, 0.5, 1.5]);
+    let s = one(&item);
+    let d = with_path(&QpData::from(&item), SolvePath::Dense);
+    close("z", &col(s.z()), &col(d.z()), 1.0);
+    assert_eq!(s.dependent_equalities(), &[1, 3]);
+    let lambda_eq = s.multipliers().1;
+    assert!(lambda_eq[1] == 0.0 && lambda_eq[3] == 0.0, "{lambda_eq}");
+    for loss in [
+        [1.0, 0.0, 0.0, 0.0],
+        [-1.0, 0.5, 1.0, 0.0],
+        [0.0, -1.0, -1.0, 2.0],
+    ] {
+        let loss = DVector::from_row_slice(&loss);
+        for mode in [Mode::Limit, Mode::Contrastive(0.1)] {
+            let (gs, gd) = (
+                s.gradients_in(&loss, mode).unwrap(),
+                d.gradients(&loss, mode).unwrap(),
+            );
+            close("p", &col(&gs.p), &col(&gd.p), 1.0);
+            close("h", &col(&gs.h), &col(&gd.h), 1.0);
+            close("b", &col(&gs.b), &col(&gd.b), 1.0);
+            close("A", &csc_to_dense(&gs.a), &on(&item.a, &gd.a), 1.0);
+            close("Q", &csc_to_dense(&gs.q), &on(&item.q, &gd.q), 1.0);
+        }
+    }
 }

@@ -13,8 +13,8 @@
 //! `jvp` for a `direction` instead of a loss, and `grad_*` for the data asked for, `grad_Q`,
 //! `grad_A`, `grad_A_eq` in the triplet form on the data's own patterns (the gradient with
 //! respect to the stored values; [`crate::layer::SparseQuadraticLayer::derive`] computes them
-//! all, `B` with every entry stored), `iterations` and `dependent_constraints` of the solve, and
-//! per β a `surrogates` entry (`sparse_surrogates`: Def. 1's `z_hat`, `value`, `grad_theta`
+//! all, `B` with every entry stored), `iterations`, `dependent_constraints` and
+//! `dependent_equalities` of the solve, and per β a `surrogates` entry (`sparse_surrogates`: Def. 1's `z_hat`, `value`, `grad_theta`
 //! and Def. 2's `linearized_value`, `linearized_grad_theta`, from the sparse offset problem;
 //! Prop. 3's `bound_lower`, `bound_upper`, `bound_nu` are `null`, since the band needs
 //! `ν = λ_min(Q)`, which the sparse path does not compute). A batch of `theta`s is not on the
@@ -101,6 +101,7 @@ pub struct SparseDeriveOutput {
     solver: &'static str,
     iterations: usize,
     dependent_constraints: Vec<usize>,
+    dependent_equalities: Vec<usize>,
     surrogates: Vec<SurrogateOut>,
     #[serde(skip_serializing_if = "Option::is_none")]
     loss_note: Option<&'static str>,
@@ -340,6 +341,7 @@ fn derive_sparse(input: SparseInput) -> Result<SparseDeriveOutput> {
         solver: d.status.solver,
         iterations: d.status.iterations,
         dependent_constraints: sol.dependent().to_vec(),
+        dependent_equalities: sol.dependent_equalities().to_vec(),
         surrogates: sparse_surrogates((&layer, &sol), &theta, &loss, &betas)?,
         loss_note: request.loss_note(),
         data_gradients,

@@ -160,6 +160,13 @@ impl SparseQpSolution {
         &self.exact.solution.dependent
     }
 
+    /// The equality rows set aside as exactly dependent on the others with consistent
+    /// right-hand sides (multiplier zero: [`crate::solve::qp::ExactQp::dependent_eq`], as on
+    /// the dense path).
+    pub fn dependent_equalities(&self) -> &[usize] {
+        &self.exact.solution.dependent_eq
+    }
+
     /// The solve's status (no branches yet). The residual is [`crate::solve::qp::ExactQp`]'s.
     pub fn status(&self) -> ItemStatus {
         let s = &self.exact.solution;

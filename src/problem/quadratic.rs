@@ -256,7 +256,7 @@ impl QuadraticProblem {
     /// The [`OffsetQp`] of `ẑ_β` around `z*`: `P = Q + βκI`, `g = sign(β) ℓ'(z*)`, rows active
     /// at `z*` (strongly or weakly) with `t_i = 0`, the others with `t_i = slack_i/|β|`, and
     /// `m_i = λ*_i/|β|` on the strongly active rows, `0` on the others (a weakly active row's
-    /// multiplier is zero).
+    /// multiplier is zero); the equality rows set aside as dependent at `z*` left out.
     fn offset_problem(&self, loss: &Loss, beta: f64, z_star: &InnerSolution) -> OffsetQp {
         let s = beta.abs();
         let mut p = self.q.clone();
@@ -269,11 +269,16 @@ impl QuadraticProblem {
             Activity::Inactive => slack[i].max(0.0) / s,
             _ => 0.0,
         });
+        // Equality rows the solve of z* set aside as dependent stay out (the offset's KKT
+        // system would be singular with them); their multiplier's rate is 0.
+        let kept: Vec<usize> = (0..cons.b_eq.len())
+            .filter(|j| !z_star.status.dependent_eq.contains(j))
+            .collect();
         OffsetQp {
             p,
             g: loss.gradient(&z_star.z) * beta.signum(),
             a: cons.a.clone(),
-            a_eq: cons.a_eq.clone(),
+            a_eq: crate::linalg::select_rows(&cons.a_eq, &kept),
             t,
             // A weakly active row's multiplier is zero to the classification's resolution: its
             // rounding (1e-17, say) would be a rate of 1e-8 at β = 1e-9.
@@ -436,6 +441,13 @@ impl InnerProblem for QuadraticProblem {
                 solve_offset(&problem, &mut working)?
             }
         };
+        let k = self.constraints.b_eq.len();
+        let mut mu_eq = DVector::zeros(k);
+        let kept = (0..k).filter(|j| !z_star.status.dependent_eq.contains(j));
+        for (r, j) in kept.enumerate() {
+            mu_eq[j] = sol.mu_eq[r];
+        }
+        let sol = OffsetSolution { mu_eq, ..sol };
         let s = beta.abs();
         let af = &self.constraints.a * &sol.f;
         // Rows that held a multiplier at z* and left contribute λ*_i a_iᵀf; rows that stay

@@ -240,7 +240,7 @@ pub(crate) fn sparse_solution<'py>(
     let labels: Vec<&str> = status.activity.iter().map(|a| a.label()).collect();
     d.set_item("constraints", labels)?;
     d.set_item("dependent_constraints", s.dependent().to_vec())?;
-    d.set_item("dependent_equalities", Vec::<usize>::new())?;
+    d.set_item("dependent_equalities", s.dependent_equalities().to_vec())?;
     d.set_item("solver", status.solver)?;
     d.set_item("iterations", status.iterations)?;
     d.set_item("residual", status.residual)?;

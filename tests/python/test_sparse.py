@@ -290,3 +290,29 @@ def test_a_duplicated_row_is_set_aside_on_both_backends():
         assert ds["branches"] == dd["branches"]
         assert np.abs(ds["grad_A"].toarray() - np.where(A != 0, dd["grad_A"], 0.0)).max() < 1e-12
         assert np.abs(ds["grad_b"] - dd["grad_b"]).max() < 1e-12
+
+
+def test_a_duplicated_equality_is_set_aside_on_both_backends():
+    # z₁ + z₂ = 1 twice (the copy scaled by 2) and z₁ ≤ 0.25: the later copy is set aside
+    # (multiplier 0, listed as dependent) on the sparse backend as on the dense one, in every
+    # gradient and in the finite-β surrogates.
+    A_eq = np.array([[1.0, 1.0, 0.0], [2.0, 2.0, 0.0]])
+    data = dict(Q=np.eye(3), c=np.zeros(3), B=np.eye(3), A=np.array([[-1.0, 0.0, 0.0]]),
+                b=np.array([-0.25]), A_eq=A_eq, b_eq=np.array([1.0, 2.0]))
+    dense = bilevel.QuadraticLayer(**data)
+    sparse = bilevel.QuadraticLayer(**data, backend="sparse")
+    theta = np.array([2.0, 0.5, -1.0])
+    s, d = sparse.solve(theta), dense.solve(theta)
+    assert s["dependent_equalities"] == d["dependent_equalities"] == [1]
+    assert np.abs(s["multipliers_eq"] - d["multipliers_eq"]).max() < 1e-12
+    assert s["multipliers_eq"][1] == 0.0
+    for g in ([1.0, 0.0, 0.0], [-1.0, 1.0, 0.5]):
+        names = ["A_eq", "b_eq", "c"]
+        ds = sparse.derive(theta, g, gradients=names, betas=[0.1])
+        dd = dense.derive(theta, g, gradients=names, betas=[0.1])
+        on_pattern = np.where(A_eq != 0, dd["grad_A_eq"], 0.0)
+        assert np.abs(ds["grad_A_eq"].toarray() - on_pattern).max() < 1e-12
+        for key in ("grad_b_eq", "grad_c"):
+            assert np.abs(ds[key] - dd[key]).max() < 1e-12, key
+        a, b = ds["surrogates"][0], dd["surrogates"][0]
+        assert np.abs(a["grad_theta"] - b["grad_theta"]).max() < 1e-12

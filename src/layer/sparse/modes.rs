@@ -8,7 +8,7 @@ use nalgebra::DVector;
 use super::{SparseQpGradients, SparseQpSolution, IDENTIFICATION};
 use crate::error::{Error, Result};
 use crate::layer::{ItemStatus, Mode};
-use crate::linalg::{on_pattern, sparse_mul, sparse_row_amax, Csc};
+use crate::linalg::{on_pattern, sparse_mul, sparse_row_amax, stack_rows, Csc};
 use crate::problem::{offset_cancels, DirectionMethod};
 use crate::prox::{Activity, Branch};
 use crate::solve::qp::{
@@ -99,7 +99,7 @@ impl SparseQpSolution {
     /// `g = sign(β) ℓ'(z*)`, `t_i = slack_i/|β|` off the active rows, `m_i = λ*_i/|β|` on the
     /// strongly active ones (0 elsewhere: a weakly active row's multiplier is zero, and its
     /// rounding, 1e-16 say, would be a rate of 1e-7 at β = 1e-9), started with the active rows
-    /// (less those set aside as dependent) held. When the iteration does not settle (a `β` that
+    /// (less those set aside as dependent) held, the equality rows set aside left out. When the iteration does not settle (a `β` that
     /// changes many rows), it restarts from the working set of a solve of `ẑ_β` itself. The
     /// energy gap is `(E(ẑ) − E(z*))/|β| = Σ_{i left} λ*_i a_iᵀf + (|β|/2) fᵀQf` (stationarity
     /// at `z*`; `a_iᵀf = 0` on the rows that stay), as on the dense layer
@@ -124,11 +124,15 @@ impl SparseQpSolution {
         let p = on_pattern(&self.qp.p, |i, j| {
             self.qp.p[(i, j)] + if i == j { shift } else { 0.0 }
         });
+        // Equality rows set aside as dependent at z* stay out; their multiplier's rate is 0.
+        let k = sol.lambda_eq.len();
+        let kept: Vec<usize> = (0..k).filter(|j| !sol.dependent_eq.contains(j)).collect();
+        let a_eq = stack_rows(&[(&self.qp.a_eq, Some(&kept), 1.0)]);
         let problem = SparseOffsetQp {
             p: if shift == 0.0 { &self.qp.p } else { &p },
             g: &g,
             a: &self.qp.a,
-            a_eq: &self.qp.a_eq,
+            a_eq: &a_eq,
             t: &t,
             m: &m,
         };
@@ -154,13 +158,17 @@ impl SparseQpSolution {
             z_hat = self.shifted(gradient, curvature, beta)?.x;
         }
         self.check_offset_point(&z_hat, beta)?;
+        let mut multiplier_rate_eq = DVector::zeros(k);
+        for (r, &j) in kept.iter().enumerate() {
+            multiplier_rate_eq[j] = offset.mu_eq[r];
+        }
         Ok(SparseOffset {
             z_hat,
             energy_gap,
             residual: offset.residual,
             rate: offset.f,
             multiplier_rate: offset.mu,
-            multiplier_rate_eq: offset.mu_eq,
+            multiplier_rate_eq,
         })
     }
 

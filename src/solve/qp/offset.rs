@@ -5,6 +5,7 @@
 use nalgebra::{DMatrix, DVector};
 
 use super::problem::slack_rounding;
+use super::sparse::BLOCK_ROUNDS;
 use crate::error::{Error, Result};
 use crate::linalg::{
     power_of_two_scale, scale_rows, select_rows, solve_kkt, sparse_abs_mul, sparse_amax,
@@ -125,12 +126,6 @@ pub fn solve_sparse_offset(o: &SparseOffsetQp<'_>, working: &mut [bool]) -> Resu
     iterate(o, (m, k), working)
 }
 
-/// Rounds of the offset iteration that flip every violation at once (a primal-dual active-set
-/// step: the weakly active rows that leave for a loss go in one round, where one flip per round
-/// took 111 KKT solves on a banded layer of 1000 units, 875 times the limit derivative's time)
-/// before it flips the worst one per round, which cannot cycle back through a block.
-const BLOCK_ROUNDS: usize = 8;
-
 /// What the active-set iteration reads of an offset problem, dense or sparse: its data,
 /// products with its inequality rows, and the KKT solve on a working set.
 trait OffsetRows {
@@ -205,8 +200,10 @@ fn iterate(
                     residual: kkt.residual,
                 });
             }
-            // Every violation at once for the first rounds (a primal-dual active-set step),
-            // then the worst one per round (which cannot cycle back through a block).
+            // Every violation at once for the first rounds (a primal-dual active-set step: the
+            // weakly active rows that leave for a loss go in one round, where one flip per
+            // round took 111 dense KKT solves and 875 times the limit's time on a banded layer
+            // of 1000 units), then the worst one per round (which cannot cycle back).
             let block = if rounds < BLOCK_ROUNDS {
                 primal.len()
             } else {

@@ -16,10 +16,12 @@
 //! row order here and the order of violation on the dense path, so the two may set aside
 //! different rows: `x`, and the derivatives with respect to `P` and `q`, agree; those with
 //! respect to the rows' own data are then different elements of a set-valued derivative.
-//! Exactly dependent equality rows with consistent right-hand sides stay held, the multiplier
-//! split between them by the regularized factorization (the dense path sets them aside in
-//! [`ExactQp::dependent_eq`]); dependent held rows with inconsistent right-hand sides, or nearly
-//! dependent ones beyond `f64`'s resolution, give [`Error::Singular`].
+//! Exactly dependent equality rows with consistent right-hand sides are set aside at the same
+//! first exact point (of an exact copy the later one; a working row goes before an equality),
+//! as the dense path does, in [`ExactQp::dependent_eq`] with multiplier zero; dependent held
+//! rows with inconsistent right-hand sides, or nearly dependent ones beyond `f64`'s resolution,
+//! give [`Error::Singular`] (the dense path gives [`Error::Infeasible`] with a certificate for
+//! inconsistent equalities).
 
 use nalgebra::DVector;
 
@@ -134,9 +136,11 @@ impl SparseExact {
     }
 
     /// `(x, y)` with `P x − R_Wᵀ y = −g`, `R_W x = 0` on the held rows `R_W` (the working rows,
-    /// then the equality rows): the rate problem of Eq. 17 when every held row is strongly
-    /// active and no other is weakly active, on the forward solve's factorization. `y` is in
-    /// the problem's own units (multipliers, as [`ExactQp::lambda`]).
+    /// then the equality rows not set aside): the rate problem of Eq. 17 when every held row is
+    /// strongly active and no other is weakly active, on the forward solve's factorization. `y`
+    /// is in the problem's own units (multipliers, as [`ExactQp::lambda`]), one entry per
+    /// working row and then one per equality row (`0` on those set aside,
+    /// [`ExactQp::dependent_eq`]).
     ///
     /// # Errors
     /// [`Error::DimensionMismatch`] for `g`; [`Error::Singular`] as the forward solve.
@@ -145,19 +149,27 @@ impl SparseExact {
         if g.len() != n {
             return Err(Error::dim("g", n, g.len()));
         }
-        let working = &self.solution.working;
-        let held = working.iter().filter(|&&w| w).count() + self.solution.lambda_eq.len();
-        let mut rhs = DVector::zeros(n + held);
+        let (working, k) = (&self.solution.working, self.solution.lambda_eq.len());
+        let rows: Vec<usize> = (0..working.len()).filter(|&i| working[i]).collect();
+        let eq_rows = kept_equalities(k, &self.solution.dependent_eq);
+        let mut rhs = DVector::zeros(n + rows.len() + eq_rows.len());
         rhs.rows_mut(0, n).copy_from(&(-g));
         let KktSolve { solution, .. } = self.factor.solve(&rhs)?;
-        let rows = (0..working.len()).filter(|&i| working[i]);
-        let scales: Vec<f64> = rows
-            .chain(working.len()..self.scales.len())
-            .map(|i| self.scales[i])
-            .collect();
-        let y = DVector::from_fn(held, |r, _| -solution[n + r] * scales[r]);
+        let mut y = DVector::zeros(rows.len() + k);
+        for (r, &i) in rows.iter().enumerate() {
+            y[r] = -solution[n + r] * self.scales[i];
+        }
+        for (r, &j) in eq_rows.iter().enumerate() {
+            let scale = self.scales[working.len() + j];
+            y[rows.len() + j] = -solution[n + rows.len() + r] * scale;
+        }
         Ok((solution.rows(0, n).into_owned(), y))
     }
+}
+
+/// The equality rows `0..k` less those set aside (`dependent`, sorted or not).
+fn kept_equalities(k: usize, dependent: &[usize]) -> Vec<usize> {
+    (0..k).filter(|j| !dependent.contains(j)).collect()
 }
 
 /// Solves `qp` exactly (module docs): Clarabel's point identifies the active set, the sparse
@@ -340,17 +352,20 @@ struct SparsePoint {
 }
 
 impl SparsePoint {
-    fn solve(qp: &SparseQp, working: &[bool]) -> Result<Self> {
+    /// The point with the inequality rows `working` and the equality rows `eq_rows` held.
+    fn solve(qp: &SparseQp, working: &[bool], eq_rows: &[usize]) -> Result<Self> {
         let (n, m, k) = (qp.n(), qp.b.len(), qp.b_eq.len());
         let rows: Vec<usize> = (0..m).filter(|&i| working[i]).collect();
-        let held = stack_rows(&[(&qp.a, Some(&rows), 1.0), (&qp.a_eq, None, 1.0)]);
+        let held = stack_rows(&[(&qp.a, Some(&rows), 1.0), (&qp.a_eq, Some(eq_rows), 1.0)]);
         let factor = SparseKkt::new(&qp.p, &held)?;
-        let mut rhs = DVector::zeros(n + rows.len() + k);
+        let mut rhs = DVector::zeros(n + rows.len() + eq_rows.len());
         rhs.rows_mut(0, n).copy_from(&(-&qp.q));
         for (r, &i) in rows.iter().enumerate() {
             rhs[n + r] = qp.b[i];
         }
-        rhs.rows_mut(n + rows.len(), k).copy_from(&qp.b_eq);
+        for (r, &j) in eq_rows.iter().enumerate() {
+            rhs[n + rows.len() + r] = qp.b_eq[j];
+        }
         let KktSolve {
             solution,
             error,
@@ -361,7 +376,10 @@ impl SparsePoint {
         for (r, &i) in rows.iter().enumerate() {
             lambda[i] = -solution[n + r];
         }
-        let lambda_eq = -solution.rows(n + rows.len(), k);
+        let mut lambda_eq = DVector::zeros(k);
+        for (r, &j) in eq_rows.iter().enumerate() {
+            lambda_eq[j] = -solution[n + rows.len() + r];
+        }
         let slack = sparse_mul(&qp.a, &x) - &qp.b;
         Ok(Self {
             factor,
@@ -377,8 +395,9 @@ impl SparsePoint {
 
 /// Rounds of the repair that flip every violation at once (a primal-dual active-set step,
 /// which settles in a few rounds on most problems) before it flips one row per round (the
-/// dense path's rule, which cannot cycle back through a block of flips).
-const BLOCK_ROUNDS: usize = 8;
+/// dense path's rule, which cannot cycle back through a block of flips); the offset problem's
+/// iteration ([`super::solve_offset`]) follows the same rule.
+pub(super) const BLOCK_ROUNDS: usize = 8;
 
 /// The repair loop of the dense path's `refine`, on sparse factorizations: flip the sign
 /// violations (all at once for [`BLOCK_ROUNDS`] rounds, then the worst one per round) until
@@ -394,14 +413,16 @@ fn refine_sparse(
     let max_repairs = 2 * m + 10;
     let (mut repairs, mut rounds) = (0, 0);
     let mut set_aside: Option<Vec<usize>> = None;
+    let mut eq_rows: Vec<usize> = (0..qp.b_eq.len()).collect();
     loop {
-        let point = SparsePoint::solve(qp, working)?;
+        let point = SparsePoint::solve(qp, working, &eq_rows)?;
         let flips = violations(qp, &scales, working, &point, tol);
         if flips.is_empty() && set_aside.is_none() {
             // Once, at the first exact point: exactly dependent held rows are set aside.
-            let dependent = dependent_held_rows(qp, working)?;
+            let (dependent, eq_dependent) = dependent_held_rows(qp, working)?;
             dependent.iter().for_each(|&i| working[i] = false);
-            let again = !dependent.is_empty();
+            eq_rows.retain(|j| !eq_dependent.contains(j));
+            let again = !dependent.is_empty() || !eq_dependent.is_empty();
             set_aside = Some(dependent);
             if again {
                 continue;
@@ -409,6 +430,9 @@ fn refine_sparse(
         }
         if flips.is_empty() {
             let mut sol = into_exact(qp, &scales, tol, working, &point);
+            sol.dependent_eq = (0..qp.b_eq.len())
+                .filter(|j| !eq_rows.contains(j))
+                .collect();
             let mut dependent: Vec<usize> = (set_aside.into_iter().flatten())
                 .filter(|&i| !working[i])
                 .collect();
@@ -416,7 +440,7 @@ fn refine_sparse(
                 .filter(|&i| !working[i] && sol.activity[i] != Activity::Inactive)
                 .filter(|i| !dependent.contains(i))
                 .collect();
-            dependent.extend(in_held_span(qp, working, &outside)?);
+            dependent.extend(in_held_span(qp, (working, &eq_rows), &outside)?);
             dependent.sort_unstable();
             sol.dependent = dependent;
             let origin = Origin { repairs, ..origin };
@@ -442,34 +466,43 @@ fn refine_sparse(
     }
 }
 
-/// The held inequality rows to set aside as exactly dependent on the other held rows (the
-/// working rows and the equalities; [`crate::linalg::rows_to_set_aside`]: of an exact copy the
-/// later one, as the dense path's dual active set keeps the first), in `qp`'s row numbers.
-/// Beyond the directions that test decides, none.
-fn dependent_held_rows(qp: &SparseQp, working: &[bool]) -> Result<Vec<usize>> {
+/// The held rows to set aside as exactly dependent on the others, in `qp`'s row numbers: the
+/// inequality rows among the working ones, and the equality rows (one measurement of the
+/// equalities, then the working rows, stacked in that order: [`crate::linalg::rows_to_set_aside`]
+/// sets aside the last row with a fair share of each dependent direction, so of an exact copy
+/// the later one, as the dense dual active set keeps the first, and a working row before an
+/// equality, whose dependent copies the dense path drops before it solves). Beyond the
+/// directions that test decides, none.
+fn dependent_held_rows(qp: &SparseQp, working: &[bool]) -> Result<(Vec<usize>, Vec<usize>)> {
     let held: Vec<usize> = (0..working.len()).filter(|&i| working[i]).collect();
-    if held.is_empty() {
-        return Ok(held);
+    let k = qp.b_eq.len();
+    if held.len() + k <= 1 {
+        return Ok((Vec::new(), Vec::new()));
     }
-    let rows = stack_rows(&[(&qp.a, Some(&held[..]), 1.0), (&qp.a_eq, None, 1.0)]);
-    let chosen = rows_to_set_aside(&rows, |r| r < held.len())?.unwrap_or_default();
-    Ok(chosen.into_iter().map(|r| held[r]).collect())
+    let rows = stack_rows(&[(&qp.a_eq, None, 1.0), (&qp.a, Some(&held[..]), 1.0)]);
+    let chosen = rows_to_set_aside(&rows, |_| true)?.unwrap_or_default();
+    let (eq, ineq): (Vec<usize>, Vec<usize>) = chosen.into_iter().partition(|&r| r < k);
+    Ok((ineq.into_iter().map(|r| held[r - k]).collect(), eq))
 }
 
 /// The rows of `outside` (active, not held) that lie in the span of the held rows, as the
 /// dense path's [`ExactQp::dependent`] lists them (the held rows are independent by now, so
 /// every exactly dependent direction involves one of them).
-fn in_held_span(qp: &SparseQp, working: &[bool], outside: &[usize]) -> Result<Vec<usize>> {
+fn in_held_span(
+    qp: &SparseQp,
+    (working, eq_rows): (&[bool], &[usize]),
+    outside: &[usize],
+) -> Result<Vec<usize>> {
     if outside.is_empty() {
         return Ok(Vec::new());
     }
     let held: Vec<usize> = (0..working.len()).filter(|&i| working[i]).collect();
     let parts = [
         (&qp.a, Some(&held[..]), 1.0),
-        (&qp.a_eq, None, 1.0),
+        (&qp.a_eq, Some(eq_rows), 1.0),
         (&qp.a, Some(outside), 1.0),
     ];
-    let first = held.len() + qp.b_eq.len();
+    let first = held.len() + eq_rows.len();
     let chosen = rows_to_set_aside(&stack_rows(&parts), |r| r >= first)?.unwrap_or_default();
     Ok(chosen.into_iter().map(|r| outside[r - first]).collect())
 }
