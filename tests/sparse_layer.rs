@@ -865,30 +865,23 @@ fn the_sparse_layer_surrogates_are_the_dense_programs() {
             for beta in [1e-8, 1e-3, 0.3, 2.0] {
                 let what = format!("{seed} {squared} {beta:e}");
                 let tol = 1e-10 * scale * scale * (1.0 + beta);
-                let (s, d) = (
-                    sparse.surrogate(&sol, theta, (&loss, beta)).unwrap(),
-                    program.surrogate(theta, beta).unwrap(),
-                );
-                assert!(
-                    (s.value - d.value).abs() <= tol,
-                    "{what}: {} {}",
-                    s.value,
-                    d.value
-                );
-                close(&what, &col(&s.grad_theta), &col(&d.grad_theta), tol);
-                close(&what, &col(&s.z_hat), &col(&d.z_hat.z), tol);
-                close(&what, &col(&s.rate), &col(&d.rate), tol);
-                let (s, d) = (
-                    sparse.linearized(&sol, theta, (&loss, beta)).unwrap(),
-                    program.linearized(theta, beta).unwrap(),
-                );
-                assert!(
-                    (s.value - d.value).abs() <= tol,
-                    "{what}: {} {}",
-                    s.value,
-                    d.value
-                );
-                close(&what, &col(&s.grad_theta), &col(&d.grad_theta), tol);
+                for def2 in [false, true] {
+                    let (s, d) = match def2 {
+                        false => (
+                            sparse.surrogate(&sol, theta, (&loss, beta)).unwrap(),
+                            program.surrogate(theta, beta).unwrap(),
+                        ),
+                        true => (
+                            sparse.linearized(&sol, theta, (&loss, beta)).unwrap(),
+                            program.linearized(theta, beta).unwrap(),
+                        ),
+                    };
+                    let what = format!("{what} {def2}: {} {}", s.value, d.value);
+                    assert!((s.value - d.value).abs() <= tol, "{what}");
+                    close(&what, &col(&s.grad_theta), &col(&d.grad_theta), tol);
+                    close(&what, &col(&s.z_hat), &col(&d.z_hat.z), tol);
+                    close(&what, &col(&s.rate), &col(&d.rate), tol);
+                }
                 let nu = bilevel::linalg::min_eigenvalue(&inst.q);
                 let centered = sparse.centered(&sol, theta, (&loss, beta));
                 if squared && beta >= nu {

@@ -14,10 +14,11 @@
 //! `grad_A`, `grad_A_eq` in the triplet form on the data's own patterns (the gradient with
 //! respect to the stored values; [`crate::layer::SparseQuadraticLayer::derive`] computes them
 //! all, `B` with every entry stored), `iterations`, `dependent_constraints` and
-//! `dependent_equalities` of the solve, and per β a `surrogates` entry (`sparse_surrogates`: Def. 1's `z_hat`, `value`, `grad_theta`
-//! and Def. 2's `linearized_value`, `linearized_grad_theta`, from the sparse offset problem;
-//! Prop. 3's `bound_lower`, `bound_upper`, `bound_nu` are `null`, since the band needs
-//! `ν = λ_min(Q)`, which the sparse path does not compute). A batch of `theta`s is not on the
+//! `dependent_equalities` of the solve, and per β a `surrogates` entry (`sparse_surrogates`:
+//! Def. 1's `z_hat`, `value`, `grad_theta` and Def. 2's `linearized_value`,
+//! `linearized_grad_theta`, from the sparse offset problem; Prop. 3's `bound_lower`,
+//! `bound_upper`, `bound_nu` are `null`, since the band needs `ν = λ_min(Q)`, which the sparse
+//! path does not compute). A batch of `theta`s is not on the
 //! sparse path yet: asking for one is an error naming the field.
 
 use nalgebra::{DMatrix, DVector};

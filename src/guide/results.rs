@@ -222,3 +222,14 @@
 //! benchmark's gradient times unchanged within noise (banded n = 10,000: 11.6 ms before, 11.8
 //! after; random n = 2000: 120 and 109 ms). `cargo bench --bench layer -- sparse-layer` times
 //! the same families under criterion (banded n = 10,000: 40.2 ms forward, 12.7 ms gradients).
+//!
+//! Def. 1's finite-β modes run on the sparse path too, from the offset problem on sparse
+//! factorizations. `cargo bench --bench layer -- "sparse-layer/(gradients|contrastive)/banded"`
+//! (2026-12-06, this machine): at n = 10,000 the contrastive gradients (β = 1e-3) take 19.0 ms
+//! against the limit's 18.5 ms, at n = 1000 1.57 ms against 1.91 ms. Through Python
+//! (`SparseQpSolution.gradients(g, mode=…)`, best of 7) at n = 10,000: limit 8.2 ms,
+//! contrastive 8.9 ms, centred 14.8 ms. The offset iteration used to flip one row per round:
+//! 1.76 s (220 times the limit) for the same contrastive gradients, and on the dense layer at
+//! n = 1000 (`QuadraticLayer.surrogate` on the banded chain stored densely, 111 weakly active
+//! rows) 40.3 s, now 1.3 s, still 18–28 times its `derive`, because each round factors the
+//! offset's KKT system from scratch (0.7 s at n = 1000) instead of reusing the layer's factor.

@@ -380,9 +380,7 @@ impl SparseQuadraticLayer {
         self.check_request(theta, loss, beta)?;
         let kappa = loss.curvature();
         if kappa > 0.0 {
-            let shifted = on_pattern(&self.data.q, |i, j| {
-                self.data.q[(i, j)] - if i == j { beta * kappa } else { 0.0 }
-            });
+            let shifted = crate::linalg::shifted_diagonal(&self.data.q, -beta * kappa);
             if crate::linalg::check_sparse_spd("Q - beta L''", &shifted).is_err() {
                 return Err(Error::BetaOutOfRange {
                     beta,

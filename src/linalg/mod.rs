@@ -18,7 +18,7 @@ pub(crate) use span::{independence, rows_in_span, sine_to_span};
 pub(crate) use sparse::{
     abs_mul as sparse_abs_mul, abs_tr_mul as sparse_abs_tr_mul, amax as sparse_amax,
     csc_to_clarabel, for_each_entry, mul as sparse_mul, negated, on_pattern,
-    row_amax as sparse_row_amax, scale_rows, stack_rows, tr_mul as sparse_tr_mul,
+    row_amax as sparse_row_amax, scale_rows, shifted_diagonal, stack_rows, tr_mul as sparse_tr_mul,
     upper_to_clarabel,
 };
 pub use sparse::{check_sparse_spd, csc_from_dense, csc_from_triplets, csc_to_dense, Csc};

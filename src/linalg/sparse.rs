@@ -158,6 +158,25 @@ pub(crate) fn on_pattern(a: &Csc, f: impl Fn(usize, usize) -> f64) -> Csc {
     out
 }
 
+/// `A + shift I` for a square `A` whose diagonal is stored (as a positive definite matrix's
+/// is), with `A`'s pattern: `shift` added to each stored diagonal entry.
+pub(crate) fn shifted_diagonal(a: &Csc, shift: f64) -> Csc {
+    let mut out = a.clone();
+    if shift == 0.0 {
+        return out;
+    }
+    let sym = a.symbolic();
+    let val = out.val_mut();
+    for j in 0..a.ncols() {
+        for p in sym.col_range(j) {
+            if sym.row_idx()[p] == j {
+                val[p] += shift;
+            }
+        }
+    }
+    out
+}
+
 /// The matrix with row `i` multiplied by `d[i]`.
 pub(crate) fn scale_rows(a: &Csc, d: &DVector<f64>) -> Csc {
     let mut scaled = a.clone();

@@ -8,7 +8,7 @@ use nalgebra::DVector;
 use super::{SparseQpGradients, SparseQpSolution, IDENTIFICATION};
 use crate::error::{Error, Result};
 use crate::layer::{ItemStatus, Mode};
-use crate::linalg::{on_pattern, sparse_mul, sparse_row_amax, stack_rows, Csc};
+use crate::linalg::{on_pattern, shifted_diagonal, sparse_mul, sparse_row_amax, stack_rows, Csc};
 use crate::problem::{offset_cancels, DirectionMethod};
 use crate::prox::{Activity, Branch};
 use crate::solve::qp::{
@@ -93,16 +93,16 @@ impl SparseQpSolution {
         })
     }
 
-    /// Def. 1's offset at `β` (`β < 0`: at `−|β|`) for a loss with gradient `gradient = ℓ'(z*)`
-    /// and curvature `κ` (`ℓ(z) = ℓ(z*) + ℓ'(z*)ᵀ(z − z*) + (κ/2)‖z − z*‖²`): the offset problem
-    /// of [`crate::solve::qp::OffsetQp`] on the sparse data, `P = Q + βκI`,
-    /// `g = sign(β) ℓ'(z*)`, `t_i = slack_i/|β|` off the active rows, `m_i = λ*_i/|β|` on the
-    /// strongly active ones (0 elsewhere: a weakly active row's multiplier is zero, and its
-    /// rounding, 1e-16 say, would be a rate of 1e-7 at β = 1e-9), started with the active rows
-    /// (less those set aside as dependent) held, the equality rows set aside left out. When the iteration does not settle (a `β` that
-    /// changes many rows), it restarts from the working set of a solve of `ẑ_β` itself. The
-    /// energy gap is `(E(ẑ) − E(z*))/|β| = Σ_{i left} λ*_i a_iᵀf + (|β|/2) fᵀQf` (stationarity
-    /// at `z*`; `a_iᵀf = 0` on the rows that stay), as on the dense layer
+    /// Def. 1's offset at `β` (`β < 0`: at `−|β|`) for a loss with gradient `gradient = ℓ'(z*)` and
+    /// curvature `κ` (`ℓ(z) = ℓ(z*) + ℓ'(z*)ᵀ(z − z*) + (κ/2)‖z − z*‖²`): the offset problem of
+    /// [`crate::solve::qp::OffsetQp`] on the sparse data, `P = Q + βκI`, `g = sign(β) ℓ'(z*)`,
+    /// `t_i = slack_i/|β|` off the active rows, `m_i = λ*_i/|β|` on the strongly active ones (0
+    /// elsewhere: a weakly active row's multiplier is zero, and its rounding, 1e-16 say, would be a
+    /// rate of 1e-7 at β = 1e-9), started with the active rows (less those set aside as dependent)
+    /// held, the equality rows set aside left out. When the iteration does not settle (a `β` that
+    /// changes many rows), it restarts from the working set of a solve of `ẑ_β` itself. The energy
+    /// gap is `(E(ẑ) − E(z*))/|β| = Σ_{i left} λ*_i a_iᵀf + (|β|/2) fᵀQf` (stationarity at `z*`;
+    /// `a_iᵀf = 0` on the rows that stay), as on the dense layer
     /// ([`crate::problem::InnerProblem::offset`]).
     pub(crate) fn offset(
         &self,
@@ -121,9 +121,7 @@ impl SparseQpSolution {
             _ => 0.0,
         });
         let shift = beta * curvature;
-        let p = on_pattern(&self.qp.p, |i, j| {
-            self.qp.p[(i, j)] + if i == j { shift } else { 0.0 }
-        });
+        let p = shifted_diagonal(&self.qp.p, shift);
         // Equality rows set aside as dependent at z* stay out; their multiplier's rate is 0.
         let k = sol.lambda_eq.len();
         let kept: Vec<usize> = (0..k).filter(|j| !sol.dependent_eq.contains(j)).collect();
@@ -178,9 +176,7 @@ impl SparseQpSolution {
     fn shifted(&self, gradient: &DVector<f64>, curvature: f64, beta: f64) -> Result<ExactQp> {
         let shift = beta * curvature;
         let shifted = SparseQp {
-            p: on_pattern(&self.qp.p, |i, j| {
-                self.qp.p[(i, j)] + if i == j { shift } else { 0.0 }
-            }),
+            p: shifted_diagonal(&self.qp.p, shift),
             q: &self.qp.q + (gradient - self.z() * curvature) * beta,
             ..self.qp.clone()
         };
