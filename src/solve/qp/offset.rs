@@ -5,7 +5,7 @@
 use nalgebra::{DMatrix, DVector};
 
 use super::problem::slack_rounding;
-use super::sparse::BLOCK_ROUNDS;
+use super::sparse::flip_violations;
 use crate::error::{Error, Result};
 use crate::linalg::{
     power_of_two_scale, scale_rows, select_rows, solve_kkt, sparse_abs_mul, sparse_amax,
@@ -204,15 +204,7 @@ fn iterate(
             // weakly active rows that leave for a loss go in one round, where one flip per
             // round took 111 dense KKT solves and 875 times the limit's time on a banded layer
             // of 1000 units), then the worst one per round (which cannot cycle back).
-            let block = if rounds < BLOCK_ROUNDS {
-                primal.len()
-            } else {
-                1
-            };
-            for &i in &primal[..block] {
-                working[i] = !working[i];
-            }
-            repairs += block;
+            repairs += flip_violations(working, &primal, rounds);
             rounds += 1;
             continue;
         }

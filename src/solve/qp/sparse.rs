@@ -396,8 +396,8 @@ impl SparsePoint {
 /// Rounds of the repair that flip every violation at once (a primal-dual active-set step,
 /// which settles in a few rounds on most problems) before it flips one row per round (the
 /// dense path's rule, which cannot cycle back through a block of flips); the offset problem's
-/// iteration ([`super::solve_offset`]) follows the same rule.
-pub(super) const BLOCK_ROUNDS: usize = 8;
+/// iteration ([`super::solve_offset`]) follows the same rule ([`flip_violations`]).
+const BLOCK_ROUNDS: usize = 8;
 
 /// The repair loop of the dense path's `refine`, on sparse factorizations: flip the sign
 /// violations (all at once for [`BLOCK_ROUNDS`] rounds, then the worst one per round) until
@@ -453,17 +453,24 @@ fn refine_sparse(
                 residual: (-point.slack.min()).max(-point.lambda.min()).max(0.0),
             });
         }
-        let block = if rounds < BLOCK_ROUNDS {
-            flips.len()
-        } else {
-            1
-        };
-        for &i in &flips[..block] {
-            working[i] = !working[i];
-        }
-        repairs += block;
+        repairs += flip_violations(working, &flips, rounds);
         rounds += 1;
     }
+}
+
+/// Flips the rows `flips` (worst first, not empty) of the working set in round `rounds` of a
+/// repair: every one of them in the first [`BLOCK_ROUNDS`] rounds, then the worst one only.
+/// Returns how many were flipped.
+pub(super) fn flip_violations(working: &mut [bool], flips: &[usize], rounds: usize) -> usize {
+    let block = if rounds < BLOCK_ROUNDS {
+        flips.len()
+    } else {
+        1
+    };
+    for &i in &flips[..block] {
+        working[i] = !working[i];
+    }
+    block
 }
 
 /// The held rows to set aside as exactly dependent on the others, in `qp`'s row numbers: the
