@@ -2,7 +2,8 @@
 //! it: a batch of 128 items, each with its own random data (`Q` SPD `n × n`, `m = n/2`
 //! inequality rows `Gz ≤ h` with about half of them active at the solution, no equality),
 //! solved, then differentiated (the one-sided limit, every input) for one upstream gradient per
-//! item. `n ∈ {10, 50, 200}`, 1 and 2 threads. A second group, `sparse-layer`, times one item
+//! item, and on one thread also in Def. 1's contrastive mode at `β = 1e-3`. `n ∈ {10, 50,
+//! 200}`, 1 and 2 threads. A second group, `sparse-layer`, times one item
 //! of each sparse family of [`bilevel::app::verify::sparse_instances`] (banded chain, random
 //! sparse, box and simplex projections) on the sparse path at `n = 1000` and `10,000` (the
 //! random family at 300 and 2000): forward solve, then the exact gradients.
@@ -62,6 +63,13 @@ fn layer(c: &mut Criterion) {
             group.bench_function(BenchmarkId::new("gradients", &id), |b| {
                 b.iter(|| black_box(gradients(&solved, &upstream, Mode::Limit, threads)))
             });
+            if threads == 1 {
+                // Def. 1 at β = 1e-3: the offset problem on the layer's stored factorization.
+                let mode = Mode::Contrastive(1e-3);
+                group.bench_function(BenchmarkId::new("contrastive", &id), |b| {
+                    b.iter(|| black_box(gradients(&solved, &upstream, mode, threads)))
+                });
+            }
         }
     }
     group.finish();

@@ -10,8 +10,8 @@ use crate::error::{Error, Result};
 use crate::linalg::{min_eigenvalue, spd_cholesky};
 use crate::problem::{Direction, DirectionMethod};
 use crate::solve::qp::{
-    complementarity, dense_exact, solve_exact, solve_offset, Activity, OffsetQp, OffsetSolution,
-    Qp, QpBackend, Tolerances, DENSE,
+    complementarity, dense_exact, solve_exact, solve_factored_offset, solve_offset, Activity,
+    OffsetQp, OffsetSolution, Qp, QpBackend, Tolerances, DENSE,
 };
 use crate::solve::qp::{ActivityTest, DenseActiveSet, DenseFactor};
 
@@ -289,6 +289,57 @@ impl QuadraticProblem {
         }
     }
 
+    /// [`OffsetQp`]'s solution for [`QuadraticProblem::offset`], started from the rows active
+    /// at `z*` and, when that does not settle, from the working set of a solve of `ẑ_β`; the
+    /// equality rows set aside at `z*` get rate 0.
+    fn offset_rates(
+        &self,
+        theta: &DVector<f64>,
+        loss: &Loss,
+        (beta, z_star): (f64, &InnerSolution),
+        problem: &OffsetQp,
+    ) -> Result<OffsetSolution> {
+        let (m, k) = (self.constraints.m(), self.constraints.b_eq.len());
+        // On the dense backend every working set's KKT system is solved on one factorization
+        // of P and the rows: the stored one of Q when P = Q (no curvature added), else one of
+        // P = Q + βκI made here; a round then costs O(n²), not a factorization. (Other
+        // backends keep no factor, and their rows may be too many for a dense Gram matrix.)
+        let curvature_added = beta * loss.curvature() != 0.0;
+        let eq: Vec<usize> = (0..k)
+            .filter(|j| !z_star.status.dependent_eq.contains(j))
+            .map(|j| m + j)
+            .collect();
+        let cons = &self.constraints;
+        let fresh;
+        let factor = match self.factor() {
+            Some(stored) if !curvature_added => Some(stored),
+            Some(_) => {
+                fresh = DenseFactor::new(&problem.p, &cons.a, &cons.a_eq).ok();
+                fresh.as_ref()
+            }
+            None => None,
+        };
+        let solve = |working: &mut Vec<bool>| match factor {
+            Some(factor) => solve_factored_offset(problem, (factor, &eq), working),
+            None => solve_offset(problem, working),
+        };
+        let mut working: Vec<bool> = problem.t.iter().map(|&t| t == 0.0).collect();
+        let sol = match solve(&mut working) {
+            Ok(sol) => sol,
+            Err(_) => {
+                let qp = self.qp(theta, loss, beta);
+                let mut working = self.solve_qp(&qp, curvature_added)?.working;
+                solve(&mut working)?
+            }
+        };
+        let mut mu_eq = DVector::zeros(k);
+        let kept = (0..k).filter(|j| !z_star.status.dependent_eq.contains(j));
+        for (r, j) in kept.enumerate() {
+            mu_eq[j] = sol.mu_eq[r];
+        }
+        Ok(OffsetSolution { mu_eq, ..sol })
+    }
+
     /// `ẑ_β = z* + |β| f` with `λ̂ = λ* + |β| μ` on the working set (0 off it), classified as
     /// [`solve_exact`] classifies, on the scales of the loss-augmented QP.
     fn offset_solution(
@@ -432,22 +483,7 @@ impl InnerProblem for QuadraticProblem {
         check_offset(self, theta, loss, beta, z_star)?;
         let m = self.constraints.m();
         let problem = self.offset_problem(loss, beta, z_star);
-        let mut working: Vec<bool> = problem.t.iter().map(|&t| t == 0.0).collect();
-        let sol = match solve_offset(&problem, &mut working) {
-            Ok(sol) => sol,
-            Err(_) => {
-                let qp = self.qp(theta, loss, beta);
-                let mut working = self.solve_qp(&qp, beta * loss.curvature() != 0.0)?.working;
-                solve_offset(&problem, &mut working)?
-            }
-        };
-        let k = self.constraints.b_eq.len();
-        let mut mu_eq = DVector::zeros(k);
-        let kept = (0..k).filter(|j| !z_star.status.dependent_eq.contains(j));
-        for (r, j) in kept.enumerate() {
-            mu_eq[j] = sol.mu_eq[r];
-        }
-        let sol = OffsetSolution { mu_eq, ..sol };
+        let sol = self.offset_rates(theta, loss, (beta, z_star), &problem)?;
         let s = beta.abs();
         let af = &self.constraints.a * &sol.f;
         // Rows that held a multiplier at z* and left contribute λ*_i a_iᵀf; rows that stay

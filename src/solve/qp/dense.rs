@@ -24,7 +24,7 @@ use nalgebra::{Cholesky, DMatrix, DVector, Dyn};
 
 use super::problem::{Qp, QpBackend, QpRaw};
 use crate::error::{Error, Result};
-use crate::linalg::power_of_two_scale;
+use crate::linalg::{power_of_two_scale, KktSolution};
 
 /// [`Error::Singular`]'s message when the equality rows held from the start are dependent
 /// (callers set such rows aside and solve again).
@@ -282,6 +282,92 @@ impl DenseFactor {
             }
         }
         crate::linalg::independence(&self.v.select_columns(rows))
+    }
+
+    /// The KKT system of the working rows `rows` (stacked indices, rows in their given units):
+    /// `P x + C_Wᵀν = r`, `C_W x = s`, on this factorization. With `D` the row scales, the
+    /// range-space solve `G_WW ν̃ = V_Wᵀ L⁻¹ r − D_W s`, `x = L⁻ᵀ(L⁻¹r − V_W ν̃)`, `ν = D_W ν̃`
+    /// is the first pass of [`DenseFactor::solve`]'s refinement from `(0, 0)`; a second pass
+    /// (a third when the second moved `x` or `ν` by more than `1e-8` of their size) refines it
+    /// on the full residual and gives the error estimate. `O(n² + n|W| + |W|³)`: `P` is not
+    /// factored again.
+    ///
+    /// [`crate::linalg::solve_kkt`]'s fields and meanings (the residual of the system with the
+    /// rows and `P` equilibrated by powers of two; `error.1` bounds `ν`'s correction through
+    /// the largest row scale), except `condition`: `NaN`, not estimated
+    /// ([`DenseFactor::condition`] gives it).
+    ///
+    /// # Errors
+    /// [`Error::Singular`] when the rows are dependent to working precision (a sine between
+    /// one and the span of the others below `1e-7`, about `solve_kkt`'s condition bound of
+    /// `1e14`); [`Error::Inaccurate`] from [`crate::linalg::check_kkt_accuracy`].
+    pub(crate) fn solve_working(
+        &self,
+        rows: &[usize],
+        r: &DVector<f64>,
+        s: &DVector<f64>,
+    ) -> Result<KktSolution> {
+        let (n, k) = (self.p.nrows(), rows.len());
+        let beyond = rows.iter().map(|&i| i + 1).max().unwrap_or(0);
+        for (what, want, got) in [("r", n, r.len()), ("s", k, s.len())] {
+            if want != got {
+                return Err(Error::dim(what, want, got));
+            }
+        }
+        if beyond > self.rows() {
+            return Err(Error::dim(
+                "rows (of the dense factor)",
+                self.rows(),
+                beyond,
+            ));
+        }
+        let singular =
+            || Error::Singular(format!("working rows of a KKT matrix of size {}", n + k));
+        let chol = match k {
+            0 => None,
+            _ => {
+                let g = DMatrix::from_fn(k, k, |a, b| self.gram[(rows[a], rows[b])]);
+                let chol = g.clone().cholesky().ok_or_else(singular)?;
+                let l = chol.l_dirty();
+                let sin2 = (0..k).map(|i| l[(i, i)] * l[(i, i)] / g[(i, i)]);
+                if sin2.fold(1.0, f64::min) < 1e-11 && self.independence(rows) < 1e-7 {
+                    return Err(singular());
+                }
+                Some(chol)
+            }
+        };
+        // In `refine`'s convention `P x + q − C̃ᵀy = 0`, `C̃_W x = b̃_W`: q = −r, ν = −D y.
+        let (q, mut b) = (-r, DVector::zeros(self.rows()));
+        for (j, &i) in rows.iter().enumerate() {
+            b[i] = s[j] * self.scale[i];
+        }
+        let (mut x, mut y) = (DVector::zeros(n), DVector::zeros(self.rows()));
+        let mut error = (f64::INFINITY, f64::INFINITY);
+        for pass in 0..3 {
+            error = self.refine(&q, &b, (rows, chol.as_ref()), &mut x, &mut y);
+            if pass > 0 && error.0 <= 1e-8 * x.amax() && error.1 <= 1e-8 * y.amax() {
+                break;
+            }
+        }
+        if !x.iter().chain(y.iter()).all(|v| v.is_finite()) {
+            return Err(singular());
+        }
+        let c_w = self.c.select_rows(rows);
+        let (b_w, y_w) = (b.select_rows(rows), y.select_rows(rows));
+        let mut sol = DVector::zeros(n + k);
+        sol.rows_mut(0, n).copy_from(&x);
+        sol.rows_mut(n, k).copy_from(&-&y_w);
+        crate::linalg::check_kkt_accuracy(&self.p, &c_w, r, &b_w, &sol)?;
+        let sigma = power_of_two_scale(crate::linalg::amax(self.p.as_slice()));
+        let stationarity = (r - &self.p * &x + c_w.tr_mul(&y_w)).amax();
+        let largest_scale = rows.iter().map(|&i| self.scale[i]).fold(0.0, f64::max);
+        Ok(KktSolution {
+            residual: (sigma * stationarity).max((&b_w - &c_w * &x).amax()),
+            nu: -DVector::from_fn(k, |j, _| y_w[j] * self.scale[rows[j]]),
+            x,
+            condition: f64::NAN,
+            error: (error.0, error.1 * largest_scale),
+        })
     }
 
     /// `L⁻¹ u`.

@@ -52,6 +52,7 @@ pub use dense::{DenseActiveSet, DenseFactor, DenseSolution, Row, DENSE};
 pub use enumeration::solve_by_enumeration;
 pub(crate) use exact::dense_exact;
 pub use exact::{dual_active_set, refine, solve_exact, solve_exact_dense, Origin};
+pub(crate) use offset::solve_factored_offset;
 pub use offset::{solve_offset, solve_sparse_offset, OffsetQp, OffsetSolution, SparseOffsetQp};
 #[cfg(feature = "osqp")]
 pub use osqp::{Osqp, OsqpSettings};
