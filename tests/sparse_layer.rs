@@ -954,3 +954,62 @@ fn an_exactly_dependent_equality_row_is_set_aside_as_on_the_dense_path() {
         }
     }
 }
+
+/// Dependent equalities whose right-hand sides disagree: beyond the feasibility tolerance both
+/// paths answer `Infeasible` (the sparse path with `u = ±(e_i − y)` from its factor, checked
+/// on the data), within it both set the row aside and agree on `z`. With and without
+/// inequality rows (with them Clarabel runs first).
+#[test]
+fn inconsistent_dependent_equalities_are_infeasible_on_both_paths() {
+    let eq = [
+        (0, 0, 1.0),
+        (0, 1, 1.0),
+        (1, 0, 2.0),
+        (1, 1, 2.0),
+        (2, 1, 1.0),
+        (2, 2, 1.0),
+        (3, 0, 1.0),
+        (3, 1, 2.0),
+        (3, 2, 1.0),
+    ];
+    let mut decided = (0, 0);
+    for rows in [&[(0, 0, 1.0)][..], &[]] {
+        let h: &[f64] = if rows.is_empty() { &[] } else { &[0.25] };
+        // (b, consistent to the feasibility tolerance 1e-9 of |b_i| + Σ|y_j b_j|)
+        for (b, consistent) in [
+            ([1.0, 2.0 + 1e-3, 0.5, 1.5], false),
+            ([1.0, 2.0, 0.5, 1.5 - 1e-6], false),
+            ([1.0, 2.0 + 1e-13, 0.5, 1.5], true),
+            ([1.0, 2.0, 0.5, 1.5 + 1e-13], true),
+        ] {
+            let mut item = rows_item(&[-2.0, -1.0, 0.5, -1.0], rows, h);
+            item.a = csc_from_triplets(4, 4, &eq).unwrap();
+            item.b = DVector::from_row_slice(&b);
+            let sparse = solve_sparse(std::slice::from_ref(&item), 1, Tolerances::default())
+                .pop()
+                .unwrap();
+            let settings = LayerSettings {
+                path: SolvePath::Dense,
+                ..LayerSettings::default()
+            };
+            let dense = solve_with(&[QpData::from(&item)], &settings).pop().unwrap();
+            if consistent {
+                let (s, d) = (sparse.unwrap(), dense.unwrap());
+                close("z", &col(s.z()), &col(d.z()), 1.0);
+                assert_eq!(s.dependent_equalities(), &[1, 3]);
+                decided.0 += 1;
+            } else {
+                assert!(
+                    matches!(sparse, Err(Error::Infeasible(_))),
+                    "{b:?}: {sparse:?}"
+                );
+                assert!(
+                    matches!(dense, Err(Error::Infeasible(_))),
+                    "{b:?}: {dense:?}"
+                );
+                decided.1 += 1;
+            }
+        }
+    }
+    assert_eq!(decided, (4, 4));
+}

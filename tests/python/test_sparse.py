@@ -316,3 +316,25 @@ def test_a_duplicated_equality_is_set_aside_on_both_backends():
             assert np.abs(ds[key] - dd[key]).max() < 1e-12, key
         a, b = ds["surrogates"][0], dd["surrogates"][0]
         assert np.abs(a["grad_theta"] - b["grad_theta"]).max() < 1e-12
+
+
+@pytest.mark.parametrize("with_rows", [False, True])
+def test_inconsistent_duplicated_equalities_are_infeasible_on_both_backends(with_rows):
+    # z₁ + z₂ = 1 and its copy ×2 = 2.001: no point; both backends say so with a certificate
+    # (the sparse path used to call the system singular). At 2 + 1e-13 (within the
+    # feasibility tolerance) both set the copy aside instead.
+    rows = dict(A=np.array([[-1.0, 0.0, 0.0]]), b=np.array([-0.25])) if with_rows else {}
+    A_eq = np.array([[1.0, 1.0, 0.0], [2.0, 2.0, 0.0]])
+    theta = np.array([2.0, 0.5, -1.0])
+    for b2, consistent in ((2.001, False), (2.0 + 1e-13, True)):
+        data = dict(Q=np.eye(3), c=np.zeros(3), B=np.eye(3), A_eq=A_eq,
+                    b_eq=np.array([1.0, b2]), **rows)
+        layers = [bilevel.QuadraticLayer(**data, backend=b) for b in ("dense", "sparse")]
+        if consistent:
+            d, s = (layer.solve(theta) for layer in layers)
+            assert s["dependent_equalities"] == d["dependent_equalities"] == [1]
+            assert np.abs(s["z"] - d["z"]).max() < 1e-12
+        else:
+            for layer in layers:
+                with pytest.raises(bilevel.InfeasibleError, match="certificate"):
+                    layer.solve(theta)

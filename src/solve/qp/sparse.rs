@@ -18,10 +18,11 @@
 //! respect to the rows' own data are then different elements of a set-valued derivative.
 //! Exactly dependent equality rows with consistent right-hand sides are set aside at the same
 //! first exact point (of an exact copy the later one; a working row goes before an equality),
-//! as the dense path does, in [`ExactQp::dependent_eq`] with multiplier zero; dependent held
-//! rows with inconsistent right-hand sides, or nearly dependent ones beyond `f64`'s resolution,
-//! give [`Error::Singular`] (the dense path gives [`Error::Infeasible`] with a certificate for
-//! inconsistent equalities).
+//! as the dense path does, in [`ExactQp::dependent_eq`] with multiplier zero. Dependent
+//! equalities whose right-hand sides disagree beyond the feasibility tolerance make the KKT
+//! system singular; they are then found and certified as the dense path certifies them
+//! ([`Error::Infeasible`] with `u = ±(e_i − y)`, checked on the data). Nearly dependent held
+//! rows beyond `f64`'s resolution give [`Error::Singular`].
 
 use nalgebra::DVector;
 
@@ -257,26 +258,40 @@ fn verify_certificate(qp: &SparseQp, z: &[f64]) -> Error {
     let u_in = DVector::from_fn(m, |i, _| z[k + i]);
     let u_eq = DVector::from_fn(k, |i, _| -z[i]);
     let (u_in, u_eq) = polish_certificate(qp, u_in, u_eq);
-    let r = sparse_tr_mul(&qp.a, &u_in) + sparse_tr_mul(&qp.a_eq, &u_eq);
-    let size = sparse_abs_tr_mul(&qp.a, &u_in) + sparse_abs_tr_mul(&qp.a_eq, &u_eq);
-    let beta = qp.b.dot(&u_in) + qp.b_eq.dot(&u_eq);
+    let source = "Farkas certificate from clarabel, verified";
+    farkas(qp, (&u_in, &u_eq), source).unwrap_or_else(|residual| Error::Inaccurate {
+        what: "clarabel's infeasibility verdict (its certificate does not verify on the data)"
+            .into(),
+        residual,
+    })
+}
+
+/// [`Error::Infeasible`] when `u = (u_in, u_eq)` on `[A; A_eq]` is a Farkas certificate:
+/// `u ≥ 0` on the inequalities, `[A; A_eq]ᵀu = 0` up to the rounding of its own sums and
+/// `bᵀu > 0` beyond that of its own (then `uᵀ(Cx − b) < 0` for every `x`, while feasibility
+/// needs `≥ 0`); the message names `source`. Otherwise `Err` with `‖Cᵀu‖∞` relative to its
+/// terms.
+fn farkas(
+    qp: &SparseQp,
+    (u_in, u_eq): (&DVector<f64>, &DVector<f64>),
+    source: &str,
+) -> std::result::Result<Error, f64> {
+    let (m, k) = (qp.b.len(), qp.b_eq.len());
+    let r = sparse_tr_mul(&qp.a, u_in) + sparse_tr_mul(&qp.a_eq, u_eq);
+    let size = sparse_abs_tr_mul(&qp.a, u_in) + sparse_abs_tr_mul(&qp.a_eq, u_eq);
+    let beta = qp.b.dot(u_in) + qp.b_eq.dot(u_eq);
     let beta_size = qp.b.abs().dot(&u_in.abs()) + qp.b_eq.abs().dot(&u_eq.abs());
     let gamma = 64.0 * f64::EPSILON * (m + k + 2) as f64;
     let signs = u_in.iter().all(|&u| u >= 0.0);
     let zero = (0..r.len()).all(|j| r[j].abs() <= gamma * size[j]);
     if signs && zero && beta > gamma * beta_size {
-        return Error::Infeasible(format!(
+        return Ok(Error::Infeasible(format!(
             "the constraints A x >= b, A_eq x = b_eq admit no point: u ≥ 0 on the inequalities \
-             gives Cᵀu = 0 to rounding ({:.1e}) and bᵀu = {beta:.3e} > 0 (Farkas certificate \
-             from clarabel, verified)",
+             gives Cᵀu = 0 to rounding ({:.1e}) and bᵀu = {beta:.3e} > 0 ({source})",
             r.amax()
-        ));
+        )));
     }
-    Error::Inaccurate {
-        what: "clarabel's infeasibility verdict (its certificate does not verify on the data)"
-            .into(),
-        residual: r.amax() / size.amax().max(f64::MIN_POSITIVE),
-    }
+    Err(r.amax() / size.amax().max(f64::MIN_POSITIVE))
 }
 
 /// An interior-point certificate satisfies `Cᵀu = 0` only to the solver's tolerance; the
@@ -415,7 +430,17 @@ fn refine_sparse(
     let mut set_aside: Option<Vec<usize>> = None;
     let mut eq_rows: Vec<usize> = (0..qp.b_eq.len()).collect();
     loop {
-        let point = SparsePoint::solve(qp, working, &eq_rows)?;
+        let point = match SparsePoint::solve(qp, working, &eq_rows) {
+            // Dependent equality rows with inconsistent right-hand sides make the system
+            // singular: found, certified or set aside, once.
+            Err(first @ Error::Singular(_))
+                if eq_rows.len() > 1 && eq_rows.len() == qp.b_eq.len() =>
+            {
+                eq_rows = consistent_equalities(qp, tol, working, first)?;
+                continue;
+            }
+            point => point?,
+        };
         let flips = violations(qp, &scales, working, &point, tol);
         if flips.is_empty() && set_aside.is_none() {
             // Once, at the first exact point: exactly dependent held rows are set aside.
@@ -456,6 +481,55 @@ fn refine_sparse(
         repairs += flip_violations(working, &flips, rounds);
         rounds += 1;
     }
+}
+
+/// The equality rows to keep when the first KKT system is singular: the exactly dependent
+/// equalities (one measurement of `A_eq`, [`rows_to_set_aside`]: of an exact copy the later
+/// one), each checked for consistency as the dense path checks it. At the point of the other
+/// held rows, one solve on its factor, `P w + R_Kᵀy = a_i`, `R_K w = 0`, gives `a_i`'s
+/// coefficients `y` (`w = 0`), and `β = b_i − yᵀb_K`. Beyond the feasibility tolerance of
+/// `|b_i| + Σ|y_j b_j|`, `u = ±(e_i − y)` on the equalities is a Farkas certificate, checked on
+/// the data ([`Error::Infeasible`]); within it the row is set aside.
+///
+/// # Errors
+/// `singular` (the first error) when no equality is exactly dependent or a certificate does
+/// not verify; [`Error::Infeasible`]; the point's errors without the set-aside rows.
+fn consistent_equalities(
+    qp: &SparseQp,
+    tol: &Tolerances,
+    working: &[bool],
+    singular: Error,
+) -> Result<Vec<usize>> {
+    let k = qp.b_eq.len();
+    let dependent = match rows_to_set_aside(&qp.a_eq, |_| true)? {
+        Some(dependent) if !dependent.is_empty() => dependent,
+        _ => return Err(singular),
+    };
+    let kept: Vec<usize> = (0..k).filter(|j| !dependent.contains(j)).collect();
+    let point = SparsePoint::solve(qp, working, &kept)?;
+    let (n, w) = (qp.n(), working.iter().filter(|&&held| held).count());
+    for &i in &dependent {
+        let mut u_eq = DVector::from_fn(k, |j, _| if j == i { 1.0 } else { 0.0 });
+        let mut rhs = DVector::zeros(n + w + kept.len());
+        rhs.rows_mut(0, n)
+            .copy_from(&sparse_tr_mul(&qp.a_eq, &u_eq));
+        let y = point.factor.solve(&rhs)?.solution;
+        // Coefficients at the rounding of the largest are zeros (a column of A_eqᵀu made of
+        // rounding alone would fail the certificate's per-column test).
+        let cut = 64.0 * f64::EPSILON * y.rows(n + w, kept.len()).amax();
+        for (r, &j) in kept.iter().enumerate() {
+            let y_j = y[n + w + r];
+            u_eq[j] = if y_j.abs() > cut { -y_j } else { 0.0 };
+        }
+        let beta = qp.b_eq.dot(&u_eq);
+        if beta.abs() <= tol.feasibility * qp.b_eq.abs().dot(&u_eq.abs()).max(f64::MIN_POSITIVE) {
+            continue;
+        }
+        let u_in = DVector::zeros(qp.b.len());
+        let source = format!("equality {i} is a combination of the others: u = ±(e_i − y)");
+        return Err(farkas(qp, (&u_in, &(u_eq * beta.signum())), &source).unwrap_or(singular));
+    }
+    Ok(kept)
 }
 
 /// Flips the rows `flips` (worst first, not empty) of the working set in round `rounds` of a
