@@ -111,9 +111,9 @@ pub(crate) fn solve_factored_offset(
         // The range-space solve loses digits where the null-space one does not: a right-hand
         // side far larger than x (a strongly held row released, r of size λ*/β) or rows near
         // dependence. Its accuracy check says so, and that round is solved by `solve_kkt`.
-        factor.solve_working(&stacked, r, s).or_else(|_| {
-            solve_kkt(&o.p, &vstack(&select_rows(&o.a, rows), &o.a_eq), r, s)
-        })
+        factor
+            .solve_working(&stacked, r, s)
+            .or_else(|_| solve_kkt(&o.p, &vstack(&select_rows(&o.a, rows), &o.a_eq), r, s))
     };
     iterate(o, held, (m, k), working)
 }

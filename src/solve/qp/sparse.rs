@@ -526,7 +526,8 @@ fn consistent_equalities(
             continue;
         }
         let u_in = DVector::zeros(qp.b.len());
-        let source = format!("equality {i} is a combination of the others: u = ±(e_i − y)");
+        let source =
+            format!("Farkas certificate u = ±(e_i − y): equality {i} is a combination of others");
         return Err(farkas(qp, (&u_in, &(u_eq * beta.signum())), &source).unwrap_or(singular));
     }
     Ok(kept)
