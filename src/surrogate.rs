@@ -127,6 +127,22 @@ pub struct Band {
 }
 
 impl Band {
+    /// Prop. 3's band around `L^β = lower` at `β` for the loss `ℓ` at `z*` and a modulus `ν`
+    /// (any lower bound of the strong convexity keeps the band valid, only wider).
+    pub(crate) fn of(
+        lower: f64,
+        (loss, z_star): (&Loss, &DVector<f64>),
+        beta: f64,
+        nu: f64,
+    ) -> Self {
+        Band {
+            lower,
+            loss: loss.value(z_star),
+            upper: lower + band_width(beta, nu, &loss.gradient(z_star)),
+            nu,
+        }
+    }
+
     /// Prop. 3 is a theorem, so a computed band that misses the loss by more than the rounding
     /// of its terms (`10⁻⁹` of their magnitudes) shows that the data's conditioning exceeds
     /// what `f64` resolves: the band's two sides are then differences of nearly equal numbers
@@ -422,13 +438,7 @@ impl<P: InnerProblem> Bilevel<P> {
     /// [`Band::check`]).
     pub fn band_of(&self, s: &Surrogate) -> Option<Band> {
         let nu = self.inner.strong_convexity()?;
-        let g = self.loss.gradient(&s.z_star.z);
-        Some(Band {
-            lower: s.value,
-            loss: self.loss.value(&s.z_star.z),
-            upper: s.value + band_width(s.beta, nu, &g),
-            nu,
-        })
+        Some(Band::of(s.value, (&self.loss, &s.z_star.z), s.beta, nu))
     }
 
     /// `min_z {ℓ_c(z) + E/β} − min_z E/β` evaluated at `ẑ = argmin βℓ_c + E`, with the outer

@@ -881,6 +881,21 @@ fn the_sparse_layer_surrogates_are_the_dense_programs() {
                     close(&what, &col(&s.grad_theta), &col(&d.grad_theta), tol);
                     close(&what, &col(&s.z_hat), &col(&d.z_hat.z), tol);
                     close(&what, &col(&s.rate), &col(&d.rate), tol);
+                    if !def2 {
+                        // Prop. 3's band: ν a lower bound of λ_min within 1/64 (the dense
+                        // band's ν is λ_min), the loss inside it, the upper side at most a
+                        // 60th of the width above the dense one.
+                        let sb = sparse.band(&sol, &s, &loss).unwrap().unwrap();
+                        let db = program.band_of(&d).unwrap();
+                        assert!(
+                            sb.nu <= db.nu && sb.nu >= db.nu * (1.0 - 1.0 / 64.0),
+                            "{what}"
+                        );
+                        assert!(sb.lower <= sb.loss && sb.loss <= sb.upper, "{what}");
+                        let width = db.upper - db.lower;
+                        let extra = sb.upper - db.upper;
+                        assert!(extra >= -tol && extra <= width / 60.0 + tol, "{what}");
+                    }
                 }
                 let nu = bilevel::linalg::min_eigenvalue(&inst.q);
                 let centered = sparse.centered(&sol, theta, (&loss, beta));

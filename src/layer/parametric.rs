@@ -12,6 +12,8 @@
 //! Cor. 1's `dL/dθ = −Bᵀ ż` with `ż = ∂L/∂p` from Eq. 17 (Prop. 2, one-sided at weakly active
 //! rows). Nothing `n × n` is formed.
 
+use std::sync::OnceLock;
+
 use nalgebra::DVector;
 
 use super::sparse::{
@@ -20,11 +22,12 @@ use super::sparse::{
 use super::ItemStatus;
 use crate::error::{check_computed, check_finite, Error, Result};
 use crate::linalg::{
-    csc_from_triplets, negated, on_pattern, sparse_mul as mul, sparse_tr_mul as tr_mul, Csc,
+    csc_from_triplets, min_eigenvalue_lower, negated, on_pattern, sparse_mul as mul,
+    sparse_tr_mul as tr_mul, Csc,
 };
 use crate::problem::{offset_cancels, DirectionMethod, Loss};
 use crate::solve::qp::Tolerances;
-use crate::surrogate::map_items;
+use crate::surrogate::{map_items, Band};
 
 /// `z*(θ)` of a quadratic layer with sparse data (module docs), the sparse counterpart of
 /// [`crate::problem::QuadraticProblem`] for [`solve`](Self::solve), [`vjp`](Self::vjp) and
@@ -59,6 +62,8 @@ pub struct SparseQuadraticLayer {
     b: Csc,
     c: DVector<f64>,
     tol: Tolerances,
+    /// [`SparseQuadraticLayer::strong_convexity`], once computed.
+    nu: OnceLock<Option<f64>>,
 }
 
 impl SparseQuadraticLayer {
@@ -99,7 +104,13 @@ impl SparseQuadraticLayer {
             b: b_eq,
         };
         data.qp().map_err(rename_rows)?;
-        Ok(Self { data, b, c, tol })
+        Ok(Self {
+            data,
+            b,
+            c,
+            tol,
+            nu: OnceLock::new(),
+        })
     }
 
     /// `n`, the dimension of `z`.
@@ -320,8 +331,8 @@ impl SparseQuadraticLayer {
     /// [`solve`](Self::solve) for that `θ`: `L^β = ℓ(ẑ_β) + (E(ẑ_β) − E(z*))/β` with `ẑ_β`
     /// the minimizer of `βℓ + E`, as the dense layer's [`crate::surrogate::Bilevel::surrogate`].
     /// `ℓ(ẑ_β)` is expanded around `z*` (`ℓ(z*) + βℓ'ᵀf + (β²κ/2)‖f‖²`) unless `z* + βf` has
-    /// lost its digits, when `ẑ_β` is solved for directly. Prop. 3's band needs
-    /// `ν = λ_min(Q)`, which the sparse layer does not compute.
+    /// lost its digits, when `ẑ_β` is solved for directly. Prop. 3's band around it:
+    /// [`band`](Self::band).
     ///
     /// # Errors
     /// As [`derive`](Self::derive); [`Error::InvalidBeta`] for `β ≤ 0` or not finite; the
@@ -419,6 +430,45 @@ impl SparseQuadraticLayer {
     }
 
     /// A surrogate from its offset and its outer value at `ẑ_β`.
+    /// The strong-convexity modulus `ν` of `½zᵀQz` for Prop. 3's band: a certified lower bound
+    /// of `λ_min(Q)`, within `1/64` of it above a rounding margin (bisection on sparse Cholesky
+    /// factorizations of `Q − νI`), computed once per layer. `None` when `λ_min(Q)` is below
+    /// that margin (`2(n + 2)ε tr Q`).
+    ///
+    /// # Errors
+    /// Allocation failures of the factorization.
+    pub fn strong_convexity(&self) -> Result<Option<f64>> {
+        if let Some(&nu) = self.nu.get() {
+            return Ok(nu);
+        }
+        let nu = min_eigenvalue_lower(&self.data.q)?;
+        Ok(*self.nu.get_or_init(|| nu))
+    }
+
+    /// Prop. 3's band `L^β ≤ L ≤ L^β + β/(2ν)‖ℓ'(z*)‖²` around a Def. 1 surrogate `surrogate`
+    /// (from [`surrogate`](Self::surrogate) at `solution`, for `loss`), as the dense
+    /// [`crate::surrogate::Bilevel::band`], with `ν` from
+    /// [`strong_convexity`](Self::strong_convexity): a lower bound of `λ_min(Q)` keeps the
+    /// theorem true, and its upper term is at most about `1/64` wider than with `λ_min`
+    /// itself. `None` when `ν` is.
+    ///
+    /// # Errors
+    /// [`Error::Inaccurate`] when the computed band misses the loss beyond rounding
+    /// ([`Band::check`]); [`strong_convexity`](Self::strong_convexity)'s errors.
+    pub fn band(
+        &self,
+        solution: &SparseQpSolution,
+        surrogate: &SparseSurrogate,
+        loss: &Loss,
+    ) -> Result<Option<Band>> {
+        let Some(nu) = self.strong_convexity()? else {
+            return Ok(None);
+        };
+        let band = Band::of(surrogate.value, (loss, solution.z()), surrogate.beta, nu);
+        band.check()?;
+        Ok(Some(band))
+    }
+
     fn finish(
         &self,
         solution: &SparseQpSolution,

@@ -17,7 +17,7 @@ pub(crate) use simd::{lane_sum2, vectorized, Lanes, LANES};
 pub(crate) use span::{independence, rows_in_span, sine_to_span};
 pub(crate) use sparse::{
     abs_mul as sparse_abs_mul, abs_tr_mul as sparse_abs_tr_mul, amax as sparse_amax,
-    csc_to_clarabel, for_each_entry, mul as sparse_mul, negated, on_pattern,
+    csc_to_clarabel, for_each_entry, min_eigenvalue_lower, mul as sparse_mul, negated, on_pattern,
     row_amax as sparse_row_amax, scale_rows, shifted_diagonal, stack_rows, tr_mul as sparse_tr_mul,
     upper_to_clarabel,
 };

@@ -40,8 +40,8 @@ use crate::surrogate::Bilevel;
 /// `solve`, `vjp`, `jvp` and `derive` (exact, one-sided at weakly active rows; `derive`'s data
 /// gradients on the data's own patterns, as `scipy.sparse.csc_array`s: a matrix's pattern is
 /// its stored entries, or its non-zero entries when it was given as a dense array), and the
-/// finite-β `surrogate` and `derive`'s `betas` (from its offset problem; Prop. 3's band, which
-/// needs `ν = λ_min(Q)`, is `None` there).
+/// finite-β `surrogate` and `derive`'s `betas` (from its offset problem; Prop. 3's band with
+/// `bound_nu` a certified lower bound of `λ_min(Q)` within 1/64 of it).
 ///
 /// Example:
 ///

@@ -346,8 +346,8 @@ pub(crate) fn sparse_derive_dict<'py>(
 
 /// `QuadraticLayer.surrogate` on the sparse layer: the dense layer's dict for `kind`
 /// (`"contrastive"`, `"linearized"`, `"centered"`) from [`SparseQuadraticLayer::surrogate`],
-/// [`SparseQuadraticLayer::linearized`] and [`SparseQuadraticLayer::centered`], Prop. 3's
-/// `bound_*` `None` (the band needs `ν = λ_min(Q)`, which the sparse layer does not compute).
+/// [`SparseQuadraticLayer::linearized`] and [`SparseQuadraticLayer::centered`], with Prop. 3's
+/// band for `"contrastive"` from [`SparseQuadraticLayer::band`].
 pub(crate) fn sparse_surrogate_dict<'py>(
     py: Python<'py>,
     (layer, theta): (&SparseQuadraticLayer, &DVector<f64>),
@@ -373,18 +373,22 @@ pub(crate) fn sparse_surrogate_dict<'py>(
         d.set_item("residual", c.residual)?;
         return Ok(d);
     }
-    let s = super::convert::detached(py, || match kind {
-        "contrastive" => layer.surrogate(&solution, theta, (loss, beta)),
-        _ => layer.linearized(&solution, theta, (loss, beta)),
+    let (s, band) = super::convert::detached(py, || match kind {
+        "contrastive" => {
+            let s = layer.surrogate(&solution, theta, (loss, beta))?;
+            let band = layer.band(&solution, &s, loss)?;
+            Ok((s, band))
+        }
+        _ => Ok((layer.linearized(&solution, theta, (loss, beta))?, None)),
     })?;
     d.set_item("value", s.value)?;
     d.set_item("grad_theta", py_vector(py, &s.grad_theta))?;
     d.set_item("z_star", py_vector(py, solution.z()))?;
     d.set_item("z_hat", py_vector(py, &s.z_hat))?;
     d.set_item("rate", py_vector(py, &s.rate))?;
-    for key in ["bound_lower", "bound_upper", "bound_nu"] {
-        d.set_item(key, py.None())?;
-    }
+    d.set_item("bound_lower", band.map(|b| b.lower))?;
+    d.set_item("bound_upper", band.map(|b| b.upper))?;
+    d.set_item("bound_nu", band.map(|b| b.nu))?;
     d.set_item("residual", s.residual)?;
     Ok(d)
 }

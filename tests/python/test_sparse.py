@@ -196,10 +196,19 @@ def test_sparse_derive_is_the_dense_derive_with_gradients_on_the_data_patterns()
         assert np.array_equal(batch[1]["grad_theta"], one["grad_theta"])
 
 
-def test_sparse_surrogates_are_the_dense_layers_without_the_band():
+def _same_band(a, b):
+    # The sparse ν is a certified lower bound of λ_min(Q) within 1/64; the dense ν is λ_min.
+    assert b["bound_nu"] * (1 - 1 / 64) <= a["bound_nu"] <= b["bound_nu"]
+    assert abs(a["bound_lower"] - b["bound_lower"]) < 1e-10 * (1 + abs(b["bound_lower"]))
+    extra = a["bound_upper"] - b["bound_upper"]
+    slack = 1e-10 * (1 + abs(b["bound_upper"]))
+    assert -slack <= extra <= (b["bound_upper"] - b["bound_lower"]) / 60 + slack
+
+
+def test_sparse_surrogates_are_the_dense_layers_with_the_band():
     """`derive`'s `betas` and every `surrogate` kind on the sparse layer (its offset problem)
-    against the dense layer's, linear and squared losses, with Prop. 3's band `None`; the
-    sparse `derive` dict has the dense one's keys."""
+    against the dense layer's, linear and squared losses, with Prop. 3's band; the sparse
+    `derive` dict has the dense one's keys."""
     from conftest import constructed_layer
     rng = np.random.default_rng(23)
     for k in (0, 2):
@@ -217,7 +226,7 @@ def test_sparse_surrogates_are_the_dense_layers_without_the_band():
                 for key in ("z_hat", "value", "grad_theta", "linearized_value",
                             "linearized_grad_theta"):
                     assert np.abs(a[key] - b[key]).max() < 1e-10 * (1 + a["beta"]), key
-                assert a["bound_lower"] is None and b["bound_lower"] is not None
+                _same_band(a, b)
             for kind in ("contrastive", "linearized", "centered"):
                 beta = 0.05
                 a = sparse.surrogate(theta, loss, beta, kind=kind)
@@ -226,6 +235,10 @@ def test_sparse_surrogates_are_the_dense_layers_without_the_band():
                 for key in ("value", "grad_theta", "z_hat", "z_star", "rate", "z_minus"):
                     if key in b and b[key] is not None:
                         assert np.abs(a[key] - b[key]).max() < 1e-10, (kind, key)
+                if kind == "contrastive":
+                    _same_band(a, b)
+                else:
+                    assert all(a.get(k) is None for k in ("bound_lower", "bound_nu")), kind
                 assert a["residual"] < 1e-12
 
 
