@@ -185,45 +185,85 @@ proptest! {
     /// β = 10, 1.6966 at β = 1).
     #[test]
     fn prop3_band_and_convergence(seed in 0u64..10_000, n in 3usize..8, weak in 0usize..3) {
-        use Activity::{Inactive, Strong, Weak};
-        let mut labels = vec![Strong, Inactive];
-        labels.extend(std::iter::repeat_n(Weak, weak));
-        let inst = constructed_qp(&mut rng(seed), n, 2, 0, &labels);
-        let target = vector(&mut rng(seed + 1), n) * 2.0;
-        let lambda_min = inst.q.clone().symmetric_eigenvalues().min();
-        let qp = QuadraticProblem::new(inst.q, inst.b, inst.c, inst.constraints).unwrap();
-        let program = Bilevel::new(qp, Loss::Squared { target: target.clone() }).unwrap();
-        let limit = program.limit(&inst.theta).unwrap();
-        let loss = limit.loss;
-        let energy = |z: &DVector<f64>| program.inner.energy(z, &inst.theta);
-        let loss_at = |z: &DVector<f64>| 0.5 * (z - &target).norm_squared();
-        let e_star = energy(&limit.z_star.z);
-        let (mut prev_gap, mut prev_loss) = (f64::INFINITY, f64::NEG_INFINITY);
-        for beta in [10.0, 1.0, 0.1, 1e-2, 1e-3, 1e-4] {
-            let s = program.surrogate(&inst.theta, beta).unwrap();
-            let band = program.band_of(&s).unwrap();
-            // rounding slack: E(ẑ) − E(z*) is a difference of O(1) numbers divided by β.
-            let slack = 1e-12 * (1.0 + loss.abs()) / beta;
-            prop_assert!(band.lower <= loss + slack, "L^beta {} > L {}", band.lower, loss);
-            prop_assert!(loss <= band.upper + slack, "L {} > upper {}", loss, band.upper);
-            let gap = energy(&s.z_hat.z) - e_star;
-            let l_hat = loss_at(&s.z_hat.z);
-            let round = 1e-12 * (1.0 + e_star.abs() + loss.abs());
-            prop_assert!(gap <= prev_gap + round, "energy gap rose: {gap} after {prev_gap}");
-            prop_assert!(l_hat >= prev_loss - round, "loss fell: {l_hat} after {prev_loss}");
-            let dist = (&s.z_hat.z - &limit.z_star.z).norm();
+        prop3_case(seed, n, weak)?;
+    }
+}
+
+/// The case proptest recorded as failing once while the offset iteration moved to the stored
+/// factorization (2026-12-07; it has not failed again, with or without the `solve_kkt`
+/// fallback of a range-space round), kept here because CI does not replay proptest's failure
+/// files.
+#[test]
+fn prop3_band_and_convergence_at_a_recorded_case() {
+    prop3_case(9222, 3, 2).unwrap();
+}
+
+/// [`prop3_band_and_convergence`]'s body for one instance.
+fn prop3_case(seed: u64, n: usize, weak: usize) -> Result<(), TestCaseError> {
+    use Activity::{Inactive, Strong, Weak};
+    let mut labels = vec![Strong, Inactive];
+    labels.extend(std::iter::repeat_n(Weak, weak));
+    let inst = constructed_qp(&mut rng(seed), n, 2, 0, &labels);
+    let target = vector(&mut rng(seed + 1), n) * 2.0;
+    let lambda_min = inst.q.clone().symmetric_eigenvalues().min();
+    let qp = QuadraticProblem::new(inst.q, inst.b, inst.c, inst.constraints).unwrap();
+    let program = Bilevel::new(
+        qp,
+        Loss::Squared {
+            target: target.clone(),
+        },
+    )
+    .unwrap();
+    let limit = program.limit(&inst.theta).unwrap();
+    let loss = limit.loss;
+    let energy = |z: &DVector<f64>| program.inner.energy(z, &inst.theta);
+    let loss_at = |z: &DVector<f64>| 0.5 * (z - &target).norm_squared();
+    let e_star = energy(&limit.z_star.z);
+    let (mut prev_gap, mut prev_loss) = (f64::INFINITY, f64::NEG_INFINITY);
+    for beta in [10.0, 1.0, 0.1, 1e-2, 1e-3, 1e-4] {
+        let s = program.surrogate(&inst.theta, beta).unwrap();
+        let band = program.band_of(&s).unwrap();
+        // rounding slack: E(ẑ) − E(z*) is a difference of O(1) numbers divided by β.
+        let slack = 1e-12 * (1.0 + loss.abs()) / beta;
+        prop_assert!(
+            band.lower <= loss + slack,
+            "L^beta {} > L {}",
+            band.lower,
+            loss
+        );
+        prop_assert!(
+            loss <= band.upper + slack,
+            "L {} > upper {}",
+            loss,
+            band.upper
+        );
+        let gap = energy(&s.z_hat.z) - e_star;
+        let l_hat = loss_at(&s.z_hat.z);
+        let round = 1e-12 * (1.0 + e_star.abs() + loss.abs());
+        prop_assert!(
+            gap <= prev_gap + round,
+            "energy gap rose: {gap} after {prev_gap}"
+        );
+        prop_assert!(
+            l_hat >= prev_loss - round,
+            "loss fell: {l_hat} after {prev_loss}"
+        );
+        let dist = (&s.z_hat.z - &limit.z_star.z).norm();
+        prop_assert!(
+            0.5 * lambda_min * dist * dist <= gap.max(0.0) + round,
+            "distance {dist} beyond the strong-convexity bound of gap {gap}"
+        );
+        (prev_gap, prev_loss) = (gap, l_hat);
+        if beta <= 1e-3 {
+            // ‖(ẑ_β − z*)/β − ż‖ = O(β) (in fact 0 once the active set has settled).
+            let err = (&s.grad_theta - &limit.grad_theta).norm();
             prop_assert!(
-                0.5 * lambda_min * dist * dist <= gap.max(0.0) + round,
-                "distance {dist} beyond the strong-convexity bound of gap {gap}"
+                err <= 100.0 * beta * (1.0 + limit.grad_theta.norm()),
+                "err {err} at beta {beta}"
             );
-            (prev_gap, prev_loss) = (gap, l_hat);
-            if beta <= 1e-3 {
-                // ‖(ẑ_β − z*)/β − ż‖ = O(β) (in fact 0 once the active set has settled).
-                let err = (&s.grad_theta - &limit.grad_theta).norm();
-                prop_assert!(err <= 100.0 * beta * (1.0 + limit.grad_theta.norm()), "err {err} at beta {beta}");
-            }
         }
     }
+    Ok(())
 }
 
 /// An offset solve ([`InnerProblem::offset`]) against solve-and-subtract at the moderate
