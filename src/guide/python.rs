@@ -141,8 +141,11 @@
 //! `grad_B`, `grad_A`, `grad_A_eq` are `csc_array`s on the data's patterns (the gradient with
 //! respect to the stored values, [`crate::layer::SparseQuadraticLayer::derive`]). The finite-β
 //! `surrogate`, and `derive`'s `betas`, run on it too
-//! ([`crate::layer::SparseQuadraticLayer::surrogate`]), with Prop. 3's band `None` (it needs
-//! `ν = λ_min(Q)`, which the sparse layer does not compute).
+//! ([`crate::layer::SparseQuadraticLayer::surrogate`]), with Prop. 3's band: `bound_nu` is a
+//! certified lower bound of `λ_min(Q)` within 1/64 of it
+//! ([`crate::layer::SparseQuadraticLayer::strong_convexity`]), where the dense layer has
+//! `λ_min(Q)` itself, so the band is valid and its upper side at most a 60th of its width
+//! higher.
 //!
 //! The tests (`tests/python`, run by CI after `pip install .` in a fresh venv, with torch and qpth):
 //! `pip install pytest jax torch && pip install --no-deps qpth && cargo build --release && python -m pytest tests/python`.

@@ -347,10 +347,10 @@ pub fn check_sparse_spd(what: &str, q: &Csc) -> Result<()> {
 pub(crate) fn min_eigenvalue_lower(q: &Csc) -> Result<Option<f64>> {
     let n = q.nrows();
     let mut diagonal = vec![None; n];
-    for j in 0..n {
+    for (j, entry) in diagonal.iter_mut().enumerate() {
         for_column(q, j, |i, v| {
             if i == j {
-                diagonal[j] = Some(v);
+                *entry = Some(v);
             }
         });
     }
@@ -372,7 +372,8 @@ pub(crate) fn min_eigenvalue_lower(q: &Csc) -> Result<Option<f64>> {
     let mut lo = hi / 2.0;
     while !definite(lo) {
         (hi, lo) = (lo, lo / 4.0);
-        if !(lo > margin) {
+        // `lo` is positive and finite here (`hi` was): at or below the margin nothing certifies.
+        if lo <= margin {
             return Ok(None);
         }
     }

@@ -304,9 +304,9 @@ pub(crate) fn surrogate_list<'py>(
     pyo3::types::PyList::new(py, entries)
 }
 
-/// `derive`'s dict on the sparse layer: the dense layer's keys (the surrogates without
-/// Prop. 3's band, `None`), with the sparse data's gradients as `scipy.sparse.csc_array`s on
-/// their patterns.
+/// `derive`'s dict on the sparse layer: the dense layer's keys (Prop. 3's band with `ν` a
+/// certified lower bound of `λ_min(Q)`), with the sparse data's gradients as
+/// `scipy.sparse.csc_array`s on their patterns.
 pub(crate) fn sparse_derive_dict<'py>(
     py: Python<'py>,
     (s, d, surrogates): &SparseDerive,
