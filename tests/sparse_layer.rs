@@ -923,6 +923,19 @@ fn the_sparse_layer_surrogates_are_the_dense_programs() {
     assert!(refused > 0);
 }
 
+/// Four equality rows on three units: a row, its copy ×2, a second row, the sum of the two.
+const DEPENDENT_EQ: [(usize, usize, f64); 9] = [
+    (0, 0, 1.0),
+    (0, 1, 1.0),
+    (1, 0, 2.0),
+    (1, 1, 2.0),
+    (2, 1, 1.0),
+    (2, 2, 1.0),
+    (3, 0, 1.0),
+    (3, 1, 2.0),
+    (3, 2, 1.0),
+];
+
 /// An exactly dependent equality row (a copy ×2, and a sum of two others) with a consistent
 /// right-hand side is set aside as on the dense path: multiplier zero, listed in
 /// `dependent_equalities`, and every gradient, `A`'s and `b`'s included, equals the dense
@@ -930,19 +943,8 @@ fn the_sparse_layer_surrogates_are_the_dense_programs() {
 #[test]
 fn an_exactly_dependent_equality_row_is_set_aside_as_on_the_dense_path() {
     // z₁ + z₂ = 1, its copy ×2, z₂ + z₃ = 0.5, their sum = 1.5; z₁ ≤ 0.25 (active).
-    let eq = [
-        (0, 0, 1.0),
-        (0, 1, 1.0),
-        (1, 0, 2.0),
-        (1, 1, 2.0),
-        (2, 1, 1.0),
-        (2, 2, 1.0),
-        (3, 0, 1.0),
-        (3, 1, 2.0),
-        (3, 2, 1.0),
-    ];
     let mut item = rows_item(&[-2.0, -1.0, 0.5, -1.0], &[(0, 0, 1.0)], &[0.25]);
-    item.a = csc_from_triplets(4, 4, &eq).unwrap();
+    item.a = csc_from_triplets(4, 4, &DEPENDENT_EQ).unwrap();
     item.b = DVector::from_row_slice(&[1.0, 2.0, 0.5, 1.5]);
     let s = one(&item);
     let d = with_path(&QpData::from(&item), SolvePath::Dense);
@@ -976,17 +978,6 @@ fn an_exactly_dependent_equality_row_is_set_aside_as_on_the_dense_path() {
 /// inequality rows (with them Clarabel runs first).
 #[test]
 fn inconsistent_dependent_equalities_are_infeasible_on_both_paths() {
-    let eq = [
-        (0, 0, 1.0),
-        (0, 1, 1.0),
-        (1, 0, 2.0),
-        (1, 1, 2.0),
-        (2, 1, 1.0),
-        (2, 2, 1.0),
-        (3, 0, 1.0),
-        (3, 1, 2.0),
-        (3, 2, 1.0),
-    ];
     let mut decided = (0, 0);
     for rows in [&[(0, 0, 1.0)][..], &[]] {
         let h: &[f64] = if rows.is_empty() { &[] } else { &[0.25] };
@@ -998,7 +989,7 @@ fn inconsistent_dependent_equalities_are_infeasible_on_both_paths() {
             ([1.0, 2.0, 0.5, 1.5 + 1e-13], true),
         ] {
             let mut item = rows_item(&[-2.0, -1.0, 0.5, -1.0], rows, h);
-            item.a = csc_from_triplets(4, 4, &eq).unwrap();
+            item.a = csc_from_triplets(4, 4, &DEPENDENT_EQ).unwrap();
             item.b = DVector::from_row_slice(&b);
             let sparse = solve_sparse(std::slice::from_ref(&item), 1, Tolerances::default())
                 .pop()
