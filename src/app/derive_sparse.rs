@@ -19,13 +19,14 @@
 //! `linearized_grad_theta`, from the sparse offset problem; Prop. 3's `bound_lower`,
 //! `bound_upper` with `bound_nu` a certified lower bound of `λ_min(Q)` within `1/64` of it,
 //! where the dense path has `λ_min(Q)` itself, so the sparse `bound_upper` is at most about
-//! `1/64` of the band's width above the dense one). A batch of `theta`s is not on the sparse
-//! path yet: asking for one is an error naming the field.
+//! `1/64` of the band's width above the dense one). A batch of `theta`s answers as the dense
+//! batch does: an array in order, each item its output or `{"error": ...}` (solved on up to two
+//! threads).
 
 use nalgebra::{DMatrix, DVector};
 use serde::{Deserialize, Serialize};
 
-use super::derive::{LossSpec, Request, SurrogateOut};
+use super::derive::{LossSpec, Request, SurrogateOut, ThetaSpec};
 use crate::error::{check_computed, Error, Result};
 use crate::layer::{SparseLayerDerivative, SparseQpSolution, SparseQuadraticLayer};
 use crate::linalg::{csc_from_triplets, Csc};
@@ -73,7 +74,7 @@ struct SparseInput {
     Q: MatrixSpec,
     c: Vec<f64>,
     B: Option<Vec<Vec<f64>>>,
-    theta: Option<Vec<f64>>,
+    theta: Option<ThetaSpec>,
     A: Option<MatrixSpec>,
     b: Option<Vec<f64>>,
     A_eq: Option<MatrixSpec>,
@@ -167,13 +168,30 @@ fn triplets(a: &Csc) -> serde_json::Value {
 /// Runs a sparse derive request (module docs) and returns its JSON answer.
 ///
 /// # Errors
-/// Malformed JSON or data, naming the field; a batch `theta` (not on the sparse path); the
-/// sparse layer's errors.
+/// Malformed JSON or data, naming the field; the sparse layer's errors (for one `θ`; a batch,
+/// as the dense [`super::derive::derive_json`], answers per item and fails as a whole only on
+/// bad input).
 pub fn derive_sparse_json(value: serde_json::Value) -> Result<serde_json::Value> {
     let input: SparseInput = serde_json::from_value(value)
         .map_err(|e| Error::input("problem JSON (sparse)", e.to_string()))?;
-    let out = derive_sparse(input)?;
-    serde_json::to_value(out).map_err(|e| Error::input("output", e.to_string()))
+    let parsed = parse(input)?;
+    let to_json = |out: SparseDeriveOutput| {
+        serde_json::to_value(out).map_err(|e| Error::input("output", e.to_string()))
+    };
+    if !parsed.batch {
+        let sol = parsed.layer.solve_one(&parsed.thetas[0])?;
+        return to_json(derive_one(&parsed, &parsed.thetas[0], &sol)?);
+    }
+    let threads = crate::linalg::Threads::default_count();
+    let solutions = parsed.layer.solve(&parsed.thetas, threads);
+    let items = (parsed.thetas.iter().zip(solutions))
+        .map(|(theta, sol)| {
+            sol.and_then(|sol| derive_one(&parsed, theta, &sol))
+                .and_then(to_json)
+                .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }))
+        })
+        .collect();
+    Ok(serde_json::Value::Array(items))
 }
 
 /// `Q` square `n × n`, and each row block as long as its right-hand side, named as in the
@@ -198,20 +216,36 @@ fn check_shapes(input: &SparseInput, (q, a, a_eq): (&Csc, &Csc, &Csc), n: usize)
     Ok(())
 }
 
+/// The request's `θ`s (one, the zero vector when absent, or a batch) checked against `B`'s
+/// columns, and whether they were a batch.
+fn thetas_of(input: &SparseInput, p: usize) -> Result<(Vec<DVector<f64>>, bool)> {
+    let check = |t: &[f64], name: &str| {
+        if t.len() != p {
+            return Err(Error::dim(name, p, t.len()));
+        }
+        crate::error::check_finite(name, t.iter())?;
+        Ok(DVector::from_column_slice(t))
+    };
+    match &input.theta {
+        None => Ok((vec![DVector::zeros(p)], false)),
+        Some(ThetaSpec::One(t)) => Ok((vec![check(t, "theta")?], false)),
+        Some(ThetaSpec::Batch(items)) => {
+            let named = items.iter().enumerate();
+            let thetas = named.map(|(i, t)| check(t, &format!("theta[{i}]")));
+            Ok((thetas.collect::<Result<_>>()?, true))
+        }
+    }
+}
+
 /// The request's layer (`B` with every entry stored, so that `grad_B` is dense, as `B` is in
-/// the request), `θ`, and `B` as given.
-fn layer_of(input: &SparseInput) -> Result<(SparseQuadraticLayer, DVector<f64>, DMatrix<f64>)> {
+/// the request), and `B` as given.
+fn layer_of(input: &SparseInput) -> Result<(SparseQuadraticLayer, DMatrix<f64>)> {
     let n = input.c.len();
     let q = matrix("Q", Some(&input.Q), n)?;
     let b_mat = match &input.B {
         Some(rows) => super::derive::dense_rows("B", rows, n)?,
         None => DMatrix::zeros(n, 0),
     };
-    let theta = DVector::from_vec(input.theta.clone().unwrap_or(vec![0.0; b_mat.ncols()]));
-    if theta.len() != b_mat.ncols() {
-        return Err(Error::dim("theta", b_mat.ncols(), theta.len()));
-    }
-    crate::error::check_finite("theta", theta.iter())?;
     let a = matrix("A", input.A.as_ref(), n)?;
     let a_eq = matrix("A_eq", input.A_eq.as_ref(), n)?;
     check_shapes(input, (&q, &a, &a_eq), n)?;
@@ -231,7 +265,7 @@ fn layer_of(input: &SparseInput) -> Result<(SparseQuadraticLayer, DVector<f64>, 
         Some((a_eq, vector(&input.b_eq))),
         Tolerances::default(),
     )?;
-    Ok((layer, theta, b_mat))
+    Ok((layer, b_mat))
 }
 
 /// The `grad_*` entries asked for, in the request's form (module docs).
@@ -301,10 +335,26 @@ pub(crate) fn sparse_surrogates(
         .collect()
 }
 
-fn derive_sparse(input: SparseInput) -> Result<SparseDeriveOutput> {
-    let (layer, theta, b_mat) = layer_of(&input)?;
-    let gradient_loss = matches!(input.loss, Some(LossSpec::Gradient { .. }));
-    let jvp = input.direction.is_some();
+/// A parsed sparse request: the layer, its `θ`s, and what to answer for each.
+struct Parsed {
+    layer: SparseQuadraticLayer,
+    thetas: Vec<DVector<f64>>,
+    batch: bool,
+    loss: Loss,
+    betas: Vec<f64>,
+    /// The data whose gradients are asked for.
+    names: Vec<String>,
+    /// `Request`'s flags for the loss note.
+    request: Request,
+}
+
+/// The data a sparse request may ask gradients of (`gradients`).
+const GRADIENT_NAMES: [&str; 7] = ["Q", "B", "c", "A", "b", "A_eq", "b_eq"];
+
+/// Checks the whole request before any solve (a batch then fails as a whole only here).
+fn parse(input: SparseInput) -> Result<Parsed> {
+    let (layer, b_mat) = layer_of(&input)?;
+    let (thetas, batch) = thetas_of(&input, b_mat.ncols())?;
     let loss = super::derive::loss_of(
         input.loss.clone(),
         input.direction.as_deref(),
@@ -312,22 +362,45 @@ fn derive_sparse(input: SparseInput) -> Result<SparseDeriveOutput> {
         b_mat.ncols(),
     )?;
     let betas = input.betas.clone().unwrap_or_default();
-    let request = Request {
+    Request {
         betas: betas.clone(),
         ..Request::default()
-    };
-    request.validate()?;
-    let sol = layer.solve_one(&theta)?;
-    let d = layer.derive(&sol, &theta, &loss)?;
+    }
+    .validate()?;
     let names = input.gradients.clone().unwrap_or_default();
-    let data_gradients = gradients_json(&names, &d)?;
-    let (lambda, lambda_eq) = sol.multipliers();
-    let to_vec = |v: &DVector<f64>| v.as_slice().to_vec();
+    if let Some((i, name)) =
+        (names.iter().enumerate()).find(|(_, n)| !GRADIENT_NAMES.contains(&n.as_str()))
+    {
+        return Err(Error::input(
+            format!("gradients[{i}]"),
+            format!("unknown datum `{name}`"),
+        ));
+    }
     let request = Request {
-        jvp,
-        gradient_loss,
+        jvp: input.direction.is_some(),
+        gradient_loss: matches!(input.loss, Some(LossSpec::Gradient { .. })),
         ..Request::default()
     };
+    Ok(Parsed {
+        layer,
+        thetas,
+        batch,
+        loss,
+        betas,
+        names,
+        request,
+    })
+}
+
+/// The answer for one `θ` and its solution.
+fn derive_one(
+    p: &Parsed,
+    theta: &DVector<f64>,
+    sol: &SparseQpSolution,
+) -> Result<SparseDeriveOutput> {
+    let d = p.layer.derive(sol, theta, &p.loss)?;
+    let (lambda, lambda_eq) = sol.multipliers();
+    let to_vec = |v: &DVector<f64>| v.as_slice().to_vec();
     let out = SparseDeriveOutput {
         z_star: to_vec(sol.z()),
         multipliers: to_vec(lambda),
@@ -335,7 +408,7 @@ fn derive_sparse(input: SparseInput) -> Result<SparseDeriveOutput> {
         constraints: d.status.activity.iter().map(|a| a.label()).collect(),
         branches: d.status.branches.clone(),
         loss: d.loss,
-        jvp: jvp.then(|| to_vec(&d.z_dot)),
+        jvp: p.request.jvp.then(|| to_vec(&d.z_dot)),
         z_dot: to_vec(&d.z_dot),
         grad_theta: to_vec(&d.grad_theta),
         method: d.method.to_string(),
@@ -345,9 +418,9 @@ fn derive_sparse(input: SparseInput) -> Result<SparseDeriveOutput> {
         iterations: d.status.iterations,
         dependent_constraints: sol.dependent().to_vec(),
         dependent_equalities: sol.dependent_equalities().to_vec(),
-        surrogates: sparse_surrogates((&layer, &sol), &theta, &loss, &betas)?,
-        loss_note: request.loss_note(),
-        data_gradients,
+        surrogates: sparse_surrogates((&p.layer, sol), theta, &p.loss, &p.betas)?,
+        loss_note: p.request.loss_note(),
+        data_gradients: gradients_json(&p.names, &d)?,
     };
     check_computed("z_star", &out.z_star)?;
     check_computed("z_dot", &out.z_dot)?;
@@ -542,6 +615,38 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A batch of `θ`s answers, item by item and in order, what each `θ` alone answers (with
+    /// `betas`), as the dense batch does; a wrong item fails the whole request naming it.
+    #[test]
+    fn a_batch_of_thetas_answers_each_theta_as_alone() {
+        let (dense, mut sparse) = requests();
+        sparse["betas"] = json!([0.01]);
+        let thetas = [0.5, -2.0, 3.0];
+        let mut batch = sparse.clone();
+        batch["theta"] = json!(thetas.map(|t| [t]));
+        let out = derive_json(&batch.to_string()).unwrap();
+        let items = out.as_array().unwrap();
+        assert_eq!(items.len(), 3);
+        for (item, t) in items.iter().zip(thetas) {
+            let mut one = sparse.clone();
+            one["theta"] = json!([t]);
+            assert_eq!(item, &derive_json(&one.to_string()).unwrap(), "theta {t}");
+        }
+        // The items differ (θ moves z*), and the dense batch agrees on z*.
+        assert_ne!(items[0]["z_star"], items[1]["z_star"]);
+        let mut dense_batch = dense.clone();
+        dense_batch["theta"] = batch["theta"].clone();
+        let d = derive_json(&dense_batch.to_string()).unwrap();
+        for (a, b) in items.iter().zip(d.as_array().unwrap()) {
+            for (x, y) in numbers(&a["z_star"]).iter().zip(numbers(&b["z_star"])) {
+                assert!((x - y).abs() < 1e-12, "{x} {y}");
+            }
+        }
+        batch["theta"] = json!([[0.5], [1.0, 2.0]]);
+        let e = derive_json(&batch.to_string()).unwrap_err().to_string();
+        assert!(e.contains("theta[1]"), "{e}");
     }
 
     #[test]

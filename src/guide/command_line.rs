@@ -42,9 +42,10 @@
 //!   (zero-based, repeated positions summed); the request then runs on the sparse path (nothing
 //!   `n × n` formed; `crate::app::derive_sparse`) and answers the limit entries (with `condition`,
 //!   the dense path's estimate, and `jvp` for a `direction`), with `grad_Q`, `grad_A`,
-//!   `grad_A_eq` as triplets on the data's patterns; `betas` and a batch `theta` are refused there
-//!   for now, naming the field. Bad input gives one line on stderr naming the field and exit
-//!   code 1. A success prints finite numbers only; a quantity that overflows, or a problem scaled
+//!   `grad_A_eq` as triplets on the data's patterns, `betas` (with Prop. 3's band, `bound_nu` a
+//!   certified lower bound of `λ_min(Q)`) and a batch `theta` as on the dense path. Bad input
+//!   gives one line on stderr naming the field and exit code 1.
+//!   A success prints finite numbers only; a quantity that overflows, or a problem scaled
 //!   beyond what `f64` resolves, is a one-line error instead. Labels, `z*`, `ż` and the gradients
 //!   do not depend on how a row, the energy or the solution is scaled (rows are equilibrated by
 //!   powers of two; the activity tests are relative to each row's own terms).
