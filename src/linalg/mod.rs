@@ -17,7 +17,7 @@ pub(crate) use simd::{lane_sum2, vectorized, Lanes, LANES};
 pub(crate) use span::{independence, rows_in_span, sine_to_span};
 pub(crate) use sparse::{
     abs_mul as sparse_abs_mul, abs_tr_mul as sparse_abs_tr_mul, amax as sparse_amax,
-    csc_to_clarabel, for_each_entry, min_eigenvalue_lower, mul as sparse_mul, negated, on_pattern,
+    csc_to_clarabel, min_eigenvalue_lower, mul as sparse_mul, negated, on_pattern,
     row_amax as sparse_row_amax, scale_rows, shifted_diagonal, stack_rows, tr_mul as sparse_tr_mul,
     upper_to_clarabel,
 };
@@ -25,6 +25,9 @@ pub use sparse::{check_sparse_spd, csc_from_dense, csc_from_triplets, csc_to_den
 pub(crate) use sparse_kkt::{KktSolve, SparseKkt};
 pub(crate) use sparse_span::{rows_to_set_aside, sparse_independence, MAX_DEPENDENT};
 pub(crate) use threads::{ColsMut, LayerCols, LayersMut};
+// The derive JSON's triplets and the verify report's instances walk sparse entries.
+#[cfg(feature = "app")]
+pub(crate) use sparse::for_each_entry;
 // Adam (in the application) cuts its parameters with the same cost model.
 #[cfg(feature = "app")]
 pub(crate) use threads::{Cut, NUMBER_WORK};
