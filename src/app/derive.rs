@@ -48,7 +48,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{check_beta, check_computed, Error, Result};
 use crate::problem::{InnerProblem, LinearConstraints, Loss, QuadraticProblem};
 use crate::prox::Branch;
-use crate::surrogate::Bilevel;
+use crate::surrogate::{Band, Bilevel};
 
 /// The loss of a derive problem.
 #[derive(Debug, Clone, Deserialize)]
@@ -137,8 +137,33 @@ pub struct SurrogateOut {
     pub bound_lower: Option<f64>,
     /// Prop. 3 upper bound.
     pub bound_upper: Option<f64>,
-    /// The strong-convexity constant `ν = λ_min(Q)` the Prop. 3 band used.
+    /// The strong-convexity constant `ν = λ_min(Q)` the Prop. 3 band used (on the sparse path a
+    /// certified lower bound of it).
     pub bound_nu: Option<f64>,
+}
+
+impl SurrogateOut {
+    /// The entry at `β` from Def. 1's `(ẑ_β, L^β, ∇_θL^β)`, Def. 2's `(value, gradient)` and
+    /// Prop. 3's band.
+    pub(crate) fn of(
+        beta: f64,
+        (z_hat, value, grad_theta): (&DVector<f64>, f64, &DVector<f64>),
+        (linearized_value, linearized_grad): (f64, &DVector<f64>),
+        band: Option<Band>,
+    ) -> Self {
+        let to_vec = |v: &DVector<f64>| v.as_slice().to_vec();
+        SurrogateOut {
+            beta,
+            z_hat: to_vec(z_hat),
+            value,
+            grad_theta: to_vec(grad_theta),
+            linearized_value,
+            linearized_grad_theta: to_vec(linearized_grad),
+            bound_lower: band.map(|b| b.lower),
+            bound_upper: band.map(|b| b.upper),
+            bound_nu: band.map(|b| b.nu),
+        }
+    }
 }
 
 /// The output of `bilevel derive` (see the module docs).
@@ -535,17 +560,12 @@ pub fn output(
         if let Some(b) = &band {
             b.check()?;
         }
-        surrogates.push(SurrogateOut {
+        surrogates.push(SurrogateOut::of(
             beta,
-            z_hat: to_vec(&s.z_hat.z),
-            value: s.value,
-            grad_theta: to_vec(&s.grad_theta),
-            linearized_value: lin.value,
-            linearized_grad_theta: to_vec(&lin.grad_theta),
-            bound_lower: band.map(|b| b.lower),
-            bound_upper: band.map(|b| b.upper),
-            bound_nu: band.map(|b| b.nu),
-        });
+            (&s.z_hat.z, s.value, &s.grad_theta),
+            (lin.value, &lin.grad_theta),
+            band,
+        ));
     }
     let out = DeriveOutput {
         z_star: to_vec(&limit.z_star.z),

@@ -314,23 +314,17 @@ pub(crate) fn sparse_surrogates(
     loss: &Loss,
     betas: &[f64],
 ) -> Result<Vec<SurrogateOut>> {
-    let to_vec = |v: &DVector<f64>| v.as_slice().to_vec();
     (betas.iter())
         .map(|&beta| {
             let s = layer.surrogate(sol, theta, (loss, beta))?;
             let lin = layer.linearized(sol, theta, (loss, beta))?;
             let band = layer.band(sol, &s, loss)?;
-            Ok(SurrogateOut {
+            Ok(SurrogateOut::of(
                 beta,
-                z_hat: to_vec(&s.z_hat),
-                value: s.value,
-                grad_theta: to_vec(&s.grad_theta),
-                linearized_value: lin.value,
-                linearized_grad_theta: to_vec(&lin.grad_theta),
-                bound_lower: band.map(|b| b.lower),
-                bound_upper: band.map(|b| b.upper),
-                bound_nu: band.map(|b| b.nu),
-            })
+                (&s.z_hat, s.value, &s.grad_theta),
+                (lin.value, &lin.grad_theta),
+                band,
+            ))
         })
         .collect()
 }

@@ -641,9 +641,7 @@ impl QuadraticLayer {
                 d.set_item("z_star", py_vector(py, &s.z_star.z))?;
                 d.set_item("z_hat", py_vector(py, &s.z_hat.z))?;
                 d.set_item("rate", py_vector(py, &s.rate))?;
-                d.set_item("bound_lower", band.map(|b| b.lower))?;
-                d.set_item("bound_upper", band.map(|b| b.upper))?;
-                d.set_item("bound_nu", band.map(|b| b.nu))?;
+                super::layer_data::set_band(&d, band)?;
                 d.set_item(
                     "residual",
                     s.z_star.status.residual.max(s.z_hat.status.residual),

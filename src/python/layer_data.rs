@@ -386,9 +386,18 @@ pub(crate) fn sparse_surrogate_dict<'py>(
     d.set_item("z_star", py_vector(py, solution.z()))?;
     d.set_item("z_hat", py_vector(py, &s.z_hat))?;
     d.set_item("rate", py_vector(py, &s.rate))?;
-    d.set_item("bound_lower", band.map(|b| b.lower))?;
-    d.set_item("bound_upper", band.map(|b| b.upper))?;
-    d.set_item("bound_nu", band.map(|b| b.nu))?;
+    set_band(&d, band)?;
     d.set_item("residual", s.residual)?;
     Ok(d)
+}
+
+/// Prop. 3's band as a surrogate dict's `bound_lower`, `bound_upper`, `bound_nu` (`None`
+/// without a band).
+pub(crate) fn set_band(
+    d: &Bound<'_, PyDict>,
+    band: Option<crate::surrogate::Band>,
+) -> PyResult<()> {
+    d.set_item("bound_lower", band.map(|b| b.lower))?;
+    d.set_item("bound_upper", band.map(|b| b.upper))?;
+    d.set_item("bound_nu", band.map(|b| b.nu))
 }
