@@ -477,7 +477,8 @@ impl<P: InnerProblem + Sync> Bilevel<P> {
     /// has its own result with its own diagnostics (status, iterations, residual, branches), so
     /// one failing item does not hide the others; the order is the batch's. A
     /// [`crate::problem::QuadraticProblem`] on its default dense backend factors `Q` and its
-    /// rows once for the whole batch (and for later calls).
+    /// rows once for the whole batch (and for later calls), that work cut over the batch's
+    /// threads ([`InnerProblem::prepare`]).
     ///
     /// ```
     /// use bilevel::nalgebra::{dmatrix, dvector};
@@ -504,6 +505,7 @@ impl<P: InnerProblem + Sync> Bilevel<P> {
         if threads == 0 {
             return Err(Error::input("threads", "must be at least 1"));
         }
+        self.inner.prepare(threads);
         Ok(map_items(thetas.len(), threads, |i| self.limit(&thetas[i])))
     }
 }

@@ -355,3 +355,34 @@ fn a_batch_is_its_items_in_order_on_any_number_of_threads() {
     assert!(program.limit_batch(&thetas, 0).is_err());
     assert!(program.limit_batch(&[], 2).unwrap().is_empty());
 }
+
+#[test]
+fn a_large_layer_factored_on_two_threads_answers_as_on_one() {
+    use Activity::{Inactive, Strong, Weak};
+    // n²r/2 + nr² = 6.9e6 multiply-adds: above the work that starts a team for the factor.
+    let (n, r) = (240, 120);
+    let labels: Vec<Activity> = (0..r).map(|i| [Strong, Weak, Inactive][i % 3]).collect();
+    let inst = constructed_qp(&mut rng(91), n, 3, 0, &labels);
+    let program = |inst: &bilevel::app::verify::instances::ConstructedQp| {
+        let layer = QuadraticProblem::new(
+            inst.q.clone(),
+            inst.b.clone(),
+            inst.c.clone(),
+            inst.constraints.clone(),
+        )
+        .unwrap();
+        let g = vector(&mut rng(92), n);
+        Bilevel::new(layer, Loss::Linear { g }).unwrap()
+    };
+    let (alone, batch) = (program(&inst), program(&inst));
+    let single = alone.limit(&inst.theta).unwrap();
+    // One item on two threads: the batch's spare thread helps factor the layer.
+    let item = batch
+        .limit_batch(std::slice::from_ref(&inst.theta), 2)
+        .unwrap();
+    let item = item[0].as_ref().unwrap();
+    assert_eq!(item.z_star.z, single.z_star.z);
+    assert_eq!(item.grad_theta, single.grad_theta);
+    assert_eq!(item.direction.branches, single.direction.branches);
+    assert!(single.direction.branches.iter().any(Option::is_some));
+}

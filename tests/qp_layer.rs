@@ -302,3 +302,23 @@ fn on_one_piece_the_centered_gradient_is_the_limit() {
     assert!(gap(Mode::Centered(1e-2)) < 1e-12 * scale);
     assert!(gap(Mode::Contrastive(1e-2)) > 1e-6 * scale);
 }
+
+#[test]
+fn one_large_item_on_two_threads_is_the_item_on_one() {
+    // n = 240 with 120 rows: the second thread helps factor the item's layer.
+    let labels: Vec<Activity> = (0..120).map(|i| [Strong, Weak, Inactive][i % 3]).collect();
+    let data = [item(&constructed_qp(&mut rng(610), 240, 1, 0, &labels))];
+    let grad = [vector(&mut rng(611), 240)];
+    let run = |threads: usize| {
+        let sols: Vec<QpSolution> = solve(&data, threads, Tolerances::default())
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        let g = gradients(&sols, &grad, Mode::Limit, threads).unwrap();
+        (sols[0].z().clone(), g.into_iter().next().unwrap().unwrap())
+    };
+    let (z1, g1) = run(1);
+    let (z2, g2) = run(2);
+    assert_eq!(z1, z2);
+    assert_eq!(g1, g2);
+}

@@ -217,7 +217,9 @@ pub enum SolvePath {
 /// Settings of [`solve_with`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LayerSettings {
-    /// Threads for the items (at least 1; results do not depend on the count).
+    /// Threads for the items (at least 1; results do not depend on the count). Threads left
+    /// over when there are fewer items cut each dense item's factorization
+    /// ([`crate::problem::InnerProblem::prepare`]).
     pub threads: usize,
     /// The activity tests' tolerances.
     pub tol: Tolerances,
@@ -409,8 +411,9 @@ fn dense_gradients(
 }
 
 /// One item on the dense path.
-fn dense_solution(item: &QpData, tol: Tolerances) -> Result<QpSolution> {
+fn dense_solution(item: &QpData, tol: Tolerances, threads: usize) -> Result<QpSolution> {
     let layer = item.problem(tol)?;
+    layer.prepare(threads);
     let none = Loss::Linear {
         g: DVector::zeros(layer.dim()),
     };
@@ -486,7 +489,10 @@ pub fn solve(items: &[QpData], threads: usize, tol: Tolerances) -> Vec<Result<Qp
 /// [`prefers_sparse`]). Either path gives the same `z*`, activities and limit gradients (to
 /// rounding); the status names the solver that ran.
 pub fn solve_with(items: &[QpData], settings: &LayerSettings) -> Vec<Result<QpSolution>> {
-    map_items(items.len(), settings.threads.max(1), |i| {
+    let threads = settings.threads.max(1);
+    // Threads the batch leaves over cut each item's factorization (bit-identical results).
+    let per_item = (threads / items.len().max(1)).max(1);
+    map_items(items.len(), threads, |i| {
         let item = &items[i];
         let sparse = match settings.path {
             SolvePath::Auto => prefers_sparse(item),
@@ -499,7 +505,7 @@ pub fn solve_with(items: &[QpData], settings: &LayerSettings) -> Vec<Result<QpSo
             item.check_shapes()?;
             sparse_solution(item, settings.tol)
         } else {
-            dense_solution(item, settings.tol)
+            dense_solution(item, settings.tol, per_item)
         }
     })
 }

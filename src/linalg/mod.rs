@@ -1,9 +1,11 @@
 //! Linear-algebra helpers shared by the solvers: equality-constrained KKT solves with iterative
 //! refinement, a cheap condition estimate, SPD checks and the rows' distance from dependence,
 //! dense and sparse ([`Csc`], faer's compressed columns: `sparse.rs`, `sparse_kkt.rs`,
-//! `sparse_span.rs`); and the dense matrix products of the batched network passes ([`Gemm`],
+//! `sparse_span.rs`); dense Cholesky factors and triangular solves on faer's blocked kernels
+//! (`cholesky.rs`); and the dense matrix products of the batched network passes ([`Gemm`],
 //! [`Threads`]).
 
+mod cholesky;
 mod products;
 pub(crate) mod simd;
 mod span;
@@ -12,6 +14,7 @@ mod sparse_kkt;
 mod sparse_span;
 mod threads;
 
+pub(crate) use cholesky::{cholesky, solve_lower_columns};
 pub use products::Gemm;
 pub(crate) use simd::{lane_sum2, vectorized, Lanes, LANES};
 pub(crate) use span::{independence, rows_in_span, sine_to_span};
@@ -29,6 +32,7 @@ pub(crate) use threads::{ColsMut, LayerCols, LayersMut};
 #[cfg(feature = "app")]
 pub(crate) use sparse::for_each_entry;
 // Adam (in the application) cuts its parameters with the same cost model.
+pub(crate) use threads::TEAM_WORK;
 #[cfg(feature = "app")]
 pub(crate) use threads::{Cut, NUMBER_WORK};
 pub use threads::{Threads, MAX_THREADS};
@@ -530,7 +534,7 @@ pub fn spd_cholesky(what: &str, q: &DMatrix<f64>) -> Result<Cholesky<f64, Dyn>> 
         what: what.into(),
         reason: format!("Cholesky pivot {pivot:.3e} is not positive"),
     };
-    let chol = q.clone().cholesky().ok_or_else(|| refuse(0.0))?;
+    let chol = cholesky(q).ok_or_else(|| refuse(0.0))?;
     let l = chol.l_dirty();
     let pivot = (0..q.nrows())
         .map(|i| l[(i, i)] * l[(i, i)])

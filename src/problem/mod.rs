@@ -521,6 +521,12 @@ pub trait InnerProblem {
         })
     }
 
+    /// Computes now what the solves of every `θ` share (the dense QP layer: its
+    /// factorization), cutting that work over up to `threads` threads where it pays; the
+    /// batches (`Bilevel::limit_batch`, the layer batches, the Python bindings) call it before their
+    /// items. No answer depends on it or on `threads`. The default does nothing.
+    fn prepare(&self, _threads: usize) {}
+
     /// Checks the length and finiteness of `θ`.
     fn check_theta(&self, theta: &DVector<f64>) -> Result<()> {
         if theta.len() != self.n_params() {
@@ -557,6 +563,9 @@ impl<P: InnerProblem> InnerProblem for &P {
     }
     fn strong_convexity(&self) -> Option<f64> {
         (**self).strong_convexity()
+    }
+    fn prepare(&self, threads: usize) {
+        (**self).prepare(threads)
     }
     fn solve(&self, theta: &DVector<f64>, loss: &Loss, beta: f64) -> Result<InnerSolution> {
         (**self).solve(theta, loss, beta)

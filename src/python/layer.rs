@@ -17,7 +17,7 @@ use super::layer_data::{
 };
 use crate::app::derive::{DeriveOutput, Request};
 use crate::error::{Error, Result};
-use crate::problem::{InnerSolution, Loss, QuadraticProblem};
+use crate::problem::{InnerProblem, InnerSolution, Loss, QuadraticProblem};
 use crate::solve::qp::Tolerances;
 use crate::surrogate::Bilevel;
 
@@ -200,6 +200,15 @@ fn loss_of(obj: &Bound<'_, PyAny>) -> PyResult<(Loss, bool)> {
 impl QuadraticLayer {
     /// The program of this layer and a loss (borrowing the layer and its factorization).
     /// (`method` names the caller for the error of a sparse layer, which has none.)
+    /// Makes the dense layer's factorization before a call's items, cut over up to `threads`
+    /// threads where that pays ([`crate::problem::InnerProblem::prepare`]); the sparse layer
+    /// has nothing to prepare.
+    fn prepare(&self, threads: usize) {
+        if let Layer::Dense(l) = &self.layer {
+            l.prepare(threads);
+        }
+    }
+
     fn program(&self, loss: Loss, method: &str) -> Result<Bilevel<&QuadraticProblem>> {
         let layer = self.layer.dense(method)?;
         Ok(Bilevel::new(layer, loss)?.with_tolerances(*layer.tolerances()))
@@ -239,7 +248,10 @@ impl QuadraticLayer {
         let (ts, batch) = theta_items(theta).map_err(|e| to_pyerr(py, e))?;
         let xs = items(name, x, batch).map_err(|e| to_pyerr(py, e))?;
         let out = py
-            .detach(|| par_items(ts.len(), threads, |i| f(&ts[i], &xs[i])))
+            .detach(|| {
+                self.prepare(threads);
+                par_items(ts.len(), threads, |i| f(&ts[i], &xs[i]))
+            })
             .map_err(|e| call_error(py, batch, e))?;
         Ok(match batch {
             None => py_vector(py, &out[0]).into_any(),
@@ -436,7 +448,10 @@ impl QuadraticLayer {
         };
         let program = self.program(zero, "solve").map_err(|e| to_pyerr(py, e))?;
         let sols = py
-            .detach(|| par_items(ts.len(), threads, |i| program.solve_free(&ts[i])))
+            .detach(|| {
+                self.prepare(threads);
+                par_items(ts.len(), threads, |i| program.solve_free(&ts[i]))
+            })
             .map_err(|e| call_error(py, batch, e))?;
         let dicts = sols
             .iter()
@@ -516,6 +531,7 @@ impl QuadraticLayer {
         let program = self.program(loss, "derive").map_err(|e| to_pyerr(py, e))?;
         let outs = py
             .detach(|| {
+                self.prepare(threads);
                 par_items(ts.len(), threads, |i| {
                     crate::app::derive::derive_with(&program, &ts[i], &request)
                 })
@@ -569,6 +585,7 @@ impl QuadraticLayer {
         let gs = items("g", &g, batch).map_err(|e| to_pyerr(py, e))?;
         let repeats = repeats.max(1);
         py.detach(|| {
+            self.prepare(threads);
             let start = std::time::Instant::now();
             for _ in 0..repeats {
                 par_items(ts.len(), threads, |i| self.vjp_one(&ts[i], &gs[i]))?;

@@ -24,5 +24,10 @@ pub use team::{Threads, MAX_THREADS};
 /// docs): no piece of a cut holds less.
 pub(crate) const HANDOFF_WORK: usize = 1 << 16;
 
+/// Work worth starting a team for one call (`Threads::new` starts its workers: tens of
+/// microseconds each), in multiply-adds: a dense layer's factorization is cut over threads
+/// only above it (`QuadraticProblem`'s `prepare`).
+pub(crate) const TEAM_WORK: usize = 1 << 22;
+
 /// The work of one number of an element-wise pass, in multiply-adds (module docs).
 pub(crate) const NUMBER_WORK: usize = 32;
