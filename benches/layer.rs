@@ -3,10 +3,11 @@
 //! inequality rows `Gz ≤ h` with about half of them active at the solution, no equality),
 //! solved, then differentiated (the one-sided limit, every input) for one upstream gradient per
 //! item, and on one thread also in Def. 1's contrastive mode at `β = 1e-3`. `n ∈ {10, 50,
-//! 200}`, 1 and 2 threads. A second group, `sparse-layer`, times one item
-//! of each sparse family of [`bilevel::app::verify::sparse_instances`] (banded chain, random
-//! sparse, box and simplex projections) on the sparse path at `n = 1000` and `10,000` (the
-//! random family at 300 and 2000): forward solve, then the exact gradients.
+//! 200}`, 1 and 2 threads. `qp-layer-one-item` solves one item of `n = 500` and `1000` on 1
+//! and 2 threads (the second thread helps factor it). A third group, `sparse-layer`, times one
+//! item of each sparse family of [`bilevel::app::verify::sparse_instances`] (banded chain,
+//! random sparse, box and simplex projections) on the sparse path at `n = 1000` and `10,000`
+//! (the random family at 300 and 2000): forward solve, then the exact gradients.
 //!
 //! Run: `cargo bench --bench layer`. The peers (qpth, proxsuite's QPLayer) on the same sizes are
 //! in `benches/peers/torch_layers.py`; the sparse peers, memory and growth exponents in
@@ -22,10 +23,10 @@ use nalgebra::{DMatrix, DVector};
 
 const BATCH: usize = 128;
 
-/// A batch of random items; `h = G z₀ + s` with `s ≥ 0` half zero (rows active at `z₀`).
-fn batch(n: usize, seed: u64) -> Vec<QpData> {
+/// `count` random items; `h = G z₀ + s` with `s ≥ 0` half zero (rows active at `z₀`).
+fn batch(n: usize, count: usize, seed: u64) -> Vec<QpData> {
     let mut r = rng(seed);
-    (0..BATCH)
+    (0..count)
         .map(|_| {
             let m = n / 2;
             let g = matrix(&mut r, m, n);
@@ -48,7 +49,7 @@ fn layer(c: &mut Criterion) {
     let mut group = c.benchmark_group("qp-layer-batch");
     group.sample_size(10);
     for n in [10usize, 50, 200] {
-        let items = batch(n, n as u64);
+        let items = batch(n, BATCH, n as u64);
         let mut r = rng(7);
         let upstream: Vec<_> = (0..BATCH).map(|_| vector(&mut r, n)).collect();
         for threads in [1usize, 2] {
@@ -70,6 +71,24 @@ fn layer(c: &mut Criterion) {
                     b.iter(|| black_box(gradients(&solved, &upstream, mode, threads)))
                 });
             }
+        }
+    }
+    group.finish();
+}
+
+/// One large item (a layer whose data all change at every call, as a framework adapter's
+/// batch of one): `Q`'s Cholesky factor, `V = L⁻¹Gᵀ`, `G = VᵀV`, the dual active-set solve,
+/// on one thread and on two (the second helps with `V` and `G`).
+fn one_item(c: &mut Criterion) {
+    let mut group = c.benchmark_group("qp-layer-one-item");
+    group.sample_size(10);
+    for n in [500usize, 1000] {
+        let item = batch(n, 1, n as u64);
+        for threads in [1usize, 2] {
+            let id = format!("n{n}-t{threads}");
+            group.bench_function(BenchmarkId::new("solve", &id), |b| {
+                b.iter(|| black_box(solve(&item, threads, Default::default())))
+            });
         }
     }
     group.finish();
@@ -125,6 +144,6 @@ fn sparse_layer(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().without_plots();
-    targets = layer, sparse_layer
+    targets = layer, one_item, sparse_layer
 }
 criterion_main!(benches);

@@ -245,9 +245,31 @@ pub(crate) fn matrix_of(name: &str, a: &ArrayViewD<'_, f64>) -> Result<DMatrix<f
     }
     let (r, c) = (a.shape()[0], a.shape()[1]);
     let mut v = room(name, a.len())?;
-    // Column-major, as nalgebra stores it.
-    v.extend(a.t().iter().copied());
+    // Column-major, as nalgebra stores it: a C-ordered array is its transpose in memory.
+    match a.as_slice() {
+        Some(rows) => {
+            v.resize(rows.len(), 0.0);
+            transpose_into((c, r), rows, &mut v);
+        }
+        None => v.extend(a.t().iter().copied()),
+    }
     Ok(DMatrix::from_vec(r, c, v))
+}
+
+/// `dst` ← the transpose (column-major, `cols × rows`) of the column-major `rows × cols`
+/// matrix `src`, in tiles of 32 × 32. The plain loop reads or writes one cache line per
+/// number: at 2000 × 2000 it took 44 % of `QuadraticLayer(Q, …)`.
+fn transpose_into((rows, cols): (usize, usize), src: &[f64], dst: &mut [f64]) {
+    const TILE: usize = 32;
+    for j0 in (0..cols).step_by(TILE) {
+        for i0 in (0..rows).step_by(TILE) {
+            for j in j0..(j0 + TILE).min(cols) {
+                for i in i0..(i0 + TILE).min(rows) {
+                    dst[i * cols + j] = src[j * rows + i];
+                }
+            }
+        }
+    }
 }
 
 /// Each row's branch as Python sees it: `"stays"`, `"leaves"`, or `None` (not weakly active).
@@ -267,7 +289,12 @@ pub(crate) fn py_slice<'py>(py: Python<'py>, v: &[f64]) -> Bound<'py, PyArray1<f
 
 /// A `DMatrix` as a new NumPy matrix (C order).
 pub(crate) fn py_matrix<'py>(py: Python<'py>, m: &DMatrix<f64>) -> Bound<'py, PyArray2<f64>> {
-    Array2::from_shape_fn((m.nrows(), m.ncols()), |(i, j)| m[(i, j)]).into_pyarray(py)
+    let (r, c) = m.shape();
+    let mut rows = vec![0.0; r * c];
+    transpose_into((r, c), m.as_slice(), &mut rows);
+    Array2::from_shape_vec((r, c), rows)
+        .expect("r · c numbers make an r × c array")
+        .into_pyarray(py)
 }
 
 /// Rows of equal length `cols` as a NumPy matrix (`rows` may be empty).
