@@ -15,7 +15,7 @@ use faer::{Accum, MatMut, MatRef, Par};
 use nalgebra::DMatrix;
 
 use super::simd::clean_upper_state;
-use super::threads::{BlocksMut, Cut, Threads, HANDOFF_WORK};
+use super::threads::{BlocksMut, ColsMut, Cut, Threads, HANDOFF_WORK};
 
 /// Dense matrix products for the batched network passes, `C ← op(A) op(B)` with
 /// `op(X) ∈ {X, Xᵀ}`.
@@ -153,6 +153,59 @@ impl Threads {
     }
 }
 
+/// Columns of `G` per block in [`Threads::gram`]: a piece of the team's work is whole blocks,
+/// each one faer call, so every entry is computed the same way for any thread count.
+const GRAM_BLOCK: usize = 64;
+
+impl Threads {
+    /// The Gram matrix `G = VᵀV`, symmetric bit for bit, in half the multiply-adds of
+    /// [`Threads::gemm`]: each block of 64 columns `J = j₀..j₁` computes its entries on and
+    /// below the diagonal, `G[j₀.., J] = V[:, j₀..]ᵀ V[:, J]`, one block per piece (the team's
+    /// threads claim them as they come free: later blocks hold less work), then the upper
+    /// triangle is copied from the lower. Bit-identical for every thread count.
+    pub fn gram<T: Gemm>(&self, v: &DMatrix<T>) -> DMatrix<T> {
+        let (n, m) = v.shape();
+        let mut g = DMatrix::zeros(m, m);
+        if m == 0 {
+            return g;
+        }
+        let work = (m * m / 2).saturating_mul(n);
+        let cut = if work < 2 * HANDOFF_WORK {
+            Cut::whole(m)
+        } else {
+            // One block per piece, the last one with the columns left over.
+            Cut::new(m, GRAM_BLOCK, (m / GRAM_BLOCK).max(1))
+        };
+        let v = MatRef::from_column_major_slice(v.as_slice(), n, m);
+        self.split(cut, ColsMut::of(&mut g), &|range, piece: &mut [T]| {
+            for (k, cols) in piece.chunks_mut(GRAM_BLOCK * m).enumerate() {
+                let (j0, w) = (range.start + k * GRAM_BLOCK, cols.len() / m);
+                let dst =
+                    MatMut::from_column_major_slice_with_stride_mut(&mut cols[j0..], m - j0, w, m);
+                block(dst, v.subcols(j0, m - j0).transpose(), v.subcols(j0, w));
+            }
+        });
+        mirror_lower(&mut g);
+        g
+    }
+}
+
+/// Copies the strict lower triangle of the square `g` onto its upper one, in 32 × 32 tiles (a
+/// row of a column-major matrix is strided: one cache line per number otherwise).
+fn mirror_lower<T: nalgebra::Scalar + Copy>(g: &mut DMatrix<T>) {
+    const TILE: usize = 32;
+    let m = g.nrows();
+    for j0 in (0..m).step_by(TILE) {
+        for i0 in (0..=j0).step_by(TILE) {
+            for j in j0..(j0 + TILE).min(m) {
+                for i in i0..(i0 + TILE).min(j) {
+                    g[(i, j)] = g[(j, i)];
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,6 +252,35 @@ mod tests {
                         t.count()
                     );
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn gram_matrices_are_symmetric_exact_to_rounding_and_bit_identical_on_every_team() {
+        let threads: Vec<Threads> = (1..=3).map(|n| Threads::new(n).unwrap()).collect();
+        for (s, &(n, m)) in [
+            (0, 5),
+            (7, 0),
+            (1, 1),
+            (40, 63),
+            (300, 64),
+            (250, 65),
+            (90, 300),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let v: DMatrix<f64> = matrix(n, m, s);
+            let one = threads[0].gram(&v);
+            assert_eq!(one, one.transpose(), "{n}x{m}");
+            let full = v.tr_mul(&v);
+            assert!(
+                (&one - &full).amax() <= 1e-13 * (1.0 + full.amax()),
+                "{n}x{m}"
+            );
+            for t in &threads[1..] {
+                assert_eq!(t.gram(&v), one, "{n}x{m} on {} threads", t.count());
             }
         }
     }

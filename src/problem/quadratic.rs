@@ -28,7 +28,8 @@ use crate::solve::qp::{ActivityTest, DenseActiveSet, DenseFactor};
 /// Loss-augmented solves `β ℓ + E` stay QPs: `P = Q + βκ I`, `q = −(Bθ + c) − βh` for
 /// `ℓ = (κ/2)‖z‖² − hᵀz`. By default they run on the dense dual active-set method with a
 /// factorization of `Q` and the rows kept for the layer's lifetime
-/// ([`crate::solve::qp`]: built on first use, `O(n³)` once, then `O(|W|³ + n²)` per solve;
+/// ([`crate::solve::qp`]: built on first use or by a batch's [`InnerProblem::prepare`] on
+/// several threads, `O(n³)` once, then `O(|W|³ + n²)` per solve;
 /// Prop. 2's direction problem, Eq. 17, reuses it), or on another [`QpBackend`]
 /// ([`QuadraticProblem::with_backend`]: Clarabel, OSQP); either way the answer is refined
 /// exactly ([`solve_exact`]).

@@ -136,7 +136,7 @@ impl DenseFactor {
 
     /// [`DenseFactor::with_cholesky`] with `V = L⁻¹Cᵀ` and `G = VᵀV` cut by columns over
     /// `threads`: the same factor, bit for bit, for every thread count
-    /// ([`crate::linalg::solve_lower_columns`], [`Threads::gemm`]).
+    /// ([`crate::linalg::solve_lower_columns`], [`Threads::gram`]).
     pub(crate) fn with_cholesky_on(
         threads: &Threads,
         p: &DMatrix<f64>,
@@ -163,8 +163,7 @@ impl DenseFactor {
         }
         let mut v = c.transpose();
         crate::linalg::solve_lower_columns(threads, chol.l_dirty(), &mut v);
-        let mut gram = DMatrix::zeros(m + k, m + k);
-        threads.gemm(&mut gram, &v, true, &v, false);
+        let gram = threads.gram(&v);
         Ok(Self {
             p: p.clone(),
             c,
@@ -647,8 +646,7 @@ impl<'a> Dual<'a> {
                 None => DVector::zeros(0),
             };
             let schur = gpp - gwp.dot(&d);
-            // k independent rows of length n span everything once k = n, whatever rounding
-            // leaves of the Schur complement.
+            // k = n independent rows span everything, whatever the rounding of the complement.
             let in_span = k >= self.f.v.nrows() || schur <= 1e-12 * gpp;
             let slack_p = self.slack(p) + gpp * yp;
             let block = (0..k)
