@@ -155,6 +155,38 @@
 //! exponent of 2.1 over the whole range and 2.7 from 800 to 1600. The work per call is
 //! `O(n² k)` in the working set's size `k ∝ n`, so it tends to n³.
 //!
+//! **A layer's factorization, and one large item on both cores** (2026-12-07). A dense layer is
+//! factored once, `Q = LLᵀ`, `V = L⁻¹Cᵀ` for its `r` stacked rows and `G = VᵀV`: the cost of
+//! a framework adapter's call whose data all change (`bilevel.torch`'s `QPFunction`, `qp_solve`,
+//! a new `QuadraticLayer`). nalgebra computed the Cholesky factor and `V` a column at a time;
+//! they now run on faer's blocked kernels, `G` is computed on and below its diagonal only, and
+//! `V` and `G` are cut by columns over the threads a batch leaves over (a batch of one item on
+//! two threads: both help), in fixed blocks of 64 columns whatever the thread count, so the
+//! factor is the same bit for bit (`InnerProblem::prepare`). Dense random layers, `m = n/2`
+//! inequality rows, the Python package timed by an ad hoc script (best of 3; `new`:
+//! `QuadraticLayer(Q, c, B, A, b)`; `factor`: the first `derive` minus the second, on 1 / 2
+//! threads; before: the package built from `ee414df`, the same morning):
+//!
+//! | n | `new` before | `new` now | `factor` before | `factor` now, 1 / 2 threads |
+//! |---:|---:|---:|---:|---:|
+//! | 500 | 18.7 ms | 4.2 ms | 24.0 ms | 2.6 / 4.5 ms |
+//! | 1000 | 103.7 ms | 19.1 ms | 145.0 ms | 27.4 / 18.7 ms |
+//! | 2000 | 684.3 ms | 117.7 ms | 3387 ms | 235.2 / 112.7 ms |
+//!
+//! `new` also lost the transposition of NumPy's C-ordered arrays into column-major storage
+//! one number at a time (44 % of it at n = 2000; now in 32 × 32 tiles). At n = 500 the second
+//! thread does not pay (the figures are within this machine's noise). One whole item,
+//! `cargo bench --bench layer -- qp-layer-one-item` (forward solve from raw data: validation,
+//! Cholesky, `V`, `G`, the dual active-set method): n = 500 11.8 ms on one thread, 12.0 ms on
+//! two; n = 1000 72.1 ms and 63.8 ms (0.88). The rest of an item, the active-set steps and
+//! the derivative's solves, is matrix-vector work on one thread; `limit` alone is unchanged
+//! (`benches/qp_peers.rs` on `ee414df` and now, three alternating runs, medians: n = 1000
+//! random 46.5 / 46.6 ms, weak 58.0 / 56.9 ms). The table against proxsuite, re-measured in
+//! the same session (`python3 benches/peers/qp_layers.py --sizes 10,50,100,200,500,1000
+//! --repeats 11`, one run; qpth not installed): ratios 0.42 / 0.45 (n = 10, random / weak),
+//! 0.55 / 0.58 (50), 0.49 / 0.47 (100), 0.45 / 0.39 (200), 0.43 / 0.55 (500), 0.44 / 0.38
+//! (1000); proxsuite's gradient errors as in the table above.
+//!
 //! ## Sparse QP layers: cost as the work grows
 //!
 //! `python3 benches/peers/sparse_layers.py --families banded --sizes 100,300,1000,3000,10000

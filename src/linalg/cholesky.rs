@@ -67,8 +67,9 @@ pub(crate) fn solve_lower_columns(threads: &Threads, l: &DMatrix<f64>, b: &mut D
         l.ncols()
     );
     let l = MatRef::from_column_major_slice(l.as_slice(), n, n);
-    let blocks = cols.div_ceil(SOLVE_BLOCK);
-    // n²/2 multiply-adds per column.
+    // Whole blocks per piece (the last piece takes the columns left over); n²/2 multiply-adds
+    // per column.
+    let blocks = cols / SOLVE_BLOCK;
     let work = (n * n / 2).saturating_mul(cols);
     let pieces = threads.count().min(blocks).min(work / HANDOFF_WORK).max(1);
     let cut = Cut::new(cols, SOLVE_BLOCK, pieces);

@@ -417,8 +417,9 @@ impl InnerProblem for QuadraticProblem {
             let _ = self.factor();
             return;
         }
-        // A team the system refuses to start computes the same factor on this thread.
-        let team = Threads::new(threads).unwrap_or_default();
+        // No more threads than the machine runs at once; a team the system refuses to start
+        // computes the same factor on this thread.
+        let team = Threads::new(threads.min(Threads::available())).unwrap_or_default();
         self.factor_on(&team);
     }
 

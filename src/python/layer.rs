@@ -31,8 +31,9 @@ use crate::surrogate::Bilevel;
 ///
 /// Every method takes `theta` of shape `(p,)`, or `(batch, p)` for a batch on the same layer
 /// (looped in Rust on `threads` threads, default: the machine's cores; the answers do not depend
-/// on the thread count). A batch raises the error of its first failing item, with the item's
-/// position in the exception's `index` attribute.
+/// on the thread count). The first call on a large dense layer also factors it on those
+/// threads. A batch raises the error of its first failing item, with the item's position in
+/// the exception's `index` attribute.
 ///
 /// `backend` is `"dense"` (the dual active-set solver), `"clarabel"`, `"osqp"` (with that
 /// feature) or `"sparse"`; `None` (the default) is `"sparse"` when `Q`, `B`, `A` or `A_eq` is a
