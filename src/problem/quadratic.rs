@@ -35,7 +35,8 @@ use crate::solve::qp::{ActivityTest, DenseActiveSet, DenseFactor};
 /// exactly ([`solve_exact`]).
 #[derive(Clone)]
 pub struct QuadraticProblem {
-    q: DMatrix<f64>,
+    /// `Q`, shared with the dense backend's factorization (no copy of `n²` numbers).
+    q: Arc<DMatrix<f64>>,
     b: DMatrix<f64>,
     c: DVector<f64>,
     constraints: LinearConstraints,
@@ -106,7 +107,7 @@ impl QuadraticProblem {
         check_affine(n, &b, &c)?;
         constraints.validate(n)?;
         Ok(Self {
-            q,
+            q: Arc::new(q),
             b,
             c,
             constraints,
@@ -196,7 +197,7 @@ impl QuadraticProblem {
             .get_or_init(|| {
                 let chol = (*self.chol).clone();
                 let rows = (&self.constraints.a, &self.constraints.a_eq);
-                DenseFactor::with_cholesky_on(threads, &self.q, chol, rows)
+                DenseFactor::with_cholesky_on(threads, Arc::clone(&self.q), chol, rows)
                     .ok()
                     .map(Arc::new)
             })
@@ -242,7 +243,7 @@ impl QuadraticProblem {
     /// The QP `min β ℓ(z) + E(z; θ)` on the constraints.
     pub fn qp(&self, theta: &DVector<f64>, loss: &Loss, beta: f64) -> Qp {
         let n = self.q.nrows();
-        let mut p = self.q.clone();
+        let mut p = (*self.q).clone();
         let kappa = beta * loss.curvature();
         for i in 0..n {
             p[(i, i)] += kappa;
@@ -266,7 +267,7 @@ impl QuadraticProblem {
     /// multiplier is zero); the equality rows set aside as dependent at `z*` left out.
     fn offset_problem(&self, loss: &Loss, beta: f64, z_star: &InnerSolution) -> OffsetQp {
         let s = beta.abs();
-        let mut p = self.q.clone();
+        let mut p = (*self.q).clone();
         for i in 0..p.nrows() {
             p[(i, i)] += beta * loss.curvature();
         }
@@ -432,7 +433,7 @@ impl InnerProblem for QuadraticProblem {
     }
 
     fn energy(&self, z: &DVector<f64>, theta: &DVector<f64>) -> f64 {
-        0.5 * z.dot(&(&self.q * z)) - z.dot(&(&self.b * theta + &self.c))
+        0.5 * z.dot(&(&*self.q * z)) - z.dot(&(&self.b * theta + &self.c))
     }
 
     fn grad_theta(&self, z: &DVector<f64>, _theta: &DVector<f64>) -> DVector<f64> {
@@ -449,7 +450,7 @@ impl InnerProblem for QuadraticProblem {
     }
 
     fn hessian(&self, _z: &DVector<f64>, _theta: &DVector<f64>) -> DMatrix<f64> {
-        self.q.clone()
+        (*self.q).clone()
     }
 
     fn constraints(&self) -> &LinearConstraints {
@@ -519,7 +520,7 @@ impl InnerProblem for QuadraticProblem {
             .filter(|&i| !sol.working[i] && z_star.multipliers[i] > 0.0)
             .map(|i| z_star.multipliers[i] * af[i])
             .sum::<f64>()
-            + s * (0.5 * sol.f.dot(&(&self.q * &sol.f)));
+            + s * (0.5 * sol.f.dot(&(&*self.q * &sol.f)));
         let mut z_hat = self.offset_solution(theta, loss, beta, z_star, (&problem, &sol, &af));
         if super::offset_cancels(&z_star.z, s, &sol.f, &z_hat.z) {
             // ẑ_β is much smaller than z* (|z*| ≈ 1e20 against |ẑ_β| ≈ 1): z* + βf has lost
@@ -756,7 +757,7 @@ fn dense_direction(
         out
     };
     let qp = Qp {
-        p: layer.q.clone(),
+        p: (*layer.q).clone(),
         q: c.clone(),
         a: pick(&weak),
         b: DVector::zeros(weak.len()),

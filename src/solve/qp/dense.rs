@@ -20,6 +20,8 @@
 //! check it ([`super::solve_exact_dense`] continues on the null-space solve if a sign or
 //! accuracy check fails).
 
+use std::sync::Arc;
+
 use nalgebra::{Cholesky, DMatrix, DVector, Dyn};
 
 use super::problem::{Qp, QpBackend, QpRaw};
@@ -77,7 +79,7 @@ pub enum Row {
 /// rows of 1e300, and its tests compare rows of like size).
 #[derive(Debug, Clone)]
 pub struct DenseFactor {
-    p: DMatrix<f64>,
+    p: Arc<DMatrix<f64>>, // shared with the layer that holds it
     /// The stacked rows `C = [A; A_eq]`, equilibrated.
     c: DMatrix<f64>,
     /// Row `i` of `c` is `scale[i]` times the given row.
@@ -118,7 +120,7 @@ impl DenseFactor {
             what: "P".into(),
             reason: "the dense active-set solver needs a strictly convex QP".into(),
         })?;
-        Self::with_cholesky(p, chol, a, a_eq)
+        Self::with_cholesky_on(&Threads::default(), Arc::new(p.clone()), chol, (a, a_eq))
     }
 
     /// [`DenseFactor::new`] with `P = LLᵀ` already factored (`chol`, of this `P`).
@@ -131,15 +133,14 @@ impl DenseFactor {
         a: &DMatrix<f64>,
         a_eq: &DMatrix<f64>,
     ) -> Result<Self> {
-        Self::with_cholesky_on(&Threads::default(), p, chol, (a, a_eq))
+        Self::with_cholesky_on(&Threads::default(), Arc::new(p.clone()), chol, (a, a_eq))
     }
 
     /// [`DenseFactor::with_cholesky`] with `V = L⁻¹Cᵀ` and `G = VᵀV` cut by columns over
-    /// `threads`: the same factor, bit for bit, for every thread count
-    /// ([`crate::linalg::solve_lower_columns`], [`Threads::gram`]).
+    /// `threads`, bit-identical for every count ([`crate::linalg::solve_lower_columns`]).
     pub(crate) fn with_cholesky_on(
         threads: &Threads,
-        p: &DMatrix<f64>,
+        p: Arc<DMatrix<f64>>,
         chol: Cholesky<f64, Dyn>,
         (a, a_eq): (&DMatrix<f64>, &DMatrix<f64>),
     ) -> Result<Self> {
@@ -165,7 +166,7 @@ impl DenseFactor {
         crate::linalg::solve_lower_columns(threads, chol.l_dirty(), &mut v);
         let gram = threads.gram(&v);
         Ok(Self {
-            p: p.clone(),
+            p,
             c,
             scale,
             chol,
@@ -253,7 +254,7 @@ impl DenseFactor {
             let (x, nu) = (u.rows(0, n), u.rows(n, k));
             let mut out = DVector::zeros(n + k);
             let mut top = out.rows_mut(0, n);
-            top.gemv(sigma, &self.p, &x, 0.0);
+            top.gemv(sigma, &*self.p, &x, 0.0);
             top.gemv_tr(1.0, &c_w, &nu, 1.0);
             out.rows_mut(n, k).gemv(1.0, &c_w, &x, 0.0);
             Some(out)
@@ -368,7 +369,7 @@ impl DenseFactor {
         sol.rows_mut(n, k).copy_from(&-&y_w);
         crate::linalg::check_kkt_accuracy(&self.p, &c_w, r, &b_w, &sol)?;
         let sigma = power_of_two_scale(crate::linalg::amax(self.p.as_slice()));
-        let stationarity = (r - &self.p * &x + c_w.tr_mul(&y_w)).amax();
+        let stationarity = (r - &*self.p * &x + c_w.tr_mul(&y_w)).amax();
         let largest_scale = rows.iter().map(|&i| self.scale[i]).fold(0.0, f64::max);
         Ok(KktSolution {
             residual: (sigma * stationarity).max((&b_w - &c_w * &x).amax()),
@@ -441,7 +442,7 @@ impl DenseFactor {
     ) -> (f64, f64) {
         // Residuals from P and C themselves: stationarity −(P x + q − Cᵀy) and the working
         // rows' b_W − C_W x.
-        let r1 = -(&self.p * &*x + q - self.c.tr_mul(&*y));
+        let r1 = -(&*self.p * &*x + q - self.c.tr_mul(&*y));
         let Some(chol) = chol else {
             // No working rows: x = −P⁻¹q; refine with P alone.
             let dx = self.chol.solve(&r1);
@@ -786,15 +787,14 @@ mod tests {
         let (a, a_eq) = (x(280, 250, 2) * 1e3 - x(280, 250, 4), x(20, 250, 3));
         let one = DenseFactor::new(&p, &a, &a_eq).unwrap();
         assert!((one.v.tr_mul(&one.v) - &one.gram).amax() < 1e-12 * one.gram.amax());
+        let p = Arc::new(p);
         for t in 2..=3 {
-            let chol = crate::linalg::cholesky(&p).unwrap();
-            let team = Threads::new(t).unwrap();
-            let split = DenseFactor::with_cholesky_on(&team, &p, chol, (&a, &a_eq)).unwrap();
-            assert_eq!(
-                (split.v, split.gram),
-                (one.v.clone(), one.gram.clone()),
-                "{t} threads"
+            let (team, chol) = (
+                Threads::new(t).unwrap(),
+                crate::linalg::cholesky(&p).unwrap(),
             );
+            let s = DenseFactor::with_cholesky_on(&team, p.clone(), chol, (&a, &a_eq)).unwrap();
+            assert!(s.v == one.v && s.gram == one.gram, "{t} threads");
         }
     }
 }
