@@ -224,13 +224,7 @@ fn the_layer_and_its_prop2_direction_match_the_interior_point_path() {
             .map(|i| [Weak, Strong, Inactive][(i + seed as usize) % 3])
             .collect();
         let inst = constructed_qp(&mut rng(50 + seed), n, 4, 1, &labels);
-        let layer = QuadraticProblem::new(
-            inst.q.clone(),
-            inst.b.clone(),
-            inst.c.clone(),
-            inst.constraints.clone(),
-        )
-        .unwrap();
+        let layer = inst.layer().unwrap();
         let loss = Loss::Linear {
             g: vector(&mut rng(seed), n),
         };
@@ -363,18 +357,11 @@ fn a_large_layer_factored_on_two_threads_answers_as_on_one() {
     let (n, r) = (240, 120);
     let labels: Vec<Activity> = (0..r).map(|i| [Strong, Weak, Inactive][i % 3]).collect();
     let inst = constructed_qp(&mut rng(91), n, 3, 0, &labels);
-    let program = |inst: &bilevel::app::verify::instances::ConstructedQp| {
-        let layer = QuadraticProblem::new(
-            inst.q.clone(),
-            inst.b.clone(),
-            inst.c.clone(),
-            inst.constraints.clone(),
-        )
-        .unwrap();
+    let program = || {
         let g = vector(&mut rng(92), n);
-        Bilevel::new(layer, Loss::Linear { g }).unwrap()
+        Bilevel::new(inst.layer().unwrap(), Loss::Linear { g }).unwrap()
     };
-    let (alone, batch) = (program(&inst), program(&inst));
+    let (alone, batch) = (program(), program());
     let single = alone.limit(&inst.theta).unwrap();
     // One item on two threads: the batch's spare thread helps factor the layer.
     let item = batch

@@ -4,7 +4,7 @@
 
 use bilevel::app::derive::derive;
 use bilevel::app::verify::instances::{constructed_qp, rng, vector};
-use bilevel::prelude::{Activity, QuadraticProblem};
+use bilevel::prelude::Activity;
 use nalgebra::{DMatrix, DVector};
 use serde_json::{json, Value};
 
@@ -47,14 +47,7 @@ fn jvp_matches_one_sided_finite_differences_at_weak_constraints() {
             // The loss and θ-gradient are the defining g = −Bv's, and the output says so.
             assert_eq!(out.loss_note, Some(bilevel::app::derive::JVP_LOSS_NOTE));
             // The Rust API's JVP is the same computation: the same numbers and branches.
-            let layer = QuadraticProblem::new(
-                inst.q.clone(),
-                inst.b.clone(),
-                inst.c.clone(),
-                inst.constraints.clone(),
-            )
-            .unwrap();
-            let api = layer.jvp(&inst.theta, &v).unwrap();
+            let api = inst.layer().unwrap().jvp(&inst.theta, &v).unwrap();
             assert!((&api.z_dot - &jvp).amax() <= 1e-12 * (1.0 + jvp.amax()));
             assert_eq!(
                 api.branches.iter().filter(|b| b.is_some()).count(),

@@ -129,6 +129,20 @@ fn at_weakly_active_rows_the_gradient_is_the_one_sided_rate_along_the_loss() {
     );
 }
 
+/// The items solved and their limit gradients for `grads`, on `threads` threads.
+fn solved_and_differentiated(
+    data: &[QpData],
+    grads: &[DVector<f64>],
+    threads: usize,
+) -> (Vec<QpSolution>, Vec<bilevel::layer::QpGradients>) {
+    let sols: Vec<QpSolution> = solve(data, threads, Tolerances::default())
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let g = gradients(&sols, grads, Mode::Limit, threads).unwrap();
+    (sols, g.into_iter().map(Result::unwrap).collect())
+}
+
 #[test]
 fn a_batch_is_its_items_for_every_thread_count() {
     let data: Vec<QpData> = (0..9)
@@ -143,18 +157,9 @@ fn a_batch_is_its_items_for_every_thread_count() {
         })
         .collect();
     let grads: Vec<DVector<f64>> = (0..9).map(|s| vector(&mut rng(700 + s), 6)).collect();
-    let run = |threads: usize| {
-        let sols: Vec<QpSolution> = solve(&data, threads, Tolerances::default())
-            .into_iter()
-            .map(Result::unwrap)
-            .collect();
-        let g = gradients(&sols, &grads, Mode::Limit, threads).unwrap();
-        let g: Vec<_> = g.into_iter().map(Result::unwrap).collect();
-        (sols, g)
-    };
-    let (sols1, g1) = run(1);
+    let (sols1, g1) = solved_and_differentiated(&data, &grads, 1);
     for threads in [2, 3, 16] {
-        let (sols, g) = run(threads);
+        let (sols, g) = solved_and_differentiated(&data, &grads, threads);
         for i in 0..9 {
             assert_eq!(sols[i].z(), sols1[i].z(), "item {i}, {threads} threads");
             assert_eq!(g[i], g1[i], "item {i}, {threads} threads");
@@ -309,16 +314,8 @@ fn one_large_item_on_two_threads_is_the_item_on_one() {
     let labels: Vec<Activity> = (0..120).map(|i| [Strong, Weak, Inactive][i % 3]).collect();
     let data = [item(&constructed_qp(&mut rng(610), 240, 1, 0, &labels))];
     let grad = [vector(&mut rng(611), 240)];
-    let run = |threads: usize| {
-        let sols: Vec<QpSolution> = solve(&data, threads, Tolerances::default())
-            .into_iter()
-            .map(Result::unwrap)
-            .collect();
-        let g = gradients(&sols, &grad, Mode::Limit, threads).unwrap();
-        (sols[0].z().clone(), g.into_iter().next().unwrap().unwrap())
-    };
-    let (z1, g1) = run(1);
-    let (z2, g2) = run(2);
-    assert_eq!(z1, z2);
+    let (sols1, g1) = solved_and_differentiated(&data, &grad, 1);
+    let (sols2, g2) = solved_and_differentiated(&data, &grad, 2);
+    assert_eq!(sols1[0].z(), sols2[0].z());
     assert_eq!(g1, g2);
 }

@@ -67,6 +67,17 @@ pub struct ConstructedQp {
     pub labels: Vec<Activity>,
 }
 
+impl ConstructedQp {
+    /// The instance as a [`QuadraticProblem`] on the default dense backend.
+    ///
+    /// # Errors
+    /// As [`QuadraticProblem::new`] (never for a constructed instance).
+    pub fn layer(&self) -> Result<QuadraticProblem> {
+        let (q, b, c) = (self.q.clone(), self.b.clone(), self.c.clone());
+        QuadraticProblem::new(q, b, c, self.constraints.clone())
+    }
+}
+
 /// Builds a [`ConstructedQp`] with `n` variables, `p` parameters, `k` equalities and one
 /// inequality per label. Requires `#active + k ≤ n` for LICQ.
 pub fn constructed_qp(
