@@ -6,7 +6,7 @@
 //! choice: methods, activations, losses), `prox` (one definition per activation: `G`, `G*`, the
 //! map, the proximal map; generic over `f32`/`f64`), `linalg` (KKT solves by the null-space
 //! method, condition estimates, the `Gemm` products; `cholesky`: dense `LLᵀ` and `L⁻¹B` on faer's
-//! blocked kernels, the columns of `B` cut over the team; `sparse`/`sparse_kkt`: faer's CSC and the
+//! blocked kernels, both cut by columns over the team; `sparse`/`sparse_kkt`: faer's CSC and the
 //! sparse `LDLᵀ` of a KKT system, refined, with an LU fallback; `sparse_span`: the active rows'
 //! distance from dependence without forming them densely; `linalg/threads` and `linalg/simd` are the one
 //! room for `unsafe`: the team of threads, the safe splitting of buffers among its pieces, the

@@ -159,11 +159,13 @@
 //! factored once, `Q = LLᵀ`, `V = L⁻¹Cᵀ` for its `r` stacked rows and `G = VᵀV`: the cost of
 //! a framework adapter's call whose data all change (`bilevel.torch`'s `QPFunction`, `qp_solve`,
 //! a new `QuadraticLayer`). nalgebra computed the Cholesky factor and `V` a column at a time;
-//! they now run on faer's blocked kernels, `G` is computed on and below its diagonal only, and
-//! `V` and `G` are cut by columns over the threads a batch leaves over (a batch of one item on
-//! two threads: both help), in fixed blocks of 64 columns whatever the thread count, so the
-//! factor is the same bit for bit (`InnerProblem::prepare`). Dense random layers, `m = n/2`
-//! inequality rows, the Python package timed by an ad hoc script (best of 3; `new`:
+//! they now run on faer's blocked kernels (the Cholesky factor right-looking by panels of 128
+//! columns), `G` is computed on and below its diagonal only, and the updates right of each
+//! panel, `V` and `G` are cut by columns over the threads a batch leaves over (a batch of one
+//! item on two threads: both help), in fixed blocks of 64 columns whatever the thread count,
+//! so the factor is the same bit for bit (`InnerProblem::prepare`, `layer::solve_with`).
+//! Dense random layers, `m = n/2` inequality rows, the Python package timed by an ad hoc
+//! script (best of 3; `new`:
 //! `QuadraticLayer(Q, c, B, A, b)`; `factor`: the first `derive` minus the second, on 1 / 2
 //! threads; before: the package built from `ee414df`, the same morning):
 //!
@@ -178,9 +180,13 @@
 //! thread does not pay (the figures are within this machine's noise). One whole item,
 //! `cargo bench --bench layer -- qp-layer-one-item` (forward solve from raw data: validation,
 //! Cholesky, `V`, `G`, the dual active-set method): n = 500 11.8 ms on one thread, 12.0 ms on
-//! two; n = 1000 72.1 ms and 63.8 ms (0.88). The rest of an item, the active-set steps and
-//! the derivative's solves, is matrix-vector work on one thread; `limit` alone is unchanged
-//! (`benches/qp_peers.rs` on `ee414df` and now, three alternating runs, medians: n = 1000
+//! two; n = 1000 72.1 ms and 63.8 ms (0.88), measured before the Cholesky factor was cut too.
+//! With it, two threads against one on whole processes of repeated one-item solves
+//! (`farm-bench`, an ad hoc example, median of 10 and 5 pairs): 0.88 at n = 1000 and at
+//! n = 2000 (at n = 1000, 0.96 against two threads before the Cholesky factor was cut). The
+//! rest of an item, the active-set steps and the derivative's solves, is matrix-vector work
+//! on one thread; `limit` alone is unchanged (`benches/qp_peers.rs` on `ee414df` and now,
+//! three alternating runs, medians: n = 1000
 //! random 46.5 / 46.6 ms, weak 58.0 / 56.9 ms). The table against proxsuite, re-measured in
 //! the same session (`python3 benches/peers/qp_layers.py --sizes 10,50,100,200,500,1000
 //! --repeats 11`, one run; qpth not installed): ratios 0.42 / 0.45 (n = 10, random / weak),

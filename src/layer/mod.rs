@@ -44,7 +44,7 @@ pub use sparse::{
 
 use nalgebra::{DMatrix, DVector};
 
-use crate::linalg::{csc_from_dense, csc_to_dense};
+use crate::linalg::{csc_from_dense, csc_to_dense, team_for, Threads};
 
 use crate::error::{Error, Result};
 use crate::problem::{
@@ -78,6 +78,11 @@ impl QpData {
     /// Shapes, non-finite entries and a `Q` that is not symmetric positive definite, naming
     /// the argument in this convention (`Q`, `p`, `G, h`, `A, b`).
     pub fn problem(&self, tol: Tolerances) -> Result<QuadraticProblem> {
+        self.problem_on(tol, &Threads::default())
+    }
+
+    /// [`QpData::problem`] with `Q`'s factorization cut over `threads` (the same layer).
+    fn problem_on(&self, tol: Tolerances, threads: &Threads) -> Result<QuadraticProblem> {
         self.check_shapes()?;
         let n = self.q.nrows();
         let constraints = LinearConstraints {
@@ -88,7 +93,7 @@ impl QpData {
         };
         let empty = DMatrix::zeros(n, 0);
         Ok(
-            QuadraticProblem::new(self.q.clone(), empty, -&self.p, constraints)?
+            QuadraticProblem::new_on(threads, self.q.clone(), empty, -&self.p, constraints)?
                 .with_tolerances(tol)
                 .without_condition_estimates(),
         )
@@ -412,8 +417,12 @@ fn dense_gradients(
 
 /// One item on the dense path.
 fn dense_solution(item: &QpData, tol: Tolerances, threads: usize) -> Result<QpSolution> {
-    let layer = item.problem(tol)?;
-    layer.prepare(threads);
+    // Q's Cholesky factor (n³/3), then V = L⁻¹Cᵀ and G = VᵀV for the r rows.
+    let (n, r) = (item.q.nrows(), item.g.nrows() + item.a.nrows());
+    let work = ((n * n).saturating_mul(2 * n + 3 * r) / 6).saturating_add(n * r * r / 2);
+    let team = team_for(threads, work);
+    let layer = item.problem_on(tol, &team)?;
+    layer.prepare_on(&team);
     let none = Loss::Linear {
         g: DVector::zeros(layer.dim()),
     };

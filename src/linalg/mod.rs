@@ -14,7 +14,7 @@ mod sparse_kkt;
 mod sparse_span;
 mod threads;
 
-pub(crate) use cholesky::{cholesky, solve_lower_columns};
+pub(crate) use cholesky::{cholesky, cholesky_on, solve_lower_columns};
 pub use products::Gemm;
 pub(crate) use simd::{lane_sum2, vectorized, Lanes, LANES};
 pub(crate) use span::{independence, rows_in_span, sine_to_span};
@@ -32,7 +32,7 @@ pub(crate) use threads::{ColsMut, LayerCols, LayersMut};
 #[cfg(feature = "app")]
 pub(crate) use sparse::for_each_entry;
 // Adam (in the application) cuts its parameters with the same cost model.
-pub(crate) use threads::TEAM_WORK;
+pub(crate) use threads::team_for;
 #[cfg(feature = "app")]
 pub(crate) use threads::{Cut, NUMBER_WORK};
 pub use threads::{Threads, MAX_THREADS};
@@ -539,12 +539,21 @@ pub fn check_symmetric(what: &str, q: &DMatrix<f64>) -> Result<f64> {
 /// [`check_spd`] accepts passes too; this one costs `n³/3` flops instead of an eigenvalue
 /// decomposition's).
 pub fn spd_cholesky(what: &str, q: &DMatrix<f64>) -> Result<Cholesky<f64, Dyn>> {
+    spd_cholesky_on(&Threads::default(), what, q)
+}
+
+/// [`spd_cholesky`] with the factorization cut over `threads` (the same factor, bit for bit).
+pub(crate) fn spd_cholesky_on(
+    threads: &Threads,
+    what: &str,
+    q: &DMatrix<f64>,
+) -> Result<Cholesky<f64, Dyn>> {
     let scale = check_symmetric(what, q)?;
     let refuse = |pivot: f64| Error::NotPositiveDefinite {
         what: what.into(),
         reason: format!("Cholesky pivot {pivot:.3e} is not positive"),
     };
-    let chol = cholesky(q).ok_or_else(|| refuse(0.0))?;
+    let chol = cholesky_on(threads, q).ok_or_else(|| refuse(0.0))?;
     let l = chol.l_dirty();
     let pivot = (0..q.nrows())
         .map(|i| l[(i, i)] * l[(i, i)])

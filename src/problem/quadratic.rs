@@ -7,7 +7,7 @@ use super::{
     Loss, Offset, SolveStatus,
 };
 use crate::error::{Error, Result};
-use crate::linalg::{min_eigenvalue, spd_cholesky, Threads, TEAM_WORK};
+use crate::linalg::{min_eigenvalue, spd_cholesky_on, team_for, Threads};
 use crate::problem::{Direction, DirectionMethod};
 use crate::solve::qp::{
     complementarity, dense_exact, solve_exact, solve_factored_offset, solve_offset, Activity,
@@ -102,8 +102,20 @@ impl QuadraticProblem {
         c: DVector<f64>,
         constraints: LinearConstraints,
     ) -> Result<Self> {
+        Self::new_on(&Threads::default(), q, b, c, constraints)
+    }
+
+    /// [`QuadraticProblem::new`] with `Q`'s Cholesky factorization cut over `threads` (the same
+    /// factor, bit for bit).
+    pub(crate) fn new_on(
+        threads: &Threads,
+        q: DMatrix<f64>,
+        b: DMatrix<f64>,
+        c: DVector<f64>,
+        constraints: LinearConstraints,
+    ) -> Result<Self> {
         let n = q.nrows();
-        let chol = Arc::new(spd_cholesky("Q", &q)?);
+        let chol = Arc::new(spd_cholesky_on(threads, "Q", &q)?);
         check_affine(n, &b, &c)?;
         constraints.validate(n)?;
         Ok(Self {
@@ -186,6 +198,11 @@ impl QuadraticProblem {
     /// on this thread if no batch prepared it, [`InnerProblem::prepare`]).
     fn factor(&self) -> Option<&DenseFactor> {
         self.factor_on(&Threads::default())
+    }
+
+    /// [`InnerProblem::prepare`] on a team of the caller's.
+    pub(crate) fn prepare_on(&self, threads: &Threads) {
+        let _ = self.factor_on(threads);
     }
 
     /// [`QuadraticProblem::factor`], made on `threads` if not made yet.
@@ -404,24 +421,17 @@ impl QuadraticProblem {
 }
 
 impl InnerProblem for QuadraticProblem {
-    /// Makes the dense backend's factorization now (`V = L⁻¹Cᵀ`, `G = VᵀV`: `n²r/2 + nr²`
+    /// Makes the dense backend's factorization now (`V = L⁻¹Cᵀ`, `G = VᵀV`: `n²r/2 + nr²/2`
     /// multiply-adds for `r` rows), cut over a team of `threads` when that work pays for
     /// starting one (`2²²` multiply-adds, about a millisecond); the same factor, bit for bit,
     /// as the first solve would make alone.
     fn prepare(&self, threads: usize) {
-        let (n, r) = (
-            self.q.nrows(),
-            self.constraints.m() + self.constraints.b_eq.len(),
-        );
-        let work = (n * n / 2).saturating_mul(r).saturating_add(n * r * r);
-        if threads < 2 || work < TEAM_WORK || self.factor.get().is_some() {
-            let _ = self.factor();
-            return;
+        if self.factor.get().is_none() {
+            let (n, r) = (self.q.nrows(), self.constraints.m());
+            let r = r + self.constraints.b_eq.len();
+            let work = (n * n / 2).saturating_mul(r).saturating_add(n * r * r / 2);
+            self.prepare_on(&team_for(threads, work));
         }
-        // No more threads than the machine runs at once; a team the system refuses to start
-        // computes the same factor on this thread.
-        let team = Threads::new(threads.min(Threads::available())).unwrap_or_default();
-        self.factor_on(&team);
     }
 
     fn dim(&self) -> usize {

@@ -26,8 +26,19 @@ pub(crate) const HANDOFF_WORK: usize = 1 << 16;
 
 /// Work worth starting a team for one call (`Threads::new` starts its workers: tens of
 /// microseconds each), in multiply-adds: a dense layer's factorization is cut over threads
-/// only above it (`QuadraticProblem`'s `prepare`).
+/// only above it ([`team_for`]).
 pub(crate) const TEAM_WORK: usize = 1 << 22;
+
+/// A team of up to `threads` threads for one call of `work` multiply-adds: the calling thread
+/// alone when the work does not pay for starting one ([`TEAM_WORK`]) or the system refuses to
+/// start one, and never more threads than the machine runs at once. Callers' answers do not
+/// depend on it.
+pub(crate) fn team_for(threads: usize, work: usize) -> Threads {
+    if threads < 2 || work < TEAM_WORK {
+        return Threads::default();
+    }
+    Threads::new(threads.min(Threads::available())).unwrap_or_default()
+}
 
 /// The work of one number of an element-wise pass, in multiply-adds (module docs).
 pub(crate) const NUMBER_WORK: usize = 32;
