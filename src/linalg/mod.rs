@@ -31,8 +31,8 @@ pub(crate) use threads::{ColsMut, LayerCols, LayersMut};
 // The derive JSON's triplets and the verify report's instances walk sparse entries.
 #[cfg(feature = "app")]
 pub(crate) use sparse::for_each_entry;
-// Adam (in the application) cuts its parameters with the same cost model.
 pub(crate) use threads::team_for;
+// Adam (in the application) cuts its parameters with the same cost model.
 #[cfg(feature = "app")]
 pub(crate) use threads::{Cut, NUMBER_WORK};
 pub use threads::{Threads, MAX_THREADS};

@@ -163,7 +163,7 @@ impl Threads {
     /// below the diagonal, `G[j₀.., J] = V[:, j₀..]ᵀ V[:, J]`, one block per piece (the team's
     /// threads claim them as they come free: later blocks hold less work), then the upper
     /// triangle is copied from the lower. Bit-identical for every thread count.
-    pub fn gram<T: Gemm>(&self, v: &DMatrix<T>) -> DMatrix<T> {
+    pub(crate) fn gram<T: Gemm>(&self, v: &DMatrix<T>) -> DMatrix<T> {
         let (n, m) = v.shape();
         let mut g = DMatrix::zeros(m, m);
         if m == 0 {

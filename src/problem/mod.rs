@@ -523,8 +523,8 @@ pub trait InnerProblem {
 
     /// Computes now what the solves of every `θ` share (the dense QP layer: its
     /// factorization), cutting that work over up to `threads` threads where it pays; the
-    /// batches (`Bilevel::limit_batch`, the layer batches, the Python bindings) call it before their
-    /// items. No answer depends on it or on `threads`. The default does nothing.
+    /// batches (`Bilevel::limit_batch`, the layer batches, the Python bindings) call it before
+    /// their items. No answer depends on it or on `threads`. The default does nothing.
     fn prepare(&self, _threads: usize) {}
 
     /// Checks the length and finiteness of `θ`.

@@ -426,7 +426,8 @@ impl InnerProblem for QuadraticProblem {
     /// starting one (`2²²` multiply-adds, about a millisecond); the same factor, bit for bit,
     /// as the first solve would make alone.
     fn prepare(&self, threads: usize) {
-        if self.factor.get().is_none() {
+        // Other backends keep no factorization: no team to start for them.
+        if self.backend.name() == DENSE && self.factor.get().is_none() {
             let (n, r) = (self.q.nrows(), self.constraints.m());
             let r = r + self.constraints.b_eq.len();
             let work = (n * n / 2).saturating_mul(r).saturating_add(n * r * r / 2);

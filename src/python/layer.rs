@@ -199,8 +199,6 @@ fn loss_of(obj: &Bound<'_, PyAny>) -> PyResult<(Loss, bool)> {
 }
 
 impl QuadraticLayer {
-    /// The program of this layer and a loss (borrowing the layer and its factorization).
-    /// (`method` names the caller for the error of a sparse layer, which has none.)
     /// Makes the dense layer's factorization before a call's items, cut over up to `threads`
     /// threads where that pays ([`crate::problem::InnerProblem::prepare`]); the sparse layer
     /// has nothing to prepare.
@@ -210,6 +208,8 @@ impl QuadraticLayer {
         }
     }
 
+    /// The program of this layer and a loss (borrowing the layer and its factorization).
+    /// (`method` names the caller for the error of a sparse layer, which has none.)
     fn program(&self, loss: Loss, method: &str) -> Result<Bilevel<&QuadraticProblem>> {
         let layer = self.layer.dense(method)?;
         Ok(Bilevel::new(layer, loss)?.with_tolerances(*layer.tolerances()))
