@@ -497,6 +497,26 @@ pub fn spectral_norm_sq_in<T: nalgebra::RealField + Copy>(
     lambda
 }
 
+/// Calls `f(i, j)` for every `i < rows`, `j < cols`, in 32 × 32 tiles, stopping at its first
+/// error: a walk that reads or writes both `(i, j)` and `(j, i)` of a column-major matrix
+/// (a transpose, a symmetry check) without touching a cache line per number.
+pub(crate) fn tiled(
+    (rows, cols): (usize, usize),
+    mut f: impl FnMut(usize, usize) -> Result<()>,
+) -> Result<()> {
+    const TILE: usize = 32;
+    for j0 in (0..cols).step_by(TILE) {
+        for i0 in (0..rows).step_by(TILE) {
+            for j in j0..(j0 + TILE).min(cols) {
+                for i in i0..(i0 + TILE).min(rows) {
+                    f(i, j)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Checks that `q` is square, finite and symmetric (relative tolerance `1e-10` of its largest
 /// entry); returns that entry's magnitude (at least `f64::MIN_POSITIVE`), the scale of the
 /// positivity thresholds below.
@@ -510,26 +530,16 @@ pub fn check_symmetric(what: &str, q: &DMatrix<f64>) -> Result<f64> {
     }
     crate::error::check_finite(what, q.iter())?;
     let scale = q.amax().max(f64::MIN_POSITIVE);
-    // In 32 × 32 tiles: a row of a column-major matrix is strided (one cache line per number
-    // otherwise); the first pair found is the first in the order of the tiles.
-    const TILE: usize = 32;
-    let n = q.nrows();
-    for j0 in (0..n).step_by(TILE) {
-        for i0 in (j0..n).step_by(TILE) {
-            for j in j0..(j0 + TILE).min(n) {
-                for i in i0.max(j + 1)..(i0 + TILE).min(n) {
-                    if (q[(i, j)] - q[(j, i)]).abs() > 1e-10 * scale {
-                        return Err(Error::NotPositiveDefinite {
-                            what: what.into(),
-                            reason: format!(
-                                "not symmetric: entry ({i},{j}) differs from ({j},{i})"
-                            ),
-                        });
-                    }
-                }
-            }
+    // The first pair found is the first in the order of the tiles.
+    tiled((q.nrows(), q.nrows()), |i, j| {
+        if i > j && (q[(i, j)] - q[(j, i)]).abs() > 1e-10 * scale {
+            return Err(Error::NotPositiveDefinite {
+                what: what.into(),
+                reason: format!("not symmetric: entry ({i},{j}) differs from ({j},{i})"),
+            });
         }
-    }
+        Ok(())
+    })?;
     Ok(scale)
 }
 

@@ -190,20 +190,15 @@ impl Threads {
     }
 }
 
-/// Copies the strict lower triangle of the square `g` onto its upper one, in 32 × 32 tiles (a
-/// row of a column-major matrix is strided: one cache line per number otherwise).
+/// Copies the strict lower triangle of the square `g` onto its upper one ([`super::tiled`]).
 fn mirror_lower<T: nalgebra::Scalar + Copy>(g: &mut DMatrix<T>) {
-    const TILE: usize = 32;
     let m = g.nrows();
-    for j0 in (0..m).step_by(TILE) {
-        for i0 in (0..=j0).step_by(TILE) {
-            for j in j0..(j0 + TILE).min(m) {
-                for i in i0..(i0 + TILE).min(j) {
-                    g[(i, j)] = g[(j, i)];
-                }
-            }
+    let _ = super::tiled((m, m), |i, j| {
+        if i < j {
+            g[(i, j)] = g[(j, i)];
         }
-    }
+        Ok(())
+    });
 }
 
 #[cfg(test)]
